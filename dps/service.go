@@ -1,0 +1,489 @@
+// Package dps is berth's Device Provisioning Service domain: enrollments,
+// attestation, allocation and registration operations. It knows no wire
+// protocol: the MQTT and HTTPS front ends translate requests into calls on
+// *Service and turn its *azerr.Error results into their protocol's answer.
+package dps
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/sas"
+	"github.com/berth-iot/berth/store"
+)
+
+// MaxMessageSize is DPS's message size limit (96 KB).
+const MaxMessageSize = 96 * 1024
+
+// DefaultRetryAfter is the retry-after, in seconds, on every 202.
+const DefaultRetryAfter = 3
+
+// DeviceRegistry is the part of the hub registry that assignment writes to.
+type DeviceRegistry interface {
+	// ProvisionRecord returns the record that creates or updates a device
+	// identity, for DPS to write with the registration in one transaction.
+	ProvisionRecord(ctx context.Context, hubName, deviceID string, auth hub.Authentication) (store.Record, error)
+}
+
+// Config configures a Service.
+type Config struct {
+	// IDScope is this DPS's ID scope. Settings.IDScope, when loaded from the
+	// store, wins.
+	IDScope string
+	// Hubs are the host names of the linked hubs; the first is the default.
+	Hubs []string
+	// RetryAfter is the retry-after in seconds on 202 answers.
+	RetryAfter int
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Service is the DPS domain.
+type Service struct {
+	store    store.Store
+	registry DeviceRegistry
+	idScope  string
+	hubs     []string
+	retry    int
+	now      func() time.Time
+}
+
+// New returns a Service. idScope must not be empty; hubs must name at least
+// one hub.
+func New(st store.Store, registry DeviceRegistry, cfg Config) (*Service, error) {
+	if cfg.IDScope == "" {
+		return nil, errors.New("dps: no ID scope")
+	}
+	if len(cfg.Hubs) == 0 {
+		return nil, errors.New("dps: no linked hub")
+	}
+	if cfg.RetryAfter <= 0 {
+		cfg.RetryAfter = DefaultRetryAfter
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{store: st, registry: registry, idScope: cfg.IDScope, hubs: cfg.Hubs, retry: cfg.RetryAfter, now: cfg.Now}, nil
+}
+
+// IDScope returns the service's ID scope.
+func (s *Service) IDScope() string { return s.idScope }
+
+// RetryAfter is the retry hint, in seconds, for 202 answers.
+func (s *Service) RetryAfter() int { return s.retry }
+
+// RegisterRequest is a device's register call.
+type RegisterRequest struct {
+	IDScope        string
+	RegistrationID string // from the MQTT username or the HTTP path
+	Token          string // SAS token as sent ("" when absent)
+	Body           []byte // DeviceRegistration JSON; empty is allowed
+	Force          bool   // forceRegistration
+}
+
+// OperationRequest is a device's poll call.
+type OperationRequest struct {
+	IDScope        string
+	RegistrationID string
+	OperationID    string
+	Token          string
+}
+
+// StatusRequest is a device's registration status lookup.
+type StatusRequest struct {
+	IDScope        string
+	RegistrationID string
+	Token          string
+	Body           []byte
+}
+
+// operation is a stored registration operation.
+type operation struct {
+	OperationID    string          `json:"operationId"`
+	RegistrationID string          `json:"registrationId"`
+	Status         string          `json:"status"`
+	ErrorCode      int             `json:"errorCode,omitempty"`
+	ErrorMessage   string          `json:"errorMessage,omitempty"`
+	Created        time.Time       `json:"created"`
+	Payload        json.RawMessage `json:"payload,omitempty"`
+}
+
+// registrationDoc is a stored registration record.
+type registrationDoc struct {
+	State   RegistrationState `json:"state"`
+	GroupID string            `json:"groupId,omitempty"`
+}
+
+// attested is who a device proved to be.
+type attested struct {
+	enrollment *IndividualEnrollment
+	group      *EnrollmentGroup
+	keys       [2]string // the device's own keys (derived for group members)
+}
+
+func (a *attested) disabled() bool {
+	if a.enrollment != nil {
+		return a.enrollment.ProvisioningStatus == ProvisioningDisabled
+	}
+	return a.group.ProvisioningStatus == ProvisioningDisabled
+}
+
+// deviceRequest is what register accepts in its body.
+type deviceRequest struct {
+	RegistrationID *string         `json:"registrationId"`
+	Payload        json.RawMessage `json:"payload"`
+}
+
+// parseDeviceBody applies the tolerances of shared/spec/dps.md §1.5: empty
+// body, payload null, unknown fields.
+func parseDeviceBody(body []byte, regID string) (json.RawMessage, error) {
+	if len(body) > MaxMessageSize {
+		return nil, azerr.New(azerr.DPSTooLarge)
+	}
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil, nil
+	}
+	var req deviceRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&req); err != nil || dec.More() {
+		return nil, azerr.New(azerr.DPSInvalidBody)
+	}
+	if body[0] != '{' {
+		return nil, azerr.New(azerr.DPSInvalidBody)
+	}
+	if req.RegistrationID != nil && !strings.EqualFold(*req.RegistrationID, regID) {
+		return nil, azerr.New(azerr.DPSRegistrationIDMatch)
+	}
+	p := bytes.TrimSpace(req.Payload)
+	if len(p) == 0 || string(p) == "null" {
+		return nil, nil
+	}
+	if p[0] != '{' {
+		return nil, azerr.Newf(azerr.DPSInvalidBody, "payload must be a JSON object.")
+	}
+	return p, nil
+}
+
+// Register runs a registration. The answer is always an operation in status
+// assigning (HTTP 202): the outcome, written durably before Register
+// returns, is reported by OperationStatus.
+func (s *Service) Register(ctx context.Context, req RegisterRequest) (*OperationStatus, error) {
+	if !ValidRegistrationID(req.RegistrationID) {
+		return nil, azerr.New(azerr.DPSInvalidRegistration)
+	}
+	payload, err := parseDeviceBody(req.Body, req.RegistrationID)
+	if err != nil {
+		return nil, err
+	}
+	who, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	op := operation{
+		OperationID:    newOperationID(),
+		RegistrationID: req.RegistrationID,
+		Created:        now,
+		Payload:        payload,
+	}
+	if who.disabled() {
+		op.Status = StatusDisabled
+		if err := s.putOperation(ctx, &op); err != nil {
+			return nil, err
+		}
+	} else if err := s.assign(ctx, who, &op, now); err != nil {
+		return nil, err
+	}
+	return &OperationStatus{OperationID: op.OperationID, Status: StatusAssigning}, nil
+}
+
+// assign allocates a hub, and writes the device identity, the registration
+// record and the operation in one transaction.
+func (s *Service) assign(ctx context.Context, who *attested, op *operation, now time.Time) error {
+	regKey := Key(op.RegistrationID)
+	deviceID := op.RegistrationID
+	var groupID string
+	if who.enrollment != nil && who.enrollment.DeviceID != "" {
+		deviceID = who.enrollment.DeviceID
+	}
+	if who.group != nil {
+		groupID = who.group.EnrollmentGroupID
+	}
+	hubName, aerr := s.allocate(who)
+	if aerr != nil {
+		op.Status = StatusFailed
+		op.ErrorCode = int(aerr.Code)
+		op.ErrorMessage = aerr.Message
+		return s.putOperation(ctx, op)
+	}
+
+	state := RegistrationState{
+		RegistrationID: op.RegistrationID,
+		AssignedHub:    hubName,
+		DeviceID:       deviceID,
+		Status:         StatusAssigned,
+		Substatus:      SubstatusInitialAssignment,
+	}
+	created, updated := Time{now}, Time{now}
+	state.CreatedDateTimeUTC, state.LastUpdatedDateTimeUTC = &created, &updated
+	if groupID != "" {
+		state.SymmetricKey = &GroupRef{EnrollmentGroupID: groupID}
+	}
+	prev, err := s.getRegistration(ctx, regKey)
+	switch {
+	case err == nil:
+		if prev.State.CreatedDateTimeUTC != nil {
+			state.CreatedDateTimeUTC = prev.State.CreatedDateTimeUTC
+		}
+		// Re-registration to the same hub keeps the substatus it had
+		// (shared/spec/dps.md §6.3 leaves this open; this is berth's choice).
+		if prev.State.Status == StatusAssigned && strings.EqualFold(prev.State.AssignedHub, hubName) && prev.State.Substatus != "" {
+			state.Substatus = prev.State.Substatus
+		}
+	case isNotFound(err):
+	default:
+		return err
+	}
+
+	devRec, err := s.registry.ProvisionRecord(ctx, hubName, deviceID, hub.Authentication{
+		Type:         "sas",
+		SymmetricKey: &hub.SymmetricKey{PrimaryKey: who.keys[0], SecondaryKey: who.keys[1]},
+	})
+	if err != nil {
+		return fmt.Errorf("dps: provision device %s: %w", deviceID, err)
+	}
+	regData, err := json.Marshal(registrationDoc{State: state, GroupID: groupID})
+	if err != nil {
+		return fmt.Errorf("dps: encode registration: %w", err)
+	}
+	op.Status = StatusAssigned
+	opData, err := json.Marshal(op)
+	if err != nil {
+		return fmt.Errorf("dps: encode operation: %w", err)
+	}
+	_, err = s.store.Apply(ctx, []store.Record{
+		devRec,
+		{Kind: store.KindRegistration, Key: regKey, Index: Key(groupID), Data: regData},
+		{Kind: store.KindOperation, Key: op.OperationID, Index: regKey, Data: opData},
+	})
+	if err != nil {
+		return fmt.Errorf("dps: write assignment of %s: %w", op.RegistrationID, err)
+	}
+	return nil
+}
+
+// allocate picks the hub. Until linked-hub management lands, an enrollment
+// may name one of the configured hubs; otherwise the first is used.
+func (s *Service) allocate(who *attested) (string, *azerr.Error) {
+	var want string
+	if who.enrollment != nil {
+		want = who.enrollment.IoTHubHostName
+	} else {
+		want = who.group.IoTHubHostName
+	}
+	if want == "" {
+		return s.hubs[0], nil
+	}
+	for _, h := range s.hubs {
+		if strings.EqualFold(h, want) {
+			return h, nil
+		}
+	}
+	return "", azerr.Newf(azerr.DPSNoHub, "The IoT hub %s named by the enrollment is not linked to this service.", want)
+}
+
+func (s *Service) putOperation(ctx context.Context, op *operation) error {
+	data, err := json.Marshal(op)
+	if err != nil {
+		return fmt.Errorf("dps: encode operation: %w", err)
+	}
+	_, err = s.store.Put(ctx, store.Record{Kind: store.KindOperation, Key: op.OperationID, Index: Key(op.RegistrationID), Data: data}, store.Cond{})
+	if err != nil {
+		return fmt.Errorf("dps: write operation: %w", err)
+	}
+	return nil
+}
+
+// OperationStatus answers a poll: status assigning never outlives Register,
+// so the answer is the stored outcome.
+func (s *Service) OperationStatus(ctx context.Context, req OperationRequest) (*OperationStatus, error) {
+	if !ValidRegistrationID(req.RegistrationID) {
+		return nil, azerr.New(azerr.DPSInvalidRegistration)
+	}
+	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token); err != nil {
+		return nil, err
+	}
+	if req.OperationID == "" || len(req.OperationID) > 256 {
+		return nil, azerr.New(azerr.DPSOperationNotFound)
+	}
+	rec, err := s.store.Get(ctx, store.KindOperation, req.OperationID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, azerr.New(azerr.DPSOperationNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dps: get operation: %w", err)
+	}
+	var op operation
+	if err := json.Unmarshal(rec.Data, &op); err != nil {
+		return nil, fmt.Errorf("dps: decode operation: %w", err)
+	}
+	// An operation belongs to one registration; another device's ID must
+	// not reveal it.
+	if !strings.EqualFold(op.RegistrationID, req.RegistrationID) {
+		return nil, azerr.New(azerr.DPSOperationNotFound)
+	}
+	out := &OperationStatus{OperationID: op.OperationID, Status: op.Status}
+	switch op.Status {
+	case StatusAssigned:
+		reg, err := s.getRegistration(ctx, Key(op.RegistrationID))
+		if err != nil {
+			if isNotFound(err) {
+				// The record was deleted since; the operation's outcome
+				// no longer exists.
+				return nil, azerr.New(azerr.DPSRegistrationMissing)
+			}
+			return nil, err
+		}
+		st := reg.State
+		st.RegistrationID = req.RegistrationID
+		out.RegistrationState = &st
+	case StatusFailed:
+		created := Time{op.Created}
+		out.RegistrationState = &RegistrationState{
+			RegistrationID:         req.RegistrationID,
+			CreatedDateTimeUTC:     &created,
+			LastUpdatedDateTimeUTC: &created,
+			Status:                 StatusFailed,
+			ErrorCode:              op.ErrorCode,
+			ErrorMessage:           op.ErrorMessage,
+		}
+	default:
+		out.RegistrationState = &RegistrationState{RegistrationID: req.RegistrationID, Status: op.Status}
+	}
+	return out, nil
+}
+
+// RegistrationStatus is the device's registration status lookup.
+func (s *Service) RegistrationStatus(ctx context.Context, req StatusRequest) (*RegistrationState, error) {
+	if !ValidRegistrationID(req.RegistrationID) {
+		return nil, azerr.New(azerr.DPSInvalidRegistration)
+	}
+	if _, err := parseDeviceBody(req.Body, req.RegistrationID); err != nil {
+		return nil, err
+	}
+	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token); err != nil {
+		return nil, err
+	}
+	reg, err := s.getRegistration(ctx, Key(req.RegistrationID))
+	if err != nil {
+		return nil, err
+	}
+	st := reg.State
+	return &st, nil
+}
+
+func (s *Service) getRegistration(ctx context.Context, key string) (*registrationDoc, error) {
+	rec, err := s.store.Get(ctx, store.KindRegistration, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, azerr.New(azerr.DPSRegistrationMissing)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dps: get registration: %w", err)
+	}
+	var doc registrationDoc
+	if err := json.Unmarshal(rec.Data, &doc); err != nil {
+		return nil, fmt.Errorf("dps: decode registration: %w", err)
+	}
+	doc.State.ETag = registrationETag(rec.ETag)
+	return &doc, nil
+}
+
+func isNotFound(err error) bool {
+	var ae *azerr.Error
+	return errors.As(err, &ae) && ae.Status() == 404
+}
+
+// authenticate checks a device's SAS token against its enrollment: an
+// individual enrollment with this registration ID wins; otherwise the first
+// symmetric-key group whose derived key validates.
+func (s *Service) authenticate(ctx context.Context, scope, regID, token string) (*attested, error) {
+	if token == "" {
+		return nil, azerr.New(azerr.DPSUnauthorized)
+	}
+	tok, err := sas.Parse(token)
+	if err != nil {
+		return nil, azerr.Wrap(azerr.DPSUnauthorized, err)
+	}
+	if !strings.EqualFold(scope, s.idScope) {
+		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, fmt.Errorf("unknown ID scope %q", scope))
+	}
+	if tok.KeyName != "" && !strings.EqualFold(tok.KeyName, "registration") {
+		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, fmt.Errorf("skn %q", tok.KeyName))
+	}
+	if !tok.ResourceIs(scope + "/registrations/" + regID) {
+		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, sas.ErrAudience)
+	}
+	now := s.now()
+	if tok.Expired(now) {
+		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, sas.ErrExpired)
+	}
+	e, err := s.getEnrollment(ctx, regID)
+	switch {
+	case err == nil:
+		sk := e.Attestation.SymmetricKey
+		if e.Attestation.Type != AttestationSymmetricKey || sk == nil {
+			return nil, azerr.Wrap(azerr.DPSInvalidCredentials, errors.New("enrollment is not symmetric-key"))
+		}
+		if _, err := tok.Verify(now, sk.PrimaryKey, sk.SecondaryKey); err != nil {
+			return nil, azerr.Wrap(azerr.DPSInvalidCredentials, err)
+		}
+		return &attested{enrollment: e, keys: [2]string{sk.PrimaryKey, sk.SecondaryKey}}, nil
+	case !isNotFound(err):
+		return nil, err
+	}
+	// Groups are read page by page so that any number of them works.
+	after := ""
+	for {
+		recs, err := s.store.List(ctx, store.KindGroup, store.ListOptions{After: after, Limit: 100})
+		if err != nil {
+			return nil, fmt.Errorf("dps: list groups: %w", err)
+		}
+		for _, rec := range recs {
+			g, err := decodeGroup(rec)
+			if err != nil {
+				return nil, err
+			}
+			sk := g.Attestation.SymmetricKey
+			if g.Attestation.Type != AttestationSymmetricKey || sk == nil {
+				continue
+			}
+			var keys [2]string
+			for i, gk := range []string{sk.PrimaryKey, sk.SecondaryKey} {
+				if gk == "" {
+					continue
+				}
+				dk, err := sas.DeriveKey(gk, regID)
+				if err != nil {
+					continue
+				}
+				keys[i] = dk
+			}
+			if _, err := tok.Verify(now, keys[0], keys[1]); err == nil {
+				return &attested{group: g, keys: keys}, nil
+			}
+		}
+		if len(recs) < 100 {
+			break
+		}
+		after = recs[len(recs)-1].Key
+	}
+	return nil, azerr.Wrap(azerr.DPSInvalidCredentials, errors.New("no enrollment matches"))
+}

@@ -1,0 +1,323 @@
+// Package hub is berth's IoT hub domain: the device identity registry and,
+// in later stages, telemetry, twins, direct methods and cloud-to-device
+// messages. It knows no wire protocol.
+package hub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/store"
+)
+
+// Device statuses.
+const (
+	StatusEnabled  = "enabled"
+	StatusDisabled = "disabled"
+)
+
+// SymmetricKey holds a device's keys.
+type SymmetricKey struct {
+	PrimaryKey   string `json:"primaryKey"`
+	SecondaryKey string `json:"secondaryKey"`
+}
+
+// X509Thumbprint holds a device's certificate thumbprints.
+type X509Thumbprint struct {
+	PrimaryThumbprint   *string `json:"primaryThumbprint"`
+	SecondaryThumbprint *string `json:"secondaryThumbprint"`
+}
+
+// Authentication is IoT Hub's AuthenticationMechanism.
+type Authentication struct {
+	SymmetricKey   *SymmetricKey   `json:"symmetricKey,omitempty"`
+	X509Thumbprint *X509Thumbprint `json:"x509Thumbprint,omitempty"`
+	Type           string          `json:"type"` // sas, selfSigned, certificateAuthority, none
+}
+
+// Capabilities of a device.
+type Capabilities struct {
+	IoTEdge bool `json:"iotEdge"`
+}
+
+// Device is IoT Hub's Device document.
+type Device struct {
+	DeviceID                   string          `json:"deviceId"`
+	GenerationID               string          `json:"generationId"`
+	ETag                       string          `json:"etag"`
+	ConnectionState            string          `json:"connectionState"`
+	Status                     string          `json:"status"`
+	StatusReason               *string         `json:"statusReason"`
+	ConnectionStateUpdatedTime time.Time       `json:"connectionStateUpdatedTime"`
+	StatusUpdatedTime          time.Time       `json:"statusUpdatedTime"`
+	LastActivityTime           time.Time       `json:"lastActivityTime"`
+	CloudToDeviceMessageCount  int             `json:"cloudToDeviceMessageCount"`
+	Authentication             *Authentication `json:"authentication"`
+	Capabilities               *Capabilities   `json:"capabilities"`
+	// Hub is the hub host name the device belongs to (berth's addition; a
+	// berth serves several hubs).
+	Hub string `json:"-"`
+}
+
+// Registry is the device identity registry of every hub berth serves.
+type Registry struct {
+	store store.Store
+	now   func() time.Time
+}
+
+// NewRegistry returns a registry on st.
+func NewRegistry(st store.Store, now func() time.Time) *Registry {
+	if now == nil {
+		now = time.Now
+	}
+	return &Registry{store: st, now: now}
+}
+
+// deviceKey is the store key: device IDs are case-sensitive in IoT Hub,
+// hub host names are not.
+func deviceKey(hubName, id string) string { return strings.ToLower(hubName) + "/" + id }
+
+// Get returns a device or DeviceNotFound.
+func (r *Registry) Get(ctx context.Context, hubName, id string) (*Device, error) {
+	rec, err := r.store.Get(ctx, store.KindDevice, deviceKey(hubName, id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, azerr.Newf(azerr.HubDeviceNotFound, "Device %s not found.", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hub: get device %s: %w", id, err)
+	}
+	return decodeDevice(rec, hubName)
+}
+
+// List returns up to limit devices of a hub after the given device ID.
+func (r *Registry) List(ctx context.Context, hubName, after string, limit int) ([]*Device, error) {
+	opts := store.ListOptions{Index: strings.ToLower(hubName), Limit: limit}
+	if after != "" {
+		opts.After = deviceKey(hubName, after)
+	}
+	recs, err := r.store.List(ctx, store.KindDevice, opts)
+	if err != nil {
+		return nil, fmt.Errorf("hub: list devices: %w", err)
+	}
+	out := make([]*Device, 0, len(recs))
+	for _, rec := range recs {
+		d, err := decodeDevice(rec, hubName)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// ProvisionRecord returns the store record that creates or updates a device
+// identity on assignment by DPS, so DPS can write it in the same transaction
+// as the registration. An existing device keeps its generation ID and
+// creation state; its keys and status are replaced.
+func (r *Registry) ProvisionRecord(ctx context.Context, hubName, id string, auth Authentication) (store.Record, error) {
+	now := r.now().UTC()
+	d, err := r.Get(ctx, hubName, id)
+	var ae *azerr.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound:
+		d = newDevice(id, now)
+	default:
+		return store.Record{}, err
+	}
+	d.Authentication = &auth
+	if d.Status != StatusEnabled {
+		d.Status = StatusEnabled
+		d.StatusUpdatedTime = now
+	}
+	return encodeDevice(hubName, d)
+}
+
+// Create adds a device; it fails with DeviceAlreadyExists if it exists.
+// Keys are generated when the authentication type is sas and none are given.
+func (r *Registry) Create(ctx context.Context, hubName string, d *Device) (*Device, error) {
+	now := r.now().UTC()
+	nd := newDevice(d.DeviceID, now)
+	if err := r.apply(nd, d, now); err != nil {
+		return nil, err
+	}
+	rec, err := encodeDevice(hubName, nd)
+	if err != nil {
+		return nil, err
+	}
+	rec, err = r.store.Put(ctx, rec, store.Cond{IfNotExists: true})
+	if errors.Is(err, store.ErrExists) {
+		return nil, azerr.Newf(azerr.HubDeviceAlreadyExists, "A device with ID '%s' is already registered.", d.DeviceID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hub: create device %s: %w", d.DeviceID, err)
+	}
+	return decodeDevice(rec, hubName)
+}
+
+// Update replaces the mutable fields of an existing device (status,
+// authentication, capabilities) under an optional If-Match.
+func (r *Registry) Update(ctx context.Context, hubName string, d *Device, ifMatch string) (*Device, error) {
+	cur, err := r.Get(ctx, hubName, d.DeviceID)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.apply(cur, d, r.now().UTC()); err != nil {
+		return nil, err
+	}
+	rec, err := encodeDevice(hubName, cur)
+	if err != nil {
+		return nil, err
+	}
+	rec, err = r.store.Put(ctx, rec, store.Cond{IfMatch: etagOrAny(ifMatch, cur.ETag)})
+	switch {
+	case errors.Is(err, store.ErrPreconditionFailed):
+		return nil, azerr.New(azerr.HubPreconditionFailed)
+	case errors.Is(err, store.ErrNotFound):
+		return nil, azerr.Newf(azerr.HubDeviceNotFound, "Device %s not found.", d.DeviceID)
+	case err != nil:
+		return nil, fmt.Errorf("hub: update device %s: %w", d.DeviceID, err)
+	}
+	return decodeDevice(rec, hubName)
+}
+
+// Delete removes a device under an optional If-Match.
+func (r *Registry) Delete(ctx context.Context, hubName, id, ifMatch string) error {
+	err := r.store.Delete(ctx, store.KindDevice, deviceKey(hubName, id), unquote(ifMatch))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return azerr.Newf(azerr.HubDeviceNotFound, "Device %s not found.", id)
+	case errors.Is(err, store.ErrPreconditionFailed):
+		return azerr.New(azerr.HubPreconditionFailed)
+	case err != nil:
+		return fmt.Errorf("hub: delete device %s: %w", id, err)
+	}
+	return nil
+}
+
+// Keys returns the symmetric keys of an enabled device, for authenticating
+// its connections.
+func (d *Device) Keys() []string {
+	if d.Authentication == nil || d.Authentication.SymmetricKey == nil {
+		return nil
+	}
+	return []string{d.Authentication.SymmetricKey.PrimaryKey, d.Authentication.SymmetricKey.SecondaryKey}
+}
+
+func (r *Registry) apply(dst, src *Device, now time.Time) error {
+	if !validDeviceID(src.DeviceID) {
+		return azerr.Newf(azerr.HubArgumentInvalid, "Device ID '%s' is not valid.", src.DeviceID)
+	}
+	if src.Status != "" {
+		if src.Status != StatusEnabled && src.Status != StatusDisabled {
+			return azerr.Newf(azerr.HubArgumentInvalid, "Status '%s' is not valid.", src.Status)
+		}
+		if src.Status != dst.Status {
+			dst.Status = src.Status
+			dst.StatusUpdatedTime = now
+		}
+	}
+	dst.StatusReason = src.StatusReason
+	if src.Capabilities != nil {
+		dst.Capabilities = src.Capabilities
+	}
+	auth := src.Authentication
+	if auth == nil {
+		auth = &Authentication{Type: "sas"}
+	}
+	if auth.Type == "" {
+		auth.Type = "sas"
+	}
+	if auth.Type != "sas" {
+		return azerr.Newf(azerr.HubArgumentInvalid, "Authentication type '%s' is not supported yet; berth supports sas.", auth.Type)
+	}
+	if auth.SymmetricKey == nil {
+		auth.SymmetricKey = &SymmetricKey{}
+		if dst.Authentication != nil && dst.Authentication.SymmetricKey != nil {
+			*auth.SymmetricKey = *dst.Authentication.SymmetricKey
+		}
+	}
+	if auth.SymmetricKey.PrimaryKey == "" {
+		auth.SymmetricKey.PrimaryKey = newKey()
+	}
+	if auth.SymmetricKey.SecondaryKey == "" {
+		auth.SymmetricKey.SecondaryKey = newKey()
+	}
+	dst.Authentication = auth
+	return nil
+}
+
+func newDevice(id string, now time.Time) *Device {
+	return &Device{
+		DeviceID: id,
+		// Azure's generation IDs are .NET ticks of the creation time.
+		GenerationID:    fmt.Sprint(now.UnixNano()/100 + 621355968000000000),
+		ConnectionState: "Disconnected",
+		Status:          StatusEnabled,
+		Capabilities:    &Capabilities{},
+		// Azure reports "0001-01-01T00:00:00Z" for times that never happened.
+	}
+}
+
+func encodeDevice(hubName string, d *Device) (store.Record, error) {
+	data, err := json.Marshal(d)
+	if err != nil {
+		return store.Record{}, fmt.Errorf("hub: encode device: %w", err)
+	}
+	return store.Record{Kind: store.KindDevice, Key: deviceKey(hubName, d.DeviceID), Index: strings.ToLower(hubName), Data: data}, nil
+}
+
+func decodeDevice(rec store.Record, hubName string) (*Device, error) {
+	var d Device
+	if err := json.Unmarshal(rec.Data, &d); err != nil {
+		return nil, fmt.Errorf("hub: decode device %s: %w", rec.Key, err)
+	}
+	d.ETag = rec.ETag
+	d.Hub = hubName
+	return &d, nil
+}
+
+func validDeviceID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-.%_*?!(),:=@$'", c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+func unquote(s string) string {
+	s = strings.TrimSpace(s)
+	if s == `"*"` {
+		return "*"
+	}
+	return strings.Trim(s, `"`)
+}
+
+// etagOrAny turns an optional If-Match into the store condition: with none,
+// the write is conditional on the version just read, so concurrent updates
+// cannot be lost between Get and Put.
+func etagOrAny(ifMatch, current string) string {
+	if m := unquote(ifMatch); m != "" {
+		return m
+	}
+	return current
+}
+
+func newKey() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return base64.StdEncoding.EncodeToString(b[:])
+}

@@ -1,0 +1,82 @@
+// Package store is berth's persistence interface: a small, transactional
+// document store. Each record is a JSON document of one Kind, addressed by a
+// Key the domain chooses (for example a lower-cased registration ID), with an
+// optional secondary index value (Index) and a store-assigned ETag used for
+// optimistic concurrency.
+//
+// Implementations (store/sqlite, store/postgres) must pass the conformance
+// suite in store/storetest. A write that returns nil is durable: the caller
+// may acknowledge it to a device.
+package store
+
+import (
+	"context"
+	"errors"
+)
+
+// Kind names a collection.
+type Kind string
+
+// The collections berth uses.
+const (
+	KindEnrollment   Kind = "enrollment"      // DPS individual enrollments, key = lower(registrationId)
+	KindGroup        Kind = "enrollmentGroup" // DPS enrollment groups, key = lower(enrollmentGroupId)
+	KindRegistration Kind = "registration"    // DPS registration records, key = lower(registrationId), index = lower(groupId)
+	KindOperation    Kind = "operation"       // DPS registration operations, key = operationId, index = lower(registrationId)
+	KindDevice       Kind = "device"          // hub device identities, key = hub + "/" + deviceId, index = hub
+	KindConfig       Kind = "config"          // service settings (ID scope, policies), key = setting name
+)
+
+// Record is one stored document.
+type Record struct {
+	Kind  Kind
+	Key   string
+	Index string // secondary index value; "" when unused
+	ETag  string // set by the store on every write; opaque
+	Data  []byte // JSON document
+}
+
+// Cond is a write precondition.
+type Cond struct {
+	// IfMatch, when not empty, requires the current ETag to equal it ("*"
+	// requires only that the record exists).
+	IfMatch string
+	// IfNotExists requires that no record with this key exists.
+	IfNotExists bool
+}
+
+// ListOptions selects a page of records ordered by Key.
+type ListOptions struct {
+	Index string // when not empty, only records with this Index
+	After string // exclusive lower bound on Key; "" starts at the beginning
+	Limit int    // at most this many; <= 0 means no limit
+}
+
+// Errors every implementation returns (wrapped or bare; test with errors.Is).
+var (
+	ErrNotFound           = errors.New("store: not found")
+	ErrPreconditionFailed = errors.New("store: precondition failed")
+	ErrExists             = errors.New("store: already exists")
+)
+
+// Store is the persistence interface.
+type Store interface {
+	// Get returns one record or ErrNotFound.
+	Get(ctx context.Context, kind Kind, key string) (Record, error)
+	// Put creates or replaces a record if cond holds and returns it with its
+	// new ETag. IfMatch on a missing record fails with ErrNotFound;
+	// IfNotExists on an existing one with ErrExists; an ETag mismatch with
+	// ErrPreconditionFailed.
+	Put(ctx context.Context, rec Record, cond Cond) (Record, error)
+	// Delete removes a record if ifMatch is "" or "*" or equals its ETag.
+	Delete(ctx context.Context, kind Kind, key, ifMatch string) error
+	// List returns records of kind in Key order.
+	List(ctx context.Context, kind Kind, opts ListOptions) ([]Record, error)
+	// Count returns the number of records of kind (with Index, if not "").
+	Count(ctx context.Context, kind Kind, index string) (int, error)
+	// Apply writes all records unconditionally in one transaction: all or
+	// none are durable when it returns. It returns them with their ETags.
+	Apply(ctx context.Context, recs []Record) ([]Record, error)
+	// Close releases the store.
+	Close() error
+}
