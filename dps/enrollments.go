@@ -61,7 +61,11 @@ func (s *Service) PutEnrollment(ctx context.Context, id string, in *IndividualEn
 	if err != nil {
 		return nil, err
 	}
-	rec, err = s.store.Put(ctx, rec, putCond(ifMatch, prev != nil))
+	cond, err := putCond(ifMatch, prev != nil)
+	if err != nil {
+		return nil, err
+	}
+	rec, err = s.store.Put(ctx, rec, cond)
 	if err != nil {
 		return nil, storeErr(err, azerr.DPSEnrollmentNotFound)
 	}
@@ -162,7 +166,11 @@ func (s *Service) PutGroup(ctx context.Context, id string, in *EnrollmentGroup, 
 	if err != nil {
 		return nil, err
 	}
-	rec, err = s.store.Put(ctx, rec, putCond(ifMatch, prev != nil))
+	cond, err := putCond(ifMatch, prev != nil)
+	if err != nil {
+		return nil, err
+	}
+	rec, err = s.store.Put(ctx, rec, cond)
 	if err != nil {
 		return nil, storeErr(err, azerr.DPSEnrollmentNotFound)
 	}
@@ -393,16 +401,17 @@ func hideKeys(a *AttestationMechanism) {
 }
 
 // putCond: a PUT without If-Match is an unconditional create-or-replace;
-// with one, the record must exist at that version.
-func putCond(ifMatch string, exists bool) store.Cond {
+// with one, the record must exist at that version, and a missing record is
+// a failed precondition (RFC 9110 §13.1.1), not "not found".
+func putCond(ifMatch string, exists bool) (store.Cond, error) {
 	m := StoreETag(ifMatch)
 	if m == "" {
-		return store.Cond{}
+		return store.Cond{}, nil
 	}
-	if m == "*" && !exists {
-		return store.Cond{IfMatch: "*"}
+	if !exists {
+		return store.Cond{}, azerr.New(azerr.DPSPreconditionFailed)
 	}
-	return store.Cond{IfMatch: m}
+	return store.Cond{IfMatch: m}, nil
 }
 
 func storeErr(err error, notFound azerr.Code) error {

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -139,37 +140,48 @@ func (a *attested) disabled() bool {
 type deviceRequest struct {
 	RegistrationID *string         `json:"registrationId"`
 	Payload        json.RawMessage `json:"payload"`
+	CSR            *string         `json:"csr"`
 }
 
 // parseDeviceBody applies the tolerances of shared/spec/dps.md §1.5: empty
 // body, payload null, unknown fields.
 func parseDeviceBody(body []byte, regID string) (json.RawMessage, error) {
+	p, _, err := parseDeviceRequest(body, regID)
+	return p, err
+}
+
+// parseDeviceRequest also reports whether the body carried a csr.
+func parseDeviceRequest(body []byte, regID string) (payload json.RawMessage, hasCSR bool, err error) {
 	if len(body) > MaxMessageSize {
-		return nil, azerr.New(azerr.DPSTooLarge)
+		return nil, false, azerr.New(azerr.DPSTooLarge)
 	}
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
-		return nil, nil
+		return nil, false, nil
+	}
+	if body[0] != '{' {
+		return nil, false, azerr.New(azerr.DPSInvalidBody)
 	}
 	var req deviceRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&req); err != nil || dec.More() {
-		return nil, azerr.New(azerr.DPSInvalidBody)
+	if err := dec.Decode(&req); err != nil {
+		return nil, false, azerr.New(azerr.DPSInvalidBody)
 	}
-	if body[0] != '{' {
-		return nil, azerr.New(azerr.DPSInvalidBody)
+	// Nothing may follow the object (dec.More misses a stray '}' or ']').
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, false, azerr.New(azerr.DPSInvalidBody)
 	}
 	if req.RegistrationID != nil && !strings.EqualFold(*req.RegistrationID, regID) {
-		return nil, azerr.New(azerr.DPSRegistrationIDMatch)
+		return nil, false, azerr.New(azerr.DPSRegistrationIDMatch)
 	}
 	p := bytes.TrimSpace(req.Payload)
 	if len(p) == 0 || string(p) == "null" {
-		return nil, nil
+		return nil, req.CSR != nil, nil
 	}
 	if p[0] != '{' {
-		return nil, azerr.Newf(azerr.DPSInvalidBody, "payload must be a JSON object.")
+		return nil, false, azerr.Newf(azerr.DPSInvalidBody, "payload must be a JSON object.")
 	}
-	return p, nil
+	return p, req.CSR != nil, nil
 }
 
 // Register runs a registration. The answer is always an operation in status
@@ -376,8 +388,11 @@ func (s *Service) RegistrationStatus(ctx context.Context, req StatusRequest) (*R
 	if !ValidRegistrationID(req.RegistrationID) {
 		return nil, azerr.New(azerr.DPSInvalidRegistration)
 	}
-	if _, err := parseDeviceBody(req.Body, req.RegistrationID); err != nil {
+	if _, hasCSR, err := parseDeviceRequest(req.Body, req.RegistrationID); err != nil {
 		return nil, err
+	} else if hasCSR {
+		// Certificates are issued only by register (shared/spec/dps.md §2).
+		return nil, azerr.Newf(azerr.DPSInvalidBody, "csr is not allowed in a registration status lookup.")
 	}
 	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token); err != nil {
 		return nil, err

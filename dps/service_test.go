@@ -228,6 +228,8 @@ func TestRegisterErrors(t *testing.T) {
 		{"not json", scope, "dev", good, "hello", azerr.DPSInvalidBody},
 		{"json array", scope, "dev", good, "[1]", azerr.DPSInvalidBody},
 		{"trailing garbage", scope, "dev", good, "{} {}", azerr.DPSInvalidBody},
+		{"stray brace", scope, "dev", good, `{"registrationId":"dev"}}`, azerr.DPSInvalidBody},
+		{"stray bracket", scope, "dev", good, `{}]`, azerr.DPSInvalidBody},
 		{"payload not object", scope, "dev", good, `{"payload":3}`, azerr.DPSInvalidBody},
 		{"id mismatch", scope, "dev", good, `{"registrationId":"other"}`, azerr.DPSRegistrationIDMatch},
 		{"oversize", scope, "dev", good, `{"payload":{"x":"` + strings.Repeat("a", dps.MaxMessageSize) + `"}}`, azerr.DPSTooLarge},
@@ -310,6 +312,12 @@ func TestEnrollmentCRUD(t *testing.T) {
 	if _, err := f.svc.GetEnrollment(ctx, "crud", false); code(err) != azerr.DPSEnrollmentNotFound {
 		t.Errorf("after delete: %v", err)
 	}
+	// If-Match on a missing enrollment is a failed precondition.
+	for _, m := range []string{"*", got.ETag} {
+		if _, err := f.svc.PutEnrollment(ctx, "crud", got, m); code(err) != azerr.DPSPreconditionFailed {
+			t.Errorf("If-Match %s on missing: %v", m, err)
+		}
+	}
 	bad := []struct {
 		name string
 		e    dps.IndividualEnrollment
@@ -383,6 +391,32 @@ func TestRegistrationRecords(t *testing.T) {
 	}
 	if _, err := f.svc.GetRegistration(ctx, "m1"); code(err) != azerr.DPSRegistrationMissing {
 		t.Errorf("after delete: %v", err)
+	}
+}
+
+func TestRegistrationStatusLookup(t *testing.T) {
+	f := newFixture(t)
+	f.enroll(t, "look", "", "")
+	tok := f.token(t, "look", indivKey)
+	ctx := context.Background()
+	req := dps.StatusRequest{IDScope: scope, RegistrationID: "look", Token: tok}
+	if _, err := f.svc.RegistrationStatus(ctx, req); code(err) != azerr.DPSRegistrationMissing {
+		t.Fatalf("before registering: %v", err)
+	}
+	if _, err := f.provision(t, "look", tok, ""); err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.svc.RegistrationStatus(ctx, req)
+	if err != nil || st.Status != dps.StatusAssigned || st.AssignedHub != hubName {
+		t.Fatalf("lookup: %+v, %v", st, err)
+	}
+	req.Body = []byte(`{"registrationId":"look","csr":"MIIB"}`)
+	if _, err := f.svc.RegistrationStatus(ctx, req); code(err) != azerr.DPSInvalidBody {
+		t.Errorf("csr in lookup: %v", err)
+	}
+	req.Body, req.Token = nil, f.token(t, "look", groupKey)
+	if _, err := f.svc.RegistrationStatus(ctx, req); code(err) != azerr.DPSInvalidCredentials {
+		t.Errorf("wrong key lookup: %v", err)
 	}
 }
 

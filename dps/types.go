@@ -19,25 +19,22 @@ func (t Time) MarshalJSON() ([]byte, error) {
 	return []byte(`"` + t.UTC().Format(timeLayout) + `"`), nil
 }
 
-// UnmarshalJSON accepts RFC 3339 with any precision.
+// UnmarshalJSON accepts RFC 3339 with any precision, and times without a
+// zone (as UTC), which .NET serializers write. Every Time in a request is
+// read-only, so a value that still does not parse is ignored rather than
+// failing the request.
 func (t *Time) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		t.Time = time.Time{}
-		return nil
-	}
+	t.Time = time.Time{}
 	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	if s == "" {
-		t.Time = time.Time{}
+	if json.Unmarshal(b, &s) != nil || s == "" {
 		return nil
 	}
-	v, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return err
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999"} {
+		if v, err := time.Parse(layout, s); err == nil {
+			t.Time = v.UTC()
+			return nil
+		}
 	}
-	t.Time = v.UTC()
 	return nil
 }
 

@@ -1,0 +1,199 @@
+package rest
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/dps"
+)
+
+// newQuietFixture logs warnings and errors only: a fuzzing worker runs
+// millions of requests and the debug access log would fill its memory.
+func newQuietFixture(f *testing.F) *fixture {
+	fx := newFixture(f)
+	logger := slog.New(slog.NewTextHandler(fx.logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	fx.h = NewHandler(Config{Hosts: []string{dpsHost}, Logger: logger, Now: func() time.Time { return fx.now }}, fx.svc, fx.settings)
+	return fx
+}
+
+// validStatuses are the answers the API may give at all.
+var validStatuses = map[int]bool{200: true, 202: true, 204: true, 400: true, 401: true, 404: true, 405: true, 409: true, 412: true, 413: true, 415: true}
+
+// validMethod mirrors net/http's check: the server refuses other methods
+// before any handler runs.
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		c := m[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`()<>@,;:\"/[]?={}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// checkAnswer asserts what every answer must be: a valid status, the common
+// headers, and a DPS error body consistent with the status.
+func checkAnswer(t *testing.T, rec *httptest.ResponseRecorder) {
+	t.Helper()
+	if !validStatuses[rec.Code] {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	checkCommon(t, rec)
+	if rec.Code < 400 {
+		if rec.Code != http.StatusNoContent && !json.Valid(rec.Body.Bytes()) {
+			t.Fatalf("%d with invalid JSON %q", rec.Code, rec.Body)
+		}
+		return
+	}
+	var e struct {
+		ErrorCode  int    `json:"errorCode"`
+		TrackingID string `json:"trackingId"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil {
+		t.Fatalf("error body %q: %v", rec.Body, err)
+	}
+	if e.ErrorCode/1000 != rec.Code || e.TrackingID == "" {
+		t.Fatalf("status %d with body %s", rec.Code, rec.Body)
+	}
+	if got, _ := raw(rec, "x-ms-error-code"); got != strconv.Itoa(e.ErrorCode) {
+		t.Fatalf("x-ms-error-code %q for %d", got, e.ErrorCode)
+	}
+}
+
+// FuzzRoute: any method and request target (that net/http would hand to a
+// handler), with or without service credentials, gets a valid answer and
+// never a panic or a 500.
+func FuzzRoute(f *testing.F) {
+	seeds := []struct {
+		method, target string
+		auth           bool
+		body           string
+	}{
+		{"PUT", "/0ne00000A0A/registrations/dev-1/register?api-version=2021-06-01", false, `{"registrationId":"dev-1"}`},
+		{"GET", "/0ne00000A0A/registrations/dev-1/operations/5.abc.def", false, "{}"},
+		{"POST", "/0ne00000A0A/registrations/dev-1", false, ""},
+		{"PUT", "/enrollments/fz-1", true, `{"attestation":{"type":"symmetricKey"}}`},
+		{"GET", "/enrollments/fz-1", true, ""},
+		{"DELETE", "/enrollmentGroups/g", true, ""},
+		{"POST", "/enrollmentgroups/g/attestationmechanism", true, ""},
+		{"POST", "/enrollments/query", true, `{"query":"SELECT * FROM enrollments"}`},
+		{"POST", "/registrations/g/query", true, ""},
+		{"GET", "/registrations/r%2F1", true, ""},
+		{"PATCH", "/enrollments/x", true, ""},
+		{"GET", "/%7Benrollments%7D/query", true, ""},
+		{"GET", "/", false, ""},
+		{"GET", "//", false, ""},
+		{"OPTIONS", "*", false, ""},
+	}
+	for _, s := range seeds {
+		f.Add(s.method, s.target, s.auth, []byte(s.body))
+	}
+	fx := newQuietFixture(f)
+	tok := fx.ownerToken(f)
+	f.Fuzz(func(t *testing.T, method, target string, auth bool, body []byte) {
+		if !validMethod(method) {
+			t.Skip()
+		}
+		u, err := url.ParseRequestURI(target)
+		if err != nil {
+			t.Skip() // net/http answers 400 itself
+		}
+		r := &http.Request{
+			Method:        method,
+			URL:           u,
+			RequestURI:    target,
+			Proto:         "HTTP/1.1",
+			ProtoMajor:    1,
+			ProtoMinor:    1,
+			Header:        http.Header{},
+			Host:          dpsHost,
+			Body:          io.NopCloser(bytes.NewReader(body)),
+			ContentLength: int64(len(body)),
+		}
+		if auth {
+			r.Header.Set("Authorization", tok)
+		}
+		rec := httptest.NewRecorder()
+		fx.h.ServeHTTP(rec, r)
+		checkAnswer(t, rec)
+	})
+}
+
+// FuzzEnrollmentBody: any body PUT to /enrollments/{id} is either stored
+// (200, a well-formed enrollment that reads back) or refused with a 4xx
+// naming the body or the enrollment as the problem; never a 500.
+func FuzzEnrollmentBody(f *testing.F) {
+	for _, s := range []string{
+		`{"registrationId":"fuzz-dev","attestation":{"type":"symmetricKey"}}`,
+		`{"attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":"` + indivKey + `"}},"deviceId":"d1","provisioningStatus":"disabled"}`,
+		`{"registrationId":"FUZZ-DEV","attestation":{"type":"symmetricKey"},"initialTwin":{"tags":{"a":1},"properties":{"desired":{"b":2}}},"capabilities":{"iotEdge":true},"reprovisionPolicy":{"updateHubAssignment":false,"migrateDeviceData":false},"allocationPolicy":"static","iotHubs":["hub.berth.test"],"iotHubHostName":"hub.berth.test"}`,
+		`{"registrationId":"fuzz-dev","attestation":{"type":"symmetricKey"},"etag":"\"abc\"","createdDateTimeUtc":"2020-04-10T03:11:13.0276997Z","lastUpdatedDateTimeUtc":"2020-04-10T03:11:13Z","registrationState":{"registrationId":"fuzz-dev","status":"assigned"}}`,
+		`{"attestation":{"type":"x509","x509":{"clientCertificates":{"primary":{"certificate":"MII"}}}}}`,
+		`{"attestation":{"type":"tpm","tpm":{"endorsementKey":"AToAAQ"}}}`,
+		`{"attestation":{"type":"symmetricKey"},"optionalDeviceInformation":{"version":1,"k":"v"},"customAllocationDefinition":{"webhookUrl":"https://x","apiVersion":"2019-03-31"}}`,
+		`{"attestation":null}`,
+		`{}`,
+		`[]`,
+		`null`,
+		`{"attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":"short"}}}`,
+		`{"createdDateTimeUtc":"not a time","attestation":{"type":"symmetricKey"}}`,
+		"{\"registrationId\":\"fuzz-dev\\u0000\",\"attestation\":{\"type\":\"symmetricKey\"}}",
+		`{"attestation":{"type":"symmetricKey"}}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	fx := newQuietFixture(f)
+	tok := fx.ownerToken(f)
+	allowed := map[azerr.Code]bool{azerr.DPSInvalidBody: true, azerr.DPSInvalidEnrollment: true, azerr.DPSInvalidRegistration: true, azerr.DPSTooLarge: true}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r := httptest.NewRequest(http.MethodPut, "/enrollments/fuzz-dev", bytes.NewReader(body))
+		r.Host = dpsHost
+		r.Header.Set("Authorization", tok)
+		r.Header.Set("Content-Type", "application/json; charset=utf-8")
+		rec := httptest.NewRecorder()
+		fx.h.ServeHTTP(rec, r)
+		checkAnswer(t, rec)
+		switch rec.Code {
+		case http.StatusOK:
+			var e dps.IndividualEnrollment
+			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil {
+				t.Fatalf("stored enrollment does not decode: %v: %s", err, rec.Body)
+			}
+			sk := e.Attestation
+			if !strings.EqualFold(e.RegistrationID, "fuzz-dev") || sk == nil || sk.SymmetricKey == nil ||
+				sk.SymmetricKey.PrimaryKey == "" || sk.SymmetricKey.SecondaryKey == "" || e.ETag == "" {
+				t.Fatalf("stored enrollment %s", rec.Body)
+			}
+			get := httptest.NewRequest(http.MethodGet, "/enrollments/fuzz-dev", nil)
+			get.Host = dpsHost
+			get.Header.Set("Authorization", tok)
+			rec2 := httptest.NewRecorder()
+			fx.h.ServeHTTP(rec2, get)
+			if rec2.Code != http.StatusOK {
+				t.Fatalf("stored enrollment does not read back: %d %s", rec2.Code, rec2.Body)
+			}
+			checkAnswer(t, rec2)
+		default:
+			var e struct {
+				ErrorCode azerr.Code `json:"errorCode"`
+			}
+			_ = json.Unmarshal(rec.Body.Bytes(), &e) // checkAnswer proved it decodes
+			if !allowed[e.ErrorCode] {
+				t.Fatalf("refused with %d: %s", e.ErrorCode, rec.Body)
+			}
+		}
+	})
+}

@@ -1,0 +1,280 @@
+// Package rest is berth's HTTPS front end (port 443): the DPS device API
+// (register, operation status, registration status) and the DPS service API
+// (enrollments, enrollment groups, registration records), with the exact
+// status codes, headers and JSON shapes the Azure SDKs expect
+// (shared/spec/dps.md §2 and §5). It turns requests into calls on
+// *dps.Service and *azerr.Error results into Azure's error answers; all
+// protocol rules about identities and credentials stay in the domain.
+//
+// Header names whose spelling matters are written by direct assignment to
+// the header map, never with Header.Set, which would canonicalise them: the
+// Azure C SDK looks response headers up with a case-sensitive strcmp
+// (shared/spec/dps.md §2, shared/spec/iothub.md §0.1). That is also why the
+// listener must stay on HTTP/1.1: HTTP/2 lower-cases every name.
+package rest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/dps"
+)
+
+// Response header names, spelled as they go on the wire.
+const (
+	hdrContentType  = "Content-Type"
+	hdrRequestID    = "x-ms-request-id"
+	hdrErrorCode    = "x-ms-error-code"
+	hdrRetryAfter   = "retry-after"
+	hdrLocation     = "Location"
+	hdrAllow        = "Allow"
+	hdrItemType     = "x-ms-item-type"
+	hdrContinuation = "x-ms-continuation"
+	hdrMaxItemCount = "x-ms-max-item-count"
+)
+
+// contentTypeJSON is the Content-Type of every answer, as Azure sends it.
+const contentTypeJSON = "application/json; charset=utf-8"
+
+// Request header names. Go canonicalises the keys of received headers, and
+// Header.Get canonicalises its argument, so the spelling here is free.
+const (
+	reqAuthorization = "Authorization"
+	reqIfMatch       = "If-Match"
+	reqContinuation  = "X-Ms-Continuation"
+	reqMaxItemCount  = "X-Ms-Max-Item-Count"
+	reqContentType   = "Content-Type"
+)
+
+// maxLoggedAPIVersion bounds what a client can put into the access log.
+const maxLoggedAPIVersion = 32
+
+// Config configures the HTTPS front end.
+type Config struct {
+	// Hosts are the host names the service answers to. A service SAS token's
+	// sr must name one of them or the host the request was sent to.
+	Hosts []string
+	// Logger receives the access and error logs; slog.Default() when nil.
+	Logger *slog.Logger
+	// Now is the clock for service tokens and error timestamps; time.Now
+	// when nil.
+	Now func() time.Time
+}
+
+// handler serves the DPS REST API.
+type handler struct {
+	svc      *dps.Service
+	settings *dps.Settings
+	hosts    []string
+	log      *slog.Logger
+	now      func() time.Time
+	routes   routes
+}
+
+// NewHandler returns the http.Handler of the 443 listener's REST API.
+func NewHandler(cfg Config, svc *dps.Service, settings *dps.Settings) http.Handler {
+	h := &handler{
+		svc:      svc,
+		settings: settings,
+		hosts:    append([]string(nil), cfg.Hosts...),
+		log:      cfg.Logger,
+		now:      cfg.Now,
+	}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	// Service routes first: their first segment is a literal, the device
+	// routes' is the ID scope parameter, so on the (theoretical) paths both
+	// fit, the literal wins. The hub's routes will be appended here.
+	h.routes = append(h.serviceRoutes(), h.deviceRoutes()...)
+	return h
+}
+
+// exchange is one request and its answer.
+type exchange struct {
+	h      *handler
+	w      http.ResponseWriter
+	r      *http.Request
+	id     string // x-ms-request-id, also the trackingId of an error
+	status int    // 0 until the header is written
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	x := &exchange{h: h, w: w, r: r, id: dps.NewTrackingID()}
+	defer func() {
+		if v := recover(); v != nil {
+			// net/http's own signal to abort the response silently.
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			h.log.Error("rest: handler panic", "requestId", x.id, "method", r.Method, "path", r.URL.EscapedPath(),
+				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			if x.status == 0 {
+				x.fail(azerr.Wrap(azerr.DPSInternal, fmt.Errorf("panic: %v", v)))
+			}
+		}
+		h.log.Debug("rest: request", "requestId", x.id, "method", r.Method, "path", r.URL.EscapedPath(),
+			"apiVersion", truncate(r.URL.Query().Get("api-version"), maxLoggedAPIVersion),
+			"status", x.status, "duration", time.Since(start))
+	}()
+	x.serve()
+}
+
+func (x *exchange) serve() {
+	segs, ok, err := splitPath(x.r.URL.EscapedPath())
+	if err != nil {
+		x.fail(azerr.Wrap(azerr.DPSBadRequest, err))
+		return
+	}
+	if !ok {
+		x.fail(azerr.New(azerr.DPSNotFound))
+		return
+	}
+	rt, args, allow := x.h.routes.lookup(x.r.Method, segs)
+	switch {
+	case rt != nil:
+		rt.handle(x, args)
+	case len(allow) > 0:
+		x.w.Header()[hdrAllow] = allow
+		x.fail(azerr.New(azerr.DPSMethodNotAllowed))
+	default:
+		x.fail(azerr.New(azerr.DPSNotFound))
+	}
+}
+
+// writeHeader writes the headers every answer carries, then the status.
+func (x *exchange) writeHeader(status int) {
+	h := x.w.Header()
+	h[hdrContentType] = []string{contentTypeJSON}
+	h[hdrRequestID] = []string{x.id}
+	x.status = status
+	x.w.WriteHeader(status)
+}
+
+// writeJSON answers with v as the body.
+func (x *exchange) writeJSON(status int, v any) {
+	b, err := encodeJSON(v)
+	if err != nil {
+		x.fail(fmt.Errorf("rest: encode %T: %w", v, err))
+		return
+	}
+	x.writeHeader(status)
+	// A write error means the client went away; there is no one to tell.
+	_, _ = x.w.Write(b)
+}
+
+// noContent answers 204.
+func (x *exchange) noContent() { x.writeHeader(http.StatusNoContent) }
+
+// setRetryAfter writes the retry hint. One header field, named in lower
+// case, serves every client:
+//   - the Azure C SDK finds it only under exactly "retry-after" (case-
+//     sensitive strcmp in azure-c-shared-utility httpheaders.c; with
+//     "Retry-After" it silently falls back to 1 s);
+//   - HTTP/1.1 field names are case-insensitive (RFC 9110 §5.1), so Node
+//     (which lower-cases anyway), C# (typed Headers.RetryAfter), Python and
+//     curl read the same field;
+//   - sending a second "Retry-After" field as well would duplicate a
+//     singleton field: clients that merge duplicates (urllib3, the C SDK's
+//     own header map) would see "3, 3", Node drops the duplicate, and .NET
+//     marks the second value invalid. One field avoids all of that.
+//
+// The value is delta-seconds, never an HTTP date: C# reads
+// Headers.RetryAfter.Delta.
+func (x *exchange) setRetryAfter() {
+	x.w.Header()[hdrRetryAfter] = []string{strconv.Itoa(x.h.svc.RetryAfter())}
+}
+
+// errorBody is Azure's ProvisioningServiceErrorDetails.
+type errorBody struct {
+	ErrorCode    int               `json:"errorCode"`
+	TrackingID   string            `json:"trackingId"`
+	Message      string            `json:"message"`
+	Info         map[string]string `json:"info,omitempty"`
+	TimestampUTC dps.Time          `json:"timestampUtc"`
+}
+
+// fail answers with err as a DPS error: status errorCode/1000, the code in
+// x-ms-error-code, the body every SDK parses. Errors that are not
+// *azerr.Error are internal: their cause is logged, never sent.
+func (x *exchange) fail(err error) {
+	e := azerr.As(err, azerr.DPSInternal)
+	status := e.Status()
+	if status < 400 || status > 599 {
+		// A code outside the error range would break errorCode/1000 ==
+		// status for every client; treat it as the bug it is.
+		e = azerr.Wrap(azerr.DPSInternal, fmt.Errorf("error code %d is not an error status: %w", e.Code, err))
+		status = e.Status()
+	}
+	attrs := []any{"requestId", x.id, "method", x.r.Method, "path", x.r.URL.EscapedPath(),
+		"status", status, "errorCode", int(e.Code), "message", e.Message}
+	if e.Err != nil {
+		attrs = append(attrs, "cause", e.Err.Error())
+	}
+	if status >= 500 {
+		x.h.log.Error("rest: error response", attrs...)
+	} else {
+		x.h.log.Debug("rest: error response", attrs...)
+	}
+
+	h := x.w.Header()
+	// Headers a success answer may have set before failing (an encoding
+	// error, a recovered panic) must not describe the error answer.
+	for _, k := range []string{hdrLocation, hdrRetryAfter, hdrItemType, hdrContinuation, hdrMaxItemCount} {
+		delete(h, k)
+	}
+	h[hdrErrorCode] = []string{strconv.Itoa(int(e.Code))}
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		// shared/spec/dps.md §1.8: every 429 carries retry-after; the
+		// SDKs retry 503 the same way.
+		x.setRetryAfter()
+	}
+	body := errorBody{
+		ErrorCode:    int(e.Code),
+		TrackingID:   x.id,
+		Message:      e.Message,
+		Info:         e.Info,
+		TimestampUTC: dps.Time{Time: x.h.now().UTC()},
+	}
+	b, merr := encodeJSON(body)
+	if merr != nil {
+		// Only a broken Info map could get here; the fixed fields always
+		// encode.
+		x.h.log.Error("rest: error response", "requestId", x.id, "cause", merr.Error())
+		b = []byte(`{"errorCode":500000,"trackingId":"` + x.id + `","message":"Internal server error."}`)
+		h[hdrErrorCode] = []string{strconv.Itoa(int(azerr.DPSInternal))}
+		status = http.StatusInternalServerError
+	}
+	x.writeHeader(status)
+	_, _ = x.w.Write(b)
+}
+
+// encodeJSON marshals without HTML escaping: bodies carry base64 keys and
+// etags, which Azure prints verbatim.
+func encodeJSON(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
