@@ -1,0 +1,186 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/sas"
+	"github.com/berth-iot/berth/store"
+)
+
+// Rights of a hub shared access policy.
+const (
+	RightRegistryRead   = "RegistryRead"
+	RightRegistryWrite  = "RegistryWrite"
+	RightServiceConnect = "ServiceConnect"
+	RightDeviceConnect  = "DeviceConnect"
+)
+
+// OwnerPolicy is the hub's default all-rights policy.
+const OwnerPolicy = "iothubowner"
+
+// Policy is a hub shared access policy.
+type Policy struct {
+	KeyName      string   `json:"keyName"`
+	PrimaryKey   string   `json:"primaryKey"`
+	SecondaryKey string   `json:"secondaryKey"`
+	Rights       []string `json:"rights"`
+}
+
+// Has reports whether the policy grants right (RegistryWrite implies
+// RegistryRead, as on IoT Hub's registryReadWrite).
+func (p *Policy) Has(right string) bool {
+	for _, r := range p.Rights {
+		if strings.EqualFold(r, right) || (right == RightRegistryRead && strings.EqualFold(r, RightRegistryWrite)) {
+			return true
+		}
+	}
+	return false
+}
+
+// ConnectionString is the service connection string of the policy.
+func (p *Policy) ConnectionString(hubName string) string {
+	return "HostName=" + hubName + ";SharedAccessKeyName=" + p.KeyName + ";SharedAccessKey=" + p.PrimaryKey
+}
+
+// Settings are a hub's persistent policies.
+type Settings struct {
+	Name     string   `json:"name"`
+	Policies []Policy `json:"policies"`
+}
+
+// Policy returns the named policy.
+func (s *Settings) Policy(name string) (*Policy, bool) {
+	for i := range s.Policies {
+		if strings.EqualFold(s.Policies[i].KeyName, name) {
+			return &s.Policies[i], true
+		}
+	}
+	return nil, false
+}
+
+// LoadOrCreateSettings reads a hub's policies, creating IoT Hub's default
+// set on first use.
+func LoadOrCreateSettings(ctx context.Context, st store.Store, hubName string) (*Settings, error) {
+	key := "hub/" + strings.ToLower(hubName)
+	rec, err := st.Get(ctx, store.KindConfig, key)
+	if err == nil {
+		var s Settings
+		if err := json.Unmarshal(rec.Data, &s); err != nil {
+			return nil, fmt.Errorf("hub: decode settings: %w", err)
+		}
+		return &s, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("hub: read settings: %w", err)
+	}
+	mk := func(name string, rights ...string) Policy {
+		return Policy{KeyName: name, PrimaryKey: newKey(), SecondaryKey: newKey(), Rights: rights}
+	}
+	s := &Settings{Name: hubName, Policies: []Policy{
+		mk(OwnerPolicy, RightRegistryRead, RightRegistryWrite, RightServiceConnect, RightDeviceConnect),
+		mk("service", RightServiceConnect),
+		mk("device", RightDeviceConnect),
+		mk("registryRead", RightRegistryRead),
+		mk("registryReadWrite", RightRegistryRead, RightRegistryWrite),
+	}}
+	data, err := json.Marshal(s)
+	if err != nil {
+		return nil, fmt.Errorf("hub: encode settings: %w", err)
+	}
+	_, err = st.Put(ctx, store.Record{Kind: store.KindConfig, Key: key, Data: data}, store.Cond{IfNotExists: true})
+	if errors.Is(err, store.ErrExists) {
+		return LoadOrCreateSettings(ctx, st, hubName)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hub: write settings: %w", err)
+	}
+	return s, nil
+}
+
+// Identity is an authenticated device connection.
+type Identity struct {
+	Device *Device
+	// Expires is when the credential stops being valid (token se plus
+	// skew); the connection is closed then. Zero for no expiry.
+	Expires time.Time
+	// AuthMethod is the iothub-connection-auth-method property value.
+	AuthMethod string
+}
+
+// AuthenticateDevice checks a device's SAS token for hubName/deviceID: a
+// device-scoped token signed with the device's key, or a policy token (skn)
+// whose policy has DeviceConnect. The sr must be a segment prefix of
+// {hub}/devices/{deviceId}. Every failure is IotHubUnauthorizedAccess; the
+// cause is for logs only.
+func (r *Registry) AuthenticateDevice(ctx context.Context, settings *Settings, hubName, deviceID, token string) (*Identity, error) {
+	deny := func(cause error) error { return azerr.Wrap(azerr.HubUnauthorizedAccess, cause) }
+	if token == "" {
+		return nil, deny(errors.New("no token"))
+	}
+	tok, err := sas.Parse(token)
+	if err != nil {
+		return nil, deny(err)
+	}
+	if !audienceCovers(tok.Resource, hubName, deviceID) {
+		return nil, deny(sas.ErrAudience)
+	}
+	now := r.now()
+	if tok.Expired(now) {
+		return nil, deny(sas.ErrExpired)
+	}
+	d, err := r.Get(ctx, hubName, deviceID)
+	if err != nil {
+		var ae *azerr.Error
+		if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
+			return nil, deny(err)
+		}
+		return nil, err
+	}
+	if d.Status != StatusEnabled {
+		return nil, deny(errors.New("device disabled"))
+	}
+	id := &Identity{Device: d, Expires: tok.Expiry.Add(sas.MaxClockSkew)}
+	if tok.KeyName == "" {
+		if _, err := tok.Verify(now, d.Keys()...); err != nil {
+			return nil, deny(err)
+		}
+		id.AuthMethod = `{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`
+		return id, nil
+	}
+	if settings == nil {
+		return nil, deny(errors.New("no hub policies"))
+	}
+	p, ok := settings.Policy(tok.KeyName)
+	if !ok || !p.Has(RightDeviceConnect) {
+		return nil, deny(fmt.Errorf("policy %q cannot connect devices", tok.KeyName))
+	}
+	if _, err := tok.Verify(now, p.PrimaryKey, p.SecondaryKey); err != nil {
+		return nil, deny(err)
+	}
+	id.AuthMethod = `{"scope":"hub","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`
+	return id, nil
+}
+
+// audienceCovers reports whether the decoded sr is a segment prefix of
+// {hub}/devices/{deviceId}, comparing case-insensitively (IoT Hub
+// documents the URI as lower-cased; device IDs are compared
+// case-insensitively by Microsoft's own gateway).
+func audienceCovers(sr, hubName, deviceID string) bool {
+	want := strings.Split(hubName+"/devices/"+deviceID, "/")
+	got := strings.Split(strings.TrimSuffix(sr, "/"), "/")
+	if len(got) > len(want) || len(got) == 0 {
+		return false
+	}
+	for i := range got {
+		if !strings.EqualFold(got[i], want[i]) {
+			return false
+		}
+	}
+	return true
+}

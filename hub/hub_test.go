@@ -1,0 +1,158 @@
+package hub_test
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/sas"
+	"github.com/berth-iot/berth/store/memstore"
+)
+
+const hubName = "hub.berth.test"
+
+func code(err error) azerr.Code {
+	var ae *azerr.Error
+	if errors.As(err, &ae) {
+		return ae.Code
+	}
+	return 0
+}
+
+func TestRegistryCRUD(t *testing.T) {
+	ctx := context.Background()
+	reg := hub.NewRegistry(memstore.New(), nil)
+	d, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys := d.Keys(); len(keys) != 2 || keys[0] == "" || keys[0] == keys[1] || d.GenerationID == "" || d.ETag == "" || d.Status != hub.StatusEnabled {
+		t.Fatalf("created: %+v", d)
+	}
+	if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev-1"}); code(err) != azerr.HubDeviceAlreadyExists {
+		t.Errorf("duplicate create: %v", err)
+	}
+	// Device IDs are case-sensitive; hub names are not.
+	if _, err := reg.Get(ctx, "HUB.berth.test", "DEV-1"); code(err) != azerr.HubDeviceNotFound {
+		t.Errorf("case-folded device id found: %v", err)
+	}
+	if _, err := reg.Get(ctx, "HUB.berth.test", "dev-1"); err != nil {
+		t.Errorf("hub name case: %v", err)
+	}
+	upd, err := reg.Update(ctx, hubName, &hub.Device{DeviceID: "dev-1", Status: hub.StatusDisabled}, d.ETag)
+	if err != nil || upd.Status != hub.StatusDisabled || upd.Keys()[0] != d.Keys()[0] {
+		t.Fatalf("update: %+v, %v", upd, err)
+	}
+	if _, err := reg.Update(ctx, hubName, &hub.Device{DeviceID: "dev-1"}, d.ETag); code(err) != azerr.HubPreconditionFailed {
+		t.Errorf("stale update: %v", err)
+	}
+	if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "bad/id"}); code(err) != azerr.HubArgumentInvalid {
+		t.Errorf("bad id: %v", err)
+	}
+	list, err := reg.List(ctx, hubName, "", 10)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	if err := reg.Delete(ctx, hubName, "dev-1", `"`+d.ETag+`"`); code(err) != azerr.HubPreconditionFailed {
+		t.Errorf("delete stale: %v", err)
+	}
+	if err := reg.Delete(ctx, hubName, "dev-1", "*"); err != nil {
+		t.Errorf("delete: %v", err)
+	}
+	if err := reg.Delete(ctx, hubName, "dev-1", ""); code(err) != azerr.HubDeviceNotFound {
+		t.Errorf("delete missing: %v", err)
+	}
+}
+
+func TestAuthenticateDevice(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1700000000, 0)
+	st := memstore.New()
+	reg := hub.NewRegistry(st, func() time.Time { return now })
+	settings, err := hub.LoadOrCreateSettings(ctx, st, hubName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := hub.LoadOrCreateSettings(ctx, st, hubName)
+	if err != nil || again.Policies[0].PrimaryKey != settings.Policies[0].PrimaryKey {
+		t.Fatal("settings not persisted")
+	}
+	d, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "off", Status: hub.StatusDisabled}); err != nil {
+		t.Fatal(err)
+	}
+	exp := now.Add(time.Hour)
+	sign := func(res, key, skn string) string {
+		tok, err := sas.Sign(res, key, skn, exp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	owner, _ := settings.Policy("iothubowner")
+	svc, _ := settings.Policy("service")
+	devPol, _ := settings.Policy("device")
+	primary, secondary := d.Keys()[0], d.Keys()[1]
+	expired, _ := sas.Sign(hubName+"/devices/dev", primary, "", now.Add(-sas.MaxClockSkew-time.Second))
+	tests := []struct {
+		name, device, token string
+		ok                  bool
+	}{
+		{"device key, Node encoding", "dev", sign(url.QueryEscape(hubName+"/devices/dev"), primary, ""), true},
+		{"device key, raw sr", "dev", sign(hubName+"/devices/dev", primary, ""), true},
+		{"secondary key", "dev", sign(hubName+"/devices/dev", secondary, ""), true},
+		{"upper-case sr", "dev", sign("HUB.BERTH.TEST/devices/dev", primary, ""), true},
+		{"hub-scoped sr with device key", "dev", sign(hubName, primary, ""), true},
+		{"device policy", "dev", sign(hubName, devPol.PrimaryKey, "device"), true},
+		{"owner policy", "dev", sign(hubName+"/devices", owner.PrimaryKey, "iothubowner"), true},
+		{"service policy lacks DeviceConnect", "dev", sign(hubName, svc.PrimaryKey, "service"), false},
+		{"wrong key", "dev", sign(hubName+"/devices/dev", owner.PrimaryKey, ""), false},
+		{"another device's sr", "dev", sign(hubName+"/devices/other", primary, ""), false},
+		{"prefix not on a segment", "dev", sign(hubName+"/devices/de", primary, ""), false},
+		{"longer sr", "dev", sign(hubName+"/devices/dev/modules/m", primary, ""), false},
+		{"another hub", "dev", sign("other.hub/devices/dev", primary, ""), false},
+		{"expired", "dev", expired, false},
+		{"malformed", "dev", "SharedAccessSignature nope", false},
+		{"empty", "dev", "", false},
+		{"unknown device", "ghost", sign(hubName+"/devices/ghost", primary, ""), false},
+		{"disabled device", "off", sign(hubName+"/devices/off", primary, ""), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id, err := reg.AuthenticateDevice(ctx, settings, hubName, tt.device, tt.token)
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				if !id.Expires.Equal(exp.Add(sas.MaxClockSkew)) || id.AuthMethod == "" {
+					t.Errorf("identity %+v", id)
+				}
+				return
+			}
+			if code(err) != azerr.HubUnauthorizedAccess {
+				t.Fatalf("err = %v, want IotHubUnauthorizedAccess", err)
+			}
+		})
+	}
+}
+
+func TestMessageSize(t *testing.T) {
+	m := &hub.Message{
+		Body:   make([]byte, 10),
+		System: []hub.Property{{Name: hub.PropMessageID, Value: "abc"}},
+		App:    []hub.Property{{Name: "k", Value: "vv"}},
+	}
+	if got := m.Size(); got != 10+3+1+2 {
+		t.Errorf("Size = %d", got)
+	}
+	if v, ok := m.SystemValue(hub.PropMessageID); !ok || v != "abc" {
+		t.Errorf("SystemValue = %q %v", v, ok)
+	}
+}

@@ -1,0 +1,84 @@
+package hub
+
+import (
+	"context"
+	"time"
+)
+
+// MaxMessageSize is IoT Hub's device-to-cloud message limit: body, system
+// property values and application property names and values together.
+const MaxMessageSize = 256 * 1024
+
+// System property names, as IoT Hub's consumers (the Event Hub-compatible
+// endpoint, az iot hub monitor-events) show them.
+const (
+	PropMessageID       = "message-id"
+	PropCorrelationID   = "correlation-id"
+	PropUserID          = "user-id"
+	PropTo              = "to"
+	PropExpiry          = "absolute-expiry-time"
+	PropContentType     = "content-type"
+	PropContentEncoding = "content-encoding"
+	PropCreationTime    = "iothub-creation-time-utc"
+	PropComponent       = "dt-subject"
+	PropInterfaceID     = "iothub-interface-name"
+	PropSchema          = "dt-dataschema"
+	PropOutputName      = "iothub-outputname"
+	// Stamped by the hub on every message.
+	PropConnDeviceID     = "iothub-connection-device-id"
+	PropConnModuleID     = "iothub-connection-module-id"
+	PropConnGenerationID = "iothub-connection-auth-generation-id"
+	PropConnAuthMethod   = "iothub-connection-auth-method"
+	PropEnqueuedTime     = "iothub-enqueuedtime"
+	PropMessageSource    = "iothub-message-source"
+)
+
+// Property is one name/value pair; order is kept as the device sent it.
+type Property struct {
+	Name  string
+	Value string
+}
+
+// Message is a device-to-cloud message as the hub accepted it.
+type Message struct {
+	Hub      string
+	DeviceID string
+	ModuleID string
+	// System are the system properties, those the device set and those the
+	// hub stamps, by the names in the Prop* constants.
+	System []Property
+	// App are the application properties.
+	App []Property
+	// Enqueued is when the hub accepted the message.
+	Enqueued time.Time
+	Body     []byte
+}
+
+// SystemValue returns a system property's value.
+func (m *Message) SystemValue(name string) (string, bool) {
+	for _, p := range m.System {
+		if p.Name == name {
+			return p.Value, true
+		}
+	}
+	return "", false
+}
+
+// Size is the message size IoT Hub counts against its limit.
+func (m *Message) Size() int {
+	n := len(m.Body)
+	for _, p := range m.System {
+		n += len(p.Value)
+	}
+	for _, p := range m.App {
+		n += len(p.Name) + len(p.Value)
+	}
+	return n
+}
+
+// TelemetrySink is where accepted telemetry goes. Append returns only once
+// the message is durable: the front ends acknowledge (QoS 1 PUBACK, HTTP 204)
+// after it returns nil.
+type TelemetrySink interface {
+	Append(ctx context.Context, m *Message) error
+}
