@@ -119,14 +119,32 @@ type Error struct {
 // New returns an error with code's default message.
 func New(code Code) *Error { return &Error{Code: code, Message: DefaultMessage(code)} }
 
+// NewHub returns a hub error with IoT Hub's name as its message. DPS and
+// IoT Hub reuse some numbers (400001, 400004, …) for different errors, so
+// hub code paths must not take DPS's default message from New.
+func NewHub(code Code) *Error { return &Error{Code: code, Message: hubMessage(code)} }
+
+func hubMessage(c Code) string {
+	if n, ok := hubNames[c]; ok {
+		return n
+	}
+	return "Error."
+}
+
 // Newf returns an error with a formatted message.
 func Newf(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// Wrap returns code's error carrying cause for the logs.
+// Wrap returns code's error carrying cause for the logs. For hub codes
+// use WrapHub.
 func Wrap(code Code, cause error) *Error {
 	return &Error{Code: code, Message: DefaultMessage(code), Err: cause}
+}
+
+// WrapHub is Wrap for hub codes.
+func WrapHub(code Code, cause error) *Error {
+	return &Error{Code: code, Message: hubMessage(code), Err: cause}
 }
 
 func (e *Error) Error() string {
@@ -145,6 +163,7 @@ func (e *Error) Status() int { return int(e.Code) / 1000 }
 func (c Code) Status() int { return int(c) / 1000 }
 
 // Name is IoT Hub's error name for a hub code, or "" when it has none.
+// Only meaningful for errors raised by the hub: DPS reuses some numbers.
 func (c Code) Name() string { return hubNames[c] }
 
 // DefaultMessage is the message used when none is given.

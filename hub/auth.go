@@ -119,7 +119,7 @@ type Identity struct {
 // {hub}/devices/{deviceId}. Every failure is IotHubUnauthorizedAccess; the
 // cause is for logs only.
 func (r *Registry) AuthenticateDevice(ctx context.Context, settings *Settings, hubName, deviceID, token string) (*Identity, error) {
-	deny := func(cause error) error { return azerr.Wrap(azerr.HubUnauthorizedAccess, cause) }
+	deny := func(cause error) error { return azerr.WrapHub(azerr.HubUnauthorizedAccess, cause) }
 	if token == "" {
 		return nil, deny(errors.New("no token"))
 	}
@@ -176,6 +176,11 @@ func audienceCovers(sr, hubName, deviceID string) bool {
 	got := strings.Split(strings.TrimSuffix(sr, "/"), "/")
 	if len(got) > len(want) || len(got) == 0 {
 		return false
+	}
+	// A token signed for host:port (a connection string whose HostName
+	// carries a port) names the same hub.
+	if h, _, ok := strings.Cut(got[0], ":"); ok {
+		got[0] = h
 	}
 	for i := range got {
 		if !strings.EqualFold(got[i], want[i]) {

@@ -47,6 +47,12 @@ func TestRegistryCRUD(t *testing.T) {
 	if err != nil || upd.Status != hub.StatusDisabled || upd.Keys()[0] != d.Keys()[0] {
 		t.Fatalf("update: %+v, %v", upd, err)
 	}
+	// Node's update sends empty keys when the caller set none: keys stay.
+	upd2, err := reg.Update(ctx, hubName, &hub.Device{DeviceID: "dev-1", Status: hub.StatusEnabled,
+		Authentication: &hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{}}}, "*")
+	if err != nil || upd2.Keys()[0] != d.Keys()[0] || upd2.Keys()[1] != d.Keys()[1] {
+		t.Fatalf("update with empty keys rotated them: %v", err)
+	}
 	if _, err := reg.Update(ctx, hubName, &hub.Device{DeviceID: "dev-1"}, d.ETag); code(err) != azerr.HubPreconditionFailed {
 		t.Errorf("stale update: %v", err)
 	}
@@ -110,6 +116,7 @@ func TestAuthenticateDevice(t *testing.T) {
 		{"secondary key", "dev", sign(hubName+"/devices/dev", secondary, ""), true},
 		{"upper-case sr", "dev", sign("HUB.BERTH.TEST/devices/dev", primary, ""), true},
 		{"hub-scoped sr with device key", "dev", sign(hubName, primary, ""), true},
+		{"host:port in sr", "dev", sign(hubName+":443/devices/dev", primary, ""), true},
 		{"device policy", "dev", sign(hubName, devPol.PrimaryKey, "device"), true},
 		{"owner policy", "dev", sign(hubName+"/devices", owner.PrimaryKey, "iothubowner"), true},
 		{"service policy lacks DeviceConnect", "dev", sign(hubName, svc.PrimaryKey, "service"), false},

@@ -179,7 +179,7 @@ func (r *Registry) Update(ctx context.Context, hubName string, d *Device, ifMatc
 	rec, err = r.store.Put(ctx, rec, store.Cond{IfMatch: etagOrAny(ifMatch, cur.ETag)})
 	switch {
 	case errors.Is(err, store.ErrPreconditionFailed):
-		return nil, azerr.New(azerr.HubPreconditionFailed)
+		return nil, azerr.NewHub(azerr.HubPreconditionFailed)
 	case errors.Is(err, store.ErrNotFound):
 		return nil, azerr.Newf(azerr.HubDeviceNotFound, "Device %s not found.", d.DeviceID)
 	case err != nil:
@@ -195,7 +195,7 @@ func (r *Registry) Delete(ctx context.Context, hubName, id, ifMatch string) erro
 	case errors.Is(err, store.ErrNotFound):
 		return azerr.Newf(azerr.HubDeviceNotFound, "Device %s not found.", id)
 	case errors.Is(err, store.ErrPreconditionFailed):
-		return azerr.New(azerr.HubPreconditionFailed)
+		return azerr.NewHub(azerr.HubPreconditionFailed)
 	case err != nil:
 		return fmt.Errorf("hub: delete device %s: %w", id, err)
 	}
@@ -238,18 +238,28 @@ func (r *Registry) apply(dst, src *Device, now time.Time) error {
 	if auth.Type != "sas" {
 		return azerr.Newf(azerr.HubArgumentInvalid, "Authentication type '%s' is not supported yet; berth supports sas.", auth.Type)
 	}
-	if auth.SymmetricKey == nil {
-		auth.SymmetricKey = &SymmetricKey{}
-		if dst.Authentication != nil && dst.Authentication.SymmetricKey != nil {
-			*auth.SymmetricKey = *dst.Authentication.SymmetricKey
+	// Empty keys keep the stored ones: the Node service SDK's update sends
+	// {"primaryKey":"","secondaryKey":""} when the caller set no
+	// authentication, and disabling a device must not rotate its keys.
+	var keys SymmetricKey
+	if auth.SymmetricKey != nil {
+		keys = *auth.SymmetricKey
+	}
+	if dst.Authentication != nil && dst.Authentication.SymmetricKey != nil {
+		if keys.PrimaryKey == "" {
+			keys.PrimaryKey = dst.Authentication.SymmetricKey.PrimaryKey
+		}
+		if keys.SecondaryKey == "" {
+			keys.SecondaryKey = dst.Authentication.SymmetricKey.SecondaryKey
 		}
 	}
-	if auth.SymmetricKey.PrimaryKey == "" {
-		auth.SymmetricKey.PrimaryKey = newKey()
+	if keys.PrimaryKey == "" {
+		keys.PrimaryKey = newKey()
 	}
-	if auth.SymmetricKey.SecondaryKey == "" {
-		auth.SymmetricKey.SecondaryKey = newKey()
+	if keys.SecondaryKey == "" {
+		keys.SecondaryKey = newKey()
 	}
+	auth.SymmetricKey = &keys
 	dst.Authentication = auth
 	return nil
 }

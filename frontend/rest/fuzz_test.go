@@ -15,6 +15,7 @@ import (
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/dps"
+	"github.com/berth-iot/berth/hub"
 )
 
 // newQuietFixture logs warnings and errors only: a fuzzing worker runs
@@ -22,7 +23,7 @@ import (
 func newQuietFixture(f *testing.F) *fixture {
 	fx := newFixture(f)
 	logger := slog.New(slog.NewTextHandler(fx.logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	fx.h = NewHandler(Config{Hosts: []string{dpsHost}, Logger: logger, Now: func() time.Time { return fx.now }}, fx.svc, fx.settings)
+	fx.h = NewHandler(Config{Hosts: []string{dpsHost}, Logger: logger, Now: func() time.Time { return fx.now }, Hub: fx.hubCfg}, fx.svc, fx.settings)
 	return fx
 }
 
@@ -44,8 +45,22 @@ func validMethod(m string) bool {
 	return true
 }
 
+// hubCodesByName are the codes a hub error may name, for checking that
+// the name and the status agree.
+var hubCodesByName = func() map[string]azerr.Code {
+	m := map[string]azerr.Code{nameMethodNotAllowed: azerr.DPSMethodNotAllowed}
+	for _, c := range []azerr.Code{azerr.HubInvalidProtocolVersion, azerr.HubArgumentInvalid, azerr.HubArgumentNull, azerr.HubFormatError,
+		azerr.HubDeserialization, azerr.HubIotHubNotFound, azerr.HubUnauthorizedAccess, azerr.HubUnauthorized, azerr.HubQueueDepthExceeded,
+		azerr.HubDeviceNotFound, azerr.HubDeviceNotOnline, azerr.HubDeviceAlreadyExists, azerr.HubPreconditionFailed, azerr.HubMessageTooLarge,
+		azerr.HubThrottled, azerr.HubServerError, azerr.HubServiceUnavailable, azerr.HubGatewayTimeout} {
+		m[c.Name()] = c
+	}
+	return m
+}()
+
 // checkAnswer asserts what every answer must be: a valid status, the common
-// headers, and a DPS error body consistent with the status.
+// headers, and an error body consistent with the status: IoT Hub's when
+// the answer names an iothub-errorcode, DPS's otherwise.
 func checkAnswer(t *testing.T, rec *httptest.ResponseRecorder) {
 	t.Helper()
 	if !validStatuses[rec.Code] {
@@ -55,6 +70,17 @@ func checkAnswer(t *testing.T, rec *httptest.ResponseRecorder) {
 	if rec.Code < 400 {
 		if rec.Code != http.StatusNoContent && !json.Valid(rec.Body.Bytes()) {
 			t.Fatalf("%d with invalid JSON %q", rec.Code, rec.Body)
+		}
+		return
+	}
+	if name, isHub := raw(rec, "iothub-errorcode"); isHub {
+		code, ok := hubCodesByName[name]
+		if !ok || code.Status() != rec.Code {
+			t.Fatalf("status %d with iothub-errorcode %q", rec.Code, name)
+		}
+		checkHubErrorNamed(t, rec, rec.Code, name)
+		if t.Failed() {
+			t.FailNow()
 		}
 		return
 	}
@@ -74,8 +100,10 @@ func checkAnswer(t *testing.T, rec *httptest.ResponseRecorder) {
 }
 
 // FuzzRoute: any method and request target (that net/http would hand to a
-// handler), with or without service credentials, gets a valid answer and
-// never a panic or a 500.
+// handler), with or without credentials, gets a valid answer and never a
+// panic or a 500. The credentials are the DPS owner's, or the hub owner's
+// on hub paths (the owner also has DeviceConnect, so telemetry is
+// accepted for the fixture's device).
 func FuzzRoute(f *testing.F) {
 	seeds := []struct {
 		method, target string
@@ -94,6 +122,17 @@ func FuzzRoute(f *testing.F) {
 		{"GET", "/registrations/r%2F1", true, ""},
 		{"PATCH", "/enrollments/x", true, ""},
 		{"GET", "/%7Benrollments%7D/query", true, ""},
+		{"POST", "/devices/fz-1/messages/events?api-version=2021-04-12", true, `{"t":1}`},
+		{"POST", "/devices/fz-1/messages/events", false, "x"},
+		{"POST", "/devices/fz%2D1/modules/m/messages/events", true, ""},
+		{"PUT", "/devices/fz-2", true, `{"deviceId":"fz-2","authentication":{"type":"sas","symmetricKey":{"primaryKey":"","secondaryKey":""}}}`},
+		{"PUT", "/devices/fz-1", true, `{"status":"disabled"}`},
+		{"GET", "/devices/fz-1", true, ""},
+		{"GET", "/devices?top=5", true, ""},
+		{"DELETE", "/devices/fz-2", true, ""},
+		{"GET", "/statistics/devices", true, ""},
+		{"PATCH", "/Devices/x", true, ""},
+		{"GET", "/devices/x/twin", true, ""},
 		{"GET", "/", false, ""},
 		{"GET", "//", false, ""},
 		{"OPTIONS", "*", false, ""},
@@ -103,6 +142,8 @@ func FuzzRoute(f *testing.F) {
 	}
 	fx := newQuietFixture(f)
 	tok := fx.ownerToken(f)
+	hubTok := fx.hubOwnerToken(f)
+	fx.device(f, "fz-1", "")
 	f.Fuzz(func(t *testing.T, method, target string, auth bool, body []byte) {
 		if !validMethod(method) {
 			t.Skip()
@@ -125,10 +166,87 @@ func FuzzRoute(f *testing.F) {
 		}
 		if auth {
 			r.Header.Set("Authorization", tok)
+			if segs, ok, _ := splitPath(u.EscapedPath()); ok && (strings.EqualFold(segs[0], "devices") || strings.EqualFold(segs[0], "statistics")) {
+				r.Header.Set("Authorization", hubTok)
+			}
 		}
 		rec := httptest.NewRecorder()
 		fx.h.ServeHTTP(rec, r)
 		checkAnswer(t, rec)
+		fx.sink.reset() // bound the fuzzing worker's memory
+	})
+}
+
+// FuzzBatchBody: any body sent as a batch is either accepted (204, one
+// stamped message per array element, all of them appended, within the
+// size limit) or refused with a 4xx that names the batch as the problem,
+// with nothing appended; never a 500.
+func FuzzBatchBody(f *testing.F) {
+	for _, s := range []string{
+		`[{"body":""}]`,
+		`[{"body":"eyJ0IjoxfQ==","properties":{"iothub-app-k":"v","iothub-messageid":"m"}}]`,
+		`[{"body":"text","base64Encoded":false,"properties":{"IoTHub-App-Case":"x","dt-subject":"c","iothub-messageschema":"s"}},{"body":"AA=="}]`,
+		`[{"body":null,"base64Encoded":null,"properties":null}]`,
+		`[{"body":"","properties":{"iothub-app-k":"1","iothub-app-k":"2"}}]`,
+		`[{"body":"` + strings.Repeat("QUFB", 100) + `"}]`,
+		`[]`,
+		`[null]`,
+		`{}`,
+		`[{"body":1}]`,
+		`[{"body":"!!"}]`,
+		`[{"body":"","properties":{"a":null}}]`,
+		`[{"body":""}] x`,
+		`[{"body":"\u0000","base64Encoded":false}]`,
+	} {
+		f.Add([]byte(s))
+	}
+	fx := newQuietFixture(f)
+	d := fx.device(f, "fz-batch", "")
+	tok := hubDeviceToken(f, "fz-batch", d.Keys()[0], fx.now.Add(time.Hour))
+	allowed := map[azerr.Code]bool{azerr.HubFormatError: true, azerr.HubArgumentInvalid: true, azerr.HubMessageTooLarge: true}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fx.sink.reset()
+		r := httptest.NewRequest(http.MethodPost, devicePath("fz-batch"), bytes.NewReader(body))
+		r.Host = hubName
+		r.Header.Set("Authorization", tok)
+		r.Header.Set("Content-Type", "application/vnd.microsoft.iothub.json")
+		rec := httptest.NewRecorder()
+		fx.h.ServeHTTP(rec, r)
+		checkAnswer(t, rec)
+		msgs := fx.sink.messages()
+		if rec.Code != http.StatusNoContent {
+			name, _ := raw(rec, "iothub-errorcode")
+			if !allowed[hubCodesByName[name]] {
+				t.Fatalf("refused with %s: %s", name, rec.Body)
+			}
+			if len(msgs) != 0 {
+				t.Fatalf("%d messages appended by a refused batch", len(msgs))
+			}
+			return
+		}
+		var elems []json.RawMessage
+		if err := json.Unmarshal(body, &elems); err != nil {
+			t.Fatalf("accepted a batch that is not a JSON array: %v", err)
+		}
+		if len(msgs) != len(elems) || len(msgs) == 0 {
+			t.Fatalf("%d messages for %d elements", len(msgs), len(elems))
+		}
+		total := 0
+		for _, m := range msgs {
+			if v, _ := prop(m.System, hub.PropConnDeviceID); v != "fz-batch" || m.DeviceID != "fz-batch" {
+				t.Fatalf("message not stamped: %+v", m)
+			}
+			total += len(m.Body)
+			for _, p := range deviceSet(m) {
+				total += len(p.Value)
+			}
+			for _, p := range m.App {
+				total += len(p.Name) + len(p.Value)
+			}
+		}
+		if total > hub.MaxMessageSize {
+			t.Fatalf("accepted %d bytes", total)
+		}
 	})
 }
 

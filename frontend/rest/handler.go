@@ -1,10 +1,13 @@
 // Package rest is berth's HTTPS front end (port 443): the DPS device API
-// (register, operation status, registration status) and the DPS service API
-// (enrollments, enrollment groups, registration records), with the exact
-// status codes, headers and JSON shapes the Azure SDKs expect
-// (shared/spec/dps.md §2 and §5). It turns requests into calls on
-// *dps.Service and *azerr.Error results into Azure's error answers; all
-// protocol rules about identities and credentials stay in the domain.
+// (register, operation status, registration status), the DPS service API
+// (enrollments, enrollment groups, registration records) and, when
+// configured, the IoT Hub REST API (device telemetry, device registry),
+// with the exact status codes, headers and JSON shapes the Azure SDKs
+// expect (shared/spec/dps.md §2 and §5, shared/spec/iothub.md §6 and §8).
+// It turns requests into calls on *dps.Service and *hub.Registry, and
+// *azerr.Error results into Azure's error answers, in the format of the API
+// the route belongs to; protocol rules about identities and credentials
+// stay in the domain.
 //
 // Header names whose spelling matters are written by direct assignment to
 // the header map, never with Header.Set, which would canonicalise them: the
@@ -38,6 +41,7 @@ const (
 	hdrItemType     = "x-ms-item-type"
 	hdrContinuation = "x-ms-continuation"
 	hdrMaxItemCount = "x-ms-max-item-count"
+	hdrHubErrorCode = "iothub-errorcode"
 )
 
 // contentTypeJSON is the Content-Type of every answer, as Azure sends it.
@@ -66,19 +70,25 @@ type Config struct {
 	// Now is the clock for service tokens and error timestamps; time.Now
 	// when nil.
 	Now func() time.Time
+	// Hub, when not nil, adds the IoT Hub REST API (telemetry and device
+	// registry) to the same handler.
+	Hub *HubConfig
 }
 
-// handler serves the DPS REST API.
+// handler serves the REST API: DPS always, the hub when configured.
 type handler struct {
 	svc      *dps.Service
 	settings *dps.Settings
 	hosts    []string
 	log      *slog.Logger
 	now      func() time.Time
+	hub      *HubConfig // nil: no hub routes
 	routes   routes
 }
 
-// NewHandler returns the http.Handler of the 443 listener's REST API.
+// NewHandler returns the http.Handler of the 443 listener's REST API. It
+// panics when cfg.Hub is set but lacks its name or registry: that is a
+// wiring bug found at start-up, like net/http's Handle with a nil handler.
 func NewHandler(cfg Config, svc *dps.Service, settings *dps.Settings) http.Handler {
 	h := &handler{
 		svc:      svc,
@@ -93,10 +103,22 @@ func NewHandler(cfg Config, svc *dps.Service, settings *dps.Settings) http.Handl
 	if h.now == nil {
 		h.now = time.Now
 	}
-	// Service routes first: their first segment is a literal, the device
-	// routes' is the ID scope parameter, so on the (theoretical) paths both
-	// fit, the literal wins. The hub's routes will be appended here.
-	h.routes = append(h.serviceRoutes(), h.deviceRoutes()...)
+	// Literal-first routes (DPS service, then hub) before the DPS device
+	// routes, whose first segment is the ID scope parameter: on the
+	// (theoretical) paths both fit, the literal wins. The hub's first
+	// segments ("devices", "statistics") are hub-only, so an ID scope
+	// spelled "devices" can never reach a DPS device route through a hub
+	// path.
+	h.routes = h.serviceRoutes()
+	if cfg.Hub != nil {
+		hc := *cfg.Hub
+		if hc.Name == "" || hc.Registry == nil {
+			panic("rest: HubConfig needs a Name and a Registry")
+		}
+		h.hub = &hc
+		h.routes = append(h.routes, h.hubRoutes()...)
+	}
+	h.routes = append(h.routes, h.deviceRoutes()...)
 	return h
 }
 
@@ -105,8 +127,10 @@ type exchange struct {
 	h      *handler
 	w      http.ResponseWriter
 	r      *http.Request
-	id     string // x-ms-request-id, also the trackingId of an error
-	status int    // 0 until the header is written
+	id     string   // x-ms-request-id, also the trackingId of an error
+	status int      // 0 until the header is written
+	segs   []string // the percent-decoded path segments
+	api    api      // of the route serving the request: how errors look
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -141,14 +165,22 @@ func (x *exchange) serve() {
 		x.fail(azerr.New(azerr.DPSNotFound))
 		return
 	}
+	x.segs = segs
 	rt, args, allow := x.h.routes.lookup(x.r.Method, segs)
 	switch {
 	case rt != nil:
+		x.api = rt.api
 		rt.handle(x, args)
 	case len(allow) > 0:
+		x.api = x.h.routes.pathAPI(segs)
 		x.w.Header()[hdrAllow] = allow
 		x.fail(azerr.New(azerr.DPSMethodNotAllowed))
 	default:
+		// A path no route fits belongs to no API; it keeps the DPS 404
+		// body that berth has always sent, even under /devices/: guessing
+		// the API from a prefix would make the answer to a typo depend on
+		// which prefixes are reserved, and every SDK keys its
+		// "not found" handling off the status anyway.
 		x.fail(azerr.New(azerr.DPSNotFound))
 	}
 }
@@ -205,10 +237,20 @@ type errorBody struct {
 	TimestampUTC dps.Time          `json:"timestampUtc"`
 }
 
-// fail answers with err as a DPS error: status errorCode/1000, the code in
-// x-ms-error-code, the body every SDK parses. Errors that are not
-// *azerr.Error are internal: their cause is logged, never sent.
+// fail answers with err in the error format of the route's API. Errors
+// that are not *azerr.Error are internal: their cause is logged, never
+// sent.
 func (x *exchange) fail(err error) {
+	if x.api == apiHub {
+		x.failHub(err)
+		return
+	}
+	x.failDPS(err)
+}
+
+// failDPS answers with err as a DPS error: status errorCode/1000, the code
+// in x-ms-error-code, the body every SDK parses.
+func (x *exchange) failDPS(err error) {
 	e := azerr.As(err, azerr.DPSInternal)
 	status := e.Status()
 	if status < 400 || status > 599 {
@@ -217,23 +259,10 @@ func (x *exchange) fail(err error) {
 		e = azerr.Wrap(azerr.DPSInternal, fmt.Errorf("error code %d is not an error status: %w", e.Code, err))
 		status = e.Status()
 	}
-	attrs := []any{"requestId", x.id, "method", x.r.Method, "path", x.r.URL.EscapedPath(),
-		"status", status, "errorCode", int(e.Code), "message", e.Message}
-	if e.Err != nil {
-		attrs = append(attrs, "cause", e.Err.Error())
-	}
-	if status >= 500 {
-		x.h.log.Error("rest: error response", attrs...)
-	} else {
-		x.h.log.Debug("rest: error response", attrs...)
-	}
+	x.logError(status, e)
 
 	h := x.w.Header()
-	// Headers a success answer may have set before failing (an encoding
-	// error, a recovered panic) must not describe the error answer.
-	for _, k := range []string{hdrLocation, hdrRetryAfter, hdrItemType, hdrContinuation, hdrMaxItemCount} {
-		delete(h, k)
-	}
+	x.clearSuccessHeaders()
 	h[hdrErrorCode] = []string{strconv.Itoa(int(e.Code))}
 	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 		// shared/spec/dps.md §1.8: every 429 carries retry-after; the
@@ -258,6 +287,33 @@ func (x *exchange) fail(err error) {
 	}
 	x.writeHeader(status)
 	_, _ = x.w.Write(b)
+}
+
+// clearSuccessHeaders removes the headers a success answer may have set
+// before failing (an encoding error, a recovered panic): they must not
+// describe the error answer.
+func (x *exchange) clearSuccessHeaders() {
+	h := x.w.Header()
+	for _, k := range []string{hdrLocation, hdrRetryAfter, hdrItemType, hdrContinuation, hdrMaxItemCount} {
+		delete(h, k)
+	}
+}
+
+// logError logs an error answer: at error level for 5xx (a bug or an
+// outage someone must look at), debug otherwise (the client's mistake).
+// The cause may name policies and devices, never keys or tokens: the
+// domain's errors carry none.
+func (x *exchange) logError(status int, e *azerr.Error) {
+	attrs := []any{"requestId", x.id, "method", x.r.Method, "path", x.r.URL.EscapedPath(),
+		"status", status, "errorCode", int(e.Code), "message", e.Message}
+	if e.Err != nil {
+		attrs = append(attrs, "cause", e.Err.Error())
+	}
+	if status >= 500 {
+		x.h.log.Error("rest: error response", attrs...)
+	} else {
+		x.h.log.Debug("rest: error response", attrs...)
+	}
 }
 
 // encodeJSON marshals without HTML escaping: bodies carry base64 keys and

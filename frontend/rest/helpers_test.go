@@ -74,6 +74,16 @@ type fixture struct {
 	logs     *syncBuffer
 	owner    *dps.Policy
 	reader   *dps.Policy
+
+	// The hub side: the registry DPS provisions into is the one the hub
+	// routes serve, as in the server.
+	reg         *hub.Registry
+	hubSettings *hub.Settings
+	sink        *fakeSink
+	hubCfg      *HubConfig
+	// secrets are more strings that must never reach the logs (device
+	// keys the test created).
+	secrets *[]string
 }
 
 // newFixture builds the real domain on memstore. The clock sits just
@@ -84,9 +94,10 @@ func newFixture(t testing.TB) *fixture {
 
 func newFixtureStore(t testing.TB, st store.Store) *fixture {
 	t.Helper()
-	f := &fixture{st: st, now: time.Unix(1699999000, 0), logs: &syncBuffer{}}
+	f := &fixture{st: st, now: time.Unix(1699999000, 0), logs: &syncBuffer{}, sink: &fakeSink{}, secrets: new([]string)}
 	clock := func() time.Time { return f.now }
-	svc, err := dps.New(st, hub.NewRegistry(st, clock), dps.Config{IDScope: scope, Hubs: []string{hubName}, Now: clock})
+	f.reg = hub.NewRegistry(st, clock)
+	svc, err := dps.New(st, f.reg, dps.Config{IDScope: scope, Hubs: []string{hubName}, Now: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,12 +112,23 @@ func newFixtureStore(t testing.TB, st store.Store) *fixture {
 	f.svc, f.settings = svc, settings
 	f.owner, _ = settings.Policy(dps.OwnerPolicy)
 	f.reader, _ = settings.Policy(readOnly)
+	if f.hubSettings, err = hub.LoadOrCreateSettings(context.Background(), st, hubName); err != nil {
+		t.Fatal(err)
+	}
+	f.hubCfg = &HubConfig{Name: hubName, Registry: f.reg, Settings: f.hubSettings, Sink: f.sink}
 	logger := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	f.h = NewHandler(Config{Hosts: []string{dpsHost}, Logger: logger, Now: clock}, svc, settings)
+	f.h = NewHandler(Config{Hosts: []string{dpsHost}, Logger: logger, Now: clock, Hub: f.hubCfg}, svc, settings)
 	// Whatever a test did, no credential may have reached the logs.
 	t.Cleanup(func() {
 		logs := f.logs.String()
-		for _, secret := range []string{"sr=", "sig=", f.owner.PrimaryKey, f.owner.SecondaryKey, indivKey, groupKey} {
+		secrets := []string{"sr=", "sig=", f.owner.PrimaryKey, f.owner.SecondaryKey, indivKey, groupKey}
+		for _, p := range f.hubSettings.Policies {
+			secrets = append(secrets, p.PrimaryKey, p.SecondaryKey)
+		}
+		for _, secret := range append(secrets, *f.secrets...) {
+			if secret == "" {
+				continue
+			}
 			if strings.Contains(logs, secret) {
 				t.Errorf("logs contain %q:\n%s", secret, logs)
 			}

@@ -7,7 +7,7 @@ import (
 )
 
 // maxSegments bounds the path segments looked at: no route has more than
-// five, so longer paths are unknown without decoding them all.
+// six, so longer paths are unknown without decoding them all.
 const maxSegments = 8
 
 // A route is one method on one path pattern. A pattern is a list of
@@ -20,10 +20,29 @@ type route struct {
 	method  string
 	pattern []string
 	handle  func(x *exchange, args []string)
+	// api decides how errors on this route are rendered: DPS and IoT Hub
+	// clients parse different error bodies.
+	api api
 }
 
+// api is the Azure service a route belongs to.
+type api int
+
+const (
+	apiDPS api = iota // DPS error body and x-ms-error-code (the default)
+	apiHub            // IoT Hub's legacy error body and iothub-errorcode
+)
+
+// newRoute returns a DPS route.
 func newRoute(method, pattern string, handle func(x *exchange, args []string)) route {
 	return route{method: method, pattern: strings.Split(pattern, "/"), handle: handle}
+}
+
+// newHubRoute returns an IoT Hub route.
+func newHubRoute(method, pattern string, handle func(x *exchange, args []string)) route {
+	rt := newRoute(method, pattern, handle)
+	rt.api = apiHub
+	return rt
 }
 
 // match returns the arguments of the path if it fits the pattern.
@@ -51,7 +70,7 @@ func (rt *route) match(segs []string) ([]string, bool) {
 func isParam(p string) bool { return strings.HasPrefix(p, "{") && strings.HasSuffix(p, "}") }
 
 // routes is an ordered route table. Several APIs (DPS device, DPS service,
-// later the hub's REST API) contribute their routes to one table served on
+// the hub's REST API) contribute their routes to one table served on
 // the same 443 listener; the order decides between patterns that fit the
 // same path (literal-first service routes come before the device routes,
 // whose first segment is a parameter).
@@ -75,6 +94,18 @@ func (rs routes) lookup(method string, segs []string) (rt *route, args []string,
 		}
 	}
 	return nil, nil, allow
+}
+
+// pathAPI is the API of the first route whose pattern fits the path,
+// whatever its method: a 405 is rendered the way that API's clients parse
+// errors. Paths no route fits are DPS's (see exchange.serve).
+func (rs routes) pathAPI(segs []string) api {
+	for i := range rs {
+		if _, ok := rs[i].match(segs); ok {
+			return rs[i].api
+		}
+	}
+	return apiDPS
 }
 
 func contains(list []string, s string) bool {

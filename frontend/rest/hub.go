@@ -1,0 +1,282 @@
+package rest
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/sas"
+)
+
+// HubConfig configures the IoT Hub REST API (shared/spec/iothub.md §6 and
+// §8) served on the same handler as DPS.
+type HubConfig struct {
+	// Name is the hub host name as connection strings give it
+	// (HostName=…), e.g. "127.0.0.1" or "hub.example.lan". Device tokens'
+	// sr must start with it and service tokens' sr must name it.
+	Name string
+	// Registry is the device identity registry. Required.
+	Registry *hub.Registry
+	// Settings are the hub's shared access policies (iothubowner, service,
+	// device, registryRead, registryReadWrite). When nil, no service token
+	// and no policy-signed device token is accepted.
+	Settings *hub.Settings
+	// Sink receives telemetry; a message is acknowledged (204) only after
+	// Append returned nil for it. When nil, telemetry is refused with 503.
+	Sink hub.TelemetrySink
+}
+
+// hubRoutes is the IoT Hub REST API. Its first segments ("devices",
+// "statistics") are literals no DPS route uses, so these paths never
+// collide with the DPS service routes (/enrollments…, /registrations/…) or
+// the DPS device routes (/{idScope}/registrations/…).
+//
+// Registry rights follow shared/spec/iothub.md §7.3: reads need
+// RegistryRead, writes RegistryWrite (which implies RegistryRead, see
+// hub.Policy.Has); ServiceConnect alone grants neither.
+func (h *handler) hubRoutes() routes {
+	const (
+		read  = hub.RightRegistryRead
+		write = hub.RightRegistryWrite
+	)
+	return routes{
+		newHubRoute(http.MethodPost, "devices/{deviceId}/messages/events", h.sendEvent),
+		newHubRoute(http.MethodPost, "devices/{deviceId}/modules/{moduleId}/messages/events", h.sendModuleEvent),
+
+		newHubRoute(http.MethodGet, "devices", h.hubAuthorized(read, h.listDevices)),
+		newHubRoute(http.MethodPut, "devices/{id}", h.hubAuthorized(write, h.putDevice)),
+		newHubRoute(http.MethodGet, "devices/{id}", h.hubAuthorized(read, h.getDevice)),
+		newHubRoute(http.MethodDelete, "devices/{id}", h.hubAuthorized(write, h.deleteDevice)),
+		newHubRoute(http.MethodGet, "statistics/devices", h.hubAuthorized(read, h.deviceStatistics)),
+	}
+}
+
+// hubAuthorized checks the hub service SAS token before next runs, and
+// before any body is read.
+func (h *handler) hubAuthorized(right string, next func(*exchange, []string)) func(*exchange, []string) {
+	return func(x *exchange, args []string) {
+		if err := h.authorizeHubService(x.r.Header.Get(reqAuthorization), x.segs, right); err != nil {
+			x.fail(err)
+			return
+		}
+		next(x, args)
+	}
+}
+
+// authorizeHubService validates a service token (shared/spec/iothub.md
+// §7.2): skn names a hub policy that has right, sr is the hub name
+// optionally followed by a segment prefix of the request path, and the
+// signature verifies with one of the policy's keys. Every failure is 401
+// IotHubUnauthorizedAccess, as AuthenticateDevice answers device tokens;
+// the cause is for the logs and carries no key material.
+//
+// This is the hub twin of dps.Settings.AuthorizeService; it lives here
+// only because package hub has no such function yet.
+func (h *handler) authorizeHubService(token string, path []string, right string) error {
+	deny := func(cause error) error { return azerr.Wrap(azerr.HubUnauthorizedAccess, cause) }
+	if token == "" {
+		return deny(errors.New("no token"))
+	}
+	tok, err := sas.Parse(token)
+	if err != nil {
+		return deny(err)
+	}
+	if tok.KeyName == "" {
+		// A device token: it grants DeviceConnect for one device, never
+		// registry access.
+		return deny(errors.New("service token without skn"))
+	}
+	settings := h.hub.Settings
+	if settings == nil {
+		return deny(errors.New("no hub policies"))
+	}
+	p, ok := settings.Policy(tok.KeyName)
+	if !ok {
+		return deny(fmt.Errorf("unknown policy %q", tok.KeyName))
+	}
+	if !serviceAudience(tok.Resource, h.hub.Name, path) {
+		return deny(sas.ErrAudience)
+	}
+	if _, err := tok.Verify(h.now(), p.PrimaryKey, p.SecondaryKey); err != nil {
+		return deny(err)
+	}
+	if !p.Has(right) {
+		return deny(fmt.Errorf("policy %s lacks %s", p.KeyName, right))
+	}
+	return nil
+}
+
+// serviceAudience reports whether the decoded sr covers the request: its
+// first segment is the hub name and the rest a segment prefix of the path
+// ("hub/devices" covers /devices/d1, "hub/dev" does not), compared
+// case-insensitively (shared/spec/iothub.md §7.2 item 5). The host is
+// compared without its port: a connection string's HostName may carry one
+// when berth does not listen on 443, and the SDKs then sign "host:port".
+func serviceAudience(sr, hubName string, path []string) bool {
+	segs := strings.Split(strings.TrimSuffix(sr, "/"), "/")
+	if !strings.EqualFold(hostOf(segs[0]), hostOf(hubName)) {
+		return false
+	}
+	rest := segs[1:]
+	if len(rest) > len(path) {
+		return false
+	}
+	for i, s := range rest {
+		if !strings.EqualFold(s, path[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// hubErrorBody is IoT Hub's legacy error body (shared/spec/iothub.md §9.1),
+// the one format both SDKs parse: Node splits Message on ";" and takes the
+// code name after "ErrorCode:", C# finds the ErrorCode field the same way
+// and requires the iothub-errorcode header to agree with it.
+type hubErrorBody struct {
+	Message          string `json:"Message"`
+	ExceptionMessage string `json:"ExceptionMessage"`
+}
+
+// hubTimestampLayout is .NET's "MM/dd/yyyy HH:mm:ss", as IoT Hub prints
+// the time in ExceptionMessage.
+const hubTimestampLayout = "01/02/2006 15:04:05"
+
+// nameMethodNotAllowed is berth's name for a 405 on a hub path. IoT Hub
+// has no code for it: C# reports InvalidErrorCode with the 405, Node a
+// generic error keyed off the status; both still see the status.
+const nameMethodNotAllowed = "MethodNotAllowed"
+
+// failHub answers with err as an IoT Hub error: status code/1000, the
+// code's name in iothub-errorcode (written verbatim: the C SDK looks
+// headers up case-sensitively) and in the body.
+func (x *exchange) failHub(err error) {
+	e := hubError(azerr.As(err, azerr.HubServerError))
+	status := e.Status()
+	x.logError(status, e)
+
+	name := e.Code.Name()
+	if e.Code == azerr.DPSMethodNotAllowed {
+		name = nameMethodNotAllowed
+	}
+	msg := e.Message
+	if msg == azerr.DefaultMessage(e.Code) {
+		msg = hubDefaultMessage(e.Code)
+	}
+	h := x.w.Header()
+	x.clearSuccessHeaders()
+	h[hdrHubErrorCode] = []string{name}
+	body := hubErrorBody{
+		// Node keeps only the text between the first and second ";", so
+		// the message must not contain one.
+		Message:          "ErrorCode:" + name + ";" + strings.ReplaceAll(msg, ";", ","),
+		ExceptionMessage: "Tracking ID:" + x.id + "-TimeStamp:" + x.h.now().UTC().Format(hubTimestampLayout),
+	}
+	// Two string fields always encode.
+	b, _ := encodeJSON(body)
+	x.writeHeader(status)
+	_, _ = x.w.Write(b)
+}
+
+// hubDefaultMessage is the message of a hub error created without one.
+// azerr's default messages are keyed by number, and DPS and hub codes share
+// numbers (400004 is both ArgumentInvalid and DPS's "The enrollment is not
+// valid."), so azerr.DefaultMessage cannot be used for hub answers.
+func hubDefaultMessage(c azerr.Code) string {
+	switch c {
+	case azerr.HubArgumentInvalid:
+		return "The request is not valid."
+	case azerr.HubFormatError:
+		return "The request body is not valid JSON for this operation."
+	case azerr.HubUnauthorizedAccess, azerr.HubUnauthorized:
+		return "Unauthorized"
+	case azerr.HubDeviceNotFound:
+		return "Device not found."
+	case azerr.HubPreconditionFailed:
+		return "Precondition failed."
+	case azerr.HubMessageTooLarge:
+		return "The message is larger than the 256 KB limit."
+	case azerr.HubThrottled:
+		return "Too many requests."
+	case azerr.HubServerError:
+		return "Internal server error."
+	case azerr.HubServiceUnavailable:
+		return "Service unavailable."
+	case azerr.DPSMethodNotAllowed:
+		return "Method not allowed."
+	}
+	if n := c.Name(); n != "" {
+		return n
+	}
+	return "Error."
+}
+
+// hubError makes e renderable as a hub error: a code with an IoT Hub name
+// whose status is an error status. The hub handlers only produce hub
+// codes; what else can reach here are the generic answers shared with DPS
+// (a 405, a recovered panic's internal error) and errors a TelemetrySink
+// may return. Those keep their status where a hub code has it, and become
+// ServerError otherwise, with the original code kept in the cause for the
+// logs.
+func hubError(e *azerr.Error) *azerr.Error {
+	status := e.Status()
+	if e.Code.Name() != "" && status >= 400 && status <= 599 {
+		return e
+	}
+	var code azerr.Code
+	switch status {
+	case http.StatusMethodNotAllowed:
+		if e.Code == azerr.DPSMethodNotAllowed {
+			return e
+		}
+		code = azerr.HubServerError
+	case http.StatusBadRequest:
+		code = azerr.HubArgumentInvalid
+	case http.StatusUnauthorized:
+		code = azerr.HubUnauthorizedAccess
+	case http.StatusRequestEntityTooLarge:
+		code = azerr.HubMessageTooLarge
+	case http.StatusTooManyRequests:
+		code = azerr.HubThrottled
+	case http.StatusServiceUnavailable:
+		code = azerr.HubServiceUnavailable
+	default:
+		code = azerr.HubServerError
+	}
+	cause := fmt.Errorf("code %d rendered as %d: %w", e.Code, code, e)
+	if code == azerr.HubServerError {
+		// Never show an internal error's message: it may describe the
+		// cause.
+		return azerr.Wrap(code, cause)
+	}
+	return &azerr.Error{Code: code, Message: e.Message, Err: cause}
+}
+
+// readHubBody reads a request body of at most limit bytes. On failure it
+// has answered the request (413 MessageTooLarge, or 400 when the client
+// stopped sending) and returns ok false; the caller must then do nothing
+// more, so an oversized request writes nothing.
+func (x *exchange) readHubBody(limit int64) (body []byte, ok bool) {
+	r := x.r
+	if r.ContentLength > limit {
+		x.fail(azerr.Wrap(azerr.HubMessageTooLarge, fmt.Errorf("content-length %d over %d", r.ContentLength, limit)))
+		return nil, false
+	}
+	// MaxBytesReader also covers chunked bodies and makes the server close
+	// the connection rather than drain an oversized body.
+	b, err := io.ReadAll(http.MaxBytesReader(x.w, r.Body, limit))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		x.fail(azerr.Wrap(azerr.HubMessageTooLarge, err))
+		return nil, false
+	case err != nil:
+		x.fail(azerr.Wrap(azerr.HubArgumentInvalid, fmt.Errorf("read body: %w", err)))
+		return nil, false
+	}
+	return b, true
+}

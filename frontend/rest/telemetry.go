@@ -1,0 +1,360 @@
+package rest
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
+)
+
+// batchContentType marks a batch of events (shared/spec/iothub.md §6.2).
+const batchContentType = "application/vnd.microsoft.iothub.json"
+
+// maxBatchRequest bounds the raw JSON of a batch. The 256 KB limit applies
+// to the messages it carries (see sendEvent), but their JSON is bigger:
+// base64 adds a third, a text body's escapes up to six times (\u0000), and
+// every property name carries "iothub-app-". Eight times the message limit
+// leaves room for all of that while bounding what a client makes the
+// server hold.
+const maxBatchRequest = 8 * hub.MaxMessageSize
+
+// appPropertyPrefix marks an application property among the HTTP headers
+// and the batch "properties" keys; it is stripped on ingestion.
+const appPropertyPrefix = "iothub-app-"
+
+// Stamped property values.
+const (
+	messageSourceTelemetry = "Telemetry"
+	// enqueuedTimeLayout is RFC 3339 in UTC with milliseconds, the
+	// precision of the Event Hub enqueued time consumers compare it with.
+	enqueuedTimeLayout = "2006-01-02T15:04:05.000Z07:00"
+)
+
+// sendEvent is POST /devices/{deviceId}/messages/events (shared/spec/
+// iothub.md §6.1, §6.2): one event whose body is the request body, or, with
+// Content-Type application/vnd.microsoft.iothub.json, a batch of events.
+// The answer is 204 only after the sink has made every message durable.
+//
+// The device authenticates with a SAS token for itself (or a policy token
+// with DeviceConnect) before a byte of the body is read; the registry
+// refuses tokens for another device and disabled devices with 401
+// IotHubUnauthorizedAccess.
+func (h *handler) sendEvent(x *exchange, args []string) {
+	hc := h.hub
+	ctx := x.r.Context()
+	id, err := hc.Registry.AuthenticateDevice(ctx, hc.Settings, hc.Name, args[0], x.r.Header.Get(reqAuthorization))
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	if hc.Sink == nil {
+		x.fail(azerr.Newf(azerr.HubServiceUnavailable, "Telemetry is not enabled on this hub."))
+		return
+	}
+
+	var msgs []*hub.Message
+	if isBatch(x.r.Header.Get(reqContentType)) {
+		// The request's own property headers are not applied to the
+		// batch's messages: each message carries its properties in the
+		// JSON, and the SDKs send none on the request.
+		body, ok := x.readHubBody(maxBatchRequest)
+		if !ok {
+			return
+		}
+		if msgs, err = batchMessages(body); err != nil {
+			x.fail(err)
+			return
+		}
+	} else {
+		// Any other Content-Type, or none, is a single event whose body
+		// is the raw request body (Node sends none, the C SDK
+		// application/octet-stream). The HTTP Content-Type is not the
+		// message's content-type: that is iothub-contenttype.
+		body, ok := x.readHubBody(hub.MaxMessageSize)
+		if !ok {
+			return
+		}
+		m := &hub.Message{Body: body}
+		headerProperties(m, x.r.Header)
+		msgs = []*hub.Message{m}
+	}
+
+	// The limit counts what the device sent (body, its system property
+	// values, its application property names and values); the hub's own
+	// stamps are not the device's to budget for. A batch counts as a
+	// whole. Nothing is appended when it is over.
+	total := 0
+	for _, m := range msgs {
+		total += m.Size()
+	}
+	if total > hub.MaxMessageSize {
+		x.fail(azerr.Newf(azerr.HubMessageTooLarge, "The message size %d bytes is over the %d bytes limit.", total, hub.MaxMessageSize))
+		return
+	}
+
+	now := h.now().UTC().Truncate(time.Millisecond)
+	for _, m := range msgs {
+		stamp(m, hc.Name, id, now)
+	}
+	// The messages go to the sink one at a time. If one fails the request
+	// is answered with that error and the ones before it stay durable: a
+	// client that retries the batch sends them again, which the
+	// at-least-once delivery every IoT Hub consumer already handles
+	// absorbs. Whether IoT Hub's own batches are atomic is not documented
+	// (UNCONFIRMED); TelemetrySink has no batch operation to make them so.
+	for i, m := range msgs {
+		if err := hc.Sink.Append(ctx, m); err != nil {
+			x.fail(fmt.Errorf("rest: append message %d of %d from %s: %w", i+1, len(msgs), m.DeviceID, err))
+			return
+		}
+	}
+	x.noContent()
+}
+
+// sendModuleEvent is POST /devices/{deviceId}/modules/{moduleId}/messages/events.
+// The registry has no module identities yet, so it is refused outright
+// (before any authentication: the answer reveals nothing about the
+// device) with an error that says so, rather than the 404 of an unknown
+// path, which would look like a typo in the URL.
+func (h *handler) sendModuleEvent(x *exchange, _ []string) {
+	x.fail(azerr.Newf(azerr.HubArgumentInvalid,
+		"Modules are not supported yet by berth: send telemetry as the device, to /devices/{deviceId}/messages/events."))
+}
+
+// isBatch reports whether a Content-Type names the batch format; the
+// comparison ignores case and parameters.
+func isBatch(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		mt, _, _ = strings.Cut(ct, ";")
+	}
+	return strings.EqualFold(strings.TrimSpace(mt), batchContentType)
+}
+
+// headerProperties takes the properties of a single event from its HTTP
+// headers (shared/spec/iothub.md §6.1).
+//
+// Application property names are lower-cased. Go's HTTP server
+// canonicalises every received header name ("iothub-app-myKey" arrives as
+// "Iothub-App-Mykey") and net/http keeps no raw form of the request
+// headers, so the device's spelling is lost before this code runs. Lower
+// case is the one spelling that does not depend on Go: it is what HTTP/2
+// and Node's HTTP stack deliver, and HTTP field names are case-insensitive
+// anyway. Devices that need case-sensitive application property names
+// send them in a batch (JSON keys keep their case) or over MQTT.
+//
+// Header order is not kept either (a header map has none): properties are
+// added in name order, so the result is deterministic. When a header is
+// repeated, its first value counts, as Header.Get reads it.
+func headerProperties(m *hub.Message, hdr http.Header) {
+	names := make([]string, 0, len(hdr))
+	for k := range hdr {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		if vs := hdr[k]; len(vs) > 0 {
+			addProperty(m, strings.ToLower(k), vs[0])
+		}
+	}
+}
+
+// addProperty adds one device-supplied property to m, named as an HTTP
+// header or a batch "properties" key (compared case-insensitively; SDKs
+// differ: Node sends IoTHub-MessageId). A name that is neither an
+// application property nor a mapped system property (Authorization,
+// User-Agent, iothub-to, …) is ignored; so is anything naming a property
+// the hub stamps itself, which a device must not be able to forge. A
+// repeated name replaces the earlier value.
+func addProperty(m *hub.Message, name, value string) {
+	if len(name) > len(appPropertyPrefix) && strings.EqualFold(name[:len(appPropertyPrefix)], appPropertyPrefix) {
+		setProperty(&m.App, name[len(appPropertyPrefix):], value)
+		return
+	}
+	lower := strings.ToLower(name)
+	if sys, ok := systemProperty(lower); ok {
+		setProperty(&m.System, sys, value)
+		return
+	}
+	if lower == "iothub-messageschema" {
+		// The message schema a device sets is not dt-dataschema: that one
+		// is the hub's, the model ID from the MQTT CONNECT
+		// (shared/spec/iothub.md §2.4). Consumers see the device's schema
+		// as the application property "iothub-message-schema" (Azure IoT
+		// Explorer reads it from the event's application properties).
+		setProperty(&m.App, "iothub-message-schema", value)
+	}
+}
+
+// systemProperty maps a lower-cased HTTP header name to the system
+// property it sets (C# s_mapMessagePropertiesToHttpHeaders, plus Node's
+// unprefixed dt-subject). The values are taken as sent; like the MQTT
+// front end, berth does not validate the times in iothub-expiry and
+// iothub-creationtimeutc.
+//
+// Not mapped: iothub-to (the path already says where the message goes),
+// iothub-ack (feedback is for cloud-to-device messages) and
+// iothub-operation (legacy, ignored by the SDKs themselves).
+func systemProperty(lower string) (string, bool) {
+	switch lower {
+	case "iothub-messageid":
+		return hub.PropMessageID, true
+	case "iothub-correlationid":
+		return hub.PropCorrelationID, true
+	case "iothub-userid":
+		return hub.PropUserID, true
+	case "iothub-expiry":
+		return hub.PropExpiry, true
+	case "iothub-contenttype":
+		return hub.PropContentType, true
+	case "iothub-contentencoding":
+		return hub.PropContentEncoding, true
+	case "iothub-creationtimeutc":
+		return hub.PropCreationTime, true
+	case "iothub-interface-id":
+		// shared/spec/iothub.md §2.3 marks this mapping UNCONFIRMED; it is
+		// the one MQTT's $.ifid uses, so both transports agree.
+		return hub.PropInterfaceID, true
+	case "dt-subject":
+		return hub.PropComponent, true
+	}
+	return "", false
+}
+
+// setProperty sets name in a property list, replacing an earlier value.
+func setProperty(list *[]hub.Property, name, value string) {
+	for i := range *list {
+		if (*list)[i].Name == name {
+			(*list)[i].Value = value
+			return
+		}
+	}
+	*list = append(*list, hub.Property{Name: name, Value: value})
+}
+
+// stamp adds what the hub sets on every accepted device-to-cloud message
+// (shared/spec/iothub.md §2.4).
+func stamp(m *hub.Message, hubName string, id *hub.Identity, now time.Time) {
+	m.Hub = hubName
+	m.DeviceID = id.Device.DeviceID
+	m.Enqueued = now
+	m.System = append(m.System,
+		hub.Property{Name: hub.PropConnDeviceID, Value: id.Device.DeviceID},
+		hub.Property{Name: hub.PropConnGenerationID, Value: id.Device.GenerationID},
+		hub.Property{Name: hub.PropConnAuthMethod, Value: id.AuthMethod},
+		hub.Property{Name: hub.PropEnqueuedTime, Value: now.Format(enqueuedTimeLayout)},
+		hub.Property{Name: hub.PropMessageSource, Value: messageSourceTelemetry},
+	)
+}
+
+// batchItem is one message of a batch.
+type batchItem struct {
+	Body string `json:"body"`
+	// Base64Encoded defaults to true: C# and Node send base64 bodies
+	// without the field; the C SDK sets it false for text bodies.
+	Base64Encoded *bool           `json:"base64Encoded"`
+	Properties    batchProperties `json:"properties"`
+}
+
+// batchProperties are a batch message's properties in document order
+// (a map would lose the order the device gave its application
+// properties). Keys are HTTP header names, mapped as headers are; unlike
+// headers they keep their case.
+type batchProperties []hub.Property
+
+// UnmarshalJSON reads a JSON object of strings; null is no properties.
+func (p *batchProperties) UnmarshalJSON(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	tok, err := dec.Token()
+	if err != nil {
+		return fmt.Errorf("properties: %w", err)
+	}
+	if tok == nil {
+		*p = nil
+		return nil
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return errors.New("properties is not a JSON object")
+	}
+	var out batchProperties
+	for dec.More() {
+		kt, err := dec.Token()
+		if err != nil {
+			return fmt.Errorf("properties: %w", err)
+		}
+		key, _ := kt.(string) // an object key is always a string
+		var v *string
+		if err := dec.Decode(&v); err != nil {
+			return fmt.Errorf("property %q: %w", key, err)
+		}
+		if v == nil {
+			return fmt.Errorf("property %q is null", key)
+		}
+		out = append(out, hub.Property{Name: key, Value: *v})
+	}
+	*p = out
+	return nil
+}
+
+// batchMessages parses a batch body (shared/spec/iothub.md §6.2): a
+// non-empty JSON array of {"body","base64Encoded","properties"}. A body
+// that is not JSON of that shape is 400 IotHubFormatError; a batch that is
+// JSON but unusable (empty, a null element, bad base64) is 400
+// ArgumentInvalid. Unknown members are ignored.
+func batchMessages(b []byte) ([]*hub.Message, error) {
+	items, err := decodeBatch(b)
+	if err != nil {
+		return nil, azerr.Wrap(azerr.HubFormatError, err)
+	}
+	if len(items) == 0 {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "The batch contains no messages.")
+	}
+	msgs := make([]*hub.Message, 0, len(items))
+	for i, it := range items {
+		if it == nil {
+			return nil, azerr.Newf(azerr.HubArgumentInvalid, "Message %d of the batch is null.", i)
+		}
+		m := &hub.Message{Body: []byte(it.Body)}
+		if it.Base64Encoded == nil || *it.Base64Encoded {
+			body, err := base64.StdEncoding.DecodeString(it.Body)
+			if err != nil {
+				return nil, &azerr.Error{Code: azerr.HubArgumentInvalid, Err: err,
+					Message: fmt.Sprintf("The body of message %d of the batch is not base64 (send \"base64Encoded\":false with a text body).", i)}
+			}
+			m.Body = body
+		}
+		for _, p := range it.Properties {
+			addProperty(m, p.Name, p.Value)
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
+}
+
+// decodeBatch decodes the JSON array, refusing anything else and trailing
+// data.
+func decodeBatch(b []byte) ([]*batchItem, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '[' {
+		return nil, errors.New("the batch is not a JSON array")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	var items []*batchItem
+	if err := dec.Decode(&items); err != nil {
+		return nil, fmt.Errorf("decode batch: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("trailing data after the batch")
+	}
+	return items, nil
+}
