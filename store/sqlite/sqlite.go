@@ -1,0 +1,428 @@
+// Package sqlite is the single-file store.Store berth uses by default,
+// built on modernc.org/sqlite so the binary stays pure Go.
+//
+// SQLite admits one writer at a time, so writes go through a pool of exactly
+// one connection: they queue in Go (honouring their contexts) rather than
+// spinning on SQLITE_BUSY. Reads use a separate pool and, thanks to WAL,
+// never wait for a write in progress. Every commit is fsynced
+// (synchronous=FULL), so a nil error means the write survives power loss.
+package sqlite
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	"github.com/berth-iot/berth/store"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// schemaVersion is stored in PRAGMA user_version. Bump it, and add a step to
+// migrate, whenever the schema changes.
+const schemaVersion = 1
+
+// busyTimeoutMS covers other processes holding the file (a backup, the
+// sqlite3 shell); within this process writers never contend.
+const busyTimeoutMS = 10000
+
+// The statements, prepared once per connection. Each must find its rows
+// through the primary key or the (kind, idx, key) index; a test checks their
+// query plans.
+const (
+	sqlUpsert = `INSERT INTO records (kind, key, idx, etag, data) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (kind, key) DO UPDATE SET idx = excluded.idx, etag = excluded.etag, data = excluded.data`
+	sqlInsertNew = `INSERT INTO records (kind, key, idx, etag, data) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (kind, key) DO NOTHING`
+	sqlUpdate   = `UPDATE records SET idx = ?, etag = ?, data = ? WHERE kind = ? AND key = ? AND (? = '*' OR etag = ?)`
+	sqlDelete   = `DELETE FROM records WHERE kind = ? AND key = ? AND (? IN ('', '*') OR etag = ?)`
+	sqlGet      = `SELECT idx, etag, data FROM records WHERE kind = ? AND key = ?`
+	sqlExists   = `SELECT 1 FROM records WHERE kind = ? AND key = ?`
+	sqlCount    = `SELECT count(*) FROM records WHERE kind = ?`
+	sqlCountIdx = `SELECT count(*) FROM records WHERE kind = ? AND idx = ?`
+	// One list statement per shape of ListOptions, so that each walks an
+	// index range in key order; LIMIT -1 is SQLite for no limit.
+	sqlListAll      = `SELECT key, idx, etag, data FROM records WHERE kind = ? ORDER BY key LIMIT ?`
+	sqlListAfter    = `SELECT key, idx, etag, data FROM records WHERE kind = ? AND key > ? ORDER BY key LIMIT ?`
+	sqlListIdx      = `SELECT key, idx, etag, data FROM records WHERE kind = ? AND idx = ? ORDER BY key LIMIT ?`
+	sqlListIdxAfter = `SELECT key, idx, etag, data FROM records WHERE kind = ? AND idx = ? AND key > ? ORDER BY key LIMIT ?`
+)
+
+// Store is a store.Store on one SQLite database file.
+type Store struct {
+	w *sql.DB // exactly one connection: the writer
+	r *sql.DB // readers
+
+	// Writer statements.
+	upsert, insertNew, update, del *sql.Stmt
+	// Reader statements.
+	get, exists, count, countIdx           *sql.Stmt
+	listAll, listAfter, listIdx, listIdxAt *sql.Stmt
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database at path and brings its schema
+// up to date.
+func Open(path string) (*Store, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	w, err := sql.Open("sqlite", dsn(abs, "_pragma=journal_mode(WAL)", "_pragma=synchronous(FULL)", "_txlock=immediate"))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	s := &Store{w: w}
+	ctx := context.Background()
+	if err := migrate(ctx, w); err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+
+	r, err := sql.Open("sqlite", dsn(abs, "_pragma=query_only(1)"))
+	if err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	n := max(4, runtime.GOMAXPROCS(0))
+	r.SetMaxOpenConns(n)
+	r.SetMaxIdleConns(n)
+	r.SetConnMaxLifetime(0)
+	r.SetConnMaxIdleTime(0)
+	s.r = r
+
+	prep := []struct {
+		db   *sql.DB
+		dst  **sql.Stmt
+		text string
+	}{
+		{w, &s.upsert, sqlUpsert},
+		{w, &s.insertNew, sqlInsertNew},
+		{w, &s.update, sqlUpdate},
+		{w, &s.del, sqlDelete},
+		{r, &s.get, sqlGet},
+		{r, &s.exists, sqlExists},
+		{r, &s.count, sqlCount},
+		{r, &s.countIdx, sqlCountIdx},
+		{r, &s.listAll, sqlListAll},
+		{r, &s.listAfter, sqlListAfter},
+		{r, &s.listIdx, sqlListIdx},
+		{r, &s.listIdxAt, sqlListIdxAfter},
+	}
+	for _, p := range prep {
+		st, err := p.db.PrepareContext(ctx, p.text)
+		if err != nil {
+			_ = s.Close()
+			return nil, fmt.Errorf("sqlite: open %s: prepare %q: %w", path, p.text, err)
+		}
+		*p.dst = st
+	}
+	return s, nil
+}
+
+// dsn builds a file: URI so that any character in the path (including '?'
+// and '#') is escaped instead of being taken for URI syntax.
+func dsn(abs string, params ...string) string {
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}
+	q := fmt.Sprintf("_pragma=busy_timeout(%d)", busyTimeoutMS)
+	for _, p := range params {
+		q += "&" + p
+	}
+	return u.String() + "?" + q
+}
+
+func migrate(ctx context.Context, w *sql.DB) error {
+	// BEGIN IMMEDIATE (the writer's _txlock) so that two processes opening a
+	// new file at once do not both create the schema.
+	tx, err := w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	var v int
+	if err := tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
+		return fmt.Errorf("migrate: read user_version: %w", err)
+	}
+	switch {
+	case v == schemaVersion:
+		return nil
+	case v > schemaVersion:
+		return fmt.Errorf("migrate: database schema version %d is newer than this berth supports (%d)", v, schemaVersion)
+	}
+	steps := []string{
+		`CREATE TABLE IF NOT EXISTS records (
+			kind TEXT NOT NULL,
+			key  TEXT NOT NULL,
+			idx  TEXT NOT NULL DEFAULT '',
+			etag TEXT NOT NULL,
+			data BLOB,
+			PRIMARY KEY (kind, key)
+		)`,
+		`CREATE INDEX IF NOT EXISTS records_kind_idx_key ON records (kind, idx, key)`,
+		fmt.Sprintf(`PRAGMA user_version = %d`, schemaVersion),
+	}
+	for _, q := range steps {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", schemaVersion, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate: commit: %w", err)
+	}
+	return nil
+}
+
+// newETag returns 64 random bits: unique per write without any state to
+// persist, so ETags cannot repeat across restarts or after delete+recreate.
+func newETag() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics instead)
+	return hex.EncodeToString(b[:])
+}
+
+// fail wraps err for operation op. If the context ended, the context's error
+// is what the caller needs to see (the driver reports an interrupted
+// statement in its own terms), so it is put first and kept matchable.
+func fail(ctx context.Context, op string, kind store.Kind, key string, err error) error {
+	target := string(kind)
+	if key != "" {
+		target += "/" + key
+	}
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("sqlite: %s %s: %w (%w)", op, target, cerr, err)
+	}
+	return fmt.Errorf("sqlite: %s %s: %w", op, target, err)
+}
+
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+// Get implements store.Store.
+func (s *Store) Get(ctx context.Context, kind store.Kind, key string) (store.Record, error) {
+	rec := store.Record{Kind: kind, Key: key}
+	err := s.get.QueryRowContext(ctx, string(kind), key).Scan(&rec.Index, &rec.ETag, &rec.Data)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Record{}, fmt.Errorf("sqlite: get %s/%s: %w", kind, key, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Record{}, fail(ctx, "get", kind, key, err)
+	}
+	rec.Data = nonNil(rec.Data)
+	return rec, nil
+}
+
+func (s *Store) exist(ctx context.Context, kind store.Kind, key string) (bool, error) {
+	var one int
+	err := s.exists.QueryRowContext(ctx, string(kind), key).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Put implements store.Store.
+func (s *Store) Put(ctx context.Context, rec store.Record, cond store.Cond) (store.Record, error) {
+	// Checked up front because a write that can complete without waiting
+	// would otherwise succeed on an already-canceled context.
+	if err := ctx.Err(); err != nil {
+		return store.Record{}, fail(ctx, "put", rec.Kind, rec.Key, err)
+	}
+	rec.ETag = newETag()
+	data := nonNil(rec.Data)
+	var (
+		res sql.Result
+		err error
+	)
+	switch {
+	case cond.IfNotExists && cond.IfMatch != "":
+		// Contradictory: whichever way the record stands, one condition fails.
+		ok, err := s.exist(ctx, rec.Kind, rec.Key)
+		switch {
+		case err != nil:
+			return store.Record{}, fail(ctx, "put", rec.Kind, rec.Key, err)
+		case ok:
+			return store.Record{}, fmt.Errorf("sqlite: put %s/%s: %w", rec.Kind, rec.Key, store.ErrExists)
+		default:
+			return store.Record{}, fmt.Errorf("sqlite: put %s/%s: %w", rec.Kind, rec.Key, store.ErrNotFound)
+		}
+	case cond.IfNotExists:
+		res, err = s.insertNew.ExecContext(ctx, string(rec.Kind), rec.Key, rec.Index, rec.ETag, data)
+	case cond.IfMatch != "":
+		res, err = s.update.ExecContext(ctx, rec.Index, rec.ETag, data, string(rec.Kind), rec.Key, cond.IfMatch, cond.IfMatch)
+	default:
+		_, err = s.upsert.ExecContext(ctx, string(rec.Kind), rec.Key, rec.Index, rec.ETag, data)
+	}
+	if err != nil {
+		return store.Record{}, fail(ctx, "put", rec.Kind, rec.Key, err)
+	}
+	if res != nil {
+		n, err := res.RowsAffected()
+		if err != nil {
+			return store.Record{}, fail(ctx, "put", rec.Kind, rec.Key, err)
+		}
+		if n == 0 {
+			return store.Record{}, s.whyNot(ctx, "put", rec.Kind, rec.Key, cond.IfNotExists)
+		}
+	}
+	return rec, nil
+}
+
+// whyNot explains a conditional write that matched no row. The record may
+// change between the write and this look; the answer then describes the
+// later state, which is as valid an outcome of the race.
+func (s *Store) whyNot(ctx context.Context, op string, kind store.Kind, key string, ifNotExists bool) error {
+	if ifNotExists {
+		return fmt.Errorf("sqlite: %s %s/%s: %w", op, kind, key, store.ErrExists)
+	}
+	ok, err := s.exist(ctx, kind, key)
+	switch {
+	case err != nil:
+		return fail(ctx, op, kind, key, err)
+	case ok:
+		return fmt.Errorf("sqlite: %s %s/%s: %w", op, kind, key, store.ErrPreconditionFailed)
+	default:
+		return fmt.Errorf("sqlite: %s %s/%s: %w", op, kind, key, store.ErrNotFound)
+	}
+}
+
+// Delete implements store.Store.
+func (s *Store) Delete(ctx context.Context, kind store.Kind, key, ifMatch string) error {
+	if err := ctx.Err(); err != nil {
+		return fail(ctx, "delete", kind, key, err)
+	}
+	res, err := s.del.ExecContext(ctx, string(kind), key, ifMatch, ifMatch)
+	if err != nil {
+		return fail(ctx, "delete", kind, key, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fail(ctx, "delete", kind, key, err)
+	}
+	if n == 0 {
+		return s.whyNot(ctx, "delete", kind, key, false)
+	}
+	return nil
+}
+
+// List implements store.Store.
+func (s *Store) List(ctx context.Context, kind store.Kind, opts store.ListOptions) ([]store.Record, error) {
+	limit := opts.Limit
+	if limit <= 0 {
+		limit = -1
+	}
+	var (
+		rows *sql.Rows
+		err  error
+	)
+	switch {
+	case opts.Index == "" && opts.After == "":
+		rows, err = s.listAll.QueryContext(ctx, string(kind), limit)
+	case opts.Index == "":
+		rows, err = s.listAfter.QueryContext(ctx, string(kind), opts.After, limit)
+	case opts.After == "":
+		rows, err = s.listIdx.QueryContext(ctx, string(kind), opts.Index, limit)
+	default:
+		rows, err = s.listIdxAt.QueryContext(ctx, string(kind), opts.Index, opts.After, limit)
+	}
+	if err != nil {
+		return nil, fail(ctx, "list", kind, "", err)
+	}
+	defer rows.Close()
+	var out []store.Record
+	if opts.Limit > 0 {
+		out = make([]store.Record, 0, min(opts.Limit, 1024))
+	}
+	for rows.Next() {
+		rec := store.Record{Kind: kind}
+		if err := rows.Scan(&rec.Key, &rec.Index, &rec.ETag, &rec.Data); err != nil {
+			return nil, fail(ctx, "list", kind, "", err)
+		}
+		rec.Data = nonNil(rec.Data)
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fail(ctx, "list", kind, "", err)
+	}
+	return out, nil
+}
+
+// Count implements store.Store.
+func (s *Store) Count(ctx context.Context, kind store.Kind, index string) (int, error) {
+	var (
+		n   int
+		err error
+	)
+	if index == "" {
+		err = s.count.QueryRowContext(ctx, string(kind)).Scan(&n)
+	} else {
+		err = s.countIdx.QueryRowContext(ctx, string(kind), index).Scan(&n)
+	}
+	if err != nil {
+		return 0, fail(ctx, "count", kind, "", err)
+	}
+	return n, nil
+}
+
+// Apply implements store.Store.
+func (s *Store) Apply(ctx context.Context, recs []store.Record) ([]store.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: apply %d records: %w", len(recs), err)
+	}
+	if len(recs) == 0 {
+		return []store.Record{}, nil
+	}
+	out := make([]store.Record, len(recs))
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fail(ctx, "apply", recs[0].Kind, recs[0].Key, err)
+	}
+	defer func() { _ = tx.Rollback() }() // a no-op once committed
+	st := tx.StmtContext(ctx, s.upsert)
+	for i, rec := range recs {
+		rec.ETag = newETag()
+		if _, err := st.ExecContext(ctx, string(rec.Kind), rec.Key, rec.Index, rec.ETag, nonNil(rec.Data)); err != nil {
+			return nil, fail(ctx, "apply", rec.Kind, rec.Key, err)
+		}
+		out[i] = rec
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fail(ctx, "apply commit", recs[0].Kind, recs[0].Key, err)
+	}
+	return out, nil
+}
+
+// Close implements store.Store. It is safe to call more than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		var errs []error
+		if s.r != nil {
+			errs = append(errs, s.r.Close())
+		}
+		// The writer last: closing the final connection checkpoints the WAL
+		// into the main file.
+		errs = append(errs, s.w.Close())
+		if err := errors.Join(errs...); err != nil {
+			s.closeErr = fmt.Errorf("sqlite: close: %w", err)
+		}
+	})
+	return s.closeErr
+}
