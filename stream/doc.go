@@ -1,0 +1,93 @@
+// Package stream is berth's device-to-cloud telemetry store: a NATS
+// JetStream stream that every accepted message is appended to before the
+// device gets its QoS 1 PUBACK or HTTP 204, in a layout any NATS client can
+// consume. It plays the part of IoT Hub's built-in Event Hub-compatible
+// endpoint.
+//
+// # Where it lives
+//
+// With Config.URL empty, berth runs nats-server in-process (no listening
+// port; berth connects through an in-process pipe) with JetStream file
+// storage in Config.StoreDir. With a URL, berth connects to an external NATS
+// server or cluster and creates the stream there; that is how other programs
+// consume the telemetry.
+//
+// The stream (default BERTH_TELEMETRY) captures {prefix}.> (default prefix
+// berth.telemetry), file storage, limits retention: MaxAge (default 7 days,
+// IoT Hub's maximum; its default is 1 day), MaxBytes (default unlimited),
+// oldest messages discarded first. No Nats-Msg-Id is set: IoT Hub does not
+// de-duplicate by message-id, and a QoS 1 redelivery can be stored twice
+// here as there.
+//
+// # Subjects
+//
+//	{prefix}.{hub}.{deviceId}
+//
+// hub is the hub's host name, deviceId the sending device (a module's
+// messages go to its device's subject; see iothub-connection-module-id).
+// Each is encoded to be exactly one literal subject token by EncodeToken:
+// '.', '*', '>', '%', space, control bytes, DEL and non-ASCII bytes become
+// %XX (upper-case hex of each byte); everything else is kept. So device
+// "my.dev" on hub "hub.example.lan" is
+//
+//	berth.telemetry.hub%2Eexample%2Elan.my%2Edev
+//
+// and a consumer filters one device with that subject, one hub with
+// berth.telemetry.hub%2Eexample%2Elan.* and everything with
+// berth.telemetry.>. Subject and ParseSubject convert.
+//
+// # Messages
+//
+// The body is the device's payload, byte for byte. The headers are:
+//
+//   - each system property under its IoT Hub name, as consumers of the
+//     built-in endpoint see them: message-id, correlation-id, user-id, to,
+//     absolute-expiry-time, content-type, content-encoding,
+//     iothub-creation-time-utc, dt-subject, dt-dataschema,
+//     iothub-interface-name, iothub-outputname,
+//     iothub-connection-device-id, iothub-connection-module-id,
+//     iothub-connection-auth-generation-id, iothub-connection-auth-method,
+//     iothub-enqueuedtime, iothub-message-source — those the message has.
+//     iothub-connection-device-id and iothub-enqueuedtime are always
+//     present (Append stamps them if the hub did not), as is
+//     iothub-connection-module-id for module messages.
+//   - iothub-enqueuedtime is RFC 3339 in UTC with exactly seven fractional
+//     digits (EnqueuedLayout, e.g. 2024-05-06T07:08:09.1234567Z), .NET's
+//     round-trip format; Message.Enqueued is its source.
+//   - each application property as iothub-app-{name} (AppPrefix; the same
+//     convention as IoT Hub's HTTPS API), so no device property can collide
+//     with a system or NATS header. Names keep their case (nats.go does not
+//     canonicalise header keys); a name repeated by the device becomes a
+//     repeated header.
+//   - berth-hub: the hub host name.
+//   - berth-app-order: when there are two or more application properties,
+//     the header-name suffixes after iothub-app- in the device's order,
+//     comma-separated, because NATS headers are unordered maps in every
+//     client.
+//
+// Header names: characters not allowed in NATS header keys (anything but
+// printable ASCII, and `"(),/:;<=>?@[\]{}`) and '%' are %XX-encoded;
+// iothub-app-a%2Fb is property "a/b". Header values: '%', control bytes,
+// DEL, non-ASCII bytes and a space at either end are %XX-encoded, because
+// NATS trims values, cannot carry CR/LF and ADR-4 wants ASCII; every value
+// berth writes is encoded this way, so a reader percent-decodes every value
+// once (a URL path unescape: '+' stays '+'). Typical values (JSON content
+// types, IDs, times) contain none of these and read as is. berth-app-order
+// holds header-name suffixes, already ASCII, and is not value-encoded.
+//
+// When decoding (Subscribe), system properties come back in the order of
+// hub's Prop constants (IoT Hub presents them as a dictionary; their order
+// is not stored), application properties in the device's order. Headers
+// starting with Nats- (the server's) and berth- are not properties.
+//
+// # Durability
+//
+// Append returns after JetStream's PubAck. The embedded server runs with
+// SyncAlways, so the PubAck is sent after the message is fsynced: an
+// acknowledged message survives a power cut. On an external server the
+// guarantee is that server's: with one replica and default settings the
+// message is written to the OS but fsynced only every 2 minutes, so set
+// `jetstream { sync_interval: always }` there (recent nats-server; 2.9 lacks
+// it) or use three replicas. Measurements and the trade-offs are in
+// docs/telemetry-stream.md.
+package stream

@@ -1,0 +1,426 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/berth-iot/berth/hub"
+)
+
+// Defaults for Config's zero values.
+const (
+	DefaultStreamName    = "BERTH_TELEMETRY"
+	DefaultSubjectPrefix = "berth.telemetry"
+	// DefaultMaxAge is IoT Hub's maximum retention for the built-in
+	// endpoint (7 days; its default is 1). A self-hosted hub's consumers are
+	// more often offline for a weekend than Azure Functions are, and disk is
+	// the operator's to budget with MaxBytes.
+	DefaultMaxAge = 7 * 24 * time.Hour
+)
+
+// Config says where the telemetry stream lives.
+type Config struct {
+	// URL is "" for an embedded, in-process nats-server, or the
+	// comma-separated URLs of an external NATS server or cluster with
+	// JetStream ("nats://a:4222,nats://b:4222").
+	URL string
+	// StoreDir is the embedded server's JetStream directory (e.g.
+	// DATA_DIR/nats). Required when URL is "", ignored otherwise.
+	StoreDir string
+	// StreamName defaults to DefaultStreamName.
+	StreamName string
+	// SubjectPrefix defaults to DefaultSubjectPrefix; the stream captures
+	// SubjectPrefix.>.
+	SubjectPrefix string
+	// MaxAge is the retention; 0 means DefaultMaxAge.
+	MaxAge time.Duration
+	// MaxBytes caps the stream, dropping the oldest messages; 0 means -1,
+	// unlimited.
+	MaxBytes int64
+	// Replicas is the stream's replication on an external cluster; 0 means
+	// 1. The embedded server is a single node and accepts only 1.
+	Replicas int
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// SubscribeOptions selects the messages Subscribe delivers.
+type SubscribeOptions struct {
+	// Hub and DeviceID filter by hub host name and device; "" means any.
+	Hub, DeviceID string
+	// StartTime replays messages stored at or after it; zero means only
+	// messages appended after Subscribe returns.
+	StartTime time.Time
+}
+
+// Stream is berth's telemetry stream: a hub.TelemetrySink and a reader for
+// monitor-events. It is safe for concurrent use.
+type Stream struct {
+	cfg Config
+	log *slog.Logger
+	ns  *server.Server // nil for an external server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+
+	mu     sync.Mutex
+	closed bool
+	subs   map[*subscription]struct{}
+	wg     sync.WaitGroup
+}
+
+var _ hub.TelemetrySink = (*Stream)(nil)
+
+type subscription struct {
+	cancel context.CancelFunc
+}
+
+func (c Config) withDefaults() Config {
+	if c.StreamName == "" {
+		c.StreamName = DefaultStreamName
+	}
+	if c.SubjectPrefix == "" {
+		c.SubjectPrefix = DefaultSubjectPrefix
+	}
+	if c.MaxAge == 0 {
+		c.MaxAge = DefaultMaxAge
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = -1
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if strings.ContainsAny(c.StreamName, ". *>\t\r\n/\\") {
+		return fmt.Errorf("stream: invalid stream name %q", c.StreamName)
+	}
+	for _, tok := range strings.Split(c.SubjectPrefix, ".") {
+		if tok == "" || strings.ContainsAny(tok, "*> \t\r\n") {
+			return fmt.Errorf("stream: invalid subject prefix %q: want literal dot-separated tokens", c.SubjectPrefix)
+		}
+	}
+	if c.MaxAge < 0 {
+		return fmt.Errorf("stream: negative MaxAge %s", c.MaxAge)
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		return fmt.Errorf("stream: Replicas %d out of 1..5", c.Replicas)
+	}
+	if c.URL == "" && c.Replicas != 1 {
+		return fmt.Errorf("stream: the embedded server is one node; Replicas must be 1, not %d", c.Replicas)
+	}
+	return nil
+}
+
+// Open starts the embedded server or connects to the external one, and
+// creates the stream or updates its limits. ctx bounds the whole start-up.
+func Open(ctx context.Context, cfg Config) (*Stream, error) {
+	return open(ctx, cfg, true)
+}
+
+// open is Open with the embedded server's fsync policy as a parameter, so
+// the benchmarks can measure what SyncAlways costs. Production always syncs.
+func open(ctx context.Context, cfg Config, syncAlways bool) (*Stream, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Stream{
+		cfg:  cfg,
+		log:  cfg.Logger.With("component", "stream", "stream", cfg.StreamName),
+		subs: make(map[*subscription]struct{}),
+	}
+	opts := []nats.Option{
+		nats.Name("berth"),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			s.log.Warn("nats async error", "subject", subj, "err", err)
+		}),
+	}
+	var err error
+	if cfg.URL == "" {
+		if s.ns, err = startEmbedded(ctx, cfg.StoreDir, syncAlways, cfg.Logger); err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.InProcessServer(s.ns))
+		s.nc, err = nats.Connect("", opts...)
+	} else {
+		dial := 5 * time.Second
+		if dl, ok := ctx.Deadline(); ok {
+			dial = time.Until(dl)
+		}
+		opts = append(opts,
+			nats.Timeout(dial),
+			// Keep trying through cluster restarts; Append's ctx bounds
+			// what a front end waits meanwhile.
+			nats.MaxReconnects(-1),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				s.log.Warn("nats disconnected", "err", err)
+			}),
+			nats.ReconnectHandler(func(nc *nats.Conn) {
+				s.log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
+			}),
+		)
+		s.nc, err = nats.Connect(cfg.URL, opts...)
+	}
+	if err != nil {
+		s.shutdownServer()
+		return nil, fmt.Errorf("stream: connect to NATS %s: %w", s.where(), err)
+	}
+	if s.js, err = jetstream.New(s.nc); err != nil {
+		s.nc.Close()
+		s.shutdownServer()
+		return nil, fmt.Errorf("stream: JetStream on %s: %w", s.where(), err)
+	}
+	if err := s.ensureStream(ctx); err != nil {
+		s.nc.Close()
+		s.shutdownServer()
+		return nil, err
+	}
+	s.log.Debug("telemetry stream open", "where", s.where(), "subjects", cfg.SubjectPrefix+".>")
+	return s, nil
+}
+
+// where names the server for logs and errors, without the credentials a
+// NATS URL may carry (nats://user:pass@host, nats://token@host).
+func (s *Stream) where() string {
+	if s.cfg.URL == "" {
+		return "embedded (" + s.cfg.StoreDir + ")"
+	}
+	urls := strings.Split(s.cfg.URL, ",")
+	for i, raw := range urls {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil {
+			urls[i] = "(unparsable URL)"
+			continue
+		}
+		if u.User != nil {
+			u.User = url.User("REDACTED")
+		}
+		urls[i] = u.String()
+	}
+	return strings.Join(urls, ",")
+}
+
+func (s *Stream) ensureStream(ctx context.Context) error {
+	sc := jetstream.StreamConfig{
+		Name:        s.cfg.StreamName,
+		Description: "berth device-to-cloud telemetry",
+		Subjects:    []string{s.cfg.SubjectPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		// Like an Event Hub: full or expired means the oldest go, never
+		// that a device is refused.
+		Discard:  jetstream.DiscardOld,
+		MaxAge:   s.cfg.MaxAge,
+		MaxBytes: s.cfg.MaxBytes,
+		MaxMsgs:  -1,
+		Replicas: s.cfg.Replicas,
+		// No Nats-Msg-Id is ever set: IoT Hub does not de-duplicate by
+		// message-id (a QoS 1 redelivery may arrive twice there too), and a
+		// device-chosen ID must not make the stream drop a different message.
+		// The window therefore stays at the server default and costs nothing.
+	}
+	if _, err := s.js.CreateOrUpdateStream(ctx, sc); err != nil {
+		return fmt.Errorf("stream: create or update stream %s on %s: %w", sc.Name, s.where(), err)
+	}
+	return nil
+}
+
+// Append stores m and returns once the stream has acknowledged it, which on
+// the embedded server means fsynced (see startEmbedded) and on an external
+// one means stored per that cluster's replication and sync settings. ctx
+// bounds the wait; without a deadline JetStream's default of 5 s applies. A
+// failed Append may still have stored the message (the ack can be lost after
+// the write): the caller must then not acknowledge, and the device's
+// redelivery makes a duplicate, as on IoT Hub.
+func (s *Stream) Append(ctx context.Context, m *hub.Message) error {
+	if m == nil {
+		return errors.New("stream: append nil message")
+	}
+	// A caller that has already given up must not have the message stored
+	// behind its back: it will not acknowledge, so the device resends.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("stream: append %s/%s: %w", m.Hub, m.DeviceID, err)
+	}
+	msg, err := encode(s.cfg.SubjectPrefix, m, time.Now())
+	if err != nil {
+		return err
+	}
+	ack, err := s.js.PublishMsg(ctx, msg)
+	if err != nil {
+		return fmt.Errorf("stream: append %s/%s to %s: %w", m.Hub, m.DeviceID, s.cfg.StreamName, err)
+	}
+	// Another stream capturing the same subjects would ack too (JetStream
+	// refuses overlapping streams, but an operator can still point berth at
+	// a different stream name than the one that owns the prefix).
+	if ack.Stream != s.cfg.StreamName {
+		return fmt.Errorf("stream: append %s/%s: stored in stream %q, not %q; check SubjectPrefix", m.Hub, m.DeviceID, ack.Stream, s.cfg.StreamName)
+	}
+	return nil
+}
+
+// Subscribe delivers the messages matching opts, in stream order, decoded
+// back into hub.Messages, until ctx ends or the Stream closes; then the
+// channel is closed. It uses an ordered, ephemeral consumer (nothing to
+// clean up, gaps are detected and recovered by the client). Messages that do
+// not decode (published by something other than berth) are logged and
+// skipped.
+func (s *Stream) Subscribe(ctx context.Context, opts SubscribeOptions) (<-chan *hub.Message, error) {
+	hubTok, devTok := "*", "*"
+	if opts.Hub != "" {
+		hubTok = EncodeToken(opts.Hub)
+	}
+	if opts.DeviceID != "" {
+		devTok = EncodeToken(opts.DeviceID)
+	}
+	occ := jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{s.cfg.SubjectPrefix + "." + hubTok + "." + devTok},
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+	}
+	if !opts.StartTime.IsZero() {
+		t := opts.StartTime.UTC()
+		occ.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+		occ.OptStartTime = &t
+	}
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errors.New("stream: subscribe on closed stream")
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	sub := &subscription{cancel: cancel}
+	s.subs[sub] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	done := func() {
+		cancel()
+		s.mu.Lock()
+		delete(s.subs, sub)
+		s.mu.Unlock()
+		s.wg.Done()
+	}
+
+	cons, err := s.js.OrderedConsumer(sctx, s.cfg.StreamName, occ)
+	if err != nil {
+		done()
+		return nil, fmt.Errorf("stream: subscribe %s: %w", occ.FilterSubjects[0], err)
+	}
+	// Messages creates the server-side consumer before returning, so a
+	// message appended after Subscribe returns is delivered. The pull
+	// buffer is bounded in messages because a message can be ~1 MiB.
+	it, err := cons.Messages(jetstream.PullMaxMessages(64))
+	if err != nil {
+		done()
+		return nil, fmt.Errorf("stream: subscribe %s: %w", occ.FilterSubjects[0], err)
+	}
+	out := make(chan *hub.Message, 16)
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-sctx.Done():
+		case <-stopped:
+		}
+		it.Stop()
+	}()
+	go func() {
+		defer done()
+		defer close(out)
+		defer close(stopped)
+		for {
+			msg, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) || sctx.Err() != nil || s.nc.IsClosed() {
+					return
+				}
+				// The ordered consumer recreates itself on gaps and missed
+				// heartbeats; what reaches us is transient (a reconnect).
+				s.log.Debug("subscribe: next", "filter", occ.FilterSubjects[0], "err", err)
+				select {
+				case <-sctx.Done():
+					return
+				case <-time.After(250 * time.Millisecond):
+				}
+				continue
+			}
+			var stored time.Time
+			if md, err := msg.Metadata(); err == nil {
+				stored = md.Timestamp
+			}
+			m, err := decode(s.cfg.SubjectPrefix, msg.Subject(), msg.Headers(), msg.Data(), stored)
+			if err != nil {
+				s.log.Warn("subscribe: skipping undecodable message", "subject", msg.Subject(), "err", err)
+				continue
+			}
+			select {
+			case out <- m:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// Close ends subscriptions, drains the connection and, when embedded,
+// shuts the server down so its store is cleanly closed. It is idempotent.
+func (s *Stream) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for sub := range s.subs {
+		sub.cancel()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+
+	var err error
+	closed := make(chan struct{})
+	s.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	// Drain lets in-flight Appends get their acks before the connection
+	// goes; with synchronous publishes there is nothing else buffered.
+	if derr := s.nc.Drain(); derr != nil {
+		s.nc.Close()
+		if !errors.Is(derr, nats.ErrConnectionClosed) {
+			err = fmt.Errorf("stream: drain NATS connection: %w", derr)
+		}
+	} else {
+		select {
+		case <-closed:
+		case <-time.After(s.nc.Opts.DrainTimeout + time.Second):
+			s.nc.Close()
+		}
+	}
+	s.shutdownServer()
+	return err
+}
+
+func (s *Stream) shutdownServer() {
+	if s.ns == nil {
+		return
+	}
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}
