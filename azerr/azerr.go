@@ -17,10 +17,10 @@ type Code int
 // where Azure's value is not documented; docs/errors.md lists them.
 const (
 	DPSBadRequest          Code = 400000 // berth: generic malformed request
-	DPSInvalidBody         Code = 400001 // berth: body is not the JSON expected
-	DPSInvalidRegistration Code = 400002 // berth: registration ID fails the ID rules
-	DPSRegistrationIDMatch Code = 400003 // berth: body registrationId differs from the one authenticated
-	DPSInvalidEnrollment   Code = 400004 // berth: enrollment document invalid
+	DPSInvalidBody         Code = 400101 // berth: body is not the JSON expected
+	DPSInvalidRegistration Code = 400102 // berth: registration ID fails the ID rules
+	DPSRegistrationIDMatch Code = 400103 // berth: body registrationId differs from the one authenticated
+	DPSInvalidEnrollment   Code = 400104 // berth: enrollment document invalid
 	DPSCustomAllocation    Code = 400207
 	DPSNoHub               Code = 400208
 	DPSHubUnauthorized     Code = 400209
@@ -120,8 +120,8 @@ type Error struct {
 func New(code Code) *Error { return &Error{Code: code, Message: DefaultMessage(code)} }
 
 // NewHub returns a hub error with IoT Hub's name as its message. DPS and
-// IoT Hub reuse some numbers (400001, 400004, …) for different errors, so
-// hub code paths must not take DPS's default message from New.
+// IoT Hub reuse some numbers (401002, 412001, 429001) and a hub code has
+// a name and message of its own: hub code paths use NewHub, not New.
 func NewHub(code Code) *Error { return &Error{Code: code, Message: hubMessage(code)} }
 
 func hubMessage(c Code) string {

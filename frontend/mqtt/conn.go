@@ -1,0 +1,615 @@
+package mqtt
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// CONNACK return codes of MQTT 3.1.1 (§3.2.2.3).
+const (
+	connAccepted           byte = 0
+	connBadProtocolVersion byte = 1
+	connNotAuthorized      byte = 5
+)
+
+// subackFailure is the SUBACK return code for a refused filter.
+const subackFailure byte = 0x80
+
+// protocolLevel311 is MQTT 3.1.1, the only version Azure's device
+// endpoints speak (shared/spec/dps.md §1.1, iothub.md §1.1).
+const protocolLevel311 = 4
+
+var (
+	errPacketTooLarge = errors.New("mqtt: packet larger than MaxPacketSize")
+	errDisconnect     = errors.New("mqtt: client sent DISCONNECT")
+)
+
+// session is what a connection speaks after CONNECT. DPS registration is
+// the first kind (dpsSession); IoT Hub device sessions will be the second.
+// The connection owns the packet I/O, keep-alive, PINGREQ and DISCONNECT;
+// the session owns topics, acknowledgement timing and the domain calls.
+// Every method but close is called from the connection's reader goroutine,
+// one at a time.
+type session interface {
+	// subscribe returns the SUBACK return code for one filter: the granted
+	// QoS, or subackFailure.
+	subscribe(filter string, qos byte) byte
+	unsubscribe(filter string)
+	// publish handles an inbound QoS 0 or 1 PUBLISH, including its PUBACK
+	// (a hub acknowledges telemetry only once it is accepted, DPS before
+	// answering). An error closes the connection.
+	publish(pk *packets.Packet) error
+	// puback receives the client's PUBACK for a QoS 1 delivery.
+	puback(id uint16)
+	// close runs once, after the network connection is closed: it cancels
+	// the session's work and waits for it.
+	close()
+	// logAttrs identify the session in log lines (never credentials).
+	logAttrs() []any
+}
+
+// conn is one client connection. Only its reader goroutine (serve, then
+// loop) reads; writes come from the reader and from session goroutines,
+// serialized by wmu. An idle connection holds no I/O buffer: read buffers
+// and write buffers are borrowed from the server per packet.
+type conn struct {
+	srv    *Server
+	nc     net.Conn
+	remote string
+
+	r   *bufio.Reader // borrowed while it holds unread bytes; nil otherwise
+	one [1]byte       // the first byte of a packet, read without a buffer
+
+	keepalive time.Duration // 1.5 × the client's keep-alive; 0 = none
+	sess      session
+
+	wmu       sync.Mutex
+	packetID  atomic.Uint32
+	closeOnce sync.Once
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{srv: s, nc: nc, remote: nc.RemoteAddr().String()}
+}
+
+// serve runs a new connection: the TLS handshake and CONNECT on this
+// goroutine, then the packet loop on a fresh one. The handshake grows a
+// goroutine stack to 8 KiB or more, and a stack only shrinks when less than
+// a quarter of it is in use, which a goroutine parked in a TLS read never
+// is; starting the loop on a new goroutine lets an idle connection live on
+// a 4 KiB stack. There is still one goroutine per connection at any time.
+func (c *conn) serve() {
+	if err := c.openRecovering(); err != nil {
+		c.logEnd(err)
+		c.finish()
+		return
+	}
+	go c.loop()
+}
+
+func (c *conn) openRecovering() (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.notePanic(v)
+			err = errors.New("mqtt: panic")
+		}
+	}()
+	return c.open()
+}
+
+// loop reads and handles packets until the connection ends. Its frames
+// are kept minimal, as they sit under every idle connection's wait (see
+// dispatch).
+func (c *conn) loop() {
+	defer c.finish()
+	for {
+		if err := c.handleNext(); err != nil {
+			c.logEnd(err)
+			return
+		}
+	}
+}
+
+// finish releases everything the connection held. When deferred, it also
+// turns a panic into the end of this connection, not of the server.
+func (c *conn) finish() {
+	if v := recover(); v != nil {
+		c.notePanic(v)
+	}
+	c.close(false)
+	if c.sess != nil {
+		c.sess.close()
+	}
+	c.dropReader()
+	c.srv.untrack(c)
+}
+
+func (c *conn) notePanic(v any) {
+	c.srv.panics.Add(1)
+	c.srv.log.Error("mqtt: panic in connection handler", "remote", c.remote, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+}
+
+func (c *conn) logEnd(err error) {
+	attrs := append([]any{"remote", c.remote}, c.sessAttrs()...)
+	switch {
+	case err == nil, errors.Is(err, errDisconnect):
+		c.srv.log.Debug("mqtt: connection closed", attrs...)
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		c.srv.log.Debug("mqtt: connection closed by peer", attrs...)
+	default:
+		c.srv.log.Debug("mqtt: connection closed", append(attrs, "reason", err.Error())...)
+	}
+}
+
+func (c *conn) sessAttrs() []any {
+	if c.sess == nil {
+		return nil
+	}
+	return c.sess.logAttrs()
+}
+
+// open does the TLS handshake and CONNECT under one deadline.
+func (c *conn) open() error {
+	deadline := time.Now().Add(c.srv.cfg.ConnectTimeout)
+	// The deadline covers the handshake too: a client that opens TCP and
+	// never speaks must not keep a goroutine.
+	if err := c.nc.SetDeadline(deadline); err != nil {
+		return fmt.Errorf("mqtt: set deadline: %w", err)
+	}
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		ctx, cancel := context.WithDeadline(c.srv.ctx, deadline)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("mqtt: TLS handshake: %w", err)
+		}
+	}
+	fh, buf, err := c.readPacket()
+	if err != nil {
+		return fmt.Errorf("mqtt: read CONNECT: %w", err)
+	}
+	if fh.Type != packets.Connect {
+		return fmt.Errorf("mqtt: first packet is %s, not CONNECT", packetName(fh.Type))
+	}
+	if err := c.connect(fh, buf); err != nil {
+		return err
+	}
+	if err := c.nc.SetDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("mqtt: clear deadline: %w", err)
+	}
+	return nil
+}
+
+// connect answers CONNECT. It returns nil once a session is established,
+// and an error (after any refusing CONNACK) otherwise.
+func (c *conn) connect(fh packets.FixedHeader, buf []byte) error {
+	pk := &packets.Packet{FixedHeader: fh}
+	derr := pk.ConnectDecode(buf)
+	name := string(pk.Connect.ProtocolName)
+	if derr == nil || !errors.Is(derr, packets.ErrMalformedProtocolVersion) {
+		// MQTT 3.1.1 §3.1.2.2: an unsupported level is answered with
+		// return code 1 before anything else about the packet (a v5
+		// CONNECT's properties may not even decode as 3.1.1).
+		if (name == "MQTT" || name == "MQIsdp") && pk.ProtocolVersion != protocolLevel311 {
+			c.srv.log.Debug("mqtt: CONNECT refused: unsupported protocol level", "remote", c.remote, "protocol", name, "level", pk.ProtocolVersion)
+			if err := c.connack(connBadProtocolVersion); err != nil {
+				return err
+			}
+			return fmt.Errorf("mqtt: protocol %s level %d is not supported", name, pk.ProtocolVersion)
+		}
+	}
+	if derr != nil {
+		// §3.1.4: a malformed CONNECT closes the connection without CONNACK.
+		return fmt.Errorf("mqtt: malformed CONNECT: %w", derr)
+	}
+	if code := pk.ConnectValidate(); code != packets.CodeSuccess {
+		return fmt.Errorf("mqtt: invalid CONNECT: %w", code)
+	}
+	pk.ProtocolVersion = protocolLevel311
+	c.keepalive = time.Duration(pk.Connect.Keepalive) * 1500 * time.Millisecond
+
+	sess, rc := c.newSession(pk)
+	if rc != connAccepted {
+		if err := c.connack(rc); err != nil {
+			return err
+		}
+		return fmt.Errorf("mqtt: CONNECT refused with return code %d", rc)
+	}
+	c.sess = sess
+	// Sessions are never persisted (DPS treats every session as clean,
+	// shared/spec/dps.md §1.1) and C# aborts on SessionPresent=1.
+	return c.connack(connAccepted)
+}
+
+// newSession picks the session kind from the username. The copy of every
+// string kept from the CONNECT lets its buffer be collected.
+func (c *conn) newSession(pk *packets.Packet) (session, byte) {
+	username := string(pk.Connect.Username)
+	if !pk.Connect.UsernameFlag {
+		c.srv.log.Info("mqtt: CONNECT refused: no username", "remote", c.remote, "clientId", clip(pk.Connect.ClientIdentifier))
+		return nil, connNotAuthorized
+	}
+	scope, regID, query, err := ParseDPSUsername(username)
+	if err == nil {
+		if c.srv.dps == nil {
+			c.srv.log.Info("mqtt: CONNECT refused: DPS is not served by this listener", "remote", c.remote, "username", clip(username))
+			return nil, connNotAuthorized
+		}
+		return c.newDPSSession(pk, scope, regID, query), connAccepted
+	}
+	if looksLikeDPSUsername(username) {
+		// shared/spec/dps.md §1.2: only transport-level problems such as
+		// an unusable username refuse CONNECT; credentials are checked
+		// per request.
+		c.srv.log.Info("mqtt: CONNECT refused: malformed DPS username", "remote", c.remote, "username", clip(username), "error", err.Error())
+		return nil, connNotAuthorized
+	}
+	// The IoT Hub form ({hub}/{deviceId}/?api-version=…) lands here until
+	// the hub session exists: refuse it the way IoT Hub refuses any
+	// CONNECT it will not serve (iothub.md §1.2: always 5).
+	c.srv.log.Info("mqtt: CONNECT refused: not a DPS username (IoT Hub device sessions are not served yet)", "remote", c.remote, "username", clip(username), "clientId", clip(pk.Connect.ClientIdentifier))
+	return nil, connNotAuthorized
+}
+
+// handleNext waits for, reads and handles one packet after CONNECT. The
+// wait is the only place an idle connection sits, so the frames on the
+// stack then are kept small: everything else is in functions called after
+// the first byte arrives.
+func (c *conn) handleNext() error {
+	if c.keepalive > 0 {
+		// MQTT 3.1.1 §3.1.2.10: close after 1.5 × keep-alive of silence.
+		if err := c.nc.SetReadDeadline(time.Now().Add(c.keepalive)); err != nil {
+			return fmt.Errorf("mqtt: set read deadline: %w", err)
+		}
+	}
+	hb, err := c.readFirstByte()
+	if err != nil {
+		return readError(err)
+	}
+	return c.handlePacket(hb)
+}
+
+//go:noinline
+func (c *conn) handlePacket(hb byte) error {
+	fh, buf, err := c.readRest(hb)
+	if err != nil {
+		return readError(err)
+	}
+	return c.dispatch(fh, buf)
+}
+
+func readError(err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("mqtt: keep-alive expired: %w", err)
+	}
+	return err
+}
+
+// dispatch decodes and handles one packet. Each packet type has a
+// function of its own, kept out of line, and packets are borrowed from the
+// server rather than declared (a packets.Packet is 800 bytes), so that the
+// reader's stack stays small: a TLS write on top of a deep stack would
+// push it past 4 KiB for good (see serve).
+//
+//go:noinline
+func (c *conn) dispatch(fh packets.FixedHeader, buf []byte) error {
+	switch fh.Type {
+	case packets.Publish:
+		return c.onPublish(fh, buf)
+	case packets.Puback:
+		return c.onPuback(fh, buf)
+	case packets.Subscribe:
+		return c.onSubscribe(fh, buf)
+	case packets.Unsubscribe:
+		return c.onUnsubscribe(fh, buf)
+	case packets.Pingreq:
+		if fh.Remaining != 0 {
+			return errors.New("mqtt: malformed PINGREQ")
+		}
+		return c.writeBytes(c.srv.pingresp)
+	case packets.Disconnect:
+		if fh.Remaining != 0 {
+			return errors.New("mqtt: malformed DISCONNECT")
+		}
+		return errDisconnect
+	default:
+		// A second CONNECT, QoS 2 flow packets, server-to-client
+		// packets and AUTH are protocol violations here.
+		return fmt.Errorf("mqtt: unexpected %s packet", packetName(fh.Type))
+	}
+}
+
+//go:noinline
+func (c *conn) onPublish(fh packets.FixedHeader, buf []byte) error {
+	if fh.Qos > 1 {
+		// Azure closes the connection on a QoS 2 publish (iothub.md
+		// §1.4); berth keeps no QoS 2 state.
+		return errors.New("mqtt: QoS 2 PUBLISH is not supported")
+	}
+	pk := &packets.Packet{FixedHeader: fh, ProtocolVersion: protocolLevel311}
+	if err := pk.PublishDecode(buf); err != nil {
+		return fmt.Errorf("mqtt: malformed PUBLISH: %w", err)
+	}
+	if code := pk.PublishValidate(0); code != packets.CodeSuccess {
+		return fmt.Errorf("mqtt: invalid PUBLISH: %w", code)
+	}
+	return c.sess.publish(pk)
+}
+
+//go:noinline
+func (c *conn) onPuback(fh packets.FixedHeader, buf []byte) error {
+	pk := c.srv.getPacket()
+	defer c.srv.putPacket(pk)
+	pk.FixedHeader, pk.ProtocolVersion = fh, protocolLevel311
+	if err := pk.PubackDecode(buf); err != nil {
+		return fmt.Errorf("mqtt: malformed PUBACK: %w", err)
+	}
+	c.sess.puback(pk.PacketID)
+	return nil
+}
+
+//go:noinline
+func (c *conn) onSubscribe(fh packets.FixedHeader, buf []byte) error {
+	pk := c.srv.getPacket()
+	defer c.srv.putPacket(pk)
+	pk.FixedHeader, pk.ProtocolVersion = fh, protocolLevel311
+	if err := pk.SubscribeDecode(buf); err != nil {
+		return fmt.Errorf("mqtt: malformed SUBSCRIBE: %w", err)
+	}
+	if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
+		return fmt.Errorf("mqtt: invalid SUBSCRIBE: %w", code)
+	}
+	codes := make([]byte, len(pk.Filters))
+	for i, f := range pk.Filters {
+		codes[i] = c.sess.subscribe(f.Filter, f.Qos)
+	}
+	return c.suback(pk.PacketID, codes)
+}
+
+//go:noinline
+func (c *conn) onUnsubscribe(fh packets.FixedHeader, buf []byte) error {
+	pk := c.srv.getPacket()
+	defer c.srv.putPacket(pk)
+	pk.FixedHeader, pk.ProtocolVersion = fh, protocolLevel311
+	if err := pk.UnsubscribeDecode(buf); err != nil {
+		return fmt.Errorf("mqtt: malformed UNSUBSCRIBE: %w", err)
+	}
+	if code := pk.UnsubscribeValidate(); code != packets.CodeSuccess {
+		return fmt.Errorf("mqtt: invalid UNSUBSCRIBE: %w", code)
+	}
+	for _, f := range pk.Filters {
+		c.sess.unsubscribe(f.Filter)
+	}
+	return c.unsuback(pk.PacketID)
+}
+
+// readPacket reads one control packet: its fixed header and a buffer
+// holding exactly its Remaining Length. The buffer is allocated for this
+// packet alone and never reused, because mochi's decoders return strings
+// that alias it.
+func (c *conn) readPacket() (packets.FixedHeader, []byte, error) {
+	hb, err := c.readFirstByte()
+	if err != nil {
+		return packets.FixedHeader{}, nil, err
+	}
+	return c.readRest(hb)
+}
+
+// readRest reads the rest of a packet whose first byte was hb.
+func (c *conn) readRest(hb byte) (packets.FixedHeader, []byte, error) {
+	var fh packets.FixedHeader
+	if err := fh.Decode(hb); err != nil {
+		return fh, nil, fmt.Errorf("mqtt: fixed header %#02x: %w", hb, err)
+	}
+	r := c.reader()
+	defer c.releaseReader()
+	n, _, err := packets.DecodeLength(r)
+	if err != nil {
+		return fh, nil, fmt.Errorf("mqtt: remaining length: %w", err)
+	}
+	if n > c.srv.cfg.MaxPacketSize {
+		return fh, nil, fmt.Errorf("%w: %s of %d bytes", errPacketTooLarge, packetName(fh.Type), n)
+	}
+	fh.Remaining = n
+	buf, err := readN(r, n)
+	if err != nil {
+		return fh, nil, fmt.Errorf("mqtt: read %s body: %w", packetName(fh.Type), err)
+	}
+	return fh, buf, nil
+}
+
+// readFirstByte waits for the next packet. While the connection is idle it
+// blocks on the network connection itself, so no read buffer is held.
+func (c *conn) readFirstByte() (byte, error) {
+	if c.r != nil {
+		return c.r.ReadByte()
+	}
+	for {
+		// Not io.ReadFull: two fewer frames under every idle wait.
+		n, err := c.nc.Read(c.one[:])
+		if n == 1 {
+			return c.one[0], nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
+// reader borrows a read buffer for the rest of a packet.
+func (c *conn) reader() *bufio.Reader {
+	if c.r == nil {
+		c.r = c.srv.readers.Get().(*bufio.Reader)
+		c.r.Reset(c.nc)
+	}
+	return c.r
+}
+
+// releaseReader returns the read buffer unless it holds bytes of the next
+// packet (a client may pipeline), which must be read from it first.
+func (c *conn) releaseReader() {
+	if c.r != nil && c.r.Buffered() == 0 {
+		c.dropReader()
+	}
+}
+
+func (c *conn) dropReader() {
+	if c.r != nil {
+		c.r.Reset(nil)
+		c.srv.readers.Put(c.r)
+		c.r = nil
+	}
+}
+
+// readN reads exactly n bytes. Big bodies grow as data arrives, so a client
+// that announces a large packet and sends little costs only what it sent.
+func readN(r io.Reader, n int) ([]byte, error) {
+	const step = 4096
+	if n <= step {
+		b := make([]byte, n)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		return b, nil
+	}
+	b := make([]byte, 0, step)
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(cap(b), n-len(b)))
+		}
+		m, err := r.Read(b[len(b):min(cap(b), n)])
+		b = b[:len(b)+m]
+		if err != nil && len(b) < n {
+			return nil, unexpectedEOF(err)
+		}
+	}
+	return b, nil
+}
+
+func unexpectedEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// write encodes one packet into a borrowed buffer and writes it in one
+// call (one TLS record for small packets).
+func (c *conn) write(encode func(*bytes.Buffer) error) error {
+	buf := c.srv.getWriteBuf()
+	defer c.srv.putWriteBuf(buf)
+	if err := encode(buf); err != nil {
+		return fmt.Errorf("mqtt: encode: %w", err)
+	}
+	return c.writeBytes(buf.Bytes())
+}
+
+// writeBytes writes one encoded packet. A failed write closes the
+// connection, which ends the reader too.
+func (c *conn) writeBytes(b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.nc.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
+		c.close(false)
+		return fmt.Errorf("mqtt: set write deadline: %w", err)
+	}
+	if _, err := c.nc.Write(b); err != nil {
+		c.close(false)
+		return fmt.Errorf("mqtt: write: %w", err)
+	}
+	return nil
+}
+
+func (c *conn) connack(rc byte) error {
+	pk := c.srv.getPacket()
+	defer c.srv.putPacket(pk)
+	pk.FixedHeader.Type, pk.ReasonCode, pk.ProtocolVersion = packets.Connack, rc, protocolLevel311
+	return c.write(pk.ConnackEncode)
+}
+
+// The acknowledgements are built in functions of their own, on borrowed
+// packets, to keep the reader's frames small (see dispatch).
+
+//go:noinline
+func (c *conn) suback(id uint16, codes []byte) error {
+	pk := c.srv.getPacket()
+	defer c.srv.putPacket(pk)
+	pk.FixedHeader.Type, pk.PacketID, pk.ReasonCodes, pk.ProtocolVersion = packets.Suback, id, codes, protocolLevel311
+	return c.write(pk.SubackEncode)
+}
+
+//go:noinline
+func (c *conn) unsuback(id uint16) error {
+	pk := c.srv.getPacket()
+	defer c.srv.putPacket(pk)
+	pk.FixedHeader.Type, pk.PacketID, pk.ProtocolVersion = packets.Unsuback, id, protocolLevel311
+	return c.write(pk.UnsubackEncode)
+}
+
+//go:noinline
+func (c *conn) puback(id uint16) error {
+	pk := c.srv.getPacket()
+	defer c.srv.putPacket(pk)
+	pk.FixedHeader.Type, pk.PacketID, pk.ProtocolVersion = packets.Puback, id, protocolLevel311
+	return c.write(pk.PubackEncode)
+}
+
+// publish sends a PUBLISH at qos 0 or 1. QoS 1 deliveries take the next
+// packet ID of this connection; nothing is kept for redelivery (sessions
+// are clean, and the client's PUBACK only needs to be tolerated).
+func (c *conn) publish(topic string, qos byte, payload []byte) error {
+	pk := c.srv.getPacket()
+	defer c.srv.putPacket(pk)
+	pk.FixedHeader.Type, pk.FixedHeader.Qos = packets.Publish, qos
+	pk.TopicName, pk.Payload, pk.ProtocolVersion = topic, payload, protocolLevel311
+	if qos > 0 {
+		pk.PacketID = c.nextPacketID()
+	}
+	return c.write(pk.PublishEncode)
+}
+
+// nextPacketID returns 1…65535, wrapping (0 is not a valid packet ID).
+func (c *conn) nextPacketID() uint16 {
+	for {
+		if id := uint16(c.packetID.Add(1)); id != 0 {
+			return id
+		}
+	}
+}
+
+// close closes the network connection once. A forced close (Shutdown)
+// closes the socket under TLS directly, so that it never waits for a
+// close_notify stuck behind a client that does not read.
+func (c *conn) close(force bool) {
+	c.closeOnce.Do(func() {
+		// Unblock a write stuck on a client that stopped reading: the
+		// TLS close_notify would otherwise queue behind it.
+		_ = c.nc.SetWriteDeadline(time.Now())
+		if tc, ok := c.nc.(*tls.Conn); ok && force {
+			_ = tc.NetConn().Close()
+			return
+		}
+		_ = c.nc.Close()
+	})
+}
+
+func packetName(t byte) string {
+	if n, ok := packets.PacketNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("type %d", t)
+}

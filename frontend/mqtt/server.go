@@ -1,0 +1,271 @@
+// Package mqtt is berth's MQTT 3.1.1 listener. One listener serves every
+// device that speaks MQTT to berth: DPS registrations now
+// (shared/spec/dps.md §1), IoT Hub device sessions later
+// (shared/spec/iothub.md §1). The CONNECT username decides which protocol a
+// connection speaks; everything after CONNECT is handled by a session of
+// that kind (see session in conn.go).
+//
+// Packets are encoded and decoded by mochi-mqtt's packets codec. The
+// listener is not a broker: there are no retained messages, no persistent
+// sessions and no routing between clients. Each answer goes to the
+// connection that asked for it.
+package mqtt
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Defaults for Config.
+const (
+	// DefaultMaxPacketSize is IoT Hub's 256 KiB message limit plus room for
+	// the topic (which carries the message properties) and packet header.
+	DefaultMaxPacketSize = 256*1024 + 4*1024
+	// DefaultConnectTimeout bounds the TLS handshake plus CONNECT.
+	DefaultConnectTimeout = 10 * time.Second
+)
+
+const (
+	// writeTimeout bounds one packet write: a client that stops reading
+	// must not hold a goroutine (or Shutdown) forever.
+	writeTimeout = 10 * time.Second
+	// readBufferSize is the size of the pooled read buffers. Small packets
+	// (everything DPS and most of IoT Hub exchanges) fit in one; bigger
+	// bodies are read straight into their own allocation.
+	readBufferSize = 2 * 1024
+	// maxPooledWriteBuffer keeps the write buffer pool from holding on to
+	// the memory of one unusually large packet.
+	maxPooledWriteBuffer = 16 * 1024
+)
+
+// Config configures a Server.
+type Config struct {
+	// MaxPacketSize bounds the Remaining Length of an inbound packet; a
+	// bigger packet closes the connection. Default DefaultMaxPacketSize.
+	// DPS answers publishes over its 96 KB limit with res/413 as long as
+	// they fit in MaxPacketSize.
+	MaxPacketSize int
+	// ConnectTimeout is the time allowed from accept to a complete CONNECT
+	// (TLS handshake included). Default DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// Logger receives the listener's logs; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// Server is an MQTT listener. Create it with New.
+type Server struct {
+	cfg Config
+	dps DPS
+	log *slog.Logger
+
+	// ctx is the parent of every domain call's context; Shutdown cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	shutdown  bool
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	wg        sync.WaitGroup // connection goroutines
+
+	// readers and writeBufs are borrowed per packet so that an idle
+	// connection holds no I/O buffer of its own.
+	readers   sync.Pool // *bufio.Reader
+	writeBufs sync.Pool // *bytes.Buffer
+	packets   sync.Pool // *packets.Packet
+
+	// pingresp is the encoded PINGRESP, the one packet an idle device
+	// makes the server write.
+	pingresp []byte
+
+	// panics counts recovered panics; the fuzz tests require it to stay 0.
+	panics atomic.Int64
+}
+
+// New returns a Server that answers DPS requests with d.
+func New(cfg Config, d DPS) *Server {
+	if cfg.MaxPacketSize <= 0 {
+		cfg.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:       cfg,
+		dps:       d,
+		log:       cfg.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*conn]struct{}{},
+	}
+	var ping bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}
+	_ = pk.PingrespEncode(&ping) // writes two bytes; cannot fail
+	s.pingresp = ping.Bytes()
+	s.readers.New = func() any { return bufio.NewReaderSize(nil, readBufferSize) }
+	s.writeBufs.New = func() any { return new(bytes.Buffer) }
+	s.packets.New = func() any { return new(packets.Packet) }
+	return s
+}
+
+// Serve accepts connections on ln until ln fails or Shutdown is called.
+// ln must yield connections that are already TLS (tls.NewListener): the
+// handshake runs in the connection's goroutine, under ConnectTimeout. Serve
+// returns nil after Shutdown, and the accept error otherwise.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.isShutdown() {
+				return nil
+			}
+			// Like net/http: a temporary failure (EMFILE, ENFILE:
+			// out of file descriptors) must not stop the listener
+			// for good.
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("mqtt: accept failed; retrying", "error", err.Error(), "backoff", backoff)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-s.ctx.Done():
+					return nil
+				}
+			}
+			return fmt.Errorf("mqtt: accept: %w", err)
+		}
+		backoff = 0
+		if !s.serveConn(nc) {
+			return nil
+		}
+	}
+}
+
+// serveConn starts the goroutine of one accepted connection. It reports
+// false, having closed nc, once Shutdown has begun.
+func (s *Server) serveConn(nc net.Conn) bool {
+	c := newConn(s, nc)
+	if !s.track(c) {
+		nc.Close()
+		return false
+	}
+	go c.serve()
+	return true
+}
+
+// track registers a new connection; it reports false once Shutdown began,
+// so that no goroutine is started after Shutdown waits for them.
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+func (s *Server) isShutdown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutdown
+}
+
+// Shutdown stops accepting, cancels the domain calls in flight, closes
+// every connection and waits for their goroutines, or for ctx.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+
+	s.cancel()
+	for _, c := range conns {
+		c.close(true)
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("mqtt: shutdown: %w", ctx.Err())
+	}
+}
+
+// ConnCount is the number of open connections, whether or not they have
+// completed CONNECT.
+func (s *Server) ConnCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *Server) getWriteBuf() *bytes.Buffer {
+	b := s.writeBufs.Get().(*bytes.Buffer)
+	b.Reset()
+	return b
+}
+
+func (s *Server) putWriteBuf(b *bytes.Buffer) {
+	if b.Cap() <= maxPooledWriteBuffer {
+		s.writeBufs.Put(b)
+	}
+}
+
+// getPacket borrows a zeroed packet to decode into or encode from; the
+// caller returns it with putPacket once nothing refers to it.
+func (s *Server) getPacket() *packets.Packet { return s.packets.Get().(*packets.Packet) }
+
+func (s *Server) putPacket(pk *packets.Packet) {
+	*pk = packets.Packet{} // drop references into packet buffers
+	s.packets.Put(pk)
+}
