@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -20,7 +22,8 @@ const embeddedMaxPayload = 4 << 20
 // storeDir. It does not listen on any port: berth talks to it through an
 // in-process connection, so no one else can reach it and nothing needs TLS
 // or credentials.
-func startEmbedded(ctx context.Context, storeDir string, syncAlways bool, log *slog.Logger) (*server.Server, error) {
+func startEmbedded(ctx context.Context, cfg Config, syncAlways bool) (*server.Server, error) {
+	storeDir, log := cfg.StoreDir, cfg.Logger
 	if storeDir == "" {
 		return nil, errors.New("stream: embedded server needs Config.StoreDir")
 	}
@@ -41,6 +44,23 @@ func startEmbedded(ctx context.Context, storeDir string, syncAlways bool, log *s
 		MaxPayload: embeddedMaxPayload,
 		// berth owns signals and shutdown.
 		NoSigs: true,
+	}
+	if cfg.ListenAddr != "" {
+		host, port, err := net.SplitHostPort(cfg.ListenAddr)
+		if err != nil {
+			return nil, fmt.Errorf("stream: listen address %q: %w", cfg.ListenAddr, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("stream: listen port %q: %w", port, err)
+		}
+		if p == 0 {
+			p = server.RANDOM_PORT
+		}
+		opts.DontListen = false
+		opts.Host, opts.Port = host, p
+		// Every client, the in-process one included, presents the token.
+		opts.Authorization = cfg.Token
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -50,6 +51,14 @@ type Config struct {
 	// Replicas is the stream's replication on an external cluster; 0 means
 	// 1. The embedded server is a single node and accepts only 1.
 	Replicas int
+	// ListenAddr, for the embedded server, is an optional host:port on
+	// which other local programs (berth hub monitor-events, any NATS
+	// client) may read the stream; "" keeps it in-process only. Use a
+	// loopback address: the port is protected by Token, not by TLS.
+	ListenAddr string
+	// Token is the client token the embedded listener requires; required
+	// with ListenAddr.
+	Token string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -121,10 +130,31 @@ func (c Config) validate() error {
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return fmt.Errorf("stream: Replicas %d out of 1..5", c.Replicas)
 	}
+	if c.URL == "" && c.ListenAddr != "" && c.Token == "" {
+		return errors.New("stream: an embedded listener needs a Token")
+	}
 	if c.URL == "" && c.Replicas != 1 {
 		return fmt.Errorf("stream: the embedded server is one node; Replicas must be 1, not %d", c.Replicas)
 	}
 	return nil
+}
+
+// ClientURL is the URL other local programs can read the stream at: the
+// embedded listener's (with its token) or the external URL; "" for an
+// embedded server without a listener. It holds a credential: keep it out of
+// logs.
+func (s *Stream) ClientURL() string {
+	if s.ns == nil {
+		return s.cfg.URL
+	}
+	if s.cfg.ListenAddr == "" {
+		return ""
+	}
+	addr, ok := s.ns.Addr().(*net.TCPAddr)
+	if !ok {
+		return ""
+	}
+	return "nats://" + s.cfg.Token + "@" + addr.String()
 }
 
 // Open starts the embedded server or connects to the external one, and
@@ -157,10 +187,13 @@ func open(ctx context.Context, cfg Config, syncAlways bool) (*Stream, error) {
 	}
 	var err error
 	if cfg.URL == "" {
-		if s.ns, err = startEmbedded(ctx, cfg.StoreDir, syncAlways, cfg.Logger); err != nil {
+		if s.ns, err = startEmbedded(ctx, cfg, syncAlways); err != nil {
 			return nil, err
 		}
 		opts = append(opts, nats.InProcessServer(s.ns))
+		if cfg.ListenAddr != "" {
+			opts = append(opts, nats.Token(cfg.Token))
+		}
 		s.nc, err = nats.Connect("", opts...)
 	} else {
 		dial := 5 * time.Second

@@ -702,6 +702,57 @@ func waitClosed(t *testing.T, ch <-chan *hub.Message, why string) {
 	}
 }
 
+// The embedded listener lets another program read the stream with the
+// token, and refuses it without.
+func TestEmbeddedListener(t *testing.T) {
+	cfg := embeddedConfig(t)
+	cfg.ListenAddr, cfg.Token = "127.0.0.1:0", "s3cret-"+uniqueSuffix()
+	s, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	url := s.ClientURL()
+	if !strings.HasPrefix(url, "nats://"+cfg.Token+"@127.0.0.1:") {
+		t.Fatalf("ClientURL = %q", url)
+	}
+	if nc, err := nats.Connect(strings.Replace(url, cfg.Token+"@", "", 1), nats.Timeout(2*time.Second)); err == nil {
+		nc.Close()
+		t.Fatal("connected without the token")
+	}
+	reader, err := Open(context.Background(), Config{URL: url, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open over the listener: %v", err)
+	}
+	defer reader.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ch, err := reader.Subscribe(ctx, SubscribeOptions{DeviceID: "d1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(ctx, &hub.Message{Hub: "h.example", DeviceID: "d1", Body: []byte("hi"), Enqueued: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-ch:
+		if string(m.Body) != "hi" || m.DeviceID != "d1" {
+			t.Fatalf("got %+v", m)
+		}
+	case <-ctx.Done():
+		t.Fatal("no message over the listener")
+	}
+	// The in-process server has no listener by default.
+	plain, err := Open(context.Background(), embeddedConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if u := plain.ClientURL(); u != "" {
+		t.Errorf("ClientURL without listener = %q", u)
+	}
+}
+
 func TestOpenValidates(t *testing.T) {
 	for name, cfg := range map[string]Config{
 		"embedded without dir": {},
@@ -709,6 +760,7 @@ func TestOpenValidates(t *testing.T) {
 		"empty token prefix":   {StoreDir: t.TempDir(), SubjectPrefix: "a..b"},
 		"bad stream name":      {StoreDir: t.TempDir(), StreamName: "A.B"},
 		"embedded replicas":    {StoreDir: t.TempDir(), Replicas: 3},
+		"listener no token":    {StoreDir: t.TempDir(), ListenAddr: "127.0.0.1:0"},
 	} {
 		if s, err := Open(context.Background(), cfg); err == nil {
 			_ = s.Close()
