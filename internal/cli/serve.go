@@ -1,0 +1,193 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/berth-iot/berth/internal/localconf"
+	"github.com/berth-iot/berth/server"
+)
+
+// serveFile is the JSON config file `berth serve --config` reads; its keys
+// are the flag names.
+type serveFile map[string]any
+
+func newServeCmd(g *globals) *cobra.Command {
+	var (
+		cfg        server.Config
+		configFile string
+		logLevel   string
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run berth: DPS and IoT hub on MQTT (8883) and HTTPS (443)",
+		Long: `Run berth. On first start it creates its data directory, a SQLite store,
+a development CA and a server certificate, and prints how to connect.
+
+Every flag can also be set in the environment as BERTH_<FLAG> (for example
+BERTH_MQTT_ADDR=:18883) or in a JSON file given with --config whose keys are
+the flag names. Flags win over the environment, which wins over the file.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnvAndFile(cmd.Flags(), configFile); err != nil {
+				return err
+			}
+			cfg.DataDir = g.dataDir
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
+			return runServe(cmd.Context(), cfg, g.stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "JSON config file (keys are flag names)")
+	f.StringSliceVar(&cfg.Hosts, "host", []string{"127.0.0.1", "localhost"}, "host names and IPs devices use to reach berth; the first is the public name (repeat or comma-separate)")
+	f.StringVar(&cfg.HubName, "hub-name", "", "host name of the IoT hub devices are assigned to (default: the first --host)")
+	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", ":8883", "MQTT over TLS listen address")
+	f.StringVar(&cfg.HTTPSAddr, "https-addr", ":443", "HTTPS listen address")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (PEM, chain); default: issued by berth's development CA")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "server certificate key (PEM)")
+	f.StringVar(&cfg.IDScope, "id-scope", "", "ID scope to create on first start (default: generated)")
+	f.StringVar(&cfg.StoreURL, "store", "", "store: sqlite:PATH (default DATA_DIR/berth.db) or postgres://…")
+	f.IntVar(&cfg.RetryAfter, "retry-after", 3, "retry-after seconds on DPS 202 answers")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return cmd
+}
+
+// applyEnvAndFile sets every flag not given on the command line from
+// BERTH_<FLAG>, then from the config file.
+func applyEnvAndFile(fs *pflag.FlagSet, file string) error {
+	var fromFile serveFile
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+		if err := json.Unmarshal(data, &fromFile); err != nil {
+			return fmt.Errorf("--config %s: %w", file, err)
+		}
+		for k := range fromFile {
+			if fs.Lookup(k) == nil {
+				return fmt.Errorf("--config %s: unknown key %q", file, k)
+			}
+		}
+	}
+	var err error
+	fs.VisitAll(func(fl *pflag.Flag) {
+		if err != nil || fl.Changed {
+			return
+		}
+		env := "BERTH_" + strings.ToUpper(strings.ReplaceAll(fl.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if e := fs.Set(fl.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", env, e)
+			}
+			return
+		}
+		if v, ok := fromFile[fl.Name]; ok {
+			var s string
+			switch v := v.(type) {
+			case string:
+				s = v
+			case []any:
+				parts := make([]string, len(v))
+				for i, p := range v {
+					parts[i] = fmt.Sprint(p)
+				}
+				s = strings.Join(parts, ",")
+			default:
+				s = fmt.Sprint(v)
+			}
+			if e := fs.Set(fl.Name, s); e != nil {
+				err = fmt.Errorf("--config key %s: %w", fl.Name, e)
+			}
+		}
+	})
+	return err
+}
+
+func runServe(ctx context.Context, cfg server.Config, out io.Writer) error {
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		_ = srv.Shutdown(context.Background())
+		return err
+	}
+	printBanner(out, srv, cfg.DataDir, cfg.RetryAfter)
+	select {
+	case <-ctx.Done():
+	case err = <-srv.Errors():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if serr := srv.Shutdown(sctx); serr != nil && err == nil {
+		err = serr
+	}
+	return err
+}
+
+func printBanner(out io.Writer, srv *server.Server, dataDir string, retryAfter int) {
+	info := srv.Info()
+	state := "started"
+	if srv.FirstRun() {
+		state = "started for the first time (new ID scope, keys and CA)"
+	}
+	fmt.Fprintf(out, "berth %s\n\n", state)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "  ID scope\t%s\n", info.IDScope)
+	fmt.Fprintf(tw, "  DPS global endpoint\t%s (MQTT %s, HTTPS %s)\n", info.GlobalEndpoint, info.MQTTAddress, info.HTTPSAddress)
+	fmt.Fprintf(tw, "  IoT hub\t%s\n", info.HubHostName)
+	if info.CAFile != "" {
+		fmt.Fprintf(tw, "  CA to trust\t%s\n", info.CAFile)
+	}
+	fmt.Fprintf(tw, "  service connection string\t%s\n", info.ServiceConnectionString)
+	tw.Flush()
+	// The printed commands must work as pasted: name the data directory
+	// when it is not the one the CLI finds by default.
+	cli := "berth"
+	if dataDir != localconf.DefaultDataDir() {
+		cli = "berth --data-dir " + dataDir
+	}
+	fmt.Fprintf(out, `
+Next, in another terminal:
+  %[1]s enrollment-group create --enrollment-id my-group      # prints the group's keys
+  %[1]s device register --registration-id my-device-1 --group-key <primaryKey>
+  %[1]s registration show my-device-1
+
+or as raw MQTT with mosquitto (docs/dps-wire.md has the whole flow, and curl):
+  KEY=$(%[1]s device derive-key --group-key <primaryKey> --registration-id my-device-2)
+  mosquitto_rr -h %[2]s -p %[3]s --cafile %[4]s -V mqttv311 -q 1 \
+    -i my-device-2 -u '%[5]s/registrations/my-device-2/api-version=2019-03-31' \
+    -P "$(%[1]s device sas-token --id-scope %[5]s --registration-id my-device-2 --key $KEY)" \
+    -t '$dps/registrations/PUT/iotdps-register/?$rid=1' -e '$dps/registrations/res/202/?$rid=1&retry-after=%[6]d' -m '{}'
+`, cli, hostOf(info.MQTTAddress), portOf(info.MQTTAddress), info.CAFile, info.IDScope, retryAfter)
+}
+
+func hostOf(addr string) string {
+	h, _, _ := strings.Cut(addr, ":")
+	if i := strings.LastIndexByte(addr, ':'); i >= 0 {
+		h = addr[:i]
+	}
+	return strings.Trim(h, "[]")
+}
+
+func portOf(addr string) string {
+	if i := strings.LastIndexByte(addr, ':'); i >= 0 {
+		return addr[i+1:]
+	}
+	return addr
+}

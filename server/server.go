@@ -1,0 +1,317 @@
+// Package server assembles a berth: store, domain services, TLS and the
+// protocol listeners, with their lifecycle (start, addresses, graceful
+// shutdown). `berth serve` and the end-to-end tests both run it in-process.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-iot/berth/dps"
+	mqttfront "github.com/berth-iot/berth/frontend/mqtt"
+	"github.com/berth-iot/berth/frontend/rest"
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/internal/localconf"
+	"github.com/berth-iot/berth/pki"
+	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/store/postgres"
+	"github.com/berth-iot/berth/store/sqlite"
+)
+
+// Config is everything `berth serve` can be told.
+type Config struct {
+	// DataDir holds the SQLite store, the development CA, the server
+	// certificate and client.json. Created if missing.
+	DataDir string
+	// Hosts are the host names and IP addresses devices use to reach berth.
+	// The first is the public name: the DPS global endpoint, the service host
+	// name and, unless HubName is set, the hub host name. All of them are in
+	// the generated server certificate.
+	Hosts []string
+	// HubName is the host name of the hub devices are assigned to.
+	HubName string
+	// MQTTAddr and HTTPSAddr are the listen addresses (":8883", ":443").
+	MQTTAddr  string
+	HTTPSAddr string
+	// TLSCert and TLSKey name a user-supplied certificate and key; when
+	// empty berth issues its own from its development CA.
+	TLSCert string
+	TLSKey  string
+	// IDScope is used only on first start; later starts keep the stored one.
+	IDScope string
+	// StoreURL selects the store: "" or "sqlite:PATH" for SQLite (default
+	// DataDir/berth.db), "postgres://…" for PostgreSQL.
+	StoreURL string
+	// RetryAfter is the retry-after (seconds) on DPS 202 answers.
+	RetryAfter int
+	Logger     *slog.Logger
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.DataDir == "" {
+		c.DataDir = localconf.DefaultDataDir()
+	}
+	if len(c.Hosts) == 0 {
+		c.Hosts = []string{"127.0.0.1", "localhost"}
+	}
+	if c.HubName == "" {
+		c.HubName = c.Hosts[0]
+	}
+	if c.MQTTAddr == "" {
+		c.MQTTAddr = ":8883"
+	}
+	if c.HTTPSAddr == "" {
+		c.HTTPSAddr = ":443"
+	}
+	if c.RetryAfter <= 0 {
+		c.RetryAfter = dps.DefaultRetryAfter
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Server is a running berth.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	store    store.Store
+	settings *dps.Settings
+	dps      *dps.Service
+	certs    *pki.CertSource
+	caFile   string
+	firstRun bool
+
+	mqttLn  net.Listener
+	httpsLn net.Listener
+	mqtt    *mqttfront.Server
+	https   *http.Server
+	wg      sync.WaitGroup
+	errs    chan error
+}
+
+// New opens the store and prepares TLS and the domain; it does not listen.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	cfg.Defaults()
+	s := &Server{cfg: cfg, log: cfg.Logger, errs: make(chan error, 2)}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: data dir: %w", err)
+	}
+	st, err := openStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.store = st
+	settings, created, err := dps.LoadOrCreateSettings(ctx, st, cfg.IDScope)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	s.settings, s.firstRun = settings, created
+	s.dps, err = dps.New(st, hub.NewRegistry(st, nil), dps.Config{
+		IDScope:    settings.IDScope,
+		Hubs:       []string{cfg.HubName},
+		RetryAfter: cfg.RetryAfter,
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	if err := s.setupTLS(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func openStore(ctx context.Context, cfg Config) (store.Store, error) {
+	u := cfg.StoreURL
+	switch {
+	case strings.HasPrefix(u, "postgres://"), strings.HasPrefix(u, "postgresql://"):
+		st, err := postgres.Open(ctx, u)
+		if err != nil {
+			return nil, fmt.Errorf("server: open postgres store: %w", err)
+		}
+		return st, nil
+	case u == "" || strings.HasPrefix(u, "sqlite:"):
+		path := strings.TrimPrefix(u, "sqlite:")
+		if path == "" {
+			path = filepath.Join(cfg.DataDir, "berth.db")
+		}
+		st, err := sqlite.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("server: open sqlite store: %w", err)
+		}
+		return st, nil
+	}
+	return nil, fmt.Errorf("server: unknown store URL %q (want sqlite:PATH or postgres://…)", u)
+}
+
+func (s *Server) setupTLS() error {
+	s.certs = &pki.CertSource{}
+	if s.cfg.TLSCert != "" || s.cfg.TLSKey != "" {
+		cert, err := pki.LoadKeyPair(s.cfg.TLSCert, s.cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		s.certs.Set(&cert)
+		return nil
+	}
+	caDir := filepath.Join(s.cfg.DataDir, "ca")
+	if err := os.MkdirAll(caDir, 0o700); err != nil {
+		return fmt.Errorf("server: ca dir: %w", err)
+	}
+	ca, _, err := pki.LoadOrCreateCA(caDir)
+	if err != nil {
+		return fmt.Errorf("server: development CA: %w", err)
+	}
+	hosts := append([]string{}, s.cfg.Hosts...)
+	if !containsFold(hosts, s.cfg.HubName) {
+		hosts = append(hosts, s.cfg.HubName)
+	}
+	cert, _, err := ca.LoadOrCreateServerCert(s.cfg.DataDir, hosts)
+	if err != nil {
+		return fmt.Errorf("server: server certificate: %w", err)
+	}
+	s.certs.Set(&cert)
+	s.caFile = ca.CertFile
+	return nil
+}
+
+// Start listens on the MQTT and HTTPS addresses and serves until Shutdown.
+func (s *Server) Start() error {
+	var err error
+	s.mqttLn, err = net.Listen("tcp", s.cfg.MQTTAddr)
+	if err != nil {
+		return fmt.Errorf("server: mqtt listener: %w", err)
+	}
+	s.httpsLn, err = net.Listen("tcp", s.cfg.HTTPSAddr)
+	if err != nil {
+		s.mqttLn.Close()
+		return fmt.Errorf("server: https listener: %w", err)
+	}
+	s.mqtt = mqttfront.New(mqttfront.Config{Logger: s.log.With("listener", "mqtt")}, s.dps)
+	handler := rest.NewHandler(rest.Config{Hosts: s.serviceHosts(), Logger: s.log.With("listener", "https")}, s.dps, s.settings)
+	s.https = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		// HTTP/2 stays off: the C SDK reads response headers by exact,
+		// case-sensitive name, which HTTP/2 would lower-case
+		// (shared/spec/iothub.md §0.1). A non-nil empty TLSNextProto
+		// disables Go's automatic h2.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	mqttTLS := pki.ServerTLSConfig(s.certs, nil)
+	httpsTLS := pki.ServerTLSConfig(s.certs, []string{"http/1.1"})
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		if err := s.mqtt.Serve(tls.NewListener(s.mqttLn, mqttTLS)); err != nil && !errors.Is(err, net.ErrClosed) {
+			s.errs <- fmt.Errorf("server: mqtt: %w", err)
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		if err := s.https.Serve(tls.NewListener(s.httpsLn, httpsTLS)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.errs <- fmt.Errorf("server: https: %w", err)
+		}
+	}()
+	return localconf.Write(s.cfg.DataDir, s.Info())
+}
+
+// Errors reports listener failures after Start.
+func (s *Server) Errors() <-chan error { return s.errs }
+
+// Shutdown stops the listeners, waits for connections to end (or ctx), and
+// closes the store.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var errs []error
+	if s.https != nil {
+		if err := s.https.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("server: https shutdown: %w", err))
+		}
+	}
+	if s.mqtt != nil {
+		if err := s.mqtt.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("server: mqtt shutdown: %w", err))
+		}
+	}
+	s.wg.Wait()
+	if err := s.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("server: close store: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Info describes this berth to local clients (written to client.json).
+func (s *Server) Info() *localconf.Info {
+	owner, _ := s.settings.Policy(dps.OwnerPolicy)
+	info := &localconf.Info{
+		IDScope:        s.settings.IDScope,
+		GlobalEndpoint: s.cfg.Hosts[0],
+		HubHostName:    s.cfg.HubName,
+		MQTTAddress:    dialAddr(s.cfg.Hosts[0], s.mqttLn, s.cfg.MQTTAddr),
+		HTTPSAddress:   dialAddr(s.cfg.Hosts[0], s.httpsLn, s.cfg.HTTPSAddr),
+		CAFile:         s.caFile,
+	}
+	if owner != nil {
+		info.ServiceConnectionString = owner.ConnectionString(s.cfg.Hosts[0])
+	}
+	return info
+}
+
+// FirstRun reports whether this start created the berth's identity.
+func (s *Server) FirstRun() bool { return s.firstRun }
+
+// DPS returns the DPS domain service (for tests and in-process tools).
+func (s *Server) DPS() *dps.Service { return s.dps }
+
+// Settings returns the DPS settings.
+func (s *Server) Settings() *dps.Settings { return s.settings }
+
+func (s *Server) serviceHosts() []string {
+	hosts := append([]string{}, s.cfg.Hosts...)
+	return append(hosts, s.cfg.HubName)
+}
+
+// dialAddr is where a local client should connect: the listener's port on
+// its bound address, or on the public host when bound to all interfaces.
+func dialAddr(host string, ln net.Listener, configured string) string {
+	addr := configured
+	if ln != nil {
+		addr = ln.Addr().String()
+	}
+	h, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(h); h == "" || (ip != nil && ip.IsUnspecified()) {
+		h = host
+	}
+	return net.JoinHostPort(h, port)
+}
+
+func containsFold(list []string, s string) bool {
+	for _, v := range list {
+		if strings.EqualFold(v, s) {
+			return true
+		}
+	}
+	return false
+}
