@@ -1,0 +1,134 @@
+// Starts and stops a real berth binary for one test file.
+//
+// Every berth gets its own loopback address (127.0.0.0/8 is all loopback on
+// Linux) because the Azure SDKs hard-code the ports: MQTT 8883, HTTPS 443.
+// The process runs `berth serve` on a fresh temporary data directory, and the
+// test reads what a user would read: DATA_DIR/client.json and the CA file it
+// names.
+
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const compatDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/** The berth binary: $BERTH_BIN (relative to the current directory) or ../bin/berth from compat/. */
+export function berthBin() {
+  const bin = process.env.BERTH_BIN
+    ? path.resolve(process.cwd(), process.env.BERTH_BIN)
+    : path.resolve(compatDir, '..', 'bin', 'berth');
+  if (!fs.existsSync(bin)) {
+    throw new Error(`berth binary not found at ${bin} (build it with \`make build\` or set BERTH_BIN)`);
+  }
+  return bin;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function portOpen(host, port) {
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port });
+    const done = (ok) => { s.destroy(); resolve(ok); };
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+    s.setTimeout(1000, () => done(false));
+  });
+}
+
+function splitHostPort(addr) {
+  const i = addr.lastIndexOf(':');
+  return { host: addr.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(addr.slice(i + 1)) };
+}
+
+/**
+ * A loopback address nobody listens on at 443 or 8883: random in
+ * 127.64.0.0/10, so that test files, the raw-flow scripts and other people's
+ * runs on the same machine never share one.
+ */
+async function freeLoopbackAddress() {
+  for (let i = 0; i < 20; i++) {
+    const b = crypto.randomBytes(3);
+    const ip = `127.${64 + (b[0] % 64)}.${1 + (b[1] % 254)}.${1 + (b[2] % 254)}`;
+    if (!(await portOpen(ip, 443)) && !(await portOpen(ip, 8883))) return ip;
+  }
+  throw new Error('found no free loopback address in 20 tries');
+}
+
+/**
+ * Starts `berth serve` on ip:8883 and ip:443 and waits until client.json
+ * exists and both ports accept connections.
+ *
+ * @param {string} [ip]   a loopback address of its own (default: a free random one)
+ * @param {string[]} [extraArgs] more `berth serve` flags
+ * @returns {Promise<{ip, dataDir, info, caFile, stop, logText}>}
+ */
+export async function startBerth(ip, extraArgs = []) {
+  const bin = berthBin();
+  if (!ip) ip = await freeLoopbackAddress();
+  for (const port of [443, 8883]) {
+    if (await portOpen(ip, port)) {
+      throw new Error(`${ip}:${port} is already taken (a berth left running?); each berth needs its address for itself`);
+    }
+  }
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-compat-'));
+  const logFile = path.join(dataDir, 'berth.log');
+  const log = fs.openSync(logFile, 'a');
+  const args = ['serve', '--data-dir', dataDir, '--host', ip,
+    '--mqtt-addr', `${ip}:8883`, '--https-addr', `${ip}:443`, ...extraArgs];
+  const child = spawn(bin, args, { stdio: ['ignore', log, log] });
+  fs.closeSync(log);
+  let exited = null;
+  child.once('exit', (code, signal) => { exited = { code, signal }; });
+  const logText = () => { try { return fs.readFileSync(logFile, 'utf8'); } catch { return ''; } };
+
+  const stop = async () => {
+    if (exited === null) {
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 10000);
+      await once(child, 'exit').catch(() => {});
+      clearTimeout(t);
+    }
+    if (!process.env.BERTH_KEEP_DATA) {
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
+  };
+
+  const clientJson = path.join(dataDir, 'client.json');
+  const deadline = Date.now() + 30000;
+  let info = null;
+  while (Date.now() < deadline) {
+    if (exited) {
+      const text = logText();
+      await stop();
+      throw new Error(`berth exited (${JSON.stringify(exited)}) before it was ready: ${bin} ${args.join(' ')}\n${text}`);
+    }
+    if (!info && fs.existsSync(clientJson)) {
+      try { info = JSON.parse(fs.readFileSync(clientJson, 'utf8')); } catch { info = null; }
+    }
+    if (info) {
+      const mqtt = splitHostPort(info.mqttAddress);
+      const https = splitHostPort(info.httpsAddress);
+      if (await portOpen(https.host, https.port) && await portOpen(mqtt.host, mqtt.port)) break;
+    }
+    await sleep(100);
+  }
+  if (!info) {
+    const text = logText();
+    await stop();
+    throw new Error(`berth wrote no client.json in 30 s: ${bin} ${args.join(' ')}\n${text}`);
+  }
+  for (const k of ['idScope', 'globalEndpoint', 'hubHostName', 'mqttAddress', 'httpsAddress', 'caFile', 'serviceConnectionString']) {
+    if (!info[k]) {
+      const text = logText();
+      await stop();
+      throw new Error(`client.json has no ${k}: ${JSON.stringify(info)}\n${text}`);
+    }
+  }
+  const caFile = path.isAbsolute(info.caFile) ? info.caFile : path.join(dataDir, info.caFile);
+  return { ip, dataDir, info, caFile, stop, logText };
+}

@@ -1,0 +1,100 @@
+// Parent side of lib/sdk_worker.cjs: forks the worker with berth's CA in
+// NODE_EXTRA_CA_CERTS and turns its answers into promises.
+
+import { fork } from 'node:child_process';
+import crypto from 'node:crypto';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const CALL_TIMEOUT_MS = Number(process.env.BERTH_COMPAT_CALL_TIMEOUT_MS || 45000);
+const workerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), 'sdk_worker.cjs');
+
+/** An error the SDK raised in the worker, with what the worker could read off it. */
+export class SdkError extends Error {
+  constructor(e) {
+    super(`${e.name}: ${e.message}${e.status ? ` (status ${e.status})` : ''}${e.code ? ` (code ${e.code})` : ''}${e.body !== undefined ? ` body ${JSON.stringify(e.body)}` : ''}`);
+    this.sdkName = e.name;
+    this.status = e.status;
+    this.code = e.code;
+    this.body = e.body;
+    this.topic = e.topic;
+    this.headers = e.headers;
+    this.sdkStack = e.stack;
+  }
+}
+
+/**
+ * Starts a worker. caFile: the PEM to trust (NODE_EXTRA_CA_CERTS); null to
+ * trust nothing but Node's bundled roots.
+ */
+export async function startSdkWorker(caFile) {
+  const env = { ...process.env };
+  delete env.NODE_TLS_REJECT_UNAUTHORIZED; // certificate checks stay on
+  delete env.NODE_EXTRA_CA_CERTS;
+  delete env.NODE_OPTIONS; // the test runner's own options are not the app's
+  if (caFile) env.NODE_EXTRA_CA_CERTS = caFile;
+  const child = fork(workerPath, [], { env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
+  const pending = new Map();
+  let exitInfo = null;
+  child.on('message', (m) => {
+    if (!m || m.ready) return;
+    const p = pending.get(m.id);
+    if (!p) return;
+    pending.delete(m.id);
+    if (m.ok) p.resolve(m.value);
+    else p.reject(new SdkError(m.error));
+  });
+  child.on('exit', (code, signal) => {
+    exitInfo = { code, signal };
+    for (const p of pending.values()) p.reject(new Error(`SDK worker exited (${code ?? signal})`));
+    pending.clear();
+  });
+  await new Promise((resolve, reject) => {
+    child.once('message', (m) => (m && m.ready ? resolve() : reject(new Error('worker did not start'))));
+    child.once('exit', () => reject(new Error('SDK worker exited at start')));
+  });
+
+  // Every SDK call gets CALL_TIMEOUT_MS: an SDK promise that never settles
+  // fails its test instead of hanging the suite.
+  const call = (op, ...args) => new Promise((resolve, reject) => {
+    if (exitInfo) return reject(new Error(`SDK worker exited (${JSON.stringify(exitInfo)})`));
+    const id = crypto.randomUUID();
+    const timer = setTimeout(() => {
+      pending.delete(id);
+      reject(new Error(`SDK call ${op} ${JSON.stringify(args.slice(1, 2))} did not settle in ${CALL_TIMEOUT_MS} ms`));
+    }, CALL_TIMEOUT_MS);
+    pending.set(id, {
+      resolve: (v) => { clearTimeout(timer); resolve(v); },
+      reject: (e) => { clearTimeout(timer); reject(e); },
+    });
+    child.send({ id, op, args });
+  });
+
+  return {
+    call,
+    /** A ProvisioningServiceClient method on the client made by fromConnectionString(connectionString). */
+    service: (connectionString, method, ...args) => call('service', connectionString, method, ...args),
+    /** The same through the SDK's callback form. */
+    serviceCallback: (connectionString, method, ...args) => call('serviceCallback', connectionString, method, ...args),
+    query: (connectionString, kind, spec, pageSize, groupId) => call('query', connectionString, kind, spec, pageSize, groupId),
+    register: (transport, host, idScope, registrationId, key, payload) => call('register', transport, host, idScope, registrationId, key, payload),
+    close: async () => {
+      if (exitInfo) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.disconnect();
+      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+/** Azure's group-derived device key: base64(HMAC-SHA256(base64decode(groupKey), registrationId)). */
+export function deriveDeviceKey(groupKey, registrationId) {
+  return crypto.createHmac('sha256', Buffer.from(groupKey, 'base64')).update(registrationId, 'utf8').digest('base64');
+}
+
+/** A random symmetric key the size DPS generates (64 bytes, base64). */
+export function randomKey() {
+  return crypto.randomBytes(64).toString('base64');
+}
