@@ -5,7 +5,9 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +28,7 @@ import (
 	"github.com/berth-iot/berth/store"
 	"github.com/berth-iot/berth/store/postgres"
 	"github.com/berth-iot/berth/store/sqlite"
+	"github.com/berth-iot/berth/stream"
 )
 
 // Config is everything `berth serve` can be told.
@@ -54,7 +57,15 @@ type Config struct {
 	StoreURL string
 	// RetryAfter is the retry-after (seconds) on DPS 202 answers.
 	RetryAfter int
-	Logger     *slog.Logger
+	// NATSURL selects the telemetry stream: "" for the embedded NATS
+	// server (JetStream under DataDir/nats), or the URLs of an external
+	// NATS (cluster) with JetStream.
+	NATSURL string
+	// StreamListen is where the embedded NATS server accepts local readers
+	// (berth hub monitor-events, any NATS client) with a token kept in
+	// client.json; "" keeps it in-process only. Default 127.0.0.1:0.
+	StreamListen string
+	Logger       *slog.Logger
 }
 
 // Defaults fills unset fields.
@@ -77,6 +88,11 @@ func (c *Config) Defaults() {
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = dps.DefaultRetryAfter
 	}
+	if c.StreamListen == "" {
+		c.StreamListen = "127.0.0.1:0"
+	} else if c.StreamListen == "none" {
+		c.StreamListen = ""
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -89,6 +105,9 @@ type Server struct {
 	store    store.Store
 	settings *dps.Settings
 	dps      *dps.Service
+	registry *hub.Registry
+	hubSet   *hub.Settings
+	stream   *stream.Stream
 	certs    *pki.CertSource
 	caFile   string
 	firstRun bool
@@ -119,7 +138,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.settings, s.firstRun = settings, created
-	s.dps, err = dps.New(st, hub.NewRegistry(st, nil), dps.Config{
+	s.registry = hub.NewRegistry(st, nil)
+	if s.hubSet, err = hub.LoadOrCreateSettings(ctx, st, cfg.HubName); err != nil {
+		st.Close()
+		return nil, err
+	}
+	s.dps, err = dps.New(st, s.registry, dps.Config{
 		IDScope:    settings.IDScope,
 		Hubs:       []string{cfg.HubName},
 		RetryAfter: cfg.RetryAfter,
@@ -132,7 +156,37 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	if err := s.openStream(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
 	return s, nil
+}
+
+func (s *Server) openStream(ctx context.Context) error {
+	cfg := stream.Config{URL: s.cfg.NATSURL, Logger: s.log}
+	if cfg.URL == "" {
+		cfg.StoreDir = filepath.Join(s.cfg.DataDir, "nats")
+		if s.cfg.StreamListen != "" {
+			cfg.ListenAddr = s.cfg.StreamListen
+			cfg.Token = s.streamToken()
+		}
+	}
+	st, err := stream.Open(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("server: telemetry stream: %w", err)
+	}
+	s.stream = st
+	return nil
+}
+
+// streamToken is the embedded NATS listener's token: random per start, so
+// only readers of client.json (mode 0600) can connect. Hex, because it
+// travels in the user part of a nats:// URL.
+func (s *Server) streamToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func openStore(ctx context.Context, cfg Config) (store.Store, error) {
@@ -202,7 +256,11 @@ func (s *Server) Start() error {
 		return fmt.Errorf("server: https listener: %w", err)
 	}
 	s.mqtt = mqttfront.New(mqttfront.Config{Logger: s.log.With("listener", "mqtt")}, s.dps)
-	handler := rest.NewHandler(rest.Config{Hosts: s.serviceHosts(), Logger: s.log.With("listener", "https")}, s.dps, s.settings)
+	handler := rest.NewHandler(rest.Config{
+		Hosts:  s.serviceHosts(),
+		Logger: s.log.With("listener", "https"),
+		Hub:    &rest.HubConfig{Name: s.cfg.HubName, Registry: s.registry, Settings: s.hubSet, Sink: s.stream},
+	}, s.dps, s.settings)
 	s.https = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -253,6 +311,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.wg.Wait()
+	if s.stream != nil {
+		if err := s.stream.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("server: close stream: %w", err))
+		}
+	}
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("server: close store: %w", err))
 	}
@@ -273,11 +336,22 @@ func (s *Server) Info() *localconf.Info {
 	if owner != nil {
 		info.ServiceConnectionString = owner.ConnectionString(s.cfg.Hosts[0])
 	}
+	if p, ok := s.hubSet.Policy(hub.OwnerPolicy); ok {
+		info.HubConnectionString = p.ConnectionString(s.cfg.HubName)
+	}
+	if s.stream != nil {
+		info.NATSURL = s.stream.ClientURL()
+		info.StreamName = stream.DefaultStreamName
+		info.StreamSubjectPrefix = stream.DefaultSubjectPrefix
+	}
 	return info
 }
 
 // FirstRun reports whether this start created the berth's identity.
 func (s *Server) FirstRun() bool { return s.firstRun }
+
+// Stream returns the telemetry stream.
+func (s *Server) Stream() *stream.Stream { return s.stream }
 
 // DPS returns the DPS domain service (for tests and in-process tools).
 func (s *Server) DPS() *dps.Service { return s.dps }

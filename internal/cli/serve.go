@@ -62,6 +62,8 @@ the flag names. Flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.IDScope, "id-scope", "", "ID scope to create on first start (default: generated)")
 	f.StringVar(&cfg.StoreURL, "store", "", "store: sqlite:PATH (default DATA_DIR/berth.db) or postgres://…")
 	f.IntVar(&cfg.RetryAfter, "retry-after", 3, "retry-after seconds on DPS 202 answers")
+	f.StringVar(&cfg.NATSURL, "nats-url", "", "external NATS (JetStream) URLs for the telemetry stream; default: embedded, under DATA_DIR/nats")
+	f.StringVar(&cfg.StreamListen, "stream-listen", "127.0.0.1:0", `where the embedded NATS accepts local readers (token in client.json); "none" for in-process only`)
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
 }
@@ -155,6 +157,10 @@ func printBanner(out io.Writer, srv *server.Server, dataDir string, retryAfter i
 		fmt.Fprintf(tw, "  CA to trust\t%s\n", info.CAFile)
 	}
 	fmt.Fprintf(tw, "  service connection string\t%s\n", info.ServiceConnectionString)
+	fmt.Fprintf(tw, "  hub connection string\t%s\n", info.HubConnectionString)
+	if info.NATSURL != "" {
+		fmt.Fprintf(tw, "  telemetry stream\tNATS JetStream %s, subjects %s.> (URL and token in client.json)\n", info.StreamName, info.StreamSubjectPrefix)
+	}
 	tw.Flush()
 	// The printed commands must work as pasted: name the data directory
 	// when it is not the one the CLI finds by default.

@@ -24,6 +24,15 @@ type Info struct {
 	HTTPSAddress            string `json:"httpsAddress"`   // host:port to dial for HTTPS
 	CAFile                  string `json:"caFile"`         // PEM of the CA that signed the server certificate
 	ServiceConnectionString string `json:"serviceConnectionString"`
+	// HubConnectionString is the hub's iothubowner connection string.
+	HubConnectionString string `json:"hubConnectionString"`
+	// NATSURL is where the telemetry stream can be read (it carries the
+	// embedded server's token); "" when it cannot be read from outside.
+	NATSURL string `json:"natsUrl,omitempty"`
+	// StreamSubjectPrefix is the telemetry stream's subject prefix.
+	StreamSubjectPrefix string `json:"streamSubjectPrefix,omitempty"`
+	// StreamName is the telemetry stream's JetStream name.
+	StreamName string `json:"streamName,omitempty"`
 }
 
 // DefaultDataDir is $BERTH_DATA_DIR, or ~/.berth.
