@@ -444,3 +444,45 @@ func TestStatusJSONShape(t *testing.T) {
 		t.Errorf("operation id %q is not topic-safe", st.OperationID)
 	}
 }
+
+func TestBulkEnrollments(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.enroll(t, "exists", "", "")
+	mk := func(id string) *dps.IndividualEnrollment {
+		e := &dps.IndividualEnrollment{RegistrationID: id}
+		e.Attestation = symKey("", "")
+		return e
+	}
+	res, err := f.svc.BulkEnrollments(ctx, dps.BulkCreate, []*dps.IndividualEnrollment{mk("b1"), mk("exists"), mk("bad/id")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.IsSuccessful || len(res.Errors) != 2 || res.Errors[0].RegistrationID != "exists" || res.Errors[0].ErrorCode != int(azerr.DPSConflict) ||
+		res.Errors[1].ErrorCode != int(azerr.DPSInvalidRegistration) {
+		t.Fatalf("create result %+v", res)
+	}
+	if _, err := f.svc.GetEnrollment(ctx, "b1", false); err != nil {
+		t.Fatalf("b1 not created: %v", err)
+	}
+	stale := mk("b1")
+	stale.ETag = `"nope"`
+	res, err = f.svc.BulkEnrollments(ctx, dps.BulkUpdateIfMatchETag, []*dps.IndividualEnrollment{stale})
+	if err != nil || res.IsSuccessful || res.Errors[0].ErrorCode != int(azerr.DPSPreconditionFailed) {
+		t.Fatalf("stale update: %+v %v", res, err)
+	}
+	res, err = f.svc.BulkEnrollments(ctx, dps.BulkDelete, []*dps.IndividualEnrollment{mk("b1"), mk("exists")})
+	if err != nil || !res.IsSuccessful || len(res.Errors) != 0 {
+		t.Fatalf("delete: %+v %v", res, err)
+	}
+	if _, err := f.svc.BulkEnrollments(ctx, "upsert", []*dps.IndividualEnrollment{mk("x")}); code(err) != azerr.DPSInvalidBody {
+		t.Errorf("bad mode: %v", err)
+	}
+	many := make([]*dps.IndividualEnrollment, dps.MaxBulkItems+1)
+	for i := range many {
+		many[i] = mk(fmt.Sprintf("m%d", i))
+	}
+	if _, err := f.svc.BulkEnrollments(ctx, dps.BulkCreate, many); code(err) != azerr.DPSInvalidBody {
+		t.Errorf("11 items: %v", err)
+	}
+}

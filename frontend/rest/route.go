@@ -128,6 +128,11 @@ func splitPath(escaped string) (segs []string, ok bool, err error) {
 	if !found {
 		return nil, false, nil
 	}
+	// One trailing slash is tolerated: the Node service SDK posts bulk
+	// operations to /enrollments/.
+	if len(p) > 1 {
+		p = strings.TrimSuffix(p, "/")
+	}
 	raw := strings.Split(p, "/")
 	if len(raw) > maxSegments {
 		return nil, false, nil

@@ -41,6 +41,9 @@ func (h *handler) serviceRoutes() routes {
 			func(ctx context.Context, _ []string, c string, n int) (dps.Page[*dps.IndividualEnrollment], error) {
 				return s.QueryEnrollments(ctx, c, n)
 			}))),
+		newRoute(http.MethodPost, "enrollments", h.authorized(write, bulk(func(ctx context.Context, b bulkBody) (*dps.BulkResult, error) {
+			return s.BulkEnrollments(ctx, b.Mode, b.Enrollments)
+		}))),
 		newRoute(http.MethodPut, "enrollments/{id}", h.authorized(write, put(s.PutEnrollment))),
 		newRoute(http.MethodGet, "enrollments/{id}", h.authorized(read, get(
 			func(ctx context.Context, id string) (*dps.IndividualEnrollment, error) {
@@ -53,6 +56,9 @@ func (h *handler) serviceRoutes() routes {
 			func(ctx context.Context, _ []string, c string, n int) (dps.Page[*dps.EnrollmentGroup], error) {
 				return s.QueryGroups(ctx, c, n)
 			}))),
+		newRoute(http.MethodPost, "enrollmentGroups", h.authorized(write, bulk(func(ctx context.Context, b bulkBody) (*dps.BulkResult, error) {
+			return s.BulkGroups(ctx, b.Mode, b.EnrollmentGroups)
+		}))),
 		newRoute(http.MethodPut, "enrollmentGroups/{id}", h.authorized(write, put(s.PutGroup))),
 		newRoute(http.MethodGet, "enrollmentGroups/{id}", h.authorized(read, get(
 			func(ctx context.Context, id string) (*dps.EnrollmentGroup, error) {
@@ -121,6 +127,30 @@ func put[T any](fn func(ctx context.Context, id string, in *T, ifMatch string) (
 			return
 		}
 		out, err := fn(x.r.Context(), args[0], &doc, x.r.Header.Get(reqIfMatch))
+		if err != nil {
+			x.fail(err)
+			return
+		}
+		x.writeJSON(http.StatusOK, out)
+	}
+}
+
+// bulkBody is BulkEnrollmentOperation and BulkEnrollmentGroupOperation.
+type bulkBody struct {
+	Mode             string                      `json:"mode"`
+	Enrollments      []*dps.IndividualEnrollment `json:"enrollments"`
+	EnrollmentGroups []*dps.EnrollmentGroup      `json:"enrollmentGroups"`
+}
+
+// bulk serves POST /enrollments and /enrollmentGroups: 200 with per-item
+// errors (the operation succeeds even when items fail, as on Azure).
+func bulk(fn func(context.Context, bulkBody) (*dps.BulkResult, error)) func(*exchange, []string) {
+	return func(x *exchange, _ []string) {
+		var b bulkBody
+		if !x.decodeBody(&b) {
+			return
+		}
+		out, err := fn(x.r.Context(), b)
 		if err != nil {
 			x.fail(err)
 			return

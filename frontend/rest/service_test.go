@@ -404,8 +404,11 @@ func TestRouting(t *testing.T) {
 	}{
 		{"GET", "/", 404, azerr.DPSNotFound, ""},
 		{"GET", "/favicon.ico", 404, azerr.DPSNotFound, ""},
-		{"POST", "/enrollments", 404, azerr.DPSNotFound, ""},
-		{"GET", "/enrollments/", 404, azerr.DPSNotFound, ""},
+		// POST /enrollments is the bulk operation: no body is a bad body.
+		{"POST", "/enrollments", 400, azerr.DPSInvalidBody, ""},
+		// One trailing slash is tolerated (Node posts bulk to /enrollments/).
+		{"GET", "/enrollments/", 405, azerr.DPSMethodNotAllowed, "POST"},
+		{"GET", "/enrollments//", 404, azerr.DPSNotFound, ""},
 		{"GET", "/enrollments//attestationmechanism", 404, azerr.DPSNotFound, ""},
 		{"GET", "/enrollments/a/b/c", 404, azerr.DPSNotFound, ""},
 		{"GET", "/a/b/c/d/e/f/g/h/i/j", 404, azerr.DPSNotFound, ""},
@@ -481,4 +484,35 @@ func TestRouteTable(t *testing.T) {
 	if _, ok, _ := splitPath("*"); ok {
 		t.Error("non-path accepted")
 	}
+}
+
+// Bulk operations as the Node service SDK sends them: POST /enrollments/
+// with a trailing slash; per-item errors in a 200.
+func TestBulkOperations(t *testing.T) {
+	f := newFixture(t)
+	f.enroll(t, "taken", "", "")
+	tok := f.ownerToken(t)
+	body := `{"mode":"create","enrollments":[` +
+		`{"registrationId":"bulk-1","attestation":{"type":"symmetricKey"}},` +
+		`{"registrationId":"taken","attestation":{"type":"symmetricKey"}}]}`
+	rec := f.do(request("POST", "/enrollments/?api-version=2021-10-01", body, "Authorization", tok))
+	checkCommon(t, rec)
+	if rec.Code != 200 {
+		t.Fatalf("bulk: %d %s", rec.Code, rec.Body)
+	}
+	res := decode[dps.BulkResult](t, rec)
+	if res.IsSuccessful || len(res.Errors) != 1 || res.Errors[0].RegistrationID != "taken" || res.Errors[0].ErrorCode != int(azerr.DPSConflict) {
+		t.Fatalf("bulk result %+v", res)
+	}
+	if rec := f.do(request("GET", "/enrollments/bulk-1", "", "Authorization", tok)); rec.Code != 200 {
+		t.Fatalf("bulk-1 not created: %d", rec.Code)
+	}
+	gbody := `{"mode":"delete","enrollmentGroups":[{"enrollmentGroupId":"nope","attestation":{"type":"symmetricKey"}}]}`
+	rec = f.do(request("POST", "/enrollmentGroups", gbody, "Authorization", tok))
+	res = decode[dps.BulkResult](t, rec)
+	if rec.Code != 200 || res.IsSuccessful || res.Errors[0].EnrollmentGroupID != "nope" || res.Errors[0].ErrorCode != int(azerr.DPSEnrollmentNotFound) {
+		t.Fatalf("group bulk: %d %+v", rec.Code, res)
+	}
+	rec = f.do(request("POST", "/enrollments", `{"mode":"merge","enrollments":[{}]}`, "Authorization", tok))
+	checkError(t, rec, int(azerr.DPSInvalidBody))
 }
