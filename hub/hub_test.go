@@ -163,3 +163,43 @@ func TestMessageSize(t *testing.T) {
 		t.Errorf("SystemValue = %q %v", v, ok)
 	}
 }
+
+func TestPresence(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1700000000, 0)
+	st := memstore.New()
+	reg := hub.NewRegistry(st, func() time.Time { return now })
+	if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "p"}); err != nil {
+		t.Fatal(err)
+	}
+	first := reg.Connected(hubName, "p")
+	second := reg.Connected(hubName, "p") // a takeover overlaps briefly
+	now = now.Add(time.Minute)
+	reg.Active(hubName, "p")
+	d, _ := reg.Get(ctx, hubName, "p")
+	if d.ConnectionState != "Connected" || !d.LastActivityTime.Equal(now) {
+		t.Fatalf("connected: %+v", d)
+	}
+	// An update while connected must not store the presence: a restarted
+	// node (a fresh registry on the same store) sees the device offline.
+	if _, err := reg.Update(ctx, hubName, &hub.Device{DeviceID: "p", Status: hub.StatusEnabled}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := hub.NewRegistry(st, nil).Get(ctx, hubName, "p"); d.ConnectionState != "Disconnected" || !d.LastActivityTime.IsZero() {
+		t.Fatalf("presence was stored: %+v", d)
+	}
+	first()
+	first() // idempotent
+	if d, _ := reg.Get(ctx, hubName, "p"); d.ConnectionState != "Connected" {
+		t.Fatalf("one of two connections closed: %s", d.ConnectionState)
+	}
+	second()
+	d, _ = reg.Get(ctx, hubName, "p")
+	if d.ConnectionState != "Disconnected" || !d.LastActivityTime.Equal(now) {
+		t.Fatalf("disconnected: %+v", d)
+	}
+	list, _ := reg.List(ctx, hubName, "", 10)
+	if len(list) != 1 || list[0].ConnectionState != "Disconnected" {
+		t.Fatalf("list: %+v", list)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
@@ -70,6 +71,20 @@ type Device struct {
 type Registry struct {
 	store store.Store
 	now   func() time.Time
+
+	// presence is this node's view of connected devices and their last
+	// activity. It is kept in memory, not in the store: writing it would
+	// cost an fsync per connect and per message. Reads overlay it on the
+	// stored document; with several berth nodes each reports its own
+	// connections (documented in docs/hub-wire.md).
+	mu       sync.Mutex
+	presence map[string]*presence
+}
+
+type presence struct {
+	conns        int // open connections (a takeover briefly has two)
+	stateUpdated time.Time
+	lastActivity time.Time
 }
 
 // NewRegistry returns a registry on st.
@@ -77,7 +92,67 @@ func NewRegistry(st store.Store, now func() time.Time) *Registry {
 	if now == nil {
 		now = time.Now
 	}
-	return &Registry{store: st, now: now}
+	return &Registry{store: st, now: now, presence: map[string]*presence{}}
+}
+
+// Connected records that a device opened a connection; the returned func
+// records its close and must be called exactly once.
+func (r *Registry) Connected(hubName, id string) (disconnected func()) {
+	k := deviceKey(hubName, id)
+	now := r.now().UTC()
+	r.mu.Lock()
+	p := r.presence[k]
+	if p == nil {
+		p = &presence{}
+		r.presence[k] = p
+	}
+	if p.conns == 0 {
+		p.stateUpdated = now
+	}
+	p.conns++
+	p.lastActivity = now
+	r.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			p.conns--
+			if p.conns == 0 {
+				p.stateUpdated = r.now().UTC()
+			}
+		})
+	}
+}
+
+// Active records device activity (a message sent).
+func (r *Registry) Active(hubName, id string) {
+	k := deviceKey(hubName, id)
+	now := r.now().UTC()
+	r.mu.Lock()
+	p := r.presence[k]
+	if p == nil {
+		p = &presence{}
+		r.presence[k] = p
+	}
+	p.lastActivity = now
+	r.mu.Unlock()
+}
+
+// overlay applies this node's presence to a device read from the store.
+func (r *Registry) overlay(hubName string, d *Device) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.presence[deviceKey(hubName, d.DeviceID)]
+	if p == nil {
+		return
+	}
+	d.ConnectionState = "Disconnected"
+	if p.conns > 0 {
+		d.ConnectionState = "Connected"
+	}
+	d.ConnectionStateUpdatedTime = p.stateUpdated
+	d.LastActivityTime = p.lastActivity
 }
 
 // deviceKey is the store key: device IDs are case-sensitive in IoT Hub,
@@ -93,7 +168,12 @@ func (r *Registry) Get(ctx context.Context, hubName, id string) (*Device, error)
 	if err != nil {
 		return nil, fmt.Errorf("hub: get device %s: %w", id, err)
 	}
-	return decodeDevice(rec, hubName)
+	d, err := decodeDevice(rec, hubName)
+	if err != nil {
+		return nil, err
+	}
+	r.overlay(hubName, d)
+	return d, nil
 }
 
 // List returns up to limit devices of a hub after the given device ID.
@@ -112,6 +192,7 @@ func (r *Registry) List(ctx context.Context, hubName, after string, limit int) (
 		if err != nil {
 			return nil, err
 		}
+		r.overlay(hubName, d)
 		out = append(out, d)
 	}
 	return out, nil
@@ -277,7 +358,11 @@ func newDevice(id string, now time.Time) *Device {
 }
 
 func encodeDevice(hubName string, d *Device) (store.Record, error) {
-	data, err := json.Marshal(d)
+	// Presence is never stored (see Registry.presence).
+	c := *d
+	c.ConnectionState = "Disconnected"
+	c.ConnectionStateUpdatedTime, c.LastActivityTime = time.Time{}, time.Time{}
+	data, err := json.Marshal(&c)
 	if err != nil {
 		return store.Record{}, fmt.Errorf("hub: encode device: %w", err)
 	}
