@@ -118,6 +118,9 @@ func (h *handler) sendEvent(x *exchange, args []string) {
 			return
 		}
 	}
+	// HTTP devices never show as Connected (as on IoT Hub), but they are
+	// active.
+	hc.Registry.Active(hc.Name, id.Device.DeviceID)
 	x.noContent()
 }
 
