@@ -124,7 +124,20 @@ func New(code Code) *Error { return &Error{Code: code, Message: DefaultMessage(c
 // a name and message of its own: hub code paths use NewHub, not New.
 func NewHub(code Code) *Error { return &Error{Code: code, Message: hubMessage(code)} }
 
+var hubMessages = map[Code]string{
+	HubArgumentInvalid:     "The request is not valid.",
+	HubUnauthorizedAccess:  "Unauthorized.",
+	HubDeviceNotFound:      "The device was not found.",
+	HubDeviceAlreadyExists: "A device with this ID already exists.",
+	HubPreconditionFailed:  "The etag does not match the current version (precondition failed).",
+	HubMessageTooLarge:     "The message is larger than IoT Hub's 256 KB limit.",
+	HubServerError:         "Internal server error.",
+}
+
 func hubMessage(c Code) string {
+	if m, ok := hubMessages[c]; ok {
+		return m
+	}
 	if n, ok := hubNames[c]; ok {
 		return n
 	}

@@ -28,16 +28,22 @@ func TestStatusAndNames(t *testing.T) {
 	}
 }
 
-// DPS and IoT Hub reuse numbers; each side gets its own message.
+// Numbers DPS and IoT Hub share (412001 …) get each side's own message.
 func TestSharedNumbersKeepTheirMeaning(t *testing.T) {
-	if DPSInvalidEnrollment != HubArgumentInvalid {
-		t.Skip("the numbers no longer overlap")
+	if DPSPreconditionFailed != HubPreconditionFailed {
+		t.Fatal("the shared 412001 changed; revisit this test")
 	}
-	if m := New(DPSInvalidEnrollment).Message; m != "The enrollment is not valid." {
+	if m := New(DPSPreconditionFailed).Message; m != "Precondition failed." {
 		t.Errorf("DPS message %q", m)
 	}
-	if m := NewHub(HubArgumentInvalid).Message; m != "ArgumentInvalid" {
+	if m := NewHub(HubPreconditionFailed).Message; m == "Precondition failed." || m == "" {
 		t.Errorf("hub message %q", m)
+	}
+	// berth's own DPS codes do not collide with hub codes.
+	for _, c := range []Code{DPSInvalidBody, DPSInvalidRegistration, DPSRegistrationIDMatch, DPSInvalidEnrollment} {
+		if c.Name() != "" {
+			t.Errorf("%d has the hub name %q", c, c.Name())
+		}
 	}
 }
 

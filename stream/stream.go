@@ -59,6 +59,9 @@ type Config struct {
 	// Token is the client token the embedded listener requires; required
 	// with ListenAddr.
 	Token string
+	// ReadOnly opens an existing stream to read it (Subscribe), without
+	// creating it or changing its limits.
+	ReadOnly bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -206,7 +209,10 @@ func open(ctx context.Context, cfg Config, syncAlways bool) (*Stream, error) {
 			// what a front end waits meanwhile.
 			nats.MaxReconnects(-1),
 			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-				s.log.Warn("nats disconnected", "err", err)
+				// A nil error is our own Close.
+				if err != nil {
+					s.log.Warn("nats disconnected", "err", err)
+				}
 			}),
 			nats.ReconnectHandler(func(nc *nats.Conn) {
 				s.log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
@@ -254,6 +260,14 @@ func (s *Stream) where() string {
 }
 
 func (s *Stream) ensureStream(ctx context.Context) error {
+	if s.cfg.ReadOnly {
+		// A reader must not reset limits berth serve chose, and may run
+		// with an account that cannot edit streams.
+		if _, err := s.js.Stream(ctx, s.cfg.StreamName); err != nil {
+			return fmt.Errorf("stream: look up stream %s on %s: %w", s.cfg.StreamName, s.where(), err)
+		}
+		return nil
+	}
 	sc := jetstream.StreamConfig{
 		Name:        s.cfg.StreamName,
 		Description: "berth device-to-cloud telemetry",

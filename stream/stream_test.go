@@ -720,7 +720,10 @@ func TestEmbeddedListener(t *testing.T) {
 		nc.Close()
 		t.Fatal("connected without the token")
 	}
-	reader, err := Open(context.Background(), Config{URL: url, Logger: testLogger(t)})
+	if _, err := Open(context.Background(), Config{URL: url, StreamName: "NOPE", ReadOnly: true, Logger: testLogger(t)}); err == nil {
+		t.Fatal("a read-only open created a missing stream")
+	}
+	reader, err := Open(context.Background(), Config{URL: url, ReadOnly: true, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatalf("open over the listener: %v", err)
 	}

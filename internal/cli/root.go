@@ -44,6 +44,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(newServeCmd(g))
 	addOperatorCommands(root, g)
 	addDeviceCommands(root, g)
+	addHubCommands(root, g)
 	return root
 }
 
