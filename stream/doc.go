@@ -6,9 +6,10 @@
 //
 // # Where it lives
 //
-// With Config.URL empty, berth runs nats-server in-process (no listening
-// port; berth connects through an in-process pipe) with JetStream file
-// storage in Config.StoreDir. With a URL, berth connects to an external NATS
+// With Config.URL empty, berth runs nats-server in-process (berth connects
+// through an in-process pipe; Config.ListenAddr optionally opens a
+// token-protected port for local readers) with JetStream file storage in
+// Config.StoreDir. With a URL, berth connects to an external NATS
 // server or cluster and creates the stream there; that is how other programs
 // consume the telemetry.
 //
