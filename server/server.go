@@ -255,7 +255,10 @@ func (s *Server) Start() error {
 		s.mqttLn.Close()
 		return fmt.Errorf("server: https listener: %w", err)
 	}
-	s.mqtt = mqttfront.New(mqttfront.Config{Logger: s.log.With("listener", "mqtt")}, s.dps)
+	s.mqtt = mqttfront.New(mqttfront.Config{
+		Logger: s.log.With("listener", "mqtt"),
+		Hub:    &mqttfront.HubConfig{Name: s.cfg.HubName, Registry: s.registry, Settings: s.hubSet, Sink: s.stream},
+	}, s.dps)
 	handler := rest.NewHandler(rest.Config{
 		Hosts:  s.serviceHosts(),
 		Logger: s.log.With("listener", "https"),

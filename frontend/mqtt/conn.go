@@ -22,6 +22,7 @@ import (
 const (
 	connAccepted           byte = 0
 	connBadProtocolVersion byte = 1
+	connServerUnavailable  byte = 3
 	connNotAuthorized      byte = 5
 )
 
@@ -37,16 +38,17 @@ var (
 	errDisconnect     = errors.New("mqtt: client sent DISCONNECT")
 )
 
-// session is what a connection speaks after CONNECT. DPS registration is
-// the first kind (dpsSession); IoT Hub device sessions will be the second.
+// session is what a connection speaks after CONNECT: DPS registration
+// (dpsSession) or an IoT Hub device session (hubSession).
 // The connection owns the packet I/O, keep-alive, PINGREQ and DISCONNECT;
 // the session owns topics, acknowledgement timing and the domain calls.
 // Every method but close is called from the connection's reader goroutine,
 // one at a time.
 type session interface {
 	// subscribe returns the SUBACK return code for one filter: the granted
-	// QoS, or subackFailure.
-	subscribe(filter string, qos byte) byte
+	// QoS, or subackFailure. An error closes the connection without a
+	// SUBACK (IoT Hub's answer to a filter it does not allow).
+	subscribe(filter string, qos byte) (byte, error)
 	unsubscribe(filter string)
 	// publish handles an inbound QoS 0 or 1 PUBLISH, including its PUBACK
 	// (a hub acknowledges telemetry only once it is accepted, DPS before
@@ -55,8 +57,9 @@ type session interface {
 	// puback receives the client's PUBACK for a QoS 1 delivery.
 	puback(id uint16)
 	// close runs once, after the network connection is closed: it cancels
-	// the session's work and waits for it.
-	close()
+	// the session's work and waits for it. clean is true when the client
+	// ended the connection with DISCONNECT (no will message is due).
+	close(clean bool)
 	// logAttrs identify the session in log lines (never credentials).
 	logAttrs() []any
 }
@@ -75,6 +78,9 @@ type conn struct {
 
 	keepalive time.Duration // 1.5 × the client's keep-alive; 0 = none
 	sess      session
+	// clean records that the client sent DISCONNECT; it is written and
+	// read by the reader goroutine only.
+	clean bool
 
 	wmu       sync.Mutex
 	packetID  atomic.Uint32
@@ -117,6 +123,7 @@ func (c *conn) loop() {
 	defer c.finish()
 	for {
 		if err := c.handleNext(); err != nil {
+			c.clean = errors.Is(err, errDisconnect)
 			c.logEnd(err)
 			return
 		}
@@ -131,7 +138,7 @@ func (c *conn) finish() {
 	}
 	c.close(false)
 	if c.sess != nil {
-		c.sess.close()
+		c.sess.close(c.clean)
 	}
 	c.dropReader()
 	c.srv.untrack(c)
@@ -230,7 +237,11 @@ func (c *conn) connect(fh packets.FixedHeader, buf []byte) error {
 	}
 	c.sess = sess
 	// Sessions are never persisted (DPS treats every session as clean,
-	// shared/spec/dps.md §1.1) and C# aborts on SessionPresent=1.
+	// shared/spec/dps.md §1.1) and C# aborts on SessionPresent=1. IoT Hub
+	// devices connect with CleanSession 0 and would get SessionPresent 1
+	// for a stored session (iothub.md §1.4), but berth stores none yet:
+	// subscriptions and undelivered cloud-to-device messages come with
+	// C2D and twins, and until then every hub session starts empty too.
 	return c.connack(connAccepted)
 }
 
@@ -250,17 +261,24 @@ func (c *conn) newSession(pk *packets.Packet) (session, byte) {
 		}
 		return c.newDPSSession(pk, scope, regID, query), connAccepted
 	}
-	if looksLikeDPSUsername(username) {
+	dpsLike := looksLikeDPSUsername(username)
+	hubName, deviceID, moduleID, hq, herr := ParseHubUsername(username)
+	// {idScope}/registrations/?… is both a malformed DPS username and the
+	// hub username of a device called "registrations": it is the latter
+	// only when it names this hub.
+	if herr == nil && (!dpsLike || c.srv.isOurHub(hubName)) {
+		return c.newHubSession(pk, hubName, deviceID, moduleID, hq)
+	}
+	if dpsLike {
 		// shared/spec/dps.md §1.2: only transport-level problems such as
 		// an unusable username refuse CONNECT; credentials are checked
 		// per request.
 		c.srv.log.Info("mqtt: CONNECT refused: malformed DPS username", "remote", c.remote, "username", clip(username), "error", err.Error())
 		return nil, connNotAuthorized
 	}
-	// The IoT Hub form ({hub}/{deviceId}/?api-version=…) lands here until
-	// the hub session exists: refuse it the way IoT Hub refuses any
-	// CONNECT it will not serve (iothub.md §1.2: always 5).
-	c.srv.log.Info("mqtt: CONNECT refused: not a DPS username (IoT Hub device sessions are not served yet)", "remote", c.remote, "username", clip(username), "clientId", clip(pk.Connect.ClientIdentifier))
+	// Refused the way IoT Hub refuses any CONNECT it will not serve
+	// (iothub.md §1.2: always 5).
+	c.srv.log.Info("mqtt: CONNECT refused: neither a DPS nor an IoT Hub username", "remote", c.remote, "username", clip(username), "clientId", clip(pk.Connect.ClientIdentifier), "error", herr.Error())
 	return nil, connNotAuthorized
 }
 
@@ -375,7 +393,11 @@ func (c *conn) onSubscribe(fh packets.FixedHeader, buf []byte) error {
 	}
 	codes := make([]byte, len(pk.Filters))
 	for i, f := range pk.Filters {
-		codes[i] = c.sess.subscribe(f.Filter, f.Qos)
+		code, err := c.sess.subscribe(f.Filter, f.Qos)
+		if err != nil {
+			return err
+		}
+		codes[i] = code
 	}
 	return c.suback(pk.PacketID, codes)
 }

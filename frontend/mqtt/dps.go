@@ -267,30 +267,30 @@ func (s *dpsSession) logAttrs() []any {
 // answer it expects, e.g. -e '$dps/registrations/res/202/?$rid=1&retry-after=3'.
 // Such a subscription can only ever receive this connection's own answers.
 // Anything else is refused with 0x80.
-func (s *dpsSession) subscribe(filter string, qos byte) byte {
+func (s *dpsSession) subscribe(filter string, qos byte) (byte, error) {
 	g := min(qos, 1)
 	if filter == dpsResponseFilter {
 		s.subQoS.Store(int32(g))
-		return g
+		return g, nil
 	}
 	if !strings.HasPrefix(filter, dpsResponsePrefix) || strings.ContainsAny(filter, "+#") {
 		s.c.srv.log.Debug("mqtt: DPS SUBSCRIBE refused", append(s.logAttrs(), "filter", clip(filter))...)
-		return subackFailure
+		return subackFailure, nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := range s.extra {
 		if s.extra[i].filter == filter {
 			s.extra[i].qos = g
-			return g
+			return g, nil
 		}
 	}
 	if len(s.extra) >= maxExtraFilters {
 		s.c.srv.log.Debug("mqtt: DPS SUBSCRIBE refused: too many filters", append(s.logAttrs(), "filter", clip(filter))...)
-		return subackFailure
+		return subackFailure, nil
 	}
 	s.extra = append(s.extra, extraFilter{filter: filter, qos: g})
-	return g
+	return g, nil
 }
 
 func (s *dpsSession) unsubscribe(filter string) {
@@ -473,8 +473,9 @@ func (s *dpsSession) respond(status int, rid string, v any) {
 	}
 }
 
-// close cancels the request in flight and waits for it.
-func (s *dpsSession) close() {
+// close cancels the request in flight and waits for it. DPS has no will
+// messages: a will in a DPS CONNECT is ignored.
+func (s *dpsSession) close(bool) {
 	if s.cancel != nil {
 		s.cancel()
 	}

@@ -2,15 +2,24 @@ package mqtt
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
+	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/sas"
+	"github.com/berth-iot/berth/store/memstore"
 )
 
 func FuzzParseDPSUsername(f *testing.F) {
@@ -101,6 +110,164 @@ func FuzzParseDPSTopic(f *testing.F) {
 	})
 }
 
+func FuzzParseHubUsername(f *testing.F) {
+	for _, s := range []string{
+		"myiothub.azure-devices.net/my_device/?api-version=2020-09-30&DeviceClientType=azsdk-c%2F1.5.0",
+		"myiothub.azure-devices.net/my_device/my_module_id/?api-version=2020-09-30&DeviceClientType=azrtos&model-id=dtmi%3AYOUR_COMPANY_NAME_HERE%3Asample_device%3B1",
+		"hub.berth.test/dev-1/?api-version=2021-04-12&model-id=dtmi:com:example:Thermostat;1&DeviceClientType=azure-iot-device%2F1.18.2",
+		"hub/dev-1/api-version=2016-11-14&DeviceClientType=x",
+		"iotHub1/device1/module1/api-version=2010-01-01&DeviceClientType=customDeviceClient2",
+		"hub/dev-1/mod-1/api-version=2017-06-30/DeviceClientType=Microsoft.Azure.Devices.Client/1.5.1-preview-003",
+		"hub/dev-1",
+		"hub/dev-1/",
+		"hub//?api-version=1",
+		"hub/d/?a=%zz&a=2&&b",
+		"0ne00000A0A/registrations/dev-1/api-version=2019-03-31",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, username string) {
+		h, d, m, q, err := ParseHubUsername(username)
+		if err != nil {
+			if h != "" || d != "" || m != "" || q != nil {
+				t.Fatalf("error %v with results %q %q %q %v", err, h, d, m, q)
+			}
+			return
+		}
+		if h == "" || d == "" || strings.Contains(h, "/") || strings.Contains(d, "/") || strings.Contains(m, "/") {
+			t.Fatalf("hub %q device %q module %q", h, d, m)
+		}
+		prefix := h + "/" + d
+		if m != "" {
+			prefix += "/" + m
+		}
+		if !strings.HasPrefix(username, prefix) || (len(username) > len(prefix) && username[len(prefix)] != '/') {
+			t.Fatalf("%q does not start with %q", username, prefix)
+		}
+		if q == nil {
+			t.Fatal("nil query")
+		}
+		for k, vs := range q {
+			if len(vs) != 1 {
+				t.Fatalf("key %q has %d values", k, len(vs))
+			}
+			if !strings.Contains(username, k) {
+				t.Fatalf("key %q not in %q", k, username)
+			}
+		}
+		h2, d2, m2, q2, err := ParseHubUsername(username)
+		if err != nil || h2 != h || d2 != d || m2 != m || !reflect.DeepEqual(q, q2) {
+			t.Fatal("not deterministic")
+		}
+	})
+}
+
+// wireKeys maps system property names back to their "$." keys.
+var wireKeys = map[string]string{
+	hub.PropMessageID: "$.mid", hub.PropCorrelationID: "$.cid", hub.PropUserID: "$.uid", hub.PropTo: "$.to",
+	hub.PropExpiry: "$.exp", hub.PropContentType: "$.ct", hub.PropContentEncoding: "$.ce", hub.PropCreationTime: "$.ctime",
+	hub.PropComponent: "$.sub", hub.PropInterfaceID: "$.ifid", hub.PropOutputName: "$.on",
+}
+
+// bagEscape percent-encodes for a property bag the way Node's
+// querystring does (space as %20, never '+').
+func bagEscape(s string) string {
+	return strings.ReplaceAll(url.QueryEscape(s), "+", "%20")
+}
+
+func FuzzParsePropertyBag(f *testing.F) {
+	for _, s := range []string{
+		"%24.cid=Corrid1&%24.mid=MessageId1&Foo=Bar&Prop2=Value2&Prop3=Value3/",
+		"key1=value1&key2=value2&key%24=value%24&%24.sub=abcd%24",
+		"%24.ct=application/json&%24.ce=utf-8",
+		"$.ct=application%2Fjson&$.ce=utf-8",
+		"a=1&&b=2&",
+		"%24.cid&%24.uid&flag",
+		"%24.schema=v1&%24.diagid=x&a=1&a=2",
+		"a=%zz",
+		"=1",
+		"t%C3%A9=%E2%82%AC&a=%FF",
+		"%24.on=fakeOutputName/",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, bag string) {
+		// The topic parser hands over the bag less one trailing '/'.
+		if d, _, got, ok := parseTelemetryTopic("devices/d/messages/events/" + bag); !ok || d != "d" || got != strings.TrimSuffix(bag, "/") {
+			t.Fatalf("topic with bag %q: device %q bag %q ok %v", bag, d, got, ok)
+		}
+		sys, app, err := ParsePropertyBag(bag)
+		if err != nil {
+			if sys != nil || app != nil {
+				t.Fatalf("error %v with properties", err)
+			}
+			return
+		}
+		seen := map[string]bool{}
+		for _, p := range sys {
+			if _, ok := wireKeys[p.Name]; !ok || seen["s"+p.Name] {
+				t.Fatalf("system property %q unknown or repeated", p.Name)
+			}
+			seen["s"+p.Name] = true
+		}
+		for _, p := range app {
+			if p.Name == "" || seen["a"+p.Name] {
+				t.Fatalf("application property %q empty or repeated", p.Name)
+			}
+			seen["a"+p.Name] = true
+			if _, ok := systemPropertyName(p.Name); ok || p.Name == "$.schema" {
+				t.Fatalf("system key %q kept as an application property", p.Name)
+			}
+		}
+		for _, p := range append(slices.Clone(sys), app...) {
+			if !utf8.ValidString(p.Name) || !utf8.ValidString(p.Value) {
+				t.Fatalf("property %q=%q is not UTF-8", p.Name, p.Value)
+			}
+		}
+		// Encoding what was parsed, as an SDK would, gives it back.
+		var pairs []string
+		for _, p := range sys {
+			pairs = append(pairs, bagEscape(wireKeys[p.Name])+"="+bagEscape(p.Value))
+		}
+		for _, p := range app {
+			pairs = append(pairs, bagEscape(p.Name)+"="+bagEscape(p.Value))
+		}
+		sys2, app2, err := ParsePropertyBag(strings.Join(pairs, "&"))
+		if err != nil || !reflect.DeepEqual(sys, sys2) || !reflect.DeepEqual(app, app2) {
+			t.Fatalf("re-encoded bag parses as %v %v (%v); want %v %v", sys2, app2, err, sys, app)
+		}
+	})
+}
+
+// discardSink keeps nothing; telemetry whose body is "fail" fails to
+// append.
+type discardSink struct{ n atomic.Int64 }
+
+func (s *discardSink) Append(_ context.Context, m *hub.Message) error {
+	s.n.Add(1)
+	if string(m.Body) == "fail" {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+
+// newFuzzHub is a hub with device dev-1 (key indivKey) on a registry whose
+// clock is testNow, and a discardSink.
+func newFuzzHub(t testing.TB) *HubConfig {
+	st := memstore.New()
+	clock := func() time.Time { return testNow }
+	reg := hub.NewRegistry(st, clock)
+	if _, err := reg.Create(context.Background(), hubName, &hub.Device{DeviceID: "dev-1",
+		Authentication: &hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: indivKey, SecondaryKey: secondaryKey}}}); err != nil {
+		t.Fatal(err)
+	}
+	settings, err := hub.LoadOrCreateSettings(context.Background(), st, hubName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &HubConfig{Name: hubName, Registry: reg, Settings: settings, Sink: &discardSink{}, Now: clock}
+}
+
 // fuzzSeeds are byte streams a client could send: a whole DPS session, and
 // the edge cases the handler must survive.
 func fuzzSeeds(t testing.TB) [][]byte {
@@ -135,7 +302,7 @@ func fuzzSeeds(t testing.TB) [][]byte {
 
 	session := bytes.Join([][]byte{connect, enc(sub.SubscribeEncode), enc(reg.PublishEncode), enc(poll.PublishEncode),
 		enc(unknown.PublishEncode), enc(puback.PubackEncode), enc(unsub.UnsubscribeEncode), enc(ping.PingreqEncode), enc(disc.DisconnectEncode)}, nil)
-	return [][]byte{
+	return append([][]byte{
 		session,
 		append(slices.Clone(connect), enc(qos2.PublishEncode)...),
 		enc(v5.ConnectEncode),
@@ -148,19 +315,72 @@ func fuzzSeeds(t testing.TB) [][]byte {
 		append(slices.Clone(connect), 0x82, 0x05, 0x00, 0x01, 0x00, 0x05, 'a'),
 		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
 		{},
+	}, hubFuzzSeeds(t)...)
+}
+
+// hubFuzzSeeds are IoT Hub sessions: authenticated (with a will), then
+// telemetry, subscriptions and the things that close the connection.
+func hubFuzzSeeds(t testing.TB) [][]byte {
+	enc := func(encode func(*bytes.Buffer) error) []byte {
+		var b bytes.Buffer
+		if err := encode(&b); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	tok, err := sas.SignEncoded(hubName+"/devices/dev-1", indivKey, "", testNow.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := connectPacket("dev-1", hubUsername("dev-1"), tok, 30)
+	conn.Connect.Clean = false
+	conn.Connect.WillFlag, conn.Connect.WillTopic, conn.Connect.WillPayload = true, "devices/dev-1/messages/events/%24.ct=text%2Fplain", []byte("bye")
+	connect := enc(conn.ConnectEncode)
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, ProtocolVersion: 4,
+		Filters: packets.Subscriptions{{Filter: "devices/dev-1/messages/devicebound/#", Qos: 1}, {Filter: "$iothub/twin/res/#"},
+			{Filter: "$iothub/twin/PATCH/properties/desired/#"}, {Filter: "$iothub/methods/POST/#", Qos: 2}}}
+	pub := func(qos byte, id uint16, retain bool, topic, body string) []byte {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain}, PacketID: id, ProtocolVersion: 4,
+			TopicName: topic, Payload: []byte(body)}
+		return enc(pk.PublishEncode)
+	}
+	unsub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, PacketID: 9, ProtocolVersion: 4,
+		Filters: packets.Subscriptions{{Filter: "$iothub/methods/POST/#"}}}
+	badSub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 2, ProtocolVersion: 4,
+		Filters: packets.Subscriptions{{Filter: "#"}}}
+	ping := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+	disc := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}}
+	session := bytes.Join([][]byte{connect, enc(sub.SubscribeEncode),
+		pub(1, 2, false, "devices/dev-1/messages/events/%24.mid=1&%24.ct=application%2Fjson&a=b", `{"t":1}`),
+		pub(0, 0, true, "devices/dev-1/messages/events", "x"),
+		pub(1, 3, false, "devices/dev-1/messages/events/$.ct=application/json/", "y"),
+		enc(unsub.UnsubscribeEncode), enc(ping.PingreqEncode), enc(disc.DisconnectEncode)}, nil)
+	bad := connectPacket("dev-1", hubUsername("dev-1"), "SharedAccessSignature sr=a&sig=b&se=1", 0)
+	module := connectPacket("dev-1/m", hubName+"/dev-1/m/?api-version=2021-04-12", tok, 0)
+	return [][]byte{
+		session,
+		append(slices.Clone(connect), pub(1, 2, false, "devices/dev-2/messages/events/", "x")...),
+		append(slices.Clone(connect), pub(1, 2, false, "devices/dev-1/messages/events/%zz", "x")...),
+		append(slices.Clone(connect), pub(1, 2, false, "devices/dev-1/messages/events/", "fail")...),
+		append(slices.Clone(connect), pub(0, 0, false, "$iothub/twin/GET/?$rid=1", "")...),
+		append(slices.Clone(connect), enc(badSub.SubscribeEncode)...),
+		enc(bad.ConnectEncode),
+		enc(module.ConnectEncode),
 	}
 }
 
 // FuzzConnection feeds arbitrary bytes to a connection handler over
-// net.Pipe. The handler must neither panic (recovered panics are counted)
-// nor outlive the client by more than a few seconds.
+// net.Pipe, DPS and IoT Hub sessions alike. The handler must neither panic
+// (recovered panics are counted) nor outlive the client by more than a few
+// seconds.
 func FuzzConnection(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
 		f.Add(s)
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hubCfg := newFuzzHub(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		srv := New(Config{MaxPacketSize: 64 * 1024, ConnectTimeout: time.Second, Logger: logger}, &fakeDPS{})
+		srv := New(Config{MaxPacketSize: 64 * 1024, ConnectTimeout: time.Second, Logger: logger, Hub: hubCfg}, &fakeDPS{})
 		server, client := net.Pipe()
 		if !srv.serveConn(server) {
 			t.Fatal("serveConn refused")
@@ -190,4 +410,38 @@ func FuzzConnection(f *testing.F) {
 			t.Fatalf("%d panics on input %q", n, data)
 		}
 	})
+}
+
+// TestHubFuzzSeedsReachTelemetry makes sure the hub fuzz seeds get past
+// CONNECT: the session seed's three messages reach the sink, and a will is
+// published when a seed ends without DISCONNECT.
+func TestHubFuzzSeedsReachTelemetry(t *testing.T) {
+	seeds := hubFuzzSeeds(t)
+	for _, tt := range []struct {
+		name string
+		data []byte
+		want int64
+	}{
+		{"session", seeds[0], 3},
+		{"foreign topic then will", seeds[1], 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			hubCfg := newFuzzHub(t)
+			sink := hubCfg.Sink.(*discardSink)
+			srv := New(Config{ConnectTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Hub: hubCfg}, nil)
+			server, client := net.Pipe()
+			if !srv.serveConn(server) {
+				t.Fatal("serveConn refused")
+			}
+			go func() { _, _ = io.Copy(io.Discard, client) }()
+			_ = client.SetWriteDeadline(time.Now().Add(3 * time.Second))
+			_, _ = client.Write(tt.data)
+			waitFor(t, "the messages", func() bool { return sink.n.Load() >= tt.want })
+			client.Close()
+			srv.wg.Wait()
+			if n := sink.n.Load(); n != tt.want {
+				t.Errorf("%d appends; want %d", n, tt.want)
+			}
+		})
+	}
 }

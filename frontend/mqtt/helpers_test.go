@@ -170,8 +170,10 @@ type testServer struct {
 	logs      *syncBuffer
 }
 
-// secrets must never reach the logs, whatever a test did.
-var secrets = []string{"SharedAccessSignature", "sig=", indivKey, groupKey, otherKey}
+// secrets must never reach the logs, whatever a test did. A token starts
+// with "SharedAccessSignature " (the bare word may appear in the sas
+// package's error for a token without that prefix).
+var secrets = []string{"SharedAccessSignature ", "sig=", indivKey, groupKey, otherKey}
 
 func startServer(t testing.TB, cfg Config, d DPS) *testServer {
 	t.Helper()

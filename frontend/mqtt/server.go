@@ -1,9 +1,9 @@
 // Package mqtt is berth's MQTT 3.1.1 listener. One listener serves every
-// device that speaks MQTT to berth: DPS registrations now
-// (shared/spec/dps.md §1), IoT Hub device sessions later
-// (shared/spec/iothub.md §1). The CONNECT username decides which protocol a
-// connection speaks; everything after CONNECT is handled by a session of
-// that kind (see session in conn.go).
+// device that speaks MQTT to berth: DPS registrations
+// (shared/spec/dps.md §1) and IoT Hub device sessions
+// (shared/spec/iothub.md §1, telemetry so far). The CONNECT username decides
+// which protocol a connection speaks; everything after CONNECT is handled by
+// a session of that kind (see session in conn.go).
 //
 // Packets are encoded and decoded by mochi-mqtt's packets codec. The
 // listener is not a broker: there are no retained messages, no persistent
@@ -60,6 +60,9 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// Logger receives the listener's logs; slog.Default() when nil.
 	Logger *slog.Logger
+	// Hub serves IoT Hub device sessions ({hub}/{deviceId}/?api-version=…
+	// usernames) when set; without it they are refused with CONNACK 5.
+	Hub *HubConfig
 }
 
 // Server is an MQTT listener. Create it with New.
@@ -67,6 +70,12 @@ type Server struct {
 	cfg Config
 	dps DPS
 	log *slog.Logger
+
+	// hubMu guards hubSessions: the live IoT Hub session of each device
+	// identity, so that a new connection can close the one it replaces
+	// (shared/spec/iothub.md §1.4).
+	hubMu       sync.Mutex
+	hubSessions map[string]*hubSession
 
 	// ctx is the parent of every domain call's context; Shutdown cancels it.
 	ctx    context.Context
@@ -92,7 +101,9 @@ type Server struct {
 	panics atomic.Int64
 }
 
-// New returns a Server that answers DPS requests with d.
+// New returns a Server that answers DPS requests with d (nil: DPS
+// usernames are refused) and, when cfg.Hub is set, serves IoT Hub device
+// sessions.
 func New(cfg Config, d DPS) *Server {
 	if cfg.MaxPacketSize <= 0 {
 		cfg.MaxPacketSize = DefaultMaxPacketSize
@@ -103,15 +114,25 @@ func New(cfg Config, d DPS) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Hub != nil {
+		// A copy, so that the caller cannot change it under the
+		// connections.
+		h := *cfg.Hub
+		if h.Now == nil {
+			h.Now = time.Now
+		}
+		cfg.Hub = &h
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg:       cfg,
-		dps:       d,
-		log:       cfg.Logger,
-		ctx:       ctx,
-		cancel:    cancel,
-		listeners: map[net.Listener]struct{}{},
-		conns:     map[*conn]struct{}{},
+		cfg:         cfg,
+		dps:         d,
+		log:         cfg.Logger,
+		ctx:         ctx,
+		cancel:      cancel,
+		listeners:   map[net.Listener]struct{}{},
+		conns:       map[*conn]struct{}{},
+		hubSessions: map[string]*hubSession{},
 	}
 	var ping bytes.Buffer
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}

@@ -1,0 +1,623 @@
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
+)
+
+// HubConfig configures the IoT Hub device sessions of a Server
+// (shared/spec/iothub.md §1, §2).
+type HubConfig struct {
+	// Name is the hub host name as device connection strings give it
+	// (HostName=…). The {hub} of a CONNECT username must name it
+	// (case-insensitively, ignoring a :port) and it is the hub messages
+	// are stamped with.
+	Name string
+	// Registry authenticates devices. Required: without it every hub
+	// CONNECT is answered CONNACK 3 (server unavailable).
+	Registry *hub.Registry
+	// Settings are the hub's shared access policies. When nil, only tokens
+	// signed with a device's own key authenticate.
+	Settings *hub.Settings
+	// Sink receives telemetry. A QoS 1 PUBLISH is acknowledged only after
+	// Append returned nil for it. When nil, a telemetry PUBLISH closes the
+	// connection (MQTT has no way to say "not enabled").
+	Sink hub.TelemetrySink
+	// Now is the clock for iothub-enqueuedtime and for the time left on a
+	// device's token. It must be the Registry's clock, as
+	// hub.Identity.Expires is on that clock. Default time.Now.
+	Now func() time.Time
+}
+
+const (
+	// maxHubKeepAlive is the longest silence IoT Hub allows: 1.5 × the
+	// client's keep-alive, capped at 1767 s (29.45 min, the Azure load
+	// balancer's idle limit), which is also what a keep-alive of 0 gets
+	// (shared/spec/iothub.md §1.3).
+	maxHubKeepAlive = 1767 * time.Second
+	// appendTimeout bounds one TelemetrySink.Append. A sink that hangs
+	// must not hold the connection forever: the connection is closed
+	// without PUBACK and the device sends the message again.
+	appendTimeout = 30 * time.Second
+	// willTimeout bounds the Append of a will message.
+	willTimeout = 10 * time.Second
+)
+
+// Application properties the hub adds (shared/spec/iothub.md §1.1, §1.4).
+const (
+	propRetain       = "mqtt-retain"
+	propMessageType  = "iothub-MessageType"
+	messageTypeWill  = "Will"
+	retainPropertyOn = "true"
+)
+
+// Hub username query keys (shared/spec/iothub.md §1.1).
+const (
+	hubQueryAPIVersion = "api-version"
+	hubQueryClientType = "DeviceClientType"
+	hubQueryModelID    = "model-id"
+)
+
+// azureMLUsernameTail is the one six-segment username IoT Edge accepts: an
+// old Azure ML client separates DeviceClientType with '/' instead of '&'.
+const azureMLUsernameTail = "/api-version=2017-06-30/DeviceClientType=Microsoft.Azure.Devices.Client/1.5.1-preview-003"
+
+// ParseHubUsername parses an IoT Hub MQTT username
+// (shared/spec/iothub.md §1.1, the IoT Edge algorithm):
+//
+//	{hub}/{deviceId}/?{query}              device
+//	{hub}/{deviceId}/{moduleId}/?{query}   module
+//	{hub}/{deviceId}/{query}               legacy device, query has api-version=
+//	{hub}/{deviceId}/{moduleId}/{query}    legacy module, query has api-version=
+//	{hub}/{deviceId}/{moduleId}/api-version=2017-06-30/DeviceClientType=Microsoft.Azure.Devices.Client/1.5.1-preview-003
+//	{hub}/{deviceId}                       bare (the SAS doc; mosquitto_pub -u)
+//
+// The username is split on every '/', so the '?' form has exactly three or
+// four segments: a query value with a raw '/' makes the username invalid,
+// as it does for IoT Edge (the SDKs percent-encode their user agents).
+// IDs are taken as sent, without trimming or decoding.
+//
+// The query is '&'-separated pairs split at the first '='; the first of
+// duplicate keys counts; values are percent-decoded without turning '+'
+// into a space, and kept as sent when they are not valid percent-encoding
+// (Uri.UnescapeDataString semantics); keys are not decoded. Each key maps
+// to exactly one value. A missing api-version is accepted in the '?' and
+// bare forms (spec REC: plain MQTT tools omit it), but the legacy forms
+// are recognised by their api-version, so there it must be a key with a
+// value. Unknown keys are kept, for the caller to ignore.
+func ParseHubUsername(username string) (hubName, deviceID, moduleID string, query url.Values, err error) {
+	segs := strings.Split(username, "/")
+	n := len(segs)
+	last := segs[n-1]
+	var rawQuery string
+	legacy := false
+	switch {
+	case n == 1:
+		return "", "", "", nil, errors.New("username has no device ID")
+	case strings.HasPrefix(last, "?"):
+		switch n {
+		case 3:
+			deviceID = segs[1]
+		case 4:
+			deviceID, moduleID = segs[1], segs[2]
+			if moduleID == "" {
+				return "", "", "", nil, errors.New("username has an empty module ID")
+			}
+		default:
+			return "", "", "", nil, fmt.Errorf("username has %d segments; the '?' form has 3 or 4", n)
+		}
+		rawQuery = last[1:]
+	case n == 2:
+		deviceID = segs[1]
+	case n == 3 && last == "":
+		// {hub}/{deviceId}/: the bare form with the '/' a query would
+		// follow.
+		deviceID = segs[1]
+	case n == 3 && strings.Contains(last, hubQueryAPIVersion+"="):
+		deviceID, rawQuery, legacy = segs[1], last, true
+	case n == 4 && strings.Contains(last, hubQueryAPIVersion+"="):
+		deviceID, moduleID, rawQuery, legacy = segs[1], segs[2], last, true
+		if moduleID == "" {
+			return "", "", "", nil, errors.New("username has an empty module ID")
+		}
+	case n == 6 && len(username) >= len(azureMLUsernameTail) &&
+		strings.EqualFold(username[len(username)-len(azureMLUsernameTail):], azureMLUsernameTail):
+		deviceID, moduleID = segs[1], segs[2]
+		if moduleID == "" {
+			return "", "", "", nil, errors.New("username has an empty module ID")
+		}
+		query = url.Values{
+			hubQueryAPIVersion: {"2017-06-30"},
+			hubQueryClientType: {"Microsoft.Azure.Devices.Client/1.5.1-preview-003"},
+		}
+	default:
+		return "", "", "", nil, errors.New("username is not {hub}/{deviceId}[/{moduleId}]/?{query}")
+	}
+	hubName = segs[0]
+	if hubName == "" {
+		return "", "", "", nil, errors.New("username has no hub name")
+	}
+	if deviceID == "" {
+		return "", "", "", nil, errors.New("username has no device ID")
+	}
+	if query == nil {
+		query = parseHubQuery(rawQuery)
+	}
+	if legacy && query.Get(hubQueryAPIVersion) == "" {
+		return "", "", "", nil, errors.New("legacy username without an api-version value")
+	}
+	return hubName, deviceID, moduleID, query, nil
+}
+
+// parseHubQuery parses a username query, keeping the first value of each
+// key (IoT Edge's GroupBy(key).First()).
+func parseHubQuery(s string) url.Values {
+	q := url.Values{}
+	for pair := range strings.SplitSeq(s, "&") {
+		if pair == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		if _, dup := q[k]; dup {
+			continue
+		}
+		if dec, err := url.PathUnescape(v); err == nil {
+			v = dec
+		}
+		q[k] = []string{v}
+	}
+	return q
+}
+
+// sameHost compares hub host names as connection strings give them: case
+// does not matter, and a HostName with a :port names the same hub (the
+// registry's audience check ignores the port too).
+func sameHost(a, b string) bool {
+	return strings.EqualFold(stripPort(a), stripPort(b))
+}
+
+func stripPort(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		return host
+	}
+	return h
+}
+
+// isOurHub reports whether name is the hub this server serves.
+func (s *Server) isOurHub(name string) bool {
+	return s.cfg.Hub != nil && sameHost(name, s.cfg.Hub.Name)
+}
+
+// hubKeepAlive is the server-side silence limit for a hub session.
+func hubKeepAlive(clientSeconds uint16) time.Duration {
+	d := time.Duration(clientSeconds) * 1500 * time.Millisecond
+	if d == 0 || d > maxHubKeepAlive {
+		return maxHubKeepAlive
+	}
+	return d
+}
+
+// hubFeature indexes the subscription state of a hub session.
+type hubFeature int
+
+const (
+	featureC2D hubFeature = iota
+	featureTwinResponses
+	featureDesired
+	featureMethods
+	numHubFeatures
+)
+
+// Subscription filters of the hub session (shared/spec/iothub.md §1.5).
+const (
+	twinResponseFilter = "$iothub/twin/res/#"
+	desiredPrefix      = "$iothub/twin/PATCH/properties/desired/"
+	methodsPrefix      = "$iothub/methods/POST/"
+	c2dFilterSuffix    = "/messages/devicebound/#"
+	devicesPrefix      = "devices/"
+)
+
+// hubWill is a will message kept from CONNECT (copied: the CONNECT buffer
+// also holds the password).
+type hubWill struct {
+	topic   string
+	payload []byte
+	retain  bool
+}
+
+// hubSession is an authenticated IoT Hub device connection. It keeps only
+// what the stamps need, not the device document (keys included), so an
+// idle session costs a few hundred bytes beside its connection.
+//
+// Telemetry is appended by the reader goroutine, one message at a time,
+// so a connection's messages reach the sink in the order they were sent
+// and each QoS 1 PUBACK follows its own Append. The price is throughput:
+// Append is durable (the stream waits for its store), so one connection
+// gets at most one message per store round-trip. A pipelined design with
+// in-order PUBACKs is a later optimisation.
+type hubSession struct {
+	c            *conn
+	deviceID     string
+	generationID string
+	authMethod   string
+	modelID      string // dt-dataschema; "" when the username has none
+	expiry       *time.Timer
+	will         *hubWill
+	// disconnected records the end of this connection in the registry's
+	// presence (connectionState, lastActivityTime).
+	disconnected func()
+
+	// subs is the granted QoS per feature, -1 when not subscribed. Only
+	// the reader goroutine touches it today; nothing is delivered on
+	// these subscriptions yet (cloud-to-device messages, twins and
+	// methods come next), and the delivery code will have to guard it.
+	subs [numHubFeatures]int8
+}
+
+// newHubSession authenticates an IoT Hub device CONNECT
+// (shared/spec/iothub.md §1.2). Every identity or credential failure is
+// CONNACK 5, as IoT Hub answers; a failure to reach the registry is 3.
+func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID string, query url.Values) (session, byte) {
+	h := c.srv.cfg.Hub
+	attrs := []any{"remote", c.remote, "hub", clip(hubName), "deviceId", clip(deviceID)}
+	refuse := func(msg string, more ...any) (session, byte) {
+		c.srv.log.Info("mqtt: CONNECT refused: "+msg, append(attrs, more...)...)
+		return nil, connNotAuthorized
+	}
+	switch {
+	case h == nil:
+		return refuse("IoT Hub device sessions are not served yet: this listener has no hub configured")
+	case moduleID != "":
+		return refuse("modules not supported yet", "moduleId", clip(moduleID))
+	case !sameHost(hubName, h.Name):
+		// The device believes it is talking to another hub. Its token
+		// names that hub too (the registry would refuse its audience),
+		// and accepting it would stamp its messages with a hub it did
+		// not ask for. IoT Hub answers 5 to every CONNECT it will not
+		// serve, so a wrong hub name is one more such refusal.
+		return refuse("the username names another hub", "servedHub", h.Name)
+	case pk.Connect.ClientIdentifier != deviceID:
+		// Ordinal, as Microsoft's protocol gateway compares them.
+		return refuse("ClientId differs from the username's device ID", "clientId", clip(pk.Connect.ClientIdentifier))
+	case !pk.Connect.PasswordFlag:
+		return refuse("no password (X.509 device authentication is not supported yet)")
+	case h.Registry == nil:
+		c.srv.log.Error("mqtt: CONNECT refused: the hub has no device registry configured", attrs...)
+		return nil, connServerUnavailable
+	}
+	ctx, cancel := context.WithTimeout(c.srv.ctx, c.srv.cfg.ConnectTimeout)
+	id, err := h.Registry.AuthenticateDevice(ctx, h.Settings, h.Name, deviceID, string(pk.Connect.Password))
+	cancel()
+	if err != nil {
+		// The cause (wrong key, expired, disabled, unknown device) is for
+		// the log only; it carries no key material.
+		var ae *azerr.Error
+		if errors.As(err, &ae) && ae.Status() >= 400 && ae.Status() < 500 {
+			return refuse("device authentication failed", "error", err.Error())
+		}
+		c.srv.log.Error("mqtt: CONNECT refused: device authentication could not complete", append(attrs, "error", err.Error())...)
+		return nil, connServerUnavailable
+	}
+	if id == nil || id.Device == nil {
+		c.srv.log.Error("mqtt: CONNECT refused: the registry returned no identity", attrs...)
+		return nil, connServerUnavailable
+	}
+	var lifetime time.Duration
+	if !id.Expires.IsZero() {
+		if lifetime = id.Expires.Sub(h.Now()); lifetime <= 0 {
+			return refuse("device token expired")
+		}
+	}
+
+	s := &hubSession{
+		c: c,
+		// Clones, so that the session does not keep the CONNECT buffer
+		// or the device document alive.
+		deviceID:     strings.Clone(deviceID),
+		generationID: strings.Clone(id.Device.GenerationID),
+		authMethod:   id.AuthMethod,
+		modelID:      strings.Clone(query.Get(hubQueryModelID)),
+	}
+	for i := range s.subs {
+		s.subs[i] = -1
+	}
+	if pk.Connect.WillFlag {
+		s.setWill(pk)
+	}
+	c.keepalive = hubKeepAlive(pk.Connect.Keepalive)
+	if lifetime > 0 {
+		// MQTT 3.1.1 cannot re-authenticate in-band: IoT Hub closes the
+		// connection when the token expires and the SDKs reconnect with
+		// a fresh one (§1.2). A timer costs nothing until it fires.
+		s.expiry = time.AfterFunc(lifetime, s.expire)
+	}
+	c.srv.attachHub(s)
+	s.disconnected = h.Registry.Connected(h.Name, s.deviceID)
+	c.srv.log.Debug("mqtt: IoT Hub device session", append(attrs,
+		"apiVersion", clip(query.Get(hubQueryAPIVersion)), "clientType", clip(query.Get(hubQueryClientType)),
+		"modelId", clip(s.modelID), "keepalive", pk.Connect.Keepalive, "cleanSession", pk.Connect.Clean,
+		"tokenLifetime", lifetime.Round(time.Second), "will", s.will != nil)...)
+	return s, connAccepted
+}
+
+// setWill keeps the CONNECT's will if it would be accepted as telemetry
+// from this device: IoT Hub only accepts a will on the device's own
+// telemetry topic (shared/spec/iothub.md §1.1). Any other will is ignored
+// (and logged) rather than refusing the connection, which would keep the
+// device offline over an optional feature.
+func (s *hubSession) setWill(pk *packets.Packet) {
+	topic := pk.Connect.WillTopic
+	dev, mod, bag, ok := parseTelemetryTopic(topic)
+	var reason string
+	switch {
+	case strings.ContainsAny(topic, "+#"):
+		reason = "topic contains a wildcard"
+	case !ok || mod != "" || dev != s.deviceID:
+		reason = "topic is not the device's telemetry topic"
+	default:
+		if _, _, err := ParsePropertyBag(bag); err != nil {
+			reason = "property bag: " + err.Error()
+		}
+	}
+	if reason != "" {
+		s.c.srv.log.Info("mqtt: will message ignored", append(s.logAttrs(), "remote", s.c.remote, "willTopic", clip(topic), "reason", reason)...)
+		return
+	}
+	s.will = &hubWill{
+		topic:   strings.Clone(topic),
+		payload: append([]byte(nil), pk.Connect.WillPayload...),
+		retain:  pk.Connect.WillRetain,
+	}
+}
+
+func (s *hubSession) logAttrs() []any {
+	return []any{"deviceId", s.deviceID}
+}
+
+// expire closes the connection when the device's token runs out. The
+// reader sees the closed socket and ends the session as usual.
+func (s *hubSession) expire() {
+	s.c.srv.log.Info("mqtt: device token expired; closing the connection", append(s.logAttrs(), "remote", s.c.remote)...)
+	s.c.close(false)
+}
+
+// attachHub makes s the live session of its device and closes the one it
+// replaces: IoT Hub keeps one connection per identity, the newest
+// (shared/spec/iothub.md §1.4; the old one is logged as 400027
+// ConnectionForcefullyClosedOnNewConnection).
+func (s *Server) attachHub(hs *hubSession) {
+	// Keyed by the identity's client ID; module sessions will use
+	// "{deviceId}/{moduleId}".
+	s.hubMu.Lock()
+	old := s.hubSessions[hs.deviceID]
+	s.hubSessions[hs.deviceID] = hs
+	s.hubMu.Unlock()
+	if old != nil {
+		s.log.Info("mqtt: closing the device's previous connection: a new one authenticated",
+			append(old.logAttrs(), "remote", old.c.remote, "newRemote", hs.c.remote)...)
+		old.c.close(false)
+	}
+}
+
+// detachHub forgets hs unless a newer session of the device has already
+// replaced it.
+func (s *Server) detachHub(hs *hubSession) {
+	s.hubMu.Lock()
+	if s.hubSessions[hs.deviceID] == hs {
+		delete(s.hubSessions, hs.deviceID)
+	}
+	s.hubMu.Unlock()
+}
+
+// classifyHubFilter tells which feature a SUBSCRIBE filter is for
+// (shared/spec/iothub.md §1.5, IoT Edge's SessionStateParser). Only the
+// device's own cloud-to-device filter (or Embedded C's "+" form) is a
+// C2D subscription: another device's is refused.
+func classifyHubFilter(filter, deviceID string) (hubFeature, bool) {
+	switch {
+	case filter == twinResponseFilter:
+		return featureTwinResponses, true
+	case strings.HasPrefix(filter, desiredPrefix):
+		return featureDesired, true
+	case strings.HasPrefix(filter, methodsPrefix):
+		return featureMethods, true
+	}
+	rest, ok := strings.CutPrefix(filter, devicesPrefix)
+	if !ok {
+		return 0, false
+	}
+	dev, ok := strings.CutSuffix(rest, c2dFilterSuffix)
+	if ok && (dev == deviceID || dev == "+") {
+		return featureC2D, true
+	}
+	return 0, false
+}
+
+// subscribe grants the filters the SDKs subscribe on open, at QoS 1 at
+// most, so that they keep working; nothing is delivered on them yet. Any
+// other filter (another device's topics, '#', module inputs) closes the
+// connection, as IoT Hub does rather than answering 0x80 (§1.4).
+func (s *hubSession) subscribe(filter string, qos byte) (byte, error) {
+	f, ok := classifyHubFilter(filter, s.deviceID)
+	if !ok {
+		s.c.srv.log.Info("mqtt: SUBSCRIBE to a filter IoT Hub does not allow; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "filter", clip(filter))...)
+		return 0, fmt.Errorf("mqtt: SUBSCRIBE to %q is not allowed", clip(filter))
+	}
+	g := min(qos, 1)
+	s.subs[f] = int8(g)
+	return g, nil
+}
+
+func (s *hubSession) unsubscribe(filter string) {
+	if f, ok := classifyHubFilter(filter, s.deviceID); ok {
+		s.subs[f] = -1
+	}
+}
+
+// puback: the hub session delivers nothing yet, so there is nothing to
+// complete.
+func (s *hubSession) puback(uint16) {}
+
+// publish handles a device PUBLISH: telemetry is appended to the sink, and
+// a QoS 1 PUBLISH is acknowledged only once Append returned nil. Anything
+// that is not acceptable telemetry closes the connection without PUBACK
+// and without writing anything (MQTT has no per-message error; IoT Hub
+// closes, shared/spec/iothub.md §9.3).
+func (s *hubSession) publish(pk *packets.Packet) error {
+	m, err := s.telemetry(pk.TopicName, pk.Payload, pk.FixedHeader.Retain)
+	if err != nil {
+		return err
+	}
+	if err := s.appendMessage(m, appendTimeout); err != nil {
+		// No PUBACK: the device sends the message again on its next
+		// connection.
+		s.c.srv.log.Warn("mqtt: telemetry not stored; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "error", err.Error())...)
+		return err
+	}
+	if pk.FixedHeader.Qos == 1 {
+		return s.c.puback(pk.PacketID)
+	}
+	return nil
+}
+
+// telemetry builds the message a PUBLISH (or the will) on topic carries,
+// or says why the connection must close instead.
+func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.Message, error) {
+	dev, mod, bag, ok := parseTelemetryTopic(topic)
+	switch {
+	case !ok && (strings.HasPrefix(topic, "$iothub/twin/") || strings.HasPrefix(topic, "$iothub/methods/res/")):
+		s.c.srv.log.Info("mqtt: twins/methods not implemented yet; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "topic", clip(topic))...)
+		return nil, fmt.Errorf("mqtt: PUBLISH to %q: twins and direct methods are not implemented yet", clip(topic))
+	case !ok:
+		return nil, fmt.Errorf("mqtt: PUBLISH to %q: not a telemetry topic", clip(topic))
+	case dev != s.deviceID:
+		s.c.srv.log.Info("mqtt: PUBLISH to another device's topic; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "topic", clip(topic))...)
+		return nil, fmt.Errorf("mqtt: PUBLISH to %q: not this device's topic", clip(topic))
+	case mod != "":
+		return nil, fmt.Errorf("mqtt: PUBLISH to %q: modules not supported yet", clip(topic))
+	}
+	if s.c.srv.cfg.Hub.Sink == nil {
+		s.c.srv.log.Warn("mqtt: telemetry is not enabled on this hub; closing the connection", append(s.logAttrs(), "remote", s.c.remote)...)
+		return nil, errors.New("mqtt: telemetry is not enabled on this hub")
+	}
+	sys, app, err := ParsePropertyBag(bag)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt: PUBLISH to %q: property bag: %w", clip(topic), err)
+	}
+	m := &hub.Message{System: sys, App: app, Body: payload}
+	// The limit counts what the device sent, as over HTTPS; what the hub
+	// adds below is not the device's to budget for.
+	if n := m.Size(); n > hub.MaxMessageSize {
+		return nil, fmt.Errorf("mqtt: message of %d bytes is over the %d bytes limit", n, hub.MaxMessageSize)
+	}
+	if retain {
+		// Not retained (the hub is no broker), but marked (§1.4).
+		setProperty(&m.App, propRetain, retainPropertyOn)
+	}
+	s.stamp(m)
+	return m, nil
+}
+
+// stamp adds what the hub sets on every accepted device-to-cloud message
+// (shared/spec/iothub.md §2.4), exactly as the HTTPS front end does, plus
+// the model ID from the username.
+func (s *hubSession) stamp(m *hub.Message) {
+	h := s.c.srv.cfg.Hub
+	now := h.Now().UTC().Truncate(time.Millisecond)
+	m.Hub, m.DeviceID, m.Enqueued = h.Name, s.deviceID, now
+	m.System = append(m.System,
+		hub.Property{Name: hub.PropConnDeviceID, Value: s.deviceID},
+		hub.Property{Name: hub.PropConnGenerationID, Value: s.generationID},
+		hub.Property{Name: hub.PropConnAuthMethod, Value: s.authMethod},
+		hub.Property{Name: hub.PropEnqueuedTime, Value: now.Format(enqueuedTimeLayout)},
+		hub.Property{Name: hub.PropMessageSource, Value: messageSourceTelemetry},
+	)
+	if s.modelID != "" {
+		m.System = append(m.System, hub.Property{Name: hub.PropSchema, Value: s.modelID})
+	}
+}
+
+// appendMessage hands m to the sink and waits for the outcome. The Append
+// runs on a goroutine of its own so that however deep the sink's stack
+// grows (NATS client, JSON, TLS), the reader's stays small: a reader stack
+// grown once stays grown under every idle connection (see conn.serve).
+func (s *hubSession) appendMessage(m *hub.Message, timeout time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- s.appendRecovering(m, timeout) }()
+	return <-done
+}
+
+func (s *hubSession) appendRecovering(m *hub.Message, timeout time.Duration) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.c.srv.panics.Add(1)
+			s.c.srv.log.Error("mqtt: panic in the telemetry sink", append(s.logAttrs(), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))...)
+			err = errors.New("mqtt: panic in the telemetry sink")
+		}
+	}()
+	// The server's context, not the connection's: a device that goes
+	// away right after sending still gets a message that was complete
+	// stored; only Shutdown (and the timeout) abandon an Append.
+	ctx, cancel := context.WithTimeout(s.c.srv.ctx, timeout)
+	defer cancel()
+	if err := s.c.srv.cfg.Hub.Sink.Append(ctx, m); err != nil {
+		return fmt.Errorf("mqtt: append telemetry: %w", err)
+	}
+	s.c.srv.cfg.Hub.Registry.Active(s.c.srv.cfg.Hub.Name, s.deviceID)
+	return nil
+}
+
+// close ends the session: stops the expiry timer, gives up the device's
+// slot (unless a newer connection took it) and, when the connection ended
+// without DISCONNECT, publishes the will.
+//
+// A will is published on every such end, as MQTT 3.1.1 §3.1.2.5 asks:
+// network failure, keep-alive timeout, a protocol violation, a newer
+// connection taking over and the token expiring (the will was
+// authenticated with the connection). Only Shutdown drops it: the sink's
+// context is gone.
+func (s *hubSession) close(clean bool) {
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	s.c.srv.detachHub(s)
+	if !clean && s.will != nil {
+		s.publishWill()
+	}
+	if s.disconnected != nil {
+		s.disconnected()
+	}
+}
+
+// publishWill appends the will as telemetry with iothub-MessageType=Will
+// (shared/spec/iothub.md §1.1).
+func (s *hubSession) publishWill() {
+	attrs := append(s.logAttrs(), "remote", s.c.remote)
+	if s.c.srv.ctx.Err() != nil {
+		s.c.srv.log.Info("mqtt: will message dropped: the server is shutting down", attrs...)
+		return
+	}
+	w := s.will
+	m, err := s.telemetry(w.topic, w.payload, w.retain)
+	if err != nil {
+		s.c.srv.log.Info("mqtt: will message dropped", append(attrs, "error", err.Error())...)
+		return
+	}
+	setProperty(&m.App, propMessageType, messageTypeWill)
+	if err := s.appendMessage(m, willTimeout); err != nil {
+		s.c.srv.log.Warn("mqtt: will message not stored", append(attrs, "error", err.Error())...)
+		return
+	}
+	s.c.srv.log.Debug("mqtt: will message published", attrs...)
+}
