@@ -10,7 +10,21 @@
 #                                                                                     -> 200 assigned
 #
 # Checks statuses, headers and JSON bodies, assignedHub and deviceId, and that
-# a wrong key gets 401 with errorCode 401002. Exits non-zero on any mismatch.
+# a wrong key gets 401 with errorCode 401002.
+#
+# Then the provisioned devices send telemetry to the hub DPS assigned, with the
+# REST "Send Device Event" call:
+#
+#   curl -i --cacert CA -X POST -H "authorization: $HUB_SAS" -H 'iothub-app-unit: celsius' \
+#        -H 'iothub-messageid: m-1' --data '{"t":21}' \
+#        "https://HUB/devices/DEVICE/messages/events?api-version=2021-04-12"             -> 204
+#
+# (HUB_SAS: sr={hub}/devices/{device}, computed with openssl as Microsoft's
+# docs do, or berth hub sas-token), and `berth hub monitor-events --from-start
+# --device-id … --properties all` must print it with its properties. Another
+# device's token must get 401 with iothub-errorcode IotHubUnauthorizedAccess,
+# a 257 KB body 413 MessageTooLarge, and neither may reach the stream. Exits
+# non-zero on any mismatch.
 # Env: BERTH_BIN (default bin/berth), BERTH_IP (default: a free random
 # 127.64.0.0/10 address).
 set -euo pipefail
@@ -33,12 +47,38 @@ https_call() {
 		say "  curl failed: $out"
 		return 1
 	fi
-	out=${out//$'\r'/}
+	split_response "$out"
+}
+
+# split_response CURL-I-OUTPUT: sets H_STATUS, H_HEADERS, H_BODY.
+split_response() {
+	local out=${1//$'\r'/}
+	# an interim "HTTP/1.1 100 Continue" (curl sends Expect: 100-continue for large bodies)
+	while [[ $out == HTTP/*' 100 '* && $out == *$'\n\n'* ]]; do out=${out#*$'\n\n'}; done
 	H_HEADERS=${out%%$'\n\n'*}
 	H_BODY=${out#*$'\n\n'}
 	[[ $H_BODY == "$out" ]] && H_BODY=
 	H_STATUS=$(head -n 1 <<<"$H_HEADERS" | awk '{print $2}')
-	say "  <- $(head -n 1 <<<"$H_HEADERS") $H_BODY"
+	say "  <- $(head -n 1 <<<"$H_HEADERS") ${H_BODY:0:300}"
+}
+
+# hub_post DEVICE AUTHORIZATION CURL-ARGS...: the doc's telemetry call,
+# curl -i --cacert CA -X POST -H "authorization: SAS" CURL-ARGS
+# https://HUB/devices/DEVICE/messages/events?api-version=2021-04-12;
+# sets H_STATUS, H_HEADERS, H_BODY.
+hub_post() {
+	local dev=$1 auth=$2 out url args
+	shift 2
+	url="https://$HUB/devices/$dev/messages/events?api-version=$HUB_API"
+	args=(-i -sS --cacert "$CA" -X POST -H "authorization: $auth" "$@")
+	if [[ $HTTPS_HOST != "$HUB" || $HTTPS_PORT != 443 ]]; then args+=(--connect-to "$HUB:443:$HTTPS_HOST:$HTTPS_PORT"); fi
+	say "  curl -i --cacert CA -X POST -H 'authorization: SAS' $* '$url'"
+	if ! out=$(curl "${args[@]}" "$url" 2>&1); then
+		H_STATUS= H_HEADERS= H_BODY=
+		say "  curl failed: ${out:0:300}"
+		return 1
+	fi
+	split_response "$out"
 }
 
 # header NAME: the value of a response header of the last call (case-insensitive name).
@@ -123,3 +163,66 @@ say "== no Authorization header"
 https_call PUT "/$SCOPE/registrations/$REGID/register?api-version=$API" "" "{\"registrationId\":\"$REGID\"}" || die "no token: PUT failed"
 check "no token: status" "$H_STATUS" 401
 check_match "no token: errorCode 401xxx" "$(jqr .errorCode "$H_BODY")" '^401[0-9]{3}$'
+
+# --- IoT hub: device telemetry over HTTPS, the REST "Send Device Event" call ---
+# The devices provisioned above connect to the hub DPS assigned ($HUB) with a
+# hub SAS token (sr = {hub}/devices/{deviceId}) signed with their DPS key.
+HUB_API=2021-04-12
+MON=$DATA/monitor
+
+say "== hub telemetry: $REGID POSTs an event, SAS computed with openssl as Microsoft's docs do"
+HUB_SAS=$(hub_sas "$HUB" "$REGID" "$KEY")
+monitor_start "$MON.1" --device-id "$REGID" --properties all --count 1 --timeout 20s
+monitor_ready "$MON.1"
+hub_post "$REGID" "$HUB_SAS" -H 'iothub-app-unit: celsius' -H 'iothub-messageid: m-1' --data '{"t":21}' || die "telemetry POST failed"
+check "telemetry: status" "$H_STATUS" 204
+check "telemetry: no body" "$H_BODY" ""
+monitor_wait
+check "monitor-events --count 1: exit status" "$MON_RC" 0
+EV=$(events_of "$MON.1")
+say "  monitor: $EV"
+check "monitor: one event" "$(grep -c . <<<"$EV" || true)" 1
+check "monitor: payload" "$(ev_payload "$EV")" '{"t":21}'
+check "monitor: system message_id" "$(ev_sys "$EV" message_id)" m-1
+check "monitor: annotation iothub-connection-device-id" "$(ev_anno "$EV" iothub-connection-device-id)" "$REGID"
+check_match "monitor: annotation iothub-enqueuedtime (Unix ms)" "$(ev_anno "$EV" iothub-enqueuedtime)" '^1[0-9]{12}$'
+check "monitor: annotation iothub-message-source" "$(ev_anno "$EV" iothub-message-source)" Telemetry
+check "monitor: application unit" "$(ev_app "$EV" unit)" celsius
+check "monitor: origin" "$(jqr '.event.origin' "$EV")" "$REGID"
+
+say "== hub telemetry: $DEV POSTs an event with system properties, SAS from berth hub sas-token"
+DEV_SAS=$(berth hub sas-token --device-id "$DEV" --key "$DKEY" | cli_value '.sas // .sasToken // .token') || die "berth hub sas-token failed"
+check_match "berth hub sas-token: a SAS for $HUB/devices/$DEV" "$DEV_SAS" "^SharedAccessSignature .*sr=$HUB(/|%2[fF])devices(/|%2[fF])$DEV(&|$)"
+monitor_start "$MON.2" --device-id "$DEV" --properties all --count 1 --timeout 20s
+monitor_ready "$MON.2"
+hub_post "$DEV" "$DEV_SAS" -H 'iothub-messageid: m-2' -H 'iothub-correlationid: c-2' \
+	-H 'iothub-contenttype: application/json' -H 'iothub-contentencoding: utf-8' \
+	-H 'iothub-app-unit: celsius' -H 'iothub-app-alert: false' --data '{"t":22.5,"h":40}' || die "telemetry POST failed"
+check "telemetry with system properties: status" "$H_STATUS" 204
+monitor_wait
+check "monitor-events --count 1: exit status" "$MON_RC" 0
+EV=$(events_of "$MON.2")
+say "  monitor: $EV"
+check "monitor: one event" "$(grep -c . <<<"$EV" || true)" 1
+check "monitor: payload" "$(ev_payload "$EV")" '{"t":22.5,"h":40}'
+check "monitor: system message_id" "$(ev_sys "$EV" message_id)" m-2
+check "monitor: system correlation_id" "$(ev_sys "$EV" correlation_id)" c-2
+check "monitor: system content_type" "$(ev_sys "$EV" content_type)" application/json
+check "monitor: system content_encoding" "$(ev_sys "$EV" content_encoding)" utf-8
+check "monitor: annotation iothub-connection-device-id" "$(ev_anno "$EV" iothub-connection-device-id)" "$DEV"
+check "monitor: application unit" "$(ev_app "$EV" unit)" celsius
+check "monitor: application alert" "$(ev_app "$EV" alert)" false
+
+say "== hub telemetry refused: POST as $REGID with $DEV's token, then a 257 KB body"
+hub_post "$REGID" "$DEV_SAS" -H 'iothub-messageid: must-not-arrive' --data '{"t":-1}' || die "foreign-token POST failed"
+check "another device's token: status" "$H_STATUS" 401
+check "another device's token: iothub-errorcode" "$(header iothub-errorcode)" IotHubUnauthorizedAccess
+check_match "another device's token: error body names the code" "$(jqr '.Message // empty' "$H_BODY")" 'IotHubUnauthorizedAccess'
+head -c $((257 * 1024)) /dev/zero | tr '\0' 'x' >"$DATA/257k.bin"
+hub_post "$REGID" "$HUB_SAS" -H 'iothub-messageid: too-large' --data-binary "@$DATA/257k.bin" || die "257 KB POST failed"
+check "257 KB body: status" "$H_STATUS" 413
+check "257 KB body: iothub-errorcode" "$(header iothub-errorcode)" MessageTooLarge
+say "== nothing of the refused POSTs in the stream: berth hub monitor-events --from-start --device-id $REGID --timeout 2s"
+berth hub monitor-events --from-start --device-id "$REGID" --properties all --timeout 2s >"$MON.3" 2>"$MON.3.err" || die "monitor-events failed: $(cat "$MON.3.err")"
+say "  monitor: $(events_of "$MON.3" | jq -c '[.event.properties.system.message_id]' | tr -d '\n')"
+check "monitor: $REGID's events are m-1 alone" "$(events_of "$MON.3" | jq -r '.event.properties.system.message_id' | paste -sd, -)" m-1

@@ -19,6 +19,7 @@ export class SdkError extends Error {
     this.body = e.body;
     this.topic = e.topic;
     this.headers = e.headers;
+    this.stage = e.stage;
     this.sdkStack = e.stack;
   }
 }
@@ -56,19 +57,21 @@ export async function startSdkWorker(caFile) {
 
   // Every SDK call gets CALL_TIMEOUT_MS: an SDK promise that never settles
   // fails its test instead of hanging the suite.
-  const call = (op, ...args) => new Promise((resolve, reject) => {
+  const callWithin = (timeoutMs, op, ...args) => new Promise((resolve, reject) => {
     if (exitInfo) return reject(new Error(`SDK worker exited (${JSON.stringify(exitInfo)})`));
     const id = crypto.randomUUID();
     const timer = setTimeout(() => {
       pending.delete(id);
-      reject(new Error(`SDK call ${op} ${JSON.stringify(args.slice(1, 2))} did not settle in ${CALL_TIMEOUT_MS} ms`));
-    }, CALL_TIMEOUT_MS);
+      const what = JSON.stringify(args.slice(0, 2)).replace(/SharedAccessKey=[^;"]*/g, 'SharedAccessKey=…');
+      reject(new Error(`SDK call ${op} ${what} did not settle in ${timeoutMs} ms`));
+    }, timeoutMs);
     pending.set(id, {
       resolve: (v) => { clearTimeout(timer); resolve(v); },
       reject: (e) => { clearTimeout(timer); reject(e); },
     });
     child.send({ id, op, args });
   });
+  const call = (op, ...args) => callWithin(CALL_TIMEOUT_MS, op, ...args);
 
   return {
     call,
@@ -78,6 +81,15 @@ export async function startSdkWorker(caFile) {
     serviceCallback: (connectionString, method, ...args) => call('serviceCallback', connectionString, method, ...args),
     query: (connectionString, kind, spec, pageSize, groupId) => call('query', connectionString, kind, spec, pageSize, groupId),
     register: (transport, host, idScope, registrationId, key, payload) => call('register', transport, host, idScope, registrationId, key, payload),
+    /**
+     * azure-iot-device Client.fromConnectionString(connectionString, Mqtt|Http):
+     * open(), sendEvent for each message (mode 'single') or one
+     * sendEventBatch (mode 'batch'), close(). Messages: {data, messageId,
+     * correlationId, userId, contentType, contentEncoding, properties: [[k, v]]}.
+     * Settles within timeoutMs (default: the worker's call timeout).
+     */
+    hubSend: (transport, connectionString, messages, mode = 'single', timeoutMs = CALL_TIMEOUT_MS) =>
+      callWithin(timeoutMs, 'hubSend', transport, connectionString, messages, mode),
     close: async () => {
       if (exitInfo) return;
       const exited = new Promise((r) => child.once('exit', r));

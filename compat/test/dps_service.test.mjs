@@ -149,10 +149,8 @@ describe('DPS service SDK', { timeout: 150000 }, () => {
     await rejectsWithStatus(sdk.service(cs, 'getEnrollmentGroup', id), 404);
   });
 
-  // TODO while berth has no bulk route: the Node SDK's
-  // POST /enrollments/?api-version=2021-10-01 answers 404 (errorCode 404000).
-  test('bulk enrollment operation: create two, an existing one reports an error, delete',
-    { todo: 'berth answers 404 to POST /enrollments/ (bulk enrollment operation not implemented)' }, async () => {
+  // The Node SDK posts bulk operations to /enrollments/ (trailing slash).
+  test('bulk enrollment operation: create two, an existing one reports an error, delete', async () => {
     const ok = await sdk.serviceCallback(cs, 'runBulkEnrollmentOperation', {
       mode: 'create',
       enrollments: [

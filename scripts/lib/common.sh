@@ -11,6 +11,7 @@ FAILED=0
 SCRIPT_NAME=$(basename "$0" .sh)
 BERTH_PID=
 DATA=
+MON_PID=
 
 say() { printf '%s\n' "$*"; }
 
@@ -50,6 +51,10 @@ need() {
 
 finish() {
 	local rc=$?
+	if [[ -n $MON_PID ]] && kill -0 "$MON_PID" 2>/dev/null; then
+		kill -TERM "$MON_PID" 2>/dev/null || true
+		wait "$MON_PID" 2>/dev/null || true
+	fi
 	if [[ -n $BERTH_PID ]] && kill -0 "$BERTH_PID" 2>/dev/null; then
 		kill -TERM "$BERTH_PID" 2>/dev/null || true
 		for _ in $(seq 100); do kill -0 "$BERTH_PID" 2>/dev/null || break; sleep 0.1; done
@@ -161,3 +166,65 @@ docs_sas() {
 jqr() { jq -r "$1" <<<"$2" 2>/dev/null || printf '<not JSON: %s>\n' "$2"; }
 
 random_key() { openssl rand -base64 64 | tr -d '\n'; }
+
+# urlenc STRING: percent-encoding of everything but A-Z a-z 0-9 - _ . ~
+# (what Python's quote_plus does to a host/devices/id resource URI).
+urlenc() { jq -rn --arg s "$1" '$s|@uri'; }
+
+# hub_sas HUB DEVICE KEY [TTL]: an IoT Hub device SAS token as the Python
+# snippet of Microsoft's "Control access to IoT Hub with shared access
+# signatures" page builds it: sr = quote_plus("{hub}/devices/{device}"),
+# sig = base64(HMAC-SHA256(key, sr + "\n" + se)), url-encoded; no skn.
+hub_sas() {
+	local sr se sig
+	sr=$(urlenc "$1/devices/$2")
+	se=$(($(date +%s) + ${4:-3600}))
+	sig=$(hmac_b64 "$3" "$sr"$'\n'"$se")
+	printf 'SharedAccessSignature sr=%s&sig=%s&se=%s' "$sr" "$(urlenc "$sig")" "$se"
+}
+
+# monitor_start OUT ARGS...: `berth hub monitor-events --from-start ARGS` in
+# the background, stdout to OUT, stderr to OUT.err; monitor_wait waits for it
+# and sets MON_RC. Started before the device sends, it sees the message live;
+# --from-start makes it find the message even if it subscribed too late.
+monitor_start() {
+	local out=$1
+	shift
+	say "  berth hub monitor-events --from-start $* &"
+	berth hub monitor-events --from-start "$@" >"$out" 2>"$out.err" &
+	MON_PID=$!
+}
+monitor_wait() {
+	MON_RC=0
+	wait "$MON_PID" || MON_RC=$?
+	MON_PID=
+}
+
+# Reading `berth hub monitor-events` lines, which have az iot hub
+# monitor-events' shape: {"event":{"origin","payload","properties":{"system":
+# {message_id, correlation_id, content_type, content_encoding, …},
+# "application":{…}},"annotations":{"iothub-connection-device-id", …}}}.
+
+# ev_payload EVENT-JSON: the payload as text (a JSON payload the CLI decoded
+# into an object is printed compact again).
+ev_payload() { jq -rc '.event.payload | if type == "string" then . else tojson end' <<<"$1" 2>/dev/null || printf '<not JSON: %s>\n' "$1"; }
+
+# ev_sys / ev_app / ev_anno EVENT-JSON NAME: a system property (az's AMQP
+# name), an application property, an annotation (the hub's stamps).
+ev_sys() { jq -r --arg k "$2" '.event.properties.system[$k] // empty' <<<"$1" 2>/dev/null || true; }
+ev_app() { jq -r --arg k "$2" '.event.properties.application[$k] // empty' <<<"$1" 2>/dev/null || true; }
+ev_anno() { jq -r --arg k "$2" '.event.annotations[$k] // empty' <<<"$1" 2>/dev/null || true; }
+
+# events_of FILE: the monitor-events lines in FILE that are events.
+events_of() { jq -c 'select(type == "object" and has("event"))' "$1" 2>/dev/null || true; }
+
+# monitor_ready OUT: waits (up to 5 s) until the monitor of monitor_start
+# says on stderr that it started.
+monitor_ready() {
+	local i
+	for i in $(seq 50); do
+		[[ -s $1.err ]] && return 0
+		kill -0 "$MON_PID" 2>/dev/null || return 0
+		sleep 0.1
+	done
+}
