@@ -203,3 +203,25 @@ func TestPresence(t *testing.T) {
 		t.Fatalf("list: %+v", list)
 	}
 }
+
+func TestStamp(t *testing.T) {
+	m := &hub.Message{System: []hub.Property{{Name: hub.PropMessageID, Value: "m"}}}
+	now := time.Date(2026, 11, 23, 8, 0, 0, 123456789, time.FixedZone("x", 3600))
+	hub.Stamp(m, hubName, &hub.Identity{Device: &hub.Device{DeviceID: "d", GenerationID: "g"}, AuthMethod: "am"}, now)
+	want := map[string]string{
+		hub.PropMessageID:        "m",
+		hub.PropConnDeviceID:     "d",
+		hub.PropConnGenerationID: "g",
+		hub.PropConnAuthMethod:   "am",
+		hub.PropEnqueuedTime:     "2026-11-23T07:00:00.123Z",
+		hub.PropMessageSource:    "Telemetry",
+	}
+	for k, v := range want {
+		if got, ok := m.SystemValue(k); !ok || got != v {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
+	}
+	if m.Hub != hubName || m.DeviceID != "d" || !m.Enqueued.Equal(now.Truncate(time.Millisecond)) {
+		t.Errorf("message fields: %+v", m)
+	}
+}

@@ -82,3 +82,26 @@ func (m *Message) Size() int {
 type TelemetrySink interface {
 	Append(ctx context.Context, m *Message) error
 }
+
+// MessageSourceTelemetry is iothub-message-source on device telemetry.
+const MessageSourceTelemetry = "Telemetry"
+
+// EnqueuedTimeLayout is how iothub-enqueuedtime is written: RFC 3339 in
+// UTC with milliseconds.
+const EnqueuedTimeLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// Stamp adds what the hub sets on every accepted device-to-cloud message
+// (shared/spec/iothub.md §2.4). Both front ends call it, so a message is
+// the same whichever transport brought it. now is truncated to
+// milliseconds, the precision of iothub-enqueuedtime.
+func Stamp(m *Message, hubName string, id *Identity, now time.Time) {
+	now = now.UTC().Truncate(time.Millisecond)
+	m.Hub, m.DeviceID, m.Enqueued = hubName, id.Device.DeviceID, now
+	m.System = append(m.System,
+		Property{Name: PropConnDeviceID, Value: id.Device.DeviceID},
+		Property{Name: PropConnGenerationID, Value: id.Device.GenerationID},
+		Property{Name: PropConnAuthMethod, Value: id.AuthMethod},
+		Property{Name: PropEnqueuedTime, Value: now.Format(EnqueuedTimeLayout)},
+		Property{Name: PropMessageSource, Value: MessageSourceTelemetry},
+	)
+}

@@ -534,15 +534,10 @@ func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.
 // the model ID from the username.
 func (s *hubSession) stamp(m *hub.Message) {
 	h := s.c.srv.cfg.Hub
-	now := h.Now().UTC().Truncate(time.Millisecond)
-	m.Hub, m.DeviceID, m.Enqueued = h.Name, s.deviceID, now
-	m.System = append(m.System,
-		hub.Property{Name: hub.PropConnDeviceID, Value: s.deviceID},
-		hub.Property{Name: hub.PropConnGenerationID, Value: s.generationID},
-		hub.Property{Name: hub.PropConnAuthMethod, Value: s.authMethod},
-		hub.Property{Name: hub.PropEnqueuedTime, Value: now.Format(enqueuedTimeLayout)},
-		hub.Property{Name: hub.PropMessageSource, Value: messageSourceTelemetry},
-	)
+	hub.Stamp(m, h.Name, &hub.Identity{
+		Device:     &hub.Device{DeviceID: s.deviceID, GenerationID: s.generationID},
+		AuthMethod: s.authMethod,
+	}, h.Now())
 	if s.modelID != "" {
 		m.System = append(m.System, hub.Property{Name: hub.PropSchema, Value: s.modelID})
 	}

@@ -10,13 +10,7 @@ import (
 	"github.com/berth-iot/berth/hub"
 )
 
-// Stamped property values, the same as the HTTPS front end writes
-// (frontend/rest stamp), so that both transports produce identical
-// messages.
 const (
-	messageSourceTelemetry = "Telemetry"
-	// enqueuedTimeLayout is RFC 3339 in UTC with milliseconds.
-	enqueuedTimeLayout = "2006-01-02T15:04:05.000Z07:00"
 	// propMessageSchema is where a device's own message schema goes: not
 	// dt-dataschema, which is the hub's (the CONNECT model-id), but the
 	// application property the HTTPS front end files iothub-messageschema

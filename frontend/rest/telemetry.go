@@ -32,14 +32,6 @@ const maxBatchRequest = 8 * hub.MaxMessageSize
 // and the batch "properties" keys; it is stripped on ingestion.
 const appPropertyPrefix = "iothub-app-"
 
-// Stamped property values.
-const (
-	messageSourceTelemetry = "Telemetry"
-	// enqueuedTimeLayout is RFC 3339 in UTC with milliseconds, the
-	// precision of the Event Hub enqueued time consumers compare it with.
-	enqueuedTimeLayout = "2006-01-02T15:04:05.000Z07:00"
-)
-
 // sendEvent is POST /devices/{deviceId}/messages/events (shared/spec/
 // iothub.md §6.1, §6.2): one event whose body is the request body, or, with
 // Content-Type application/vnd.microsoft.iothub.json, a batch of events.
@@ -248,16 +240,7 @@ func setProperty(list *[]hub.Property, name, value string) {
 // stamp adds what the hub sets on every accepted device-to-cloud message
 // (shared/spec/iothub.md §2.4).
 func stamp(m *hub.Message, hubName string, id *hub.Identity, now time.Time) {
-	m.Hub = hubName
-	m.DeviceID = id.Device.DeviceID
-	m.Enqueued = now
-	m.System = append(m.System,
-		hub.Property{Name: hub.PropConnDeviceID, Value: id.Device.DeviceID},
-		hub.Property{Name: hub.PropConnGenerationID, Value: id.Device.GenerationID},
-		hub.Property{Name: hub.PropConnAuthMethod, Value: id.AuthMethod},
-		hub.Property{Name: hub.PropEnqueuedTime, Value: now.Format(enqueuedTimeLayout)},
-		hub.Property{Name: hub.PropMessageSource, Value: messageSourceTelemetry},
-	)
+	hub.Stamp(m, hubName, id, now)
 }
 
 // batchItem is one message of a batch.
