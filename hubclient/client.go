@@ -8,17 +8,13 @@ package hubclient
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/berth-iot/berth/internal/svcconn"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -81,55 +77,17 @@ type Client struct {
 }
 
 // ConnectionString is a parsed hub (service) connection string.
-type ConnectionString struct {
-	HostName            string
-	SharedAccessKeyName string
-	SharedAccessKey     string
-}
+type ConnectionString = svcconn.ConnectionString
 
 // ParseConnectionString parses "HostName=…;SharedAccessKeyName=…;SharedAccessKey=…"
-// (spec §8.8; the Node SDK requires all three). Keys are matched
-// case-insensitively and may come in any order; values are split at the
-// first '=' because base64 keys end in '='. A device connection string has
-// no SharedAccessKeyName and is refused. Errors never quote the key.
+// (spec §8.8; the Node SDK requires all three). A device connection string
+// has no SharedAccessKeyName and is refused. Errors never quote the key.
 func ParseConnectionString(s string) (ConnectionString, error) {
-	var cs ConnectionString
-	for _, part := range strings.Split(strings.TrimSpace(s), ";") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		k, v, ok := strings.Cut(part, "=")
-		if !ok {
-			return cs, errors.New("hubclient: connection string: a field has no '='")
-		}
-		switch strings.ToLower(strings.TrimSpace(k)) {
-		case "hostname":
-			cs.HostName = strings.TrimSpace(v)
-		case "sharedaccesskeyname":
-			cs.SharedAccessKeyName = strings.TrimSpace(v)
-		case "sharedaccesskey":
-			cs.SharedAccessKey = strings.TrimSpace(v)
-		default:
-			// Unknown fields (GatewayHostName…) are ignored, as the SDK
-			// parsers do.
-		}
+	cs, err := svcconn.Parse("hubclient", s)
+	if errors.Is(err, svcconn.ErrNoKeyName) {
+		return cs, fmt.Errorf("%w (a device connection string cannot manage the registry)", err)
 	}
-	switch {
-	case cs.HostName == "":
-		return cs, errors.New("hubclient: connection string has no HostName")
-	case cs.SharedAccessKeyName == "":
-		return cs, errors.New("hubclient: connection string has no SharedAccessKeyName (a device connection string cannot manage the registry)")
-	case cs.SharedAccessKey == "":
-		return cs, errors.New("hubclient: connection string has no SharedAccessKey")
-	}
-	if k, err := base64.StdEncoding.DecodeString(cs.SharedAccessKey); err != nil || len(k) == 0 {
-		return cs, errors.New("hubclient: connection string: SharedAccessKey is not valid base64")
-	}
-	if strings.ContainsAny(cs.HostName, "/?#@ ") {
-		return cs, fmt.Errorf("hubclient: connection string: HostName %q is not a host name", cs.HostName)
-	}
-	return cs, nil
+	return cs, err
 }
 
 // New returns a client for the hub named by connStr.
@@ -158,52 +116,11 @@ func New(connStr string, opts Options) (*Client, error) {
 // HostName is the hub host name from the connection string.
 func (c *Client) HostName() string { return c.host }
 
-// newHTTPClient builds a client whose TLS verifies host (without its port)
-// against the CAFile roots, and which dials Address when set.
 func newHTTPClient(host string, opts Options) (*http.Client, error) {
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: hostOnly(host)}
-	if opts.CAFile != "" {
-		pool, err := loadCertPool(opts.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		tlsConf.RootCAs = pool
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = tlsConf
-	// berth's listener is HTTP/1.1 only, and IoT Hub gains nothing from h2
-	// for a handful of registry calls.
-	tr.ForceAttemptHTTP2 = false
-	if opts.Address != "" {
-		addr := opts.Address
-		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
-		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, addr)
-		}
-	}
-	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}, nil
+	return svcconn.HTTPClient("hubclient", host, opts.CAFile, opts.Address)
 }
 
-// loadCertPool reads a PEM file of CA certificates into a new pool.
-func loadCertPool(file string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("hubclient: CA file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("hubclient: CA file %s holds no PEM certificate", file)
-	}
-	return pool, nil
-}
-
-// hostOnly strips a port (and IPv6 brackets) from host.
-func hostOnly(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		return h
-	}
-	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-}
+func hostOnly(host string) string { return svcconn.HostOnly(host) }
 
 // Error is an error answer of the hub.
 type Error struct {

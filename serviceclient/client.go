@@ -7,17 +7,14 @@ package serviceclient
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/berth-iot/berth/internal/svcconn"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -79,54 +76,14 @@ type Client struct {
 }
 
 // ConnectionString is a parsed service connection string.
-type ConnectionString struct {
-	HostName            string
-	SharedAccessKeyName string
-	SharedAccessKey     string
-}
+type ConnectionString = svcconn.ConnectionString
 
 // ParseConnectionString parses "HostName=…;SharedAccessKeyName=…;SharedAccessKey=…".
 // Keys are matched case-insensitively and may come in any order; values are
 // split at the first '=' because base64 keys end in '='. Errors never quote
 // the key.
 func ParseConnectionString(s string) (ConnectionString, error) {
-	var cs ConnectionString
-	for _, part := range strings.Split(strings.TrimSpace(s), ";") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		k, v, ok := strings.Cut(part, "=")
-		if !ok {
-			return cs, errors.New("serviceclient: connection string: a field has no '='")
-		}
-		switch strings.ToLower(strings.TrimSpace(k)) {
-		case "hostname":
-			cs.HostName = strings.TrimSpace(v)
-		case "sharedaccesskeyname":
-			cs.SharedAccessKeyName = strings.TrimSpace(v)
-		case "sharedaccesskey":
-			cs.SharedAccessKey = strings.TrimSpace(v)
-		default:
-			// Unknown fields (DeviceId, GatewayHostName…) are ignored, as
-			// the SDK parsers do.
-		}
-	}
-	switch {
-	case cs.HostName == "":
-		return cs, errors.New("serviceclient: connection string has no HostName")
-	case cs.SharedAccessKeyName == "":
-		return cs, errors.New("serviceclient: connection string has no SharedAccessKeyName")
-	case cs.SharedAccessKey == "":
-		return cs, errors.New("serviceclient: connection string has no SharedAccessKey")
-	}
-	if k, err := base64.StdEncoding.DecodeString(cs.SharedAccessKey); err != nil || len(k) == 0 {
-		return cs, errors.New("serviceclient: connection string: SharedAccessKey is not valid base64")
-	}
-	if strings.ContainsAny(cs.HostName, "/?#@ ") {
-		return cs, fmt.Errorf("serviceclient: connection string: HostName %q is not a host name", cs.HostName)
-	}
-	return cs, nil
+	return svcconn.Parse("serviceclient", s)
 }
 
 // New returns a client for the DPS named by connStr.
@@ -155,52 +112,16 @@ func New(connStr string, opts Options) (*Client, error) {
 // HostName is the service host name from the connection string.
 func (c *Client) HostName() string { return c.host }
 
-// newHTTPClient builds a client whose TLS verifies host (without its port)
-// against the CAFile roots, and which dials Address when set.
 func newHTTPClient(host string, opts Options) (*http.Client, error) {
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: hostOnly(host)}
-	if opts.CAFile != "" {
-		pool, err := LoadCertPool(opts.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		tlsConf.RootCAs = pool
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = tlsConf
-	// berth's listener is HTTP/1.1 only; asking for h2 would just cost an
-	// ALPN round of negotiation with Azure for no gain.
-	tr.ForceAttemptHTTP2 = false
-	if opts.Address != "" {
-		addr := opts.Address
-		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
-		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, addr)
-		}
-	}
-	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}, nil
+	return svcconn.HTTPClient("serviceclient", host, opts.CAFile, opts.Address)
 }
 
 // LoadCertPool reads a PEM file of CA certificates into a new pool.
 func LoadCertPool(file string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("serviceclient: CA file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("serviceclient: CA file %s holds no PEM certificate", file)
-	}
-	return pool, nil
+	return svcconn.LoadCertPool("serviceclient", file)
 }
 
-// hostOnly strips a port (and IPv6 brackets) from host.
-func hostOnly(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		return h
-	}
-	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-}
+func hostOnly(host string) string { return svcconn.HostOnly(host) }
 
 // Error is an error answer of the service, decoded from Azure's
 // ProvisioningServiceErrorDetails body.

@@ -485,9 +485,9 @@ func TestParseConnectionString(t *testing.T) {
 		wantErr string
 	}{
 		{in: "HostName=h.example;SharedAccessKeyName=owner;SharedAccessKey=" + testKey,
-			want: ConnectionString{"h.example", "owner", testKey}},
+			want: ConnectionString{HostName: "h.example", SharedAccessKeyName: "owner", SharedAccessKey: testKey}},
 		{in: " sharedaccesskey=" + testKey + " ; HOSTNAME=h:8443 ;SharedAccessKeyName=owner;",
-			want: ConnectionString{"h:8443", "owner", testKey}},
+			want: ConnectionString{HostName: "h:8443", SharedAccessKeyName: "owner", SharedAccessKey: testKey}},
 		{in: "SharedAccessKeyName=owner;SharedAccessKey=" + testKey, wantErr: "no HostName"},
 		{in: "HostName=h;SharedAccessKey=" + testKey, wantErr: "no SharedAccessKeyName"},
 		{in: "HostName=h;SharedAccessKeyName=owner", wantErr: "no SharedAccessKey"},
