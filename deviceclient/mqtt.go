@@ -51,6 +51,11 @@ func dialMQTT(ctx context.Context, opts Options, tlsConf *tls.Config) (*mqttSess
 		SetTLSConfig(tlsConf).
 		// Handlers only hand messages over, so they need no ordering.
 		SetOrderMatters(false).
+		// onMessage acknowledges before it hands the answer over, so the
+		// PUBACK of the final answer is queued before the caller can close
+		// the connection (with auto-ack, paho acks after the handler
+		// returns, racing a Close).
+		SetAutoAckDisabled(true).
 		SetDefaultPublishHandler(s.onMessage).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { s.w.fail(fmt.Errorf("connection lost: %w", err)) })
 	s.client = paho.NewClient(po)
@@ -88,6 +93,7 @@ func wait(ctx context.Context, tok paho.Token) error {
 }
 
 func (s *mqttSession) onMessage(_ paho.Client, m paho.Message) {
+	m.Ack()
 	resp, err := ParseResponseTopic(m.Topic())
 	if err != nil {
 		s.log.Debug("deviceclient: ignoring message", "topic", m.Topic(), "err", err)
