@@ -54,6 +54,7 @@ const (
 	HubDeviceNotOnline        Code = 404103
 	HubDeviceAlreadyExists    Code = 409001
 	HubPreconditionFailed     Code = 412001
+	HubMessageLockLost        Code = 412002
 	HubMessageTooLarge        Code = 413001
 	HubThrottled              Code = 429001
 	HubServerError            Code = 500001
@@ -77,6 +78,7 @@ var hubNames = map[Code]string{
 	HubDeviceNotOnline:        "DeviceNotOnline",
 	HubDeviceAlreadyExists:    "DeviceAlreadyExists",
 	HubPreconditionFailed:     "PreconditionFailed",
+	HubMessageLockLost:        "DeviceMessageLockLost",
 	HubMessageTooLarge:        "MessageTooLarge",
 	HubThrottled:              "ThrottlingException",
 	HubServerError:            "ServerError",

@@ -28,9 +28,10 @@ const DefaultRetryAfter = 3
 
 // DeviceRegistry is the part of the hub registry that assignment writes to.
 type DeviceRegistry interface {
-	// ProvisionRecord returns the record that creates or updates a device
-	// identity, for DPS to write with the registration in one transaction.
-	ProvisionRecord(ctx context.Context, hubName, deviceID string, auth hub.Authentication) (store.Record, error)
+	// ProvisionRecords returns the records that create or update a device
+	// identity (and a new device's twin, from init), for DPS to write with
+	// the registration in one transaction.
+	ProvisionRecords(ctx context.Context, hubName, deviceID string, auth hub.Authentication, init *hub.InitialTwin) ([]store.Record, error)
 }
 
 // Config configures a Service.
@@ -127,6 +128,15 @@ type attested struct {
 	enrollment *IndividualEnrollment
 	group      *EnrollmentGroup
 	keys       [2]string // the device's own keys (derived for group members)
+}
+
+// initialTwin is the twin the enrollment gives a new device: an individual
+// enrollment's own, else its group's.
+func (a *attested) initialTwin() *InitialTwin {
+	if a.enrollment != nil {
+		return a.enrollment.InitialTwin
+	}
+	return a.group.InitialTwin
 }
 
 func (a *attested) disabled() bool {
@@ -265,10 +275,17 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		return err
 	}
 
-	devRec, err := s.registry.ProvisionRecord(ctx, hubName, deviceID, hub.Authentication{
+	var init *hub.InitialTwin
+	if it := who.initialTwin(); it != nil {
+		init = &hub.InitialTwin{Tags: it.Tags}
+		if it.Properties != nil {
+			init.Desired = it.Properties.Desired
+		}
+	}
+	devRecs, err := s.registry.ProvisionRecords(ctx, hubName, deviceID, hub.Authentication{
 		Type:         "sas",
 		SymmetricKey: &hub.SymmetricKey{PrimaryKey: who.keys[0], SecondaryKey: who.keys[1]},
-	})
+	}, init)
 	if err != nil {
 		return fmt.Errorf("dps: provision device %s: %w", deviceID, err)
 	}
@@ -281,11 +298,10 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	if err != nil {
 		return fmt.Errorf("dps: encode operation: %w", err)
 	}
-	_, err = s.store.Apply(ctx, []store.Record{
-		devRec,
-		{Kind: store.KindRegistration, Key: regKey, Index: Key(groupID), Data: regData},
-		{Kind: store.KindOperation, Key: op.OperationID, Index: regKey, Data: opData},
-	})
+	_, err = s.store.Apply(ctx, append(devRecs,
+		store.Record{Kind: store.KindRegistration, Key: regKey, Index: Key(groupID), Data: regData},
+		store.Record{Kind: store.KindOperation, Key: op.OperationID, Index: regKey, Data: opData},
+	))
 	if err != nil {
 		return fmt.Errorf("dps: write assignment of %s: %w", op.RegistrationID, err)
 	}

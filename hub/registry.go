@@ -173,6 +173,9 @@ func (r *Registry) Get(ctx context.Context, hubName, id string) (*Device, error)
 		return nil, err
 	}
 	r.overlay(hubName, d)
+	if d.CloudToDeviceMessageCount, err = r.store.Count(ctx, store.KindC2D, deviceKey(hubName, id)); err != nil {
+		return nil, fmt.Errorf("hub: count C2D queue of %s: %w", id, err)
+	}
 	return d, nil
 }
 
@@ -198,27 +201,42 @@ func (r *Registry) List(ctx context.Context, hubName, after string, limit int) (
 	return out, nil
 }
 
-// ProvisionRecord returns the store record that creates or updates a device
-// identity on assignment by DPS, so DPS can write it in the same transaction
-// as the registration. An existing device keeps its generation ID and
-// creation state; its keys and status are replaced.
-func (r *Registry) ProvisionRecord(ctx context.Context, hubName, id string, auth Authentication) (store.Record, error) {
+// ProvisionRecords returns the store records that create or update a
+// device identity on assignment by DPS, so DPS can write them in the same
+// transaction as the registration. An existing device keeps its generation
+// ID, creation state and twin; its keys and status are replaced. A new
+// device also gets its twin, with init's tags and desired properties.
+func (r *Registry) ProvisionRecords(ctx context.Context, hubName, id string, auth Authentication, init *InitialTwin) ([]store.Record, error) {
 	now := r.now().UTC()
 	d, err := r.Get(ctx, hubName, id)
 	var ae *azerr.Error
+	isNew := false
 	switch {
 	case err == nil:
 	case errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound:
 		d = newDevice(id, now)
+		isNew = true
 	default:
-		return store.Record{}, err
+		return nil, err
 	}
 	d.Authentication = &auth
 	if d.Status != StatusEnabled {
 		d.Status = StatusEnabled
 		d.StatusUpdatedTime = now
 	}
-	return encodeDevice(hubName, d)
+	rec, err := encodeDevice(hubName, d)
+	if err != nil {
+		return nil, err
+	}
+	recs := []store.Record{rec}
+	if isNew {
+		tw, err := InitialTwinRecord(hubName, d, init, now)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, tw)
+	}
+	return recs, nil
 }
 
 // Create adds a device; it fails with DeviceAlreadyExists if it exists.
@@ -279,6 +297,17 @@ func (r *Registry) Delete(ctx context.Context, hubName, id, ifMatch string) erro
 		return azerr.NewHub(azerr.HubPreconditionFailed)
 	case err != nil:
 		return fmt.Errorf("hub: delete device %s: %w", id, err)
+	}
+	// The device's twin and queue go with it. Should this fail half way,
+	// nothing leaks to a new device of the same ID: its twin is recreated
+	// for its generation; only stale queued messages could remain, and
+	// the next delete or purge removes them.
+	dk := deviceKey(hubName, id)
+	if err := r.store.Delete(ctx, store.KindTwin, dk, ""); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("hub: delete twin of %s: %w", id, err)
+	}
+	if _, err := purgeC2D(ctx, r.store, dk); err != nil {
+		return fmt.Errorf("hub: delete queue of %s: %w", id, err)
 	}
 	return nil
 }

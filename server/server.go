@@ -107,6 +107,10 @@ type Server struct {
 	dps      *dps.Service
 	registry *hub.Registry
 	hubSet   *hub.Settings
+	links    *hub.Links
+	twins    *hub.Twins
+	methods  *hub.Methods
+	c2d      *hub.CloudToDevice
 	stream   *stream.Stream
 	certs    *pki.CertSource
 	caFile   string
@@ -139,6 +143,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.settings, s.firstRun = settings, created
 	s.registry = hub.NewRegistry(st, nil)
+	s.links = hub.NewLinks()
+	s.twins = hub.NewTwins(st, s.registry, s.links)
+	s.methods = hub.NewMethods(s.registry, s.links)
+	s.c2d = hub.NewCloudToDevice(st, s.registry, s.links, s.log.With("component", "c2d"))
 	if s.hubSet, err = hub.LoadOrCreateSettings(ctx, st, cfg.HubName); err != nil {
 		st.Close()
 		return nil, err
@@ -257,12 +265,14 @@ func (s *Server) Start() error {
 	}
 	s.mqtt = mqttfront.New(mqttfront.Config{
 		Logger: s.log.With("listener", "mqtt"),
-		Hub:    &mqttfront.HubConfig{Name: s.cfg.HubName, Registry: s.registry, Settings: s.hubSet, Sink: s.stream},
+		Hub: &mqttfront.HubConfig{Name: s.cfg.HubName, Registry: s.registry, Settings: s.hubSet, Sink: s.stream,
+			Links: s.links, Twins: s.twins, CloudToDevice: s.c2d},
 	}, s.dps)
 	handler := rest.NewHandler(rest.Config{
 		Hosts:  s.serviceHosts(),
 		Logger: s.log.With("listener", "https"),
-		Hub:    &rest.HubConfig{Name: s.cfg.HubName, Registry: s.registry, Settings: s.hubSet, Sink: s.stream},
+		Hub: &rest.HubConfig{Name: s.cfg.HubName, Registry: s.registry, Settings: s.hubSet, Sink: s.stream,
+			Twins: s.twins, Methods: s.methods, CloudToDevice: s.c2d},
 	}, s.dps, s.settings)
 	s.https = &http.Server{
 		Handler:           handler,

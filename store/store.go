@@ -25,6 +25,8 @@ const (
 	KindOperation    Kind = "operation"       // DPS registration operations, key = operationId, index = lower(registrationId)
 	KindDevice       Kind = "device"          // hub device identities, key = hub + "/" + deviceId, index = hub
 	KindConfig       Kind = "config"          // service settings (ID scope, policies), key = setting name
+	KindTwin         Kind = "twin"            // hub device twins, key = hub + "/" + deviceId
+	KindC2D          Kind = "c2d"             // hub cloud-to-device messages, key = hub + "/" + deviceId + "/" + order, index = hub + "/" + deviceId
 )
 
 // Record is one stored document.

@@ -34,6 +34,16 @@ type HubConfig struct {
 	// Append returned nil for it. When nil, a telemetry PUBLISH closes the
 	// connection (MQTT has no way to say "not enabled").
 	Sink hub.TelemetrySink
+	// Links is the directory each device session attaches to, so that the
+	// hub can push desired properties, method requests and C2D wake-ups to
+	// it. When nil, nothing is pushed.
+	Links *hub.Links
+	// Twins serves the twin GET and reported PATCH topics. When nil, a
+	// twin request closes the connection.
+	Twins *hub.Twins
+	// CloudToDevice is the device queue that C2D subscriptions deliver
+	// from. When nil, nothing is delivered.
+	CloudToDevice *hub.CloudToDevice
 	// Now is the clock for iothub-enqueuedtime and for the time left on a
 	// device's token. It must be the Registry's clock, as
 	// hub.Identity.Expires is on that clock. Default time.Now.

@@ -28,6 +28,13 @@ type HubConfig struct {
 	// Sink receives telemetry; a message is acknowledged (204) only after
 	// Append returned nil for it. When nil, telemetry is refused with 503.
 	Sink hub.TelemetrySink
+	// Twins serves /twins/{id} (service) — required for those routes.
+	Twins *hub.Twins
+	// Methods serves POST /twins/{id}/methods.
+	Methods *hub.Methods
+	// CloudToDevice serves the device's HTTPS C2D endpoints, the service's
+	// C2D send extension and the queue purge.
+	CloudToDevice *hub.CloudToDevice
 }
 
 // hubRoutes is the IoT Hub REST API. Its first segments ("devices",

@@ -1,0 +1,441 @@
+package hub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/store"
+)
+
+// Cloud-to-device queue limits and defaults (shared/spec/iothub.md §3.1).
+const (
+	MaxC2DQueueDepth   = 50
+	MaxC2DMessageSize  = 64 * 1024
+	DefaultC2DTTL      = time.Hour
+	MaxC2DTTL          = 48 * time.Hour
+	DefaultLockTimeout = time.Minute
+	MaxDeliveryCount   = 10
+)
+
+// Feedback requests (iothub-ack).
+const (
+	AckNone     = "none"
+	AckPositive = "positive"
+	AckNegative = "negative"
+	AckFull     = "full"
+)
+
+// CloudMessage is a cloud-to-device message in a device's queue.
+type CloudMessage struct {
+	MessageID       string     `json:"messageId,omitempty"`
+	CorrelationID   string     `json:"correlationId,omitempty"`
+	UserID          string     `json:"userId,omitempty"`
+	To              string     `json:"to"`
+	Ack             string     `json:"ack,omitempty"`
+	ContentType     string     `json:"contentType,omitempty"`
+	ContentEncoding string     `json:"contentEncoding,omitempty"`
+	Expiry          time.Time  `json:"expiry"`
+	App             []Property `json:"app,omitempty"`
+	Body            []byte     `json:"body"`
+	Enqueued        time.Time  `json:"enqueued"`
+	SequenceNumber  int64      `json:"sequenceNumber"`
+	DeliveryCount   int        `json:"deliveryCount"`
+	// LockToken is set while the message is delivered and not yet
+	// completed, rejected or abandoned; it changes on every delivery.
+	LockToken   string    `json:"lockToken,omitempty"`
+	LockedUntil time.Time `json:"lockedUntil"`
+
+	key  string
+	etag string
+}
+
+// Size is what IoT Hub counts against the 64 KB limit.
+func (m *CloudMessage) Size() int {
+	n := len(m.Body) + len(m.MessageID) + len(m.CorrelationID) + len(m.UserID) + len(m.ContentType) + len(m.ContentEncoding)
+	for _, p := range m.App {
+		n += len(p.Name) + len(p.Value)
+	}
+	return n
+}
+
+// DevicePath is the "to" IoT Hub sets on a device's messages.
+func DevicePath(deviceID string) string { return "/devices/" + deviceID + "/messages/deviceBound" }
+
+// CloudToDevice is the per-device durable cloud-to-device queue.
+//
+// A message is enqueued, delivered under a lock (MQTT: until the device's
+// PUBACK or until it disconnects; HTTPS: for the lock timeout), then
+// completed (deleted), rejected (dead-lettered) or abandoned (visible
+// again). Expired messages and messages delivered MaxDeliveryCount times
+// are dead-lettered: berth logs and deletes them (feedback messages are
+// not produced yet, see docs/hub-wire.md).
+type CloudToDevice struct {
+	store store.Store
+	reg   *Registry
+	links *Links
+	now   func() time.Time
+	log   *slog.Logger
+
+	seed  maphash.Seed
+	locks [64]sync.Mutex
+	// order makes message keys strictly increasing on this node even when
+	// the clock stands still or steps back.
+	omu  sync.Mutex
+	last int64
+}
+
+// NewCloudToDevice returns the queue service; links may be nil.
+func NewCloudToDevice(st store.Store, reg *Registry, links *Links, log *slog.Logger) *CloudToDevice {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &CloudToDevice{store: st, reg: reg, links: links, now: reg.now, log: log, seed: maphash.MakeSeed()}
+}
+
+func (q *CloudToDevice) lock(dk string) func() {
+	m := &q.locks[maphash.String(q.seed, dk)%uint64(len(q.locks))]
+	m.Lock()
+	return m.Unlock
+}
+
+func (q *CloudToDevice) nextOrder(now time.Time) int64 {
+	q.omu.Lock()
+	defer q.omu.Unlock()
+	o := now.UnixNano()
+	if o <= q.last {
+		o = q.last + 1
+	}
+	q.last = o
+	return o
+}
+
+// validPropertyName is IoT Hub's rule for C2D property names: ASCII
+// alphanumerics and ! # $ % & ' * + - . ^ _ ` | ~ (shared/spec/iothub.md §3.1).
+func validPropertyName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// validPropertyValue allows printable ASCII: values travel in MQTT topics
+// (percent-encoded) and HTTP headers.
+func validPropertyValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// Send enqueues m for a device and wakes its live connection. It returns
+// the message as enqueued (message ID, sequence number, expiry set).
+func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *CloudMessage) (*CloudMessage, error) {
+	if _, err := q.reg.Get(ctx, hubName, deviceID); err != nil {
+		return nil, err
+	}
+	now := q.now().UTC()
+	switch strings.ToLower(m.Ack) {
+	case "":
+		m.Ack = ""
+	case AckNone, AckPositive, AckNegative, AckFull:
+		m.Ack = strings.ToLower(m.Ack)
+	default:
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "iothub-ack '%s' is not one of none, positive, negative, full.", m.Ack)
+	}
+	for _, p := range m.App {
+		if !validPropertyName(p.Name) || !validPropertyValue(p.Value) {
+			return nil, azerr.Newf(azerr.HubArgumentInvalid, "Application property %q is not valid: names are ASCII letters, digits and !#$%%&'*+-.^_`|~, values printable ASCII.", clipKey(p.Name))
+		}
+	}
+	if n := m.Size(); n > MaxC2DMessageSize {
+		return nil, azerr.Newf(azerr.HubMessageTooLarge, "Message of %d bytes is over the %d bytes limit.", n, MaxC2DMessageSize)
+	}
+	switch {
+	case m.Expiry.IsZero():
+		m.Expiry = now.Add(DefaultC2DTTL)
+	case m.Expiry.After(now.Add(MaxC2DTTL)):
+		m.Expiry = now.Add(MaxC2DTTL)
+	}
+	if m.MessageID == "" {
+		m.MessageID = newUUID()
+	}
+	m.To = DevicePath(deviceID)
+	m.Enqueued = now
+	m.DeliveryCount, m.LockToken, m.LockedUntil = 0, "", time.Time{}
+
+	dk := deviceKey(hubName, deviceID)
+	unlock := q.lock(dk)
+	defer unlock()
+	n, err := q.store.Count(ctx, store.KindC2D, dk)
+	if err != nil {
+		return nil, fmt.Errorf("hub: count C2D queue of %s: %w", deviceID, err)
+	}
+	if n >= MaxC2DQueueDepth {
+		return nil, azerr.Newf(azerr.HubQueueDepthExceeded, "Device %s has %d messages queued, the maximum.", deviceID, n)
+	}
+	order := q.nextOrder(now)
+	m.SequenceNumber = order
+	m.key = c2dKey(dk, order)
+	rec, err := encodeC2D(dk, m)
+	if err != nil {
+		return nil, err
+	}
+	rec, err = q.store.Put(ctx, rec, store.Cond{IfNotExists: true})
+	if err != nil {
+		return nil, fmt.Errorf("hub: enqueue C2D message for %s: %w", deviceID, err)
+	}
+	m.etag = rec.ETag
+	if q.links != nil {
+		if l := q.links.Lookup(hubName, deviceID); l != nil {
+			l.CloudToDevicePending()
+		}
+	}
+	return m, nil
+}
+
+func c2dKey(dk string, order int64) string { return fmt.Sprintf("%s/%016x", dk, order) }
+
+func encodeC2D(dk string, m *CloudMessage) (store.Record, error) {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return store.Record{}, fmt.Errorf("hub: encode C2D message: %w", err)
+	}
+	return store.Record{Kind: store.KindC2D, Key: m.key, Index: dk, Data: data}, nil
+}
+
+func decodeC2D(rec store.Record) (*CloudMessage, error) {
+	var m CloudMessage
+	if err := json.Unmarshal(rec.Data, &m); err != nil {
+		return nil, fmt.Errorf("hub: decode C2D message %s: %w", rec.Key, err)
+	}
+	m.key, m.etag = rec.Key, rec.ETag
+	return &m, nil
+}
+
+// Count returns the number of messages in a device's queue.
+func (q *CloudToDevice) Count(ctx context.Context, hubName, deviceID string) (int, error) {
+	n, err := q.store.Count(ctx, store.KindC2D, deviceKey(hubName, deviceID))
+	if err != nil {
+		return 0, fmt.Errorf("hub: count C2D queue of %s: %w", deviceID, err)
+	}
+	return n, nil
+}
+
+// Receive locks and returns up to max deliverable messages of a device's
+// queue, oldest first, each for lockFor: its delivery count goes up by one
+// and it gets a new lock token. Expired messages and those already
+// delivered MaxDeliveryCount times are dead-lettered on the way.
+// The locks are durable before Receive returns.
+func (q *CloudToDevice) Receive(ctx context.Context, hubName, deviceID string, max int, lockFor time.Duration) ([]*CloudMessage, error) {
+	dk := deviceKey(hubName, deviceID)
+	unlock := q.lock(dk)
+	defer unlock()
+	recs, err := q.store.List(ctx, store.KindC2D, store.ListOptions{Index: dk})
+	if err != nil {
+		return nil, fmt.Errorf("hub: read C2D queue of %s: %w", deviceID, err)
+	}
+	now := q.now().UTC()
+	var out []*CloudMessage
+	var writes []store.Record
+	for _, rec := range recs {
+		if len(out) >= max {
+			break
+		}
+		m, err := decodeC2D(rec)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case !now.Before(m.Expiry):
+			q.deadLetter(ctx, deviceID, m, "Expired")
+			continue
+		case m.LockToken != "" && now.Before(m.LockedUntil):
+			continue // delivered elsewhere, lock held
+		case m.DeliveryCount >= MaxDeliveryCount:
+			q.deadLetter(ctx, deviceID, m, "DeliveryCountExceeded")
+			continue
+		}
+		m.DeliveryCount++
+		m.LockToken = lockToken(m.key)
+		m.LockedUntil = now.Add(lockFor)
+		w, err := encodeC2D(dk, m)
+		if err != nil {
+			return nil, err
+		}
+		writes = append(writes, w)
+		out = append(out, m)
+	}
+	if len(writes) == 0 {
+		return nil, nil
+	}
+	if _, err := q.store.Apply(ctx, writes); err != nil {
+		return nil, fmt.Errorf("hub: lock C2D messages of %s: %w", deviceID, err)
+	}
+	return out, nil
+}
+
+// lockToken is a GUID-shaped token: the message's order (so that it finds
+// the message without a scan) and 32 random bits (so that it changes on
+// every delivery). Hex only: it travels in URL paths and ETag headers.
+func lockToken(key string) string {
+	order := key[strings.LastIndexByte(key, '/')+1:]
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	s := order + hex.EncodeToString(b[:])
+	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:32]
+}
+
+// byLockToken returns the locked message a token names, or
+// DeviceMessageLockLost (412) when no message holds that token any more.
+func (q *CloudToDevice) byLockToken(ctx context.Context, dk, token string) (*CloudMessage, error) {
+	lost := azerr.Newf(azerr.HubMessageLockLost, "The message lock %s is not valid: the message was completed, rejected, abandoned, expired or delivered again.", clipKey(token))
+	raw := strings.ReplaceAll(token, "-", "")
+	if len(raw) != 32 {
+		return nil, lost
+	}
+	if _, err := hex.DecodeString(raw); err != nil {
+		return nil, lost
+	}
+	rec, err := q.store.Get(ctx, store.KindC2D, dk+"/"+raw[:16])
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, lost
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hub: read C2D message: %w", err)
+	}
+	m, err := decodeC2D(rec)
+	if err != nil {
+		return nil, err
+	}
+	if m.LockToken != token {
+		return nil, lost
+	}
+	return m, nil
+}
+
+// Complete removes a delivered message (HTTPS DELETE, MQTT PUBACK). A lock
+// that timed out still completes as long as nobody received the message
+// again.
+func (q *CloudToDevice) Complete(ctx context.Context, hubName, deviceID, token string) error {
+	return q.settle(ctx, hubName, deviceID, token, "complete")
+}
+
+// Reject dead-letters a delivered message (HTTPS DELETE ?reject).
+func (q *CloudToDevice) Reject(ctx context.Context, hubName, deviceID, token string) error {
+	return q.settle(ctx, hubName, deviceID, token, "reject")
+}
+
+// Abandon makes a delivered message visible again; its delivery count
+// keeps the delivery (HTTPS POST …/abandon, an MQTT connection that ends
+// before PUBACK).
+func (q *CloudToDevice) Abandon(ctx context.Context, hubName, deviceID, token string) error {
+	return q.settle(ctx, hubName, deviceID, token, "abandon")
+}
+
+func (q *CloudToDevice) settle(ctx context.Context, hubName, deviceID, token, how string) error {
+	dk := deviceKey(hubName, deviceID)
+	unlock := q.lock(dk)
+	defer unlock()
+	m, err := q.byLockToken(ctx, dk, token)
+	if err != nil {
+		return err
+	}
+	switch how {
+	case "abandon":
+		m.LockToken, m.LockedUntil = "", time.Time{}
+		rec, err := encodeC2D(dk, m)
+		if err != nil {
+			return err
+		}
+		_, err = q.store.Put(ctx, rec, store.Cond{IfMatch: m.etag})
+		if errors.Is(err, store.ErrPreconditionFailed) || errors.Is(err, store.ErrNotFound) {
+			return azerr.Newf(azerr.HubMessageLockLost, "The message lock %s is not valid any more.", clipKey(token))
+		}
+		if err != nil {
+			return fmt.Errorf("hub: abandon C2D message: %w", err)
+		}
+		if q.links != nil {
+			if l := q.links.Lookup(hubName, deviceID); l != nil {
+				l.CloudToDevicePending()
+			}
+		}
+		return nil
+	case "reject":
+		q.log.Info("hub: C2D message rejected by the device (dead-lettered)", "deviceId", deviceID, "messageId", m.MessageID)
+	}
+	err = q.store.Delete(ctx, store.KindC2D, m.key, m.etag)
+	if errors.Is(err, store.ErrPreconditionFailed) || errors.Is(err, store.ErrNotFound) {
+		return azerr.Newf(azerr.HubMessageLockLost, "The message lock %s is not valid any more.", clipKey(token))
+	}
+	if err != nil {
+		return fmt.Errorf("hub: %s C2D message: %w", how, err)
+	}
+	return nil
+}
+
+func (q *CloudToDevice) deadLetter(ctx context.Context, deviceID string, m *CloudMessage, why string) {
+	if err := q.store.Delete(ctx, store.KindC2D, m.key, m.etag); err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrPreconditionFailed) {
+		q.log.Warn("hub: could not dead-letter a C2D message", "deviceId", deviceID, "messageId", m.MessageID, "error", err.Error())
+		return
+	}
+	q.log.Info("hub: C2D message dead-lettered", "deviceId", deviceID, "messageId", m.MessageID, "reason", why, "deliveryCount", m.DeliveryCount)
+}
+
+// Purge deletes every message of a device's queue (DELETE
+// /devices/{id}/commands) and returns how many there were.
+func (q *CloudToDevice) Purge(ctx context.Context, hubName, deviceID string) (int, error) {
+	if _, err := q.reg.Get(ctx, hubName, deviceID); err != nil {
+		return 0, err
+	}
+	dk := deviceKey(hubName, deviceID)
+	unlock := q.lock(dk)
+	defer unlock()
+	return purgeC2D(ctx, q.store, dk)
+}
+
+func purgeC2D(ctx context.Context, st store.Store, dk string) (int, error) {
+	recs, err := st.List(ctx, store.KindC2D, store.ListOptions{Index: dk})
+	if err != nil {
+		return 0, fmt.Errorf("hub: read C2D queue: %w", err)
+	}
+	n := 0
+	for _, rec := range recs {
+		err := st.Delete(ctx, store.KindC2D, rec.Key, "")
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("hub: purge C2D queue: %w", err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	s := hex.EncodeToString(b[:])
+	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:32]
+}

@@ -1,0 +1,156 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+)
+
+// Direct-method limits (shared/spec/iothub.md §5, §8.5).
+const (
+	DefaultMethodResponseTimeout = 30 * time.Second
+	MinMethodResponseTimeout     = 5 * time.Second
+	MaxMethodResponseTimeout     = 300 * time.Second
+	MaxMethodConnectTimeout      = 300 * time.Second
+	MaxMethodPayload             = 128 * 1024
+)
+
+// MethodRequest is IoT Hub's CloudToDeviceMethod (POST /twins/{id}/methods).
+type MethodRequest struct {
+	MethodName               string          `json:"methodName"`
+	Payload                  json.RawMessage `json:"payload"`
+	ResponseTimeoutInSeconds *int            `json:"responseTimeoutInSeconds,omitempty"`
+	ConnectTimeoutInSeconds  *int            `json:"connectTimeoutInSeconds,omitempty"`
+}
+
+// MethodResult is IoT Hub's CloudToDeviceMethodResult: the status and
+// payload the device answered, whatever they are.
+type MethodResult struct {
+	Status  int             `json:"status"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// Methods invokes direct methods on connected devices.
+type Methods struct {
+	reg   *Registry
+	links *Links
+}
+
+// NewMethods returns the direct-method service.
+func NewMethods(reg *Registry, links *Links) *Methods {
+	return &Methods{reg: reg, links: links}
+}
+
+// validMethodName is IoT Hub's rule: printable US-ASCII except
+// $ ( ) < > @ , ; : \ " / [ ] ? = { } and space (shared/spec/iothub.md §5).
+// '*' stays allowed: Plug and Play commands are "{component}*{command}".
+func validMethodName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= 0x20 || c >= 0x7f || strings.IndexByte(`$()<>@,;:\"/[]?={}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Invoke sends a method request to a device and returns its answer. The
+// device must be connected and subscribed to methods within the connect
+// timeout (404103 DeviceNotOnline otherwise) and answer within the response
+// timeout (504101 GatewayTimeout otherwise). Methods are never queued.
+func (m *Methods) Invoke(ctx context.Context, hubName, deviceID string, req *MethodRequest) (*MethodResult, error) {
+	if !validMethodName(req.MethodName) {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "Method name '%s' is not valid.", clipKey(req.MethodName))
+	}
+	respTimeout := DefaultMethodResponseTimeout
+	if req.ResponseTimeoutInSeconds != nil {
+		respTimeout = time.Duration(*req.ResponseTimeoutInSeconds) * time.Second
+		if respTimeout < MinMethodResponseTimeout || respTimeout > MaxMethodResponseTimeout {
+			return nil, azerr.Newf(azerr.HubArgumentInvalid, "responseTimeoutInSeconds must be between %d and %d.", int(MinMethodResponseTimeout/time.Second), int(MaxMethodResponseTimeout/time.Second))
+		}
+	}
+	var connTimeout time.Duration
+	if req.ConnectTimeoutInSeconds != nil {
+		connTimeout = time.Duration(*req.ConnectTimeoutInSeconds) * time.Second
+		if connTimeout < 0 || connTimeout > MaxMethodConnectTimeout {
+			return nil, azerr.Newf(azerr.HubArgumentInvalid, "connectTimeoutInSeconds must be between 0 and %d.", int(MaxMethodConnectTimeout/time.Second))
+		}
+	}
+	payload := bytes.TrimSpace(req.Payload)
+	if len(payload) == 0 {
+		payload = []byte("null")
+	}
+	if !json.Valid(payload) {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "The method payload is not valid JSON.")
+	}
+	if len(payload) > MaxMethodPayload {
+		return nil, azerr.Newf(azerr.HubMessageTooLarge, "The method payload of %d bytes is over the %d bytes limit.", len(payload), MaxMethodPayload)
+	}
+	d, err := m.reg.Get(ctx, hubName, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	if d.Status == StatusDisabled {
+		return nil, azerr.Newf(azerr.HubDeviceNotOnline, "Device %s is disabled.", deviceID)
+	}
+
+	subscribed := func(l DeviceLink) bool { return l.MethodsSubscribed() }
+	var link DeviceLink
+	if l := m.links.Lookup(hubName, deviceID); l != nil && subscribed(l) {
+		link = l
+	} else if connTimeout > 0 {
+		wctx, cancel := context.WithTimeout(ctx, connTimeout)
+		link = m.links.Wait(wctx, hubName, deviceID, subscribed)
+		cancel()
+	}
+	if link == nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, azerr.Newf(azerr.HubDeviceNotOnline, "Timed out waiting for device %s to connect.", deviceID)
+	}
+
+	ictx, cancel := context.WithTimeout(ctx, respTimeout)
+	defer cancel()
+	status, resp, err := link.InvokeMethod(ictx, req.MethodName, payload)
+	switch {
+	case err == nil:
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		return nil, azerr.Newf(azerr.HubGatewayTimeout, "Timed out waiting for the response from device %s.", deviceID)
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	default:
+		var ae *azerr.Error
+		if errors.As(err, &ae) {
+			return nil, ae
+		}
+		// The connection went away before the answer.
+		return nil, azerr.Wrap(azerr.HubDeviceNotOnline, err)
+	}
+	return &MethodResult{Status: status, Payload: methodResponsePayload(resp)}, nil
+}
+
+// methodResponsePayload renders what the device answered as the result's
+// payload: JSON as sent, nothing as null, anything else as a JSON string
+// (IoT Hub's answer to a non-JSON response is not documented; berth keeps
+// the bytes rather than failing the call).
+func methodResponsePayload(b []byte) json.RawMessage {
+	t := bytes.TrimSpace(b)
+	switch {
+	case len(t) == 0:
+		return json.RawMessage("null")
+	case json.Valid(t):
+		return json.RawMessage(t)
+	default:
+		s, _ := json.Marshal(string(b))
+		return s
+	}
+}

@@ -1,0 +1,506 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/store"
+)
+
+// Twin is IoT Hub's Twin document as the service API shows it
+// (shared/spec/iothub.md §8.3). Tags and Properties are rendered JSON.
+type Twin struct {
+	DeviceID                  string          `json:"deviceId"`
+	ETag                      string          `json:"etag"`
+	DeviceETag                string          `json:"deviceEtag"`
+	Status                    string          `json:"status"`
+	StatusReason              *string         `json:"statusReason"`
+	StatusUpdateTime          time.Time       `json:"statusUpdateTime"`
+	ConnectionState           string          `json:"connectionState"`
+	LastActivityTime          time.Time       `json:"lastActivityTime"`
+	CloudToDeviceMessageCount int             `json:"cloudToDeviceMessageCount"`
+	AuthenticationType        string          `json:"authenticationType"`
+	X509Thumbprint            *X509Thumbprint `json:"x509Thumbprint"`
+	Capabilities              *Capabilities   `json:"capabilities"`
+	Version                   int64           `json:"version"`
+	Tags                      json.RawMessage `json:"tags"`
+	Properties                TwinProperties  `json:"properties"`
+}
+
+// TwinProperties holds the desired and reported sections, each with its
+// "$metadata" and "$version".
+type TwinProperties struct {
+	Desired  json.RawMessage `json:"desired"`
+	Reported json.RawMessage `json:"reported"`
+}
+
+// InitialTwin is the twin a device starts with when DPS creates it: an
+// enrollment's (or an allocation webhook's) tags and desired properties.
+type InitialTwin struct {
+	Tags    json.RawMessage
+	Desired json.RawMessage
+}
+
+// twinRecord is the stored twin. It names the device generation it belongs
+// to: a twin left behind by a deleted device of the same ID is not the new
+// device's.
+type twinRecord struct {
+	GenerationID string         `json:"generationId"`
+	Version      int64          `json:"version"`
+	Tags         map[string]any `json:"tags"`
+	Desired      twinSection    `json:"desired"`
+	Reported     twinSection    `json:"reported"`
+}
+
+type twinSection struct {
+	Props   map[string]any `json:"props"`
+	Meta    map[string]any `json:"meta"`
+	Version int64          `json:"version"`
+}
+
+// twinTimeLayout is how $metadata times are written (Azure's 7 digits).
+const twinTimeLayout = "2006-01-02T15:04:05.0000000Z"
+
+func newTwinRecord(generationID string, now time.Time) *twinRecord {
+	ts := now.UTC().Format(twinTimeLayout)
+	return &twinRecord{
+		GenerationID: generationID,
+		Version:      1,
+		Tags:         map[string]any{},
+		Desired:      twinSection{Props: map[string]any{}, Meta: map[string]any{"$lastUpdated": ts}, Version: 1},
+		Reported:     twinSection{Props: map[string]any{}, Meta: map[string]any{"$lastUpdated": ts}, Version: 1},
+	}
+}
+
+func decodeTwinRecord(data []byte) (*twinRecord, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var t twinRecord
+	if err := dec.Decode(&t); err != nil {
+		return nil, fmt.Errorf("hub: decode twin: %w", err)
+	}
+	for _, m := range []*map[string]any{&t.Tags, &t.Desired.Props, &t.Desired.Meta, &t.Reported.Props, &t.Reported.Meta} {
+		if *m == nil {
+			*m = map[string]any{}
+		}
+	}
+	return &t, nil
+}
+
+func twinRecordFor(hubName, deviceID string, t *twinRecord) (store.Record, error) {
+	data, err := json.Marshal(t)
+	if err != nil {
+		return store.Record{}, fmt.Errorf("hub: encode twin: %w", err)
+	}
+	return store.Record{Kind: store.KindTwin, Key: deviceKey(hubName, deviceID), Data: data}, nil
+}
+
+// Twins keeps device twins and pushes desired-property changes to
+// connected devices.
+type Twins struct {
+	store store.Store
+	reg   *Registry
+	links *Links
+	now   func() time.Time
+
+	// locks serialise updates of one device's twin on this node, so that
+	// desired notifications leave in version order. Across nodes the
+	// store's ETag condition keeps updates from being lost.
+	seed  maphash.Seed
+	locks [64]sync.Mutex
+}
+
+// NewTwins returns the twin service; links may be nil (no device is ever
+// notified).
+func NewTwins(st store.Store, reg *Registry, links *Links) *Twins {
+	return &Twins{store: st, reg: reg, links: links, now: reg.now, seed: maphash.MakeSeed()}
+}
+
+func (t *Twins) lock(hubName, id string) func() {
+	m := &t.locks[maphash.String(t.seed, deviceKey(hubName, id))%uint64(len(t.locks))]
+	m.Lock()
+	return m.Unlock
+}
+
+// load returns the device and its twin, creating the twin record when the
+// device has none yet (or only a previous generation's).
+func (t *Twins) load(ctx context.Context, hubName, id string) (*Device, *twinRecord, string, error) {
+	d, err := t.reg.Get(ctx, hubName, id)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	rec, err := t.store.Get(ctx, store.KindTwin, deviceKey(hubName, id))
+	switch {
+	case err == nil:
+		tw, err := decodeTwinRecord(rec.Data)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		if tw.GenerationID == d.GenerationID {
+			return d, tw, rec.ETag, nil
+		}
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, nil, "", fmt.Errorf("hub: get twin %s: %w", id, err)
+	}
+	tw := newTwinRecord(d.GenerationID, t.now())
+	nrec, err := twinRecordFor(hubName, id, tw)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	cond := store.Cond{IfNotExists: true}
+	if rec.ETag != "" {
+		cond = store.Cond{IfMatch: rec.ETag}
+	}
+	nrec, err = t.store.Put(ctx, nrec, cond)
+	if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrPreconditionFailed) {
+		return nil, nil, "", errRetryTwin
+	}
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("hub: create twin %s: %w", id, err)
+	}
+	return d, tw, nrec.ETag, nil
+}
+
+// errRetryTwin says another writer changed the twin between read and
+// write; update retries.
+var errRetryTwin = errors.New("hub: twin changed concurrently")
+
+// Get returns a device's twin as the service API shows it.
+func (t *Twins) Get(ctx context.Context, hubName, id string) (*Twin, error) {
+	for range 5 {
+		d, tw, etag, err := t.load(ctx, hubName, id)
+		if errors.Is(err, errRetryTwin) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return t.render(d, tw, etag)
+	}
+	return nil, azerr.Newf(azerr.HubServiceUnavailable, "The twin of %s is changing too often; try again.", id)
+}
+
+// DeviceDocument returns what a device's twin GET answers: the desired and
+// reported properties with their "$version", without tags or $metadata
+// (shared/spec/iothub.md §4.3).
+func (t *Twins) DeviceDocument(ctx context.Context, hubName, id string) ([]byte, error) {
+	for range 5 {
+		_, tw, _, err := t.load(ctx, hubName, id)
+		if errors.Is(err, errRetryTwin) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(map[string]any{
+			"desired":  withVersion(tw.Desired.Props, tw.Desired.Version, nil),
+			"reported": withVersion(tw.Reported.Props, tw.Reported.Version, nil),
+		})
+	}
+	return nil, azerr.Newf(azerr.HubServiceUnavailable, "The twin of %s is changing too often; try again.", id)
+}
+
+func withVersion(props map[string]any, version int64, meta map[string]any) map[string]any {
+	out := make(map[string]any, len(props)+2)
+	for k, v := range props {
+		out[k] = v
+	}
+	if meta != nil {
+		out["$metadata"] = meta
+	}
+	out["$version"] = version
+	return out
+}
+
+func (t *Twins) render(d *Device, tw *twinRecord, etag string) (*Twin, error) {
+	tags, err := json.Marshal(tw.Tags)
+	if err != nil {
+		return nil, fmt.Errorf("hub: render twin: %w", err)
+	}
+	desired, err := json.Marshal(withVersion(tw.Desired.Props, tw.Desired.Version, tw.Desired.Meta))
+	if err != nil {
+		return nil, fmt.Errorf("hub: render twin: %w", err)
+	}
+	reported, err := json.Marshal(withVersion(tw.Reported.Props, tw.Reported.Version, tw.Reported.Meta))
+	if err != nil {
+		return nil, fmt.Errorf("hub: render twin: %w", err)
+	}
+	out := &Twin{
+		DeviceID:                  d.DeviceID,
+		ETag:                      etag,
+		DeviceETag:                d.ETag,
+		Status:                    d.Status,
+		StatusReason:              d.StatusReason,
+		StatusUpdateTime:          d.StatusUpdatedTime,
+		ConnectionState:           d.ConnectionState,
+		LastActivityTime:          d.LastActivityTime,
+		CloudToDeviceMessageCount: d.CloudToDeviceMessageCount,
+		AuthenticationType:        "sas",
+		Capabilities:              d.Capabilities,
+		Version:                   tw.Version,
+		Tags:                      tags,
+		Properties:                TwinProperties{Desired: desired, Reported: reported},
+	}
+	if d.Authentication != nil {
+		out.AuthenticationType = d.Authentication.Type
+		out.X509Thumbprint = d.Authentication.X509Thumbprint
+	}
+	if out.X509Thumbprint == nil {
+		out.X509Thumbprint = &X509Thumbprint{}
+	}
+	return out, nil
+}
+
+// twinChange is one update: it edits the record in place and reports
+// whether it changed desired properties (and with which patch, for the
+// device's notification).
+type twinChange func(tw *twinRecord, now time.Time) (desiredPatch map[string]any, err error)
+
+// update runs change under the device's lock with optimistic concurrency:
+// a client If-Match must equal the twin's ETag; without one, a concurrent
+// writer (another node) makes it read and try again.
+func (t *Twins) update(ctx context.Context, hubName, id, ifMatch string, change twinChange) (*Device, *twinRecord, string, error) {
+	unlock := t.lock(hubName, id)
+	defer unlock()
+	want := unquote(ifMatch)
+	if want == "*" {
+		want = ""
+	}
+	for range 5 {
+		d, tw, etag, err := t.load(ctx, hubName, id)
+		if errors.Is(err, errRetryTwin) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, "", err
+		}
+		if want != "" && want != etag {
+			return nil, nil, "", azerr.Newf(azerr.HubPreconditionFailed, "The twin's etag does not match If-Match.")
+		}
+		patch, err := change(tw, t.now().UTC())
+		if err != nil {
+			return nil, nil, "", err
+		}
+		rec, err := twinRecordFor(hubName, id, tw)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		rec, err = t.store.Put(ctx, rec, store.Cond{IfMatch: etag})
+		if errors.Is(err, store.ErrPreconditionFailed) || errors.Is(err, store.ErrNotFound) {
+			if want != "" {
+				return nil, nil, "", azerr.Newf(azerr.HubPreconditionFailed, "The twin's etag does not match If-Match.")
+			}
+			continue
+		}
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("hub: update twin %s: %w", id, err)
+		}
+		// Durable: now the device may hear of it. Under the lock, so that
+		// notifications leave in version order.
+		if patch != nil && t.links != nil {
+			if l := t.links.Lookup(hubName, id); l != nil {
+				body, err := json.Marshal(withVersion(patch, tw.Desired.Version, nil))
+				if err == nil {
+					l.DesiredPatch(tw.Desired.Version, body)
+				}
+			}
+		}
+		return d, tw, rec.ETag, nil
+	}
+	return nil, nil, "", azerr.Newf(azerr.HubServiceUnavailable, "The twin of %s is changing too often; try again.", id)
+}
+
+// PatchReported merges a device's reported-properties patch and returns the
+// new reported $version (shared/spec/iothub.md §4.1).
+func (t *Twins) PatchReported(ctx context.Context, hubName, id string, body []byte) (int64, error) {
+	patch, err := decodeTwinObject(body)
+	if err != nil {
+		return 0, err
+	}
+	stripTwinSystemKeys(patch)
+	if err := validateTwinPatch(patch, "reported"); err != nil {
+		return 0, err
+	}
+	_, tw, _, err := t.update(ctx, hubName, id, "", func(tw *twinRecord, now time.Time) (map[string]any, error) {
+		props, meta := cloneTwin(tw.Reported.Props), cloneTwin(tw.Reported.Meta)
+		mergeTwin(props, meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout)})
+		if n := twinSize(props); n > MaxReportedSize {
+			return nil, twinTooLarge("reported", n, MaxReportedSize)
+		}
+		tw.Reported.Props, tw.Reported.Meta = props, meta
+		tw.Reported.Version++
+		tw.Version++
+		return nil, nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return tw.Reported.Version, nil
+}
+
+// servicePatch is the part of a Twin document the service may write.
+type servicePatch struct {
+	Tags       json.RawMessage `json:"tags"`
+	Properties *struct {
+		Desired  json.RawMessage `json:"desired"`
+		Reported json.RawMessage `json:"reported"`
+	} `json:"properties"`
+}
+
+func parseServicePatch(body []byte) (tags, desired map[string]any, err error) {
+	var p servicePatch
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, nil, azerr.Newf(azerr.HubArgumentInvalid, "The twin is not valid JSON: %v", err)
+	}
+	section := func(raw json.RawMessage, name string) (map[string]any, error) {
+		if t := bytes.TrimSpace(raw); len(t) == 0 || string(t) == "null" {
+			return nil, nil
+		}
+		obj, err := decodeTwinObject(raw)
+		if err != nil {
+			return nil, err
+		}
+		stripTwinSystemKeys(obj)
+		return obj, validateTwinPatch(obj, name)
+	}
+	if tags, err = section(p.Tags, "tags"); err != nil {
+		return nil, nil, err
+	}
+	if p.Properties != nil {
+		if desired, err = section(p.Properties.Desired, "desired"); err != nil {
+			return nil, nil, err
+		}
+	}
+	return tags, desired, nil
+}
+
+// Patch merges tags and desired properties into a twin (PATCH
+// /twins/{id}); reported properties are the device's and are ignored.
+func (t *Twins) Patch(ctx context.Context, hubName, id string, body []byte, ifMatch string) (*Twin, error) {
+	tags, desired, err := parseServicePatch(body)
+	if err != nil {
+		return nil, err
+	}
+	return t.write(ctx, hubName, id, ifMatch, tags, desired, false)
+}
+
+// Replace replaces tags and desired properties (PUT /twins/{id}). The
+// device is sent the whole new desired document, with null for every
+// property that was removed, so that applying it as a patch gives the new
+// document.
+func (t *Twins) Replace(ctx context.Context, hubName, id string, body []byte, ifMatch string) (*Twin, error) {
+	tags, desired, err := parseServicePatch(body)
+	if err != nil {
+		return nil, err
+	}
+	if tags == nil {
+		tags = map[string]any{}
+	}
+	if desired == nil {
+		desired = map[string]any{}
+	}
+	return t.write(ctx, hubName, id, ifMatch, tags, desired, true)
+}
+
+func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, tags, desired map[string]any, replace bool) (*Twin, error) {
+	d, tw, etag, err := t.update(ctx, hubName, id, ifMatch, func(tw *twinRecord, now time.Time) (map[string]any, error) {
+		changed := false
+		if tags != nil {
+			nt := cloneTwin(tw.Tags)
+			if replace {
+				nt = map[string]any{}
+				for k, v := range tags {
+					if v != nil {
+						nt[k] = v
+					}
+				}
+			} else {
+				mergeTwin(nt, nil, tags, metaStamp{})
+			}
+			if n := twinSize(nt); n > MaxTagsSize {
+				return nil, twinTooLarge("tags", n, MaxTagsSize)
+			}
+			tw.Tags = nt
+			changed = true
+		}
+		var notify map[string]any
+		if desired != nil {
+			patch := desired
+			if replace {
+				// The patch that turns the old document into the new one.
+				patch = cloneTwin(desired)
+				for k := range tw.Desired.Props {
+					if _, keep := desired[k]; !keep {
+						patch[k] = nil
+					}
+				}
+				props, meta := map[string]any{}, map[string]any{}
+				st := metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1}
+				mergeTwin(props, meta, desired, st)
+				if n := twinSize(props); n > MaxDesiredSize {
+					return nil, twinTooLarge("desired", n, MaxDesiredSize)
+				}
+				tw.Desired.Props, tw.Desired.Meta = props, meta
+			} else {
+				props, meta := cloneTwin(tw.Desired.Props), cloneTwin(tw.Desired.Meta)
+				mergeTwin(props, meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1})
+				if n := twinSize(props); n > MaxDesiredSize {
+					return nil, twinTooLarge("desired", n, MaxDesiredSize)
+				}
+				tw.Desired.Props, tw.Desired.Meta = props, meta
+			}
+			tw.Desired.Version++
+			notify = patch
+			changed = true
+		}
+		if changed {
+			tw.Version++
+		}
+		return notify, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return t.render(d, tw, etag)
+}
+
+// InitialTwinRecord returns the twin record of a device DPS creates, with
+// the enrollment's initial twin, for DPS to write in its assignment
+// transaction.
+func InitialTwinRecord(hubName string, d *Device, init *InitialTwin, now time.Time) (store.Record, error) {
+	tw := newTwinRecord(d.GenerationID, now)
+	if init != nil {
+		for _, s := range []struct {
+			raw     json.RawMessage
+			name    string
+			apply   func(map[string]any)
+			isDesir bool
+		}{
+			{init.Tags, "tags", func(p map[string]any) { mergeTwin(tw.Tags, nil, p, metaStamp{}) }, false},
+			{init.Desired, "desired", func(p map[string]any) {
+				mergeTwin(tw.Desired.Props, tw.Desired.Meta, p, metaStamp{lastUpdated: now.UTC().Format(twinTimeLayout), version: tw.Desired.Version})
+			}, true},
+		} {
+			if t := bytes.TrimSpace(s.raw); len(t) == 0 || string(t) == "null" {
+				continue
+			}
+			obj, err := decodeTwinObject(s.raw)
+			if err != nil {
+				return store.Record{}, err
+			}
+			stripTwinSystemKeys(obj)
+			if err := validateTwinPatch(obj, s.name); err != nil {
+				return store.Record{}, err
+			}
+			s.apply(obj)
+		}
+	}
+	return twinRecordFor(hubName, d.DeviceID, tw)
+}
