@@ -294,11 +294,11 @@ func (q *CloudToDevice) Receive(ctx context.Context, hubName, deviceID string, m
 }
 
 // lockToken is a GUID-shaped token: the message's order (so that it finds
-// the message without a scan) and 32 random bits (so that it changes on
+// the message without a scan) and 64 random bits (so that it changes on
 // every delivery). Hex only: it travels in URL paths and ETag headers.
 func lockToken(key string) string {
 	order := key[strings.LastIndexByte(key, '/')+1:]
-	var b [4]byte
+	var b [8]byte
 	_, _ = rand.Read(b[:])
 	s := order + hex.EncodeToString(b[:])
 	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:32]

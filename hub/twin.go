@@ -199,24 +199,43 @@ func (t *Twins) DeviceDocument(ctx context.Context, hubName, id string) ([]byte,
 		if err != nil {
 			return nil, err
 		}
-		return json.Marshal(map[string]any{
-			"desired":  withVersion(tw.Desired.Props, tw.Desired.Version, nil),
-			"reported": withVersion(tw.Reported.Props, tw.Reported.Version, nil),
-		})
+		desired, err := sectionJSON(tw.Desired.Props, tw.Desired.Version, nil)
+		if err != nil {
+			return nil, err
+		}
+		reported, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, nil)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(map[string]json.RawMessage{"desired": desired, "reported": reported})
 	}
 	return nil, azerr.Newf(azerr.HubServiceUnavailable, "The twin of %s is changing too often; try again.", id)
 }
 
-func withVersion(props map[string]any, version int64, meta map[string]any) map[string]any {
-	out := make(map[string]any, len(props)+2)
-	for k, v := range props {
-		out[k] = v
+// sectionJSON renders a desired or reported section as IoT Hub does: the
+// properties, then "$metadata" (when meta is not nil) and "$version" last.
+func sectionJSON(props map[string]any, version int64, meta map[string]any) ([]byte, error) {
+	b, err := json.Marshal(props)
+	if err != nil {
+		return nil, fmt.Errorf("hub: render twin section: %w", err)
+	}
+	b = b[:len(b)-1] // drop '}'
+	sep := func() {
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
 	}
 	if meta != nil {
-		out["$metadata"] = meta
+		m, err := json.Marshal(meta)
+		if err != nil {
+			return nil, fmt.Errorf("hub: render twin metadata: %w", err)
+		}
+		sep()
+		b = append(append(b, `"$metadata":`...), m...)
 	}
-	out["$version"] = version
-	return out
+	sep()
+	b = fmt.Appendf(b, `"$version":%d}`, version)
+	return b, nil
 }
 
 func (t *Twins) render(d *Device, tw *twinRecord, etag string) (*Twin, error) {
@@ -224,13 +243,13 @@ func (t *Twins) render(d *Device, tw *twinRecord, etag string) (*Twin, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hub: render twin: %w", err)
 	}
-	desired, err := json.Marshal(withVersion(tw.Desired.Props, tw.Desired.Version, tw.Desired.Meta))
+	desired, err := sectionJSON(tw.Desired.Props, tw.Desired.Version, tw.Desired.Meta)
 	if err != nil {
-		return nil, fmt.Errorf("hub: render twin: %w", err)
+		return nil, err
 	}
-	reported, err := json.Marshal(withVersion(tw.Reported.Props, tw.Reported.Version, tw.Reported.Meta))
+	reported, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, tw.Reported.Meta)
 	if err != nil {
-		return nil, fmt.Errorf("hub: render twin: %w", err)
+		return nil, err
 	}
 	out := &Twin{
 		DeviceID:                  d.DeviceID,
@@ -306,7 +325,7 @@ func (t *Twins) update(ctx context.Context, hubName, id, ifMatch string, change 
 		// notifications leave in version order.
 		if patch != nil && t.links != nil {
 			if l := t.links.Lookup(hubName, id); l != nil {
-				body, err := json.Marshal(withVersion(patch, tw.Desired.Version, nil))
+				body, err := sectionJSON(patch, tw.Desired.Version, nil)
 				if err == nil {
 					l.DesiredPatch(tw.Desired.Version, body)
 				}

@@ -1,0 +1,343 @@
+package hub_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/store/memstore"
+)
+
+type c2dEnv struct {
+	reg   *hub.Registry
+	links *hub.Links
+	q     *hub.CloudToDevice
+	now   time.Time
+}
+
+func newC2DEnv(t *testing.T) *c2dEnv {
+	t.Helper()
+	e := &c2dEnv{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
+	st := memstore.New()
+	e.reg = hub.NewRegistry(st, func() time.Time { return e.now })
+	e.links = hub.NewLinks()
+	e.q = hub.NewCloudToDevice(st, e.reg, e.links, nil)
+	if _, err := e.reg.Create(context.Background(), hubName, &hub.Device{DeviceID: "dev-1"}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *c2dEnv) send(t *testing.T, body string) *hub.CloudMessage {
+	t.Helper()
+	m, err := e.q.Send(context.Background(), hubName, "dev-1", &hub.CloudMessage{Body: []byte(body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func (e *c2dEnv) receive(t *testing.T, max int) []*hub.CloudMessage {
+	t.Helper()
+	ms, err := e.q.Receive(context.Background(), hubName, "dev-1", max, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms
+}
+
+func bodies(ms []*hub.CloudMessage) string {
+	var b []string
+	for _, m := range ms {
+		b = append(b, string(m.Body))
+	}
+	return strings.Join(b, ",")
+}
+
+func TestC2DSendStampsAndWakes(t *testing.T) {
+	e := newC2DEnv(t)
+	ctx := context.Background()
+	l := &fakeLink{}
+	defer e.links.Attach(hubName, "dev-1", l)()
+	m, err := e.q.Send(ctx, hubName, "dev-1", &hub.CloudMessage{Body: []byte("hi"), Ack: "FULL",
+		App: []hub.Property{{Name: "Color", Value: "red / blue"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MessageID == "" || m.To != "/devices/dev-1/messages/deviceBound" || m.Ack != hub.AckFull ||
+		!m.Enqueued.Equal(e.now) || !m.Expiry.Equal(e.now.Add(time.Hour)) || m.SequenceNumber == 0 {
+		t.Errorf("sent: %+v", m)
+	}
+	if l.pending != 1 {
+		t.Errorf("link woken %d times", l.pending)
+	}
+	d, _ := e.reg.Get(ctx, hubName, "dev-1")
+	if d.CloudToDeviceMessageCount != 1 {
+		t.Errorf("cloudToDeviceMessageCount = %d", d.CloudToDeviceMessageCount)
+	}
+	m2 := e.send(t, "second")
+	if m2.SequenceNumber <= m.SequenceNumber {
+		t.Errorf("sequence numbers %d then %d", m.SequenceNumber, m2.SequenceNumber)
+	}
+}
+
+func TestC2DSendRefused(t *testing.T) {
+	cases := []struct {
+		name string
+		dev  string
+		m    hub.CloudMessage
+		code azerr.Code
+	}{
+		{"unknown device", "nobody", hub.CloudMessage{}, azerr.HubDeviceNotFound},
+		{"bad ack", "dev-1", hub.CloudMessage{Ack: "sometimes"}, azerr.HubArgumentInvalid},
+		{"bad property name", "dev-1", hub.CloudMessage{App: []hub.Property{{Name: "a b", Value: "x"}}}, azerr.HubArgumentInvalid},
+		{"empty property name", "dev-1", hub.CloudMessage{App: []hub.Property{{Name: "", Value: "x"}}}, azerr.HubArgumentInvalid},
+		{"control in value", "dev-1", hub.CloudMessage{App: []hub.Property{{Name: "a", Value: "x\ny"}}}, azerr.HubArgumentInvalid},
+		{"over 64 KB", "dev-1", hub.CloudMessage{Body: make([]byte, 64*1024+1)}, azerr.HubMessageTooLarge},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newC2DEnv(t)
+			if _, err := e.q.Send(context.Background(), hubName, c.dev, &c.m); code(err) != c.code {
+				t.Fatalf("Send = %v, want %d", err, c.code)
+			}
+			if n, _ := e.q.Count(context.Background(), hubName, "dev-1"); n != 0 {
+				t.Errorf("refused message queued: %d", n)
+			}
+		})
+	}
+}
+
+func TestC2DQueueDepth(t *testing.T) {
+	e := newC2DEnv(t)
+	for range hub.MaxC2DQueueDepth {
+		e.send(t, "m")
+	}
+	if _, err := e.q.Send(context.Background(), hubName, "dev-1", &hub.CloudMessage{Body: []byte("51st")}); code(err) != azerr.HubQueueDepthExceeded {
+		t.Fatalf("51st message: %v", err)
+	}
+	// A completed message makes room.
+	ms := e.receive(t, 1)
+	if err := e.q.Complete(context.Background(), hubName, "dev-1", ms[0].LockToken); err != nil {
+		t.Fatal(err)
+	}
+	e.send(t, "now it fits")
+}
+
+func TestC2DLifecycle(t *testing.T) {
+	e := newC2DEnv(t)
+	ctx := context.Background()
+	e.send(t, "a")
+	e.send(t, "b")
+	e.send(t, "c")
+
+	ms := e.receive(t, 2)
+	if bodies(ms) != "a,b" || ms[0].DeliveryCount != 1 || ms[0].LockToken == "" || ms[0].LockToken == ms[1].LockToken {
+		t.Fatalf("first receive: %s %+v", bodies(ms), ms)
+	}
+	// Locked messages are invisible; c is next.
+	if got := e.receive(t, 5); bodies(got) != "c" {
+		t.Fatalf("while a, b are locked: %s", bodies(got))
+	}
+	if got := e.receive(t, 5); len(got) != 0 {
+		t.Fatalf("everything is locked, got %s", bodies(got))
+	}
+	// Abandon a: visible again with its delivery counted; a new token.
+	if err := e.q.Abandon(ctx, hubName, "dev-1", ms[0].LockToken); err != nil {
+		t.Fatal(err)
+	}
+	again := e.receive(t, 5)
+	if bodies(again) != "a" || again[0].DeliveryCount != 2 || again[0].LockToken == ms[0].LockToken {
+		t.Fatalf("after abandon: %s %+v", bodies(again), again)
+	}
+	// The old token is stale now.
+	for _, settle := range []func(context.Context, string, string, string) error{e.q.Complete, e.q.Reject, e.q.Abandon} {
+		if err := settle(ctx, hubName, "dev-1", ms[0].LockToken); code(err) != azerr.HubMessageLockLost {
+			t.Errorf("stale token: %v", err)
+		}
+	}
+	for _, tok := range []string{"", "x", "not-a-token", strings.Repeat("0", 32), "../../etc"} {
+		if err := e.q.Complete(ctx, hubName, "dev-1", tok); code(err) != azerr.HubMessageLockLost {
+			t.Errorf("Complete(%q) = %v", tok, err)
+		}
+	}
+	if err := e.q.Complete(ctx, hubName, "dev-1", again[0].LockToken); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.q.Reject(ctx, hubName, "dev-1", ms[1].LockToken); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := e.q.Count(ctx, hubName, "dev-1"); n != 1 {
+		t.Errorf("after complete and reject: %d queued, want 1 (c)", n)
+	}
+	// A lock that times out makes the message visible again.
+	e.now = e.now.Add(2 * time.Minute)
+	if got := e.receive(t, 5); bodies(got) != "c" || got[0].DeliveryCount != 2 {
+		t.Fatalf("after c's lock expired: %s", bodies(got))
+	}
+}
+
+func TestC2DDeadLetters(t *testing.T) {
+	e := newC2DEnv(t)
+	ctx := context.Background()
+	if _, err := e.q.Send(ctx, hubName, "dev-1", &hub.CloudMessage{Body: []byte("short"), Expiry: e.now.Add(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	e.send(t, "bounce")
+	e.now = e.now.Add(2 * time.Second)
+	for i := 1; i <= hub.MaxDeliveryCount; i++ {
+		ms := e.receive(t, 5)
+		if bodies(ms) != "bounce" || ms[0].DeliveryCount != i {
+			t.Fatalf("delivery %d: %s", i, bodies(ms))
+		}
+		if err := e.q.Abandon(ctx, hubName, "dev-1", ms[0].LockToken); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ms := e.receive(t, 5); len(ms) != 0 {
+		t.Fatalf("delivered an 11th time or expired message: %s", bodies(ms))
+	}
+	if n, _ := e.q.Count(ctx, hubName, "dev-1"); n != 0 {
+		t.Errorf("dead-lettered messages still queued: %d", n)
+	}
+}
+
+func TestC2DPurgeAndDeviceDelete(t *testing.T) {
+	e := newC2DEnv(t)
+	ctx := context.Background()
+	e.send(t, "a")
+	e.send(t, "b")
+	if n, err := e.q.Purge(ctx, hubName, "dev-1"); n != 2 || err != nil {
+		t.Fatalf("Purge = %d, %v", n, err)
+	}
+	if _, err := e.q.Purge(ctx, hubName, "nobody"); code(err) != azerr.HubDeviceNotFound {
+		t.Errorf("purge of unknown device: %v", err)
+	}
+	e.send(t, "left behind")
+	if err := e.reg.Delete(ctx, hubName, "dev-1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := e.q.Count(ctx, hubName, "dev-1"); n != 0 {
+		t.Errorf("a recreated device inherited %d queued messages", n)
+	}
+}
+
+func TestMethodsInvoke(t *testing.T) {
+	st := memstore.New()
+	reg := hub.NewRegistry(st, nil)
+	links := hub.NewLinks()
+	m := hub.NewMethods(reg, links)
+	ctx := context.Background()
+	if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev-1"}); err != nil {
+		t.Fatal(err)
+	}
+	secs := func(n int) *int { return &n }
+	echo := &fakeLink{subscribed: true, invoke: func(ctx context.Context, name string, payload []byte) (int, []byte, error) {
+		return 201, append([]byte(`{"name":"`+name+`","got":`), append(payload, '}')...), nil
+	}}
+	silent := &fakeLink{subscribed: true, invoke: func(ctx context.Context, name string, payload []byte) (int, []byte, error) {
+		<-ctx.Done()
+		return 0, nil, ctx.Err()
+	}}
+	text := &fakeLink{subscribed: true, invoke: func(context.Context, string, []byte) (int, []byte, error) { return 200, []byte("plain"), nil }}
+	gone := &fakeLink{subscribed: true, invoke: func(context.Context, string, []byte) (int, []byte, error) {
+		return 0, nil, errors.New("connection closed")
+	}}
+	unsubscribed := &fakeLink{}
+
+	cases := []struct {
+		name   string
+		link   *fakeLink
+		dev    string
+		req    hub.MethodRequest
+		code   azerr.Code
+		result string
+	}{
+		{"round trip", echo, "dev-1", hub.MethodRequest{MethodName: "reboot", Payload: json.RawMessage(`{"delay":1}`)}, 0, `201 {"name":"reboot","got":{"delay":1}}`},
+		{"no payload is null", echo, "dev-1", hub.MethodRequest{MethodName: "comp*cmd"}, 0, `201 {"name":"comp*cmd","got":null}`},
+		{"non-JSON answer", text, "dev-1", hub.MethodRequest{MethodName: "m"}, 0, `200 "plain"`},
+		{"unknown device", echo, "nobody", hub.MethodRequest{MethodName: "m"}, azerr.HubDeviceNotFound, ""},
+		{"offline", nil, "dev-1", hub.MethodRequest{MethodName: "m"}, azerr.HubDeviceNotOnline, ""},
+		{"not subscribed", unsubscribed, "dev-1", hub.MethodRequest{MethodName: "m"}, azerr.HubDeviceNotOnline, ""},
+		{"silent", silent, "dev-1", hub.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: secs(5)}, azerr.HubGatewayTimeout, ""},
+		{"connection lost", gone, "dev-1", hub.MethodRequest{MethodName: "m"}, azerr.HubDeviceNotOnline, ""},
+		{"bad name", echo, "dev-1", hub.MethodRequest{MethodName: "a/b"}, azerr.HubArgumentInvalid, ""},
+		{"empty name", echo, "dev-1", hub.MethodRequest{}, azerr.HubArgumentInvalid, ""},
+		{"timeout too short", echo, "dev-1", hub.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: secs(4)}, azerr.HubArgumentInvalid, ""},
+		{"timeout too long", echo, "dev-1", hub.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: secs(301)}, azerr.HubArgumentInvalid, ""},
+		{"connect timeout too long", echo, "dev-1", hub.MethodRequest{MethodName: "m", ConnectTimeoutInSeconds: secs(301)}, azerr.HubArgumentInvalid, ""},
+		{"bad payload", echo, "dev-1", hub.MethodRequest{MethodName: "m", Payload: json.RawMessage(`{`)}, azerr.HubArgumentInvalid, ""},
+		{"payload too large", echo, "dev-1", hub.MethodRequest{MethodName: "m", Payload: json.RawMessage(`"` + strings.Repeat("x", 128*1024) + `"`)}, azerr.HubMessageTooLarge, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.link != nil {
+				defer links.Attach(hubName, "dev-1", c.link)()
+			}
+			ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			res, err := m.Invoke(ictx, hubName, c.dev, &c.req)
+			if code(err) != c.code || (c.code == 0 && err != nil) {
+				t.Fatalf("Invoke = %+v, %v; want code %d", res, err, c.code)
+			}
+			if c.code == 0 {
+				if got := strings.TrimSpace(strings.Join([]string{itoa(res.Status), string(res.Payload)}, " ")); got != c.result {
+					t.Errorf("result %s, want %s", got, c.result)
+				}
+			}
+		})
+	}
+}
+
+func itoa(n int) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+func TestMethodsWaitForConnect(t *testing.T) {
+	st := memstore.New()
+	reg := hub.NewRegistry(st, nil)
+	links := hub.NewLinks()
+	m := hub.NewMethods(reg, links)
+	ctx := context.Background()
+	if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev-1"}); err != nil {
+		t.Fatal(err)
+	}
+	l := &fakeLink{invoke: func(context.Context, string, []byte) (int, []byte, error) { return 200, nil, nil }}
+	done := make(chan error, 1)
+	secs := 60
+	go func() {
+		res, err := m.Invoke(ctx, hubName, "dev-1", &hub.MethodRequest{MethodName: "m", ConnectTimeoutInSeconds: &secs})
+		if err == nil && (res.Status != 200 || string(res.Payload) != "null") {
+			err = errors.New("unexpected result " + string(res.Payload))
+		}
+		done <- err
+	}()
+	// Connected but not subscribed: still waiting; subscribing wakes it.
+	defer links.Attach(hubName, "dev-1", l)()
+	select {
+	case err := <-done:
+		t.Fatalf("returned before the device subscribed: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	l.mu.Lock()
+	l.subscribed = true
+	l.mu.Unlock()
+	links.Changed()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Invoke did not wake when the device subscribed")
+	}
+}
