@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/store"
 )
 
@@ -363,6 +364,21 @@ func (s *Service) normalize(c *Common, prev *Common) error {
 	}
 	if c.Capabilities == nil {
 		c.Capabilities = &Capabilities{}
+	}
+	if it := c.InitialTwin; it != nil {
+		// Refused now rather than failing every assignment later.
+		var desired json.RawMessage
+		if it.Properties != nil {
+			desired = it.Properties.Desired
+		}
+		if err := hub.ValidateInitialTwin(it.Tags, desired); err != nil {
+			var ae *azerr.Error
+			msg := err.Error()
+			if errors.As(err, &ae) {
+				msg = ae.Message
+			}
+			return azerr.Newf(azerr.DPSInvalidEnrollment, "initialTwin: %s", msg)
+		}
 	}
 	if c.ReprovisionPolicy == nil {
 		c.ReprovisionPolicy = &ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true}

@@ -486,3 +486,50 @@ func TestBulkEnrollments(t *testing.T) {
 		t.Errorf("11 items: %v", err)
 	}
 }
+
+func TestInitialTwinAppliedAtAssignment(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	g := &dps.EnrollmentGroup{EnrollmentGroupID: "twin-grp"}
+	g.Attestation = symKey(groupKey, "")
+	g.InitialTwin = &dps.InitialTwin{Tags: json.RawMessage(`{"site":"lab"}`),
+		Properties: &dps.InitialTwinProperties{Desired: json.RawMessage(`{"rate":5}`)}}
+	if _, err := f.svc.PutGroup(ctx, g.EnrollmentGroupID, g, ""); err != nil {
+		t.Fatal(err)
+	}
+	derived, _ := sas.DeriveKey(groupKey, "twin-dev")
+	if st, err := f.provision(t, "twin-dev", f.token(t, "twin-dev", derived), ""); err != nil || st.Status != dps.StatusAssigned {
+		t.Fatalf("provision: %+v, %v", st, err)
+	}
+	twins := hub.NewTwins(f.st, f.reg, nil)
+	tw, err := twins.Get(ctx, hubName, "twin-dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(tw.Tags) != `{"site":"lab"}` || !strings.Contains(string(tw.Properties.Desired), `"rate":5`) {
+		t.Errorf("twin after assignment: tags %s desired %s", tw.Tags, tw.Properties.Desired)
+	}
+	// The device changes its twin; registering again keeps it.
+	if _, err := twins.PatchReported(ctx, hubName, "twin-dev", []byte(`{"fw":"1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.provision(t, "twin-dev", f.token(t, "twin-dev", derived), ""); err != nil {
+		t.Fatal(err)
+	}
+	if doc, _ := twins.DeviceDocument(ctx, hubName, "twin-dev"); !strings.Contains(string(doc), `"fw":"1"`) {
+		t.Errorf("re-registration reset the twin: %s", doc)
+	}
+
+	for _, bad := range []*dps.InitialTwin{
+		{Tags: json.RawMessage(`{"a":[1]}`)},
+		{Properties: &dps.InitialTwinProperties{Desired: json.RawMessage(`{"a.b":1}`)}},
+		{Tags: json.RawMessage(`"not an object"`)},
+	} {
+		b := &dps.EnrollmentGroup{EnrollmentGroupID: "bad-twin"}
+		b.Attestation = symKey(groupKey, "")
+		b.InitialTwin = bad
+		if _, err := f.svc.PutGroup(ctx, b.EnrollmentGroupID, b, ""); code(err) != azerr.DPSInvalidEnrollment {
+			t.Errorf("initial twin %+v accepted: %v", bad, err)
+		}
+	}
+}
