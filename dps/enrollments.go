@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/berth-iot/berth/azerr"
@@ -383,9 +384,23 @@ func (s *Service) normalize(c *Common, prev *Common) error {
 	if c.ReprovisionPolicy == nil {
 		c.ReprovisionPolicy = &ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true}
 	}
-	if c.IoTHubHostName != "" {
-		if _, aerr := s.allocate(&attested{group: &EnrollmentGroup{Common: *c}}); aerr != nil {
+	if c.IoTHubHostName != "" || len(c.IoTHubs) > 0 {
+		if _, aerr := s.candidates(c); aerr != nil {
 			return azerr.Newf(azerr.DPSInvalidEnrollment, "%s", aerr.Message)
+		}
+	}
+	switch c.AllocationPolicy {
+	case AllocationStatic:
+		if n := len(c.IoTHubs); n > 1 || (n == 0 && c.IoTHubHostName == "") {
+			return azerr.Newf(azerr.DPSInvalidEnrollment, "A static allocation policy needs exactly one IoT hub in iotHubs.")
+		}
+	case AllocationCustom:
+		d := c.CustomAllocationDefinition
+		if d == nil || d.WebhookURL == "" {
+			return azerr.Newf(azerr.DPSInvalidEnrollment, "A custom allocation policy needs customAllocationDefinition.webhookUrl.")
+		}
+		if u, err := url.Parse(d.WebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return azerr.Newf(azerr.DPSInvalidEnrollment, "customAllocationDefinition.webhookUrl must be an http(s) URL.")
 		}
 	}
 	c.CreatedDateTimeUTC = now

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"time"
 
@@ -31,7 +32,7 @@ type DeviceRegistry interface {
 	// ProvisionRecords returns the records that create or update a device
 	// identity (and a new device's twin, from init), for DPS to write with
 	// the registration in one transaction.
-	ProvisionRecords(ctx context.Context, hubName, deviceID string, auth hub.Authentication, init *hub.InitialTwin) ([]store.Record, error)
+	ProvisionRecords(ctx context.Context, hubName, deviceID string, auth hub.Authentication, twin hub.ProvisionTwin) ([]store.Record, error)
 }
 
 // Config configures a Service.
@@ -39,8 +40,20 @@ type Config struct {
 	// IDScope is this DPS's ID scope. Settings.IDScope, when loaded from the
 	// store, wins.
 	IDScope string
-	// Hubs are the host names of the linked hubs; the first is the default.
+	// Hubs are the host names of linked hubs of weight 1 that apply
+	// allocation policies (shorthand for LinkedHubs).
 	Hubs []string
+	// LinkedHubs are the hubs devices may be assigned to, with their
+	// allocation weights; Hubs are added to them.
+	LinkedHubs []LinkedHub
+	// Region is this DPS's location label for geoLatency allocation.
+	Region string
+	// WebhookTimeout bounds custom allocation webhook calls
+	// (DefaultWebhookTimeout when 0).
+	WebhookTimeout time.Duration
+	// WebhookClient calls custom allocation webhooks; a client with
+	// WebhookTimeout when nil (supply one to trust a private CA).
+	WebhookClient *http.Client
 	// RetryAfter is the retry-after in seconds on 202 answers.
 	RetryAfter int
 	// Now is the clock; time.Now when nil.
@@ -49,12 +62,15 @@ type Config struct {
 
 // Service is the DPS domain.
 type Service struct {
-	store    store.Store
-	registry DeviceRegistry
-	idScope  string
-	hubs     []string
-	retry    int
-	now      func() time.Time
+	store          store.Store
+	registry       DeviceRegistry
+	idScope        string
+	hubs           []LinkedHub
+	region         string
+	webhook        *http.Client
+	webhookTimeout time.Duration
+	retry          int
+	now            func() time.Time
 }
 
 // New returns a Service. idScope must not be empty; hubs must name at least
@@ -63,8 +79,18 @@ func New(st store.Store, registry DeviceRegistry, cfg Config) (*Service, error) 
 	if cfg.IDScope == "" {
 		return nil, errors.New("dps: no ID scope")
 	}
-	if len(cfg.Hubs) == 0 {
+	hubs := append([]LinkedHub(nil), cfg.LinkedHubs...)
+	for _, h := range cfg.Hubs {
+		hubs = append(hubs, LinkedHub{Name: h, AllocationWeight: 1, ApplyAllocationPolicy: true})
+	}
+	if len(hubs) == 0 {
 		return nil, errors.New("dps: no linked hub")
+	}
+	if cfg.WebhookTimeout <= 0 {
+		cfg.WebhookTimeout = DefaultWebhookTimeout
+	}
+	if cfg.WebhookClient == nil {
+		cfg.WebhookClient = &http.Client{Timeout: cfg.WebhookTimeout}
 	}
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = DefaultRetryAfter
@@ -72,7 +98,8 @@ func New(st store.Store, registry DeviceRegistry, cfg Config) (*Service, error) 
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Service{store: st, registry: registry, idScope: cfg.IDScope, hubs: cfg.Hubs, retry: cfg.RetryAfter, now: cfg.Now}, nil
+	return &Service{store: st, registry: registry, idScope: cfg.IDScope, hubs: hubs, region: cfg.Region,
+		webhook: cfg.WebhookClient, webhookTimeout: cfg.WebhookTimeout, retry: cfg.RetryAfter, now: cfg.Now}, nil
 }
 
 // IDScope returns the service's ID scope.
@@ -121,6 +148,9 @@ type operation struct {
 type registrationDoc struct {
 	State   RegistrationState `json:"state"`
 	GroupID string            `json:"groupId,omitempty"`
+	// InitialHub is the hub of the device's first assignment, for the
+	// reprovisionedToInitialAssignment substatus.
+	InitialHub string `json:"initialHub,omitempty"`
 }
 
 // attested is who a device proved to be.
@@ -130,13 +160,13 @@ type attested struct {
 	keys       [2]string // the device's own keys (derived for group members)
 }
 
-// initialTwin is the twin the enrollment gives a new device: an individual
-// enrollment's own, else its group's.
-func (a *attested) initialTwin() *InitialTwin {
+// common is the enrollment's part that individual enrollments and groups
+// share (allocation, reprovisioning, initial twin).
+func (a *attested) common() *Common {
 	if a.enrollment != nil {
-		return a.enrollment.InitialTwin
+		return &a.enrollment.Common
 	}
-	return a.group.InitialTwin
+	return &a.group.Common
 }
 
 func (a *attested) disabled() bool {
@@ -227,10 +257,12 @@ func (s *Service) Register(ctx context.Context, req RegisterRequest) (*Operation
 	return &OperationStatus{OperationID: op.OperationID, Status: StatusAssigning}, nil
 }
 
-// assign allocates a hub, and writes the device identity, the registration
-// record and the operation in one transaction.
+// assign allocates a hub by the enrollment's allocation and reprovision
+// policies, and writes the device identity (with its twin), the
+// registration record and the operation in one transaction.
 func (s *Service) assign(ctx context.Context, who *attested, op *operation, now time.Time) error {
 	regKey := Key(op.RegistrationID)
+	c := who.common()
 	deviceID := op.RegistrationID
 	var groupID string
 	if who.enrollment != nil && who.enrollment.DeviceID != "" {
@@ -239,13 +271,38 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	if who.group != nil {
 		groupID = who.group.EnrollmentGroupID
 	}
-	hubName, aerr := s.allocate(who)
-	if aerr != nil {
-		op.Status = StatusFailed
-		op.ErrorCode = int(aerr.Code)
-		op.ErrorMessage = aerr.Message
-		return s.putOperation(ctx, op)
+
+	var prev *registrationDoc
+	switch doc, err := s.getRegistration(ctx, regKey); {
+	case err == nil:
+		prev = doc
+	case !isNotFound(err):
+		return err
 	}
+	var prevState *RegistrationState
+	if prev != nil && prev.State.Status == StatusAssigned && prev.State.AssignedHub != "" {
+		prevState = &prev.State
+	}
+	rp := c.ReprovisionPolicy
+	if rp == nil {
+		rp = &ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true}
+	}
+
+	var alloc *allocation
+	if prevState != nil && !rp.UpdateHubAssignment {
+		// neverReprovision: the device stays where it is.
+		alloc = &allocation{hub: prevState.AssignedHub}
+	} else {
+		var aerr *azerr.Error
+		alloc, aerr = s.allocate(ctx, who, op.RegistrationID, prevState, op.Payload)
+		if aerr != nil {
+			op.Status = StatusFailed
+			op.ErrorCode = int(aerr.Code)
+			op.ErrorMessage = aerr.Message
+			return s.putOperation(ctx, op)
+		}
+	}
+	hubName := alloc.hub
 
 	state := RegistrationState{
 		RegistrationID: op.RegistrationID,
@@ -253,43 +310,70 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		DeviceID:       deviceID,
 		Status:         StatusAssigned,
 		Substatus:      SubstatusInitialAssignment,
+		Payload:        alloc.payload,
 	}
 	created, updated := Time{now}, Time{now}
 	state.CreatedDateTimeUTC, state.LastUpdatedDateTimeUTC = &created, &updated
 	if groupID != "" {
 		state.SymmetricKey = &GroupRef{EnrollmentGroupID: groupID}
 	}
-	prev, err := s.getRegistration(ctx, regKey)
-	switch {
-	case err == nil:
+	initialHub := hubName
+	if prev != nil {
 		if prev.State.CreatedDateTimeUTC != nil {
 			state.CreatedDateTimeUTC = prev.State.CreatedDateTimeUTC
 		}
-		// Re-registration to the same hub keeps the substatus it had
-		// (shared/spec/dps.md §6.3 leaves this open; this is berth's choice).
-		if prev.State.Status == StatusAssigned && strings.EqualFold(prev.State.AssignedHub, hubName) && prev.State.Substatus != "" {
-			state.Substatus = prev.State.Substatus
+		if prev.InitialHub != "" {
+			initialHub = prev.InitialHub
+		} else if prevState != nil {
+			initialHub = prevState.AssignedHub
 		}
-	case isNotFound(err):
-	default:
-		return err
 	}
 
-	var init *hub.InitialTwin
-	if it := who.initialTwin(); it != nil {
-		init = &hub.InitialTwin{Tags: it.Tags}
-		if it.Properties != nil {
-			init.Desired = it.Properties.Desired
+	// The twin: a new device starts from the enrollment's initial twin
+	// (or the webhook's); a device that moves hubs takes its twin along
+	// or starts afresh, as the reprovision policy says
+	// (shared/spec/dps.md §6.3).
+	enrollmentTwin := toHubTwin(c.InitialTwin)
+	twin := hub.ProvisionTwin{Initial: enrollmentTwin}
+	if alloc.initialTwin != nil {
+		twin.Initial = toHubTwin(alloc.initialTwin)
+	}
+	switch {
+	case prevState == nil:
+		// First assignment (or the first since the record was deleted).
+	case strings.EqualFold(prevState.AssignedHub, hubName):
+		// Re-registration to the same hub keeps the twin and the
+		// substatus it had (shared/spec/dps.md §6.3 leaves this open;
+		// this is berth's choice).
+		if prevState.Substatus != "" {
+			state.Substatus = prevState.Substatus
+		}
+	default:
+		switch {
+		case alloc.initialTwin != nil:
+			// A webhook's twin overrides the migration settings.
+			twin.Reset = true
+			state.Substatus = SubstatusDataReset
+		case rp.MigrateDeviceData:
+			twin.MigrateFromHub, twin.MigrateFromDevice = prevState.AssignedHub, prevState.DeviceID
+			state.Substatus = SubstatusDataMigrated
+		default:
+			twin.Reset = true
+			state.Substatus = SubstatusDataReset
+		}
+		if strings.EqualFold(hubName, initialHub) {
+			state.Substatus = SubstatusReprovisioned
 		}
 	}
+
 	devRecs, err := s.registry.ProvisionRecords(ctx, hubName, deviceID, hub.Authentication{
 		Type:         "sas",
 		SymmetricKey: &hub.SymmetricKey{PrimaryKey: who.keys[0], SecondaryKey: who.keys[1]},
-	}, init)
+	}, twin)
 	if err != nil {
 		return fmt.Errorf("dps: provision device %s: %w", deviceID, err)
 	}
-	regData, err := json.Marshal(registrationDoc{State: state, GroupID: groupID})
+	regData, err := json.Marshal(registrationDoc{State: state, GroupID: groupID, InitialHub: initialHub})
 	if err != nil {
 		return fmt.Errorf("dps: encode registration: %w", err)
 	}
@@ -308,24 +392,16 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	return nil
 }
 
-// allocate picks the hub. Until linked-hub management lands, an enrollment
-// may name one of the configured hubs; otherwise the first is used.
-func (s *Service) allocate(who *attested) (string, *azerr.Error) {
-	var want string
-	if who.enrollment != nil {
-		want = who.enrollment.IoTHubHostName
-	} else {
-		want = who.group.IoTHubHostName
+// toHubTwin converts an enrollment's initial twin for the hub.
+func toHubTwin(it *InitialTwin) *hub.InitialTwin {
+	if it == nil {
+		return nil
 	}
-	if want == "" {
-		return s.hubs[0], nil
+	out := &hub.InitialTwin{Tags: it.Tags}
+	if it.Properties != nil {
+		out.Desired = it.Properties.Desired
 	}
-	for _, h := range s.hubs {
-		if strings.EqualFold(h, want) {
-			return h, nil
-		}
-	}
-	return "", azerr.Newf(azerr.DPSNoHub, "The IoT hub %s named by the enrollment is not linked to this service.", want)
+	return out
 }
 
 func (s *Service) putOperation(ctx context.Context, op *operation) error {

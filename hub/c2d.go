@@ -166,6 +166,14 @@ func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *C
 			return nil, azerr.Newf(azerr.HubArgumentInvalid, "Application property %q is not valid: names are ASCII letters, digits and !#$%%&'*+-.^_`|~, values printable ASCII.", clipKey(p.Name))
 		}
 	}
+	// System property values travel in the same places as application
+	// property values (HTTP headers, MQTT topics), so they obey the same
+	// rule: a control character would break the device's parser.
+	for _, v := range []string{m.MessageID, m.CorrelationID, m.UserID, m.ContentType, m.ContentEncoding} {
+		if !validPropertyValue(v) {
+			return nil, azerr.Newf(azerr.HubArgumentInvalid, "System property value %q is not valid: values are printable ASCII.", clipKey(v))
+		}
+	}
 	if n := m.Size(); n > MaxC2DMessageSize {
 		return nil, azerr.Newf(azerr.HubMessageTooLarge, "Message of %d bytes is over the %d bytes limit.", n, MaxC2DMessageSize)
 	}

@@ -201,12 +201,28 @@ func (r *Registry) List(ctx context.Context, hubName, after string, limit int) (
 	return out, nil
 }
 
+// ProvisionTwin says what DPS does to the twin of the device it assigns.
+type ProvisionTwin struct {
+	// Initial is the twin a device starts with: the enrollment's, or a
+	// custom allocation webhook's. It is applied to a device the hub does
+	// not have yet, and to an existing one when Reset is set.
+	Initial *InitialTwin
+	// Reset replaces an existing device's twin with Initial
+	// (reprovisionAndResetData, or a webhook's initialTwin).
+	Reset bool
+	// MigrateFromHub and MigrateFromDevice name the twin to copy when a
+	// device moves between hubs (reprovisionAndMigrateData): tags, desired
+	// and reported properties with their versions. A missing source twin
+	// falls back to Initial.
+	MigrateFromHub, MigrateFromDevice string
+}
+
 // ProvisionRecords returns the store records that create or update a
 // device identity on assignment by DPS, so DPS can write them in the same
 // transaction as the registration. An existing device keeps its generation
-// ID, creation state and twin; its keys and status are replaced. A new
-// device also gets its twin, with init's tags and desired properties.
-func (r *Registry) ProvisionRecords(ctx context.Context, hubName, id string, auth Authentication, init *InitialTwin) ([]store.Record, error) {
+// ID and creation state; its keys and status are replaced. The twin is
+// written as tw says.
+func (r *Registry) ProvisionRecords(ctx context.Context, hubName, id string, auth Authentication, tw ProvisionTwin) ([]store.Record, error) {
 	now := r.now().UTC()
 	d, err := r.Get(ctx, hubName, id)
 	var ae *azerr.Error
@@ -229,14 +245,53 @@ func (r *Registry) ProvisionRecords(ctx context.Context, hubName, id string, aut
 		return nil, err
 	}
 	recs := []store.Record{rec}
-	if isNew {
-		tw, err := InitialTwinRecord(hubName, d, init, now)
+	if tw.MigrateFromHub != "" {
+		moved, ok, err := r.migratedTwin(ctx, tw.MigrateFromHub, tw.MigrateFromDevice, hubName, d)
 		if err != nil {
 			return nil, err
 		}
-		recs = append(recs, tw)
+		if ok {
+			return append(recs, moved), nil
+		}
+	}
+	if isNew || tw.Reset || tw.MigrateFromHub != "" {
+		twin, err := InitialTwinRecord(hubName, d, tw.Initial, now)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, twin)
 	}
 	return recs, nil
+}
+
+// migratedTwin returns the twin of device fromID on hub from as the twin of
+// d on hub to, or ok false when there is none to move.
+func (r *Registry) migratedTwin(ctx context.Context, from, fromID, to string, d *Device) (store.Record, bool, error) {
+	src, err := r.Get(ctx, from, fromID)
+	if err != nil {
+		var ae *azerr.Error
+		if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
+			return store.Record{}, false, nil
+		}
+		return store.Record{}, false, err
+	}
+	rec, err := r.store.Get(ctx, store.KindTwin, deviceKey(from, fromID))
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Record{}, false, nil
+	}
+	if err != nil {
+		return store.Record{}, false, fmt.Errorf("hub: read twin to migrate: %w", err)
+	}
+	tw, err := decodeTwinRecord(rec.Data)
+	if err != nil {
+		return store.Record{}, false, err
+	}
+	if tw.GenerationID != src.GenerationID {
+		return store.Record{}, false, nil
+	}
+	tw.GenerationID = d.GenerationID
+	out, err := twinRecordFor(to, d.DeviceID, tw)
+	return out, err == nil, err
 }
 
 // Create adds a device; it fails with DeviceAlreadyExists if it exists.

@@ -1,0 +1,296 @@
+package dps
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
+)
+
+// Allocation policies (shared/spec/dps.md §6).
+const (
+	AllocationHashed     = "hashed"
+	AllocationStatic     = "static"
+	AllocationGeoLatency = "geoLatency"
+	AllocationCustom     = "custom"
+)
+
+// LinkedHub is an IoT hub this DPS may assign devices to.
+type LinkedHub struct {
+	// Name is the hub's host name, as devices connect to it.
+	Name string `json:"name"`
+	// AllocationWeight weighs the hub in hashed allocation (default 1;
+	// 0 takes no new devices unless an enrollment names the hub).
+	AllocationWeight int `json:"allocationWeight"`
+	// ApplyAllocationPolicy makes the hub a candidate for enrollments that
+	// do not list their own hubs.
+	ApplyAllocationPolicy bool `json:"applyAllocationPolicy"`
+	// Region is the hub's location label, used by geoLatency: berth has no
+	// network latency to measure between regions, so geoLatency prefers
+	// hubs whose Region equals the DPS's own (Config.Region).
+	Region string `json:"region,omitempty"`
+}
+
+// DefaultWebhookTimeout bounds a custom allocation webhook call. The device
+// waits for it (the register request is answered once the outcome is
+// durable), so it is kept well under the SDKs' own register timeouts.
+const DefaultWebhookTimeout = 10 * time.Second
+
+// maxWebhookResponse bounds what a webhook may answer: a hub name, a twin
+// (tags 8 KB + desired 32 KB as IoT Hub counts them, more as JSON) and a
+// payload that must fit the 96 KB DPS message it travels back in.
+const maxWebhookResponse = 256 * 1024
+
+// allocation is the outcome of allocate.
+type allocation struct {
+	hub string
+	// initialTwin, when the webhook answered one, replaces the
+	// enrollment's and is applied whatever the reprovision policy says.
+	initialTwin *InitialTwin
+	// payload is the webhook's, returned to the device in
+	// registrationState.payload.
+	payload json.RawMessage
+}
+
+// linked returns the linked hub with this name.
+func (s *Service) linked(name string) (LinkedHub, bool) {
+	for _, h := range s.hubs {
+		if strings.EqualFold(h.Name, name) {
+			return h, true
+		}
+	}
+	return LinkedHub{}, false
+}
+
+// LinkedHubs returns the hubs this DPS may assign devices to.
+func (s *Service) LinkedHubs() []LinkedHub { return append([]LinkedHub(nil), s.hubs...) }
+
+// candidates are the hubs an enrollment may be assigned to: the ones it
+// lists (its iotHubs, or the legacy iotHubHostName), else every linked hub
+// with applyAllocationPolicy.
+func (s *Service) candidates(c *Common) ([]LinkedHub, *azerr.Error) {
+	var names []string
+	switch {
+	case len(c.IoTHubs) > 0:
+		names = c.IoTHubs
+	case c.IoTHubHostName != "":
+		names = []string{c.IoTHubHostName}
+	}
+	if names == nil {
+		var out []LinkedHub
+		for _, h := range s.hubs {
+			if h.ApplyAllocationPolicy {
+				out = append(out, h)
+			}
+		}
+		if len(out) == 0 {
+			return nil, azerr.Newf(azerr.DPSNoHub, "No linked IoT hub applies allocation policies.")
+		}
+		return out, nil
+	}
+	out := make([]LinkedHub, 0, len(names))
+	for _, n := range names {
+		h, ok := s.linked(n)
+		if !ok {
+			return nil, azerr.Newf(azerr.DPSNoHub, "The IoT hub %s named by the enrollment is not linked to this service.", n)
+		}
+		out = append(out, h)
+	}
+	return out, nil
+}
+
+// allocate picks the hub for a registration by the enrollment's allocation
+// policy (the service's, hashed, when it names none).
+func (s *Service) allocate(ctx context.Context, who *attested, regID string, prev *RegistrationState, payload json.RawMessage) (*allocation, *azerr.Error) {
+	c := who.common()
+	hubs, aerr := s.candidates(c)
+	if aerr != nil {
+		return nil, aerr
+	}
+	switch c.AllocationPolicy {
+	case AllocationStatic:
+		// One hub: the enrollment's (Azure requires exactly one).
+		return &allocation{hub: hubs[0].Name}, nil
+	case AllocationGeoLatency:
+		var near []LinkedHub
+		for _, h := range hubs {
+			if s.region != "" && strings.EqualFold(h.Region, s.region) {
+				near = append(near, h)
+			}
+		}
+		if len(near) > 0 {
+			hubs = near
+		}
+		return &allocation{hub: hashedPick(hubs, regID)}, nil
+	case AllocationCustom:
+		return s.callWebhook(ctx, who, regID, prev, payload, hubs)
+	default:
+		if len(c.IoTHubs) == 0 && c.IoTHubHostName != "" {
+			return &allocation{hub: hubs[0].Name}, nil
+		}
+		return &allocation{hub: hashedPick(hubs, regID)}, nil
+	}
+}
+
+// hashedPick spreads registrations over hubs in proportion to their weights,
+// deterministically: the same registration ID lands on the same hub as long
+// as the linked hubs do not change, so re-registering does not move devices.
+// Hubs of weight 0 are only used when all weights are 0.
+func hashedPick(hubs []LinkedHub, regID string) string {
+	total := 0
+	for _, h := range hubs {
+		total += max(h.AllocationWeight, 0)
+	}
+	f := fnv.New64a()
+	_, _ = io.WriteString(f, strings.ToLower(regID))
+	sum := f.Sum64()
+	if total == 0 {
+		return hubs[sum%uint64(len(hubs))].Name
+	}
+	n := int(sum % uint64(total))
+	for _, h := range hubs {
+		if n < max(h.AllocationWeight, 0) {
+			return h.Name
+		}
+		n -= max(h.AllocationWeight, 0)
+	}
+	return hubs[len(hubs)-1].Name
+}
+
+// webhookRequest is Azure's AllocationRequest (shared/spec/dps.md §6.1).
+type webhookRequest struct {
+	IndividualEnrollment *IndividualEnrollment `json:"individualEnrollment,omitempty"`
+	EnrollmentGroup      *EnrollmentGroup      `json:"enrollmentGroup,omitempty"`
+	DeviceRuntimeContext runtimeContext        `json:"deviceRuntimeContext"`
+	LinkedHubs           []string              `json:"linkedHubs"`
+}
+
+type runtimeContext struct {
+	RegistrationID        string          `json:"registrationId"`
+	CurrentIoTHubHostName string          `json:"currentIotHubHostName,omitempty"`
+	CurrentDeviceID       string          `json:"currentDeviceId,omitempty"`
+	SymmetricKey          *struct{}       `json:"symmetricKey,omitempty"`
+	Payload               json.RawMessage `json:"payload,omitempty"`
+}
+
+// webhookResponse is Azure's AllocationResponse (§6.2).
+type webhookResponse struct {
+	IoTHubHostName string          `json:"iotHubHostName"`
+	InitialTwin    *InitialTwin    `json:"initialTwin"`
+	Payload        json.RawMessage `json:"payload"`
+}
+
+// redactAttestation keeps the attestation type only: the webhook is told
+// how the device attested, never its keys (as Azure does).
+func redactAttestation(a *AttestationMechanism) *AttestationMechanism {
+	if a == nil {
+		return nil
+	}
+	return &AttestationMechanism{Type: a.Type}
+}
+
+// callWebhook runs custom allocation: POST the AllocationRequest to the
+// enrollment's webhookUrl and check its answer. Every failure ends the
+// registration in status failed: 400207 when the webhook cannot be reached
+// or answers non-2xx ("Custom allocation failed with status code: N", as
+// Azure words it), 400208 when it answers a hub that is not one of
+// linkedHubs or a body that is not an AllocationResponse (berth's choice;
+// shared/spec/dps.md §6.2 leaves it open).
+func (s *Service) callWebhook(ctx context.Context, who *attested, regID string, prev *RegistrationState, payload json.RawMessage, hubs []LinkedHub) (*allocation, *azerr.Error) {
+	c := who.common()
+	if c.CustomAllocationDefinition == nil || c.CustomAllocationDefinition.WebhookURL == "" {
+		return nil, azerr.Newf(azerr.DPSCustomAllocation, "Custom allocation failed: the enrollment has no webhookUrl.")
+	}
+	req := webhookRequest{DeviceRuntimeContext: runtimeContext{RegistrationID: regID, SymmetricKey: &struct{}{}, Payload: payload}}
+	for _, h := range hubs {
+		req.LinkedHubs = append(req.LinkedHubs, h.Name)
+	}
+	if prev != nil && prev.Status == StatusAssigned {
+		req.DeviceRuntimeContext.CurrentIoTHubHostName = prev.AssignedHub
+		req.DeviceRuntimeContext.CurrentDeviceID = prev.DeviceID
+	}
+	if who.enrollment != nil {
+		e := *who.enrollment
+		e.Attestation = redactAttestation(e.Attestation)
+		req.IndividualEnrollment = &e
+	} else {
+		g := *who.group
+		g.Attestation = redactAttestation(g.Attestation)
+		req.EnrollmentGroup = &g
+	}
+	body, err := json.Marshal(&req)
+	if err != nil {
+		return nil, azerr.Newf(azerr.DPSCustomAllocation, "Custom allocation failed: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.webhookTimeout)
+	defer cancel()
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, c.CustomAllocationDefinition.WebhookURL, bytes.NewReader(body))
+	if err != nil {
+		return nil, azerr.Newf(azerr.DPSCustomAllocation, "Custom allocation failed: the webhook URL is not valid.")
+	}
+	hreq.Header.Set("Content-Type", "application/json; charset=utf-8")
+	resp, err := s.webhook.Do(hreq)
+	if err != nil {
+		why := "the webhook could not be reached"
+		if errors.Is(err, context.DeadlineExceeded) {
+			why = fmt.Sprintf("the webhook did not answer within %s", s.webhookTimeout)
+		}
+		return nil, azerr.Newf(azerr.DPSCustomAllocation, "Custom allocation failed: %s.", why)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return nil, azerr.Newf(azerr.DPSCustomAllocation, "Custom allocation failed with status code: %d", resp.StatusCode)
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxWebhookResponse+1))
+	if err != nil {
+		return nil, azerr.Newf(azerr.DPSCustomAllocation, "Custom allocation failed: reading the webhook's answer: %v", err)
+	}
+	invalid := func(format string, args ...any) *azerr.Error {
+		return azerr.Newf(azerr.DPSNoHub, "Custom allocation returned an invalid response: "+format, args...)
+	}
+	if len(raw) > maxWebhookResponse {
+		return nil, invalid("over %d bytes.", maxWebhookResponse)
+	}
+	var ans webhookResponse
+	if err := json.Unmarshal(raw, &ans); err != nil {
+		return nil, invalid("not an AllocationResponse JSON object.")
+	}
+	h, ok := s.linked(ans.IoTHubHostName)
+	inList := false
+	for _, c := range hubs {
+		inList = inList || strings.EqualFold(c.Name, ans.IoTHubHostName)
+	}
+	switch {
+	case ans.IoTHubHostName == "":
+		return nil, invalid("no iotHubHostName.")
+	case !ok || !inList:
+		return nil, invalid("the IoT hub %s is not one of the linked hubs %s.", ans.IoTHubHostName, strings.Join(req.LinkedHubs, ", "))
+	}
+	if p := bytes.TrimSpace(ans.Payload); len(p) > 0 && string(p) != "null" {
+		if p[0] != '{' {
+			return nil, invalid("payload must be a JSON object.")
+		}
+		ans.Payload = p
+	} else {
+		ans.Payload = nil
+	}
+	if it := ans.InitialTwin; it != nil {
+		var desired json.RawMessage
+		if it.Properties != nil {
+			desired = it.Properties.Desired
+		}
+		if err := hub.ValidateInitialTwin(it.Tags, desired); err != nil {
+			return nil, invalid("initialTwin: %v", err)
+		}
+	}
+	return &allocation{hub: h.Name, initialTwin: ans.InitialTwin, payload: ans.Payload}, nil
+}

@@ -1,0 +1,274 @@
+package dps_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/dps"
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/sas"
+	"github.com/berth-iot/berth/store/memstore"
+)
+
+const (
+	hubA = "hub-a.berth.test"
+	hubB = "hub-b.berth.test"
+	hubC = "hub-c.berth.test"
+)
+
+// newLinkedFixture is a DPS with three linked hubs: a (weight 1), b
+// (weight 3), c (weight 0, not applying allocation policy, region west).
+func newLinkedFixture(t *testing.T, cfg dps.Config) *fixture {
+	t.Helper()
+	f := &fixture{st: memstore.New(), now: time.Unix(1700000000, 0)}
+	f.reg = hub.NewRegistry(f.st, func() time.Time { return f.now })
+	cfg.IDScope = scope
+	cfg.Now = func() time.Time { return f.now }
+	cfg.LinkedHubs = []dps.LinkedHub{
+		{Name: hubA, AllocationWeight: 1, ApplyAllocationPolicy: true, Region: "east"},
+		{Name: hubB, AllocationWeight: 3, ApplyAllocationPolicy: true, Region: "north"},
+		{Name: hubC, AllocationWeight: 0, ApplyAllocationPolicy: false, Region: "west"},
+	}
+	svc, err := dps.New(f.st, f.reg, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc = svc
+	return f
+}
+
+func (f *fixture) putGroup(t *testing.T, g *dps.EnrollmentGroup) {
+	t.Helper()
+	if g.Attestation == nil {
+		g.Attestation = symKey(groupKey, "")
+	}
+	if _, err := f.svc.PutGroup(context.Background(), g.EnrollmentGroupID, g, "*"); err != nil && code(err) != 0 {
+		if _, err := f.svc.PutGroup(context.Background(), g.EnrollmentGroupID, g, ""); err != nil {
+			t.Fatal(err)
+		}
+	} else if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fixture) registerMember(t *testing.T, regID, body string) *dps.OperationStatus {
+	t.Helper()
+	key, _ := sas.DeriveKey(groupKey, regID)
+	st, err := f.provision(t, regID, f.token(t, regID, key), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestHashedAllocationFollowsWeights(t *testing.T) {
+	f := newLinkedFixture(t, dps.Config{})
+	f.putGroup(t, &dps.EnrollmentGroup{EnrollmentGroupID: "g"})
+	counts := map[string]int{}
+	first := map[string]string{}
+	for i := range 200 {
+		id := fmt.Sprintf("dev-%03d", i)
+		st := f.registerMember(t, id, "")
+		counts[st.RegistrationState.AssignedHub]++
+		first[id] = st.RegistrationState.AssignedHub
+	}
+	// c applies no allocation policy; a:b is 1:3.
+	if counts[hubC] != 0 || counts[hubA] < 25 || counts[hubA] > 75 || counts[hubA]+counts[hubB] != 200 {
+		t.Errorf("hashed allocation over 200 devices: %v (want about 50 a, 150 b, 0 c)", counts)
+	}
+	// Deterministic: registering again does not move anyone.
+	for _, id := range []string{"dev-000", "dev-077", "dev-199"} {
+		if st := f.registerMember(t, id, ""); st.RegistrationState.AssignedHub != first[id] || st.RegistrationState.Substatus != dps.SubstatusInitialAssignment {
+			t.Errorf("%s moved from %s to %s (%s)", id, first[id], st.RegistrationState.AssignedHub, st.RegistrationState.Substatus)
+		}
+	}
+}
+
+func TestStaticAndGeoLatencyAllocation(t *testing.T) {
+	f := newLinkedFixture(t, dps.Config{Region: "west"})
+	// Static names a hub that applies no policy: enrollments may still use it.
+	f.putGroup(t, &dps.EnrollmentGroup{EnrollmentGroupID: "static", Common: dps.Common{AllocationPolicy: dps.AllocationStatic, IoTHubs: []string{hubC}}})
+	if st := f.registerMember(t, "s-1", ""); st.RegistrationState.AssignedHub != hubC {
+		t.Errorf("static: %s", st.RegistrationState.AssignedHub)
+	}
+	// geoLatency: the hub in the DPS's region among the candidates.
+	f.putGroup(t, &dps.EnrollmentGroup{EnrollmentGroupID: "static", Common: dps.Common{AllocationPolicy: dps.AllocationGeoLatency, IoTHubs: []string{hubA, hubC}}})
+	for i := range 10 {
+		if st := f.registerMember(t, fmt.Sprintf("geo-%d", i), ""); st.RegistrationState.AssignedHub != hubC {
+			t.Errorf("geoLatency picked %s, want the west hub", st.RegistrationState.AssignedHub)
+		}
+	}
+	bad := []dps.Common{
+		{AllocationPolicy: dps.AllocationStatic, IoTHubs: []string{hubA, hubB}},
+		{AllocationPolicy: dps.AllocationStatic},
+		{AllocationPolicy: dps.AllocationCustom},
+		{AllocationPolicy: dps.AllocationCustom, CustomAllocationDefinition: &dps.CustomAllocationDefinition{WebhookURL: "ftp://x"}},
+		{IoTHubs: []string{"not-linked.example"}},
+	}
+	for _, c := range bad {
+		g := &dps.EnrollmentGroup{EnrollmentGroupID: "bad", Common: c}
+		g.Attestation = symKey(groupKey, "")
+		if _, err := f.svc.PutGroup(context.Background(), "bad", g, ""); code(err) != azerr.DPSInvalidEnrollment {
+			t.Errorf("enrollment %+v accepted: %v", c, err)
+		}
+	}
+}
+
+// webhook is a custom allocation function for tests.
+type webhook struct {
+	mu     sync.Mutex
+	seen   []map[string]any
+	answer func(req map[string]any) (int, string)
+}
+
+func (w *webhook) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	var req map[string]any
+	_ = json.Unmarshal(body, &req)
+	w.mu.Lock()
+	w.seen = append(w.seen, req)
+	answer := w.answer
+	w.mu.Unlock()
+	status, out := answer(req)
+	rw.Header().Set("Content-Type", "application/json")
+	rw.WriteHeader(status)
+	_, _ = io.WriteString(rw, out)
+}
+
+func TestCustomAllocationWebhook(t *testing.T) {
+	wh := &webhook{}
+	srv := httptest.NewServer(wh)
+	defer srv.Close()
+	f := newLinkedFixture(t, dps.Config{WebhookTimeout: 500 * time.Millisecond})
+	f.putGroup(t, &dps.EnrollmentGroup{EnrollmentGroupID: "custom", Common: dps.Common{
+		AllocationPolicy:           dps.AllocationCustom,
+		IoTHubs:                    []string{hubA, hubB},
+		CustomAllocationDefinition: &dps.CustomAllocationDefinition{WebhookURL: srv.URL + "/alloc?code=secret", APIVersion: "2021-10-01"},
+	}})
+
+	wh.answer = func(req map[string]any) (int, string) {
+		ctx := req["deviceRuntimeContext"].(map[string]any)
+		model, _ := ctx["payload"].(map[string]any)["modelId"].(string)
+		return 200, `{"iotHubHostName":"` + hubB + `","initialTwin":{"tags":{"model":"` + model + `"},"properties":{"desired":{"rate":7}}},"payload":{"welcome":true}}`
+	}
+	st := f.registerMember(t, "cust-1", `{"registrationId":"cust-1","payload":{"modelId":"dtmi:x;1"}}`)
+	rs := st.RegistrationState
+	if st.Status != dps.StatusAssigned || rs.AssignedHub != hubB || string(rs.Payload) != `{"welcome":true}` {
+		t.Fatalf("custom allocation: %+v / %+v", st, rs)
+	}
+	req := wh.seen[0]
+	grp := req["enrollmentGroup"].(map[string]any)
+	if fmt.Sprint(req["linkedHubs"]) != fmt.Sprint([]any{hubA, hubB}) || grp["enrollmentGroupId"] != "custom" ||
+		fmt.Sprint(grp["attestation"]) != "map[type:symmetricKey]" {
+		t.Errorf("webhook request: %v", req)
+	}
+	if raw, _ := json.Marshal(req); strings.Contains(string(raw), groupKey) {
+		t.Errorf("the webhook was sent the group key: %s", raw)
+	}
+	tw, err := hub.NewTwins(f.st, f.reg, nil).Get(context.Background(), hubB, "cust-1")
+	if err != nil || string(tw.Tags) != `{"model":"dtmi:x;1"}` || !strings.Contains(string(tw.Properties.Desired), `"rate":7`) {
+		t.Errorf("webhook twin: %+v, %v", tw, err)
+	}
+	// Re-registration tells the webhook where the device is.
+	f.registerMember(t, "cust-1", "")
+	if ctx := wh.seen[1]["deviceRuntimeContext"].(map[string]any); ctx["currentIotHubHostName"] != hubB || ctx["currentDeviceId"] != "cust-1" {
+		t.Errorf("re-registration context: %v", ctx)
+	}
+
+	failures := []struct {
+		name   string
+		answer func(map[string]any) (int, string)
+		code   int
+		msg    string
+	}{
+		{"status 400", func(map[string]any) (int, string) { return 400, `{}` }, 400207, "Custom allocation failed with status code: 400"},
+		{"status 500", func(map[string]any) (int, string) { return 500, `` }, 400207, "Custom allocation failed with status code: 500"},
+		{"hub not linked", func(map[string]any) (int, string) { return 200, `{"iotHubHostName":"elsewhere.example"}` }, 400208, "not one of the linked hubs"},
+		{"hub linked but not the enrollment's", func(map[string]any) (int, string) { return 200, `{"iotHubHostName":"` + hubC + `"}` }, 400208, "not one of the linked hubs"},
+		{"no hub", func(map[string]any) (int, string) { return 200, `{}` }, 400208, "no iotHubHostName"},
+		{"not JSON", func(map[string]any) (int, string) { return 200, `<html>` }, 400208, "not an AllocationResponse"},
+		{"bad twin", func(map[string]any) (int, string) {
+			return 200, `{"iotHubHostName":"` + hubA + `","initialTwin":{"tags":{"a":[1]}}}`
+		}, 400208, "initialTwin"},
+		{"payload not an object", func(map[string]any) (int, string) { return 200, `{"iotHubHostName":"` + hubA + `","payload":5}` }, 400208, "payload"},
+		{"timeout", func(map[string]any) (int, string) { time.Sleep(2 * time.Second); return 200, `{}` }, 400207, "did not answer within"},
+	}
+	for i, c := range failures {
+		t.Run(c.name, func(t *testing.T) {
+			wh.mu.Lock()
+			wh.answer = c.answer
+			wh.mu.Unlock()
+			st := f.registerMember(t, fmt.Sprintf("fail-%d", i), "")
+			rs := st.RegistrationState
+			if st.Status != dps.StatusFailed || rs == nil || rs.ErrorCode != c.code || !strings.Contains(rs.ErrorMessage, c.msg) {
+				t.Errorf("got %+v / %+v; want failed %d %q", st, rs, c.code, c.msg)
+			}
+		})
+	}
+	// Webhook down.
+	srv.Close()
+	if st := f.registerMember(t, "down-1", ""); st.Status != dps.StatusFailed || st.RegistrationState.ErrorCode != 400207 {
+		t.Errorf("webhook down: %+v / %+v", st, st.RegistrationState)
+	}
+}
+
+func TestReprovisionPolicies(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name      string
+		policy    *dps.ReprovisionPolicy
+		wantHub   string
+		substatus string
+		twinHas   string // in the device twin on the hub it ends on
+		twinLacks string
+	}{
+		{"migrate (default)", nil, hubB, dps.SubstatusDataMigrated, `"fw":"1"`, ""},
+		{"reset", &dps.ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: false}, hubB, dps.SubstatusDataReset, `"rate":5`, `"fw"`},
+		{"never", &dps.ReprovisionPolicy{UpdateHubAssignment: false}, hubA, dps.SubstatusInitialAssignment, `"fw":"1"`, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newLinkedFixture(t, dps.Config{})
+			twins := hub.NewTwins(f.st, f.reg, nil)
+			g := &dps.EnrollmentGroup{EnrollmentGroupID: "rp", Common: dps.Common{
+				AllocationPolicy: dps.AllocationStatic, IoTHubs: []string{hubA}, ReprovisionPolicy: c.policy,
+				InitialTwin: &dps.InitialTwin{Properties: &dps.InitialTwinProperties{Desired: json.RawMessage(`{"rate":5}`)}},
+			}}
+			f.putGroup(t, g)
+			if st := f.registerMember(t, "mover", ""); st.RegistrationState.AssignedHub != hubA || st.RegistrationState.Substatus != dps.SubstatusInitialAssignment {
+				t.Fatalf("first: %+v", st.RegistrationState)
+			}
+			if _, err := twins.PatchReported(ctx, hubA, "mover", []byte(`{"fw":"1"}`)); err != nil {
+				t.Fatal(err)
+			}
+			g.IoTHubs = []string{hubB}
+			f.putGroup(t, g)
+			st := f.registerMember(t, "mover", "")
+			if st.RegistrationState.AssignedHub != c.wantHub || st.RegistrationState.Substatus != c.substatus {
+				t.Fatalf("after moving the enrollment: %s %s, want %s %s", st.RegistrationState.AssignedHub, st.RegistrationState.Substatus, c.wantHub, c.substatus)
+			}
+			doc, err := twins.DeviceDocument(ctx, c.wantHub, "mover")
+			if err != nil || !strings.Contains(string(doc), c.twinHas) || (c.twinLacks != "" && strings.Contains(string(doc), c.twinLacks)) {
+				t.Errorf("twin on %s: %s, %v (want %s, not %q)", c.wantHub, doc, err, c.twinHas, c.twinLacks)
+			}
+			if c.wantHub == hubA {
+				return
+			}
+			// Back to the first hub.
+			g.IoTHubs = []string{hubA}
+			f.putGroup(t, g)
+			if st := f.registerMember(t, "mover", ""); st.RegistrationState.AssignedHub != hubA || st.RegistrationState.Substatus != dps.SubstatusReprovisioned {
+				t.Errorf("back home: %+v", st.RegistrationState)
+			}
+		})
+	}
+}
