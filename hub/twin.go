@@ -374,6 +374,10 @@ type servicePatch struct {
 }
 
 func parseServicePatch(body []byte) (tags, desired map[string]any, err error) {
+	if t := bytes.TrimSpace(body); len(t) == 0 || t[0] != '{' {
+		// A null or empty body must not read as "replace with nothing".
+		return nil, nil, azerr.Newf(azerr.HubArgumentInvalid, "The twin must be a JSON object.")
+	}
 	var p servicePatch
 	if err := json.Unmarshal(body, &p); err != nil {
 		return nil, nil, azerr.Newf(azerr.HubArgumentInvalid, "The twin is not valid JSON: %v", err)

@@ -337,3 +337,19 @@ func TestInitialTwin(t *testing.T) {
 		t.Errorf("empty initial twin refused: %v", err)
 	}
 }
+
+func TestTwinServiceBodyMustBeAnObject(t *testing.T) {
+	e := newTwinEnv(t)
+	ctx := context.Background()
+	if _, err := e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"tags":{"keep":1}}`), ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, body := range []string{"null", "", " ", "[]", `"x"`} {
+		if _, err := e.twins.Replace(ctx, hubName, "dev-1", []byte(body), ""); code(err) != azerr.HubArgumentInvalid {
+			t.Errorf("Replace(%q) = %v", body, err)
+		}
+	}
+	if tw, _ := e.twins.Get(ctx, hubName, "dev-1"); string(tw.Tags) != `{"keep":1}` {
+		t.Errorf("tags after refused replaces: %s", tw.Tags)
+	}
+}

@@ -2,6 +2,7 @@ package rest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -28,7 +29,9 @@ func newQuietFixture(f *testing.F) *fixture {
 }
 
 // validStatuses are the answers the API may give at all.
-var validStatuses = map[int]bool{200: true, 202: true, 204: true, 400: true, 401: true, 404: true, 405: true, 409: true, 412: true, 413: true, 415: true}
+// 403 is a full C2D queue; 503 a method invocation cut short by the
+// request's end, 504 one the device did not answer in time.
+var validStatuses = map[int]bool{200: true, 202: true, 204: true, 400: true, 401: true, 403: true, 404: true, 405: true, 409: true, 412: true, 413: true, 415: true, 503: true, 504: true}
 
 // validMethod mirrors net/http's check: the server refuses other methods
 // before any handler runs.
@@ -51,7 +54,7 @@ var hubCodesByName = func() map[string]azerr.Code {
 	m := map[string]azerr.Code{nameMethodNotAllowed: azerr.DPSMethodNotAllowed}
 	for _, c := range []azerr.Code{azerr.HubInvalidProtocolVersion, azerr.HubArgumentInvalid, azerr.HubArgumentNull, azerr.HubFormatError,
 		azerr.HubDeserialization, azerr.HubIotHubNotFound, azerr.HubUnauthorizedAccess, azerr.HubUnauthorized, azerr.HubQueueDepthExceeded,
-		azerr.HubDeviceNotFound, azerr.HubDeviceNotOnline, azerr.HubDeviceAlreadyExists, azerr.HubPreconditionFailed, azerr.HubMessageTooLarge,
+		azerr.HubDeviceNotFound, azerr.HubDeviceNotOnline, azerr.HubDeviceAlreadyExists, azerr.HubPreconditionFailed, azerr.HubMessageLockLost, azerr.HubMessageTooLarge,
 		azerr.HubThrottled, azerr.HubServerError, azerr.HubServiceUnavailable, azerr.HubGatewayTimeout} {
 		m[c.Name()] = c
 	}
@@ -65,6 +68,13 @@ func checkAnswer(t *testing.T, rec *httptest.ResponseRecorder) {
 	t.Helper()
 	if !validStatuses[rec.Code] {
 		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if ct, _ := raw(rec, "Content-Type"); rec.Code == http.StatusOK && ct == contentTypeOctets {
+		// A received C2D message: its body is the message's, not JSON.
+		if _, ok := raw(rec, "ETag"); !ok {
+			t.Fatal("a C2D message without its lock token")
+		}
+		return
 	}
 	checkCommon(t, rec)
 	if rec.Code < 400 {
@@ -133,6 +143,17 @@ func FuzzRoute(f *testing.F) {
 		{"GET", "/statistics/devices", true, ""},
 		{"PATCH", "/Devices/x", true, ""},
 		{"GET", "/devices/x/twin", true, ""},
+		{"GET", "/twins/fz-1", true, ""},
+		{"PATCH", "/twins/fz-1", true, `{"tags":{"a":1},"properties":{"desired":{"b":null}}}`},
+		{"PUT", "/twins/fz-1", true, `{"tags":{}}`},
+		{"POST", "/twins/fz-1/methods", true, `{"methodName":"m","payload":{"a":1},"responseTimeoutInSeconds":5}`},
+		{"POST", "/twins/fz-1/modules/m/methods", true, `{}`},
+		{"GET", "/twins/fz-1/modules/m", true, ""},
+		{"POST", "/devices/fz-1/messages/deviceBound", true, "c2d"},
+		{"GET", "/devices/fz-1/messages/devicebound?iothub-messagelocktimeout=60", true, ""},
+		{"DELETE", "/devices/fz-1/messages/devicebound/00000000-0000-0000-0000-000000000000?reject", true, ""},
+		{"POST", "/devices/fz-1/messages/DeviceBound/x/abandon", true, ""},
+		{"DELETE", "/devices/fz-1/commands", true, ""},
 		{"GET", "/", false, ""},
 		{"GET", "//", false, ""},
 		{"OPTIONS", "*", false, ""},
@@ -166,10 +187,15 @@ func FuzzRoute(f *testing.F) {
 		}
 		if auth {
 			r.Header.Set("Authorization", tok)
-			if segs, ok, _ := splitPath(u.EscapedPath()); ok && (strings.EqualFold(segs[0], "devices") || strings.EqualFold(segs[0], "statistics")) {
+			if segs, ok, _ := splitPath(u.EscapedPath()); ok && (strings.EqualFold(segs[0], "devices") || strings.EqualFold(segs[0], "twins") || strings.EqualFold(segs[0], "statistics")) {
 				r.Header.Set("Authorization", hubTok)
 			}
 		}
+		// A method invocation may wait up to 300 s for its device to
+		// connect; the request's end bounds the wait (an answer of 503).
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		r = r.WithContext(ctx)
 		rec := httptest.NewRecorder()
 		fx.h.ServeHTTP(rec, r)
 		checkAnswer(t, rec)

@@ -42,6 +42,9 @@ const (
 	hdrContinuation = "x-ms-continuation"
 	hdrMaxItemCount = "x-ms-max-item-count"
 	hdrHubErrorCode = "iothub-errorcode"
+	// hdrETag is spelled as IoT Hub spells it: the C SDK finds a C2D
+	// message's lock token only under exactly "ETag".
+	hdrETag = "ETag"
 )
 
 // contentTypeJSON is the Content-Type of every answer, as Azure sends it.
@@ -106,7 +109,7 @@ func NewHandler(cfg Config, svc *dps.Service, settings *dps.Settings) http.Handl
 	// Literal-first routes (DPS service, then hub) before the DPS device
 	// routes, whose first segment is the ID scope parameter: on the
 	// (theoretical) paths both fit, the literal wins. The hub's first
-	// segments ("devices", "statistics") are hub-only, so an ID scope
+	// segments ("devices", "twins", "statistics") are hub-only, so an ID scope
 	// spelled "devices" can never reach a DPS device route through a hub
 	// path.
 	h.routes = h.serviceRoutes()
@@ -294,7 +297,7 @@ func (x *exchange) failDPS(err error) {
 // describe the error answer.
 func (x *exchange) clearSuccessHeaders() {
 	h := x.w.Header()
-	for _, k := range []string{hdrLocation, hdrRetryAfter, hdrItemType, hdrContinuation, hdrMaxItemCount} {
+	for _, k := range []string{hdrLocation, hdrRetryAfter, hdrItemType, hdrContinuation, hdrMaxItemCount, hdrETag} {
 		delete(h, k)
 	}
 }

@@ -80,6 +80,8 @@ type fixture struct {
 	reg         *hub.Registry
 	hubSettings *hub.Settings
 	sink        *fakeSink
+	links       *hub.Links
+	c2d         *hub.CloudToDevice
 	hubCfg      *HubConfig
 	// secrets are more strings that must never reach the logs (device
 	// keys the test created).
@@ -105,17 +107,22 @@ func newFixtureStore(t testing.TB, st store.Store) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	settings.Policies = append(settings.Policies, dps.Policy{
-		KeyName: readOnly, PrimaryKey: dps.NewKey(), SecondaryKey: dps.NewKey(),
-		Rights: []string{dps.RightEnrollmentRead},
-	})
+	if _, _, err := settings.PolicySet().Put(context.Background(), dps.Policy{
+		KeyName: readOnly, Rights: []string{dps.RightEnrollmentRead},
+	}); err != nil {
+		t.Fatal(err)
+	}
 	f.svc, f.settings = svc, settings
 	f.owner, _ = settings.Policy(dps.OwnerPolicy)
 	f.reader, _ = settings.Policy(readOnly)
 	if f.hubSettings, err = hub.LoadOrCreateSettings(context.Background(), st, hubName); err != nil {
 		t.Fatal(err)
 	}
-	f.hubCfg = &HubConfig{Name: hubName, Registry: f.reg, Settings: f.hubSettings, Sink: f.sink}
+	// The hub's push services, wired as server.go wires them.
+	f.links = hub.NewLinks()
+	f.c2d = hub.NewCloudToDevice(st, f.reg, f.links, nil)
+	f.hubCfg = &HubConfig{Name: hubName, Registry: f.reg, Settings: f.hubSettings, Sink: f.sink,
+		Twins: hub.NewTwins(st, f.reg, f.links), Methods: hub.NewMethods(f.reg, f.links), CloudToDevice: f.c2d}
 	logger := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	f.h = NewHandler(Config{Hosts: []string{dpsHost}, Logger: logger, Now: clock, Hub: f.hubCfg}, svc, settings)
 	// Whatever a test did, no credential may have reached the logs.

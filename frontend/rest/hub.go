@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/berth-iot/berth/azerr"
@@ -38,35 +39,65 @@ type HubConfig struct {
 }
 
 // hubRoutes is the IoT Hub REST API. Its first segments ("devices",
-// "statistics") are literals no DPS route uses, so these paths never
-// collide with the DPS service routes (/enrollments…, /registrations/…) or
-// the DPS device routes (/{idScope}/registrations/…).
+// "twins", "statistics") are literals no DPS route uses, so these paths
+// never collide with the DPS service routes (/enrollments…,
+// /registrations/…); the DPS device routes (/{idScope}/registrations/…)
+// come after them in the table, so that a path both fit (an ID scope
+// spelled "twins") is the hub's.
 //
-// Registry rights follow shared/spec/iothub.md §7.3: reads need
+// Rights follow shared/spec/iothub.md §7.3: registry reads need
 // RegistryRead, writes RegistryWrite (which implies RegistryRead, see
-// hub.Policy.Has); ServiceConnect alone grants neither.
+// hub.Policy.Has); ServiceConnect alone grants neither. Twins, direct
+// methods, the C2D send extension and the queue purge need ServiceConnect;
+// a twin GET is also granted to RegistryRead, the spec's REC (IoT Hub's
+// documentation says both "read device twins" under ServiceConnect and
+// lets registry readers list twins through queries; UNCONFIRMED which
+// IoT Hub checks, and refusing a read that IoT Hub allows would break the
+// caller while allowing it reveals nothing a registry reader cannot
+// already query).
+//
+// "deviceBound" is matched case-insensitively like every literal: Node
+// and C write devicebound, C# and the docs deviceBound.
 func (h *handler) hubRoutes() routes {
 	const (
-		read  = hub.RightRegistryRead
-		write = hub.RightRegistryWrite
+		read    = hub.RightRegistryRead
+		write   = hub.RightRegistryWrite
+		connect = hub.RightServiceConnect
 	)
 	return routes{
 		newHubRoute(http.MethodPost, "devices/{deviceId}/messages/events", h.sendEvent),
-		newHubRoute(http.MethodPost, "devices/{deviceId}/modules/{moduleId}/messages/events", h.sendModuleEvent),
+		newHubRoute(http.MethodPost, "devices/{deviceId}/modules/{moduleId}/messages/events", modulesUnsupported(moduleEventHint)),
 
-		newHubRoute(http.MethodGet, "devices", h.hubAuthorized(read, h.listDevices)),
-		newHubRoute(http.MethodPut, "devices/{id}", h.hubAuthorized(write, h.putDevice)),
-		newHubRoute(http.MethodGet, "devices/{id}", h.hubAuthorized(read, h.getDevice)),
-		newHubRoute(http.MethodDelete, "devices/{id}", h.hubAuthorized(write, h.deleteDevice)),
-		newHubRoute(http.MethodGet, "statistics/devices", h.hubAuthorized(read, h.deviceStatistics)),
+		newHubRoute(http.MethodGet, "devices", h.hubAuthorized(h.listDevices, read)),
+		newHubRoute(http.MethodPut, "devices/{id}", h.hubAuthorized(h.putDevice, write)),
+		newHubRoute(http.MethodGet, "devices/{id}", h.hubAuthorized(h.getDevice, read)),
+		newHubRoute(http.MethodDelete, "devices/{id}", h.hubAuthorized(h.deleteDevice, write)),
+		newHubRoute(http.MethodGet, "statistics/devices", h.hubAuthorized(h.deviceStatistics, read)),
+
+		newHubRoute(http.MethodGet, "twins/{id}", h.hubAuthorized(h.getTwin, connect, read)),
+		newHubRoute(http.MethodPatch, "twins/{id}", h.hubAuthorized(h.patchTwin, connect)),
+		newHubRoute(http.MethodPut, "twins/{id}", h.hubAuthorized(h.replaceTwin, connect)),
+		newHubRoute(http.MethodPost, "twins/{id}/methods", h.hubAuthorized(h.invokeMethod, connect)),
+		newHubRoute(http.MethodGet, "twins/{id}/modules/{moduleId}", modulesUnsupported(moduleTwinHint)),
+		newHubRoute(http.MethodPatch, "twins/{id}/modules/{moduleId}", modulesUnsupported(moduleTwinHint)),
+		newHubRoute(http.MethodPut, "twins/{id}/modules/{moduleId}", modulesUnsupported(moduleTwinHint)),
+		newHubRoute(http.MethodPost, "twins/{id}/modules/{moduleId}/methods", modulesUnsupported(moduleMethodHint)),
+
+		// Device side of the C2D queue (shared/spec/iothub.md §3.3).
+		newHubRoute(http.MethodGet, "devices/{deviceId}/messages/deviceBound", h.receiveCloudToDevice),
+		newHubRoute(http.MethodDelete, "devices/{deviceId}/messages/deviceBound/{lockToken}", h.completeCloudToDevice),
+		newHubRoute(http.MethodPost, "devices/{deviceId}/messages/deviceBound/{lockToken}/abandon", h.abandonCloudToDevice),
+		// Service side: berth's send extension (§8.6 REC) and the purge.
+		newHubRoute(http.MethodPost, "devices/{id}/messages/deviceBound", h.hubAuthorized(h.sendCloudToDevice, connect)),
+		newHubRoute(http.MethodDelete, "devices/{id}/commands", h.hubAuthorized(h.purgeCloudToDevice, connect)),
 	}
 }
 
 // hubAuthorized checks the hub service SAS token before next runs, and
-// before any body is read.
-func (h *handler) hubAuthorized(right string, next func(*exchange, []string)) func(*exchange, []string) {
+// before any body is read: the token's policy must have one of rights.
+func (h *handler) hubAuthorized(next func(*exchange, []string), rights ...string) func(*exchange, []string) {
 	return func(x *exchange, args []string) {
-		if err := h.authorizeHubService(x.r.Header.Get(reqAuthorization), x.segs, right); err != nil {
+		if err := h.authorizeHubService(x.r.Header.Get(reqAuthorization), x.segs, rights); err != nil {
 			x.fail(err)
 			return
 		}
@@ -75,7 +106,7 @@ func (h *handler) hubAuthorized(right string, next func(*exchange, []string)) fu
 }
 
 // authorizeHubService validates a service token (shared/spec/iothub.md
-// §7.2): skn names a hub policy that has right, sr is the hub name
+// §7.2): skn names a hub policy that has one of rights, sr is the hub name
 // optionally followed by a segment prefix of the request path, and the
 // signature verifies with one of the policy's keys. Every failure is 401
 // IotHubUnauthorizedAccess, as AuthenticateDevice answers device tokens;
@@ -83,7 +114,7 @@ func (h *handler) hubAuthorized(right string, next func(*exchange, []string)) fu
 //
 // This is the hub twin of dps.Settings.AuthorizeService; it lives here
 // only because package hub has no such function yet.
-func (h *handler) authorizeHubService(token string, path []string, right string) error {
+func (h *handler) authorizeHubService(token string, path []string, rights []string) error {
 	deny := func(cause error) error { return azerr.Wrap(azerr.HubUnauthorizedAccess, cause) }
 	if token == "" {
 		return deny(errors.New("no token"))
@@ -111,8 +142,8 @@ func (h *handler) authorizeHubService(token string, path []string, right string)
 	if _, err := tok.Verify(h.now(), p.PrimaryKey, p.SecondaryKey); err != nil {
 		return deny(err)
 	}
-	if !p.Has(right) {
-		return deny(fmt.Errorf("policy %s lacks %s", p.KeyName, right))
+	if !slices.ContainsFunc(rights, p.Has) {
+		return deny(fmt.Errorf("policy %s lacks %s", p.KeyName, strings.Join(rights, " or ")))
 	}
 	return nil
 }

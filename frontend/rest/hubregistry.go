@@ -131,13 +131,7 @@ func (h *handler) listDevices(x *exchange, _ []string) {
 // value that is not an integer at all is refused, since silently listing
 // a thousand devices for "top=ten" hides the client's bug.
 func listTop(u *url.URL) (int, error) {
-	v := ""
-	for k, vs := range u.Query() {
-		if strings.EqualFold(k, "top") && len(vs) > 0 {
-			v = strings.TrimSpace(vs[0])
-			break
-		}
-	}
+	v, _ := queryValue(u, "top")
 	if v == "" {
 		return maxListTop, nil
 	}
@@ -153,6 +147,21 @@ func listTop(u *url.URL) (int, error) {
 		return maxListTop, nil
 	}
 	return n, nil
+}
+
+// queryValue returns the first value of a query parameter, trimmed, its
+// name matched case-insensitively like the path; present says whether the
+// parameter is there at all, with or without a value ("?reject").
+func queryValue(u *url.URL, name string) (v string, present bool) {
+	for k, vs := range u.Query() {
+		if strings.EqualFold(k, name) {
+			if len(vs) > 0 {
+				v = strings.TrimSpace(vs[0])
+			}
+			return v, true
+		}
+	}
+	return "", false
 }
 
 // deviceStatistics is IoT Hub's RegistryStatistics.

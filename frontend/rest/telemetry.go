@@ -44,11 +44,11 @@ const appPropertyPrefix = "iothub-app-"
 func (h *handler) sendEvent(x *exchange, args []string) {
 	hc := h.hub
 	ctx := x.r.Context()
-	id, err := hc.Registry.AuthenticateDevice(ctx, hc.Settings, hc.Name, args[0], x.r.Header.Get(reqAuthorization))
-	if err != nil {
-		x.fail(err)
+	id, ok := h.authenticateDevice(x, args[0])
+	if !ok {
 		return
 	}
+	var err error
 	if hc.Sink == nil {
 		x.fail(azerr.Newf(azerr.HubServiceUnavailable, "Telemetry is not enabled on this hub."))
 		return
@@ -116,14 +116,39 @@ func (h *handler) sendEvent(x *exchange, args []string) {
 	x.noContent()
 }
 
-// sendModuleEvent is POST /devices/{deviceId}/modules/{moduleId}/messages/events.
-// The registry has no module identities yet, so it is refused outright
-// (before any authentication: the answer reveals nothing about the
-// device) with an error that says so, rather than the 404 of an unknown
-// path, which would look like a typo in the URL.
-func (h *handler) sendModuleEvent(x *exchange, _ []string) {
-	x.fail(azerr.Newf(azerr.HubArgumentInvalid,
-		"Modules are not supported yet by berth: send telemetry as the device, to /devices/{deviceId}/messages/events."))
+// authenticateDevice checks the device's SAS token for deviceID (a token
+// for itself, or a policy token with DeviceConnect) before a byte of the
+// body is read; the registry refuses tokens for another device and
+// disabled devices with 401 IotHubUnauthorizedAccess. On failure it has
+// answered and ok is false.
+func (h *handler) authenticateDevice(x *exchange, deviceID string) (id *hub.Identity, ok bool) {
+	hc := h.hub
+	id, err := hc.Registry.AuthenticateDevice(x.r.Context(), hc.Settings, hc.Name, deviceID, x.r.Header.Get(reqAuthorization))
+	if err != nil {
+		x.fail(err)
+		return nil, false
+	}
+	return id, true
+}
+
+// Hints of the module refusals: where the caller can go instead.
+const (
+	moduleEventHint  = "send telemetry as the device, to /devices/{deviceId}/messages/events."
+	moduleTwinHint   = "use the device twin, /twins/{deviceId}."
+	moduleMethodHint = "invoke the method on the device, POST /twins/{deviceId}/methods."
+)
+
+// modulesUnsupported answers a module route (POST
+// /devices/{deviceId}/modules/{moduleId}/messages/events, the module twin
+// and module method routes). The registry has no module
+// identities yet, so these are refused outright (before any
+// authentication: the answer reveals nothing about the device) with an
+// error that says so and where to go instead, rather than the 404 of an
+// unknown path, which would look like a typo in the URL.
+func modulesUnsupported(hint string) func(*exchange, []string) {
+	return func(x *exchange, _ []string) {
+		x.fail(azerr.Newf(azerr.HubArgumentInvalid, "Modules are not supported yet by berth: %s", hint))
+	}
 }
 
 // isBatch reports whether a Content-Type names the batch format; the
@@ -152,6 +177,16 @@ func isBatch(ct string) bool {
 // added in name order, so the result is deterministic. When a header is
 // repeated, its first value counts, as Header.Get reads it.
 func headerProperties(m *hub.Message, hdr http.Header) {
+	_ = eachHeader(hdr, func(name, value string) error {
+		addProperty(m, name, value)
+		return nil
+	})
+}
+
+// eachHeader calls fn with every header, its name lower-cased, in name
+// order, with its first value (see headerProperties for why), and stops at
+// the first error.
+func eachHeader(hdr http.Header, fn func(lowerName, value string) error) error {
 	names := make([]string, 0, len(hdr))
 	for k := range hdr {
 		names = append(names, k)
@@ -159,9 +194,12 @@ func headerProperties(m *hub.Message, hdr http.Header) {
 	slices.Sort(names)
 	for _, k := range names {
 		if vs := hdr[k]; len(vs) > 0 {
-			addProperty(m, strings.ToLower(k), vs[0])
+			if err := fn(strings.ToLower(k), vs[0]); err != nil {
+				return err
+			}
 		}
 	}
+	return nil
 }
 
 // addProperty adds one device-supplied property to m, named as an HTTP
@@ -172,8 +210,8 @@ func headerProperties(m *hub.Message, hdr http.Header) {
 // the hub stamps itself, which a device must not be able to forge. A
 // repeated name replaces the earlier value.
 func addProperty(m *hub.Message, name, value string) {
-	if len(name) > len(appPropertyPrefix) && strings.EqualFold(name[:len(appPropertyPrefix)], appPropertyPrefix) {
-		setProperty(&m.App, name[len(appPropertyPrefix):], value)
+	if app, ok := appPropertyName(name); ok {
+		setProperty(&m.App, app, value)
 		return
 	}
 	lower := strings.ToLower(name)
@@ -189,6 +227,16 @@ func addProperty(m *hub.Message, name, value string) {
 		// Explorer reads it from the event's application properties).
 		setProperty(&m.App, "iothub-message-schema", value)
 	}
+}
+
+// appPropertyName returns the application property a header or batch
+// property name sets: the name without its iothub-app- prefix (matched
+// case-insensitively), or ok false when it is not one.
+func appPropertyName(name string) (app string, ok bool) {
+	if len(name) > len(appPropertyPrefix) && strings.EqualFold(name[:len(appPropertyPrefix)], appPropertyPrefix) {
+		return name[len(appPropertyPrefix):], true
+	}
+	return "", false
 }
 
 // systemProperty maps a lower-cased HTTP header name to the system
@@ -252,6 +300,21 @@ type batchItem struct {
 	Properties    batchProperties `json:"properties"`
 }
 
+// body returns the element's body bytes: base64-decoded unless
+// base64Encoded is false. what names the body in the error, which is 400
+// ArgumentInvalid.
+func (it *batchItem) body(what string) ([]byte, error) {
+	if it.Base64Encoded != nil && !*it.Base64Encoded {
+		return []byte(it.Body), nil
+	}
+	b, err := base64.StdEncoding.DecodeString(it.Body)
+	if err != nil {
+		return nil, &azerr.Error{Code: azerr.HubArgumentInvalid, Err: err,
+			Message: what + ` is not base64 (send "base64Encoded":false with a text body).`}
+	}
+	return b, nil
+}
+
 // batchProperties are a batch message's properties in document order
 // (a map would lose the order the device gave its application
 // properties). Keys are HTTP header names, mapped as headers are; unlike
@@ -310,15 +373,11 @@ func batchMessages(b []byte) ([]*hub.Message, error) {
 		if it == nil {
 			return nil, azerr.Newf(azerr.HubArgumentInvalid, "Message %d of the batch is null.", i)
 		}
-		m := &hub.Message{Body: []byte(it.Body)}
-		if it.Base64Encoded == nil || *it.Base64Encoded {
-			body, err := base64.StdEncoding.DecodeString(it.Body)
-			if err != nil {
-				return nil, &azerr.Error{Code: azerr.HubArgumentInvalid, Err: err,
-					Message: fmt.Sprintf("The body of message %d of the batch is not base64 (send \"base64Encoded\":false with a text body).", i)}
-			}
-			m.Body = body
+		body, err := it.body(fmt.Sprintf("The body of message %d of the batch", i))
+		if err != nil {
+			return nil, err
 		}
+		m := &hub.Message{Body: body}
 		for _, p := range it.Properties {
 			addProperty(m, p.Name, p.Value)
 		}
