@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/policy"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
 )
@@ -26,88 +27,92 @@ const (
 const OwnerPolicy = "provisioningserviceowner"
 
 // Policy is a shared access policy.
-type Policy struct {
-	KeyName      string   `json:"keyName"`
-	PrimaryKey   string   `json:"primaryKey"`
-	SecondaryKey string   `json:"secondaryKey"`
-	Rights       []string `json:"rights"`
-}
+type Policy = policy.Policy
 
-// Has reports whether the policy grants right.
-func (p *Policy) Has(right string) bool {
-	for _, r := range p.Rights {
-		if strings.EqualFold(r, right) {
-			return true
-		}
-	}
-	return false
-}
+// Rights are the rights a DPS policy may have.
+var Rights = []string{RightServiceConfig, RightEnrollmentRead, RightEnrollmentWrite, RightRegistrationStatusRead, RightRegistrationStatusWrite}
 
 // Settings are the persistent identity of a berth DPS, created on first
-// start.
+// start: its ID scope and its shared access policies.
 type Settings struct {
+	IDScope string
+	// policies change at run time (berth policy …).
+	policies *policy.Set
+}
+
+// settingsDoc is the stored form.
+type settingsDoc struct {
 	IDScope  string   `json:"idScope"`
 	Policies []Policy `json:"policies"`
 }
 
 const settingsKey = "dps"
 
+// MaxPolicies is Azure's limit of shared access policies per service.
+const MaxPolicies = 16
+
 // LoadOrCreateSettings reads the settings from the store, or creates them
 // with a new ID scope (idScope when not empty) and an owner policy.
 // created reports a first start.
 func LoadOrCreateSettings(ctx context.Context, st store.Store, idScope string) (s *Settings, created bool, err error) {
 	rec, err := st.Get(ctx, store.KindConfig, settingsKey)
-	if err == nil {
-		var s Settings
-		if err := json.Unmarshal(rec.Data, &s); err != nil {
+	switch {
+	case err == nil:
+		var doc settingsDoc
+		if err := json.Unmarshal(rec.Data, &doc); err != nil {
 			return nil, false, fmt.Errorf("dps: decode settings: %w", err)
 		}
-		return &s, false, nil
-	}
-	if !errors.Is(err, store.ErrNotFound) {
+		idScope = doc.IDScope
+	case !errors.Is(err, store.ErrNotFound):
 		return nil, false, fmt.Errorf("dps: read settings: %w", err)
+	default:
+		if idScope == "" {
+			idScope = NewIDScope()
+		}
+		doc := settingsDoc{
+			IDScope: idScope,
+			Policies: []Policy{{
+				KeyName:      OwnerPolicy,
+				PrimaryKey:   NewKey(),
+				SecondaryKey: NewKey(),
+				Rights:       Rights,
+			}},
+		}
+		data, err := json.Marshal(doc)
+		if err != nil {
+			return nil, false, fmt.Errorf("dps: encode settings: %w", err)
+		}
+		_, err = st.Put(ctx, store.Record{Kind: store.KindConfig, Key: settingsKey, Data: data}, store.Cond{IfNotExists: true})
+		if errors.Is(err, store.ErrExists) {
+			// Another berth node sharing the store won the race; use its settings.
+			return LoadOrCreateSettings(ctx, st, idScope)
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("dps: write settings: %w", err)
+		}
+		created = true
 	}
-	if idScope == "" {
-		idScope = NewIDScope()
-	}
-	s = &Settings{
-		IDScope: idScope,
-		Policies: []Policy{{
-			KeyName:      OwnerPolicy,
-			PrimaryKey:   NewKey(),
-			SecondaryKey: NewKey(),
-			Rights:       []string{RightServiceConfig, RightEnrollmentRead, RightEnrollmentWrite, RightRegistrationStatusRead, RightRegistrationStatusWrite},
-		}},
-	}
-	data, err := json.Marshal(s)
+	set, err := policy.Load(ctx, st, policy.Config{Kind: store.KindConfig, Key: settingsKey, Rights: Rights, Limit: MaxPolicies, Keep: RightServiceConfig})
 	if err != nil {
-		return nil, false, fmt.Errorf("dps: encode settings: %w", err)
+		return nil, false, fmt.Errorf("dps: load policies: %w", err)
 	}
-	_, err = st.Put(ctx, store.Record{Kind: store.KindConfig, Key: settingsKey, Data: data}, store.Cond{IfNotExists: true})
-	if errors.Is(err, store.ErrExists) {
-		// Another berth node sharing the store won the race; use its settings.
-		return LoadOrCreateSettings(ctx, st, idScope)
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("dps: write settings: %w", err)
-	}
-	return s, true, nil
+	return &Settings{IDScope: idScope, policies: set}, created, nil
 }
 
-// Policy returns the named policy.
-func (s *Settings) Policy(name string) (*Policy, bool) {
-	for i := range s.Policies {
-		if strings.EqualFold(s.Policies[i].KeyName, name) {
-			return &s.Policies[i], true
+// Policy returns a copy of the named policy.
+func (s *Settings) Policy(name string) (*Policy, bool) { return s.policies.Get(name) }
+
+// Policies iterates over a snapshot of the policies.
+func (s *Settings) Policies(yield func(int, Policy) bool) {
+	for i, p := range s.policies.List() {
+		if !yield(i, p) {
+			return
 		}
 	}
-	return nil, false
 }
 
-// ConnectionString is the service connection string of a policy.
-func (p *Policy) ConnectionString(host string) string {
-	return "HostName=" + host + ";SharedAccessKeyName=" + p.KeyName + ";SharedAccessKey=" + p.PrimaryKey
-}
+// PolicySet is the policies, for management (berth policy …).
+func (s *Settings) PolicySet() *policy.Set { return s.policies }
 
 // AuthorizeService checks a service SAS token: sr must name the host the
 // request came to (or one of hosts), skn a policy with the right.

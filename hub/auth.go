@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/policy"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
 )
@@ -25,82 +26,74 @@ const (
 const OwnerPolicy = "iothubowner"
 
 // Policy is a hub shared access policy.
-type Policy struct {
-	KeyName      string   `json:"keyName"`
-	PrimaryKey   string   `json:"primaryKey"`
-	SecondaryKey string   `json:"secondaryKey"`
-	Rights       []string `json:"rights"`
-}
+type Policy = policy.Policy
 
-// Has reports whether the policy grants right (RegistryWrite implies
-// RegistryRead, as on IoT Hub's registryReadWrite).
-func (p *Policy) Has(right string) bool {
-	for _, r := range p.Rights {
-		if strings.EqualFold(r, right) || (right == RightRegistryRead && strings.EqualFold(r, RightRegistryWrite)) {
-			return true
-		}
-	}
-	return false
-}
+// Rights are the rights a hub policy may have.
+var Rights = []string{RightRegistryRead, RightRegistryWrite, RightServiceConnect, RightDeviceConnect}
 
-// ConnectionString is the service connection string of the policy.
-func (p *Policy) ConnectionString(hubName string) string {
-	return "HostName=" + hubName + ";SharedAccessKeyName=" + p.KeyName + ";SharedAccessKey=" + p.PrimaryKey
-}
+// MaxPolicies is IoT Hub's limit of shared access policies per hub.
+const MaxPolicies = 16
 
 // Settings are a hub's persistent policies.
 type Settings struct {
+	Name     string
+	policies *policy.Set
+}
+
+type settingsDoc struct {
 	Name     string   `json:"name"`
 	Policies []Policy `json:"policies"`
 }
 
-// Policy returns the named policy.
-func (s *Settings) Policy(name string) (*Policy, bool) {
-	for i := range s.Policies {
-		if strings.EqualFold(s.Policies[i].KeyName, name) {
-			return &s.Policies[i], true
+// Policy returns a copy of the named policy.
+func (s *Settings) Policy(name string) (*Policy, bool) { return s.policies.Get(name) }
+
+// Policies iterates over a snapshot of the policies.
+func (s *Settings) Policies(yield func(int, Policy) bool) {
+	for i, p := range s.policies.List() {
+		if !yield(i, p) {
+			return
 		}
 	}
-	return nil, false
 }
+
+// PolicySet is the policies, for management (berth policy …).
+func (s *Settings) PolicySet() *policy.Set { return s.policies }
 
 // LoadOrCreateSettings reads a hub's policies, creating IoT Hub's default
 // set on first use.
 func LoadOrCreateSettings(ctx context.Context, st store.Store, hubName string) (*Settings, error) {
 	key := "hub/" + strings.ToLower(hubName)
-	rec, err := st.Get(ctx, store.KindConfig, key)
-	if err == nil {
-		var s Settings
-		if err := json.Unmarshal(rec.Data, &s); err != nil {
-			return nil, fmt.Errorf("hub: decode settings: %w", err)
-		}
-		return &s, nil
-	}
-	if !errors.Is(err, store.ErrNotFound) {
+	_, err := st.Get(ctx, store.KindConfig, key)
+	switch {
+	case err == nil:
+	case !errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("hub: read settings: %w", err)
+	default:
+		mk := func(name string, rights ...string) Policy {
+			return Policy{KeyName: name, PrimaryKey: newKey(), SecondaryKey: newKey(), Rights: rights}
+		}
+		doc := settingsDoc{Name: hubName, Policies: []Policy{
+			mk(OwnerPolicy, RightRegistryRead, RightRegistryWrite, RightServiceConnect, RightDeviceConnect),
+			mk("service", RightServiceConnect),
+			mk("device", RightDeviceConnect),
+			mk("registryRead", RightRegistryRead),
+			mk("registryReadWrite", RightRegistryRead, RightRegistryWrite),
+		}}
+		data, err := json.Marshal(doc)
+		if err != nil {
+			return nil, fmt.Errorf("hub: encode settings: %w", err)
+		}
+		_, err = st.Put(ctx, store.Record{Kind: store.KindConfig, Key: key, Data: data}, store.Cond{IfNotExists: true})
+		if err != nil && !errors.Is(err, store.ErrExists) {
+			return nil, fmt.Errorf("hub: write settings: %w", err)
+		}
 	}
-	mk := func(name string, rights ...string) Policy {
-		return Policy{KeyName: name, PrimaryKey: newKey(), SecondaryKey: newKey(), Rights: rights}
-	}
-	s := &Settings{Name: hubName, Policies: []Policy{
-		mk(OwnerPolicy, RightRegistryRead, RightRegistryWrite, RightServiceConnect, RightDeviceConnect),
-		mk("service", RightServiceConnect),
-		mk("device", RightDeviceConnect),
-		mk("registryRead", RightRegistryRead),
-		mk("registryReadWrite", RightRegistryRead, RightRegistryWrite),
-	}}
-	data, err := json.Marshal(s)
+	set, err := policy.Load(ctx, st, policy.Config{Kind: store.KindConfig, Key: key, Rights: Rights, Limit: MaxPolicies})
 	if err != nil {
-		return nil, fmt.Errorf("hub: encode settings: %w", err)
+		return nil, fmt.Errorf("hub: load policies: %w", err)
 	}
-	_, err = st.Put(ctx, store.Record{Kind: store.KindConfig, Key: key, Data: data}, store.Cond{IfNotExists: true})
-	if errors.Is(err, store.ErrExists) {
-		return LoadOrCreateSettings(ctx, st, hubName)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("hub: write settings: %w", err)
-	}
-	return s, nil
+	return &Settings{Name: hubName, policies: set}, nil
 }
 
 // Identity is an authenticated device connection.

@@ -84,7 +84,7 @@ func TestAuthenticateDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	again, err := hub.LoadOrCreateSettings(ctx, st, hubName)
-	if err != nil || again.Policies[0].PrimaryKey != settings.Policies[0].PrimaryKey {
+	if err != nil || again.PolicySet().List()[0].PrimaryKey != settings.PolicySet().List()[0].PrimaryKey {
 		t.Fatal("settings not persisted")
 	}
 	d, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev"})
