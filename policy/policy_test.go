@@ -93,13 +93,19 @@ func TestRefused(t *testing.T) {
 		do   func() error
 		code azerr.Code
 	}{
-		{"bad name", func() error { _, _, err := s.Put(ctx, policy.Policy{KeyName: "a b", Rights: []string{"Read"}}); return err }, azerr.DPSBadRequest},
+		{"bad name", func() error {
+			_, _, err := s.Put(ctx, policy.Policy{KeyName: "a b", Rights: []string{"Read"}})
+			return err
+		}, azerr.DPSBadRequest},
 		{"long name", func() error {
 			_, _, err := s.Put(ctx, policy.Policy{KeyName: strings.Repeat("a", 65), Rights: []string{"Read"}})
 			return err
 		}, azerr.DPSBadRequest},
 		{"no rights", func() error { _, _, err := s.Put(ctx, policy.Policy{KeyName: "x"}); return err }, azerr.DPSBadRequest},
-		{"unknown right", func() error { _, _, err := s.Put(ctx, policy.Policy{KeyName: "x", Rights: []string{"Fly"}}); return err }, azerr.DPSBadRequest},
+		{"unknown right", func() error {
+			_, _, err := s.Put(ctx, policy.Policy{KeyName: "x", Rights: []string{"Fly"}})
+			return err
+		}, azerr.DPSBadRequest},
 		{"bad key", func() error {
 			_, _, err := s.Put(ctx, policy.Policy{KeyName: "x", Rights: []string{"Read"}, PrimaryKey: "short"})
 			return err
