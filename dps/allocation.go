@@ -61,9 +61,26 @@ type allocation struct {
 	payload json.RawMessage
 }
 
+// SetLinkedHubs replaces the linked hubs (berth hub create|update|delete).
+// It keeps the current ones when hubs is empty: a DPS always has a hub.
+func (s *Service) SetLinkedHubs(hubs []LinkedHub) {
+	if len(hubs) == 0 {
+		return
+	}
+	s.hmu.Lock()
+	s.hubs = append([]LinkedHub(nil), hubs...)
+	s.hmu.Unlock()
+}
+
+func (s *Service) linkedHubs() []LinkedHub {
+	s.hmu.RLock()
+	defer s.hmu.RUnlock()
+	return s.hubs
+}
+
 // linked returns the linked hub with this name.
 func (s *Service) linked(name string) (LinkedHub, bool) {
-	for _, h := range s.hubs {
+	for _, h := range s.linkedHubs() {
 		if strings.EqualFold(h.Name, name) {
 			return h, true
 		}
@@ -72,7 +89,7 @@ func (s *Service) linked(name string) (LinkedHub, bool) {
 }
 
 // LinkedHubs returns the hubs this DPS may assign devices to.
-func (s *Service) LinkedHubs() []LinkedHub { return append([]LinkedHub(nil), s.hubs...) }
+func (s *Service) LinkedHubs() []LinkedHub { return append([]LinkedHub(nil), s.linkedHubs()...) }
 
 // candidates are the hubs an enrollment may be assigned to: the ones it
 // lists (its iotHubs, or the legacy iotHubHostName), else every linked hub
@@ -87,7 +104,7 @@ func (s *Service) candidates(c *Common) ([]LinkedHub, *azerr.Error) {
 	}
 	if names == nil {
 		var out []LinkedHub
-		for _, h := range s.hubs {
+		for _, h := range s.linkedHubs() {
 			if h.ApplyAllocationPolicy {
 				out = append(out, h)
 			}

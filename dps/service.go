@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
@@ -65,7 +66,8 @@ type Service struct {
 	store          store.Store
 	registry       DeviceRegistry
 	idScope        string
-	hubs           []LinkedHub
+	hmu            sync.RWMutex
+	hubs           []LinkedHub // replaced, never modified in place
 	region         string
 	webhook        *http.Client
 	webhookTimeout time.Duration

@@ -1,0 +1,320 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/store"
+)
+
+// HubInfo describes one IoT hub berth serves, and how the DPS links it.
+type HubInfo struct {
+	// Name is the hub's host name: what devices put in their connection
+	// strings and MQTT usernames and what TLS serves (SNI).
+	Name string `json:"name"`
+	// AllocationWeight weighs the hub in hashed allocation.
+	AllocationWeight int `json:"allocationWeight"`
+	// ApplyAllocationPolicy makes the hub a candidate for enrollments that
+	// name no hubs of their own.
+	ApplyAllocationPolicy bool `json:"applyAllocationPolicy"`
+	// Region labels the hub for geoLatency allocation.
+	Region  string    `json:"region,omitempty"`
+	Created time.Time `json:"createdTime"`
+}
+
+// Served is a hub with its shared access policies.
+type Served struct {
+	Info     HubInfo
+	Settings *Settings
+}
+
+// MaxHubs bounds the hubs one berth serves (Azure links at most 50 hubs to
+// a DPS).
+const MaxHubs = 50
+
+const directoryKey = "hubs"
+
+// Directory is the set of hubs berth serves, persistent and changeable at
+// run time (berth hub create|update|delete). Lookups take no store
+// round-trip. Other berth nodes sharing the store see changes after Reload
+// (or a restart).
+type Directory struct {
+	st  store.Store
+	reg *Registry
+	// def is this node's default hub (berth serve --hub-name).
+	def string
+
+	mu       sync.RWMutex
+	hubs     []*Served // in creation order; the first is the default
+	watchers []func([]HubInfo)
+}
+
+// LoadDirectory reads the hubs, adding defaultHub (with IoT Hub's default
+// policies) when it is not one of them yet.
+func LoadDirectory(ctx context.Context, st store.Store, reg *Registry, defaultHub string, now time.Time) (*Directory, error) {
+	if !ValidHubName(defaultHub) {
+		return nil, fmt.Errorf("hub: default hub name %q is not a valid host name", defaultHub)
+	}
+	d := &Directory{st: st, reg: reg, def: defaultHub}
+	err := d.change(ctx, func(infos []HubInfo) ([]HubInfo, error) {
+		if slices.ContainsFunc(infos, func(h HubInfo) bool { return strings.EqualFold(h.Name, defaultHub) }) {
+			return nil, errUnchanged
+		}
+		return append(infos, HubInfo{Name: defaultHub, AllocationWeight: 1, ApplyAllocationPolicy: true, Created: now.UTC()}), nil
+	})
+	if err != nil && !errors.Is(err, errUnchanged) {
+		return nil, err
+	}
+	return d, d.Reload(ctx)
+}
+
+// errUnchanged ends a change that has nothing to write.
+var errUnchanged = errors.New("hub: nothing to change")
+
+func (d *Directory) read(ctx context.Context) ([]HubInfo, string, error) {
+	rec, err := d.st.Get(ctx, store.KindConfig, directoryKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, "", nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("hub: read hubs: %w", err)
+	}
+	var infos []HubInfo
+	if err := json.Unmarshal(rec.Data, &infos); err != nil {
+		return nil, "", fmt.Errorf("hub: decode hubs: %w", err)
+	}
+	return infos, rec.ETag, nil
+}
+
+// write stores the list: created when etag is "", else conditional on it.
+func (d *Directory) write(ctx context.Context, infos []HubInfo, etag string) error {
+	data, err := json.Marshal(infos)
+	if err != nil {
+		return fmt.Errorf("hub: encode hubs: %w", err)
+	}
+	cond := store.Cond{IfNotExists: true}
+	if etag != "" {
+		cond = store.Cond{IfMatch: etag}
+	}
+	_, err = d.st.Put(ctx, store.Record{Kind: store.KindConfig, Key: directoryKey, Data: data}, cond)
+	return err
+}
+
+// Reload rereads the hubs and their policies from the store.
+func (d *Directory) Reload(ctx context.Context) error {
+	infos, _, err := d.read(ctx)
+	if err != nil {
+		return err
+	}
+	hubs := make([]*Served, 0, len(infos))
+	for _, info := range infos {
+		set, err := LoadOrCreateSettings(ctx, d.st, info.Name)
+		if err != nil {
+			return err
+		}
+		hubs = append(hubs, &Served{Info: info, Settings: set})
+	}
+	d.mu.Lock()
+	d.hubs = hubs
+	watchers := slices.Clone(d.watchers)
+	d.mu.Unlock()
+	for _, w := range watchers {
+		w(infosOf(hubs))
+	}
+	return nil
+}
+
+func infosOf(hubs []*Served) []HubInfo {
+	out := make([]HubInfo, len(hubs))
+	for i, h := range hubs {
+		out[i] = h.Info
+	}
+	return out
+}
+
+// Watch calls fn with the hubs now and after every change (the server
+// reissues its certificate and relinks the DPS).
+func (d *Directory) Watch(fn func([]HubInfo)) {
+	d.mu.Lock()
+	d.watchers = append(d.watchers, fn)
+	hubs := d.hubs
+	d.mu.Unlock()
+	fn(infosOf(hubs))
+}
+
+// Lookup returns the hub a host name names: case-insensitively, ignoring
+// a :port, as connection strings and Host headers give it.
+func (d *Directory) Lookup(host string) (*Served, bool) {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, h := range d.hubs {
+		if strings.EqualFold(h.Info.Name, host) {
+			return h, true
+		}
+	}
+	return nil, false
+}
+
+// Default is this node's default hub (berth serve --hub-name).
+func (d *Directory) Default() *Served {
+	s, _ := d.Lookup(d.def)
+	return s
+}
+
+// List returns the hubs in creation order.
+func (d *Directory) List() []HubInfo {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return infosOf(d.hubs)
+}
+
+// ValidHubName reports whether s can be a hub host name: a DNS name of
+// letters, digits, '-' and '.', or an IP address.
+func ValidHubName(s string) bool {
+	if net.ParseIP(s) != nil {
+		return true
+	}
+	if s == "" || len(s) > 253 || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// change runs edit on the stored list under optimistic concurrency, then
+// reloads.
+func (d *Directory) change(ctx context.Context, edit func([]HubInfo) ([]HubInfo, error)) error {
+	for range 5 {
+		infos, etag, err := d.read(ctx)
+		if err != nil {
+			return err
+		}
+		next, err := edit(slices.Clone(infos))
+		if err != nil {
+			return err
+		}
+		err = d.write(ctx, next, etag)
+		if errors.Is(err, store.ErrPreconditionFailed) || errors.Is(err, store.ErrExists) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("hub: write hubs: %w", err)
+		}
+		return d.Reload(ctx)
+	}
+	return azerr.Newf(azerr.DPSConflict, "The hubs are changing concurrently; try again.")
+}
+
+func badHub(format string, args ...any) error {
+	return azerr.Newf(azerr.DPSBadRequest, format, args...)
+}
+
+// Create adds a hub with IoT Hub's default policies.
+func (d *Directory) Create(ctx context.Context, info HubInfo, now time.Time) (*Served, error) {
+	if !ValidHubName(info.Name) {
+		return nil, badHub("Hub name %q is not a valid host name.", info.Name)
+	}
+	if info.AllocationWeight < 0 || info.AllocationWeight > 1000 {
+		return nil, badHub("allocationWeight must be between 0 and 1000.")
+	}
+	info.Created = now.UTC()
+	err := d.change(ctx, func(infos []HubInfo) ([]HubInfo, error) {
+		if slices.ContainsFunc(infos, func(h HubInfo) bool { return strings.EqualFold(h.Name, info.Name) }) {
+			return nil, azerr.Newf(azerr.DPSConflict, "Hub %s already exists.", info.Name)
+		}
+		if len(infos) >= MaxHubs {
+			return nil, badHub("At most %d hubs are allowed.", MaxHubs)
+		}
+		return append(infos, info), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s, _ := d.Lookup(info.Name)
+	return s, nil
+}
+
+// Update changes a hub's allocation weight, applyAllocationPolicy and
+// region.
+func (d *Directory) Update(ctx context.Context, info HubInfo) (*Served, error) {
+	if info.AllocationWeight < 0 || info.AllocationWeight > 1000 {
+		return nil, badHub("allocationWeight must be between 0 and 1000.")
+	}
+	err := d.change(ctx, func(infos []HubInfo) ([]HubInfo, error) {
+		i := slices.IndexFunc(infos, func(h HubInfo) bool { return strings.EqualFold(h.Name, info.Name) })
+		if i < 0 {
+			return nil, azerr.Newf(azerr.DPSNotFound, "Hub %s not found.", info.Name)
+		}
+		info.Name, info.Created = infos[i].Name, infos[i].Created
+		infos[i] = info
+		return infos, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s, _ := d.Lookup(info.Name)
+	return s, nil
+}
+
+// Delete removes a hub with its devices, twins, queues and policies. This
+// node's default hub stays: berth always serves it.
+func (d *Directory) Delete(ctx context.Context, name string) error {
+	var gone HubInfo
+	err := d.change(ctx, func(infos []HubInfo) ([]HubInfo, error) {
+		i := slices.IndexFunc(infos, func(h HubInfo) bool { return strings.EqualFold(h.Name, name) })
+		switch {
+		case i < 0:
+			return nil, azerr.Newf(azerr.DPSNotFound, "Hub %s not found.", name)
+		case strings.EqualFold(infos[i].Name, d.def):
+			return nil, badHub("Hub %s is this berth's default hub (--hub-name) and cannot be deleted.", infos[i].Name)
+		}
+		gone = infos[i]
+		return slices.Delete(infos, i, i+1), nil
+	})
+	if err != nil {
+		return err
+	}
+	// The hub is no longer served; now its data goes. A failure here
+	// leaves records no lookup reaches; deleting again is not possible,
+	// so they are logged by the caller and cleaned by recreating and
+	// deleting the hub.
+	for {
+		devs, err := d.reg.List(ctx, gone.Name, "", 500)
+		if err != nil {
+			return fmt.Errorf("hub: delete devices of %s: %w", gone.Name, err)
+		}
+		if len(devs) == 0 {
+			break
+		}
+		for _, dev := range devs {
+			if err := d.reg.Delete(ctx, gone.Name, dev.DeviceID, ""); err != nil {
+				return fmt.Errorf("hub: delete devices of %s: %w", gone.Name, err)
+			}
+		}
+	}
+	if err := d.st.Delete(ctx, store.KindConfig, "hub/"+strings.ToLower(gone.Name), ""); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("hub: delete policies of %s: %w", gone.Name, err)
+	}
+	return nil
+}

@@ -1,0 +1,131 @@
+package hub_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/store/memstore"
+)
+
+func TestDirectory(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	reg := hub.NewRegistry(st, nil)
+	d, err := hub.LoadDirectory(ctx, st, reg, "hub.berth.test", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen [][]hub.HubInfo
+	d.Watch(func(h []hub.HubInfo) { seen = append(seen, h) })
+	if def := d.Default(); def == nil || def.Info.Name != "hub.berth.test" || !def.Info.ApplyAllocationPolicy || def.Info.AllocationWeight != 1 {
+		t.Fatalf("default hub: %+v", def)
+	}
+	if _, ok := d.Default().Settings.Policy(hub.OwnerPolicy); !ok {
+		t.Error("default hub has no iothubowner policy")
+	}
+	b, err := d.Create(ctx, hub.HubInfo{Name: "Hub-B.example", AllocationWeight: 3, Region: "west"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownerB, ok := b.Settings.Policy(hub.OwnerPolicy)
+	ownerA, _ := d.Default().Settings.Policy(hub.OwnerPolicy)
+	if !ok || ownerB.PrimaryKey == ownerA.PrimaryKey {
+		t.Error("a new hub needs its own policies")
+	}
+	for _, host := range []string{"hub-b.example", "HUB-B.EXAMPLE:443", "hub-b.example:8883"} {
+		if s, ok := d.Lookup(host); !ok || s.Info.Name != "Hub-B.example" {
+			t.Errorf("Lookup(%q) = %+v, %v", host, s, ok)
+		}
+	}
+	if _, ok := d.Lookup("hub-c.example"); ok {
+		t.Error("unknown hub found")
+	}
+	if len(seen) != 2 || len(seen[1]) != 2 {
+		t.Errorf("watchers saw %v", seen)
+	}
+	refused := []struct {
+		name string
+		err  error
+		code azerr.Code
+	}{
+		{"duplicate", func() error { _, err := d.Create(ctx, hub.HubInfo{Name: "hub-b.EXAMPLE"}, now); return err }(), azerr.DPSConflict},
+		{"bad name", func() error { _, err := d.Create(ctx, hub.HubInfo{Name: "bad_name!"}, now); return err }(), azerr.DPSBadRequest},
+		{"bad weight", func() error {
+			_, err := d.Create(ctx, hub.HubInfo{Name: "w.example", AllocationWeight: -1}, now)
+			return err
+		}(), azerr.DPSBadRequest},
+		{"update unknown", func() error { _, err := d.Update(ctx, hub.HubInfo{Name: "nope.example"}); return err }(), azerr.DPSNotFound},
+		{"delete default", d.Delete(ctx, "hub.berth.test"), azerr.DPSBadRequest},
+		{"delete unknown", d.Delete(ctx, "nope.example"), azerr.DPSNotFound},
+	}
+	for _, r := range refused {
+		if code(r.err) != r.code {
+			t.Errorf("%s: %v, want %d", r.name, r.err, r.code)
+		}
+	}
+	if s, err := d.Update(ctx, hub.HubInfo{Name: "hub-b.example", AllocationWeight: 5, ApplyAllocationPolicy: true}); err != nil || s.Info.AllocationWeight != 5 || s.Info.Name != "Hub-B.example" || !s.Info.Created.Equal(now) {
+		t.Errorf("update: %+v, %v", s, err)
+	}
+
+	// Durable: a second node (or a restart) sees the same hubs and keys.
+	d2, err := hub.LoadDirectory(ctx, st, reg, "hub.berth.test", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, ok := d2.Lookup("hub-b.example"); !ok || s.Info.AllocationWeight != 5 {
+		t.Errorf("after reload: %+v", d2.List())
+	} else if p, _ := s.Settings.Policy(hub.OwnerPolicy); p.PrimaryKey != ownerB.PrimaryKey {
+		t.Error("policies not persisted")
+	}
+
+	// Deleting a hub deletes its devices and policies; another hub's stay.
+	for i := range 3 {
+		if _, err := reg.Create(ctx, "hub-b.example", &hub.Device{DeviceID: fmt.Sprint("b", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := reg.Create(ctx, "hub.berth.test", &hub.Device{DeviceID: "a0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Delete(ctx, "hub-b.example"); err != nil {
+		t.Fatal(err)
+	}
+	if devs, _ := reg.List(ctx, "hub-b.example", "", 10); len(devs) != 0 {
+		t.Errorf("devices left on a deleted hub: %d", len(devs))
+	}
+	if _, err := reg.Get(ctx, "hub.berth.test", "a0"); err != nil {
+		t.Errorf("another hub's device went too: %v", err)
+	}
+	// Recreated: a fresh hub with new keys.
+	b2, err := d.Create(ctx, hub.HubInfo{Name: "hub-b.example"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := b2.Settings.Policy(hub.OwnerPolicy); p.PrimaryKey == ownerB.PrimaryKey {
+		t.Error("a recreated hub kept the deleted hub's keys")
+	}
+	// Another default hub name on a later start is added, not swapped.
+	d3, err := hub.LoadDirectory(ctx, st, reg, "127.0.0.9", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d3.Default().Info.Name != "127.0.0.9" || len(d3.List()) != 3 {
+		t.Errorf("new default: %+v", d3.List())
+	}
+}
+
+func TestValidHubName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"hub.example": true, "127.0.0.1": true, "::1": true, "a-b.c": true, "localhost": true,
+		"": false, ".a": false, "a.": false, "a..b": false, "-a.b": false, "a_b": false, "a b": false, "a/b": false,
+	} {
+		if got := hub.ValidHubName(name); got != want {
+			t.Errorf("ValidHubName(%q) = %v", name, got)
+		}
+	}
+}
