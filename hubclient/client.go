@@ -1,8 +1,11 @@
-// Package hubclient is a Go client of the IoT Hub service REST API's device
-// registry (shared/spec/iothub.md §8.1, §8.2): create, read, update, list
-// and delete device identities, and the registry statistics, authenticated
-// with a shared access policy from a hub connection string. It speaks to
-// berth and to Azure IoT Hub alike; serviceclient is its DPS counterpart.
+// Package hubclient is a Go client of the IoT Hub service REST API
+// (shared/spec/iothub.md §8): the device registry (create, read, update,
+// list and delete device identities, the registry statistics), device
+// twins, direct methods and cloud-to-device messages, authenticated with a
+// shared access policy from a hub connection string. It speaks to berth and
+// to Azure IoT Hub alike, except for the C2D send, which is a berth
+// extension (Azure sends C2D over AMQP only); serviceclient is its DPS
+// counterpart.
 package hubclient
 
 import (
@@ -62,6 +65,8 @@ type Options struct {
 	Address string
 	// HTTPClient, when set, is used as is: CAFile and Address are then
 	// ignored, since its transport already decides where and how to dial.
+	// Only InvokeMethod calls with another Timeout (that of the method's
+	// timeouts), through a copy.
 	HTTPClient *http.Client
 }
 
@@ -234,6 +239,10 @@ func trackingID(exceptionMessage string) string {
 	return strings.TrimSpace(rest)
 }
 
+// contentTypeJSON is the Content-Type of every request body but the C2D
+// send's (spec §8.1).
+const contentTypeJSON = "application/json; charset=utf-8"
+
 // request is one call of the API.
 type request struct {
 	method  string
@@ -241,6 +250,11 @@ type request struct {
 	query   url.Values
 	body    any // JSON-encoded when not nil
 	ifMatch string
+	// contentType replaces contentTypeJSON when not "".
+	contentType string
+	// timeout replaces the HTTP client's overall timeout when not 0: a
+	// direct method may legitimately wait longer than any registry call.
+	timeout time.Duration
 }
 
 // do sends r and returns the answer's body, or an *Error for a non-2xx
@@ -279,14 +293,26 @@ func (c *Client) do(ctx context.Context, r request) ([]byte, error) {
 		return nil, fmt.Errorf("hubclient: sign request: %w", err)
 	}
 	req.Header.Set("Authorization", token)
-	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	ct := contentTypeJSON
+	if r.contentType != "" {
+		ct = r.contentType
+	}
+	req.Header.Set("Content-Type", ct)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", UserAgent)
 	if r.ifMatch != "" {
 		req.Header.Set("If-Match", QuoteETag(r.ifMatch))
 	}
 
-	resp, err := c.hc.Do(req)
+	hc := c.hc
+	if r.timeout > 0 {
+		// A copy shares the transport (and its connections); only this
+		// call's limit differs.
+		per := *c.hc
+		per.Timeout = r.timeout
+		hc = &per
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("hubclient: %s %s: %w", r.method, u.Path, err)
 	}

@@ -38,6 +38,7 @@ type reply struct {
 	status int
 	header map[string]string
 	body   string
+	delay  time.Duration // before answering
 }
 
 // fake is a TLS hub that records requests and plays replies in order.
@@ -63,6 +64,7 @@ func newFake(t *testing.T, replies ...reply) *fake {
 			rp = reply{status: 500, body: `{"Message":"ErrorCode:ServerError;fake: no reply programmed"}`}
 		}
 		f.mu.Unlock()
+		time.Sleep(rp.delay)
 		for k, v := range rp.header {
 			w.Header()[k] = []string{v}
 		}
@@ -99,16 +101,19 @@ func (f *fake) requests() []seen {
 	return append([]seen(nil), f.reqs...)
 }
 
-// checkCommon asserts what every request carries: the API version, JSON
-// content type, and a fresh service token for the bare host name signed
-// with the policy's key.
-func checkCommon(t *testing.T, r seen, wantQuery string) {
+// checkCommon asserts what every request carries: the API version, the
+// content type (JSON unless wantCT says otherwise), and a fresh service
+// token for the bare host name signed with the policy's key.
+func checkCommon(t *testing.T, r seen, wantQuery, wantCT string) {
 	t.Helper()
 	if r.Query != wantQuery {
 		t.Errorf("%s %s: query %q, want %q", r.Method, r.Path, r.Query, wantQuery)
 	}
-	if got := r.Header.Get("Content-Type"); got != "application/json; charset=utf-8" {
-		t.Errorf("%s %s: Content-Type %q", r.Method, r.Path, got)
+	if wantCT == "" {
+		wantCT = "application/json; charset=utf-8"
+	}
+	if got := r.Header.Get("Content-Type"); got != wantCT {
+		t.Errorf("%s %s: Content-Type %q, want %q", r.Method, r.Path, got, wantCT)
 	}
 	tok, err := sas.Parse(r.Header.Get("Authorization"))
 	if err != nil {
@@ -144,6 +149,17 @@ const deviceJSON = `{"deviceId":"d1","generationId":"638000000000000000","etag":
 
 const api = "api-version=" + APIVersion
 
+const twinJSON = `{"deviceId":"d1","etag":"AAAAAAAAAAI=","deviceEtag":"AAAAAAAAAAE=","status":"enabled","statusReason":null,` +
+	`"statusUpdateTime":"0001-01-01T00:00:00Z","connectionState":"Connected","lastActivityTime":"2024-01-02T03:04:05Z",` +
+	`"cloudToDeviceMessageCount":2,"authenticationType":"sas","x509Thumbprint":{"primaryThumbprint":null,"secondaryThumbprint":null},` +
+	`"capabilities":{"iotEdge":false},"version":4,"tags":{"floor":3},` +
+	`"properties":{"desired":{"rate":5,"$metadata":{"$lastUpdated":"2024-01-02T03:04:05.0000000Z"},"$version":2},` +
+	`"reported":{"$metadata":{"$lastUpdated":"2024-01-02T03:04:05.0000000Z"},"$version":1}}}`
+
+const c2dResultJSON = `{"messageId":"m1","sequenceNumber":1704164645000000000,"enqueuedTimeUtc":"2024-01-02T03:04:05.123Z","expiryTimeUtc":"2024-01-02T04:04:05.123Z"}`
+
+func ptr[T any](v T) *T { return &v }
+
 func TestRequests(t *testing.T) {
 	ctx := context.Background()
 	reason := "maintenance"
@@ -153,6 +169,7 @@ func TestRequests(t *testing.T) {
 		call      func(c *Client) (any, error)
 		wantReq   []string // "METHOD PATH" per request
 		wantQuery string
+		wantCT    string // Content-Type; "" for JSON
 		wantMatch string // If-Match of the (last) request; "-" for none
 		wantBody  string // JSON of the (last) request body; "" for none
 		wantOut   string // JSON of the result; "" for none
@@ -262,6 +279,112 @@ func TestRequests(t *testing.T) {
 			wantMatch: "-",
 			wantOut:   `{"totalDeviceCount":3,"enabledDeviceCount":2,"disabledDeviceCount":1}`,
 		},
+		{
+			name:      "get twin",
+			replies:   []reply{{status: 200, body: twinJSON}},
+			call:      func(c *Client) (any, error) { return c.GetTwin(ctx, "d 1") },
+			wantReq:   []string{"GET /twins/d%201"},
+			wantQuery: api,
+			wantMatch: "-",
+			wantOut:   twinJSON,
+		},
+		{
+			name:    "update twin quotes the etag and sends the patch as given",
+			replies: []reply{{status: 200, body: twinJSON}},
+			call: func(c *Client) (any, error) {
+				return c.UpdateTwin(ctx, "d1", json.RawMessage(`{"tags": {"floor": 3, "old": null}, "properties": {"desired": {"rate": 5}}}`), "AAAAAAAAAAI=")
+			},
+			wantReq:   []string{"PATCH /twins/d1"},
+			wantQuery: api,
+			wantMatch: `"AAAAAAAAAAI="`,
+			wantBody:  `{"tags":{"floor":3,"old":null},"properties":{"desired":{"rate":5}}}`,
+			wantOut:   twinJSON,
+		},
+		{
+			name:    "update twin unconditionally",
+			replies: []reply{{status: 200, body: twinJSON}},
+			call: func(c *Client) (any, error) {
+				return c.UpdateTwin(ctx, "d1", json.RawMessage(`{"tags":{"a":"b"}}`), "")
+			},
+			wantReq:   []string{"PATCH /twins/d1"},
+			wantQuery: api,
+			wantMatch: "-",
+			wantBody:  `{"tags":{"a":"b"}}`,
+			wantOut:   twinJSON,
+		},
+		{
+			name:    "replace twin with the wildcard",
+			replies: []reply{{status: 200, body: twinJSON}},
+			call: func(c *Client) (any, error) {
+				return c.ReplaceTwin(ctx, "d1", json.RawMessage(`{"properties":{"desired":{}}}`), "*")
+			},
+			wantReq:   []string{"PUT /twins/d1"},
+			wantQuery: api,
+			wantMatch: `"*"`,
+			wantBody:  `{"properties":{"desired":{}}}`,
+			wantOut:   twinJSON,
+		},
+		{
+			name:    "invoke a method with timeouts",
+			replies: []reply{{status: 200, body: `{"status":201,"payload":{"rebooting":true}}`}},
+			call: func(c *Client) (any, error) {
+				return c.InvokeMethod(ctx, "d1", &hub.MethodRequest{MethodName: "reboot", Payload: json.RawMessage(`{"delay": 5}`),
+					ResponseTimeoutInSeconds: ptr(10), ConnectTimeoutInSeconds: ptr(0)})
+			},
+			wantReq:   []string{"POST /twins/d1/methods"},
+			wantQuery: api,
+			wantMatch: "-",
+			wantBody:  `{"methodName":"reboot","payload":{"delay":5},"responseTimeoutInSeconds":10,"connectTimeoutInSeconds":0}`,
+			wantOut:   `{"status":201,"payload":{"rebooting":true}}`,
+		},
+		{
+			name:      "invoke a method without a payload sends null and the hub's default timeouts",
+			replies:   []reply{{status: 200, body: `{"status":200,"payload":null}`}},
+			call:      func(c *Client) (any, error) { return c.InvokeMethod(ctx, "d1", &hub.MethodRequest{MethodName: "ping"}) },
+			wantReq:   []string{"POST /twins/d1/methods"},
+			wantQuery: api,
+			wantMatch: "-",
+			wantBody:  `{"methodName":"ping","payload":null}`,
+			wantOut:   `{"status":200,"payload":null}`,
+		},
+		{
+			name:    "send C2D: every property, application properties in order, body in base64",
+			replies: []reply{{status: 200, body: c2dResultJSON}},
+			call: func(c *Client) (any, error) {
+				return c.SendC2D(ctx, "d1", &C2DMessage{Body: []byte{0, 1, 0xff, 'h', 'i'}, MessageID: "m1", CorrelationID: "c1", UserID: "u1",
+					Expiry: time.Date(2030, 1, 2, 4, 4, 5, 0, time.FixedZone("CET", 3600)), Ack: hub.AckFull,
+					ContentType: "application/json", ContentEncoding: "utf-8",
+					App: []hub.Property{{Name: "zeta", Value: "1"}, {Name: "Alpha", Value: ""}, {Name: "mid", Value: "a<b>&c"}}})
+			},
+			wantReq:   []string{"POST /devices/d1/messages/deviceBound"},
+			wantQuery: api,
+			wantCT:    "application/vnd.microsoft.iothub.json",
+			wantMatch: "-",
+			wantBody: `{"body":"AAH/aGk=","base64Encoded":true,"properties":{"iothub-messageid":"m1","iothub-correlationid":"c1","iothub-userid":"u1",` +
+				`"iothub-expiry":"2030-01-02T03:04:05Z","iothub-contenttype":"application/json","iothub-contentencoding":"utf-8","iothub-ack":"full",` +
+				`"iothub-app-zeta":"1","iothub-app-Alpha":"","iothub-app-mid":"a\u003cb\u003e\u0026c"}}`,
+			wantOut: c2dResultJSON,
+		},
+		{
+			name:      "send C2D: an empty message leaves everything to the hub",
+			replies:   []reply{{status: 200, body: c2dResultJSON}},
+			call:      func(c *Client) (any, error) { return c.SendC2D(ctx, "d/1", &C2DMessage{}) },
+			wantReq:   []string{"POST /devices/d%2F1/messages/deviceBound"},
+			wantQuery: api,
+			wantCT:    "application/vnd.microsoft.iothub.json",
+			wantMatch: "-",
+			wantBody:  `{"body":"","base64Encoded":true,"properties":{}}`,
+			wantOut:   c2dResultJSON,
+		},
+		{
+			name:      "purge C2D",
+			replies:   []reply{{status: 200, body: `{"totalMessagesPurged":7,"deviceId":"d1","moduleId":null}`}},
+			call:      func(c *Client) (any, error) { return c.PurgeC2D(ctx, "d1") },
+			wantReq:   []string{"DELETE /devices/d1/commands"},
+			wantQuery: api,
+			wantMatch: "-",
+			wantOut:   "7",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -274,7 +397,7 @@ func TestRequests(t *testing.T) {
 			var got []string
 			for _, r := range reqs {
 				got = append(got, r.Method+" "+r.Path)
-				checkCommon(t, r, tt.wantQuery)
+				checkCommon(t, r, tt.wantQuery, tt.wantCT)
 			}
 			if strings.Join(got, "\n") != strings.Join(tt.wantReq, "\n") {
 				t.Fatalf("requests %q, want %q", got, tt.wantReq)
@@ -386,8 +509,105 @@ func TestArgumentChecks(t *testing.T) {
 	if _, err := c.ListDevices(ctx, MaxTop+1); err == nil {
 		t.Error("ListDevices over the page limit succeeded")
 	}
+	for name, doc := range map[string]string{"empty": "", "not JSON": "{tags", "an array": `[{"tags":{}}]`, "null": "null"} {
+		if _, err := c.UpdateTwin(ctx, "d1", json.RawMessage(doc), ""); err == nil {
+			t.Errorf("UpdateTwin with %s patch succeeded", name)
+		}
+		if _, err := c.ReplaceTwin(ctx, "d1", json.RawMessage(doc), ""); err == nil {
+			t.Errorf("ReplaceTwin with %s document succeeded", name)
+		}
+	}
+	if _, err := c.GetTwin(ctx, ""); err == nil {
+		t.Error("GetTwin without an ID succeeded")
+	}
+	if _, err := c.InvokeMethod(ctx, "d1", &hub.MethodRequest{}); err == nil {
+		t.Error("InvokeMethod without a method name succeeded")
+	}
+	if _, err := c.InvokeMethod(ctx, "d1", nil); err == nil {
+		t.Error("InvokeMethod without a request succeeded")
+	}
+	if _, err := c.SendC2D(ctx, "d1", &C2DMessage{App: []hub.Property{{Name: "a", Value: "1"}, {Name: "a", Value: "2"}}}); err == nil {
+		t.Error("SendC2D with a property given twice succeeded")
+	}
+	if _, err := c.SendC2D(ctx, "d1", &C2DMessage{App: []hub.Property{{Name: "", Value: "1"}}}); err == nil {
+		t.Error("SendC2D with an unnamed property succeeded")
+	}
+	if _, err := c.SendC2D(ctx, "", &C2DMessage{}); err == nil {
+		t.Error("SendC2D without an ID succeeded")
+	}
+	if _, err := c.PurgeC2D(ctx, ""); err == nil {
+		t.Error("PurgeC2D without an ID succeeded")
+	}
 	if got := f.requests(); len(got) != 0 {
 		t.Errorf("refused calls reached the hub: %v", got)
+	}
+}
+
+func TestMethodHTTPTimeout(t *testing.T) {
+	for _, tt := range []struct {
+		name              string
+		response, connect *int
+		want              time.Duration
+	}{
+		{"the hub's defaults", nil, nil, 30*time.Second + methodTimeoutMargin},
+		{"response only", ptr(5), nil, 5*time.Second + methodTimeoutMargin},
+		{"both at their maximum", ptr(300), ptr(300), 600*time.Second + methodTimeoutMargin},
+		{"connect with the default response", nil, ptr(60), 90*time.Second + methodTimeoutMargin},
+		{"negative counts as 0", ptr(-5), ptr(-1), methodTimeoutMargin},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := methodHTTPTimeout(&hub.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: tt.response, ConnectTimeoutInSeconds: tt.connect})
+			if got != tt.want {
+				t.Errorf("timeout %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestInvokeMethodOutlastsClientTimeout: a direct method waits for the
+// device, longer than the client's limit for other calls, and its errors
+// are the hub's.
+func TestInvokeMethodOutlastsClientTimeout(t *testing.T) {
+	const slow = 300 * time.Millisecond
+	f := newFake(t,
+		reply{status: 200, body: deviceJSON, delay: slow},
+		reply{status: 200, body: `{"status":200,"payload":"late but fine"}`, delay: slow},
+		reply{status: 504, delay: slow, header: map[string]string{"iothub-errorcode": "GatewayTimeout"},
+			body: `{"Message":"ErrorCode:GatewayTimeout;Timed out waiting for the response from device d1.","ExceptionMessage":""}`},
+		reply{status: 404, header: map[string]string{"iothub-errorcode": "DeviceNotOnline"},
+			body: `{"Message":"ErrorCode:DeviceNotOnline;Timed out waiting for device d1 to connect.","ExceptionMessage":""}`},
+	)
+	// httptest's client trusts the server and sends example.com to it.
+	hc := *f.srv.Client()
+	hc.Timeout = slow / 3
+	c, err := New("HostName="+testHost+";SharedAccessKeyName=iothubowner;SharedAccessKey="+testKey, Options{HTTPClient: &hc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := c.GetDevice(ctx, "d1"); err == nil {
+		t.Fatal("a registry call outlasted the client's timeout")
+	}
+	req := &hub.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: ptr(5)}
+	res, err := c.InvokeMethod(ctx, "d1", req)
+	if err != nil {
+		t.Fatalf("the method call was cut by the client's timeout: %v", err)
+	}
+	if res.Status != 200 || string(res.Payload) != `"late but fine"` {
+		t.Errorf("result %d %s", res.Status, res.Payload)
+	}
+	for _, want := range []string{
+		"iot hub: 504 Gateway Timeout (GatewayTimeout): Timed out waiting for the response from device d1.",
+		"iot hub: 404 Not Found (DeviceNotOnline): Timed out waiting for device d1 to connect.",
+	} {
+		_, err := c.InvokeMethod(ctx, "d1", req)
+		var e *Error
+		if !errors.As(err, &e) || e.Error() != want {
+			t.Errorf("err %v, want %q", err, want)
+		}
+	}
+	if hc.Timeout != slow/3 {
+		t.Errorf("the caller's HTTP client was changed: timeout %v", hc.Timeout)
 	}
 }
 

@@ -29,9 +29,11 @@ import (
 	"github.com/berth-iot/berth/stream"
 )
 
-// The hub commands are shaped like `az iot hub …`: device identities
-// through the hub's registry REST API (package hubclient), connection
-// strings and SAS tokens, and monitor-events on berth's telemetry stream.
+// The hub commands are shaped like `az iot hub …`: device identities,
+// twins, direct methods and cloud-to-device messages through the hub's
+// service REST API (package hubclient; hub_twin.go, hub_c2d.go),
+// connection strings and SAS tokens, and monitor-events on berth's
+// telemetry stream.
 // Output is JSON, as az prints it; monitor-events prints one JSON object
 // per line so scripts can read it as it comes.
 
@@ -45,7 +47,7 @@ func addHubCommands(root *cobra.Command, g *globals) {
 	hf := &hubFlags{}
 	cmd := &cobra.Command{
 		Use:   "hub",
-		Short: "IoT hub: device identities, connection strings, SAS tokens, telemetry (like `az iot hub …`)",
+		Short: "IoT hub: device identities and twins, direct methods, C2D messages, connection strings, SAS tokens, telemetry (like `az iot hub …`)",
 	}
 	cmd.PersistentFlags().StringVar(&hf.connStr, "hub-connection-string", os.Getenv("BERTH_HUB_CONNECTION_STRING"),
 		"hub connection string, HostName=…;SharedAccessKeyName=…;SharedAccessKey=… (default: from the data directory of a local berth; env BERTH_HUB_CONNECTION_STRING)")
@@ -68,7 +70,8 @@ func addHubCommands(root *cobra.Command, g *globals) {
 	}
 	connStr.AddCommand(newHubConnStringShowCmd(g, hf, false))
 
-	cmd.AddCommand(identity, connStr, newHubSASTokenCmd(g, hf), newMonitorEventsCmd(g, hf))
+	cmd.AddCommand(identity, newDeviceTwinCmd(g, hf), newInvokeMethodCmd(g, hf), newC2DCmd(g, hf),
+		connStr, newHubSASTokenCmd(g, hf), newMonitorEventsCmd(g, hf))
 	root.AddCommand(cmd)
 }
 
@@ -286,11 +289,15 @@ func newDeviceIdentityCreateCmd(g *globals, hf *hubFlags) *cobra.Command {
 	return cmd
 }
 
-func newDeviceIdentityShowCmd(g *globals, hf *hubFlags) *cobra.Command {
+// newHubDeviceCmd builds a command that takes a device ID (argument or
+// --device-id), makes one call of the hub and prints its answer; what
+// names the call in errors ("show device", "show twin of"…).
+func newHubDeviceCmd(g *globals, hf *hubFlags, use, short, what string,
+	call func(ctx context.Context, c *hubclient.Client, deviceID string) (any, error)) *cobra.Command {
 	var id string
 	cmd := &cobra.Command{
-		Use:   "show [DEVICE-ID]",
-		Short: "Show a device identity",
+		Use:   use + " [DEVICE-ID]",
+		Short: short,
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			deviceID, err := idArg(args, id, "device-id")
@@ -301,15 +308,22 @@ func newDeviceIdentityShowCmd(g *globals, hf *hubFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			d, err := c.GetDevice(cmd.Context(), deviceID)
+			out, err := call(cmd.Context(), c, deviceID)
 			if err != nil {
-				return fmt.Errorf("show device %s: %w", deviceID, err)
+				return fmt.Errorf("%s %s: %w", what, deviceID, err)
 			}
-			return printJSON(g.stdout, d)
+			return printJSON(g.stdout, out)
 		},
 	}
 	deviceIDFlag(cmd, &id)
 	return cmd
+}
+
+func newDeviceIdentityShowCmd(g *globals, hf *hubFlags) *cobra.Command {
+	return newHubDeviceCmd(g, hf, "show", "Show a device identity", "show device",
+		func(ctx context.Context, c *hubclient.Client, deviceID string) (any, error) {
+			return c.GetDevice(ctx, deviceID)
+		})
 }
 
 func newDeviceIdentityListCmd(g *globals, hf *hubFlags) *cobra.Command {

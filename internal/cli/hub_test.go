@@ -44,9 +44,9 @@ func clearHubEnv(t *testing.T) {
 	t.Setenv("BERTH_HUB_CONNECTION_STRING", "")
 }
 
-// hubFake is a TLS hub registry API playing replies in order and recording
-// each request as one line: METHOD PATH [if-match=…] [top=…] BODY, the body
-// in canonical JSON. It checks the API version and the service token of
+// hubFake is a TLS hub service API playing replies in order and recording
+// each request as one line: METHOD PATH [if-match=…] [top=…] [ct=…] BODY,
+// the body in canonical JSON, ct only when the Content-Type is not JSON's. It checks the API version and the service token of
 // every request.
 type hubFake struct {
 	t       *testing.T
@@ -80,6 +80,9 @@ func (f *hubFake) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if v := q.Get("top"); v != "" {
 		line += " top=" + v
+	}
+	if v := r.Header.Get("Content-Type"); v != "application/json; charset=utf-8" {
+		line += " ct=" + v
 	}
 	if len(body) > 0 {
 		line += " " + canonical(f.t, string(body))
@@ -133,14 +136,7 @@ func TestHubDeviceIdentityCommands(t *testing.T) {
 	notFound := reply{status: 404, header: map[string]string{"iothub-errorcode": "DeviceNotFound"}, body: hubNotFound}
 	stale := reply{status: 412, header: map[string]string{"iothub-errorcode": "PreconditionFailed"}, body: `{"Message":"ErrorCode:PreconditionFailed;Precondition failed."}`}
 	ok := reply{status: 200, body: hubDeviceJSON}
-	tests := []struct {
-		name     string
-		args     []string
-		replies  []reply
-		wantReqs []string
-		wantOut  string // canonical JSON; "-" for no output
-		wantErr  string
-	}{
+	runHubCases(t, []string{"device-identity"}, []hubCase{
 		{
 			name:     "create with every flag",
 			args:     []string{"create", "--device-id", "d1", "--primary-key", devPrimary, "--secondary-key", devSecondary, "--status", "Disabled", "--status-reason", "rma"},
@@ -295,11 +291,27 @@ func TestHubDeviceIdentityCommands(t *testing.T) {
 			args:    []string{"connection-string", "show"},
 			wantErr: "give the ID",
 		},
-	}
+	})
+}
+
+// hubCase is one command run against a hubFake.
+type hubCase struct {
+	name     string
+	args     []string
+	replies  []reply
+	wantReqs []string
+	wantOut  string // canonical JSON; "-" for no output
+	wantErr  string
+}
+
+// runHubCases runs each case as `berth hub {prefix…} {args…}` against a
+// new hubFake.
+func runHubCases(t *testing.T, prefix []string, tests []hubCase) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newHubFake(t, tt.replies...)
-			args := append([]string{"hub", "device-identity"}, tt.args...)
+			args := append(append([]string{"hub"}, prefix...), tt.args...)
 			out, _, err := run(t, append(args, f.flags()...)...)
 			checkRun(t, f, err, out, tt.wantErr, tt.wantOut, tt.wantReqs)
 		})
@@ -345,14 +357,7 @@ func checkRun(t *testing.T, f *hubFake, err error, out, wantErr, wantOut string,
 func TestHubConnectionStringCommand(t *testing.T) {
 	clearHubEnv(t)
 	ok := reply{status: 200, body: hubDeviceJSON}
-	tests := []struct {
-		name     string
-		args     []string
-		replies  []reply
-		wantReqs []string
-		wantOut  string
-		wantErr  string
-	}{
+	runHubCases(t, []string{"connection-string", "show"}, []hubCase{
 		{
 			name:     "a device's, primary key",
 			args:     []string{"--device-id", "d1"},
@@ -384,15 +389,7 @@ func TestHubConnectionStringCommand(t *testing.T) {
 			args:    []string{"d1", "--key-type", "tertiary"},
 			wantErr: "use primary or secondary",
 		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newHubFake(t, tt.replies...)
-			args := append([]string{"hub", "connection-string", "show"}, tt.args...)
-			out, _, err := run(t, append(args, f.flags()...)...)
-			checkRun(t, f, err, out, tt.wantErr, tt.wantOut, tt.wantReqs)
-		})
-	}
+	})
 }
 
 // sasOut decodes the {"sas": …} sas-token prints.
