@@ -112,6 +112,11 @@ type commonFlags struct {
 	hubHostName  string
 	twinTags     string
 	twinProps    string
+	allocation   string
+	iotHubs      []string
+	webhookURL   string
+	webhookAPI   string
+	reprovision  string
 }
 
 func (f *commonFlags) register(fs *pflag.FlagSet) {
@@ -122,6 +127,55 @@ func (f *commonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.hubHostName, "iot-hub-host-name", "", "host name of the IoT hub to assign devices to")
 	fs.StringVar(&f.twinTags, "initial-twin-tags", "", "initial twin tags (JSON object)")
 	fs.StringVar(&f.twinProps, "initial-twin-properties", "", "initial twin desired properties (JSON object)")
+	fs.StringVar(&f.allocation, "allocation-policy", "", "hashed, static, geolatency or custom (default hashed)")
+	fs.StringSliceVar(&f.iotHubs, "iot-hubs", nil, "host names of the linked hubs devices may be assigned to (comma-separated; default every hub that applies allocation policies)")
+	fs.StringVar(&f.webhookURL, "webhook-url", "", "custom allocation webhook URL (with --allocation-policy custom)")
+	fs.StringVar(&f.webhookAPI, "api-version", "2021-10-01", "API version sent to the custom allocation webhook")
+	fs.StringVar(&f.reprovision, "reprovision-policy", "", "reprovisionandmigratedata (default), reprovisionandresetdata or never")
+}
+
+// allocationPolicies maps az's spellings to the service's.
+var allocationPolicies = map[string]string{
+	"hashed": dps.AllocationHashed, "static": dps.AllocationStatic,
+	"geolatency": dps.AllocationGeoLatency, "custom": dps.AllocationCustom,
+}
+
+// applyAllocation writes the allocation and reprovisioning flags into c.
+func (f *commonFlags) applyAllocation(fs *pflag.FlagSet, c *dps.Common) error {
+	if fs.Changed("allocation-policy") {
+		p, ok := allocationPolicies[strings.ToLower(f.allocation)]
+		if !ok {
+			return fmt.Errorf("--allocation-policy %q: use hashed, static, geolatency or custom", f.allocation)
+		}
+		c.AllocationPolicy = p
+	}
+	if fs.Changed("iot-hubs") {
+		c.IoTHubs = f.iotHubs
+	}
+	if fs.Changed("webhook-url") || fs.Changed("api-version") {
+		if c.CustomAllocationDefinition == nil {
+			c.CustomAllocationDefinition = &dps.CustomAllocationDefinition{APIVersion: f.webhookAPI}
+		}
+		if fs.Changed("webhook-url") {
+			c.CustomAllocationDefinition.WebhookURL = f.webhookURL
+		}
+		if fs.Changed("api-version") {
+			c.CustomAllocationDefinition.APIVersion = f.webhookAPI
+		}
+	}
+	if fs.Changed("reprovision-policy") {
+		switch strings.ToLower(f.reprovision) {
+		case "reprovisionandmigratedata":
+			c.ReprovisionPolicy = &dps.ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true}
+		case "reprovisionandresetdata":
+			c.ReprovisionPolicy = &dps.ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: false}
+		case "never":
+			c.ReprovisionPolicy = &dps.ReprovisionPolicy{UpdateHubAssignment: false, MigrateDeviceData: true}
+		default:
+			return fmt.Errorf("--reprovision-policy %q: use reprovisionandmigratedata, reprovisionandresetdata or never", f.reprovision)
+		}
+	}
+	return nil
 }
 
 // apply writes the flags that were given into c: on create c is empty, on
@@ -179,7 +233,7 @@ func (f *commonFlags) apply(fs *pflag.FlagSet, c *dps.Common) error {
 			c.InitialTwin.Properties = &dps.InitialTwinProperties{Desired: desired}
 		}
 	}
-	return nil
+	return f.applyAllocation(fs, c)
 }
 
 // jsonObject validates a flag holding a JSON object; empty clears it.

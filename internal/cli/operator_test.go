@@ -214,6 +214,35 @@ func TestOperatorCommands(t *testing.T) {
 			wantErr: "symmetrickey only",
 		},
 		{
+			name: "enrollment-group create with allocation and reprovisioning",
+			args: []string{"enrollment-group", "create", "g1", "--primary-key", "cHJpbWFyeWtleXByaW1hcnlrZXk=", "--secondary-key", "c2Vjb25kYXJ5a2V5c2Vjb25kYXI=",
+				"--allocation-policy", "Custom", "--iot-hubs", "a.example,b.example", "--webhook-url", "https://alloc.example/fn?code=x",
+				"--reprovision-policy", "reprovisionandresetdata"},
+			replies: []reply{{status: 404, body: notFound}, {status: 200, body: `{"enrollmentGroupId":"g1"}`}},
+			wantReqs: []string{
+				"GET /enrollmentGroups/g1",
+				`PUT /enrollmentGroups/g1 {"enrollmentGroupId":"g1","attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":"cHJpbWFyeWtleXByaW1hcnlrZXk=","secondaryKey":"c2Vjb25kYXJ5a2V5c2Vjb25kYXI="}},"reprovisionPolicy":{"updateHubAssignment":true,"migrateDeviceData":false},"createdDateTimeUtc":null,"lastUpdatedDateTimeUtc":null,"allocationPolicy":"custom","iotHubs":["a.example","b.example"],"customAllocationDefinition":{"webhookUrl":"https://alloc.example/fn?code=x","apiVersion":"2021-10-01"}}`,
+			},
+			wantOut: `
+{
+  "enrollmentGroupId": "g1",
+  "attestation": null,
+  "createdDateTimeUtc": null,
+  "lastUpdatedDateTimeUtc": null
+}
+`,
+		},
+		{
+			name:    "enrollment create checks the allocation policy",
+			args:    []string{"enrollment", "create", "dev-1", "--allocation-policy", "random"},
+			wantErr: "use hashed, static, geolatency or custom",
+		},
+		{
+			name:    "enrollment create checks the reprovision policy",
+			args:    []string{"enrollment", "create", "dev-1", "--reprovision-policy", "sometimes"},
+			wantErr: "use reprovisionandmigratedata, reprovisionandresetdata or never",
+		},
+		{
 			name:    "enrollment create checks the twin JSON",
 			args:    []string{"enrollment", "create", "dev-1", "--initial-twin-tags", `[1]`},
 			wantErr: "--initial-twin-tags must be a JSON object",
