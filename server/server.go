@@ -106,7 +106,9 @@ type Server struct {
 	settings *dps.Settings
 	dps      *dps.Service
 	registry *hub.Registry
+	hubs     *hub.Directory
 	hubSet   *hub.Settings
+	ca       *pki.CA
 	links    *hub.Links
 	twins    *hub.Twins
 	methods  *hub.Methods
@@ -147,13 +149,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.twins = hub.NewTwins(st, s.registry, s.links)
 	s.methods = hub.NewMethods(s.registry, s.links)
 	s.c2d = hub.NewCloudToDevice(st, s.registry, s.links, s.log.With("component", "c2d"))
-	if s.hubSet, err = hub.LoadOrCreateSettings(ctx, st, cfg.HubName); err != nil {
+	if s.hubs, err = hub.LoadDirectory(ctx, st, s.registry, cfg.HubName, time.Now()); err != nil {
 		st.Close()
 		return nil, err
 	}
+	s.hubSet = s.hubs.Default().Settings
 	s.dps, err = dps.New(st, s.registry, dps.Config{
 		IDScope:    settings.IDScope,
-		Hubs:       []string{cfg.HubName},
+		LinkedHubs: linkedHubs(s.hubs.List()),
 		RetryAfter: cfg.RetryAfter,
 	})
 	if err != nil {
@@ -164,6 +167,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	// Every hub change relinks DPS and, with berth's own CA, reissues the
+	// server certificate so that it names every hub (SNI).
+	s.hubs.Watch(func(infos []hub.HubInfo) {
+		s.dps.SetLinkedHubs(linkedHubs(infos))
+		if err := s.reissueCert(infos); err != nil {
+			s.log.Error("server: could not reissue the server certificate for the hubs", "error", err.Error())
+		}
+	})
 	if err := s.openStream(ctx); err != nil {
 		st.Close()
 		return nil, err
@@ -238,17 +249,45 @@ func (s *Server) setupTLS() error {
 	if err != nil {
 		return fmt.Errorf("server: development CA: %w", err)
 	}
+	s.ca, s.caFile = ca, ca.CertFile
+	return s.reissueCert(s.hubs.List())
+}
+
+// reissueCert makes the server certificate name the configured hosts and
+// every hub (a no-op when the certificate already does). With an
+// operator's own certificate it only warns about hubs it does not cover.
+func (s *Server) reissueCert(infos []hub.HubInfo) error {
 	hosts := append([]string{}, s.cfg.Hosts...)
-	if !containsFold(hosts, s.cfg.HubName) {
-		hosts = append(hosts, s.cfg.HubName)
+	for _, h := range infos {
+		if !containsFold(hosts, h.Name) {
+			hosts = append(hosts, h.Name)
+		}
 	}
-	cert, _, err := ca.LoadOrCreateServerCert(s.cfg.DataDir, hosts)
+	if s.ca == nil {
+		if c := s.certs.Get(); c != nil && c.Leaf != nil {
+			for _, h := range infos {
+				if c.Leaf.VerifyHostname(h.Name) != nil {
+					s.log.Warn("server: the TLS certificate does not name a hub; its devices will not trust berth", "hub", h.Name)
+				}
+			}
+		}
+		return nil
+	}
+	cert, _, err := s.ca.LoadOrCreateServerCert(s.cfg.DataDir, hosts)
 	if err != nil {
 		return fmt.Errorf("server: server certificate: %w", err)
 	}
 	s.certs.Set(&cert)
-	s.caFile = ca.CertFile
 	return nil
+}
+
+// linkedHubs is how the DPS sees the hubs.
+func linkedHubs(infos []hub.HubInfo) []dps.LinkedHub {
+	out := make([]dps.LinkedHub, len(infos))
+	for i, h := range infos {
+		out[i] = dps.LinkedHub{Name: h.Name, AllocationWeight: h.AllocationWeight, ApplyAllocationPolicy: h.ApplyAllocationPolicy, Region: h.Region}
+	}
+	return out
 }
 
 // Start listens on the MQTT and HTTPS addresses and serves until Shutdown.
