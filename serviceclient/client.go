@@ -1,7 +1,9 @@
 // Package serviceclient is a Go client of the DPS service REST API
 // (shared/spec/dps.md §5): individual enrollments, enrollment groups and
 // registration records, authenticated with a shared access policy from a
-// connection string. It speaks to berth and to Azure alike.
+// connection string. It speaks to berth and to Azure alike, except for the
+// shared access policy calls (policy.go), a berth extension: Azure manages
+// policies through Azure Resource Manager.
 package serviceclient
 
 import (
@@ -168,6 +170,7 @@ type request struct {
 	body    any      // JSON-encoded when not nil
 	ifMatch string
 	headers map[string]string
+	query   url.Values // more query parameters, after api-version
 }
 
 // response is what do hands back on success.
@@ -187,6 +190,9 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 	u.RawPath = "/" + strings.Join(segs, "/")
 	u.Path = "/" + strings.Join(r.path, "/")
 	u.RawQuery = "api-version=" + APIVersion
+	if len(r.query) > 0 {
+		u.RawQuery += "&" + r.query.Encode()
+	}
 
 	var body io.Reader
 	if r.body != nil {

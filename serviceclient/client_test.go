@@ -138,16 +138,7 @@ func TestRequests(t *testing.T) {
 	reg := `{"registrationId":"dev-1","status":"assigned","assignedHub":"hub.example","deviceId":"dev-1","etag":"re"}`
 	att := `{"type":"symmetricKey","symmetricKey":{"primaryKey":"cGs=","secondaryKey":"c2s="}}`
 
-	tests := []struct {
-		name       string
-		reply      reply
-		call       func(ctx context.Context, c *Client) (any, error)
-		wantMethod string
-		wantPath   string
-		wantIfM    string
-		wantBody   string // JSON compared semantically; "" means no body
-		want       any
-	}{
+	runRequestCases(t, []requestCase{
 		{
 			name:  "put enrollment",
 			reply: reply{status: 200, body: enrollment},
@@ -229,7 +220,25 @@ func TestRequests(t *testing.T) {
 			},
 			wantMethod: "DELETE", wantPath: "/registrations/dev-1", wantIfM: "re",
 		},
-	}
+	})
+}
+
+// requestCase is one call of the client and the one request it must send.
+type requestCase struct {
+	name       string
+	reply      reply
+	call       func(ctx context.Context, c *Client) (any, error)
+	wantMethod string
+	wantPath   string
+	wantQuery  string // parameters after api-version; "" for none
+	wantIfM    string
+	wantBody   string // JSON compared semantically; "" means no body
+	want       any
+}
+
+// runRequestCases runs each case against a fake that plays its reply.
+func runRequestCases(t *testing.T, tests []requestCase) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFake(t, tt.reply)
@@ -242,6 +251,12 @@ func TestRequests(t *testing.T) {
 				t.Fatalf("%d requests, want 1", len(reqs))
 			}
 			r := reqs[0]
+			// More parameters follow api-version, which checkCommon checks.
+			base, extra, _ := strings.Cut(r.Query, "&")
+			if extra != tt.wantQuery {
+				t.Errorf("query %q, want api-version then %q", r.Query, tt.wantQuery)
+			}
+			r.Query = base
 			checkCommon(t, r)
 			if r.Method != tt.wantMethod || r.Path != tt.wantPath {
 				t.Errorf("request %s %s, want %s %s", r.Method, r.Path, tt.wantMethod, tt.wantPath)

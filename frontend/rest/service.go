@@ -36,7 +36,7 @@ func (h *handler) serviceRoutes() routes {
 		regRead  = dps.RightRegistrationStatusRead
 		regWrite = dps.RightRegistrationStatusWrite
 	)
-	return routes{
+	return append(routes{
 		newRoute(http.MethodPost, "enrollments/query", h.authorized(read, query(itemEnrollment,
 			func(ctx context.Context, _ []string, c string, n int) (dps.Page[*dps.IndividualEnrollment], error) {
 				return s.QueryEnrollments(ctx, c, n)
@@ -73,7 +73,7 @@ func (h *handler) serviceRoutes() routes {
 			func(ctx context.Context, args []string, c string, n int) (dps.Page[*dps.RegistrationState], error) {
 				return s.QueryRegistrations(ctx, args[0], c, n)
 			}))),
-	}
+	}, h.policyRoutes()...) // berth's policy management extension (policy.go)
 }
 
 // authorized checks the service SAS token before next runs, and before any

@@ -45,6 +45,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	addOperatorCommands(root, g)
 	addDeviceCommands(root, g)
 	addHubCommands(root, g)
+	root.AddCommand(newPolicyCmd(g))
 	root.AddCommand(newBenchCmd(g))
 	return root
 }
