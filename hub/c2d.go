@@ -108,10 +108,14 @@ func (q *CloudToDevice) lock(dk string) func() {
 	return m.Unlock
 }
 
+// nextOrder returns a strictly increasing number in microseconds since the
+// Unix epoch: the key order and the sequence number of a message. IoT Hub
+// documents only that sequence numbers grow per queue; microseconds keep
+// them below 2^53, so JavaScript clients read them exactly.
 func (q *CloudToDevice) nextOrder(now time.Time) int64 {
 	q.omu.Lock()
 	defer q.omu.Unlock()
-	o := now.UnixNano()
+	o := now.UnixMicro()
 	if o <= q.last {
 		o = q.last + 1
 	}

@@ -341,3 +341,15 @@ func TestMethodsWaitForConnect(t *testing.T) {
 		t.Fatal("Invoke did not wake when the device subscribed")
 	}
 }
+
+func TestC2DSequenceNumbersFitJavaScript(t *testing.T) {
+	e := newC2DEnv(t)
+	prev := int64(0)
+	for range 5 {
+		m := e.send(t, "x")
+		if m.SequenceNumber <= prev || m.SequenceNumber > 1<<53-1 {
+			t.Fatalf("sequence number %d after %d", m.SequenceNumber, prev)
+		}
+		prev = m.SequenceNumber
+	}
+}

@@ -115,7 +115,10 @@ func (m *Methods) Invoke(ctx context.Context, hubName, deviceID string, req *Met
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, azerr.Newf(azerr.HubDeviceNotOnline, "Timed out waiting for device %s to connect.", deviceID)
+		if connTimeout > 0 {
+			return nil, azerr.Newf(azerr.HubDeviceNotOnline, "Timed out waiting for device %s to connect.", deviceID)
+		}
+		return nil, azerr.Newf(azerr.HubDeviceNotOnline, "Device %s is not online: it is not connected, or not subscribed to direct methods.", deviceID)
 	}
 
 	ictx, cancel := context.WithTimeout(ctx, respTimeout)
