@@ -239,9 +239,11 @@ func (c *conn) connect(fh packets.FixedHeader, buf []byte) error {
 	// Sessions are never persisted (DPS treats every session as clean,
 	// shared/spec/dps.md §1.1) and C# aborts on SessionPresent=1. IoT Hub
 	// devices connect with CleanSession 0 and would get SessionPresent 1
-	// for a stored session (iothub.md §1.4), but berth stores none yet:
-	// subscriptions and undelivered cloud-to-device messages come with
-	// C2D and twins, and until then every hub session starts empty too.
+	// for a stored session (iothub.md §1.4), but berth stores no
+	// subscriptions: every hub session starts without any, and the SDKs
+	// subscribe again when the session is not present. Undelivered
+	// cloud-to-device messages are not session state: they wait in the
+	// durable queue and are delivered once the device subscribes.
 	return c.connack(connAccepted)
 }
 
@@ -399,7 +401,22 @@ func (c *conn) onSubscribe(fh packets.FixedHeader, buf []byte) error {
 		}
 		codes[i] = code
 	}
-	return c.suback(pk.PacketID, codes)
+	if err := c.suback(pk.PacketID, codes); err != nil {
+		return err
+	}
+	if n, ok := c.sess.(subscribedNotifier); ok {
+		n.subscribed()
+	}
+	return nil
+}
+
+// subscribedNotifier is a session that starts deliveries on a new
+// subscription. It is told after the SUBACK is written, so that a client
+// reading packets in order sees the SUBACK before the first delivery
+// (MQTT 3.1.1 §3.8.4 allows either order; simple clients expect this
+// one).
+type subscribedNotifier interface {
+	subscribed()
 }
 
 //go:noinline
@@ -594,12 +611,23 @@ func (c *conn) puback(id uint16) error {
 // packet ID of this connection; nothing is kept for redelivery (sessions
 // are clean, and the client's PUBACK only needs to be tolerated).
 func (c *conn) publish(topic string, qos byte, payload []byte) error {
+	var id uint16
+	if qos > 0 {
+		id = c.nextPacketID()
+	}
+	return c.publishID(topic, qos, false, id, payload)
+}
+
+// publishID sends a PUBLISH with a packet ID the caller chose (0 at QoS
+// 0), for deliveries whose PUBACK the session tracks. dup marks a
+// redelivery; MQTT 3.1.1 §3.3.1.1 allows it only at QoS 1.
+func (c *conn) publishID(topic string, qos byte, dup bool, id uint16, payload []byte) error {
 	pk := c.srv.getPacket()
 	defer c.srv.putPacket(pk)
-	pk.FixedHeader.Type, pk.FixedHeader.Qos = packets.Publish, qos
+	pk.FixedHeader.Type, pk.FixedHeader.Qos, pk.FixedHeader.Dup = packets.Publish, qos, dup && qos > 0
 	pk.TopicName, pk.Payload, pk.ProtocolVersion = topic, payload, protocolLevel311
 	if qos > 0 {
-		pk.PacketID = c.nextPacketID()
+		pk.PacketID = id
 	}
 	return c.write(pk.PublishEncode)
 }

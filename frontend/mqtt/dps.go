@@ -427,9 +427,19 @@ func (s *dpsSession) handle(ctx context.Context, kind, rid, opID string, body []
 // Embedded C relies on (§1.7). Errors that are not *azerr.Error are
 // internal: their cause is logged, never sent.
 func (s *dpsSession) fail(rid string, err error) {
-	e := azerr.As(err, azerr.DPSInternal)
+	internal := func(cause error) *azerr.Error { return azerr.Wrap(azerr.DPSInternal, cause) }
+	e, body := s.c.srv.errorAnswer("mqtt: DPS error answer", append(s.logAttrs(), "rid", clip(rid)), azerr.As(err, azerr.DPSInternal), internal)
+	s.respond(e.Status(), rid, body)
+}
+
+// errorAnswer makes the error body DPS and the IoT Hub twin topics share
+// (Azure's {"errorCode","trackingId","message","timestampUtc"}) and logs
+// it: server errors at Error level, with their cause, the rest at Debug.
+// An error whose code is not a 4xx or 5xx becomes internal(), so that the
+// status on the topic is always an error status.
+func (s *Server) errorAnswer(msg string, attrs []any, e *azerr.Error, internal func(error) *azerr.Error) (*azerr.Error, errorBody) {
 	if st := e.Status(); st < 400 || st > 599 {
-		e = azerr.Wrap(azerr.DPSInternal, fmt.Errorf("error code %d is not an error status: %w", e.Code, err))
+		e = internal(fmt.Errorf("error code %d is not an error status: %w", e.Code, e))
 	}
 	body := errorBody{
 		ErrorCode:    int(e.Code),
@@ -438,16 +448,16 @@ func (s *dpsSession) fail(rid string, err error) {
 		Info:         e.Info,
 		TimestampUTC: dps.Time{Time: time.Now().UTC()},
 	}
-	attrs := append(s.logAttrs(), "rid", clip(rid), "status", e.Status(), "errorCode", int(e.Code), "trackingId", body.TrackingID, "message", e.Message)
+	attrs = append(attrs, "status", e.Status(), "errorCode", int(e.Code), "trackingId", body.TrackingID, "message", e.Message)
 	if e.Err != nil {
 		attrs = append(attrs, "cause", e.Err.Error())
 	}
 	if e.Status() >= 500 {
-		s.c.srv.log.Error("mqtt: DPS error answer", attrs...)
+		s.log.Error(msg, attrs...)
 	} else {
-		s.c.srv.log.Debug("mqtt: DPS error answer", attrs...)
+		s.log.Debug(msg, attrs...)
 	}
-	s.respond(e.Status(), rid, body)
+	return e, body
 }
 
 // respond publishes an answer to this connection only, at the QoS its

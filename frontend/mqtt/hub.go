@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"runtime/debug"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -268,12 +270,44 @@ type hubSession struct {
 	// presence (connectionState, lastActivityTime).
 	disconnected func()
 
-	// subs is the granted QoS per feature, -1 when not subscribed. Only
-	// the reader goroutine touches it today; nothing is delivered on
-	// these subscriptions yet (cloud-to-device messages, twins and
-	// methods come next), and the delivery code will have to guard it.
-	subs [numHubFeatures]int8
+	// detach removes the session from HubConfig.Links; nil without Links.
+	detach func()
+
+	// subs is the granted QoS per feature, -1 when not subscribed.
+	// Written by the reader, read by the goroutines that deliver (twin
+	// work, desired notifications, method invocations, the C2D pump).
+	subs [numHubFeatures]atomic.Int32
+
+	// mu guards the delivery state below. Everything here is nil or zero
+	// while the session is idle: no goroutine and no buffer exists until
+	// there is something to deliver.
+	mu     sync.Mutex
+	closed bool
+	// workers counts the sender and C2D pump goroutines; close waits
+	// for them.
+	workers sync.WaitGroup
+	// out holds desired notifications waiting for the sender goroutine,
+	// which runs while sending is true.
+	out     []outbound
+	sending bool
+	// methods are the direct-method invocations waiting for the device's
+	// answer, by rid; ridSeq numbers them.
+	methods map[string]chan methodAnswer
+	ridSeq  uint64
+	// inflight are the C2D messages delivered and not yet acknowledged,
+	// lock token by packet ID; acked are lock tokens whose PUBACK came,
+	// for the pump to complete. pumping is true while the pump goroutine
+	// runs, pumpAgain asks it to look at the queue once more, and
+	// cancelOp cancels its store call in flight.
+	inflight  map[uint16]string
+	acked     []string
+	pumping   bool
+	pumpAgain bool
+	cancelOp  context.CancelFunc
 }
+
+// Interface guard: the domain pushes to a hub session through Links.
+var _ hub.DeviceLink = (*hubSession)(nil)
 
 // newHubSession authenticates an IoT Hub device CONNECT
 // (shared/spec/iothub.md §1.2). Every identity or credential failure is
@@ -340,7 +374,7 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		modelID:      strings.Clone(query.Get(hubQueryModelID)),
 	}
 	for i := range s.subs {
-		s.subs[i] = -1
+		s.subs[i].Store(-1)
 	}
 	if pk.Connect.WillFlag {
 		s.setWill(pk)
@@ -353,6 +387,11 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		s.expiry = time.AfterFunc(lifetime, s.expire)
 	}
 	c.srv.attachHub(s)
+	if h.Links != nil {
+		// Nothing is written to the device before its CONNACK: every
+		// push needs a subscription, and SUBSCRIBE comes after CONNACK.
+		s.detach = h.Links.Attach(h.Name, s.deviceID, s)
+	}
 	s.disconnected = h.Registry.Connected(h.Name, s.deviceID)
 	c.srv.log.Debug("mqtt: IoT Hub device session", append(attrs,
 		"apiVersion", clip(query.Get(hubQueryAPIVersion)), "clientType", clip(query.Get(hubQueryClientType)),
@@ -455,9 +494,10 @@ func classifyHubFilter(filter, deviceID string) (hubFeature, bool) {
 }
 
 // subscribe grants the filters the SDKs subscribe on open, at QoS 1 at
-// most, so that they keep working; nothing is delivered on them yet. Any
-// other filter (another device's topics, '#', module inputs) closes the
-// connection, as IoT Hub does rather than answering 0x80 (§1.4).
+// most; each feature is delivered at the QoS its filter was granted
+// (§1.5). Any other filter (another device's topics, '#', module inputs)
+// closes the connection, as IoT Hub does rather than answering 0x80
+// (§1.4).
 func (s *hubSession) subscribe(filter string, qos byte) (byte, error) {
 	f, ok := classifyHubFilter(filter, s.deviceID)
 	if !ok {
@@ -465,26 +505,52 @@ func (s *hubSession) subscribe(filter string, qos byte) (byte, error) {
 		return 0, fmt.Errorf("mqtt: SUBSCRIBE to %q is not allowed", clip(filter))
 	}
 	g := min(qos, 1)
-	s.subs[f] = int8(g)
+	s.subs[f].Store(int32(g))
 	return g, nil
 }
 
-func (s *hubSession) unsubscribe(filter string) {
-	if f, ok := classifyHubFilter(filter, s.deviceID); ok {
-		s.subs[f] = -1
+// subscribed runs after the SUBACK: a method invocation waiting for the
+// device to subscribe (connectTimeoutInSeconds) may go ahead, and the
+// C2D queue is delivered from.
+func (s *hubSession) subscribed() {
+	if s.subs[featureMethods].Load() >= 0 {
+		s.linksChanged()
+	}
+	if s.subs[featureC2D].Load() >= 0 {
+		s.wakePump()
 	}
 }
 
-// puback: the hub session delivers nothing yet, so there is nothing to
-// complete.
-func (s *hubSession) puback(uint16) {}
+func (s *hubSession) unsubscribe(filter string) {
+	f, ok := classifyHubFilter(filter, s.deviceID)
+	if !ok {
+		return
+	}
+	s.subs[f].Store(-1)
+	if f == featureMethods {
+		s.linksChanged()
+	}
+}
 
-// publish handles a device PUBLISH: telemetry is appended to the sink, and
-// a QoS 1 PUBLISH is acknowledged only once Append returned nil. Anything
-// that is not acceptable telemetry closes the connection without PUBACK
+func (s *hubSession) linksChanged() {
+	if l := s.c.srv.cfg.Hub.Links; l != nil {
+		l.Changed()
+	}
+}
+
+// publish handles a device PUBLISH: twin requests and method responses
+// (shared/spec/iothub.md §4, §5), else telemetry, which is appended to the
+// sink, a QoS 1 PUBLISH being acknowledged only once Append returned nil.
+// Anything that is not acceptable closes the connection without PUBACK
 // and without writing anything (MQTT has no per-message error; IoT Hub
 // closes, shared/spec/iothub.md §9.3).
 func (s *hubSession) publish(pk *packets.Packet) error {
+	switch {
+	case strings.HasPrefix(pk.TopicName, twinTopicPrefix):
+		return s.twinRequest(pk)
+	case strings.HasPrefix(pk.TopicName, methodResponsePrefix):
+		return s.methodResponse(pk)
+	}
 	m, err := s.telemetry(pk.TopicName, pk.Payload, pk.FixedHeader.Retain)
 	if err != nil {
 		return err
@@ -506,9 +572,6 @@ func (s *hubSession) publish(pk *packets.Packet) error {
 func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.Message, error) {
 	dev, mod, bag, ok := parseTelemetryTopic(topic)
 	switch {
-	case !ok && (strings.HasPrefix(topic, "$iothub/twin/") || strings.HasPrefix(topic, "$iothub/methods/res/")):
-		s.c.srv.log.Info("mqtt: twins/methods not implemented yet; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "topic", clip(topic))...)
-		return nil, fmt.Errorf("mqtt: PUBLISH to %q: twins and direct methods are not implemented yet", clip(topic))
 	case !ok:
 		return nil, fmt.Errorf("mqtt: PUBLISH to %q: not a telemetry topic", clip(topic))
 	case dev != s.deviceID:
@@ -596,7 +659,11 @@ func (s *hubSession) close(clean bool) {
 	if s.expiry != nil {
 		s.expiry.Stop()
 	}
+	if s.detach != nil {
+		s.detach()
+	}
 	s.c.srv.detachHub(s)
+	s.stopDeliveries()
 	if !clean && s.will != nil {
 		s.publishWill()
 	}

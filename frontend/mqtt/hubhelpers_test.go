@@ -117,6 +117,10 @@ type hubFixture struct {
 	settings *hub.Settings
 	sink     *recordingSink
 	hubCfg   *HubConfig
+	links    *hub.Links
+	twins    *hub.Twins
+	c2d      *hub.CloudToDevice
+	methods  *hub.Methods
 }
 
 func newHubFixture(t testing.TB, edit func(*Config)) *hubFixture {
@@ -143,7 +147,12 @@ func newHubFixture(t testing.TB, edit func(*Config)) *hubFixture {
 			t.Error("logs contain a device key")
 		}
 	})
-	f.hubCfg = &HubConfig{Name: hubName, Registry: f.reg, Settings: f.settings, Sink: f.sink, Now: clock}
+	f.links = hub.NewLinks()
+	f.twins = hub.NewTwins(f.st, f.reg, f.links)
+	f.c2d = hub.NewCloudToDevice(f.st, f.reg, f.links, nil)
+	f.methods = hub.NewMethods(f.reg, f.links)
+	f.hubCfg = &HubConfig{Name: hubName, Registry: f.reg, Settings: f.settings, Sink: f.sink, Now: clock,
+		Links: f.links, Twins: f.twins, CloudToDevice: f.c2d}
 	cfg := Config{Hub: f.hubCfg}
 	if edit != nil {
 		edit(&cfg)

@@ -65,7 +65,12 @@ func TestIdleHubConnectionMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	measureIdle(t, "hub", Config{Hub: &HubConfig{Name: hubName, Registry: reg, Sink: &discardSink{}, Now: clock}})
+	// With the twin, method and C2D services wired as the server wires
+	// them: the session is attached to Links and its C2D subscription
+	// looked at the (empty) queue.
+	links := hub.NewLinks()
+	measureIdle(t, "hub", Config{Hub: &HubConfig{Name: hubName, Registry: reg, Sink: &discardSink{}, Now: clock,
+		Links: links, Twins: hub.NewTwins(st, reg, links), CloudToDevice: hub.NewCloudToDevice(st, reg, links, nil)}})
 }
 
 func memDeviceID(i int) string { return "mem-" + strconv.Itoa(i) }
