@@ -305,13 +305,13 @@ func (s *Server) Start() error {
 	s.mqtt = mqttfront.New(mqttfront.Config{
 		Logger: s.log.With("listener", "mqtt"),
 		Hub: &mqttfront.HubConfig{Name: s.cfg.HubName, Registry: s.registry, Settings: s.hubSet, Sink: s.stream,
-			Links: s.links, Twins: s.twins, CloudToDevice: s.c2d},
+			Hubs: s.hubs, Links: s.links, Twins: s.twins, CloudToDevice: s.c2d},
 	}, s.dps)
 	handler := rest.NewHandler(rest.Config{
 		Hosts:  s.serviceHosts(),
 		Logger: s.log.With("listener", "https"),
 		Hub: &rest.HubConfig{Name: s.cfg.HubName, Registry: s.registry, Settings: s.hubSet, Sink: s.stream,
-			Twins: s.twins, Methods: s.methods, CloudToDevice: s.c2d},
+			Twins: s.twins, Methods: s.methods, CloudToDevice: s.c2d, Hubs: s.hubs},
 	}, s.dps, s.settings)
 	s.https = &http.Server{
 		Handler:           handler,

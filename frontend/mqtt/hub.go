@@ -36,6 +36,10 @@ type HubConfig struct {
 	// Append returned nil for it. When nil, a telemetry PUBLISH closes the
 	// connection (MQTT has no way to say "not enabled").
 	Sink hub.TelemetrySink
+	// Hubs, when set, are the hubs this listener serves: a CONNECT's
+	// {hub} must name one of them (Name is then only the default). When
+	// nil, Name is the one hub, with Settings as its policies.
+	Hubs *hub.Directory
 	// Links is the directory each device session attaches to, so that the
 	// hub can push desired properties, method requests and C2D wake-ups to
 	// it. When nil, nothing is pushed.
@@ -206,9 +210,28 @@ func stripPort(h string) string {
 	return h
 }
 
-// isOurHub reports whether name is the hub this server serves.
+// isOurHub reports whether name is a hub this server serves.
 func (s *Server) isOurHub(name string) bool {
-	return s.cfg.Hub != nil && sameHost(name, s.cfg.Hub.Name)
+	_, _, ok := s.servedHub(name)
+	return ok
+}
+
+// servedHub resolves a username's {hub} to the hub's name as berth knows
+// it (so that every session of a hub uses one spelling) and its policies.
+func (s *Server) servedHub(name string) (string, *hub.Settings, bool) {
+	h := s.cfg.Hub
+	switch {
+	case h == nil:
+		return "", nil, false
+	case h.Hubs != nil:
+		if served, ok := h.Hubs.Lookup(name); ok {
+			return served.Info.Name, served.Settings, true
+		}
+		return "", nil, false
+	case sameHost(name, h.Name):
+		return h.Name, h.Settings, true
+	}
+	return "", nil, false
 }
 
 // hubKeepAlive is the server-side silence limit for a hub session.
@@ -260,6 +283,7 @@ type hubWill struct {
 // in-order PUBACKs is a later optimisation.
 type hubSession struct {
 	c            *conn
+	hub          string // the hub's name as berth knows it (servedHub)
 	deviceID     string
 	generationID string
 	authMethod   string
@@ -324,13 +348,13 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		return refuse("IoT Hub device sessions are not served yet: this listener has no hub configured")
 	case moduleID != "":
 		return refuse("modules not supported yet", "moduleId", clip(moduleID))
-	case !sameHost(hubName, h.Name):
-		// The device believes it is talking to another hub. Its token
-		// names that hub too (the registry would refuse its audience),
-		// and accepting it would stamp its messages with a hub it did
-		// not ask for. IoT Hub answers 5 to every CONNECT it will not
-		// serve, so a wrong hub name is one more such refusal.
-		return refuse("the username names another hub", "servedHub", h.Name)
+	case !c.srv.isOurHub(hubName):
+		// The device believes it is talking to a hub berth does not
+		// serve. Its token names that hub too (the registry would refuse
+		// its audience), and accepting it would stamp its messages with a
+		// hub it did not ask for. IoT Hub answers 5 to every CONNECT it
+		// will not serve, so an unknown hub name is one more such refusal.
+		return refuse("the username names a hub this berth does not serve", "defaultHub", h.Name)
 	case pk.Connect.ClientIdentifier != deviceID:
 		// Ordinal, as Microsoft's protocol gateway compares them.
 		return refuse("ClientId differs from the username's device ID", "clientId", clip(pk.Connect.ClientIdentifier))
@@ -340,8 +364,9 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		c.srv.log.Error("mqtt: CONNECT refused: the hub has no device registry configured", attrs...)
 		return nil, connServerUnavailable
 	}
+	hubName, settings, _ := c.srv.servedHub(hubName)
 	ctx, cancel := context.WithTimeout(c.srv.ctx, c.srv.cfg.ConnectTimeout)
-	id, err := h.Registry.AuthenticateDevice(ctx, h.Settings, h.Name, deviceID, string(pk.Connect.Password))
+	id, err := h.Registry.AuthenticateDevice(ctx, settings, hubName, deviceID, string(pk.Connect.Password))
 	cancel()
 	if err != nil {
 		// The cause (wrong key, expired, disabled, unknown device) is for
@@ -365,7 +390,8 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	}
 
 	s := &hubSession{
-		c: c,
+		c:   c,
+		hub: hubName, // the directory's string, shared by its sessions
 		// Clones, so that the session does not keep the CONNECT buffer
 		// or the device document alive.
 		deviceID:     strings.Clone(deviceID),
@@ -390,9 +416,9 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	if h.Links != nil {
 		// Nothing is written to the device before its CONNACK: every
 		// push needs a subscription, and SUBSCRIBE comes after CONNACK.
-		s.detach = h.Links.Attach(h.Name, s.deviceID, s)
+		s.detach = h.Links.Attach(s.hub, s.deviceID, s)
 	}
-	s.disconnected = h.Registry.Connected(h.Name, s.deviceID)
+	s.disconnected = h.Registry.Connected(s.hub, s.deviceID)
 	c.srv.log.Debug("mqtt: IoT Hub device session", append(attrs,
 		"apiVersion", clip(query.Get(hubQueryAPIVersion)), "clientType", clip(query.Get(hubQueryClientType)),
 		"modelId", clip(s.modelID), "keepalive", pk.Connect.Keepalive, "cleanSession", pk.Connect.Clean,
@@ -430,6 +456,9 @@ func (s *hubSession) setWill(pk *packets.Packet) {
 	}
 }
 
+// key identifies the device across the hubs this listener serves.
+func (s *hubSession) key() string { return strings.ToLower(s.hub) + "/" + s.deviceID }
+
 func (s *hubSession) logAttrs() []any {
 	return []any{"deviceId", s.deviceID}
 }
@@ -449,8 +478,8 @@ func (s *Server) attachHub(hs *hubSession) {
 	// Keyed by the identity's client ID; module sessions will use
 	// "{deviceId}/{moduleId}".
 	s.hubMu.Lock()
-	old := s.hubSessions[hs.deviceID]
-	s.hubSessions[hs.deviceID] = hs
+	old := s.hubSessions[hs.key()]
+	s.hubSessions[hs.key()] = hs
 	s.hubMu.Unlock()
 	if old != nil {
 		s.log.Info("mqtt: closing the device's previous connection: a new one authenticated",
@@ -463,8 +492,8 @@ func (s *Server) attachHub(hs *hubSession) {
 // replaced it.
 func (s *Server) detachHub(hs *hubSession) {
 	s.hubMu.Lock()
-	if s.hubSessions[hs.deviceID] == hs {
-		delete(s.hubSessions, hs.deviceID)
+	if s.hubSessions[hs.key()] == hs {
+		delete(s.hubSessions, hs.key())
 	}
 	s.hubMu.Unlock()
 }
@@ -607,7 +636,7 @@ func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.
 // the model ID from the username.
 func (s *hubSession) stamp(m *hub.Message) {
 	h := s.c.srv.cfg.Hub
-	hub.Stamp(m, h.Name, &hub.Identity{
+	hub.Stamp(m, s.hub, &hub.Identity{
 		Device:     &hub.Device{DeviceID: s.deviceID, GenerationID: s.generationID},
 		AuthMethod: s.authMethod,
 	}, h.Now())
@@ -642,7 +671,7 @@ func (s *hubSession) appendRecovering(m *hub.Message, timeout time.Duration) (er
 	if err := s.c.srv.cfg.Hub.Sink.Append(ctx, m); err != nil {
 		return fmt.Errorf("mqtt: append telemetry: %w", err)
 	}
-	s.c.srv.cfg.Hub.Registry.Active(s.c.srv.cfg.Hub.Name, s.deviceID)
+	s.c.srv.cfg.Hub.Registry.Active(s.hub, s.deviceID)
 	return nil
 }
 

@@ -234,7 +234,7 @@ func TestHubConnect(t *testing.T) {
 		})
 	}
 	logs := f.ts.logs.String()
-	for _, s := range []string{"modules not supported yet", "the username names another hub", "ClientId differs", "device authentication failed"} {
+	for _, s := range []string{"modules not supported yet", "the username names a hub this berth does not serve", "ClientId differs", "device authentication failed"} {
 		if !strings.Contains(logs, s) {
 			t.Errorf("no log line says %q", s)
 		}

@@ -141,7 +141,7 @@ func (s *hubSession) pump() {
 		s.mu.Unlock()
 
 		for _, token := range acked {
-			if err := h.CloudToDevice.Complete(ctx, h.Name, s.deviceID, token); err != nil {
+			if err := h.CloudToDevice.Complete(ctx, s.hub, s.deviceID, token); err != nil {
 				s.c.srv.log.Info("mqtt: C2D message acknowledged but not completed", append(s.logAttrs(), "error", err.Error())...)
 			}
 		}
@@ -167,7 +167,7 @@ func (s *hubSession) pump() {
 // many it received, and false when the queue could not be read.
 func (s *hubSession) receive(ctx context.Context, qos byte, free int) (int, bool) {
 	h := s.c.srv.cfg.Hub
-	msgs, err := h.CloudToDevice.Receive(ctx, h.Name, s.deviceID, free, hub.DefaultLockTimeout)
+	msgs, err := h.CloudToDevice.Receive(ctx, s.hub, s.deviceID, free, hub.DefaultLockTimeout)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.c.srv.log.Warn("mqtt: C2D queue not readable", append(s.logAttrs(), "error", err.Error())...)
@@ -192,7 +192,7 @@ func (s *hubSession) deliver(ctx context.Context, m *hub.CloudMessage, qos byte)
 		// Its properties cannot be written as an MQTT topic, now or on
 		// any later delivery: dead-letter it rather than retry forever.
 		s.c.srv.log.Warn("mqtt: C2D message properties too long for an MQTT topic; rejected", append(attrs, "topicLength", len(topic))...)
-		if err := h.CloudToDevice.Reject(ctx, h.Name, s.deviceID, m.LockToken); err != nil {
+		if err := h.CloudToDevice.Reject(ctx, s.hub, s.deviceID, m.LockToken); err != nil {
 			s.c.srv.log.Warn("mqtt: C2D message not rejected", append(attrs, "error", err.Error())...)
 		}
 		return
@@ -225,7 +225,7 @@ func (s *hubSession) deliver(ctx context.Context, m *hub.CloudMessage, qos byte)
 		s.mu.Lock()
 		s.forgetInFlightLocked(id)
 		s.mu.Unlock()
-		if err := h.CloudToDevice.Complete(ctx, h.Name, s.deviceID, m.LockToken); err != nil {
+		if err := h.CloudToDevice.Complete(ctx, s.hub, s.deviceID, m.LockToken); err != nil {
 			s.c.srv.log.Info("mqtt: C2D message delivered at QoS 0 but not completed", append(attrs, "error", err.Error())...)
 		}
 	}
@@ -262,7 +262,7 @@ func (s *hubSession) giveBack(token string) {
 	h := s.c.srv.cfg.Hub
 	ctx, cancel := context.WithTimeout(s.c.srv.ctx, c2dSettleTimeout)
 	defer cancel()
-	if err := h.CloudToDevice.Abandon(ctx, h.Name, s.deviceID, token); err != nil {
+	if err := h.CloudToDevice.Abandon(ctx, s.hub, s.deviceID, token); err != nil {
 		s.c.srv.log.Info("mqtt: C2D message not given back; it is redelivered when its lock expires", append(s.logAttrs(), "error", err.Error())...)
 	}
 }
@@ -284,12 +284,12 @@ func (s *hubSession) settleInFlight() {
 	ctx, cancel := context.WithTimeout(s.c.srv.ctx, c2dSettleTimeout)
 	defer cancel()
 	for _, token := range acked {
-		if err := h.CloudToDevice.Complete(ctx, h.Name, s.deviceID, token); err != nil {
+		if err := h.CloudToDevice.Complete(ctx, s.hub, s.deviceID, token); err != nil {
 			s.c.srv.log.Info("mqtt: C2D message acknowledged but not completed", append(s.logAttrs(), "error", err.Error())...)
 		}
 	}
 	for _, token := range inflight {
-		if err := h.CloudToDevice.Abandon(ctx, h.Name, s.deviceID, token); err != nil {
+		if err := h.CloudToDevice.Abandon(ctx, s.hub, s.deviceID, token); err != nil {
 			s.c.srv.log.Info("mqtt: C2D message not given back; it is redelivered when its lock expires", append(s.logAttrs(), "error", err.Error())...)
 		}
 	}
