@@ -55,7 +55,7 @@ func (s *Service) PutEnrollment(ctx context.Context, id string, in *IndividualEn
 	if prev != nil {
 		prevCommon = &prev.Common
 	}
-	if err := s.normalize(&e.Common, prevCommon); err != nil {
+	if err := s.normalize(ctx, &e.Common, prevCommon, false); err != nil {
 		return nil, err
 	}
 	e.RegistrationState = nil
@@ -161,7 +161,7 @@ func (s *Service) PutGroup(ctx context.Context, id string, in *EnrollmentGroup, 
 	if prev != nil {
 		prevCommon = &prev.Common
 	}
-	if err := s.normalize(&g.Common, prevCommon); err != nil {
+	if err := s.normalize(ctx, &g.Common, prevCommon, true); err != nil {
 		return nil, err
 	}
 	rec, err := encode(store.KindGroup, Key(id), "", &g)
@@ -305,7 +305,7 @@ func (s *Service) list(ctx context.Context, kind store.Kind, index, continuation
 // normalize validates an enrollment and fills Azure's defaults, keeping the
 // previous version's keys and creation time when the body omits them (a
 // read-modify-write through GET would otherwise rotate the keys).
-func (s *Service) normalize(c *Common, prev *Common) error {
+func (s *Service) normalize(ctx context.Context, c *Common, prev *Common, group bool) error {
 	now := Time{s.now().UTC()}
 	a := c.Attestation
 	if a == nil {
@@ -313,8 +313,19 @@ func (s *Service) normalize(c *Common, prev *Common) error {
 	}
 	switch a.Type {
 	case AttestationSymmetricKey:
-	case AttestationX509, AttestationTPM:
-		return azerr.Newf(azerr.DPSInvalidEnrollment, "Attestation type %q is not supported by this berth version; use symmetricKey.", a.Type)
+	case AttestationX509:
+		var prevX509 *X509Attestation
+		if prev != nil && prev.Attestation != nil {
+			prevX509 = prev.Attestation.X509
+		}
+		keepCertificates(a.X509, prevX509)
+		if err := s.normalizeX509(ctx, a.X509, group); err != nil {
+			return err
+		}
+		a.SymmetricKey, a.TPM = nil, nil
+		return s.normalizeCommon(c, prev, now)
+	case AttestationTPM:
+		return azerr.Newf(azerr.DPSInvalidEnrollment, "Attestation type %q is not supported by this berth version; use symmetricKey or x509.", a.Type)
 	default:
 		return azerr.Newf(azerr.DPSInvalidEnrollment, "Attestation type %q is not valid.", a.Type)
 	}
@@ -349,6 +360,12 @@ func (s *Service) normalize(c *Common, prev *Common) error {
 		}
 	}
 	a.X509, a.TPM = nil, nil
+	return s.normalizeCommon(c, prev, now)
+}
+
+// normalizeCommon validates and defaults what does not depend on the
+// attestation.
+func (s *Service) normalizeCommon(c *Common, prev *Common, now Time) error {
 	switch c.ProvisioningStatus {
 	case "":
 		c.ProvisioningStatus = ProvisioningEnabled
@@ -428,6 +445,9 @@ func (c Common) clone() Common {
 func hideKeys(a *AttestationMechanism) {
 	if a != nil && a.SymmetricKey != nil {
 		a.SymmetricKey = &SymmetricKeyAttestation{}
+	}
+	if a != nil {
+		hideCertificates(a.X509)
 	}
 }
 

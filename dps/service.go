@@ -7,6 +7,7 @@ package dps
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -115,8 +116,11 @@ type RegisterRequest struct {
 	IDScope        string
 	RegistrationID string // from the MQTT username or the HTTP path
 	Token          string // SAS token as sent ("" when absent)
-	Body           []byte // DeviceRegistration JSON; empty is allowed
-	Force          bool   // forceRegistration
+	// ClientCerts is the TLS client certificate chain, leaf first, for
+	// X.509 attestation (used when Token is "").
+	ClientCerts []*x509.Certificate
+	Body        []byte // DeviceRegistration JSON; empty is allowed
+	Force       bool   // forceRegistration
 }
 
 // OperationRequest is a device's poll call.
@@ -125,6 +129,7 @@ type OperationRequest struct {
 	RegistrationID string
 	OperationID    string
 	Token          string
+	ClientCerts    []*x509.Certificate
 }
 
 // StatusRequest is a device's registration status lookup.
@@ -132,6 +137,7 @@ type StatusRequest struct {
 	IDScope        string
 	RegistrationID string
 	Token          string
+	ClientCerts    []*x509.Certificate
 	Body           []byte
 }
 
@@ -159,7 +165,31 @@ type registrationDoc struct {
 type attested struct {
 	enrollment *IndividualEnrollment
 	group      *EnrollmentGroup
-	keys       [2]string // the device's own keys (derived for group members)
+	keys       [2]string         // the device's own keys (derived for group members)
+	cert       *x509.Certificate // the device's certificate (X.509 attestation)
+}
+
+// hubAuthentication is how the hub authenticates the device DPS creates:
+// its keys, its certificate's thumbprints (an individual X.509
+// enrollment's certificates) or its CA (an X.509 group).
+func (a *attested) hubAuthentication() hub.Authentication {
+	switch {
+	case a.cert == nil:
+		return hub.Authentication{Type: hub.AuthSAS, SymmetricKey: &hub.SymmetricKey{PrimaryKey: a.keys[0], SecondaryKey: a.keys[1]}}
+	case a.group != nil:
+		return hub.Authentication{Type: hub.AuthCertificateAuthority}
+	}
+	tp := &hub.X509Thumbprint{}
+	certs := certsOf(a.enrollment.Attestation.X509.ClientCertificates)
+	for i, c := range certs {
+		s1, _ := Thumbprints(c)
+		if i == 0 {
+			tp.PrimaryThumbprint = &s1
+		} else {
+			tp.SecondaryThumbprint = &s1
+		}
+	}
+	return hub.Authentication{Type: hub.AuthSelfSigned, X509Thumbprint: tp}
 }
 
 // common is the enrollment's part that individual enrollments and groups
@@ -237,7 +267,7 @@ func (s *Service) Register(ctx context.Context, req RegisterRequest) (*Operation
 	if err != nil {
 		return nil, err
 	}
-	who, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token)
+	who, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts)
 	if err != nil {
 		return nil, err
 	}
@@ -316,7 +346,11 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	}
 	created, updated := Time{now}, Time{now}
 	state.CreatedDateTimeUTC, state.LastUpdatedDateTimeUTC = &created, &updated
-	if groupID != "" {
+	switch {
+	case who.cert != nil:
+		// Azure answers {} for an individual enrollment.
+		state.X509 = &GroupRef{EnrollmentGroupID: groupID}
+	case groupID != "":
 		state.SymmetricKey = &GroupRef{EnrollmentGroupID: groupID}
 	}
 	initialHub := hubName
@@ -368,10 +402,7 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		}
 	}
 
-	devRecs, err := s.registry.ProvisionRecords(ctx, hubName, deviceID, hub.Authentication{
-		Type:         "sas",
-		SymmetricKey: &hub.SymmetricKey{PrimaryKey: who.keys[0], SecondaryKey: who.keys[1]},
-	}, twin)
+	devRecs, err := s.registry.ProvisionRecords(ctx, hubName, deviceID, who.hubAuthentication(), twin)
 	if err != nil {
 		return fmt.Errorf("dps: provision device %s: %w", deviceID, err)
 	}
@@ -424,7 +455,7 @@ func (s *Service) OperationStatus(ctx context.Context, req OperationRequest) (*O
 	if !ValidRegistrationID(req.RegistrationID) {
 		return nil, azerr.New(azerr.DPSInvalidRegistration)
 	}
-	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token); err != nil {
+	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts); err != nil {
 		return nil, err
 	}
 	if req.OperationID == "" || len(req.OperationID) > 256 {
@@ -488,7 +519,7 @@ func (s *Service) RegistrationStatus(ctx context.Context, req StatusRequest) (*R
 		// Certificates are issued only by register (shared/spec/dps.md §2).
 		return nil, azerr.Newf(azerr.DPSInvalidBody, "csr is not allowed in a registration status lookup.")
 	}
-	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token); err != nil {
+	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts); err != nil {
 		return nil, err
 	}
 	reg, err := s.getRegistration(ctx, Key(req.RegistrationID))
@@ -523,7 +554,13 @@ func isNotFound(err error) bool {
 // authenticate checks a device's SAS token against its enrollment: an
 // individual enrollment with this registration ID wins; otherwise the first
 // symmetric-key group whose derived key validates.
-func (s *Service) authenticate(ctx context.Context, scope, regID, token string) (*attested, error) {
+func (s *Service) authenticate(ctx context.Context, scope, regID, token string, certs []*x509.Certificate) (*attested, error) {
+	if token == "" && len(certs) > 0 {
+		if !strings.EqualFold(scope, s.idScope) {
+			return nil, errInvalidCertificate(fmt.Errorf("unknown ID scope %q", scope))
+		}
+		return s.authenticateX509(ctx, regID, certs, s.now())
+	}
 	if token == "" {
 		return nil, azerr.New(azerr.DPSUnauthorized)
 	}

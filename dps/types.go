@@ -75,12 +75,12 @@ type SymmetricKeyAttestation struct {
 	SecondaryKey string `json:"secondaryKey,omitempty"`
 }
 
-// AttestationMechanism is Azure's AttestationMechanism. X.509 and TPM bodies
-// are kept verbatim until berth implements them.
+// AttestationMechanism is Azure's AttestationMechanism. TPM bodies are
+// kept verbatim until berth implements TPM.
 type AttestationMechanism struct {
 	Type         string                   `json:"type"`
 	SymmetricKey *SymmetricKeyAttestation `json:"symmetricKey,omitempty"`
-	X509         json.RawMessage          `json:"x509,omitempty"`
+	X509         *X509Attestation         `json:"x509,omitempty"`
 	TPM          json.RawMessage          `json:"tpm,omitempty"`
 }
 

@@ -2,6 +2,11 @@ package hub
 
 import (
 	"context"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -181,4 +186,100 @@ func audienceCovers(sr, hubName, deviceID string) bool {
 		}
 	}
 	return true
+}
+
+// CATrust supplies the CA certificates that anchor the chains of
+// certificateAuthority devices (berth's DPS: its verified CA certificates
+// and its X.509 enrollment groups' signing certificates).
+type CATrust interface {
+	TrustedCAs(ctx context.Context) ([]*x509.Certificate, error)
+}
+
+// SetCATrust sets where certificateAuthority devices' CAs come from; until
+// it is set, such devices are refused.
+func (r *Registry) SetCATrust(t CATrust) {
+	r.mu.Lock()
+	r.cas = t
+	r.mu.Unlock()
+}
+
+// AuthenticateDeviceCert authenticates a device by its TLS client
+// certificate chain, leaf first (shared/spec/iothub.md §1.6): a selfSigned
+// device's leaf must have one of its thumbprints (SHA-1 or SHA-256, any
+// case); a certificateAuthority device's leaf must name the device as its
+// subject CN and chain to a trusted CA. The leaf must be valid now; the
+// connection ends when it expires. Every failure is
+// IotHubUnauthorizedAccess; the cause is for logs only.
+func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID string, chain []*x509.Certificate) (*Identity, error) {
+	deny := func(cause error) error { return azerr.WrapHub(azerr.HubUnauthorizedAccess, cause) }
+	if len(chain) == 0 {
+		return nil, deny(errors.New("no client certificate"))
+	}
+	leaf := chain[0]
+	now := r.now()
+	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+		return nil, deny(errors.New("client certificate expired or not yet valid"))
+	}
+	d, err := r.Get(ctx, hubName, deviceID)
+	if err != nil {
+		var ae *azerr.Error
+		if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
+			return nil, deny(err)
+		}
+		return nil, err
+	}
+	if d.Status != StatusEnabled {
+		return nil, deny(errors.New("device disabled"))
+	}
+	id := &Identity{Device: d, Expires: leaf.NotAfter}
+	a := d.Authentication
+	switch {
+	case a == nil:
+		return nil, deny(errors.New("device has no authentication"))
+	case a.Type == AuthSelfSigned && a.X509Thumbprint != nil:
+		s1 := sha1.Sum(leaf.Raw)
+		s2 := sha256.Sum256(leaf.Raw)
+		got := []string{hex.EncodeToString(s1[:]), hex.EncodeToString(s2[:])}
+		for _, want := range []*string{a.X509Thumbprint.PrimaryThumbprint, a.X509Thumbprint.SecondaryThumbprint} {
+			if want == nil || *want == "" {
+				continue
+			}
+			for _, g := range got {
+				if subtle.ConstantTimeCompare([]byte(strings.ToLower(*want)), []byte(g)) == 1 {
+					id.AuthMethod = `{"scope":"device","type":"x509Certificate","issuer":"iothub","acceptingIpFilterRule":null}`
+					return id, nil
+				}
+			}
+		}
+		return nil, deny(errors.New("certificate thumbprint is not the device's"))
+	case a.Type == AuthCertificateAuthority:
+		// Ordinal, as IoT Edge compares them.
+		if leaf.Subject.CommonName != deviceID {
+			return nil, deny(fmt.Errorf("certificate CN %q is not the device ID", leaf.Subject.CommonName))
+		}
+		r.mu.Lock()
+		cas := r.cas
+		r.mu.Unlock()
+		if cas == nil {
+			return nil, deny(errors.New("no CA is trusted"))
+		}
+		anchors, err := cas.TrustedCAs(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("hub: trusted CAs: %w", err)
+		}
+		roots, inter := x509.NewCertPool(), x509.NewCertPool()
+		for _, c := range anchors {
+			roots.AddCert(c)
+		}
+		for _, c := range chain[1:] {
+			inter.AddCert(c)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			return nil, deny(fmt.Errorf("certificate chain: %w", err))
+		}
+		id.AuthMethod = `{"scope":"device","type":"x509CA","issuer":"iothub","acceptingIpFilterRule":null}`
+		return id, nil
+	}
+	return nil, deny(fmt.Errorf("device authenticates with %s, not a certificate", a.Type))
 }

@@ -24,6 +24,14 @@ const (
 	StatusDisabled = "disabled"
 )
 
+// Authentication types of a device (IoT Hub's AuthenticationMechanism.type).
+const (
+	AuthSAS                  = "sas"
+	AuthSelfSigned           = "selfSigned"
+	AuthCertificateAuthority = "certificateAuthority"
+	AuthNone                 = "none"
+)
+
 // SymmetricKey holds a device's keys.
 type SymmetricKey struct {
 	PrimaryKey   string `json:"primaryKey"`
@@ -79,6 +87,8 @@ type Registry struct {
 	// connections (documented in docs/hub-wire.md).
 	mu       sync.Mutex
 	presence map[string]*presence
+	// cas anchors certificateAuthority devices (SetCATrust); guarded by mu.
+	cas CATrust
 }
 
 type presence struct {
@@ -395,13 +405,33 @@ func (r *Registry) apply(dst, src *Device, now time.Time) error {
 	}
 	auth := src.Authentication
 	if auth == nil {
-		auth = &Authentication{Type: "sas"}
+		auth = &Authentication{Type: AuthSAS}
 	}
 	if auth.Type == "" {
-		auth.Type = "sas"
+		auth.Type = AuthSAS
+		// Node's create sets selfSigned when only thumbprints are given;
+		// other clients may leave the type out.
+		if tp := auth.X509Thumbprint; tp != nil && tp.PrimaryThumbprint != nil && *tp.PrimaryThumbprint != "" {
+			auth.Type = AuthSelfSigned
+		}
 	}
-	if auth.Type != "sas" {
-		return azerr.Newf(azerr.HubArgumentInvalid, "Authentication type '%s' is not supported yet; berth supports sas.", auth.Type)
+	switch auth.Type {
+	case AuthSAS:
+	case AuthSelfSigned:
+		tp := auth.X509Thumbprint
+		if tp == nil || tp.PrimaryThumbprint == nil || !validThumbprint(*tp.PrimaryThumbprint) ||
+			(tp.SecondaryThumbprint != nil && *tp.SecondaryThumbprint != "" && !validThumbprint(*tp.SecondaryThumbprint)) {
+			return azerr.Newf(azerr.HubArgumentInvalid, "A selfSigned device needs x509Thumbprint.primaryThumbprint: the SHA-1 (40 hex digits) or SHA-256 (64) of its certificate.")
+		}
+		auth.SymmetricKey = nil
+		dst.Authentication = auth
+		return nil
+	case AuthCertificateAuthority:
+		auth.SymmetricKey, auth.X509Thumbprint = nil, nil
+		dst.Authentication = auth
+		return nil
+	default:
+		return azerr.Newf(azerr.HubArgumentInvalid, "Authentication type '%s' is not supported; berth supports sas, selfSigned and certificateAuthority.", auth.Type)
 	}
 	// Empty keys keep the stored ones: the Node service SDK's update sends
 	// {"primaryKey":"","secondaryKey":""} when the caller set no
@@ -427,6 +457,20 @@ func (r *Registry) apply(dst, src *Device, now time.Time) error {
 	auth.SymmetricKey = &keys
 	dst.Authentication = auth
 	return nil
+}
+
+// validThumbprint: SHA-1 or SHA-256 in hex, any case.
+func validThumbprint(s string) bool {
+	if len(s) != 40 && len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }
 
 func newDevice(id string, now time.Time) *Device {

@@ -163,6 +163,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	// certificateAuthority devices chain to the DPS's CAs.
+	s.registry.SetCATrust(s.dps)
 	if err := s.setupTLS(); err != nil {
 		st.Close()
 		return nil, err

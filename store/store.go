@@ -25,6 +25,7 @@ const (
 	KindOperation    Kind = "operation"       // DPS registration operations, key = operationId, index = lower(registrationId)
 	KindDevice       Kind = "device"          // hub device identities, key = hub + "/" + deviceId, index = hub
 	KindConfig       Kind = "config"          // service settings (ID scope, policies), key = setting name
+	KindCertificate  Kind = "certificate"     // DPS CA certificates, key = lower(name)
 	KindTwin         Kind = "twin"            // hub device twins, key = hub + "/" + deviceId
 	KindC2D          Kind = "c2d"             // hub cloud-to-device messages, key = hub + "/" + deviceId + "/" + order, index = hub + "/" + deviceId
 )

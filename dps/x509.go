@@ -1,0 +1,381 @@
+package dps
+
+import (
+	"context"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/store"
+)
+
+// X509Attestation is Azure's X509Attestation: an individual enrollment's
+// device certificates (clientCertificates), or a group's signing (root or
+// intermediate) certificates or references to uploaded, verified CA
+// certificates (caReferences).
+type X509Attestation struct {
+	ClientCertificates  *X509Certificates `json:"clientCertificates,omitempty"`
+	SigningCertificates *X509Certificates `json:"signingCertificates,omitempty"`
+	CAReferences        *X509CAReferences `json:"caReferences,omitempty"`
+}
+
+// X509Certificates is a primary and an optional secondary certificate.
+type X509Certificates struct {
+	Primary   *X509CertificateWithInfo `json:"primary,omitempty"`
+	Secondary *X509CertificateWithInfo `json:"secondary,omitempty"`
+}
+
+// X509CertificateWithInfo carries a certificate as clients send it (PEM or
+// base64 DER) and, in answers, only its info: the service never returns
+// the certificate itself.
+type X509CertificateWithInfo struct {
+	Certificate string               `json:"certificate,omitempty"`
+	Info        *X509CertificateInfo `json:"info,omitempty"`
+}
+
+// X509CertificateInfo describes a certificate.
+type X509CertificateInfo struct {
+	SubjectName      string `json:"subjectName"`
+	SHA1Thumbprint   string `json:"sha1Thumbprint"`
+	SHA256Thumbprint string `json:"sha256Thumbprint"`
+	IssuerName       string `json:"issuerName"`
+	NotBeforeUTC     Time   `json:"notBeforeUtc"`
+	NotAfterUTC      Time   `json:"notAfterUtc"`
+	SerialNumber     string `json:"serialNumber"`
+	Version          int    `json:"version"`
+}
+
+// X509CAReferences names uploaded CA certificates.
+type X509CAReferences struct {
+	Primary   string `json:"primary,omitempty"`
+	Secondary string `json:"secondary,omitempty"`
+}
+
+// ParseCertificate reads a certificate as the service API accepts it: PEM,
+// or base64 of DER (what the C# SDK sends).
+func ParseCertificate(s string) (*x509.Certificate, error) {
+	s = strings.TrimSpace(s)
+	var der []byte
+	if block, _ := pem.Decode([]byte(s)); block != nil {
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM block is %q, not CERTIFICATE", block.Type)
+		}
+		der = block.Bytes
+	} else {
+		b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(s), ""))
+		if err != nil {
+			return nil, errors.New("not PEM and not base64 DER")
+		}
+		der = b
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse certificate: %w", err)
+	}
+	return c, nil
+}
+
+// Thumbprints are a certificate's SHA-1 and SHA-256 hashes of its DER, in
+// upper-case hex as Azure shows them.
+func Thumbprints(c *x509.Certificate) (sha1Hex, sha256Hex string) {
+	s1 := sha1.Sum(c.Raw)
+	s2 := sha256.Sum256(c.Raw)
+	return strings.ToUpper(hex.EncodeToString(s1[:])), strings.ToUpper(hex.EncodeToString(s2[:]))
+}
+
+// CertificateInfo describes c as the service API shows it.
+func CertificateInfo(c *x509.Certificate) *X509CertificateInfo {
+	s1, s2 := Thumbprints(c)
+	return &X509CertificateInfo{
+		SubjectName:      c.Subject.String(),
+		SHA1Thumbprint:   s1,
+		SHA256Thumbprint: s2,
+		IssuerName:       c.Issuer.String(),
+		NotBeforeUTC:     Time{c.NotBefore.UTC()},
+		NotAfterUTC:      Time{c.NotAfter.UTC()},
+		SerialNumber:     strings.ToUpper(c.SerialNumber.Text(16)),
+		Version:          c.Version,
+	}
+}
+
+// normalizeX509 checks an X.509 attestation and fills each certificate's
+// info. Individual enrollments take clientCertificates; groups
+// signingCertificates or caReferences (which must name uploaded
+// certificates; they may be verified later, but only a verified one
+// authenticates devices).
+func (s *Service) normalizeX509(ctx context.Context, a *X509Attestation, group bool) error {
+	invalid := func(format string, args ...any) error {
+		return azerr.Newf(azerr.DPSInvalidEnrollment, format, args...)
+	}
+	if a == nil {
+		return invalid("An x509 attestation needs its x509 certificates.")
+	}
+	fill := func(cs *X509Certificates, what string) error {
+		if cs == nil || cs.Primary == nil || cs.Primary.Certificate == "" {
+			return invalid("x509.%s.primary.certificate is required.", what)
+		}
+		for _, c := range []*X509CertificateWithInfo{cs.Primary, cs.Secondary} {
+			if c == nil {
+				continue
+			}
+			cert, err := ParseCertificate(c.Certificate)
+			if err != nil {
+				return invalid("x509.%s: %v", what, err)
+			}
+			c.Info = CertificateInfo(cert)
+		}
+		return nil
+	}
+	switch {
+	case !group:
+		if a.SigningCertificates != nil || a.CAReferences != nil {
+			return invalid("An individual enrollment authenticates by clientCertificates only.")
+		}
+		return fill(a.ClientCertificates, "clientCertificates")
+	case a.ClientCertificates != nil:
+		return invalid("An enrollment group authenticates by signingCertificates or caReferences, not clientCertificates.")
+	case a.SigningCertificates != nil && a.CAReferences != nil:
+		return invalid("Give signingCertificates or caReferences, not both.")
+	case a.SigningCertificates != nil:
+		return fill(a.SigningCertificates, "signingCertificates")
+	case a.CAReferences != nil && a.CAReferences.Primary != "":
+		for _, name := range []string{a.CAReferences.Primary, a.CAReferences.Secondary} {
+			if name == "" {
+				continue
+			}
+			if _, err := s.GetCertificate(ctx, name); err != nil {
+				return invalid("x509.caReferences: certificate %q is not uploaded.", name)
+			}
+		}
+		return nil
+	}
+	return invalid("An x509 enrollment group needs signingCertificates or caReferences.")
+}
+
+// keepCertificates fills certificates a client left out (it read the
+// enrollment, which shows only their info, and sent it back) from the
+// stored version, so that such a read-modify-write keeps them.
+func keepCertificates(a, prev *X509Attestation) {
+	if a == nil || prev == nil {
+		return
+	}
+	pairs := [][2]*X509Certificates{{a.ClientCertificates, prev.ClientCertificates}, {a.SigningCertificates, prev.SigningCertificates}}
+	for _, p := range pairs {
+		cur, old := p[0], p[1]
+		if cur == nil || old == nil {
+			continue
+		}
+		if cur.Primary != nil && cur.Primary.Certificate == "" && old.Primary != nil {
+			cur.Primary.Certificate = old.Primary.Certificate
+		}
+		if cur.Secondary != nil && cur.Secondary.Certificate == "" && old.Secondary != nil {
+			cur.Secondary.Certificate = old.Secondary.Certificate
+		}
+	}
+}
+
+// hideCertificates leaves only each certificate's info, as Azure answers.
+func hideCertificates(a *X509Attestation) {
+	if a == nil {
+		return
+	}
+	for _, cs := range []*X509Certificates{a.ClientCertificates, a.SigningCertificates} {
+		if cs == nil {
+			continue
+		}
+		for _, c := range []*X509CertificateWithInfo{cs.Primary, cs.Secondary} {
+			if c != nil {
+				c.Certificate = ""
+			}
+		}
+	}
+}
+
+// certsOf parses the certificates of a stored X509Certificates.
+func certsOf(cs *X509Certificates) []*x509.Certificate {
+	if cs == nil {
+		return nil
+	}
+	var out []*x509.Certificate
+	for _, c := range []*X509CertificateWithInfo{cs.Primary, cs.Secondary} {
+		if c == nil || c.Certificate == "" {
+			continue
+		}
+		if cert, err := ParseCertificate(c.Certificate); err == nil {
+			out = append(out, cert)
+		}
+	}
+	return out
+}
+
+// errInvalidCertificate is Azure's answer to a certificate that does not
+// authenticate: 401002 "Invalid certificate.".
+func errInvalidCertificate(cause error) error {
+	e := azerr.Wrap(azerr.DPSInvalidCredentials, cause)
+	e.Message = "Invalid certificate."
+	return e
+}
+
+// authenticateX509 authenticates a device by its TLS client certificate
+// chain (leaf first, then the intermediates it sent) per
+// shared/spec/dps.md §7: the leaf's subject CN must be the registration
+// ID and the leaf valid now; an individual enrollment of that ID must list
+// the leaf itself; otherwise the enrollment group whose signing or
+// (verified) CA certificate anchors the chain closest to the leaf wins.
+func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x509.Certificate, now time.Time) (*attested, error) {
+	leaf := chain[0]
+	if leaf.Subject.CommonName != regID {
+		return nil, errInvalidCertificate(fmt.Errorf("certificate CN %q is not the registration ID", leaf.Subject.CommonName))
+	}
+	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+		return nil, errInvalidCertificate(errors.New("certificate expired or not yet valid"))
+	}
+	e, err := s.getEnrollment(ctx, regID)
+	switch {
+	case err == nil:
+		a := e.Attestation
+		if a.Type != AttestationX509 || a.X509 == nil {
+			return nil, errInvalidCertificate(errors.New("the enrollment is not x509"))
+		}
+		for _, c := range certsOf(a.X509.ClientCertificates) {
+			if c.Equal(leaf) {
+				return &attested{enrollment: e, cert: leaf}, nil
+			}
+		}
+		return nil, errInvalidCertificate(errors.New("the certificate is not the enrollment's"))
+	case !isNotFound(err):
+		return nil, err
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	var best *EnrollmentGroup
+	bestLen := 0
+	err = s.eachGroup(ctx, func(g *EnrollmentGroup) error {
+		if g.Attestation.Type != AttestationX509 || g.Attestation.X509 == nil {
+			return nil
+		}
+		anchors, err := s.groupAnchors(ctx, g.Attestation.X509)
+		if err != nil {
+			return err
+		}
+		for _, anchor := range anchors {
+			roots := x509.NewCertPool()
+			roots.AddCert(anchor)
+			chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+			if err != nil {
+				continue
+			}
+			for _, ch := range chains {
+				if best == nil || len(ch) < bestLen {
+					best, bestLen = g, len(ch)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if best == nil {
+		return nil, errInvalidCertificate(errors.New("no enrollment group's certificate anchors the chain"))
+	}
+	return &attested{group: best, cert: leaf}, nil
+}
+
+// groupAnchors are the certificates a group trusts: its signing
+// certificates, or its referenced CA certificates that are verified.
+func (s *Service) groupAnchors(ctx context.Context, a *X509Attestation) ([]*x509.Certificate, error) {
+	if a.SigningCertificates != nil {
+		return certsOf(a.SigningCertificates), nil
+	}
+	if a.CAReferences == nil {
+		return nil, nil
+	}
+	var out []*x509.Certificate
+	for _, name := range []string{a.CAReferences.Primary, a.CAReferences.Secondary} {
+		if name == "" {
+			continue
+		}
+		c, err := s.getCertificate(ctx, name)
+		if isNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !c.Properties.IsVerified {
+			continue
+		}
+		if cert, err := ParseCertificate(c.pem); err == nil {
+			out = append(out, cert)
+		}
+	}
+	return out, nil
+}
+
+// eachGroup calls fn for every enrollment group, page by page.
+func (s *Service) eachGroup(ctx context.Context, fn func(*EnrollmentGroup) error) error {
+	after := ""
+	for {
+		recs, err := s.store.List(ctx, store.KindGroup, store.ListOptions{After: after, Limit: 100})
+		if err != nil {
+			return fmt.Errorf("dps: list groups: %w", err)
+		}
+		for _, rec := range recs {
+			g, err := decodeGroup(rec)
+			if err != nil {
+				return err
+			}
+			if err := fn(g); err != nil {
+				return err
+			}
+		}
+		if len(recs) < 100 {
+			return nil
+		}
+		after = recs[len(recs)-1].Key
+	}
+}
+
+// TrustedCAs are the certificates berth's hubs accept as the anchor of a
+// certificateAuthority device's chain: every verified uploaded CA
+// certificate and every X.509 enrollment group's signing certificate (DPS
+// created those devices; on Azure the operator uploads the same CA to the
+// hub).
+func (s *Service) TrustedCAs(ctx context.Context) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	certs, err := s.ListCertificates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range certs {
+		if !c.Properties.IsVerified {
+			continue
+		}
+		full, err := s.getCertificate(ctx, c.Name)
+		if err != nil {
+			continue
+		}
+		if cert, err := ParseCertificate(full.pem); err == nil {
+			out = append(out, cert)
+		}
+	}
+	err = s.eachGroup(ctx, func(g *EnrollmentGroup) error {
+		if g.Attestation != nil && g.Attestation.Type == AttestationX509 && g.Attestation.X509 != nil {
+			out = append(out, certsOf(g.Attestation.X509.SigningCertificates)...)
+		}
+		return nil
+	})
+	return out, err
+}
