@@ -29,7 +29,10 @@ func TestAuthenticateDeviceCert(t *testing.T) {
 	other := testcerts.Valid(t, "other", nil, true, now)
 	self := testcerts.Valid(t, "self-1", nil, false, now)
 	self2 := testcerts.Valid(t, "self-1", nil, false, now)
-	sha1Of := func(c *testcerts.Cert) string { s := sha1.Sum(c.Cert.Raw); return strings.ToUpper(hex.EncodeToString(s[:])) }
+	sha1Of := func(c *testcerts.Cert) string {
+		s := sha1.Sum(c.Cert.Raw)
+		return strings.ToUpper(hex.EncodeToString(s[:]))
+	}
 	sha256Of := func(c *testcerts.Cert) string { s := sha256.Sum256(c.Cert.Raw); return hex.EncodeToString(s[:]) }
 	p1, p2 := sha1Of(self), sha256Of(self2)
 	mk := func(id string, auth *hub.Authentication, status string) {
