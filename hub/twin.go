@@ -458,12 +458,7 @@ func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, tags, de
 			patch := desired
 			if replace {
 				// The patch that turns the old document into the new one.
-				patch = cloneTwin(desired)
-				for k := range tw.Desired.Props {
-					if _, keep := desired[k]; !keep {
-						patch[k] = nil
-					}
-				}
+				patch = replacementPatch(tw.Desired.Props, desired)
 				props, meta := map[string]any{}, map[string]any{}
 				st := metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1}
 				mergeTwin(props, meta, desired, st)
@@ -492,6 +487,35 @@ func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, tags, de
 		return nil, err
 	}
 	return t.render(d, tw, etag)
+}
+
+// replacementPatch is the merge patch that turns from into to: members
+// only in from become null, objects in both are diffed member by member
+// (a device merges patches, so a nested member left out would survive),
+// anything else is to's value.
+func replacementPatch(from, to map[string]any) map[string]any {
+	out := map[string]any{}
+	for k := range from {
+		if _, ok := to[k]; !ok {
+			out[k] = nil
+		}
+	}
+	for k, v := range to {
+		if v == nil {
+			continue // not a property: a replacement names what it keeps
+		}
+		nv, nObj := v.(map[string]any)
+		ov, oObj := from[k].(map[string]any)
+		if nObj && oObj {
+			out[k] = replacementPatch(ov, nv)
+			continue
+		}
+		if nObj {
+			v = cloneTwin(nv)
+		}
+		out[k] = v
+	}
+	return out
 }
 
 // InitialTwinRecord returns the twin record of a device DPS creates, with

@@ -353,3 +353,20 @@ func TestTwinServiceBodyMustBeAnObject(t *testing.T) {
 		t.Errorf("tags after refused replaces: %s", tw.Tags)
 	}
 }
+
+func TestTwinReplacePatchIsADeepDiff(t *testing.T) {
+	e := newTwinEnv(t)
+	ctx := context.Background()
+	l := &fakeLink{}
+	defer e.links.Attach(hubName, "dev-1", l)()
+	if _, err := e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"properties":{"desired":{"a":1,"b":{"c":2,"d":{"e":3}},"k":{"same":1}}}}`), ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.twins.Replace(ctx, hubName, "dev-1", []byte(`{"properties":{"desired":{"b":{"d":{"f":5},"x":4},"k":{"same":1}}}}`), ""); err != nil {
+		t.Fatal(err)
+	}
+	want := `3:{"a":null,"b":{"c":null,"d":{"e":null,"f":5},"x":4},"k":{"same":1},"$version":3}`
+	if got := l.desired[len(l.desired)-1]; got != want {
+		t.Errorf("replacement notification\n got %s\nwant %s", got, want)
+	}
+}
