@@ -114,11 +114,22 @@ func (d *Directory) Reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A hub already served keeps its *Settings: front ends and the server
+	// hold it, and a new object would leave them with stale policies.
+	d.mu.RLock()
+	prev := map[string]*Settings{}
+	for _, h := range d.hubs {
+		prev[strings.ToLower(h.Info.Name)] = h.Settings
+	}
+	d.mu.RUnlock()
 	hubs := make([]*Served, 0, len(infos))
 	for _, info := range infos {
-		set, err := LoadOrCreateSettings(ctx, d.st, info.Name)
-		if err != nil {
-			return err
+		set := prev[strings.ToLower(info.Name)]
+		if set == nil {
+			var err error
+			if set, err = LoadOrCreateSettings(ctx, d.st, info.Name); err != nil {
+				return err
+			}
 		}
 		hubs = append(hubs, &Served{Info: info, Settings: set})
 	}
@@ -251,8 +262,16 @@ func (d *Directory) Create(ctx context.Context, info HubInfo, now time.Time) (*S
 	if err != nil {
 		return nil, err
 	}
-	s, _ := d.Lookup(info.Name)
-	return s, nil
+	return d.lookupAfterChange(info.Name)
+}
+
+// lookupAfterChange returns a hub just written; a concurrent delete can
+// have removed it again.
+func (d *Directory) lookupAfterChange(name string) (*Served, error) {
+	if s, ok := d.Lookup(name); ok {
+		return s, nil
+	}
+	return nil, azerr.Newf(azerr.DPSConflict, "Hub %s was deleted concurrently.", name)
 }
 
 // Update changes a hub's allocation weight, applyAllocationPolicy and
@@ -273,8 +292,7 @@ func (d *Directory) Update(ctx context.Context, info HubInfo) (*Served, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, _ := d.Lookup(info.Name)
-	return s, nil
+	return d.lookupAfterChange(info.Name)
 }
 
 // Delete removes a hub with its devices, twins, queues and policies. This

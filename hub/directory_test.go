@@ -129,3 +129,26 @@ func TestValidHubName(t *testing.T) {
 		}
 	}
 }
+
+func TestDirectoryKeepsSettingsAcrossChanges(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	d, err := hub.LoadDirectory(ctx, st, hub.NewRegistry(st, nil), "a.example", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := d.Default().Settings
+	if _, err := d.Create(ctx, hub.HubInfo{Name: "b.example"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if d.Default().Settings != held {
+		t.Fatal("a change replaced the default hub's policies object: holders go stale")
+	}
+	// A policy made through the held object is what lookups see.
+	if _, _, err := held.PolicySet().Put(ctx, hub.Policy{KeyName: "extra", Rights: []string{hub.RightDeviceConnect}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := d.Default().Settings.Policy("extra"); !ok {
+		t.Error("policy not seen through the directory")
+	}
+}
