@@ -2,8 +2,9 @@
 // (shared/spec/dps.md §5): individual enrollments, enrollment groups and
 // registration records, authenticated with a shared access policy from a
 // connection string. It speaks to berth and to Azure alike, except for the
-// shared access policy calls (policy.go), a berth extension: Azure manages
-// policies through Azure Resource Manager.
+// shared access policy calls (policy.go) and the hub calls (hubs.go),
+// berth extensions: Azure manages policies and hubs through Azure Resource
+// Manager.
 package serviceclient
 
 import (
@@ -280,6 +281,20 @@ func call[T any](ctx context.Context, c *Client, r request, what string) (*T, er
 		return nil, err
 	}
 	return v, nil
+}
+
+// put sends a create-or-update r and decodes the answer into a new T;
+// created reports a 201 (the berth extensions' create) rather than a 200.
+func put[T any](ctx context.Context, c *Client, r request, what string) (out *T, created bool, err error) {
+	resp, err := c.do(ctx, r)
+	if err != nil {
+		return nil, false, err
+	}
+	out = new(T)
+	if err := decodeInto(resp, what, out); err != nil {
+		return nil, false, err
+	}
+	return out, resp.status == http.StatusCreated, nil
 }
 
 // querySpec is Azure's QuerySpecification.

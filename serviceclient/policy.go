@@ -55,16 +55,8 @@ func (c *Client) PutPolicy(ctx context.Context, hub string, p policy.Policy) (ou
 	if p.KeyName == "" {
 		return nil, false, errors.New("serviceclient: PutPolicy: the policy needs a keyName")
 	}
-	resp, err := c.do(ctx, request{method: http.MethodPut, path: policyPath(hub, p.KeyName),
-		body: policyBody{Rights: p.Rights, PrimaryKey: p.PrimaryKey, SecondaryKey: p.SecondaryKey}})
-	if err != nil {
-		return nil, false, err
-	}
-	out = new(policy.Policy)
-	if err := decodeInto(resp, "policy", out); err != nil {
-		return nil, false, err
-	}
-	return out, resp.status == http.StatusCreated, nil
+	return put[policy.Policy](ctx, c, request{method: http.MethodPut, path: policyPath(hub, p.KeyName),
+		body: policyBody{Rights: p.Rights, PrimaryKey: p.PrimaryKey, SecondaryKey: p.SecondaryKey}}, "policy")
 }
 
 // DeletePolicy deletes a policy. The service refuses to delete the DPS's

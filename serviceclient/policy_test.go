@@ -108,13 +108,7 @@ func TestPolicyErrors(t *testing.T) {
 			t.Errorf("%d requests sent", n)
 		}
 	})
-	tests := []struct {
-		name     string
-		reply    reply
-		call     func(ctx context.Context, c *Client) error
-		want     Error
-		notFound bool
-	}{
+	runErrorCases(t, []errorCase{
 		{"last ServiceConfig policy", reply{status: 400, body: `{"errorCode":400000,"trackingId":"t1","message":"At least one policy must keep the ServiceConfig right."}`},
 			func(ctx context.Context, c *Client) error { return c.DeletePolicy(ctx, "", "provisioningserviceowner") },
 			Error{Status: 400, Code: 400000, Message: "At least one policy must keep the ServiceConfig right.", TrackingID: "t1"}, false},
@@ -133,7 +127,22 @@ func TestPolicyErrors(t *testing.T) {
 				return err
 			},
 			Error{Status: 400, Code: 400000, Message: `Right "x" is not one of …`, TrackingID: "t5"}, false},
-	}
+	})
+}
+
+// errorCase is a call the fake answers with an error.
+type errorCase struct {
+	name     string
+	reply    reply
+	call     func(ctx context.Context, c *Client) error
+	want     Error
+	notFound bool
+}
+
+// runErrorCases checks that each call returns the *Error its reply
+// describes.
+func runErrorCases(t *testing.T, tests []errorCase) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFake(t, tt.reply)

@@ -71,7 +71,7 @@ func (h *handler) sendCloudToDevice(x *exchange, args []string) {
 			return
 		}
 	}
-	sent, err := q.Send(x.r.Context(), h.hub.Name, args[0], m)
+	sent, err := q.Send(x.r.Context(), x.hubName(), args[0], m)
 	if err != nil {
 		x.fail(err)
 		return
@@ -178,7 +178,7 @@ func (h *handler) purgeCloudToDevice(x *exchange, args []string) {
 		x.fail(unavailable("Cloud-to-device messaging is"))
 		return
 	}
-	n, err := q.Purge(x.r.Context(), h.hub.Name, args[0])
+	n, err := q.Purge(x.r.Context(), x.hubName(), args[0])
 	if err != nil {
 		x.fail(err)
 		return
@@ -216,12 +216,12 @@ func (h *handler) receiveCloudToDevice(x *exchange, args []string) {
 		return
 	}
 	deviceID := id.Device.DeviceID
-	msgs, err := q.Receive(x.r.Context(), h.hub.Name, deviceID, 1, lockFor)
+	msgs, err := q.Receive(x.r.Context(), x.hubName(), deviceID, 1, lockFor)
 	if err != nil {
 		x.fail(err)
 		return
 	}
-	h.hub.Registry.Active(h.hub.Name, deviceID)
+	h.hub.Registry.Active(x.hubName(), deviceID)
 	if len(msgs) == 0 {
 		x.noContent()
 		return
@@ -340,10 +340,10 @@ func (h *handler) abandonCloudToDevice(x *exchange, args []string) {
 
 func (h *handler) settleCloudToDevice(x *exchange, id *hub.Identity, lockToken string, settle func(ctx context.Context, hubName, deviceID, token string) error) {
 	deviceID := id.Device.DeviceID
-	if err := settle(x.r.Context(), h.hub.Name, deviceID, lockToken); err != nil {
+	if err := settle(x.r.Context(), x.hubName(), deviceID, lockToken); err != nil {
 		x.fail(err)
 		return
 	}
-	h.hub.Registry.Active(h.hub.Name, deviceID)
+	h.hub.Registry.Active(x.hubName(), deviceID)
 	x.noContent()
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/dps"
+	"github.com/berth-iot/berth/hub"
 )
 
 // Response header names, spelled as they go on the wire.
@@ -86,7 +87,9 @@ type handler struct {
 	log      *slog.Logger
 	now      func() time.Time
 	hub      *HubConfig // nil: no hub routes
-	routes   routes
+	// single is the one hub served when hub.Hubs is nil.
+	single *hub.Served
+	routes routes
 }
 
 // NewHandler returns the http.Handler of the 443 listener's REST API. It
@@ -115,10 +118,11 @@ func NewHandler(cfg Config, svc *dps.Service, settings *dps.Settings) http.Handl
 	h.routes = h.serviceRoutes()
 	if cfg.Hub != nil {
 		hc := *cfg.Hub
-		if hc.Name == "" || hc.Registry == nil {
-			panic("rest: HubConfig needs a Name and a Registry")
+		if (hc.Name == "" && hc.Hubs == nil) || hc.Registry == nil {
+			panic("rest: HubConfig needs a Name (or Hubs) and a Registry")
 		}
 		h.hub = &hc
+		h.single = &hub.Served{Info: hub.HubInfo{Name: hc.Name}, Settings: hc.Settings}
 		h.routes = append(h.routes, h.hubRoutes()...)
 	}
 	h.routes = append(h.routes, h.deviceRoutes()...)
@@ -134,6 +138,9 @@ type exchange struct {
 	status int      // 0 until the header is written
 	segs   []string // the percent-decoded path segments
 	api    api      // of the route serving the request: how errors look
+	// target is the hub a hub route acts on, resolved from the Host
+	// header once per request (see servedHub); nil on other routes.
+	target *hub.Served
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -173,6 +180,14 @@ func (x *exchange) serve() {
 	switch {
 	case rt != nil:
 		x.api = rt.api
+		if rt.api == apiHub {
+			s, err := x.h.servedHub(x.r.Host)
+			if err != nil {
+				x.fail(err)
+				return
+			}
+			x.target = s
+		}
 		rt.handle(x, args)
 	case len(allow) > 0:
 		x.api = x.h.routes.pathAPI(segs)

@@ -72,6 +72,7 @@ type fixture struct {
 	h        http.Handler
 	now      time.Time
 	logs     *syncBuffer
+	logger   *slog.Logger
 	owner    *dps.Policy
 	reader   *dps.Policy
 
@@ -123,8 +124,8 @@ func newFixtureStore(t testing.TB, st store.Store) *fixture {
 	f.c2d = hub.NewCloudToDevice(st, f.reg, f.links, nil)
 	f.hubCfg = &HubConfig{Name: hubName, Registry: f.reg, Settings: f.hubSettings, Sink: f.sink,
 		Twins: hub.NewTwins(st, f.reg, f.links), Methods: hub.NewMethods(f.reg, f.links), CloudToDevice: f.c2d}
-	logger := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	f.h = NewHandler(Config{Hosts: []string{dpsHost}, Logger: logger, Now: clock, Hub: f.hubCfg}, svc, settings)
+	f.logger = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f.h = NewHandler(Config{Hosts: []string{dpsHost}, Logger: f.logger, Now: clock, Hub: f.hubCfg}, svc, settings)
 	// Whatever a test did, no credential may have reached the logs.
 	t.Cleanup(func() {
 		logs := f.logs.String()

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
@@ -36,7 +37,40 @@ type HubConfig struct {
 	// CloudToDevice serves the device's HTTPS C2D endpoints, the service's
 	// C2D send extension and the queue purge.
 	CloudToDevice *hub.CloudToDevice
+	// Hubs, when set, is every hub berth serves: each request acts on the
+	// hub its Host header names, with that hub's name and policies (Name
+	// and Settings are then not used), and the hub management routes
+	// (hubs.go) change it. When nil the handler serves the one hub Name
+	// and Settings describe, and has no hub management.
+	Hubs *hub.Directory
 }
+
+// servedHub is the hub a request to host acts on: the hub of that name,
+// else the directory's default hub. Every SDK sends its connection
+// string's HostName in Host (and SNI), so the name picks the hub; a host
+// that names none (the DPS global endpoint, an address that is not a hub
+// name) reaches the default hub, as it reaches the one hub of a berth
+// without a directory. Tokens still name their hub, so a request that
+// lands on the default hub this way authenticates against it, never
+// against the hub its token names.
+func (h *handler) servedHub(host string) (*hub.Served, error) {
+	d := h.hub.Hubs
+	if d == nil {
+		return h.single, nil
+	}
+	if s, ok := d.Lookup(hostOf(host)); ok {
+		return s, nil
+	}
+	if s := d.Default(); s != nil {
+		return s, nil
+	}
+	// Only another berth node sharing the store, with another default
+	// hub, can have deleted this node's default hub.
+	return nil, azerr.Newf(azerr.HubIotHubNotFound, "No hub is named %s, and this berth's default hub is no longer served.", hostOf(host))
+}
+
+// hubName is the name of the hub the request acts on.
+func (x *exchange) hubName() string { return x.target.Info.Name }
 
 // hubRoutes is the IoT Hub REST API. Its first segments ("devices",
 // "twins", "statistics") are literals no DPS route uses, so these paths
@@ -97,7 +131,7 @@ func (h *handler) hubRoutes() routes {
 // before any body is read: the token's policy must have one of rights.
 func (h *handler) hubAuthorized(next func(*exchange, []string), rights ...string) func(*exchange, []string) {
 	return func(x *exchange, args []string) {
-		if err := h.authorizeHubService(x.r.Header.Get(reqAuthorization), x.segs, rights); err != nil {
+		if err := authorizeHubService(x.target, x.r.Header.Get(reqAuthorization), x.segs, rights, h.now()); err != nil {
 			x.fail(err)
 			return
 		}
@@ -106,15 +140,16 @@ func (h *handler) hubAuthorized(next func(*exchange, []string), rights ...string
 }
 
 // authorizeHubService validates a service token (shared/spec/iothub.md
-// §7.2): skn names a hub policy that has one of rights, sr is the hub name
-// optionally followed by a segment prefix of the request path, and the
-// signature verifies with one of the policy's keys. Every failure is 401
+// §7.2) for the hub s: skn names a policy of s that has one of rights
+// (another hub's policies never count, whatever their names), sr is s's
+// name optionally followed by a segment prefix of the request path, and
+// the signature verifies with one of the policy's keys. Every failure is 401
 // IotHubUnauthorizedAccess, as AuthenticateDevice answers device tokens;
 // the cause is for the logs and carries no key material.
 //
 // This is the hub twin of dps.Settings.AuthorizeService; it lives here
 // only because package hub has no such function yet.
-func (h *handler) authorizeHubService(token string, path []string, rights []string) error {
+func authorizeHubService(s *hub.Served, token string, path []string, rights []string, now time.Time) error {
 	deny := func(cause error) error { return azerr.Wrap(azerr.HubUnauthorizedAccess, cause) }
 	if token == "" {
 		return deny(errors.New("no token"))
@@ -128,7 +163,7 @@ func (h *handler) authorizeHubService(token string, path []string, rights []stri
 		// registry access.
 		return deny(errors.New("service token without skn"))
 	}
-	settings := h.hub.Settings
+	settings := s.Settings
 	if settings == nil {
 		return deny(errors.New("no hub policies"))
 	}
@@ -136,10 +171,10 @@ func (h *handler) authorizeHubService(token string, path []string, rights []stri
 	if !ok {
 		return deny(fmt.Errorf("unknown policy %q", tok.KeyName))
 	}
-	if !serviceAudience(tok.Resource, h.hub.Name, path) {
+	if !serviceAudience(tok.Resource, s.Info.Name, path) {
 		return deny(sas.ErrAudience)
 	}
-	if _, err := tok.Verify(h.now(), p.PrimaryKey, p.SecondaryKey); err != nil {
+	if _, err := tok.Verify(now, p.PrimaryKey, p.SecondaryKey); err != nil {
 		return deny(err)
 	}
 	if !slices.ContainsFunc(rights, p.Has) {
@@ -300,8 +335,15 @@ func hubError(e *azerr.Error) *azerr.Error {
 // more, so an oversized request writes nothing.
 func (x *exchange) readHubBody(limit int64) (body []byte, ok bool) {
 	r := x.r
+	// The answer names the limit of this route (64 KB for C2D, 256 KB for
+	// telemetry, …), not a generic one.
+	tooLarge := func(cause error) error {
+		e := azerr.Newf(azerr.HubMessageTooLarge, "The request body is larger than the %d KB limit.", limit/1024)
+		e.Err = cause
+		return e
+	}
 	if r.ContentLength > limit {
-		x.fail(azerr.Wrap(azerr.HubMessageTooLarge, fmt.Errorf("content-length %d over %d", r.ContentLength, limit)))
+		x.fail(tooLarge(fmt.Errorf("content-length %d over %d", r.ContentLength, limit)))
 		return nil, false
 	}
 	// MaxBytesReader also covers chunked bodies and makes the server close
@@ -310,7 +352,7 @@ func (x *exchange) readHubBody(limit int64) (body []byte, ok bool) {
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
-		x.fail(azerr.Wrap(azerr.HubMessageTooLarge, err))
+		x.fail(tooLarge(err))
 		return nil, false
 	case err != nil:
 		x.fail(azerr.Wrap(azerr.HubArgumentInvalid, fmt.Errorf("read body: %w", err)))

@@ -67,7 +67,7 @@ func (h *handler) putDevice(x *exchange, args []string) {
 		Authentication: in.Authentication,
 		Capabilities:   in.Capabilities,
 	}
-	reg, name := h.hub.Registry, h.hub.Name
+	reg, name := h.hub.Registry, x.hubName()
 	var out *hub.Device
 	var err error
 	// If-Match is passed as received: the registry strips quotes and
@@ -89,7 +89,7 @@ func (h *handler) putDevice(x *exchange, args []string) {
 // registry returns it: Node's Registry quotes it itself (ensureQuoted)
 // when it sends it back in If-Match.
 func (h *handler) getDevice(x *exchange, args []string) {
-	d, err := h.hub.Registry.Get(x.r.Context(), h.hub.Name, args[0])
+	d, err := h.hub.Registry.Get(x.r.Context(), x.hubName(), args[0])
 	if err != nil {
 		x.fail(err)
 		return
@@ -101,7 +101,7 @@ func (h *handler) getDevice(x *exchange, args []string) {
 // goes to the registry as received; without one the delete is
 // unconditional.
 func (h *handler) deleteDevice(x *exchange, args []string) {
-	if err := h.hub.Registry.Delete(x.r.Context(), h.hub.Name, args[0], x.r.Header.Get(reqIfMatch)); err != nil {
+	if err := h.hub.Registry.Delete(x.r.Context(), x.hubName(), args[0], x.r.Header.Get(reqIfMatch)); err != nil {
 		x.fail(err)
 		return
 	}
@@ -115,7 +115,7 @@ func (h *handler) listDevices(x *exchange, _ []string) {
 		x.fail(err)
 		return
 	}
-	ds, err := h.hub.Registry.List(x.r.Context(), h.hub.Name, "", top)
+	ds, err := h.hub.Registry.List(x.r.Context(), x.hubName(), "", top)
 	if err != nil {
 		x.fail(err)
 		return
@@ -182,7 +182,7 @@ func (h *handler) deviceStatistics(x *exchange, _ []string) {
 	var st deviceStatistics
 	after := ""
 	for {
-		ds, err := h.hub.Registry.List(x.r.Context(), h.hub.Name, after, statisticsPage)
+		ds, err := h.hub.Registry.List(x.r.Context(), x.hubName(), after, statisticsPage)
 		if err != nil {
 			x.fail(fmt.Errorf("rest: device statistics after %q: %w", after, err))
 			return

@@ -48,7 +48,7 @@ func (h *handler) getTwin(x *exchange, args []string) {
 		x.fail(unavailable("Twins are"))
 		return
 	}
-	tw, err := h.hub.Twins.Get(x.r.Context(), h.hub.Name, args[0])
+	tw, err := h.hub.Twins.Get(x.r.Context(), x.hubName(), args[0])
 	if err != nil {
 		x.fail(err)
 		return
@@ -94,7 +94,7 @@ func (h *handler) updateTwin(x *exchange, id string, write twinWrite) {
 		x.fail(azerr.Newf(azerr.HubArgumentInvalid, "The twin must be a JSON object."))
 		return
 	}
-	tw, err := write(x.r.Context(), h.hub.Name, id, body, strings.TrimSpace(x.r.Header.Get(reqIfMatch)))
+	tw, err := write(x.r.Context(), x.hubName(), id, body, strings.TrimSpace(x.r.Header.Get(reqIfMatch)))
 	if err != nil {
 		x.fail(err)
 		return
@@ -131,7 +131,7 @@ func (h *handler) invokeMethod(x *exchange, args []string) {
 	}
 	x.extendWriteDeadline(methodDuration(&req) + methodWireMargin)
 
-	res, err := h.hub.Methods.Invoke(x.r.Context(), h.hub.Name, args[0], &req)
+	res, err := h.hub.Methods.Invoke(x.r.Context(), x.hubName(), args[0], &req)
 	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			// The request ended (the caller went away or the server is

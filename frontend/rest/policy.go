@@ -33,7 +33,7 @@ import (
 // and the policy package reports its errors with DPS codes.
 //
 // The first segments "policies" and "hubs" are literals no other route
-// uses. The DPS device routes (/{idScope}/registrations/…) could fit some
+// uses but hub management (hubs.go), whose paths are shorter. The DPS device routes (/{idScope}/registrations/…) could fit some
 // of these paths (an ID scope spelled "policies" or "hubs" with a policy
 // or hub named "registrations"), but they come after the service routes
 // in the table, so the literal route wins.
@@ -80,21 +80,22 @@ func (h *handler) dpsPolicies(args []string) (*policy.Set, []string, error) {
 	return h.settings.PolicySet(), args, nil
 }
 
-// hubPolicies is the policy set of the hub named by args[0]. berth serves
-// one hub today; the name is compared case-insensitively, as host names
-// are.
+// hubPolicies is the policy set of the hub named by args[0] (see
+// namedHub). The set is the one the hub routes authenticate with, so a
+// change takes effect on the hub at once.
 func (h *handler) hubPolicies(args []string) (*policy.Set, []string, error) {
 	name := args[0]
 	if h.hub == nil {
 		return nil, nil, azerr.Newf(azerr.DPSNotFound, "Hub %s not found: this berth serves no IoT hub.", name)
 	}
-	if !strings.EqualFold(name, h.hub.Name) {
-		return nil, nil, azerr.Newf(azerr.DPSNotFound, "Hub %s not found: this berth serves the hub %s.", name, h.hub.Name)
+	s, err := h.namedHub(name)
+	if err != nil {
+		return nil, nil, err
 	}
-	if h.hub.Settings == nil {
-		return nil, nil, azerr.Newf(azerr.DPSNotFound, "Hub %s has no shared access policies.", h.hub.Name)
+	if s.Settings == nil {
+		return nil, nil, azerr.Newf(azerr.DPSNotFound, "Hub %s has no shared access policies.", s.Info.Name)
 	}
-	return h.hub.Settings.PolicySet(), args[1:], nil
+	return s.Settings.PolicySet(), args[1:], nil
 }
 
 // withPolicySet resolves the set, answering the error itself, and runs

@@ -73,7 +73,8 @@ func (h *handler) serviceRoutes() routes {
 			func(ctx context.Context, args []string, c string, n int) (dps.Page[*dps.RegistrationState], error) {
 				return s.QueryRegistrations(ctx, args[0], c, n)
 			}))),
-	}, h.policyRoutes()...) // berth's policy management extension (policy.go)
+	}, append(h.policyRoutes(), // berth's policy management extension (policy.go)
+		h.hubManagementRoutes()...)...) // and its hub management (hubs.go)
 }
 
 // authorized checks the service SAS token before next runs, and before any

@@ -96,7 +96,7 @@ func (h *handler) sendEvent(x *exchange, args []string) {
 
 	now := h.now().UTC().Truncate(time.Millisecond)
 	for _, m := range msgs {
-		stamp(m, hc.Name, id, now)
+		stamp(m, x.hubName(), id, now)
 	}
 	// The messages go to the sink one at a time. If one fails the request
 	// is answered with that error and the ones before it stay durable: a
@@ -112,7 +112,7 @@ func (h *handler) sendEvent(x *exchange, args []string) {
 	}
 	// HTTP devices never show as Connected (as on IoT Hub), but they are
 	// active.
-	hc.Registry.Active(hc.Name, id.Device.DeviceID)
+	hc.Registry.Active(x.hubName(), id.Device.DeviceID)
 	x.noContent()
 }
 
@@ -122,8 +122,7 @@ func (h *handler) sendEvent(x *exchange, args []string) {
 // disabled devices with 401 IotHubUnauthorizedAccess. On failure it has
 // answered and ok is false.
 func (h *handler) authenticateDevice(x *exchange, deviceID string) (id *hub.Identity, ok bool) {
-	hc := h.hub
-	id, err := hc.Registry.AuthenticateDevice(x.r.Context(), hc.Settings, hc.Name, deviceID, x.r.Header.Get(reqAuthorization))
+	id, err := h.hub.Registry.AuthenticateDevice(x.r.Context(), x.target.Settings, x.hubName(), deviceID, x.r.Header.Get(reqAuthorization))
 	if err != nil {
 		x.fail(err)
 		return nil, false
