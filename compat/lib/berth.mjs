@@ -65,9 +65,12 @@ async function freeLoopbackAddress() {
  *
  * @param {string} [ip]   a loopback address of its own (default: a free random one)
  * @param {string[]} [extraArgs] more `berth serve` flags
- * @returns {Promise<{ip, dataDir, info, caFile, stop, logText}>}
+ * @param {{dataDir?: string}} [options] dataDir: serve an existing data
+ *   directory (restartBerth) instead of a fresh temporary one
+ * @returns {Promise<{ip, dataDir, info, caFile, stop, logText}>} stop({keepData: true})
+ *   leaves the data directory for a restart
  */
-export async function startBerth(ip, extraArgs = []) {
+export async function startBerth(ip, extraArgs = [], options = {}) {
   const bin = berthBin();
   if (!ip) ip = await freeLoopbackAddress();
   for (const port of [443, 8883]) {
@@ -75,7 +78,10 @@ export async function startBerth(ip, extraArgs = []) {
       throw new Error(`${ip}:${port} is already taken (a berth left running?); each berth needs its address for itself`);
     }
   }
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'berth-compat-'));
+  const dataDir = options.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'berth-compat-'));
+  // `berth serve` writes client.json at every start; an old one would be
+  // read before the new one is there (its NATS URL changes).
+  fs.rmSync(path.join(dataDir, 'client.json'), { force: true });
   const logFile = path.join(dataDir, 'berth.log');
   const log = fs.openSync(logFile, 'a');
   const args = ['serve', '--data-dir', dataDir, '--host', ip,
@@ -86,14 +92,14 @@ export async function startBerth(ip, extraArgs = []) {
   child.once('exit', (code, signal) => { exited = { code, signal }; });
   const logText = () => { try { return fs.readFileSync(logFile, 'utf8'); } catch { return ''; } };
 
-  const stop = async () => {
+  const stop = async ({ keepData = false } = {}) => {
     if (exited === null) {
       child.kill('SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), 10000);
       await once(child, 'exit').catch(() => {});
       clearTimeout(t);
     }
-    if (!process.env.BERTH_KEEP_DATA) {
+    if (!keepData && !process.env.BERTH_KEEP_DATA) {
       fs.rmSync(dataDir, { recursive: true, force: true });
     }
   };
@@ -131,4 +137,14 @@ export async function startBerth(ip, extraArgs = []) {
   }
   const caFile = path.isAbsolute(info.caFile) ? info.caFile : path.join(dataDir, info.caFile);
   return { ip, dataDir, info, caFile, stop, logText };
+}
+
+/**
+ * Stops a berth of startBerth with SIGTERM and starts `berth serve` again
+ * on the same address and data directory, as an operator restarts it.
+ * Resolves with the new berth (same shape as startBerth's).
+ */
+export async function restartBerth(berth, extraArgs = []) {
+  await berth.stop({ keepData: true });
+  return startBerth(berth.ip, extraArgs, { dataDir: berth.dataDir });
 }

@@ -7,6 +7,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const CALL_TIMEOUT_MS = Number(process.env.BERTH_COMPAT_CALL_TIMEOUT_MS || 45000);
+// One step of a hub device session (open, getTwin, update, settle, …).
+const DEVICE_CALL_MS = 20000;
 const workerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), 'sdk_worker.cjs');
 
 /** An error the SDK raised in the worker, with what the worker could read off it. */
@@ -72,6 +74,7 @@ export async function startSdkWorker(caFile) {
     child.send({ id, op, args });
   });
   const call = (op, ...args) => callWithin(CALL_TIMEOUT_MS, op, ...args);
+  const dev = (op, ...args) => callWithin(Math.min(CALL_TIMEOUT_MS, DEVICE_CALL_MS), op, ...args);
 
   return {
     call,
@@ -90,6 +93,28 @@ export async function startSdkWorker(caFile) {
      */
     hubSend: (transport, connectionString, messages, mode = 'single', timeoutMs = CALL_TIMEOUT_MS) =>
       callWithin(timeoutMs, 'hubSend', transport, connectionString, messages, mode),
+    // IoT Hub device sessions (lib/sdk_worker.cjs): a live azure-iot-device
+    // Client the test drives step by step; see the worker for each op. Each
+    // step settles within DEVICE_CALL_MS (a hub that never answers a twin
+    // request makes the SDK wait for ever).
+    device: {
+      open: (transport, connectionString, options) => dev('deviceOpen', transport, connectionString, options),
+      close: (handle) => dev('deviceClose', handle),
+      listenC2D: (handle) => dev('deviceListenC2D', handle),
+      settle: (handle, ref, how) => dev('deviceSettle', handle, ref, how),
+      getTwin: (handle) => dev('deviceGetTwin', handle),
+      watchDesired: (handle) => dev('deviceWatchDesired', handle),
+      updateReported: (handle, patch) => dev('deviceUpdateReported', handle, patch),
+      onMethod: (handle, name, behaviour) => dev('deviceOnMethod', handle, name, behaviour),
+      events: (handle, kind) => dev('deviceEvents', handle, kind),
+    },
+    /** A Registry method of azure-iothub Registry.fromConnectionString(connectionString): {body, status, headers}. */
+    registry: (connectionString, method, ...args) => call('registry', connectionString, method, ...args),
+    /** azure-iothub Client.fromConnectionString(cs).invokeDeviceMethod(deviceId, params): {result, status, ms}. */
+    invokeDeviceMethod: (connectionString, deviceId, params, timeoutMs = CALL_TIMEOUT_MS) =>
+      callWithin(timeoutMs, 'invokeDeviceMethod', connectionString, deviceId, params),
+    /** A plain HTTPS request to the hub with a service SAS token: {status, headers, text, json}. */
+    hubRest: (connectionString, method, path, headers, body) => call('hubRest', connectionString, method, path, headers, body),
     close: async () => {
       if (exitInfo) return;
       const exited = new Promise((r) => child.once('exit', r));

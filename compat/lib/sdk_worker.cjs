@@ -18,9 +18,16 @@ const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
 const { Mqtt } = require('azure-iot-provisioning-device-mqtt');
 const { Http } = require('azure-iot-provisioning-device-http');
 const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key');
-const { Client: DeviceClient, Message } = require('azure-iot-device');
+const { Client: DeviceClient, Message, SharedAccessKeyAuthenticationProvider } = require('azure-iot-device');
 const { Mqtt: HubMqtt } = require('azure-iot-device-mqtt');
 const { Http: HubHttp } = require('azure-iot-device-http');
+// azure-iothub (with @azure/identity and ms-rest-js) takes a while to load
+// on a busy machine: only the workers that use it pay for it.
+let iothubSdk;
+const iothub = () => (iothubSdk ??= require('azure-iothub'));
+const { ConnectionString, SharedAccessSignature } = require('azure-iot-common');
+const diagnosticsChannel = require('node:diagnostics_channel');
+const https = require('node:https');
 
 const serviceClients = new Map();
 
@@ -78,6 +85,83 @@ function toMessage(spec) {
   }
   for (const [k, v] of spec.properties || []) m.properties.add(k, v);
   return m;
+}
+
+// ---- IoT Hub: device sessions, service clients, berth's REST extension ----
+
+// A JSON copy of an SDK object without its private members (a service Twin
+// holds its Registry in _registry).
+function plain(v) {
+  return v === undefined ? null : JSON.parse(JSON.stringify(v, (k, val) => (k.startsWith('_') ? undefined : val)));
+}
+
+const hubRegistries = new Map();
+function hubRegistry(connectionString) {
+  let r = hubRegistries.get(connectionString);
+  if (!r) {
+    r = iothub().Registry.fromConnectionString(connectionString);
+    hubRegistries.set(connectionString, r);
+  }
+  return r;
+}
+
+const hubServiceClients = new Map();
+function hubServiceClient(connectionString) {
+  let c = hubServiceClients.get(connectionString);
+  if (!c) {
+    c = iothub().Client.fromConnectionString(connectionString);
+    hubServiceClients.set(connectionString, c);
+  }
+  return c;
+}
+
+// The azure-iot-device-http Message carries no delivery count (azure-iot-http-base
+// toMessage reads only the message ID, to, expiry, correlation ID,
+// iothub-app-* and the ETag). To see it the worker watches the responses
+// Node's HTTP client receives (diagnostics_channel, read-only) and keeps the
+// headers of each C2D receive by lock token.
+const c2dResponseHeaders = new Map(); // lock token -> response headers
+diagnosticsChannel.subscribe('http.client.response.finish', ({ request, response }) => {
+  if (request.method !== 'GET' || !/\/messages\/devicebound(\?|$)/i.test(request.path) || response.statusCode !== 200) return;
+  const etag = response.headers.etag;
+  if (typeof etag === 'string') c2dResponseHeaders.set(etag.slice(1, -1), { ...response.headers });
+});
+
+// Live device clients of this worker, by handle. Each keeps what arrived
+// (C2D messages, desired-property events, method requests, errors) for the
+// test to read with deviceEvents.
+const sessions = new Map();
+let nextSession = 0;
+function session(handle) {
+  const s = sessions.get(handle);
+  if (!s) throw new Error(`no device session ${handle}`);
+  return s;
+}
+
+const dataText = (d) => (Buffer.isBuffer(d) ? d.toString('utf8') : d === undefined || d === null ? null : String(d));
+
+function describeMessage(msg, ref) {
+  const props = {};
+  for (const p of msg.properties.propertyList) props[p.key] = p.value;
+  const raw = msg.lockToken ? c2dResponseHeaders.get(msg.lockToken) : undefined;
+  return {
+    ref,
+    data: dataText(msg.getData()),
+    messageId: msg.messageId,
+    correlationId: msg.correlationId,
+    contentType: msg.contentType,
+    contentEncoding: msg.contentEncoding,
+    to: msg.to,
+    expiryTimeUtc: msg.expiryTimeUtc,
+    lockToken: msg.lockToken,
+    properties: props,
+    // HTTPS only (see c2dResponseHeaders)
+    deliveryCount: raw && raw['iothub-deliverycount'] !== undefined ? Number(raw['iothub-deliverycount']) : undefined,
+  };
+}
+
+function onceCallback(fn) {
+  return new Promise((resolve, reject) => fn((err, ...rest) => (err ? reject(err) : resolve(rest[0]))));
 }
 
 const ops = {
@@ -175,6 +259,170 @@ const ops = {
       await client.close().catch(() => {});
     }
     return timing;
+  },
+
+  // ---- IoT Hub device sessions ----
+
+  // A device client made as Client.fromConnectionString(connectionString,
+  // Mqtt|Http) makes it (SharedAccessKeyAuthenticationProvider + the
+  // transport; the worker keeps the transport to wait for SUBACKs, see
+  // deviceOnMethod and deviceWatchDesired), opened. options.receiveInterval:
+  // the HTTPS C2D poll period in seconds (setOptions({http: {receivePolicy:
+  // {interval}}}), azure-iot-device-http Http.setOptions / enableC2D).
+  async deviceOpen(transportName, connectionString, options) {
+    options = options || {}; // undefined arrives as null over IPC
+    const auth = SharedAccessKeyAuthenticationProvider.fromConnectionString(connectionString);
+    const transport = transportName === 'http' ? new HubHttp(auth) : new HubMqtt(auth);
+    const client = new DeviceClient(transport);
+    const handle = `d${++nextSession}`;
+    const s = { client, transport, events: [], messages: new Map(), nextRef: 0, twin: null, transportName };
+    client.on('error', (err) => s.events.push({ kind: 'error', error: serializeError(err) }));
+    if (options.receiveInterval !== undefined) {
+      await client.setOptions({ http: { receivePolicy: { interval: options.receiveInterval } } });
+    }
+    await client.open();
+    sessions.set(handle, s);
+    return handle;
+  },
+
+  async deviceClose(handle) {
+    const s = sessions.get(handle);
+    if (!s) return null;
+    sessions.delete(handle);
+    await s.client.close().catch(() => {});
+    return null;
+  },
+
+  // client.on('message'): every C2D message is kept (for deviceSettle) and
+  // reported as a 'message' event.
+  async deviceListenC2D(handle) {
+    const s = session(handle);
+    s.client.on('message', (msg) => {
+      const ref = ++s.nextRef;
+      s.messages.set(ref, msg);
+      s.events.push({ kind: 'message', at: Date.now(), message: describeMessage(msg, ref) });
+    });
+    return null;
+  },
+
+  // client.complete / reject / abandon of a message received earlier.
+  async deviceSettle(handle, ref, how) {
+    const s = session(handle);
+    const msg = s.messages.get(ref);
+    if (!msg) throw new Error(`no message ${ref}`);
+    if (!['complete', 'reject', 'abandon'].includes(how)) throw new Error(`bad settle ${how}`);
+    const r = await s.client[how](msg);
+    return r ? { type: r.constructor && r.constructor.name } : null;
+  },
+
+  // client.getTwin(); returns twin.properties (desired and reported).
+  async deviceGetTwin(handle) {
+    const s = session(handle);
+    s.twin = await s.client.getTwin();
+    s.twin.on('error', (err) => s.events.push({ kind: 'twinError', error: serializeError(err) }));
+    return plain({ desired: s.twin.properties.desired, reported: s.twin.properties.reported });
+  },
+
+  // twin.on('properties.desired', …): each call of the listener is a
+  // 'desired' event. The twin subscribes to the desired topic on its own
+  // when the listener is added, without telling when the SUBACK came; so the
+  // worker first subscribes through the transport (Mqtt
+  // enableTwinDesiredPropertiesUpdates, which the twin's later call finds
+  // done) and returns only once the hub acknowledged it.
+  async deviceWatchDesired(handle) {
+    const s = session(handle);
+    if (!s.twin) throw new Error('deviceGetTwin first');
+    await onceCallback((cb) => s.transport.enableTwinDesiredPropertiesUpdates(cb));
+    s.twin.on('properties.desired', (patch) => s.events.push({ kind: 'desired', at: Date.now(), patch: plain(patch) }));
+    return null;
+  },
+
+  // twin.properties.reported.update(patch, callback).
+  async deviceUpdateReported(handle, patch) {
+    const s = session(handle);
+    if (!s.twin) throw new Error('deviceGetTwin first');
+    await onceCallback((cb) => s.twin.properties.reported.update(patch, cb));
+    return plain(s.twin.properties.reported);
+  },
+
+  // client.onDeviceMethod(name, handler). behaviour 'echo': the SDK sample's
+  // answer, res.send(200, {ok: true, echo: req.payload}); 'fail':
+  // res.send(500, {error: 'failed on purpose'}); 'silent': never answers. Each request is a 'method' event. As with desired properties,
+  // the worker subscribes through the transport first (Mqtt.enableMethods,
+  // SUBACK) so that the hub knows the device listens when this returns.
+  async deviceOnMethod(handle, methodName, behaviour) {
+    const s = session(handle);
+    if (typeof s.transport.enableMethods === 'function' && s.transportName !== 'http') {
+      await onceCallback((cb) => s.transport.enableMethods(cb));
+    }
+    s.client.onDeviceMethod(methodName, (req, res) => {
+      s.events.push({ kind: 'method', at: Date.now(), methodName: req.methodName, requestId: req.requestId, payload: plain(req.payload) });
+      if (behaviour === 'silent') return;
+      const [status, body] = behaviour === 'fail' ? [500, { error: 'failed on purpose' }] : [200, { ok: true, echo: req.payload }];
+      res.send(status, body, (err) => {
+        if (err) s.events.push({ kind: 'methodResponseError', error: serializeError(err) });
+      });
+    });
+    return null;
+  },
+
+  // Everything the session has seen so far (optionally of one kind).
+  async deviceEvents(handle, kind) {
+    const s = session(handle);
+    return kind ? s.events.filter((e) => e.kind === kind) : s.events;
+  },
+
+  // ---- IoT Hub service SDK (azure-iothub) ----
+
+  // Any Registry method of Registry.fromConnectionString(connectionString),
+  // promise form: {body: responseBody, status, headers}.
+  async registry(connectionString, method, ...args) {
+    const r = hubRegistry(connectionString);
+    if (typeof r[method] !== 'function') throw new Error(`Registry has no method ${method}`);
+    const res = await r[method](...args);
+    return { body: plain(res.responseBody), status: res.httpResponse && res.httpResponse.statusCode, headers: pickHeaders(res.httpResponse) };
+  },
+
+  // Client.fromConnectionString(connectionString).invokeDeviceMethod(deviceId, params).
+  async invokeDeviceMethod(connectionString, deviceId, params) {
+    const started = Date.now();
+    const res = await hubServiceClient(connectionString).invokeDeviceMethod(deviceId, params);
+    return { result: plain(res.result), status: res.message && res.message.statusCode, ms: Date.now() - started };
+  },
+
+  // A service SAS token for the policy of a hub connection string, made with
+  // azure-iot-common's SharedAccessSignature as the service SDK makes its
+  // own (sr = host name, skn = policy).
+  async serviceToken(connectionString, ttlSeconds = 3600) {
+    const cn = ConnectionString.parse(connectionString, ['HostName', 'SharedAccessKeyName', 'SharedAccessKey']);
+    const expiry = Math.floor(Date.now() / 1000) + ttlSeconds;
+    return SharedAccessSignature.create(cn.HostName, cn.SharedAccessKeyName, cn.SharedAccessKey, expiry).toString();
+  },
+
+  // One plain HTTPS request to the hub named in connectionString with a
+  // service token (berth's C2D send extension, DELETE /devices/{id}/commands,
+  // which azure-iothub has no call for). body: a string or an object (JSON).
+  async hubRest(connectionString, method, path, headers, body) {
+    const cn = ConnectionString.parse(connectionString, ['HostName', 'SharedAccessKeyName', 'SharedAccessKey']);
+    const token = await ops.serviceToken(connectionString);
+    const payload = body === undefined || body === null ? undefined : Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
+    const h = { Authorization: token, ...(headers || {}) };
+    if (payload) h['Content-Length'] = payload.length;
+    return new Promise((resolve, reject) => {
+      const req = https.request({ host: cn.HostName, port: 443, method, path, headers: h }, (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let json;
+          try { json = JSON.parse(text); } catch { json = undefined; }
+          resolve({ status: res.statusCode, headers: { ...res.headers }, text, json });
+        });
+      });
+      req.on('error', reject);
+      req.setTimeout(20000, () => req.destroy(new Error(`${method} ${path}: no answer in 20 s`)));
+      req.end(payload);
+    });
   },
 };
 
