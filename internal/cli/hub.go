@@ -25,6 +25,7 @@ import (
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/hubclient"
 	"github.com/berth-iot/berth/internal/localconf"
+	"github.com/berth-iot/berth/internal/svcconn"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/stream"
 )
@@ -111,15 +112,25 @@ func resolveHub(g *globals, hf *hubFlags) (*hubTarget, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--hub-connection-string: %w", err)
 	}
-	if info != nil && isLocalHub(info, cs.HostName) {
+	opts := hubclient.Options{CAFile: caFile, Address: address}
+	switch {
+	case info != nil && isLocalHub(info, cs.HostName):
 		if caFile == "" {
-			caFile = info.CAFile
+			opts.CAFile = info.CAFile
 		}
 		if address == "" {
-			address = info.HTTPSAddress
+			opts.Address = info.HTTPSAddress
+		}
+	case info != nil && caFile == "" && info.CAFile != "":
+		// Another hub: maybe one more hub of the local berth (berth hub
+		// create), maybe a real one. Trusting the system roots and the
+		// local development CA reaches either, at its own host:443.
+		roots, err := svcconn.SystemRootsAnd("hub", info.CAFile)
+		if err == nil {
+			opts.HTTPClient = svcconn.HTTPClientWithRoots(cs.HostName, roots, address)
 		}
 	}
-	return &hubTarget{connStr: connStr, cs: cs, opts: hubclient.Options{CAFile: caFile, Address: address}}, nil
+	return &hubTarget{connStr: connStr, cs: cs, opts: opts}, nil
 }
 
 // isLocalHub reports whether host is the hub of the berth info describes.

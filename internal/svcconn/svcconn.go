@@ -77,14 +77,38 @@ func Parse(prefix, s string) (ConnectionString, error) {
 // berth's listener is HTTP/1.1 only, and a few service calls gain nothing
 // from it.
 func HTTPClient(prefix, host, caFile, address string) (*http.Client, error) {
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: HostOnly(host)}
+	var pool *x509.CertPool
 	if caFile != "" {
-		pool, err := LoadCertPool(prefix, caFile)
-		if err != nil {
+		var err error
+		if pool, err = LoadCertPool(prefix, caFile); err != nil {
 			return nil, err
 		}
-		tlsConf.RootCAs = pool
 	}
+	return HTTPClientWithRoots(host, pool, address), nil
+}
+
+// SystemRootsAnd returns the system roots plus the CAs in file: what a
+// client trusts when it may reach either a local berth (its development
+// CA) or a real service.
+func SystemRootsAnd(prefix, file string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: CA file: %w", prefix, err)
+	}
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s: CA file %s holds no PEM certificate", prefix, file)
+	}
+	return pool, nil
+}
+
+// HTTPClientWithRoots is HTTPClient with the roots given (system roots
+// when nil).
+func HTTPClientWithRoots(host string, roots *x509.CertPool, address string) *http.Client {
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: HostOnly(host), RootCAs: roots}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsConf
 	tr.ForceAttemptHTTP2 = false
@@ -94,7 +118,7 @@ func HTTPClient(prefix, host, caFile, address string) (*http.Client, error) {
 			return d.DialContext(ctx, network, address)
 		}
 	}
-	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}, nil
+	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}
 }
 
 // LoadCertPool reads a PEM file of CA certificates into a new pool.
