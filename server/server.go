@@ -43,6 +43,9 @@ type Config struct {
 	Hosts []string
 	// HubName is the host name of the hub devices are assigned to.
 	HubName string
+	// Region is this node's location label: geoLatency allocation prefers
+	// hubs with the same region (docs/provisioning.md).
+	Region string
 	// MQTTAddr and HTTPSAddr are the listen addresses (":8883", ":443").
 	MQTTAddr  string
 	HTTPSAddr string
@@ -157,6 +160,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.dps, err = dps.New(st, s.registry, dps.Config{
 		IDScope:    settings.IDScope,
 		LinkedHubs: linkedHubs(s.hubs.List()),
+		Region:     cfg.Region,
 		RetryAfter: cfg.RetryAfter,
 	})
 	if err != nil {

@@ -55,6 +55,7 @@ the flag names. Flags win over the environment, which wins over the file.`,
 	f.StringVar(&configFile, "config", "", "JSON config file (keys are flag names)")
 	f.StringSliceVar(&cfg.Hosts, "host", []string{"127.0.0.1", "localhost"}, "host names and IPs devices use to reach berth; the first is the public name (repeat or comma-separate)")
 	f.StringVar(&cfg.HubName, "hub-name", "", "host name of the IoT hub devices are assigned to (default: the first --host)")
+	f.StringVar(&cfg.Region, "region", "", "this berth's region label: geoLatency allocation prefers hubs with the same --region")
 	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", ":8883", "MQTT over TLS listen address")
 	f.StringVar(&cfg.HTTPSAddr, "https-addr", ":443", "HTTPS listen address")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (PEM, chain); default: issued by berth's development CA")
