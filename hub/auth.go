@@ -246,7 +246,7 @@ func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID
 			}
 			for _, g := range got {
 				if subtle.ConstantTimeCompare([]byte(strings.ToLower(*want)), []byte(g)) == 1 {
-					id.AuthMethod = `{"scope":"device","type":"x509Certificate","issuer":"iothub","acceptingIpFilterRule":null}`
+					id.AuthMethod = `{"scope":"device","type":"x509","issuer":"iothub","acceptingIpFilterRule":null}`
 					return id, nil
 				}
 			}
@@ -278,7 +278,7 @@ func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID
 			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 			return nil, deny(fmt.Errorf("certificate chain: %w", err))
 		}
-		id.AuthMethod = `{"scope":"device","type":"x509CA","issuer":"iothub","acceptingIpFilterRule":null}`
+		id.AuthMethod = `{"scope":"device","type":"x509","issuer":"iothub","acceptingIpFilterRule":null}`
 		return id, nil
 	}
 	return nil, deny(fmt.Errorf("device authenticates with %s, not a certificate", a.Type))

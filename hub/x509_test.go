@@ -57,12 +57,12 @@ func TestAuthenticateDeviceCert(t *testing.T) {
 		ok     bool
 		method string
 	}{
-		{"self-signed, primary SHA-1", nil, "self-1", testcerts.Chain(self), true, "x509Certificate"},
-		{"self-signed, secondary SHA-256 lower case", nil, "self-1", testcerts.Chain(self2), true, "x509Certificate"},
+		{"self-signed, primary SHA-1", nil, "self-1", testcerts.Chain(self), true, "x509"},
+		{"self-signed, secondary SHA-256 lower case", nil, "self-1", testcerts.Chain(self2), true, "x509"},
 		{"self-signed, other certificate", nil, "self-1", testcerts.Chain(testcerts.Valid(t, "self-1", nil, false, now)), false, ""},
-		{"CA, chain to the trusted root", staticTrust{root.Cert}, "ca-1", testcerts.Chain(caDev, inter), true, "x509CA"},
+		{"CA, chain to the trusted root", staticTrust{root.Cert}, "ca-1", testcerts.Chain(caDev, inter), true, "x509"},
 		{"CA, intermediate not sent", staticTrust{root.Cert}, "ca-1", testcerts.Chain(caDev), false, ""},
-		{"CA, trusted intermediate", staticTrust{inter.Cert}, "ca-1", testcerts.Chain(caDev), true, "x509CA"},
+		{"CA, trusted intermediate", staticTrust{inter.Cert}, "ca-1", testcerts.Chain(caDev), true, "x509"},
 		{"CA, untrusted", staticTrust{other.Cert}, "ca-1", testcerts.Chain(caDev, inter), false, ""},
 		{"CA, no trust configured", nil, "ca-1", testcerts.Chain(caDev, inter), false, ""},
 		{"CA, CN is another device", staticTrust{root.Cert}, "ca-1", testcerts.Chain(testcerts.Valid(t, "ca-2", inter, false, now), inter), false, ""},

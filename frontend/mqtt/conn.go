@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/berth-iot/berth/dps"
 )
 
 // CONNACK return codes of MQTT 3.1.1 (§3.2.2.3).
@@ -222,6 +225,12 @@ func (c *conn) connect(fh packets.FixedHeader, buf []byte) error {
 		// §3.1.4: a malformed CONNECT closes the connection without CONNACK.
 		return fmt.Errorf("mqtt: malformed CONNECT: %w", derr)
 	}
+	if pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
+		// MQTT 3.1.1 §3.1.3.5 allows a password of 0 bytes, which mochi's
+		// validation refuses ([MQTT-3.1.2-19] read as "not empty"). To
+		// berth it is no password: an X.509 device's CONNECT.
+		pk.Connect.PasswordFlag = false
+	}
 	if code := pk.ConnectValidate(); code != packets.CodeSuccess {
 		return fmt.Errorf("mqtt: invalid CONNECT: %w", code)
 	}
@@ -255,6 +264,14 @@ func (c *conn) newSession(pk *packets.Packet) (session, byte) {
 		c.srv.log.Info("mqtt: CONNECT refused: no username", "remote", c.remote, "clientId", clip(pk.Connect.ClientIdentifier))
 		return nil, connNotAuthorized
 	}
+	if err := checkClientChain(c.peerCertificates()); err != nil {
+		// crypto/tls keeps the chain for the connection's life, whether
+		// or not a session uses it: refusing is what bounds it. A chain
+		// this long cannot be validated at all, the one certificate
+		// problem shared/spec/dps.md §1.2 refuses at CONNECT.
+		c.srv.log.Info("mqtt: CONNECT refused: TLS client certificate chain too large", "remote", c.remote, "username", clip(username), "error", err.Error())
+		return nil, connNotAuthorized
+	}
 	scope, regID, query, err := ParseDPSUsername(username)
 	if err == nil {
 		if c.srv.dps == nil {
@@ -282,6 +299,56 @@ func (c *conn) newSession(pk *packets.Packet) (session, byte) {
 	// (iothub.md §1.2: always 5).
 	c.srv.log.Info("mqtt: CONNECT refused: neither a DPS nor an IoT Hub username", "remote", c.remote, "username", clip(username), "clientId", clip(pk.Connect.ClientIdentifier), "error", herr.Error())
 	return nil, connNotAuthorized
+}
+
+// Bounds of a TLS client certificate chain a connection may keep. crypto/tls
+// accepts a Certificate message of up to 256 KiB and keeps the parsed chain
+// until the connection closes; real device chains are a leaf and a few CA
+// certificates (IoT Edge's nested chains included) of 1 or 2 KiB each.
+const (
+	maxClientChainCerts = 10
+	maxClientChainBytes = 32 * 1024
+)
+
+// peerCertificates is the TLS client certificate chain, leaf first, nil
+// without TLS or without a certificate. The slice and the certificates are
+// crypto/tls's own (ConnectionState does not copy them), held by the
+// tls.Conn until it is closed: a session that keeps the slice costs one
+// slice header. The chain is not verified here: the TLS configuration
+// requests a certificate without verifying it (pki.ServerTLSConfig), and
+// the domain decides what it proves (DPS enrollments, hub devices).
+func (c *conn) peerCertificates() []*x509.Certificate {
+	// An interface, not *tls.Conn, so that the fuzz tests can give a
+	// net.Pipe connection a chain.
+	if cs, ok := c.nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		return cs.ConnectionState().PeerCertificates
+	}
+	return nil
+}
+
+// checkClientChain bounds what a connection's certificate chain may cost.
+func checkClientChain(chain []*x509.Certificate) error {
+	if len(chain) > maxClientChainCerts {
+		return fmt.Errorf("%d certificates; at most %d are accepted", len(chain), maxClientChainCerts)
+	}
+	n := 0
+	for _, cert := range chain {
+		n += len(cert.Raw)
+	}
+	if n > maxClientChainBytes {
+		return fmt.Errorf("%d bytes of certificates; at most %d are accepted", n, maxClientChainBytes)
+	}
+	return nil
+}
+
+// certAttrs identify a client certificate in log lines: its subject CN
+// and SHA-1 thumbprint (as Azure shows them), nothing else.
+func certAttrs(chain []*x509.Certificate) []any {
+	if len(chain) == 0 {
+		return nil
+	}
+	sha1Hex, _ := dps.Thumbprints(chain[0])
+	return []any{"certCN", clip(chain[0].Subject.CommonName), "certThumbprint", sha1Hex, "chainLength", len(chain)}
 }
 
 // handleNext waits for, reads and handles one packet after CONNECT. The

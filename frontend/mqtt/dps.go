@@ -3,6 +3,7 @@ package mqtt
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -191,15 +192,20 @@ type errorBody struct {
 }
 
 // dpsSession is a device's DPS registration connection. Its identity comes
-// from the username; its SAS token (the MQTT password) is checked by the
-// domain on every request, as Azure accepts CONNECT and answers a bad key
-// with res/401 (shared/spec/dps.md §1.2).
+// from the username; its credential, the SAS token (the MQTT password) or,
+// without one, the TLS client certificate chain, is checked by the domain
+// on every request, as Azure accepts CONNECT and answers a bad key with
+// res/401 (shared/spec/dps.md §1.2).
 type dpsSession struct {
 	c     *conn
 	d     DPS
 	scope string
 	regID string
 	token string // the SAS token; never logged
+	// certs is the TLS client chain, leaf first, when there is no token
+	// (X.509 attestation, §7); nil otherwise. It is crypto/tls's slice,
+	// which the tls.Conn keeps anyway: one slice header per session.
+	certs []*x509.Certificate
 
 	// subQoS is the granted QoS of $dps/registrations/res/#, -1 while not
 	// subscribed. Written by the reader, read by request goroutines.
@@ -236,6 +242,15 @@ type extraFilter struct {
 //
 // CleanSession 0 is accepted like 1: DPS keeps no session state, and an
 // empty ClientId with CleanSession 0 is accepted for the same reason.
+//
+// A CONNECT without a password (or with an empty one) on a connection
+// that presented a TLS client certificate registers by certificate. The
+// certificate is not judged here, not even its CN against the
+// registration ID: like a wrong key, a certificate that enrolls nothing
+// is answered res/401 (401002) on the response topic, which every SDK
+// reports, rather than a bare CONNACK refusal (§1.2 "authentication
+// timing"). Without password and certificate, the session still opens and
+// each request is answered 401000, as before.
 func (c *conn) newDPSSession(pk *packets.Packet, scope, regID string, query url.Values) *dpsSession {
 	s := &dpsSession{
 		c:     c,
@@ -244,15 +259,30 @@ func (c *conn) newDPSSession(pk *packets.Packet, scope, regID string, query url.
 		regID: regID,
 		token: string(pk.Connect.Password),
 	}
+	if s.token == "" {
+		s.certs = c.peerCertificates()
+	}
 	s.subQoS.Store(-1)
 	attrs := append(s.logAttrs(), "remote", c.remote,
 		"apiVersion", query.Get("api-version"), "clientVersion", clip(query.Get("ClientVersion")),
-		"keepalive", pk.Connect.Keepalive, "cleanSession", pk.Connect.Clean)
+		"keepalive", pk.Connect.Keepalive, "cleanSession", pk.Connect.Clean, "auth", s.authKind())
+	attrs = append(attrs, certAttrs(s.certs)...)
 	if !strings.EqualFold(pk.Connect.ClientIdentifier, regID) {
 		attrs = append(attrs, "clientId", clip(pk.Connect.ClientIdentifier), "note", "ClientId differs from the registration ID")
 	}
 	c.srv.log.Debug("mqtt: DPS session", attrs...)
 	return s
+}
+
+// authKind names the session's credential for log lines.
+func (s *dpsSession) authKind() string {
+	switch {
+	case s.token != "":
+		return "sas"
+	case len(s.certs) > 0:
+		return "x509"
+	}
+	return "none"
 }
 
 func (s *dpsSession) logAttrs() []any {
@@ -388,6 +418,7 @@ func (s *dpsSession) handle(ctx context.Context, kind, rid, opID string, body []
 			IDScope:        s.scope,
 			RegistrationID: s.regID,
 			Token:          s.token,
+			ClientCerts:    s.certs,
 			Body:           body,
 		})
 		// An accepted registration is 202, as over HTTPS (§0 item 8):
@@ -399,6 +430,7 @@ func (s *dpsSession) handle(ctx context.Context, kind, rid, opID string, body []
 			RegistrationID: s.regID,
 			OperationID:    opID,
 			Token:          s.token,
+			ClientCerts:    s.certs,
 		})
 		status = 202
 		if op != nil && op.Terminal() {

@@ -3,6 +3,8 @@ package mqtt
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"net"
@@ -17,7 +19,9 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/berth-iot/berth/dps"
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/internal/testcerts"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store/memstore"
 )
@@ -246,15 +250,21 @@ func (s *discardSink) Append(_ context.Context, m *hub.Message) error {
 	return nil
 }
 
-// newFuzzHub is a hub with device dev-1 (key indivKey) on a registry whose
-// clock is testNow, and a discardSink.
-func newFuzzHub(t testing.TB) *HubConfig {
+// newFuzzHub is a hub with device dev-1 (key indivKey) and the selfSigned
+// device x509-dev (certificate cert) on a registry whose clock is testNow,
+// and a discardSink.
+func newFuzzHub(t testing.TB, cert *testcerts.Cert) *HubConfig {
 	st := memstore.New()
 	clock := func() time.Time { return testNow }
 	reg := hub.NewRegistry(st, clock)
-	if _, err := reg.Create(context.Background(), hubName, &hub.Device{DeviceID: "dev-1",
-		Authentication: &hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: indivKey, SecondaryKey: secondaryKey}}}); err != nil {
-		t.Fatal(err)
+	thumb, _ := dps.Thumbprints(cert.Cert)
+	for _, d := range []*hub.Device{
+		{DeviceID: "dev-1", Authentication: &hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: indivKey, SecondaryKey: secondaryKey}}},
+		{DeviceID: "x509-dev", Authentication: &hub.Authentication{Type: hub.AuthSelfSigned, X509Thumbprint: &hub.X509Thumbprint{PrimaryThumbprint: &thumb}}},
+	} {
+		if _, err := reg.Create(context.Background(), hubName, d); err != nil {
+			t.Fatal(err)
+		}
 	}
 	settings, err := hub.LoadOrCreateSettings(context.Background(), st, hubName)
 	if err != nil {
@@ -265,16 +275,20 @@ func newFuzzHub(t testing.TB) *HubConfig {
 		Links: links, Twins: hub.NewTwins(st, reg, links), CloudToDevice: hub.NewCloudToDevice(st, reg, links, nil)}
 }
 
+// encodePacket is one packet as a client sends it.
+func encodePacket(t testing.TB, encode func(*bytes.Buffer) error) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := encode(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
 // fuzzSeeds are byte streams a client could send: a whole DPS session, and
 // the edge cases the handler must survive.
 func fuzzSeeds(t testing.TB) [][]byte {
-	enc := func(encode func(*bytes.Buffer) error) []byte {
-		var b bytes.Buffer
-		if err := encode(&b); err != nil {
-			t.Fatal(err)
-		}
-		return b.Bytes()
-	}
+	enc := func(encode func(*bytes.Buffer) error) []byte { return encodePacket(t, encode) }
 	connect := enc(connectPacket("dev-1", dpsUsername("dev-1"), "SharedAccessSignature sr=a&sig=b&se=1", 30).ConnectEncode)
 	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, ProtocolVersion: 4,
 		Filters: packets.Subscriptions{{Filter: "$dps/registrations/res/#", Qos: 1}, {Filter: "x/#", Qos: 2}}}
@@ -318,13 +332,7 @@ func fuzzSeeds(t testing.TB) [][]byte {
 // hubFuzzSeeds are IoT Hub sessions: authenticated (with a will), then
 // telemetry, subscriptions and the things that close the connection.
 func hubFuzzSeeds(t testing.TB) [][]byte {
-	enc := func(encode func(*bytes.Buffer) error) []byte {
-		var b bytes.Buffer
-		if err := encode(&b); err != nil {
-			t.Fatal(err)
-		}
-		return b.Bytes()
-	}
+	enc := func(encode func(*bytes.Buffer) error) []byte { return encodePacket(t, encode) }
 	tok, err := sas.SignEncoded(hubName+"/devices/dev-1", indivKey, "", testNow.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
@@ -373,22 +381,82 @@ func hubFuzzSeeds(t testing.TB) [][]byte {
 	}
 }
 
+// x509FuzzSeeds are sessions of devices that authenticate by their
+// client certificate (CN x509-dev): an IoT Hub session with telemetry,
+// a DPS registration, and a CONNECT whose password overrides the
+// certificate.
+func x509FuzzSeeds(t testing.TB) [][]byte {
+	enc := func(encode func(*bytes.Buffer) error) []byte { return encodePacket(t, encode) }
+	conn := connectPacket("x509-dev", hubUsername("x509-dev"), "", 30)
+	conn.Connect.Clean, conn.Connect.PasswordFlag = false, true
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, ProtocolVersion: 4,
+		Filters: packets.Subscriptions{{Filter: "devices/x509-dev/messages/devicebound/#", Qos: 1}}}
+	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 2, ProtocolVersion: 4,
+		TopicName: "devices/x509-dev/messages/events/a=b", Payload: []byte("x")}
+	disc := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}}
+	hubSession := bytes.Join([][]byte{enc(conn.ConnectEncode), enc(sub.SubscribeEncode), enc(pub.PublishEncode), enc(disc.DisconnectEncode)}, nil)
+
+	dpsConn := connectPacket("x509-dev", dpsUsername("x509-dev"), "", 30)
+	dpsSub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, ProtocolVersion: 4,
+		Filters: packets.Subscriptions{{Filter: "$dps/registrations/res/#", Qos: 1}}}
+	reg := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 2, ProtocolVersion: 4,
+		TopicName: registerTopic + "1"}
+	poll := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4,
+		TopicName: pollTopic + "2&operationId=op-1", Payload: []byte(" ")}
+	dpsSession := bytes.Join([][]byte{enc(dpsConn.ConnectEncode), enc(dpsSub.SubscribeEncode), enc(reg.PublishEncode), enc(poll.PublishEncode)}, nil)
+
+	withPassword := connectPacket("x509-dev", hubUsername("x509-dev"), "SharedAccessSignature sr=a&sig=b&se=1", 0)
+	return [][]byte{hubSession, dpsSession, enc(withPassword.ConnectEncode)}
+}
+
+// certConn gives a connection without TLS (net.Pipe in the fuzz tests) a
+// client certificate chain, as a tls.Conn reports it.
+type certConn struct {
+	net.Conn
+	chain []*x509.Certificate
+}
+
+func (c certConn) ConnectionState() tls.ConnectionState {
+	return tls.ConnectionState{PeerCertificates: c.chain}
+}
+
+// servePipe starts srv's handler on one end of a net.Pipe whose TLS client
+// certificate chain is chain (none when nil) and returns the other end.
+func servePipe(t testing.TB, srv *Server, chain []*x509.Certificate) net.Conn {
+	server, client := net.Pipe()
+	var nc net.Conn = server
+	if chain != nil {
+		nc = certConn{Conn: server, chain: chain}
+	}
+	if !srv.serveConn(nc) {
+		t.Fatal("serveConn refused")
+	}
+	return client
+}
+
 // FuzzConnection feeds arbitrary bytes to a connection handler over
-// net.Pipe, DPS and IoT Hub sessions alike. The handler must neither panic
-// (recovered panics are counted) nor outlive the client by more than a few
-// seconds.
+// net.Pipe, DPS and IoT Hub sessions alike, with or without a client
+// certificate (CN x509-dev, the hub's selfSigned device). The handler must
+// neither panic (recovered panics are counted) nor outlive the client by
+// more than a few seconds.
 func FuzzConnection(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
-		f.Add(s)
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	for _, s := range x509FuzzSeeds(f) {
+		f.Add(s, true)
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	hubCfg := newFuzzHub(f)
-	f.Fuzz(func(t *testing.T, data []byte) {
+	cert := testcerts.Valid(f, "x509-dev", nil, false, testNow)
+	hubCfg := newFuzzHub(f, cert)
+	f.Fuzz(func(t *testing.T, data []byte, withCert bool) {
 		srv := New(Config{MaxPacketSize: 64 * 1024, ConnectTimeout: time.Second, Logger: logger, Hub: hubCfg}, &fakeDPS{})
-		server, client := net.Pipe()
-		if !srv.serveConn(server) {
-			t.Fatal("serveConn refused")
+		var chain []*x509.Certificate
+		if withCert {
+			chain = []*x509.Certificate{cert.Cert}
 		}
+		client := servePipe(t, srv, chain)
 		drained := make(chan struct{})
 		go func() {
 			_, _ = io.Copy(io.Discard, client)
@@ -417,26 +485,33 @@ func FuzzConnection(f *testing.F) {
 }
 
 // TestHubFuzzSeedsReachTelemetry makes sure the hub fuzz seeds get past
-// CONNECT: the session seed's three messages reach the sink, and a will is
-// published when a seed ends without DISCONNECT.
+// CONNECT: the session seed's three messages reach the sink, a will is
+// published when a seed ends without DISCONNECT, and the certificate
+// session's message is appended.
 func TestHubFuzzSeedsReachTelemetry(t *testing.T) {
 	seeds := hubFuzzSeeds(t)
+	cert := testcerts.Valid(t, "x509-dev", nil, false, testNow)
 	for _, tt := range []struct {
-		name string
-		data []byte
-		want int64
+		name     string
+		data     []byte
+		withCert bool
+		want     int64
 	}{
-		{"session", seeds[0], 3},
-		{"foreign topic then will", seeds[1], 1},
+		{"session", seeds[0], false, 3},
+		{"foreign topic then will", seeds[1], false, 1},
+		{"session with a certificate", x509FuzzSeeds(t)[0], true, 1},
+		// A token in the password is the credential, certificate or not.
+		{"token session with a certificate", seeds[0], true, 3},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			hubCfg := newFuzzHub(t)
+			hubCfg := newFuzzHub(t, cert)
 			sink := hubCfg.Sink.(*discardSink)
 			srv := New(Config{ConnectTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Hub: hubCfg}, nil)
-			server, client := net.Pipe()
-			if !srv.serveConn(server) {
-				t.Fatal("serveConn refused")
+			var chain []*x509.Certificate
+			if tt.withCert {
+				chain = []*x509.Certificate{cert.Cert}
 			}
+			client := servePipe(t, srv, chain)
 			go func() { _, _ = io.Copy(io.Discard, client) }()
 			_ = client.SetWriteDeadline(time.Now().Add(3 * time.Second))
 			_, _ = client.Write(tt.data)

@@ -172,8 +172,9 @@ type testServer struct {
 
 // secrets must never reach the logs, whatever a test did. A token starts
 // with "SharedAccessSignature " (the bare word may appear in the sas
-// package's error for a token without that prefix).
-var secrets = []string{"SharedAccessSignature ", "sig=", indivKey, groupKey, otherKey}
+// package's error for a token without that prefix); certificates are
+// identified by CN and thumbprint, never dumped (PEM).
+var secrets = []string{"SharedAccessSignature ", "sig=", indivKey, groupKey, otherKey, "-----BEGIN"}
 
 func startServer(t testing.TB, cfg Config, d DPS) *testServer {
 	t.Helper()
@@ -191,7 +192,7 @@ func startServer(t testing.TB, cfg Config, d DPS) *testServer {
 		cfg.Logger = slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	ts.srv = New(cfg, d)
-	tlsLn := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	tlsLn := tls.NewListener(ln, serverTLS(cert))
 	served := make(chan error, 1)
 	go func() { served <- ts.srv.Serve(tlsLn) }()
 	t.Cleanup(func() {
@@ -222,6 +223,22 @@ func startServer(t testing.TB, cfg Config, d DPS) *testServer {
 		}
 	})
 	return ts
+}
+
+// serverTLS is the listener configuration of the tests: like
+// pki.ServerTLSConfig, it requests a client certificate without requiring
+// or verifying one, so that X.509 devices reach the session.
+func serverTLS(cert tls.Certificate) *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, ClientAuth: tls.RequestClientCert}
+}
+
+// withClientCert is ts as seen by a client that presents cert: every
+// client helper (paho or raw) of the copy sends it in the TLS handshake.
+func (ts *testServer) withClientCert(cert tls.Certificate) *testServer {
+	cp := *ts
+	cp.clientTLS = ts.clientTLS.Clone()
+	cp.clientTLS.Certificates = []tls.Certificate{cert}
+	return &cp
 }
 
 // testCert makes a self-signed ECDSA certificate for 127.0.0.1.

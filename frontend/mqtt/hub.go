@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -358,19 +359,38 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	case pk.Connect.ClientIdentifier != deviceID:
 		// Ordinal, as Microsoft's protocol gateway compares them.
 		return refuse("ClientId differs from the username's device ID", "clientId", clip(pk.Connect.ClientIdentifier))
-	case !pk.Connect.PasswordFlag:
-		return refuse("no password (X.509 device authentication is not supported yet)")
-	case h.Registry == nil:
+	}
+	// A password is a SAS token, whatever certificate the TLS connection
+	// also presented. Without one (or with an empty one) the device
+	// authenticates by its TLS client certificate (§1.6).
+	var chain []*x509.Certificate
+	if len(pk.Connect.Password) == 0 {
+		if chain = c.peerCertificates(); len(chain) == 0 {
+			return refuse("no password and no TLS client certificate")
+		}
+		attrs = append(attrs, certAttrs(chain)...)
+	}
+	if h.Registry == nil {
 		c.srv.log.Error("mqtt: CONNECT refused: the hub has no device registry configured", attrs...)
 		return nil, connServerUnavailable
 	}
 	hubName, settings, _ := c.srv.servedHub(hubName)
 	ctx, cancel := context.WithTimeout(c.srv.ctx, c.srv.cfg.ConnectTimeout)
-	id, err := h.Registry.AuthenticateDevice(ctx, settings, hubName, deviceID, string(pk.Connect.Password))
+	var (
+		id  *hub.Identity
+		err error
+	)
+	if chain != nil {
+		// The chain is not kept: the identity is all the session needs,
+		// and its Expires is the leaf's NotAfter.
+		id, err = h.Registry.AuthenticateDeviceCert(ctx, hubName, deviceID, chain)
+	} else {
+		id, err = h.Registry.AuthenticateDevice(ctx, settings, hubName, deviceID, string(pk.Connect.Password))
+	}
 	cancel()
 	if err != nil {
-		// The cause (wrong key, expired, disabled, unknown device) is for
-		// the log only; it carries no key material.
+		// The cause (wrong key or certificate, expired, disabled, unknown
+		// device) is for the log only; it carries no key material.
 		var ae *azerr.Error
 		if errors.As(err, &ae) && ae.Status() >= 400 && ae.Status() < 500 {
 			return refuse("device authentication failed", "error", err.Error())
@@ -385,7 +405,7 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	var lifetime time.Duration
 	if !id.Expires.IsZero() {
 		if lifetime = id.Expires.Sub(h.Now()); lifetime <= 0 {
-			return refuse("device token expired")
+			return refuse("device credential expired")
 		}
 	}
 
@@ -409,7 +429,9 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	if lifetime > 0 {
 		// MQTT 3.1.1 cannot re-authenticate in-band: IoT Hub closes the
 		// connection when the token expires and the SDKs reconnect with
-		// a fresh one (§1.2). A timer costs nothing until it fires.
+		// a fresh one (§1.2). A certificate's end is treated alike: the
+		// connection must not outlive the credential that opened it. A
+		// timer costs nothing until it fires.
 		s.expiry = time.AfterFunc(lifetime, s.expire)
 	}
 	c.srv.attachHub(s)
@@ -463,11 +485,22 @@ func (s *hubSession) logAttrs() []any {
 	return []any{"deviceId", s.deviceID}
 }
 
-// expire closes the connection when the device's token runs out. The
-// reader sees the closed socket and ends the session as usual.
+// expire closes the connection when the device's token (or client
+// certificate) runs out. The reader sees the closed socket and ends the
+// session as usual.
 func (s *hubSession) expire() {
-	s.c.srv.log.Info("mqtt: device token expired; closing the connection", append(s.logAttrs(), "remote", s.c.remote)...)
+	what := "device token"
+	if s.x509() {
+		what = "device certificate"
+	}
+	s.c.srv.log.Info("mqtt: "+what+" expired; closing the connection", append(s.logAttrs(), "remote", s.c.remote)...)
 	s.c.close(false)
+}
+
+// x509 reports whether the device authenticated by certificate. The auth
+// method stamp says so already; a field would cost every session.
+func (s *hubSession) x509() bool {
+	return strings.Contains(s.authMethod, `"type":"x509`)
 }
 
 // attachHub makes s the live session of its device and closes the one it

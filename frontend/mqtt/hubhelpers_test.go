@@ -243,6 +243,37 @@ func (f *hubFixture) dialHub(t testing.TB, deviceID string) *rawClient {
 	return c
 }
 
+// expectOutcome checks a CONNACK return code against want and what
+// follows it: a refused connection is closed, an accepted one answers a
+// PINGREQ.
+func (c *rawClient) expectOutcome(rc, want byte) {
+	c.t.Helper()
+	if rc != want {
+		c.t.Fatalf("CONNACK %d; want %d", rc, want)
+	}
+	if want != 0 {
+		c.expectClosed(5 * time.Second)
+		return
+	}
+	c.expectPing()
+}
+
+// expectExpiry checks that c, connected with a credential that has 1 s
+// left, is closed when the credential ends, not before, and that the log
+// says why.
+func (f *hubFixture) expectExpiry(c *rawClient, logLine string) {
+	c.t.Helper()
+	start := time.Now()
+	c.expectPing()
+	c.expectClosed(3 * time.Second)
+	if el := time.Since(start); el < 700*time.Millisecond {
+		c.t.Errorf("closed after %v; the credential had 1 s left", el)
+	}
+	if !strings.Contains(f.ts.logs.String(), logLine) {
+		c.t.Errorf("no log line says %q", logLine)
+	}
+}
+
 // expectPuback reads a PUBACK for id.
 func (c *rawClient) expectPuback(id uint16) {
 	c.t.Helper()

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -15,12 +16,14 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/internal/testcerts"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store/memstore"
 )
@@ -30,8 +33,12 @@ const (
 	envMemAddr = "BERTH_MQTT_MEMTEST_ADDR"
 	envMemCA   = "BERTH_MQTT_MEMTEST_CA"
 	envMemN    = "BERTH_MQTT_MEMTEST_N"
-	// envMemKind is "dps" or "hub": which session the clients open.
+	// envMemKind is "dps" or "hub", with "-x509" for clients that
+	// authenticate by certificate: which session the clients open.
 	envMemKind = "BERTH_MQTT_MEMTEST_KIND"
+	// envMemDeviceCA is the PEM certificate and key that issue the -x509
+	// clients' certificates.
+	envMemDeviceCA = "BERTH_MQTT_MEMTEST_DEVICE_CA"
 )
 
 // idleBudget is the bench target: server memory per idle connected
@@ -46,7 +53,14 @@ const memDevices = 500
 // in a separate process so that only the server's heap and goroutine
 // stacks are counted.
 func TestIdleConnectionMemory(t *testing.T) {
-	measureIdle(t, "dps", Config{})
+	measureIdle(t, "dps", Config{}, nil)
+}
+
+// TestIdleX509ConnectionMemory is the same for a DPS device that
+// registers by certificate: no password, a TLS client certificate the
+// session keeps for its requests.
+func TestIdleX509ConnectionMemory(t *testing.T) {
+	measureIdle(t, "dps-x509", Config{}, testcerts.Valid(t, "mem-ca", nil, true, testNow))
 }
 
 // TestIdleHubConnectionMemory is the same for IoT Hub devices, each
@@ -56,26 +70,51 @@ func TestIdleHubConnectionMemory(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("memory measurement")
 	}
+	measureIdle(t, "hub", memHubConfig(t, func(int) *hub.Authentication {
+		return &hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: indivKey, SecondaryKey: secondaryKey}}
+	}, nil), nil)
+}
+
+// TestIdleHubX509ConnectionMemory is the same for certificateAuthority
+// devices that connect with a certificate (the expiry timer runs to the
+// certificate's end).
+func TestIdleHubX509ConnectionMemory(t *testing.T) {
+	if testing.Short() || raceEnabled {
+		t.Skip("memory measurement")
+	}
+	ca := testcerts.Valid(t, "mem-ca", nil, true, testNow)
+	measureIdle(t, "hub-x509", memHubConfig(t, func(int) *hub.Authentication {
+		return &hub.Authentication{Type: hub.AuthCertificateAuthority}
+	}, staticTrust{ca.Cert}), ca)
+}
+
+// memHubConfig is a hub of memDevices devices authenticated by auth(i),
+// with the twin, method and C2D services wired as the server wires them:
+// the session is attached to Links and its C2D subscription looks at the
+// (empty) queue.
+func memHubConfig(t *testing.T, auth func(i int) *hub.Authentication, trust hub.CATrust) Config {
 	st := memstore.New()
 	clock := func() time.Time { return testNow }
 	reg := hub.NewRegistry(st, clock)
+	if trust != nil {
+		reg.SetCATrust(trust)
+	}
 	for i := range memDevices {
-		if _, err := reg.Create(context.Background(), hubName, &hub.Device{DeviceID: memDeviceID(i),
-			Authentication: &hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: indivKey, SecondaryKey: secondaryKey}}}); err != nil {
+		if _, err := reg.Create(context.Background(), hubName, &hub.Device{DeviceID: memDeviceID(i), Authentication: auth(i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// With the twin, method and C2D services wired as the server wires
-	// them: the session is attached to Links and its C2D subscription
-	// looked at the (empty) queue.
 	links := hub.NewLinks()
-	measureIdle(t, "hub", Config{Hub: &HubConfig{Name: hubName, Registry: reg, Sink: &discardSink{}, Now: clock,
-		Links: links, Twins: hub.NewTwins(st, reg, links), CloudToDevice: hub.NewCloudToDevice(st, reg, links, nil)}})
+	return Config{Hub: &HubConfig{Name: hubName, Registry: reg, Sink: &discardSink{}, Now: clock,
+		Links: links, Twins: hub.NewTwins(st, reg, links), CloudToDevice: hub.NewCloudToDevice(st, reg, links, nil)}}
 }
 
 func memDeviceID(i int) string { return "mem-" + strconv.Itoa(i) }
 
-func measureIdle(t *testing.T, kind string, cfg Config) {
+// measureIdle connects memDevices clients of kind and checks the idle
+// cost against idleBudget. deviceCA, for the -x509 kinds, issues each
+// client's certificate (CN = its device ID), in the helper process.
+func measureIdle(t *testing.T, kind string, cfg Config, deviceCA *testcerts.Cert) {
 	if testing.Short() {
 		t.Skip("memory measurement")
 	}
@@ -90,7 +129,7 @@ func measureIdle(t *testing.T, kind string, cfg Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}})) }()
+	go func() { _ = srv.Serve(tls.NewListener(ln, serverTLS(cert))) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -99,9 +138,13 @@ func measureIdle(t *testing.T, kind string, cfg Config) {
 		}
 	})
 	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
+	var env []string
+	if deviceCA != nil {
+		env = append(env, envMemDeviceCA+"="+deviceCA.PEM()+deviceCA.KeyPEM(t))
+	}
 
 	// One warm-up run fills the server's pools and the runtime's caches.
-	runClients(t, kind, ln.Addr().String(), caPEM, 5, func() {
+	runClients(t, kind, ln.Addr().String(), caPEM, env, 5, func() {
 		waitFor(t, "warm-up connections", func() bool { return srv.ConnCount() == 5 })
 	})
 	waitFor(t, "warm-up connections to end", func() bool { return srv.ConnCount() == 0 })
@@ -116,7 +159,7 @@ func measureIdle(t *testing.T, kind string, cfg Config) {
 		runtime.ReadMemStats(m)
 	}
 	settle(&before)
-	runClients(t, kind, ln.Addr().String(), caPEM, n, func() {
+	runClients(t, kind, ln.Addr().String(), caPEM, env, n, func() {
 		waitFor(t, "connections", func() bool { return srv.ConnCount() == n })
 		settle(&after)
 	})
@@ -130,10 +173,11 @@ func measureIdle(t *testing.T, kind string, cfg Config) {
 
 // runClients starts the helper process with n clients, calls idle while
 // they are connected, then stops them.
-func runClients(t *testing.T, kind, addr string, caPEM []byte, n int, idle func()) {
+func runClients(t *testing.T, kind, addr string, caPEM []byte, env []string, n int, idle func()) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestMemoryClientHelper$")
 	cmd.Env = append(os.Environ(), envMemAddr+"="+addr, envMemCA+"="+string(caPEM), envMemN+"="+strconv.Itoa(n), envMemKind+"="+kind)
+	cmd.Env = append(cmd.Env, env...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -191,10 +235,22 @@ func TestMemoryClientHelper(t *testing.T) {
 	if !pool.AppendCertsFromPEM([]byte(os.Getenv(envMemCA))) {
 		t.Fatal("bad CA")
 	}
+	var deviceCA *testcerts.Cert
+	if v := os.Getenv(envMemDeviceCA); v != "" {
+		pair, err := tls.X509KeyPair([]byte(v), []byte(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		deviceCA = &testcerts.Cert{Cert: pair.Leaf, Key: pair.PrivateKey.(*ecdsa.PrivateKey)}
+	}
 	conns := make([]net.Conn, 0, n)
 	for i := range n {
 		hello, want := memHello(t, os.Getenv(envMemKind), i)
-		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+		cfg := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+		if deviceCA != nil {
+			cfg.Certificates = []tls.Certificate{testcerts.Valid(t, memClientID(os.Getenv(envMemKind), i), deviceCA, false, testNow).TLS()}
+		}
+		c, err := tls.Dial("tcp", addr, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -214,8 +270,18 @@ func TestMemoryClientHelper(t *testing.T) {
 	}
 }
 
+// memClientID is the registration or device ID of memory-test client i.
+func memClientID(kind string, i int) string {
+	if strings.HasPrefix(kind, "dps") {
+		return "dev-1"
+	}
+	return memDeviceID(i)
+}
+
 // memHello is what memory-test client i sends, and the server's answers.
+// The -x509 kinds send no password: their certificate authenticates.
 func memHello(t *testing.T, kind string, i int) (hello, want []byte) {
+	kind, x509 := strings.CutSuffix(kind, "-x509")
 	var b bytes.Buffer
 	enc := func(encode func(*bytes.Buffer) error) {
 		if err := encode(&b); err != nil {
@@ -225,7 +291,7 @@ func memHello(t *testing.T, kind string, i int) (hello, want []byte) {
 	ping := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
 	switch kind {
 	case "dps":
-		enc(connectPacket("dev-1", dpsUsername("dev-1"), "", 0).ConnectEncode)
+		enc(connectPacket(memClientID(kind, i), dpsUsername(memClientID(kind, i)), "", 0).ConnectEncode)
 		sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, ProtocolVersion: 4,
 			Filters: packets.Subscriptions{{Filter: "$dps/registrations/res/#", Qos: 1}}}
 		enc(sub.SubscribeEncode)
@@ -233,10 +299,13 @@ func memHello(t *testing.T, kind string, i int) (hello, want []byte) {
 		// CONNACK rc 0, SUBACK granting 1, PINGRESP.
 		return b.Bytes(), []byte{0x20, 2, 0, 0, 0x90, 3, 0, 1, 1, 0xd0, 0}
 	case "hub":
-		id := memDeviceID(i)
-		tok, err := sas.SignEncoded(hubName+"/devices/"+id, indivKey, "", testNow.Add(time.Hour))
-		if err != nil {
-			t.Fatal(err)
+		id := memClientID(kind, i)
+		tok := ""
+		if !x509 {
+			var err error
+			if tok, err = sas.SignEncoded(hubName+"/devices/"+id, indivKey, "", testNow.Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		connect := connectPacket(id, hubUsername(id), tok, 0)
 		connect.Connect.Clean = false
