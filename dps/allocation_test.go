@@ -207,13 +207,40 @@ func TestCustomAllocationWebhook(t *testing.T) {
 			wh.mu.Lock()
 			wh.answer = c.answer
 			wh.mu.Unlock()
-			st := f.registerMember(t, fmt.Sprintf("fail-%d", i), "")
+			regID := fmt.Sprintf("fail-%d", i)
+			st := f.registerMember(t, regID, "")
 			rs := st.RegistrationState
 			if st.Status != dps.StatusFailed || rs == nil || rs.ErrorCode != c.code || !strings.Contains(rs.ErrorMessage, c.msg) {
 				t.Errorf("got %+v / %+v; want failed %d %q", st, rs, c.code, c.msg)
 			}
+			// The service API's registration record says so too.
+			rec, err := f.svc.GetRegistration(context.Background(), regID)
+			if err != nil || rec.Status != dps.StatusFailed || rec.ErrorCode != c.code || rec.AssignedHub != "" || rec.SymmetricKey == nil {
+				t.Errorf("registration record: %+v, %v", rec, err)
+			}
 		})
 	}
+	// A failed attempt does not make the device forget its hub: the next
+	// call still tells the webhook where the device is.
+	wh.mu.Lock()
+	wh.answer = func(map[string]any) (int, string) { return 500, `` }
+	wh.mu.Unlock()
+	if st := f.registerMember(t, "cust-1", ""); st.Status != dps.StatusFailed {
+		t.Fatalf("failing webhook: %+v", st)
+	}
+	wh.mu.Lock()
+	wh.answer = func(map[string]any) (int, string) { return 200, `{"iotHubHostName":"` + hubB + `"}` }
+	wh.mu.Unlock()
+	if st := f.registerMember(t, "cust-1", ""); st.Status != dps.StatusAssigned || st.RegistrationState.Substatus != dps.SubstatusInitialAssignment {
+		t.Errorf("after a failed attempt: %+v", st.RegistrationState)
+	}
+	wh.mu.Lock()
+	last := wh.seen[len(wh.seen)-1]
+	wh.mu.Unlock()
+	if ctx := last["deviceRuntimeContext"].(map[string]any); ctx["currentIotHubHostName"] != hubB {
+		t.Errorf("after a failed attempt the webhook was not told the current hub: %v", ctx)
+	}
+
 	// Webhook down.
 	srv.Close()
 	if st := f.registerMember(t, "down-1", ""); st.Status != dps.StatusFailed || st.RegistrationState.ErrorCode != 400207 {

@@ -159,6 +159,10 @@ type registrationDoc struct {
 	// InitialHub is the hub of the device's first assignment, for the
 	// reprovisionedToInitialAssignment substatus.
 	InitialHub string `json:"initialHub,omitempty"`
+	// LastAssignedHub and LastDeviceID keep where the device was when the
+	// latest attempt failed, so the next one reprovisions from there.
+	LastAssignedHub string `json:"lastAssignedHub,omitempty"`
+	LastDeviceID    string `json:"lastDeviceId,omitempty"`
 }
 
 // attested is who a device proved to be.
@@ -312,8 +316,13 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		return err
 	}
 	var prevState *RegistrationState
-	if prev != nil && prev.State.Status == StatusAssigned && prev.State.AssignedHub != "" {
+	switch {
+	case prev != nil && prev.State.Status == StatusAssigned && prev.State.AssignedHub != "":
 		prevState = &prev.State
+	case prev != nil && prev.LastAssignedHub != "":
+		// The last attempt failed: the device is still where the one
+		// before put it.
+		prevState = &RegistrationState{Status: StatusAssigned, AssignedHub: prev.LastAssignedHub, DeviceID: prev.LastDeviceID}
 	}
 	rp := c.ReprovisionPolicy
 	if rp == nil {
@@ -328,10 +337,7 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		var aerr *azerr.Error
 		alloc, aerr = s.allocate(ctx, who, op.RegistrationID, prevState, op.Payload)
 		if aerr != nil {
-			op.Status = StatusFailed
-			op.ErrorCode = int(aerr.Code)
-			op.ErrorMessage = aerr.Message
-			return s.putOperation(ctx, op)
+			return s.fail(ctx, who, op, prev, prevState, aerr, now)
 		}
 	}
 	hubName := alloc.hub
@@ -421,6 +427,60 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	))
 	if err != nil {
 		return fmt.Errorf("dps: write assignment of %s: %w", op.RegistrationID, err)
+	}
+	return nil
+}
+
+// fail ends a registration in status failed: the operation and the
+// registration record (which the service API shows, as Azure does) say
+// why, in one transaction. The hub the device was on is remembered for the
+// next attempt's reprovisioning.
+func (s *Service) fail(ctx context.Context, who *attested, op *operation, prev *registrationDoc, prevState *RegistrationState, aerr *azerr.Error, now time.Time) error {
+	op.Status = StatusFailed
+	op.ErrorCode = int(aerr.Code)
+	op.ErrorMessage = aerr.Message
+	var groupID string
+	if who.group != nil {
+		groupID = who.group.EnrollmentGroupID
+	}
+	state := RegistrationState{
+		RegistrationID: op.RegistrationID,
+		Status:         StatusFailed,
+		ErrorCode:      op.ErrorCode,
+		ErrorMessage:   op.ErrorMessage,
+	}
+	created, updated := Time{now}, Time{now}
+	state.CreatedDateTimeUTC, state.LastUpdatedDateTimeUTC = &created, &updated
+	switch {
+	case who.cert != nil:
+		state.X509 = &GroupRef{EnrollmentGroupID: groupID}
+	case groupID != "":
+		state.SymmetricKey = &GroupRef{EnrollmentGroupID: groupID}
+	}
+	doc := registrationDoc{State: state, GroupID: groupID}
+	if prev != nil {
+		if prev.State.CreatedDateTimeUTC != nil {
+			doc.State.CreatedDateTimeUTC = prev.State.CreatedDateTimeUTC
+		}
+		doc.InitialHub = prev.InitialHub
+	}
+	if prevState != nil {
+		doc.LastAssignedHub, doc.LastDeviceID = prevState.AssignedHub, prevState.DeviceID
+	}
+	regData, err := json.Marshal(doc)
+	if err != nil {
+		return fmt.Errorf("dps: encode registration: %w", err)
+	}
+	opData, err := json.Marshal(op)
+	if err != nil {
+		return fmt.Errorf("dps: encode operation: %w", err)
+	}
+	regKey := Key(op.RegistrationID)
+	if _, err := s.store.Apply(ctx, []store.Record{
+		{Kind: store.KindRegistration, Key: regKey, Index: Key(groupID), Data: regData},
+		{Kind: store.KindOperation, Key: op.OperationID, Index: regKey, Data: opData},
+	}); err != nil {
+		return fmt.Errorf("dps: write failed registration of %s: %w", op.RegistrationID, err)
 	}
 	return nil
 }
