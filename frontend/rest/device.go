@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"crypto/x509"
 	"net/http"
 	"net/url"
 	"strings"
@@ -11,7 +12,9 @@ import (
 // deviceRoutes is the DPS device API (shared/spec/dps.md §2). It has no
 // service authentication: the Authorization header is the device's SAS
 // token and goes to the domain as sent (the domain verifies it over the raw
-// sr, whatever encoding the SDK chose).
+// sr, whatever encoding the SDK chose). An X.509 device sends no
+// Authorization header and authenticates by its TLS client certificate
+// (shared/spec/dps.md §7), which goes to the domain as ClientCerts.
 func (h *handler) deviceRoutes() routes {
 	return routes{
 		newRoute(http.MethodPut, "{idScope}/registrations/{registrationId}/register", h.register),
@@ -34,6 +37,7 @@ func (h *handler) register(x *exchange, args []string) {
 		IDScope:        scope,
 		RegistrationID: regID,
 		Token:          x.r.Header.Get(reqAuthorization),
+		ClientCerts:    x.clientCerts(),
 		Body:           body,
 		Force:          forceRegistration(x.r.URL),
 	})
@@ -56,6 +60,7 @@ func (h *handler) operationStatus(x *exchange, args []string) {
 		RegistrationID: args[1],
 		OperationID:    args[2],
 		Token:          x.r.Header.Get(reqAuthorization),
+		ClientCerts:    x.clientCerts(),
 	})
 	if err != nil {
 		x.fail(err)
@@ -80,6 +85,7 @@ func (h *handler) registrationStatus(x *exchange, args []string) {
 		IDScope:        args[0],
 		RegistrationID: args[1],
 		Token:          x.r.Header.Get(reqAuthorization),
+		ClientCerts:    x.clientCerts(),
 		Body:           body,
 	})
 	if err != nil {
@@ -87,6 +93,23 @@ func (h *handler) registrationStatus(x *exchange, args []string) {
 		return
 	}
 	x.writeJSON(http.StatusOK, st)
+}
+
+// clientCerts is the chain a device authenticates with by X.509: the TLS
+// client certificates it presented, leaf first, as it sent them (the
+// listener requests but never verifies them, pki.ServerTLSConfig; the
+// domain does, against the enrollment or the device). It is nil when the
+// request carries an Authorization header, which then decides alone: a
+// SAS device on a TLS stack that also presents a certificate (a shared
+// client certificate store, a gateway) keeps authenticating as before, as
+// on Azure where the X.509 SDK paths never send the header. nil also
+// without TLS or without a certificate, and the domain then answers its
+// usual 401 for a missing credential.
+func (x *exchange) clientCerts() []*x509.Certificate {
+	if x.r.Header.Get(reqAuthorization) != "" || x.r.TLS == nil || len(x.r.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	return x.r.TLS.PeerCertificates
 }
 
 // registerLocation is the register URL without its query, as Azure's

@@ -3,6 +3,8 @@ package rest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -17,6 +19,7 @@ import (
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/dps"
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/internal/testcerts"
 )
 
 // newQuietFixture logs warnings and errors only: a fuzzing worker runs
@@ -29,9 +32,10 @@ func newQuietFixture(f *testing.F) *fixture {
 }
 
 // validStatuses are the answers the API may give at all.
+// 201 is a management PUT that created (a policy, a hub, a certificate);
 // 403 is a full C2D queue; 503 a method invocation cut short by the
 // request's end, 504 one the device did not answer in time.
-var validStatuses = map[int]bool{200: true, 202: true, 204: true, 400: true, 401: true, 403: true, 404: true, 405: true, 409: true, 412: true, 413: true, 415: true, 503: true, 504: true}
+var validStatuses = map[int]bool{200: true, 201: true, 202: true, 204: true, 400: true, 401: true, 403: true, 404: true, 405: true, 409: true, 412: true, 413: true, 415: true, 503: true, 504: true}
 
 // validMethod mirrors net/http's check: the server refuses other methods
 // before any handler runs.
@@ -113,8 +117,13 @@ func checkAnswer(t *testing.T, rec *httptest.ResponseRecorder) {
 // handler), with or without credentials, gets a valid answer and never a
 // panic or a 500. The credentials are the DPS owner's, or the hub owner's
 // on hub paths (the owner also has DeviceConnect, so telemetry is
-// accepted for the fixture's device).
+// accepted for the fixture's device); without them the request presents
+// the TLS client certificate of a device enrolled and on the hub.
 func FuzzRoute(f *testing.F) {
+	// The clock of every fixture (newFixture).
+	now := time.Unix(1699999000, 0)
+	fzCA := testcerts.Valid(f, "fz-ca", nil, true, now)
+	fzDevice := testcerts.Valid(f, "fz-x509", nil, false, now)
 	seeds := []struct {
 		method, target string
 		auth           bool
@@ -154,6 +163,23 @@ func FuzzRoute(f *testing.F) {
 		{"DELETE", "/devices/fz-1/messages/devicebound/00000000-0000-0000-0000-000000000000?reject", true, ""},
 		{"POST", "/devices/fz-1/messages/DeviceBound/x/abandon", true, ""},
 		{"DELETE", "/devices/fz-1/commands", true, ""},
+		// By certificate (no Authorization: the request presents the
+		// fixture's device certificate, enrolled and on the hub).
+		{"PUT", "/0ne00000A0A/registrations/fz-x509/register", false, `{"registrationId":"fz-x509"}`},
+		{"POST", "/0ne00000A0A/registrations/fz-x509", false, ""},
+		{"POST", "/devices/fz-x509/messages/events", false, "x"},
+		{"GET", "/devices/fz-x509/messages/deviceBound", false, ""},
+		// CA certificate management.
+		{"GET", "/certificates", true, ""},
+		{"PUT", "/certificates/fz-ca", true, certBody(f, fzCA.PEM())},
+		{"PUT", "/certificates/fz-ca", true, certBody(f, base64.StdEncoding.EncodeToString(fzCA.Cert.Raw))},
+		{"GET", "/Certificates/FZ-CA", true, ""},
+		{"POST", "/certificates/fz-ca/generateVerificationCode", true, ""},
+		{"POST", "/certificates/fz-ca/verify", true, `{"certificate":"MIIB"}`},
+		{"DELETE", "/certificates/fz-ca", true, ""},
+		{"PATCH", "/certificates/fz-ca", true, ""},
+		{"POST", "/certificates/registrations/verify", true, "{}"},
+		{"PUT", "/enrollmentGroups/fz-g", true, `{"attestation":{"type":"x509","x509":{"caReferences":{"primary":"fz-ca"}}}}`},
 		{"GET", "/", false, ""},
 		{"GET", "//", false, ""},
 		{"OPTIONS", "*", false, ""},
@@ -165,6 +191,9 @@ func FuzzRoute(f *testing.F) {
 	tok := fx.ownerToken(f)
 	hubTok := fx.hubOwnerToken(f)
 	fx.device(f, "fz-1", "")
+	fx.x509Enroll(f, "fz-x509", fzDevice)
+	fx.certDevice(f, hubName, "fz-x509", "", selfSigned(sha1Of(fzDevice), ""))
+	peers := &tls.ConnectionState{HandshakeComplete: true, PeerCertificates: testcerts.Chain(fzDevice)}
 	f.Fuzz(func(t *testing.T, method, target string, auth bool, body []byte) {
 		if !validMethod(method) {
 			t.Skip()
@@ -184,6 +213,11 @@ func FuzzRoute(f *testing.F) {
 			Host:          dpsHost,
 			Body:          io.NopCloser(bytes.NewReader(body)),
 			ContentLength: int64(len(body)),
+		}
+		if !auth {
+			// As on the 443 listener, a request without credentials may
+			// still come over TLS with a client certificate.
+			r.TLS = peers
 		}
 		if auth {
 			r.Header.Set("Authorization", tok)
@@ -277,9 +311,12 @@ func FuzzBatchBody(f *testing.F) {
 }
 
 // FuzzEnrollmentBody: any body PUT to /enrollments/{id} is either stored
-// (200, a well-formed enrollment that reads back) or refused with a 4xx
+// (200, a well-formed enrollment that reads back: symmetric keys filled,
+// or X.509 certificates described and never returned) or refused with a 4xx
 // naming the body or the enrollment as the problem; never a 500.
 func FuzzEnrollmentBody(f *testing.F) {
+	// A device certificate as the SDKs send it, {"certificate":"<PEM>"}.
+	fzCert := certBody(f, testcerts.Valid(f, "fuzz-dev", nil, false, time.Unix(1699999000, 0)).PEM())
 	for _, s := range []string{
 		`{"registrationId":"fuzz-dev","attestation":{"type":"symmetricKey"}}`,
 		`{"attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":"` + indivKey + `"}},"deviceId":"d1","provisioningStatus":"disabled"}`,
@@ -296,6 +333,9 @@ func FuzzEnrollmentBody(f *testing.F) {
 		`{"createdDateTimeUtc":"not a time","attestation":{"type":"symmetricKey"}}`,
 		"{\"registrationId\":\"fuzz-dev\\u0000\",\"attestation\":{\"type\":\"symmetricKey\"}}",
 		`{"attestation":{"type":"symmetricKey"}}}`,
+		`{"attestation":{"type":"x509","x509":{"clientCertificates":{"primary":` + fzCert + `}}}}`,
+		`{"attestation":{"type":"x509","x509":{"clientCertificates":{"primary":` + fzCert + `,"secondary":{"certificate":"MIIB"}}}}}`,
+		`{"attestation":{"type":"x509","x509":{"signingCertificates":{"primary":` + fzCert + `}}}}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -316,10 +356,23 @@ func FuzzEnrollmentBody(f *testing.F) {
 			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil {
 				t.Fatalf("stored enrollment does not decode: %v: %s", err, rec.Body)
 			}
-			sk := e.Attestation
-			if !strings.EqualFold(e.RegistrationID, "fuzz-dev") || sk == nil || sk.SymmetricKey == nil ||
-				sk.SymmetricKey.PrimaryKey == "" || sk.SymmetricKey.SecondaryKey == "" || e.ETag == "" {
+			a := e.Attestation
+			if !strings.EqualFold(e.RegistrationID, "fuzz-dev") || a == nil || e.ETag == "" {
 				t.Fatalf("stored enrollment %s", rec.Body)
+			}
+			switch {
+			case a.SymmetricKey != nil:
+				if a.SymmetricKey.PrimaryKey == "" || a.SymmetricKey.SecondaryKey == "" {
+					t.Fatalf("stored enrollment without keys %s", rec.Body)
+				}
+			case a.X509 != nil:
+				// Described, never returned.
+				cs := a.X509.ClientCertificates
+				if cs == nil || cs.Primary == nil || cs.Primary.Info == nil || strings.Contains(rec.Body.String(), `"certificate"`) {
+					t.Fatalf("stored X.509 enrollment %s", rec.Body)
+				}
+			default:
+				t.Fatalf("stored enrollment without an attestation it can use %s", rec.Body)
 			}
 			get := httptest.NewRequest(http.MethodGet, "/enrollments/fuzz-dev", nil)
 			get.Host = dpsHost

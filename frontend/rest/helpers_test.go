@@ -114,6 +114,10 @@ func newFixtureStore(t testing.TB, st store.Store) *fixture {
 		t.Fatal(err)
 	}
 	f.svc, f.settings = svc, settings
+	// certificateAuthority devices chain to the DPS's verified CA
+	// certificates and X.509 group signing certificates, as server.go
+	// wires it.
+	f.reg.SetCATrust(svc)
 	f.owner, _ = settings.Policy(dps.OwnerPolicy)
 	f.reader, _ = settings.Policy(readOnly)
 	if f.hubSettings, err = hub.LoadOrCreateSettings(context.Background(), st, hubName); err != nil {

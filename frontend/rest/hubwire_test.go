@@ -13,19 +13,37 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/berth-iot/berth/pki"
 )
 
-// tlsServer serves the fixture's handler over real TLS on loopback, on
-// HTTP/1.1 only (as the 443 listener does), with writeTimeout as its
-// WriteTimeout (the server uses 30 s).
+// tlsServer serves the fixture's handler over real TLS on loopback with
+// the 443 listener's own TLS configuration (pki.ServerTLSConfig: HTTP/1.1
+// only, client certificates requested but not verified, so that X.509
+// devices reach the handler as they reach berth's), with writeTimeout as
+// its WriteTimeout (the server uses 30 s).
 func (f *fixture) tlsServer(t testing.TB, writeTimeout time.Duration) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(f.h)
 	srv.Config.WriteTimeout = writeTimeout
 	srv.Config.ReadHeaderTimeout = 10 * time.Second
+	// The server certificate is httptest's, which StartTLS puts into the
+	// configuration's Certificates (its client trusts it); the source is
+	// filled from there before the first connection.
+	src := &pki.CertSource{}
+	srv.TLS = pki.ServerTLSConfig(src, []string{"http/1.1"})
 	srv.StartTLS()
+	src.Set(&srv.TLS.Certificates[0])
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// clientTLS is the TLS configuration of a client of srv that presents
+// certs (none: a SAS client).
+func clientTLS(srv *httptest.Server, certs ...tls.Certificate) *tls.Config {
+	cfg := srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	cfg.Certificates = certs
+	return cfg
 }
 
 // wire sends one request to srv on a new TLS connection, as hub host, and
@@ -44,7 +62,13 @@ func wire(t testing.TB, srv *httptest.Server, method, target string, body []byte
 
 // wireErr is wire for goroutines, which must not call t.Fatal.
 func wireErr(srv *httptest.Server, method, target string, body []byte, hdr ...string) (*httptest.ResponseRecorder, error) {
-	req, err := http.NewRequest(method, "https://"+hubName+target, bytes.NewReader(body))
+	return wireAs(srv, clientTLS(srv), hubName, method, target, body, hdr...)
+}
+
+// wireAs is wireErr for a client with its own TLS configuration (a client
+// certificate), sending host in Host.
+func wireAs(srv *httptest.Server, cfg *tls.Config, host, method, target string, body []byte, hdr ...string) (*httptest.ResponseRecorder, error) {
+	req, err := http.NewRequest(method, "https://"+host+target, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -55,7 +79,6 @@ func wireErr(srv *httptest.Server, method, target string, body []byte, hdr ...st
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	cfg := srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
 	conn, err := tls.Dial("tcp", srv.Listener.Addr().String(), cfg)
 	if err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -73,8 +74,10 @@ func (h *handler) serviceRoutes() routes {
 			func(ctx context.Context, args []string, c string, n int) (dps.Page[*dps.RegistrationState], error) {
 				return s.QueryRegistrations(ctx, args[0], c, n)
 			}))),
-	}, append(h.policyRoutes(), // berth's policy management extension (policy.go)
-		h.hubManagementRoutes()...)...) // and its hub management (hubs.go)
+	}, slices.Concat(
+		h.policyRoutes(),          // berth's policy management extension (policy.go),
+		h.hubManagementRoutes(),   // its hub management (hubs.go)
+		h.certificateRoutes())...) // and its CA certificates (certificates.go)
 }
 
 // authorized checks the service SAS token before next runs, and before any

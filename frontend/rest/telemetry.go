@@ -37,10 +37,9 @@ const appPropertyPrefix = "iothub-app-"
 // Content-Type application/vnd.microsoft.iothub.json, a batch of events.
 // The answer is 204 only after the sink has made every message durable.
 //
-// The device authenticates with a SAS token for itself (or a policy token
-// with DeviceConnect) before a byte of the body is read; the registry
-// refuses tokens for another device and disabled devices with 401
-// IotHubUnauthorizedAccess.
+// The device authenticates (see authenticateDevice: a SAS token, or its
+// TLS client certificate when it sends no Authorization) before a byte of
+// the body is read.
 func (h *handler) sendEvent(x *exchange, args []string) {
 	hc := h.hub
 	ctx := x.r.Context()
@@ -116,13 +115,23 @@ func (h *handler) sendEvent(x *exchange, args []string) {
 	x.noContent()
 }
 
-// authenticateDevice checks the device's SAS token for deviceID (a token
-// for itself, or a policy token with DeviceConnect) before a byte of the
-// body is read; the registry refuses tokens for another device and
+// authenticateDevice checks the device's credential for deviceID before a
+// byte of the body is read: its SAS token (a token for itself, or a policy
+// token with DeviceConnect), or, when the request has no Authorization
+// header, the TLS client certificate it presented (shared/spec/iothub.md
+// §1.6: a selfSigned device's thumbprint, a certificateAuthority device's
+// chain to a trusted CA). Both are checked against the hub the Host header
+// picked. The registry refuses credentials for another device and
 // disabled devices with 401 IotHubUnauthorizedAccess. On failure it has
 // answered and ok is false.
 func (h *handler) authenticateDevice(x *exchange, deviceID string) (id *hub.Identity, ok bool) {
-	id, err := h.hub.Registry.AuthenticateDevice(x.r.Context(), x.target.Settings, x.hubName(), deviceID, x.r.Header.Get(reqAuthorization))
+	ctx := x.r.Context()
+	var err error
+	if chain := x.clientCerts(); chain != nil {
+		id, err = h.hub.Registry.AuthenticateDeviceCert(ctx, x.hubName(), deviceID, chain)
+	} else {
+		id, err = h.hub.Registry.AuthenticateDevice(ctx, x.target.Settings, x.hubName(), deviceID, x.r.Header.Get(reqAuthorization))
+	}
 	if err != nil {
 		x.fail(err)
 		return nil, false
