@@ -1,6 +1,7 @@
 // Package deviceclient provisions a device through DPS the way device
-// firmware does with the Azure SDKs (shared/spec/dps.md §1–§3): connect
-// with a symmetric-key SAS token, send a register request, wait the
+// firmware does with the Azure SDKs (shared/spec/dps.md §1–§3, §7): connect
+// with a symmetric-key SAS token or an X.509 client certificate, send a
+// register request, wait the
 // server's retry-after, poll the operation until it is assigned, failed or
 // disabled. It works over MQTT (paho, port 8883) and HTTPS (443), against
 // berth or Azure.
@@ -57,6 +58,13 @@ type Options struct {
 	// SymmetricKey is the device's own key (base64). For a member of a
 	// symmetric-key enrollment group, derive it first with sas.DeriveKey.
 	SymmetricKey string
+	// ClientCertificate authenticates the device by X.509 instead of
+	// SymmetricKey (give one of the two): it is presented as the TLS client
+	// certificate (the leaf, whose subject CN is the registration ID, then
+	// the chain up to the enrolled or verified CA), and no SAS token is
+	// sent, neither as MQTT password nor as HTTP Authorization (§7).
+	// RegistrationID defaults to the leaf's CN.
+	ClientCertificate *tls.Certificate
 	// Payload is optional custom data (a JSON object) sent with the
 	// register request.
 	Payload json.RawMessage
@@ -197,7 +205,27 @@ func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.RegistrationID == "" && o.ClientCertificate != nil {
+		if leaf, err := certLeaf(o.ClientCertificate); err == nil {
+			o.RegistrationID = leaf.Subject.CommonName
+		}
+	}
 	return o
+}
+
+// certLeaf is the parsed leaf of c.
+func certLeaf(c *tls.Certificate) (*x509.Certificate, error) {
+	if c.Leaf != nil {
+		return c.Leaf, nil
+	}
+	if len(c.Certificate) == 0 {
+		return nil, errors.New("deviceclient: the client certificate is empty")
+	}
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("deviceclient: client certificate: %w", err)
+	}
+	return leaf, nil
 }
 
 func (o Options) validate() error {
@@ -210,11 +238,22 @@ func (o Options) validate() error {
 		return errors.New("deviceclient: no ID scope")
 	case o.RegistrationID == "":
 		return errors.New("deviceclient: no registration ID")
-	case o.SymmetricKey == "":
-		return errors.New("deviceclient: no symmetric key (X.509 and TPM are not supported yet)")
+	case o.SymmetricKey == "" && o.ClientCertificate == nil:
+		return errors.New("deviceclient: no symmetric key and no client certificate (TPM is not supported)")
+	case o.SymmetricKey != "" && o.ClientCertificate != nil:
+		// DPS authenticates a request by one mechanism; sending both would
+		// leave which one counted to the server.
+		return errors.New("deviceclient: give a symmetric key or a client certificate, not both")
 	}
-	// Fail before connecting rather than on the first token.
-	if _, err := Token(o.IDScope, o.RegistrationID, o.SymmetricKey, time.Now()); err != nil {
+	if o.ClientCertificate != nil {
+		if _, err := certLeaf(o.ClientCertificate); err != nil {
+			return err
+		}
+		if o.ClientCertificate.PrivateKey == nil {
+			return errors.New("deviceclient: the client certificate has no private key")
+		}
+	} else if _, err := Token(o.IDScope, o.RegistrationID, o.SymmetricKey, time.Now()); err != nil {
+		// Fail before connecting rather than on the first token.
 		return errors.New("deviceclient: the symmetric key is not valid base64")
 	}
 	if len(o.Payload) > 0 {
@@ -240,11 +279,23 @@ func (o Options) tlsConfig() (*tls.Config, error) {
 		}
 		conf.RootCAs = pool
 	}
+	if cert := o.ClientCertificate; cert != nil {
+		// Always present the certificate, whatever CA names or signature
+		// algorithms the server's request lists: DPS and IoT Hub request a
+		// certificate without naming acceptable CAs, and a device whose
+		// certificate the TLS stack silently held back would only see a
+		// 401 with no hint why.
+		conf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
 	return conf, nil
 }
 
-// token signs a fresh device token.
+// token signs a fresh device token; "" for an X.509 device, which sends
+// none.
 func (o Options) token() (string, error) {
+	if o.ClientCertificate != nil {
+		return "", nil
+	}
 	return Token(o.IDScope, o.RegistrationID, o.SymmetricKey, time.Now().Add(o.TokenTTL))
 }
 

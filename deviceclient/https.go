@@ -81,7 +81,9 @@ func (s *httpsSession) do(ctx context.Context, method, u string, body []byte) (*
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", token)
+	if token != "" {
+		req.Header.Set("Authorization", token)
+	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", s.opts.ClientVersion)
 	if body != nil {

@@ -2,6 +2,7 @@ package deviceclient
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"io"
@@ -27,11 +28,19 @@ type httpsFake struct {
 	mu      sync.Mutex
 	log     []string
 	answers []func(w http.ResponseWriter)
+	// x509 makes the fake expect certificate authentication (no
+	// Authorization); chains are the client certificate chains it saw,
+	// as subject CNs.
+	x509   bool
+	chains []string
 }
 
 func newHTTPSFake(t *testing.T, answers ...func(w http.ResponseWriter)) *httpsFake {
 	f := &httpsFake{t: t, answers: answers}
-	f.srv = httptest.NewTLSServer(http.HandlerFunc(f.serve))
+	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(f.serve))
+	// Request, never require, a client certificate, as berth and Azure do.
+	f.srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
+	f.srv.StartTLS()
 	t.Cleanup(f.srv.Close)
 	return f
 }
@@ -40,14 +49,19 @@ func (f *httpsFake) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	f.mu.Lock()
 	f.log = append(f.log, r.Method+" "+r.Host+" "+r.URL.EscapedPath()+"?"+r.URL.RawQuery+" "+string(body))
+	f.chains = append(f.chains, chainCNs(r.TLS.PeerCertificates))
+	x509Auth := f.x509
 	var answer func(http.ResponseWriter)
 	if len(f.answers) > 0 {
 		answer, f.answers = f.answers[0], f.answers[1:]
 	}
 	f.mu.Unlock()
 
-	tok, err := sas.Parse(r.Header.Get("Authorization"))
-	if err != nil || !tok.ResourceIs(testScope+"/registrations/dev-1") || tok.KeyName != "registration" || !tok.VerifyKey(testKey) {
+	if x509Auth {
+		if _, ok := r.Header["Authorization"]; ok {
+			f.t.Errorf("%s %s: Authorization sent with a client certificate", r.Method, r.URL.Path)
+		}
+	} else if tok, err := sas.Parse(r.Header.Get("Authorization")); err != nil || !tok.ResourceIs(testScope+"/registrations/dev-1") || tok.KeyName != "registration" || !tok.VerifyKey(testKey) {
 		f.t.Errorf("%s %s: bad token (%v)", r.Method, r.URL.Path, err)
 	}
 	if r.Method == http.MethodPut && r.Header.Get("Content-Type") != "application/json; charset=utf-8" {

@@ -28,6 +28,8 @@ type mqttSession struct {
 const mqttTimeout = 30 * time.Second
 
 func dialMQTT(ctx context.Context, opts Options, tlsConf *tls.Config) (*mqttSession, error) {
+	// "" for an X.509 device: paho then sends no password at all, as DPS
+	// expects of certificate authentication.
 	password, err := opts.token()
 	if err != nil {
 		return nil, err

@@ -51,6 +51,7 @@ type mqttFake struct {
 	connect  packets.ConnectParams
 	filters  []string
 	received []string // topic + " " + payload of each PUBLISH from the client
+	chain    string   // the client certificate chain, as subject CNs
 	pubacks  int      // PUBACKs the client sent for our QoS 1 answers
 	done     chan struct{}
 }
@@ -58,7 +59,8 @@ type mqttFake struct {
 func newMQTTFake(t *testing.T, rc byte, script func(topic, payload string) []published) *mqttFake {
 	t.Helper()
 	cert, pool := selfSigned(t, fakeHost)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	// Request, never require, a client certificate, as berth and Azure do.
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +122,8 @@ func (f *mqttFake) serve() {
 			}
 			f.mu.Lock()
 			f.connect = pk.Connect
+			// The handshake is done once CONNECT has been read.
+			f.chain = chainCNs(nc.(*tls.Conn).ConnectionState().PeerCertificates)
 			f.mu.Unlock()
 			ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: f.rc, ProtocolVersion: 4}
 			if write(ack.ConnackEncode) != nil || f.rc != 0 {

@@ -24,7 +24,7 @@ func addDeviceCommands(root *cobra.Command, g *globals) {
 		Use:   "device",
 		Short: "Device-side helpers: derive keys, sign tokens, register like firmware",
 	}
-	cmd.AddCommand(newDeriveKeyCmd(g), newSASTokenCmd(g), newRegisterCmd(g))
+	cmd.AddCommand(newDeriveKeyCmd(g), newSASTokenCmd(g), newRegisterCmd(g), newDeviceCertCmd(g))
 	root.AddCommand(cmd)
 }
 
@@ -124,6 +124,7 @@ signed as encoded, with skn=registration.
 // registerFlags are the options of `device register`.
 type registerFlags struct {
 	regID, key, groupKey string
+	certFile             string // X.509: the device certificate; key is then its key file
 	transport            string
 	scope, endpoint      string
 	payload              string
@@ -136,9 +137,15 @@ func newRegisterCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "register",
 		Short: "Provision a device the way firmware does and print the final operation status",
-		Long: `Run Azure's provisioning flow for one symmetric-key device (register, then poll
-the operation until it is done) over MQTT (8883) or HTTPS (443), and print the
-final operation status with the assigned hub and device ID.
+		Long: `Run Azure's provisioning flow for one device (register, then poll the operation
+until it is done) over MQTT (8883) or HTTPS (443), and print the final
+operation status with the assigned hub and device ID.
+
+A symmetric-key device gives --key (or --group-key); an X.509 device gives
+--certificate (PEM: its certificate, then the chain to present) and --key,
+the certificate's private key file (default: the certificate's file name with
+.key, as ` + "`berth device certificate create`" + ` writes them). It sends no SAS token,
+and its registration ID defaults to the certificate's subject CN.
 
 ID scope, endpoint, address and CA default to those of the local berth
 (the client.json in --data-dir).`,
@@ -163,18 +170,19 @@ ID scope, endpoint, address and CA default to those of the local berth
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&rf.regID, "registration-id", "", "registration ID of the device")
-	f.StringVar(&rf.key, "key", "", "the device's symmetric key (base64)")
+	f.StringVar(&rf.regID, "registration-id", "", "registration ID of the device (default with --certificate: its subject CN)")
+	f.StringVar(&rf.key, "key", "", "the device's symmetric key (base64); with --certificate, the file of the certificate's private key")
 	f.StringVar(&rf.groupKey, "group-key", "", "the enrollment group's key; the device key is derived from it")
+	f.StringVar(&rf.certFile, "certificate", "", "X.509 attestation: the device certificate file (PEM, the leaf then its chain)")
 	f.StringVar(&rf.transport, "transport", deviceclient.TransportMQTT, "mqtt or https")
 	f.StringVar(&rf.scope, "id-scope", "", "ID scope (default: the local berth's)")
 	f.StringVar(&rf.endpoint, "global-endpoint", "", "DPS host name (default: the local berth's)")
 	f.StringVar(&rf.payload, "payload", "", "custom data for the register request (JSON object)")
 	f.DurationVar(&rf.timeout, "timeout", 2*time.Minute, "give up after this long")
 	f.BoolVarP(&rf.verbose, "verbose", "v", false, "log the protocol steps to stderr (never keys or tokens)")
-	_ = cmd.MarkFlagRequired("registration-id")
 	cmd.MarkFlagsMutuallyExclusive("key", "group-key")
-	cmd.MarkFlagsOneRequired("key", "group-key")
+	cmd.MarkFlagsMutuallyExclusive("certificate", "group-key")
+	cmd.MarkFlagsOneRequired("key", "group-key", "certificate")
 	return cmd
 }
 
@@ -193,6 +201,18 @@ func (rf *registerFlags) options(g *globals) (deviceclient.Options, error) {
 	}
 	if opts.Transport != deviceclient.TransportMQTT && opts.Transport != deviceclient.TransportHTTPS {
 		return opts, fmt.Errorf("--transport %q: use mqtt or https", rf.transport)
+	}
+	if rf.certFile != "" {
+		cert, err := loadDeviceCert(rf.certFile, rf.key)
+		if err != nil {
+			return opts, err
+		}
+		opts.SymmetricKey, opts.ClientCertificate = "", cert
+		if opts.RegistrationID == "" {
+			opts.RegistrationID = cert.Leaf.Subject.CommonName
+		}
+	} else if opts.RegistrationID == "" {
+		return opts, errors.New("give the device's --registration-id")
 	}
 	if rf.groupKey != "" {
 		k, err := sas.DeriveKey(rf.groupKey, rf.regID)

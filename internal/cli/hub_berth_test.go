@@ -2,10 +2,8 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
-	"strings"
 	"testing"
 	"time"
 
@@ -45,43 +43,8 @@ func startBerth(t *testing.T) string {
 func TestHubTwinC2DMethodAgainstBerth(t *testing.T) {
 	clearHubEnv(t)
 	dir := startBerth(t)
-	berth := func(args ...string) (map[string]any, error) {
-		t.Helper()
-		out, _, err := run(t, append([]string{"--data-dir", dir, "hub"}, args...)...)
-		if err != nil {
-			if out != "" {
-				t.Errorf("%v: printed %q on error", args, out)
-			}
-			return nil, err
-		}
-		var v map[string]any
-		if err := json.Unmarshal([]byte(out), &v); err != nil {
-			t.Fatalf("%v: output is not a JSON object: %q", args, out)
-		}
-		return v, nil
-	}
-	must := func(args ...string) map[string]any {
-		t.Helper()
-		v, err := berth(args...)
-		if err != nil {
-			t.Fatalf("%v: %v", args, err)
-		}
-		return v
-	}
-	fails := func(want string, args ...string) {
-		t.Helper()
-		if _, err := berth(args...); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%v: err %v, want %q", args, err, want)
-		}
-	}
-	// get digs a value out of decoded JSON by its path.
-	get := func(v any, path ...string) any {
-		for _, k := range path {
-			m, _ := v.(map[string]any)
-			v = m[k]
-		}
-		return v
-	}
+	b := berthRunner{t: t, pre: []string{"--data-dir", dir, "hub"}}
+	must, fails, get := b.must, b.fails, jsonAt
 
 	must("device-identity", "create", "d1")
 

@@ -21,14 +21,7 @@ const (
 func TestHubManageCommands(t *testing.T) {
 	clearHubEnv(t)
 	created := strings.TrimSuffix(hubBJSON, "}") + `,"connectionString":"` + hubBOwnerC + `"}`
-	tests := []struct {
-		name     string
-		args     []string
-		replies  []reply
-		wantReqs []string
-		wantOut  string // canonical JSON; "-" for no output
-		wantErr  string
-	}{
+	runServiceCases(t, nil, []serviceCase{
 		{
 			name:     "list",
 			args:     []string{"hub", "list"},
@@ -139,31 +132,7 @@ func TestHubManageCommands(t *testing.T) {
 			args:    []string{"hub", "delete", "a", "--name", "b"},
 			wantErr: "given twice",
 		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newServiceFake(t, tt.replies...)
-			out, _, err := run(t, append(f.flags(), tt.args...)...)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Errorf("err %v, want %q", err, tt.wantErr)
-				}
-			} else if err != nil {
-				t.Fatalf("err %v", err)
-			}
-			if got, want := f.requests(), canonicalLines(t, tt.wantReqs); strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("requests\n got %s\nwant %s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
-			switch {
-			case tt.wantErr != "" || tt.wantOut == "-":
-				if out != "" {
-					t.Errorf("printed %q", out)
-				}
-			case canonical(t, out) != canonical(t, tt.wantOut):
-				t.Errorf("output\n got %s\nwant %s", canonical(t, out), canonical(t, tt.wantOut))
-			}
-		})
-	}
+	})
 }
 
 // TestHubManageAgainstBerth: a second hub created on a real berth serves

@@ -209,9 +209,14 @@ func TestOperatorCommands(t *testing.T) {
 			wantErr:  "already exists",
 		},
 		{
-			name:    "enrollment create refuses x509",
+			name:    "enrollment create refuses x509 without a certificate",
 			args:    []string{"enrollment", "create", "dev-1", "--attestation-type", "x509"},
-			wantErr: "symmetrickey only",
+			wantErr: "needs --certificate-path",
+		},
+		{
+			name:    "enrollment create refuses tpm",
+			args:    []string{"enrollment", "create", "dev-1", "--attestation-type", "tpm"},
+			wantErr: "use symmetrickey or x509",
 		},
 		{
 			name: "enrollment-group create with allocation and reprovisioning",

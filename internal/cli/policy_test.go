@@ -26,14 +26,7 @@ func opsWithConnStrings(host string) string {
 // accepts no query parameter but api-version.)
 func TestPolicyCommands(t *testing.T) {
 	clearEnv(t)
-	tests := []struct {
-		name     string
-		args     []string
-		replies  []reply
-		wantReqs []string
-		wantOut  string // canonical JSON; "-" for no output
-		wantErr  string
-	}{
+	runServiceCases(t, nil, []serviceCase{
 		{
 			name:     "list the DPS's",
 			args:     []string{"policy", "list"},
@@ -167,31 +160,7 @@ func TestPolicyCommands(t *testing.T) {
 			args:    []string{"policy", "delete", "a", "--name", "b"},
 			wantErr: "given twice",
 		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newServiceFake(t, tt.replies...)
-			out, _, err := run(t, append(f.flags(), tt.args...)...)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Errorf("err %v, want %q", err, tt.wantErr)
-				}
-			} else if err != nil {
-				t.Fatalf("err %v", err)
-			}
-			if got, want := f.requests(), canonicalLines(t, tt.wantReqs); strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("requests\n got %s\nwant %s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
-			switch {
-			case tt.wantErr != "" || tt.wantOut == "-":
-				if out != "" {
-					t.Errorf("printed %q", out)
-				}
-			case canonical(t, out) != canonical(t, tt.wantOut):
-				t.Errorf("output\n got %s\nwant %s", canonical(t, out), canonical(t, tt.wantOut))
-			}
-		})
-	}
+	})
 }
 
 // printedPolicy is a policy as create and renew-key print it.

@@ -46,6 +46,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	addDeviceCommands(root, g)
 	addHubCommands(root, g)
 	root.AddCommand(newPolicyCmd(g))
+	root.AddCommand(newDPSCmd(g))
 	root.AddCommand(newBenchCmd(g))
 	return root
 }
