@@ -50,7 +50,7 @@ function splitHostPort(addr) {
  * 127.64.0.0/10, so that test files, the raw-flow scripts and other people's
  * runs on the same machine never share one.
  */
-async function freeLoopbackAddress() {
+export async function freeLoopbackAddress() {
   for (let i = 0; i < 20; i++) {
     const b = crypto.randomBytes(3);
     const ip = `127.${64 + (b[0] % 64)}.${1 + (b[1] % 254)}.${1 + (b[2] % 254)}`;
@@ -136,7 +136,14 @@ export async function startBerth(ip, extraArgs = [], options = {}) {
     }
   }
   const caFile = path.isAbsolute(info.caFile) ? info.caFile : path.join(dataDir, info.caFile);
-  return { ip, dataDir, info, caFile, stop, logText };
+  // Forwarders of addHub: closed with the berth.
+  const forwarders = [];
+  const stopBerth = stop;
+  const stopAll = async (opts) => {
+    await Promise.all(forwarders.splice(0).map((f) => f.close()));
+    await stopBerth(opts);
+  };
+  return { ip, dataDir, info, caFile, stop: stopAll, logText, forwarders };
 }
 
 /**
@@ -147,4 +154,88 @@ export async function startBerth(ip, extraArgs = [], options = {}) {
 export async function restartBerth(berth, extraArgs = []) {
   await berth.stop({ keepData: true });
   return startBerth(berth.ip, extraArgs, { dataDir: berth.dataDir });
+}
+
+/**
+ * Runs the berth CLI against the berth of startBerth (--data-dir: its
+ * client.json, CA and service connection string) and resolves with
+ * {code, stdout, stderr, json} (json: stdout parsed, when it is JSON). Never
+ * rejects for a non-zero exit; see berthCli.
+ */
+export function berthCliRaw(berth, args, timeoutMs = 30000) {
+  const argv = [...args, '--data-dir', berth.dataDir];
+  return new Promise((resolve, reject) => {
+    const child = spawn(berthBin(), argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d) => { stdout += d; });
+    child.stderr.setEncoding('utf8').on('data', (d) => { stderr += d; });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`berth ${argv.join(' ')} still running after ${timeoutMs} ms; stdout ${stdout}; stderr ${stderr}`));
+    }, timeoutMs);
+    child.once('error', (e) => { clearTimeout(timer); reject(e); });
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      let json;
+      try { json = JSON.parse(stdout); } catch { json = undefined; }
+      resolve({ code, stdout, stderr, json });
+    });
+  });
+}
+
+/** berthCliRaw that rejects unless the command exits 0; resolves with its JSON output (or text). */
+export async function berthCli(berth, args, timeoutMs) {
+  const r = await berthCliRaw(berth, args, timeoutMs);
+  if (r.code !== 0) throw new Error(`berth ${args.join(' ')} exited ${r.code}: ${r.stderr}${r.stdout}`);
+  return r.json !== undefined ? r.json : r.stdout;
+}
+
+/**
+ * A plain TCP forwarder from ip:port to target: what DNS or a NAT in front
+ * of berth does for a second hub name. Bytes pass untouched (TLS, SNI,
+ * client certificates end to end).
+ */
+async function forward(ip, port, target) {
+  const sockets = new Set();
+  const server = net.createServer((down) => {
+    const up = net.connect(target);
+    for (const s of [down, up]) { sockets.add(s); s.once('close', () => sockets.delete(s)); }
+    down.pipe(up);
+    up.pipe(down);
+    down.on('error', () => up.destroy());
+    up.on('error', () => down.destroy());
+  });
+  server.listen(port, ip);
+  await once(server, 'listening');
+  return {
+    close: () => new Promise((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => resolve());
+    }),
+  };
+}
+
+/**
+ * Creates a second (third, …) IoT hub on a berth of startBerth: `berth hub
+ * create --name IP [flags]` with a free loopback address of its own as the
+ * host name. berth listens on its first address only, so the test forwards
+ * IP:443 and IP:8883 to it (as DNS pointing the hub's name at berth would);
+ * the server certificate names every hub.
+ *
+ * @param {{allocationWeight?: number, applyAllocationPolicy?: boolean, region?: string}} [opts]
+ * @returns {Promise<{name, connectionString, hub}>} hub: what `berth hub create` printed
+ */
+export async function addHub(berth, opts = {}) {
+  const name = await freeLoopbackAddress();
+  for (const port of [443, 8883]) {
+    berth.forwarders.push(await forward(name, port, { host: berth.ip, port }));
+  }
+  const args = ['hub', 'create', '--name', name];
+  if (opts.allocationWeight !== undefined) args.push('--allocation-weight', String(opts.allocationWeight));
+  if (opts.applyAllocationPolicy !== undefined) args.push(`--apply-allocation-policy=${opts.applyAllocationPolicy}`);
+  if (opts.region !== undefined) args.push('--region', opts.region);
+  const hub = await berthCli(berth, args);
+  if (!hub || !hub.connectionString) throw new Error(`berth hub create printed no connectionString: ${JSON.stringify(hub)}`);
+  return { name, connectionString: hub.connectionString, hub };
 }

@@ -84,15 +84,20 @@ export async function startSdkWorker(caFile) {
     serviceCallback: (connectionString, method, ...args) => call('serviceCallback', connectionString, method, ...args),
     query: (connectionString, kind, spec, pageSize, groupId) => call('query', connectionString, kind, spec, pageSize, groupId),
     register: (transport, host, idScope, registrationId, key, payload) => call('register', transport, host, idScope, registrationId, key, payload),
+    /** ProvisioningDeviceClient + azure-iot-security-x509 X509Security(registrationId, {cert, key}); cert: PEM, leaf first, then its chain. */
+    registerX509: (transport, host, idScope, registrationId, cert, key, payload) =>
+      call('registerX509', transport, host, idScope, registrationId, cert, key, payload),
     /**
      * azure-iot-device Client.fromConnectionString(connectionString, Mqtt|Http):
      * open(), sendEvent for each message (mode 'single') or one
      * sendEventBatch (mode 'batch'), close(). Messages: {data, messageId,
      * correlationId, userId, contentType, contentEncoding, properties: [[k, v]]}.
      * Settles within timeoutMs (default: the worker's call timeout).
+     * options.x509 {cert, key}: an `x509=true` connection string and
+     * client.setOptions({cert, key}).
      */
-    hubSend: (transport, connectionString, messages, mode = 'single', timeoutMs = CALL_TIMEOUT_MS) =>
-      callWithin(timeoutMs, 'hubSend', transport, connectionString, messages, mode),
+    hubSend: (transport, connectionString, messages, mode = 'single', timeoutMs = CALL_TIMEOUT_MS, options = {}) =>
+      callWithin(timeoutMs, 'hubSend', transport, connectionString, messages, mode, options),
     // IoT Hub device sessions (lib/sdk_worker.cjs): a live azure-iot-device
     // Client the test drives step by step; see the worker for each op. Each
     // step settles within DEVICE_CALL_MS (a hub that never answers a twin

@@ -18,6 +18,7 @@ const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
 const { Mqtt } = require('azure-iot-provisioning-device-mqtt');
 const { Http } = require('azure-iot-provisioning-device-http');
 const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key');
+const { X509Security } = require('azure-iot-security-x509');
 const { Client: DeviceClient, Message, SharedAccessKeyAuthenticationProvider } = require('azure-iot-device');
 const { Mqtt: HubMqtt } = require('azure-iot-device-mqtt');
 const { Http: HubHttp } = require('azure-iot-device-http');
@@ -227,19 +228,37 @@ const ops = {
     return { result, ms: Date.now() - started };
   },
 
+  // ProvisioningDeviceClient + X509Security(registrationId, {cert, key}) over
+  // MQTT or HTTP, as the SDK's register_x509 sample does: the transport
+  // presents cert (PEM; the leaf followed by its chain for a group device)
+  // as the TLS client certificate. Returns the registrationState.
+  async registerX509(transportName, provisioningHost, idScope, registrationId, cert, key, payload) {
+    const transport = transportName === 'http' ? new Http() : new Mqtt();
+    const security = new X509Security(registrationId, { cert, key });
+    const client = ProvisioningDeviceClient.create(provisioningHost, idScope, transport, security);
+    if (payload !== undefined && payload !== null) client.setProvisioningPayload(payload);
+    const started = Date.now();
+    const result = await client.register();
+    return { result, ms: Date.now() - started };
+  },
+
   // The IoT Hub device client (azure-iot-device Client) over MQTT
   // (azure-iot-device-mqtt) or HTTPS (azure-iot-device-http), made the way
   // the SDK samples make it: Client.fromConnectionString(connectionString,
   // Transport). open(), then each message with sendEvent (mode 'single') or
   // all at once with sendEventBatch (mode 'batch'), then close(). An error
   // carries the step that failed in `stage` ('open' or 'send').
-  async hubSend(transportName, connectionString, messages, mode) {
+  // options.x509 {cert, key}: an `x509=true` connection string, and the
+  // certificate given with client.setOptions({cert, key}) before open(), as
+  // the SDK's simple_sample_device_x509 does.
+  async hubSend(transportName, connectionString, messages, mode, options) {
     const client = DeviceClient.fromConnectionString(connectionString, transportName === 'http' ? HubHttp : HubMqtt);
     const timing = {};
     client.on('error', () => {}); // reported through the promises below
     try {
       let t = Date.now();
       try {
+        if (options && options.x509) await client.setOptions({ cert: options.x509.cert, key: options.x509.key });
         await client.open();
       } catch (err) {
         err.stage = 'open';
@@ -269,11 +288,22 @@ const ops = {
   // deviceOnMethod and deviceWatchDesired), opened. options.receiveInterval:
   // the HTTPS C2D poll period in seconds (setOptions({http: {receivePolicy:
   // {interval}}}), azure-iot-device-http Http.setOptions / enableC2D).
+  // options.x509 {cert, key}: an `x509=true` connection string; the client
+  // is made by Client.fromConnectionString (X509AuthenticationProvider) and
+  // given the certificate with setOptions({cert, key}).
   async deviceOpen(transportName, connectionString, options) {
     options = options || {}; // undefined arrives as null over IPC
-    const auth = SharedAccessKeyAuthenticationProvider.fromConnectionString(connectionString);
-    const transport = transportName === 'http' ? new HubHttp(auth) : new HubMqtt(auth);
-    const client = new DeviceClient(transport);
+    let client;
+    let transport;
+    if (options.x509) {
+      client = DeviceClient.fromConnectionString(connectionString, transportName === 'http' ? HubHttp : HubMqtt);
+      transport = client._transport;
+      await client.setOptions({ cert: options.x509.cert, key: options.x509.key });
+    } else {
+      const auth = SharedAccessKeyAuthenticationProvider.fromConnectionString(connectionString);
+      transport = transportName === 'http' ? new HubHttp(auth) : new HubMqtt(auth);
+      client = new DeviceClient(transport);
+    }
     const handle = `d${++nextSession}`;
     const s = { client, transport, events: [], messages: new Map(), nextRef: 0, twin: null, transportName };
     client.on('error', (err) => s.events.push({ kind: 'error', error: serializeError(err) }));
