@@ -140,8 +140,17 @@ func (s *hubSession) pump() {
 		s.cancelOp = cancel
 		s.mu.Unlock()
 
-		for _, token := range acked {
+		for i, token := range acked {
 			if err := h.CloudToDevice.Complete(ctx, s.hub, s.deviceID, token); err != nil {
+				if ctx.Err() != nil {
+					// Cancelled by the session's end: settleInFlight
+					// completes these, so an acknowledged message is not
+					// delivered again after a restart.
+					s.mu.Lock()
+					s.acked = append(s.acked, acked[i:]...)
+					s.mu.Unlock()
+					break
+				}
 				s.c.srv.log.Info("mqtt: C2D message acknowledged but not completed", append(s.logAttrs(), "error", err.Error())...)
 			}
 		}
@@ -260,18 +269,26 @@ func (s *hubSession) puback(id uint16) {
 // giveBack abandons one message so that it is delivered again.
 func (s *hubSession) giveBack(token string) {
 	h := s.c.srv.cfg.Hub
-	ctx, cancel := context.WithTimeout(s.c.srv.ctx, c2dSettleTimeout)
+	ctx, cancel := s.settleContext()
 	defer cancel()
 	if err := h.CloudToDevice.Abandon(ctx, s.hub, s.deviceID, token); err != nil {
 		s.c.srv.log.Info("mqtt: C2D message not given back; it is redelivered when its lock expires", append(s.logAttrs(), "error", err.Error())...)
 	}
 }
 
+// settleContext bounds a settle call by time only: Shutdown cancels the
+// server's context before it closes the connections, and a settle is what
+// keeps an acknowledged message from coming back (or an unacknowledged one
+// locked) after a restart. Shutdown waits for the sessions, so the store is
+// still open.
+func (s *hubSession) settleContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(s.c.srv.ctx), c2dSettleTimeout)
+}
+
 // settleInFlight runs once the pump has stopped for good: acknowledged
 // messages are completed and unacknowledged ones abandoned, so that the
-// next connection gets them again (with DUP). The contexts come from the
-// server, not the closed connection; after Shutdown the calls fail and
-// the messages come back when their locks expire.
+// next connection gets them again (with DUP). The context is the server's
+// without its cancellation (settleContext), not the closed connection's.
 func (s *hubSession) settleInFlight() {
 	h := s.c.srv.cfg.Hub
 	s.mu.Lock()
@@ -281,7 +298,7 @@ func (s *hubSession) settleInFlight() {
 	if len(acked) == 0 && len(inflight) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(s.c.srv.ctx, c2dSettleTimeout)
+	ctx, cancel := s.settleContext()
 	defer cancel()
 	for _, token := range acked {
 		if err := h.CloudToDevice.Complete(ctx, s.hub, s.deviceID, token); err != nil {
