@@ -352,7 +352,7 @@ func hubFuzzSeeds(t testing.TB) [][]byte {
 	unsub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, PacketID: 9, ProtocolVersion: 4,
 		Filters: packets.Subscriptions{{Filter: "$iothub/methods/POST/#"}}}
 	badSub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 2, ProtocolVersion: 4,
-		Filters: packets.Subscriptions{{Filter: "#"}}}
+		Filters: packets.Subscriptions{{Filter: "$iothub/#"}}}
 	ping := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
 	disc := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}}
 	session := bytes.Join([][]byte{connect, enc(sub.SubscribeEncode),

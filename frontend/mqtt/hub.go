@@ -544,6 +544,13 @@ func classifyHubFilter(filter, deviceID string) (hubFeature, bool) {
 	case strings.HasPrefix(filter, methodsPrefix):
 		return featureMethods, true
 	}
+	if filter == "#" {
+		// Microsoft's own mosquitto sample (Azure-Samples/IoTMQTTSample,
+		// "Subscribe to events") receives cloud-to-device messages with
+		// mosquitto_sub -t "#", and IoT Hub delivers them: "#" is the
+		// device's C2D subscription, not a window on other topics.
+		return featureC2D, true
+	}
 	rest, ok := strings.CutPrefix(filter, devicesPrefix)
 	if !ok {
 		return 0, false

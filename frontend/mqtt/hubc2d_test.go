@@ -310,3 +310,21 @@ func TestC2DTopicVectors(t *testing.T) {
 		t.Errorf("no properties: %q", got)
 	}
 }
+
+// TestHubC2DHashFilter: Microsoft's mosquitto sample receives C2D with
+// mosquitto_sub -t "#"; berth delivers on it as IoT Hub does.
+func TestHubC2DHashFilter(t *testing.T) {
+	f := newHubFixture(t, nil)
+	f.device(t, "dev-1", "")
+	f.sendC2D(t, &hub.CloudMessage{MessageID: "m1", Body: []byte("hello")})
+	c := f.dialHub(t, "dev-1")
+	if got := c.subscribe(1, 1, "#"); len(got) != 1 || got[0] != 1 {
+		t.Fatalf("SUBACK %v", got)
+	}
+	pk := c.readC2D()
+	if !strings.HasPrefix(pk.TopicName, "devices/dev-1/messages/devicebound/") || string(pk.Payload) != "hello" {
+		t.Fatalf("got %s %q", pk.TopicName, pk.Payload)
+	}
+	c.puback(pk.PacketID)
+	waitFor(t, "the acknowledged message to complete", func() bool { return f.c2dCount(t) == 0 })
+}

@@ -361,7 +361,7 @@ func TestClassifyHubFilter(t *testing.T) {
 		{"devices/dev-1/messages/events/", 0, false},
 		{"$iothub/twin/res/200", 0, false},
 		{"$iothub/#", 0, false},
-		{"#", 0, false},
+		{"#", featureC2D, true}, // Microsoft's mosquitto sample
 		{"+/+/messages/devicebound/#", 0, false},
 		{"", 0, false},
 	}
