@@ -85,8 +85,9 @@ type Set struct {
 	// the operator cannot lock themselves out ("" for none).
 	keep string
 
-	mu   sync.RWMutex
-	list []Policy // replaced, never modified in place
+	mu       sync.RWMutex
+	list     []Policy // replaced, never modified in place
+	watchers []func()
 }
 
 // Config describes a Set.
@@ -132,6 +133,14 @@ func (s *Set) read(ctx context.Context) (map[string]json.RawMessage, []Policy, s
 		}
 	}
 	return doc, list, rec.ETag, nil
+}
+
+// Watch calls fn after every change made through this Set (berth serve
+// rewrites client.json when an owner key is renewed).
+func (s *Set) Watch(fn func()) {
+	s.mu.Lock()
+	s.watchers = append(s.watchers, fn)
+	s.mu.Unlock()
 }
 
 // Get returns a copy of the named policy (names compare case-insensitively).
@@ -198,7 +207,11 @@ func (s *Set) update(ctx context.Context, change func([]Policy) ([]Policy, error
 		}
 		s.mu.Lock()
 		s.list = next
+		watchers := slices.Clone(s.watchers)
 		s.mu.Unlock()
+		for _, w := range watchers {
+			w()
+		}
 		return nil
 	}
 	return azerr.Newf(azerr.DPSConflict, "The policies are changing concurrently; try again.")

@@ -165,3 +165,19 @@ func TestHasImpliesRegistryRead(t *testing.T) {
 		t.Error("Has")
 	}
 }
+
+func TestWatchHearsChanges(t *testing.T) {
+	s, _ := newSet(t)
+	ctx := context.Background()
+	n := 0
+	s.Watch(func() { n++ })
+	if _, err := s.RenewKey(ctx, "owner", policy.RenewPrimary); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Put(ctx, policy.Policy{KeyName: "owner", Rights: []string{"Fly"}}); err == nil {
+		t.Fatal("bad right accepted")
+	}
+	if n != 1 {
+		t.Errorf("watcher called %d times, want 1 (refused changes do not count)", n)
+	}
+}

@@ -348,6 +348,15 @@ func (s *Server) Start() error {
 			s.errs <- fmt.Errorf("server: https: %w", err)
 		}
 	}()
+	// client.json carries the owner connection strings: keep it current
+	// when their keys are renewed, or local commands would stop working.
+	rewrite := func() {
+		if err := localconf.Write(s.cfg.DataDir, s.Info()); err != nil {
+			s.log.Error("server: could not rewrite client.json", "error", err.Error())
+		}
+	}
+	s.settings.PolicySet().Watch(rewrite)
+	s.hubSet.PolicySet().Watch(rewrite)
 	return localconf.Write(s.cfg.DataDir, s.Info())
 }
 
