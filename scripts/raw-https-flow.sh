@@ -23,8 +23,26 @@
 # docs do, or berth hub sas-token), and `berth hub monitor-events --from-start
 # --device-id … --properties all` must print it with its properties. Another
 # device's token must get 401 with iothub-errorcode IotHubUnauthorizedAccess,
-# a 257 KB body 413 MessageTooLarge, and neither may reach the stream. Exits
-# non-zero on any mismatch.
+# a 257 KB body 413 MessageTooLarge, and neither may reach the stream.
+#
+# Then twins, direct methods and cloud-to-device messages, with curl: the
+# service REST calls with a hub service token (computed with openssl from
+# client.json's hubConnectionString, or berth hub sas-token):
+#
+#   GET   /twins/{id}                       -> 200, header ETag: "{etag}"
+#   PATCH /twins/{id}  If-Match: "{etag}"   -> 200 merged; stale etag 412 PreconditionFailed
+#   POST  /twins/{id}/methods               -> 404 DeviceNotOnline (an HTTPS device takes no methods)
+#   POST  /devices/{id}/messages/deviceBound (berth's C2D send extension) -> 200 {messageId, …}
+#   DELETE /devices/{id}/commands           -> 200 {"totalMessagesPurged":n,…}
+#
+# and the device's C2D poll with its device token:
+#
+#   GET    /devices/{id}/messages/deviceBound?api-version=2021-04-12   -> 200 + ETag: "{lock}" + iothub-* (204 when empty)
+#   POST   /devices/{id}/messages/deviceBound/{lock}/abandon           -> 204, redelivered with deliverycount 2
+#   DELETE /devices/{id}/messages/deviceBound/{lock}                   -> 204 (stale lock: 412 DeviceMessageLockLost)
+#   DELETE /devices/{id}/messages/deviceBound/{lock}?…&reject          -> 204, not redelivered
+#
+# Exits non-zero on any mismatch.
 # Env: BERTH_BIN (default bin/berth), BERTH_IP (default: a free random
 # 127.64.0.0/10 address).
 set -euo pipefail
@@ -226,3 +244,165 @@ say "== nothing of the refused POSTs in the stream: berth hub monitor-events --f
 berth hub monitor-events --from-start --device-id "$REGID" --properties all --timeout 2s >"$MON.3" 2>"$MON.3.err" || die "monitor-events failed: $(cat "$MON.3.err")"
 say "  monitor: $(events_of "$MON.3" | jq -c '[.event.properties.system.message_id]' | tr -d '\n')"
 check "monitor: $REGID's events are m-1 alone" "$(events_of "$MON.3" | jq -r '.event.properties.system.message_id' | paste -sd, -)" m-1
+
+# --- IoT hub: twins, direct methods and cloud-to-device over HTTPS ---
+# The service REST calls (GET/PATCH /twins/{id}, POST /twins/{id}/methods,
+# DELETE /devices/{id}/commands and berth's C2D send extension POST
+# /devices/{id}/messages/deviceBound) with a hub service token, and the
+# device's C2D poll (receive, abandon, complete, reject) with its device
+# token, all with curl.
+need date
+
+# hub_call METHOD PATH AUTHORIZATION CURL-ARGS...: curl -i --cacert CA -X METHOD
+# -H "authorization: …" CURL-ARGS https://HUB/PATH; sets H_STATUS, H_HEADERS, H_BODY.
+hub_call() {
+	local method=$1 path=$2 auth=$3 out url args
+	shift 3
+	url="https://$HUB$path"
+	args=(-i -sS --cacert "$CA" -X "$method" -H "authorization: $auth" "$@")
+	if [[ $HTTPS_HOST != "$HUB" || $HTTPS_PORT != 443 ]]; then args+=(--connect-to "$HUB:443:$HTTPS_HOST:$HTTPS_PORT"); fi
+	say "  curl -i --cacert CA -X $method -H 'authorization: SAS' $* '$url'"
+	if ! out=$(curl "${args[@]}" "$url" 2>&1); then
+		H_STATUS= H_HEADERS= H_BODY=
+		say "  curl failed: ${out:0:300}"
+		return 1
+	fi
+	split_response "$out"
+}
+
+# service_sas HUB POLICY KEY [TTL]: a hub-scoped service token as the Python
+# snippet of Microsoft's "Control access to IoT Hub with shared access
+# signatures" page builds it from a connection string: sr = quote_plus(hub),
+# skn = the policy name.
+service_sas() {
+	local sr se sig
+	sr=$(urlenc "$1")
+	se=$(($(date +%s) + ${4:-3600}))
+	sig=$(hmac_b64 "$3" "$sr"$'\n'"$se")
+	printf 'SharedAccessSignature sr=%s&sig=%s&se=%s&skn=%s' "$sr" "$(urlenc "$sig")" "$se" "$2"
+}
+
+# etag_header: the value of a header named exactly "ETag" (the C SDK looks
+# it up case-sensitively).
+etag_header() { sed -n 's/^ETag: //p' <<<"$H_HEADERS" | head -n 1; }
+
+say "== service token: from client.json's hubConnectionString, computed with openssl, and from berth hub sas-token"
+HCS=$(jq -r .hubConnectionString "$DATA/client.json")
+HCS_POLICY=$(tr ';' '\n' <<<"$HCS" | sed -n 's/^SharedAccessKeyName=//p')
+HCS_KEY=$(tr ';' '\n' <<<"$HCS" | sed -n 's/^SharedAccessKey=//p')
+check "hubConnectionString: policy" "$HCS_POLICY" iothubowner
+check "hubConnectionString: HostName = hubHostName" "$(tr ';' '\n' <<<"$HCS" | sed -n 's/^HostName=//p')" "$HUB"
+SVC_SAS=$(service_sas "$HUB" "$HCS_POLICY" "$HCS_KEY")
+CLI_SVC_SAS=$(berth hub sas-token | cli_value '.sas // .sasToken // .token') || die "berth hub sas-token failed"
+check_match "berth hub sas-token: a service SAS for $HUB, skn=iothubowner" "$CLI_SVC_SAS" "^SharedAccessSignature (.*&)?sr=$HUB(&.*)?&skn=iothubowner(&|$)|^SharedAccessSignature (.*&)?skn=iothubowner&(.*&)?sr=$HUB(&|$)"
+
+say "== twin: GET /twins/$REGID"
+hub_call GET "/twins/$REGID?api-version=$HUB_API" "$SVC_SAS" || die "twin GET failed"
+check "GET twin: status" "$H_STATUS" 200
+check_match "GET twin: Content-Type" "$(header Content-Type)" '^application/json'
+ETAG1=$(jqr '.etag // empty' "$H_BODY")
+check_match "GET twin: etag" "$ETAG1" '.+'
+check "GET twin: header named exactly ETag, the quoted etag" "$(etag_header)" "\"$ETAG1\""
+check "GET twin: deviceId" "$(jqr .deviceId "$H_BODY")" "$REGID"
+check "GET twin: desired \$version" "$(jqr '.properties.desired["$version"]' "$H_BODY")" 1
+check "GET twin: reported \$version" "$(jqr '.properties.reported["$version"]' "$H_BODY")" 1
+hub_call GET "/twins/$REGID?api-version=$HUB_API" "$HUB_SAS" || die "twin GET failed"
+check "GET twin with the device's token (no ServiceConnect): status" "$H_STATUS" 401
+check "GET twin with the device's token: iothub-errorcode" "$(header iothub-errorcode)" IotHubUnauthorizedAccess
+
+say "== twin: PATCH /twins/$REGID with If-Match"
+hub_call PATCH "/twins/$REGID?api-version=$HUB_API" "$SVC_SAS" -H "If-Match: \"$ETAG1\"" -H 'Content-Type: application/json' \
+	--data '{"tags":{"floor":3},"properties":{"desired":{"rate":5,"mode":"eco"}}}' || die "twin PATCH failed"
+check "PATCH twin: status" "$H_STATUS" 200
+ETAG2=$(jqr '.etag // empty' "$H_BODY")
+check_match "PATCH twin: a new etag" "$ETAG2" "^(.+)$"
+check_match "PATCH twin: the etag changed" "$([[ $ETAG2 != "$ETAG1" ]] && echo changed || echo same)" '^changed$'
+check "PATCH twin: ETag header" "$(etag_header)" "\"$ETAG2\""
+check "PATCH twin: tags.floor" "$(jqr .tags.floor "$H_BODY")" 3
+check "PATCH twin: desired rate, mode, \$version" "$(jqr '[.properties.desired.rate, .properties.desired.mode, .properties.desired["$version"]] | join(",")' "$H_BODY")" 5,eco,2
+hub_call PATCH "/twins/$REGID?api-version=$HUB_API" "$SVC_SAS" -H "If-Match: \"$ETAG1\"" -H 'Content-Type: application/json' \
+	--data '{"properties":{"desired":{"rate":6}}}' || die "twin PATCH failed"
+check "PATCH twin with a stale If-Match: status" "$H_STATUS" 412
+check "PATCH twin with a stale If-Match: iothub-errorcode" "$(header iothub-errorcode)" PreconditionFailed
+hub_call PATCH "/twins/$REGID?api-version=$HUB_API" "$SVC_SAS" -H 'If-Match: "*"' -H 'Content-Type: application/json' \
+	--data '{"properties":{"desired":{"mode":null}}}' || die "twin PATCH failed"
+check "PATCH twin with If-Match \"*\", null deletes: status" "$H_STATUS" 200
+check "PATCH twin with If-Match \"*\": desired is rate 5 alone, \$version 3" "$(jqr '.properties.desired | [(del(.["$metadata"], .["$version"]) | tojson), .["$version"]] | join(" ")' "$H_BODY")" '{"rate":5} 3'
+
+say "== direct method: POST /twins/$REGID/methods (an HTTPS device never takes methods)"
+hub_call POST "/twins/$REGID/methods?api-version=$HUB_API" "$SVC_SAS" -H 'Content-Type: application/json' \
+	--data '{"methodName":"reboot","payload":{"delay":1},"responseTimeoutInSeconds":5,"connectTimeoutInSeconds":0}' || die "method POST failed"
+check "invoke method, device not connected: status" "$H_STATUS" 404
+check "invoke method, device not connected: iothub-errorcode" "$(header iothub-errorcode)" DeviceNotOnline
+check_match "invoke method, device not connected: error body" "$(jqr '.Message // empty' "$H_BODY")" '^ErrorCode:DeviceNotOnline;'
+
+DB="/devices/$REGID/messages/deviceBound"
+say "== C2D: the service sends with curl (berth's REST extension), the device polls, abandons and completes"
+hub_call POST "$DB?api-version=$HUB_API" "$CLI_SVC_SAS" -H 'iothub-messageid: c2d-1' -H 'iothub-correlationid: corr-1' \
+	-H 'iothub-app-color: red' --data-binary 'hello https' || die "C2D send failed"
+check "C2D send: status" "$H_STATUS" 200
+SEND=$H_BODY
+check "C2D send: messageId" "$(jqr .messageId "$SEND")" c2d-1
+check_match "C2D send: sequenceNumber" "$(jqr .sequenceNumber "$SEND")" '^[1-9][0-9]*$'
+hub_call GET "$DB?api-version=$HUB_API" "$HUB_SAS" || die "C2D receive failed"
+check "C2D receive: status" "$H_STATUS" 200
+LOCK1=$(etag_header)
+check_match "C2D receive: header named exactly ETag, a quoted lock token" "$LOCK1" '^"[^"]+"$'
+LOCK1=${LOCK1//\"/}
+check "C2D receive: Content-Type" "$(header Content-Type)" application/octet-stream
+check "C2D receive: iothub-messageid" "$(header iothub-messageid)" c2d-1
+check "C2D receive: iothub-correlationid" "$(header iothub-correlationid)" corr-1
+check "C2D receive: iothub-to" "$(header iothub-to)" "/devices/$REGID/messages/deviceBound"
+check "C2D receive: iothub-deliverycount" "$(header iothub-deliverycount)" 1
+check "C2D receive: iothub-sequencenumber = the send's sequenceNumber" "$(header iothub-sequencenumber)" "$(jqr .sequenceNumber "$SEND")"
+check "C2D receive: iothub-enqueuedtime = the send's enqueuedTimeUtc" "$(date -u -d "$(header iothub-enqueuedtime)" +%s%3N 2>/dev/null)" "$(date -u -d "$(jqr .enqueuedTimeUtc "$SEND")" +%s%3N 2>/dev/null)"
+check "C2D receive: iothub-expiry = the send's expiryTimeUtc" "$(date -u -d "$(header iothub-expiry)" +%s%3N 2>/dev/null)" "$(date -u -d "$(jqr .expiryTimeUtc "$SEND")" +%s%3N 2>/dev/null)"
+check "C2D receive: iothub-app-color" "$(header iothub-app-color)" red
+check "C2D receive: body" "$H_BODY" 'hello https'
+hub_call POST "$DB/$LOCK1/abandon?api-version=$HUB_API" "$HUB_SAS" || die "C2D abandon failed"
+check "C2D abandon: status" "$H_STATUS" 204
+hub_call GET "$DB?api-version=$HUB_API" "$HUB_SAS" || die "C2D receive failed"
+check "C2D receive after abandon: status" "$H_STATUS" 200
+check "C2D receive after abandon: the same message" "$(header iothub-messageid)" c2d-1
+check "C2D receive after abandon: iothub-deliverycount" "$(header iothub-deliverycount)" 2
+LOCK2=$(etag_header)
+LOCK2=${LOCK2//\"/}
+check_match "C2D receive after abandon: a new lock token" "$([[ -n $LOCK2 && $LOCK2 != "$LOCK1" ]] && echo new || echo "same: $LOCK2")" '^new$'
+hub_call DELETE "$DB/$LOCK1?api-version=$HUB_API" "$HUB_SAS" || die "C2D complete failed"
+check "C2D complete with the abandoned lock: status" "$H_STATUS" 412
+check "C2D complete with the abandoned lock: iothub-errorcode" "$(header iothub-errorcode)" DeviceMessageLockLost
+hub_call DELETE "$DB/$LOCK2?api-version=$HUB_API" "$HUB_SAS" || die "C2D complete failed"
+check "C2D complete: status" "$H_STATUS" 204
+hub_call GET "$DB?api-version=$HUB_API" "$HUB_SAS" || die "C2D receive failed"
+check "C2D receive, queue empty: status" "$H_STATUS" 204
+check "C2D receive, queue empty: no body" "$H_BODY" ""
+
+say "== C2D: sent with berth hub c2d send --props, rejected by the device"
+say "  berth hub c2d send -d $REGID --data 'reject me' --message-id c2d-2 --props 'a=1;b=2'"
+OUT=$(berth hub c2d send -d "$REGID" --data 'reject me' --message-id c2d-2 --props 'a=1;b=2') || die "berth hub c2d send failed: $OUT"
+check "c2d send: messageId" "$(jqr .messageId "$OUT")" c2d-2
+hub_call GET "$DB?api-version=$HUB_API" "$HUB_SAS" || die "C2D receive failed"
+check "C2D receive: status" "$H_STATUS" 200
+check "C2D receive: iothub-messageid" "$(header iothub-messageid)" c2d-2
+check "C2D receive: iothub-app-a" "$(header iothub-app-a)" 1
+check "C2D receive: iothub-app-b" "$(header iothub-app-b)" 2
+check "C2D receive: body" "$H_BODY" 'reject me'
+LOCK=$(etag_header)
+LOCK=${LOCK//\"/}
+hub_call DELETE "$DB/$LOCK?api-version=$HUB_API&reject" "$HUB_SAS" || die "C2D reject failed"
+check "C2D reject: status" "$H_STATUS" 204
+hub_call GET "$DB?api-version=$HUB_API" "$HUB_SAS" || die "C2D receive failed"
+check "C2D receive after reject: nothing (dead-lettered, not redelivered)" "$H_STATUS" 204
+
+say "== C2D: two queued messages purged with DELETE /devices/$REGID/commands"
+for m in c2d-3 c2d-4; do
+	hub_call POST "$DB?api-version=$HUB_API" "$SVC_SAS" -H "iothub-messageid: $m" --data-binary "$m" || die "C2D send failed"
+	check "C2D send $m: status" "$H_STATUS" 200
+done
+hub_call GET "/twins/$REGID?api-version=$HUB_API" "$SVC_SAS" || die "twin GET failed"
+check "GET twin: cloudToDeviceMessageCount" "$(jqr .cloudToDeviceMessageCount "$H_BODY")" 2
+hub_call DELETE "/devices/$REGID/commands?api-version=$HUB_API" "$SVC_SAS" || die "purge failed"
+check "purge: status" "$H_STATUS" 200
+check "purge: body" "$(jq -c . <<<"$H_BODY" 2>/dev/null || printf "<not JSON: %s>" "$H_BODY")" "{\"totalMessagesPurged\":2,\"deviceId\":\"$REGID\",\"moduleId\":null}"
+hub_call GET "$DB?api-version=$HUB_API" "$HUB_SAS" || die "C2D receive failed"
+check "C2D receive after purge: status" "$H_STATUS" 204

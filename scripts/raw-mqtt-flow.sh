@@ -30,8 +30,22 @@
 # and `berth hub monitor-events --from-start --device-id … --properties all`
 # (started before the publish) must print the message with its properties. A
 # publish on another device's topic must lose the connection (no PUBACK), a
-# wrong key must get CONNACK 5, and neither may reach the stream. Exits
-# non-zero on any mismatch. Env: BERTH_BIN (default bin/berth), BERTH_IP (default: a free random
+# wrong key must get CONNACK 5, and neither may reach the stream.
+#
+# Then twins, direct methods and cloud-to-device messages on the same hub
+# session, with stock mosquitto_sub / mosquitto_pub and the berth CLI as the
+# service:
+#
+#   SUB q1   $iothub/twin/PATCH/properties/desired/#   <- berth hub device-twin update --desired …
+#            gets $iothub/twin/PATCH/properties/desired/?$version=2 {"…","$version":2}
+#   PUB q1   $iothub/twin/PATCH/properties/reported/?$rid=2 {…}   -> PUBACK, seen in berth hub device-twin show
+#   SUB q1   $iothub/methods/POST/#                     <- berth hub invoke-device-method --method-name reboot
+#            gets $iothub/methods/POST/reboot/?$rid=1 {payload}
+#   SUB q1   devices/{device}/messages/devicebound/#    <- berth hub c2d send --props 'a=1;b=2'
+#            gets devices/{device}/messages/devicebound/%24.mid=…&%24.to=%2Fdevices%2F{device}%2Fmessages%2FdeviceBound&…&a=1&b=2
+#
+# (why the twin GET, the PATCH's 204 and a method answer are not here: see
+# the comment above those steps). Exits non-zero on any mismatch. Env: BERTH_BIN (default bin/berth), BERTH_IP (default: a free random
 # 127.64.0.0/10 address).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
@@ -207,3 +221,182 @@ say "== nothing of the refused publishes in the stream: berth hub monitor-events
 berth hub monitor-events --from-start --properties all --timeout 2s >"$MON.3" 2>"$MON.3.err" || die "monitor-events failed: $(cat "$MON.3.err")"
 say "  monitor: $(events_of "$MON.3" | jq -c '[.event.origin, .event.payload]' | tr -d '\n')"
 check "monitor: the stream holds the two accepted messages only" "$(events_of "$MON.3" | jq -r '.event.origin' | paste -sd, -)" "$REGID,$DEV"
+
+# --- IoT hub: twins, direct methods and cloud-to-device over MQTT ---
+# Microsoft's "Communicate with an IoT hub using the MQTT protocol" page and
+# the IoTMQTTSample mosquitto CLI how-to, with stock mosquitto_sub and
+# mosquitto_pub on the hub session of the provisioned devices; the service
+# side is the berth CLI (berth hub device-twin / invoke-device-method / c2d).
+#
+# What the stock clients can and cannot do: IoT Hub allows the twin
+# response filter only as exactly '$iothub/twin/res/#', and mosquitto_rr
+# refuses a wildcard response topic ("Invalid response topic … does it
+# contain '+' or '#'?"), so no stock client can both ask for the twin and
+# read the answer on one connection; a second connection with the same
+# client ID replaces the first (one connection per device). Likewise a
+# method answer must come on the connection that received the request,
+# and mosquitto_rr publishes before it listens. So the reported PATCH is
+# checked by its PUBACK (berth acknowledges after the update is durable)
+# and the service's twin, and the method by the request a subscribed
+# mosquitto_sub receives; the GET answer, the 204 of a PATCH and a method
+# answer are the SDK and Go tests' part.
+need stdbuf date
+SUB_PID=
+SUB_RC=0
+stop_sub() {
+	if [[ -n $SUB_PID ]] && kill -0 "$SUB_PID" 2>/dev/null; then
+		kill -TERM "$SUB_PID" 2>/dev/null || true
+		wait "$SUB_PID" 2>/dev/null || true
+	fi
+	SUB_PID=
+}
+# finish (common.sh) reads the script's exit status from $?; set +e keeps
+# (exit N) from ending the trap before finish runs.
+trap 'rc_=$?; stop_sub; set +e; (exit "$rc_"); finish' EXIT
+
+# sub_start OUT DEVICE PASSWORD COUNT FILTER: stock mosquitto_sub -d on the
+# device's hub session in the background, QoS 1, until COUNT messages came
+# or 15 s passed; each message is one "MSG {qos} {topic} {payload}" line of OUT.
+sub_start() {
+	local out=$1 user="$HUB/$2/?api-version=$HUB_API"
+	say "  mosquitto_sub -h $MQTT_HOST -p $MQTT_PORT --cafile CA -V mqttv311 -q 1 -i '$2' -u '$user' -P SAS -t '$5' -C $4 -W 15 -v &"
+	# stdbuf: line-buffered stdout, so sub_ready sees the SUBACK line in OUT at once.
+	stdbuf -oL mosquitto_sub -d -h "$MQTT_HOST" -p "$MQTT_PORT" --cafile "$CA" -V mqttv311 -q 1 -i "$2" -u "$user" -P "$3" \
+		-t "$5" -C "$4" -W 15 -F 'MSG %q %t %p' >"$out" 2>&1 &
+	SUB_PID=$!
+}
+# sub_ready OUT: waits (up to 5 s) for the SUBACK of sub_start's subscriber.
+sub_ready() {
+	local i
+	for i in $(seq 50); do
+		grep -q '^Subscribed (mid: [0-9]*): ' "$1" && return 0
+		kill -0 "$SUB_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	say "$(sed 's/^/  | /' "$1")"
+	die "mosquitto_sub did not subscribe"
+}
+# sub_wait OUT: waits for sub_start's subscriber (bounded by its -W 15);
+# sets SUB_RC and SUB_MSGS (the "{qos} {topic} {payload}" lines).
+sub_wait() {
+	SUB_RC=0
+	wait "$SUB_PID" || SUB_RC=$?
+	SUB_PID=
+	say "$(sed 's/^/  | /' "$1")"
+	say "  exit status $SUB_RC"
+	SUB_MSGS=$(sed -n 's/^MSG //p' "$1")
+}
+# msg_field N FIELD: field 1 (QoS), 2 (topic) or 3 (payload) of message N of SUB_MSGS.
+msg_field() {
+	local line
+	line=$(sed -n "${1}p" <<<"$SUB_MSGS")
+	case $2 in
+	1) printf '%s' "${line%% *}" ;;
+	2) line=${line#* } && printf '%s' "${line%% *}" ;;
+	3) line=${line#* } && printf '%s' "${line#* }" ;;
+	esac
+}
+# json_same JSON: JSON with sorted keys, compact (member order is not significant).
+json_same() { jq -cS . <<<"$1" 2>/dev/null || printf '<not JSON: %s>\n' "$1"; }
+# ms_of TIME: an RFC 3339 time as Unix milliseconds.
+ms_of() { date -u -d "$1" +%s%3N 2>/dev/null || printf '<not a time: %s>\n' "$1"; }
+
+say "== twin: mosquitto_sub on \$iothub/twin/PATCH/properties/desired/# gets the service's desired patch"
+sub_start "$DATA/desired" "$REGID" "$HUB_SAS" 1 '$iothub/twin/PATCH/properties/desired/#'
+sub_ready "$DATA/desired"
+say "  berth hub device-twin update -d $REGID --desired '{\"rate\":5,\"mode\":\"eco\"}'"
+OUT=$(berth hub device-twin update -d "$REGID" --desired '{"rate":5,"mode":"eco"}') || die "berth hub device-twin update failed: $OUT"
+check "device-twin update: desired \$version" "$(jqr '.properties.desired["$version"]' "$OUT")" 2
+sub_wait "$DATA/desired"
+check "desired subscriber: exit status" "$SUB_RC" 0
+check_match "desired subscriber: SUBACK grants QoS 1" "$(grep -o 'Subscribed (mid: [0-9]*): [0-9]*' "$DATA/desired" | head -n 1)" ': 1$'
+check "desired subscriber: one message" "$(grep -c . <<<"$SUB_MSGS" || true)" 1
+check "desired notification: topic" "$(msg_field 1 2)" '$iothub/twin/PATCH/properties/desired/?$version=2'
+check "desired notification: delivered at QoS 1" "$(msg_field 1 1)" 1
+check "desired notification: body is the patch with \$version" "$(json_same "$(msg_field 1 3)")" '{"$version":2,"mode":"eco","rate":5}'
+
+say "== twin: mosquitto_pub sends a reported PATCH (QoS 1)"
+hub_pub "$REGID" "$HUB_SAS" '$iothub/twin/PATCH/properties/reported/?$rid=2' '{"temp":21.5,"fw":"1.0.2"}'
+check "reported PATCH: mosquitto_pub exit status" "$P_RC" 0
+check_match "reported PATCH: PUBACK" "$(grep -o 'received PUBACK' <<<"$P_LOG" | head -n 1)" 'received PUBACK'
+say "  berth hub device-twin show -d $REGID"
+OUT=$(berth hub device-twin show -d "$REGID") || die "berth hub device-twin show failed: $OUT"
+say "  $(jq -c .properties <<<"$OUT" 2>/dev/null || printf "%s" "$OUT")"
+check "twin after the PATCH: reported temp" "$(jqr .properties.reported.temp "$OUT")" 21.5
+check "twin after the PATCH: reported fw" "$(jqr .properties.reported.fw "$OUT")" 1.0.2
+check "twin after the PATCH: reported \$version" "$(jqr '.properties.reported["$version"]' "$OUT")" 2
+check "twin after the PATCH: desired untouched" "$(jqr '[.properties.desired.rate, .properties.desired.mode, .properties.desired["$version"]] | join(",")' "$OUT")" 5,eco,2
+
+say "== direct method: no device connected"
+say "  berth hub invoke-device-method -d $REGID --method-name reboot --method-payload '{\"delay\":1}' --timeout 5"
+RC=0
+OUT=$(berth hub invoke-device-method -d "$REGID" --method-name reboot --method-payload '{"delay":1}' --timeout 5 2>&1) || RC=$?
+say "  $OUT"
+check_match "invoke-device-method, device offline: fails" "$RC" '^[1-9][0-9]*$'
+check_match "invoke-device-method, device offline: 404 DeviceNotOnline" "$OUT" '404 Not Found \(DeviceNotOnline\)'
+
+say "== direct method: mosquitto_sub on \$iothub/methods/POST/# gets the request"
+sub_start "$DATA/methods" "$REGID" "$HUB_SAS" 1 '$iothub/methods/POST/#'
+sub_ready "$DATA/methods"
+say "  berth hub invoke-device-method -d $REGID --method-name reboot --method-payload '{\"delay\":1}' --timeout 5"
+RC=0
+OUT=$(berth hub invoke-device-method -d "$REGID" --method-name reboot --method-payload '{"delay":1}' --timeout 5 2>&1) || RC=$?
+say "  $OUT"
+sub_wait "$DATA/methods"
+check "methods subscriber: exit status" "$SUB_RC" 0
+check_match "methods subscriber: SUBACK grants QoS 1" "$(grep -o 'Subscribed (mid: [0-9]*): [0-9]*' "$DATA/methods" | head -n 1)" ': 1$'
+check "method request: topic (the connection's first rid, nothing after it)" "$(msg_field 1 2)" '$iothub/methods/POST/reboot/?$rid=1'
+check "method request: delivered at QoS 1 (the granted QoS)" "$(msg_field 1 1)" 1
+check "method request: body is the call's payload" "$(msg_field 1 3)" '{"delay":1}'
+# mosquitto_sub leaves after the request without answering: the call ends
+# at once, as for a device that is not online, rather than at --timeout.
+check_match "invoke-device-method, device left unanswered: fails" "$RC" '^[1-9][0-9]*$'
+check_match "invoke-device-method, device left unanswered: 404 DeviceNotOnline" "$OUT" '404 Not Found \(DeviceNotOnline\)'
+
+say "== C2D: a message queued before $DEV connects and one sent while mosquitto_sub listens"
+say "  berth hub c2d send -d $DEV --data 'hello mqtt' --props 'a=1;b=2'"
+SEND1=$(berth hub c2d send -d "$DEV" --data 'hello mqtt' --props 'a=1;b=2') || die "berth hub c2d send failed: $SEND1"
+say "  $(jq -c . <<<"$SEND1" 2>/dev/null || printf "%s" "$SEND1")"
+MID1=$(jqr '.messageId // empty' "$SEND1")
+check_match "c2d send: a generated messageId" "$MID1" '^[A-Za-z0-9-]+$'
+sub_start "$DATA/c2d" "$DEV" "$DEV_SAS" 2 "devices/$DEV/messages/devicebound/#"
+sub_ready "$DATA/c2d"
+say "  berth hub c2d send -d $DEV --data '{\"led\":\"on\"}' --message-id c2d-2 --correlation-id corr-2 --user-id user-2 --content-type application/json --content-encoding utf-8 --ack full --props 'prio=high'"
+SEND2=$(berth hub c2d send -d "$DEV" --data '{"led":"on"}' --message-id c2d-2 --correlation-id corr-2 --user-id user-2 \
+	--content-type application/json --content-encoding utf-8 --ack full --props 'prio=high') || die "berth hub c2d send failed: $SEND2"
+say "  $(jq -c . <<<"$SEND2" 2>/dev/null || printf "%s" "$SEND2")"
+check "c2d send: messageId kept" "$(jqr .messageId "$SEND2")" c2d-2
+sub_wait "$DATA/c2d"
+check "C2D subscriber: exit status" "$SUB_RC" 0
+check_match "C2D subscriber: SUBACK grants QoS 1" "$(grep -o 'Subscribed (mid: [0-9]*): [0-9]*' "$DATA/c2d" | head -n 1)" ': 1$'
+check "C2D subscriber: two messages" "$(grep -c . <<<"$SUB_MSGS" || true)" 2
+C2D_TO="%24.to=%2Fdevices%2F$DEV%2Fmessages%2FdeviceBound"
+EXP_RE='%24\.exp=([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}%3A[0-9]{2}%3A[0-9]{2}\.[0-9]{3}Z)'
+T=$(msg_field 1 2)
+check_match "queued C2D: topic" "$T" "^devices/$DEV/messages/devicebound/%24\\.mid=$MID1&$C2D_TO&$EXP_RE&a=1&b=2\$"
+[[ $T =~ $EXP_RE ]] && EXP=${BASH_REMATCH[1]//%3A/:} || EXP=
+check "queued C2D: \$.exp = the expiryTimeUtc c2d send printed" "$(ms_of "$EXP")" "$(ms_of "$(jqr .expiryTimeUtc "$SEND1")")"
+check "queued C2D: delivered at QoS 1" "$(msg_field 1 1)" 1
+check "queued C2D: payload" "$(msg_field 1 3)" 'hello mqtt'
+T=$(msg_field 2 2)
+check_match "live C2D: topic" "$T" "^devices/$DEV/messages/devicebound/%24\\.mid=c2d-2&%24\\.cid=corr-2&%24\\.uid=user-2&$C2D_TO&$EXP_RE&%24\\.ct=application%2Fjson&%24\\.ce=utf-8&iothub-ack=full&prio=high\$"
+[[ $T =~ $EXP_RE ]] && EXP=${BASH_REMATCH[1]//%3A/:} || EXP=
+check "live C2D: \$.exp = the expiryTimeUtc c2d send printed" "$(ms_of "$EXP")" "$(ms_of "$(jqr .expiryTimeUtc "$SEND2")")"
+check "live C2D: delivered at QoS 1" "$(msg_field 2 1)" 1
+check "live C2D: payload" "$(msg_field 2 3)" '{"led":"on"}'
+check "mosquitto_sub PUBACKed both" "$(grep -c 'sending PUBACK' "$DATA/c2d" || true)" 2
+# The PUBACK completes a message (§3.2), but the hub does the store call
+# after it acknowledged nothing to anybody, so a service call right after
+# the PUBACK may still count the message: wait (up to 5 s) for the queue
+# to empty, then purge must find nothing.
+say "== the PUBACKs completed both: berth hub device-identity show -d $DEV until cloudToDeviceMessageCount is 0, then berth hub c2d purge"
+for i in $(seq 50); do
+	N=$(berth hub device-identity show -d "$DEV" | jq -r .cloudToDeviceMessageCount) || die "berth hub device-identity show failed"
+	[[ $N == 0 ]] && break
+	sleep 0.1
+done
+say "  cloudToDeviceMessageCount $N after $i look(s)"
+check "device-identity show: cloudToDeviceMessageCount" "$N" 0
+OUT=$(berth hub c2d purge -d "$DEV") || die "berth hub c2d purge failed: $OUT"
+say "  $(jq -c . <<<"$OUT" 2>/dev/null || printf "%s" "$OUT")"
+check "c2d purge: totalMessagesPurged" "$(jqr .totalMessagesPurged "$OUT")" 0
