@@ -228,18 +228,14 @@ check "monitor: the stream holds the two accepted messages only" "$(events_of "$
 # mosquitto_pub on the hub session of the provisioned devices; the service
 # side is the berth CLI (berth hub device-twin / invoke-device-method / c2d).
 #
-# What the stock clients can and cannot do: IoT Hub allows the twin
-# response filter only as exactly '$iothub/twin/res/#', and mosquitto_rr
-# refuses a wildcard response topic ("Invalid response topic … does it
-# contain '+' or '#'?"), so no stock client can both ask for the twin and
-# read the answer on one connection; a second connection with the same
-# client ID replaces the first (one connection per device). Likewise a
-# method answer must come on the connection that received the request,
-# and mosquitto_rr publishes before it listens. So the reported PATCH is
-# checked by its PUBACK (berth acknowledges after the update is durable)
-# and the service's twin, and the method by the request a subscribed
-# mosquitto_sub receives; the GET answer, the 204 of a PATCH and a method
-# answer are the SDK and Go tests' part.
+# What the stock clients can and cannot do: mosquitto_rr refuses a
+# wildcard response topic ("Invalid response topic … does it contain '+'
+# or '#'?"), so it subscribes to the one answer it waits for
+# ('$iothub/twin/res/200/?$rid=1'), which berth takes as the twin-response
+# subscription (as it does for the DPS answers). A method answer must come
+# on the connection that received the request, and mosquitto_rr publishes
+# before it listens, so the method is checked by the request a subscribed
+# mosquitto_sub receives; the method answer is the SDK and Go tests' part.
 need stdbuf date
 SUB_PID=
 SUB_RC=0
@@ -327,6 +323,22 @@ check "twin after the PATCH: reported fw" "$(jqr .properties.reported.fw "$OUT")
 check "twin after the PATCH: reported \$version" "$(jqr '.properties.reported["$version"]' "$OUT")" 2
 check "twin after the PATCH: desired untouched" "$(jqr '[.properties.desired.rate, .properties.desired.mode, .properties.desired["$version"]] | join(",")' "$OUT")" 5,eco,2
 
+say "== twin: mosquitto_rr asks for the twin and reads the answer"
+TWIN_USER="$HUB/$REGID/?api-version=2021-04-12"
+say "  mosquitto_rr -h $MQTT_HOST -p $MQTT_PORT --cafile CA -V mqttv311 -i '$REGID' -u '$TWIN_USER' -P SAS -t '\$iothub/twin/GET/?\$rid=7' -e '\$iothub/twin/res/200/?\$rid=7' -n"
+TWIN_RC=0
+TWIN=$(timeout 20 mosquitto_rr -h "$MQTT_HOST" -p "$MQTT_PORT" --cafile "$CA" -V mqttv311 -i "$REGID" -u "$TWIN_USER" -P "$HUB_SAS" \
+	-t '$iothub/twin/GET/?$rid=7' -e '$iothub/twin/res/200/?$rid=7' -n -W 10 2>&1) || TWIN_RC=$?
+check "twin GET: mosquitto_rr exit status" "$TWIN_RC" 0
+check "twin GET: reported as the PATCH left it" "$(jq -c '[.reported.temp, .reported.fw, .reported["$version"]]' <<<"$TWIN" 2>/dev/null || printf '<not JSON: %s>' "$TWIN")" '[21.5,"1.0.2",2]'
+check "twin GET: desired with its \$version, no tags or \$metadata" "$(json_same "$(jq -c .desired <<<"$TWIN" 2>/dev/null)")" '{"$version":2,"mode":"eco","rate":5}'
+say "  mosquitto_rr … -t '\$iothub/twin/PATCH/properties/reported/?\$rid=8' -e '\$iothub/twin/res/204/?\$rid=8&\$version=3' -m '{\"temp\":22}'"
+TWIN_RC=0
+TWIN=$(timeout 20 mosquitto_rr -h "$MQTT_HOST" -p "$MQTT_PORT" --cafile "$CA" -V mqttv311 -i "$REGID" -u "$TWIN_USER" -P "$HUB_SAS" \
+	-t '$iothub/twin/PATCH/properties/reported/?$rid=8' -e '$iothub/twin/res/204/?$rid=8&$version=3' -m '{"temp":22}' -W 10 -v 2>&1) || TWIN_RC=$?
+check "reported PATCH answered on \$iothub/twin/res/204/?\$rid=8&\$version=3" "$TWIN_RC" 0
+check "reported PATCH answer: topic and empty body" "$TWIN" '$iothub/twin/res/204/?$rid=8&$version=3 (null)'
+
 say "== direct method: no device connected"
 say "  berth hub invoke-device-method -d $REGID --method-name reboot --method-payload '{\"delay\":1}' --timeout 5"
 RC=0
@@ -400,3 +412,15 @@ check "device-identity show: cloudToDeviceMessageCount" "$N" 0
 OUT=$(berth hub c2d purge -d "$DEV") || die "berth hub c2d purge failed: $OUT"
 say "  $(jq -c . <<<"$OUT" 2>/dev/null || printf "%s" "$OUT")"
 check "c2d purge: totalMessagesPurged" "$(jqr .totalMessagesPurged "$OUT")" 0
+
+# Microsoft's own mosquitto sample (Azure-Samples/IoTMQTTSample,
+# src/Mosquitto_pub/readme.md, "Subscribe to events") receives C2D with
+# mosquitto_sub -t "#"; IoT Hub delivers on it, so berth does too.
+say "== C2D as Microsoft's mosquitto sample receives it: mosquitto_sub -t '#'"
+OUT=$(berth hub c2d send -d "$DEV" --data 'hello sample' --message-id sample-1) || die "berth hub c2d send failed: $OUT"
+sub_start "$DATA/c2d-hash" "$DEV" "$DEV_SAS" 1 '#'
+sub_wait "$DATA/c2d-hash"
+check "mosquitto_sub -t '#': exit status" "$SUB_RC" 0
+check_match "mosquitto_sub -t '#': SUBACK grants QoS 1" "$(grep -o 'Subscribed (mid: [0-9]*): [0-9]*' "$DATA/c2d-hash" | head -n 1)" ': 1$'
+check_match "mosquitto_sub -t '#': the C2D topic" "$(msg_field 1 2)" "^devices/$DEV/messages/devicebound/%24\\.mid=sample-1&"
+check "mosquitto_sub -t '#': payload" "$(msg_field 1 3)" 'hello sample'

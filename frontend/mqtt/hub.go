@@ -537,7 +537,10 @@ func (s *Server) detachHub(hs *hubSession) {
 // C2D subscription: another device's is refused.
 func classifyHubFilter(filter, deviceID string) (hubFeature, bool) {
 	switch {
-	case filter == twinResponseFilter:
+	case filter == twinResponseFilter || strings.HasPrefix(filter, twinResponsePrefix) && !strings.ContainsAny(filter, "+#"):
+		// The exact response topic too ($iothub/twin/res/200/?$rid=1):
+		// stock mosquitto_rr subscribes to the one answer it waits for,
+		// as berth's DPS topics allow.
 		return featureTwinResponses, true
 	case strings.HasPrefix(filter, desiredPrefix):
 		return featureDesired, true

@@ -359,7 +359,8 @@ func TestClassifyHubFilter(t *testing.T) {
 		{"devices/#", 0, false},
 		{"devices/dev-1/modules/m/#", 0, false},
 		{"devices/dev-1/messages/events/", 0, false},
-		{"$iothub/twin/res/200", 0, false},
+		{"$iothub/twin/res/200/?$rid=1", featureTwinResponses, true}, // mosquitto_rr -e
+		{"$iothub/twin/res/+/?$rid=1", 0, false},
 		{"$iothub/#", 0, false},
 		{"#", featureC2D, true}, // Microsoft's mosquitto sample
 		{"+/+/messages/devicebound/#", 0, false},
