@@ -207,3 +207,24 @@ func TestX509EnrollmentDocuments(t *testing.T) {
 		t.Errorf("leaf uploaded as CA: %v", err)
 	}
 }
+
+// FuzzParseCertificate: any input is a certificate or an error, never a
+// panic; what parses has info and thumbprints.
+func FuzzParseCertificate(f *testing.F) {
+	now := time.Unix(1700000000, 0)
+	c := testcerts.Valid(f, "seed", nil, false, now)
+	f.Add(c.PEM())
+	f.Add("MIIB")
+	f.Add("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+	f.Add("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		cert, err := dps.ParseCertificate(s)
+		if err != nil {
+			return
+		}
+		info := dps.CertificateInfo(cert)
+		if len(info.SHA1Thumbprint) != 40 || len(info.SHA256Thumbprint) != 64 {
+			t.Fatalf("info %+v", info)
+		}
+	})
+}
