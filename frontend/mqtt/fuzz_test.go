@@ -512,10 +512,18 @@ func TestHubFuzzSeedsReachTelemetry(t *testing.T) {
 				chain = []*x509.Certificate{cert.Cert}
 			}
 			client := servePipe(t, srv, chain)
-			go func() { _, _ = io.Copy(io.Discard, client) }()
+			ended := make(chan struct{})
+			go func() { _, _ = io.Copy(io.Discard, client); close(ended) }()
 			_ = client.SetWriteDeadline(time.Now().Add(3 * time.Second))
 			_, _ = client.Write(tt.data)
 			waitFor(t, "the messages", func() bool { return sink.n.Load() >= tt.want })
+			// Let the server end the connection itself (DISCONNECT, or the
+			// close a bad packet earns): closing it first would race the
+			// DISCONNECT and publish the will.
+			select {
+			case <-ended:
+			case <-time.After(3 * time.Second):
+			}
 			client.Close()
 			srv.wg.Wait()
 			if n := sink.n.Load(); n != tt.want {

@@ -143,13 +143,18 @@ func (s *hubSession) pump() {
 		for i, token := range acked {
 			if err := h.CloudToDevice.Complete(ctx, s.hub, s.deviceID, token); err != nil {
 				if ctx.Err() != nil {
-					// Cancelled by the session's end: settleInFlight
-					// completes these, so an acknowledged message is not
-					// delivered again after a restart.
+					// Cancelled: the session is ending or the server
+					// shutting down. settleInFlight completes the rest,
+					// so an acknowledged message is not delivered again
+					// after a restart; this pump stops here (its next
+					// context would be cancelled too).
 					s.mu.Lock()
 					s.acked = append(s.acked, acked[i:]...)
+					s.cancelOp = nil
+					s.pumping = false
 					s.mu.Unlock()
-					break
+					cancel()
+					return
 				}
 				s.c.srv.log.Info("mqtt: C2D message acknowledged but not completed", append(s.logAttrs(), "error", err.Error())...)
 			}
