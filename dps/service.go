@@ -173,6 +173,20 @@ type attested struct {
 	cert       *x509.Certificate // the device's certificate (X.509 attestation)
 }
 
+// stampState sets a registration state's times and how the device
+// attested: {"x509":{…}} (Azure answers {} for an individual enrollment)
+// or {"symmetricKey":{"enrollmentGroupId":…}} for a group member.
+func (a *attested) stampState(st *RegistrationState, groupID string, now time.Time) {
+	created, updated := Time{now}, Time{now}
+	st.CreatedDateTimeUTC, st.LastUpdatedDateTimeUTC = &created, &updated
+	switch {
+	case a.cert != nil:
+		st.X509 = &GroupRef{EnrollmentGroupID: groupID}
+	case groupID != "":
+		st.SymmetricKey = &GroupRef{EnrollmentGroupID: groupID}
+	}
+}
+
 // hubAuthentication is how the hub authenticates the device DPS creates:
 // its keys, its certificate's thumbprints (an individual X.509
 // enrollment's certificates) or its CA (an X.509 group).
@@ -350,15 +364,7 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		Substatus:      SubstatusInitialAssignment,
 		Payload:        alloc.payload,
 	}
-	created, updated := Time{now}, Time{now}
-	state.CreatedDateTimeUTC, state.LastUpdatedDateTimeUTC = &created, &updated
-	switch {
-	case who.cert != nil:
-		// Azure answers {} for an individual enrollment.
-		state.X509 = &GroupRef{EnrollmentGroupID: groupID}
-	case groupID != "":
-		state.SymmetricKey = &GroupRef{EnrollmentGroupID: groupID}
-	}
+	who.stampState(&state, groupID, now)
 	initialHub := hubName
 	if prev != nil {
 		if prev.State.CreatedDateTimeUTC != nil {
@@ -449,14 +455,7 @@ func (s *Service) fail(ctx context.Context, who *attested, op *operation, prev *
 		ErrorCode:      op.ErrorCode,
 		ErrorMessage:   op.ErrorMessage,
 	}
-	created, updated := Time{now}, Time{now}
-	state.CreatedDateTimeUTC, state.LastUpdatedDateTimeUTC = &created, &updated
-	switch {
-	case who.cert != nil:
-		state.X509 = &GroupRef{EnrollmentGroupID: groupID}
-	case groupID != "":
-		state.SymmetricKey = &GroupRef{EnrollmentGroupID: groupID}
-	}
+	who.stampState(&state, groupID, now)
 	doc := registrationDoc{State: state, GroupID: groupID}
 	if prev != nil {
 		if prev.State.CreatedDateTimeUTC != nil {

@@ -132,16 +132,9 @@ func (r *Registry) AuthenticateDevice(ctx context.Context, settings *Settings, h
 	if tok.Expired(now) {
 		return nil, deny(sas.ErrExpired)
 	}
-	d, err := r.Get(ctx, hubName, deviceID)
+	d, err := r.enabledDevice(ctx, hubName, deviceID, deny)
 	if err != nil {
-		var ae *azerr.Error
-		if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
-			return nil, deny(err)
-		}
 		return nil, err
-	}
-	if d.Status != StatusEnabled {
-		return nil, deny(errors.New("device disabled"))
 	}
 	id := &Identity{Device: d, Expires: tok.Expiry.Add(sas.MaxClockSkew)}
 	if tok.KeyName == "" {
@@ -163,6 +156,24 @@ func (r *Registry) AuthenticateDevice(ctx context.Context, settings *Settings, h
 	}
 	id.AuthMethod = `{"scope":"hub","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`
 	return id, nil
+}
+
+// enabledDevice returns the device a connection claims to be, or deny's
+// error when it is unknown or disabled (indistinguishable from a bad
+// credential, as on IoT Hub); a registry failure is returned as is.
+func (r *Registry) enabledDevice(ctx context.Context, hubName, deviceID string, deny func(error) error) (*Device, error) {
+	d, err := r.Get(ctx, hubName, deviceID)
+	if err != nil {
+		var ae *azerr.Error
+		if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
+			return nil, deny(err)
+		}
+		return nil, err
+	}
+	if d.Status != StatusEnabled {
+		return nil, deny(errors.New("device disabled"))
+	}
+	return d, nil
 }
 
 // audienceCovers reports whether the decoded sr is a segment prefix of
@@ -220,16 +231,9 @@ func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID
 	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
 		return nil, deny(errors.New("client certificate expired or not yet valid"))
 	}
-	d, err := r.Get(ctx, hubName, deviceID)
+	d, err := r.enabledDevice(ctx, hubName, deviceID, deny)
 	if err != nil {
-		var ae *azerr.Error
-		if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
-			return nil, deny(err)
-		}
 		return nil, err
-	}
-	if d.Status != StatusEnabled {
-		return nil, deny(errors.New("device disabled"))
 	}
 	id := &Identity{Device: d, Expires: leaf.NotAfter}
 	a := d.Authentication
