@@ -43,6 +43,13 @@ type berth struct {
 // start runs a berth on 127.0.0.1 with ephemeral ports, in dataDir.
 func start(t *testing.T, dataDir string) *berth {
 	t.Helper()
+	return startWith(t, dataDir, server.Config{})
+}
+
+// startWith is start with cfg's store and NATS (StoreURL, NATSURL); the
+// addresses and names are start's.
+func startWith(t *testing.T, dataDir string, cfg server.Config) *berth {
+	t.Helper()
 	ctx := context.Background()
 	srv, err := server.New(ctx, server.Config{
 		DataDir:    dataDir,
@@ -51,6 +58,8 @@ func start(t *testing.T, dataDir string) *berth {
 		MQTTAddr:   "127.0.0.1:0",
 		HTTPSAddr:  "127.0.0.1:0",
 		RetryAfter: 1,
+		StoreURL:   cfg.StoreURL,
+		NATSURL:    cfg.NATSURL,
 	})
 	if err != nil {
 		t.Fatal(err)

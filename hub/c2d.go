@@ -217,9 +217,7 @@ func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *C
 	}
 	m.etag = rec.ETag
 	if q.links != nil {
-		if l := q.links.Lookup(hubName, deviceID); l != nil {
-			l.CloudToDevicePending()
-		}
+		q.links.wakeCloudToDevice(hubName, deviceID)
 	}
 	return m, nil
 }
@@ -386,9 +384,7 @@ func (q *CloudToDevice) settle(ctx context.Context, hubName, deviceID, token, ho
 			return fmt.Errorf("hub: abandon C2D message: %w", err)
 		}
 		if q.links != nil {
-			if l := q.links.Lookup(hubName, deviceID); l != nil {
-				l.CloudToDevicePending()
-			}
+			q.links.wakeCloudToDevice(hubName, deviceID)
 		}
 		return nil
 	case "reject":

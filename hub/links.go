@@ -33,11 +33,12 @@ type DeviceLink interface {
 // attach a DeviceLink when a device session starts; the domain looks links
 // up to push desired properties, invoke methods and wake C2D delivery.
 //
-// With several berth nodes each knows its own connections only; cross-node
-// delivery (through NATS) is future work, documented in docs/hub-wire.md.
+// With several berth nodes each knows its own connections only; a
+// Forwarder (SetForwarder) carries pushes for a device connected elsewhere.
 type Links struct {
 	mu    sync.Mutex
 	links map[string]DeviceLink
+	fwd   Forwarder
 	// changed is closed and replaced whenever a link is attached or says
 	// its subscriptions changed, waking Wait.
 	changed chan struct{}

@@ -102,34 +102,91 @@ func (m *Methods) Invoke(ctx context.Context, hubName, deviceID string, req *Met
 		return nil, azerr.Newf(azerr.HubDeviceNotOnline, "Device %s is disabled.", deviceID)
 	}
 
-	subscribed := func(l DeviceLink) bool { return l.MethodsSubscribed() }
-	var link DeviceLink
-	if l := m.links.Lookup(hubName, deviceID); l != nil && subscribed(l) {
-		link = l
-	} else if connTimeout > 0 {
-		wctx, cancel := context.WithTimeout(ctx, connTimeout)
-		link = m.links.Wait(wctx, hubName, deviceID, subscribed)
-		cancel()
+	// A link subscribed here right now wins; otherwise, with a forwarder,
+	// whichever node holds or gains the device answers.
+	link := m.links.MethodLink(ctx, hubName, deviceID, 0)
+	if link == nil {
+		if f := m.links.forwarder(); f != nil {
+			return m.invokeAnywhere(ctx, f, hubName, deviceID, req.MethodName, payload, connTimeout, respTimeout)
+		}
+		link = m.links.MethodLink(ctx, hubName, deviceID, connTimeout)
 	}
 	if link == nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if connTimeout > 0 {
-			return nil, azerr.Newf(azerr.HubDeviceNotOnline, "Timed out waiting for device %s to connect.", deviceID)
-		}
-		return nil, azerr.Newf(azerr.HubDeviceNotOnline, "Device %s is not online: it is not connected, or not subscribed to direct methods.", deviceID)
+		return nil, notOnline(deviceID, connTimeout)
 	}
+	return m.invokeLocal(ctx, link, deviceID, req.MethodName, payload, respTimeout)
+}
 
+// notOnline is the 404103 answer when no link was found in time.
+func notOnline(deviceID string, connTimeout time.Duration) error {
+	if connTimeout > 0 {
+		return azerr.Newf(azerr.HubDeviceNotOnline, "Timed out waiting for device %s to connect.", deviceID)
+	}
+	return azerr.Newf(azerr.HubDeviceNotOnline, "Device %s is not online: it is not connected, or not subscribed to direct methods.", deviceID)
+}
+
+// invokeLocal calls the method on a link of this node.
+func (m *Methods) invokeLocal(ctx context.Context, link DeviceLink, deviceID, name string, payload []byte, respTimeout time.Duration) (*MethodResult, error) {
 	ictx, cancel := context.WithTimeout(ctx, respTimeout)
 	defer cancel()
-	status, resp, err := link.InvokeMethod(ictx, req.MethodName, payload)
+	status, resp, err := link.InvokeMethod(ictx, name, payload)
+	return methodResult(ctx, deviceID, 0, status, resp, err)
+}
+
+// remoteAnswer is what Forwarder.InvokeMethod returned.
+type remoteAnswer struct {
+	status int
+	resp   []byte
+	err    error
+}
+
+// invokeAnywhere calls the method through the forwarder. With a connect
+// timeout the device may just as well connect to this node meanwhile (the
+// forwarder ignores this node's own requests), so a local wait races the
+// remote call: a link gained here cancels the remote call, which by then
+// has reached no device (a device holds one connection at a time).
+func (m *Methods) invokeAnywhere(ctx context.Context, f Forwarder, hubName, deviceID, name string, payload []byte, connTimeout, respTimeout time.Duration) (*MethodResult, error) {
+	rctx, cancelRemote := context.WithCancel(ctx)
+	defer cancelRemote()
+	remote := make(chan remoteAnswer, 1)
+	go func() {
+		status, resp, err := f.InvokeMethod(rctx, hubName, deviceID, name, payload, connTimeout, respTimeout)
+		remote <- remoteAnswer{status, resp, err}
+	}()
+	local := make(chan DeviceLink, 1)
+	if connTimeout > 0 {
+		wctx, cancelWait := context.WithCancel(ctx)
+		defer cancelWait()
+		go func() { local <- m.links.MethodLink(wctx, hubName, deviceID, connTimeout) }()
+	}
+	for {
+		select {
+		case a := <-remote:
+			return methodResult(ctx, deviceID, connTimeout, a.status, a.resp, a.err)
+		case l := <-local:
+			if l != nil {
+				cancelRemote()
+				return m.invokeLocal(ctx, l, deviceID, name, payload, respTimeout)
+			}
+			local = nil // timed out here; the remote answer decides
+		}
+	}
+}
+
+// methodResult turns what a link or the forwarder returned into Invoke's
+// answer; ctx is the caller's.
+func methodResult(ctx context.Context, deviceID string, connTimeout time.Duration, status int, resp []byte, err error) (*MethodResult, error) {
 	switch {
 	case err == nil:
-	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
-		return nil, azerr.Newf(azerr.HubGatewayTimeout, "Timed out waiting for the response from device %s.", deviceID)
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
+	case errors.Is(err, context.DeadlineExceeded):
+		return nil, azerr.Newf(azerr.HubGatewayTimeout, "Timed out waiting for the response from device %s.", deviceID)
+	case errors.Is(err, ErrDeviceNotReached):
+		return nil, notOnline(deviceID, connTimeout)
 	default:
 		var ae *azerr.Error
 		if errors.As(err, &ae) {

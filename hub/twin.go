@@ -323,12 +323,11 @@ func (t *Twins) update(ctx context.Context, hubName, id, ifMatch string, change 
 		}
 		// Durable: now the device may hear of it. Under the lock, so that
 		// notifications leave in version order.
+		// A device on another node hears of it through the forwarder.
 		if patch != nil && t.links != nil {
-			if l := t.links.Lookup(hubName, id); l != nil {
-				body, err := sectionJSON(patch, tw.Desired.Version, nil)
-				if err == nil {
-					l.DesiredPatch(tw.Desired.Version, body)
-				}
+			body, err := sectionJSON(patch, tw.Desired.Version, nil)
+			if err == nil {
+				t.links.pushDesiredPatch(hubName, id, tw.Desired.Version, body)
 			}
 		}
 		return d, tw, rec.ETag, nil

@@ -24,6 +24,7 @@ import (
 	"github.com/berth-iot/berth/frontend/rest"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/internal/localconf"
+	"github.com/berth-iot/berth/linkbus"
 	"github.com/berth-iot/berth/pki"
 	"github.com/berth-iot/berth/store"
 	"github.com/berth-iot/berth/store/postgres"
@@ -117,6 +118,7 @@ type Server struct {
 	methods  *hub.Methods
 	c2d      *hub.CloudToDevice
 	stream   *stream.Stream
+	bus      *linkbus.Bus // nil with the embedded NATS
 	certs    *pki.CertSource
 	caFile   string
 	firstRun bool
@@ -202,6 +204,18 @@ func (s *Server) openStream(ctx context.Context) error {
 		return fmt.Errorf("server: telemetry stream: %w", err)
 	}
 	s.stream = st
+	// Other berth nodes can share only an external NATS: only there can a
+	// device be connected elsewhere. On the embedded server the bus would
+	// find no one and only delay every 404 DeviceNotOnline by its margin.
+	if cfg.URL != "" {
+		bus, err := linkbus.Start(linkbus.Config{Conn: st.Conn(), Links: s.links, Logger: s.log})
+		if err != nil {
+			_ = st.Close()
+			return fmt.Errorf("server: cross-node pushes: %w", err)
+		}
+		s.bus = bus
+		s.links.SetForwarder(bus)
+	}
 	return nil
 }
 
@@ -378,6 +392,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.wg.Wait()
+	// The bus uses the stream's connection: it goes first.
+	if s.bus != nil {
+		s.links.SetForwarder(nil)
+		if err := s.bus.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("server: close cross-node pushes: %w", err))
+		}
+	}
 	if s.stream != nil {
 		if err := s.stream.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("server: close stream: %w", err))

@@ -471,3 +471,8 @@ func (s *Stream) shutdownServer() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
 }
+
+// Conn is the stream's NATS connection, for core NATS traffic that shares
+// it (package linkbus's cross-node pushes). The Stream owns it: callers
+// must not close or drain it.
+func (s *Stream) Conn() *nats.Conn { return s.nc }
