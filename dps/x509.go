@@ -1,6 +1,7 @@
 package dps
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -246,9 +247,18 @@ func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x
 			return nil, errInvalidCertificate(errors.New("the enrollment is not x509"))
 		}
 		for _, c := range certsOf(a.X509.ClientCertificates) {
-			if c.Equal(leaf) {
-				return &attested{enrollment: e, cert: leaf}, nil
+			if !c.Equal(leaf) {
+				continue
 			}
+			// A CA-signed device certificate also needs a verified CA
+			// certificate in its chain (shared/spec/dps.md §7); a
+			// self-signed one is its own proof.
+			if !selfSigned(leaf) {
+				if err := s.verifiedChain(ctx, leaf, chain[1:], now); err != nil {
+					return nil, errInvalidCertificate(err)
+				}
+			}
+			return &attested{enrollment: e, cert: leaf}, nil
 		}
 		return nil, errInvalidCertificate(errors.New("the certificate is not the enrollment's"))
 	case !isNotFound(err):
@@ -291,6 +301,48 @@ func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x
 		return nil, errInvalidCertificate(errors.New("no enrollment group's certificate anchors the chain"))
 	}
 	return &attested{group: best, cert: leaf}, nil
+}
+
+// selfSigned reports whether c signed itself. CheckSignature, not
+// CheckSignatureFrom: a self-signed device certificate is no CA, and
+// CheckSignatureFrom insists on one.
+func selfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
+}
+
+// verifiedChain checks that leaf chains, through the intermediates the
+// device sent, to an uploaded and verified CA certificate.
+func (s *Service) verifiedChain(ctx context.Context, leaf *x509.Certificate, intermediates []*x509.Certificate, now time.Time) error {
+	certs, err := s.ListCertificates(ctx)
+	if err != nil {
+		return err
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	n := 0
+	for _, c := range certs {
+		if !c.Properties.IsVerified {
+			continue
+		}
+		full, err := s.getCertificate(ctx, c.Name)
+		if err != nil {
+			continue
+		}
+		if cert, err := ParseCertificate(full.pem); err == nil {
+			roots.AddCert(cert)
+			n++
+		}
+	}
+	if n == 0 {
+		return errors.New("the CA-signed certificate has no verified CA certificate in its chain")
+	}
+	for _, c := range intermediates {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("the CA-signed certificate does not chain to a verified CA certificate: %w", err)
+	}
+	return nil
 }
 
 // groupAnchors are the certificates a group trusts: its signing

@@ -228,3 +228,42 @@ func FuzzParseCertificate(f *testing.F) {
 		}
 	})
 }
+
+// TestX509IndividualCASigned: an individual enrollment with a CA-signed
+// device certificate authenticates only once a CA of its chain is uploaded
+// and verified (shared/spec/dps.md §7); a self-signed one needs nothing.
+func TestX509IndividualCASigned(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	root := testcerts.Valid(t, "Root", nil, true, f.now)
+	inter := testcerts.Valid(t, "Inter", root, true, f.now)
+	dev := testcerts.Valid(t, "ca-signed-dev", inter, false, f.now)
+	e := &dps.IndividualEnrollment{RegistrationID: "ca-signed-dev"}
+	e.Attestation = x509Attestation(&dps.X509Attestation{ClientCertificates: certs(dev.PEM())})
+	if _, err := f.svc.PutEnrollment(ctx, e.RegistrationID, e, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.registerX509(t, "ca-signed-dev", chainOf(dev, inter)); code(err) != azerr.DPSInvalidCredentials {
+		t.Fatalf("no verified CA yet: %v", err)
+	}
+	if _, err := f.svc.PutCertificate(ctx, "root", root.PEM(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.registerX509(t, "ca-signed-dev", chainOf(dev, inter)); code(err) != azerr.DPSInvalidCredentials {
+		t.Fatalf("uploaded but unverified CA: %v", err)
+	}
+	c, err := f.svc.GenerateVerificationCode(ctx, "root", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.VerifyCertificate(ctx, "root", "", testcerts.Valid(t, c.Properties.VerificationCode, root, false, f.now).PEM()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.registerX509(t, "ca-signed-dev", chainOf(dev)); code(err) != azerr.DPSInvalidCredentials {
+		t.Fatalf("intermediate not sent: %v", err)
+	}
+	st, err := f.registerX509(t, "ca-signed-dev", chainOf(dev, inter))
+	if err != nil || st.Status != dps.StatusAssigned {
+		t.Fatalf("verified CA in the chain: %+v, %v", st, err)
+	}
+}
