@@ -79,13 +79,18 @@
 // When decoding (Subscribe), system properties come back in the order of
 // hub's Prop constants (IoT Hub presents them as a dictionary; their order
 // is not stored), application properties in the device's order. Headers
-// starting with Nats- (the server's) and berth- are not properties.
+// starting with Nats- (the server's, e.g. Nats-Batch-Id on batched
+// messages) and berth- are not properties.
 //
 // # Durability
 //
 // Append returns after JetStream's PubAck. The embedded server runs with
 // SyncAlways, so the PubAck is sent after the message is fsynced: an
-// acknowledged message survives a power cut. On an external server the
+// acknowledged message survives a power cut. Concurrent Appends are
+// group-committed: one goroutine publishes what queued up meanwhile as one
+// JetStream atomic batch (nats-server ≥ 2.12), stored all or nothing with
+// one fsync; servers or streams without atomic batches get one publish per
+// message (see commit.go). On an external server the
 // guarantee is that server's: with one replica and default settings the
 // message is written to the OS but fsynced only every 2 minutes, so set
 // `jetstream { sync_interval: always }` there (recent nats-server; 2.9 lacks

@@ -64,6 +64,11 @@ type Config struct {
 	ReadOnly bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+
+	// noAtomic makes Open choose per-message publishes as if the server
+	// lacked atomic batches, so tests cover that path on the embedded
+	// server.
+	noAtomic bool
 }
 
 // SubscribeOptions selects the messages Subscribe delivers.
@@ -83,6 +88,16 @@ type Stream struct {
 	ns  *server.Server // nil for an external server
 	nc  *nats.Conn
 	js  jetstream.JetStream
+	// commit gathers concurrent Appends into atomic batches; nil when the
+	// server or stream cannot take them (then each Append publishes on its
+	// own, as before group commit) and for ReadOnly streams.
+	commit *committer
+	// Test hooks, set before the first Append: testHookPublish runs in the
+	// committer before it publishes a group of n messages (a test can hold
+	// it there to let Appends queue up); testHookBatch sees every atomic
+	// batch's size and outcome.
+	testHookPublish func(n int)
+	testHookBatch   func(n int, err error)
 
 	mu     sync.Mutex
 	closed bool
@@ -229,12 +244,16 @@ func open(ctx context.Context, cfg Config, syncAlways bool) (*Stream, error) {
 		s.shutdownServer()
 		return nil, fmt.Errorf("stream: JetStream on %s: %w", s.where(), err)
 	}
-	if err := s.ensureStream(ctx); err != nil {
+	atomic, err := s.ensureStream(ctx)
+	if err != nil {
 		s.nc.Close()
 		s.shutdownServer()
 		return nil, err
 	}
-	s.log.Debug("telemetry stream open", "where", s.where(), "subjects", cfg.SubjectPrefix+".>")
+	if atomic {
+		s.commit = newCommitter(s)
+	}
+	s.log.Debug("telemetry stream open", "where", s.where(), "subjects", cfg.SubjectPrefix+".>", "groupCommit", atomic)
 	return s, nil
 }
 
@@ -259,14 +278,20 @@ func (s *Stream) where() string {
 	return strings.Join(urls, ",")
 }
 
-func (s *Stream) ensureStream(ctx context.Context) error {
+// ensureStream creates or updates the stream and says whether Append may
+// group messages into atomic batches: the stream must have
+// AllowAtomicPublish, which only nats-server ≥ 2.12 knows (older servers
+// drop the unknown field, so the config they return says false) and which
+// some stream configurations refuse. Otherwise Append publishes each message
+// on its own; the choice is made, and logged, once.
+func (s *Stream) ensureStream(ctx context.Context) (bool, error) {
 	if s.cfg.ReadOnly {
 		// A reader must not reset limits berth serve chose, and may run
 		// with an account that cannot edit streams.
 		if _, err := s.js.Stream(ctx, s.cfg.StreamName); err != nil {
-			return fmt.Errorf("stream: look up stream %s on %s: %w", s.cfg.StreamName, s.where(), err)
+			return false, fmt.Errorf("stream: look up stream %s on %s: %w", s.cfg.StreamName, s.where(), err)
 		}
-		return nil
+		return false, nil
 	}
 	sc := jetstream.StreamConfig{
 		Name:        s.cfg.StreamName,
@@ -286,10 +311,30 @@ func (s *Stream) ensureStream(ctx context.Context) error {
 		// device-chosen ID must not make the stream drop a different message.
 		// The window therefore stays at the server default and costs nothing.
 	}
-	if _, err := s.js.CreateOrUpdateStream(ctx, sc); err != nil {
-		return fmt.Errorf("stream: create or update stream %s on %s: %w", sc.Name, s.where(), err)
+	if !s.cfg.noAtomic {
+		// Group commit (commit.go): one fsync per batch, not per message.
+		sc.AllowAtomicPublish = true
+		info, err := s.js.CreateOrUpdateStream(ctx, sc)
+		switch {
+		case err == nil && info.CachedInfo().Config.AllowAtomicPublish:
+			return true, nil
+		case err == nil:
+			s.log.Warn("telemetry stream: NATS server ignores allow_atomic (nats-server ≥ 2.12 needed); appending one message per publish, one fsync each",
+				"where", s.where(), "server", s.nc.ConnectedServerVersion())
+			return false, nil
+		default:
+			// E.g. a stream whose other settings exclude atomic
+			// publish, or an account that may not change them: keep
+			// the stream as it is and publish message by message.
+			s.log.Warn("telemetry stream: cannot enable atomic batch publish on the stream; appending one message per publish, one fsync each",
+				"where", s.where(), "server", s.nc.ConnectedServerVersion(), "err", err)
+			sc.AllowAtomicPublish = false
+		}
 	}
-	return nil
+	if _, err := s.js.CreateOrUpdateStream(ctx, sc); err != nil {
+		return false, fmt.Errorf("stream: create or update stream %s on %s: %w", sc.Name, s.where(), err)
+	}
+	return false, nil
 }
 
 // Append stores m and returns once the stream has acknowledged it, which on
@@ -299,6 +344,18 @@ func (s *Stream) ensureStream(ctx context.Context) error {
 // failed Append may still have stored the message (the ack can be lost after
 // the write): the caller must then not acknowledge, and the device's
 // redelivery makes a duplicate, as on IoT Hub.
+//
+// Concurrent Appends are committed together (see commit.go): m waits in a
+// bounded queue while an earlier publish is in flight and then goes out
+// with whatever else queued meanwhile, as one atomic batch (16 or more
+// messages) or as concurrent single publishes. A message that finds
+// nothing in flight is published at once. If ctx ends while m is queued
+// (or while Append waits for room in the queue), m is dropped and Append
+// returns ctx's error; once m is sent, Append returns the publish's
+// outcome, even if ctx ends meanwhile (the publish is bounded by the latest
+// deadline among its messages' callers), and a failed batch fails every
+// message in it. Appends made one after another (one device's messages)
+// are stored in that order.
 func (s *Stream) Append(ctx context.Context, m *hub.Message) error {
 	if m == nil {
 		return errors.New("stream: append nil message")
@@ -312,15 +369,24 @@ func (s *Stream) Append(ctx context.Context, m *hub.Message) error {
 	if err != nil {
 		return err
 	}
+	what := m.Hub + "/" + m.DeviceID
+	if s.commit != nil {
+		return s.commit.append(ctx, msg, what)
+	}
+	return s.publishOne(ctx, msg, what)
+}
+
+// publishOne publishes one message and waits for its PubAck.
+func (s *Stream) publishOne(ctx context.Context, msg *nats.Msg, what string) error {
 	ack, err := s.js.PublishMsg(ctx, msg)
 	if err != nil {
-		return fmt.Errorf("stream: append %s/%s to %s: %w", m.Hub, m.DeviceID, s.cfg.StreamName, err)
+		return fmt.Errorf("stream: append %s to %s: %w", what, s.cfg.StreamName, err)
 	}
 	// Another stream capturing the same subjects would ack too (JetStream
 	// refuses overlapping streams, but an operator can still point berth at
 	// a different stream name than the one that owns the prefix).
 	if ack.Stream != s.cfg.StreamName {
-		return fmt.Errorf("stream: append %s/%s: stored in stream %q, not %q; check SubjectPrefix", m.Hub, m.DeviceID, ack.Stream, s.cfg.StreamName)
+		return fmt.Errorf("stream: append %s: stored in stream %q, not %q; check SubjectPrefix", what, ack.Stream, s.cfg.StreamName)
 	}
 	return nil
 }
@@ -442,6 +508,11 @@ func (s *Stream) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	// Queued Appends are published and answered before the connection
+	// goes; later ones fail.
+	if s.commit != nil {
+		s.commit.close()
+	}
 
 	var err error
 	closed := make(chan struct{})

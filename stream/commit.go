@@ -1,0 +1,387 @@
+package stream
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Group commit: with SyncAlways a JetStream stream fsyncs every message on
+// its own, so acknowledged telemetry is bounded by the disk's fsync rate
+// however many devices send. An atomic batch (nats-server ≥ 2.12) is stored
+// with one fsync. Append therefore queues its message and one committer
+// goroutine per Stream publishes whatever queued up while the previous
+// publish was in flight. There is no timer: a lone message goes out at once,
+// and batches only form because messages arrive while the disk is busy.
+//
+// Limits, see nats-server v2.15.2 server/stream.go: streamDefaultMaxAtomicBatchSize
+// (1000 messages per batch unless the server sets jetstream.limits.max_batch_size),
+// streamDefaultMaxAtomicBatchInflightPerStream (50 open batches per stream; one
+// committer keeps at most one open), streamDefaultMaxBatchTimeout (10 s between
+// a batch's messages before the server abandons it).
+const (
+	// maxBatchMsgs and maxBatchBytes bound one batch: well under the
+	// server's default 1000-message limit, and small enough that one batch
+	// never holds much memory or makes the server stage much.
+	maxBatchMsgs  = 256
+	maxBatchBytes = 1 << 20
+	// minAtomicR1 is the smallest group sent as an atomic batch to a
+	// single-replica stream. There the server stages each batch in a
+	// temporary file store of its own (newBatchStore in
+	// server/jetstream_batching.go: a directory created and removed, about
+	// three fsyncs besides the stream's own, per strace), which costs about
+	// as much as a dozen single-message fsyncs (BenchmarkAppendAtomicBatch:
+	// 2.8 ms per batch of 4 or 16, against 0.22–0.28 ms per message), so
+	// smaller groups go as concurrent single publishes, which cost what
+	// Append cost before group commit.
+	// Replicated streams stage batches in memory, so any group of two or
+	// more is worth batching there.
+	minAtomicR1 = 16
+	// maxQueuedMsgs and maxQueuedBytes bound the messages accepted and not
+	// yet answered (queued or in flight). Append blocks for room: that is
+	// the back-pressure the front ends pass on to devices.
+	maxQueuedMsgs  = 4096
+	maxQueuedBytes = 64 << 20
+	// defaultPublishWait bounds a publish whose callers gave no deadline,
+	// as JetStream's PublishMsg does by default.
+	defaultPublishWait = 5 * time.Second
+)
+
+// Batch headers, from nats-server server/stream.go (JSBatchId,
+// JSBatchSeq, JSBatchCommit). The server keeps them on the stored messages;
+// decode ignores every Nats- header.
+const (
+	hdrBatchID     = "Nats-Batch-Id"
+	hdrBatchSeq    = "Nats-Batch-Sequence"
+	hdrBatchCommit = "Nats-Batch-Commit"
+)
+
+// JetStream error codes (nats-server server/errors.json) that mean this
+// stream will not take atomic batches of the current size.
+const (
+	errCodeAtomicDisabled = 10174 // JSAtomicPublishDisabledErr
+	errCodeBatchTooLarge  = 10199 // JSAtomicPublishTooLargeBatchErrF
+)
+
+// pending is one Append waiting for its outcome.
+type pending struct {
+	ctx  context.Context
+	msg  *nats.Msg
+	size int
+	what string // hub/device, for errors
+	// sent is set, under committer.mu, when the committer takes the message;
+	// from then on the waiter gets the publish's outcome, not its ctx's.
+	sent bool
+	done chan error // buffered: the committer never blocks on a waiter
+}
+
+// committer owns the queue of one Stream.
+type committer struct {
+	s *Stream
+
+	mu        sync.Mutex
+	queue     []*pending
+	accepted  int           // queued + in flight, messages
+	acceptedB int           // … and bytes
+	room      chan struct{} // closed (and replaced) when accepted shrinks
+	wake      chan struct{} // cap 1: the queue is not empty
+	closing   bool
+	stopped   chan struct{}
+	// maxQueued and maxQueuedB are maxQueuedMsgs and maxQueuedBytes,
+	// fields so that a test can make the queue small.
+	maxQueued, maxQueuedB int
+
+	// Committer goroutine only.
+	idPrefix string
+	batchNo  uint64
+	minBatch int
+	maxBatch int
+	atomicOK bool
+}
+
+func newCommitter(s *Stream) *committer {
+	var b [9]byte
+	_, _ = rand.Read(b[:])
+	c := &committer{
+		s:    s,
+		room: make(chan struct{}),
+		wake: make(chan struct{}, 1),
+		// Unique per process start, so a batch abandoned by a crashed
+		// berth can never be continued by this one; well under the
+		// server's 64-byte limit on batch IDs.
+		idPrefix:   "berth-" + hex.EncodeToString(b[:]) + "-",
+		stopped:    make(chan struct{}),
+		maxQueued:  maxQueuedMsgs,
+		maxQueuedB: maxQueuedBytes,
+		minBatch:   2,
+		maxBatch:   maxBatchMsgs,
+		atomicOK:   true,
+	}
+	if s.cfg.Replicas == 1 {
+		c.minBatch = minAtomicR1
+	}
+	go c.run()
+	return c
+}
+
+// append queues msg and waits for its outcome.
+func (c *committer) append(ctx context.Context, msg *nats.Msg, what string) error {
+	p := &pending{ctx: ctx, msg: msg, what: what, done: make(chan error, 1)}
+	p.size = len(msg.Subject) + len(msg.Data)
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			p.size += len(k) + len(v) + 4
+		}
+	}
+	c.mu.Lock()
+	for {
+		if c.closing {
+			c.mu.Unlock()
+			return fmt.Errorf("stream: append %s: stream closed", what)
+		}
+		// An empty queue takes any message, so one larger than the byte
+		// bound is not refused forever.
+		if c.accepted == 0 || (c.accepted < c.maxQueued && c.acceptedB+p.size <= c.maxQueuedB) {
+			break
+		}
+		room := c.room
+		c.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return fmt.Errorf("stream: append %s: waiting for room in the queue: %w", what, ctx.Err())
+		}
+		c.mu.Lock()
+	}
+	c.accepted++
+	c.acceptedB += p.size
+	c.queue = append(c.queue, p)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	if !p.sent {
+		// Still queued: take it back, so nothing is stored behind the back
+		// of a caller that will not acknowledge.
+		if i := slices.Index(c.queue, p); i >= 0 {
+			c.queue = slices.Delete(c.queue, i, i+1)
+		}
+		c.releaseLocked(p)
+		c.mu.Unlock()
+		return fmt.Errorf("stream: append %s: %w", what, ctx.Err())
+	}
+	c.mu.Unlock()
+	// Already on its way: only the publish's outcome says whether it is
+	// stored, and the publish is bounded (publishWait).
+	return <-p.done
+}
+
+func (c *committer) releaseLocked(p *pending) {
+	c.accepted--
+	c.acceptedB -= p.size
+	close(c.room)
+	c.room = make(chan struct{})
+}
+
+// close lets the committer publish what is queued, then stops it. New
+// Appends fail.
+func (c *committer) close() {
+	c.mu.Lock()
+	c.closing = true
+	close(c.room)
+	c.room = make(chan struct{})
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	<-c.stopped
+}
+
+func (c *committer) run() {
+	defer close(c.stopped)
+	for {
+		batch, closing := c.take()
+		if len(batch) == 0 {
+			if closing {
+				return
+			}
+			<-c.wake
+			continue
+		}
+		c.publish(batch)
+		c.mu.Lock()
+		for _, p := range batch {
+			c.releaseLocked(p)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// take removes the next batch from the head of the queue, in order, within
+// maxBatch messages and maxBatchBytes (at least one message).
+func (c *committer) take() ([]*pending, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var batch []*pending
+	size, i := 0, 0
+	for ; i < len(c.queue) && len(batch) < c.maxBatch; i++ {
+		p := c.queue[i]
+		if len(batch) > 0 && size+p.size > maxBatchBytes {
+			break
+		}
+		p.sent = true
+		size += p.size
+		batch = append(batch, p)
+	}
+	clear(c.queue[:i])
+	c.queue = c.queue[i:]
+	if len(c.queue) == 0 {
+		c.queue = nil // let the backing array go after a burst
+	}
+	return batch, c.closing
+}
+
+// publishWait is how long the committer waits for the server: the latest
+// deadline among the batch's callers, so that no caller is failed earlier
+// than it would have been by its own publish.
+func publishWait(batch []*pending) time.Duration {
+	var wait time.Duration
+	now := time.Now()
+	for _, p := range batch {
+		w := defaultPublishWait
+		if dl, ok := p.ctx.Deadline(); ok {
+			w = dl.Sub(now)
+		}
+		wait = max(wait, w)
+	}
+	return max(wait, time.Millisecond)
+}
+
+// publish sends batch and answers every waiter.
+func (c *committer) publish(batch []*pending) {
+	if h := c.s.testHookPublish; h != nil {
+		h(len(batch))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), publishWait(batch))
+	defer cancel()
+	switch {
+	case len(batch) == 1:
+		batch[0].done <- c.s.publishOne(ctx, batch[0].msg, batch[0].what)
+	case !c.atomicOK || len(batch) < c.minBatch:
+		// Bounded by maxBatchMsgs goroutines; they end with ctx.
+		var wg sync.WaitGroup
+		for _, p := range batch {
+			wg.Go(func() { p.done <- c.s.publishOne(ctx, p.msg, p.what) })
+		}
+		wg.Wait()
+	default:
+		err := c.publishAtomic(ctx, batch)
+		if h := c.s.testHookBatch; h != nil {
+			h(len(batch), err)
+		}
+		for _, p := range batch {
+			if err != nil {
+				p.done <- fmt.Errorf("stream: append %s to %s (batch of %d): %w", p.what, c.s.cfg.StreamName, len(batch), err)
+			} else {
+				p.done <- nil
+			}
+		}
+	}
+}
+
+// batchAck is the server's reply to a batch commit: a PubAck with the
+// batch ID and how many messages it stored (server/stream.go,
+// processJetStreamAtomicBatchMsg), or an error.
+type batchAck struct {
+	Stream string              `json:"stream"`
+	Seq    uint64              `json:"seq"`
+	Batch  string              `json:"batch"`
+	Count  int                 `json:"count"`
+	Error  *jetstream.APIError `json:"error"`
+}
+
+// publishAtomic publishes batch as one JetStream atomic batch: every message
+// carries Nats-Batch-Id and Nats-Batch-Sequence (1, 2, …); the last also
+// Nats-Batch-Commit: 1 and a reply subject. Only the commit is answered: the
+// others are sent without a reply, so any of them the server refuses (it
+// then drops the whole batch) shows up as an error on the commit. The
+// server stores all of the batch or none of it, and on a SyncAlways R1
+// stream fsyncs once, before the ack.
+func (c *committer) publishAtomic(ctx context.Context, batch []*pending) error {
+	c.batchNo++
+	id := c.idPrefix + strconv.FormatUint(c.batchNo, 10)
+	last := len(batch) - 1
+	for i, p := range batch {
+		h := p.msg.Header
+		if h == nil { // encode always sets some; be safe anyway
+			h = nats.Header{}
+			p.msg.Header = h
+		}
+		h[hdrBatchID] = []string{id}
+		h[hdrBatchSeq] = []string{strconv.Itoa(i + 1)}
+		if i < last {
+			if err := c.s.nc.PublishMsg(p.msg); err != nil {
+				return err
+			}
+		}
+	}
+	commit := batch[last].msg
+	commit.Header[hdrBatchCommit] = []string{"1"}
+	resp, err := c.s.nc.RequestMsgWithContext(ctx, commit)
+	if err != nil {
+		return err
+	}
+	var ack batchAck
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return fmt.Errorf("batch commit: unreadable ack %q: %w", resp.Data, err)
+	}
+	if ack.Error != nil {
+		c.adapt(ack.Error)
+		return ack.Error
+	}
+	if ack.Stream != c.s.cfg.StreamName {
+		return fmt.Errorf("stored in stream %q, not %q; check SubjectPrefix", ack.Stream, c.s.cfg.StreamName)
+	}
+	if ack.Batch != id || ack.Count != len(batch) {
+		return fmt.Errorf("batch commit acked batch %q with %d messages, want %q with %d", ack.Batch, ack.Count, id, len(batch))
+	}
+	return nil
+}
+
+// adapt reacts to a refused batch that says the stream changed under us
+// (another program turned allow_atomic off, or the operator set a lower
+// max_batch_size): the next groups go out in a form the server takes. The
+// refused batch was not stored, and its waiters are failed, so devices
+// resend.
+func (c *committer) adapt(e *jetstream.APIError) {
+	switch e.ErrorCode {
+	case errCodeAtomicDisabled:
+		c.atomicOK = false
+		c.s.log.Warn("telemetry stream: atomic batch publish was disabled on the stream; appending one message per publish (one fsync each) from now on", "err", e.Error())
+	case errCodeBatchTooLarge:
+		c.maxBatch /= 2
+		if c.maxBatch < c.minBatch {
+			c.maxBatch = maxBatchMsgs
+			c.atomicOK = false
+		}
+		c.s.log.Warn("telemetry stream: server refused a batch as too large", "maxBatch", c.maxBatch, "atomic", c.atomicOK, "err", e.Error())
+	}
+}
