@@ -76,7 +76,10 @@ func TestC2DSendStampsAndWakes(t *testing.T) {
 	if l.pending != 1 {
 		t.Errorf("link woken %d times", l.pending)
 	}
-	d, _ := e.reg.Get(ctx, hubName, "dev-1")
+	if d, _ := e.reg.Get(ctx, hubName, "dev-1"); d.CloudToDeviceMessageCount != 0 {
+		t.Errorf("Get counted the queue (%d): it is on the hot path", d.CloudToDeviceMessageCount)
+	}
+	d, _ := e.reg.Show(ctx, hubName, "dev-1")
 	if d.CloudToDeviceMessageCount != 1 {
 		t.Errorf("cloudToDeviceMessageCount = %d", d.CloudToDeviceMessageCount)
 	}

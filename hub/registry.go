@@ -183,10 +183,31 @@ func (r *Registry) Get(ctx context.Context, hubName, id string) (*Device, error)
 		return nil, err
 	}
 	r.overlay(hubName, d)
-	if d.CloudToDeviceMessageCount, err = r.store.Count(ctx, store.KindC2D, deviceKey(hubName, id)); err != nil {
-		return nil, fmt.Errorf("hub: count C2D queue of %s: %w", id, err)
+	return d, nil
+}
+
+// Show returns a device as the service API shows it: Get plus
+// cloudToDeviceMessageCount. Get leaves the count out because it is on
+// every device's hot path (each authentication, each HTTPS message), and
+// only the service views show it.
+func (r *Registry) Show(ctx context.Context, hubName, id string) (*Device, error) {
+	d, err := r.Get(ctx, hubName, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.countQueue(ctx, hubName, d); err != nil {
+		return nil, err
 	}
 	return d, nil
+}
+
+func (r *Registry) countQueue(ctx context.Context, hubName string, d *Device) error {
+	n, err := r.store.Count(ctx, store.KindC2D, deviceKey(hubName, d.DeviceID))
+	if err != nil {
+		return fmt.Errorf("hub: count C2D queue of %s: %w", d.DeviceID, err)
+	}
+	d.CloudToDeviceMessageCount = n
+	return nil
 }
 
 // List returns up to limit devices of a hub after the given device ID.

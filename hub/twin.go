@@ -182,6 +182,9 @@ func (t *Twins) Get(ctx context.Context, hubName, id string) (*Twin, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := t.reg.countQueue(ctx, hubName, d); err != nil {
+			return nil, err
+		}
 		return t.render(d, tw, etag)
 	}
 	return nil, azerr.Newf(azerr.HubServiceUnavailable, "The twin of %s is changing too often; try again.", id)

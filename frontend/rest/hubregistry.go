@@ -89,7 +89,7 @@ func (h *handler) putDevice(x *exchange, args []string) {
 // registry returns it: Node's Registry quotes it itself (ensureQuoted)
 // when it sends it back in If-Match.
 func (h *handler) getDevice(x *exchange, args []string) {
-	d, err := h.hub.Registry.Get(x.r.Context(), x.hubName(), args[0])
+	d, err := h.hub.Registry.Show(x.r.Context(), x.hubName(), args[0])
 	if err != nil {
 		x.fail(err)
 		return
