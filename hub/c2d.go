@@ -125,19 +125,7 @@ func (q *CloudToDevice) nextOrder(now time.Time) int64 {
 
 // validPropertyName is IoT Hub's rule for C2D property names: ASCII
 // alphanumerics and ! # $ % & ' * + - . ^ _ ` | ~ (shared/spec/iothub.md §3.1).
-func validPropertyName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
-			continue
-		}
-		return false
-	}
-	return true
-}
+func validPropertyName(s string) bool { return alnumOr(s, "!#$%&'*+-.^_`|~") }
 
 // validPropertyValue allows printable ASCII: values travel in MQTT topics
 // (percent-encoded) and HTTP headers.

@@ -529,12 +529,18 @@ func decodeDevice(rec store.Record, hubName string) (*Device, error) {
 }
 
 func validDeviceID(id string) bool {
-	if len(id) == 0 || len(id) > 128 {
+	return len(id) <= 128 && alnumOr(id, "-.%_*?!(),:=@$'")
+}
+
+// alnumOr reports whether s is non-empty and made of ASCII letters, digits
+// and the bytes of extra: the shape of IoT Hub's identifier rules.
+func alnumOr(s, extra string) bool {
+	if s == "" {
 		return false
 	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-.%_*?!(),:=@$'", c) >= 0 {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte(extra, c) >= 0 {
 			continue
 		}
 		return false

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -393,16 +392,7 @@ func TestSurvivesKillBatched(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns a child process")
 	}
-	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSurvivesKillBatched$")
-	cmd.Env = append(os.Environ(), "BERTH_STREAM_KILL_BATCH_DIR="+dir)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	dir, cmd, out := startKillChild(t, "TestSurvivesKillBatched", "BERTH_STREAM_KILL_BATCH_DIR")
 	acked := map[string]int{} // producer → highest acknowledged seq
 	total, batches := 0, 0
 	sc := bufio.NewScanner(out)

@@ -786,16 +786,7 @@ func TestSurvivesKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns a child process")
 	}
-	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSurvivesKill$")
-	cmd.Env = append(os.Environ(), "BERTH_STREAM_KILL_CHILD_DIR="+dir)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	dir, cmd, out := startKillChild(t, "TestSurvivesKill", "BERTH_STREAM_KILL_CHILD_DIR")
 	acked := -1
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
@@ -821,6 +812,24 @@ func TestSurvivesKill(t *testing.T) {
 		}
 	}
 	t.Logf("child killed after %d acks; all present after recovery", acked+1)
+}
+
+// startKillChild runs this test binary's test name as a child process
+// whose environment variable env names a fresh store directory, and
+// returns the directory, the process and its standard output.
+func startKillChild(t *testing.T, name, env string) (string, *exec.Cmd, io.Reader) {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$")
+	cmd.Env = append(os.Environ(), env+"="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return dir, cmd, out
 }
 
 func killChild(dir string) {
