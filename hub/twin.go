@@ -378,45 +378,64 @@ type servicePatch struct {
 	} `json:"properties"`
 }
 
-func parseServicePatch(body []byte) (tags, desired map[string]any, err error) {
+// serviceWrite is a parsed service twin write. A section is nil when the
+// body leaves it out (untouched) and set when it names it; replaceX says the
+// section is to be replaced rather than merged into: always for PUT, and
+// for a PATCH that sets the whole section to null, which IoT Hub takes as
+// "remove every member" (docs/hub-wire.md, twins).
+type serviceWrite struct {
+	tags, desired               map[string]any
+	replaceTags, replaceDesired bool
+}
+
+func parseServicePatch(body []byte) (serviceWrite, error) {
+	var w serviceWrite
 	if t := bytes.TrimSpace(body); len(t) == 0 || t[0] != '{' {
 		// A null or empty body must not read as "replace with nothing".
-		return nil, nil, azerr.Newf(azerr.HubArgumentInvalid, "The twin must be a JSON object.")
+		return w, azerr.Newf(azerr.HubArgumentInvalid, "The twin must be a JSON object.")
 	}
 	var p servicePatch
 	if err := json.Unmarshal(body, &p); err != nil {
-		return nil, nil, azerr.Newf(azerr.HubArgumentInvalid, "The twin is not valid JSON: %v", err)
+		return w, azerr.Newf(azerr.HubArgumentInvalid, "The twin is not valid JSON: %v", err)
 	}
-	section := func(raw json.RawMessage, name string) (map[string]any, error) {
-		if t := bytes.TrimSpace(raw); len(t) == 0 || string(t) == "null" {
-			return nil, nil
+	// section reads one member: absent gives nil, null an empty map to
+	// replace with (cleared), an object the patch.
+	section := func(raw json.RawMessage, name string) (obj map[string]any, cleared bool, err error) {
+		switch t := bytes.TrimSpace(raw); {
+		case len(t) == 0:
+			return nil, false, nil
+		case string(t) == "null":
+			return map[string]any{}, true, nil
 		}
-		obj, err := decodeTwinObject(raw)
+		obj, err = decodeTwinObject(raw)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		stripTwinSystemKeys(obj)
-		return obj, validateTwinPatch(obj, name)
+		return obj, false, validateTwinPatch(obj, name)
 	}
-	if tags, err = section(p.Tags, "tags"); err != nil {
-		return nil, nil, err
+	var err error
+	if w.tags, w.replaceTags, err = section(p.Tags, "tags"); err != nil {
+		return w, err
 	}
 	if p.Properties != nil {
-		if desired, err = section(p.Properties.Desired, "desired"); err != nil {
-			return nil, nil, err
+		if w.desired, w.replaceDesired, err = section(p.Properties.Desired, "desired"); err != nil {
+			return w, err
 		}
 	}
-	return tags, desired, nil
+	return w, nil
 }
 
 // Patch merges tags and desired properties into a twin (PATCH
-// /twins/{id}); reported properties are the device's and are ignored.
+// /twins/{id}); reported properties are the device's and are ignored. A
+// section given as null is cleared: the device hears null for each
+// desired member that goes.
 func (t *Twins) Patch(ctx context.Context, hubName, id string, body []byte, ifMatch string) (*Twin, error) {
-	tags, desired, err := parseServicePatch(body)
+	w, err := parseServicePatch(body)
 	if err != nil {
 		return nil, err
 	}
-	return t.write(ctx, hubName, id, ifMatch, tags, desired, false)
+	return t.write(ctx, hubName, id, ifMatch, w)
 }
 
 // Replace replaces tags and desired properties (PUT /twins/{id}). The
@@ -424,25 +443,27 @@ func (t *Twins) Patch(ctx context.Context, hubName, id string, body []byte, ifMa
 // property that was removed, so that applying it as a patch gives the new
 // document.
 func (t *Twins) Replace(ctx context.Context, hubName, id string, body []byte, ifMatch string) (*Twin, error) {
-	tags, desired, err := parseServicePatch(body)
+	w, err := parseServicePatch(body)
 	if err != nil {
 		return nil, err
 	}
-	if tags == nil {
-		tags = map[string]any{}
+	if w.tags == nil {
+		w.tags = map[string]any{}
 	}
-	if desired == nil {
-		desired = map[string]any{}
+	if w.desired == nil {
+		w.desired = map[string]any{}
 	}
-	return t.write(ctx, hubName, id, ifMatch, tags, desired, true)
+	w.replaceTags, w.replaceDesired = true, true
+	return t.write(ctx, hubName, id, ifMatch, w)
 }
 
-func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, tags, desired map[string]any, replace bool) (*Twin, error) {
+func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, w serviceWrite) (*Twin, error) {
+	tags, desired := w.tags, w.desired
 	d, tw, etag, err := t.update(ctx, hubName, id, ifMatch, func(tw *twinRecord, now time.Time) (map[string]any, error) {
 		changed := false
 		if tags != nil {
 			nt := tw.Tags // in place: see PatchReported
-			if replace {
+			if w.replaceTags {
 				nt = map[string]any{}
 				for k, v := range tags {
 					if v != nil {
@@ -461,7 +482,7 @@ func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, tags, de
 		var notify map[string]any
 		if desired != nil {
 			patch := desired
-			if replace {
+			if w.replaceDesired {
 				// The patch that turns the old document into the new one.
 				patch = replacementPatch(tw.Desired.Props, desired)
 				props, meta := map[string]any{}, map[string]any{}

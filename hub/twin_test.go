@@ -370,3 +370,78 @@ func TestTwinReplacePatchIsADeepDiff(t *testing.T) {
 		t.Errorf("replacement notification\n got %s\nwant %s", got, want)
 	}
 }
+
+// A PATCH whose desired (or tags) section is null clears the whole section,
+// as IoT Hub does: desired $version and the twin version go up and the
+// device hears a patch that sets every removed member to null. Nulling an
+// already empty section still counts as a write and notifies.
+func TestTwinPatchNullClearsSection(t *testing.T) {
+	e := newTwinEnv(t)
+	ctx := context.Background()
+	l := &fakeLink{}
+	defer e.links.Attach(hubName, "dev-1", l)()
+	tw, err := e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"tags":{"site":"lab","t":{"u":1}},"properties":{"desired":{"foo":1,"bar":{"baz":2}}}}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := tw.Version
+	tw, err = e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"properties":{"desired":null}}`), `"*"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(tw.Properties.Desired); !strings.HasPrefix(got, `{"$metadata":`) || !strings.HasSuffix(got, `"$version":3}`) {
+		t.Errorf("desired after null = %s; want no properties, $version 3", got)
+	}
+	if tw.Version != before+1 {
+		t.Errorf("twin version = %d; want %d", tw.Version, before+1)
+	}
+	if string(tw.Tags) != `{"site":"lab","t":{"u":1}}` {
+		t.Errorf("tags = %s; a desired-only PATCH must leave them", tw.Tags)
+	}
+	want := []string{`2:{"bar":{"baz":2},"foo":1,"$version":2}`, `3:{"bar":null,"foo":null,"$version":3}`}
+	if fmt.Sprint(l.desired) != fmt.Sprint(want) {
+		t.Errorf("notifications\n got %v\nwant %v", l.desired, want)
+	}
+	doc, err := e.twins.DeviceDocument(ctx, hubName, "dev-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := decode(t, doc)["desired"]; fmt.Sprint(got) != "map[$version:3]" {
+		t.Errorf("device document desired = %v", got)
+	}
+
+	// Again, on an empty section: still a write, still heard.
+	if _, err := e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"properties":{"desired":null}}`), ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.desired[len(l.desired)-1]; got != `4:{"$version":4}` {
+		t.Errorf("notification on an empty section = %s", got)
+	}
+
+	// Tags: null clears them all; desired is not touched (no notification).
+	tw, err = e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"tags":null}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(tw.Tags) != `{}` {
+		t.Errorf("tags after null = %s", tw.Tags)
+	}
+	if len(l.desired) != 3 {
+		t.Errorf("a tags-only PATCH notified the device: %v", l.desired)
+	}
+
+	// PUT with desired null replaces desired with nothing, the same way.
+	if _, err := e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"properties":{"desired":{"x":1}}}`), ""); err != nil {
+		t.Fatal(err)
+	}
+	tw, err = e.twins.Replace(ctx, hubName, "dev-1", []byte(`{"tags":{"k":1},"properties":{"desired":null}}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.desired[len(l.desired)-1]; got != `6:{"x":null,"$version":6}` {
+		t.Errorf("replace with null desired notified %s", got)
+	}
+	if string(tw.Tags) != `{"k":1}` {
+		t.Errorf("tags after replace = %s", tw.Tags)
+	}
+}
