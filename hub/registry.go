@@ -70,6 +70,11 @@ type Device struct {
 	CloudToDeviceMessageCount  int             `json:"cloudToDeviceMessageCount"`
 	Authentication             *Authentication `json:"authentication"`
 	Capabilities               *Capabilities   `json:"capabilities"`
+	// DeviceScope and ParentScopes are IoT Hub's nested-edge relation
+	// (scope.go): an edge device's own scope and its parent's; a child
+	// device's parent edge scope, twice.
+	DeviceScope  *string  `json:"deviceScope"`
+	ParentScopes []string `json:"parentScopes"`
 	// Hub is the hub host name the device belongs to (berth's addition; a
 	// berth serves several hubs).
 	Hub string `json:"-"`
@@ -333,6 +338,9 @@ func (r *Registry) Create(ctx context.Context, hubName string, d *Device) (*Devi
 	if err := r.apply(nd, d, now); err != nil {
 		return nil, err
 	}
+	if err := r.applyScope(ctx, hubName, nd, d); err != nil {
+		return nil, err
+	}
 	rec, err := encodeDevice(hubName, nd)
 	if err != nil {
 		return nil, err
@@ -355,6 +363,9 @@ func (r *Registry) Update(ctx context.Context, hubName string, d *Device, ifMatc
 		return nil, err
 	}
 	if err := r.apply(cur, d, r.now().UTC()); err != nil {
+		return nil, err
+	}
+	if err := r.applyScope(ctx, hubName, cur, d); err != nil {
 		return nil, err
 	}
 	rec, err := encodeDevice(hubName, cur)
@@ -502,6 +513,7 @@ func newDevice(id string, now time.Time) *Device {
 		ConnectionState: "Disconnected",
 		Status:          StatusEnabled,
 		Capabilities:    &Capabilities{},
+		ParentScopes:    []string{},
 		// Azure reports "0001-01-01T00:00:00Z" for times that never happened.
 	}
 }
@@ -525,6 +537,9 @@ func decodeDevice(rec store.Record, hubName string) (*Device, error) {
 	}
 	d.ETag = rec.ETag
 	d.Hub = hubName
+	if d.ParentScopes == nil {
+		d.ParentScopes = []string{} // devices stored before scopes existed
+	}
 	return &d, nil
 }
 

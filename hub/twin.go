@@ -29,6 +29,8 @@ type Twin struct {
 	AuthenticationType        string          `json:"authenticationType"`
 	X509Thumbprint            *X509Thumbprint `json:"x509Thumbprint"`
 	Capabilities              *Capabilities   `json:"capabilities"`
+	DeviceScope               *string         `json:"deviceScope,omitempty"`
+	ParentScopes              []string        `json:"parentScopes,omitempty"`
 	Version                   int64           `json:"version"`
 	Tags                      json.RawMessage `json:"tags"`
 	Properties                TwinProperties  `json:"properties"`
@@ -266,6 +268,8 @@ func (t *Twins) render(d *Device, tw *twinRecord, etag string) (*Twin, error) {
 		CloudToDeviceMessageCount: d.CloudToDeviceMessageCount,
 		AuthenticationType:        "sas",
 		Capabilities:              d.Capabilities,
+		DeviceScope:               d.DeviceScope,
+		ParentScopes:              d.ParentScopes,
 		Version:                   tw.Version,
 		Tags:                      tags,
 		Properties:                TwinProperties{Desired: desired, Reported: reported},

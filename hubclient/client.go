@@ -362,6 +362,10 @@ type deviceBody struct {
 	StatusReason   *string             `json:"statusReason,omitempty"`
 	Authentication *hub.Authentication `json:"authentication,omitempty"`
 	Capabilities   *hub.Capabilities   `json:"capabilities,omitempty"`
+	// A nil scope and an empty list are left out: the hub keeps what the
+	// device has. A pointer to "" removes a child's parent.
+	DeviceScope  *string  `json:"deviceScope,omitempty"`
+	ParentScopes []string `json:"parentScopes,omitempty"`
 }
 
 func putBody(d *hub.Device) deviceBody {
@@ -371,6 +375,8 @@ func putBody(d *hub.Device) deviceBody {
 		StatusReason:   d.StatusReason,
 		Authentication: d.Authentication,
 		Capabilities:   d.Capabilities,
+		DeviceScope:    d.DeviceScope,
+		ParentScopes:   d.ParentScopes,
 	}
 }
 

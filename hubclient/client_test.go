@@ -145,7 +145,7 @@ func jsonEqual(t *testing.T, got, want string) {
 	}
 }
 
-const deviceJSON = `{"deviceId":"d1","generationId":"638000000000000000","etag":"AAAAAAAAAAE=","connectionState":"Disconnected","status":"enabled","statusReason":null,"connectionStateUpdatedTime":"0001-01-01T00:00:00Z","statusUpdatedTime":"0001-01-01T00:00:00Z","lastActivityTime":"0001-01-01T00:00:00Z","cloudToDeviceMessageCount":0,"authentication":{"symmetricKey":{"primaryKey":"cGs=","secondaryKey":"c2s="},"type":"sas"},"capabilities":{"iotEdge":false}}`
+const deviceJSON = `{"deviceId":"d1","generationId":"638000000000000000","etag":"AAAAAAAAAAE=","connectionState":"Disconnected","status":"enabled","statusReason":null,"connectionStateUpdatedTime":"0001-01-01T00:00:00Z","statusUpdatedTime":"0001-01-01T00:00:00Z","lastActivityTime":"0001-01-01T00:00:00Z","cloudToDeviceMessageCount":0,"authentication":{"symmetricKey":{"primaryKey":"cGs=","secondaryKey":"c2s="},"type":"sas"},"capabilities":{"iotEdge":false},"deviceScope":null,"parentScopes":[]}`
 
 const api = "api-version=" + APIVersion
 

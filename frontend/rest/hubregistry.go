@@ -34,6 +34,8 @@ type deviceInput struct {
 	StatusReason   *string             `json:"statusReason"`
 	Authentication *hub.Authentication `json:"authentication"`
 	Capabilities   *hub.Capabilities   `json:"capabilities"`
+	DeviceScope    *string             `json:"deviceScope"`
+	ParentScopes   []string            `json:"parentScopes"`
 }
 
 // putDevice is PUT /devices/{id}: without If-Match it creates the device
@@ -66,6 +68,8 @@ func (h *handler) putDevice(x *exchange, args []string) {
 		StatusReason:   in.StatusReason,
 		Authentication: in.Authentication,
 		Capabilities:   in.Capabilities,
+		DeviceScope:    in.DeviceScope,
+		ParentScopes:   in.ParentScopes,
 	}
 	reg, name := h.hub.Registry, x.hubName()
 	var out *hub.Device

@@ -33,7 +33,7 @@ const (
 )
 
 const (
-	hubDeviceJSON  = `{"deviceId":"d1","generationId":"638000000000000000","etag":"AAAAAAAAAAE=","connectionState":"Disconnected","status":"enabled","statusReason":null,"connectionStateUpdatedTime":"0001-01-01T00:00:00Z","statusUpdatedTime":"0001-01-01T00:00:00Z","lastActivityTime":"0001-01-01T00:00:00Z","cloudToDeviceMessageCount":0,"authentication":{"symmetricKey":{"primaryKey":"` + devPrimary + `","secondaryKey":"` + devSecondary + `"},"type":"sas"},"capabilities":{"iotEdge":false}}`
+	hubDeviceJSON  = `{"deviceId":"d1","generationId":"638000000000000000","etag":"AAAAAAAAAAE=","connectionState":"Disconnected","status":"enabled","statusReason":null,"connectionStateUpdatedTime":"0001-01-01T00:00:00Z","statusUpdatedTime":"0001-01-01T00:00:00Z","lastActivityTime":"0001-01-01T00:00:00Z","cloudToDeviceMessageCount":0,"authentication":{"symmetricKey":{"primaryKey":"` + devPrimary + `","secondaryKey":"` + devSecondary + `"},"type":"sas"},"capabilities":{"iotEdge":false},"deviceScope":null,"parentScopes":[]}`
 	x509DeviceJSON = `{"deviceId":"x1","etag":"e","status":"enabled","authentication":{"x509Thumbprint":{"primaryThumbprint":"AB","secondaryThumbprint":null},"type":"selfSigned"}}`
 	hubNotFound    = `{"Message":"ErrorCode:DeviceNotFound;Device nope not found.","ExceptionMessage":"Tracking ID:t-404-TimeStamp:01/02/2024 03:04:05"}`
 )
