@@ -62,6 +62,13 @@ const (
 	HubGatewayTimeout         Code = 504101
 )
 
+// IoT Hub codes of the bulk registry operation (POST /devices).
+const (
+	HubDeviceDefinedMultipleTimes   Code = 400011
+	HubBulkRegistryOperationFailure Code = 400013
+	HubTooManyDevices               Code = 413002
+)
+
 // hubNames are the names IoT Hub writes in iothub-errorcode and in the
 // legacy "ErrorCode:Name;message" body that the Node service SDK parses.
 var hubNames = map[Code]string{
@@ -84,6 +91,10 @@ var hubNames = map[Code]string{
 	HubServerError:            "ServerError",
 	HubServiceUnavailable:     "ServiceUnavailable",
 	HubGatewayTimeout:         "GatewayTimeout",
+
+	HubDeviceDefinedMultipleTimes:   "DeviceDefinedMultipleTimes",
+	HubBulkRegistryOperationFailure: "BulkRegistryOperationFailure",
+	HubTooManyDevices:               "TooManyDevices",
 }
 
 var defaultMessages = map[Code]string{

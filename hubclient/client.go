@@ -255,6 +255,10 @@ type request struct {
 	// timeout replaces the HTTP client's overall timeout when not 0: a
 	// direct method may legitimately wait longer than any registry call.
 	timeout time.Duration
+	// bulkResult takes a 400 whose body is a BulkRegistryOperationResult
+	// as an answer, not an error: IoT Hub reports a bulk operation that
+	// partly failed that way.
+	bulkResult bool
 }
 
 // do sends r and returns the answer's body, or an *Error for a non-2xx
@@ -317,6 +321,11 @@ func (c *Client) do(ctx context.Context, r request) ([]byte, error) {
 		return nil, fmt.Errorf("hubclient: %s %s: %w", r.method, u.Path, err)
 	}
 	defer resp.Body.Close()
+	if r.bulkResult && resp.StatusCode == http.StatusBadRequest {
+		if data, ok := bulkFailure(resp); ok {
+			return data, nil
+		}
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, decodeError(resp)
 	}

@@ -103,6 +103,7 @@ func (h *handler) hubRoutes() routes {
 		newHubRoute(http.MethodPost, "devices/{deviceId}/modules/{moduleId}/messages/events", modulesUnsupported(moduleEventHint)),
 
 		newHubRoute(http.MethodGet, "devices", h.hubAuthorized(h.listDevices, read)),
+		newHubRoute(http.MethodPost, "devices", h.hubAuthorized(h.bulkDevices, write)),
 		newHubRoute(http.MethodPut, "devices/{id}", h.hubAuthorized(h.putDevice, write)),
 		newHubRoute(http.MethodGet, "devices/{id}", h.hubAuthorized(h.getDevice, read)),
 		newHubRoute(http.MethodDelete, "devices/{id}", h.hubAuthorized(h.deleteDevice, write)),

@@ -381,7 +381,7 @@ func TestHubRouting(t *testing.T) {
 		{"hub 405 on a device", "PATCH", "/devices/d1", hubTok, azerr.DPSMethodNotAllowed, 0, "PUT,GET,DELETE", 0},
 		{"hub 405 on telemetry", "GET", "/devices/d1/messages/events", hubTok, azerr.DPSMethodNotAllowed, 0, "POST", 0},
 		{"hub 405 on statistics", "POST", "/statistics/devices", hubTok, azerr.DPSMethodNotAllowed, 0, "GET", 0},
-		{"hub 405 on the device list (bulk is not supported)", "POST", "/devices", hubTok, azerr.DPSMethodNotAllowed, 0, "GET", 0},
+		{"hub 405 on the device list", "PATCH", "/devices", hubTok, azerr.DPSMethodNotAllowed, 0, "GET,POST", 0},
 		{"DPS service route untouched", "GET", "/enrollments/dev-1", dpsTok, 0, 0, "", 200},
 		{"DPS 405 stays DPS", "PATCH", "/enrollments/x", dpsTok, 0, azerr.DPSMethodNotAllowed, "PUT,GET,DELETE", 0},
 		{"an ID scope named devices is a DPS device route", "PUT", "/devices/registrations/dev-1/register", "", 0, azerr.DPSUnauthorized, "", 0},
