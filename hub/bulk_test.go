@@ -2,10 +2,14 @@ package hub_test
 
 import (
 	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/store/memstore"
 )
 
 // A bulk delete is the registry's delete: the twin goes with the device,
@@ -39,5 +43,37 @@ func TestBulkDeleteIsTheRegistryDelete(t *testing.T) {
 	}
 	if string(tw.Tags) != `{}` || tw.Version != 1 {
 		t.Errorf("twin of the recreated device: tags %s version %d", tw.Tags, tw.Version)
+	}
+}
+
+// An edge device stored before berth gave scopes shows its scope when read.
+func TestEdgeDeviceStoredWithoutScope(t *testing.T) {
+	st := memstore.New()
+	reg := hub.NewRegistry(st, nil)
+	ctx := context.Background()
+	d, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "old-gw", Capabilities: &hub.Capabilities{IoTEdge: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := st.Get(ctx, store.KindDevice, strings.ToLower(hubName)+"/old-gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(rec.Data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	delete(doc, "deviceScope")
+	delete(doc, "parentScopes")
+	rec.Data, _ = json.Marshal(doc)
+	if _, err := st.Put(ctx, rec, store.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := reg.Get(ctx, hubName, "old-gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.DeviceScope == nil || *got.DeviceScope != hub.EdgeScope(d) || got.ParentScopes == nil {
+		t.Errorf("old edge device read back: scope %v parents %v", got.DeviceScope, got.ParentScopes)
 	}
 }

@@ -540,6 +540,10 @@ func decodeDevice(rec store.Record, hubName string) (*Device, error) {
 	if d.ParentScopes == nil {
 		d.ParentScopes = []string{} // devices stored before scopes existed
 	}
+	if isEdge(&d) && d.DeviceScope == nil {
+		s := EdgeScope(&d) // an edge device stored before scopes existed
+		d.DeviceScope = &s
+	}
 	return &d, nil
 }
 
