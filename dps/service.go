@@ -338,6 +338,15 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		// before put it.
 		prevState = &RegistrationState{Status: StatusAssigned, AssignedHub: prev.LastAssignedHub, DeviceID: prev.LastDeviceID}
 	}
+	if deviceID == op.RegistrationID && prevState != nil && prevState.DeviceID != deviceID &&
+		strings.EqualFold(prevState.DeviceID, deviceID) {
+		// The registration ID is case-insensitive and the hub's device ID
+		// is not: a re-registration that spells the ID in another case is
+		// the same registration, so it keeps the device first assigned
+		// rather than leave that one behind with live keys
+		// (docs/provisioning.md, "Registration IDs and case").
+		deviceID = prevState.DeviceID
+	}
 	rp := c.ReprovisionPolicy
 	if rp == nil {
 		rp = &ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true}

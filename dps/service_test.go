@@ -533,3 +533,77 @@ func TestInitialTwinAppliedAtAssignment(t *testing.T) {
 		}
 	}
 }
+
+// A registration ID is case-insensitive and a hub device ID is not: a
+// re-registration that spells the ID in another case is the same
+// registration, and must stay the same hub device (the one first
+// assigned), with the credentials of the latest attestation. Individual
+// enrollments and group members alike.
+func TestCaseVariantKeepsTheFirstDevice(t *testing.T) {
+	ctx := context.Background()
+	for _, individual := range []bool{true, false} {
+		t.Run(fmt.Sprintf("individual=%v", individual), func(t *testing.T) {
+			f := newFixture(t)
+			key := func(regID string) string {
+				if individual {
+					return indivKey
+				}
+				k, err := sas.DeriveKey(groupKey, regID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return k
+			}
+			if individual {
+				f.enroll(t, "Abuse-UPPER", "", "")
+			} else {
+				f.group(t, "grp", "")
+			}
+			first, err := f.provision(t, "Abuse-UPPER", f.token(t, "Abuse-UPPER", key("Abuse-UPPER")), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first.RegistrationState.DeviceID != "Abuse-UPPER" {
+				t.Fatalf("first device ID %q", first.RegistrationState.DeviceID)
+			}
+			f.now = f.now.Add(time.Minute)
+			second, err := f.provision(t, "ABUSE-UPPER", f.token(t, "ABUSE-UPPER", key("ABUSE-UPPER")), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := second.RegistrationState
+			if st.Status != dps.StatusAssigned || st.DeviceID != "Abuse-UPPER" || st.RegistrationID != "ABUSE-UPPER" {
+				t.Errorf("variant's registration: status %q, deviceId %q, registrationId %q; want assigned, Abuse-UPPER (first assigned), ABUSE-UPPER (as presented)",
+					st.Status, st.DeviceID, st.RegistrationID)
+			}
+			rec, err := f.svc.GetRegistration(ctx, "abuse-upper")
+			if err != nil || rec.DeviceID != "Abuse-UPPER" {
+				t.Errorf("registration record: %+v, %v; want deviceId Abuse-UPPER", rec, err)
+			}
+			if _, err := f.reg.Get(ctx, hubName, "ABUSE-UPPER"); code(err) != azerr.HubDeviceNotFound {
+				t.Errorf("hub device ABUSE-UPPER: %v, want none (an orphan)", err)
+			}
+			devTok := func(deviceID, k string) string {
+				tok, err := sas.Sign(hubName+"/devices/"+deviceID, k, "", f.now.Add(time.Hour))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return tok
+			}
+			if _, err := f.reg.AuthenticateDevice(ctx, nil, hubName, "Abuse-UPPER", devTok("Abuse-UPPER", key("ABUSE-UPPER"))); err != nil {
+				t.Errorf("the variant's key on the one device: %v", err)
+			}
+			if _, err := f.reg.AuthenticateDevice(ctx, nil, hubName, "ABUSE-UPPER", devTok("ABUSE-UPPER", key("ABUSE-UPPER"))); err == nil {
+				t.Error("the variant's key opened a second device")
+			}
+			if !individual {
+				// The group member's key is derived from the ID as
+				// presented: the latest attestation's key replaced the
+				// first one on the device.
+				if _, err := f.reg.AuthenticateDevice(ctx, nil, hubName, "Abuse-UPPER", devTok("Abuse-UPPER", key("Abuse-UPPER"))); err == nil {
+					t.Error("the replaced key still opens the device")
+				}
+			}
+		})
+	}
+}
