@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/berth-iot/berth/refusal"
 )
 
 // Prefix is the scheme word every token starts with.
@@ -30,13 +32,27 @@ const MaxClockSkew = 5 * time.Minute
 // maxTokenLen bounds what we parse; real tokens are a few hundred bytes.
 const maxTokenLen = 4096
 
-// Errors returned by Parse and Verify. They carry no key material.
+// Errors returned by Parse and the checks. They carry no key material.
+// Each comes wrapped in a *refusal.Error that names the reason for the
+// operator's log; errors.Is still finds these.
 var (
 	ErrMalformed = errors.New("sas: malformed token")
 	ErrExpired   = errors.New("sas: token expired")
+	ErrLifetime  = errors.New("sas: token lifetime longer than this berth accepts")
 	ErrSignature = errors.New("sas: signature mismatch")
 	ErrAudience  = errors.New("sas: token not valid for this resource")
 )
+
+// malformed is Parse's refusal.
+func malformed(what string) error {
+	return refusal.New(refusal.Malformed, fmt.Errorf("%w: %s", ErrMalformed, what))
+}
+
+// AudienceError is the refusal of a token whose sr names another
+// resource than want (what the check expected, for the log).
+func AudienceError(t Token, want string) error {
+	return refusal.New(refusal.WrongAudience, fmt.Errorf("%w: sr %q, want %q", ErrAudience, t.Resource, want))
+}
 
 // Token is a parsed shared access signature.
 type Token struct {
@@ -59,59 +75,59 @@ type Token struct {
 func Parse(s string) (Token, error) {
 	var t Token
 	if len(s) > maxTokenLen {
-		return t, fmt.Errorf("%w: too long", ErrMalformed)
+		return t, malformed("too long")
 	}
 	rest, ok := strings.CutPrefix(s, Prefix)
 	if !ok || len(rest) == 0 || (rest[0] != ' ' && rest[0] != '\t') {
-		return t, fmt.Errorf("%w: missing %q prefix", ErrMalformed, Prefix)
+		return t, malformed("missing " + strconv.Quote(Prefix) + " prefix")
 	}
 	rest = strings.TrimLeft(rest, " \t")
 	if rest == "" || strings.ContainsAny(rest, " \t\r\n") {
-		return t, fmt.Errorf("%w: fields", ErrMalformed)
+		return t, malformed("fields")
 	}
 	var haveSr, haveSig, haveSe bool
 	for _, f := range strings.Split(rest, "&") {
 		k, v, ok := strings.Cut(f, "=")
 		if !ok {
-			return t, fmt.Errorf("%w: field without '='", ErrMalformed)
+			return t, malformed("field without '='")
 		}
 		switch strings.ToLower(k) {
 		case "sr":
 			if haveSr {
-				return t, fmt.Errorf("%w: duplicate sr", ErrMalformed)
+				return t, malformed("duplicate sr")
 			}
 			dec, err := url.PathUnescape(v)
 			if err != nil || v == "" {
-				return t, fmt.Errorf("%w: sr", ErrMalformed)
+				return t, malformed("sr")
 			}
 			t.RawResource, t.Resource, haveSr = v, dec, true
 		case "sig":
 			if haveSig {
-				return t, fmt.Errorf("%w: duplicate sig", ErrMalformed)
+				return t, malformed("duplicate sig")
 			}
 			dec, err := url.PathUnescape(v)
 			if err != nil || dec == "" {
-				return t, fmt.Errorf("%w: sig", ErrMalformed)
+				return t, malformed("sig")
 			}
 			t.Signature, haveSig = dec, true
 		case "se":
 			if haveSe {
-				return t, fmt.Errorf("%w: duplicate se", ErrMalformed)
+				return t, malformed("duplicate se")
 			}
 			dec, err := url.PathUnescape(v)
 			if err != nil {
-				return t, fmt.Errorf("%w: se", ErrMalformed)
+				return t, malformed("se")
 			}
 			n, err := strconv.ParseInt(dec, 10, 64)
 			if err != nil || n < 0 {
-				return t, fmt.Errorf("%w: se", ErrMalformed)
+				return t, malformed("se")
 			}
 			// se is signed as sent, so keep the raw text.
 			t.RawExpiry, t.Expiry, haveSe = v, time.Unix(n, 0), true
 		case "skn":
 			dec, err := url.PathUnescape(v)
 			if err != nil {
-				return t, fmt.Errorf("%w: skn", ErrMalformed)
+				return t, malformed("skn")
 			}
 			t.KeyName = dec
 		default:
@@ -119,7 +135,7 @@ func Parse(s string) (Token, error) {
 		}
 	}
 	if !haveSr || !haveSig || !haveSe {
-		return t, fmt.Errorf("%w: sr, sig and se are required", ErrMalformed)
+		return t, malformed("sr, sig and se are required")
 	}
 	return t, nil
 }
@@ -152,18 +168,56 @@ func (t Token) VerifyRawKey(key []byte) bool {
 	return subtle.ConstantTimeCompare(want, got) == 1
 }
 
-// Verify checks expiry and tries each base64 key in turn. It returns the index
-// of the key that matched.
-func (t Token) Verify(now time.Time, keys ...string) (int, error) {
-	if t.Expired(now) {
-		return -1, ErrExpired
-	}
+// Match tries each base64 key in turn (empty ones are skipped) and returns
+// the index of the one that signed the token. It checks the signature
+// only: the time is Limits.CheckTime's.
+func (t Token) Match(keys ...string) (int, error) {
 	for i, k := range keys {
 		if k != "" && t.VerifyKey(k) {
 			return i, nil
 		}
 	}
-	return -1, ErrSignature
+	return -1, refusal.New(refusal.WrongKey, ErrSignature)
+}
+
+// Verify checks expiry and tries each base64 key in turn, with no
+// operator limits: for clients checking what they signed. berth's own
+// checks go through Limits.Verify.
+func (t Token) Verify(now time.Time, keys ...string) (int, error) {
+	return Limits{}.Verify(t, now, keys...)
+}
+
+// Limits are what berth requires of a token's time, the same for every
+// device and service token: one check, set by the operator (berth serve
+// --max-token-lifetime).
+type Limits struct {
+	// MaxLifetime is the longest se may lie ahead of now, with
+	// MaxClockSkew allowed on top for a device whose clock runs ahead; 0
+	// accepts any lifetime, as Azure does (the SDKs sign tokens of an
+	// hour to a day, but a token of a hundred years is valid there).
+	MaxLifetime time.Duration
+}
+
+// CheckTime refuses a token past its se plus MaxClockSkew or, under a
+// MaxLifetime, one whose se lies too far ahead.
+func (l Limits) CheckTime(t Token, now time.Time) error {
+	if t.Expired(now) {
+		return refusal.New(refusal.Expired, fmt.Errorf("%w: se %s", ErrExpired, t.Expiry.UTC().Format(time.RFC3339)))
+	}
+	if l.MaxLifetime > 0 && t.Expiry.Sub(now) > l.MaxLifetime+MaxClockSkew {
+		return refusal.New(refusal.LifetimeTooLong, fmt.Errorf("%w: se %s is %s ahead, the limit is %s", ErrLifetime,
+			t.Expiry.UTC().Format(time.RFC3339), t.Expiry.Sub(now).Round(time.Second), l.MaxLifetime))
+	}
+	return nil
+}
+
+// Verify is the token check that follows the audience check: the time,
+// then the keys (see Match).
+func (l Limits) Verify(t Token, now time.Time, keys ...string) (int, error) {
+	if err := l.CheckTime(t, now); err != nil {
+		return -1, err
+	}
+	return t.Match(keys...)
 }
 
 // ResourceIs reports whether the decoded sr names want, ignoring case and one

@@ -2,8 +2,11 @@ package sas
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-iot/berth/refusal"
 )
 
 // Vectors from shared/spec/dps.md §11.
@@ -46,13 +49,13 @@ func TestVerifyClientEncodings(t *testing.T) {
 		if !tok.ResourceIs("0ne00000a0a/registrations/MY-DEVICE") {
 			t.Errorf("%q: resource %q not matched", s, tok.Resource)
 		}
-		if i, err := tok.Verify(now, "AAAA", key); err != nil || i != 1 {
+		if i, err := (Limits{}).Verify(tok, now, "AAAA", key); err != nil || i != 1 {
 			t.Errorf("%q: Verify = %d, %v", s, i, err)
 		}
-		if _, err := tok.Verify(now, groupKey); !errors.Is(err, ErrSignature) {
+		if _, err := (Limits{}).Verify(tok, now, groupKey); !errors.Is(err, ErrSignature) {
 			t.Errorf("%q: wrong key accepted: %v", s, err)
 		}
-		if _, err := tok.Verify(time.Unix(1700000000, 0).Add(MaxClockSkew+time.Second), key); !errors.Is(err, ErrExpired) {
+		if _, err := (Limits{}).Verify(tok, time.Unix(1700000000, 0).Add(MaxClockSkew+time.Second), key); !errors.Is(err, ErrExpired) {
 			t.Errorf("%q: expired token accepted: %v", s, err)
 		}
 	}
@@ -133,7 +136,7 @@ func BenchmarkVerify(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := tok.Verify(now, key); err != nil {
+		if _, err := (Limits{}).Verify(tok, now, key); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -145,5 +148,62 @@ func BenchmarkDeriveKey(b *testing.B) {
 		if _, err := DeriveKey(groupKey, "my-device"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// The operator's longest lifetime applies to se minus now, with the clock
+// skew allowed on top; no limit (the default) accepts a century, as Azure
+// does. Each refusal names its reason for the log.
+func TestLimits(t *testing.T) {
+	key := "WzAkt5GwqYWFpFrbk3L9aXm6JGAXD0rn4cXlWKGRCpc="
+	now := time.Unix(1700000000, 0)
+	sign := func(d time.Duration) Token {
+		s, err := Sign("hub/devices/d", key, "", now.Add(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	century := 100 * 365 * 24 * time.Hour
+	tests := []struct {
+		name   string
+		lim    Limits
+		ttl    time.Duration
+		keys   []string
+		reason refusal.Reason // "" accepted
+		is     error
+	}{
+		{"no limit accepts a century", Limits{}, century, []string{key}, "", nil},
+		{"within the limit", Limits{MaxLifetime: time.Hour}, time.Hour, []string{key}, "", nil},
+		{"clock skew allowed", Limits{MaxLifetime: time.Hour}, time.Hour + MaxClockSkew, []string{key}, "", nil},
+		{"too long", Limits{MaxLifetime: time.Hour}, time.Hour + MaxClockSkew + time.Second, []string{key}, refusal.LifetimeTooLong, ErrLifetime},
+		{"a century under a limit", Limits{MaxLifetime: 24 * time.Hour}, century, []string{key}, refusal.LifetimeTooLong, ErrLifetime},
+		{"expired", Limits{MaxLifetime: time.Hour}, -MaxClockSkew - time.Second, []string{key}, refusal.Expired, ErrExpired},
+		{"wrong key", Limits{}, time.Hour, []string{"AAAA", ""}, refusal.WrongKey, ErrSignature},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.lim.Verify(sign(tt.ttl), now, tt.keys...)
+			if tt.reason == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			r := refusal.Of(err)
+			if r == nil || r.Reason != tt.reason || !errors.Is(err, tt.is) {
+				t.Fatalf("err %v (refusal %v), want reason %q and %v", err, r, tt.reason, tt.is)
+			}
+			if strings.Contains(err.Error(), key) || strings.Contains(err.Error(), sign(tt.ttl).Signature) {
+				t.Errorf("the error shows a secret: %v", err)
+			}
+		})
+	}
+	if _, err := Parse("SharedAccessSignature sr=x&se=1"); refusal.Of(err) == nil || refusal.Of(err).Reason != refusal.Malformed {
+		t.Errorf("malformed: %v", err)
 	}
 }
