@@ -13,12 +13,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
 )
@@ -60,6 +62,15 @@ type Config struct {
 	RetryAfter int
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// Settings are this DPS's ID scope and shared access policies, for
+	// service tokens (AuthorizeService); nil refuses every one.
+	Settings *Settings
+	// ServiceHosts are the host names the DPS service API answers to: a
+	// service token's sr must name one of them.
+	ServiceHosts []string
+	// TokenLimits bound every device and service token's time (berth
+	// serve --max-token-lifetime).
+	TokenLimits sas.Limits
 }
 
 // Service is the DPS domain.
@@ -74,6 +85,9 @@ type Service struct {
 	webhookTimeout time.Duration
 	retry          int
 	now            func() time.Time
+	settings       *Settings
+	serviceHosts   []string
+	limits         sas.Limits
 }
 
 // New returns a Service. idScope must not be empty; hubs must name at least
@@ -102,7 +116,8 @@ func New(st store.Store, registry DeviceRegistry, cfg Config) (*Service, error) 
 		cfg.Now = time.Now
 	}
 	return &Service{store: st, registry: registry, idScope: cfg.IDScope, hubs: hubs, region: cfg.Region,
-		webhook: cfg.WebhookClient, webhookTimeout: cfg.WebhookTimeout, retry: cfg.RetryAfter, now: cfg.Now}, nil
+		webhook: cfg.WebhookClient, webhookTimeout: cfg.WebhookTimeout, retry: cfg.RetryAfter, now: cfg.Now,
+		settings: cfg.Settings, serviceHosts: slices.Clone(cfg.ServiceHosts), limits: cfg.TokenLimits}, nil
 }
 
 // IDScope returns the service's ID scope.
@@ -619,85 +634,88 @@ func isNotFound(err error) bool {
 	return errors.As(err, &ae) && ae.Status() == 404
 }
 
+// errStopGroups ends an eachGroup walk early.
+var errStopGroups = errors.New("dps: stop")
+
 // authenticate checks a device's SAS token against its enrollment: an
 // individual enrollment with this registration ID wins; otherwise the first
-// symmetric-key group whose derived key validates.
+// symmetric-key group whose derived key validates. A refusal is 401000
+// (no or unreadable token) or 401002 wrapping the *refusal.Error that says
+// why, for the log.
 func (s *Service) authenticate(ctx context.Context, scope, regID, token string, certs []*x509.Certificate) (*attested, error) {
 	if token == "" && len(certs) > 0 {
 		if !strings.EqualFold(scope, s.idScope) {
-			return nil, errInvalidCertificate(fmt.Errorf("unknown ID scope %q", scope))
+			return nil, errInvalidCertificate(refusal.Newf(refusal.UnknownScope, "ID scope %q", scope))
 		}
 		return s.authenticateX509(ctx, regID, certs, s.now())
 	}
+	deny := func(err error) error { return azerr.Wrap(deniedCode(err), err) }
 	if token == "" {
-		return nil, azerr.New(azerr.DPSUnauthorized)
+		return nil, deny(refusal.New(refusal.NoCredential, errors.New("no token and no client certificate")))
 	}
 	tok, err := sas.Parse(token)
 	if err != nil {
-		return nil, azerr.Wrap(azerr.DPSUnauthorized, err)
+		return nil, deny(err)
 	}
 	if !strings.EqualFold(scope, s.idScope) {
-		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, fmt.Errorf("unknown ID scope %q", scope))
+		return nil, deny(refusal.Newf(refusal.UnknownScope, "ID scope %q", scope))
 	}
 	if tok.KeyName != "" && !strings.EqualFold(tok.KeyName, "registration") {
-		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, fmt.Errorf("skn %q", tok.KeyName))
+		return nil, deny(refusal.Newf(refusal.UnknownPolicy, "skn %q is not \"registration\"", tok.KeyName))
 	}
-	if !tok.ResourceIs(scope + "/registrations/" + regID) {
-		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, sas.ErrAudience)
+	if want := scope + "/registrations/" + regID; !tok.ResourceIs(want) {
+		return nil, deny(sas.AudienceError(tok, want))
 	}
-	now := s.now()
-	if tok.Expired(now) {
-		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, sas.ErrExpired)
+	if err := s.limits.CheckTime(tok, s.now()); err != nil {
+		return nil, deny(err)
 	}
 	e, err := s.getEnrollment(ctx, regID)
 	switch {
 	case err == nil:
 		sk := e.Attestation.SymmetricKey
 		if e.Attestation.Type != AttestationSymmetricKey || sk == nil {
-			return nil, azerr.Wrap(azerr.DPSInvalidCredentials, errors.New("enrollment is not symmetric-key"))
+			return nil, deny(refusal.Newf(refusal.WrongCredentialType, "enrollment %s attests by %s, not a symmetric key", regID, e.Attestation.Type))
 		}
-		if _, err := tok.Verify(now, sk.PrimaryKey, sk.SecondaryKey); err != nil {
-			return nil, azerr.Wrap(azerr.DPSInvalidCredentials, err)
+		if _, err := tok.Match(sk.PrimaryKey, sk.SecondaryKey); err != nil {
+			return nil, deny(fmt.Errorf("individual enrollment %s: %w", regID, err))
 		}
 		return &attested{enrollment: e, keys: [2]string{sk.PrimaryKey, sk.SecondaryKey}}, nil
 	case !isNotFound(err):
 		return nil, err
 	}
-	// Groups are read page by page so that any number of them works.
-	after := ""
-	for {
-		recs, err := s.store.List(ctx, store.KindGroup, store.ListOptions{After: after, Limit: 100})
-		if err != nil {
-			return nil, fmt.Errorf("dps: list groups: %w", err)
+	var found *attested
+	groups := 0
+	err = s.eachGroup(ctx, func(g *EnrollmentGroup) error {
+		sk := g.Attestation.SymmetricKey
+		if g.Attestation.Type != AttestationSymmetricKey || sk == nil {
+			return nil
 		}
-		for _, rec := range recs {
-			g, err := decodeGroup(rec)
-			if err != nil {
-				return nil, err
-			}
-			sk := g.Attestation.SymmetricKey
-			if g.Attestation.Type != AttestationSymmetricKey || sk == nil {
+		groups++
+		var keys [2]string
+		for i, gk := range []string{sk.PrimaryKey, sk.SecondaryKey} {
+			if gk == "" {
 				continue
 			}
-			var keys [2]string
-			for i, gk := range []string{sk.PrimaryKey, sk.SecondaryKey} {
-				if gk == "" {
-					continue
-				}
-				dk, err := sas.DeriveKey(gk, regID)
-				if err != nil {
-					continue
-				}
+			if dk, err := sas.DeriveKey(gk, regID); err == nil {
 				keys[i] = dk
 			}
-			if _, err := tok.Verify(now, keys[0], keys[1]); err == nil {
-				return &attested{group: g, keys: keys}, nil
-			}
 		}
-		if len(recs) < 100 {
-			break
+		if _, err := tok.Match(keys[0], keys[1]); err == nil {
+			found = &attested{group: g, keys: keys}
+			return errStopGroups
 		}
-		after = recs[len(recs)-1].Key
+		return nil
+	})
+	switch {
+	case err != nil && !errors.Is(err, errStopGroups):
+		return nil, err
+	case found != nil:
+		return found, nil
+	case groups == 0:
+		return nil, deny(refusal.Newf(refusal.UnknownRegistration, "no individual enrollment %s and no symmetric-key enrollment group", regID))
 	}
-	return nil, azerr.Wrap(azerr.DPSInvalidCredentials, errors.New("no enrollment matches"))
+	// A wrong key and a registration ID no group meant look alike: a
+	// group member's key is derived from its ID.
+	return nil, deny(refusal.New(refusal.WrongKey, fmt.Errorf("%w: no individual enrollment %s, and no derived key of the %d symmetric-key enrollment groups verifies",
+		sas.ErrSignature, regID, groups)))
 }

@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
-	"time"
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/policy"
-	"github.com/berth-iot/berth/sas"
+	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/store"
 )
 
@@ -114,41 +112,34 @@ func (s *Settings) Policies(yield func(int, Policy) bool) {
 // PolicySet is the policies, for management (berth policy …).
 func (s *Settings) PolicySet() *policy.Set { return s.policies }
 
-// AuthorizeService checks a service SAS token: sr must name the host the
-// request came to (or one of hosts), skn a policy with the right.
-func (s *Settings) AuthorizeService(token string, hosts []string, right string, now time.Time) (*Policy, error) {
-	if token == "" {
-		return nil, azerr.New(azerr.DPSUnauthorized)
+// AuthorizeService checks a DPS service SAS token (policy.Set.Authorize):
+// sr must name one of the DPS's configured host names (Config.ServiceHosts,
+// never the request's Host header), optionally followed by a segment
+// prefix of the request path, and skn a policy with the right. A missing
+// or unreadable token is 401000, any other refusal 401002, as Azure
+// answers; the error's *refusal.Error says why, for the log.
+func (s *Service) AuthorizeService(token string, path []string, right string) (*Policy, error) {
+	if s.settings == nil {
+		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, refusal.New(refusal.UnknownPolicy, errors.New("this DPS has no policies")))
 	}
-	tok, err := sas.Parse(token)
+	p, err := s.settings.policies.Authorize(token, policy.Request{
+		Hosts:  s.serviceHosts,
+		Path:   path,
+		Rights: []string{right},
+		Now:    s.now(),
+		Limits: s.limits,
+	})
 	if err != nil {
-		return nil, azerr.Wrap(azerr.DPSUnauthorized, err)
-	}
-	p, ok := s.Policy(tok.KeyName)
-	if !ok {
-		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, fmt.Errorf("unknown policy %q", tok.KeyName))
-	}
-	// The audience is the host, possibly followed by path segments (a
-	// segment prefix of the request URL, as Azure documents).
-	aud := strings.TrimSuffix(tok.Resource, "/")
-	if i := strings.IndexByte(aud, '/'); i >= 0 {
-		aud = aud[:i]
-	}
-	match := false
-	for _, h := range hosts {
-		if h != "" && strings.EqualFold(aud, h) {
-			match = true
-			break
-		}
-	}
-	if !match {
-		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, sas.ErrAudience)
-	}
-	if _, err := tok.Verify(now, p.PrimaryKey, p.SecondaryKey); err != nil {
-		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, err)
-	}
-	if !p.Has(right) {
-		return nil, azerr.Wrap(azerr.DPSInvalidCredentials, fmt.Errorf("policy %s lacks %s", p.KeyName, right))
+		return nil, azerr.Wrap(deniedCode(err), err)
 	}
 	return p, nil
+}
+
+// deniedCode is the DPS code of a refused credential: 401000 when there is
+// none or it cannot be read, 401002 when it does not authenticate.
+func deniedCode(err error) azerr.Code {
+	if r := refusal.Of(err); r != nil && (r.Reason == refusal.NoCredential || r.Reason == refusal.Malformed) {
+		return azerr.DPSUnauthorized
+	}
+	return azerr.DPSInvalidCredentials
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/store"
 )
 
@@ -234,17 +235,18 @@ func errInvalidCertificate(cause error) error {
 func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x509.Certificate, now time.Time) (*attested, error) {
 	leaf := chain[0]
 	if leaf.Subject.CommonName != regID {
-		return nil, errInvalidCertificate(fmt.Errorf("certificate CN %q is not the registration ID", leaf.Subject.CommonName))
+		return nil, errInvalidCertificate(refusal.Newf(refusal.WrongCertificate, "certificate CN %q is not the registration ID", leaf.Subject.CommonName))
 	}
 	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
-		return nil, errInvalidCertificate(errors.New("certificate expired or not yet valid"))
+		return nil, errInvalidCertificate(refusal.Newf(refusal.Expired, "certificate valid from %s to %s",
+			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339)))
 	}
 	e, err := s.getEnrollment(ctx, regID)
 	switch {
 	case err == nil:
 		a := e.Attestation
 		if a.Type != AttestationX509 || a.X509 == nil {
-			return nil, errInvalidCertificate(errors.New("the enrollment is not x509"))
+			return nil, errInvalidCertificate(refusal.Newf(refusal.WrongCredentialType, "enrollment %s attests by %s, not x509", regID, a.Type))
 		}
 		for _, c := range certsOf(a.X509.ClientCertificates) {
 			if !c.Equal(leaf) {
@@ -255,12 +257,12 @@ func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x
 			// self-signed one is its own proof.
 			if !selfSigned(leaf) {
 				if err := s.verifiedChain(ctx, leaf, chain[1:], now); err != nil {
-					return nil, errInvalidCertificate(err)
+					return nil, errInvalidCertificate(refusal.New(refusal.NotEnrolled, err))
 				}
 			}
 			return &attested{enrollment: e, cert: leaf}, nil
 		}
-		return nil, errInvalidCertificate(errors.New("the certificate is not the enrollment's"))
+		return nil, errInvalidCertificate(refusal.Newf(refusal.NotEnrolled, "the certificate is not enrollment %s's", regID))
 	case !isNotFound(err):
 		return nil, err
 	}
@@ -298,7 +300,7 @@ func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x
 		return nil, err
 	}
 	if best == nil {
-		return nil, errInvalidCertificate(errors.New("no enrollment group's certificate anchors the chain"))
+		return nil, errInvalidCertificate(refusal.New(refusal.NotEnrolled, errors.New("no individual enrollment, and no enrollment group's certificate anchors the chain")))
 	}
 	return &attested{group: best, cert: leaf}, nil
 }

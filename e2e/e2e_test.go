@@ -46,8 +46,8 @@ func start(t *testing.T, dataDir string) *berth {
 	return startWith(t, dataDir, server.Config{})
 }
 
-// startWith is start with cfg's store and NATS (StoreURL, NATSURL); the
-// addresses and names are start's.
+// startWith is start with cfg's store and NATS (StoreURL, NATSURL), logger
+// and token limit; the addresses and names are start's.
 func startWith(t *testing.T, dataDir string, cfg server.Config) *berth {
 	t.Helper()
 	ctx := context.Background()
@@ -60,6 +60,9 @@ func startWith(t *testing.T, dataDir string, cfg server.Config) *berth {
 		RetryAfter: 1,
 		StoreURL:   cfg.StoreURL,
 		NATSURL:    cfg.NATSURL,
+		// A test that reads the logs or limits tokens sets these.
+		Logger:           cfg.Logger,
+		MaxTokenLifetime: cfg.MaxTokenLifetime,
 	})
 	if err != nil {
 		t.Fatal(err)

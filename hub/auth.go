@@ -10,11 +10,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/policy"
+	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
 )
@@ -111,67 +113,123 @@ type Identity struct {
 	AuthMethod string
 }
 
+// SetTokenLimits sets the operator's bounds on device and service tokens
+// (berth serve --max-token-lifetime); until it is called there are none.
+func (r *Registry) SetTokenLimits(l sas.Limits) {
+	r.mu.Lock()
+	r.limits = l
+	r.mu.Unlock()
+}
+
+func (r *Registry) tokenLimits() sas.Limits {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.limits
+}
+
+// denied is every refused device or service credential: 401
+// IotHubUnauthorizedAccess, as IoT Hub answers whatever the cause. The
+// cause, a *refusal.Error, is for the operator's log and carries no key
+// material.
+func denied(cause error) error { return azerr.WrapHub(azerr.HubUnauthorizedAccess, cause) }
+
 // AuthenticateDevice checks a device's SAS token for hubName/deviceID: a
 // device-scoped token signed with the device's key, or a policy token (skn)
 // whose policy has DeviceConnect. The sr must be a segment prefix of
-// {hub}/devices/{deviceId}. Every failure is IotHubUnauthorizedAccess; the
-// cause is for logs only.
+// {hub}/devices/{deviceId}. Every failure is IotHubUnauthorizedAccess
+// wrapping the *refusal.Error that says why.
 func (r *Registry) AuthenticateDevice(ctx context.Context, settings *Settings, hubName, deviceID, token string) (*Identity, error) {
-	deny := func(cause error) error { return azerr.WrapHub(azerr.HubUnauthorizedAccess, cause) }
 	if token == "" {
-		return nil, deny(errors.New("no token"))
+		return nil, denied(refusal.New(refusal.NoCredential, errors.New("no token")))
 	}
 	tok, err := sas.Parse(token)
 	if err != nil {
-		return nil, deny(err)
+		return nil, denied(err)
 	}
 	if !audienceCovers(tok.Resource, hubName, deviceID) {
-		return nil, deny(sas.ErrAudience)
+		return nil, denied(sas.AudienceError(tok, hubName+"/devices/"+deviceID))
 	}
-	now := r.now()
-	if tok.Expired(now) {
-		return nil, deny(sas.ErrExpired)
+	now, limits := r.now(), r.tokenLimits()
+	if err := limits.CheckTime(tok, now); err != nil {
+		return nil, denied(err)
 	}
-	d, err := r.enabledDevice(ctx, hubName, deviceID, deny)
+	d, err := r.enabledDevice(ctx, hubName, deviceID)
 	if err != nil {
 		return nil, err
 	}
 	id := &Identity{Device: d, Expires: tok.Expiry.Add(sas.MaxClockSkew)}
 	if tok.KeyName == "" {
-		if _, err := tok.Verify(now, d.Keys()...); err != nil {
-			return nil, deny(err)
+		keys := d.Keys()
+		if !slices.ContainsFunc(keys, func(k string) bool { return k != "" }) {
+			return nil, denied(refusal.Newf(refusal.WrongCredentialType, "device %q has no keys (authentication %s)", deviceID, authType(d)))
+		}
+		if _, err := tok.Match(keys...); err != nil {
+			return nil, denied(err)
 		}
 		id.AuthMethod = `{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`
 		return id, nil
 	}
 	if settings == nil {
-		return nil, deny(errors.New("no hub policies"))
+		return nil, denied(refusal.New(refusal.UnknownPolicy, errors.New("no hub policies")))
 	}
 	p, ok := settings.Policy(tok.KeyName)
-	if !ok || !p.Has(RightDeviceConnect) {
-		return nil, deny(fmt.Errorf("policy %q cannot connect devices", tok.KeyName))
+	if !ok {
+		return nil, denied(refusal.Newf(refusal.UnknownPolicy, "no policy %q", tok.KeyName))
 	}
-	if _, err := tok.Verify(now, p.PrimaryKey, p.SecondaryKey); err != nil {
-		return nil, deny(err)
+	if !p.Has(RightDeviceConnect) {
+		return nil, denied(refusal.Newf(refusal.MissingRight, "policy %s lacks %s", p.KeyName, RightDeviceConnect))
+	}
+	if _, err := tok.Match(p.PrimaryKey, p.SecondaryKey); err != nil {
+		return nil, denied(fmt.Errorf("policy %s: %w", p.KeyName, err))
 	}
 	id.AuthMethod = `{"scope":"hub","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`
 	return id, nil
 }
 
-// enabledDevice returns the device a connection claims to be, or deny's
-// error when it is unknown or disabled (indistinguishable from a bad
-// credential, as on IoT Hub); a registry failure is returned as is.
-func (r *Registry) enabledDevice(ctx context.Context, hubName, deviceID string, deny func(error) error) (*Device, error) {
+// AuthorizeService checks a hub service SAS token (policy.Set.Authorize)
+// for the hub hubName, whose policies are settings: sr names the hub,
+// optionally followed by a segment prefix of path (the request's decoded
+// path segments), and skn a policy of this hub with one of rights. Every
+// failure is 401 IotHubUnauthorizedAccess, as for device tokens.
+func (r *Registry) AuthorizeService(settings *Settings, hubName, token string, path []string, rights ...string) (*Policy, error) {
+	if settings == nil {
+		return nil, denied(refusal.New(refusal.UnknownPolicy, errors.New("no hub policies")))
+	}
+	p, err := settings.policies.Authorize(token, policy.Request{
+		Hosts:  []string{hubName},
+		Path:   path,
+		Rights: rights,
+		Now:    r.now(),
+		Limits: r.tokenLimits(),
+	})
+	if err != nil {
+		return nil, denied(err)
+	}
+	return p, nil
+}
+
+func authType(d *Device) string {
+	if d.Authentication == nil {
+		return "none"
+	}
+	return d.Authentication.Type
+}
+
+// enabledDevice returns the device a connection claims to be, or a
+// refusal when it is unknown or disabled (indistinguishable from a bad
+// credential to the device, as on IoT Hub); a registry failure is returned
+// as is.
+func (r *Registry) enabledDevice(ctx context.Context, hubName, deviceID string) (*Device, error) {
 	d, err := r.Get(ctx, hubName, deviceID)
 	if err != nil {
 		var ae *azerr.Error
 		if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
-			return nil, deny(err)
+			return nil, denied(refusal.Newf(refusal.UnknownDevice, "no device %q on %s", deviceID, hubName))
 		}
 		return nil, err
 	}
 	if d.Status != StatusEnabled {
-		return nil, deny(errors.New("device disabled"))
+		return nil, denied(refusal.Newf(refusal.Disabled, "device %q is %s", deviceID, d.Status))
 	}
 	return d, nil
 }
@@ -222,16 +280,16 @@ func (r *Registry) SetCATrust(t CATrust) {
 // connection ends when it expires. Every failure is
 // IotHubUnauthorizedAccess; the cause is for logs only.
 func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID string, chain []*x509.Certificate) (*Identity, error) {
-	deny := func(cause error) error { return azerr.WrapHub(azerr.HubUnauthorizedAccess, cause) }
 	if len(chain) == 0 {
-		return nil, deny(errors.New("no client certificate"))
+		return nil, denied(refusal.New(refusal.NoCredential, errors.New("no client certificate")))
 	}
 	leaf := chain[0]
 	now := r.now()
 	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
-		return nil, deny(errors.New("client certificate expired or not yet valid"))
+		return nil, denied(refusal.Newf(refusal.Expired, "client certificate valid from %s to %s",
+			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339)))
 	}
-	d, err := r.enabledDevice(ctx, hubName, deviceID, deny)
+	d, err := r.enabledDevice(ctx, hubName, deviceID)
 	if err != nil {
 		return nil, err
 	}
@@ -239,7 +297,7 @@ func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID
 	a := d.Authentication
 	switch {
 	case a == nil:
-		return nil, deny(errors.New("device has no authentication"))
+		return nil, denied(refusal.Newf(refusal.WrongCredentialType, "device %q has no authentication", deviceID))
 	case a.Type == AuthSelfSigned && a.X509Thumbprint != nil:
 		s1 := sha1.Sum(leaf.Raw)
 		s2 := sha256.Sum256(leaf.Raw)
@@ -255,17 +313,17 @@ func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID
 				}
 			}
 		}
-		return nil, deny(errors.New("certificate thumbprint is not the device's"))
+		return nil, denied(refusal.New(refusal.WrongCertificate, errors.New("certificate thumbprint is not the device's")))
 	case a.Type == AuthCertificateAuthority:
 		// Ordinal, as IoT Edge compares them.
 		if leaf.Subject.CommonName != deviceID {
-			return nil, deny(fmt.Errorf("certificate CN %q is not the device ID", leaf.Subject.CommonName))
+			return nil, denied(refusal.Newf(refusal.WrongCertificate, "certificate CN %q is not the device ID", leaf.Subject.CommonName))
 		}
 		r.mu.Lock()
 		cas := r.cas
 		r.mu.Unlock()
 		if cas == nil {
-			return nil, deny(errors.New("no CA is trusted"))
+			return nil, denied(refusal.New(refusal.NotEnrolled, errors.New("no CA is trusted")))
 		}
 		anchors, err := cas.TrustedCAs(ctx)
 		if err != nil {
@@ -280,10 +338,10 @@ func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID
 		}
 		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
 			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-			return nil, deny(fmt.Errorf("certificate chain: %w", err))
+			return nil, denied(refusal.Newf(refusal.NotEnrolled, "certificate chain: %w", err))
 		}
 		id.AuthMethod = `{"scope":"device","type":"x509","issuer":"iothub","acceptingIpFilterRule":null}`
 		return id, nil
 	}
-	return nil, deny(fmt.Errorf("device authenticates with %s, not a certificate", a.Type))
+	return nil, denied(refusal.Newf(refusal.WrongCredentialType, "device authenticates with %s, not a certificate", a.Type))
 }

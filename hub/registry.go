@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
 )
 
@@ -94,6 +95,8 @@ type Registry struct {
 	presence map[string]*presence
 	// cas anchors certificateAuthority devices (SetCATrust); guarded by mu.
 	cas CATrust
+	// limits bound every token's time (SetTokenLimits); guarded by mu.
+	limits sas.Limits
 }
 
 type presence struct {

@@ -26,6 +26,7 @@ import (
 	"github.com/berth-iot/berth/internal/localconf"
 	"github.com/berth-iot/berth/linkbus"
 	"github.com/berth-iot/berth/pki"
+	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
 	"github.com/berth-iot/berth/store/postgres"
 	"github.com/berth-iot/berth/store/sqlite"
@@ -69,7 +70,10 @@ type Config struct {
 	// (berth hub monitor-events, any NATS client) with a token kept in
 	// client.json; "" keeps it in-process only. Default 127.0.0.1:0.
 	StreamListen string
-	Logger       *slog.Logger
+	// MaxTokenLifetime is the longest lifetime (se minus now) of a device
+	// or service SAS token berth accepts; 0 for no limit, as Azure.
+	MaxTokenLifetime time.Duration
+	Logger           *slog.Logger
 }
 
 // Defaults fills unset fields.
@@ -134,6 +138,9 @@ type Server struct {
 // New opens the store and prepares TLS and the domain; it does not listen.
 func New(ctx context.Context, cfg Config) (*Server, error) {
 	cfg.Defaults()
+	if cfg.MaxTokenLifetime < 0 {
+		return nil, fmt.Errorf("server: the longest token lifetime (--max-token-lifetime) is %s; give 0 for no limit or a positive duration", cfg.MaxTokenLifetime)
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, errs: make(chan error, 2)}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data dir: %w", err)
@@ -150,6 +157,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.settings, s.firstRun = settings, created
 	s.registry = hub.NewRegistry(st, nil)
+	limits := sas.Limits{MaxLifetime: cfg.MaxTokenLifetime}
+	s.registry.SetTokenLimits(limits)
 	s.links = hub.NewLinks()
 	s.twins = hub.NewTwins(st, s.registry, s.links)
 	s.methods = hub.NewMethods(s.registry, s.links)
@@ -164,6 +173,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		LinkedHubs: linkedHubs(s.hubs.List()),
 		Region:     cfg.Region,
 		RetryAfter: cfg.RetryAfter,
+		// Service tokens bind to the configured names, never to a
+		// request's Host header.
+		Settings:     settings,
+		ServiceHosts: serviceHosts(cfg),
+		TokenLimits:  limits,
 	})
 	if err != nil {
 		st.Close()
@@ -447,9 +461,13 @@ func (s *Server) DPS() *dps.Service { return s.dps }
 // Settings returns the DPS settings.
 func (s *Server) Settings() *dps.Settings { return s.settings }
 
-func (s *Server) serviceHosts() []string {
-	hosts := append([]string{}, s.cfg.Hosts...)
-	return append(hosts, s.cfg.HubName)
+func (s *Server) serviceHosts() []string { return serviceHosts(s.cfg) }
+
+// serviceHosts are the names the DPS service API answers to: every --host
+// and the hub name.
+func serviceHosts(cfg Config) []string {
+	hosts := append([]string{}, cfg.Hosts...)
+	return append(hosts, cfg.HubName)
 }
 
 // dialAddr is where a local client should connect: the listener's port on

@@ -19,6 +19,7 @@ import (
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/dps"
+	"github.com/berth-iot/berth/refusal"
 )
 
 // DPS is the provisioning domain the DPS session calls; *dps.Service
@@ -460,7 +461,7 @@ func (s *dpsSession) handle(ctx context.Context, kind, rid, opID string, body []
 // internal: their cause is logged, never sent.
 func (s *dpsSession) fail(rid string, err error) {
 	internal := func(cause error) *azerr.Error { return azerr.Wrap(azerr.DPSInternal, cause) }
-	e, body := s.c.srv.errorAnswer("mqtt: DPS error answer", append(s.logAttrs(), "rid", clip(rid)), azerr.As(err, azerr.DPSInternal), internal)
+	e, body := s.c.srv.errorAnswer("mqtt: DPS error answer", append(s.logAttrs(), "remote", s.c.remote, "rid", clip(rid)), azerr.As(err, azerr.DPSInternal), internal)
 	s.respond(e.Status(), rid, body)
 }
 
@@ -480,7 +481,18 @@ func (s *Server) errorAnswer(msg string, attrs []any, e *azerr.Error, internal f
 		Info:         e.Info,
 		TimestampUTC: dps.Time{Time: time.Now().UTC()},
 	}
-	attrs = append(attrs, "status", e.Status(), "errorCode", int(e.Code), "trackingId", body.TrackingID, "message", e.Message)
+	attrs = append(attrs, "status", e.Status(), "errorCode", int(e.Code), "trackingId", body.TrackingID)
+	if r := refusal.Of(e); r != nil {
+		// A refused credential: once at info, with the domain's reason
+		// (the device sees only 401, as from Azure).
+		attrs = append(attrs, "reason", string(r.Reason))
+		if r.Err != nil {
+			attrs = append(attrs, "detail", r.Err.Error())
+		}
+		s.log.Info("mqtt: authentication refused", attrs...)
+		return e, body
+	}
+	attrs = append(attrs, "message", e.Message)
 	if e.Err != nil {
 		attrs = append(attrs, "cause", e.Err.Error())
 	}

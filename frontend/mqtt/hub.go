@@ -17,6 +17,7 @@ import (
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/refusal"
 )
 
 // HubConfig configures the IoT Hub device sessions of a Server
@@ -393,6 +394,9 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		// device) is for the log only; it carries no key material.
 		var ae *azerr.Error
 		if errors.As(err, &ae) && ae.Status() >= 400 && ae.Status() < 500 {
+			if r := refusal.Of(err); r != nil {
+				return refuse("device authentication failed", "reason", string(r.Reason), "detail", fmt.Sprint(r.Err))
+			}
 			return refuse("device authentication failed", "error", err.Error())
 		}
 		c.srv.log.Error("mqtt: CONNECT refused: device authentication could not complete", append(attrs, "error", err.Error())...)

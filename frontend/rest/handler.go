@@ -29,6 +29,7 @@ import (
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/dps"
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/refusal"
 )
 
 // Response header names, spelled as they go on the wire.
@@ -317,19 +318,38 @@ func (x *exchange) clearSuccessHeaders() {
 	}
 }
 
-// logError logs an error answer: at error level for 5xx (a bug or an
-// outage someone must look at), debug otherwise (the client's mistake).
+// logError logs an error answer:
+//   - a refused credential at info, once, with the reason the domain's
+//     check gave (the client sees only 401, as from Azure; the operator
+//     must see why);
+//   - a direct method the device did not answer in time (504) at info: it
+//     is the device's outcome, not a fault of berth;
+//   - any other 5xx at error (a bug or an outage someone must look at);
+//   - the rest at debug (the client's mistake).
+//
 // The cause may name policies and devices, never keys or tokens: the
 // domain's errors carry none.
 func (x *exchange) logError(status int, e *azerr.Error) {
 	attrs := []any{"requestId", x.id, "method", x.r.Method, "path", x.r.URL.EscapedPath(),
-		"status", status, "errorCode", int(e.Code), "message", e.Message}
+		"status", status, "errorCode", int(e.Code)}
+	if r := refusal.Of(e); r != nil {
+		attrs = append(attrs, "remote", x.r.RemoteAddr, "reason", string(r.Reason))
+		if r.Err != nil {
+			attrs = append(attrs, "detail", r.Err.Error())
+		}
+		x.h.log.Info("rest: authentication refused", attrs...)
+		return
+	}
+	attrs = append(attrs, "message", e.Message)
 	if e.Err != nil {
 		attrs = append(attrs, "cause", e.Err.Error())
 	}
-	if status >= 500 {
+	switch {
+	case e.Code == azerr.HubGatewayTimeout:
+		x.h.log.Info("rest: the device did not answer in time", attrs...)
+	case status >= 500:
 		x.h.log.Error("rest: error response", attrs...)
-	} else {
+	default:
 		x.h.log.Debug("rest: error response", attrs...)
 	}
 }

@@ -100,11 +100,12 @@ func newFixtureStore(t testing.TB, st store.Store) *fixture {
 	f := &fixture{st: st, now: time.Unix(1699999000, 0), logs: &syncBuffer{}, sink: &fakeSink{}, secrets: new([]string)}
 	clock := func() time.Time { return f.now }
 	f.reg = hub.NewRegistry(st, clock)
-	svc, err := dps.New(st, f.reg, dps.Config{IDScope: scope, Hubs: []string{hubName}, Now: clock})
+	settings, _, err := dps.LoadOrCreateSettings(context.Background(), st, scope)
 	if err != nil {
 		t.Fatal(err)
 	}
-	settings, _, err := dps.LoadOrCreateSettings(context.Background(), st, scope)
+	svc, err := dps.New(st, f.reg, dps.Config{IDScope: scope, Hubs: []string{hubName}, Now: clock,
+		Settings: settings, ServiceHosts: []string{dpsHost}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,13 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
-	"time"
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
-	"github.com/berth-iot/berth/sas"
 )
 
 // HubConfig configures the IoT Hub REST API (shared/spec/iothub.md §6 and
@@ -129,82 +126,16 @@ func (h *handler) hubRoutes() routes {
 }
 
 // hubAuthorized checks the hub service SAS token before next runs, and
-// before any body is read: the token's policy must have one of rights.
+// before any body is read: the domain's check (hub.Registry.AuthorizeService)
+// for the hub the request acts on, whose policy must have one of rights.
 func (h *handler) hubAuthorized(next func(*exchange, []string), rights ...string) func(*exchange, []string) {
 	return func(x *exchange, args []string) {
-		if err := authorizeHubService(x.target, x.r.Header.Get(reqAuthorization), x.segs, rights, h.now()); err != nil {
+		if _, err := h.hub.Registry.AuthorizeService(x.target.Settings, x.hubName(), x.r.Header.Get(reqAuthorization), x.segs, rights...); err != nil {
 			x.fail(err)
 			return
 		}
 		next(x, args)
 	}
-}
-
-// authorizeHubService validates a service token (shared/spec/iothub.md
-// §7.2) for the hub s: skn names a policy of s that has one of rights
-// (another hub's policies never count, whatever their names), sr is s's
-// name optionally followed by a segment prefix of the request path, and
-// the signature verifies with one of the policy's keys. Every failure is 401
-// IotHubUnauthorizedAccess, as AuthenticateDevice answers device tokens;
-// the cause is for the logs and carries no key material.
-//
-// This is the hub twin of dps.Settings.AuthorizeService; it lives here
-// only because package hub has no such function yet.
-func authorizeHubService(s *hub.Served, token string, path []string, rights []string, now time.Time) error {
-	deny := func(cause error) error { return azerr.Wrap(azerr.HubUnauthorizedAccess, cause) }
-	if token == "" {
-		return deny(errors.New("no token"))
-	}
-	tok, err := sas.Parse(token)
-	if err != nil {
-		return deny(err)
-	}
-	if tok.KeyName == "" {
-		// A device token: it grants DeviceConnect for one device, never
-		// registry access.
-		return deny(errors.New("service token without skn"))
-	}
-	settings := s.Settings
-	if settings == nil {
-		return deny(errors.New("no hub policies"))
-	}
-	p, ok := settings.Policy(tok.KeyName)
-	if !ok {
-		return deny(fmt.Errorf("unknown policy %q", tok.KeyName))
-	}
-	if !serviceAudience(tok.Resource, s.Info.Name, path) {
-		return deny(sas.ErrAudience)
-	}
-	if _, err := tok.Verify(now, p.PrimaryKey, p.SecondaryKey); err != nil {
-		return deny(err)
-	}
-	if !slices.ContainsFunc(rights, p.Has) {
-		return deny(fmt.Errorf("policy %s lacks %s", p.KeyName, strings.Join(rights, " or ")))
-	}
-	return nil
-}
-
-// serviceAudience reports whether the decoded sr covers the request: its
-// first segment is the hub name and the rest a segment prefix of the path
-// ("hub/devices" covers /devices/d1, "hub/dev" does not), compared
-// case-insensitively (shared/spec/iothub.md §7.2 item 5). The host is
-// compared without its port: a connection string's HostName may carry one
-// when berth does not listen on 443, and the SDKs then sign "host:port".
-func serviceAudience(sr, hubName string, path []string) bool {
-	segs := strings.Split(strings.TrimSuffix(sr, "/"), "/")
-	if !strings.EqualFold(hostOf(segs[0]), hostOf(hubName)) {
-		return false
-	}
-	rest := segs[1:]
-	if len(rest) > len(path) {
-		return false
-	}
-	for i, s := range rest {
-		if !strings.EqualFold(s, path[i]) {
-			return false
-		}
-	}
-	return true
 }
 
 // hubErrorBody is IoT Hub's legacy error body (shared/spec/iothub.md §9.1),

@@ -290,6 +290,12 @@ func TestMethodTimeout(t *testing.T) {
 	if calls, _, _ := link.snapshot(); len(calls) != 1 || calls[0].deadline.Sub(start) < 4*time.Second || calls[0].deadline.Sub(start) > 6*time.Second {
 		t.Errorf("invocations %+v, want one with a deadline 5 s after %v", calls, start)
 	}
+	// The device's silence is its outcome, not berth's fault: info, not
+	// error, for the operator.
+	logs := f.logs.String()
+	if strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, "level=INFO msg=\"rest: the device did not answer in time\"") {
+		t.Errorf("a method timeout is not logged once at info:\n%s", logs)
+	}
 }
 
 // TestMethodOutlivesWriteTimeout: an invocation that lasts longer than the

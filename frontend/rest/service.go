@@ -81,35 +81,19 @@ func (h *handler) serviceRoutes() routes {
 }
 
 // authorized checks the service SAS token before next runs, and before any
-// body is read. Failures are 401 (401000 for a missing or unparseable
-// token, 401002 for one that does not grant right).
+// body is read. The check is the domain's (dps.Service.AuthorizeService):
+// the token's sr must name one of the DPS's configured host names, never
+// merely the Host this request was sent with. Failures are 401 (401000
+// for a missing or unparseable token, 401002 for one that does not grant
+// right).
 func (h *handler) authorized(right string, next func(*exchange, []string)) func(*exchange, []string) {
 	return func(x *exchange, args []string) {
-		token := x.r.Header.Get(reqAuthorization)
-		if _, err := h.settings.AuthorizeService(token, h.audiences(x.r.Host), right, h.now()); err != nil {
+		if _, err := h.svc.AuthorizeService(x.r.Header.Get(reqAuthorization), x.segs, right); err != nil {
 			x.fail(err)
 			return
 		}
 		next(x, args)
 	}
-}
-
-// audiences are the hosts a service token's sr may name: the configured
-// ones and the host this request was sent to, with and without its port
-// (a connection string's HostName may carry a port when berth does not
-// listen on 443, and the SDKs then sign "host:port").
-func (h *handler) audiences(reqHost string) []string {
-	out := make([]string, 0, len(h.hosts)+2)
-	out = append(out, h.hosts...)
-	if reqHost == "" {
-		return out
-	}
-	bare := hostOf(reqHost)
-	out = append(out, bare)
-	if bare != reqHost {
-		out = append(out, reqHost)
-	}
-	return out
 }
 
 // hostOf strips the port (and IPv6 brackets) from a Host header value.

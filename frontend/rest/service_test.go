@@ -361,9 +361,13 @@ func TestServiceAuth(t *testing.T) {
 		{"sr host case-insensitive", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, strings.ToUpper(dpsHost), owner, exp), 200, 0},
 		{"sr with a path prefix", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, dpsHost+"/enrollments", owner, exp), 200, 0},
 		{"sr url-encoded as C# does", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, "dps.berth.test%2Fenrollments", owner, exp), 200, 0},
-		{"sr is the request host, not configured", "GET", "/enrollments/auth-1", "", "10.1.2.3:8443", serviceToken(t, "10.1.2.3", owner, exp), 200, 0},
-		{"sr is the request host with port", "GET", "/enrollments/auth-1", "", "localhost:8443", serviceToken(t, "localhost:8443", owner, exp), 200, 0},
-		{"sr is a bracketed IPv6 host", "GET", "/enrollments/auth-1", "", "[::1]:443", serviceToken(t, "::1", owner, exp), 200, 0},
+		// The audience binds to the DPS's configured host names, never to
+		// the Host header the client chose.
+		{"sr names the request host, not configured (forged audience)", "GET", "/enrollments/auth-1", "", "evil.example.com", serviceToken(t, "evil.example.com", owner, exp), 401, azerr.DPSInvalidCredentials},
+		{"sr names the request host and port, not configured", "GET", "/enrollments/auth-1", "", "10.1.2.3:8443", serviceToken(t, "10.1.2.3:8443", owner, exp), 401, azerr.DPSInvalidCredentials},
+		{"sr is a configured host with port", "GET", "/enrollments/auth-1", "", dpsHost + ":8443", serviceToken(t, dpsHost+":8443", owner, exp), 200, 0},
+		{"sr is a configured host, Host another", "GET", "/enrollments/auth-1", "", "10.1.2.3", serviceToken(t, dpsHost, owner, exp), 200, 0},
+		{"sr path is not a prefix of the request's", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, dpsHost+"/registrations", owner, exp), 401, azerr.DPSInvalidCredentials},
 		{"sr is another host than the request's", "GET", "/enrollments/auth-1", "", "10.1.2.3", serviceToken(t, "10.9.9.9", owner, exp), 401, azerr.DPSInvalidCredentials},
 	}
 	for _, tt := range tests {

@@ -65,6 +65,7 @@ the flag names. Flags win over the environment, which wins over the file.`,
 	f.IntVar(&cfg.RetryAfter, "retry-after", 3, "retry-after seconds on DPS 202 answers")
 	f.StringVar(&cfg.NATSURL, "nats-url", "", "external NATS (JetStream) URLs for the telemetry stream; default: embedded, under DATA_DIR/nats")
 	f.StringVar(&cfg.StreamListen, "stream-listen", "127.0.0.1:0", `where the embedded NATS accepts local readers (token in client.json); "none" for in-process only`)
+	f.DurationVar(&cfg.MaxTokenLifetime, "max-token-lifetime", 0, "longest lifetime (expiry minus now) of a device or service SAS token berth accepts, e.g. 24h; 0 for no limit, as Azure")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
 }
