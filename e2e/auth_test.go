@@ -391,3 +391,41 @@ func TestMaxTokenLifetime(t *testing.T) {
 		t.Errorf("DPS service within the limit: %d %s", resp.StatusCode, body)
 	}
 }
+
+// One registration is one hub device: a group member registered as
+// Abuse-UPPER and again as ABUSE-UPPER (registration IDs are
+// case-insensitive) is still the hub device Abuse-UPPER, now with the key
+// derived from the new spelling; no device ABUSE-UPPER exists, so that key
+// opens nothing else.
+func TestCaseVariantLeavesNoOrphanDevice(t *testing.T) {
+	b := start(t, t.TempDir())
+	hubName := b.info.HubHostName
+	groupKey := b.createGroup("abuse")
+	first, err := sas.DeriveKey(groupKey, "Abuse-UPPER")
+	if err != nil {
+		t.Fatal(err)
+	}
+	variant, err := sas.DeriveKey(groupKey, "ABUSE-UPPER")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAssigned(t, b.provisionHTTPS("Abuse-UPPER", first), "Abuse-UPPER", hubName)
+	op := b.provisionMQTT("ABUSE-UPPER", variant)
+	if rs := op.RegistrationState; op.Status != "assigned" || rs == nil || rs.DeviceID != "Abuse-UPPER" || rs.RegistrationID != "ABUSE-UPPER" {
+		t.Fatalf("variant: %+v %+v, want deviceId Abuse-UPPER", op, rs)
+	}
+	resp, body := b.hubDo("GET", "/devices/ABUSE-UPPER?api-version=2021-04-12", nil, nil, nil)
+	checkHubError(t, "orphan device", resp.StatusCode, resp.Header, body, 404, "DeviceNotFound")
+	if resp, body := b.hubDo("GET", "/devices/Abuse-UPPER?api-version=2021-04-12", nil, nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("the one device: %d %s", resp.StatusCode, body)
+	}
+	if err := b.hubConnectErr("Abuse-UPPER", hubToken(t, hubName, "Abuse-UPPER", variant)); err != nil {
+		t.Errorf("the variant's key on the one device: %v", err)
+	}
+	if err := b.hubConnectErr("ABUSE-UPPER", hubToken(t, hubName, "ABUSE-UPPER", variant)); err == nil {
+		t.Error("the variant's key opened a second device")
+	}
+	if err := b.hubConnectErr("Abuse-UPPER", hubToken(t, hubName, "Abuse-UPPER", first)); err == nil {
+		t.Error("the replaced key still opens the device")
+	}
+}
