@@ -87,3 +87,12 @@ func Of(err error) *Error {
 	}
 	return nil
 }
+
+// LogAttrs are the refusal's slog attributes: the reason and, when there
+// is one, the detail. Every front end logs a refusal with these.
+func (e *Error) LogAttrs() []any {
+	if e.Err == nil {
+		return []any{"reason", string(e.Reason)}
+	}
+	return []any{"reason", string(e.Reason), "detail", e.Err.Error()}
+}

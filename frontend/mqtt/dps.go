@@ -485,11 +485,7 @@ func (s *Server) errorAnswer(msg string, attrs []any, e *azerr.Error, internal f
 	if r := refusal.Of(e); r != nil {
 		// A refused credential: once at info, with the domain's reason
 		// (the device sees only 401, as from Azure).
-		attrs = append(attrs, "reason", string(r.Reason))
-		if r.Err != nil {
-			attrs = append(attrs, "detail", r.Err.Error())
-		}
-		s.log.Info("mqtt: authentication refused", attrs...)
+		s.log.Info("mqtt: authentication refused", append(attrs, r.LogAttrs()...)...)
 		return e, body
 	}
 	attrs = append(attrs, "message", e.Message)

@@ -395,7 +395,8 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		var ae *azerr.Error
 		if errors.As(err, &ae) && ae.Status() >= 400 && ae.Status() < 500 {
 			if r := refusal.Of(err); r != nil {
-				return refuse("device authentication failed", "reason", string(r.Reason), "detail", fmt.Sprint(r.Err))
+				// The domain's reason, once, at info (refuse).
+				return refuse("device authentication failed", r.LogAttrs()...)
 			}
 			return refuse("device authentication failed", "error", err.Error())
 		}

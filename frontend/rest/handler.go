@@ -333,11 +333,8 @@ func (x *exchange) logError(status int, e *azerr.Error) {
 	attrs := []any{"requestId", x.id, "method", x.r.Method, "path", x.r.URL.EscapedPath(),
 		"status", status, "errorCode", int(e.Code)}
 	if r := refusal.Of(e); r != nil {
-		attrs = append(attrs, "remote", x.r.RemoteAddr, "reason", string(r.Reason))
-		if r.Err != nil {
-			attrs = append(attrs, "detail", r.Err.Error())
-		}
-		x.h.log.Info("rest: authentication refused", attrs...)
+		attrs = append(attrs, "remote", x.r.RemoteAddr)
+		x.h.log.Info("rest: authentication refused", append(attrs, r.LogAttrs()...)...)
 		return
 	}
 	attrs = append(attrs, "message", e.Message)
