@@ -72,7 +72,17 @@ func startWith(t *testing.T, dataDir string, cfg server.Config) *berth {
 	}
 	b := &berth{t: t, srv: srv, dataDir: dataDir}
 	t.Cleanup(b.stop)
-	b.info, err = localconf.Read(dataDir)
+	b.load()
+	return b
+}
+
+// load reads how to reach the berth in b.dataDir from its client.json, as
+// the CLI does, and prepares b's HTTPS client.
+func (b *berth) load() {
+	t := b.t
+	t.Helper()
+	var err error
+	b.info, err = localconf.Read(b.dataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +101,6 @@ func startWith(t *testing.T, dataDir string, cfg server.Config) *berth {
 			return d.DialContext(ctx, network, b.info.HTTPSAddress)
 		},
 	}}
-	return b
 }
 
 func (b *berth) stop() {
