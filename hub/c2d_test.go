@@ -51,6 +51,17 @@ func (e *c2dEnv) receive(t *testing.T, max int) []*hub.CloudMessage {
 	return ms
 }
 
+// count is the length of dev-1's queue; an error fails the test, so that a
+// broken Count cannot pass for an empty queue.
+func (e *c2dEnv) count(t *testing.T) int {
+	t.Helper()
+	n, err := e.q.Count(context.Background(), hubName, "dev-1")
+	if err != nil {
+		t.Fatalf("Count: %v", err)
+	}
+	return n
+}
+
 func bodies(ms []*hub.CloudMessage) string {
 	var b []string
 	for _, m := range ms {
@@ -76,10 +87,13 @@ func TestC2DSendStampsAndWakes(t *testing.T) {
 	if l.pending != 1 {
 		t.Errorf("link woken %d times", l.pending)
 	}
-	if d, _ := e.reg.Get(ctx, hubName, "dev-1"); d.CloudToDeviceMessageCount != 0 {
-		t.Errorf("Get counted the queue (%d): it is on the hot path", d.CloudToDeviceMessageCount)
+	if d, err := e.reg.Get(ctx, hubName, "dev-1"); err != nil || d.CloudToDeviceMessageCount != 0 {
+		t.Errorf("Get counted the queue (%+v, %v): it is on the hot path", d, err)
 	}
-	d, _ := e.reg.Show(ctx, hubName, "dev-1")
+	d, err := e.reg.Show(ctx, hubName, "dev-1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if d.CloudToDeviceMessageCount != 1 {
 		t.Errorf("cloudToDeviceMessageCount = %d", d.CloudToDeviceMessageCount)
 	}
@@ -109,16 +123,76 @@ func TestC2DSendRefused(t *testing.T) {
 			if _, err := e.q.Send(context.Background(), hubName, c.dev, &c.m); code(err) != c.code {
 				t.Fatalf("Send = %v, want %d", err, c.code)
 			}
-			if n, _ := e.q.Count(context.Background(), hubName, "dev-1"); n != 0 {
+			if n := e.count(t); n != 0 {
 				t.Errorf("refused message queued: %d", n)
 			}
 		})
 	}
 }
 
+// IoT Hub keeps a C2D message for one hour unless the sender says otherwise,
+// and for 48 hours at most: a later expiry is cut to 48 hours after the
+// send. The figures are literals, so that a wrong or missing cap fails here.
+func TestC2DExpiry(t *testing.T) {
+	cases := []struct {
+		name   string
+		expiry time.Duration // after the send; 0: none given
+		want   time.Duration
+	}{
+		{"none: one hour", 0, time.Hour},
+		{"a minute", time.Minute, time.Minute},
+		{"47 hours", 47 * time.Hour, 47 * time.Hour},
+		{"exactly 48 hours", 48 * time.Hour, 48 * time.Hour},
+		{"a second over 48 hours", 48*time.Hour + time.Second, 48 * time.Hour},
+		{"a year", 365 * 24 * time.Hour, 48 * time.Hour},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newC2DEnv(t)
+			m := &hub.CloudMessage{Body: []byte("x")}
+			if c.expiry != 0 {
+				m.Expiry = e.now.Add(c.expiry)
+			}
+			sent, err := e.q.Send(context.Background(), hubName, "dev-1", m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := e.now.Add(c.want); !sent.Expiry.Equal(want) {
+				t.Fatalf("expiry %v after the send, want %v", sent.Expiry.Sub(e.now), c.want)
+			}
+			// The stored message has that expiry too: it is delivered a
+			// second before it and not a second after.
+			sentAt := e.now
+			e.now = sentAt.Add(c.want - time.Second)
+			got := e.receive(t, 1)
+			if len(got) != 1 || !got[0].Expiry.Equal(sent.Expiry) {
+				t.Fatalf("a second before expiry: %+v", got)
+			}
+			if err := e.q.Abandon(context.Background(), hubName, "dev-1", got[0].LockToken); err != nil {
+				t.Fatal(err)
+			}
+			e.now = sentAt.Add(c.want + time.Second)
+			if got := e.receive(t, 1); len(got) != 0 {
+				t.Fatalf("a second after expiry: delivered %+v", got)
+			}
+		})
+	}
+}
+
+// A C2D message may be 64 KB: exactly that is accepted (the byte more is
+// refused in TestC2DSendRefused).
+func TestC2DSizeLimit(t *testing.T) {
+	e := newC2DEnv(t)
+	if _, err := e.q.Send(context.Background(), hubName, "dev-1", &hub.CloudMessage{Body: make([]byte, 64*1024)}); err != nil {
+		t.Fatalf("a 64 KB message: %v", err)
+	}
+}
+
+// IoT Hub queues at most 50 messages per device: a literal, so that a wrong
+// MaxC2DQueueDepth fails here.
 func TestC2DQueueDepth(t *testing.T) {
 	e := newC2DEnv(t)
-	for range hub.MaxC2DQueueDepth {
+	for range 50 {
 		e.send(t, "m")
 	}
 	if _, err := e.q.Send(context.Background(), hubName, "dev-1", &hub.CloudMessage{Body: []byte("51st")}); code(err) != azerr.HubQueueDepthExceeded {
@@ -175,7 +249,7 @@ func TestC2DLifecycle(t *testing.T) {
 	if err := e.q.Reject(ctx, hubName, "dev-1", ms[1].LockToken); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := e.q.Count(ctx, hubName, "dev-1"); n != 1 {
+	if n := e.count(t); n != 1 {
 		t.Errorf("after complete and reject: %d queued, want 1 (c)", n)
 	}
 	// A lock that times out makes the message visible again.
@@ -193,7 +267,7 @@ func TestC2DDeadLetters(t *testing.T) {
 	}
 	e.send(t, "bounce")
 	e.now = e.now.Add(2 * time.Second)
-	for i := 1; i <= hub.MaxDeliveryCount; i++ {
+	for i := 1; i <= 10; i++ { // IoT Hub's default maximum delivery count
 		ms := e.receive(t, 5)
 		if bodies(ms) != "bounce" || ms[0].DeliveryCount != i {
 			t.Fatalf("delivery %d: %s", i, bodies(ms))
@@ -205,7 +279,7 @@ func TestC2DDeadLetters(t *testing.T) {
 	if ms := e.receive(t, 5); len(ms) != 0 {
 		t.Fatalf("delivered an 11th time or expired message: %s", bodies(ms))
 	}
-	if n, _ := e.q.Count(ctx, hubName, "dev-1"); n != 0 {
+	if n := e.count(t); n != 0 {
 		t.Errorf("dead-lettered messages still queued: %d", n)
 	}
 }
@@ -228,7 +302,7 @@ func TestC2DPurgeAndDeviceDelete(t *testing.T) {
 	if _, err := e.reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev-1"}); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := e.q.Count(ctx, hubName, "dev-1"); n != 0 {
+	if n := e.count(t); n != 0 {
 		t.Errorf("a recreated device inherited %d queued messages", n)
 	}
 }

@@ -95,8 +95,8 @@ func TestDirectory(t *testing.T) {
 	if err := d.Delete(ctx, "hub-b.example"); err != nil {
 		t.Fatal(err)
 	}
-	if devs, _ := reg.List(ctx, "hub-b.example", "", 10); len(devs) != 0 {
-		t.Errorf("devices left on a deleted hub: %d", len(devs))
+	if devs, err := reg.List(ctx, "hub-b.example", "", 10); err != nil || len(devs) != 0 {
+		t.Errorf("devices left on a deleted hub: %d (%v)", len(devs), err)
 	}
 	if _, err := reg.Get(ctx, "hub.berth.test", "a0"); err != nil {
 		t.Errorf("another hub's device went too: %v", err)

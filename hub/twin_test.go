@@ -166,7 +166,9 @@ func TestTwinPatchRefused(t *testing.T) {
 		{"control in key", "{\"a\\u0001\":1}", azerr.HubArgumentInvalid},
 		{"integer too big", `{"a":4503599627370496}`, azerr.HubArgumentInvalid},
 		{"integer too small", `{"a":-4503599627370497}`, azerr.HubArgumentInvalid},
+		{"string of 4 KB", `{"a":"` + strings.Repeat("x", 4096) + `"}`, 0},
 		{"string over 4 KB", `{"a":"` + strings.Repeat("x", 4097) + `"}`, azerr.HubArgumentInvalid},
+		{"key of 1 KB", `{"` + strings.Repeat("k", 1024) + `":1}`, 0},
 		{"key over 1 KB", `{"` + strings.Repeat("k", 1025) + `":1}`, azerr.HubArgumentInvalid},
 		{"section over 32 KB", big, azerr.HubMessageTooLarge},
 	}
@@ -185,6 +187,51 @@ func TestTwinPatchRefused(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// sizedPatch is a flat patch whose size as IoT Hub counts it (the bytes of
+// keys and of string values) is n, no value over 4 KB.
+func sizedPatch(n int) string {
+	var parts []string
+	for i := 0; n > 0; i++ {
+		k := fmt.Sprintf("k%d", i)
+		v := min(4096, n-len(k))
+		parts = append(parts, fmt.Sprintf(`"%s":"%s"`, k, strings.Repeat("x", v)))
+		n -= len(k) + v
+	}
+	return "{" + strings.Join(parts, ",") + "}"
+}
+
+// IoT Hub's twin limits, as literals so that a wrong constant fails here:
+// tags 8 KB, desired and reported properties 32 KB each; exactly the limit
+// is accepted, a byte more refused.
+func TestTwinSizeLimits(t *testing.T) {
+	for _, c := range []struct {
+		section string
+		limit   int
+	}{{"tags", 8 * 1024}, {"desired", 32 * 1024}, {"reported", 32 * 1024}} {
+		for _, n := range []int{c.limit, c.limit + 1} {
+			t.Run(fmt.Sprintf("%s %d", c.section, n), func(t *testing.T) {
+				e := newTwinEnv(t)
+				ctx := context.Background()
+				var err error
+				switch c.section {
+				case "tags":
+					_, err = e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"tags":`+sizedPatch(n)+`}`), "")
+				case "desired":
+					_, err = e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"properties":{"desired":`+sizedPatch(n)+`}}`), "")
+				case "reported":
+					_, err = e.twins.PatchReported(ctx, hubName, "dev-1", []byte(sizedPatch(n)))
+				}
+				switch {
+				case n > c.limit && code(err) != azerr.HubMessageTooLarge:
+					t.Fatalf("%d bytes: %v, want MessageTooLarge", n, err)
+				case n <= c.limit && err != nil:
+					t.Fatalf("%d bytes refused: %v", n, err)
+				}
+			})
+		}
 	}
 }
 

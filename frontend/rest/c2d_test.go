@@ -23,6 +23,17 @@ func c2dPath(id, spelling string) string {
 	return "/devices/" + url.PathEscape(id) + "/messages/" + spelling
 }
 
+// c2dCount is the length of a device's C2D queue; an error fails the
+// test, so that a broken Count cannot pass for an empty queue.
+func (f *fixture) c2dCount(t *testing.T, deviceID string) int {
+	t.Helper()
+	n, err := f.c2d.Count(context.Background(), hubName, deviceID)
+	if err != nil {
+		t.Fatalf("Count(%s): %v", deviceID, err)
+	}
+	return n
+}
+
 // sendResult is the answer to a C2D send.
 type sendResult struct {
 	MessageID       string `json:"messageId"`
@@ -165,7 +176,7 @@ func TestCloudToDeviceLifecycle(t *testing.T) {
 		t.Fatalf("complete: %d %s", rec.Code, rec.Body)
 	}
 	checkHubError(t, wire(t, srv, http.MethodDelete, c2dPath("c2d-1", "devicebound")+"/"+second, nil, "Authorization", devTok), azerr.HubMessageLockLost)
-	if n, _ := f.c2d.Count(context.Background(), hubName, "c2d-1"); n != 0 {
+	if n := f.c2dCount(t, "c2d-1"); n != 0 {
 		t.Errorf("%d messages left", n)
 	}
 }
@@ -187,7 +198,7 @@ func TestCloudToDeviceReject(t *testing.T) {
 			if rec.Code != http.StatusNoContent {
 				t.Fatalf("reject: %d %s", rec.Code, rec.Body)
 			}
-			if n, _ := f.c2d.Count(context.Background(), hubName, "c2d-r"); n != 0 {
+			if n := f.c2dCount(t, "c2d-r"); n != 0 {
 				t.Errorf("%d messages left", n)
 			}
 		})
@@ -254,7 +265,7 @@ func TestCloudToDeviceErrors(t *testing.T) {
 	f := newFixture(t)
 	srv := f.tlsServer(t, 30*time.Second)
 	f.device(t, "c2d-full", "")
-	for i := 0; i < hub.MaxC2DQueueDepth; i++ {
+	for i := 0; i < 50; i++ { // IoT Hub's queue depth, as a literal: a wrong constant fails here
 		if _, err := f.c2d.Send(context.Background(), hubName, "c2d-full", &hub.CloudMessage{Body: []byte("x")}); err != nil {
 			t.Fatal(err)
 		}
@@ -271,9 +282,9 @@ func TestCloudToDeviceErrors(t *testing.T) {
 	}{
 		{"unknown device", "POST", c2dPath("ghost", "deviceBound"), "x", []string{"Authorization", owner}, azerr.HubDeviceNotFound},
 		{"queue full", "POST", c2dPath("c2d-full", "devicebound"), "x", []string{"Authorization", owner}, azerr.HubQueueDepthExceeded},
-		{"body over 64 KB", "POST", send, strings.Repeat("b", hub.MaxC2DMessageSize+1), []string{"Authorization", owner}, azerr.HubMessageTooLarge},
-		{"body and properties over 64 KB", "POST", send, strings.Repeat("b", hub.MaxC2DMessageSize-2), []string{"Authorization", owner, "iothub-app-k", "vvv"}, azerr.HubMessageTooLarge},
-		{"JSON form over 64 KB decoded", "POST", send, `{"body":"` + strings.Repeat("b", hub.MaxC2DMessageSize+1) + `","base64Encoded":false}`, []string{"Authorization", owner, js, batchContentType}, azerr.HubMessageTooLarge},
+		{"body over 64 KB", "POST", send, strings.Repeat("b", 64*1024+1), []string{"Authorization", owner}, azerr.HubMessageTooLarge},
+		{"body and properties over 64 KB", "POST", send, strings.Repeat("b", 64*1024-2), []string{"Authorization", owner, "iothub-app-k", "vvv"}, azerr.HubMessageTooLarge},
+		{"JSON form over 64 KB decoded", "POST", send, `{"body":"` + strings.Repeat("b", 64*1024+1) + `","base64Encoded":false}`, []string{"Authorization", owner, js, batchContentType}, azerr.HubMessageTooLarge},
 		{"bad ack", "POST", send, "x", []string{"Authorization", owner, "iothub-ack", "sometimes"}, azerr.HubArgumentInvalid},
 		{"bad expiry", "POST", send, "x", []string{"Authorization", owner, "iothub-expiry", "tomorrow"}, azerr.HubArgumentInvalid},
 		{"bad app property name", "POST", send, `{"body":"eA==","properties":{"iothub-app-a b":"v"}}`, []string{"Authorization", owner, js, batchContentType}, azerr.HubArgumentInvalid},
@@ -304,11 +315,51 @@ func TestCloudToDeviceErrors(t *testing.T) {
 			checkHubError(t, wire(t, srv, tt.method, tt.path, body, tt.hdr...), tt.want)
 		})
 	}
-	if n, _ := f.c2d.Count(context.Background(), hubName, "c2d-e"); n != 0 {
+	if n := f.c2dCount(t, "c2d-e"); n != 0 {
 		t.Errorf("refused sends enqueued %d messages", n)
 	}
-	if n, _ := f.c2d.Count(context.Background(), hubName, "c2d-full"); n != hub.MaxC2DQueueDepth {
+	if n := f.c2dCount(t, "c2d-full"); n != 50 {
 		t.Errorf("the full queue holds %d", n)
+	}
+}
+
+// TestCloudToDeviceExpiry: a send without iothub-expiry keeps the message
+// an hour; one with a later expiry than 48 hours is kept 48 hours, and the
+// answer says so. IoT Hub's figures, as literals.
+func TestCloudToDeviceExpiry(t *testing.T) {
+	f := newFixture(t)
+	srv := f.tlsServer(t, 30*time.Second)
+	f.device(t, "c2d-x", "")
+	owner := f.hubOwnerToken(t)
+	for _, tt := range []struct {
+		name   string
+		expiry time.Duration // after now; 0: no header
+		want   time.Duration // after enqueuing
+	}{
+		{"none", 0, time.Hour},
+		{"ten hours", 10 * time.Hour, 10 * time.Hour},
+		{"48 hours", 48 * time.Hour, 48 * time.Hour},
+		{"72 hours", 72 * time.Hour, 48 * time.Hour},
+		{"ten years", 10 * 365 * 24 * time.Hour, 48 * time.Hour},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			hdr := []string{"Authorization", owner}
+			if tt.expiry != 0 {
+				hdr = append(hdr, "iothub-expiry", f.now.Add(tt.expiry).UTC().Format(time.RFC3339Nano))
+			}
+			rec := wire(t, srv, http.MethodPost, c2dPath("c2d-x", "deviceBound"), []byte("x"), hdr...)
+			if rec.Code != http.StatusOK {
+				t.Fatalf("send: %d %s", rec.Code, rec.Body)
+			}
+			sent := decode[sendResult](t, rec)
+			enq, err := time.Parse(hub.EnqueuedTimeLayout, sent.EnqueuedTimeUTC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := enq.Add(tt.want).Format(hub.EnqueuedTimeLayout); sent.ExpiryTimeUTC != want {
+				t.Errorf("expiryTimeUtc %s, want %s (enqueued %s)", sent.ExpiryTimeUTC, want, sent.EnqueuedTimeUTC)
+			}
+		})
 	}
 }
 
@@ -336,22 +387,24 @@ func TestCloudToDevicePurge(t *testing.T) {
 	}
 }
 
-// TestLockTimeout: how iothub-messagelocktimeout is read.
+// TestLockTimeout: how iothub-messagelocktimeout is read. IoT Hub's
+// default lock is a minute and its longest five: literals, not the
+// constants.
 func TestLockTimeout(t *testing.T) {
 	tests := []struct {
 		query string
 		want  time.Duration
 		bad   bool
 	}{
-		{"", hub.DefaultLockTimeout, false},
-		{"?iothub-messagelocktimeout=", hub.DefaultLockTimeout, false},
+		{"", time.Minute, false},
+		{"?iothub-messagelocktimeout=", time.Minute, false},
 		{"?iothub-messagelocktimeout=60", time.Minute, false},
 		{"?IoTHub-MessageLockTimeout=5", 5 * time.Second, false},
-		{"?iothub-messagelocktimeout=0", hub.DefaultLockTimeout, false},
-		{"?iothub-messagelocktimeout=-3", hub.DefaultLockTimeout, false},
-		{"?iothub-messagelocktimeout=301", maxLockTimeout, false},
-		{"?iothub-messagelocktimeout=99999999999999999999999", maxLockTimeout, false},
-		{"?iothub-messagelocktimeout=-99999999999999999999999", hub.DefaultLockTimeout, false},
+		{"?iothub-messagelocktimeout=0", time.Minute, false},
+		{"?iothub-messagelocktimeout=-3", time.Minute, false},
+		{"?iothub-messagelocktimeout=301", 5 * time.Minute, false},
+		{"?iothub-messagelocktimeout=99999999999999999999999", 5 * time.Minute, false},
+		{"?iothub-messagelocktimeout=-99999999999999999999999", time.Minute, false},
 		{"?iothub-messagelocktimeout=1.5", 0, true},
 		{"?iothub-messagelocktimeout=1m", 0, true},
 	}

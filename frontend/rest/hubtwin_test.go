@@ -246,7 +246,7 @@ func TestMethodInvoke(t *testing.T) {
 		{"not JSON", "m-on", []byte(`{"methodName":`), owner, azerr.HubArgumentInvalid, ""},
 		{"not an object", "m-on", []byte(`["x"]`), owner, azerr.HubArgumentInvalid, ""},
 		{"timeout not an integer", "m-on", []byte(`{"methodName":"x","responseTimeoutInSeconds":"30"}`), owner, azerr.HubArgumentInvalid, ""},
-		{"payload over 128 KB", "m-on", methodBody("x", `"`+strings.Repeat("p", hub.MaxMethodPayload)+`"`, 30, 0), owner, azerr.HubMessageTooLarge, ""},
+		{"payload over 128 KB", "m-on", methodBody("x", `"`+strings.Repeat("p", 128*1024)+`"`, 30, 0), owner, azerr.HubMessageTooLarge, ""},
 		{"body over the limit", "m-on", methodBody("x", `"`+strings.Repeat("p", maxMethodRequest)+`"`, 30, 0), owner, azerr.HubMessageTooLarge, ""},
 		{"registryReadWrite", "m-on", methodBody("x", `1`, 30, 0), f.hubToken(t, hubName, "registryReadWrite"), azerr.HubUnauthorizedAccess, ""},
 		{"module methods", "m-on/modules/mod", methodBody("x", `1`, 30, 0), owner, azerr.HubArgumentInvalid, ""},
@@ -361,10 +361,10 @@ func TestMethodDuration(t *testing.T) {
 		resp, connect *int
 		want          time.Duration
 	}{
-		{"defaults", nil, nil, hub.DefaultMethodResponseTimeout},
+		{"defaults", nil, nil, 30 * time.Second},
 		{"both", n(10), n(20), 30 * time.Second},
 		{"the maxima", n(300), n(300), 600 * time.Second},
-		{"huge values are clamped", n(1 << 62), n(1 << 62), hub.MaxMethodResponseTimeout + hub.MaxMethodConnectTimeout},
+		{"huge values are clamped", n(1 << 62), n(1 << 62), 600 * time.Second},
 		{"negative connect is none", n(5), n(-7), 5 * time.Second},
 	}
 	for _, tt := range tests {

@@ -121,7 +121,7 @@ func TestPolicyLifecycle(t *testing.T) {
 }
 
 func TestPolicyErrors(t *testing.T) {
-	big := `{"rights":["EnrollmentRead"],"pad":"` + strings.Repeat("x", dps.MaxMessageSize) + `"}`
+	big := `{"rights":["EnrollmentRead"],"pad":"` + strings.Repeat("x", 96*1024) + `"}`
 	tests := []struct {
 		name, method, target, body string
 		code                       int
