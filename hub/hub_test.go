@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,7 +92,8 @@ func TestAuthenticateDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "off", Status: hub.StatusDisabled}); err != nil {
+	off, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "off", Status: hub.StatusDisabled})
+	if err != nil {
 		t.Fatal(err)
 	}
 	exp := now.Add(time.Hour)
@@ -107,29 +109,36 @@ func TestAuthenticateDevice(t *testing.T) {
 	devPol, _ := settings.Policy("device")
 	primary, secondary := d.Keys()[0], d.Keys()[1]
 	expired, _ := sas.Sign(hubName+"/devices/dev", primary, "", now.Add(-sas.MaxClockSkew-time.Second))
+	// offToken is right in every way but the device's status: the only
+	// reason to refuse it is that the device is disabled.
+	offToken := sign(hubName+"/devices/off", off.Keys()[0], "")
+	// why is the refusal's cause (for logs; every refusal looks the same
+	// on the wire): a sas error or a substring of the message.
 	tests := []struct {
 		name, device, token string
 		ok                  bool
+		why                 any
 	}{
-		{"device key, Node encoding", "dev", sign(url.QueryEscape(hubName+"/devices/dev"), primary, ""), true},
-		{"device key, raw sr", "dev", sign(hubName+"/devices/dev", primary, ""), true},
-		{"secondary key", "dev", sign(hubName+"/devices/dev", secondary, ""), true},
-		{"upper-case sr", "dev", sign("HUB.BERTH.TEST/devices/dev", primary, ""), true},
-		{"hub-scoped sr with device key", "dev", sign(hubName, primary, ""), true},
-		{"host:port in sr", "dev", sign(hubName+":443/devices/dev", primary, ""), true},
-		{"device policy", "dev", sign(hubName, devPol.PrimaryKey, "device"), true},
-		{"owner policy", "dev", sign(hubName+"/devices", owner.PrimaryKey, "iothubowner"), true},
-		{"service policy lacks DeviceConnect", "dev", sign(hubName, svc.PrimaryKey, "service"), false},
-		{"wrong key", "dev", sign(hubName+"/devices/dev", owner.PrimaryKey, ""), false},
-		{"another device's sr", "dev", sign(hubName+"/devices/other", primary, ""), false},
-		{"prefix not on a segment", "dev", sign(hubName+"/devices/de", primary, ""), false},
-		{"longer sr", "dev", sign(hubName+"/devices/dev/modules/m", primary, ""), false},
-		{"another hub", "dev", sign("other.hub/devices/dev", primary, ""), false},
-		{"expired", "dev", expired, false},
-		{"malformed", "dev", "SharedAccessSignature nope", false},
-		{"empty", "dev", "", false},
-		{"unknown device", "ghost", sign(hubName+"/devices/ghost", primary, ""), false},
-		{"disabled device", "off", sign(hubName+"/devices/off", primary, ""), false},
+		{"device key, Node encoding", "dev", sign(url.QueryEscape(hubName+"/devices/dev"), primary, ""), true, nil},
+		{"device key, raw sr", "dev", sign(hubName+"/devices/dev", primary, ""), true, nil},
+		{"secondary key", "dev", sign(hubName+"/devices/dev", secondary, ""), true, nil},
+		{"upper-case sr", "dev", sign("HUB.BERTH.TEST/devices/dev", primary, ""), true, nil},
+		{"hub-scoped sr with device key", "dev", sign(hubName, primary, ""), true, nil},
+		{"host:port in sr", "dev", sign(hubName+":443/devices/dev", primary, ""), true, nil},
+		{"device policy", "dev", sign(hubName, devPol.PrimaryKey, "device"), true, nil},
+		{"owner policy", "dev", sign(hubName+"/devices", owner.PrimaryKey, "iothubowner"), true, nil},
+		{"service policy lacks DeviceConnect", "dev", sign(hubName, svc.PrimaryKey, "service"), false, nil},
+		{"wrong key", "dev", sign(hubName+"/devices/dev", owner.PrimaryKey, ""), false, sas.ErrSignature},
+		{"another device's sr", "dev", sign(hubName+"/devices/other", primary, ""), false, sas.ErrAudience},
+		{"prefix not on a segment", "dev", sign(hubName+"/devices/de", primary, ""), false, nil},
+		{"longer sr", "dev", sign(hubName+"/devices/dev/modules/m", primary, ""), false, nil},
+		{"another hub", "dev", sign("other.hub/devices/dev", primary, ""), false, nil},
+		{"expired", "dev", expired, false, sas.ErrExpired},
+		{"malformed", "dev", "SharedAccessSignature nope", false, nil},
+		{"empty", "dev", "", false, nil},
+		{"unknown device", "ghost", sign(hubName+"/devices/ghost", primary, ""), false, nil},
+		{"disabled device", "off", offToken, false, "disabled"},
+		{"disabled device, wrong key", "off", sign(hubName+"/devices/off", primary, ""), false, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,7 +155,26 @@ func TestAuthenticateDevice(t *testing.T) {
 			if code(err) != azerr.HubUnauthorizedAccess {
 				t.Fatalf("err = %v, want IotHubUnauthorizedAccess", err)
 			}
+			switch why := tt.why.(type) {
+			case error:
+				if !errors.Is(err, why) {
+					t.Errorf("refused for %v, want %v", err, why)
+				}
+			case string:
+				if !strings.Contains(err.Error(), why) {
+					t.Errorf("refused for %v, want %q", err, why)
+				}
+			}
 		})
+	}
+	// Enabled, the disabled device's token is accepted: it was refused for
+	// the status alone.
+	off.Status = hub.StatusEnabled
+	if _, err := reg.Update(ctx, hubName, off, "*"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.AuthenticateDevice(ctx, settings, hubName, "off", offToken); err != nil {
+		t.Errorf("the enabled device's own token: %v", err)
 	}
 }
 
