@@ -156,8 +156,11 @@ func TestCustomAllocationWebhook(t *testing.T) {
 	}})
 
 	wh.answer = func(req map[string]any) (int, string) {
-		ctx := req["deviceRuntimeContext"].(map[string]any)
-		model, _ := ctx["payload"].(map[string]any)["modelId"].(string)
+		// A registration without a payload (the re-registration below)
+		// has none in its context: answer it all the same.
+		ctx, _ := req["deviceRuntimeContext"].(map[string]any)
+		payload, _ := ctx["payload"].(map[string]any)
+		model, _ := payload["modelId"].(string)
 		return 200, `{"iotHubHostName":"` + hubB + `","initialTwin":{"tags":{"model":"` + model + `"},"properties":{"desired":{"rate":7}}},"payload":{"welcome":true}}`
 	}
 	st := f.registerMember(t, "cust-1", `{"registrationId":"cust-1","payload":{"modelId":"dtmi:x;1"}}`)
@@ -178,8 +181,13 @@ func TestCustomAllocationWebhook(t *testing.T) {
 	if err != nil || string(tw.Tags) != `{"model":"dtmi:x;1"}` || !strings.Contains(string(tw.Properties.Desired), `"rate":7`) {
 		t.Errorf("webhook twin: %+v, %v", tw, err)
 	}
-	// Re-registration tells the webhook where the device is.
-	f.registerMember(t, "cust-1", "")
+	// Re-registration tells the webhook where the device is, and is
+	// assigned where the webhook says.
+	st = f.registerMember(t, "cust-1", "")
+	if rs := st.RegistrationState; st.Status != dps.StatusAssigned || rs == nil || rs.AssignedHub != hubB || rs.DeviceID != "cust-1" ||
+		rs.Substatus != dps.SubstatusInitialAssignment {
+		t.Fatalf("re-registration: %+v / %+v", st, rs)
+	}
 	if ctx := wh.seen[1]["deviceRuntimeContext"].(map[string]any); ctx["currentIotHubHostName"] != hubB || ctx["currentDeviceId"] != "cust-1" {
 		t.Errorf("re-registration context: %v", ctx)
 	}
