@@ -3,12 +3,14 @@ package dps_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/berth-iot/berth/dps"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/sas"
+	"github.com/berth-iot/berth/store"
 	"github.com/berth-iot/berth/store/memstore"
 )
 
@@ -285,6 +288,13 @@ func TestReprovisionPolicies(t *testing.T) {
 			if _, err := twins.PatchReported(ctx, hubA, "mover", []byte(`{"fw":"1"}`)); err != nil {
 				t.Fatal(err)
 			}
+			if _, err := f.reg.AuthenticateDevice(ctx, nil, hubA, "mover", memberHubToken(t, f, hubA, "mover")); err != nil {
+				t.Fatalf("the device's key does not open hub A: %v", err)
+			}
+			c2d := hub.NewCloudToDevice(f.st, f.reg, nil, nil)
+			if _, err := c2d.Send(ctx, hubA, "mover", &hub.CloudMessage{Body: []byte("queued on A")}); err != nil {
+				t.Fatal(err)
+			}
 			g.IoTHubs = []string{hubB}
 			f.putGroup(t, g)
 			st := f.registerMember(t, "mover", "")
@@ -296,14 +306,185 @@ func TestReprovisionPolicies(t *testing.T) {
 				t.Errorf("twin on %s: %s, %v (want %s, not %q)", c.wantHub, doc, err, c.twinHas, c.twinLacks)
 			}
 			if c.wantHub == hubA {
+				// never: the device stays where it is, queue and all.
+				if d, err := f.reg.Show(ctx, hubA, "mover"); err != nil || d.Status != hub.StatusEnabled || d.CloudToDeviceMessageCount != 1 {
+					t.Errorf("never: device on hub A: %+v, %v", d, err)
+				}
+				if _, err := f.reg.Get(ctx, hubB, "mover"); code(err) != azerr.HubDeviceNotFound {
+					t.Errorf("never: device on hub B: %v", err)
+				}
 				return
 			}
-			// Back to the first hub.
+			// The device left hub A: identity, twin and queue are gone
+			// there, so its key no longer opens a session on A.
+			assertGone(t, f, hubA, "mover")
+			if _, err := f.reg.Get(ctx, hubB, "mover"); err != nil {
+				t.Errorf("device on hub B: %v", err)
+			}
+			// Back to the first hub: now hub B lets it go.
 			g.IoTHubs = []string{hubA}
 			f.putGroup(t, g)
 			if st := f.registerMember(t, "mover", ""); st.RegistrationState.AssignedHub != hubA || st.RegistrationState.Substatus != dps.SubstatusReprovisioned {
 				t.Errorf("back home: %+v", st.RegistrationState)
 			}
+			assertGone(t, f, hubB, "mover")
+			if d, err := f.reg.Get(ctx, hubA, "mover"); err != nil || d.Status != hub.StatusEnabled {
+				t.Errorf("device back on hub A: %+v, %v", d, err)
+			}
 		})
+	}
+}
+
+// assertGone checks that a hub holds nothing of a device: no identity (so
+// no authentication), no twin, no queued cloud-to-device message.
+func assertGone(t *testing.T, f *fixture, hubName, deviceID string) {
+	t.Helper()
+	ctx := context.Background()
+	if d, err := f.reg.Get(ctx, hubName, deviceID); code(err) != azerr.HubDeviceNotFound {
+		t.Errorf("device %s still on %s: %+v, %v", deviceID, hubName, d, err)
+	}
+	if _, err := f.st.Get(ctx, store.KindTwin, strings.ToLower(hubName)+"/"+deviceID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("twin of %s still on %s: %v", deviceID, hubName, err)
+	}
+	if n, err := f.st.Count(ctx, store.KindC2D, strings.ToLower(hubName)+"/"+deviceID); err != nil || n != 0 {
+		t.Errorf("C2D queue of %s on %s: %d messages, %v", deviceID, hubName, n, err)
+	}
+	if _, err := f.reg.AuthenticateDevice(ctx, nil, hubName, deviceID, memberHubToken(t, f, hubName, deviceID)); err == nil {
+		t.Errorf("device %s still authenticates on %s", deviceID, hubName)
+	}
+}
+
+// memberHubToken is the hub SAS token of a member of the test group.
+func memberHubToken(t *testing.T, f *fixture, hubName, deviceID string) string {
+	t.Helper()
+	key, err := sas.DeriveKey(groupKey, deviceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := sas.SignEncoded(hubName+"/devices/"+deviceID, key, "", f.now.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// flakyRegistry is a hub registry whose deletes fail while fail is set, as
+// when the store behind the hub the device leaves cannot be written.
+type flakyRegistry struct {
+	*hub.Registry
+	fail atomic.Bool
+}
+
+func (r *flakyRegistry) Delete(ctx context.Context, hubName, id, ifMatch string) error {
+	if r.fail.Load() {
+		return errors.New("store unavailable")
+	}
+	return r.Registry.Delete(ctx, hubName, id, ifMatch)
+}
+
+// pendingRemovals returns the removal intents in the store.
+func pendingRemovals(t *testing.T, f *fixture) []map[string]any {
+	t.Helper()
+	recs, err := f.st.List(context.Background(), store.KindHubRemoval, store.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, rec := range recs {
+		var m map[string]any
+		if err := json.Unmarshal(rec.Data, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["index"] = rec.Index
+		out = append(out, m)
+	}
+	return out
+}
+
+func TestReprovisionRemovalRetriedAndRecovered(t *testing.T) {
+	ctx := context.Background()
+	f := newLinkedFixture(t, dps.Config{})
+	flaky := &flakyRegistry{Registry: f.reg}
+	cfg := dps.Config{IDScope: scope, Now: func() time.Time { return f.now }, LinkedHubs: f.svc.LinkedHubs()}
+	svc, err := dps.New(f.st, flaky, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc = svc
+	g := &dps.EnrollmentGroup{EnrollmentGroupID: "rp", Common: dps.Common{AllocationPolicy: dps.AllocationStatic, IoTHubs: []string{hubA}}}
+	f.putGroup(t, g)
+	for _, id := range []string{"mover-1", "mover-2"} {
+		f.registerMember(t, id, "")
+	}
+	g.IoTHubs = []string{hubB}
+	f.putGroup(t, g)
+
+	// The old hub cannot be written: the assignment to B stands, the
+	// device is still on A and the removal is recorded on the
+	// registration, with the attempt and its error.
+	flaky.fail.Store(true)
+	for _, id := range []string{"mover-1", "mover-2"} {
+		if st := f.registerMember(t, id, ""); st.Status != dps.StatusAssigned || st.RegistrationState.AssignedHub != hubB {
+			t.Fatalf("%s: %+v", id, st.RegistrationState)
+		}
+		if _, err := f.reg.Get(ctx, hubA, id); err != nil {
+			t.Fatalf("%s left hub A although the delete failed: %v", id, err)
+		}
+	}
+	pending := pendingRemovals(t, f)
+	if len(pending) != 2 || pending[0]["hub"] != hubA || pending[0]["index"] != "mover-1" ||
+		pending[0]["attempts"] != float64(1) || !strings.Contains(fmt.Sprint(pending[0]["lastError"]), "store unavailable") {
+		t.Fatalf("pending removals: %v", pending)
+	}
+	// Not before its backoff.
+	flaky.fail.Store(false)
+	next, err := svc.RetryRemovals(ctx)
+	if err != nil || !next.Equal(f.now.Add(time.Second)) {
+		t.Errorf("RetryRemovals before the backoff: next %v, %v", next, err)
+	}
+	if _, err := f.reg.Get(ctx, hubA, "mover-1"); err != nil {
+		t.Errorf("removed before its backoff: %v", err)
+	}
+
+	// berth restarts: a new service on the same store finishes mover-2's
+	// removal (mover-1's too: both are due).
+	f.now = f.now.Add(2 * time.Second)
+	restarted, err := dps.New(f.st, f.reg, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next, err := restarted.RetryRemovals(ctx); err != nil || !next.IsZero() {
+		t.Errorf("RetryRemovals after the restart: next %v, %v", next, err)
+	}
+	for _, id := range []string{"mover-1", "mover-2"} {
+		assertGone(t, f, hubA, id)
+	}
+	if p := pendingRemovals(t, f); len(p) != 0 {
+		t.Errorf("removals left: %v", p)
+	}
+
+	// Away and straight back while the removal from the first hub is
+	// still pending: the returning device is assigned afresh, and the old
+	// intent does not delete it afterwards.
+	flaky.fail.Store(true)
+	g.IoTHubs = []string{hubA}
+	f.putGroup(t, g)
+	f.registerMember(t, "mover-1", "") // B → A; B's delete fails
+	g.IoTHubs = []string{hubB}
+	f.putGroup(t, g)
+	flaky.fail.Store(false)
+	if st := f.registerMember(t, "mover-1", ""); st.RegistrationState.AssignedHub != hubB {
+		t.Fatalf("A → B: %+v", st.RegistrationState)
+	}
+	f.now = f.now.Add(time.Hour)
+	if _, err := svc.RetryRemovals(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.reg.Get(ctx, hubB, "mover-1"); err != nil {
+		t.Errorf("the returning device was removed by the old intent: %v", err)
+	}
+	assertGone(t, f, hubA, "mover-1")
+	if p := pendingRemovals(t, f); len(p) != 0 {
+		t.Errorf("removals left: %v", p)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -37,6 +38,11 @@ type DeviceRegistry interface {
 	// identity (and a new device's twin, from init), for DPS to write with
 	// the registration in one transaction.
 	ProvisionRecords(ctx context.Context, hubName, deviceID string, auth hub.Authentication, twin hub.ProvisionTwin) ([]store.Record, error)
+	// Get and Delete are the registry's own: a device that reprovisioning
+	// moves is deleted from the hub it left as the service API deletes
+	// one (reprovision.go).
+	Get(ctx context.Context, hubName, deviceID string) (*hub.Device, error)
+	Delete(ctx context.Context, hubName, deviceID, ifMatch string) error
 }
 
 // Config configures a Service.
@@ -71,6 +77,9 @@ type Config struct {
 	// TokenLimits bound every device and service token's time (berth
 	// serve --max-token-lifetime).
 	TokenLimits sas.Limits
+	// Logger logs what no caller hears of (removals retried in the
+	// background); nothing is logged when nil.
+	Logger *slog.Logger
 }
 
 // Service is the DPS domain.
@@ -88,6 +97,8 @@ type Service struct {
 	settings       *Settings
 	serviceHosts   []string
 	limits         sas.Limits
+	log            *slog.Logger
+	removalWake    chan struct{} // RunRemovals: a removal failed
 }
 
 // New returns a Service. idScope must not be empty; hubs must name at least
@@ -115,9 +126,13 @@ func New(st store.Store, registry DeviceRegistry, cfg Config) (*Service, error) 
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	return &Service{store: st, registry: registry, idScope: cfg.IDScope, hubs: hubs, region: cfg.Region,
 		webhook: cfg.WebhookClient, webhookTimeout: cfg.WebhookTimeout, retry: cfg.RetryAfter, now: cfg.Now,
-		settings: cfg.Settings, serviceHosts: slices.Clone(cfg.ServiceHosts), limits: cfg.TokenLimits}, nil
+		settings: cfg.Settings, serviceHosts: slices.Clone(cfg.ServiceHosts), limits: cfg.TokenLimits,
+		log: cfg.Logger, removalWake: make(chan struct{}, 1)}, nil
 }
 
 // IDScope returns the service's ID scope.
@@ -438,9 +453,21 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		}
 	}
 
+	// A device that changes hubs leaves the old one (reprovision.go):
+	// the intent is written with the assignment, the deletion follows.
+	if err := s.settleRemoval(ctx, hubName, deviceID); err != nil {
+		return err
+	}
+	leave, err := s.leaveRecord(ctx, op.RegistrationID, prevState, hubName, now)
+	if err != nil {
+		return err
+	}
 	devRecs, err := s.registry.ProvisionRecords(ctx, hubName, deviceID, who.hubAuthentication(), twin)
 	if err != nil {
 		return fmt.Errorf("dps: provision device %s: %w", deviceID, err)
+	}
+	if leave != nil {
+		devRecs = append(devRecs, *leave)
 	}
 	regData, err := json.Marshal(registrationDoc{State: state, GroupID: groupID, InitialHub: initialHub})
 	if err != nil {
@@ -451,12 +478,15 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	if err != nil {
 		return fmt.Errorf("dps: encode operation: %w", err)
 	}
-	_, err = s.store.Apply(ctx, append(devRecs,
+	written, err := s.store.Apply(ctx, append(devRecs,
 		store.Record{Kind: store.KindRegistration, Key: regKey, Index: Key(groupID), Data: regData},
 		store.Record{Kind: store.KindOperation, Key: op.OperationID, Index: regKey, Data: opData},
 	))
 	if err != nil {
 		return fmt.Errorf("dps: write assignment of %s: %w", op.RegistrationID, err)
+	}
+	if leave != nil {
+		s.removeNow(ctx, written[len(devRecs)-1])
 	}
 	return nil
 }

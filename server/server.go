@@ -132,7 +132,10 @@ type Server struct {
 	mqtt    *mqttfront.Server
 	https   *http.Server
 	wg      sync.WaitGroup
-	errs    chan error
+	// stopBackground ends the background work Start begins (DPS removal
+	// retries).
+	stopBackground context.CancelFunc
+	errs           chan error
 }
 
 // New opens the store and prepares TLS and the domain; it does not listen.
@@ -178,6 +181,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Settings:     settings,
 		ServiceHosts: serviceHosts(cfg),
 		TokenLimits:  limits,
+		Logger:       s.log.With("component", "dps"),
 	})
 	if err != nil {
 		st.Close()
@@ -361,6 +365,15 @@ func (s *Server) Start() error {
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	// Removals of reprovisioned devices from the hubs they left: finish
+	// what a crash interrupted, retry what failed.
+	bg, stop := context.WithCancel(context.Background())
+	s.stopBackground = stop
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.dps.RunRemovals(bg)
+	}()
 	mqttTLS := pki.ServerTLSConfig(s.certs, nil)
 	httpsTLS := pki.ServerTLSConfig(s.certs, []string{"http/1.1"})
 	s.wg.Add(2)
@@ -404,6 +417,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := s.mqtt.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("server: mqtt shutdown: %w", err))
 		}
+	}
+	if s.stopBackground != nil {
+		s.stopBackground()
 	}
 	s.wg.Wait()
 	// The bus uses the stream's connection: it goes first.

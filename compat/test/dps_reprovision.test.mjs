@@ -6,7 +6,9 @@
 // device registering again. Each reprovision policy decides what the
 // device finds: its twin moved (deviceDataMigrated), the enrollment's
 // initial twin (deviceDataReset), or no move at all (never). Moved back to
-// hub A the device is reprovisionedToInitialAssignment.
+// hub A the device is reprovisionedToInitialAssignment. A device that moves
+// is gone from the hub it left (Registry.get 404, connection refused); under
+// never it stays on hub A.
 //
 // Hub B is a second hub of the same berth (`berth hub create`, lib/berth.mjs
 // addHub), reached through a loopback address of its own.
@@ -61,6 +63,27 @@ describe('DPS reprovisioning with the official SDKs (two hubs)', { timeout: 1200
 
   const twinOn = async (hub, deviceId) => (await sdk.registry(hub.connectionString, 'getTwin', deviceId)).body;
 
+  // The device SDK opens a session on the hub with the device's key.
+  const connects = async (hub, deviceId, key) => {
+    const h = await sdk.device.open('mqtt', `HostName=${hub.name};DeviceId=${deviceId};SharedAccessKey=${key}`);
+    await sdk.device.close(h);
+  };
+
+  // The hub no longer knows the device: Registry.get and getTwin answer
+  // 404, and the device's own key is refused.
+  const goneFrom = async (hub, deviceId, key) => {
+    for (const method of ['get', 'getTwin']) {
+      await assert.rejects(sdk.registry(hub.connectionString, method, deviceId), (err) => {
+        assert.equal(err.status, 404, `${method} on ${hub.name}: ${err}`);
+        return true;
+      }, `${method}: the device is still on ${hub.name}`);
+    }
+    await assert.rejects(connects(hub, deviceId, key), (err) => {
+      assert.match(String(err.message ?? err), /unauthori|not authori|refused|connack|denied/i, String(err.message ?? err));
+      return true;
+    }, `the device still connects to ${hub.name}`);
+  };
+
   for (const [name, reprovisionPolicy] of policies) {
     test(`${name}: the device registers again after its group moved from hub A to hub B`, async (t) => {
       const groupId = `rp-${name}`;
@@ -112,6 +135,9 @@ describe('DPS reprovisioning with the official SDKs (two hubs)', { timeout: 1200
         const stays = await twinOn(hubA, deviceId);
         assert.equal(stays.properties.reported.firmware, `1.0-${name}`, 'twin on hub A untouched');
         assert.equal(stays.tags.site, 'A');
+        const { body: dev } = await sdk.registry(hubA.connectionString, 'get', deviceId);
+        assert.equal(dev.status, 'enabled', `never: the identity stays on hub A: ${JSON.stringify(dev)}`);
+        await connects(hubA, deviceId, key);
         await assert.rejects(sdk.registry(hubB.connectionString, 'getTwin', deviceId), (err) => {
           assert.equal(err.status, 404, String(err));
           return true;
@@ -120,6 +146,9 @@ describe('DPS reprovisioning with the official SDKs (two hubs)', { timeout: 1200
       }
 
       assert.equal(r2.assignedHub, hubB.name, JSON.stringify(r2));
+      // The device left hub A: Azure removes it there (identity and twin),
+      // and its key no longer opens a session on A.
+      await goneFrom(hubA, deviceId, key);
       const onB = await twinOn(hubB, deviceId);
       if (name === 'reprovisionandmigratedata') {
         assert.equal(r2.substatus, 'deviceDataMigrated', JSON.stringify(r2));
@@ -150,6 +179,8 @@ describe('DPS reprovisioning with the official SDKs (two hubs)', { timeout: 1200
       assert.equal(r3.status, 'assigned', JSON.stringify(r3));
       assert.equal(r3.assignedHub, hubA.name, JSON.stringify(r3));
       assert.equal(r3.substatus, 'reprovisionedToInitialAssignment', JSON.stringify(r3));
+      await goneFrom(hubB, deviceId, key);
+      await connects(hubA, deviceId, key);
       const back = await twinOn(hubA, deviceId);
       if (name === 'reprovisionandmigratedata') {
         assert.equal(back.properties.reported.firmware, `1.0-${name}`, `migrated back: ${JSON.stringify(back.properties)}`);
