@@ -3,11 +3,13 @@ package dps
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -158,29 +160,53 @@ func (s *Service) allocate(ctx context.Context, who *attested, regID string, pre
 	}
 }
 
-// hashedPick spreads registrations over hubs in proportion to their weights,
-// deterministically: the same registration ID lands on the same hub as long
-// as the linked hubs do not change, so re-registering does not move devices.
-// Hubs of weight 0 are only used when all weights are 0.
+// hashedPick spreads registrations over hubs in proportion to their
+// weights by weighted rendezvous hashing (highest random weight): every hub
+// h of weight w > 0 scores w / -ln(u), where u in (0, 1) is drawn from the
+// first 64 bits of SHA-256(lower(h) "\n" lower(regID)), and the highest
+// score wins. A hub then wins with probability w / (sum of weights), for
+// any shape of ID (SHA-256 leaves no pattern of the ID in the bits used);
+// the pick is stable for an ID and a set of hubs and weights; and adding a
+// hub moves only the devices it wins, its share, all onto it (removing
+// one moves only its own). Hubs of weight 0 are used only when all weights
+// are 0, then as if all were 1. The function is documented in
+// docs/provisioning.md: devices and tools may rely on it.
 func hashedPick(hubs []LinkedHub, regID string) string {
-	total := 0
+	anyWeight := false
 	for _, h := range hubs {
-		total += max(h.AllocationWeight, 0)
+		anyWeight = anyWeight || h.AllocationWeight > 0
 	}
-	f := fnv.New64a()
-	_, _ = io.WriteString(f, strings.ToLower(regID))
-	sum := f.Sum64()
-	if total == 0 {
-		return hubs[sum%uint64(len(hubs))].Name
-	}
-	n := int(sum % uint64(total))
+	id := strings.ToLower(regID)
+	best, bestName, bestScore := "", "", math.Inf(-1)
 	for _, h := range hubs {
-		if n < max(h.AllocationWeight, 0) {
-			return h.Name
+		w := h.AllocationWeight
+		if !anyWeight {
+			w = 1
 		}
-		n -= max(h.AllocationWeight, 0)
+		if w <= 0 {
+			continue
+		}
+		name := strings.ToLower(h.Name)
+		score := float64(w) / -math.Log(unitHash(name, id))
+		// Equal scores (practically never) go to the smaller name, so
+		// the order of the hub list does not matter.
+		if score > bestScore || (score == bestScore && name < bestName) {
+			best, bestName, bestScore = h.Name, name, score
+		}
 	}
-	return hubs[len(hubs)-1].Name
+	return best
+}
+
+// unitHash maps a hub and a registration ID (both lower-case) to a number
+// uniform in the open interval (0, 1): the top 53 bits of the first 64 bits
+// of SHA-256(hub "\n" regID), centred in their step so that neither 0 nor
+// 1 occurs.
+func unitHash(hubName, regID string) float64 {
+	var buf [320]byte // a host name (253) and a registration ID (128) mostly fit: no allocation
+	b := append(append(append(buf[:0], hubName...), '\n'), regID...)
+	sum := sha256.Sum256(b)
+	x := binary.BigEndian.Uint64(sum[:8])
+	return (float64(x>>11) + 0.5) / (1 << 53)
 }
 
 // webhookRequest is Azure's AllocationRequest (shared/spec/dps.md §6.1).
