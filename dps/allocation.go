@@ -131,13 +131,16 @@ func (s *Service) candidates(c *Common) ([]LinkedHub, *azerr.Error) {
 // policy (the service's, hashed, when it names none).
 func (s *Service) allocate(ctx context.Context, who *attested, regID string, prev *RegistrationState, payload json.RawMessage) (*allocation, *azerr.Error) {
 	c := who.common()
+	if c.AllocationPolicy == AllocationStatic && len(c.IoTHubs) == 0 && c.IoTHubHostName == "" {
+		return s.staticHub()
+	}
 	hubs, aerr := s.candidates(c)
 	if aerr != nil {
 		return nil, aerr
 	}
 	switch c.AllocationPolicy {
 	case AllocationStatic:
-		// One hub: the enrollment's (Azure requires exactly one).
+		// The enrollment's one hub.
 		return &allocation{hub: hubs[0].Name}, nil
 	case AllocationGeoLatency:
 		var near []LinkedHub
@@ -158,6 +161,24 @@ func (s *Service) allocate(ctx context.Context, who *attested, regID string, pre
 		}
 		return &allocation{hub: hashedPick(hubs, regID)}, nil
 	}
+}
+
+// staticHub is the hub of a static enrollment that names none (Microsoft's
+// own SDK tests write such enrollments, and Azure assigns them): the one
+// linked hub, or with several the DPS's default hub (berth's default hub,
+// --hub-name), whatever its weight and applyAllocationPolicy, as an
+// enrollment that names a hub may also name any linked hub. Static means
+// one fixed place: spreading the devices, or moving them when hubs are
+// added, would not be static (docs/provisioning.md).
+func (s *Service) staticHub() (*allocation, *azerr.Error) {
+	hubs := s.linkedHubs()
+	if len(hubs) == 1 {
+		return &allocation{hub: hubs[0].Name}, nil
+	}
+	if h, ok := s.linked(s.defaultHub); ok {
+		return &allocation{hub: h.Name}, nil
+	}
+	return nil, azerr.Newf(azerr.DPSNoHub, "The static enrollment names no IoT hub and the default hub %s is not linked.", s.defaultHub)
 }
 
 // hashedPick spreads registrations over hubs in proportion to their

@@ -112,7 +112,6 @@ func TestStaticAndGeoLatencyAllocation(t *testing.T) {
 	}
 	bad := []dps.Common{
 		{AllocationPolicy: dps.AllocationStatic, IoTHubs: []string{hubA, hubB}},
-		{AllocationPolicy: dps.AllocationStatic},
 		{AllocationPolicy: dps.AllocationCustom},
 		{AllocationPolicy: dps.AllocationCustom, CustomAllocationDefinition: &dps.CustomAllocationDefinition{WebhookURL: "ftp://x"}},
 		{IoTHubs: []string{"not-linked.example"}},
@@ -486,5 +485,40 @@ func TestReprovisionRemovalRetriedAndRecovered(t *testing.T) {
 	assertGone(t, f, hubA, "mover-1")
 	if p := pendingRemovals(t, f); len(p) != 0 {
 		t.Errorf("removals left: %v", p)
+	}
+}
+
+// Static allocation without a hub list (Microsoft's e2e suite writes such
+// enrollments) goes to the DPS's single linked hub, or with several to its
+// default hub, whatever the weights and applyAllocationPolicy say.
+func TestStaticAllocationWithoutHubList(t *testing.T) {
+	ctx := context.Background()
+	static := dps.Common{AllocationPolicy: dps.AllocationStatic}
+
+	// One linked hub.
+	f := newFixture(t)
+	e := &dps.IndividualEnrollment{RegistrationID: "static-1", Common: static}
+	e.Attestation = symKey(indivKey, "")
+	if _, err := f.svc.PutEnrollment(ctx, "static-1", e, ""); err != nil {
+		t.Fatalf("static enrollment without iotHubs refused: %v", err)
+	}
+	st, err := f.provision(t, "static-1", f.token(t, "static-1", indivKey), "")
+	if err != nil || st.Status != dps.StatusAssigned || st.RegistrationState.AssignedHub != hubName {
+		t.Fatalf("static, one linked hub: %+v, %v", st, err)
+	}
+
+	// Several: the default hub (c: weight 0, applies no allocation policy).
+	f = newLinkedFixture(t, dps.Config{DefaultHub: hubC})
+	f.putGroup(t, &dps.EnrollmentGroup{EnrollmentGroupID: "static", Common: static})
+	for i := range 20 {
+		if st := f.registerMember(t, fmt.Sprintf("pinned-%d", i), ""); st.Status != dps.StatusAssigned || st.RegistrationState.AssignedHub != hubC {
+			t.Fatalf("static, several hubs: %+v", st.RegistrationState)
+		}
+	}
+	// Without a named default, the first linked hub is the default.
+	f = newLinkedFixture(t, dps.Config{})
+	f.putGroup(t, &dps.EnrollmentGroup{EnrollmentGroupID: "static", Common: static})
+	if st := f.registerMember(t, "pinned-x", ""); st.RegistrationState.AssignedHub != hubA {
+		t.Errorf("static, no named default: %+v", st.RegistrationState)
 	}
 }

@@ -418,8 +418,9 @@ func (s *Service) normalizeCommon(c *Common, prev *Common, now Time) error {
 	}
 	switch c.AllocationPolicy {
 	case AllocationStatic:
-		if n := len(c.IoTHubs); n > 1 || (n == 0 && c.IoTHubHostName == "") {
-			return azerr.Newf(azerr.DPSInvalidEnrollment, "A static allocation policy needs exactly one IoT hub in iotHubs.")
+		// None is accepted, as Azure does: the DPS's own hub (staticHub).
+		if len(c.IoTHubs) > 1 {
+			return azerr.Newf(azerr.DPSInvalidEnrollment, "A static allocation policy takes at most one IoT hub in iotHubs.")
 		}
 	case AllocationCustom:
 		d := c.CustomAllocationDefinition

@@ -58,6 +58,10 @@ type Config struct {
 	LinkedHubs []LinkedHub
 	// Region is this DPS's location label for geoLatency allocation.
 	Region string
+	// DefaultHub is where static allocation without a hub list assigns
+	// devices when several hubs are linked (berth's default hub); the
+	// first linked hub when empty.
+	DefaultHub string
 	// WebhookTimeout bounds custom allocation webhook calls
 	// (DefaultWebhookTimeout when 0).
 	WebhookTimeout time.Duration
@@ -90,6 +94,7 @@ type Service struct {
 	hmu            sync.RWMutex
 	hubs           []LinkedHub // replaced, never modified in place
 	region         string
+	defaultHub     string
 	webhook        *http.Client
 	webhookTimeout time.Duration
 	retry          int
@@ -129,7 +134,10 @@ func New(st store.Store, registry DeviceRegistry, cfg Config) (*Service, error) 
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: st, registry: registry, idScope: cfg.IDScope, hubs: hubs, region: cfg.Region,
+	if cfg.DefaultHub == "" {
+		cfg.DefaultHub = hubs[0].Name
+	}
+	return &Service{store: st, registry: registry, idScope: cfg.IDScope, hubs: hubs, region: cfg.Region, defaultHub: cfg.DefaultHub,
 		webhook: cfg.WebhookClient, webhookTimeout: cfg.WebhookTimeout, retry: cfg.RetryAfter, now: cfg.Now,
 		settings: cfg.Settings, serviceHosts: slices.Clone(cfg.ServiceHosts), limits: cfg.TokenLimits,
 		log: cfg.Logger, removalWake: make(chan struct{}, 1)}, nil

@@ -175,6 +175,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		IDScope:    settings.IDScope,
 		LinkedHubs: linkedHubs(s.hubs.List()),
 		Region:     cfg.Region,
+		DefaultHub: s.hubs.Default().Info.Name,
 		RetryAfter: cfg.RetryAfter,
 		// Service tokens bind to the configured names, never to a
 		// request's Host header.

@@ -241,6 +241,33 @@ describe('DPS service SDK', { timeout: 150000 }, () => {
     await sdk.service(cs, 'deleteIndividualEnrollment', id);
   });
 
+  // Microsoft's own e2e suite writes static enrollments without iotHubs;
+  // with one linked hub they are assigned to it (issue 19, item 4).
+  test('static allocation without iotHubs: accepted, assigned to the linked hub', async () => {
+    const id = 'svc-static-1';
+    const created = await sdk.service(cs, 'createOrUpdateIndividualEnrollment', {
+      registrationId: id, attestation: { type: 'symmetricKey' }, allocationPolicy: 'static',
+    });
+    assert.equal(created.status, 200);
+    assert.equal(created.body.allocationPolicy, 'static');
+    const { result } = await sdk.register('mqtt', info.globalEndpoint, info.idScope, id, created.body.attestation.symmetricKey.primaryKey);
+    assert.equal(result.status, 'assigned', JSON.stringify(result));
+    assert.equal(result.assignedHub, info.hubHostName);
+
+    const group = await sdk.service(cs, 'createOrUpdateEnrollmentGroup', {
+      enrollmentGroupId: 'svc-static-grp', attestation: { type: 'symmetricKey' }, allocationPolicy: 'static',
+    });
+    assert.equal(group.status, 200);
+    const member = 'svc-static-member';
+    const key = deriveDeviceKey(group.body.attestation.symmetricKey.primaryKey, member);
+    const { result: r2 } = await sdk.register('mqtt', info.globalEndpoint, info.idScope, member, key);
+    assert.equal(r2.status, 'assigned', JSON.stringify(r2));
+    assert.equal(r2.assignedHub, info.hubHostName);
+
+    await sdk.service(cs, 'deleteIndividualEnrollment', id);
+    await sdk.service(cs, 'deleteEnrollmentGroup', 'svc-static-grp');
+  });
+
   test('registration records of an enrollment group (query)', async () => {
     const g = await sdk.service(cs, 'createOrUpdateEnrollmentGroup', { enrollmentGroupId: 'svc-reg-grp', attestation: { type: 'symmetricKey' } });
     const regId = 'svc-reg-grp-dev-1';
