@@ -61,28 +61,49 @@ type X509CAReferences struct {
 	Secondary string `json:"secondary,omitempty"`
 }
 
-// ParseCertificate reads a certificate as the service API accepts it: PEM,
-// or base64 of DER (what the C# SDK sends).
+// ParseCertificate reads a certificate in any of the forms Azure accepts
+// wherever one is uploaded (enrollments, groups, CA certificates and their
+// proofs of possession): PEM; base64 of DER (a .cer file, what the C# SDK
+// sends); and base64 of a PEM file's content (what Microsoft's Node SDK
+// tests send). Whitespace and line breaks in base64 are ignored.
 func ParseCertificate(s string) (*x509.Certificate, error) {
 	s = strings.TrimSpace(s)
-	var der []byte
-	if block, _ := pem.Decode([]byte(s)); block != nil {
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("PEM block is %q, not CERTIFICATE", block.Type)
-		}
-		der = block.Bytes
-	} else {
+	der, err := pemCertificate([]byte(s))
+	if err != nil {
+		return nil, err
+	}
+	if der == nil {
 		b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(s), ""))
 		if err != nil {
-			return nil, errors.New("not PEM and not base64 DER")
+			return nil, errors.New("not PEM and not base64 of DER or PEM")
 		}
-		der = b
+		// A DER certificate starts with a SEQUENCE (0x30); base64 of a
+		// PEM file decodes to text that holds a PEM block.
+		if der, err = pemCertificate(b); err != nil {
+			return nil, err
+		}
+		if der == nil {
+			der = b
+		}
 	}
 	c, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, fmt.Errorf("parse certificate: %w", err)
 	}
 	return c, nil
+}
+
+// pemCertificate returns the DER of b's first PEM block, nil when b holds
+// no PEM block, or an error when that block is not a certificate.
+func pemCertificate(b []byte) ([]byte, error) {
+	block, _ := pem.Decode(b)
+	switch {
+	case block == nil:
+		return nil, nil
+	case block.Type != "CERTIFICATE":
+		return nil, fmt.Errorf("PEM block is %q, not CERTIFICATE", block.Type)
+	}
+	return block.Bytes, nil
 }
 
 // Thumbprints are a certificate's SHA-1 and SHA-256 hashes of its DER, in

@@ -3,6 +3,7 @@ package dps_test
 import (
 	"context"
 	"crypto/x509"
+	"encoding/base64"
 	"strings"
 	"testing"
 	"time"
@@ -217,6 +218,12 @@ func FuzzParseCertificate(f *testing.F) {
 	f.Add("MIIB")
 	f.Add("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
 	f.Add("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+	// The three forms Azure accepts: PEM (above), base64 of DER (.cer),
+	// base64 of the PEM file; and base64 of a PEM that is not a certificate.
+	f.Add(base64.StdEncoding.EncodeToString(c.Cert.Raw))
+	f.Add(base64.StdEncoding.EncodeToString([]byte(c.PEM())))
+	f.Add(base64.StdEncoding.EncodeToString([]byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")))
+	f.Add(base64.StdEncoding.EncodeToString([]byte("-----BEGIN CERTIFICATE-----\n")))
 	f.Fuzz(func(t *testing.T, s string) {
 		cert, err := dps.ParseCertificate(s)
 		if err != nil {
@@ -265,5 +272,86 @@ func TestX509IndividualCASigned(t *testing.T) {
 	st, err := f.registerX509(t, "ca-signed-dev", chainOf(dev, inter))
 	if err != nil || st.Status != dps.StatusAssigned {
 		t.Fatalf("verified CA in the chain: %+v, %v", st, err)
+	}
+}
+
+// certForms are the three ways Azure accepts a certificate wherever one is
+// uploaded: PEM, base64 of DER (a .cer file, what the C# SDK sends) and
+// base64 of the PEM file's content (Microsoft's Node e2e suite sends a
+// group's signing certificate that way).
+func certForms(c *testCert) map[string]string {
+	return map[string]string{
+		"PEM":           c.PEM(),
+		"base64 DER":    base64.StdEncoding.EncodeToString(c.Cert.Raw),
+		"base64 PEM":    base64.StdEncoding.EncodeToString([]byte(c.PEM())),
+		"base64 PEM 76": wrap76(base64.StdEncoding.EncodeToString([]byte(c.PEM()))),
+	}
+}
+
+// wrap76 breaks base64 into lines as base64(1) does.
+func wrap76(s string) string {
+	var b strings.Builder
+	for len(s) > 76 {
+		b.WriteString(s[:76] + "\n")
+		s = s[76:]
+	}
+	return b.String() + s + "\n"
+}
+
+func TestCertificateFormsAccepted(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	root := testcerts.Valid(t, "Forms Root", nil, true, f.now)
+	dev := testcerts.Valid(t, "forms-dev", nil, false, f.now)
+	for form, text := range certForms(root) {
+		t.Run(form, func(t *testing.T) {
+			c, err := dps.ParseCertificate(text)
+			if err != nil || !c.Equal(root.Cert) {
+				t.Fatalf("ParseCertificate: %v", err)
+			}
+			name := strings.ReplaceAll(form, " ", "-")
+			// A group's signing certificate.
+			g := &dps.EnrollmentGroup{EnrollmentGroupID: "forms-" + name}
+			g.Attestation = x509Attestation(&dps.X509Attestation{SigningCertificates: certs(text)})
+			out, err := f.svc.PutGroup(ctx, g.EnrollmentGroupID, g, "")
+			if err != nil {
+				t.Fatalf("group: %v", err)
+			}
+			if info := out.Attestation.X509.SigningCertificates.Primary.Info; info == nil || info.SubjectName != "CN=Forms Root" {
+				t.Errorf("group certificate info: %+v", info)
+			}
+			// A CA certificate, and its proof of possession.
+			if _, err := f.svc.PutCertificate(ctx, name, text, ""); err != nil {
+				t.Fatalf("CA certificate: %v", err)
+			}
+			code, err := f.svc.GenerateVerificationCode(ctx, name, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			proof := certForms(testcerts.Valid(t, code.Properties.VerificationCode, root, false, f.now))[form]
+			if c, err := f.svc.VerifyCertificate(ctx, name, "", proof); err != nil || !c.Properties.IsVerified {
+				t.Errorf("verification with a %s proof: %+v, %v", form, c, err)
+			}
+		})
+	}
+	// An individual enrollment's device certificate, in each form.
+	for form, text := range certForms(dev) {
+		e := &dps.IndividualEnrollment{RegistrationID: "forms-dev"}
+		e.Attestation = x509Attestation(&dps.X509Attestation{ClientCertificates: certs(text)})
+		if _, err := f.svc.PutEnrollment(ctx, e.RegistrationID, e, ""); err != nil {
+			t.Fatalf("enrollment, %s: %v", form, err)
+		}
+		if st, err := f.registerX509(t, "forms-dev", chainOf(dev)); err != nil || st.Status != dps.StatusAssigned {
+			t.Errorf("device of an enrollment with a %s certificate: %+v, %v", form, st, err)
+		}
+	}
+	// Still refused: base64 of a PEM that is not a certificate, or of junk.
+	for _, bad := range []string{
+		base64.StdEncoding.EncodeToString([]byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")),
+		base64.StdEncoding.EncodeToString([]byte("not a certificate")),
+	} {
+		if _, err := dps.ParseCertificate(bad); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
 	}
 }

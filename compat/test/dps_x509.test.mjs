@@ -158,6 +158,30 @@ describe('X.509 attestation with the official SDKs: DPS over MQTT and HTTPS, the
     });
   }
 
+  // A group's signing certificate as base64 of the PEM file's content (what
+  // Microsoft's Node e2e suite uploads) and as base64 of DER (a .cer file):
+  // Azure accepts both besides PEM, and so does berth (issue 19, item 5).
+  for (const [form, encode] of [
+    ['base64 of PEM', (pem) => Buffer.from(pem).toString('base64')],
+    ['base64 of DER', (pem) => pem.replace(/-----(BEGIN|END) CERTIFICATE-----|\s/g, '')],
+  ]) {
+    test(`MQTT: an enrollment group whose signing certificate is given as ${form} → assigned`, async () => {
+      await caReady;
+      const slug = form.replace(/\W+/g, '-');
+      const ca = certs.intermediate(`inter-${slug}`, root);
+      const groupId = `x509-group-${slug}`;
+      const { body: group } = await sdk.service(cs, 'createOrUpdateEnrollmentGroup', {
+        enrollmentGroupId: groupId,
+        attestation: { type: 'x509', x509: { signingCertificates: { primary: { certificate: encode(ca.cert) } } } },
+      });
+      assert.match(group.attestation.x509.signingCertificates.primary.info?.subjectName ?? '', /inter-/, JSON.stringify(group.attestation));
+      const regId = `x509-dev-${slug}`;
+      const c = certs.leaf(regId, regId, ca);
+      const { result } = await register('mqtt', regId, c);
+      assertAssigned(result, regId, groupId);
+    });
+  }
+
   // Every refused certificate: the SDK ends with UnauthorizedError, 401 (spec §7: 401002).
   const expectUnauthorized = async (t, transport, regId, c) => {
     await assert.rejects(register(transport, regId, c), (err) => {

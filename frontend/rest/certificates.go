@@ -111,7 +111,7 @@ func (x *exchange) readCertificateBody() (string, bool) {
 		return "", false
 	}
 	if b.Certificate == "" {
-		x.fail(azerr.Newf(azerr.DPSBadRequest, `The body needs "certificate": the certificate as PEM or base64 DER.`))
+		x.fail(azerr.Newf(azerr.DPSBadRequest, `The body needs "certificate": the certificate as PEM, base64 DER or base64 of PEM.`))
 		return "", false
 	}
 	return b.Certificate, true
