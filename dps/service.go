@@ -494,7 +494,9 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		return fmt.Errorf("dps: write assignment of %s: %w", op.RegistrationID, err)
 	}
 	if leave != nil {
-		s.removeNow(ctx, written[len(devRecs)-1])
+		// The assignment is durable: a device that hangs up now must
+		// not cut its removal from the old hub short.
+		s.removeNow(context.WithoutCancel(ctx), written[len(devRecs)-1])
 	}
 	return nil
 }
