@@ -408,7 +408,11 @@ func (c *Conn) run() (err error) {
 					c.closeErr = ferr
 				}
 			}
+			grace := !closing && errors.Is(ferr, os.ErrDeadlineExceeded)
 			c.mu.Unlock()
+			if grace {
+				continue // berth closed for idleness: give the peer its moment to answer close
+			}
 			if ae != nil && !closing {
 				return ae
 			}

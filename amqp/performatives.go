@@ -428,7 +428,7 @@ func decodeFrameBody(b []byte) (any, error) {
 	case descTransfer:
 		f.name = "transfer"
 		t, err := decodeTransfer(f)
-		if t != nil {
+		if t != nil && len(payload) > 0 {
 			t.Payload = payload
 		}
 		return t, err
