@@ -313,15 +313,15 @@ func TestPerformativeFieldTypesChecked(t *testing.T) {
 }
 
 func TestMessageSectionOrder(t *testing.T) {
-	valueThenProps := unhex(t, "005377 40" + "005373 45")
+	valueThenProps := unhex(t, "005377 40"+"005373 45")
 	if _, err := UnmarshalMessage(valueThenProps); !errors.Is(err, ErrDecode) {
 		t.Fatalf("out of order: %v", err)
 	}
-	mixed := unhex(t, "005375 a000" + "005377 40")
+	mixed := unhex(t, "005375 a000"+"005377 40")
 	if _, err := UnmarshalMessage(mixed); !errors.Is(err, ErrDecode) {
 		t.Fatalf("mixed body: %v", err)
 	}
-	twoData := unhex(t, "005375 a00161" + "005375 a00162")
+	twoData := unhex(t, "005375 a00161"+"005375 a00162")
 	m, err := UnmarshalMessage(twoData)
 	if err != nil || len(m.Data) != 2 {
 		t.Fatalf("two data sections: %v", err)
