@@ -558,3 +558,40 @@ func TestGoAMQPIdleTimeoutHeartbeats(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The no-SASL start (what the Node Azure SDKs do): go-amqp without a SASL type sends the bare AMQP
+// header; the connection then works, and the front end authenticates it later (CBS).
+func TestGoAMQPNoSASLStart(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.AuthTimeout = 300 * time.Millisecond })
+	conn := ts.dial(t, nil)
+	c := <-ts.h.conns
+	if c.SASLMechanism() != "" {
+		t.Fatalf("mechanism %q", c.SASLMechanism())
+	}
+	c.Authenticated("cbs") // as after an accepted put-token
+	s := session(t, conn)
+	time.Sleep(500 * time.Millisecond) // past the auth deadline: still open
+	snd, err := s.NewSender(ctx5(t), "in", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snd.Send(ctx5(t), goamqp.NewMessage([]byte("x")), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Without authentication the no-SASL connection is closed at the deadline, and the client hears why.
+func TestGoAMQPNoSASLUnauthenticatedClosed(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.AuthTimeout = 300 * time.Millisecond })
+	conn := ts.dial(t, nil)
+	s := session(t, conn)
+	rcv, err := s.NewReceiver(ctx5(t), "out", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = rcv.Receive(ctx5(t), nil)
+	var ce *goamqp.ConnError
+	if !errors.As(err, &ce) || ce.RemoteErr == nil || ce.RemoteErr.Condition != goamqp.ErrCond(ErrCondUnauthorizedAccess) {
+		t.Fatalf("receive: %v, want the connection closed with amqp:unauthorized-access", err)
+	}
+}
