@@ -34,6 +34,10 @@ type Config struct {
 	// MaxUnsettled bounds the unsettled deliveries of one link, both ways: the credit a receiver
 	// link grants and the unsettled messages a sender link may have out (default 1024).
 	MaxUnsettled int
+	// MaxConnBuffered bounds the bytes of received messages one connection holds: deliveries
+	// being reassembled plus those the application has not settled yet (default 64 MiB). A peer
+	// that pushes past it is closed with amqp:resource-limit-exceeded.
+	MaxConnBuffered int
 	// SessionWindow is the incoming-window of every session, in transfer frames (default 5000).
 	SessionWindow uint32
 	// IdleTimeout is berth's idle-time-out: a peer silent that long is closed with
@@ -84,6 +88,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if d.MaxUnsettled <= 0 {
 		d.MaxUnsettled = 1024
+	}
+	if d.MaxConnBuffered <= 0 {
+		d.MaxConnBuffered = 64 << 20
 	}
 	if d.SessionWindow == 0 {
 		d.SessionWindow = 5000
@@ -157,6 +164,7 @@ type Conn struct {
 	openSent  bool
 	identity  any
 	mech      Symbol
+	buffered  int // bytes of received messages held: reassembly plus unsettled deliveries
 	certs     []*x509.Certificate
 	hdr       [8]byte
 

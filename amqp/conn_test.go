@@ -392,3 +392,33 @@ func TestServeReturnsOnContextCancel(t *testing.T) {
 		t.Fatal("Serve did not return")
 	}
 }
+
+// The bytes of unsettled messages a connection holds are bounded; settling gives them back.
+func TestConnectionBufferedBytesBounded(t *testing.T) {
+	h := newTestHandler()
+	rc := startRaw(t, &Config{Handler: h, MaxConnBuffered: 1000})
+	rc.open()
+	rc.begin()
+	rc.frame(0, &Attach{Name: "s", Handle: 0, Role: RoleSender, Target: &Target{Address: "in/hold"}}, nil)
+	rc.next()
+	rc.next()
+	msg, _ := NewMessage(make([]byte, 390)).Marshal() // 400 bytes with its section header
+	id := uint32(0)
+	send := func() {
+		i := id
+		rc.frame(0, &Transfer{Handle: 0, DeliveryID: &i, DeliveryTag: []byte{byte(i)}}, msg)
+		id++
+	}
+	send()
+	send()
+	d := <-h.held
+	<-h.held
+	go func() { _ = d.Accept() }()
+	if disp, ok := rc.next().(*Disposition); !ok || disp.First != 0 {
+		t.Fatalf("disposition %#v", disp)
+	}
+	send() // 800 bytes held again: within the bound
+	<-h.held
+	send() // 1200: beyond
+	rc.expectClose(ErrCondResourceLimitExceeded)
+}

@@ -165,7 +165,10 @@ func (l *Link) goneLocked(e *Error) {
 		return
 	}
 	l.gone = true
-	l.cur = nil
+	if l.cur != nil {
+		l.cur.releaseLocked()
+		l.cur = nil
+	}
 	for id, x := range l.s.outUnsettled {
 		if x.l == l {
 			delete(l.s.outUnsettled, id)
@@ -175,6 +178,7 @@ func (l *Link) goneLocked(e *Error) {
 	for id, d := range l.s.inUnsettled {
 		if d.l == l {
 			delete(l.s.inUnsettled, id)
+			d.releaseLocked()
 		}
 	}
 	var h LinkHandler
@@ -202,6 +206,13 @@ type Delivery struct {
 	done    bool
 	buf     []byte
 	format  uint32
+	held    int // bytes counted in Conn.buffered until settled
+}
+
+// releaseLocked gives a delivery's bytes back to the connection's budget.
+func (d *Delivery) releaseLocked() {
+	d.l.s.c.buffered -= d.held
+	d.held = 0
 }
 
 // Link is the link the message came on.
@@ -240,6 +251,7 @@ func (d *Delivery) settle(state DeliveryState) error {
 		return ErrClosed
 	}
 	delete(l.s.inUnsettled, d.id)
+	d.releaseLocked()
 	l.unsettled--
 	_ = c.writeLocked(frameAMQP, l.s.ch, &Disposition{Role: RoleReceiver, First: d.id, Settled: true, State: state}, nil)
 	if !l.manual {
@@ -319,13 +331,21 @@ func (l *Link) transferLocked(t *Transfer) {
 	}
 	d.Settled = d.Settled || t.Settled
 	if t.Aborted {
+		d.releaseLocked()
 		l.cur = nil
 		if !l.manual {
 			l.refillLocked()
 		}
 		return
 	}
+	if c.buffered+len(t.Payload) > c.cfg.MaxConnBuffered {
+		c.closeLocked(Errorf(ErrCondResourceLimitExceeded, "the connection holds more than %d bytes of unsettled messages", c.cfg.MaxConnBuffered))
+		return
+	}
+	c.buffered += len(t.Payload)
+	d.held += len(t.Payload)
 	if uint64(len(d.buf))+uint64(len(t.Payload)) > l.maxMessageSize {
+		d.releaseLocked()
 		l.cur = nil
 		l.closeLocked(Errorf(ErrCondMessageSizeExceeded, "message larger than %d bytes", l.maxMessageSize))
 		return
@@ -344,6 +364,9 @@ func (l *Link) transferLocked(t *Transfer) {
 		d.buf = nil
 	}
 	msg, err := UnmarshalMessage(payload)
+	if err != nil || d.Settled {
+		d.releaseLocked() // settled messages are the handler's from here on
+	}
 	if err != nil {
 		if !d.Settled {
 			_ = c.writeLocked(frameAMQP, l.s.ch, &Disposition{Role: RoleReceiver, First: d.id, Settled: true,
