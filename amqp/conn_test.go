@@ -422,3 +422,27 @@ func TestConnectionBufferedBytesBounded(t *testing.T) {
 	send() // 1200: beyond
 	rc.expectClose(ErrCondResourceLimitExceeded)
 }
+
+// A drain with nothing to send consumes the credit: berth answers with the delivery count advanced
+// and no credit left. An echo flow is answered.
+func TestDrainAndEcho(t *testing.T) {
+	rc := startRaw(t, &Config{})
+	rc.open()
+	rc.begin()
+	rc.frame(0, &Attach{Name: "r", Handle: 0, Role: RoleReceiver, Source: &Source{Address: "out"}}, nil)
+	a := rc.next().(*Attach)
+	if a.InitialDeliveryCount == nil || *a.InitialDeliveryCount != 0 || a.Source == nil || a.Source.Address != "out" {
+		t.Fatalf("attach reply %#v", a)
+	}
+	h, dc, credit, nid := uint32(0), uint32(0), uint32(5), uint32(0)
+	rc.frame(0, &Flow{NextIncomingID: &nid, IncomingWindow: 100, OutgoingWindow: 100, Handle: &h,
+		DeliveryCount: &dc, LinkCredit: &credit, Drain: true}, nil)
+	f, ok := rc.next().(*Flow)
+	if !ok || f.Handle == nil || *f.DeliveryCount != 5 || *f.LinkCredit != 0 || !f.Drain {
+		t.Fatalf("drain answer %#v", f)
+	}
+	rc.frame(0, &Flow{NextIncomingID: &nid, IncomingWindow: 100, OutgoingWindow: 100, Echo: true}, nil)
+	if f, ok := rc.next().(*Flow); !ok || f.Handle != nil || f.IncomingWindow == 0 {
+		t.Fatalf("echo answer %#v", f)
+	}
+}
