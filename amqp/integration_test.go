@@ -595,3 +595,37 @@ func TestGoAMQPNoSASLUnauthenticatedClosed(t *testing.T) {
 		t.Fatalf("receive: %v, want the connection closed with amqp:unauthorized-access", err)
 	}
 }
+
+// Replies wait for credit: a reply node receiver with manual credit gets its replies once it grants.
+func TestGoAMQPRepliesWaitForCredit(t *testing.T) {
+	ts := startServer(t, nil)
+	s := session(t, ts.dial(t, plain()))
+	rcv, err := s.NewReceiver(ctx5(t), "$echo", &goamqp.ReceiverOptions{Credit: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snd, err := s.NewSender(ctx5(t), "$echo", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		msg := goamqp.NewMessage([]byte(fmt.Sprint(i)))
+		msg.Properties = &goamqp.MessageProperties{MessageID: fmt.Sprint(i)}
+		if err := snd.Send(ctx5(t), msg, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rcv.IssueCredit(3); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		m, err := rcv.Receive(ctx5(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Properties.CorrelationID != fmt.Sprint(i) {
+			t.Fatalf("reply %d correlation %v", i, m.Properties.CorrelationID)
+		}
+		_ = rcv.AcceptMessage(ctx5(t), m)
+	}
+}

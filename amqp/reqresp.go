@@ -103,14 +103,19 @@ type nodeSender struct {
 	pending []*Message
 }
 
+// send sends at once when nothing waits, else queues. ns.mu is never held across Link.Send, so
+// the engine's callbacks (Credit) can never wait for it.
 func (ns *nodeSender) send(m *Message) error {
 	ns.mu.Lock()
-	defer ns.mu.Unlock()
-	if len(ns.pending) == 0 {
+	queued := len(ns.pending) > 0
+	ns.mu.Unlock()
+	if !queued {
 		if _, err := ns.l.Send(m, false); err != ErrNoCredit {
 			return err
 		}
 	}
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
 	if len(ns.pending) >= maxQueuedReplies {
 		go ns.l.Close(Errorf(ErrCondResourceLimitExceeded, "%d replies waiting for credit", maxQueuedReplies))
 		return ErrNoCredit
@@ -120,13 +125,23 @@ func (ns *nodeSender) send(m *Message) error {
 }
 
 func (ns *nodeSender) Credit(l *Link) {
-	ns.mu.Lock()
-	defer ns.mu.Unlock()
-	for len(ns.pending) > 0 {
-		if _, err := l.Send(ns.pending[0], false); err != nil {
+	for {
+		ns.mu.Lock()
+		if len(ns.pending) == 0 {
+			ns.mu.Unlock()
 			return
 		}
+		m := ns.pending[0]
 		ns.pending = ns.pending[1:]
+		ns.mu.Unlock()
+		if _, err := l.Send(m, false); err != nil {
+			if err == ErrNoCredit {
+				ns.mu.Lock()
+				ns.pending = append([]*Message{m}, ns.pending...)
+				ns.mu.Unlock()
+			}
+			return
+		}
 	}
 }
 
