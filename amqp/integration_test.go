@@ -629,3 +629,21 @@ func TestGoAMQPRepliesWaitForCredit(t *testing.T) {
 		_ = rcv.AcceptMessage(ctx5(t), m)
 	}
 }
+
+// A client that connects and never starts TLS is dropped at the auth deadline.
+func TestSilentTLSClientDropped(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.AuthTimeout = 300 * time.Millisecond })
+	nc, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := nc.Read(make([]byte, 1)); err == nil {
+		t.Fatal("server wrote to a client that never said hello")
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("dropped after %s", el)
+	}
+}
