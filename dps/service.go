@@ -43,6 +43,9 @@ type DeviceRegistry interface {
 	// one (reprovision.go).
 	Get(ctx context.Context, hubName, deviceID string) (*hub.Device, error)
 	Delete(ctx context.Context, hubName, deviceID, ifMatch string) error
+	// Provisioned runs once those records are written: the hub closes the
+	// device's live sessions that the new credential revokes.
+	Provisioned(ctx context.Context, hubName, deviceID string)
 }
 
 // Config configures a Service.
@@ -493,9 +496,11 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	if err != nil {
 		return fmt.Errorf("dps: write assignment of %s: %w", op.RegistrationID, err)
 	}
+	// The assignment is durable: a device that hangs up now must not cut
+	// short its removal from the old hub, nor the closing of sessions its
+	// new credential revokes.
+	s.registry.Provisioned(context.WithoutCancel(ctx), hubName, deviceID)
 	if leave != nil {
-		// The assignment is durable: a device that hangs up now must
-		// not cut its removal from the old hub short.
 		s.removeNow(context.WithoutCancel(ctx), written[len(devRecs)-1])
 	}
 	return nil

@@ -37,6 +37,7 @@ type nopLink struct{}
 func (nopLink) DesiredPatch(int64, []byte) {}
 func (nopLink) MethodsSubscribed() bool    { return true }
 func (nopLink) CloudToDevicePending()      {}
+func (nopLink) Close(hub.CloseReason)      {}
 func (nopLink) InvokeMethod(context.Context, string, []byte) (int, []byte, error) {
 	return 200, nil, nil
 }
@@ -77,7 +78,7 @@ func newBenchHubEnv(b *testing.B, st store.Store) *benchHubEnv {
 	if _, err := e.reg.Create(context.Background(), benchHub, &hub.Device{DeviceID: "dev-1"}); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(e.links.Attach(benchHub, "dev-1", nopLink{}))
+	b.Cleanup(attachLink(e.links, benchHub, "dev-1", nopLink{}))
 	return e
 }
 

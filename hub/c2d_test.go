@@ -74,7 +74,7 @@ func TestC2DSendStampsAndWakes(t *testing.T) {
 	e := newC2DEnv(t)
 	ctx := context.Background()
 	l := &fakeLink{}
-	defer e.links.Attach(hubName, "dev-1", l)()
+	defer attachLink(e.links, hubName, "dev-1", l)()
 	m, err := e.q.Send(ctx, hubName, "dev-1", &hub.CloudMessage{Body: []byte("hi"), Ack: "FULL",
 		App: []hub.Property{{Name: "Color", Value: "red / blue"}}})
 	if err != nil {
@@ -357,7 +357,7 @@ func TestMethodsInvoke(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			if c.link != nil {
-				defer links.Attach(hubName, "dev-1", c.link)()
+				defer attachLink(links, hubName, "dev-1", c.link)()
 			}
 			ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
@@ -399,7 +399,7 @@ func TestMethodsWaitForConnect(t *testing.T) {
 		done <- err
 	}()
 	// Connected but not subscribed: still waiting; subscribing wakes it.
-	defer links.Attach(hubName, "dev-1", l)()
+	defer attachLink(links, hubName, "dev-1", l)()
 	select {
 	case err := <-done:
 		t.Fatalf("returned before the device subscribed: %v", err)

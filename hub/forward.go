@@ -27,6 +27,11 @@ type Forwarder interface {
 	// CloudToDevicePending wakes the device's link on whichever node holds
 	// it (as DeviceLink.CloudToDevicePending). It must not block.
 	CloudToDevicePending(hubName, deviceID string)
+	// Revoke closes the device's sessions on every other node unless they
+	// were opened with credential keep ("" closes them all), as
+	// Links.RevokeLocal does there. It must not block: the registry calls
+	// it right after a change.
+	Revoke(hubName, deviceID, keep string)
 }
 
 // ErrDeviceNotReached says that no berth node holds the device with a link

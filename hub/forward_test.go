@@ -18,6 +18,7 @@ type fakeForwarder struct {
 	desired []string // "hub/device version:body"
 	c2d     []string // "hub/device"
 	calls   []string // "hub/device name connect response"
+	revoked []string // "hub/device/keep"
 	invoke  func(ctx context.Context) (int, []byte, error)
 }
 
@@ -32,6 +33,12 @@ func (f *fakeForwarder) InvokeMethod(ctx context.Context, hubName, deviceID, nam
 	f.calls = append(f.calls, fmt.Sprintf("%s/%s %s %s %s", hubName, deviceID, name, connectTimeout, responseTimeout))
 	f.mu.Unlock()
 	return f.invoke(ctx)
+}
+
+func (f *fakeForwarder) Revoke(hubName, deviceID, keep string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.revoked = append(f.revoked, hubName+"/"+deviceID+"/"+keep)
 }
 
 func (f *fakeForwarder) CloudToDevicePending(hubName, deviceID string) {
@@ -56,7 +63,7 @@ func TestDesiredPatchForwardedOnlyWithoutLocalLink(t *testing.T) {
 			e.links.SetForwarder(f)
 			l := &fakeLink{}
 			if local {
-				defer e.links.Attach(hubName, "dev-1", l)()
+				defer attachLink(e.links, hubName, "dev-1", l)()
 			}
 			if _, err := e.twins.Patch(context.Background(), hubName, "dev-1", []byte(`{"properties":{"desired":{"rate":5}}}`), ""); err != nil {
 				t.Fatal(err)
@@ -86,7 +93,7 @@ func TestCloudToDeviceWakeForwardedOnlyWithoutLocalLink(t *testing.T) {
 			e.links.SetForwarder(f)
 			l := &fakeLink{}
 			if local {
-				defer e.links.Attach(hubName, "dev-1", l)()
+				defer attachLink(e.links, hubName, "dev-1", l)()
 			}
 			e.send(t, "a")
 			ms := e.receive(t, 1)
@@ -161,7 +168,7 @@ func TestMethodsInvokeThroughForwarder(t *testing.T) {
 				t.Fatal(err)
 			}
 			if c.local {
-				defer links.Attach(hubName, "dev-1", &fakeLink{subscribed: true, invoke: func(context.Context, string, []byte) (int, []byte, error) {
+				defer attachLink(links, hubName, "dev-1", &fakeLink{subscribed: true, invoke: func(context.Context, string, []byte) (int, []byte, error) {
 					return 200, []byte("local"), nil
 				}})()
 			}
@@ -211,7 +218,7 @@ func TestMethodsForwarderRacesLocalConnect(t *testing.T) {
 		done <- result{res, err}
 	}()
 	<-asked
-	defer links.Attach(hubName, "dev-1", &fakeLink{subscribed: true, invoke: func(context.Context, string, []byte) (int, []byte, error) {
+	defer attachLink(links, hubName, "dev-1", &fakeLink{subscribed: true, invoke: func(context.Context, string, []byte) (int, []byte, error) {
 		return 200, []byte(`"here"`), nil
 	}})()
 	select {

@@ -1,73 +1,280 @@
 package hub
 
 import (
+	"container/list"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
 	"sync"
+	"time"
 )
 
 // DeviceLink is a live device connection as the domain sees it: what a
 // front end (MQTT today; AMQP and WebSockets later) offers so that the hub
-// can push to a device. Every method must return promptly; none may block
-// on the network except InvokeMethod, which waits for the device's answer
-// until ctx ends.
+// can push to a device and end its session. Every method must return
+// promptly; none may block on the network except InvokeMethod, which waits
+// for the device's answer until ctx ends.
 type DeviceLink interface {
 	// DesiredPatch delivers a desired-properties notification: body is the
-	// patch with "$version" (shared/spec/iothub.md §4.1). Notifications of
-	// one device are passed in version order. A link that cannot take one
-	// (not subscribed: dropped; queue full: the link closes the connection
-	// so that the device resynchronises with GET on reconnect) must not
-	// block.
+	// patch with "$version" (docs/hub-wire.md). Notifications of one device
+	// are passed in version order. A link that cannot take one (not
+	// subscribed: dropped; queue full: the link closes the connection so
+	// that the device resynchronises with GET on reconnect) must not block.
 	DesiredPatch(version int64, body []byte)
 	// MethodsSubscribed reports whether the device subscribed to direct
 	// methods: IoT Hub treats a connected device that did not as offline.
 	MethodsSubscribed() bool
 	// InvokeMethod sends a direct-method request and waits for the device's
-	// response or for ctx to end (ctx.Err() then).
+	// answer or for ctx to end (ctx.Err() then).
 	InvokeMethod(ctx context.Context, name string, payload []byte) (status int, response []byte, err error)
 	// CloudToDevicePending tells the link that the device's
 	// cloud-to-device queue has a message it may deliver.
 	CloudToDevicePending()
+	// Close ends the connection: the hub calls it when a newer connection
+	// of the device replaces this one and when the credential the link
+	// was opened with is revoked. It must not block; the front end then
+	// ends the session as it does when the device goes away (Detach).
+	Close(reason CloseReason)
 }
 
-// Links is this node's directory of live device connections. Front ends
+// CloseReason says why the hub closes a link, for the front end's log.
+type CloseReason int
+
+const (
+	// CloseReplaced: a newer connection of the same device authenticated
+	// (IoT Hub keeps one per identity, the newest).
+	CloseReplaced CloseReason = iota + 1
+	// CloseRevoked: the device was disabled or deleted, or the key or
+	// thumbprint the link authenticated with was replaced.
+	CloseRevoked
+)
+
+func (r CloseReason) String() string {
+	switch r {
+	case CloseReplaced:
+		return "a newer connection of the device authenticated"
+	case CloseRevoked:
+		return "the device's credential was revoked (disabled, deleted, or keys replaced)"
+	}
+	return "closed by the hub"
+}
+
+// Credential names the credential a device authenticates with as it is
+// stored now: its authentication type, keys and thumbprints, hashed (a
+// link keeps this, never a key). A link is revoked when the device's
+// credential no longer matches the one it was opened with. Every node
+// computes the same value, so it can cross between nodes.
+func Credential(d *Device) string {
+	h := sha256.New()
+	if a := d.Authentication; a != nil {
+		h.Write([]byte(a.Type))
+		if k := a.SymmetricKey; k != nil {
+			h.Write([]byte{0})
+			h.Write([]byte(k.PrimaryKey))
+			h.Write([]byte{0})
+			h.Write([]byte(k.SecondaryKey))
+		}
+		if t := a.X509Thumbprint; t != nil {
+			for _, p := range []*string{t.PrimaryThumbprint, t.SecondaryThumbprint} {
+				h.Write([]byte{1})
+				if p != nil {
+					// Thumbprints compare case-insensitively.
+					h.Write([]byte(strings.ToLower(*p)))
+				}
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// SessionState is what a persistent device session (MQTT CleanSession 0)
+// keeps between its connections: the subscriptions, by the front end's
+// own filter names, and the QoS each was granted. Undelivered and
+// unacknowledged cloud-to-device messages are not part of it: they wait in
+// the durable queue and go out again once the subscription is back.
+type SessionState struct {
+	Subscriptions map[string]byte
+}
+
+// Bounds of the persistent sessions a node keeps for devices that are not
+// connected (see Links.Detach). A session costs a few hundred bytes.
+const (
+	// MaxKeptSessions bounds how many; beyond it the least recently kept
+	// is forgotten.
+	MaxKeptSessions = 100_000
+	// KeptSessionLifetime is how long one is kept after its connection
+	// ended.
+	KeptSessionLifetime = 24 * time.Hour
+)
+
+// Links is this node's directory of live device sessions. Front ends
 // attach a DeviceLink when a device session starts; the domain looks links
-// up to push desired properties, invoke methods and wake C2D delivery.
+// up to push desired properties, invoke methods and wake C2D delivery, and
+// closes them when a newer connection replaces them or their credential is
+// revoked. It also keeps the state of persistent sessions between
+// connections.
 //
 // With several berth nodes each knows its own connections only; a
-// Forwarder (SetForwarder) carries pushes for a device connected elsewhere.
+// Forwarder (SetForwarder) carries pushes and revocations to the others.
 type Links struct {
 	mu    sync.Mutex
-	links map[string]DeviceLink
+	links map[string]*attached
 	fwd   Forwarder
 	// changed is closed and replaced whenever a link is attached or says
 	// its subscriptions changed, waking Wait.
 	changed chan struct{}
+
+	// kept are persistent sessions whose connection ended, by device key,
+	// least recently kept first in order.
+	kept     map[string]*list.Element
+	order    *list.List // of *keptSession
+	maxKept  int
+	keptLife time.Duration
+	now      func() time.Time
+}
+
+type attached struct {
+	link       DeviceLink
+	credential string
+}
+
+type keptSession struct {
+	key        string
+	credential string
+	state      SessionState
+	until      time.Time
 }
 
 // NewLinks returns an empty directory.
 func NewLinks() *Links {
-	return &Links{links: map[string]DeviceLink{}, changed: make(chan struct{})}
+	return &Links{
+		links: map[string]*attached{}, changed: make(chan struct{}),
+		kept: map[string]*list.Element{}, order: list.New(),
+		maxKept: MaxKeptSessions, keptLife: KeptSessionLifetime, now: time.Now,
+	}
 }
 
-// Attach makes l the device's live link (a newer connection replaces an
-// older one, as IoT Hub keeps one per identity). detach forgets it unless
-// a newer link has replaced it.
-func (ls *Links) Attach(hubName, deviceID string, l DeviceLink) (detach func()) {
+// Attach makes l the device's live link: a newer connection replaces an
+// older one, as IoT Hub keeps one per identity. The replaced link, if any,
+// is closed (CloseReplaced) and returned. credential is Credential of the
+// device as it authenticated: a revocation closes the link when the
+// device's credential is no longer that one.
+//
+// detach forgets the link unless a newer one has replaced it; front ends
+// with persistent sessions use Detach instead.
+func (ls *Links) Attach(hubName, deviceID, credential string, l DeviceLink) (replaced DeviceLink, detach func()) {
 	k := deviceKey(hubName, deviceID)
 	ls.mu.Lock()
-	ls.links[k] = l
+	if old := ls.links[k]; old != nil && old.link != l {
+		replaced = old.link
+	}
+	ls.links[k] = &attached{link: l, credential: credential}
 	ls.wakeLocked()
 	ls.mu.Unlock()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			ls.mu.Lock()
-			if ls.links[k] == l {
-				delete(ls.links, k)
-			}
-			ls.mu.Unlock()
-		})
+	if replaced != nil {
+		replaced.Close(CloseReplaced)
 	}
+	var once sync.Once
+	return replaced, func() { once.Do(func() { ls.Detach(hubName, deviceID, l, nil) }) }
+}
+
+// Detach forgets l unless a newer link of the device has replaced it. When
+// l was still the live link and keep is not nil, keep is remembered as the
+// device's persistent session (bounded by MaxKeptSessions and
+// KeptSessionLifetime) for its next connection to Resume. Done in one step,
+// so that a connection that replaced l meanwhile (and took l's state
+// itself) is never handed an older state.
+func (ls *Links) Detach(hubName, deviceID string, l DeviceLink, keep *SessionState) {
+	k := deviceKey(hubName, deviceID)
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	a := ls.links[k]
+	if a == nil || a.link != l {
+		return
+	}
+	delete(ls.links, k)
+	if keep != nil {
+		ls.keepLocked(k, a.credential, *keep)
+	}
+}
+
+func (ls *Links) keepLocked(k, credential string, st SessionState) {
+	ls.forgetLocked(k)
+	ks := &keptSession{key: k, credential: credential, state: st, until: ls.now().Add(ls.keptLife)}
+	ls.kept[k] = ls.order.PushBack(ks)
+	for ls.order.Len() > ls.maxKept {
+		ls.forgetLocked(ls.order.Front().Value.(*keptSession).key)
+	}
+}
+
+func (ls *Links) forgetLocked(k string) {
+	if e, ok := ls.kept[k]; ok {
+		ls.order.Remove(e)
+		delete(ls.kept, k)
+	}
+}
+
+// Resume takes the device's kept persistent session, if one is kept and
+// has not expired: the state is handed over once (a second Resume finds
+// nothing until the session is kept again).
+func (ls *Links) Resume(hubName, deviceID string) (SessionState, bool) {
+	k := deviceKey(hubName, deviceID)
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	e, ok := ls.kept[k]
+	if !ok {
+		return SessionState{}, false
+	}
+	ks := e.Value.(*keptSession)
+	ls.forgetLocked(k)
+	if ls.now().After(ks.until) {
+		return SessionState{}, false
+	}
+	return ks.state, true
+}
+
+// Forget drops the device's kept persistent session: a clean session
+// (MQTT CleanSession 1) starts from nothing and leaves nothing behind.
+func (ls *Links) Forget(hubName, deviceID string) {
+	k := deviceKey(hubName, deviceID)
+	ls.mu.Lock()
+	ls.forgetLocked(k)
+	ls.mu.Unlock()
+}
+
+// Revoke closes the device's sessions opened with a credential other than
+// keep, on this node and, through the forwarder, on every other one; keep
+// "" closes them all (the device was disabled or deleted). Its kept
+// persistent session is dropped likewise. The registry calls it after
+// every change of a device.
+func (ls *Links) Revoke(hubName, deviceID, keep string) {
+	ls.RevokeLocal(hubName, deviceID, keep)
+	if f := ls.forwarder(); f != nil {
+		f.Revoke(hubName, deviceID, keep)
+	}
+}
+
+// RevokeLocal is Revoke on this node only; the forwarder's receiving side
+// calls it. It reports whether a live link was closed.
+func (ls *Links) RevokeLocal(hubName, deviceID, keep string) bool {
+	k := deviceKey(hubName, deviceID)
+	ls.mu.Lock()
+	var victim DeviceLink
+	if a := ls.links[k]; a != nil && (keep == "" || a.credential != keep) {
+		// Forgotten at once, so that pushes stop now and a method waits
+		// for the device's next connection instead.
+		victim = a.link
+		delete(ls.links, k)
+	}
+	if e, ok := ls.kept[k]; ok && (keep == "" || e.Value.(*keptSession).credential != keep) {
+		ls.forgetLocked(k)
+	}
+	ls.mu.Unlock()
+	if victim != nil {
+		victim.Close(CloseRevoked)
+	}
+	return victim != nil
 }
 
 // Changed tells waiters that a device's link changed its subscriptions.
@@ -86,7 +293,10 @@ func (ls *Links) wakeLocked() {
 func (ls *Links) Lookup(hubName, deviceID string) DeviceLink {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	return ls.links[deviceKey(hubName, deviceID)]
+	if a := ls.links[deviceKey(hubName, deviceID)]; a != nil {
+		return a.link
+	}
+	return nil
 }
 
 // Wait returns the device's live link once ok(link) holds, or nil when ctx
@@ -95,10 +305,10 @@ func (ls *Links) Wait(ctx context.Context, hubName, deviceID string, ok func(Dev
 	k := deviceKey(hubName, deviceID)
 	for {
 		ls.mu.Lock()
-		l, ch := ls.links[k], ls.changed
+		a, ch := ls.links[k], ls.changed
 		ls.mu.Unlock()
-		if l != nil && ok(l) {
-			return l
+		if a != nil && ok(a.link) {
+			return a.link
 		}
 		select {
 		case <-ch:

@@ -91,17 +91,27 @@ const MessageSourceTelemetry = "Telemetry"
 const EnqueuedTimeLayout = "2006-01-02T15:04:05.000Z07:00"
 
 // Stamp adds what the hub sets on every accepted device-to-cloud message
-// (shared/spec/iothub.md §2.4). Both front ends call it, so a message is
-// the same whichever transport brought it. now is truncated to
-// milliseconds, the precision of iothub-enqueuedtime.
+// (docs/hub-wire.md, "Telemetry"), so that a message is the same whichever
+// transport brought it. now is truncated to milliseconds, the precision of
+// iothub-enqueuedtime. Telemetry.AcceptBatch stamps every message it
+// accepts; this form serves callers that hold an Identity.
 func Stamp(m *Message, hubName string, id *Identity, now time.Time) {
+	stampSender(m, SenderOf(hubName, id), now)
+}
+
+// stampSender stamps m as sent by from, adding dt-dataschema when the
+// device named its model.
+func stampSender(m *Message, from Sender, now time.Time) {
 	now = now.UTC().Truncate(time.Millisecond)
-	m.Hub, m.DeviceID, m.Enqueued = hubName, id.Device.DeviceID, now
+	m.Hub, m.DeviceID, m.Enqueued = from.Hub, from.DeviceID, now
 	m.System = append(m.System,
-		Property{Name: PropConnDeviceID, Value: id.Device.DeviceID},
-		Property{Name: PropConnGenerationID, Value: id.Device.GenerationID},
-		Property{Name: PropConnAuthMethod, Value: id.AuthMethod},
+		Property{Name: PropConnDeviceID, Value: from.DeviceID},
+		Property{Name: PropConnGenerationID, Value: from.GenerationID},
+		Property{Name: PropConnAuthMethod, Value: from.AuthMethod},
 		Property{Name: PropEnqueuedTime, Value: now.Format(EnqueuedTimeLayout)},
 		Property{Name: PropMessageSource, Value: MessageSourceTelemetry},
 	)
+	if from.ModelID != "" {
+		m.System = append(m.System, Property{Name: PropSchema, Value: from.ModelID})
+	}
 }

@@ -97,6 +97,9 @@ type Registry struct {
 	cas CATrust
 	// limits bound every token's time (SetTokenLimits); guarded by mu.
 	limits sas.Limits
+	// links are the live sessions a change of a device revokes
+	// (SetLinks); guarded by mu.
+	links *Links
 }
 
 type presence struct {
@@ -333,6 +336,47 @@ func (r *Registry) migratedTwin(ctx context.Context, from, fromID, to string, d 
 	return out, err == nil, err
 }
 
+// SetLinks makes every change of a device that revokes its credential
+// (disabled, deleted, keys or thumbprints replaced) close its live
+// sessions through l, on every node.
+func (r *Registry) SetLinks(l *Links) {
+	r.mu.Lock()
+	r.links = l
+	r.mu.Unlock()
+}
+
+// revoke closes the device's sessions that d (its stored state after a
+// change; nil once deleted) no longer admits. A credential that is still
+// the same keeps its sessions: renaming a status reason or changing
+// capabilities disconnects no one.
+func (r *Registry) revoke(hubName, id string, d *Device) {
+	r.mu.Lock()
+	l := r.links
+	r.mu.Unlock()
+	if l == nil {
+		return
+	}
+	keep := ""
+	if d != nil && d.Status == StatusEnabled {
+		keep = Credential(d)
+	}
+	l.Revoke(hubName, id, keep)
+}
+
+// Provisioned runs after DPS has written an assignment of the device (the
+// records of ProvisionRecords): a re-registration that replaced its keys or
+// thumbprints closes the sessions opened with the old ones. Should the
+// device not be readable, every session of it is closed: a device that
+// reconnects authenticates against what is stored, so closing is the safe
+// side.
+func (r *Registry) Provisioned(ctx context.Context, hubName, id string) {
+	d, err := r.Get(ctx, hubName, id)
+	if err != nil {
+		d = nil
+	}
+	r.revoke(hubName, id, d)
+}
+
 // Create adds a device; it fails with DeviceAlreadyExists if it exists.
 // Keys are generated when the authentication type is sas and none are given.
 func (r *Registry) Create(ctx context.Context, hubName string, d *Device) (*Device, error) {
@@ -384,7 +428,12 @@ func (r *Registry) Update(ctx context.Context, hubName string, d *Device, ifMatc
 	case err != nil:
 		return nil, fmt.Errorf("hub: update device %s: %w", d.DeviceID, err)
 	}
-	return decodeDevice(rec, hubName)
+	out, err := decodeDevice(rec, hubName)
+	if err != nil {
+		return nil, err
+	}
+	r.revoke(hubName, d.DeviceID, out)
+	return out, nil
 }
 
 // Delete removes a device under an optional If-Match.
@@ -398,6 +447,7 @@ func (r *Registry) Delete(ctx context.Context, hubName, id, ifMatch string) erro
 	case err != nil:
 		return fmt.Errorf("hub: delete device %s: %w", id, err)
 	}
+	r.revoke(hubName, id, nil)
 	// The device's twin and queue go with it. Should this fail half way,
 	// nothing leaks to a new device of the same ID: its twin is recreated
 	// for its generation; only stale queued messages could remain, and

@@ -20,6 +20,7 @@ type fakeLink struct {
 	desired    []string // "version:body"
 	subscribed bool
 	pending    int
+	closed     []hub.CloseReason
 	invoke     func(ctx context.Context, name string, payload []byte) (int, []byte, error)
 }
 
@@ -36,6 +37,18 @@ func (l *fakeLink) MethodsSubscribed() bool {
 func (l *fakeLink) InvokeMethod(ctx context.Context, name string, payload []byte) (int, []byte, error) {
 	return l.invoke(ctx, name, payload)
 }
+func (l *fakeLink) Close(r hub.CloseReason) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = append(l.closed, r)
+}
+
+func (l *fakeLink) closes() []hub.CloseReason {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]hub.CloseReason(nil), l.closed...)
+}
+
 func (l *fakeLink) CloudToDevicePending() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -239,7 +252,7 @@ func TestTwinDesiredNotifiesInOrder(t *testing.T) {
 	e := newTwinEnv(t)
 	ctx := context.Background()
 	l := &fakeLink{}
-	detach := e.links.Attach(hubName, "dev-1", l)
+	detach := attachLink(e.links, hubName, "dev-1", l)
 	defer detach()
 
 	tw, err := e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"tags":{"site":"lab"},"properties":{"desired":{"rate":5,"cfg":{"a":1}}}}`), "")
@@ -300,7 +313,7 @@ func TestTwinConcurrentPatchesLoseNothing(t *testing.T) {
 	e := newTwinEnv(t)
 	ctx := context.Background()
 	l := &fakeLink{}
-	defer e.links.Attach(hubName, "dev-1", l)()
+	defer attachLink(e.links, hubName, "dev-1", l)()
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Add(2)
@@ -405,7 +418,7 @@ func TestTwinReplacePatchIsADeepDiff(t *testing.T) {
 	e := newTwinEnv(t)
 	ctx := context.Background()
 	l := &fakeLink{}
-	defer e.links.Attach(hubName, "dev-1", l)()
+	defer attachLink(e.links, hubName, "dev-1", l)()
 	if _, err := e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"properties":{"desired":{"a":1,"b":{"c":2,"d":{"e":3}},"k":{"same":1}}}}`), ""); err != nil {
 		t.Fatal(err)
 	}
@@ -426,7 +439,7 @@ func TestTwinPatchNullClearsSection(t *testing.T) {
 	e := newTwinEnv(t)
 	ctx := context.Background()
 	l := &fakeLink{}
-	defer e.links.Attach(hubName, "dev-1", l)()
+	defer attachLink(e.links, hubName, "dev-1", l)()
 	tw, err := e.twins.Patch(ctx, hubName, "dev-1", []byte(`{"tags":{"site":"lab","t":{"u":1}},"properties":{"desired":{"foo":1,"bar":{"baz":2}}}}`), "")
 	if err != nil {
 		t.Fatal(err)
@@ -491,4 +504,12 @@ func TestTwinPatchNullClearsSection(t *testing.T) {
 	if string(tw.Tags) != `{"k":1}` {
 		t.Errorf("tags after replace = %s", tw.Tags)
 	}
+}
+
+// attachLink attaches l as the device's link (with no credential: nothing
+// revokes it unless its device is disabled or deleted) and returns its
+// detach.
+func attachLink(ls *hub.Links, hubName, deviceID string, l hub.DeviceLink) func() {
+	_, detach := ls.Attach(hubName, deviceID, "", l)
+	return detach
 }

@@ -12,6 +12,7 @@
 //	{prefix}.desired.{hub}.{device}   desired patch (body), Berth-Version
 //	{prefix}.c2d.{hub}.{device}       C2D wake-up, no body
 //	{prefix}.method.{hub}.{device}    direct method request (request-reply)
+//	{prefix}.revoke.{hub}.{device}    close the device's sessions, Berth-Credential
 //
 // prefix defaults to berth.push; hub (lower case) and device are encoded as
 // one subject token each, as in the telemetry stream (stream.Subject). Each
@@ -20,6 +21,16 @@
 // header, random per process). A node acts only when the device is
 // connected to it. Restrict {prefix}.> to berth nodes with NATS
 // permissions: whoever may publish there may push to devices.
+//
+// # Revocation
+//
+// A change of a device that revokes its credential (disabled, deleted,
+// keys or thumbprints replaced) closes its sessions on every node: the
+// node that made the change closes its own and publishes a revoke;
+// every other node closes the device's session unless it was opened with
+// the credential in Berth-Credential (empty: close it whatever it was
+// opened with). Like every push it is lost when NATS is unreachable; the
+// device's next authentication is checked against the store anyway.
 //
 // # Direct methods
 //
@@ -77,6 +88,7 @@ const (
 	hPhase       = "Berth-Phase"
 	hStatus      = "Berth-Status"
 	hError       = "Berth-Error"
+	hCredential  = "Berth-Credential"
 
 	phaseReached = "reached"
 	phaseResult  = "result"
@@ -84,6 +96,7 @@ const (
 	kindDesired = "desired"
 	kindC2D     = "c2d"
 	kindMethod  = "method"
+	kindRevoke  = "revoke"
 )
 
 // Config wires a Bus.
@@ -228,6 +241,13 @@ func (b *Bus) CloudToDevicePending(hubName, deviceID string) {
 	b.publish(b.newMsg(b.subject(kindC2D, hubName, deviceID)), hubName, deviceID)
 }
 
+// Revoke implements hub.Forwarder.
+func (b *Bus) Revoke(hubName, deviceID, keep string) {
+	m := b.newMsg(b.subject(kindRevoke, hubName, deviceID))
+	m.Header.Set(hCredential, keep)
+	b.publish(m, hubName, deviceID)
+}
+
 // InvokeMethod implements hub.Forwarder: it publishes the request and
 // waits for a node to report the device reached, then for that node's
 // result.
@@ -349,6 +369,10 @@ func (b *Bus) receive(m *nats.Msg) {
 		b.links.DeliverCloudToDevicePending(hubName, deviceID)
 	case kindMethod:
 		b.receiveMethod(m, hubName, deviceID)
+	case kindRevoke:
+		if b.links.RevokeLocal(hubName, deviceID, m.Header.Get(hCredential)) {
+			b.log.Info("linkbus: closed a device session revoked on another node", "hub", hubName, "deviceId", deviceID)
+		}
 	}
 }
 

@@ -40,6 +40,7 @@ func newLink(subscribed bool, invoke func(ctx context.Context, name string, payl
 func (l *link) DesiredPatch(v int64, body []byte) { l.desired <- fmt.Sprintf("%d:%s", v, body) }
 func (l *link) MethodsSubscribed() bool           { return l.subscribed.Load() }
 func (l *link) CloudToDevicePending()             { l.pending <- struct{}{} }
+func (l *link) Close(hub.CloseReason)             {}
 func (l *link) InvokeMethod(ctx context.Context, name string, payload []byte) (int, []byte, error) {
 	return l.invoke(ctx, name, payload)
 }
@@ -100,8 +101,8 @@ func recv[T any](t *testing.T, ch <-chan T, what string) T {
 func TestPushesReachTheNodeHoldingTheDevice(t *testing.T) {
 	a, b := twoNodes(t, 0)
 	onA, onB := newLink(true, echo), newLink(true, echo)
-	defer a.links.Attach(hubName, "dev.1", onA)()
-	defer b.links.Attach(hubName, "dev.1", onB)()
+	defer attachLink(a.links, hubName, "dev.1", onA)()
+	defer attachLink(b.links, hubName, "dev.1", onB)()
 
 	a.bus.DesiredPatch(hubName, "dev.1", 7, []byte(`{"x":1,"$version":7}`))
 	if got := recv(t, onB.desired, "the desired patch on B"); got != `7:{"x":1,"$version":7}` {
@@ -160,10 +161,10 @@ func TestRemoteMethod(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			a, b := twoNodes(t, 0)
 			if c.onB != nil {
-				defer b.links.Attach(hubName, "dev-1", c.onB)()
+				defer attachLink(b.links, hubName, "dev-1", c.onB)()
 			}
 			if c.onA != nil {
-				defer a.links.Attach(hubName, "dev-1", c.onA)()
+				defer attachLink(a.links, hubName, "dev-1", c.onA)()
 			}
 			start := time.Now()
 			status, resp, err := a.bus.InvokeMethod(t.Context(), hubName, "dev-1", "m", []byte(`{"p":1}`), c.connect, c.response)
@@ -208,7 +209,7 @@ func TestRemoteMethodWaitsForTheDeviceToConnect(t *testing.T) {
 		done <- answer{s, r, err}
 	}()
 	l := newLink(false, echo)
-	defer b.links.Attach(hubName, "dev-1", l)()
+	defer attachLink(b.links, hubName, "dev-1", l)()
 	// Connected, then subscribed: B's waiter wakes on Changed.
 	l.subscribed.Store(true)
 	b.links.Changed()
@@ -223,7 +224,7 @@ func TestRemoteMethodHandlersAreBounded(t *testing.T) {
 	a, b := twoNodes(t, 1)
 	started, release := make(chan struct{}, 1), make(chan struct{})
 	defer close(release)
-	defer b.links.Attach(hubName, "dev-1", newLink(true, func(context.Context, string, []byte) (int, []byte, error) {
+	defer attachLink(b.links, hubName, "dev-1", newLink(true, func(context.Context, string, []byte) (int, []byte, error) {
 		started <- struct{}{}
 		<-release
 		return 200, nil, nil
@@ -237,4 +238,12 @@ func TestRemoteMethodHandlersAreBounded(t *testing.T) {
 	if !errors.As(err, &ae) || ae.Code != azerr.HubThrottled {
 		t.Fatalf("second call: %v, want 429001", err)
 	}
+}
+
+// attachLink attaches l as the device's link (with no credential: nothing
+// revokes it unless its device is disabled or deleted) and returns its
+// detach.
+func attachLink(ls *hub.Links, hubName, deviceID string, l hub.DeviceLink) func() {
+	_, detach := ls.Attach(hubName, deviceID, "", l)
+	return detach
 }

@@ -117,10 +117,8 @@ type Server struct {
 	hubs     *hub.Directory
 	hubSet   *hub.Settings
 	ca       *pki.CA
-	links    *hub.Links
-	twins    *hub.Twins
-	methods  *hub.Methods
-	c2d      *hub.CloudToDevice
+	// hubSvc is the hub domain every front end translates into.
+	hubSvc   *hub.Services
 	stream   *stream.Stream
 	bus      *linkbus.Bus // nil with the embedded NATS
 	certs    *pki.CertSource
@@ -162,10 +160,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.registry = hub.NewRegistry(st, nil)
 	limits := sas.Limits{MaxLifetime: cfg.MaxTokenLifetime}
 	s.registry.SetTokenLimits(limits)
-	s.links = hub.NewLinks()
-	s.twins = hub.NewTwins(st, s.registry, s.links)
-	s.methods = hub.NewMethods(s.registry, s.links)
-	s.c2d = hub.NewCloudToDevice(st, s.registry, s.links, s.log.With("component", "c2d"))
+	// Telemetry gets its sink once the stream is open (openStream).
+	s.hubSvc = hub.NewServices(st, s.registry, nil, nil, s.log)
 	if s.hubs, err = hub.LoadDirectory(ctx, st, s.registry, cfg.HubName, time.Now()); err != nil {
 		st.Close()
 		return nil, err
@@ -223,17 +219,18 @@ func (s *Server) openStream(ctx context.Context) error {
 		return fmt.Errorf("server: telemetry stream: %w", err)
 	}
 	s.stream = st
+	s.hubSvc.Telemetry = hub.NewTelemetry(st, s.registry, nil)
 	// Other berth nodes can share only an external NATS: only there can a
 	// device be connected elsewhere. On the embedded server the bus would
 	// find no one and only delay every 404 DeviceNotOnline by its margin.
 	if cfg.URL != "" {
-		bus, err := linkbus.Start(linkbus.Config{Conn: st.Conn(), Links: s.links, Logger: s.log})
+		bus, err := linkbus.Start(linkbus.Config{Conn: st.Conn(), Links: s.hubSvc.Links, Logger: s.log})
 		if err != nil {
 			_ = st.Close()
 			return fmt.Errorf("server: cross-node pushes: %w", err)
 		}
 		s.bus = bus
-		s.links.SetForwarder(bus)
+		s.hubSvc.Links.SetForwarder(bus)
 	}
 	return nil
 }
@@ -343,14 +340,12 @@ func (s *Server) Start() error {
 	}
 	s.mqtt = mqttfront.New(mqttfront.Config{
 		Logger: s.log.With("listener", "mqtt"),
-		Hub: &mqttfront.HubConfig{Name: s.cfg.HubName, Registry: s.registry, Settings: s.hubSet, Sink: s.stream,
-			Hubs: s.hubs, Links: s.links, Twins: s.twins, CloudToDevice: s.c2d},
+		Hub:    &mqttfront.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc},
 	}, s.dps)
 	handler := rest.NewHandler(rest.Config{
 		Hosts:  s.serviceHosts(),
 		Logger: s.log.With("listener", "https"),
-		Hub: &rest.HubConfig{Name: s.cfg.HubName, Registry: s.registry, Settings: s.hubSet, Sink: s.stream,
-			Twins: s.twins, Methods: s.methods, CloudToDevice: s.c2d, Hubs: s.hubs},
+		Hub:    &rest.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc},
 	}, s.dps, s.settings)
 	s.https = &http.Server{
 		Handler:           handler,
@@ -425,7 +420,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.wg.Wait()
 	// The bus uses the stream's connection: it goes first.
 	if s.bus != nil {
-		s.links.SetForwarder(nil)
+		s.hubSvc.Links.SetForwarder(nil)
 		if err := s.bus.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("server: close cross-node pushes: %w", err))
 		}

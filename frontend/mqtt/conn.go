@@ -245,15 +245,23 @@ func (c *conn) connect(fh packets.FixedHeader, buf []byte) error {
 		return fmt.Errorf("mqtt: CONNECT refused with return code %d", rc)
 	}
 	c.sess = sess
-	// Sessions are never persisted (DPS treats every session as clean,
-	// shared/spec/dps.md §1.1) and C# aborts on SessionPresent=1. IoT Hub
-	// devices connect with CleanSession 0 and would get SessionPresent 1
-	// for a stored session (iothub.md §1.4), but berth stores no
-	// subscriptions: every hub session starts without any, and the SDKs
-	// subscribe again when the session is not present. Undelivered
-	// cloud-to-device messages are not session state: they wait in the
-	// durable queue and are delivered once the device subscribes.
-	return c.connack(connAccepted)
+	// CONNACK's session present: a DPS session is always new (DPS keeps no
+	// session state, and the C# provisioning client fails on 1). An IoT Hub
+	// device with CleanSession 0 gets 1 when berth kept its earlier
+	// session's subscriptions, as IoT Hub does: the Node SDK reconnects
+	// with CleanSession 0 to renew its token and does not subscribe again,
+	// relying on them (docs/hub-wire.md, "MQTT sessions").
+	present := false
+	if p, ok := sess.(interface{ sessionPresent() bool }); ok {
+		present = p.sessionPresent()
+	}
+	if err := c.connackPresent(connAccepted, present); err != nil {
+		return err
+	}
+	if st, ok := sess.(interface{ started() }); ok {
+		st.started()
+	}
+	return nil
 }
 
 // newSession picks the session kind from the username. The copy of every
@@ -640,10 +648,15 @@ func (c *conn) writeBytes(b []byte) error {
 	return nil
 }
 
-func (c *conn) connack(rc byte) error {
+func (c *conn) connack(rc byte) error { return c.connackPresent(rc, false) }
+
+// connackPresent writes a CONNACK; present sets Session Present (only
+// with rc 0, MQTT 3.1.1 §3.2.2.2).
+func (c *conn) connackPresent(rc byte, present bool) error {
 	pk := c.srv.getPacket()
 	defer c.srv.putPacket(pk)
 	pk.FixedHeader.Type, pk.ReasonCode, pk.ProtocolVersion = packets.Connack, rc, protocolLevel311
+	pk.SessionPresent = present && rc == connAccepted
 	return c.write(pk.ConnackEncode)
 }
 

@@ -253,7 +253,7 @@ func (s *discardSink) Append(_ context.Context, m *hub.Message) error {
 // newFuzzHub is a hub with device dev-1 (key indivKey) and the selfSigned
 // device x509-dev (certificate cert) on a registry whose clock is testNow,
 // and a discardSink.
-func newFuzzHub(t testing.TB, cert *testcerts.Cert) *HubConfig {
+func newFuzzHub(t testing.TB, cert *testcerts.Cert) (*HubConfig, *discardSink) {
 	st := memstore.New()
 	clock := func() time.Time { return testNow }
 	reg := hub.NewRegistry(st, clock)
@@ -270,9 +270,8 @@ func newFuzzHub(t testing.TB, cert *testcerts.Cert) *HubConfig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	links := hub.NewLinks()
-	return &HubConfig{Name: hubName, Registry: reg, Settings: settings, Sink: &discardSink{}, Now: clock,
-		Links: links, Twins: hub.NewTwins(st, reg, links), CloudToDevice: hub.NewCloudToDevice(st, reg, links, nil)}
+	sink := &discardSink{}
+	return &HubConfig{Name: hubName, Settings: settings, Now: clock, Services: hub.NewServices(st, reg, sink, clock, nil)}, sink
 }
 
 // encodePacket is one packet as a client sends it.
@@ -449,7 +448,7 @@ func FuzzConnection(f *testing.F) {
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cert := testcerts.Valid(f, "x509-dev", nil, false, testNow)
-	hubCfg := newFuzzHub(f, cert)
+	hubCfg, _ := newFuzzHub(f, cert)
 	f.Fuzz(func(t *testing.T, data []byte, withCert bool) {
 		srv := New(Config{MaxPacketSize: 64 * 1024, ConnectTimeout: time.Second, Logger: logger, Hub: hubCfg}, &fakeDPS{})
 		var chain []*x509.Certificate
@@ -504,8 +503,7 @@ func TestHubFuzzSeedsReachTelemetry(t *testing.T) {
 		{"token session with a certificate", seeds[0], true, 3},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			hubCfg := newFuzzHub(t, cert)
-			sink := hubCfg.Sink.(*discardSink)
+			hubCfg, sink := newFuzzHub(t, cert)
 			srv := New(Config{ConnectTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Hub: hubCfg}, nil)
 			var chain []*x509.Certificate
 			if tt.withCert {

@@ -21,40 +21,30 @@ import (
 )
 
 // HubConfig configures the IoT Hub device sessions of a Server
-// (shared/spec/iothub.md §1, §2).
+// (docs/hub-wire.md, "MQTT").
 type HubConfig struct {
 	// Name is the hub host name as device connection strings give it
 	// (HostName=…). The {hub} of a CONNECT username must name it
 	// (case-insensitively, ignoring a :port) and it is the hub messages
 	// are stamped with.
 	Name string
-	// Registry authenticates devices. Required: without it every hub
-	// CONNECT is answered CONNACK 3 (server unavailable).
-	Registry *hub.Registry
 	// Settings are the hub's shared access policies. When nil, only tokens
 	// signed with a device's own key authenticate.
 	Settings *hub.Settings
-	// Sink receives telemetry. A QoS 1 PUBLISH is acknowledged only after
-	// Append returned nil for it. When nil, a telemetry PUBLISH closes the
-	// connection (MQTT has no way to say "not enabled").
-	Sink hub.TelemetrySink
 	// Hubs, when set, are the hubs this listener serves: a CONNECT's
 	// {hub} must name one of them (Name is then only the default). When
 	// nil, Name is the one hub, with Settings as its policies.
 	Hubs *hub.Directory
-	// Links is the directory each device session attaches to, so that the
-	// hub can push desired properties, method requests and C2D wake-ups to
-	// it. When nil, nothing is pushed.
-	Links *hub.Links
-	// Twins serves the twin GET and reported PATCH topics. When nil, a
-	// twin request closes the connection.
-	Twins *hub.Twins
-	// CloudToDevice is the device queue that C2D subscriptions deliver
-	// from. When nil, nothing is delivered.
-	CloudToDevice *hub.CloudToDevice
-	// Now is the clock for iothub-enqueuedtime and for the time left on a
-	// device's token. It must be the Registry's clock, as
-	// hub.Identity.Expires is on that clock. Default time.Now.
+	// Services are the hub domain the sessions translate into: the
+	// registry authenticates, Links holds the live sessions (one per
+	// device, closed when replaced or revoked) and their persistent state,
+	// Telemetry accepts messages, Twins, Methods and CloudToDevice serve
+	// the rest. Required: without it every hub CONNECT is answered
+	// CONNACK 3 (server unavailable).
+	*hub.Services
+	// Now is the clock for the time left on a device's token. It must be
+	// the Registry's clock, as hub.Identity.Expires is on that clock.
+	// Default time.Now.
 	Now func() time.Time
 }
 
@@ -64,7 +54,7 @@ const (
 	// balancer's idle limit), which is also what a keep-alive of 0 gets
 	// (shared/spec/iothub.md §1.3).
 	maxHubKeepAlive = 1767 * time.Second
-	// appendTimeout bounds one TelemetrySink.Append. A sink that hangs
+	// appendTimeout bounds one Telemetry.Accept. A sink that hangs
 	// must not hold the connection forever: the connection is closed
 	// without PUBACK and the device sends the message again.
 	appendTimeout = 30 * time.Second
@@ -284,20 +274,25 @@ type hubWill struct {
 // gets at most one message per store round-trip. A pipelined design with
 // in-order PUBACKs is a later optimisation.
 type hubSession struct {
-	c            *conn
-	hub          string // the hub's name as berth knows it (servedHub)
-	deviceID     string
-	generationID string
-	authMethod   string
-	modelID      string // dt-dataschema; "" when the username has none
-	expiry       *time.Timer
-	will         *hubWill
+	c        *conn
+	hub      string // the hub's name as berth knows it (servedHub)
+	deviceID string
+	// sender stamps the device's messages (hub, device and generation
+	// IDs, auth method, model ID).
+	sender hub.Sender
+	expiry *time.Timer
+	will   *hubWill
+	// clean is the CONNECT's CleanSession: a session without it is
+	// persistent, its subscriptions kept in Links for the device's next
+	// connection. resume is the state such a connection found, applied
+	// once the CONNACK is out; present says there was one (CONNACK
+	// session present).
+	clean   bool
+	resume  *hub.SessionState
+	present bool
 	// disconnected records the end of this connection in the registry's
 	// presence (connectionState, lastActivityTime).
 	disconnected func()
-
-	// detach removes the session from HubConfig.Links; nil without Links.
-	detach func()
 
 	// subs is the granted QoS per feature, -1 when not subscribed.
 	// Written by the reader, read by the goroutines that deliver (twin
@@ -371,8 +366,8 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		}
 		attrs = append(attrs, certAttrs(chain)...)
 	}
-	if h.Registry == nil {
-		c.srv.log.Error("mqtt: CONNECT refused: the hub has no device registry configured", attrs...)
+	if h.Services == nil {
+		c.srv.log.Error("mqtt: CONNECT refused: the listener has no hub services configured", attrs...)
 		return nil, connServerUnavailable
 	}
 	hubName, settings, _ := c.srv.servedHub(hubName)
@@ -419,11 +414,12 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		hub: hubName, // the directory's string, shared by its sessions
 		// Clones, so that the session does not keep the CONNECT buffer
 		// or the device document alive.
-		deviceID:     strings.Clone(deviceID),
-		generationID: strings.Clone(id.Device.GenerationID),
-		authMethod:   id.AuthMethod,
-		modelID:      strings.Clone(query.Get(hubQueryModelID)),
+		deviceID: strings.Clone(deviceID),
+		clean:    pk.Connect.Clean,
 	}
+	s.sender = hub.Sender{Hub: s.hub, DeviceID: s.deviceID,
+		GenerationID: strings.Clone(id.Device.GenerationID), AuthMethod: id.AuthMethod,
+		ModelID: strings.Clone(query.Get(hubQueryModelID))}
 	for i := range s.subs {
 		s.subs[i].Store(-1)
 	}
@@ -439,18 +435,96 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		// timer costs nothing until it fires.
 		s.expiry = time.AfterFunc(lifetime, s.expire)
 	}
-	c.srv.attachHub(s)
-	if h.Links != nil {
-		// Nothing is written to the device before its CONNACK: every
-		// push needs a subscription, and SUBSCRIBE comes after CONNACK.
-		s.detach = h.Links.Attach(s.hub, s.deviceID, s)
-	}
+	// One live session per device: Links closes the one this replaces.
+	// Nothing is written to the device before its CONNACK: every push
+	// needs a subscription, and subscriptions (new or resumed) start
+	// after the CONNACK (see started).
+	replaced, _ := h.Links.Attach(s.hub, s.deviceID, hub.Credential(id.Device), s)
+	s.resumeSession(replaced)
 	s.disconnected = h.Registry.Connected(s.hub, s.deviceID)
 	c.srv.log.Debug("mqtt: IoT Hub device session", append(attrs,
 		"apiVersion", clip(query.Get(hubQueryAPIVersion)), "clientType", clip(query.Get(hubQueryClientType)),
-		"modelId", clip(s.modelID), "keepalive", pk.Connect.Keepalive, "cleanSession", pk.Connect.Clean,
-		"tokenLifetime", lifetime.Round(time.Second), "will", s.will != nil)...)
+		"modelId", clip(s.sender.ModelID), "keepalive", pk.Connect.Keepalive, "cleanSession", pk.Connect.Clean,
+		"sessionPresent", s.present, "tokenLifetime", lifetime.Round(time.Second), "will", s.will != nil)...)
 	return s, connAccepted
+}
+
+// resumeSession finds the persistent session a CleanSession 0 CONNECT
+// continues (docs/hub-wire.md, "MQTT sessions"): the state of the
+// connection it just replaced when that one was persistent too (a
+// reconnect often arrives before the old connection is noticed gone), else
+// the state Links kept when the device's last connection ended. A
+// CleanSession 1 CONNECT drops any kept state and starts without one.
+func (s *hubSession) resumeSession(replaced hub.DeviceLink) {
+	links := s.c.srv.cfg.Hub.Links
+	if s.clean {
+		links.Forget(s.hub, s.deviceID)
+		return
+	}
+	if old, ok := replaced.(*hubSession); ok && !old.clean {
+		st := old.sessionState()
+		s.resume, s.present = &st, true
+		return
+	}
+	if st, ok := links.Resume(s.hub, s.deviceID); ok {
+		s.resume, s.present = &st, true
+	}
+}
+
+// sessionState is what a persistent session keeps: the filter of each
+// feature subscribed to and its granted QoS.
+func (s *hubSession) sessionState() hub.SessionState {
+	st := hub.SessionState{Subscriptions: map[string]byte{}}
+	for f := range hubFeature(numHubFeatures) {
+		if q := s.subs[f].Load(); q >= 0 {
+			st.Subscriptions[featureFilter(f, s.deviceID)] = byte(q)
+		}
+	}
+	return st
+}
+
+// featureFilter is the filter a kept subscription is remembered by: the
+// one the SDKs send, which classifyHubFilter maps back to f.
+func featureFilter(f hubFeature, deviceID string) string {
+	switch f {
+	case featureC2D:
+		return devicesPrefix + deviceID + c2dFilterSuffix
+	case featureTwinResponses:
+		return twinResponseFilter
+	case featureDesired:
+		return desiredPrefix + "#"
+	default:
+		return methodsPrefix + "#"
+	}
+}
+
+// sessionPresent is CONNACK's Session Present: a persistent session was
+// resumed.
+func (s *hubSession) sessionPresent() bool { return s.present }
+
+// started runs on the reader once the CONNACK is written: a resumed
+// session gets its subscriptions back and its deliveries start, as after a
+// SUBACK.
+func (s *hubSession) started() {
+	if s.resume == nil {
+		return
+	}
+	for filter, qos := range s.resume.Subscriptions {
+		if f, ok := classifyHubFilter(filter, s.deviceID); ok {
+			s.subs[f].Store(int32(min(qos, 1)))
+		}
+	}
+	s.resume = nil
+	s.subscribed()
+}
+
+// Close ends the connection for the hub (hub.DeviceLink): a newer
+// connection of the device replaced it, or its credential was revoked.
+// The reader sees the closed socket and ends the session as usual.
+func (s *hubSession) Close(reason hub.CloseReason) {
+	s.c.srv.log.Info("mqtt: closing the device's connection: "+reason.String(),
+		append(s.logAttrs(), "remote", s.c.remote)...)
+	s.c.close(false)
 }
 
 // setWill keeps the CONNECT's will if it would be accepted as telemetry
@@ -483,9 +557,6 @@ func (s *hubSession) setWill(pk *packets.Packet) {
 	}
 }
 
-// key identifies the device across the hubs this listener serves.
-func (s *hubSession) key() string { return strings.ToLower(s.hub) + "/" + s.deviceID }
-
 func (s *hubSession) logAttrs() []any {
 	return []any{"deviceId", s.deviceID}
 }
@@ -505,35 +576,7 @@ func (s *hubSession) expire() {
 // x509 reports whether the device authenticated by certificate. The auth
 // method stamp says so already; a field would cost every session.
 func (s *hubSession) x509() bool {
-	return strings.Contains(s.authMethod, `"type":"x509`)
-}
-
-// attachHub makes s the live session of its device and closes the one it
-// replaces: IoT Hub keeps one connection per identity, the newest
-// (shared/spec/iothub.md §1.4; the old one is logged as 400027
-// ConnectionForcefullyClosedOnNewConnection).
-func (s *Server) attachHub(hs *hubSession) {
-	// Keyed by the identity's client ID; module sessions will use
-	// "{deviceId}/{moduleId}".
-	s.hubMu.Lock()
-	old := s.hubSessions[hs.key()]
-	s.hubSessions[hs.key()] = hs
-	s.hubMu.Unlock()
-	if old != nil {
-		s.log.Info("mqtt: closing the device's previous connection: a new one authenticated",
-			append(old.logAttrs(), "remote", old.c.remote, "newRemote", hs.c.remote)...)
-		old.c.close(false)
-	}
-}
-
-// detachHub forgets hs unless a newer session of the device has already
-// replaced it.
-func (s *Server) detachHub(hs *hubSession) {
-	s.hubMu.Lock()
-	if s.hubSessions[hs.key()] == hs {
-		delete(s.hubSessions, hs.key())
-	}
-	s.hubMu.Unlock()
+	return strings.Contains(s.sender.AuthMethod, `"type":"x509`)
 }
 
 // classifyHubFilter tells which feature a SUBSCRIBE filter is for
@@ -610,17 +653,14 @@ func (s *hubSession) unsubscribe(filter string) {
 }
 
 func (s *hubSession) linksChanged() {
-	if l := s.c.srv.cfg.Hub.Links; l != nil {
-		l.Changed()
-	}
+	s.c.srv.cfg.Hub.Links.Changed()
 }
 
 // publish handles a device PUBLISH: twin requests and method responses
-// (shared/spec/iothub.md §4, §5), else telemetry, which is appended to the
-// sink, a QoS 1 PUBLISH being acknowledged only once Append returned nil.
-// Anything that is not acceptable closes the connection without PUBACK
-// and without writing anything (MQTT has no per-message error; IoT Hub
-// closes, shared/spec/iothub.md §9.3).
+// (docs/hub-wire.md), else telemetry, which hub.Telemetry accepts, a QoS 1
+// PUBLISH being acknowledged only once it is durable. Anything that is not
+// acceptable closes the connection without PUBACK and without writing
+// anything (MQTT has no per-message error; IoT Hub closes).
 func (s *hubSession) publish(pk *packets.Packet) error {
 	switch {
 	case strings.HasPrefix(pk.TopicName, twinTopicPrefix):
@@ -632,10 +672,10 @@ func (s *hubSession) publish(pk *packets.Packet) error {
 	if err != nil {
 		return err
 	}
-	if err := s.appendMessage(m, appendTimeout); err != nil {
+	if err := s.accept(m, appendTimeout); err != nil {
 		// No PUBACK: the device sends the message again on its next
-		// connection.
-		s.c.srv.log.Warn("mqtt: telemetry not stored; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "error", err.Error())...)
+		// connection (unless it was refused, say as too large).
+		s.logRefused("mqtt: telemetry not accepted; closing the connection", err)
 		return err
 	}
 	if pk.FixedHeader.Qos == 1 {
@@ -644,8 +684,21 @@ func (s *hubSession) publish(pk *packets.Packet) error {
 	return nil
 }
 
-// telemetry builds the message a PUBLISH (or the will) on topic carries,
-// or says why the connection must close instead.
+// logRefused logs a telemetry failure: the device's doing (an Azure 4xx
+// such as 413) at INFO, berth's (the sink) at WARN.
+func (s *hubSession) logRefused(msg string, err error) {
+	attrs := append(s.logAttrs(), "remote", s.c.remote, "error", err.Error())
+	var ae *azerr.Error
+	if errors.As(err, &ae) && ae.Status() >= 400 && ae.Status() < 500 {
+		s.c.srv.log.Info(msg, attrs...)
+		return
+	}
+	s.c.srv.log.Warn(msg, attrs...)
+}
+
+// telemetry translates a PUBLISH (or the will) on topic into the message it
+// carries, or says why the connection must close instead. The hub rules
+// (size limit, stamps) are hub.Telemetry's.
 func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.Message, error) {
 	dev, mod, bag, ok := parseTelemetryTopic(topic)
 	switch {
@@ -657,53 +710,30 @@ func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.
 	case mod != "":
 		return nil, fmt.Errorf("mqtt: PUBLISH to %q: modules not supported yet", clip(topic))
 	}
-	if s.c.srv.cfg.Hub.Sink == nil {
-		s.c.srv.log.Warn("mqtt: telemetry is not enabled on this hub; closing the connection", append(s.logAttrs(), "remote", s.c.remote)...)
-		return nil, errors.New("mqtt: telemetry is not enabled on this hub")
-	}
 	sys, app, err := ParsePropertyBag(bag)
 	if err != nil {
 		return nil, fmt.Errorf("mqtt: PUBLISH to %q: property bag: %w", clip(topic), err)
 	}
 	m := &hub.Message{System: sys, App: app, Body: payload}
-	// The limit counts what the device sent, as over HTTPS; what the hub
-	// adds below is not the device's to budget for.
-	if n := m.Size(); n > hub.MaxMessageSize {
-		return nil, fmt.Errorf("mqtt: message of %d bytes is over the %d bytes limit", n, hub.MaxMessageSize)
-	}
 	if retain {
-		// Not retained (the hub is no broker), but marked (§1.4).
+		// Not retained (the hub is no broker), but marked (§1.4). The
+		// marker counts against the size limit like any property.
 		setProperty(&m.App, propRetain, retainPropertyOn)
 	}
-	s.stamp(m)
 	return m, nil
 }
 
-// stamp adds what the hub sets on every accepted device-to-cloud message
-// (shared/spec/iothub.md §2.4), exactly as the HTTPS front end does, plus
-// the model ID from the username.
-func (s *hubSession) stamp(m *hub.Message) {
-	h := s.c.srv.cfg.Hub
-	hub.Stamp(m, s.hub, &hub.Identity{
-		Device:     &hub.Device{DeviceID: s.deviceID, GenerationID: s.generationID},
-		AuthMethod: s.authMethod,
-	}, h.Now())
-	if s.modelID != "" {
-		m.System = append(m.System, hub.Property{Name: hub.PropSchema, Value: s.modelID})
-	}
-}
-
-// appendMessage hands m to the sink and waits for the outcome. The Append
-// runs on a goroutine of its own so that however deep the sink's stack
-// grows (NATS client, JSON, TLS), the reader's stays small: a reader stack
-// grown once stays grown under every idle connection (see conn.serve).
-func (s *hubSession) appendMessage(m *hub.Message, timeout time.Duration) error {
+// accept hands m to hub.Telemetry and waits for the outcome. The call runs
+// on a goroutine of its own so that however deep the sink's stack grows
+// (NATS client, JSON, TLS), the reader's stays small: a reader stack grown
+// once stays grown under every idle connection (see conn.serve).
+func (s *hubSession) accept(m *hub.Message, timeout time.Duration) error {
 	done := make(chan error, 1)
-	go func() { done <- s.appendRecovering(m, timeout) }()
+	go func() { done <- s.acceptRecovering(m, timeout) }()
 	return <-done
 }
 
-func (s *hubSession) appendRecovering(m *hub.Message, timeout time.Duration) (err error) {
+func (s *hubSession) acceptRecovering(m *hub.Message, timeout time.Duration) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.c.srv.panics.Add(1)
@@ -713,33 +743,35 @@ func (s *hubSession) appendRecovering(m *hub.Message, timeout time.Duration) (er
 	}()
 	// The server's context, not the connection's: a device that goes
 	// away right after sending still gets a message that was complete
-	// stored; only Shutdown (and the timeout) abandon an Append.
+	// stored; only Shutdown (and the timeout) abandon an Accept.
 	ctx, cancel := context.WithTimeout(s.c.srv.ctx, timeout)
 	defer cancel()
-	if err := s.c.srv.cfg.Hub.Sink.Append(ctx, m); err != nil {
-		return fmt.Errorf("mqtt: append telemetry: %w", err)
+	if err := s.c.srv.cfg.Hub.Telemetry.Accept(ctx, s.sender, m); err != nil {
+		return fmt.Errorf("mqtt: telemetry: %w", err)
 	}
-	s.c.srv.cfg.Hub.Registry.Active(s.hub, s.deviceID)
 	return nil
 }
 
 // close ends the session: stops the expiry timer, gives up the device's
-// slot (unless a newer connection took it) and, when the connection ended
+// slot (unless a newer connection took it), keeping a persistent session's
+// subscriptions for its next connection, and, when the connection ended
 // without DISCONNECT, publishes the will.
 //
 // A will is published on every such end, as MQTT 3.1.1 §3.1.2.5 asks:
 // network failure, keep-alive timeout, a protocol violation, a newer
-// connection taking over and the token expiring (the will was
-// authenticated with the connection). Only Shutdown drops it: the sink's
-// context is gone.
+// connection taking over, the token expiring (the will was authenticated
+// with the connection) and a revocation. Only Shutdown drops it: the
+// sink's context is gone.
 func (s *hubSession) close(clean bool) {
 	if s.expiry != nil {
 		s.expiry.Stop()
 	}
-	if s.detach != nil {
-		s.detach()
+	var keep *hub.SessionState
+	if !s.clean {
+		st := s.sessionState()
+		keep = &st
 	}
-	s.c.srv.detachHub(s)
+	s.c.srv.cfg.Hub.Links.Detach(s.hub, s.deviceID, s, keep)
 	s.stopDeliveries()
 	if !clean && s.will != nil {
 		s.publishWill()
@@ -764,7 +796,7 @@ func (s *hubSession) publishWill() {
 		return
 	}
 	setProperty(&m.App, propMessageType, messageTypeWill)
-	if err := s.appendMessage(m, willTimeout); err != nil {
+	if err := s.accept(m, willTimeout); err != nil {
 		s.c.srv.log.Warn("mqtt: will message not stored", append(attrs, "error", err.Error())...)
 		return
 	}

@@ -407,7 +407,7 @@ func TestHubDuplicateConnection(t *testing.T) {
 	second.expectClosed(5 * time.Second)
 	third.expectPing()
 	other.expectPing()
-	if !strings.Contains(f.ts.logs.String(), "closing the device's previous connection") {
+	if !strings.Contains(f.ts.logs.String(), "closing the device's connection: a newer connection of the device authenticated") {
 		t.Error("the takeover is not logged")
 	}
 }
@@ -595,13 +595,17 @@ func TestHubKeepAlive(t *testing.T) {
 // TestHubWithoutSink: telemetry closes the connection when the hub has no
 // sink; the connection itself is accepted.
 func TestHubWithoutSink(t *testing.T) {
-	f := newHubFixture(t, func(cfg *Config) { cfg.Hub.Sink = nil })
+	f := newHubFixture(t, func(cfg *Config) {
+		svc := *cfg.Hub.Services
+		svc.Telemetry = hub.NewTelemetry(nil, svc.Registry, nil)
+		cfg.Hub.Services = &svc
+	})
 	f.device(t, "dev-1", "")
 	c := f.dialHub(t, "dev-1")
 	c.expectPing()
 	c.publish(1, 1, "devices/dev-1/messages/events/", []byte("x"))
 	c.expectClosed(5 * time.Second)
-	if !strings.Contains(f.ts.logs.String(), "telemetry is not enabled") {
+	if !strings.Contains(f.ts.logs.String(), "Telemetry is not enabled") {
 		t.Error("not logged")
 	}
 }

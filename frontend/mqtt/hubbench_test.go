@@ -63,13 +63,11 @@ func newBenchHub(b *testing.B, st store.Store, filters ...string) *benchHub {
 	if err != nil {
 		b.Fatal(err)
 	}
-	links := hub.NewLinks()
-	h.c2d = hub.NewCloudToDevice(st, h.reg, links, nil)
-	h.methods = hub.NewMethods(h.reg, links)
+	svc := hub.NewServices(st, h.reg, &recordingSink{}, clock, nil)
+	h.c2d, h.methods = svc.CloudToDevice, svc.Methods
 	cfg := Config{
 		Logger: slog.New(slog.DiscardHandler),
-		Hub: &HubConfig{Name: hubName, Registry: h.reg, Settings: settings, Sink: &recordingSink{}, Now: clock,
-			Links: links, Twins: hub.NewTwins(st, h.reg, links), CloudToDevice: h.c2d},
+		Hub:    &HubConfig{Name: hubName, Settings: settings, Now: clock, Services: svc},
 	}
 	ts := startServer(b, cfg, &fakeDPS{})
 	if _, err := h.reg.Create(context.Background(), hubName, &hub.Device{DeviceID: "dev-1",

@@ -168,8 +168,13 @@ func TestHubC2DRedelivery(t *testing.T) {
 		t.Fatalf("delivery counts %v; want [1] (expired message dead-lettered)", got)
 	}
 
-	c = f.dialHub(t, "dev-1")
-	c.subscribe(1, 1, c2dFilter)
+	// The device reconnects with CleanSession 0, as the SDKs do: its
+	// session, with the C2D subscription, is resumed and the message
+	// redelivered without a new SUBSCRIBE.
+	c = f.ts.dialRaw(t)
+	if rc, present := c.connectPresent(hubConnect("dev-1", validToken(t, "dev-1"), false)); rc != 0 || !present {
+		t.Fatalf("CONNACK %d, session present %v; want 0, true", rc, present)
+	}
 	pk = c.readC2D()
 	if !strings.Contains(pk.TopicName, "%24.mid=m1&") || !pk.FixedHeader.Dup || string(pk.Payload) != "1" {
 		t.Fatalf("redelivery %q DUP %v body %q", pk.TopicName, pk.FixedHeader.Dup, pk.Payload)
@@ -190,7 +195,12 @@ func TestHubC2DTakeover(t *testing.T) {
 	old := f.dialHub(t, "dev-1")
 	old.subscribe(1, 1, c2dFilter)
 	old.readC2D()
-	c := f.dialHub(t, "dev-1") // closes old, which abandons m1
+	// A clean session (a persistent one would resume old's subscription
+	// and so need no SUBSCRIBE); it closes old, which abandons m1.
+	c := f.ts.dialRaw(t)
+	if rc := c.connectWith(hubConnect("dev-1", validToken(t, "dev-1"), true)); rc != 0 {
+		t.Fatalf("CONNACK %d", rc)
+	}
 	old.expectClosed(5 * time.Second)
 	c.subscribe(1, 1, c2dFilter)
 	pk := c.readC2D()

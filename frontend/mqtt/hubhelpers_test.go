@@ -147,12 +147,9 @@ func newHubFixture(t testing.TB, edit func(*Config)) *hubFixture {
 			t.Error("logs contain a device key")
 		}
 	})
-	f.links = hub.NewLinks()
-	f.twins = hub.NewTwins(f.st, f.reg, f.links)
-	f.c2d = hub.NewCloudToDevice(f.st, f.reg, f.links, nil)
-	f.methods = hub.NewMethods(f.reg, f.links)
-	f.hubCfg = &HubConfig{Name: hubName, Registry: f.reg, Settings: f.settings, Sink: f.sink, Now: clock,
-		Links: f.links, Twins: f.twins, CloudToDevice: f.c2d}
+	svc := hub.NewServices(f.st, f.reg, f.sink, clock, nil)
+	f.links, f.twins, f.c2d, f.methods = svc.Links, svc.Twins, svc.CloudToDevice, svc.Methods
+	f.hubCfg = &HubConfig{Name: hubName, Settings: f.settings, Now: clock, Services: svc}
 	cfg := Config{Hub: f.hubCfg}
 	if edit != nil {
 		edit(&cfg)
@@ -218,19 +215,38 @@ func (c *rawClient) connectHub(clientID, username, password string, keepalive ui
 	return c.connectWith(pk)
 }
 
-// connectWith sends pk and returns the CONNACK return code; a session is
-// never present.
+// hubConnect is the CONNECT of deviceID with password and CleanSession
+// clean.
+func hubConnect(deviceID, password string, clean bool) *packets.Packet {
+	pk := connectPacket(deviceID, hubUsername(deviceID), password, 0)
+	pk.Connect.Clean = clean
+	return pk
+}
+
+// connectWith sends pk and returns the CONNACK return code. A session is
+// present only when pk is CleanSession 0 (connectHubPresent checks when).
 func (c *rawClient) connectWith(pk *packets.Packet) byte {
+	c.t.Helper()
+	rc, present := c.connectPresent(pk)
+	if present && pk.Connect.Clean {
+		c.t.Error("SessionPresent = 1 for a clean session")
+	}
+	return rc
+}
+
+// connectPresent sends pk and returns the CONNACK's return code and
+// Session Present.
+func (c *rawClient) connectPresent(pk *packets.Packet) (byte, bool) {
 	c.t.Helper()
 	c.send(pk.ConnectEncode)
 	ack := c.read()
 	if ack.FixedHeader.Type != packets.Connack {
 		c.t.Fatalf("got %s; want CONNACK", packetName(ack.FixedHeader.Type))
 	}
-	if ack.SessionPresent {
-		c.t.Error("SessionPresent = 1")
+	if ack.SessionPresent && ack.ReasonCode != 0 {
+		c.t.Error("SessionPresent = 1 on a refused CONNECT")
 	}
-	return ack.ReasonCode
+	return ack.ReasonCode, ack.SessionPresent
 }
 
 // dialHub connects a raw client as deviceID with a valid token.

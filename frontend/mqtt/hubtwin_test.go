@@ -155,7 +155,11 @@ func TestHubTwinUnsubscribed(t *testing.T) {
 // TestHubTwinsDisabled: without HubConfig.Twins a twin request closes the
 // connection.
 func TestHubTwinsDisabled(t *testing.T) {
-	f := newHubFixture(t, func(cfg *Config) { cfg.Hub.Twins = nil })
+	f := newHubFixture(t, func(cfg *Config) {
+		svc := *cfg.Hub.Services
+		svc.Twins = nil
+		cfg.Hub.Services = &svc
+	})
 	f.device(t, "dev-1", "")
 	c := f.dialHub(t, "dev-1")
 	c.publish(0, 0, "$iothub/twin/GET/?$rid=1", nil)

@@ -7,8 +7,9 @@
 // a session of that kind (see session in conn.go).
 //
 // Packets are encoded and decoded by mochi-mqtt's packets codec. The
-// listener is not a broker: there are no retained messages, no persistent
-// sessions and no routing between clients. Each answer goes to the
+// listener is not a broker: there are no retained messages and no routing
+// between clients; a device's persistent session keeps only its
+// subscriptions (docs/hub-wire.md, "MQTT sessions"). Each answer goes to the
 // connection that asked for it.
 package mqtt
 
@@ -72,12 +73,6 @@ type Server struct {
 	dps DPS
 	log *slog.Logger
 
-	// hubMu guards hubSessions: the live IoT Hub session of each device
-	// identity, so that a new connection can close the one it replaces
-	// (shared/spec/iothub.md §1.4).
-	hubMu       sync.Mutex
-	hubSessions map[string]*hubSession
-
 	// ctx is the parent of every domain call's context; Shutdown cancels it.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -126,14 +121,13 @@ func New(cfg Config, d DPS) *Server {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg:         cfg,
-		dps:         d,
-		log:         cfg.Logger,
-		ctx:         ctx,
-		cancel:      cancel,
-		listeners:   map[net.Listener]struct{}{},
-		conns:       map[*conn]struct{}{},
-		hubSessions: map[string]*hubSession{},
+		cfg:       cfg,
+		dps:       d,
+		log:       cfg.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*conn]struct{}{},
 	}
 	var ping bytes.Buffer
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}

@@ -14,6 +14,7 @@ import (
 	"github.com/berth-iot/berth/dps"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/internal/testcerts"
+	"github.com/berth-iot/berth/store/memstore"
 )
 
 const (
@@ -487,7 +488,8 @@ func TestX509ProvisionThenConnect(t *testing.T) {
 	d.groupX509(t, "x509-group", p.inter)
 	d.reg.SetCATrust(d.svc)
 	sink := &recordingSink{}
-	ts := startServer(t, Config{Hub: &HubConfig{Name: hubName, Registry: d.reg, Sink: sink, Now: func() time.Time { return testNow }}}, d.svc)
+	clock := func() time.Time { return testNow }
+	ts := startServer(t, Config{Hub: &HubConfig{Name: hubName, Now: clock, Services: hub.NewServices(memstore.New(), d.reg, sink, clock, nil)}}, d.svc)
 
 	tests := []struct {
 		name       string

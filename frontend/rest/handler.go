@@ -119,8 +119,8 @@ func NewHandler(cfg Config, svc *dps.Service, settings *dps.Settings) http.Handl
 	h.routes = h.serviceRoutes()
 	if cfg.Hub != nil {
 		hc := *cfg.Hub
-		if (hc.Name == "" && hc.Hubs == nil) || hc.Registry == nil {
-			panic("rest: HubConfig needs a Name (or Hubs) and a Registry")
+		if (hc.Name == "" && hc.Hubs == nil) || hc.Services == nil || hc.Registry == nil {
+			panic("rest: HubConfig needs a Name (or Hubs) and the hub Services")
 		}
 		h.hub = &hc
 		h.single = &hub.Served{Info: hub.HubInfo{Name: hc.Name}, Settings: hc.Settings}

@@ -125,10 +125,9 @@ func newFixtureStore(t testing.TB, st store.Store) *fixture {
 		t.Fatal(err)
 	}
 	// The hub's push services, wired as server.go wires them.
-	f.links = hub.NewLinks()
-	f.c2d = hub.NewCloudToDevice(st, f.reg, f.links, nil)
-	f.hubCfg = &HubConfig{Name: hubName, Registry: f.reg, Settings: f.hubSettings, Sink: f.sink,
-		Twins: hub.NewTwins(st, f.reg, f.links), Methods: hub.NewMethods(f.reg, f.links), CloudToDevice: f.c2d}
+	hs := hub.NewServices(st, f.reg, f.sink, clock, nil)
+	f.links, f.c2d = hs.Links, hs.CloudToDevice
+	f.hubCfg = &HubConfig{Name: hubName, Settings: f.hubSettings, Services: hs}
 	f.logger = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	f.h = NewHandler(Config{Hosts: []string{dpsHost}, Logger: f.logger, Now: clock, Hub: f.hubCfg}, svc, settings)
 	// Whatever a test did, no credential may have reached the logs.

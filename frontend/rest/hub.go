@@ -18,22 +18,15 @@ type HubConfig struct {
 	// (HostName=…), e.g. "127.0.0.1" or "hub.example.lan". Device tokens'
 	// sr must start with it and service tokens' sr must name it.
 	Name string
-	// Registry is the device identity registry. Required.
-	Registry *hub.Registry
 	// Settings are the hub's shared access policies (iothubowner, service,
 	// device, registryRead, registryReadWrite). When nil, no service token
 	// and no policy-signed device token is accepted.
 	Settings *hub.Settings
-	// Sink receives telemetry; a message is acknowledged (204) only after
-	// Append returned nil for it. When nil, telemetry is refused with 503.
-	Sink hub.TelemetrySink
-	// Twins serves /twins/{id} (service) — required for those routes.
-	Twins *hub.Twins
-	// Methods serves POST /twins/{id}/methods.
-	Methods *hub.Methods
-	// CloudToDevice serves the device's HTTPS C2D endpoints, the service's
-	// C2D send extension and the queue purge.
-	CloudToDevice *hub.CloudToDevice
+	// Services are the hub domain the routes translate into: the registry,
+	// telemetry (a message is acknowledged with 204 only once it is
+	// durable; without a sink it is refused with 503), twins, methods and
+	// the C2D queue. Required.
+	*hub.Services
 	// Hubs, when set, is every hub berth serves: each request acts on the
 	// hub its Host header names, with that hub's name and policies (Name
 	// and Settings are then not used), and the hub management routes

@@ -416,7 +416,7 @@ func TestHubRouting(t *testing.T) {
 		checkError(t, rec, int(azerr.DPSNotFound))
 	}
 	// An incomplete HubConfig is a wiring bug, found at start-up.
-	for _, cfg := range []HubConfig{{Registry: f.reg}, {Name: hubName}} {
+	for _, cfg := range []HubConfig{{Services: f.hubCfg.Services}, {Name: hubName}} {
 		func() {
 			defer func() {
 				if recover() == nil {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/pki"
 )
 
@@ -167,6 +168,8 @@ func (l *fakeLink) InvokeMethod(ctx context.Context, name string, payload []byte
 	return http.StatusOK, payload, nil
 }
 
+func (l *fakeLink) Close(hub.CloseReason) {}
+
 func (l *fakeLink) CloudToDevicePending() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -184,6 +187,14 @@ func (l *fakeLink) snapshot() (calls []methodCall, desired []desiredCall, pendin
 func (f *fixture) attach(t testing.TB, id string, subscribed bool) *fakeLink {
 	t.Helper()
 	l := &fakeLink{subscribed: subscribed}
-	t.Cleanup(f.links.Attach(hubName, id, l))
+	t.Cleanup(attachLink(f.links, hubName, id, l))
 	return l
+}
+
+// attachLink attaches l as the device's link (with no credential: nothing
+// revokes it unless its device is disabled or deleted) and returns its
+// detach.
+func attachLink(ls *hub.Links, hubName, deviceID string, l hub.DeviceLink) func() {
+	_, detach := ls.Attach(hubName, deviceID, "", l)
+	return detach
 }

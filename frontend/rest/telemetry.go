@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
@@ -41,14 +40,13 @@ const appPropertyPrefix = "iothub-app-"
 // TLS client certificate when it sends no Authorization) before a byte of
 // the body is read.
 func (h *handler) sendEvent(x *exchange, args []string) {
-	hc := h.hub
-	ctx := x.r.Context()
 	id, ok := h.authenticateDevice(x, args[0])
 	if !ok {
 		return
 	}
-	var err error
-	if hc.Sink == nil {
+	tel := h.hub.Telemetry
+	if !tel.Enabled() {
+		// Before reading the body: nothing would take it.
 		x.fail(azerr.Newf(azerr.HubServiceUnavailable, "Telemetry is not enabled on this hub."))
 		return
 	}
@@ -62,6 +60,7 @@ func (h *handler) sendEvent(x *exchange, args []string) {
 		if !ok {
 			return
 		}
+		var err error
 		if msgs, err = batchMessages(body); err != nil {
 			x.fail(err)
 			return
@@ -79,39 +78,13 @@ func (h *handler) sendEvent(x *exchange, args []string) {
 		headerProperties(m, x.r.Header)
 		msgs = []*hub.Message{m}
 	}
-
-	// The limit counts what the device sent (body, its system property
-	// values, its application property names and values); the hub's own
-	// stamps are not the device's to budget for. A batch counts as a
-	// whole. Nothing is appended when it is over.
-	total := 0
-	for _, m := range msgs {
-		total += m.Size()
-	}
-	if total > hub.MaxMessageSize {
-		x.fail(azerr.Newf(azerr.HubMessageTooLarge, "The message size %d bytes is over the %d bytes limit.", total, hub.MaxMessageSize))
+	// hub.Telemetry holds the batch to the size limit as a whole, stamps
+	// it, makes it durable and marks the device active (HTTP devices never
+	// show as Connected, as on IoT Hub, but they are active).
+	if err := tel.AcceptBatch(x.r.Context(), hub.SenderOf(x.hubName(), id), msgs); err != nil {
+		x.fail(fmt.Errorf("rest: telemetry from %s: %w", id.Device.DeviceID, err))
 		return
 	}
-
-	now := h.now().UTC().Truncate(time.Millisecond)
-	for _, m := range msgs {
-		stamp(m, x.hubName(), id, now)
-	}
-	// The messages go to the sink one at a time. If one fails the request
-	// is answered with that error and the ones before it stay durable: a
-	// client that retries the batch sends them again, which the
-	// at-least-once delivery every IoT Hub consumer already handles
-	// absorbs. Whether IoT Hub's own batches are atomic is not documented
-	// (UNCONFIRMED); TelemetrySink has no batch operation to make them so.
-	for i, m := range msgs {
-		if err := hc.Sink.Append(ctx, m); err != nil {
-			x.fail(fmt.Errorf("rest: append message %d of %d from %s: %w", i+1, len(msgs), m.DeviceID, err))
-			return
-		}
-	}
-	// HTTP devices never show as Connected (as on IoT Hub), but they are
-	// active.
-	hc.Registry.Active(x.hubName(), id.Device.DeviceID)
 	x.noContent()
 }
 
@@ -291,12 +264,6 @@ func setProperty(list *[]hub.Property, name, value string) {
 		}
 	}
 	*list = append(*list, hub.Property{Name: name, Value: value})
-}
-
-// stamp adds what the hub sets on every accepted device-to-cloud message
-// (shared/spec/iothub.md §2.4).
-func stamp(m *hub.Message, hubName string, id *hub.Identity, now time.Time) {
-	hub.Stamp(m, hubName, id, now)
 }
 
 // batchItem is one message of a batch.

@@ -537,7 +537,9 @@ func TestTelemetryNoSink(t *testing.T) {
 	f := newFixture(t)
 	d := f.device(t, "nosink", "")
 	cfg := *f.hubCfg
-	cfg.Sink = nil
+	hs := *cfg.Services
+	hs.Telemetry = hub.NewTelemetry(nil, hs.Registry, nil)
+	cfg.Services = &hs
 	h := NewHandler(Config{Hosts: []string{dpsHost}, Now: func() time.Time { return f.now }, Hub: &cfg,
 		Logger: f.h.(*handler).log}, f.svc, f.settings)
 	rec := httptest.NewRecorder()

@@ -1,0 +1,172 @@
+package hub_test
+
+import (
+	"context"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/store/memstore"
+)
+
+// A newer link replaces the older one, which Attach closes and returns;
+// the older one's detach then leaves the newer one in place.
+func TestLinksAttachReplacesAndCloses(t *testing.T) {
+	ls := hub.NewLinks()
+	first, second := &fakeLink{}, &fakeLink{}
+	replaced, detachFirst := ls.Attach(hubName, "dev-1", "c", first)
+	if replaced != nil {
+		t.Fatalf("first Attach replaced %v", replaced)
+	}
+	replaced, detachSecond := ls.Attach(hubName, "dev-1", "c", second)
+	if replaced != first || !reflect.DeepEqual(first.closes(), []hub.CloseReason{hub.CloseReplaced}) {
+		t.Fatalf("replaced %v, first closed %v", replaced, first.closes())
+	}
+	detachFirst()
+	if ls.Lookup(hubName, "dev-1") != second {
+		t.Fatal("the older link's detach removed the newer link")
+	}
+	detachSecond()
+	if ls.Lookup(hubName, "dev-1") != nil {
+		t.Fatal("detach left the link")
+	}
+}
+
+// Revoke closes a link opened with another credential (or any, with
+// keep ""), leaves one opened with keep, and tells the other nodes.
+func TestLinksRevoke(t *testing.T) {
+	ls := hub.NewLinks()
+	fwd := &fakeForwarder{}
+	ls.SetForwarder(fwd)
+	l := &fakeLink{}
+	ls.Attach(hubName, "dev-1", "old", l)
+	ls.Revoke(hubName, "dev-1", "old")
+	if len(l.closes()) != 0 || ls.Lookup(hubName, "dev-1") != l {
+		t.Fatal("a revocation that keeps the link's credential closed it")
+	}
+	ls.Revoke(hubName, "dev-1", "new")
+	if !reflect.DeepEqual(l.closes(), []hub.CloseReason{hub.CloseRevoked}) || ls.Lookup(hubName, "dev-1") != nil {
+		t.Fatalf("closes %v; the revoked link must be closed and forgotten", l.closes())
+	}
+	l2 := &fakeLink{}
+	ls.Attach(hubName, "dev-2", "any", l2)
+	ls.Revoke(hubName, "dev-2", "")
+	if len(l2.closes()) != 1 {
+		t.Fatal(`keep "" did not close the link`)
+	}
+	if want := []string{hubName + "/dev-1/old", hubName + "/dev-1/new", hubName + "/dev-2/"}; !reflect.DeepEqual(fwd.revoked, want) {
+		t.Fatalf("forwarded %q; want %q", fwd.revoked, want)
+	}
+	// The receiving side acts on this node only.
+	l3 := &fakeLink{}
+	ls.Attach(hubName, "dev-3", "x", l3)
+	if !ls.RevokeLocal(hubName, "dev-3", "y") || len(fwd.revoked) != 3 {
+		t.Fatal("RevokeLocal did not close the link, or forwarded")
+	}
+}
+
+// A persistent session is kept when its link detaches while live, handed
+// to the next Resume once, and dropped by Forget and by a revocation.
+func TestLinksKeepPersistentSessions(t *testing.T) {
+	ls := hub.NewLinks()
+	st := hub.SessionState{Subscriptions: map[string]byte{"$iothub/methods/POST/#": 0}}
+	l := &fakeLink{}
+	ls.Attach(hubName, "dev-1", "c", l)
+	ls.Detach(hubName, "dev-1", l, &st)
+	got, ok := ls.Resume(hubName, "dev-1")
+	if !ok || !reflect.DeepEqual(got, st) {
+		t.Fatalf("Resume = %v, %v", got, ok)
+	}
+	if _, ok := ls.Resume(hubName, "dev-1"); ok {
+		t.Fatal("a session was resumed twice")
+	}
+
+	// A link replaced before it detached keeps nothing: its successor
+	// took its state already.
+	a, b := &fakeLink{}, &fakeLink{}
+	ls.Attach(hubName, "dev-2", "c", a)
+	ls.Attach(hubName, "dev-2", "c", b)
+	ls.Detach(hubName, "dev-2", a, &st)
+	if _, ok := ls.Resume(hubName, "dev-2"); ok {
+		t.Fatal("a replaced link's state was kept")
+	}
+
+	for _, drop := range []func(){
+		func() { ls.Forget(hubName, "dev-3") },
+		func() { ls.Revoke(hubName, "dev-3", "") },
+		func() { ls.Revoke(hubName, "dev-3", "other") },
+	} {
+		l := &fakeLink{}
+		ls.Attach(hubName, "dev-3", "c", l)
+		ls.Detach(hubName, "dev-3", l, &st)
+		drop()
+		if _, ok := ls.Resume(hubName, "dev-3"); ok {
+			t.Fatal("a dropped session was resumed")
+		}
+	}
+	// A revocation that keeps the credential keeps the session.
+	l = &fakeLink{}
+	ls.Attach(hubName, "dev-4", "c", l)
+	ls.Detach(hubName, "dev-4", l, &st)
+	ls.Revoke(hubName, "dev-4", "c")
+	if _, ok := ls.Resume(hubName, "dev-4"); !ok {
+		t.Fatal("a revocation of another credential dropped the session")
+	}
+}
+
+// The registry revokes on every change that no longer admits the
+// credential a link was opened with, and only then.
+func TestRegistryChangesRevokeLinks(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	reg := hub.NewRegistry(st, func() time.Time { return time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC) })
+	svc := hub.NewServices(st, reg, nil, nil, nil)
+	d, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attach := func() *fakeLink {
+		l := &fakeLink{}
+		cur, err := reg.Get(ctx, hubName, "dev-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc.Links.Attach(hubName, "dev-1", hub.Credential(cur), l)
+		return l
+	}
+	update := func(edit func(*hub.Device)) {
+		cur, err := reg.Get(ctx, hubName, "dev-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		edit(cur)
+		if _, err := reg.Update(ctx, hubName, cur, "*"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := attach()
+	update(func(d *hub.Device) { d.Capabilities = &hub.Capabilities{IoTEdge: true} })
+	if len(l.closes()) != 0 {
+		t.Fatal("a change that keeps the keys closed the link")
+	}
+	update(func(d *hub.Device) {
+		d.Authentication.SymmetricKey.SecondaryKey = d.Authentication.SymmetricKey.PrimaryKey
+	})
+	if len(l.closes()) != 1 {
+		t.Fatal("replacing a key did not close the link")
+	}
+	l = attach()
+	update(func(d *hub.Device) { d.Status = hub.StatusDisabled })
+	if len(l.closes()) != 1 {
+		t.Fatal("disabling did not close the link")
+	}
+	update(func(d *hub.Device) { d.Status = hub.StatusEnabled })
+	l = attach()
+	if err := reg.Delete(ctx, hubName, d.DeviceID, "*"); err != nil {
+		t.Fatal(err)
+	}
+	if len(l.closes()) != 1 {
+		t.Fatal("deleting did not close the link")
+	}
+}

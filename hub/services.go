@@ -1,0 +1,42 @@
+package hub
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/berth-iot/berth/store"
+)
+
+// Services is the hub domain as a front end sees it: one bundle of the
+// services every transport (MQTT and HTTPS today, AMQP next) translates
+// its wire into. A front end holds the bundle, never a service of its own
+// making, so that a rule (a size limit, a stamp, one session per device,
+// revocation) is the same whichever transport a device uses.
+type Services struct {
+	Registry      *Registry
+	Links         *Links
+	Telemetry     *Telemetry
+	Twins         *Twins
+	Methods       *Methods
+	CloudToDevice *CloudToDevice
+}
+
+// NewServices builds the bundle on st around reg: sink receives telemetry
+// (nil: telemetry is refused as not enabled), now is reg's clock (nil:
+// time.Now). It also makes reg revoke live sessions through the bundle's
+// Links.
+func NewServices(st store.Store, reg *Registry, sink TelemetrySink, now func() time.Time, log *slog.Logger) *Services {
+	if log == nil {
+		log = slog.Default()
+	}
+	links := NewLinks()
+	reg.SetLinks(links)
+	return &Services{
+		Registry:      reg,
+		Links:         links,
+		Telemetry:     NewTelemetry(sink, reg, now),
+		Twins:         NewTwins(st, reg, links),
+		Methods:       NewMethods(reg, links),
+		CloudToDevice: NewCloudToDevice(st, reg, links, log.With("component", "c2d")),
+	}
+}

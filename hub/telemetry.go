@@ -1,0 +1,113 @@
+package hub
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+)
+
+// BatchSink is a TelemetrySink that can store several messages as one:
+// AppendBatch stores all of them or none, and returns only once they are
+// durable. Telemetry uses it for batches when the sink offers it.
+type BatchSink interface {
+	TelemetrySink
+	AppendBatch(ctx context.Context, ms []*Message) error
+}
+
+// Sender is who sends device-to-cloud messages, as the stamps name it.
+// Front ends keep one per session rather than the device document (which
+// holds the keys), so an idle connection costs little.
+type Sender struct {
+	Hub          string // the hub's name as berth knows it
+	DeviceID     string
+	GenerationID string
+	AuthMethod   string // iothub-connection-auth-method
+	// ModelID is the device's model (MQTT username model-id), stamped as
+	// dt-dataschema; "" when it gave none.
+	ModelID string
+}
+
+// SenderOf is the sender an authenticated identity is on hubName.
+func SenderOf(hubName string, id *Identity) Sender {
+	return Sender{Hub: hubName, DeviceID: id.Device.DeviceID, GenerationID: id.Device.GenerationID, AuthMethod: id.AuthMethod}
+}
+
+// Telemetry accepts device-to-cloud messages: it holds them to IoT Hub's
+// size limit, stamps them, makes them durable in the sink and marks the
+// device active. Every front end hands it what the device sent and
+// acknowledges (MQTT PUBACK, HTTP 204, AMQP disposition) only once it
+// returned nil.
+type Telemetry struct {
+	sink     TelemetrySink
+	registry *Registry
+	now      func() time.Time
+}
+
+// NewTelemetry returns the service that appends to sink. sink nil means
+// telemetry is not enabled: every Accept fails with 503
+// ServiceUnavailable. now defaults to time.Now and must be the registry's
+// clock.
+func NewTelemetry(sink TelemetrySink, reg *Registry, now func() time.Time) *Telemetry {
+	if now == nil {
+		now = time.Now
+	}
+	return &Telemetry{sink: sink, registry: reg, now: now}
+}
+
+// Enabled reports whether there is a sink.
+func (t *Telemetry) Enabled() bool { return t != nil && t.sink != nil }
+
+// Accept takes one message (see AcceptBatch).
+func (t *Telemetry) Accept(ctx context.Context, from Sender, m *Message) error {
+	return t.AcceptBatch(ctx, from, []*Message{m})
+}
+
+// AcceptBatch takes messages the device sent together, all or nothing as
+// far as the device can tell: the limit counts the whole batch (body,
+// system property values, application property names and values, as the
+// device sent them; the hub's own stamps are not the device's to budget
+// for), nothing is appended when it is over (413 MessageTooLarge), every
+// message gets one enqueued time, and the batch is acknowledged only once
+// all of it is durable. With a BatchSink the messages are stored atomically;
+// otherwise one by one in order, so a failure part way leaves the earlier
+// ones stored and the device's retry duplicates them, which at-least-once
+// consumers absorb.
+func (t *Telemetry) AcceptBatch(ctx context.Context, from Sender, ms []*Message) error {
+	if !t.Enabled() {
+		return azerr.Newf(azerr.HubServiceUnavailable, "Telemetry is not enabled on this hub.")
+	}
+	if len(ms) == 0 {
+		return azerr.Newf(azerr.HubArgumentInvalid, "The batch contains no messages.")
+	}
+	total := 0
+	for _, m := range ms {
+		total += m.Size()
+	}
+	if total > MaxMessageSize {
+		return azerr.Newf(azerr.HubMessageTooLarge, "The message size %d bytes is over the %d bytes limit.", total, MaxMessageSize)
+	}
+	now := t.now()
+	for _, m := range ms {
+		stampSender(m, from, now)
+	}
+	if bs, ok := t.sink.(BatchSink); ok && len(ms) > 1 {
+		if err := bs.AppendBatch(ctx, ms); err != nil {
+			return fmt.Errorf("hub: append %d messages from %s: %w", len(ms), from.DeviceID, err)
+		}
+	} else {
+		for i, m := range ms {
+			if err := t.sink.Append(ctx, m); err != nil {
+				if len(ms) == 1 {
+					return fmt.Errorf("hub: append telemetry from %s: %w", from.DeviceID, err)
+				}
+				return fmt.Errorf("hub: append message %d of %d from %s: %w", i+1, len(ms), from.DeviceID, err)
+			}
+		}
+	}
+	if t.registry != nil {
+		t.registry.Active(from.Hub, from.DeviceID)
+	}
+	return nil
+}
