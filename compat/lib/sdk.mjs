@@ -105,6 +105,7 @@ export async function startSdkWorker(caFile) {
     device: {
       open: (transport, connectionString, options) => dev('deviceOpen', transport, connectionString, options),
       close: (handle) => dev('deviceClose', handle),
+      renewSas: (handle, ttl) => dev('deviceRenewSas', handle, ttl),
       listenC2D: (handle) => dev('deviceListenC2D', handle),
       settle: (handle, ref, how) => dev('deviceSettle', handle, ref, how),
       getTwin: (handle) => dev('deviceGetTwin', handle),

@@ -19,7 +19,9 @@ const { Mqtt } = require('azure-iot-provisioning-device-mqtt');
 const { Http } = require('azure-iot-provisioning-device-http');
 const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key');
 const { X509Security } = require('azure-iot-security-x509');
-const { Client: DeviceClient, Message, SharedAccessKeyAuthenticationProvider } = require('azure-iot-device');
+const {
+  Client: DeviceClient, Message, SharedAccessKeyAuthenticationProvider, SharedAccessSignature: DeviceSas,
+} = require('azure-iot-device');
 const { Mqtt: HubMqtt } = require('azure-iot-device-mqtt');
 const { Http: HubHttp } = require('azure-iot-device-http');
 // azure-iothub (with @azure/identity and ms-rest-js) takes a while to load
@@ -165,6 +167,14 @@ function onceCallback(fn) {
   return new Promise((resolve, reject) => fn((err, ...rest) => (err ? reject(err) : resolve(rest[0]))));
 }
 
+// deviceSas is a device SAS signed with the key of a device connection
+// string, valid for ttl seconds from now (a second apart from the last one,
+// so a renewal is a different token).
+const deviceSas = (connectionString, ttl) => {
+  const cs = ConnectionString.parse(connectionString);
+  return DeviceSas.create(cs.HostName, cs.DeviceId, cs.SharedAccessKey, Math.floor(Date.now() / 1000) + ttl).toString();
+};
+
 const ops = {
   // Any ProvisioningServiceClient method, called with its own arguments.
   async service(connectionString, method, ...args) {
@@ -291,11 +301,18 @@ const ops = {
   // options.x509 {cert, key}: an `x509=true` connection string; the client
   // is made by Client.fromConnectionString (X509AuthenticationProvider) and
   // given the certificate with setOptions({cert, key}).
+  // options.sasTtl (seconds): the client is made as an application that
+  // manages its own tokens makes it, Client.fromSharedAccessSignature with
+  // a device SAS signed from the connection string's key for that long
+  // (deviceRenewSas then renews it).
   async deviceOpen(transportName, connectionString, options) {
     options = options || {}; // undefined arrives as null over IPC
     let client;
     let transport;
-    if (options.x509) {
+    if (options.sasTtl) {
+      client = DeviceClient.fromSharedAccessSignature(deviceSas(connectionString, options.sasTtl), transportName === 'http' ? HubHttp : HubMqtt);
+      transport = client._transport;
+    } else if (options.x509) {
       client = DeviceClient.fromConnectionString(connectionString, transportName === 'http' ? HubHttp : HubMqtt);
       transport = client._transport;
       await client.setOptions({ cert: options.x509.cert, key: options.x509.key });
@@ -305,7 +322,7 @@ const ops = {
       client = new DeviceClient(transport);
     }
     const handle = `d${++nextSession}`;
-    const s = { client, transport, events: [], messages: new Map(), nextRef: 0, twin: null, transportName };
+    const s = { client, transport, events: [], messages: new Map(), nextRef: 0, twin: null, transportName, connectionString };
     client.on('error', (err) => s.events.push({ kind: 'error', error: serializeError(err) }));
     if (options.receiveInterval !== undefined) {
       await client.setOptions({ http: { receivePolicy: { interval: options.receiveInterval } } });
@@ -321,6 +338,16 @@ const ops = {
     sessions.delete(handle);
     await s.client.close().catch(() => {});
     return null;
+  },
+
+  // client.updateSharedAccessSignature with a fresh device SAS valid for
+  // ttl seconds, as an application renews its token before it expires
+  // (over MQTT the SDK reconnects, CleanSession 0, and does not subscribe
+  // again). Returns the SDK's result.
+  async deviceRenewSas(handle, ttl) {
+    const s = session(handle);
+    const r = await onceCallback((cb) => s.client.updateSharedAccessSignature(deviceSas(s.connectionString, ttl), cb));
+    return plain(r);
   },
 
   // client.on('message'): every C2D message is kept (for deviceSettle) and

@@ -252,6 +252,30 @@ describe('IoT Hub SDKs: twins, direct methods, cloud-to-device messages', { time
     assert.equal(sreq.payload, null, 'no payload → null (DeviceMethod sends payload: null)');
   });
 
+  // The Node SDK renews a token by reconnecting with CleanSession 0 and does
+  // not subscribe again (mqtt.js resubscribes only clean sessions): it
+  // relies on the hub keeping the session, as IoT Hub does. Before berth
+  // kept persistent sessions, CONNACK said Session Present 0 and after the
+  // renewal the method answered 404 DeviceNotOnline and the reported PATCH
+  // was never answered.
+  test('MQTT: after client.updateSharedAccessSignature the session keeps its subscriptions: methods and reported PATCHes are answered', async () => {
+    const dev = await createDevice('sas-renew');
+    const h = await openDevice('mqtt', dev, { sasTtl: 3600 });
+    await sdk.device.getTwin(h);
+    await sdk.device.onMethod(h, 'reboot', 'echo');
+    const before = await sdk.invokeDeviceMethod(hubCs, dev.deviceId, { methodName: 'reboot', payload: { n: 1 }, responseTimeoutInSeconds: 10 });
+    assert.deepEqual(before.result, { status: 200, payload: { ok: true, echo: { n: 1 } } });
+
+    await sleep(1100); // a token with another se
+    await sdk.device.renewSas(h, 3600);
+
+    const after = await sdk.invokeDeviceMethod(hubCs, dev.deviceId, { methodName: 'reboot', payload: { n: 2 }, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 5 });
+    assert.deepEqual(after.result, { status: 200, payload: { ok: true, echo: { n: 2 } } });
+    await sdk.device.updateReported(h, { renewed: true });
+    assert.equal((await sdk.registry(hubCs, 'getTwin', dev.deviceId)).body.properties.reported.renewed, true);
+    assert.deepEqual(await sdk.device.events(h, 'error'), [], 'no client error');
+  });
+
   test('direct method: connectTimeoutInSeconds waits for a device that connects and subscribes meanwhile', async () => {
     const dev = await createDevice('method-late');
     const started = Date.now();
