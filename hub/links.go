@@ -106,6 +106,15 @@ const (
 	// KeptSessionLifetime is how long one is kept after its connection
 	// ended.
 	KeptSessionLifetime = 24 * time.Hour
+	// revocationMemory is how long a revocation is remembered for links
+	// attached after it: a connection that authenticated just before a
+	// revocation (with the old credential) and attaches just after it must
+	// not survive it. Authentication plus attach take at most a front
+	// end's connect timeout (10 s by default).
+	revocationMemory = time.Minute
+	// revocationsPruned is how many remembered revocations trigger
+	// dropping the expired ones.
+	revocationsPruned = 4096
 )
 
 // Links is this node's directory of live device sessions. Front ends
@@ -132,6 +141,14 @@ type Links struct {
 	maxKept  int
 	keptLife time.Duration
 	now      func() time.Time
+
+	// revoked are the recent revocations by device key (revocationMemory).
+	revoked map[string]revocation
+}
+
+type revocation struct {
+	keep string
+	at   time.Time
 }
 
 type attached struct {
@@ -152,6 +169,7 @@ func NewLinks() *Links {
 		links: map[string]*attached{}, changed: make(chan struct{}),
 		kept: map[string]*list.Element{}, order: list.New(),
 		maxKept: MaxKeptSessions, keptLife: KeptSessionLifetime, now: time.Now,
+		revoked: map[string]revocation{},
 	}
 }
 
@@ -160,6 +178,10 @@ func NewLinks() *Links {
 // is closed (CloseReplaced) and returned. credential is Credential of the
 // device as it authenticated: a revocation closes the link when the
 // device's credential is no longer that one.
+//
+// A link whose credential a revocation of the last minute no longer
+// admits is closed at once (CloseRevoked): it authenticated before the
+// revocation reached the store.
 //
 // detach forgets the link unless a newer one has replaced it; front ends
 // with persistent sessions use Detach instead.
@@ -170,10 +192,18 @@ func (ls *Links) Attach(hubName, deviceID, credential string, l DeviceLink) (rep
 		replaced = old.link
 	}
 	ls.links[k] = &attached{link: l, credential: credential}
+	revoked := false
+	if r, ok := ls.revoked[k]; ok && ls.now().Sub(r.at) < revocationMemory && (r.keep == "" || r.keep != credential) {
+		delete(ls.links, k)
+		revoked = true
+	}
 	ls.wakeLocked()
 	ls.mu.Unlock()
 	if replaced != nil {
 		replaced.Close(CloseReplaced)
+	}
+	if revoked {
+		l.Close(CloseRevoked)
 	}
 	var once sync.Once
 	return replaced, func() { once.Do(func() { ls.Detach(hubName, deviceID, l, nil) }) }
@@ -260,6 +290,7 @@ func (ls *Links) Revoke(hubName, deviceID, keep string) {
 func (ls *Links) RevokeLocal(hubName, deviceID, keep string) bool {
 	k := deviceKey(hubName, deviceID)
 	ls.mu.Lock()
+	ls.rememberRevocationLocked(k, keep)
 	var victim DeviceLink
 	if a := ls.links[k]; a != nil && (keep == "" || a.credential != keep) {
 		// Forgotten at once, so that pushes stop now and a method waits
@@ -275,6 +306,18 @@ func (ls *Links) RevokeLocal(hubName, deviceID, keep string) bool {
 		victim.Close(CloseRevoked)
 	}
 	return victim != nil
+}
+
+func (ls *Links) rememberRevocationLocked(k, keep string) {
+	now := ls.now()
+	if len(ls.revoked) >= revocationsPruned {
+		for rk, r := range ls.revoked {
+			if now.Sub(r.at) >= revocationMemory {
+				delete(ls.revoked, rk)
+			}
+		}
+	}
+	ls.revoked[k] = revocation{keep: keep, at: now}
 }
 
 // Changed tells waiters that a device's link changed its subscriptions.

@@ -346,7 +346,8 @@ func (r *Registry) SetLinks(l *Links) {
 }
 
 // revoke closes the device's sessions that d (its stored state after a
-// change; nil once deleted) no longer admits. A credential that is still
+// change; nil once deleted) no longer admits, and those that attach within
+// a minute with a credential it does not admit (Links.Attach). A credential that is still
 // the same keeps its sessions: renaming a status reason or changing
 // capabilities disconnects no one.
 func (r *Registry) revoke(hubName, id string, d *Device) {
@@ -399,7 +400,15 @@ func (r *Registry) Create(ctx context.Context, hubName string, d *Device) (*Devi
 	if err != nil {
 		return nil, fmt.Errorf("hub: create device %s: %w", d.DeviceID, err)
 	}
-	return decodeDevice(rec, hubName)
+	out, err := decodeDevice(rec, hubName)
+	if err != nil {
+		return nil, err
+	}
+	// A device created again after a delete: its new credential is the
+	// one links may keep (a connection with the deleted device's keys,
+	// authenticated just before the delete, may not).
+	r.revoke(hubName, d.DeviceID, out)
+	return out, nil
 }
 
 // Update replaces the mutable fields of an existing device (status,

@@ -58,9 +58,9 @@ var hubTimeRE = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$`)
 func TestCloudToDeviceLifecycle(t *testing.T) {
 	f := newFixture(t)
 	srv := f.tlsServer(t, 30*time.Second)
-	link := f.attach(t, "c2d-1", false)
 	owner := f.hubOwnerToken(t)
 	devTok := f.c2dDevice(t, "c2d-1")
+	link := f.attach(t, "c2d-1", false) // a device exists before it connects
 
 	// Empty queue: 204.
 	rec := wire(t, srv, http.MethodGet, c2dPath("c2d-1", "devicebound")+"?api-version=2021-04-12", nil, "Authorization", devTok)

@@ -146,7 +146,7 @@ func FuzzMethodBody(f *testing.F) {
 	fx := newQuietFixture(f)
 	fx.device(f, "fz-m", "")
 	link := &fakeLink{subscribed: true}
-	f.Cleanup(attachLink(fx.links, hubName, "fz-m", link))
+	f.Cleanup(fx.attachLink(hubName, "fz-m", link))
 	tok := fx.hubOwnerToken(f)
 	allowed := map[azerr.Code]bool{azerr.HubArgumentInvalid: true, azerr.HubMessageTooLarge: true}
 	f.Fuzz(func(t *testing.T, body []byte) {

@@ -187,14 +187,18 @@ func (l *fakeLink) snapshot() (calls []methodCall, desired []desiredCall, pendin
 func (f *fixture) attach(t testing.TB, id string, subscribed bool) *fakeLink {
 	t.Helper()
 	l := &fakeLink{subscribed: subscribed}
-	t.Cleanup(attachLink(f.links, hubName, id, l))
+	t.Cleanup(f.attachLink(hubName, id, l))
 	return l
 }
 
-// attachLink attaches l as the device's link (with no credential: nothing
-// revokes it unless its device is disabled or deleted) and returns its
-// detach.
-func attachLink(ls *hub.Links, hubName, deviceID string, l hub.DeviceLink) func() {
-	_, detach := ls.Attach(hubName, deviceID, "", l)
+// attachLink attaches l as the device's link, with the credential the
+// device has now (as a front end attaches a session that authenticated),
+// and returns its detach.
+func (f *fixture) attachLink(hubName, deviceID string, l hub.DeviceLink) func() {
+	cred := ""
+	if d, err := f.reg.Get(context.Background(), hubName, deviceID); err == nil {
+		cred = hub.Credential(d)
+	}
+	_, detach := f.links.Attach(hubName, deviceID, cred, l)
 	return detach
 }
