@@ -294,6 +294,10 @@ type hubSession struct {
 	// presence (connectionState, lastActivityTime).
 	disconnected func()
 
+	// revoked is set when the hub closed the connection because the
+	// device's credential was revoked: its will is not published.
+	revoked atomic.Bool
+
 	// subs is the granted QoS per feature, -1 when not subscribed.
 	// Written by the reader, read by the goroutines that deliver (twin
 	// work, desired notifications, method invocations, the C2D pump).
@@ -524,6 +528,9 @@ func (s *hubSession) started() {
 func (s *hubSession) Close(reason hub.CloseReason) {
 	s.c.srv.log.Info("mqtt: closing the device's connection: "+reason.String(),
 		append(s.logAttrs(), "remote", s.c.remote)...)
+	if reason == hub.CloseRevoked {
+		s.revoked.Store(true)
+	}
 	s.c.close(false)
 }
 
@@ -759,9 +766,9 @@ func (s *hubSession) acceptRecovering(m *hub.Message, timeout time.Duration) (er
 //
 // A will is published on every such end, as MQTT 3.1.1 §3.1.2.5 asks:
 // network failure, keep-alive timeout, a protocol violation, a newer
-// connection taking over, the token expiring (the will was authenticated
-// with the connection) and a revocation. Only Shutdown drops it: the
-// sink's context is gone.
+// connection taking over and the token expiring (the will was
+// authenticated with the connection). A revocation drops it, and so does
+// Shutdown (the sink's context is gone).
 func (s *hubSession) close(clean bool) {
 	if s.expiry != nil {
 		s.expiry.Stop()
@@ -773,7 +780,13 @@ func (s *hubSession) close(clean bool) {
 	}
 	s.c.srv.cfg.Hub.Links.Detach(s.hub, s.deviceID, s, keep)
 	s.stopDeliveries()
-	if !clean && s.will != nil {
+	switch {
+	case s.will == nil || clean:
+	case s.revoked.Load():
+		// The credential that authenticated the will is no longer the
+		// device's: nothing more is accepted from that connection.
+		s.c.srv.log.Info("mqtt: will message dropped: the device's credential was revoked", append(s.logAttrs(), "remote", s.c.remote)...)
+	default:
 		s.publishWill()
 	}
 	if s.disconnected != nil {

@@ -127,3 +127,25 @@ func (c *rawClient) disconnect() {
 	c.send(pk.DisconnectEncode)
 	c.nc.Close()
 }
+
+// A connection the hub closes because its credential was revoked does not
+// publish its will: nothing more is accepted on that credential.
+func TestHubRevokedConnectionPublishesNoWill(t *testing.T) {
+	f := newHubFixture(t, nil)
+	d := f.device(t, "dev-1", "")
+	c := f.ts.dialRaw(t)
+	pk := hubConnect("dev-1", validToken(t, "dev-1"), false)
+	pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillPayload = true, "devices/dev-1/messages/events/", []byte("bye")
+	if rc := c.connectWith(pk); rc != 0 {
+		t.Fatalf("CONNACK %d", rc)
+	}
+	d.Status = hub.StatusDisabled
+	if _, err := f.reg.Update(t.Context(), hubName, d, "*"); err != nil {
+		t.Fatal(err)
+	}
+	c.expectClosed(time.Second)
+	waitFor(t, "the session to end", func() bool { return f.ts.srv.ConnCount() == 0 })
+	if n := len(f.sink.messages()); n != 0 {
+		t.Fatalf("%d messages stored; the will of a revoked connection must not be", n)
+	}
+}
