@@ -76,9 +76,9 @@ func (m *Message) Size() int {
 	return n
 }
 
-// TelemetrySink is where accepted telemetry goes. Append returns only once
-// the message is durable: the front ends acknowledge (QoS 1 PUBACK, HTTP 204)
-// after it returns nil.
+// TelemetrySink is where accepted telemetry goes (package stream). Append
+// returns only once the message is durable: Telemetry, and so every front
+// end's acknowledgement (QoS 1 PUBACK, HTTP 204), waits for it.
 type TelemetrySink interface {
 	Append(ctx context.Context, m *Message) error
 }
