@@ -1,125 +1,218 @@
-// Package azerr is berth's one error table: each entry is an Azure
-// six-digit errorCode whose first three digits are the HTTP status, with the
-// name IoT Hub puts in its iothub-errorcode header and a default message.
-// Front ends turn an *Error into an HTTP status and body, an MQTT response
-// topic status, or a CONNACK code; the domain packages only return them.
+// Package azerr is berth's one Azure error catalogue. Every error berth
+// answers is an entry of one table: its service (DPS or IoT Hub), its
+// six-digit number (errorCode), its name, its HTTP status and its default
+// message. The domain packages return an *Error naming an entry; the front
+// ends render it, each in its own wire form, from the entry alone:
+//
+//   - HTTPS, DPS: the status, x-ms-error-code and the
+//     {"errorCode","trackingId","message","timestampUtc"} body;
+//   - HTTPS, IoT Hub: the status, the name in iothub-errorcode and the
+//     legacy {"Message":"ErrorCode:{name};{message}",…} body;
+//   - MQTT: the status in the response topic ($dps/registrations/res/…,
+//     $iothub/twin/res/…) with the DPS-shaped body, or, on CONNECT, the
+//     CONNACK code the status class maps to;
+//   - AMQP (not built yet): the error condition of the entry. The AMQP
+//     front end adds it as one more column of the table (a field of entry
+//     and an argument of dpsCode and hubCode), so that every wire keeps
+//     rendering from the one row; docs/errors.md lists the conditions the
+//     SDKs map.
+//
+// docs/errors.md documents every entry; a test holds the two together.
 package azerr
 
 import (
 	"errors"
 	"fmt"
+	"strconv"
 )
 
-// Code is a six-digit Azure errorCode; Code/1000 is the HTTP status.
-type Code int
+// Service is the Azure service an error belongs to. DPS and IoT Hub reuse
+// numbers with different meanings (401002, 412001, 429001), so a number
+// alone does not name an error: the service and the number do.
+type Service uint8
 
-// DPS codes (shared/spec/dps.md §1.7). Those marked berth are berth's choice
-// where Azure's value is not documented; docs/errors.md lists them.
+// The services of the table.
 const (
-	DPSBadRequest          Code = 400000 // berth: generic malformed request
-	DPSInvalidBody         Code = 400101 // berth: body is not the JSON expected
-	DPSInvalidRegistration Code = 400102 // berth: registration ID fails the ID rules
-	DPSRegistrationIDMatch Code = 400103 // berth: body registrationId differs from the one authenticated
-	DPSInvalidEnrollment   Code = 400104 // berth: enrollment document invalid
-	DPSCustomAllocation    Code = 400207
-	DPSNoHub               Code = 400208
-	DPSHubUnauthorized     Code = 400209
-	DPSUnauthorized        Code = 401000 // missing or unparseable credentials
-	DPSInvalidCredentials  Code = 401002 // credentials that do not match an enrollment
-	DPSEnrollmentNotFound  Code = 404201
-	DPSRegistrationMissing Code = 404202
-	DPSOperationNotFound   Code = 404203 // berth
-	DPSNotFound            Code = 404000 // berth: unknown route
-	DPSMethodNotAllowed    Code = 405000 // berth
-	DPSConflict            Code = 409203
-	DPSPreconditionFailed  Code = 412001 // berth
-	DPSTooLarge            Code = 413000 // berth: over the 96 KB message limit
-	DPSUnsupportedMedia    Code = 415000 // berth
-	DPSThrottled           Code = 429001
-	DPSInternal            Code = 500000 // berth
+	DPS Service = iota + 1
+	Hub
 )
 
-// IoT Hub codes (shared/spec/iothub.md §9.2).
-const (
-	HubInvalidProtocolVersion Code = 400001
-	HubArgumentInvalid        Code = 400004
-	HubArgumentNull           Code = 400005
-	HubFormatError            Code = 400006
-	HubDeserialization        Code = 400012
-	HubIotHubNotFound         Code = 401001
-	HubUnauthorizedAccess     Code = 401002
-	HubUnauthorized           Code = 401003
-	HubQueueDepthExceeded     Code = 403004
-	HubDeviceNotFound         Code = 404001
-	HubDeviceNotOnline        Code = 404103
-	HubDeviceAlreadyExists    Code = 409001
-	HubPreconditionFailed     Code = 412001
-	HubMessageLockLost        Code = 412002
-	HubMessageTooLarge        Code = 413001
-	HubThrottled              Code = 429001
-	HubServerError            Code = 500001
-	HubServiceUnavailable     Code = 503001
-	HubGatewayTimeout         Code = 504101
-)
-
-// IoT Hub codes of the bulk registry operation (POST /devices).
-const (
-	HubDeviceDefinedMultipleTimes   Code = 400011
-	HubBulkRegistryOperationFailure Code = 400013
-	HubTooManyDevices               Code = 413002
-)
-
-// hubNames are the names IoT Hub writes in iothub-errorcode and in the
-// legacy "ErrorCode:Name;message" body that the Node service SDK parses.
-var hubNames = map[Code]string{
-	HubInvalidProtocolVersion: "InvalidProtocolVersion",
-	HubArgumentInvalid:        "ArgumentInvalid",
-	HubArgumentNull:           "ArgumentNull",
-	HubFormatError:            "IotHubFormatError",
-	HubDeserialization:        "DeserializationError",
-	HubIotHubNotFound:         "IotHubNotFound",
-	HubUnauthorizedAccess:     "IotHubUnauthorizedAccess",
-	HubUnauthorized:           "IotHubUnauthorized",
-	HubQueueDepthExceeded:     "DeviceMaximumQueueDepthExceeded",
-	HubDeviceNotFound:         "DeviceNotFound",
-	HubDeviceNotOnline:        "DeviceNotOnline",
-	HubDeviceAlreadyExists:    "DeviceAlreadyExists",
-	HubPreconditionFailed:     "PreconditionFailed",
-	HubMessageLockLost:        "DeviceMessageLockLost",
-	HubMessageTooLarge:        "MessageTooLarge",
-	HubThrottled:              "ThrottlingException",
-	HubServerError:            "ServerError",
-	HubServiceUnavailable:     "ServiceUnavailable",
-	HubGatewayTimeout:         "GatewayTimeout",
-
-	HubDeviceDefinedMultipleTimes:   "DeviceDefinedMultipleTimes",
-	HubBulkRegistryOperationFailure: "BulkRegistryOperationFailure",
-	HubTooManyDevices:               "TooManyDevices",
+func (s Service) String() string {
+	switch s {
+	case DPS:
+		return "DPS"
+	case Hub:
+		return "IoT Hub"
+	}
+	return "unknown service " + strconv.Itoa(int(s))
 }
 
-var defaultMessages = map[Code]string{
-	DPSBadRequest:          "Bad request.",
-	DPSInvalidBody:         "The request body is not valid JSON for this operation.",
-	DPSInvalidRegistration: "The registration ID is not valid.",
-	DPSRegistrationIDMatch: "The registrationId in the body does not match the authenticated registration.",
-	DPSInvalidEnrollment:   "The enrollment is not valid.",
-	DPSNoHub:               "No IoT hub could be assigned.",
-	DPSUnauthorized:        "Unauthorized",
-	DPSInvalidCredentials:  "Unauthorized",
-	DPSEnrollmentNotFound:  "Enrollment not found.",
-	DPSRegistrationMissing: "Registration not found.",
-	DPSOperationNotFound:   "Operation not found.",
-	DPSNotFound:            "Not found.",
-	DPSMethodNotAllowed:    "Method not allowed.",
-	DPSConflict:            "Conflict.",
-	DPSPreconditionFailed:  "Precondition failed.",
-	DPSTooLarge:            "The message is larger than the 96 KB limit.",
-	DPSUnsupportedMedia:    "Unsupported media type.",
-	DPSThrottled:           "Too many requests.",
-	DPSInternal:            "Internal server error.",
+// Code is one entry of the table. Codes are compared with ==; the zero
+// Code is no entry, and the front ends answer it as their internal error.
+// A Code cannot be made from a number: Lookup finds the entry a number
+// received from outside (another berth node) names.
+type Code struct{ e *entry }
+
+// entry is one row of the table. It is never changed after init.
+type entry struct {
+	service Service
+	number  int
+	name    string
+	message string
 }
 
-// Error is an Azure-shaped error.
+// table holds every entry in declaration order. It is filled while the
+// package initialises (by dpsCode and hubCode, from the variables below)
+// and only read afterwards.
+var table []Code
+
+func def(s Service, number int, name, message string) Code {
+	if number < 400000 || number > 599999 {
+		panic(fmt.Sprintf("azerr: %s %d is not a six-digit error code", s, number))
+	}
+	if _, dup := Lookup(s, number); dup {
+		panic(fmt.Sprintf("azerr: %s %d defined twice", s, number))
+	}
+	c := Code{&entry{service: s, number: number, name: name, message: message}}
+	table = append(table, c)
+	return c
+}
+
+func dpsCode(number int, name, message string) Code { return def(DPS, number, name, message) }
+func hubCode(number int, name, message string) Code { return def(Hub, number, name, message) }
+
+// DPS errors. DPS bodies carry only the number; the names are berth's, for
+// logs and docs. Entries marked berth are berth's choice where Azure's
+// value is not documented; docs/errors.md says which.
+var (
+	DPSBadRequest          = dpsCode(400000, "BadRequest", "Bad request.")                                                                              // berth: generic malformed request
+	DPSInvalidBody         = dpsCode(400101, "InvalidRequestBody", "The request body is not valid JSON for this operation.")                            // berth
+	DPSInvalidRegistration = dpsCode(400102, "InvalidRegistrationId", "The registration ID is not valid.")                                              // berth
+	DPSRegistrationIDMatch = dpsCode(400103, "RegistrationIdMismatch", "The registrationId in the body does not match the authenticated registration.") // berth
+	DPSInvalidEnrollment   = dpsCode(400104, "InvalidEnrollment", "The enrollment is not valid.")                                                       // berth
+	DPSCustomAllocation    = dpsCode(400207, "CustomAllocationFailed", "Custom allocation failed.")
+	DPSNoHub               = dpsCode(400208, "NoHubAssigned", "No IoT hub could be assigned.")
+	DPSHubUnauthorized     = dpsCode(400209, "HubUnauthorized", "The IoT hub refused the device registration.")
+	DPSUnauthorized        = dpsCode(401000, "Unauthorized", "Unauthorized")       // missing or unparseable credentials
+	DPSInvalidCredentials  = dpsCode(401002, "InvalidCredentials", "Unauthorized") // credentials that prove no enrollment
+	DPSNotFound            = dpsCode(404000, "NotFound", "Not found.")             // berth: unknown route
+	DPSEnrollmentNotFound  = dpsCode(404201, "EnrollmentNotFound", "Enrollment not found.")
+	DPSRegistrationMissing = dpsCode(404202, "RegistrationNotFound", "Registration not found.")
+	DPSOperationNotFound   = dpsCode(404203, "OperationNotFound", "Operation not found.") // berth
+	DPSMethodNotAllowed    = dpsCode(405000, "MethodNotAllowed", "Method not allowed.")   // berth
+	DPSConflict            = dpsCode(409203, "Conflict", "Conflict.")
+	DPSPreconditionFailed  = dpsCode(412001, "PreconditionFailed", "Precondition failed.")                     // berth
+	DPSTooLarge            = dpsCode(413000, "MessageTooLarge", "The message is larger than the 96 KB limit.") // berth
+	DPSUnsupportedMedia    = dpsCode(415000, "UnsupportedMediaType", "Unsupported media type.")                // berth
+	DPSThrottled           = dpsCode(429001, "Throttled", "Too many requests.")                                // berth
+	DPSInternal            = dpsCode(500000, "InternalServerError", "Internal server error.")                  // berth
+)
+
+// IoT Hub errors, with the names IoT Hub writes in iothub-errorcode and in
+// the legacy "ErrorCode:{name};{message}" body (docs/errors.md).
+var (
+	HubInvalidProtocolVersion       = hubCode(400001, "InvalidProtocolVersion", "The api-version is not supported.")
+	HubArgumentInvalid              = hubCode(400004, "ArgumentInvalid", "The request is not valid.")
+	HubArgumentNull                 = hubCode(400005, "ArgumentNull", "A required value is missing.")
+	HubFormatError                  = hubCode(400006, "IotHubFormatError", "The request body is not valid JSON for this operation.")
+	HubDeviceDefinedMultipleTimes   = hubCode(400011, "DeviceDefinedMultipleTimes", "A device is named more than once in the bulk registry operation.")
+	HubDeserialization              = hubCode(400012, "DeserializationError", "The request body could not be read.")
+	HubBulkRegistryOperationFailure = hubCode(400013, "BulkRegistryOperationFailure", "An operation of the bulk registry operation failed.")
+	HubIotHubNotFound               = hubCode(401001, "IotHubNotFound", "The IoT hub was not found.")
+	HubUnauthorizedAccess           = hubCode(401002, "IotHubUnauthorizedAccess", "Unauthorized")
+	HubUnauthorized                 = hubCode(401003, "IotHubUnauthorized", "Unauthorized")
+	HubQueueDepthExceeded           = hubCode(403004, "DeviceMaximumQueueDepthExceeded", "The device's cloud-to-device queue is full.")
+	HubDeviceNotFound               = hubCode(404001, "DeviceNotFound", "Device not found.")
+	HubDeviceNotOnline              = hubCode(404103, "DeviceNotOnline", "The device is not online.")
+	HubMethodNotAllowed             = hubCode(405000, "MethodNotAllowed", "Method not allowed.") // berth: IoT Hub has no code for it
+	HubDeviceAlreadyExists          = hubCode(409001, "DeviceAlreadyExists", "A device with this ID already exists.")
+	HubPreconditionFailed           = hubCode(412001, "PreconditionFailed", "Precondition failed.")
+	HubMessageLockLost              = hubCode(412002, "DeviceMessageLockLost", "The message lock was lost.")
+	HubMessageTooLarge              = hubCode(413001, "MessageTooLarge", "The message is larger than the 256 KB limit.")
+	HubTooManyDevices               = hubCode(413002, "TooManyDevices", "The bulk registry operation names too many devices.")
+	HubThrottled                    = hubCode(429001, "ThrottlingException", "Too many requests.")
+	HubServerError                  = hubCode(500001, "ServerError", "Internal server error.")
+	HubServiceUnavailable           = hubCode(503001, "ServiceUnavailable", "Service unavailable.")
+	HubGatewayTimeout               = hubCode(504101, "GatewayTimeout", "The device did not answer in time.")
+)
+
+// Codes returns every entry of the table, DPS first, each service in
+// number order as declared.
+func Codes() []Code { return append([]Code(nil), table...) }
+
+// Lookup returns the entry of service s numbered number, if there is one.
+func Lookup(s Service, number int) (Code, bool) {
+	for _, c := range table {
+		if c.e.service == s && c.e.number == number {
+			return c, true
+		}
+	}
+	return Code{}, false
+}
+
+// Service is the service the entry belongs to; 0 for the zero Code.
+func (c Code) Service() Service {
+	if c.e == nil {
+		return 0
+	}
+	return c.e.service
+}
+
+// Number is the six-digit errorCode; 0 for the zero Code.
+func (c Code) Number() int {
+	if c.e == nil {
+		return 0
+	}
+	return c.e.number
+}
+
+// Status is the HTTP status: the number's first three digits, the
+// invariant the Azure Embedded C SDK relies on (it derives the status from
+// the errorCode). 500 for the zero Code.
+func (c Code) Status() int {
+	if c.e == nil {
+		return 500
+	}
+	return c.e.number / 1000
+}
+
+// Name is the entry's name: for IoT Hub the one it sends in
+// iothub-errorcode, for DPS berth's (DPS sends only the number).
+func (c Code) Name() string {
+	if c.e == nil {
+		return ""
+	}
+	return c.e.name
+}
+
+// Message is the entry's default message.
+func (c Code) Message() string {
+	if c.e == nil {
+		return "Error."
+	}
+	return c.e.message
+}
+
+// String is "404001 DeviceNotFound", for logs.
+func (c Code) String() string {
+	if c.e == nil {
+		return "no error code"
+	}
+	return strconv.Itoa(c.e.number) + " " + c.e.name
+}
+
+// Format prints the number for %d (as logs and messages printed the
+// numeric codes before the table) and String otherwise.
+func (c Code) Format(f fmt.State, verb rune) {
+	if verb == 'd' {
+		fmt.Fprintf(f, fmt.FormatString(f, verb), c.Number())
+		return
+	}
+	fmt.Fprintf(f, fmt.FormatString(f, verb), c.String())
+}
+
+// Error is an Azure-shaped error: an entry of the table and the message
+// this occurrence carries.
 type Error struct {
 	Code    Code
 	Message string
@@ -130,78 +223,41 @@ type Error struct {
 }
 
 // New returns an error with code's default message.
-func New(code Code) *Error { return &Error{Code: code, Message: DefaultMessage(code)} }
-
-// NewHub returns a hub error with IoT Hub's name as its message. DPS and
-// IoT Hub reuse some numbers (401002, 412001, 429001) and a hub code has
-// a name and message of its own: hub code paths use NewHub, not New.
-func NewHub(code Code) *Error { return &Error{Code: code, Message: hubMessage(code)} }
-
-var hubMessages = map[Code]string{
-	HubArgumentInvalid:     "The request is not valid.",
-	HubUnauthorizedAccess:  "Unauthorized.",
-	HubDeviceNotFound:      "The device was not found.",
-	HubDeviceAlreadyExists: "A device with this ID already exists.",
-	HubPreconditionFailed:  "The etag does not match the current version (precondition failed).",
-	HubMessageTooLarge:     "The message is larger than IoT Hub's 256 KB limit.",
-	HubServerError:         "Internal server error.",
-}
-
-func hubMessage(c Code) string {
-	if m, ok := hubMessages[c]; ok {
-		return m
-	}
-	if n, ok := hubNames[c]; ok {
-		return n
-	}
-	return "Error."
-}
+func New(code Code) *Error { return &Error{Code: code, Message: code.Message()} }
 
 // Newf returns an error with a formatted message.
 func Newf(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// Wrap returns code's error carrying cause for the logs. For hub codes
-// use WrapHub.
+// Wrap returns code's error with its default message, carrying cause for
+// the logs.
 func Wrap(code Code, cause error) *Error {
-	return &Error{Code: code, Message: DefaultMessage(code), Err: cause}
+	return &Error{Code: code, Message: code.Message(), Err: cause}
 }
 
-// WrapHub is Wrap for hub codes.
-func WrapHub(code Code, cause error) *Error {
-	return &Error{Code: code, Message: hubMessage(code), Err: cause}
-}
+// NewHub is New.
+//
+// Deprecated: every code now carries its own service and message; use New.
+// Kept only so that branches written before the one table still compile.
+func NewHub(code Code) *Error { return New(code) }
+
+// WrapHub is Wrap.
+//
+// Deprecated: use Wrap; kept like NewHub.
+func WrapHub(code Code, cause error) *Error { return Wrap(code, cause) }
 
 func (e *Error) Error() string {
 	if e.Err != nil {
-		return fmt.Sprintf("%d %s: %v", e.Code, e.Message, e.Err)
+		return fmt.Sprintf("%d %s: %v", e.Code.Number(), e.Message, e.Err)
 	}
-	return fmt.Sprintf("%d %s", e.Code, e.Message)
+	return fmt.Sprintf("%d %s", e.Code.Number(), e.Message)
 }
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Status is the HTTP status: the code's first three digits.
-func (e *Error) Status() int { return int(e.Code) / 1000 }
-
-// Status is the HTTP status of code.
-func (c Code) Status() int { return int(c) / 1000 }
-
-// Name is IoT Hub's error name for a hub code, or "" when it has none.
-// Only meaningful for errors raised by the hub: DPS reuses some numbers.
-func (c Code) Name() string { return hubNames[c] }
-
-// DefaultMessage is the message used when none is given.
-func DefaultMessage(c Code) string {
-	if m, ok := defaultMessages[c]; ok {
-		return m
-	}
-	if n, ok := hubNames[c]; ok {
-		return n
-	}
-	return "Error."
-}
+// Status is the HTTP status of e's code.
+func (e *Error) Status() int { return e.Code.Status() }
 
 // As returns err as an *Error; any other error becomes internal, with err
 // kept as the cause so it is logged but never shown.
@@ -211,4 +267,19 @@ func As(err error, internal Code) *Error {
 		return e
 	}
 	return Wrap(internal, err)
+}
+
+// For returns err as an *Error of internal's service, to be rendered in
+// that service's wire form: As, and more. An *Error of the service is
+// returned as it is. Anything else becomes internal: a plain error (a
+// store or network failure), and an *Error of the other service or of no
+// entry, which only a bug in berth can route here (one service's numbers
+// mean something else, or nothing, to the other's clients). The original
+// is kept as the cause, for the logs.
+func For(err error, internal Code) *Error {
+	e := As(err, internal)
+	if s := internal.Service(); e.Code.Service() != s {
+		return Wrap(internal, fmt.Errorf("%s error %s answered as %s: %w", e.Code.Service(), e.Code, s, e))
+	}
+	return e
 }

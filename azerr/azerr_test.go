@@ -3,46 +3,73 @@ package azerr
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 )
 
-func TestStatusAndNames(t *testing.T) {
-	tests := []struct {
-		code   Code
-		status int
-		name   string
-	}{
-		{DPSInvalidCredentials, 401, "IotHubUnauthorizedAccess"},
-		{DPSCustomAllocation, 400, ""},
-		{HubDeviceNotFound, 404, "DeviceNotFound"},
-		{HubMessageTooLarge, 413, "MessageTooLarge"},
-		{HubGatewayTimeout, 504, "GatewayTimeout"},
+// TestTable: every entry is renderable on every wire.
+func TestTable(t *testing.T) {
+	if len(Codes()) == 0 {
+		t.Fatal("empty table")
 	}
-	for _, tt := range tests {
-		if got := tt.code.Status(); got != tt.status {
-			t.Errorf("%d.Status() = %d, want %d", tt.code, got, tt.status)
+	names := map[Service]map[string]Code{}
+	for _, c := range Codes() {
+		if c.Service() != DPS && c.Service() != Hub {
+			t.Errorf("%v: service %v", c, c.Service())
 		}
-		if got := tt.code.Name(); got != tt.name {
-			t.Errorf("%d.Name() = %q, want %q", tt.code, got, tt.name)
+		if st := c.Status(); st < 400 || st > 599 || c.Number()/1000 != st {
+			t.Errorf("%v: status %d", c, st)
 		}
+		if c.Name() == "" || strings.ContainsAny(c.Name(), " ;:") {
+			// The hub's legacy body is "ErrorCode:{name};{message}".
+			t.Errorf("%v: name %q", c, c.Name())
+		}
+		if c.Message() == "" || strings.Contains(c.Message(), ";") {
+			t.Errorf("%v: message %q", c, c.Message())
+		}
+		if got, ok := Lookup(c.Service(), c.Number()); !ok || got != c {
+			t.Errorf("Lookup(%v, %d) = %v, %v", c.Service(), c.Number(), got, ok)
+		}
+		if names[c.Service()] == nil {
+			names[c.Service()] = map[string]Code{}
+		}
+		if other, dup := names[c.Service()][c.Name()]; dup {
+			t.Errorf("%v and %v share a name", c, other)
+		}
+		names[c.Service()][c.Name()] = c
+	}
+	if _, ok := Lookup(Hub, 400101); ok {
+		t.Error("Lookup found a DPS number under the hub")
 	}
 }
 
-// Numbers DPS and IoT Hub share (412001 …) get each side's own message.
+// TestSharedNumbersKeepTheirMeaning: DPS and IoT Hub reuse numbers; each
+// side is its own entry, with its own name and message.
 func TestSharedNumbersKeepTheirMeaning(t *testing.T) {
-	if DPSPreconditionFailed != HubPreconditionFailed {
-		t.Fatal("the shared 412001 changed; revisit this test")
+	pairs := []struct{ dps, hub Code }{
+		{DPSInvalidCredentials, HubUnauthorizedAccess},
+		{DPSPreconditionFailed, HubPreconditionFailed},
+		{DPSThrottled, HubThrottled},
+		{DPSMethodNotAllowed, HubMethodNotAllowed},
 	}
-	if m := New(DPSPreconditionFailed).Message; m != "Precondition failed." {
-		t.Errorf("DPS message %q", m)
+	for _, p := range pairs {
+		if p.dps.Number() != p.hub.Number() {
+			t.Fatalf("%v and %v no longer share a number; revisit this test", p.dps, p.hub)
+		}
+		if p.dps == p.hub || p.dps.Service() != DPS || p.hub.Service() != Hub {
+			t.Errorf("%v and %v are not two entries", p.dps, p.hub)
+		}
 	}
-	if m := NewHub(HubPreconditionFailed).Message; m == "Precondition failed." || m == "" {
-		t.Errorf("hub message %q", m)
+	if n := DPSInvalidCredentials.Name(); n == HubUnauthorizedAccess.Name() {
+		t.Errorf("DPS 401002 has the hub's name %q", n)
 	}
-	// berth's own DPS codes do not collide with hub codes.
-	for _, c := range []Code{DPSInvalidBody, DPSInvalidRegistration, DPSRegistrationIDMatch, DPSInvalidEnrollment} {
-		if c.Name() != "" {
-			t.Errorf("%d has the hub name %q", c, c.Name())
+	if HubUnauthorizedAccess.Name() != "IotHubUnauthorizedAccess" || HubDeviceNotFound.Name() != "DeviceNotFound" {
+		t.Error("hub names changed; the SDKs key off them")
+	}
+	// One message per entry, whichever constructor made the error.
+	for _, e := range []*Error{New(HubDeviceNotFound), Wrap(HubDeviceNotFound, errors.New("x")), NewHub(HubDeviceNotFound), WrapHub(HubDeviceNotFound, nil)} {
+		if e.Message != HubDeviceNotFound.Message() {
+			t.Errorf("message %q", e.Message)
 		}
 	}
 }
@@ -56,5 +83,29 @@ func TestAs(t *testing.T) {
 	got := As(plain, DPSInternal)
 	if got.Code != DPSInternal || got.Message == plain.Error() || !errors.Is(got, plain) {
 		t.Errorf("As(plain) = %+v", got)
+	}
+}
+
+// TestFor: an answer in one service's form never carries the other's
+// entry, nor a message that is not the service's to show.
+func TestFor(t *testing.T) {
+	own := Newf(HubDeviceNotFound, "Device d not found.")
+	if got := For(fmt.Errorf("ctx: %w", own), HubServerError); got != own {
+		t.Errorf("For changed a hub error: %v", got)
+	}
+	for _, err := range []error{New(DPSPreconditionFailed), &Error{Message: "no entry"}, errors.New("boom")} {
+		got := For(err, HubServerError)
+		if got.Code != HubServerError || got.Message != HubServerError.Message() || !errors.Is(got, err) {
+			t.Errorf("For(%v) = %+v", err, got)
+		}
+	}
+}
+
+func TestFormat(t *testing.T) {
+	if got := fmt.Sprintf("%d|%v|%s", HubDeviceNotFound, HubDeviceNotFound, DPSInvalidCredentials); got != "404001|404001 DeviceNotFound|401002 InvalidCredentials" {
+		t.Errorf("got %q", got)
+	}
+	if got := New(HubGatewayTimeout).Error(); !strings.HasPrefix(got, "504101 ") {
+		t.Errorf("Error() = %q", got)
 	}
 }

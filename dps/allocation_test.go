@@ -54,7 +54,7 @@ func (f *fixture) putGroup(t *testing.T, g *dps.EnrollmentGroup) {
 	if g.Attestation == nil {
 		g.Attestation = symKey(groupKey, "")
 	}
-	if _, err := f.svc.PutGroup(context.Background(), g.EnrollmentGroupID, g, "*"); err != nil && code(err) != 0 {
+	if _, err := f.svc.PutGroup(context.Background(), g.EnrollmentGroupID, g, "*"); err != nil && code(err) != (azerr.Code{}) {
 		if _, err := f.svc.PutGroup(context.Background(), g.EnrollmentGroupID, g, ""); err != nil {
 			t.Fatal(err)
 		}

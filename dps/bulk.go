@@ -136,5 +136,5 @@ func bulkError(err error) (BulkError, error) {
 	if !errors.As(err, &ae) || ae.Status() >= 500 {
 		return BulkError{}, fmt.Errorf("dps: bulk operation: %w", err)
 	}
-	return BulkError{ErrorCode: int(ae.Code), ErrorStatus: ae.Message}, nil
+	return BulkError{ErrorCode: ae.Code.Number(), ErrorStatus: ae.Message}, nil
 }

@@ -512,7 +512,7 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 // next attempt's reprovisioning.
 func (s *Service) fail(ctx context.Context, who *attested, op *operation, prev *registrationDoc, prevState *RegistrationState, aerr *azerr.Error, now time.Time) error {
 	op.Status = StatusFailed
-	op.ErrorCode = int(aerr.Code)
+	op.ErrorCode = aerr.Code.Number()
 	op.ErrorMessage = aerr.Message
 	var groupID string
 	if who.group != nil {

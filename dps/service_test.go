@@ -99,7 +99,7 @@ func code(err error) azerr.Code {
 	if errors.As(err, &ae) {
 		return ae.Code
 	}
-	return 0
+	return azerr.Code{}
 }
 
 func TestProvisionIndividualAndGroup(t *testing.T) {
@@ -461,8 +461,8 @@ func TestBulkEnrollments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.IsSuccessful || len(res.Errors) != 2 || res.Errors[0].RegistrationID != "exists" || res.Errors[0].ErrorCode != int(azerr.DPSConflict) ||
-		res.Errors[1].ErrorCode != int(azerr.DPSInvalidRegistration) {
+	if res.IsSuccessful || len(res.Errors) != 2 || res.Errors[0].RegistrationID != "exists" || res.Errors[0].ErrorCode != azerr.DPSConflict.Number() ||
+		res.Errors[1].ErrorCode != azerr.DPSInvalidRegistration.Number() {
 		t.Fatalf("create result %+v", res)
 	}
 	if _, err := f.svc.GetEnrollment(ctx, "b1", false); err != nil {
@@ -471,7 +471,7 @@ func TestBulkEnrollments(t *testing.T) {
 	stale := mk("b1")
 	stale.ETag = `"nope"`
 	res, err = f.svc.BulkEnrollments(ctx, dps.BulkUpdateIfMatchETag, []*dps.IndividualEnrollment{stale})
-	if err != nil || res.IsSuccessful || res.Errors[0].ErrorCode != int(azerr.DPSPreconditionFailed) {
+	if err != nil || res.IsSuccessful || res.Errors[0].ErrorCode != azerr.DPSPreconditionFailed.Number() {
 		t.Fatalf("stale update: %+v %v", res, err)
 	}
 	res, err = f.svc.BulkEnrollments(ctx, dps.BulkDelete, []*dps.IndividualEnrollment{mk("b1"), mk("exists")})

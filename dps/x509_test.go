@@ -107,19 +107,19 @@ func TestX509Attestation(t *testing.T) {
 		wantGroup string
 		wantAuth  string
 	}{
-		{"self-signed individual", "self-dev", chainOf(selfDev), 0, "", hub.AuthSelfSigned},
+		{"self-signed individual", "self-dev", chainOf(selfDev), azerr.Code{}, "", hub.AuthSelfSigned},
 		{"same CN, other certificate", "self-dev", chainOf(selfDev2), azerr.DPSInvalidCredentials, "", ""},
 		{"expired", "old-dev", chainOf(expired), azerr.DPSInvalidCredentials, "", ""},
 		{"CN is not the registration ID", "someone-else", chainOf(viaInter, inter), azerr.DPSInvalidCredentials, "", ""},
-		{"group on the intermediate", "inter-dev", chainOf(viaInter, inter), 0, "inter-group", hub.AuthCertificateAuthority},
-		{"intermediate missing from the chain still ends at it", "inter-dev", chainOf(viaInter), 0, "inter-group", hub.AuthCertificateAuthority},
-		{"group on the verified root", "root-dev", chainOf(viaRoot), 0, "root-group", hub.AuthCertificateAuthority},
+		{"group on the intermediate", "inter-dev", chainOf(viaInter, inter), azerr.Code{}, "inter-group", hub.AuthCertificateAuthority},
+		{"intermediate missing from the chain still ends at it", "inter-dev", chainOf(viaInter), azerr.Code{}, "inter-group", hub.AuthCertificateAuthority},
+		{"group on the verified root", "root-dev", chainOf(viaRoot), azerr.Code{}, "root-group", hub.AuthCertificateAuthority},
 		{"another CA", "stranger", chainOf(valid("stranger", other, false)), azerr.DPSInvalidCredentials, "", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			st, err := f.registerX509(t, c.regID, c.chain)
-			if c.wantErr != 0 {
+			if c.wantErr != (azerr.Code{}) {
 				if code(err) != c.wantErr {
 					t.Fatalf("got %+v, %v; want %d", st, err, c.wantErr)
 				}

@@ -131,7 +131,7 @@ func (r *Registry) tokenLimits() sas.Limits {
 // IotHubUnauthorizedAccess, as IoT Hub answers whatever the cause. The
 // cause, a *refusal.Error, is for the operator's log and carries no key
 // material.
-func denied(cause error) error { return azerr.WrapHub(azerr.HubUnauthorizedAccess, cause) }
+func denied(cause error) error { return azerr.Wrap(azerr.HubUnauthorizedAccess, cause) }
 
 // AuthenticateDevice checks a device's SAS token for hubName/deviceID: a
 // device-scoped token signed with the device's key, or a policy token (skn)

@@ -96,7 +96,7 @@ func (r *Registry) Bulk(ctx context.Context, hubName string, ops []BulkOperation
 		}
 		res.IsSuccessful = false
 		name := ae.Code.Name()
-		if name == "" {
+		if ae.Code.Service() != azerr.Hub {
 			name = azerr.HubArgumentInvalid.Name()
 		}
 		res.Errors = append(res.Errors, BulkError{DeviceID: op.Device.DeviceID, ErrorCode: name, ErrorStatus: ae.Message})

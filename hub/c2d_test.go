@@ -338,9 +338,9 @@ func TestMethodsInvoke(t *testing.T) {
 		code   azerr.Code
 		result string
 	}{
-		{"round trip", echo, "dev-1", hub.MethodRequest{MethodName: "reboot", Payload: json.RawMessage(`{"delay":1}`)}, 0, `201 {"name":"reboot","got":{"delay":1}}`},
-		{"no payload is null", echo, "dev-1", hub.MethodRequest{MethodName: "comp*cmd"}, 0, `201 {"name":"comp*cmd","got":null}`},
-		{"non-JSON answer", text, "dev-1", hub.MethodRequest{MethodName: "m"}, 0, `200 "plain"`},
+		{"round trip", echo, "dev-1", hub.MethodRequest{MethodName: "reboot", Payload: json.RawMessage(`{"delay":1}`)}, azerr.Code{}, `201 {"name":"reboot","got":{"delay":1}}`},
+		{"no payload is null", echo, "dev-1", hub.MethodRequest{MethodName: "comp*cmd"}, azerr.Code{}, `201 {"name":"comp*cmd","got":null}`},
+		{"non-JSON answer", text, "dev-1", hub.MethodRequest{MethodName: "m"}, azerr.Code{}, `200 "plain"`},
 		{"unknown device", echo, "nobody", hub.MethodRequest{MethodName: "m"}, azerr.HubDeviceNotFound, ""},
 		{"offline", nil, "dev-1", hub.MethodRequest{MethodName: "m"}, azerr.HubDeviceNotOnline, ""},
 		{"not subscribed", unsubscribed, "dev-1", hub.MethodRequest{MethodName: "m"}, azerr.HubDeviceNotOnline, ""},
@@ -362,10 +362,10 @@ func TestMethodsInvoke(t *testing.T) {
 			ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			res, err := m.Invoke(ictx, hubName, c.dev, &c.req)
-			if code(err) != c.code || (c.code == 0 && err != nil) {
+			if code(err) != c.code || (c.code == (azerr.Code{}) && err != nil) {
 				t.Fatalf("Invoke = %+v, %v; want code %d", res, err, c.code)
 			}
-			if c.code == 0 {
+			if c.code == (azerr.Code{}) {
 				if got := strings.TrimSpace(strings.Join([]string{itoa(res.Status), string(res.Payload)}, " ")); got != c.result {
 					t.Errorf("result %s, want %s", got, c.result)
 				}

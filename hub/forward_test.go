@@ -139,13 +139,13 @@ func TestMethodsInvokeThroughForwarder(t *testing.T) {
 		wantCalls []string
 	}{
 		{"remote answer", false, answer(201, `{"ok":true}`, nil),
-			hub.MethodRequest{MethodName: "reboot", ConnectTimeoutInSeconds: secs(0)}, 0, `201 {"ok":true}`,
+			hub.MethodRequest{MethodName: "reboot", ConnectTimeoutInSeconds: secs(0)}, azerr.Code{}, `201 {"ok":true}`,
 			[]string{hubName + "/dev-1 reboot 0s 30s"}},
 		{"timeouts travel", false, answer(200, ``, nil),
-			hub.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: secs(7)}, 0, `200 null`,
+			hub.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: secs(7)}, azerr.Code{}, `200 null`,
 			[]string{hubName + "/dev-1 m 0s 7s"}},
 		{"local link first", true, answer(500, ``, nil),
-			hub.MethodRequest{MethodName: "m"}, 0, `200 "local"`, nil},
+			hub.MethodRequest{MethodName: "m"}, azerr.Code{}, `200 "local"`, nil},
 		{"not online anywhere", false, answer(0, ``, fmt.Errorf("no answer: %w", hub.ErrDeviceNotReached)),
 			hub.MethodRequest{MethodName: "m"}, azerr.HubDeviceNotOnline, "", []string{hubName + "/dev-1 m 0s 30s"}},
 		{"remote response timeout", false, answer(0, ``, fmt.Errorf("late: %w", context.DeadlineExceeded)),
@@ -173,10 +173,10 @@ func TestMethodsInvokeThroughForwarder(t *testing.T) {
 				}})()
 			}
 			res, err := m.Invoke(ctx, hubName, "dev-1", &c.req)
-			if code(err) != c.code || (c.code == 0 && err != nil) {
+			if code(err) != c.code || (c.code == (azerr.Code{}) && err != nil) {
 				t.Fatalf("Invoke = %+v, %v; want code %d", res, err, c.code)
 			}
-			if c.code == 0 {
+			if c.code == (azerr.Code{}) {
 				if got := itoa(res.Status) + " " + string(res.Payload); got != c.result {
 					t.Errorf("result %s, want %s", got, c.result)
 				}

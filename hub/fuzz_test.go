@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/store/memstore"
 )
@@ -46,7 +47,7 @@ func FuzzTwinPatch(f *testing.F) {
 			t.Fatalf("device document is not JSON: %s", after)
 		}
 		if err != nil {
-			if code(err) == 0 {
+			if code(err) == (azerr.Code{}) {
 				t.Fatalf("refusal without an Azure code: %v", err)
 			}
 			if string(after) != string(before) {
@@ -60,7 +61,7 @@ func FuzzTwinPatch(f *testing.F) {
 			if _, err := json.Marshal(tw); err != nil {
 				t.Fatalf("twin does not encode: %v", err)
 			}
-		} else if code(err) == 0 {
+		} else if code(err) == (azerr.Code{}) {
 			t.Fatalf("service patch refusal without an Azure code: %v", err)
 		}
 	})

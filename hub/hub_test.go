@@ -21,7 +21,7 @@ func code(err error) azerr.Code {
 	if errors.As(err, &ae) {
 		return ae.Code
 	}
-	return 0
+	return azerr.Code{}
 }
 
 func TestRegistryCRUD(t *testing.T) {

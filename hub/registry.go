@@ -431,7 +431,7 @@ func (r *Registry) Update(ctx context.Context, hubName string, d *Device, ifMatc
 	rec, err = r.store.Put(ctx, rec, store.Cond{IfMatch: etagOrAny(ifMatch, cur.ETag)})
 	switch {
 	case errors.Is(err, store.ErrPreconditionFailed):
-		return nil, azerr.NewHub(azerr.HubPreconditionFailed)
+		return nil, azerr.New(azerr.HubPreconditionFailed)
 	case errors.Is(err, store.ErrNotFound):
 		return nil, azerr.Newf(azerr.HubDeviceNotFound, "Device %s not found.", d.DeviceID)
 	case err != nil:
@@ -452,7 +452,7 @@ func (r *Registry) Delete(ctx context.Context, hubName, id, ifMatch string) erro
 	case errors.Is(err, store.ErrNotFound):
 		return azerr.Newf(azerr.HubDeviceNotFound, "Device %s not found.", id)
 	case errors.Is(err, store.ErrPreconditionFailed):
-		return azerr.NewHub(azerr.HubPreconditionFailed)
+		return azerr.New(azerr.HubPreconditionFailed)
 	case err != nil:
 		return fmt.Errorf("hub: delete device %s: %w", id, err)
 	}

@@ -165,7 +165,7 @@ func TestTwinPatchRefused(t *testing.T) {
 		patch string
 		code  azerr.Code
 	}{
-		{"ten levels", deep, 0},
+		{"ten levels", deep, azerr.Code{}},
 		{"eleven levels", tooDeep, azerr.HubArgumentInvalid},
 		{"array", `{"a":[1,2]}`, azerr.HubArgumentInvalid},
 		{"nested array", `{"a":{"b":[]}}`, azerr.HubArgumentInvalid},
@@ -179,9 +179,9 @@ func TestTwinPatchRefused(t *testing.T) {
 		{"control in key", "{\"a\\u0001\":1}", azerr.HubArgumentInvalid},
 		{"integer too big", `{"a":4503599627370496}`, azerr.HubArgumentInvalid},
 		{"integer too small", `{"a":-4503599627370497}`, azerr.HubArgumentInvalid},
-		{"string of 4 KB", `{"a":"` + strings.Repeat("x", 4096) + `"}`, 0},
+		{"string of 4 KB", `{"a":"` + strings.Repeat("x", 4096) + `"}`, azerr.Code{}},
 		{"string over 4 KB", `{"a":"` + strings.Repeat("x", 4097) + `"}`, azerr.HubArgumentInvalid},
-		{"key of 1 KB", `{"` + strings.Repeat("k", 1024) + `":1}`, 0},
+		{"key of 1 KB", `{"` + strings.Repeat("k", 1024) + `":1}`, azerr.Code{}},
 		{"key over 1 KB", `{"` + strings.Repeat("k", 1025) + `":1}`, azerr.HubArgumentInvalid},
 		{"section over 32 KB", big, azerr.HubMessageTooLarge},
 	}
@@ -189,10 +189,10 @@ func TestTwinPatchRefused(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			e := newTwinEnv(t)
 			v, err := e.twins.PatchReported(context.Background(), hubName, "dev-1", []byte(c.patch))
-			if code(err) != c.code || (c.code == 0 && err != nil) {
+			if code(err) != c.code || (c.code == (azerr.Code{}) && err != nil) {
 				t.Fatalf("PatchReported = %d, %v; want code %d", v, err, c.code)
 			}
-			if c.code != 0 {
+			if c.code != (azerr.Code{}) {
 				// Nothing written.
 				doc, _ := e.twins.DeviceDocument(context.Background(), hubName, "dev-1")
 				if !strings.Contains(string(doc), `"reported":{"$version":1}`) {

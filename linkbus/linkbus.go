@@ -39,7 +39,7 @@
 // link is, or within the connect timeout becomes, subscribed to methods
 // answers, on the request's reply subject, twice: Berth-Phase "reached" at
 // once, then "result" with Berth-Status and the device's response as body,
-// or Berth-Error (an azerr code such as 504101, 404103, 429001) with a
+// or Berth-Error (an IoT Hub error number such as 504101, 404103, 429001) with a
 // message as body. The caller gives up with 404103 when nothing is reached
 // within the connect timeout plus Margin, and with 504101 when the result
 // is later than the response timeout plus Margin.
@@ -261,7 +261,7 @@ func (b *Bus) InvokeMethod(ctx context.Context, hubName, deviceID, name string, 
 	ch := make(chan *nats.Msg, 8)
 	sub, err := b.nc.ChanSubscribe(inbox, ch)
 	if err != nil {
-		return 0, nil, azerr.WrapHub(azerr.HubServiceUnavailable, fmt.Errorf("linkbus: subscribe reply inbox: %w", err))
+		return 0, nil, azerr.Wrap(azerr.HubServiceUnavailable, fmt.Errorf("linkbus: subscribe reply inbox: %w", err))
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 
@@ -272,7 +272,7 @@ func (b *Bus) InvokeMethod(ctx context.Context, hubName, deviceID, name string, 
 	req.Header.Set(hRespTimeout, strconv.FormatInt(responseTimeout.Milliseconds(), 10))
 	req.Data = payload
 	if err := b.nc.PublishMsg(req); err != nil {
-		return 0, nil, azerr.WrapHub(azerr.HubServiceUnavailable, fmt.Errorf("linkbus: publish method request %s: %w", req.Subject, err))
+		return 0, nil, azerr.Wrap(azerr.HubServiceUnavailable, fmt.Errorf("linkbus: publish method request %s: %w", req.Subject, err))
 	}
 
 	// Phase 1: a node reaches the device, or answers with an error.
@@ -328,16 +328,17 @@ func (b *Bus) InvokeMethod(ctx context.Context, hubName, deviceID, name string, 
 // replyError turns a Berth-Error answer into what hub.Methods expects of
 // a Forwarder.
 func replyError(code string, msg []byte) error {
-	c, err := strconv.Atoi(code)
+	n, err := strconv.Atoi(code)
+	c, ok := azerr.Lookup(azerr.Hub, n)
 	switch {
-	case err != nil:
+	case err != nil || !ok:
 		return azerr.Newf(azerr.HubServerError, "A node answered a method with an invalid error %q.", code)
-	case azerr.Code(c) == azerr.HubDeviceNotOnline:
+	case c == azerr.HubDeviceNotOnline:
 		return fmt.Errorf("linkbus: %s: %w", msg, hub.ErrDeviceNotReached)
-	case azerr.Code(c) == azerr.HubGatewayTimeout:
+	case c == azerr.HubGatewayTimeout:
 		return fmt.Errorf("linkbus: %s: %w", msg, context.DeadlineExceeded)
 	}
-	return azerr.Newf(azerr.Code(c), "%s", msg)
+	return azerr.Newf(c, "%s", msg)
 }
 
 // receive handles every push from the other nodes. nats.go calls it on one
@@ -397,7 +398,7 @@ func (b *Bus) receiveMethod(m *nats.Msg, hubName, deviceID string) {
 		// for the device stays silent, as it would without the device.
 		if link != nil {
 			b.reply(m.Reply, phaseResult, func(r *nats.Msg) {
-				r.Header.Set(hError, strconv.Itoa(int(azerr.HubThrottled)))
+				r.Header.Set(hError, strconv.Itoa(azerr.HubThrottled.Number()))
 				r.Data = []byte("Too many direct methods in flight on the node the device is connected to.")
 			})
 		}
@@ -430,17 +431,17 @@ func (b *Bus) invoke(req *nats.Msg, link hub.DeviceLink, name string, respTimeou
 			r.Data = resp
 			return
 		case b.ctx.Err() != nil:
-			r.Header.Set(hError, strconv.Itoa(int(azerr.HubServiceUnavailable)))
+			r.Header.Set(hError, strconv.Itoa(azerr.HubServiceUnavailable.Number()))
 			r.Data = []byte("The node the device is connected to is shutting down.")
 		case errors.Is(err, context.DeadlineExceeded):
-			r.Header.Set(hError, strconv.Itoa(int(azerr.HubGatewayTimeout)))
+			r.Header.Set(hError, strconv.Itoa(azerr.HubGatewayTimeout.Number()))
 			r.Data = []byte("The device did not answer in time.")
 		case errors.As(err, &ae):
-			r.Header.Set(hError, strconv.Itoa(int(ae.Code)))
+			r.Header.Set(hError, strconv.Itoa(ae.Code.Number()))
 			r.Data = []byte(ae.Message)
 		default:
 			// The connection went away before the answer.
-			r.Header.Set(hError, strconv.Itoa(int(azerr.HubDeviceNotOnline)))
+			r.Header.Set(hError, strconv.Itoa(azerr.HubDeviceNotOnline.Number()))
 			r.Data = []byte("The device disconnected before it answered.")
 		}
 	})
@@ -459,7 +460,7 @@ func (b *Bus) reply(to, phase string, fill func(*nats.Msg)) {
 		// rather than leave the caller to time out.
 		r = b.newMsg(to)
 		r.Header.Set(hPhase, phase)
-		r.Header.Set(hError, strconv.Itoa(int(azerr.HubMessageTooLarge)))
+		r.Header.Set(hError, strconv.Itoa(azerr.HubMessageTooLarge.Number()))
 		r.Data = []byte("The device's response is too large to pass between berth nodes.")
 		err = b.nc.PublishMsg(r)
 	}

@@ -174,7 +174,7 @@ func TestRemoteMethod(t *testing.T) {
 				if !errors.Is(err, c.wantErr) {
 					t.Fatalf("err = %v, want %v", err, c.wantErr)
 				}
-			case c.wantCode != 0:
+			case c.wantCode != (azerr.Code{}):
 				var ae *azerr.Error
 				if !errors.As(err, &ae) || ae.Code != c.wantCode {
 					t.Fatalf("err = %v, want code %d", err, c.wantCode)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/dps"
 )
 
@@ -28,6 +29,19 @@ const (
 	connServerUnavailable  byte = 3
 	connNotAuthorized      byte = 5
 )
+
+// connackFor is the CONNACK return code of a CONNECT the domain refused,
+// rendered from the error's azerr entry as IoT Hub answers (docs/errors.md):
+// 5, not authorized, for a 4xx (every authentication failure: unknown or
+// disabled device, wrong key or certificate, expired token) and 3, server
+// unavailable, for a 5xx or an error of no entry (the store failed).
+func connackFor(err error) byte {
+	var e *azerr.Error
+	if errors.As(err, &e) && e.Code.Status() < 500 {
+		return connNotAuthorized
+	}
+	return connServerUnavailable
+}
 
 // subackFailure is the SUBACK return code for a refused filter.
 const subackFailure byte = 0x80

@@ -460,28 +460,23 @@ func (s *dpsSession) handle(ctx context.Context, kind, rid, opID string, body []
 // Embedded C relies on (§1.7). Errors that are not *azerr.Error are
 // internal: their cause is logged, never sent.
 func (s *dpsSession) fail(rid string, err error) {
-	internal := func(cause error) *azerr.Error { return azerr.Wrap(azerr.DPSInternal, cause) }
-	e, body := s.c.srv.errorAnswer("mqtt: DPS error answer", append(s.logAttrs(), "remote", s.c.remote, "rid", clip(rid)), azerr.As(err, azerr.DPSInternal), internal)
+	e, body := s.c.srv.errorAnswer("mqtt: DPS error answer", append(s.logAttrs(), "remote", s.c.remote, "rid", clip(rid)), azerr.For(err, azerr.DPSInternal))
 	s.respond(e.Status(), rid, body)
 }
 
 // errorAnswer makes the error body DPS and the IoT Hub twin topics share
-// (Azure's {"errorCode","trackingId","message","timestampUtc"}) and logs
-// it: server errors at Error level, with their cause, the rest at Debug.
-// An error whose code is not a 4xx or 5xx becomes internal(), so that the
-// status on the topic is always an error status.
-func (s *Server) errorAnswer(msg string, attrs []any, e *azerr.Error, internal func(error) *azerr.Error) (*azerr.Error, errorBody) {
-	if st := e.Status(); st < 400 || st > 599 {
-		e = internal(fmt.Errorf("error code %d is not an error status: %w", e.Code, e))
-	}
+// (Azure's {"errorCode","trackingId","message","timestampUtc"}) from e's
+// azerr entry and logs it: server errors at Error level, with their
+// cause, the rest at Debug. The status on the topic is e.Status().
+func (s *Server) errorAnswer(msg string, attrs []any, e *azerr.Error) (*azerr.Error, errorBody) {
 	body := errorBody{
-		ErrorCode:    int(e.Code),
+		ErrorCode:    e.Code.Number(),
 		TrackingID:   dps.NewTrackingID(),
 		Message:      e.Message,
 		Info:         e.Info,
 		TimestampUTC: dps.Time{Time: time.Now().UTC()},
 	}
-	attrs = append(attrs, "status", e.Status(), "errorCode", int(e.Code), "trackingId", body.TrackingID)
+	attrs = append(attrs, "status", e.Status(), "errorCode", e.Code.Number(), "errorName", e.Code.Name(), "trackingId", body.TrackingID)
 	if r := refusal.Of(e); r != nil {
 		// A refused credential: once at info, with the domain's reason
 		// (the device sees only 401, as from Azure).

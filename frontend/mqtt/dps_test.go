@@ -111,8 +111,8 @@ func TestErrorAnswers(t *testing.T) {
 		{"unknown operationId", valid, pollTopic + "1&operationId=5.0000000000000000.00000000-0000-4000-8000-000000000000", []byte(" "), 404, 404203},
 		{"poll without operationId", valid, pollTopic + "1", nil, 404, 404203},
 		{"body over 96 KB", valid, registerTopic + "1", bytes.Repeat([]byte(" "), dps.MaxMessageSize+1), 413, 413000},
-		{"registrationId mismatch", valid, registerTopic + "1", []byte(`{"registrationId":"other"}`), 400, int(azerr.DPSRegistrationIDMatch)},
-		{"body not JSON", valid, registerTopic + "1", []byte(`not json`), 400, int(azerr.DPSInvalidBody)},
+		{"registrationId mismatch", valid, registerTopic + "1", []byte(`{"registrationId":"other"}`), 400, azerr.DPSRegistrationIDMatch.Number()},
+		{"body not JSON", valid, registerTopic + "1", []byte(`not json`), 400, azerr.DPSInvalidBody.Number()},
 		{"unknown $dps topic", valid, "$dps/registrations/POST/iotdps-foo/?$rid=1", nil, 400, 400000},
 	}
 	for _, tt := range tests {
@@ -647,9 +647,11 @@ func TestFakeDomainAnswers(t *testing.T) {
 		t.Error("internal cause not logged")
 	}
 
-	// A domain error outside 400–599 must not break errorCode/1000 ==
-	// status.
-	set("", &azerr.Error{Code: 200000, Message: "nonsense"})
+	// A domain error naming no entry of the table, or an IoT Hub entry,
+	// is internal: the device gets no number DPS does not mean.
+	set("", &azerr.Error{Message: "nonsense"})
+	checkError(t, dev.register("5", ""), 500, 500000)
+	set("", azerr.New(azerr.HubDeviceNotFound))
 	checkError(t, dev.register("5", ""), 500, 500000)
 
 	// A body over 96 KB is refused by the front end: the domain never

@@ -15,7 +15,6 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/refusal"
 )
@@ -391,8 +390,7 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	if err != nil {
 		// The cause (wrong key or certificate, expired, disabled, unknown
 		// device) is for the log only; it carries no key material.
-		var ae *azerr.Error
-		if errors.As(err, &ae) && ae.Status() >= 400 && ae.Status() < 500 {
+		if connackFor(err) == connNotAuthorized {
 			if r := refusal.Of(err); r != nil {
 				// The domain's reason, once, at info (refuse).
 				return refuse("device authentication failed", r.LogAttrs()...)

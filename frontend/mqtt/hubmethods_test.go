@@ -50,7 +50,7 @@ func azCode(err error) azerr.Code {
 	if errors.As(err, &e) {
 		return e.Code
 	}
-	return 0
+	return azerr.Code{}
 }
 
 // TestHubMethodRoundTrip: a direct method reaches the device on

@@ -178,16 +178,12 @@ func (s *hubSession) twinRecovering(kind, rid string, pk *packets.Packet) (err e
 // never sent.
 func (s *hubSession) twinFail(rid, kind string, err error) {
 	var e *azerr.Error
-	switch {
-	case errors.As(err, &e):
-	case errors.Is(err, context.DeadlineExceeded):
+	if !errors.As(err, &e) && errors.Is(err, context.DeadlineExceeded) {
 		e = azerr.Newf(azerr.HubServiceUnavailable, "The twin request timed out; try again.")
 		e.Err = err
-	default:
-		e = azerr.WrapHub(azerr.HubServerError, err)
+		err = e
 	}
-	internal := func(cause error) *azerr.Error { return azerr.WrapHub(azerr.HubServerError, cause) }
-	e, body := s.c.srv.errorAnswer("mqtt: twin error answer", append(s.logAttrs(), "kind", kind, "rid", clip(rid)), e, internal)
+	e, body := s.c.srv.errorAnswer("mqtt: twin error answer", append(s.logAttrs(), "kind", kind, "rid", clip(rid)), azerr.For(err, azerr.HubServerError))
 	payload, encErr := encodeJSON(body)
 	if encErr != nil {
 		s.c.srv.log.Error("mqtt: encode twin error answer", append(s.logAttrs(), "error", encErr.Error())...)

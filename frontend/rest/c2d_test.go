@@ -304,7 +304,7 @@ func TestCloudToDeviceErrors(t *testing.T) {
 		{"complete an unknown lock", "DELETE", send + "/00000000-0000-0000-0000-000000000000", "", []string{"Authorization", devTok}, azerr.HubMessageLockLost},
 		{"complete a malformed lock", "DELETE", send + "/not-a-lock", "", []string{"Authorization", devTok}, azerr.HubMessageLockLost},
 		{"abandon with another device's token", "POST", send + "/x/abandon", "", []string{"Authorization", otherTok}, azerr.HubUnauthorizedAccess},
-		{"405 on the queue", "PUT", send, "", []string{"Authorization", owner}, azerr.DPSMethodNotAllowed},
+		{"405 on the queue", "PUT", send, "", []string{"Authorization", owner}, azerr.HubMethodNotAllowed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

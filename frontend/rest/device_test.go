@@ -371,7 +371,7 @@ func TestDeviceErrors(t *testing.T) {
 				r.Header.Set("Content-Type", tt.contentType)
 			}
 			rec := f.do(r)
-			e := checkError(t, rec, int(tt.code))
+			e := checkError(t, rec, tt.code.Number())
 			if tt.code == azerr.DPSUnauthorized || tt.code == azerr.DPSInvalidCredentials {
 				if e.Message != "Unauthorized" {
 					t.Errorf("message = %q, want Azure's %q", e.Message, "Unauthorized")
@@ -423,7 +423,7 @@ func TestBodyLimitBoundary(t *testing.T) {
 				t.Fatalf("status %d, want %d: %.200s", rec.Code, tt.want, rec.Body)
 			}
 			if tt.want == http.StatusRequestEntityTooLarge {
-				checkError(t, rec, int(azerr.DPSTooLarge))
+				checkError(t, rec, azerr.DPSTooLarge.Number())
 			}
 		})
 	}
@@ -470,7 +470,7 @@ func TestServiceBodyLimit(t *testing.T) {
 				r.ContentLength = -1
 				r.Body = io.NopCloser(strings.NewReader(big))
 			}
-			checkError(t, f.do(r), int(azerr.DPSTooLarge))
+			checkError(t, f.do(r), azerr.DPSTooLarge.Number())
 			if _, err := f.svc.GetEnrollment(context.Background(), "big-1", false); !isCode(err, azerr.DPSEnrollmentNotFound) {
 				t.Errorf("oversized PUT stored the enrollment: %v", err)
 			}
@@ -495,7 +495,7 @@ func TestDeclaredLengthRefusedUnread(t *testing.T) {
 		r := request(http.MethodPut, path, "", "Authorization", f.ownerToken(t), "Content-Type", "application/json")
 		r.Body = io.NopCloser(body)
 		r.ContentLength = 10 << 20
-		checkError(t, f.do(r), int(azerr.DPSTooLarge))
+		checkError(t, f.do(r), azerr.DPSTooLarge.Number())
 		if body.n != 0 {
 			t.Errorf("%s: read %d bytes of an oversized body", path, body.n)
 		}

@@ -156,7 +156,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.log.Error("rest: handler panic", "requestId", x.id, "method", r.Method, "path", r.URL.EscapedPath(),
 				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			if x.status == 0 {
-				x.fail(azerr.Wrap(azerr.DPSInternal, fmt.Errorf("panic: %v", v)))
+				x.fail(azerr.Wrap(x.api.internal(), fmt.Errorf("panic: %v", v)))
 			}
 		}
 		h.log.Debug("rest: request", "requestId", x.id, "method", r.Method, "path", r.URL.EscapedPath(),
@@ -193,7 +193,7 @@ func (x *exchange) serve() {
 	case len(allow) > 0:
 		x.api = x.h.routes.pathAPI(segs)
 		x.w.Header()[hdrAllow] = allow
-		x.fail(azerr.New(azerr.DPSMethodNotAllowed))
+		x.fail(azerr.New(x.api.methodNotAllowed()))
 	default:
 		// A path no route fits belongs to no API; it keeps the DPS 404
 		// body that berth has always sent, even under /devices/: guessing
@@ -256,40 +256,33 @@ type errorBody struct {
 	TimestampUTC dps.Time          `json:"timestampUtc"`
 }
 
-// fail answers with err in the error format of the route's API. Errors
-// that are not *azerr.Error are internal: their cause is logged, never
-// sent.
+// fail answers with err in the error format of the route's API, rendered
+// from its azerr entry. Errors that are not *azerr.Error of the route's
+// service are internal: their cause is logged, never sent.
 func (x *exchange) fail(err error) {
+	e := azerr.For(err, x.api.internal())
+	x.logError(e)
+	x.clearSuccessHeaders()
 	if x.api == apiHub {
-		x.failHub(err)
+		x.failHub(e)
 		return
 	}
-	x.failDPS(err)
+	x.failDPS(e)
 }
 
-// failDPS answers with err as a DPS error: status errorCode/1000, the code
+// failDPS answers with e as a DPS error: status errorCode/1000, the code
 // in x-ms-error-code, the body every SDK parses.
-func (x *exchange) failDPS(err error) {
-	e := azerr.As(err, azerr.DPSInternal)
+func (x *exchange) failDPS(e *azerr.Error) {
 	status := e.Status()
-	if status < 400 || status > 599 {
-		// A code outside the error range would break errorCode/1000 ==
-		// status for every client; treat it as the bug it is.
-		e = azerr.Wrap(azerr.DPSInternal, fmt.Errorf("error code %d is not an error status: %w", e.Code, err))
-		status = e.Status()
-	}
-	x.logError(status, e)
-
 	h := x.w.Header()
-	x.clearSuccessHeaders()
-	h[hdrErrorCode] = []string{strconv.Itoa(int(e.Code))}
+	h[hdrErrorCode] = []string{strconv.Itoa(e.Code.Number())}
 	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 		// shared/spec/dps.md §1.8: every 429 carries retry-after; the
 		// SDKs retry 503 the same way.
 		x.setRetryAfter()
 	}
 	body := errorBody{
-		ErrorCode:    int(e.Code),
+		ErrorCode:    e.Code.Number(),
 		TrackingID:   x.id,
 		Message:      e.Message,
 		Info:         e.Info,
@@ -301,7 +294,7 @@ func (x *exchange) failDPS(err error) {
 		// encode.
 		x.h.log.Error("rest: error response", "requestId", x.id, "cause", merr.Error())
 		b = []byte(`{"errorCode":500000,"trackingId":"` + x.id + `","message":"Internal server error."}`)
-		h[hdrErrorCode] = []string{strconv.Itoa(int(azerr.DPSInternal))}
+		h[hdrErrorCode] = []string{strconv.Itoa(azerr.DPSInternal.Number())}
 		status = http.StatusInternalServerError
 	}
 	x.writeHeader(status)
@@ -329,9 +322,10 @@ func (x *exchange) clearSuccessHeaders() {
 //
 // The cause may name policies and devices, never keys or tokens: the
 // domain's errors carry none.
-func (x *exchange) logError(status int, e *azerr.Error) {
+func (x *exchange) logError(e *azerr.Error) {
+	status := e.Status()
 	attrs := []any{"requestId", x.id, "method", x.r.Method, "path", x.r.URL.EscapedPath(),
-		"status", status, "errorCode", int(e.Code)}
+		"status", status, "errorCode", e.Code.Number(), "errorName", e.Code.Name()}
 	if r := refusal.Of(e); r != nil {
 		attrs = append(attrs, "remote", x.r.RemoteAddr)
 		x.h.log.Info("rest: authentication refused", append(attrs, r.LogAttrs()...)...)

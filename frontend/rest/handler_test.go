@@ -44,8 +44,8 @@ func TestInternalError(t *testing.T) {
 				tok = f.devToken(t, "dev-1", indivKey)
 			}
 			rec := f.do(request(tt.method, tt.path, "", "Authorization", tok))
-			e := checkError(t, rec, int(azerr.DPSInternal))
-			if strings.Contains(rec.Body.String(), errDiskOnFire.Error()) || e.Message != azerr.DefaultMessage(azerr.DPSInternal) {
+			e := checkError(t, rec, azerr.DPSInternal.Number())
+			if strings.Contains(rec.Body.String(), errDiskOnFire.Error()) || e.Message != azerr.DPSInternal.Message() {
 				t.Errorf("the cause reached the client: %s", rec.Body)
 			}
 			logs := f.logs.String()
@@ -66,7 +66,7 @@ func TestPanicRecovered(t *testing.T) {
 		panic("boom")
 	}))
 	rec := f.do(request(http.MethodGet, "/boom", ""))
-	checkError(t, rec, int(azerr.DPSInternal))
+	checkError(t, rec, azerr.DPSInternal.Number())
 	if _, has := raw(rec, "Location"); has {
 		t.Error("a success header survived into the error answer")
 	}
@@ -93,14 +93,15 @@ func TestErrorAnswers(t *testing.T) {
 		{"plain error", errors.New("boom"), azerr.DPSInternal, false, "Internal server error.", 500},
 		{"wrapped azerr", errors.Join(errors.New("ctx"), azerr.New(azerr.DPSConflict)), azerr.DPSConflict, false, "Conflict.", 409},
 		{"custom message", azerr.Newf(azerr.DPSNoHub, "no hub %s", "x"), azerr.DPSNoHub, false, "no hub x", 400},
-		{"success code as error", &azerr.Error{Code: 200000, Message: "ok?"}, azerr.DPSInternal, false, "Internal server error.", 500},
+		{"no entry", &azerr.Error{Message: "ok?"}, azerr.DPSInternal, false, "Internal server error.", 500},
+		{"an IoT Hub entry on a DPS route", azerr.New(azerr.HubPreconditionFailed), azerr.DPSInternal, false, "Internal server error.", 500},
 		{"info map", &azerr.Error{Code: azerr.DPSBadRequest, Message: "m", Info: map[string]string{"k": "v"}}, azerr.DPSBadRequest, false, "m", 400},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h.routes = append(base, newRoute(http.MethodGet, "err", func(x *exchange, _ []string) { x.fail(tt.err) }))
 			rec := f.do(request(http.MethodGet, "/err", ""))
-			e := checkErrorInfo(t, rec, int(tt.wantCode))
+			e := checkErrorInfo(t, rec, tt.wantCode.Number())
 			if rec.Code != tt.wantStatus || e.Message != tt.wantMsg {
 				t.Errorf("status %d message %q, want %d %q", rec.Code, e.Message, tt.wantStatus, tt.wantMsg)
 			}

@@ -144,114 +144,22 @@ type hubErrorBody struct {
 // the time in ExceptionMessage.
 const hubTimestampLayout = "01/02/2006 15:04:05"
 
-// nameMethodNotAllowed is berth's name for a 405 on a hub path. IoT Hub
-// has no code for it: C# reports InvalidErrorCode with the 405, Node a
-// generic error keyed off the status; both still see the status.
-const nameMethodNotAllowed = "MethodNotAllowed"
-
-// failHub answers with err as an IoT Hub error: status code/1000, the
-// code's name in iothub-errorcode (written verbatim: the C SDK looks
+// failHub answers with e as an IoT Hub error: status code/1000, the
+// entry's name in iothub-errorcode (written verbatim: the C SDK looks
 // headers up case-sensitively) and in the body.
-func (x *exchange) failHub(err error) {
-	e := hubError(azerr.As(err, azerr.HubServerError))
-	status := e.Status()
-	x.logError(status, e)
-
+func (x *exchange) failHub(e *azerr.Error) {
 	name := e.Code.Name()
-	if e.Code == azerr.DPSMethodNotAllowed {
-		name = nameMethodNotAllowed
-	}
-	msg := e.Message
-	if msg == azerr.DefaultMessage(e.Code) {
-		msg = hubDefaultMessage(e.Code)
-	}
-	h := x.w.Header()
-	x.clearSuccessHeaders()
-	h[hdrHubErrorCode] = []string{name}
+	x.w.Header()[hdrHubErrorCode] = []string{name}
 	body := hubErrorBody{
 		// Node keeps only the text between the first and second ";", so
 		// the message must not contain one.
-		Message:          "ErrorCode:" + name + ";" + strings.ReplaceAll(msg, ";", ","),
+		Message:          "ErrorCode:" + name + ";" + strings.ReplaceAll(e.Message, ";", ","),
 		ExceptionMessage: "Tracking ID:" + x.id + "-TimeStamp:" + x.h.now().UTC().Format(hubTimestampLayout),
 	}
 	// Two string fields always encode.
 	b, _ := encodeJSON(body)
-	x.writeHeader(status)
+	x.writeHeader(e.Status())
 	_, _ = x.w.Write(b)
-}
-
-// hubDefaultMessage is the message of a hub error created without one.
-// azerr's default messages are keyed by number, and DPS and hub codes share
-// numbers (400004 is both ArgumentInvalid and DPS's "The enrollment is not
-// valid."), so azerr.DefaultMessage cannot be used for hub answers.
-func hubDefaultMessage(c azerr.Code) string {
-	switch c {
-	case azerr.HubArgumentInvalid:
-		return "The request is not valid."
-	case azerr.HubFormatError:
-		return "The request body is not valid JSON for this operation."
-	case azerr.HubUnauthorizedAccess, azerr.HubUnauthorized:
-		return "Unauthorized"
-	case azerr.HubDeviceNotFound:
-		return "Device not found."
-	case azerr.HubPreconditionFailed:
-		return "Precondition failed."
-	case azerr.HubMessageTooLarge:
-		return "The message is larger than the 256 KB limit."
-	case azerr.HubThrottled:
-		return "Too many requests."
-	case azerr.HubServerError:
-		return "Internal server error."
-	case azerr.HubServiceUnavailable:
-		return "Service unavailable."
-	case azerr.DPSMethodNotAllowed:
-		return "Method not allowed."
-	}
-	if n := c.Name(); n != "" {
-		return n
-	}
-	return "Error."
-}
-
-// hubError makes e renderable as a hub error: a code with an IoT Hub name
-// whose status is an error status. The hub handlers only produce hub
-// codes; what else can reach here are the generic answers shared with DPS
-// (a 405, a recovered panic's internal error) and errors a TelemetrySink
-// may return. Those keep their status where a hub code has it, and become
-// ServerError otherwise, with the original code kept in the cause for the
-// logs.
-func hubError(e *azerr.Error) *azerr.Error {
-	status := e.Status()
-	if e.Code.Name() != "" && status >= 400 && status <= 599 {
-		return e
-	}
-	var code azerr.Code
-	switch status {
-	case http.StatusMethodNotAllowed:
-		if e.Code == azerr.DPSMethodNotAllowed {
-			return e
-		}
-		code = azerr.HubServerError
-	case http.StatusBadRequest:
-		code = azerr.HubArgumentInvalid
-	case http.StatusUnauthorized:
-		code = azerr.HubUnauthorizedAccess
-	case http.StatusRequestEntityTooLarge:
-		code = azerr.HubMessageTooLarge
-	case http.StatusTooManyRequests:
-		code = azerr.HubThrottled
-	case http.StatusServiceUnavailable:
-		code = azerr.HubServiceUnavailable
-	default:
-		code = azerr.HubServerError
-	}
-	cause := fmt.Errorf("code %d rendered as %d: %w", e.Code, code, e)
-	if code == azerr.HubServerError {
-		// Never show an internal error's message: it may describe the
-		// cause.
-		return azerr.Wrap(code, cause)
-	}
-	return &azerr.Error{Code: code, Message: e.Message, Err: cause}
 }
 
 // readHubBody reads a request body of at most limit bytes. On failure it

@@ -153,25 +153,25 @@ func TestHubRegistryBodies(t *testing.T) {
 		code             azerr.Code // 0: 200
 		check            func(t *testing.T, d *hub.Device)
 	}{
-		{"no body fields: id from the URL", "/devices/b-1", `{}`, 0, func(t *testing.T, d *hub.Device) {
+		{"no body fields: id from the URL", "/devices/b-1", `{}`, azerr.Code{}, func(t *testing.T, d *hub.Device) {
 			if d.DeviceID != "b-1" || d.Status != hub.StatusEnabled || d.Keys()[0] == "" {
 				t.Errorf("%+v", d)
 			}
 		}},
-		{"given keys kept, disabled", "/devices/b-2", `{"deviceId":"b-2","status":"disabled","authentication":{"type":"sas","symmetricKey":{"primaryKey":"` + key + `","secondaryKey":"` + otherKey + `"}}}`, 0,
+		{"given keys kept, disabled", "/devices/b-2", `{"deviceId":"b-2","status":"disabled","authentication":{"type":"sas","symmetricKey":{"primaryKey":"` + key + `","secondaryKey":"` + otherKey + `"}}}`, azerr.Code{},
 			func(t *testing.T, d *hub.Device) {
 				if d.Keys()[0] != key || d.Keys()[1] != otherKey || d.Status != hub.StatusDisabled {
 					t.Errorf("%+v", d)
 				}
 			}},
 		{"C# body: read-only fields and zone-less times ignored", "/devices/b-3",
-			`{"deviceId":"b-3","generationId":"x","etag":"bogus","connectionState":"Connected","connectionStateUpdatedTime":"0001-01-01T00:00:00","statusUpdatedTime":"0001-01-01T00:00:00","lastActivityTime":"0001-01-01T00:00:00","cloudToDeviceMessageCount":7,"status":"enabled","capabilities":{"iotEdge":false}}`, 0,
+			`{"deviceId":"b-3","generationId":"x","etag":"bogus","connectionState":"Connected","connectionStateUpdatedTime":"0001-01-01T00:00:00","statusUpdatedTime":"0001-01-01T00:00:00","lastActivityTime":"0001-01-01T00:00:00","cloudToDeviceMessageCount":7,"status":"enabled","capabilities":{"iotEdge":false}}`, azerr.Code{},
 			func(t *testing.T, d *hub.Device) {
 				if d.GenerationID == "x" || d.ConnectionState != "Disconnected" || d.CloudToDeviceMessageCount != 0 {
 					t.Errorf("read-only fields taken from the body: %+v", d)
 				}
 			}},
-		{"percent-encoded ID", "/devices/dev%3A1%28a%29", `{"deviceId":"dev:1(a)"}`, 0, func(t *testing.T, d *hub.Device) {
+		{"percent-encoded ID", "/devices/dev%3A1%28a%29", `{"deviceId":"dev:1(a)"}`, azerr.Code{}, func(t *testing.T, d *hub.Device) {
 			if d.DeviceID != "dev:1(a)" {
 				t.Errorf("%+v", d)
 			}
@@ -190,7 +190,7 @@ func TestHubRegistryBodies(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := f.hubCall(http.MethodPut, tt.path, tt.body, tok)
-			if tt.code != 0 {
+			if tt.code != (azerr.Code{}) {
 				msg := checkHubError(t, rec, tt.code)
 				if strings.Contains(msg, "enrollment") {
 					t.Errorf("a DPS message on a hub error: %q", msg)
@@ -237,22 +237,22 @@ func TestHubListAndStatistics(t *testing.T) {
 		want  int
 		code  azerr.Code
 	}{
-		{"?top=1", 1, 0},
-		{"?top=2&api-version=2021-04-12", 2, 0},
-		{"?TOP=3", 3, 0},
-		{"?top=1000", 1000, 0},
-		{"?top=1001", 1000, 0},
-		{"?top=0", 1000, 0},
-		{"?top=-5", 1000, 0},
-		{"?top=99999999999999999999", 1000, 0},
-		{"", 1000, 0},
-		{"?top=", 1000, 0},
+		{"?top=1", 1, azerr.Code{}},
+		{"?top=2&api-version=2021-04-12", 2, azerr.Code{}},
+		{"?TOP=3", 3, azerr.Code{}},
+		{"?top=1000", 1000, azerr.Code{}},
+		{"?top=1001", 1000, azerr.Code{}},
+		{"?top=0", 1000, azerr.Code{}},
+		{"?top=-5", 1000, azerr.Code{}},
+		{"?top=99999999999999999999", 1000, azerr.Code{}},
+		{"", 1000, azerr.Code{}},
+		{"?top=", 1000, azerr.Code{}},
 		{"?top=ten", 0, azerr.HubArgumentInvalid},
 	}
 	for _, tt := range tests {
 		t.Run("list"+tt.query, func(t *testing.T) {
 			rec := f.hubCall(http.MethodGet, "/devices"+tt.query, "", tok)
-			if tt.code != 0 {
+			if tt.code != (azerr.Code{}) {
 				checkHubError(t, rec, tt.code)
 				return
 			}
@@ -373,19 +373,19 @@ func TestHubRouting(t *testing.T) {
 		allow                    string
 		want                     int
 	}{
-		{"hub literal any case", "GET", "/DEVICES", hubTok, 0, 0, "", 200},
-		{"unknown path under /devices keeps the DPS 404", "GET", "/devices/d1/twin", hubTok, 0, azerr.DPSNotFound, "", 0},
-		{"unknown /statistics path", "GET", "/statistics/service", hubTok, 0, azerr.DPSNotFound, "", 0},
-		{"one trailing slash is the list", "GET", "/devices/", hubTok, 0, 0, "", 200},
-		{"empty device ID", "GET", "/devices//", hubTok, 0, azerr.DPSNotFound, "", 0},
-		{"hub 405 on a device", "PATCH", "/devices/d1", hubTok, azerr.DPSMethodNotAllowed, 0, "PUT,GET,DELETE", 0},
-		{"hub 405 on telemetry", "GET", "/devices/d1/messages/events", hubTok, azerr.DPSMethodNotAllowed, 0, "POST", 0},
-		{"hub 405 on statistics", "POST", "/statistics/devices", hubTok, azerr.DPSMethodNotAllowed, 0, "GET", 0},
-		{"hub 405 on the device list", "PATCH", "/devices", hubTok, azerr.DPSMethodNotAllowed, 0, "GET,POST", 0},
-		{"DPS service route untouched", "GET", "/enrollments/dev-1", dpsTok, 0, 0, "", 200},
-		{"DPS 405 stays DPS", "PATCH", "/enrollments/x", dpsTok, 0, azerr.DPSMethodNotAllowed, "PUT,GET,DELETE", 0},
-		{"an ID scope named devices is a DPS device route", "PUT", "/devices/registrations/dev-1/register", "", 0, azerr.DPSUnauthorized, "", 0},
-		{"DPS route with a hub token is a DPS 401", "GET", "/enrollments/dev-1", hubTok, 0, azerr.DPSInvalidCredentials, "", 0},
+		{"hub literal any case", "GET", "/DEVICES", hubTok, azerr.Code{}, azerr.Code{}, "", 200},
+		{"unknown path under /devices keeps the DPS 404", "GET", "/devices/d1/twin", hubTok, azerr.Code{}, azerr.DPSNotFound, "", 0},
+		{"unknown /statistics path", "GET", "/statistics/service", hubTok, azerr.Code{}, azerr.DPSNotFound, "", 0},
+		{"one trailing slash is the list", "GET", "/devices/", hubTok, azerr.Code{}, azerr.Code{}, "", 200},
+		{"empty device ID", "GET", "/devices//", hubTok, azerr.Code{}, azerr.DPSNotFound, "", 0},
+		{"hub 405 on a device", "PATCH", "/devices/d1", hubTok, azerr.HubMethodNotAllowed, azerr.Code{}, "PUT,GET,DELETE", 0},
+		{"hub 405 on telemetry", "GET", "/devices/d1/messages/events", hubTok, azerr.HubMethodNotAllowed, azerr.Code{}, "POST", 0},
+		{"hub 405 on statistics", "POST", "/statistics/devices", hubTok, azerr.HubMethodNotAllowed, azerr.Code{}, "GET", 0},
+		{"hub 405 on the device list", "PATCH", "/devices", hubTok, azerr.HubMethodNotAllowed, azerr.Code{}, "GET,POST", 0},
+		{"DPS service route untouched", "GET", "/enrollments/dev-1", dpsTok, azerr.Code{}, azerr.Code{}, "", 200},
+		{"DPS 405 stays DPS", "PATCH", "/enrollments/x", dpsTok, azerr.Code{}, azerr.DPSMethodNotAllowed, "PUT,GET,DELETE", 0},
+		{"an ID scope named devices is a DPS device route", "PUT", "/devices/registrations/dev-1/register", "", azerr.Code{}, azerr.DPSUnauthorized, "", 0},
+		{"DPS route with a hub token is a DPS 401", "GET", "/enrollments/dev-1", hubTok, azerr.Code{}, azerr.DPSInvalidCredentials, "", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -395,10 +395,10 @@ func TestHubRouting(t *testing.T) {
 			}
 			rec := f.do(r)
 			switch {
-			case tt.hubErr != 0:
+			case tt.hubErr != (azerr.Code{}):
 				checkHubError(t, rec, tt.hubErr)
-			case tt.dpsErr != 0:
-				checkError(t, rec, int(tt.dpsErr))
+			case tt.dpsErr != (azerr.Code{}):
+				checkError(t, rec, tt.dpsErr.Number())
 			case rec.Code != tt.want:
 				t.Fatalf("status %d, want %d: %s", rec.Code, tt.want, rec.Body)
 			}
@@ -413,7 +413,7 @@ func TestHubRouting(t *testing.T) {
 	for _, p := range []string{"/devices/d1", "/devices/d1/messages/events", "/statistics/devices"} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, request(http.MethodPost, p, "x"))
-		checkError(t, rec, int(azerr.DPSNotFound))
+		checkError(t, rec, azerr.DPSNotFound.Number())
 	}
 	// An incomplete HubConfig is a wiring bug, found at start-up.
 	for _, cfg := range []HubConfig{{Services: f.hubCfg.Services}, {Name: hubName}} {
@@ -446,8 +446,9 @@ func TestHubErrorRendering(t *testing.T) {
 		{"plain error", fmt.Errorf("boom"), azerr.HubServerError, "Internal server error."},
 		{"DPS internal", azerr.Wrap(azerr.DPSInternal, fmt.Errorf("x")), azerr.HubServerError, "Internal server error."},
 		{"DPS 404 without a hub name", azerr.New(azerr.DPSEnrollmentNotFound), azerr.HubServerError, "Internal server error."},
-		{"nameless 400 keeps its message", &azerr.Error{Code: 400000, Message: "bad"}, azerr.HubArgumentInvalid, "bad"},
-		{"success code as error", &azerr.Error{Code: 200000, Message: "ok?"}, azerr.HubServerError, "Internal server error."},
+		{"DPS 400 of the same number space", azerr.Newf(azerr.DPSBadRequest, "bad"), azerr.HubServerError, "Internal server error."},
+		{"DPS 412 of the same number", azerr.New(azerr.DPSPreconditionFailed), azerr.HubServerError, "Internal server error."},
+		{"no entry", &azerr.Error{Message: "ok?"}, azerr.HubServerError, "Internal server error."},
 		{"semicolons cannot cut the message for Node", azerr.Newf(azerr.HubArgumentInvalid, "a;b;c"), azerr.HubArgumentInvalid, "a,b,c"},
 	}
 	for _, tt := range tests {

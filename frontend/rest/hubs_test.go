@@ -135,9 +135,9 @@ func TestHubsIsolateRegistries(t *testing.T) {
 		want              int
 		code              azerr.Code // for errors
 	}{
-		{"B on B", hubB, ownerB, http.StatusOK, 0},
-		{"B on B, Host with a port", hubB + ":443", ownerB, http.StatusOK, 0},
-		{"B on B, Host in upper case", strings.ToUpper(hubB), ownerB, http.StatusOK, 0},
+		{"B on B", hubB, ownerB, http.StatusOK, azerr.Code{}},
+		{"B on B, Host with a port", hubB + ":443", ownerB, http.StatusOK, azerr.Code{}},
+		{"B on B, Host in upper case", strings.ToUpper(hubB), ownerB, http.StatusOK, azerr.Code{}},
 		{"A on A", hubName, ownerA, http.StatusNotFound, azerr.HubDeviceNotFound},
 		{"A on the DPS host (the default hub)", dpsHost, ownerA, http.StatusNotFound, azerr.HubDeviceNotFound},
 		{"A on an address that is no hub (the default hub)", "10.1.2.3:443", ownerA, http.StatusNotFound, azerr.HubDeviceNotFound},

@@ -137,7 +137,7 @@ func (h *handler) invokeMethod(x *exchange, args []string) {
 			// The request ended (the caller went away or the server is
 			// stopping) before the device answered; the answer most
 			// likely reaches no one, but it is one the SDKs retry.
-			err = azerr.WrapHub(azerr.HubServiceUnavailable, fmt.Errorf("rest: method invocation on %s ended with the request: %w", args[0], err))
+			err = azerr.Wrap(azerr.HubServiceUnavailable, fmt.Errorf("rest: method invocation on %s ended with the request: %w", args[0], err))
 		}
 		x.fail(err)
 		return

@@ -147,7 +147,7 @@ func TestTwinErrors(t *testing.T) {
 		{"device policy cannot read twins", "GET", "/twins/tw-e", "", f.hubToken(t, hubName, "device"), azerr.HubUnauthorizedAccess},
 		{"module twins are not supported", "GET", "/twins/tw-e/modules/m1", "", owner, azerr.HubArgumentInvalid},
 		{"module twin PATCH", "PATCH", "/twins/tw-e/modules/m1", `{}`, owner, azerr.HubArgumentInvalid},
-		{"405", "DELETE", "/twins/tw-e", "", owner, azerr.DPSMethodNotAllowed},
+		{"405", "DELETE", "/twins/tw-e", "", owner, azerr.HubMethodNotAllowed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -232,9 +232,9 @@ func TestMethodInvoke(t *testing.T) {
 		want         azerr.Code // 0: 200
 		wantBody     string
 	}{
-		{"device answers", "m-on", methodBody("reboot", `{"delay":5}`, 30, 0), owner, 0, `{"status":201,"payload":{"echo":{"delay":5}}}`},
-		{"no payload is null", "m-on", []byte(`{"methodName":"ping"}`), owner, 0, `{"status":201,"payload":{"echo":null}}`},
-		{"service policy", "m-on", methodBody("x", `1`, 5, 0), f.hubToken(t, hubName, "service"), 0, `{"status":201,"payload":{"echo":1}}`},
+		{"device answers", "m-on", methodBody("reboot", `{"delay":5}`, 30, 0), owner, azerr.Code{}, `{"status":201,"payload":{"echo":{"delay":5}}}`},
+		{"no payload is null", "m-on", []byte(`{"methodName":"ping"}`), owner, azerr.Code{}, `{"status":201,"payload":{"echo":null}}`},
+		{"service policy", "m-on", methodBody("x", `1`, 5, 0), f.hubToken(t, hubName, "service"), azerr.Code{}, `{"status":201,"payload":{"echo":1}}`},
 		{"unknown device", "ghost", methodBody("x", `1`, 30, 0), owner, azerr.HubDeviceNotFound, ""},
 		{"not connected", "m-off", methodBody("x", `1`, 30, 0), owner, azerr.HubDeviceNotOnline, ""},
 		{"connected, not subscribed", "m-unsub", methodBody("x", `1`, 30, 0), owner, azerr.HubDeviceNotOnline, ""},
@@ -255,7 +255,7 @@ func TestMethodInvoke(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := wire(t, srv, http.MethodPost, "/twins/"+tt.device+"/methods?api-version=2021-04-12", tt.body,
 				"Authorization", tt.token, "Content-Type", "application/json; charset=utf-8")
-			if tt.want != 0 {
+			if tt.want != (azerr.Code{}) {
 				checkHubError(t, rec, tt.want)
 				return
 			}

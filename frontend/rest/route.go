@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+
+	"github.com/berth-iot/berth/azerr"
 )
 
 // maxSegments bounds the path segments looked at: no route has more than
@@ -32,6 +34,23 @@ const (
 	apiDPS api = iota // DPS error body and x-ms-error-code (the default)
 	apiHub            // IoT Hub's legacy error body and iothub-errorcode
 )
+
+// internal is the API's code for berth's own failure (a store error, a
+// recovered panic): the error answer of a cause never shown.
+func (a api) internal() azerr.Code {
+	if a == apiHub {
+		return azerr.HubServerError
+	}
+	return azerr.DPSInternal
+}
+
+// methodNotAllowed is the API's code for a known path with another method.
+func (a api) methodNotAllowed() azerr.Code {
+	if a == apiHub {
+		return azerr.HubMethodNotAllowed
+	}
+	return azerr.DPSMethodNotAllowed
+}
 
 // newRoute returns a DPS route.
 func newRoute(method, pattern string, handle func(x *exchange, args []string)) route {

@@ -121,25 +121,25 @@ func TestEnrollmentCRUD(t *testing.T) {
 				etag = d.ETag
 			}
 			// Stale etag: 412, document unchanged.
-			checkError(t, call(http.MethodPut, body("enabled"), "If-Match", created.ETag), int(azerr.DPSPreconditionFailed))
+			checkError(t, call(http.MethodPut, body("enabled"), "If-Match", created.ETag), azerr.DPSPreconditionFailed.Number())
 			if d := ok(call2(http.MethodGet, path), http.StatusOK); d.ETag != etag {
 				t.Errorf("a refused PUT changed the etag: %s → %s", etag, d.ETag)
 			}
-			checkError(t, call(http.MethodDelete, "", "If-Match", created.ETag), int(azerr.DPSPreconditionFailed))
+			checkError(t, call(http.MethodDelete, "", "If-Match", created.ETag), azerr.DPSPreconditionFailed.Number())
 
 			// Bad bodies.
-			checkError(t, call(http.MethodPut, `{"attestation":`), int(azerr.DPSInvalidBody))
-			checkError(t, call(http.MethodPut, ``), int(azerr.DPSInvalidBody))
-			checkError(t, call(http.MethodPut, `{}{}`), int(azerr.DPSInvalidBody))
-			checkError(t, call(http.MethodPut, `{"attestation":{"type":"symmetricKey"}}}`), int(azerr.DPSInvalidBody))
-			checkError(t, call(http.MethodPut, fmt.Sprintf(`{%q:"other","attestation":{"type":"symmetricKey"}}`, tt.idField)), int(azerr.DPSInvalidEnrollment))
-			checkError(t, call(http.MethodPut, `{"attestation":{"type":"symmetricKey"}}`, "Content-Type", "text/plain"), int(azerr.DPSUnsupportedMedia))
+			checkError(t, call(http.MethodPut, `{"attestation":`), azerr.DPSInvalidBody.Number())
+			checkError(t, call(http.MethodPut, ``), azerr.DPSInvalidBody.Number())
+			checkError(t, call(http.MethodPut, `{}{}`), azerr.DPSInvalidBody.Number())
+			checkError(t, call(http.MethodPut, `{"attestation":{"type":"symmetricKey"}}}`), azerr.DPSInvalidBody.Number())
+			checkError(t, call(http.MethodPut, fmt.Sprintf(`{%q:"other","attestation":{"type":"symmetricKey"}}`, tt.idField)), azerr.DPSInvalidEnrollment.Number())
+			checkError(t, call(http.MethodPut, `{"attestation":{"type":"symmetricKey"}}`, "Content-Type", "text/plain"), azerr.DPSUnsupportedMedia.Number())
 
 			// Delete with the current etag, then it is gone.
 			ok(call(http.MethodDelete, "", "If-Match", etag), http.StatusNoContent)
-			checkError(t, call2(http.MethodGet, path), int(azerr.DPSEnrollmentNotFound))
-			checkError(t, call2(http.MethodPost, "/"+tt.collection+"/Crud-1/attestationmechanism"), int(azerr.DPSEnrollmentNotFound))
-			checkError(t, call(http.MethodDelete, ""), int(azerr.DPSEnrollmentNotFound))
+			checkError(t, call2(http.MethodGet, path), azerr.DPSEnrollmentNotFound.Number())
+			checkError(t, call2(http.MethodPost, "/"+tt.collection+"/Crud-1/attestationmechanism"), azerr.DPSEnrollmentNotFound.Number())
+			checkError(t, call(http.MethodDelete, ""), azerr.DPSEnrollmentNotFound.Number())
 		})
 	}
 }
@@ -278,7 +278,7 @@ func TestQueryErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := f.query(t, tt.path, tt.body, tt.maxItems, tt.continuation)
-			e := checkError(t, rec, int(tt.code))
+			e := checkError(t, rec, tt.code.Number())
 			if !strings.Contains(e.Message, tt.inMessage) {
 				t.Errorf("message %q does not mention %q", e.Message, tt.inMessage)
 			}
@@ -316,12 +316,12 @@ func TestRegistrationRecords(t *testing.T) {
 	del := func(ifMatch string) *httptest.ResponseRecorder {
 		return f.do(request(http.MethodDelete, "/registrations/rec-1", "", "Authorization", tok, "If-Match", ifMatch))
 	}
-	checkError(t, del(`"stale"`), int(azerr.DPSPreconditionFailed))
+	checkError(t, del(`"stale"`), azerr.DPSPreconditionFailed.Number())
 	if rec := del(state.ETag); rec.Code != http.StatusNoContent {
 		t.Fatalf("DELETE: %d %s", rec.Code, rec.Body)
 	}
-	checkError(t, get(), int(azerr.DPSRegistrationMissing))
-	checkError(t, del(""), int(azerr.DPSRegistrationMissing))
+	checkError(t, get(), azerr.DPSRegistrationMissing.Number())
+	checkError(t, del(""), azerr.DPSRegistrationMissing.Number())
 }
 
 // TestServiceAuth: the service SAS rules (spec §3.4) and the right each
@@ -354,19 +354,19 @@ func TestServiceAuth(t *testing.T) {
 		{"read-only policy cannot delete registrations", "DELETE", "/registrations/auth-1", "", dpsHost, serviceToken(t, dpsHost, reader, exp), 401, azerr.DPSInvalidCredentials},
 		{"device token on the service API", "GET", "/enrollments/auth-1", "", dpsHost, f.devToken(t, "auth-1", indivKey), 401, azerr.DPSInvalidCredentials},
 
-		{"read-only policy can GET", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, dpsHost, reader, exp), 200, 0},
-		{"read-only policy can query", "POST", "/enrollments/query", "", dpsHost, serviceToken(t, dpsHost, reader, exp), 200, 0},
-		{"read-only policy can read attestation", "POST", "/enrollments/auth-1/attestationmechanism", "", dpsHost, serviceToken(t, dpsHost, reader, exp), 200, 0},
-		{"secondary key", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, dpsHost, secondary, exp), 200, 0},
-		{"sr host case-insensitive", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, strings.ToUpper(dpsHost), owner, exp), 200, 0},
-		{"sr with a path prefix", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, dpsHost+"/enrollments", owner, exp), 200, 0},
-		{"sr url-encoded as C# does", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, "dps.berth.test%2Fenrollments", owner, exp), 200, 0},
+		{"read-only policy can GET", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, dpsHost, reader, exp), 200, azerr.Code{}},
+		{"read-only policy can query", "POST", "/enrollments/query", "", dpsHost, serviceToken(t, dpsHost, reader, exp), 200, azerr.Code{}},
+		{"read-only policy can read attestation", "POST", "/enrollments/auth-1/attestationmechanism", "", dpsHost, serviceToken(t, dpsHost, reader, exp), 200, azerr.Code{}},
+		{"secondary key", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, dpsHost, secondary, exp), 200, azerr.Code{}},
+		{"sr host case-insensitive", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, strings.ToUpper(dpsHost), owner, exp), 200, azerr.Code{}},
+		{"sr with a path prefix", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, dpsHost+"/enrollments", owner, exp), 200, azerr.Code{}},
+		{"sr url-encoded as C# does", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, "dps.berth.test%2Fenrollments", owner, exp), 200, azerr.Code{}},
 		// The audience binds to the DPS's configured host names, never to
 		// the Host header the client chose.
 		{"sr names the request host, not configured (forged audience)", "GET", "/enrollments/auth-1", "", "evil.example.com", serviceToken(t, "evil.example.com", owner, exp), 401, azerr.DPSInvalidCredentials},
 		{"sr names the request host and port, not configured", "GET", "/enrollments/auth-1", "", "10.1.2.3:8443", serviceToken(t, "10.1.2.3:8443", owner, exp), 401, azerr.DPSInvalidCredentials},
-		{"sr is a configured host with port", "GET", "/enrollments/auth-1", "", dpsHost + ":8443", serviceToken(t, dpsHost+":8443", owner, exp), 200, 0},
-		{"sr is a configured host, Host another", "GET", "/enrollments/auth-1", "", "10.1.2.3", serviceToken(t, dpsHost, owner, exp), 200, 0},
+		{"sr is a configured host with port", "GET", "/enrollments/auth-1", "", dpsHost + ":8443", serviceToken(t, dpsHost+":8443", owner, exp), 200, azerr.Code{}},
+		{"sr is a configured host, Host another", "GET", "/enrollments/auth-1", "", "10.1.2.3", serviceToken(t, dpsHost, owner, exp), 200, azerr.Code{}},
 		{"sr path is not a prefix of the request's", "GET", "/enrollments/auth-1", "", dpsHost, serviceToken(t, dpsHost+"/registrations", owner, exp), 401, azerr.DPSInvalidCredentials},
 		{"sr is another host than the request's", "GET", "/enrollments/auth-1", "", "10.1.2.3", serviceToken(t, "10.9.9.9", owner, exp), 401, azerr.DPSInvalidCredentials},
 	}
@@ -378,8 +378,8 @@ func TestServiceAuth(t *testing.T) {
 				r.Header.Set("Authorization", tt.auth)
 			}
 			rec := f.do(r)
-			if tt.code != 0 {
-				checkError(t, rec, int(tt.code))
+			if tt.code != (azerr.Code{}) {
+				checkError(t, rec, tt.code.Number())
 				return
 			}
 			if rec.Code != tt.want {
@@ -426,16 +426,16 @@ func TestRouting(t *testing.T) {
 		{"OPTIONS", "/0ne00000A0A/registrations/d/register", 405, azerr.DPSMethodNotAllowed, "PUT"},
 		// "query" is a valid registration ID: GET reads that enrollment,
 		// POST runs the query.
-		{"GET", "/enrollments/query", 200, 0, ""},
-		{"GET", "/ENROLLMENTS/Query", 200, 0, ""},
-		{"POST", "/Enrollments/QUERY", 200, 0, ""},
-		{"POST", "/enrollments/q%75ery", 200, 0, ""},
+		{"GET", "/enrollments/query", 200, azerr.Code{}, ""},
+		{"GET", "/ENROLLMENTS/Query", 200, azerr.Code{}, ""},
+		{"POST", "/Enrollments/QUERY", 200, azerr.Code{}, ""},
+		{"POST", "/enrollments/q%75ery", 200, azerr.Code{}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
 			rec := f.do(request(tt.method, tt.path, "", "Authorization", tok))
-			if tt.code != 0 {
-				checkError(t, rec, int(tt.code))
+			if tt.code != (azerr.Code{}) {
+				checkError(t, rec, tt.code.Number())
 			} else if rec.Code != tt.want {
 				t.Fatalf("status %d, want %d: %s", rec.Code, tt.want, rec.Body)
 			}
@@ -505,7 +505,7 @@ func TestBulkOperations(t *testing.T) {
 		t.Fatalf("bulk: %d %s", rec.Code, rec.Body)
 	}
 	res := decode[dps.BulkResult](t, rec)
-	if res.IsSuccessful || len(res.Errors) != 1 || res.Errors[0].RegistrationID != "taken" || res.Errors[0].ErrorCode != int(azerr.DPSConflict) {
+	if res.IsSuccessful || len(res.Errors) != 1 || res.Errors[0].RegistrationID != "taken" || res.Errors[0].ErrorCode != azerr.DPSConflict.Number() {
 		t.Fatalf("bulk result %+v", res)
 	}
 	if rec := f.do(request("GET", "/enrollments/bulk-1", "", "Authorization", tok)); rec.Code != 200 {
@@ -514,9 +514,9 @@ func TestBulkOperations(t *testing.T) {
 	gbody := `{"mode":"delete","enrollmentGroups":[{"enrollmentGroupId":"nope","attestation":{"type":"symmetricKey"}}]}`
 	rec = f.do(request("POST", "/enrollmentGroups", gbody, "Authorization", tok))
 	res = decode[dps.BulkResult](t, rec)
-	if rec.Code != 200 || res.IsSuccessful || res.Errors[0].EnrollmentGroupID != "nope" || res.Errors[0].ErrorCode != int(azerr.DPSEnrollmentNotFound) {
+	if rec.Code != 200 || res.IsSuccessful || res.Errors[0].EnrollmentGroupID != "nope" || res.Errors[0].ErrorCode != azerr.DPSEnrollmentNotFound.Number() {
 		t.Fatalf("group bulk: %d %+v", rec.Code, res)
 	}
 	rec = f.do(request("POST", "/enrollments", `{"mode":"merge","enrollments":[{}]}`, "Authorization", tok))
-	checkError(t, rec, int(azerr.DPSInvalidBody))
+	checkError(t, rec, azerr.DPSInvalidBody.Number())
 }

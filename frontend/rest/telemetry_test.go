@@ -522,7 +522,7 @@ func TestModuleTelemetry(t *testing.T) {
 		t.Errorf("message %q", msg)
 	}
 	rec = f.do(request(http.MethodGet, "/devices/mod-d/modules/m1/messages/events", "", "Authorization", tok))
-	checkHubError(t, rec, azerr.DPSMethodNotAllowed)
+	checkHubError(t, rec, azerr.HubMethodNotAllowed)
 	if allow, _ := raw(rec, "Allow"); allow != "POST" {
 		t.Errorf("Allow = %q", allow)
 	}
