@@ -43,6 +43,8 @@ func (s Service) String() string {
 		return "DPS"
 	case Hub:
 		return "IoT Hub"
+	case 0:
+		return "no service"
 	}
 	return "unknown service " + strconv.Itoa(int(s))
 }
@@ -66,9 +68,13 @@ type entry struct {
 // and only read afterwards.
 var table []Code
 
+// def adds an entry to the table. A number outside 400000–599999 would
+// break errorCode/1000 == status on every wire, and a second entry of the
+// same service and number would make Lookup ambiguous: both are bugs found
+// when the package initialises, in every test.
 func def(s Service, number int, name, message string) Code {
 	if number < 400000 || number > 599999 {
-		panic(fmt.Sprintf("azerr: %s %d is not a six-digit error code", s, number))
+		panic(fmt.Sprintf("azerr: %s %d is not the code of an HTTP error status", s, number))
 	}
 	if _, dup := Lookup(s, number); dup {
 		panic(fmt.Sprintf("azerr: %s %d defined twice", s, number))
@@ -82,34 +88,35 @@ func dpsCode(number int, name, message string) Code { return def(DPS, number, na
 func hubCode(number int, name, message string) Code { return def(Hub, number, name, message) }
 
 // DPS errors. DPS bodies carry only the number; the names are berth's, for
-// logs and docs. Entries marked berth are berth's choice where Azure's
-// value is not documented; docs/errors.md says which.
+// logs and docs. Where Azure documents no number for a case, the number is
+// berth's choice; docs/errors.md says which, and when each is answered.
 var (
-	DPSBadRequest          = dpsCode(400000, "BadRequest", "Bad request.")                                                                              // berth: generic malformed request
-	DPSInvalidBody         = dpsCode(400101, "InvalidRequestBody", "The request body is not valid JSON for this operation.")                            // berth
-	DPSInvalidRegistration = dpsCode(400102, "InvalidRegistrationId", "The registration ID is not valid.")                                              // berth
-	DPSRegistrationIDMatch = dpsCode(400103, "RegistrationIdMismatch", "The registrationId in the body does not match the authenticated registration.") // berth
-	DPSInvalidEnrollment   = dpsCode(400104, "InvalidEnrollment", "The enrollment is not valid.")                                                       // berth
+	DPSBadRequest          = dpsCode(400000, "BadRequest", "Bad request.")
+	DPSInvalidBody         = dpsCode(400101, "InvalidRequestBody", "The request body is not valid JSON for this operation.")
+	DPSInvalidRegistration = dpsCode(400102, "InvalidRegistrationId", "The registration ID is not valid.")
+	DPSRegistrationIDMatch = dpsCode(400103, "RegistrationIdMismatch", "The registrationId in the body does not match the authenticated registration.")
+	DPSInvalidEnrollment   = dpsCode(400104, "InvalidEnrollment", "The enrollment is not valid.")
 	DPSCustomAllocation    = dpsCode(400207, "CustomAllocationFailed", "Custom allocation failed.")
 	DPSNoHub               = dpsCode(400208, "NoHubAssigned", "No IoT hub could be assigned.")
 	DPSHubUnauthorized     = dpsCode(400209, "HubUnauthorized", "The IoT hub refused the device registration.")
-	DPSUnauthorized        = dpsCode(401000, "Unauthorized", "Unauthorized")       // missing or unparseable credentials
-	DPSInvalidCredentials  = dpsCode(401002, "InvalidCredentials", "Unauthorized") // credentials that prove no enrollment
-	DPSNotFound            = dpsCode(404000, "NotFound", "Not found.")             // berth: unknown route
+	DPSUnauthorized        = dpsCode(401000, "Unauthorized", "Unauthorized")
+	DPSInvalidCredentials  = dpsCode(401002, "InvalidCredentials", "Unauthorized")
+	DPSNotFound            = dpsCode(404000, "NotFound", "Not found.")
 	DPSEnrollmentNotFound  = dpsCode(404201, "EnrollmentNotFound", "Enrollment not found.")
 	DPSRegistrationMissing = dpsCode(404202, "RegistrationNotFound", "Registration not found.")
-	DPSOperationNotFound   = dpsCode(404203, "OperationNotFound", "Operation not found.") // berth
-	DPSMethodNotAllowed    = dpsCode(405000, "MethodNotAllowed", "Method not allowed.")   // berth
+	DPSOperationNotFound   = dpsCode(404203, "OperationNotFound", "Operation not found.")
+	DPSMethodNotAllowed    = dpsCode(405000, "MethodNotAllowed", "Method not allowed.")
 	DPSConflict            = dpsCode(409203, "Conflict", "Conflict.")
-	DPSPreconditionFailed  = dpsCode(412001, "PreconditionFailed", "Precondition failed.")                     // berth
-	DPSTooLarge            = dpsCode(413000, "MessageTooLarge", "The message is larger than the 96 KB limit.") // berth
-	DPSUnsupportedMedia    = dpsCode(415000, "UnsupportedMediaType", "Unsupported media type.")                // berth
-	DPSThrottled           = dpsCode(429001, "Throttled", "Too many requests.")                                // berth
-	DPSInternal            = dpsCode(500000, "InternalServerError", "Internal server error.")                  // berth
+	DPSPreconditionFailed  = dpsCode(412001, "PreconditionFailed", "Precondition failed.")
+	DPSTooLarge            = dpsCode(413000, "MessageTooLarge", "The message is larger than the 96 KB limit.")
+	DPSUnsupportedMedia    = dpsCode(415000, "UnsupportedMediaType", "Unsupported media type.")
+	DPSThrottled           = dpsCode(429001, "Throttled", "Too many requests.")
+	DPSInternal            = dpsCode(500000, "InternalServerError", "Internal server error.")
 )
 
 // IoT Hub errors, with the names IoT Hub writes in iothub-errorcode and in
-// the legacy "ErrorCode:{name};{message}" body (docs/errors.md).
+// the legacy "ErrorCode:{name};{message}" body. All are IoT Hub's own but
+// 405000, for which IoT Hub has none (docs/errors.md).
 var (
 	HubInvalidProtocolVersion       = hubCode(400001, "InvalidProtocolVersion", "The api-version is not supported.")
 	HubArgumentInvalid              = hubCode(400004, "ArgumentInvalid", "The request is not valid.")
@@ -124,7 +131,7 @@ var (
 	HubQueueDepthExceeded           = hubCode(403004, "DeviceMaximumQueueDepthExceeded", "The device's cloud-to-device queue is full.")
 	HubDeviceNotFound               = hubCode(404001, "DeviceNotFound", "Device not found.")
 	HubDeviceNotOnline              = hubCode(404103, "DeviceNotOnline", "The device is not online.")
-	HubMethodNotAllowed             = hubCode(405000, "MethodNotAllowed", "Method not allowed.") // berth: IoT Hub has no code for it
+	HubMethodNotAllowed             = hubCode(405000, "MethodNotAllowed", "Method not allowed.")
 	HubDeviceAlreadyExists          = hubCode(409001, "DeviceAlreadyExists", "A device with this ID already exists.")
 	HubPreconditionFailed           = hubCode(412001, "PreconditionFailed", "Precondition failed.")
 	HubMessageLockLost              = hubCode(412002, "DeviceMessageLockLost", "The message lock was lost.")
@@ -136,8 +143,7 @@ var (
 	HubGatewayTimeout               = hubCode(504101, "GatewayTimeout", "The device did not answer in time.")
 )
 
-// Codes returns every entry of the table, DPS first, each service in
-// number order as declared.
+// Codes returns every entry of the table, in declaration order.
 func Codes() []Code { return append([]Code(nil), table...) }
 
 // Lookup returns the entry of service s numbered number, if there is one.
