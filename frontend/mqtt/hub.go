@@ -15,6 +15,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/refusal"
 )

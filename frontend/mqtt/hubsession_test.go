@@ -88,7 +88,7 @@ func TestHubCleanSessionDropsKeptSession(t *testing.T) {
 		t.Fatal("Session Present for a clean session")
 	}
 	ch := f.invoke("dev-1", &hub.MethodRequest{MethodName: "ping"})
-	if r := waitInvoke(t, ch); azCode(r.err) != 404103 {
+	if r := waitInvoke(t, ch); azCode(r.err).Number() != 404103 {
 		t.Fatalf("method on a clean session that did not subscribe: %v; want 404103", r.err)
 	}
 	c.subscribe(1, 0, "$iothub/methods/POST/#")
