@@ -259,6 +259,10 @@ type request struct {
 	// as an answer, not an error: IoT Hub reports a bulk operation that
 	// partly failed that way.
 	bulkResult bool
+	// header holds extra request headers (a query's paging headers).
+	header http.Header
+	// respHeader, when not nil, receives the answer's headers.
+	respHeader *http.Header
 }
 
 // do sends r and returns the answer's body, or an *Error for a non-2xx
@@ -307,6 +311,9 @@ func (c *Client) do(ctx context.Context, r request) ([]byte, error) {
 	if r.ifMatch != "" {
 		req.Header.Set("If-Match", QuoteETag(r.ifMatch))
 	}
+	for k, v := range r.header {
+		req.Header[k] = v
+	}
 
 	hc := c.hc
 	if r.timeout > 0 {
@@ -328,6 +335,9 @@ func (c *Client) do(ctx context.Context, r request) ([]byte, error) {
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, decodeError(resp)
+	}
+	if r.respHeader != nil {
+		*r.respHeader = resp.Header
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	if err != nil {

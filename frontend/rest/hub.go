@@ -98,6 +98,7 @@ func (h *handler) hubRoutes() routes {
 		newHubRoute(http.MethodGet, "devices/{id}", h.hubAuthorized(h.getDevice, read)),
 		newHubRoute(http.MethodDelete, "devices/{id}", h.hubAuthorized(h.deleteDevice, write)),
 		newHubRoute(http.MethodGet, "statistics/devices", h.hubAuthorized(h.deviceStatistics, read)),
+		newHubRoute(http.MethodPost, "devices/query", h.hubAuthorized(h.queryDevices, read, connect)),
 
 		newHubRoute(http.MethodGet, "twins/{id}", h.hubAuthorized(h.getTwin, connect, read)),
 		newHubRoute(http.MethodPatch, "twins/{id}", h.hubAuthorized(h.patchTwin, connect)),

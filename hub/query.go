@@ -1,0 +1,288 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hubquery"
+	"github.com/berth-iot/berth/store"
+)
+
+// Query page sizes (x-ms-max-item-count): the default when a client names
+// none, and the most a page holds, as the Node SDK documents them.
+const (
+	DefaultQueryPageSize = 1000
+	MaxQueryPageSize     = 10000
+)
+
+// Item types of a query page (x-ms-item-type), as IoT Hub and the C# SDK
+// name them: whole twins, or projections and aggregates.
+const (
+	QueryItemTwin = "twin"
+	QueryItemRaw  = "raw"
+)
+
+// QueryPage is one page of a query's results.
+type QueryPage struct {
+	Items        []any  // JSON values: twins, projections or aggregate rows
+	ItemType     string // QueryItemTwin or QueryItemRaw
+	Continuation string // the next page's token; "" on the last page
+}
+
+// Query answers one page of an IoT Hub query (docs/hub-query.md) over a
+// hub's device twins. pageSize <= 0 means DefaultQueryPageSize; larger
+// than MaxQueryPageSize means MaxQueryPageSize. The twins are read from
+// the store in device-ID order, a batch at a time, so memory stays bounded
+// by the page and the batch, whatever the registry's size; an aggregate
+// query keeps only its groups. A malformed query or continuation token is
+// ArgumentInvalid with the position of the fault.
+func (t *Twins) Query(ctx context.Context, hubName, query string, pageSize int, continuation string) (*QueryPage, error) {
+	q, err := hubquery.Parse(query)
+	if err != nil {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "Invalid query: %s", err.Error())
+	}
+	switch {
+	case pageSize <= 0:
+		pageSize = DefaultQueryPageSize
+	case pageSize > MaxQueryPageSize:
+		pageSize = MaxQueryPageSize
+	}
+	page := &QueryPage{ItemType: QueryItemTwin}
+	if q.Projected() {
+		page.ItemType = QueryItemRaw
+	}
+	s := &twinScan{t: t, hubName: hubName, count: q.Uses("cloudToDeviceMessageCount")}
+	src := s.source
+	if q.From != hubquery.Devices {
+		// Module identities and jobs do not exist on berth yet: their
+		// collections are empty, and queries over them answer nothing
+		// (or a zero count) rather than an error.
+		src = func(context.Context, string, func(string, map[string]any) (bool, error)) error { return nil }
+	}
+	res, err := q.Run(ctx, src, hubquery.Options{PageSize: pageSize, Continuation: continuation, Complete: s.complete})
+	var qe *hubquery.Error
+	switch {
+	case errors.Is(err, hubquery.ErrContinuation):
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "Invalid continuation token.")
+	case errors.As(err, &qe):
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "Invalid query: %s", qe.Error())
+	case err != nil:
+		return nil, err
+	}
+	page.Items, page.Continuation = res.Items, res.Continuation
+	return page, nil
+}
+
+// twinScan reads a hub's devices and twins in key order, joining the two
+// collections (both keyed by hub + "/" + device ID) batch by batch.
+type twinScan struct {
+	t       *Twins
+	hubName string
+	// count says the query filters or groups on
+	// cloudToDeviceMessageCount, so every device scanned needs its queue
+	// counted; otherwise only the devices returned do (complete).
+	count bool
+
+	// The device being yielded: complete reads them, synchronously within
+	// the yield of the same device.
+	dev     *Device
+	noTwin  bool // the device has no twin record of its generation yet
+	counted bool
+}
+
+// scanBatch bounds the records read from the store at once: the first
+// batch is small, for the common small page, and later ones grow.
+const (
+	firstScanBatch = 32
+	maxScanBatch   = 512
+)
+
+func (s *twinScan) source(ctx context.Context, after string, yield func(string, map[string]any) (bool, error)) error {
+	st, hubIndex := s.t.store, strings.ToLower(s.hubName)
+	prefix := hubIndex + "/"
+	devAfter := ""
+	if after != "" {
+		devAfter = deviceKey(s.hubName, after)
+	}
+	twAfter := devAfter
+	if twAfter == "" {
+		twAfter = prefix // exclusive: no key equals it
+	}
+	var twins []store.Record
+	twinsDone := false
+	batch := firstScanBatch
+	now := s.t.now()
+	for {
+		devs, err := st.List(ctx, store.KindDevice, store.ListOptions{Index: hubIndex, After: devAfter, Limit: batch})
+		if err != nil {
+			return fmt.Errorf("hub: query: list devices: %w", err)
+		}
+		for _, rec := range devs {
+			devAfter = rec.Key
+			d, err := decodeDevice(rec, s.hubName)
+			if err != nil {
+				return err
+			}
+			s.t.reg.overlay(s.hubName, d)
+			// Advance the twin cursor to this device's key.
+			for {
+				if len(twins) == 0 && !twinsDone {
+					twins, err = st.List(ctx, store.KindTwin, store.ListOptions{After: twAfter, Limit: batch})
+					if err != nil {
+						return fmt.Errorf("hub: query: list twins: %w", err)
+					}
+					twinsDone = len(twins) < batch
+					if len(twins) > 0 {
+						twAfter = twins[len(twins)-1].Key
+					}
+				}
+				if len(twins) > 0 && !strings.HasPrefix(twins[0].Key, prefix) {
+					twins, twinsDone = nil, true // past this hub's twins
+				}
+				if len(twins) == 0 || twins[0].Key >= rec.Key {
+					break
+				}
+				twins = twins[1:]
+			}
+			var tw *twinRecord
+			etag := ""
+			if len(twins) > 0 && twins[0].Key == rec.Key {
+				if tw, err = decodeTwinRecord(twins[0].Data); err != nil {
+					return err
+				}
+				etag = twins[0].ETag
+				if tw.GenerationID != d.GenerationID {
+					tw, etag = nil, "" // a deleted device's leftover
+				}
+			}
+			s.dev, s.noTwin, s.counted = d, tw == nil, false
+			if tw == nil {
+				tw = newTwinRecord(d.GenerationID, now)
+			}
+			if s.count {
+				if err := s.t.reg.countQueue(ctx, s.hubName, d); err != nil {
+					return err
+				}
+				s.counted = true
+			}
+			more, err := yield(d.DeviceID, twinDocument(d, tw, etag))
+			if err != nil || !more {
+				return err
+			}
+		}
+		if len(devs) < batch {
+			return nil
+		}
+		batch = min(2*batch, maxScanBatch)
+	}
+}
+
+// complete finishes a document the query returns: its C2D queue count,
+// and, for a device whose twin was never read or written, the twin itself,
+// created as GET /twins/{id} would so that it carries a real etag.
+func (s *twinScan) complete(ctx context.Context, key string, doc map[string]any) error {
+	d := s.dev
+	if d == nil || d.DeviceID != key {
+		return fmt.Errorf("hub: query: completing %s out of order", key)
+	}
+	if s.noTwin {
+		for range 5 {
+			var err error
+			var tw *twinRecord
+			var etag string
+			d, tw, etag, err = s.t.load(ctx, s.hubName, key)
+			if errors.Is(err, errRetryTwin) {
+				continue
+			}
+			var ae *azerr.Error
+			if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
+				break // deleted meanwhile: answer what was scanned
+			}
+			if err != nil {
+				return err
+			}
+			clear(doc)
+			for k, v := range twinDocument(d, tw, etag) {
+				doc[k] = v
+			}
+			s.counted = false
+			break
+		}
+	}
+	if !s.counted {
+		if err := s.t.reg.countQueue(ctx, s.hubName, d); err != nil {
+			return err
+		}
+	}
+	doc["cloudToDeviceMessageCount"] = float64(d.CloudToDeviceMessageCount)
+	return nil
+}
+
+// twinDocument is a twin as queries see it: the Twin document of GET
+// /twins/{id} (Twins.render) as JSON values, numbers as float64 or
+// json.Number and times as their JSON strings. The twin record is decoded
+// afresh for each document, so its maps are the document's own.
+func twinDocument(d *Device, tw *twinRecord, etag string) map[string]any {
+	doc := map[string]any{
+		"deviceId":                  d.DeviceID,
+		"etag":                      etag,
+		"deviceEtag":                d.ETag,
+		"version":                   float64(tw.Version),
+		"status":                    d.Status,
+		"statusReason":              nil,
+		"statusUpdateTime":          d.StatusUpdatedTime.UTC().Format(time.RFC3339Nano),
+		"connectionState":           d.ConnectionState,
+		"lastActivityTime":          d.LastActivityTime.UTC().Format(time.RFC3339Nano),
+		"cloudToDeviceMessageCount": float64(d.CloudToDeviceMessageCount),
+		"authenticationType":        "sas",
+		"x509Thumbprint":            map[string]any{"primaryThumbprint": nil, "secondaryThumbprint": nil},
+		"capabilities":              map[string]any{"iotEdge": d.Capabilities != nil && d.Capabilities.IoTEdge},
+		"tags":                      tw.Tags,
+		"properties": map[string]any{
+			"desired":  sectionDocument(tw.Desired),
+			"reported": sectionDocument(tw.Reported),
+		},
+	}
+	if d.StatusReason != nil {
+		doc["statusReason"] = *d.StatusReason
+	}
+	if a := d.Authentication; a != nil {
+		doc["authenticationType"] = a.Type
+		if th := a.X509Thumbprint; th != nil {
+			x := doc["x509Thumbprint"].(map[string]any)
+			if th.PrimaryThumbprint != nil {
+				x["primaryThumbprint"] = *th.PrimaryThumbprint
+			}
+			if th.SecondaryThumbprint != nil {
+				x["secondaryThumbprint"] = *th.SecondaryThumbprint
+			}
+		}
+	}
+	if d.DeviceScope != nil {
+		doc["deviceScope"] = *d.DeviceScope
+	}
+	if len(d.ParentScopes) > 0 {
+		ps := make([]any, len(d.ParentScopes))
+		for i, p := range d.ParentScopes {
+			ps[i] = p
+		}
+		doc["parentScopes"] = ps
+	}
+	return doc
+}
+
+// sectionDocument is a desired or reported section with its "$metadata"
+// and "$version", as sectionJSON renders it.
+func sectionDocument(s twinSection) map[string]any {
+	out := make(map[string]any, len(s.Props)+2)
+	for k, v := range s.Props {
+		out[k] = v
+	}
+	out["$metadata"] = s.Meta
+	out["$version"] = float64(s.Version)
+	return out
+}
