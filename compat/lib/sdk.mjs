@@ -116,6 +116,8 @@ export async function startSdkWorker(caFile) {
     },
     /** A Registry method of azure-iothub Registry.fromConnectionString(connectionString): {body, status, headers}. */
     registry: (connectionString, method, ...args) => call('registry', connectionString, method, ...args),
+    /** azure-iothub Registry.createQuery(sql, pageSize) and query.next() until hasMoreResults is false: [{items, continuationToken, hasMoreResults, itemType}]. */
+    hubQuery: (connectionString, sql, pageSize, maxPages) => call('hubQuery', connectionString, sql, pageSize, maxPages),
     /** azure-iothub Client.fromConnectionString(cs).invokeDeviceMethod(deviceId, params): {result, status, ms}. */
     invokeDeviceMethod: (connectionString, deviceId, params, timeoutMs = CALL_TIMEOUT_MS) =>
       callWithin(timeoutMs, 'invokeDeviceMethod', connectionString, deviceId, params),

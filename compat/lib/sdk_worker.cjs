@@ -440,6 +440,27 @@ const ops = {
     return { body: plain(res.responseBody), status: res.httpResponse && res.httpResponse.statusCode, headers: pickHeaders(res.httpResponse) };
   },
 
+  // Registry.createQuery(sql, pageSize), then query.next(continuationToken)
+  // while hasMoreResults (at most maxPages). The token is passed: in promise
+  // form next() with no argument sends none (it only falls back to its own
+  // token in callback form). Each page's items, the continuation
+  // token the SDK kept from x-ms-continuation, hasMoreResults and the
+  // x-ms-item-type header.
+  async hubQuery(connectionString, sql, pageSize, maxPages) {
+    const q = hubRegistry(connectionString).createQuery(sql, pageSize ?? undefined);
+    const pages = [];
+    while (q.hasMoreResults && pages.length < (maxPages || 100)) {
+      const res = await q.next(q.continuationToken);
+      pages.push({
+        items: plain(res.result),
+        continuationToken: q.continuationToken === undefined ? null : q.continuationToken,
+        hasMoreResults: q.hasMoreResults,
+        itemType: res.message && res.message.headers['x-ms-item-type'],
+      });
+    }
+    return pages;
+  },
+
   // Client.fromConnectionString(connectionString).invokeDeviceMethod(deviceId, params).
   async invokeDeviceMethod(connectionString, deviceId, params) {
     const started = Date.now();
