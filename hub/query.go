@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -55,7 +56,7 @@ func (t *Twins) Query(ctx context.Context, hubName, query string, pageSize int, 
 	if q.Projected() {
 		page.ItemType = QueryItemRaw
 	}
-	s := &twinScan{t: t, hubName: hubName, count: q.Uses("cloudToDeviceMessageCount")}
+	s := &twinScan{t: t, hubName: hubName, count: q.Uses("cloudToDeviceMessageCount"), needles: q.Needles("tags", "properties")}
 	src := s.source
 	if q.From != hubquery.Devices {
 		// Module identities and jobs do not exist on berth yet: their
@@ -86,6 +87,10 @@ type twinScan struct {
 	// cloudToDeviceMessageCount, so every device scanned needs its queue
 	// counted; otherwise only the devices returned do (complete).
 	count bool
+	// needles are texts the stored twin of every device the query can
+	// accept contains (hubquery.Query.Needles): a device whose twin lacks
+	// one is skipped without decoding either record.
+	needles [][]byte
 
 	// The device being yielded: complete reads them, synchronously within
 	// the yield of the same device.
@@ -123,11 +128,6 @@ func (s *twinScan) source(ctx context.Context, after string, yield func(string, 
 		}
 		for _, rec := range devs {
 			devAfter = rec.Key
-			d, err := decodeDevice(rec, s.hubName)
-			if err != nil {
-				return err
-			}
-			s.t.reg.overlay(s.hubName, d)
 			// Advance the twin cursor to this device's key.
 			for {
 				if len(twins) == 0 && !twinsDone {
@@ -148,9 +148,18 @@ func (s *twinScan) source(ctx context.Context, after string, yield func(string, 
 				}
 				twins = twins[1:]
 			}
+			hasTwin := len(twins) > 0 && twins[0].Key == rec.Key
+			if len(s.needles) > 0 && (!hasTwin || !containsAll(twins[0].Data, s.needles)) {
+				continue
+			}
+			d, err := decodeDevice(rec, s.hubName)
+			if err != nil {
+				return err
+			}
+			s.t.reg.overlay(s.hubName, d)
 			var tw *twinRecord
 			etag := ""
-			if len(twins) > 0 && twins[0].Key == rec.Key {
+			if hasTwin {
 				if tw, err = decodeTwinRecord(twins[0].Data); err != nil {
 					return err
 				}
@@ -285,4 +294,13 @@ func sectionDocument(s twinSection) map[string]any {
 	out["$metadata"] = s.Meta
 	out["$version"] = float64(s.Version)
 	return out
+}
+
+func containsAll(data []byte, needles [][]byte) bool {
+	for _, n := range needles {
+		if !bytes.Contains(data, n) {
+			return false
+		}
+	}
+	return true
 }

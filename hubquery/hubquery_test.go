@@ -293,3 +293,15 @@ func TestUses(t *testing.T) {
 		t.Fatal("Uses of GROUP BY")
 	}
 }
+
+func TestNeedles(t *testing.T) {
+	q, _ := Parse("SELECT * FROM devices WHERE tags.a = 'x' AND ('y' = properties.reported.b AND status = 'enabled') AND tags.c = '<' AND (tags.d = 'z' OR tags.e = 'w')")
+	got := q.Needles("tags", "properties")
+	if len(got) != 2 || string(got[0]) != `"x"` || string(got[1]) != `"y"` {
+		t.Fatalf("needles %q", got)
+	}
+	q, _ = Parse("SELECT * FROM devices WHERE NOT tags.a = 'x'")
+	if got := q.Needles("tags"); len(got) != 0 {
+		t.Fatalf("needles under NOT: %q", got)
+	}
+}

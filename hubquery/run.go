@@ -332,3 +332,60 @@ func (q *Query) groupRow(g *group) map[string]any {
 	}
 	return row
 }
+
+// Needles returns byte strings that the JSON of any document the WHERE
+// clause accepts must contain: for each conjunct of its top-level AND
+// chain of the form path = 'text' whose path starts at one of roots, the
+// text as JSON encodes it, quotes included. A source may skip, without
+// decoding it, a document whose stored JSON lacks one. Only plain
+// printable ASCII texts are given, which every JSON encoder writes the
+// same way.
+func (q *Query) Needles(roots ...string) [][]byte {
+	var out [][]byte
+	var walk func(e Expr)
+	walk = func(e Expr) {
+		switch x := e.(type) {
+		case *logical:
+			if x.op == "AND" {
+				walk(x.l)
+				walk(x.r)
+			}
+		case *compare:
+			if x.op != "=" {
+				return
+			}
+			p, ok := x.l.(*path)
+			l, ok2 := x.r.(*literal)
+			if !ok || !ok2 {
+				p, ok = x.r.(*path)
+				l, ok2 = x.l.(*literal)
+			}
+			if !ok || !ok2 {
+				return
+			}
+			s, ok := l.v.(string)
+			if !ok || !plainASCII(s) {
+				return
+			}
+			for _, r := range roots {
+				if p.root() == strings.ToLower(r) {
+					out = append(out, []byte(`"`+s+`"`))
+					return
+				}
+			}
+		}
+	}
+	if q.Where != nil {
+		walk(q.Where)
+	}
+	return out
+}
+
+func plainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}
