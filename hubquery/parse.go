@@ -371,12 +371,12 @@ func (p *parser) query() (*Query, error) {
 	if t := p.peek(); t.kind != tEOF {
 		return nil, p.errf(t, "unexpected %s", describe(t))
 	}
-	return q, q.check(p)
+	return q, q.check()
 }
 
 // check enforces the rules between clauses: where aggregates may be, and
 // that an aggregate query projects only what it groups by.
-func (q *Query) check(p *parser) error {
+func (q *Query) check() error {
 	if q.Where != nil && hasAggregate(q.Where) {
 		return &Error{Pos: 1, Msg: "WHERE cannot use an aggregate"}
 	}
