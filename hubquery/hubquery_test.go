@@ -305,3 +305,15 @@ func TestNeedles(t *testing.T) {
 		t.Fatalf("needles under NOT: %q", got)
 	}
 }
+
+func TestPositionsCountCharacters(t *testing.T) {
+	_, err := Parse("SELECT * FROM devices WHERE tags.été = 'ü' AND ^")
+	var e *Error
+	if !errors.As(err, &e) || e.Pos != 48 {
+		t.Fatalf("%v, want position 48", err)
+	}
+	q, err := Parse("SELECT * FROM devices WHERE tags.été = 'ü'")
+	if err != nil || !q.Matches(map[string]any{"tags": map[string]any{"été": "ü"}}) {
+		t.Fatalf("a non-ASCII name: %v", err)
+	}
+}

@@ -92,7 +92,14 @@ type token struct {
 // lex splits a query into tokens.
 func lex(src string) ([]token, error) {
 	var toks []token
-	pos := func(i int) int { return utf8.RuneCountInString(src[:i]) + 1 }
+	// pos is the 1-based character position of byte i; calls come in
+	// increasing i, so it counts each byte once.
+	runeAt, byteAt := 1, 0
+	pos := func(i int) int {
+		runeAt += utf8.RuneCountInString(src[byteAt:i])
+		byteAt = i
+		return runeAt
+	}
 	i := 0
 	for i < len(src) {
 		c := src[i]
@@ -155,8 +162,10 @@ func lex(src string) ([]token, error) {
 	return append(toks, token{kind: tEOF, pos: pos(len(src))}), nil
 }
 
+// isIdentStart accepts any byte of a multi-byte UTF-8 character too: twin
+// property names may be any UTF-8 text.
 func isIdentStart(c byte) bool {
-	return c == '_' || c == '$' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+	return c == '_' || c == '$' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
 }
 
 func isIdentPart(c byte) bool { return isIdentStart(c) || c >= '0' && c <= '9' }
