@@ -56,7 +56,12 @@ func (t *Twins) Query(ctx context.Context, hubName, query string, pageSize int, 
 	if q.Projected() {
 		page.ItemType = QueryItemRaw
 	}
-	s := &twinScan{t: t, hubName: hubName, count: q.Uses("cloudToDeviceMessageCount"), needles: q.Needles("tags", "properties")}
+	s := &twinScan{t: t, hubName: hubName, count: q.Uses("cloudToDeviceMessageCount"), needles: q.Needles("tags", "properties"), lazy: true}
+	for _, m := range deviceMembers {
+		if q.Uses(m) {
+			s.lazy = false
+		}
+	}
 	src := s.source
 	if q.From != hubquery.Devices {
 		// Module identities and jobs do not exist on berth yet: their
@@ -92,12 +97,25 @@ type twinScan struct {
 	// one is skipped without decoding either record.
 	needles [][]byte
 
+	// lazy says the query filters and groups on the twin's own members
+	// only (tags, properties, version, etag, deviceId): the device record
+	// is decoded for the rows returned, not for every device scanned.
+	lazy bool
+
 	// The device being yielded: complete reads them, synchronously within
 	// the yield of the same device.
-	dev     *Device
-	noTwin  bool // the device has no twin record of its generation yet
+	rec     store.Record // its device record
+	dev     *Device      // decoded, or nil (lazy)
+	tw      *twinRecord  // its twin, nil when it has none of its generation
+	etag    string       // the twin's
+	noTwin  bool         // the device has no twin record of its generation yet
 	counted bool
 }
+
+// deviceMembers are the twin members that come from the device record.
+var deviceMembers = []string{"deviceEtag", "status", "statusReason", "statusUpdateTime", "connectionState",
+	"lastActivityTime", "cloudToDeviceMessageCount", "authenticationType", "x509Thumbprint", "capabilities",
+	"deviceScope", "parentScopes"}
 
 // scanBatch bounds the records read from the store at once: the first
 // batch is small, for the common small page, and later ones grow.
@@ -152,11 +170,6 @@ func (s *twinScan) source(ctx context.Context, after string, yield func(string, 
 			if len(s.needles) > 0 && (!hasTwin || !containsAll(twins[0].Data, s.needles)) {
 				continue
 			}
-			d, err := decodeDevice(rec, s.hubName)
-			if err != nil {
-				return err
-			}
-			s.t.reg.overlay(s.hubName, d)
 			var tw *twinRecord
 			etag := ""
 			if hasTwin {
@@ -164,21 +177,41 @@ func (s *twinScan) source(ctx context.Context, after string, yield func(string, 
 					return err
 				}
 				etag = twins[0].ETag
-				if tw.GenerationID != d.GenerationID {
+			}
+			// With a lazy scan the device record is decoded only for a row
+			// returned (complete), provided the twin is the device's: it
+			// names the generation the device record holds.
+			var d *Device
+			if !s.lazy || tw != nil && (tw.GenerationID == "" || !bytes.Contains(rec.Data, []byte(`"`+tw.GenerationID+`"`))) {
+				if d, err = decodeDevice(rec, s.hubName); err != nil {
+					return err
+				}
+				s.t.reg.overlay(s.hubName, d)
+				if tw != nil && tw.GenerationID != d.GenerationID {
 					tw, etag = nil, "" // a deleted device's leftover
 				}
 			}
-			s.dev, s.noTwin, s.counted = d, tw == nil, false
+			s.rec, s.dev, s.tw, s.etag, s.noTwin, s.counted = rec, d, tw, etag, tw == nil, false
 			if tw == nil {
-				tw = newTwinRecord(d.GenerationID, now)
-			}
-			if s.count {
-				if err := s.t.reg.countQueue(ctx, s.hubName, d); err != nil {
-					return err
+				gen := ""
+				if d != nil {
+					gen = d.GenerationID
 				}
-				s.counted = true
+				tw = newTwinRecord(gen, now)
 			}
-			more, err := yield(d.DeviceID, twinDocument(d, tw, etag))
+			var doc map[string]any
+			if d == nil {
+				doc = twinOwnDocument(rec.Key[len(prefix):], tw, etag)
+			} else {
+				if s.count {
+					if err := s.t.reg.countQueue(ctx, s.hubName, d); err != nil {
+						return err
+					}
+					s.counted = true
+				}
+				doc = twinDocument(d, tw, etag)
+			}
+			more, err := yield(rec.Key[len(prefix):], doc)
 			if err != nil || !more {
 				return err
 			}
@@ -194,16 +227,30 @@ func (s *twinScan) source(ctx context.Context, after string, yield func(string, 
 // and, for a device whose twin was never read or written, the twin itself,
 // created as GET /twins/{id} would so that it carries a real etag.
 func (s *twinScan) complete(ctx context.Context, key string, doc map[string]any) error {
-	d := s.dev
-	if d == nil || d.DeviceID != key {
+	if s.rec.Key != deviceKey(s.hubName, key) {
 		return fmt.Errorf("hub: query: completing %s out of order", key)
+	}
+	d := s.dev
+	if d == nil {
+		var err error
+		if d, err = decodeDevice(s.rec, s.hubName); err != nil {
+			return err
+		}
+		s.t.reg.overlay(s.hubName, d)
+		tw := s.tw
+		if tw == nil {
+			tw = newTwinRecord(d.GenerationID, s.t.now())
+		}
+		clear(doc)
+		for k, v := range twinDocument(d, tw, s.etag) {
+			doc[k] = v
+		}
 	}
 	if s.noTwin {
 		for range 5 {
-			var err error
-			var tw *twinRecord
-			var etag string
-			d, tw, etag, err = s.t.load(ctx, s.hubName, key)
+			// d stays the scanned device until load succeeds: a device
+			// deleted meanwhile is answered as it was scanned.
+			ld, tw, etag, err := s.t.load(ctx, s.hubName, key)
 			if errors.Is(err, errRetryTwin) {
 				continue
 			}
@@ -214,6 +261,7 @@ func (s *twinScan) complete(ctx context.Context, key string, doc map[string]any)
 			if err != nil {
 				return err
 			}
+			d = ld
 			clear(doc)
 			for k, v := range twinDocument(d, tw, etag) {
 				doc[k] = v
@@ -236,11 +284,9 @@ func (s *twinScan) complete(ctx context.Context, key string, doc map[string]any)
 // json.Number and times as their JSON strings. The twin record is decoded
 // afresh for each document, so its maps are the document's own.
 func twinDocument(d *Device, tw *twinRecord, etag string) map[string]any {
-	doc := map[string]any{
-		"deviceId":                  d.DeviceID,
-		"etag":                      etag,
+	doc := twinOwnDocument(d.DeviceID, tw, etag)
+	for k, v := range map[string]any{
 		"deviceEtag":                d.ETag,
-		"version":                   float64(tw.Version),
 		"status":                    d.Status,
 		"statusReason":              nil,
 		"statusUpdateTime":          d.StatusUpdatedTime.UTC().Format(time.RFC3339Nano),
@@ -250,11 +296,8 @@ func twinDocument(d *Device, tw *twinRecord, etag string) map[string]any {
 		"authenticationType":        "sas",
 		"x509Thumbprint":            map[string]any{"primaryThumbprint": nil, "secondaryThumbprint": nil},
 		"capabilities":              map[string]any{"iotEdge": d.Capabilities != nil && d.Capabilities.IoTEdge},
-		"tags":                      tw.Tags,
-		"properties": map[string]any{
-			"desired":  sectionDocument(tw.Desired),
-			"reported": sectionDocument(tw.Reported),
-		},
+	} {
+		doc[k] = v
 	}
 	if d.StatusReason != nil {
 		doc["statusReason"] = *d.StatusReason
@@ -282,6 +325,20 @@ func twinDocument(d *Device, tw *twinRecord, etag string) map[string]any {
 		doc["parentScopes"] = ps
 	}
 	return doc
+}
+
+// twinOwnDocument is the part of a twin document the twin record holds.
+func twinOwnDocument(id string, tw *twinRecord, etag string) map[string]any {
+	return map[string]any{
+		"deviceId": id,
+		"etag":     etag,
+		"version":  float64(tw.Version),
+		"tags":     tw.Tags,
+		"properties": map[string]any{
+			"desired":  sectionDocument(tw.Desired),
+			"reported": sectionDocument(tw.Reported),
+		},
+	}
 }
 
 // sectionDocument is a desired or reported section with its "$metadata"

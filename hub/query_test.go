@@ -10,6 +10,7 @@ import (
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/store"
 	"github.com/berth-iot/berth/store/memstore"
 )
 
@@ -103,5 +104,46 @@ func TestQueryErrorsAreArgumentInvalid(t *testing.T) {
 		if !errors.As(err, &ae) || ae.Code != azerr.HubArgumentInvalid || !strings.Contains(ae.Message, c.want) {
 			t.Errorf("%q %q: %v", c.q, c.cont, err)
 		}
+	}
+}
+
+// TestQueryTwinOfAnEarlierDevice: a twin left by a deleted device of the
+// same ID is not the new device's, whether or not the query reads the
+// device record for every device (a query on twin members only reads it
+// for the rows returned, which still carry the device's members).
+func TestQueryTwinOfAnEarlierDevice(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	reg := hub.NewRegistry(st, nil)
+	twins := hub.NewTwins(st, reg, nil)
+	const h = "h.example"
+	for _, id := range []string{"old", "kept"} {
+		if _, err := reg.Create(ctx, h, &hub.Device{DeviceID: id}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := twins.Patch(ctx, h, id, []byte(`{"tags":{"site":"x"}}`), "*"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The device record goes, its twin stays (a delete that failed half way).
+	if err := st.Delete(ctx, store.KindDevice, "h.example/old", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Create(ctx, h, &hub.Device{DeviceID: "old", Status: "disabled"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		"SELECT deviceId, status, tags.site FROM devices WHERE tags.site = 'x'",
+		"SELECT deviceId, status, tags.site FROM devices WHERE IS_DEFINED(tags.site)",
+		"SELECT deviceId, status, tags.site FROM devices WHERE IS_DEFINED(tags.site) AND status != 'x'",
+	} {
+		page, err := twins.Query(ctx, h, q, 0, "")
+		if b, _ := json.Marshal(page.Items); err != nil || string(b) != `[{"deviceId":"kept","site":"x","status":"enabled"}]` {
+			t.Errorf("%s: %s %v", q, b, err)
+		}
+	}
+	page, err := twins.Query(ctx, h, "SELECT deviceId, status, tags FROM devices WHERE deviceId = 'old'", 0, "")
+	if b, _ := json.Marshal(page.Items); err != nil || string(b) != `[{"deviceId":"old","status":"disabled","tags":{}}]` {
+		t.Errorf("the new device: %s %v", b, err)
 	}
 }
