@@ -74,7 +74,7 @@ func addHubCommands(root *cobra.Command, g *globals) {
 	cmd.AddCommand(identity, newDeviceTwinCmd(g, hf), newInvokeMethodCmd(g, hf), newC2DCmd(g, hf),
 		connStr, newHubSASTokenCmd(g, hf), newMonitorEventsCmd(g, hf))
 	cmd.AddCommand(newHubManageCmds(g)...) // create|list|show|update|delete (hub_manage.go)
-	cmd.AddCommand(newHubQueryCmd(g, hf)) // hub_query.go
+	cmd.AddCommand(newHubQueryCmd(g, hf))  // hub_query.go
 	root.AddCommand(cmd)
 }
 
