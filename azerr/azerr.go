@@ -112,6 +112,7 @@ var (
 	DPSUnsupportedMedia    = dpsCode(415000, "UnsupportedMediaType", "Unsupported media type.")
 	DPSThrottled           = dpsCode(429001, "Throttled", "Too many requests.")
 	DPSInternal            = dpsCode(500000, "InternalServerError", "Internal server error.")
+	DPSServiceUnavailable  = dpsCode(503000, "ServiceUnavailable", "Service unavailable.")
 )
 
 // IoT Hub errors, with the names IoT Hub writes in iothub-errorcode and in

@@ -87,6 +87,17 @@ type Config struct {
 	// Logger logs what no caller hears of (removals retried in the
 	// background); nothing is logged when nil.
 	Logger *slog.Logger
+	// Faults, set only by test servers (dpstest), may refuse a
+	// registration before it is authenticated, as a throttled or
+	// unavailable Azure DPS does; nil in production.
+	Faults Faults
+}
+
+// Faults injects failures into registrations (Config.Faults).
+type Faults interface {
+	// Register runs before each registration request is authenticated; a
+	// non-nil error (an *azerr.Error such as DPSThrottled) is the answer.
+	Register(ctx context.Context, registrationID string) error
 }
 
 // Service is the DPS domain.
@@ -107,6 +118,7 @@ type Service struct {
 	limits         sas.Limits
 	log            *slog.Logger
 	removalWake    chan struct{} // RunRemovals: a removal failed
+	faults         Faults
 }
 
 // New returns a Service. idScope must not be empty; hubs must name at least
@@ -143,7 +155,7 @@ func New(st store.Store, registry DeviceRegistry, cfg Config) (*Service, error) 
 	return &Service{store: st, registry: registry, idScope: cfg.IDScope, hubs: hubs, region: cfg.Region, defaultHub: cfg.DefaultHub,
 		webhook: cfg.WebhookClient, webhookTimeout: cfg.WebhookTimeout, retry: cfg.RetryAfter, now: cfg.Now,
 		settings: cfg.Settings, serviceHosts: slices.Clone(cfg.ServiceHosts), limits: cfg.TokenLimits,
-		log: cfg.Logger, removalWake: make(chan struct{}, 1)}, nil
+		log: cfg.Logger, removalWake: make(chan struct{}, 1), faults: cfg.Faults}, nil
 }
 
 // IDScope returns the service's ID scope.
@@ -321,6 +333,11 @@ func parseDeviceRequest(body []byte, regID string) (payload json.RawMessage, has
 func (s *Service) Register(ctx context.Context, req RegisterRequest) (*OperationStatus, error) {
 	if !ValidRegistrationID(req.RegistrationID) {
 		return nil, azerr.New(azerr.DPSInvalidRegistration)
+	}
+	if s.faults != nil {
+		if err := s.faults.Register(ctx, req.RegistrationID); err != nil {
+			return nil, err
+		}
 	}
 	payload, err := parseDeviceBody(req.Body, req.RegistrationID)
 	if err != nil {

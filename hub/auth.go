@@ -220,6 +220,10 @@ func authType(d *Device) string {
 // credential to the device, as on IoT Hub); a registry failure is returned
 // as is.
 func (r *Registry) enabledDevice(ctx context.Context, hubName, deviceID string) (*Device, error) {
+	// Every device authentication, SAS or X.509, passes here.
+	if err := r.fault(ctx, FaultConnect, hubName, deviceID); err != nil {
+		return nil, err
+	}
 	d, err := r.Get(ctx, hubName, deviceID)
 	if err != nil {
 		var ae *azerr.Error

@@ -48,6 +48,14 @@ const (
 	// CloseRevoked: the device was disabled or deleted, or the key or
 	// thumbprint the link authenticated with was replaced.
 	CloseRevoked
+	// CloseExpired: the credential the link was opened with is treated as
+	// expired before its time (a test server's ExpireTokens); the device
+	// reconnects with a fresh one, as when IoT Hub ends a session whose
+	// token expired.
+	CloseExpired
+	// CloseFault: a test server's injected fault drops the connection
+	// (hubtest).
+	CloseFault
 )
 
 func (r CloseReason) String() string {
@@ -56,6 +64,10 @@ func (r CloseReason) String() string {
 		return "a newer connection of the device authenticated"
 	case CloseRevoked:
 		return "the device's credential was revoked (disabled, deleted, or keys replaced)"
+	case CloseExpired:
+		return "the device's credential expired"
+	case CloseFault:
+		return "a test server dropped the connection"
 	}
 	return "closed by the hub"
 }

@@ -117,7 +117,7 @@ func (m *Methods) Invoke(ctx context.Context, hubName, deviceID string, req *Met
 		}
 		return nil, notOnline(deviceID, connTimeout)
 	}
-	return m.invokeLocal(ctx, link, deviceID, req.MethodName, payload, respTimeout)
+	return m.invokeLocal(ctx, link, hubName, deviceID, req.MethodName, payload, respTimeout)
 }
 
 // notOnline is the 404103 answer when no link was found in time.
@@ -129,10 +129,13 @@ func notOnline(deviceID string, connTimeout time.Duration) error {
 }
 
 // invokeLocal calls the method on a link of this node.
-func (m *Methods) invokeLocal(ctx context.Context, link DeviceLink, deviceID, name string, payload []byte, respTimeout time.Duration) (*MethodResult, error) {
+func (m *Methods) invokeLocal(ctx context.Context, link DeviceLink, hubName, deviceID, name string, payload []byte, respTimeout time.Duration) (*MethodResult, error) {
 	ictx, cancel := context.WithTimeout(ctx, respTimeout)
 	defer cancel()
 	status, resp, err := link.InvokeMethod(ictx, name, payload)
+	if err == nil {
+		err = m.reg.fault(ictx, FaultMethod, hubName, deviceID)
+	}
 	return methodResult(ctx, deviceID, 0, status, resp, err)
 }
 
@@ -169,7 +172,7 @@ func (m *Methods) invokeAnywhere(ctx context.Context, f Forwarder, hubName, devi
 		case l := <-local:
 			if l != nil {
 				cancelRemote()
-				return m.invokeLocal(ctx, l, deviceID, name, payload, respTimeout)
+				return m.invokeLocal(ctx, l, hubName, deviceID, name, payload, respTimeout)
 			}
 			local = nil // timed out here; the remote answer decides
 		}

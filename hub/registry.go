@@ -100,6 +100,9 @@ type Registry struct {
 	// links are the live sessions a change of a device revokes
 	// (SetLinks); guarded by mu.
 	links *Links
+	// faults are a test server's injected failures (SetFaults); nil in
+	// production.
+	faults Faults
 }
 
 type presence struct {

@@ -81,6 +81,9 @@ func (t *Telemetry) AcceptBatch(ctx context.Context, from Sender, ms []*Message)
 	if len(ms) == 0 {
 		return azerr.Newf(azerr.HubArgumentInvalid, "The batch contains no messages.")
 	}
+	if err := t.registry.fault(ctx, FaultTelemetry, from.Hub, from.DeviceID); err != nil {
+		return err
+	}
 	total := 0
 	for _, m := range ms {
 		total += m.Size()

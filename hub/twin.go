@@ -196,6 +196,9 @@ func (t *Twins) Get(ctx context.Context, hubName, id string) (*Twin, error) {
 // reported properties with their "$version", without tags or $metadata
 // (shared/spec/iothub.md §4.3).
 func (t *Twins) DeviceDocument(ctx context.Context, hubName, id string) ([]byte, error) {
+	if err := t.reg.fault(ctx, FaultTwin, hubName, id); err != nil {
+		return nil, err
+	}
 	for range 5 {
 		_, tw, _, err := t.load(ctx, hubName, id)
 		if errors.Is(err, errRetryTwin) {
@@ -345,6 +348,9 @@ func (t *Twins) update(ctx context.Context, hubName, id, ifMatch string, change 
 // PatchReported merges a device's reported-properties patch and returns the
 // new reported $version (shared/spec/iothub.md §4.1).
 func (t *Twins) PatchReported(ctx context.Context, hubName, id string, body []byte) (int64, error) {
+	if err := t.reg.fault(ctx, FaultTwin, hubName, id); err != nil {
+		return 0, err
+	}
 	patch, err := decodeTwinObject(body)
 	if err != nil {
 		return 0, err

@@ -74,6 +74,10 @@ type Config struct {
 	// or service SAS token berth accepts; 0 for no limit, as Azure.
 	MaxTokenLifetime time.Duration
 	Logger           *slog.Logger
+	// DPSFaults and HubFaults inject failures into the domains, for test
+	// servers (dpstest, hubtest); nil in production.
+	DPSFaults dps.Faults
+	HubFaults hub.Faults
 }
 
 // Defaults fills unset fields.
@@ -160,6 +164,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.registry = hub.NewRegistry(st, nil)
 	limits := sas.Limits{MaxLifetime: cfg.MaxTokenLifetime}
 	s.registry.SetTokenLimits(limits)
+	if cfg.HubFaults != nil {
+		s.registry.SetFaults(cfg.HubFaults)
+	}
 	// Telemetry gets its sink once the stream is open (openStream).
 	s.hubSvc = hub.NewServices(st, s.registry, nil, nil, s.log)
 	if s.hubs, err = hub.LoadDirectory(ctx, st, s.registry, cfg.HubName, time.Now()); err != nil {
@@ -179,6 +186,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		ServiceHosts: serviceHosts(cfg),
 		TokenLimits:  limits,
 		Logger:       s.log.With("component", "dps"),
+		Faults:       cfg.DPSFaults,
 	})
 	if err != nil {
 		st.Close()
@@ -469,6 +477,10 @@ func (s *Server) Stream() *stream.Stream { return s.stream }
 
 // DPS returns the DPS domain service (for tests and in-process tools).
 func (s *Server) DPS() *dps.Service { return s.dps }
+
+// Hub returns the hub domain the front ends serve (for tests and
+// in-process tools).
+func (s *Server) Hub() *hub.Services { return s.hubSvc }
 
 // Settings returns the DPS settings.
 func (s *Server) Settings() *dps.Settings { return s.settings }
