@@ -3,6 +3,7 @@ package hubtest_test
 import (
 	"context"
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -97,9 +98,41 @@ func TestRefuseConnections(t *testing.T) {
 		t.Fatalf("first CONNECT: want CONNACK 3 (server unavailable), got %v", err)
 	}
 	d.mustConnect()
-	if n := srv.InjectedFaults(); n != 1 {
-		t.Fatalf("InjectedFaults = %d, want 1", n)
+	// HTTPS device requests authenticate each time: refused alike.
+	srv.RefuseConnections(1)
+	if status := d.sendHTTPS(); status != http.StatusServiceUnavailable {
+		t.Fatalf("HTTPS telemetry while refusing: %d, want 503", status)
 	}
+	if status := d.sendHTTPS(); status != http.StatusNoContent {
+		t.Fatalf("HTTPS telemetry after: %d, want 204", status)
+	}
+	if n := srv.InjectedFaults(); n != 2 {
+		t.Fatalf("InjectedFaults = %d, want 2", n)
+	}
+}
+
+// sendHTTPS sends one telemetry message over HTTPS and returns the status.
+func (d *device) sendHTTPS() int {
+	d.t.Helper()
+	tok, err := sas.Sign(d.srv.HubName+"/devices/"+d.id, d.key, "", time.Now().Add(time.Hour))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	tlsConf := d.srv.TLSConfig()
+	tlsConf.ServerName = d.srv.HubName
+	hc := &http.Client{Timeout: wait, Transport: &http.Transport{TLSClientConfig: tlsConf}}
+	req, err := http.NewRequest("POST", "https://"+d.srv.HTTPSAddr+"/devices/"+d.id+"/messages/events?api-version=2021-04-12", strings.NewReader("m"))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	req.Host = d.srv.HubName
+	req.Header.Set("Authorization", tok)
+	resp, err := hc.Do(req)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func TestDelayConnections(t *testing.T) {
