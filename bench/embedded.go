@@ -67,6 +67,7 @@ func StartEmbedded(ctx context.Context, logger *slog.Logger) (*Embedded, error) 
 			Hosts:        []string{host},
 			MQTTAddr:     net.JoinHostPort(host, "0"),
 			HTTPSAddr:    net.JoinHostPort(host, "0"),
+			AMQPAddr:     net.JoinHostPort(host, "0"),
 			StreamListen: "none",
 			Logger:       logger,
 		})
@@ -123,7 +124,7 @@ func Spawn(ctx context.Context, exe string) (*Spawned, error) {
 	// Not CommandContext: the child must outlive a cancelled ctx long
 	// enough to be stopped with SIGTERM by Close, like any berth.
 	cmd := exec.Command(exe, "serve", "--data-dir", dir, "--host", host,
-		"--mqtt-addr", net.JoinHostPort(host, "0"), "--https-addr", net.JoinHostPort(host, "0"),
+		"--mqtt-addr", net.JoinHostPort(host, "0"), "--https-addr", net.JoinHostPort(host, "0"), "--amqp-addr", net.JoinHostPort(host, "0"),
 		"--stream-listen", "none", "--log-level", "error")
 	// The child's settings come from these flags alone.
 	cmd.Env = filterEnv(os.Environ(), "BERTH_")

@@ -57,6 +57,7 @@ func startWith(t *testing.T, dataDir string, cfg server.Config) *berth {
 		HubName:    "hub.berth.test",
 		MQTTAddr:   "127.0.0.1:0",
 		HTTPSAddr:  "127.0.0.1:0",
+		AMQPAddr:   "127.0.0.1:0",
 		RetryAfter: 1,
 		StoreURL:   cfg.StoreURL,
 		NATSURL:    cfg.NATSURL,

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/dps"
+	amqpfront "github.com/berth-iot/berth/frontend/amqp"
 	mqttfront "github.com/berth-iot/berth/frontend/mqtt"
 	"github.com/berth-iot/berth/frontend/rest"
 	"github.com/berth-iot/berth/hub"
@@ -51,6 +52,9 @@ type Config struct {
 	// MQTTAddr and HTTPSAddr are the listen addresses (":8883", ":443").
 	MQTTAddr  string
 	HTTPSAddr string
+	// AMQPAddr is the AMQPS listen address (":5671"); "off" serves no AMQP
+	// over TCP (AmqpWs on the HTTPS listener stays).
+	AMQPAddr string
 	// TLSCert and TLSKey name a user-supplied certificate and key; when
 	// empty berth issues its own from its development CA.
 	TLSCert string
@@ -80,6 +84,9 @@ type Config struct {
 	HubFaults hub.Faults
 }
 
+// AMQPOff as Config.AMQPAddr turns the AMQPS listener off.
+const AMQPOff = "off"
+
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
 	if c.DataDir == "" {
@@ -96,6 +103,9 @@ func (c *Config) Defaults() {
 	}
 	if c.HTTPSAddr == "" {
 		c.HTTPSAddr = ":443"
+	}
+	if c.AMQPAddr == "" {
+		c.AMQPAddr = ":5671"
 	}
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = dps.DefaultRetryAfter
@@ -131,7 +141,9 @@ type Server struct {
 
 	mqttLn  net.Listener
 	httpsLn net.Listener
+	amqpLn  net.Listener // nil with AMQPAddr "off"
 	mqtt    *mqttfront.Server
+	amqp    *amqpfront.Server
 	https   *http.Server
 	wg      sync.WaitGroup
 	// stopBackground ends the background work Start begins (DPS removal
@@ -346,6 +358,15 @@ func (s *Server) Start() error {
 		s.mqttLn.Close()
 		return fmt.Errorf("server: https listener: %w", err)
 	}
+	if s.cfg.AMQPAddr != AMQPOff {
+		if s.amqpLn, err = net.Listen("tcp", s.cfg.AMQPAddr); err != nil {
+			s.mqttLn.Close()
+			s.httpsLn.Close()
+			return fmt.Errorf("server: amqp listener: %w", err)
+		}
+	}
+	hubCfg := &amqpfront.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc}
+	s.amqp = amqpfront.New(amqpfront.Config{Logger: s.log.With("listener", "amqp"), Hub: hubCfg})
 	s.mqtt = mqttfront.New(mqttfront.Config{
 		Logger: s.log.With("listener", "mqtt"),
 		Hub:    &mqttfront.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc},
@@ -380,6 +401,18 @@ func (s *Server) Start() error {
 	}()
 	mqttTLS := pki.ServerTLSConfig(s.certs, nil)
 	httpsTLS := pki.ServerTLSConfig(s.certs, []string{"http/1.1"})
+	if s.amqpLn != nil {
+		// As MQTT: client certificates requested, not required (X.509
+		// devices authenticate with them).
+		amqpTLS := pki.ServerTLSConfig(s.certs, nil)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.amqp.Serve(tls.NewListener(s.amqpLn, amqpTLS)); err != nil && !errors.Is(err, net.ErrClosed) {
+				s.errs <- fmt.Errorf("server: amqp: %w", err)
+			}
+		}()
+	}
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
@@ -422,6 +455,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("server: mqtt shutdown: %w", err))
 		}
 	}
+	if s.amqp != nil {
+		if err := s.amqp.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("server: amqp shutdown: %w", err))
+		}
+	}
 	if s.stopBackground != nil {
 		s.stopBackground()
 	}
@@ -454,6 +492,9 @@ func (s *Server) Info() *localconf.Info {
 		MQTTAddress:    dialAddr(s.cfg.Hosts[0], s.mqttLn, s.cfg.MQTTAddr),
 		HTTPSAddress:   dialAddr(s.cfg.Hosts[0], s.httpsLn, s.cfg.HTTPSAddr),
 		CAFile:         s.caFile,
+	}
+	if s.cfg.AMQPAddr != AMQPOff {
+		info.AMQPAddress = dialAddr(s.cfg.Hosts[0], s.amqpLn, s.cfg.AMQPAddr)
 	}
 	if owner != nil {
 		info.ServiceConnectionString = owner.ConnectionString(s.cfg.Hosts[0])

@@ -85,7 +85,7 @@ export async function startBerth(ip, extraArgs = [], options = {}) {
   const logFile = path.join(dataDir, 'berth.log');
   const log = fs.openSync(logFile, 'a');
   const args = ['serve', '--data-dir', dataDir, '--host', ip,
-    '--mqtt-addr', `${ip}:8883`, '--https-addr', `${ip}:443`, ...extraArgs];
+    '--mqtt-addr', `${ip}:8883`, '--https-addr', `${ip}:443`, '--amqp-addr', `${ip}:5671`, ...extraArgs];
   const child = spawn(bin, args, { stdio: ['ignore', log, log] });
   fs.closeSync(log);
   let exited = null;

@@ -21,6 +21,7 @@ func startBerth(t *testing.T) string {
 		HubName:   "hub.berth.test",
 		MQTTAddr:  "127.0.0.1:0",
 		HTTPSAddr: "127.0.0.1:0",
+		AMQPAddr:  "127.0.0.1:0",
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

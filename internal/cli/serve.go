@@ -57,7 +57,8 @@ the flag names. Flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.HubName, "hub-name", "", "host name of the IoT hub devices are assigned to (default: the first --host)")
 	f.StringVar(&cfg.Region, "region", "", "this berth's region label: geoLatency allocation prefers hubs with the same --region")
 	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", ":8883", "MQTT over TLS listen address")
-	f.StringVar(&cfg.HTTPSAddr, "https-addr", ":443", "HTTPS listen address")
+	f.StringVar(&cfg.HTTPSAddr, "https-addr", ":443", "HTTPS listen address (also AMQP and MQTT over WebSockets at /$iothub/websocket)")
+	f.StringVar(&cfg.AMQPAddr, "amqp-addr", ":5671", `AMQP over TLS listen address; "off" for none`)
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (PEM, chain); default: issued by berth's development CA")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "server certificate key (PEM)")
 	f.StringVar(&cfg.IDScope, "id-scope", "", "ID scope to create on first start (default: generated)")
@@ -155,6 +156,9 @@ func printBanner(out io.Writer, srv *server.Server, dataDir string, retryAfter i
 	fmt.Fprintf(tw, "  ID scope\t%s\n", info.IDScope)
 	fmt.Fprintf(tw, "  DPS global endpoint\t%s (MQTT %s, HTTPS %s)\n", info.GlobalEndpoint, info.MQTTAddress, info.HTTPSAddress)
 	fmt.Fprintf(tw, "  IoT hub\t%s\n", info.HubHostName)
+	if info.AMQPAddress != "" {
+		fmt.Fprintf(tw, "  AMQP endpoint\tamqps://%s (devices and service; AmqpWs and MqttWs on wss://%s/$iothub/websocket)\n", info.AMQPAddress, info.HTTPSAddress)
+	}
 	if info.CAFile != "" {
 		fmt.Fprintf(tw, "  CA to trust\t%s\n", info.CAFile)
 	}

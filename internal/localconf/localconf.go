@@ -18,11 +18,12 @@ const FileName = "client.json"
 // owner policy's key, so it is written 0600.
 type Info struct {
 	IDScope                 string `json:"idScope"`
-	GlobalEndpoint          string `json:"globalEndpoint"` // DPS host name devices use (TLS server name)
-	HubHostName             string `json:"hubHostName"`    // default hub's host name
-	MQTTAddress             string `json:"mqttAddress"`    // host:port to dial for MQTT
-	HTTPSAddress            string `json:"httpsAddress"`   // host:port to dial for HTTPS
-	CAFile                  string `json:"caFile"`         // PEM of the CA that signed the server certificate
+	GlobalEndpoint          string `json:"globalEndpoint"`        // DPS host name devices use (TLS server name)
+	HubHostName             string `json:"hubHostName"`           // default hub's host name
+	MQTTAddress             string `json:"mqttAddress"`           // host:port to dial for MQTT
+	HTTPSAddress            string `json:"httpsAddress"`          // host:port to dial for HTTPS
+	AMQPAddress             string `json:"amqpAddress,omitempty"` // host:port to dial for AMQPS; "" when off
+	CAFile                  string `json:"caFile"`                // PEM of the CA that signed the server certificate
 	ServiceConnectionString string `json:"serviceConnectionString"`
 	// HubConnectionString is the hub's iothubowner connection string.
 	HubConnectionString string `json:"hubConnectionString"`

@@ -99,7 +99,7 @@ start_berth() {
 		port_open "$ip" "$p" && die "$ip:$p is already taken (a berth left running?)"
 	done
 	DATA=$(mktemp -d "${TMPDIR:-/tmp}/berth-$SCRIPT_NAME.XXXXXX")
-	"$BERTH_BIN" serve --data-dir "$DATA" --host "$ip" --mqtt-addr "$ip:8883" --https-addr "$ip:443" \
+	"$BERTH_BIN" serve --data-dir "$DATA" --host "$ip" --mqtt-addr "$ip:8883" --https-addr "$ip:443" --amqp-addr "$ip:5671" \
 		>"$DATA/berth.log" 2>&1 &
 	BERTH_PID=$!
 	local i

@@ -1,0 +1,475 @@
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	engine "github.com/berth-iot/berth/amqp"
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/refusal"
+	"github.com/berth-iot/berth/sas"
+)
+
+// authTimeout bounds one credential check (CBS put-token, certificate).
+const authTimeout = 10 * time.Second
+
+// grant is what one credential authorises on a connection: a device (CBS
+// {hub}/devices/{d}, SASL PLAIN {d}@sas.{hub}, or the TLS client
+// certificate) or a service policy (CBS {hub}[/path]). A CBS renewal for
+// the same audience replaces its expiry; when it expires the links it
+// authorised are detached.
+type grant struct {
+	key      string // lower-cased hub and audience path
+	hub      string
+	settings *hub.Settings
+	deviceID string        // device grants
+	identity *hub.Identity // device grants
+	path     []string      // service grants: the audience below the hub
+	expires  time.Time     // zero: none
+	timer    *time.Timer
+	links    map[*engine.Link]struct{}
+}
+
+// conn is one AMQP connection: the engine's Handler and what it
+// authenticated.
+type conn struct {
+	srv *Server
+	cbs *engine.Node
+
+	mu      sync.Mutex
+	ec      *engine.Conn
+	closed  bool
+	grants  map[string]*grant
+	devices map[string]*device // live device sessions, by hub/deviceID
+}
+
+func newConn(s *Server) *conn {
+	c := &conn{srv: s, grants: map[string]*grant{}, devices: map[string]*device{}}
+	c.cbs = &engine.Node{Serve: c.serveCBS}
+	return c
+}
+
+func (c *conn) hubCfg() *HubConfig { return c.srv.cfg.Hub }
+
+func (c *conn) logAttrs(more ...any) []any {
+	c.mu.Lock()
+	ec := c.ec
+	c.mu.Unlock()
+	attrs := []any{}
+	if ec != nil {
+		attrs = append(attrs, "remote", ec.RemoteAddr().String())
+	}
+	return append(attrs, more...)
+}
+
+// Authenticate decides SASL: PLAIN carries a device ({d}@sas.{hubName})
+// or service ({policy}@sas.root.{hubName}) SAS token; EXTERNAL means the
+// TLS client certificate, checked against the device each link names;
+// ANONYMOUS and MSSBCBS mean a CBS token follows.
+func (c *conn) Authenticate(ec *engine.Conn, cred *engine.SASLCredentials) engine.SASLCode {
+	c.mu.Lock()
+	c.ec = ec
+	c.mu.Unlock()
+	switch cred.Mechanism {
+	case engine.MechANONYMOUS, engine.MechMSSBCBS, engine.MechEXTERNAL:
+		return engine.SASLOK
+	case engine.MechPLAIN:
+		user, pass := cred.Username, cred.Password
+		name, realm, ok := strings.Cut(user, "@sas.")
+		if !ok || name == "" {
+			c.srv.log.Info("amqp: SASL PLAIN refused: the user is not {device}@sas.{hub} or {policy}@sas.root.{hub}", c.logAttrs("user", clip(user))...)
+			return engine.SASLAuth
+		}
+		tok, err := sas.Parse(pass)
+		if err != nil {
+			c.srv.log.Info("amqp: SASL PLAIN refused: the password is not a SAS token", c.logAttrs("user", clip(user))...)
+			return engine.SASLAuth
+		}
+		// The token's sr names the hub host; the user's realm only its
+		// first label.
+		aud := tok.Resource
+		if strings.HasPrefix(realm, "root.") {
+			if status, _ := c.authorize(aud, pass); status != 200 {
+				return engine.SASLAuth
+			}
+			return engine.SASLOK
+		}
+		host, _, _ := strings.Cut(aud, "/")
+		if status, _ := c.authorize(host+"/devices/"+url.PathEscape(name), pass); status != 200 {
+			return engine.SASLAuth
+		}
+		return engine.SASLOK
+	}
+	return engine.SASLAuth
+}
+
+// Open accepts every open: the hub a connection talks to is the one its
+// credentials name (the CBS audience, the PLAIN token), so an unknown
+// open hostname is not refused here.
+func (c *conn) Open(ec *engine.Conn, o *engine.Open) *engine.Error {
+	c.mu.Lock()
+	c.ec = ec
+	c.mu.Unlock()
+	return nil
+}
+
+// Attach routes a link by its address (routes).
+func (c *conn) Attach(l *engine.Link) (engine.LinkHandler, *engine.Error) {
+	c.mu.Lock()
+	c.ec = l.Conn()
+	c.mu.Unlock()
+	addr := l.Address()
+	r, m, ok := lookupRoute(addr)
+	if !ok {
+		c.srv.log.Info("amqp: attach refused: no such address", c.logAttrs("address", clip(addr), "role", l.Role().String())...)
+		return nil, linkError(engine.ErrCondNotFound, "The address %q is not served.", clip(addr))
+	}
+	h, e := r.attach(c, l, m)
+	if e != nil {
+		c.srv.log.Info("amqp: attach refused", c.logAttrs("address", clip(addr), "role", l.Role().String(), "condition", string(e.Condition), "description", e.Description)...)
+	}
+	return h, e
+}
+
+// Closed ends the device sessions and stops the grants' timers.
+func (c *conn) Closed(ec *engine.Conn, err error) {
+	c.mu.Lock()
+	c.closed = true
+	devs := make([]*device, 0, len(c.devices))
+	for _, d := range c.devices {
+		devs = append(devs, d)
+	}
+	c.devices = map[string]*device{}
+	for _, g := range c.grants {
+		if g.timer != nil {
+			g.timer.Stop()
+		}
+	}
+	c.grants = map[string]*grant{}
+	c.mu.Unlock()
+	for _, d := range devs {
+		d.end()
+	}
+}
+
+// closeConn closes the connection with an error.
+func (c *conn) closeConn(e *engine.Error) {
+	c.mu.Lock()
+	ec := c.ec
+	c.mu.Unlock()
+	if ec != nil {
+		ec.Close(e)
+	}
+}
+
+func (c *conn) attachCBS(l *engine.Link, _ match) (engine.LinkHandler, *engine.Error) {
+	return c.cbs.Attach(l)
+}
+
+func (c *conn) attachModule(l *engine.Link, m match) (engine.LinkHandler, *engine.Error) {
+	return nil, linkError(engine.ErrCondNotImplemented, "Modules are not supported by berth yet (module %q of device %q).", clip(m.moduleID), clip(m.deviceID))
+}
+
+// CBS application properties and status codes (docs/amqp-wire.md, "CBS").
+const (
+	cbsOperation   = "operation"
+	cbsPutToken    = "put-token"
+	cbsName        = "name"
+	cbsStatusCode  = "status-code"
+	cbsStatusDescr = "status-description"
+)
+
+// serveCBS answers a $cbs request. The check runs off the reader: it reads
+// the store.
+func (c *conn) serveCBS(r *engine.Request) {
+	go func() {
+		status, desc := c.putToken(r.Message)
+		reply := &engine.Message{ApplicationProperties: engine.Map{
+			{Key: cbsStatusCode, Value: int32(status)},
+			{Key: cbsStatusDescr, Value: desc},
+		}}
+		if err := r.Reply(reply); err != nil {
+			c.srv.log.Debug("amqp: CBS reply not sent", c.logAttrs("error", err.Error())...)
+		}
+	}()
+}
+
+func (c *conn) putToken(m *engine.Message) (int, string) {
+	if op := appString(m, cbsOperation); op != cbsPutToken {
+		return 400, fmt.Sprintf("The operation %q is not supported; only put-token is.", clip(op))
+	}
+	name := appString(m, cbsName)
+	token, ok := bodyString(m)
+	if name == "" || !ok {
+		return 400, "A put-token request needs a name and a token."
+	}
+	return c.authorize(name, token)
+}
+
+// authorize checks a SAS token for an audience (a CBS name, URL-encoded or
+// not, with or without a scheme) and, when it is good, records or renews
+// the grant. It answers a CBS status code and description.
+func (c *conn) authorize(audience, token string) (int, string) {
+	aud := audience
+	if dec, err := url.QueryUnescape(audience); err == nil {
+		aud = dec
+	}
+	aud = normaliseAudience(aud)
+	segs := strings.Split(aud, "/")
+	hubName, settings, ok := c.srv.servedHub(segs[0])
+	if !ok {
+		c.srv.log.Info("amqp: CBS token refused: the audience names no hub berth serves", c.logAttrs("audience", clip(aud))...)
+		return 404, fmt.Sprintf("The hub %s is not served here.", clip(segs[0]))
+	}
+	h := c.hubCfg()
+	if h == nil || h.Services == nil {
+		return 503, "The hub is not available."
+	}
+	rest := segs[1:]
+	ctx, cancel := context.WithTimeout(c.srv.ctx, authTimeout)
+	defer cancel()
+	g := &grant{hub: hubName, settings: settings}
+	if len(rest) >= 2 && strings.EqualFold(rest[0], "devices") {
+		if len(rest) > 2 {
+			if len(rest) >= 4 && strings.EqualFold(rest[2], "modules") {
+				c.srv.log.Info("amqp: CBS token refused: modules are not supported yet", c.logAttrs("audience", clip(aud))...)
+				return 404, "Modules are not supported by berth yet."
+			}
+			return 404, fmt.Sprintf("The audience %s is not a device.", clip(aud))
+		}
+		id, err := h.Registry.AuthenticateDevice(ctx, settings, hubName, rest[1], token)
+		if err != nil {
+			return c.refused("device", aud, err)
+		}
+		g.deviceID, g.identity, g.expires = id.Device.DeviceID, id, id.Expires
+		g.key = strings.ToLower(hubName) + "/devices/" + id.Device.DeviceID
+	} else {
+		if _, err := h.Registry.AuthorizeService(settings, hubName, token, rest, hub.RightServiceConnect); err != nil {
+			return c.refused("service", aud, err)
+		}
+		if tok, err := sas.Parse(token); err == nil {
+			g.expires = tok.Expiry.Add(sas.MaxClockSkew)
+		}
+		g.path = rest
+		g.key = strings.ToLower(hubName + "/" + strings.Join(rest, "/"))
+	}
+	if !g.expires.IsZero() && !g.expires.After(h.Now()) {
+		return 401, "The token has expired."
+	}
+	c.addGrant(g)
+	return 200, "OK"
+}
+
+// refused logs a refused token once, with the domain's reason, and
+// answers its CBS status.
+func (c *conn) refused(kind, aud string, err error) (int, string) {
+	var ae *azerr.Error
+	if errors.As(err, &ae) && ae.Status() >= 400 && ae.Status() < 500 {
+		attrs := c.logAttrs("audience", clip(aud))
+		if r := refusal.Of(err); r != nil {
+			attrs = append(attrs, r.LogAttrs()...)
+		} else {
+			attrs = append(attrs, "error", err.Error())
+		}
+		c.srv.log.Info("amqp: CBS "+kind+" token refused", attrs...)
+		return 401, "Unauthorized: " + ae.Message
+	}
+	c.srv.log.Error("amqp: CBS "+kind+" token could not be checked", c.logAttrs("audience", clip(aud), "error", err.Error())...)
+	return 500, "The token could not be checked."
+}
+
+// normaliseAudience strips a scheme and a trailing '/' from a decoded
+// audience.
+func normaliseAudience(a string) string {
+	for _, scheme := range []string{"amqps://", "amqp://", "sb://"} {
+		if len(a) >= len(scheme) && strings.EqualFold(a[:len(scheme)], scheme) {
+			a = a[len(scheme):]
+			break
+		}
+	}
+	return strings.TrimSuffix(a, "/")
+}
+
+// addGrant records a grant, or renews the one of the same audience (its
+// links stay), and arms its expiry.
+func (c *conn) addGrant(g *grant) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	if old, ok := c.grants[g.key]; ok {
+		if old.timer != nil {
+			old.timer.Stop()
+		}
+		old.identity, old.expires, old.settings = g.identity, g.expires, g.settings
+		g = old
+	} else {
+		g.links = map[*engine.Link]struct{}{}
+		c.grants[g.key] = g
+	}
+	if !g.expires.IsZero() {
+		left := g.expires.Sub(c.hubCfg().Now())
+		g.timer = time.AfterFunc(left, func() { c.expire(g) })
+	}
+	ec := c.ec
+	c.mu.Unlock()
+	if ec != nil {
+		ec.Authenticated(nil)
+	}
+}
+
+// expire drops a grant whose credential ran out: the links it authorised
+// are detached with amqp:unauthorized-access (a renewal in time would have
+// replaced the timer).
+func (c *conn) expire(g *grant) {
+	c.mu.Lock()
+	if cur, ok := c.grants[g.key]; !ok || cur != g || g.expires.After(c.hubCfg().Now()) {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.grants, g.key)
+	links := make([]*engine.Link, 0, len(g.links))
+	for l := range g.links {
+		links = append(links, l)
+	}
+	var dev *device
+	if g.deviceID != "" {
+		dk := deviceKey(g.hub, g.deviceID)
+		if dev = c.devices[dk]; dev != nil {
+			delete(c.devices, dk)
+		}
+	}
+	c.mu.Unlock()
+	c.srv.log.Info("amqp: token expired; its links are detached", c.logAttrs("audience", g.key, "links", len(links))...)
+	e := linkError(engine.ErrCondUnauthorizedAccess, "The token for %s has expired.", g.key)
+	for _, l := range links {
+		l.Close(e)
+	}
+	if dev != nil {
+		dev.end()
+	}
+}
+
+// serviceGrant returns the service grant that covers an address path
+// (the audience path a prefix of it), if any.
+func (c *conn) serviceGrant(segs []string) *grant {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, g := range c.grants {
+		if g.deviceID != "" || len(g.path) > len(segs) {
+			continue
+		}
+		covers := true
+		for i, p := range g.path {
+			if !strings.EqualFold(p, segs[i]) {
+				covers = false
+				break
+			}
+		}
+		if covers {
+			return g
+		}
+	}
+	return nil
+}
+
+// bind records that g authorised l: its expiry detaches l.
+func (c *conn) bind(g *grant, l *engine.Link) {
+	c.mu.Lock()
+	if g.links != nil {
+		g.links[l] = struct{}{}
+	}
+	c.mu.Unlock()
+}
+
+// unbind forgets a link that ended.
+func (c *conn) unbind(l *engine.Link) {
+	c.mu.Lock()
+	for _, g := range c.grants {
+		delete(g.links, l)
+	}
+	c.mu.Unlock()
+}
+
+func deviceKey(hubName, deviceID string) string { return strings.ToLower(hubName) + "/" + deviceID }
+
+// appString is a string application property ("" when absent or not a
+// string).
+func appString(m *engine.Message, key string) string {
+	v, _ := m.ApplicationProperty(key)
+	switch s := v.(type) {
+	case string:
+		return s
+	case engine.Symbol:
+		return string(s)
+	}
+	return ""
+}
+
+// bodyString is a message body as text: an amqp-value string (CBS tokens)
+// or data sections.
+func bodyString(m *engine.Message) (string, bool) {
+	if m.HasValue {
+		switch v := m.Value.(type) {
+		case string:
+			return v, true
+		case []byte:
+			return string(v), true
+		}
+		return "", false
+	}
+	if len(m.Data) > 0 {
+		return string(body(m)), true
+	}
+	return "", false
+}
+
+// body is a message's data sections (or binary/string amqp-value) as one
+// byte slice.
+func body(m *engine.Message) []byte {
+	switch len(m.Data) {
+	case 0:
+		switch v := m.Value.(type) {
+		case []byte:
+			return v
+		case string:
+			return []byte(v)
+		}
+		return nil
+	case 1:
+		return m.Data[0]
+	}
+	var b []byte
+	for _, d := range m.Data {
+		b = append(b, d...)
+	}
+	return b
+}
+
+// clip bounds a client-supplied string in logs and errors.
+func clip(s string) string {
+	const limit = 256
+	if len(s) <= limit {
+		return s
+	}
+	return s[:limit] + "…"
+}
+
+// sameHost compares host names ignoring case and a :port.
+func sameHost(a, b string) bool {
+	return strings.EqualFold(stripPort(a), stripPort(b))
+}
+
+func stripPort(h string) string {
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[i:], "]") {
+		return h[:i]
+	}
+	return h
+}

@@ -1,0 +1,208 @@
+// Package amqp is berth's AMQP 1.0 front end (5671, and AmqpWs on 443): it
+// maps link addresses to the hub domain (docs/amqp-wire.md). The protocol
+// itself (framing, SASL, sessions, links, credit) is the engine in package
+// github.com/berth-iot/berth/amqp; this package only decides who a peer is
+// (SASL, CBS put-token, TLS client certificates) and translates each
+// link's messages into calls on the hub bundle.
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	engine "github.com/berth-iot/berth/amqp"
+	"github.com/berth-iot/berth/hub"
+)
+
+// HubConfig is the hub this front end serves (as for the MQTT listener).
+type HubConfig struct {
+	// Name is the default hub host name.
+	Name string
+	// Settings are the default hub's policies.
+	Settings *hub.Settings
+	// Hubs, when set, are every hub served; a CBS audience must name one.
+	Hubs *hub.Directory
+	// Services is the hub domain. Required.
+	*hub.Services
+	// Now is the registry's clock (default time.Now).
+	Now func() time.Time
+}
+
+// Config configures a Server.
+type Config struct {
+	Logger *slog.Logger
+	Hub    *HubConfig
+	// Engine overrides the engine's limits; its Handler is set per
+	// connection.
+	Engine engine.Config
+}
+
+// Server is the AMQP listener. Create it with New.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	shutdown  bool
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	wg        sync.WaitGroup
+}
+
+// New returns a Server.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Hub != nil {
+		h := *cfg.Hub
+		if h.Now == nil {
+			h.Now = time.Now
+		}
+		cfg.Hub = &h
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
+		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}}
+}
+
+// Serve accepts connections on ln (a TLS listener: the handshake runs in
+// the connection's goroutine, under the engine's authentication deadline)
+// until ln fails or Shutdown is called; it returns nil after Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.isShutdown() {
+				return nil
+			}
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("amqp: accept failed; retrying", "error", err.Error(), "backoff", backoff)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-s.ctx.Done():
+					return nil
+				}
+			}
+			return fmt.Errorf("amqp: accept: %w", err)
+		}
+		backoff = 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.ServeConn(nc)
+		}()
+	}
+}
+
+// ServeConn runs one AMQP connection on nc (TLS, or a WebSocket byte
+// stream from wsconn) until it ends, and closes nc.
+func (s *Server) ServeConn(nc net.Conn) {
+	c := newConn(s)
+	if !s.track(c) {
+		nc.Close()
+		return
+	}
+	defer s.untrack(c)
+	cfg := s.cfg.Engine
+	cfg.Handler = c
+	err := engine.Serve(s.ctx, nc, &cfg)
+	if err != nil {
+		s.log.Debug("amqp: connection ended", "remote", nc.RemoteAddr().String(), "error", err.Error())
+	}
+}
+
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+func (s *Server) isShutdown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutdown
+}
+
+// Shutdown closes the listeners and every connection (amqp:connection:forced)
+// and waits for them, or for ctx.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("amqp: shutdown: %w", ctx.Err())
+	}
+}
+
+// ConnCount is the number of open connections.
+func (s *Server) ConnCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// servedHub resolves a host name to the hub's name as berth knows it and
+// its policies.
+func (s *Server) servedHub(name string) (string, *hub.Settings, bool) {
+	h := s.cfg.Hub
+	switch {
+	case h == nil:
+		return "", nil, false
+	case h.Hubs != nil:
+		if served, ok := h.Hubs.Lookup(name); ok {
+			return served.Info.Name, served.Settings, true
+		}
+		return "", nil, false
+	case sameHost(name, h.Name):
+		return h.Name, h.Settings, true
+	}
+	return "", nil, false
+}
