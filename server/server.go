@@ -32,6 +32,7 @@ import (
 	"github.com/berth-iot/berth/store/postgres"
 	"github.com/berth-iot/berth/store/sqlite"
 	"github.com/berth-iot/berth/stream"
+	"github.com/berth-iot/berth/wsconn"
 )
 
 // Config is everything `berth serve` can be told.
@@ -377,7 +378,7 @@ func (s *Server) Start() error {
 		Hub:    &rest.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc},
 	}, s.dps, s.settings)
 	s.https = &http.Server{
-		Handler:           handler,
+		Handler:           s.websockets(handler),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -436,6 +437,42 @@ func (s *Server) Start() error {
 	s.settings.PolicySet().Watch(rewrite)
 	s.hubSet.PolicySet().Watch(rewrite)
 	return localconf.Write(s.cfg.DataDir, s.Info())
+}
+
+// WebSocketPath is where devices and services reach AMQP and MQTT over
+// WebSockets on the HTTPS listener (every Azure SDK fixes it, on 443).
+const WebSocketPath = "/$iothub/websocket"
+
+// Subprotocols of WebSocketPath: AmqpWs and MqttWs (any case: the C SDK
+// sends "MQTT").
+const (
+	subprotocolAMQP = "AMQPWSB10"
+	subprotocolMQTT = "mqtt"
+)
+
+// websockets serves WebSocketPath in front of the HTTPS API: the
+// connection becomes a byte stream (wsconn) handed to the AMQP or MQTT
+// front end by its subprotocol, with the TLS client certificate under it.
+func (s *Server) websockets(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != WebSocketPath {
+			next.ServeHTTP(w, r)
+			return
+		}
+		nc, proto, err := wsconn.Upgrade(w, r, []string{subprotocolAMQP, subprotocolMQTT})
+		if err != nil {
+			s.log.Debug("server: WebSocket upgrade refused", "remote", r.RemoteAddr, "error", err.Error())
+			return
+		}
+		// The HTTP server's request deadlines stay on a hijacked
+		// connection; the front ends set their own.
+		_ = nc.SetDeadline(time.Time{})
+		if strings.EqualFold(proto, subprotocolMQTT) {
+			s.mqtt.ServeConn(nc)
+			return
+		}
+		s.amqp.ServeConn(nc)
+	})
 }
 
 // Errors reports listener failures after Start.

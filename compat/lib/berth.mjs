@@ -92,9 +92,10 @@ export async function startBerth(ip, extraArgs = [], options = {}) {
   child.once('exit', (code, signal) => { exited = { code, signal }; });
   const logText = () => { try { return fs.readFileSync(logFile, 'utf8'); } catch { return ''; } };
 
-  const stop = async ({ keepData = false } = {}) => {
+  // signal: SIGTERM (an operator's stop) or SIGKILL (a crash).
+  const stop = async ({ keepData = false, signal = 'SIGTERM' } = {}) => {
     if (exited === null) {
-      child.kill('SIGTERM');
+      child.kill(signal);
       const t = setTimeout(() => child.kill('SIGKILL'), 10000);
       await once(child, 'exit').catch(() => {});
       clearTimeout(t);
@@ -147,12 +148,13 @@ export async function startBerth(ip, extraArgs = [], options = {}) {
 }
 
 /**
- * Stops a berth of startBerth with SIGTERM and starts `berth serve` again
+ * Stops a berth of startBerth with SIGTERM (or options.signal, SIGKILL for a
+ * crash) and starts `berth serve` again
  * on the same address and data directory, as an operator restarts it.
  * Resolves with the new berth (same shape as startBerth's).
  */
-export async function restartBerth(berth, extraArgs = []) {
-  await berth.stop({ keepData: true });
+export async function restartBerth(berth, extraArgs = [], { signal = 'SIGTERM' } = {}) {
+  await berth.stop({ keepData: true, signal });
   return startBerth(berth.ip, extraArgs, { dataDir: berth.dataDir });
 }
 

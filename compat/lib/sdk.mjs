@@ -121,6 +121,9 @@ export async function startSdkWorker(caFile) {
     /** azure-iothub Client.fromConnectionString(cs).invokeDeviceMethod(deviceId, params): {result, status, ms}. */
     invokeDeviceMethod: (connectionString, deviceId, params, timeoutMs = CALL_TIMEOUT_MS) =>
       callWithin(timeoutMs, 'invokeDeviceMethod', connectionString, deviceId, params),
+    /** azure-iothub Client.send(deviceId, message) over 'amqp' or 'amqpws' (spec as hubSend's messages, plus ack). */
+    serviceSend: (transport, connectionString, deviceId, spec, timeoutMs = CALL_TIMEOUT_MS) =>
+      callWithin(timeoutMs, 'serviceSend', transport, connectionString, deviceId, spec),
     /** A plain HTTPS request to the hub with a service SAS token: {status, headers, text, json}. */
     hubRest: (connectionString, method, path, headers, body) => call('hubRest', connectionString, method, path, headers, body),
     close: async () => {

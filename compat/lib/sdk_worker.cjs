@@ -22,8 +22,23 @@ const { X509Security } = require('azure-iot-security-x509');
 const {
   Client: DeviceClient, Message, SharedAccessKeyAuthenticationProvider, SharedAccessSignature: DeviceSas,
 } = require('azure-iot-device');
-const { Mqtt: HubMqtt } = require('azure-iot-device-mqtt');
+const { Mqtt: HubMqtt, MqttWs: HubMqttWs } = require('azure-iot-device-mqtt');
 const { Http: HubHttp } = require('azure-iot-device-http');
+// azure-iot-device-amqp is loaded by the workers that use it only.
+let amqpSdk;
+const amqpDevice = () => (amqpSdk ??= require('azure-iot-device-amqp'));
+
+// The device transport class of a transport name: 'mqtt' (default),
+// 'mqttws', 'amqp', 'amqpws' or 'http'.
+function hubTransport(name) {
+  switch (name) {
+    case 'http': return HubHttp;
+    case 'mqttws': return HubMqttWs;
+    case 'amqp': return amqpDevice().Amqp;
+    case 'amqpws': return amqpDevice().AmqpWs;
+    default: return HubMqtt;
+  }
+}
 // azure-iothub (with @azure/identity and ms-rest-js) takes a while to load
 // on a busy machine: only the workers that use it pay for it.
 let iothubSdk;
@@ -157,6 +172,7 @@ function describeMessage(msg, ref) {
     to: msg.to,
     expiryTimeUtc: msg.expiryTimeUtc,
     lockToken: msg.lockToken,
+    ack: msg.ack,
     properties: props,
     // HTTPS only (see c2dResponseHeaders)
     deliveryCount: raw && raw['iothub-deliverycount'] !== undefined ? Number(raw['iothub-deliverycount']) : undefined,
@@ -262,7 +278,7 @@ const ops = {
   // certificate given with client.setOptions({cert, key}) before open(), as
   // the SDK's simple_sample_device_x509 does.
   async hubSend(transportName, connectionString, messages, mode, options) {
-    const client = DeviceClient.fromConnectionString(connectionString, transportName === 'http' ? HubHttp : HubMqtt);
+    const client = DeviceClient.fromConnectionString(connectionString, hubTransport(transportName));
     const timing = {};
     client.on('error', () => {}); // reported through the promises below
     try {
@@ -310,15 +326,15 @@ const ops = {
     let client;
     let transport;
     if (options.sasTtl) {
-      client = DeviceClient.fromSharedAccessSignature(deviceSas(connectionString, options.sasTtl), transportName === 'http' ? HubHttp : HubMqtt);
+      client = DeviceClient.fromSharedAccessSignature(deviceSas(connectionString, options.sasTtl), hubTransport(transportName));
       transport = client._transport;
     } else if (options.x509) {
-      client = DeviceClient.fromConnectionString(connectionString, transportName === 'http' ? HubHttp : HubMqtt);
+      client = DeviceClient.fromConnectionString(connectionString, hubTransport(transportName));
       transport = client._transport;
       await client.setOptions({ cert: options.x509.cert, key: options.x509.key });
     } else {
       const auth = SharedAccessKeyAuthenticationProvider.fromConnectionString(connectionString);
-      transport = transportName === 'http' ? new HubHttp(auth) : new HubMqtt(auth);
+      transport = new (hubTransport(transportName))(auth);
       client = new DeviceClient(transport);
     }
     const handle = `d${++nextSession}`;
@@ -466,6 +482,25 @@ const ops = {
     const started = Date.now();
     const res = await hubServiceClient(connectionString).invokeDeviceMethod(deviceId, params);
     return { result: plain(res.result), status: res.message && res.message.statusCode, ms: Date.now() - started };
+  },
+
+  // azure-iothub Client.fromConnectionString(connectionString, Amqp|AmqpWs)
+  // .send(deviceId, message): open, send one message (spec as for hubSend,
+  // plus ack: the iothub-ack feedback request), close. Returns the SDK's
+  // result type name; an error carries the SDK's error class in name.
+  async serviceSend(transportName, connectionString, deviceId, spec) {
+    const sdk = iothub();
+    const client = sdk.Client.fromConnectionString(connectionString, transportName === 'amqpws' ? sdk.AmqpWs : sdk.Amqp);
+    try {
+      await client.open();
+      const m = toMessage(spec);
+      if (spec.ack) m.ack = spec.ack;
+      if (spec.expiryTimeUtc) m.expiryTimeUtc = spec.expiryTimeUtc;
+      const r = await client.send(deviceId, m);
+      return { type: r && r.constructor && r.constructor.name };
+    } finally {
+      await client.close().catch(() => {});
+    }
   },
 
   // A service SAS token for the policy of a hub connection string, made with

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -189,7 +190,7 @@ func (t *telemetryLink) accept(dl *engine.Delivery) {
 	d := t.d
 	ctx, cancel := context.WithTimeout(d.c.srv.ctx, appendTimeout)
 	defer cancel()
-	err := d.c.hubCfg().Telemetry.Accept(ctx, d.sender, telemetryMessage(dl.Message))
+	err := d.c.hubCfg().Telemetry.Accept(ctx, d.sender, telemetryMessage(dl.Message, dl.Link().Address()))
 	if err != nil {
 		e := domainError(err)
 		d.c.srv.log.Info("amqp: telemetry refused", d.c.logAttrs("hub", d.hub, "deviceId", d.deviceID, "error", err.Error())...)
@@ -207,8 +208,10 @@ const (
 
 // telemetryMessage maps an AMQP message to the hub's: properties to the
 // system properties MQTT's $.mid, $.cid… and HTTPS's headers also give,
-// application properties as they are.
-func telemetryMessage(m *engine.Message) *hub.Message {
+// application properties as they are. The SDKs set "to" to the link's own
+// address on every message; that is transport, not a property the device
+// chose (MQTT and HTTPS messages do not carry it), so it is dropped.
+func telemetryMessage(m *engine.Message, linkAddress string) *hub.Message {
 	hm := &hub.Message{Body: body(m)}
 	add := func(name, v string) {
 		if v != "" {
@@ -219,7 +222,9 @@ func telemetryMessage(m *engine.Message) *hub.Message {
 		add(hub.PropMessageID, idString(p.MessageID))
 		add(hub.PropCorrelationID, idString(p.CorrelationID))
 		add(hub.PropUserID, string(p.UserID))
-		add(hub.PropTo, p.To)
+		if !strings.EqualFold(normaliseAddress(p.To), normaliseAddress(linkAddress)) {
+			add(hub.PropTo, p.To)
+		}
 		add(hub.PropContentType, string(p.ContentType))
 		add(hub.PropContentEncoding, string(p.ContentEncoding))
 		if !p.AbsoluteExpiryTime.IsZero() {

@@ -112,16 +112,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("amqp: accept: %w", err)
 		}
 		backoff = 0
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.ServeConn(nc)
-		}()
+		go s.ServeConn(nc)
 	}
 }
 
 // ServeConn runs one AMQP connection on nc (TLS, or a WebSocket byte
-// stream from wsconn) until it ends, and closes nc.
+// stream from wsconn: AmqpWs) until it ends, and closes nc. nc's
+// ConnectionState, when it has one, gives X.509 devices their client
+// certificate.
 func (s *Server) ServeConn(nc net.Conn) {
 	c := newConn(s)
 	if !s.track(c) {
@@ -137,6 +135,8 @@ func (s *Server) ServeConn(nc net.Conn) {
 	}
 }
 
+// track records a connection, and counts it for Shutdown to wait for;
+// after Shutdown began it refuses.
 func (s *Server) track(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -144,6 +144,7 @@ func (s *Server) track(c *conn) bool {
 		return false
 	}
 	s.conns[c] = struct{}{}
+	s.wg.Add(1)
 	return true
 }
 
@@ -151,6 +152,7 @@ func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	s.wg.Done()
 }
 
 func (s *Server) isShutdown() bool {

@@ -188,6 +188,15 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// ServeConn serves one connection established elsewhere — MQTT over a
+// WebSocket (wsconn) on the HTTPS listener — exactly as a connection
+// Serve accepted: same sessions, limits and deadlines. It returns at once;
+// the connection runs on its own goroutine. nc's ConnectionState, when it
+// has one, gives X.509 devices their client certificate.
+func (s *Server) ServeConn(nc net.Conn) {
+	s.serveConn(nc)
+}
+
 // serveConn starts the goroutine of one accepted connection. It reports
 // false, having closed nc, once Shutdown has begun.
 func (s *Server) serveConn(nc net.Conn) bool {
