@@ -488,15 +488,25 @@ const ops = {
   // .send(deviceId, message): open, send one message (spec as for hubSend,
   // plus ack: the iothub-ack feedback request), close. Returns the SDK's
   // result type name; an error carries the SDK's error class in name.
+  // spec.repeat: send that many copies on the one client (the error of
+  // the first that fails carries its index in `sent`).
   async serviceSend(transportName, connectionString, deviceId, spec) {
     const sdk = iothub();
     const client = sdk.Client.fromConnectionString(connectionString, transportName === 'amqpws' ? sdk.AmqpWs : sdk.Amqp);
     try {
       await client.open();
-      const m = toMessage(spec);
-      if (spec.ack) m.ack = spec.ack;
-      if (spec.expiryTimeUtc) m.expiryTimeUtc = spec.expiryTimeUtc;
-      const r = await client.send(deviceId, m);
+      let r;
+      for (let i = 0; i < (spec.repeat || 1); i++) {
+        const m = toMessage(spec);
+        if (spec.ack) m.ack = spec.ack;
+        if (spec.expiryTimeUtc) m.expiryTimeUtc = spec.expiryTimeUtc;
+        try {
+          r = await client.send(deviceId, m);
+        } catch (err) {
+          err.sent = i;
+          throw err;
+        }
+      }
       return { type: r && r.constructor && r.constructor.name };
     } finally {
       await client.close().catch(() => {});

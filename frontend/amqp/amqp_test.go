@@ -2,6 +2,9 @@ package amqp
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
@@ -10,6 +13,7 @@ import (
 	goamqp "github.com/Azure/go-amqp"
 
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/internal/testcerts"
 )
 
 func wantAMQPError(t *testing.T, err error, cond goamqp.ErrCond) {
@@ -412,4 +416,46 @@ func TestUnknownAddressAndWrongRole(t *testing.T) {
 	wantAMQPError(t, err, goamqp.ErrCondNotFound)
 	_, err = s.NewReceiver(ctx, "/devices/d1/messages/events", nil)
 	wantAMQPError(t, err, goamqp.ErrCondNotAllowed)
+}
+
+func TestX509DeviceWithoutCBS(t *testing.T) {
+	f := newFixture(t)
+	cert := testcerts.Valid(t, "x509-dev", nil, false, time.Now())
+	sum := sha256.Sum256(cert.Cert.Raw)
+	thumb := hex.EncodeToString(sum[:])
+	ctx := ctxT(t)
+	for _, id := range []string{"x509-dev"} {
+		if _, err := f.svc.Registry.Create(ctx, hubName, &hub.Device{DeviceID: id, Status: hub.StatusEnabled,
+			Authentication: &hub.Authentication{Type: hub.AuthSelfSigned, X509Thumbprint: &hub.X509Thumbprint{PrimaryThumbprint: &thumb}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.svc.Registry.Create(ctx, hubName, &hub.Device{DeviceID: "wrong-thumb", Status: hub.StatusEnabled,
+		Authentication: &hub.Authentication{Type: hub.AuthSelfSigned, X509Thumbprint: &hub.X509Thumbprint{PrimaryThumbprint: ptr(strings.Repeat("ab", 32))}}}); err != nil {
+		t.Fatal(err)
+	}
+	// As the Node SDK: TLS with the client certificate, no SASL, no CBS.
+	c := f.dial(t, &goamqp.ConnOptions{TLSConfig: &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert.TLS()}}})
+	s := session(t, c)
+	snd, err := s.NewSender(ctx, "/devices/x509-dev/messages/events", nil)
+	if err != nil {
+		t.Fatalf("attach with the certificate: %v", err)
+	}
+	if err := snd.Send(ctx, &goamqp.Message{Data: [][]byte{[]byte("x")}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	msgs := f.sink.messages()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages", len(msgs))
+	}
+	if am, _ := msgs[0].SystemValue(hub.PropConnAuthMethod); !strings.Contains(am, `"x509"`) {
+		t.Errorf("auth method %s", am)
+	}
+	// The certificate does not open a device whose thumbprint differs.
+	_, err = s.NewSender(ctx, "/devices/wrong-thumb/messages/events", nil)
+	wantAMQPError(t, err, goamqp.ErrCondUnauthorizedAccess)
+	// Without a certificate or token nothing opens.
+	s2 := session(t, f.dial(t, nil))
+	_, err = s2.NewSender(ctx, "/devices/x509-dev/messages/events", nil)
+	wantAMQPError(t, err, goamqp.ErrCondUnauthorizedAccess)
 }
