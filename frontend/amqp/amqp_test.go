@@ -459,3 +459,58 @@ func TestX509DeviceWithoutCBS(t *testing.T) {
 	_, err = s2.NewSender(ctx, "/devices/x509-dev/messages/events", nil)
 	wantAMQPError(t, err, goamqp.ErrCondUnauthorizedAccess)
 }
+
+func TestSASLPlainDeviceAndService(t *testing.T) {
+	f := newFixture(t)
+	f.device(t, "d1")
+	ctx := ctxT(t)
+	tok := deviceToken(t, "d1", time.Now().Add(time.Hour))
+	s := session(t, f.dial(t, &goamqp.ConnOptions{SASLType: goamqp.SASLTypePlain("d1@sas.testhub", tok)}))
+	snd, err := s.NewSender(ctx, "/devices/d1/messages/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snd.Send(ctx, &goamqp.Message{Data: [][]byte{[]byte("plain")}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A wrong password fails the SASL exchange: the dial itself fails.
+	bad := strings.Replace(tok, "sig=", "sig=A", 1)
+	if _, err := goamqp.Dial(ctx, "amqps://"+f.addr, &goamqp.ConnOptions{SASLType: goamqp.SASLTypePlain("d1@sas.testhub", bad),
+		TLSConfig: &tls.Config{InsecureSkipVerify: true}}); err == nil {
+		t.Fatal("a bad PLAIN password was accepted")
+	}
+	svc := session(t, f.dial(t, &goamqp.ConnOptions{SASLType: goamqp.SASLTypePlain("service@sas.root.testhub", f.serviceToken(t, "service", time.Now().Add(time.Hour)))}))
+	if _, err := svc.NewSender(ctx, "/messages/devicebound", nil); err != nil {
+		t.Fatalf("service link after PLAIN: %v", err)
+	}
+}
+
+func TestMalformedFrameClosesWithFramingError(t *testing.T) {
+	f := newFixture(t)
+	nc, err := tls.Dial("tcp", f.addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	// The AMQP header (no SASL, as the Node SDKs), then a frame whose
+	// data offset (1 word) is shorter than the frame header.
+	if _, err := nc.Write([]byte{'A', 'M', 'Q', 'P', 0, 1, 0, 0, 0, 0, 0, 8, 1, 0, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := nc.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	if !bytes.HasPrefix(got, []byte{'A', 'M', 'Q', 'P', 0, 1, 0, 0}) {
+		t.Fatalf("no AMQP header back: %q", got)
+	}
+	if !bytes.Contains(got, []byte("amqp:connection:framing-error")) {
+		t.Fatalf("the connection ended without a framing-error close: %q", got)
+	}
+}
