@@ -141,7 +141,7 @@ func (t *twinState) request(m *engine.Message) {
 			ae.Message = "The twin request could not be completed."
 		}
 		status = ae.Status()
-		payload, _ = json.Marshal(map[string]any{"errorCode": int(ae.Code), "message": ae.Message})
+		payload, _ = json.Marshal(map[string]any{"errorCode": ae.Code.Number(), "message": ae.Message})
 	}
 	ann := engine.Map{{Key: annStatus, Value: int32(status)}}
 	if version != 0 {
