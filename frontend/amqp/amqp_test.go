@@ -130,8 +130,8 @@ func TestTokenExpiryDetachesAndRenewalExtends(t *testing.T) {
 	s := session(t, f.dial(t, nil))
 	aud := hubName + "%2Fdevices%2Fd1"
 	// Accepted until se plus the 5 minutes of clock skew.
-	// se has whole seconds: the grant lasts 2 to 3 s.
-	if code, desc := putToken(t, s, aud, deviceToken(t, "d1", time.Now().Add(-5*time.Minute+3*time.Second))); code != 200 {
+	// se has whole seconds: the grant lasts 3 to 4 s.
+	if code, desc := putToken(t, s, aud, deviceToken(t, "d1", time.Now().Add(-5*time.Minute+4*time.Second))); code != 200 {
 		t.Fatalf("put-token: %d %s", code, desc)
 	}
 	ctx := ctxT(t)
@@ -142,14 +142,15 @@ func TestTokenExpiryDetachesAndRenewalExtends(t *testing.T) {
 	// Renewed before it runs out: the link lives on past the first expiry.
 	time.Sleep(time.Second)
 	renewed := time.Now()
-	if code, desc := putToken(t, s, aud, deviceToken(t, "d1", renewed.Add(-5*time.Minute+6*time.Second))); code != 200 {
+	if code, desc := putToken(t, s, aud, deviceToken(t, "d1", renewed.Add(-5*time.Minute+8*time.Second))); code != 200 {
 		t.Fatalf("renewal: %d %s", code, desc)
 	}
-	time.Sleep(time.Until(renewed.Add(2500 * time.Millisecond)))
+	// Past the first token's end (at most 4 s after it was given).
+	time.Sleep(time.Until(renewed.Add(3500 * time.Millisecond)))
 	if err := snd.Send(ctx, &goamqp.Message{Data: [][]byte{[]byte("a")}}, nil); err != nil {
 		t.Fatalf("send after renewal: %v", err)
 	}
-	time.Sleep(time.Until(renewed.Add(6500 * time.Millisecond)))
+	time.Sleep(time.Until(renewed.Add(8500 * time.Millisecond)))
 	err = snd.Send(ctx, &goamqp.Message{Data: [][]byte{[]byte("b")}}, nil)
 	wantAMQPError(t, err, goamqp.ErrCondUnauthorizedAccess)
 }
