@@ -140,7 +140,6 @@ func (cl *c2dLink) pump() {
 // deliver sends one locked message and settles it in the queue when the
 // device's outcome arrives.
 func (cl *c2dLink) deliver(m *hub.CloudMessage) {
-	d := cl.d
 	cl.mu.Lock()
 	cl.inflight++
 	cl.mu.Unlock()
@@ -153,7 +152,6 @@ func (cl *c2dLink) deliver(m *hub.CloudMessage) {
 		<-sent.Done()
 		cl.settle(m, sent.State())
 	}()
-	_ = d
 }
 
 // settle applies the device's outcome to the queue: accepted completes,

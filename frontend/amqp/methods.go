@@ -3,6 +3,8 @@ package amqp
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
+	"strings"
 	"sync"
 
 	engine "github.com/berth-iot/berth/amqp"
@@ -174,43 +176,19 @@ func (d *device) InvokeMethod(ctx context.Context, name string, payload []byte) 
 
 // toUUID reads a correlation-id the device echoed: a uuid, or its text.
 func toUUID(v any) (engine.UUID, bool) {
+	var u engine.UUID
 	switch x := v.(type) {
 	case engine.UUID:
 		return x, true
 	case string:
-		var u engine.UUID
-		hex := make([]byte, 0, 32)
-		for i := 0; i < len(x); i++ {
-			if x[i] != '-' {
-				hex = append(hex, x[i])
-			}
-		}
-		if len(hex) != 32 {
+		b, err := hex.DecodeString(strings.ReplaceAll(x, "-", ""))
+		if err != nil || len(b) != len(u) {
 			return u, false
 		}
-		for i := range 16 {
-			hi, ok1 := unhex(hex[2*i])
-			lo, ok2 := unhex(hex[2*i+1])
-			if !ok1 || !ok2 {
-				return u, false
-			}
-			u[i] = hi<<4 | lo
-		}
+		copy(u[:], b)
 		return u, true
 	}
-	return engine.UUID{}, false
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
+	return u, false
 }
 
 // intValue reads an AMQP integer of any width.

@@ -108,7 +108,7 @@ func linkError(cond engine.Symbol, format string, args ...any) *engine.Error {
 // client receiver on a telemetry address, …).
 func wantRole(l *engine.Link, r engine.Role) *engine.Error {
 	if l.Role() != r {
-		return linkError(engine.ErrCondNotAllowed, "a %s link cannot be attached to %s (berth is the %s there)", l.Role(), l.Address(), r)
+		return linkError(engine.ErrCondNotAllowed, "On %s berth is the %s; a link the other way cannot be attached.", clip(l.Address()), r)
 	}
 	return nil
 }
