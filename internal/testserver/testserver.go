@@ -37,10 +37,11 @@ const (
 // it; its methods switch faults on and off while it runs. A Server is safe
 // for concurrent use.
 type Server struct {
-	// MQTTAddr and HTTPSAddr are the host:port of the MQTT (8883 on a
-	// real berth) and HTTPS (443) listeners.
+	// MQTTAddr, HTTPSAddr and AMQPAddr are the host:port of the MQTT
+	// (8883 on a real berth), HTTPS (443) and AMQP (5671) listeners.
 	MQTTAddr  string
 	HTTPSAddr string
+	AMQPAddr  string
 	// GlobalEndpoint is the DPS host name devices provision through
 	// (deviceclient.Options.GlobalEndpoint), also the TLS name of both
 	// listeners.
@@ -129,6 +130,7 @@ func Start(opts ...Option) (_ *Server, err error) {
 		HubName:   cfg.hubName,
 		MQTTAddr:  Host + ":0",
 		HTTPSAddr: Host + ":0",
+		AMQPAddr:  Host + ":0",
 		// Clients wait as little as the protocol allows.
 		RetryAfter:   1,
 		StreamListen: "none",
@@ -146,7 +148,7 @@ func Start(opts ...Option) (_ *Server, err error) {
 		return nil, fmt.Errorf("testserver: %w", err)
 	}
 	info := srv.Info()
-	s.MQTTAddr, s.HTTPSAddr = info.MQTTAddress, info.HTTPSAddress
+	s.MQTTAddr, s.HTTPSAddr, s.AMQPAddr = info.MQTTAddress, info.HTTPSAddress, info.AMQPAddress
 	s.GlobalEndpoint, s.IDScope, s.HubName = info.GlobalEndpoint, info.IDScope, info.HubHostName
 	s.DPSConnectionString, s.HubConnectionString = info.ServiceConnectionString, info.HubConnectionString
 	s.CAFile = info.CAFile
