@@ -89,10 +89,12 @@ func Of(err error) *Error {
 }
 
 // LogAttrs are the refusal's slog attributes: the reason and, when there
-// is one, the detail. Every front end logs a refusal with these.
+// is one, the detail. Every front end logs a refusal with these, once. The
+// reason keeps its type Reason (it prints as its text): a log handler
+// counts refusals by it (package metrics).
 func (e *Error) LogAttrs() []any {
 	if e.Err == nil {
-		return []any{"reason", string(e.Reason)}
+		return []any{"reason", e.Reason}
 	}
-	return []any{"reason", string(e.Reason), "detail", e.Err.Error()}
+	return []any{"reason", e.Reason, "detail", e.Err.Error()}
 }

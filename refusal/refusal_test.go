@@ -20,10 +20,10 @@ func TestOfAndLogAttrs(t *testing.T) {
 	if got != r || !errors.Is(err, sentinel) {
 		t.Fatalf("Of = %v, errors.Is(sentinel) = %v", got, errors.Is(err, sentinel))
 	}
-	if want := []any{"reason", "wrong key", "detail", "sas: signature mismatch"}; !slices.Equal(got.LogAttrs(), want) {
+	if want := []any{"reason", refusal.WrongKey, "detail", "sas: signature mismatch"}; !slices.Equal(got.LogAttrs(), want) {
 		t.Errorf("LogAttrs = %v, want %v", got.LogAttrs(), want)
 	}
-	if want := []any{"reason", "disabled"}; !slices.Equal(refusal.New(refusal.Disabled, nil).LogAttrs(), want) {
+	if want := []any{"reason", refusal.Disabled}; !slices.Equal(refusal.New(refusal.Disabled, nil).LogAttrs(), want) {
 		t.Errorf("without detail: %v", refusal.New(refusal.Disabled, nil).LogAttrs())
 	}
 	if refusal.Of(azerr.New(azerr.DPSInternal)) != nil || refusal.Of(nil) != nil {
