@@ -119,6 +119,27 @@ type Service struct {
 	log            *slog.Logger
 	removalWake    chan struct{} // RunRemovals: a removal failed
 	faults         Faults
+	observe        func(result string)
+}
+
+// SetObserver sets who hears of every registration's result (the
+// operator's metrics): the operation's status (assigned, failed,
+// disabled), "refused" for a refused credential, "invalid" for another
+// request error and "error" when berth could not answer. Set it before
+// serving.
+func (s *Service) SetObserver(f func(result string)) { s.observe = f }
+
+func registrationResult(status string, err error) string {
+	var ae *azerr.Error
+	switch {
+	case err == nil:
+		return status
+	case refusal.Of(err) != nil:
+		return "refused"
+	case errors.As(err, &ae) && ae.Status() < 500:
+		return "invalid"
+	}
+	return "error"
 }
 
 // New returns a Service. idScope must not be empty; hubs must name at least
@@ -330,7 +351,11 @@ func parseDeviceRequest(body []byte, regID string) (payload json.RawMessage, has
 // Register runs a registration. The answer is always an operation in status
 // assigning (HTTP 202): the outcome, written durably before Register
 // returns, is reported by OperationStatus.
-func (s *Service) Register(ctx context.Context, req RegisterRequest) (*OperationStatus, error) {
+func (s *Service) Register(ctx context.Context, req RegisterRequest) (_ *OperationStatus, err error) {
+	var status string
+	if s.observe != nil {
+		defer func() { s.observe(registrationResult(status, err)) }()
+	}
 	if !ValidRegistrationID(req.RegistrationID) {
 		return nil, azerr.New(azerr.DPSInvalidRegistration)
 	}
@@ -362,6 +387,7 @@ func (s *Service) Register(ctx context.Context, req RegisterRequest) (*Operation
 	} else if err := s.assign(ctx, who, &op, now); err != nil {
 		return nil, err
 	}
+	status = op.Status
 	return &OperationStatus{OperationID: op.OperationID, Status: StatusAssigning}, nil
 }
 

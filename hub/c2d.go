@@ -85,6 +85,7 @@ type CloudToDevice struct {
 	links *Links
 	now   func() time.Time
 	log   *slog.Logger
+	obs   Observer
 
 	seed  maphash.Seed
 	locks [64]sync.Mutex
@@ -140,7 +141,12 @@ func validPropertyValue(s string) bool {
 
 // Send enqueues m for a device and wakes its live connection. It returns
 // the message as enqueued (message ID, sequence number, expiry set).
-func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *CloudMessage) (*CloudMessage, error) {
+func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *CloudMessage) (_ *CloudMessage, err error) {
+	defer func() {
+		if err == nil {
+			observeC2D(q.obs, "sent", 1)
+		}
+	}()
 	if _, err := q.reg.Get(ctx, hubName, deviceID); err != nil {
 		return nil, err
 	}
@@ -349,7 +355,12 @@ func (q *CloudToDevice) Abandon(ctx context.Context, hubName, deviceID, token st
 	return q.settle(ctx, hubName, deviceID, token, "abandon")
 }
 
-func (q *CloudToDevice) settle(ctx context.Context, hubName, deviceID, token, how string) error {
+func (q *CloudToDevice) settle(ctx context.Context, hubName, deviceID, token, how string) (err error) {
+	defer func() {
+		if err == nil {
+			observeC2D(q.obs, c2dOutcome(how), 1)
+		}
+	}()
 	dk := deviceKey(hubName, deviceID)
 	unlock := q.lock(dk)
 	defer unlock()
@@ -393,6 +404,11 @@ func (q *CloudToDevice) deadLetter(ctx context.Context, deviceID string, m *Clou
 		q.log.Warn("hub: could not dead-letter a C2D message", "deviceId", deviceID, "messageId", m.MessageID, "error", err.Error())
 		return
 	}
+	outcome := "deadlettered"
+	if why == "Expired" {
+		outcome = "expired"
+	}
+	observeC2D(q.obs, outcome, 1)
 	q.log.Info("hub: C2D message dead-lettered", "deviceId", deviceID, "messageId", m.MessageID, "reason", why, "deliveryCount", m.DeliveryCount)
 }
 
@@ -405,7 +421,9 @@ func (q *CloudToDevice) Purge(ctx context.Context, hubName, deviceID string) (in
 	dk := deviceKey(hubName, deviceID)
 	unlock := q.lock(dk)
 	defer unlock()
-	return purgeC2D(ctx, q.store, dk)
+	n, err := purgeC2D(ctx, q.store, dk)
+	observeC2D(q.obs, "purged", n)
+	return n, err
 }
 
 func purgeC2D(ctx context.Context, st store.Store, dk string) (int, error) {

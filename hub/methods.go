@@ -39,6 +39,7 @@ type MethodResult struct {
 type Methods struct {
 	reg   *Registry
 	links *Links
+	obs   Observer
 }
 
 // NewMethods returns the direct-method service.
@@ -66,7 +67,8 @@ func validMethodName(s string) bool {
 // device must be connected and subscribed to methods within the connect
 // timeout (404103 DeviceNotOnline otherwise) and answer within the response
 // timeout (504101 GatewayTimeout otherwise). Methods are never queued.
-func (m *Methods) Invoke(ctx context.Context, hubName, deviceID string, req *MethodRequest) (*MethodResult, error) {
+func (m *Methods) Invoke(ctx context.Context, hubName, deviceID string, req *MethodRequest) (_ *MethodResult, err error) {
+	defer observeOp(m.obs, "method.invoke", time.Now(), &err)
 	if !validMethodName(req.MethodName) {
 		return nil, azerr.Newf(azerr.HubArgumentInvalid, "Method name '%s' is not valid.", clipKey(req.MethodName))
 	}

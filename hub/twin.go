@@ -111,6 +111,7 @@ type Twins struct {
 	reg   *Registry
 	links *Links
 	now   func() time.Time
+	obs   Observer
 
 	// locks serialise updates of one device's twin on this node, so that
 	// desired notifications leave in version order. Across nodes the
@@ -175,7 +176,8 @@ func (t *Twins) load(ctx context.Context, hubName, id string) (*Device, *twinRec
 var errRetryTwin = errors.New("hub: twin changed concurrently")
 
 // Get returns a device's twin as the service API shows it.
-func (t *Twins) Get(ctx context.Context, hubName, id string) (*Twin, error) {
+func (t *Twins) Get(ctx context.Context, hubName, id string) (_ *Twin, err error) {
+	defer observeOp(t.obs, "twin.get", time.Now(), &err)
 	for range 5 {
 		d, tw, etag, err := t.load(ctx, hubName, id)
 		if errors.Is(err, errRetryTwin) {
@@ -347,8 +349,9 @@ func (t *Twins) update(ctx context.Context, hubName, id, ifMatch string, change 
 
 // PatchReported merges a device's reported-properties patch and returns the
 // new reported $version (shared/spec/iothub.md §4.1).
-func (t *Twins) PatchReported(ctx context.Context, hubName, id string, body []byte) (int64, error) {
-	if err := t.reg.fault(ctx, FaultTwin, hubName, id); err != nil {
+func (t *Twins) PatchReported(ctx context.Context, hubName, id string, body []byte) (_ int64, err error) {
+	defer observeOp(t.obs, "twin.reported", time.Now(), &err)
+	if err = t.reg.fault(ctx, FaultTwin, hubName, id); err != nil {
 		return 0, err
 	}
 	patch, err := decodeTwinObject(body)
@@ -440,7 +443,8 @@ func parseServicePatch(body []byte) (serviceWrite, error) {
 // /twins/{id}); reported properties are the device's and are ignored. A
 // section given as null is cleared: the device hears null for each
 // desired member that goes.
-func (t *Twins) Patch(ctx context.Context, hubName, id string, body []byte, ifMatch string) (*Twin, error) {
+func (t *Twins) Patch(ctx context.Context, hubName, id string, body []byte, ifMatch string) (_ *Twin, err error) {
+	defer observeOp(t.obs, "twin.patch", time.Now(), &err)
 	w, err := parseServicePatch(body)
 	if err != nil {
 		return nil, err
@@ -452,7 +456,8 @@ func (t *Twins) Patch(ctx context.Context, hubName, id string, body []byte, ifMa
 // device is sent the whole new desired document, with null for every
 // property that was removed, so that applying it as a patch gives the new
 // document.
-func (t *Twins) Replace(ctx context.Context, hubName, id string, body []byte, ifMatch string) (*Twin, error) {
+func (t *Twins) Replace(ctx context.Context, hubName, id string, body []byte, ifMatch string) (_ *Twin, err error) {
+	defer observeOp(t.obs, "twin.replace", time.Now(), &err)
 	w, err := parseServicePatch(body)
 	if err != nil {
 		return nil, err
