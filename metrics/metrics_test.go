@@ -1,0 +1,102 @@
+package metrics_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/metrics"
+	"github.com/berth-iot/berth/refusal"
+	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/store/memstore"
+)
+
+func scrape(t *testing.T, m *metrics.Metrics) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
+}
+
+// Refusals are counted from the log, by reason, even when the log level
+// hides the INFO line; other records are not counted.
+func TestLogHandlerCountsRefusalsAtAnyLevel(t *testing.T) {
+	m := metrics.New()
+	var out bytes.Buffer
+	log := slog.New(m.LogHandler(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	r := refusal.New(refusal.Expired, errors.New("se in the past"))
+	log.With("listener", "mqtt").Info("mqtt: CONNECT refused", r.LogAttrs()...)
+	log.Info("rest: authentication refused", refusal.New(refusal.WrongKey, nil).LogAttrs()...)
+	log.Info("unrelated", "reason", "a plain string is no refusal")
+	log.Warn("shown")
+	text := scrape(t, m)
+	for _, want := range []string{`berth_auth_failures_total{reason="expired"} 1`, `berth_auth_failures_total{reason="wrong key"} 1`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("missing %s in\n%s", want, grep(text, "berth_auth"))
+		}
+	}
+	if strings.Contains(text, "a plain string") {
+		t.Error("a plain reason string was counted")
+	}
+	if got := out.String(); strings.Contains(got, "refused") || !strings.Contains(got, "shown") {
+		t.Errorf("the log level is not honoured: %q", got)
+	}
+}
+
+// Only real store failures count: not-found, exists and preconditions are
+// answers.
+func TestStoreCountsOnlyFailures(t *testing.T) {
+	m := metrics.New()
+	st := m.Store(memstore.New())
+	ctx := context.Background()
+	if _, err := st.Get(ctx, store.KindDevice, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal(err)
+	}
+	if strings.Contains(scrape(t, m), "berth_store_errors_total{") {
+		t.Error("a not-found counted as a store error")
+	}
+	closed := m.Store(failing{})
+	_, _ = closed.Get(ctx, store.KindDevice, "x")
+	if !strings.Contains(scrape(t, m), `berth_store_errors_total{operation="get"} 1`) {
+		t.Errorf("a failure was not counted:\n%s", grep(scrape(t, m), "berth_store"))
+	}
+}
+
+type failing struct{ store.Store }
+
+func (failing) Get(context.Context, store.Kind, string) (store.Record, error) {
+	return store.Record{}, errors.New("disk on fire")
+}
+
+// Hub operations are labelled by their Azure error code.
+func TestHubOperationResult(t *testing.T) {
+	m := metrics.New()
+	m.HubOperation("method.invoke", 3*time.Millisecond, azerr.New(azerr.HubDeviceNotOnline))
+	m.HubOperation("method.invoke", time.Millisecond, nil)
+	text := scrape(t, m)
+	for _, want := range []string{
+		`berth_hub_operations_total{operation="method.invoke",result="404103"} 1`,
+		`berth_hub_operations_total{operation="method.invoke",result="ok"} 1`,
+		`berth_hub_operation_seconds_count{operation="method.invoke"} 2`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("missing %s in\n%s", want, grep(text, "berth_hub"))
+		}
+	}
+}
+
+func grep(text, prefix string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
