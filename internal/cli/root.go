@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/berth-iot/berth/internal/localconf"
+	"github.com/berth-iot/berth/internal/version"
 )
 
 // globals are the flags every command shares.
@@ -32,7 +33,9 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 		Short:         "A self-hosted Device Provisioning Service and IoT hub, wire-compatible with Azure",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.Get().String(),
 	}
+	root.SetVersionTemplate("berth {{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
@@ -48,6 +51,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(newPolicyCmd(g))
 	root.AddCommand(newDPSCmd(g))
 	root.AddCommand(newBenchCmd(g))
+	root.AddCommand(newVersionCmd(g))
 	return root
 }
 
