@@ -47,7 +47,7 @@ func start(t *testing.T, dataDir string) *berth {
 }
 
 // startWith is start with cfg's store and NATS (StoreURL, NATSURL), logger
-// and token limit; the addresses and names are start's.
+// token limit and operator listener; the addresses and names are start's.
 func startWith(t *testing.T, dataDir string, cfg server.Config) *berth {
 	t.Helper()
 	ctx := context.Background()
@@ -64,6 +64,7 @@ func startWith(t *testing.T, dataDir string, cfg server.Config) *berth {
 		// A test that reads the logs or limits tokens sets these.
 		Logger:           cfg.Logger,
 		MaxTokenLifetime: cfg.MaxTokenLifetime,
+		AdminAddr:        cfg.AdminAddr,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,7 @@ import (
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/internal/localconf"
 	"github.com/berth-iot/berth/linkbus"
+	"github.com/berth-iot/berth/metrics"
 	"github.com/berth-iot/berth/pki"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
@@ -78,7 +79,11 @@ type Config struct {
 	// MaxTokenLifetime is the longest lifetime (se minus now) of a device
 	// or service SAS token berth accepts; 0 for no limit, as Azure.
 	MaxTokenLifetime time.Duration
-	Logger           *slog.Logger
+	// AdminAddr is the operator listener (console, /metrics, /healthz,
+	// /readyz), HTTPS with the server certificate; "" for none. `berth
+	// serve` defaults it to 127.0.0.1:8443 (docs/operations.md).
+	AdminAddr string
+	Logger    *slog.Logger
 	// DPSFaults and HubFaults inject failures into the domains, for test
 	// servers (dpstest, hubtest); nil in production.
 	DPSFaults dps.Faults
@@ -136,6 +141,8 @@ type Server struct {
 	hubSvc   *hub.Services
 	stream   *stream.Stream
 	bus      *linkbus.Bus // nil with the embedded NATS
+	metrics  *metrics.Metrics
+	admin    admin
 	certs    *pki.CertSource
 	caFile   string
 	firstRun bool
@@ -159,7 +166,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.MaxTokenLifetime < 0 {
 		return nil, fmt.Errorf("server: the longest token lifetime (--max-token-lifetime) is %s; give 0 for no limit or a positive duration", cfg.MaxTokenLifetime)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, errs: make(chan error, 2)}
+	s := &Server{cfg: cfg, metrics: metrics.New(), errs: make(chan error, 3)}
+	// Every refusal is logged once; the log is where they are counted.
+	s.log = slog.New(s.metrics.LogHandler(cfg.Logger.Handler()))
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data dir: %w", err)
 	}
@@ -167,6 +176,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	st = s.metrics.Store(st)
 	s.store = st
 	settings, created, err := dps.LoadOrCreateSettings(ctx, st, cfg.IDScope)
 	if err != nil {
@@ -207,6 +217,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	// certificateAuthority devices chain to the DPS's CAs.
 	s.registry.SetCATrust(s.dps)
+	s.instrument()
 	if err := s.setupTLS(); err != nil {
 		st.Close()
 		return nil, err
@@ -240,7 +251,7 @@ func (s *Server) openStream(ctx context.Context) error {
 		return fmt.Errorf("server: telemetry stream: %w", err)
 	}
 	s.stream = st
-	s.hubSvc.Telemetry = hub.NewTelemetry(st, s.registry, nil)
+	s.hubSvc.Telemetry = hub.NewTelemetry(s.metrics.Sink(st), s.registry, nil)
 	// Other berth nodes can share only an external NATS: only there can a
 	// device be connected elsewhere. On the embedded server the bus would
 	// find no one and only delay every 404 DeviceNotOnline by its margin.
@@ -359,12 +370,14 @@ func (s *Server) Start() error {
 		s.mqttLn.Close()
 		return fmt.Errorf("server: https listener: %w", err)
 	}
+	s.mqttLn, s.httpsLn = s.metrics.Listener(s.mqttLn, "mqtt"), s.metrics.Listener(s.httpsLn, "https")
 	if s.cfg.AMQPAddr != AMQPOff {
 		if s.amqpLn, err = net.Listen("tcp", s.cfg.AMQPAddr); err != nil {
 			s.mqttLn.Close()
 			s.httpsLn.Close()
 			return fmt.Errorf("server: amqp listener: %w", err)
 		}
+		s.amqpLn = s.metrics.Listener(s.amqpLn, "amqp")
 	}
 	hubCfg := &amqpfront.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc}
 	s.amqp = amqpfront.New(amqpfront.Config{Logger: s.log.With("listener", "amqp"), Hub: hubCfg})
@@ -436,6 +449,9 @@ func (s *Server) Start() error {
 	}
 	s.settings.PolicySet().Watch(rewrite)
 	s.hubSet.PolicySet().Watch(rewrite)
+	if err := s.startAdmin(); err != nil {
+		return err
+	}
 	return localconf.Write(s.cfg.DataDir, s.Info())
 }
 
@@ -482,6 +498,9 @@ func (s *Server) Errors() <-chan error { return s.errs }
 // closes the store.
 func (s *Server) Shutdown(ctx context.Context) error {
 	var errs []error
+	if err := s.shutdownAdmin(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	if s.https != nil {
 		if err := s.https.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("server: https shutdown: %w", err))
