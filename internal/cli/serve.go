@@ -27,6 +27,7 @@ func newServeCmd(g *globals) *cobra.Command {
 		cfg        server.Config
 		configFile string
 		logLevel   string
+		logFormat  string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -44,10 +45,13 @@ the flag names. Flags win over the environment, which wins over the file.`,
 			}
 			cfg.DataDir = g.dataDir
 			var level slog.Level
+			var err error
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level: %w", err)
 			}
-			cfg.Logger = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
+			if cfg.Logger, err = newLogger(g.stderr, logFormat, level); err != nil {
+				return err
+			}
 			return runServe(cmd.Context(), cfg, g.stdout)
 		},
 	}
@@ -68,6 +72,8 @@ the flag names. Flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.StreamListen, "stream-listen", "127.0.0.1:0", `where the embedded NATS accepts local readers (token in client.json); "none" for in-process only`)
 	f.DurationVar(&cfg.MaxTokenLifetime, "max-token-lifetime", 0, "longest lifetime (expiry minus now) of a device or service SAS token berth accepts, e.g. 24h; 0 for no limit, as Azure")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text (logfmt-style key=value) or json (one object a line)")
+	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:8443", `operator listener: console, /metrics, /healthz, /readyz (HTTPS); loopback-only by default, "none" for no listener (docs/operations.md)`)
 	return cmd
 }
 
@@ -123,7 +129,22 @@ func applyEnvAndFile(fs *pflag.FlagSet, file string) error {
 	return err
 }
 
+// newLogger is --log-format and --log-level.
+func newLogger(w io.Writer, format string, level slog.Level) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
 func runServe(ctx context.Context, cfg server.Config, out io.Writer) error {
+	if cfg.AdminAddr == "none" {
+		cfg.AdminAddr = ""
+	}
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		return err
@@ -133,6 +154,9 @@ func runServe(ctx context.Context, cfg server.Config, out io.Writer) error {
 		return err
 	}
 	printBanner(out, srv, cfg.DataDir, cfg.RetryAfter)
+	if u := srv.AdminURL(); u != "" {
+		fmt.Fprintf(out, "\nOperator console: %s (sign in with a connection string above; /metrics, /healthz, /readyz there too)\n", u)
+	}
 	select {
 	case <-ctx.Done():
 	case err = <-srv.Errors():
