@@ -130,6 +130,19 @@ func (b *browser) screenshot(name string) {
 	}
 }
 
+// noHorizontalScroll checks the page at 200% zoom: a 1280-pixel window
+// at 200% lays out as a 640-pixel one, and nothing may need horizontal
+// scrolling there.
+func (b *browser) noHorizontalScroll(what string) {
+	b.t.Helper()
+	b.run("narrow the viewport", chromedp.EmulateViewport(640, 900))
+	defer b.run("restore the viewport", chromedp.EmulateReset())
+	over := get(b, "measure "+what, chromedp.Evaluate[int](`document.documentElement.scrollWidth - document.documentElement.clientWidth`))
+	if over > 0 {
+		b.t.Errorf("%s at 200%% zoom needs %d px of horizontal scrolling", what, over)
+	}
+}
+
 // The console in a real browser: sign in with the DPS owner connection
 // string, create an enrollment group, watch a device's registration record
 // appear; sign in as the hub owner and see its telemetry arrive live, edit
@@ -184,6 +197,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	br.waitText("main", dev)
 	br.waitText("main", "assigned")
 	br.screenshot("enrollment-group")
+	br.noHorizontalScroll("the enrollment group page")
 	br.run("registration records", chromedp.Navigate(br.base+"/registrations"))
 	br.waitText("main", dev)
 	br.screenshot("registrations")
@@ -197,6 +211,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	br.run("device list", chromedp.Navigate(br.base+"/devices"))
 	br.waitText("main", dev)
 	br.screenshot("devices")
+	br.noHorizontalScroll("the device list")
 	br.run("device page", chromedp.Navigate(br.base+"/devices/"+dev))
 	br.waitText("#telemetry-state", "Listening")
 	d.publish("devices/"+dev+"/messages/events/unit=C", 1, `{"temperature": 21.5}`)
@@ -227,6 +242,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	br.waitText("#method-result", "status 200")
 	br.waitText("#method-result", `"rebooting": true`)
 	br.screenshot("device")
+	br.noHorizontalScroll("the device page")
 
 	// A POST without the session's CSRF token is refused, even from the
 	// console's own origin with its cookie.
