@@ -90,6 +90,8 @@ func TestOperatorEndpointsAndMetrics(t *testing.T) {
 		`berth_connections_total{kind="tcp",protocol="mqtt"}`:            3,
 		`berth_connections_total{kind="tcp",protocol="https"}`:           1,
 		`berth_connections_open{protocol="mqtt"}`:                        1,
+		`berth_connections_total{kind="dps",protocol="mqtt"}`:            2,
+		`berth_connections_total{kind="hub",protocol="mqtt"}`:            1,
 		`berth_store_errors_total{operation="get"}`:                      -1, // no failure, no series
 		`berth_stream_errors_total`:                                      0,
 	} {

@@ -49,7 +49,7 @@ func New() *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	m.connTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_connections_total",
-		Help: "Connections accepted, by protocol (mqtt, https, admin) and kind (tcp: every accept; dps, hub: the MQTT session's kind)."}, []string{"protocol", "kind"})
+		Help: "Connections accepted, by protocol (mqtt, https, admin) and kind (tcp: every accepted connection; dps, hub: every accepted MQTT CONNECT of that kind)."}, []string{"protocol", "kind"})
 	m.connOpen = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_connections_open",
 		Help: "Connections open now, by protocol."}, []string{"protocol"})
 	m.registrations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_dps_registrations_total",
@@ -103,9 +103,8 @@ func (m *Metrics) AddGauge(name, help string, read func() float64, labels ...str
 // Registration counts one DPS registration answer by result.
 func (m *Metrics) Registration(result string) { m.registrations.WithLabelValues(result).Inc() }
 
-// Session counts an MQTT session by kind (dps or hub) once CONNECT is
-// accepted.
-func (m *Metrics) Session(protocol, kind string) { m.connTotal.WithLabelValues(protocol, kind).Inc() }
+// MQTTSession counts an accepted MQTT CONNECT by its kind (dps or hub).
+func (m *Metrics) MQTTSession(kind string) { m.connTotal.WithLabelValues("mqtt", kind).Inc() }
 
 // HubOperation implements hub.Observer.
 func (m *Metrics) HubOperation(op string, d time.Duration, err error) {

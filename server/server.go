@@ -382,8 +382,9 @@ func (s *Server) Start() error {
 	hubCfg := &amqpfront.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc}
 	s.amqp = amqpfront.New(amqpfront.Config{Logger: s.log.With("listener", "amqp"), Hub: hubCfg})
 	s.mqtt = mqttfront.New(mqttfront.Config{
-		Logger: s.log.With("listener", "mqtt"),
-		Hub:    &mqttfront.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc},
+		Logger:    s.log.With("listener", "mqtt"),
+		OnSession: s.metrics.MQTTSession,
+		Hub:       &mqttfront.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc},
 	}, s.dps)
 	handler := rest.NewHandler(rest.Config{
 		Hosts:  s.serviceHosts(),

@@ -259,6 +259,13 @@ func (c *conn) connect(fh packets.FixedHeader, buf []byte) error {
 		return fmt.Errorf("mqtt: CONNECT refused with return code %d", rc)
 	}
 	c.sess = sess
+	if f := c.srv.cfg.OnSession; f != nil {
+		kind := "dps"
+		if _, ok := sess.(*hubSession); ok {
+			kind = "hub"
+		}
+		f(kind)
+	}
 	// CONNACK's session present: a DPS session is always new (DPS keeps no
 	// session state, and the C# provisioning client fails on 1). An IoT Hub
 	// device with CleanSession 0 gets 1 when berth kept its earlier

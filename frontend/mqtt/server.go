@@ -65,6 +65,9 @@ type Config struct {
 	// Hub serves IoT Hub device sessions ({hub}/{deviceId}/?api-version=…
 	// usernames) when set; without it they are refused with CONNACK 5.
 	Hub *HubConfig
+	// OnSession, when set, is told of every accepted CONNECT: "dps" or
+	// "hub" (the operator's metrics).
+	OnSession func(kind string)
 }
 
 // Server is an MQTT listener. Create it with New.
