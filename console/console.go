@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -328,8 +329,13 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	defer cancel()
 	_, _, derr := s.dps.QueryEnrollmentGroups(ctx, 1, "")
-	_, herr := s.hub.ListDevices(ctx, 1)
-	s.IsDPS, s.IsHub = derr == nil, herr == nil
+	s.IsDPS = derr == nil
+	// A DPS policy whose host is no linked hub is not tried as a hub
+	// policy: that attempt would only log (and count) a refusal.
+	if !s.IsDPS || c.isLinkedHub(ctx, s) {
+		_, herr := s.hub.ListDevices(ctx, 1)
+		s.IsHub = herr == nil
+	}
 	if !s.IsDPS && !s.IsHub {
 		c.log.Info("console: sign-in refused", "policy", cs.SharedAccessKeyName, "host", cs.HostName)
 		c.renderSignin(w, r, "berth refused this connection string as a DPS and as a hub policy (wrong key, unknown policy or host, or a policy without read rights).", http.StatusUnauthorized)
@@ -340,6 +346,20 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 	setCookie(w, sessionCookie, s.id, 0)
 	c.log.Info("console: signed in", "policy", cs.SharedAccessKeyName, "host", cs.HostName, "dps", s.IsDPS, "hub", s.IsHub)
 	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (c *Console) isLinkedHub(ctx context.Context, s *session) bool {
+	hubs, err := s.dps.ListHubs(ctx)
+	if err != nil {
+		return true // cannot tell: try
+	}
+	host := svcconn.HostOnly(s.Conn.HostName)
+	for _, h := range hubs {
+		if strings.EqualFold(h.Name, host) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Console) signout(w http.ResponseWriter, r *http.Request, s *session) {
