@@ -115,3 +115,20 @@ func TestOperatorEndpointsAndMetrics(t *testing.T) {
 		t.Errorf("%d JSON log lines with reason \"wrong key\", want 1:\n%s", refusals, logs.String())
 	}
 }
+
+// A console session with live telemetry open does not hold up shutdown.
+func TestShutdownEndsLiveTelemetry(t *testing.T) {
+	b := startWith(t, t.TempDir(), server.Config{AdminAddr: "127.0.0.1:0"})
+	u := b.consoleSignIn(b.info.HubConnectionString)
+	b.createHubDevice("streamed")
+	resp, err := u.c.Get(u.base + "/devices/streamed/events")
+	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events: %v %v", resp, err)
+	}
+	defer resp.Body.Close()
+	start := time.Now()
+	b.stop()
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("shutdown took %v with a telemetry stream open", d)
+	}
+}

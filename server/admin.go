@@ -31,6 +31,9 @@ type admin struct {
 	ln      net.Listener
 	srv     *http.Server
 	serving atomic.Bool // the device listeners are up (readyz)
+	// stop ends every request's context at shutdown: live telemetry
+	// streams never end by themselves.
+	stop context.CancelFunc
 }
 
 // instrument connects the metrics to the domain: observers on the hub and
@@ -84,8 +87,11 @@ func (s *Server) startAdmin() error {
 		return err
 	}
 	s.admin.ln = s.metrics.Listener(ln, "admin")
+	base, stop := context.WithCancel(context.Background())
+	s.admin.stop = stop
 	s.admin.srv = &http.Server{
 		Handler:           c,
+		BaseContext:       func(net.Listener) context.Context { return base },
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -110,12 +116,8 @@ func (s *Server) shutdownAdmin(ctx context.Context) error {
 	if s.admin.srv == nil {
 		return nil
 	}
-	// Live telemetry (SSE) streams never end by themselves.
-	go func() {
-		<-ctx.Done()
-		_ = s.admin.srv.Close()
-	}()
-	if err := s.admin.srv.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	s.admin.stop()
+	if err := s.admin.srv.Shutdown(ctx); err != nil {
 		return fmt.Errorf("server: operator listener shutdown: %w", err)
 	}
 	return nil
