@@ -144,6 +144,12 @@ var (
 	HubGatewayTimeout               = hubCode(504101, "GatewayTimeout", "The device did not answer in time.")
 )
 
+// IoT Hub errors of module identities.
+var (
+	HubModuleNotFound      = hubCode(404010, "ModuleNotFound", "Module not found.")
+	HubModuleAlreadyExists = hubCode(409301, "ModuleAlreadyExistsOnDevice", "A module with this ID already exists on the device.")
+)
+
 // Codes returns every entry of the table, in declaration order.
 func Codes() []Code { return append([]Code(nil), table...) }
 

@@ -460,7 +460,7 @@ func (r *Registry) Delete(ctx context.Context, hubName, id, ifMatch string) erro
 		return fmt.Errorf("hub: delete device %s: %w", id, err)
 	}
 	r.revoke(hubName, id, nil)
-	// The device's twin and queue go with it. Should this fail half way,
+	// The device's twin, queue and modules go with it. Should this fail half way,
 	// nothing leaks to a new device of the same ID: its twin is recreated
 	// for its generation; only stale queued messages could remain, and
 	// the next delete or purge removes them.
@@ -471,7 +471,7 @@ func (r *Registry) Delete(ctx context.Context, hubName, id, ifMatch string) erro
 	if _, err := purgeC2D(ctx, r.store, dk); err != nil {
 		return fmt.Errorf("hub: delete queue of %s: %w", id, err)
 	}
-	return nil
+	return r.deleteModules(ctx, hubName, id)
 }
 
 // Keys returns the symmetric keys of an enabled device, for authenticating
@@ -500,7 +500,20 @@ func (r *Registry) apply(dst, src *Device, now time.Time) error {
 	if src.Capabilities != nil {
 		dst.Capabilities = src.Capabilities
 	}
-	auth := src.Authentication
+	auth, err := mergeAuthentication(dst.Authentication, src.Authentication)
+	if err != nil {
+		return err
+	}
+	dst.Authentication = auth
+	return nil
+}
+
+// mergeAuthentication returns the authentication an identity (device or
+// module) has after a write that asks for in, given the stored cur (nil
+// for a new identity): sas keys not given are kept, or generated for a new
+// identity; thumbprints are checked.
+func mergeAuthentication(cur, in *Authentication) (*Authentication, error) {
+	auth := in
 	if auth == nil {
 		auth = &Authentication{Type: AuthSAS}
 	}
@@ -518,17 +531,15 @@ func (r *Registry) apply(dst, src *Device, now time.Time) error {
 		tp := auth.X509Thumbprint
 		if tp == nil || tp.PrimaryThumbprint == nil || !validThumbprint(*tp.PrimaryThumbprint) ||
 			(tp.SecondaryThumbprint != nil && *tp.SecondaryThumbprint != "" && !validThumbprint(*tp.SecondaryThumbprint)) {
-			return azerr.Newf(azerr.HubArgumentInvalid, "A selfSigned device needs x509Thumbprint.primaryThumbprint: the SHA-1 (40 hex digits) or SHA-256 (64) of its certificate.")
+			return nil, azerr.Newf(azerr.HubArgumentInvalid, "A selfSigned device needs x509Thumbprint.primaryThumbprint: the SHA-1 (40 hex digits) or SHA-256 (64) of its certificate.")
 		}
 		auth.SymmetricKey = nil
-		dst.Authentication = auth
-		return nil
+		return auth, nil
 	case AuthCertificateAuthority:
 		auth.SymmetricKey, auth.X509Thumbprint = nil, nil
-		dst.Authentication = auth
-		return nil
+		return auth, nil
 	default:
-		return azerr.Newf(azerr.HubArgumentInvalid, "Authentication type '%s' is not supported; berth supports sas, selfSigned and certificateAuthority.", auth.Type)
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "Authentication type '%s' is not supported; berth supports sas, selfSigned and certificateAuthority.", auth.Type)
 	}
 	// Empty keys keep the stored ones: the Node service SDK's update sends
 	// {"primaryKey":"","secondaryKey":""} when the caller set no
@@ -537,12 +548,12 @@ func (r *Registry) apply(dst, src *Device, now time.Time) error {
 	if auth.SymmetricKey != nil {
 		keys = *auth.SymmetricKey
 	}
-	if dst.Authentication != nil && dst.Authentication.SymmetricKey != nil {
+	if cur != nil && cur.SymmetricKey != nil {
 		if keys.PrimaryKey == "" {
-			keys.PrimaryKey = dst.Authentication.SymmetricKey.PrimaryKey
+			keys.PrimaryKey = cur.SymmetricKey.PrimaryKey
 		}
 		if keys.SecondaryKey == "" {
-			keys.SecondaryKey = dst.Authentication.SymmetricKey.SecondaryKey
+			keys.SecondaryKey = cur.SymmetricKey.SecondaryKey
 		}
 	}
 	if keys.PrimaryKey == "" {
@@ -552,8 +563,7 @@ func (r *Registry) apply(dst, src *Device, now time.Time) error {
 		keys.SecondaryKey = newKey()
 	}
 	auth.SymmetricKey = &keys
-	dst.Authentication = auth
-	return nil
+	return auth, nil
 }
 
 // validThumbprint: SHA-1 or SHA-256 in hex, any case.

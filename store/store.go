@@ -29,6 +29,7 @@ const (
 	KindTwin         Kind = "twin"            // hub device twins, key = hub + "/" + deviceId
 	KindC2D          Kind = "c2d"             // hub cloud-to-device messages, key = hub + "/" + deviceId + "/" + order, index = hub + "/" + deviceId
 	KindHubRemoval   Kind = "hubRemoval"      // DPS: a reprovisioned device to delete from the hub it left, key = hub + "/" + deviceId, index = lower(registrationId)
+	KindModule       Kind = "module"          // hub module identities, key = hub + "/" + deviceId + "/" + moduleId, index = hub + "/" + deviceId
 )
 
 // Record is one stored document.

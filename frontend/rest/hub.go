@@ -97,6 +97,10 @@ func (h *handler) hubRoutes() routes {
 		newHubRoute(http.MethodPut, "devices/{id}", h.hubAuthorized(h.putDevice, write)),
 		newHubRoute(http.MethodGet, "devices/{id}", h.hubAuthorized(h.getDevice, read)),
 		newHubRoute(http.MethodDelete, "devices/{id}", h.hubAuthorized(h.deleteDevice, write)),
+		newHubRoute(http.MethodGet, "devices/{id}/modules", h.hubAuthorized(h.listModules, read)),
+		newHubRoute(http.MethodPut, "devices/{id}/modules/{moduleId}", h.hubAuthorized(h.putModule, write)),
+		newHubRoute(http.MethodGet, "devices/{id}/modules/{moduleId}", h.hubAuthorized(h.getModule, read)),
+		newHubRoute(http.MethodDelete, "devices/{id}/modules/{moduleId}", h.hubAuthorized(h.deleteModule, write)),
 		newHubRoute(http.MethodGet, "statistics/devices", h.hubAuthorized(h.deviceStatistics, read)),
 		newHubRoute(http.MethodPost, "devices/query", h.hubAuthorized(h.queryDevices, read, connect)),
 
