@@ -139,6 +139,22 @@ func denied(cause error) error { return azerr.Wrap(azerr.HubUnauthorizedAccess, 
 // {hub}/devices/{deviceId}. Every failure is IotHubUnauthorizedAccess
 // wrapping the *refusal.Error that says why.
 func (r *Registry) AuthenticateDevice(ctx context.Context, settings *Settings, hubName, deviceID, token string) (*Identity, error) {
+	return r.authenticate(ctx, settings, hubName, deviceID, "", token)
+}
+
+// AuthenticateModule is AuthenticateDevice for a module of the device:
+// the token's sr must be a segment prefix of
+// {hub}/devices/{deviceId}/modules/{moduleId}, and without skn it is
+// signed with the module's keys. The module's device must be enabled.
+// The Identity's Device is the module's device view (Device.ModuleID).
+func (r *Registry) AuthenticateModule(ctx context.Context, settings *Settings, hubName, deviceID, moduleID, token string) (*Identity, error) {
+	if moduleID == "" {
+		return nil, denied(refusal.Newf(refusal.UnknownDevice, "no module ID"))
+	}
+	return r.authenticate(ctx, settings, hubName, deviceID, moduleID, token)
+}
+
+func (r *Registry) authenticate(ctx context.Context, settings *Settings, hubName, deviceID, moduleID, token string) (*Identity, error) {
 	if token == "" {
 		return nil, denied(refusal.New(refusal.NoCredential, errors.New("no token")))
 	}
@@ -146,14 +162,18 @@ func (r *Registry) AuthenticateDevice(ctx context.Context, settings *Settings, h
 	if err != nil {
 		return nil, denied(err)
 	}
-	if !audienceCovers(tok.Resource, hubName, deviceID) {
-		return nil, denied(sas.AudienceError(tok, hubName+"/devices/"+deviceID))
+	resource := hubName + "/devices/" + deviceID
+	if moduleID != "" {
+		resource += "/modules/" + moduleID
+	}
+	if !audienceCovers(tok.Resource, resource) {
+		return nil, denied(sas.AudienceError(tok, resource))
 	}
 	now, limits := r.now(), r.tokenLimits()
 	if err := limits.CheckTime(tok, now); err != nil {
 		return nil, denied(err)
 	}
-	d, err := r.enabledDevice(ctx, hubName, deviceID)
+	d, err := r.enabledIdentity(ctx, hubName, deviceID, moduleID)
 	if err != nil {
 		return nil, err
 	}
@@ -161,12 +181,16 @@ func (r *Registry) AuthenticateDevice(ctx context.Context, settings *Settings, h
 	if tok.KeyName == "" {
 		keys := d.Keys()
 		if !slices.ContainsFunc(keys, func(k string) bool { return k != "" }) {
-			return nil, denied(refusal.Newf(refusal.WrongCredentialType, "device %q has no keys (authentication %s)", deviceID, authType(d)))
+			return nil, denied(refusal.Newf(refusal.WrongCredentialType, "identity %q has no keys (authentication %s)", TwinID(deviceID, moduleID), authType(d)))
 		}
 		if _, err := tok.Match(keys...); err != nil {
 			return nil, denied(err)
 		}
-		id.AuthMethod = `{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`
+		scope := "device"
+		if moduleID != "" {
+			scope = "module"
+		}
+		id.AuthMethod = `{"scope":"` + scope + `","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`
 		return id, nil
 	}
 	if settings == nil {
@@ -220,15 +244,22 @@ func authType(d *Device) string {
 // credential to the device, as on IoT Hub); a registry failure is returned
 // as is.
 func (r *Registry) enabledDevice(ctx context.Context, hubName, deviceID string) (*Device, error) {
-	// Every device authentication, SAS or X.509, passes here.
+	return r.enabledIdentity(ctx, hubName, deviceID, "")
+}
+
+// enabledIdentity is enabledDevice for a device or, with moduleID, the
+// device view of its module.
+func (r *Registry) enabledIdentity(ctx context.Context, hubName, deviceID, moduleID string) (*Device, error) {
+	// Every device and module authentication, SAS or X.509, passes here;
+	// a device's connect fault applies to its modules too.
 	if err := r.fault(ctx, FaultConnect, hubName, deviceID); err != nil {
 		return nil, err
 	}
-	d, err := r.Get(ctx, hubName, deviceID)
+	d, err := r.identity(ctx, hubName, TwinID(deviceID, moduleID))
 	if err != nil {
 		var ae *azerr.Error
-		if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
-			return nil, denied(refusal.Newf(refusal.UnknownDevice, "no device %q on %s", deviceID, hubName))
+		if errors.As(err, &ae) && (ae.Code == azerr.HubDeviceNotFound || ae.Code == azerr.HubModuleNotFound) {
+			return nil, denied(refusal.Newf(refusal.UnknownDevice, "no device or module %q on %s", TwinID(deviceID, moduleID), hubName))
 		}
 		return nil, err
 	}
@@ -239,11 +270,11 @@ func (r *Registry) enabledDevice(ctx context.Context, hubName, deviceID string) 
 }
 
 // audienceCovers reports whether the decoded sr is a segment prefix of
-// {hub}/devices/{deviceId}, comparing case-insensitively (IoT Hub
+// resource, {hub}/devices/{deviceId}[/modules/{moduleId}], comparing case-insensitively (IoT Hub
 // documents the URI as lower-cased; device IDs are compared
 // case-insensitively by Microsoft's own gateway).
-func audienceCovers(sr, hubName, deviceID string) bool {
-	want := strings.Split(hubName+"/devices/"+deviceID, "/")
+func audienceCovers(sr, resource string) bool {
+	want := strings.Split(resource, "/")
 	got := strings.Split(strings.TrimSuffix(sr, "/"), "/")
 	if len(got) > len(want) || len(got) == 0 {
 		return false

@@ -103,9 +103,12 @@ func Stamp(m *Message, hubName string, id *Identity, now time.Time) {
 // device named its model.
 func stampSender(m *Message, from Sender, now time.Time) {
 	now = now.UTC().Truncate(time.Millisecond)
-	m.Hub, m.DeviceID, m.Enqueued = from.Hub, from.DeviceID, now
+	m.Hub, m.DeviceID, m.ModuleID, m.Enqueued = from.Hub, from.DeviceID, from.ModuleID, now
+	m.System = append(m.System, Property{Name: PropConnDeviceID, Value: from.DeviceID})
+	if from.ModuleID != "" {
+		m.System = append(m.System, Property{Name: PropConnModuleID, Value: from.ModuleID})
+	}
 	m.System = append(m.System,
-		Property{Name: PropConnDeviceID, Value: from.DeviceID},
 		Property{Name: PropConnGenerationID, Value: from.GenerationID},
 		Property{Name: PropConnAuthMethod, Value: from.AuthMethod},
 		Property{Name: PropEnqueuedTime, Value: now.Format(EnqueuedTimeLayout)},

@@ -63,7 +63,8 @@ func validMethodName(s string) bool {
 	return true
 }
 
-// Invoke sends a method request to a device and returns its answer. The
+// Invoke sends a method request to a device, or a module when deviceID is
+// a TwinID "device/module", and returns its answer. The
 // device must be connected and subscribed to methods within the connect
 // timeout (404103 DeviceNotOnline otherwise) and answer within the response
 // timeout (504101 GatewayTimeout otherwise). Methods are never queued.
@@ -96,7 +97,7 @@ func (m *Methods) Invoke(ctx context.Context, hubName, deviceID string, req *Met
 	if len(payload) > MaxMethodPayload {
 		return nil, azerr.Newf(azerr.HubMessageTooLarge, "The method payload of %d bytes is over the %d bytes limit.", len(payload), MaxMethodPayload)
 	}
-	d, err := m.reg.Get(ctx, hubName, deviceID)
+	d, err := m.reg.identity(ctx, hubName, deviceID)
 	if err != nil {
 		return nil, err
 	}

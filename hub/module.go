@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
@@ -211,6 +212,23 @@ func (r *Registry) DeleteModule(ctx context.Context, hubName, deviceID, moduleID
 	return nil
 }
 
+// revokeModules closes the sessions of every module of a device that was
+// disabled.
+func (r *Registry) revokeModules(ctx context.Context, hubName, deviceID string) error {
+	recs, err := r.listModuleRecords(ctx, hubName, deviceID)
+	if err != nil {
+		return err
+	}
+	for _, rec := range recs {
+		m, err := decodeModule(rec)
+		if err != nil {
+			return err
+		}
+		r.revokeModule(hubName, deviceID, m.ModuleID, nil)
+	}
+	return nil
+}
+
 // deleteModules removes every module of a deleted device.
 func (r *Registry) deleteModules(ctx context.Context, hubName, deviceID string) error {
 	recs, err := r.listModuleRecords(ctx, hubName, deviceID)
@@ -291,3 +309,48 @@ func decodeModule(rec store.Record) (*Module, error) {
 	m.ETag = rec.ETag
 	return &m, nil
 }
+
+// TwinID names the twin (and live session) of a device, or of one of its
+// modules: "device" or "device/module". "/" cannot occur in an ID, so the
+// two never collide; Twins, Methods and Links take either.
+func TwinID(deviceID, moduleID string) string {
+	if moduleID == "" {
+		return deviceID
+	}
+	return presenceID(deviceID, moduleID)
+}
+
+// identity returns the device a TwinID names, or for a module a device
+// view of it: the module's generation, etag, authentication and presence
+// under its device's ID and status (a module is enabled with its device).
+func (r *Registry) identity(ctx context.Context, hubName, id string) (*Device, error) {
+	deviceID, moduleID, isModule := strings.Cut(id, "/")
+	if !isModule {
+		return r.Get(ctx, hubName, id)
+	}
+	d, err := r.Get(ctx, hubName, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	m, err := r.GetModule(ctx, hubName, deviceID, moduleID)
+	if err != nil {
+		return nil, err
+	}
+	return &Device{
+		DeviceID:          deviceID,
+		moduleID:          moduleID,
+		GenerationID:      m.GenerationID,
+		ETag:              m.ETag,
+		ConnectionState:   m.ConnectionState,
+		LastActivityTime:  m.LastActivityTime,
+		Status:            d.Status,
+		StatusReason:      d.StatusReason,
+		StatusUpdatedTime: d.StatusUpdatedTime,
+		Authentication:    m.Authentication,
+		Hub:               hubName,
+	}, nil
+}
+
+// ModuleID is the module a device view (Registry.identity) stands for; ""
+// for a device.
+func (d *Device) ModuleID() string { return d.moduleID }

@@ -79,6 +79,9 @@ type Device struct {
 	// Hub is the hub host name the device belongs to (berth's addition; a
 	// berth serves several hubs).
 	Hub string `json:"-"`
+	// moduleID is set on the device view of a module (Registry.identity),
+	// never on a stored device.
+	moduleID string
 }
 
 // Registry is the device identity registry of every hub berth serves.
@@ -445,6 +448,12 @@ func (r *Registry) Update(ctx context.Context, hubName string, d *Device, ifMatc
 		return nil, err
 	}
 	r.revoke(hubName, d.DeviceID, out)
+	if out.Status != StatusEnabled {
+		// A module is enabled with its device: its sessions close too.
+		if err := r.revokeModules(ctx, hubName, d.DeviceID); err != nil {
+			return nil, err
+		}
+	}
 	return out, nil
 }
 

@@ -22,6 +22,7 @@ type BatchSink interface {
 type Sender struct {
 	Hub          string // the hub's name as berth knows it
 	DeviceID     string
+	ModuleID     string // "" for a device; stamped as iothub-connection-module-id
 	GenerationID string
 	AuthMethod   string // iothub-connection-auth-method
 	// ModelID is the device's model (MQTT username model-id), stamped as
@@ -31,7 +32,7 @@ type Sender struct {
 
 // SenderOf is the sender an authenticated identity is on hubName.
 func SenderOf(hubName string, id *Identity) Sender {
-	return Sender{Hub: hubName, DeviceID: id.Device.DeviceID, GenerationID: id.Device.GenerationID, AuthMethod: id.AuthMethod}
+	return Sender{Hub: hubName, DeviceID: id.Device.DeviceID, ModuleID: id.Device.moduleID, GenerationID: id.Device.GenerationID, AuthMethod: id.AuthMethod}
 }
 
 // Telemetry accepts device-to-cloud messages: it holds them to IoT Hub's
@@ -110,7 +111,7 @@ func (t *Telemetry) AcceptBatch(ctx context.Context, from Sender, ms []*Message)
 		}
 	}
 	if t.registry != nil {
-		t.registry.Active(from.Hub, from.DeviceID)
+		t.registry.Active(from.Hub, TwinID(from.DeviceID, from.ModuleID))
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 // (shared/spec/iothub.md §8.3). Tags and Properties are rendered JSON.
 type Twin struct {
 	DeviceID                  string          `json:"deviceId"`
+	ModuleID                  string          `json:"moduleId,omitempty"` // module twins only
 	ETag                      string          `json:"etag"`
 	DeviceETag                string          `json:"deviceEtag"`
 	Status                    string          `json:"status"`
@@ -104,8 +105,9 @@ func twinRecordFor(hubName, deviceID string, t *twinRecord) (store.Record, error
 	return store.Record{Kind: store.KindTwin, Key: deviceKey(hubName, deviceID), Data: data}, nil
 }
 
-// Twins keeps device twins and pushes desired-property changes to
-// connected devices.
+// Twins keeps device and module twins and pushes desired-property changes
+// to connected devices and modules. Its methods name a twin by TwinID:
+// "device" or "device/module".
 type Twins struct {
 	store store.Store
 	reg   *Registry
@@ -135,7 +137,7 @@ func (t *Twins) lock(hubName, id string) func() {
 // load returns the device and its twin, creating the twin record when the
 // device has none yet (or only a previous generation's).
 func (t *Twins) load(ctx context.Context, hubName, id string) (*Device, *twinRecord, string, error) {
-	d, err := t.reg.Get(ctx, hubName, id)
+	d, err := t.reg.identity(ctx, hubName, id)
 	if err != nil {
 		return nil, nil, "", err
 	}
@@ -186,8 +188,10 @@ func (t *Twins) Get(ctx context.Context, hubName, id string) (_ *Twin, err error
 		if err != nil {
 			return nil, err
 		}
-		if err := t.reg.countQueue(ctx, hubName, d); err != nil {
-			return nil, err
+		if d.moduleID == "" {
+			if err := t.reg.countQueue(ctx, hubName, d); err != nil {
+				return nil, err
+			}
 		}
 		return t.render(d, tw, etag)
 	}
@@ -263,6 +267,7 @@ func (t *Twins) render(d *Device, tw *twinRecord, etag string) (*Twin, error) {
 	}
 	out := &Twin{
 		DeviceID:                  d.DeviceID,
+		ModuleID:                  d.moduleID,
 		ETag:                      etag,
 		DeviceETag:                d.ETag,
 		Status:                    d.Status,

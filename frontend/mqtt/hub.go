@@ -277,6 +277,11 @@ type hubSession struct {
 	c        *conn
 	hub      string // the hub's name as berth knows it (servedHub)
 	deviceID string
+	// moduleID is the module a module connection ({device}/{module}) is;
+	// "" for a device. twinID names the session's identity in the domain
+	// (hub.TwinID): Links, presence, twin and methods.
+	moduleID string
+	twinID   string
 	// sender stamps the device's messages (hub, device and generation
 	// IDs, auth method, model ID).
 	sender hub.Sender
@@ -347,8 +352,6 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	switch {
 	case h == nil:
 		return refuse("IoT Hub device sessions are not served yet: this listener has no hub configured")
-	case moduleID != "":
-		return refuse("modules not supported yet", "moduleId", clip(moduleID))
 	case !c.srv.isOurHub(hubName):
 		// The device believes it is talking to a hub berth does not
 		// serve. Its token names that hub too (the registry would refuse
@@ -356,9 +359,13 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		// hub it did not ask for. IoT Hub answers 5 to every CONNECT it
 		// will not serve, so an unknown hub name is one more such refusal.
 		return refuse("the username names a hub this berth does not serve", "defaultHub", h.Name)
-	case pk.Connect.ClientIdentifier != deviceID:
-		// Ordinal, as Microsoft's protocol gateway compares them.
-		return refuse("ClientId differs from the username's device ID", "clientId", clip(pk.Connect.ClientIdentifier))
+	case pk.Connect.ClientIdentifier != hub.TwinID(deviceID, moduleID):
+		// Ordinal, as Microsoft's protocol gateway compares them; a
+		// module's ClientId is {device}/{module}.
+		return refuse("ClientId differs from the username's device (and module) ID", "clientId", clip(pk.Connect.ClientIdentifier))
+	}
+	if moduleID != "" {
+		attrs = append(attrs, "moduleId", clip(moduleID))
 	}
 	// A password is a SAS token, whatever certificate the TLS connection
 	// also presented. Without one (or with an empty one) the device
@@ -380,11 +387,17 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		id  *hub.Identity
 		err error
 	)
-	if chain != nil {
+	switch {
+	case chain != nil && moduleID != "":
+		cancel()
+		return refuse("X.509 module connections are not supported yet")
+	case chain != nil:
 		// The chain is not kept: the identity is all the session needs,
 		// and its Expires is the leaf's NotAfter.
 		id, err = h.Registry.AuthenticateDeviceCert(ctx, hubName, deviceID, chain)
-	} else {
+	case moduleID != "":
+		id, err = h.Registry.AuthenticateModule(ctx, settings, hubName, deviceID, moduleID, string(pk.Connect.Password))
+	default:
 		id, err = h.Registry.AuthenticateDevice(ctx, settings, hubName, deviceID, string(pk.Connect.Password))
 	}
 	cancel()
@@ -418,9 +431,11 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 		// Clones, so that the session does not keep the CONNECT buffer
 		// or the device document alive.
 		deviceID: strings.Clone(deviceID),
+		moduleID: strings.Clone(moduleID),
 		clean:    pk.Connect.Clean,
 	}
-	s.sender = hub.Sender{Hub: s.hub, DeviceID: s.deviceID,
+	s.twinID = hub.TwinID(s.deviceID, s.moduleID)
+	s.sender = hub.Sender{Hub: s.hub, DeviceID: s.deviceID, ModuleID: s.moduleID,
 		GenerationID: strings.Clone(id.Device.GenerationID), AuthMethod: id.AuthMethod,
 		ModelID: strings.Clone(query.Get(hubQueryModelID))}
 	for i := range s.subs {
@@ -442,9 +457,9 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	// Nothing is written to the device before its CONNACK: every push
 	// needs a subscription, and subscriptions (new or resumed) start
 	// after the CONNACK (see started).
-	replaced, _ := h.Links.Attach(s.hub, s.deviceID, hub.Credential(id.Device), s)
+	replaced, _ := h.Links.Attach(s.hub, s.twinID, hub.Credential(id.Device), s)
 	s.resumeSession(replaced)
-	s.disconnected = h.Registry.Connected(s.hub, s.deviceID)
+	s.disconnected = h.Registry.Connected(s.hub, s.twinID)
 	c.srv.log.Debug("mqtt: IoT Hub device session", append(attrs,
 		"apiVersion", clip(query.Get(hubQueryAPIVersion)), "clientType", clip(query.Get(hubQueryClientType)),
 		"modelId", clip(s.sender.ModelID), "keepalive", pk.Connect.Keepalive, "cleanSession", pk.Connect.Clean,
@@ -461,7 +476,7 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 func (s *hubSession) resumeSession(replaced hub.DeviceLink) {
 	links := s.c.srv.cfg.Hub.Links
 	if s.clean {
-		links.Forget(s.hub, s.deviceID)
+		links.Forget(s.hub, s.twinID)
 		return
 	}
 	if old, ok := replaced.(*hubSession); ok && !old.clean {
@@ -469,7 +484,7 @@ func (s *hubSession) resumeSession(replaced hub.DeviceLink) {
 		s.resume, s.present = &st, true
 		return
 	}
-	if st, ok := links.Resume(s.hub, s.deviceID); ok {
+	if st, ok := links.Resume(s.hub, s.twinID); ok {
 		s.resume, s.present = &st, true
 	}
 }
@@ -513,7 +528,7 @@ func (s *hubSession) started() {
 		return
 	}
 	for filter, qos := range s.resume.Subscriptions {
-		if f, ok := classifyHubFilter(filter, s.deviceID); ok {
+		if f, ok := s.classifyFilter(filter); ok {
 			s.subs[f].Store(int32(min(qos, 1)))
 		}
 	}
@@ -545,8 +560,8 @@ func (s *hubSession) setWill(pk *packets.Packet) {
 	switch {
 	case strings.ContainsAny(topic, "+#"):
 		reason = "topic contains a wildcard"
-	case !ok || mod != "" || dev != s.deviceID:
-		reason = "topic is not the device's telemetry topic"
+	case !ok || mod != s.moduleID || dev != s.deviceID:
+		reason = "topic is not the device's (or module's) telemetry topic"
 	default:
 		if _, _, err := ParsePropertyBag(bag); err != nil {
 			reason = "property bag: " + err.Error()
@@ -564,6 +579,9 @@ func (s *hubSession) setWill(pk *packets.Packet) {
 }
 
 func (s *hubSession) logAttrs() []any {
+	if s.moduleID != "" {
+		return []any{"deviceId", s.deviceID, "moduleId", s.moduleID}
+	}
 	return []any{"deviceId", s.deviceID}
 }
 
@@ -619,13 +637,25 @@ func classifyHubFilter(filter, deviceID string) (hubFeature, bool) {
 	return 0, false
 }
 
+// classifyFilter is classifyHubFilter for this session. A module has twin
+// and method topics but no cloud-to-device queue: IoT Hub delivers to
+// modules through routes (module inputs), which berth does not have, so a
+// module's C2D or input subscription is refused like any unknown filter.
+func (s *hubSession) classifyFilter(filter string) (hubFeature, bool) {
+	f, ok := classifyHubFilter(filter, s.deviceID)
+	if ok && f == featureC2D && s.moduleID != "" {
+		return 0, false
+	}
+	return f, ok
+}
+
 // subscribe grants the filters the SDKs subscribe on open, at QoS 1 at
 // most; each feature is delivered at the QoS its filter was granted
 // (§1.5). Any other filter (another device's topics, '#', module inputs)
 // closes the connection, as IoT Hub does rather than answering 0x80
 // (§1.4).
 func (s *hubSession) subscribe(filter string, qos byte) (byte, error) {
-	f, ok := classifyHubFilter(filter, s.deviceID)
+	f, ok := s.classifyFilter(filter)
 	if !ok {
 		s.c.srv.log.Info("mqtt: SUBSCRIBE to a filter IoT Hub does not allow; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "filter", clip(filter))...)
 		return 0, fmt.Errorf("mqtt: SUBSCRIBE to %q is not allowed", clip(filter))
@@ -648,7 +678,7 @@ func (s *hubSession) subscribed() {
 }
 
 func (s *hubSession) unsubscribe(filter string) {
-	f, ok := classifyHubFilter(filter, s.deviceID)
+	f, ok := s.classifyFilter(filter)
 	if !ok {
 		return
 	}
@@ -710,11 +740,11 @@ func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.
 	switch {
 	case !ok:
 		return nil, fmt.Errorf("mqtt: PUBLISH to %q: not a telemetry topic", clip(topic))
-	case dev != s.deviceID:
-		s.c.srv.log.Info("mqtt: PUBLISH to another device's topic; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "topic", clip(topic))...)
-		return nil, fmt.Errorf("mqtt: PUBLISH to %q: not this device's topic", clip(topic))
-	case mod != "":
-		return nil, fmt.Errorf("mqtt: PUBLISH to %q: modules not supported yet", clip(topic))
+	case dev != s.deviceID || mod != s.moduleID:
+		// A device may not send as its modules, nor a module as its
+		// device or a sibling.
+		s.c.srv.log.Info("mqtt: PUBLISH to another device's or module's topic; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "topic", clip(topic))...)
+		return nil, fmt.Errorf("mqtt: PUBLISH to %q: not this connection's topic", clip(topic))
 	}
 	sys, app, err := ParsePropertyBag(bag)
 	if err != nil {
@@ -777,7 +807,7 @@ func (s *hubSession) close(clean bool) {
 		st := s.sessionState()
 		keep = &st
 	}
-	s.c.srv.cfg.Hub.Links.Detach(s.hub, s.deviceID, s, keep)
+	s.c.srv.cfg.Hub.Links.Detach(s.hub, s.twinID, s, keep)
 	s.stopDeliveries()
 	switch {
 	case s.will == nil || clean:

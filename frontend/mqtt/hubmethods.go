@@ -83,7 +83,7 @@ func (s *hubSession) MethodsSubscribed() bool {
 func (s *hubSession) InvokeMethod(ctx context.Context, name string, payload []byte) (int, []byte, error) {
 	qos := s.subs[featureMethods].Load()
 	if qos < 0 {
-		return 0, nil, azerr.Newf(azerr.HubDeviceNotOnline, "Device %s is not subscribed to direct methods.", s.deviceID)
+		return 0, nil, azerr.Newf(azerr.HubDeviceNotOnline, "Device %s is not subscribed to direct methods.", s.twinID)
 	}
 	ch := make(chan methodAnswer, 1)
 	s.mu.Lock()

@@ -150,10 +150,10 @@ func (s *hubSession) twinRecovering(kind, rid string, pk *packets.Packet) (err e
 	switch kind {
 	case TwinGet:
 		// The payload is ignored: Node sends " ", C nothing.
-		body, opErr = h.Twins.DeviceDocument(ctx, s.hub, s.deviceID)
+		body, opErr = h.Twins.DeviceDocument(ctx, s.hub, s.twinID)
 		status = 200
 	case TwinPatchReported:
-		version, opErr = h.Twins.PatchReported(ctx, s.hub, s.deviceID, pk.Payload)
+		version, opErr = h.Twins.PatchReported(ctx, s.hub, s.twinID, pk.Payload)
 		status = 204
 	default:
 		opErr = azerr.Newf(azerr.HubArgumentInvalid, "The topic is not a twin request topic.")
