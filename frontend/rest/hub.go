@@ -90,7 +90,7 @@ func (h *handler) hubRoutes() routes {
 	)
 	return routes{
 		newHubRoute(http.MethodPost, "devices/{deviceId}/messages/events", h.sendEvent),
-		newHubRoute(http.MethodPost, "devices/{deviceId}/modules/{moduleId}/messages/events", modulesUnsupported(moduleEventHint)),
+		newHubRoute(http.MethodPost, "devices/{deviceId}/modules/{moduleId}/messages/events", h.sendEvent),
 
 		newHubRoute(http.MethodGet, "devices", h.hubAuthorized(h.listDevices, read)),
 		newHubRoute(http.MethodPost, "devices", h.hubAuthorized(h.bulkDevices, write)),
@@ -108,10 +108,10 @@ func (h *handler) hubRoutes() routes {
 		newHubRoute(http.MethodPatch, "twins/{id}", h.hubAuthorized(h.patchTwin, connect)),
 		newHubRoute(http.MethodPut, "twins/{id}", h.hubAuthorized(h.replaceTwin, connect)),
 		newHubRoute(http.MethodPost, "twins/{id}/methods", h.hubAuthorized(h.invokeMethod, connect)),
-		newHubRoute(http.MethodGet, "twins/{id}/modules/{moduleId}", modulesUnsupported(moduleTwinHint)),
-		newHubRoute(http.MethodPatch, "twins/{id}/modules/{moduleId}", modulesUnsupported(moduleTwinHint)),
-		newHubRoute(http.MethodPut, "twins/{id}/modules/{moduleId}", modulesUnsupported(moduleTwinHint)),
-		newHubRoute(http.MethodPost, "twins/{id}/modules/{moduleId}/methods", modulesUnsupported(moduleMethodHint)),
+		newHubRoute(http.MethodGet, "twins/{id}/modules/{moduleId}", h.hubAuthorized(h.getTwin, connect, read)),
+		newHubRoute(http.MethodPatch, "twins/{id}/modules/{moduleId}", h.hubAuthorized(h.patchTwin, connect)),
+		newHubRoute(http.MethodPut, "twins/{id}/modules/{moduleId}", h.hubAuthorized(h.replaceTwin, connect)),
+		newHubRoute(http.MethodPost, "twins/{id}/modules/{moduleId}/methods", h.hubAuthorized(h.invokeMethod, connect)),
 
 		// Device side of the C2D queue (shared/spec/iothub.md §3.3).
 		newHubRoute(http.MethodGet, "devices/{deviceId}/messages/deviceBound", h.receiveCloudToDevice),

@@ -3,6 +3,7 @@ package rest
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/berth-iot/berth/azerr"
@@ -80,6 +81,22 @@ func TestHubModuleCRUD(t *testing.T) {
 		t.Errorf("list %+v", list)
 	}
 	checkHubError(t, f.hubCall(http.MethodGet, "/devices/nodev/modules"+q, "", tok), azerr.HubDeviceNotFound)
+
+	// The module twin: its own, with its moduleId; a method on the module
+	// finds it offline.
+	twinPath := "/twins/mod-dev/modules/m2" + q
+	tw := decode[hub.Twin](t, f.hubCall(http.MethodGet, twinPath, "", tok))
+	if tw.DeviceID != "mod-dev" || tw.ModuleID != "m2" || tw.ETag == "" {
+		t.Errorf("module twin %+v", tw)
+	}
+	rec = f.hubCall(http.MethodPatch, twinPath, `{"tags":{"role":"edge"},"properties":{"desired":{"rate":5}}}`, tok, "If-Match", `"`+tw.ETag+`"`)
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"moduleId":"m2"`) || !strings.Contains(rec.Body.String(), `"rate":5`) {
+		t.Errorf("module twin PATCH: %d %s", rec.Code, rec.Body)
+	}
+	if dt := decode[hub.Twin](t, f.hubCall(http.MethodGet, "/twins/mod-dev"+q, "", tok)); dt.ModuleID != "" || strings.Contains(string(dt.Tags), "edge") {
+		t.Errorf("device twin %+v", dt)
+	}
+	checkHubError(t, f.hubCall(http.MethodPost, "/twins/mod-dev/modules/m2/methods"+q, `{"methodName":"x"}`, tok), azerr.HubDeviceNotOnline)
 
 	// The registry rights: a read policy reads, does not write.
 	read := f.hubToken(t, hubName, "registryRead")

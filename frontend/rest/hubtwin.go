@@ -41,14 +41,28 @@ func unavailable(what string) error {
 	return azerr.Newf(azerr.HubServiceUnavailable, "%s not enabled on this hub.", what)
 }
 
-// getTwin is GET /twins/{id} (shared/spec/iothub.md §8.3): 200 with the
-// Twin, and its etag also as a quoted ETag header.
+// moduleArg is the module ID of a module route ({deviceId}, {moduleId});
+// "" on a device route.
+func moduleArg(args []string) string {
+	if len(args) > 1 {
+		return args[1]
+	}
+	return ""
+}
+
+// twinArg is the hub.TwinID a twin or method route names: the device's,
+// or on /twins/{id}/modules/{moduleId} the module's.
+func twinArg(args []string) string { return hub.TwinID(args[0], moduleArg(args)) }
+
+// getTwin is GET /twins/{id} and /twins/{id}/modules/{moduleId}
+// (shared/spec/iothub.md §8.3): 200 with the Twin, and its etag also as a
+// quoted ETag header.
 func (h *handler) getTwin(x *exchange, args []string) {
 	if h.hub.Twins == nil {
 		x.fail(unavailable("Twins are"))
 		return
 	}
-	tw, err := h.hub.Twins.Get(x.r.Context(), x.hubName(), args[0])
+	tw, err := h.hub.Twins.Get(x.r.Context(), x.hubName(), twinArg(args))
 	if err != nil {
 		x.fail(err)
 		return
@@ -63,7 +77,7 @@ func (h *handler) patchTwin(x *exchange, args []string) {
 		x.fail(unavailable("Twins are"))
 		return
 	}
-	h.updateTwin(x, args[0], h.hub.Twins.Patch)
+	h.updateTwin(x, twinArg(args), h.hub.Twins.Patch)
 }
 
 // replaceTwin is PUT /twins/{id}: tags and desired properties replaced.
@@ -72,7 +86,7 @@ func (h *handler) replaceTwin(x *exchange, args []string) {
 		x.fail(unavailable("Twins are"))
 		return
 	}
-	h.updateTwin(x, args[0], h.hub.Twins.Replace)
+	h.updateTwin(x, twinArg(args), h.hub.Twins.Replace)
 }
 
 // twinWrite is hub.Twins.Patch or hub.Twins.Replace.
@@ -131,7 +145,7 @@ func (h *handler) invokeMethod(x *exchange, args []string) {
 	}
 	x.extendWriteDeadline(methodDuration(&req) + methodWireMargin)
 
-	res, err := h.hub.Methods.Invoke(x.r.Context(), x.hubName(), args[0], &req)
+	res, err := h.hub.Methods.Invoke(x.r.Context(), x.hubName(), twinArg(args), &req)
 	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			// The request ended (the caller went away or the server is

@@ -145,8 +145,9 @@ func TestTwinErrors(t *testing.T) {
 		{"registryReadWrite cannot write twins", "PATCH", "/twins/tw-e", `{"tags":{}}`, f.hubToken(t, hubName, "registryReadWrite"), azerr.HubUnauthorizedAccess},
 		{"registryReadWrite cannot replace twins", "PUT", "/twins/tw-e", `{"tags":{}}`, f.hubToken(t, hubName, "registryReadWrite"), azerr.HubUnauthorizedAccess},
 		{"device policy cannot read twins", "GET", "/twins/tw-e", "", f.hubToken(t, hubName, "device"), azerr.HubUnauthorizedAccess},
-		{"module twins are not supported", "GET", "/twins/tw-e/modules/m1", "", owner, azerr.HubArgumentInvalid},
-		{"module twin PATCH", "PATCH", "/twins/tw-e/modules/m1", `{}`, owner, azerr.HubArgumentInvalid},
+		{"unknown module twin", "GET", "/twins/tw-e/modules/m1", "", owner, azerr.HubModuleNotFound},
+		{"unknown module twin PATCH", "PATCH", "/twins/tw-e/modules/m1", `{}`, owner, azerr.HubModuleNotFound},
+		{"module twin of an unknown device", "GET", "/twins/nodev/modules/m1", "", owner, azerr.HubDeviceNotFound},
 		{"405", "DELETE", "/twins/tw-e", "", owner, azerr.HubMethodNotAllowed},
 	}
 	for _, tt := range tests {
@@ -249,7 +250,7 @@ func TestMethodInvoke(t *testing.T) {
 		{"payload over 128 KB", "m-on", methodBody("x", `"`+strings.Repeat("p", 128*1024)+`"`, 30, 0), owner, azerr.HubMessageTooLarge, ""},
 		{"body over the limit", "m-on", methodBody("x", `"`+strings.Repeat("p", maxMethodRequest)+`"`, 30, 0), owner, azerr.HubMessageTooLarge, ""},
 		{"registryReadWrite", "m-on", methodBody("x", `1`, 30, 0), f.hubToken(t, hubName, "registryReadWrite"), azerr.HubUnauthorizedAccess, ""},
-		{"module methods", "m-on/modules/mod", methodBody("x", `1`, 30, 0), owner, azerr.HubArgumentInvalid, ""},
+		{"unknown module", "m-on/modules/mod", methodBody("x", `1`, 30, 0), owner, azerr.HubModuleNotFound, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

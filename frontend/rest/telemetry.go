@@ -40,7 +40,7 @@ const appPropertyPrefix = "iothub-app-"
 // TLS client certificate when it sends no Authorization) before a byte of
 // the body is read.
 func (h *handler) sendEvent(x *exchange, args []string) {
-	id, ok := h.authenticateDevice(x, args[0])
+	id, ok := h.authenticate(x, args[0], moduleArg(args))
 	if !ok {
 		return
 	}
@@ -98,9 +98,18 @@ func (h *handler) sendEvent(x *exchange, args []string) {
 // disabled devices with 401 IotHubUnauthorizedAccess. On failure it has
 // answered and ok is false.
 func (h *handler) authenticateDevice(x *exchange, deviceID string) (id *hub.Identity, ok bool) {
+	return h.authenticate(x, deviceID, "")
+}
+
+// authenticate is authenticateDevice for a device or, with moduleID, one
+// of its modules (by SAS token only: X.509 modules are not supported yet,
+// so a module request without a token is refused like a bad one).
+func (h *handler) authenticate(x *exchange, deviceID, moduleID string) (id *hub.Identity, ok bool) {
 	ctx := x.r.Context()
 	var err error
-	if chain := x.clientCerts(); chain != nil {
+	if moduleID != "" {
+		id, err = h.hub.Registry.AuthenticateModule(ctx, x.target.Settings, x.hubName(), deviceID, moduleID, x.r.Header.Get(reqAuthorization))
+	} else if chain := x.clientCerts(); chain != nil {
 		id, err = h.hub.Registry.AuthenticateDeviceCert(ctx, x.hubName(), deviceID, chain)
 	} else {
 		id, err = h.hub.Registry.AuthenticateDevice(ctx, x.target.Settings, x.hubName(), deviceID, x.r.Header.Get(reqAuthorization))
@@ -110,26 +119,6 @@ func (h *handler) authenticateDevice(x *exchange, deviceID string) (id *hub.Iden
 		return nil, false
 	}
 	return id, true
-}
-
-// Hints of the module refusals: where the caller can go instead.
-const (
-	moduleEventHint  = "send telemetry as the device, to /devices/{deviceId}/messages/events."
-	moduleTwinHint   = "use the device twin, /twins/{deviceId}."
-	moduleMethodHint = "invoke the method on the device, POST /twins/{deviceId}/methods."
-)
-
-// modulesUnsupported answers a module route (POST
-// /devices/{deviceId}/modules/{moduleId}/messages/events, the module twin
-// and module method routes). The registry has no module
-// identities yet, so these are refused outright (before any
-// authentication: the answer reveals nothing about the device) with an
-// error that says so and where to go instead, rather than the 404 of an
-// unknown path, which would look like a typo in the URL.
-func modulesUnsupported(hint string) func(*exchange, []string) {
-	return func(x *exchange, _ []string) {
-		x.fail(azerr.Newf(azerr.HubArgumentInvalid, "Modules are not supported yet by berth: %s", hint))
-	}
 }
 
 // isBatch reports whether a Content-Type names the batch format; the

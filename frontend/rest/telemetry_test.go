@@ -2,6 +2,7 @@ package rest
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -511,16 +512,40 @@ func signOrFail(t testing.TB, sr, key, keyName string, exp time.Time) string {
 	return tok
 }
 
-// TestModuleTelemetry: module telemetry is refused with a hub error that
-// says why; other methods on the path are a hub 405.
+// TestModuleTelemetry: a module sends with its own token and its messages
+// carry iothub-connection-module-id; its device's token, or a token of a
+// module that does not exist, is 401; other methods on the path are a hub
+// 405.
 func TestModuleTelemetry(t *testing.T) {
 	f := newFixture(t)
 	d := f.device(t, "mod-d", "")
-	tok := hubDeviceToken(t, "mod-d", d.Keys()[0], f.now.Add(time.Hour))
-	rec := f.do(request(http.MethodPost, "/devices/mod-d/modules/m1/messages/events?api-version=2021-04-12", "x", "Authorization", tok))
-	if msg := checkHubError(t, rec, azerr.HubArgumentInvalid); !strings.Contains(msg, "Modules are not supported yet") {
-		t.Errorf("message %q", msg)
+	m, err := f.reg.CreateModule(context.Background(), hubName, &hub.Module{DeviceID: "mod-d", ModuleID: "m1"})
+	if err != nil {
+		t.Fatal(err)
 	}
+	mkey := m.Authentication.SymmetricKey.PrimaryKey
+	*f.secrets = append(*f.secrets, mkey, m.Authentication.SymmetricKey.SecondaryKey)
+	const path = "/devices/mod-d/modules/m1/messages/events?api-version=2021-04-12"
+	modTok := signOrFail(t, hubName+"/devices/mod-d/modules/m1", mkey, "", f.now.Add(time.Hour))
+	rec := f.do(request(http.MethodPost, path, "x", "Authorization", modTok, "iothub-app-k", "v"))
+	if rec.Code != http.StatusNoContent {
+		t.Fatalf("module telemetry: %d %s", rec.Code, rec.Body)
+	}
+	msgs := f.sink.messages()
+	if len(msgs) != 1 || msgs[0].DeviceID != "mod-d" || msgs[0].ModuleID != "m1" {
+		t.Fatalf("messages %+v", msgs)
+	}
+	if v, _ := msgs[0].SystemValue(hub.PropConnModuleID); v != "m1" {
+		t.Errorf("module stamp %q", v)
+	}
+	if v, _ := msgs[0].SystemValue(hub.PropConnGenerationID); v != m.GenerationID {
+		t.Errorf("generation stamp %q, want the module's %q", v, m.GenerationID)
+	}
+	f.sink.reset()
+	tok := hubDeviceToken(t, "mod-d", d.Keys()[0], f.now.Add(time.Hour))
+	checkHubError(t, f.do(request(http.MethodPost, path, "x", "Authorization", tok)), azerr.HubUnauthorizedAccess)
+	checkHubError(t, f.do(request(http.MethodPost, "/devices/mod-d/modules/m2/messages/events", "x", "Authorization", modTok)), azerr.HubUnauthorizedAccess)
+	checkHubError(t, f.do(request(http.MethodPost, "/devices/mod-d/messages/events", "x", "Authorization", modTok)), azerr.HubUnauthorizedAccess)
 	rec = f.do(request(http.MethodGet, "/devices/mod-d/modules/m1/messages/events", "", "Authorization", tok))
 	checkHubError(t, rec, azerr.HubMethodNotAllowed)
 	if allow, _ := raw(rec, "Allow"); allow != "POST" {
