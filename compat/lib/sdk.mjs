@@ -112,6 +112,7 @@ export async function startSdkWorker(caFile) {
       watchDesired: (handle) => dev('deviceWatchDesired', handle),
       updateReported: (handle, patch) => dev('deviceUpdateReported', handle, patch),
       onMethod: (handle, name, behaviour) => dev('deviceOnMethod', handle, name, behaviour),
+      sendEvent: (handle, data, properties) => dev('deviceSendEvent', handle, data, properties),
       events: (handle, kind) => dev('deviceEvents', handle, kind),
     },
     /** A Registry method of azure-iothub Registry.fromConnectionString(connectionString): {body, status, headers}. */
@@ -124,6 +125,8 @@ export async function startSdkWorker(caFile) {
     /** azure-iothub Client.send(deviceId, message) over 'amqp' or 'amqpws' (spec as hubSend's messages, plus ack). */
     serviceSend: (transport, connectionString, deviceId, spec, timeoutMs = CALL_TIMEOUT_MS) =>
       callWithin(timeoutMs, 'serviceSend', transport, connectionString, deviceId, spec),
+    /** azure-iothub Client.fromConnectionString(cs).invokeDeviceMethod(deviceId, moduleId, params): {result, status}. */
+    invokeModuleMethod: (connectionString, deviceId, moduleId, params) => call('invokeModuleMethod', connectionString, deviceId, moduleId, params),
     /** A plain HTTPS request to the hub with a service SAS token: {status, headers, text, json}. */
     hubRest: (connectionString, method, path, headers, body) => call('hubRest', connectionString, method, path, headers, body),
     close: async () => {

@@ -20,7 +20,7 @@ const { Http } = require('azure-iot-provisioning-device-http');
 const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key');
 const { X509Security } = require('azure-iot-security-x509');
 const {
-  Client: DeviceClient, Message, SharedAccessKeyAuthenticationProvider, SharedAccessSignature: DeviceSas,
+  Client: DeviceClient, ModuleClient, Message, SharedAccessKeyAuthenticationProvider, SharedAccessSignature: DeviceSas,
 } = require('azure-iot-device');
 const { Mqtt: HubMqtt, MqttWs: HubMqttWs } = require('azure-iot-device-mqtt');
 const { Http: HubHttp } = require('azure-iot-device-http');
@@ -325,7 +325,12 @@ const ops = {
     options = options || {}; // undefined arrives as null over IPC
     let client;
     let transport;
-    if (options.sasTtl) {
+    if (options.module) {
+      // options.module: a module connection string (ModuleId=…), opened as
+      // the SDK samples do, ModuleClient.fromConnectionString(cs, Mqtt).
+      client = ModuleClient.fromConnectionString(connectionString, hubTransport(transportName));
+      transport = client._transport;
+    } else if (options.sasTtl) {
       client = DeviceClient.fromSharedAccessSignature(deviceSas(connectionString, options.sasTtl), hubTransport(transportName));
       transport = client._transport;
     } else if (options.x509) {
@@ -428,7 +433,9 @@ const ops = {
     if (typeof s.transport.enableMethods === 'function' && s.transportName !== 'http') {
       await onceCallback((cb) => s.transport.enableMethods(cb));
     }
-    s.client.onDeviceMethod(methodName, (req, res) => {
+    // A ModuleClient's is onMethod.
+    const on = (s.client.onDeviceMethod || s.client.onMethod).bind(s.client);
+    on(methodName, (req, res) => {
       s.events.push({ kind: 'method', at: Date.now(), methodName: req.methodName, requestId: req.requestId, payload: plain(req.payload) });
       if (behaviour === 'silent') return;
       const [status, body] = behaviour === 'fail' ? [500, { error: 'failed on purpose' }] : [200, { ok: true, echo: req.payload }];
@@ -437,6 +444,16 @@ const ops = {
       });
     });
     return null;
+  },
+
+  // client.sendEvent(new Message(data)) with application properties
+  // [[k, v]]; returns the SDK's result type.
+  async deviceSendEvent(handle, data, properties) {
+    const s = session(handle);
+    const m = new Message(data);
+    for (const [k, v] of properties || []) m.properties.add(k, v);
+    const r = await s.client.sendEvent(m);
+    return r ? { type: r.constructor && r.constructor.name } : null;
   },
 
   // Everything the session has seen so far (optionally of one kind).
@@ -511,6 +528,12 @@ const ops = {
     } finally {
       await client.close().catch(() => {});
     }
+  },
+
+  // Client.fromConnectionString(connectionString).invokeDeviceMethod(deviceId, moduleId, params).
+  async invokeModuleMethod(connectionString, deviceId, moduleId, params) {
+    const res = await hubServiceClient(connectionString).invokeDeviceMethod(deviceId, moduleId, params);
+    return { result: plain(res.result), status: res.message && res.message.statusCode };
   },
 
   // A service SAS token for the policy of a hub connection string, made with
