@@ -71,6 +71,7 @@ func addHubCommands(root *cobra.Command, g *globals) {
 	}
 	connStr.AddCommand(newHubConnStringShowCmd(g, hf, false))
 
+	cmd.AddCommand(newModuleIdentityCmd(g, hf), newModuleTwinCmd(g, hf)) // hub_module.go
 	cmd.AddCommand(identity, newDeviceTwinCmd(g, hf), newInvokeMethodCmd(g, hf), newC2DCmd(g, hf),
 		connStr, newHubSASTokenCmd(g, hf), newMonitorEventsCmd(g, hf))
 	cmd.AddCommand(newHubManageCmds(g)...) // create|list|show|update|delete (hub_manage.go)
