@@ -144,17 +144,25 @@ type hubDevice struct {
 // arrival.
 func (b *berth) hubConnect(deviceID, key string, manualAck bool) *hubDevice {
 	b.t.Helper()
+	hubName := b.info.HubHostName
+	return b.hubConnectAs(deviceID, hubName+"/"+deviceID+"/?api-version=2021-04-12&DeviceClientType=berth-e2e",
+		hubToken(b.t, hubName, deviceID, key), manualAck)
+}
+
+// hubConnectAs connects with ClientId deviceID (or {device}/{module}),
+// username and password as given.
+func (b *berth) hubConnectAs(deviceID, username, password string, manualAck bool) *hubDevice {
+	b.t.Helper()
 	d := &hubDevice{
 		t: b.t, id: deviceID,
 		twin: make(chan paho.Message, 16), desired: make(chan paho.Message, 16), methods: make(chan paho.Message, 16),
 		c2d: make(chan paho.Message, hub.MaxC2DQueueDepth+8), stray: make(chan paho.Message, 16), lost: make(chan error, 1),
 	}
-	hubName := b.info.HubHostName
 	opts := paho.NewClientOptions().
 		AddBroker("ssl://" + b.info.MQTTAddress).
 		SetClientID(deviceID).
-		SetUsername(hubName + "/" + deviceID + "/?api-version=2021-04-12&DeviceClientType=berth-e2e").
-		SetPassword(hubToken(b.t, hubName, deviceID, key)).
+		SetUsername(username).
+		SetPassword(password).
 		SetProtocolVersion(4).
 		SetCleanSession(true).
 		SetAutoReconnect(false).
