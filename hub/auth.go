@@ -315,6 +315,21 @@ func (r *Registry) SetCATrust(t CATrust) {
 // connection ends when it expires. Every failure is
 // IotHubUnauthorizedAccess; the cause is for logs only.
 func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID string, chain []*x509.Certificate) (*Identity, error) {
+	return r.authenticateCert(ctx, hubName, deviceID, "", chain)
+}
+
+// AuthenticateModuleCert is AuthenticateDeviceCert for a module: a
+// selfSigned module's leaf must have one of its thumbprints. A
+// certificateAuthority module is refused: which subject names a module is
+// not established (docs/hub-wire.md, Modules).
+func (r *Registry) AuthenticateModuleCert(ctx context.Context, hubName, deviceID, moduleID string, chain []*x509.Certificate) (*Identity, error) {
+	if moduleID == "" {
+		return nil, denied(refusal.Newf(refusal.UnknownDevice, "no module ID"))
+	}
+	return r.authenticateCert(ctx, hubName, deviceID, moduleID, chain)
+}
+
+func (r *Registry) authenticateCert(ctx context.Context, hubName, deviceID, moduleID string, chain []*x509.Certificate) (*Identity, error) {
 	if len(chain) == 0 {
 		return nil, denied(refusal.New(refusal.NoCredential, errors.New("no client certificate")))
 	}
@@ -324,11 +339,15 @@ func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID
 		return nil, denied(refusal.Newf(refusal.Expired, "client certificate valid from %s to %s",
 			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339)))
 	}
-	d, err := r.enabledDevice(ctx, hubName, deviceID)
+	d, err := r.enabledIdentity(ctx, hubName, deviceID, moduleID)
 	if err != nil {
 		return nil, err
 	}
 	id := &Identity{Device: d, Expires: leaf.NotAfter}
+	scope := "device"
+	if moduleID != "" {
+		scope = "module"
+	}
 	a := d.Authentication
 	switch {
 	case a == nil:
@@ -343,12 +362,14 @@ func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID
 			}
 			for _, g := range got {
 				if subtle.ConstantTimeCompare([]byte(strings.ToLower(*want)), []byte(g)) == 1 {
-					id.AuthMethod = `{"scope":"device","type":"x509","issuer":"iothub","acceptingIpFilterRule":null}`
+					id.AuthMethod = `{"scope":"` + scope + `","type":"x509","issuer":"iothub","acceptingIpFilterRule":null}`
 					return id, nil
 				}
 			}
 		}
 		return nil, denied(refusal.New(refusal.WrongCertificate, errors.New("certificate thumbprint is not the device's")))
+	case a.Type == AuthCertificateAuthority && moduleID != "":
+		return nil, denied(refusal.Newf(refusal.WrongCredentialType, "certificateAuthority modules are not supported"))
 	case a.Type == AuthCertificateAuthority:
 		// Ordinal, as IoT Edge compares them.
 		if leaf.Subject.CommonName != deviceID {

@@ -96,3 +96,45 @@ func TestAuthenticateDeviceCert(t *testing.T) {
 		t.Errorf("bad thumbprint accepted: %v", err)
 	}
 }
+
+// TestAuthenticateModuleCert: a selfSigned module authenticates by its
+// thumbprint with the module scope; its device's certificate, a
+// certificateAuthority module and a module of a disabled device are refused.
+func TestAuthenticateModuleCert(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	reg := hub.NewRegistry(memstore.New(), func() time.Time { return now })
+	modCert := testcerts.Valid(t, "m1", nil, false, now)
+	devCert := testcerts.Valid(t, "dev", nil, false, now)
+	thumb := func(c *testcerts.Cert) *string { s := sha256.Sum256(c.Cert.Raw); h := hex.EncodeToString(s[:]); return &h }
+	for _, d := range []struct{ id, status string }{{"dev", ""}, {"off", hub.StatusDisabled}} {
+		if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: d.id, Status: d.status,
+			Authentication: &hub.Authentication{X509Thumbprint: &hub.X509Thumbprint{PrimaryThumbprint: thumb(devCert)}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.CreateModule(ctx, hubName, &hub.Module{DeviceID: d.id, ModuleID: "m1",
+			Authentication: &hub.Authentication{X509Thumbprint: &hub.X509Thumbprint{PrimaryThumbprint: thumb(modCert)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := reg.CreateModule(ctx, hubName, &hub.Module{DeviceID: "dev", ModuleID: "ca", Authentication: &hub.Authentication{Type: hub.AuthCertificateAuthority}}); err != nil {
+		t.Fatal(err)
+	}
+	id, err := reg.AuthenticateModuleCert(ctx, hubName, "dev", "m1", []*x509.Certificate{modCert.Cert})
+	if err != nil || id.Device.ModuleID() != "m1" || !strings.Contains(id.AuthMethod, `"scope":"module"`) {
+		t.Fatalf("module cert: %+v, %v", id, err)
+	}
+	for _, tt := range []struct {
+		name, dev, mod string
+		cert           *testcerts.Cert
+	}{
+		{"the device's certificate", "dev", "m1", devCert},
+		{"certificateAuthority module", "dev", "ca", modCert},
+		{"disabled device", "off", "m1", modCert},
+		{"unknown module", "dev", "m9", modCert},
+	} {
+		if _, err := reg.AuthenticateModuleCert(ctx, hubName, tt.dev, tt.mod, []*x509.Certificate{tt.cert.Cert}); code(err) != azerr.HubUnauthorizedAccess {
+			t.Errorf("%s: %v", tt.name, err)
+		}
+	}
+}

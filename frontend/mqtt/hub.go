@@ -389,8 +389,7 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	)
 	switch {
 	case chain != nil && moduleID != "":
-		cancel()
-		return refuse("X.509 module connections are not supported yet")
+		id, err = h.Registry.AuthenticateModuleCert(ctx, hubName, deviceID, moduleID, chain)
 	case chain != nil:
 		// The chain is not kept: the identity is all the session needs,
 		// and its Expires is the leaf's NotAfter.

@@ -102,14 +102,16 @@ func (h *handler) authenticateDevice(x *exchange, deviceID string) (id *hub.Iden
 }
 
 // authenticate is authenticateDevice for a device or, with moduleID, one
-// of its modules (by SAS token only: X.509 modules are not supported yet,
-// so a module request without a token is refused like a bad one).
+// of its modules.
 func (h *handler) authenticate(x *exchange, deviceID, moduleID string) (id *hub.Identity, ok bool) {
 	ctx := x.r.Context()
 	var err error
-	if moduleID != "" {
+	chain := x.clientCerts()
+	if moduleID != "" && chain != nil {
+		id, err = h.hub.Registry.AuthenticateModuleCert(ctx, x.hubName(), deviceID, moduleID, chain)
+	} else if moduleID != "" {
 		id, err = h.hub.Registry.AuthenticateModule(ctx, x.target.Settings, x.hubName(), deviceID, moduleID, x.r.Header.Get(reqAuthorization))
-	} else if chain := x.clientCerts(); chain != nil {
+	} else if chain != nil {
 		id, err = h.hub.Registry.AuthenticateDeviceCert(ctx, x.hubName(), deviceID, chain)
 	} else {
 		id, err = h.hub.Registry.AuthenticateDevice(ctx, x.target.Settings, x.hubName(), deviceID, x.r.Header.Get(reqAuthorization))
