@@ -106,7 +106,11 @@ func TestAuthenticateModuleCert(t *testing.T) {
 	reg := hub.NewRegistry(memstore.New(), func() time.Time { return now })
 	modCert := testcerts.Valid(t, "m1", nil, false, now)
 	devCert := testcerts.Valid(t, "dev", nil, false, now)
-	thumb := func(c *testcerts.Cert) *string { s := sha256.Sum256(c.Cert.Raw); h := hex.EncodeToString(s[:]); return &h }
+	thumb := func(c *testcerts.Cert) *string {
+		s := sha256.Sum256(c.Cert.Raw)
+		h := hex.EncodeToString(s[:])
+		return &h
+	}
 	for _, d := range []struct{ id, status string }{{"dev", ""}, {"off", hub.StatusDisabled}} {
 		if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: d.id, Status: d.status,
 			Authentication: &hub.Authentication{X509Thumbprint: &hub.X509Thumbprint{PrimaryThumbprint: thumb(devCert)}}}); err != nil {
