@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/sas"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -198,7 +199,7 @@ func TestHubModuleTwinAndMethod(t *testing.T) {
 	}
 	// The device itself is not the module: nothing answers for it.
 	one := 0
-	if _, err := f.methods.Invoke(ctx, hubName, "dev-1", &hub.MethodRequest{MethodName: "ping", ConnectTimeoutInSeconds: &one}); azCode(err) != 404103 {
+	if _, err := f.methods.Invoke(ctx, hubName, "dev-1", &hub.MethodRequest{MethodName: "ping", ConnectTimeoutInSeconds: &one}); azCode(err) != azerr.HubDeviceNotOnline {
 		t.Errorf("device invoke: %v", err)
 	}
 }
