@@ -2,6 +2,8 @@ package hub_test
 
 import (
 	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/berth-iot/berth/azerr"
@@ -116,5 +118,46 @@ func TestDeleteDeviceDeletesModules(t *testing.T) {
 	}
 	if list, err := reg.ListModules(ctx, hubName, "ab"); err != nil || len(list) != 2 {
 		t.Errorf("modules of the other device: %v, %v", list, err)
+	}
+}
+
+// TestQueryLeavesModuleTwinsOut: module twins share the twin records'
+// key space (hub/device/module); a query over devices answers devices only,
+// with their own twins, including when pages end between a device and its
+// modules.
+func TestQueryLeavesModuleTwinsOut(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	reg := hub.NewRegistry(st, nil)
+	twins := hub.NewTwins(st, reg, nil)
+	for _, d := range []string{"a", "a-1", "b"} {
+		if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: d}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.CreateModule(ctx, hubName, &hub.Module{DeviceID: d, ModuleID: "m"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := twins.Patch(ctx, hubName, hub.TwinID(d, "m"), []byte(`{"tags":{"module":true}}`), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	cont := ""
+	for {
+		page, err := twins.Query(ctx, hubName, "SELECT deviceId, tags FROM devices", 1, cont)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range page.Items {
+			b, _ := json.Marshal(it)
+			got = append(got, string(b))
+		}
+		if cont = page.Continuation; cont == "" {
+			break
+		}
+	}
+	want := []string{`{"deviceId":"a","tags":{}}`, `{"deviceId":"a-1","tags":{}}`, `{"deviceId":"b","tags":{}}`}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("query rows %v, want %v", got, want)
 	}
 }
