@@ -50,6 +50,9 @@ type CloudMessage struct {
 	Enqueued        time.Time  `json:"enqueued"`
 	SequenceNumber  int64      `json:"sequenceNumber"`
 	DeliveryCount   int        `json:"deliveryCount"`
+	// GenerationID is the device's generation when the message was sent:
+	// feedback records name it (deviceGenerationId).
+	GenerationID string `json:"generationId,omitempty"`
 	// LockToken is set while the message is delivered and not yet
 	// completed, rejected or abandoned; it changes on every delivery.
 	LockToken   string    `json:"lockToken,omitempty"`
@@ -77,15 +80,17 @@ func DevicePath(deviceID string) string { return "/devices/" + deviceID + "/mess
 // PUBACK or until it disconnects; HTTPS: for the lock timeout), then
 // completed (deleted), rejected (dead-lettered) or abandoned (visible
 // again). Expired messages and messages delivered MaxDeliveryCount times
-// are dead-lettered: berth logs and deletes them (feedback messages are
-// not produced yet, see docs/hub-wire.md).
+// are dead-lettered: berth logs and deletes them. Each outcome the
+// message's iothub-ack asks for becomes a record in the hub's Feedback
+// queue, written before the message is removed (docs/hub-wire.md#c2d-feedback).
 type CloudToDevice struct {
-	store store.Store
-	reg   *Registry
-	links *Links
-	now   func() time.Time
-	log   *slog.Logger
-	obs   Observer
+	store    store.Store
+	reg      *Registry
+	links    *Links
+	now      func() time.Time
+	log      *slog.Logger
+	obs      Observer
+	feedback *Feedback
 
 	seed  maphash.Seed
 	locks [64]sync.Mutex
@@ -100,8 +105,13 @@ func NewCloudToDevice(st store.Store, reg *Registry, links *Links, log *slog.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &CloudToDevice{store: st, reg: reg, links: links, now: reg.now, log: log, seed: maphash.MakeSeed()}
+	return &CloudToDevice{store: st, reg: reg, links: links, now: reg.now, log: log, seed: maphash.MakeSeed(),
+		feedback: newFeedback(st, reg.now, log)}
 }
+
+// Feedback returns the feedback queue the outcomes of this queue's
+// messages go to.
+func (q *CloudToDevice) Feedback() *Feedback { return q.feedback }
 
 func (q *CloudToDevice) lock(dk string) func() {
 	m := &q.locks[maphash.String(q.seed, dk)%uint64(len(q.locks))]
@@ -147,7 +157,8 @@ func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *C
 			observeC2D(q.obs, "sent", 1)
 		}
 	}()
-	if _, err := q.reg.Get(ctx, hubName, deviceID); err != nil {
+	dev, err := q.reg.Get(ctx, hubName, deviceID)
+	if err != nil {
 		return nil, err
 	}
 	now := q.now().UTC()
@@ -187,6 +198,7 @@ func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *C
 	m.To = DevicePath(deviceID)
 	m.Enqueued = now
 	m.DeliveryCount, m.LockToken, m.LockedUntil = 0, "", time.Time{}
+	m.GenerationID = dev.GenerationID
 
 	dk := deviceKey(hubName, deviceID)
 	unlock := q.lock(dk)
@@ -270,12 +282,12 @@ func (q *CloudToDevice) Receive(ctx context.Context, hubName, deviceID string, m
 		}
 		switch {
 		case !now.Before(m.Expiry):
-			q.deadLetter(ctx, deviceID, m, "Expired")
+			q.deadLetter(ctx, hubName, deviceID, m, FeedbackExpired)
 			continue
 		case m.LockToken != "" && now.Before(m.LockedUntil):
 			continue // delivered elsewhere, lock held
 		case m.DeliveryCount >= MaxDeliveryCount:
-			q.deadLetter(ctx, deviceID, m, "DeliveryCountExceeded")
+			q.deadLetter(ctx, hubName, deviceID, m, FeedbackDeliveryCountExceeded)
 			continue
 		}
 		m.DeliveryCount++
@@ -389,7 +401,11 @@ func (q *CloudToDevice) settle(ctx context.Context, hubName, deviceID, token, ho
 	case "reject":
 		q.log.Info("hub: C2D message rejected by the device (dead-lettered)", "deviceId", deviceID, "messageId", m.MessageID)
 	}
-	err = q.store.Delete(ctx, store.KindC2D, m.key, m.etag)
+	status := FeedbackSuccess
+	if how == "reject" {
+		status = FeedbackRejected
+	}
+	err = q.remove(ctx, hubName, deviceID, m, status)
 	if errors.Is(err, store.ErrPreconditionFailed) || errors.Is(err, store.ErrNotFound) {
 		return azerr.Newf(azerr.HubMessageLockLost, "The message lock %s is not valid any more.", clipKey(token))
 	}
@@ -399,8 +415,41 @@ func (q *CloudToDevice) settle(ctx context.Context, hubName, deviceID, token, ho
 	return nil
 }
 
-func (q *CloudToDevice) deadLetter(ctx context.Context, deviceID string, m *CloudMessage, why string) {
-	if err := q.store.Delete(ctx, store.KindC2D, m.key, m.etag); err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrPreconditionFailed) {
+// remove deletes a message that reached an outcome, after writing the
+// feedback record its iothub-ack asks for. The store writes no record and
+// deletes another in one transaction, so the record goes first: a crash
+// between the two leaves the message to be settled again, whose record
+// then replaces this one (records are keyed by message). When the delete
+// finds the message changed (its lock lost), the record is taken back,
+// unless a later writer already replaced it. The caller holds the
+// device's lock.
+func (q *CloudToDevice) remove(ctx context.Context, hubName, deviceID string, m *CloudMessage, status string) error {
+	fb, want, err := q.feedback.record(hubName, deviceID, m, status)
+	if err != nil {
+		return err
+	}
+	if want {
+		if fb, err = q.store.Put(ctx, fb, store.Cond{}); err != nil {
+			return fmt.Errorf("hub: write feedback record: %w", err)
+		}
+	}
+	err = q.store.Delete(ctx, store.KindC2D, m.key, m.etag)
+	if err != nil {
+		if want {
+			if derr := q.store.Delete(ctx, store.KindFeedback, fb.Key, fb.ETag); derr != nil && !errors.Is(derr, store.ErrNotFound) && !errors.Is(derr, store.ErrPreconditionFailed) {
+				q.log.Warn("hub: could not take back a feedback record", "deviceId", deviceID, "messageId", m.MessageID, "error", derr.Error())
+			}
+		}
+		return err
+	}
+	if want {
+		q.feedback.wake(feedbackIndex(hubName))
+	}
+	return nil
+}
+
+func (q *CloudToDevice) deadLetter(ctx context.Context, hubName, deviceID string, m *CloudMessage, why string) {
+	if err := q.remove(ctx, hubName, deviceID, m, why); err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrPreconditionFailed) {
 		q.log.Warn("hub: could not dead-letter a C2D message", "deviceId", deviceID, "messageId", m.MessageID, "error", err.Error())
 		return
 	}
@@ -412,6 +461,72 @@ func (q *CloudToDevice) deadLetter(ctx context.Context, deviceID string, m *Clou
 	q.log.Info("hub: C2D message dead-lettered", "deviceId", deviceID, "messageId", m.MessageID, "reason", why, "deliveryCount", m.DeliveryCount)
 }
 
+// Sweep dead-letters every expired message that no device holds locked,
+// with its Expired feedback, and drops expired feedback. Receive finds
+// expired messages of a device that asks for messages; Sweep, run
+// periodically (server: every minute), finds those of devices that never
+// ask. A locked message is left to its holder until the lock ends.
+func (q *CloudToDevice) Sweep(ctx context.Context) error {
+	now := q.now().UTC()
+	after := ""
+	for {
+		recs, err := q.store.List(ctx, store.KindC2D, store.ListOptions{After: after, Limit: 256})
+		if err != nil {
+			return fmt.Errorf("hub: read C2D queues: %w", err)
+		}
+		for _, rec := range recs {
+			m, err := decodeC2D(rec)
+			if err != nil || now.Before(m.Expiry) || (m.LockToken != "" && now.Before(m.LockedUntil)) {
+				continue
+			}
+			q.sweepOne(ctx, rec)
+		}
+		if len(recs) < 256 {
+			break
+		}
+		after = recs[len(recs)-1].Key
+	}
+	return q.feedback.sweep(ctx)
+}
+
+// sweepOne dead-letters one expired message under its device's lock,
+// reading it again there: it may have been settled meanwhile.
+func (q *CloudToDevice) sweepOne(ctx context.Context, rec store.Record) {
+	dk := rec.Index
+	hubName, deviceID, ok := strings.Cut(dk, "/")
+	if !ok {
+		return
+	}
+	unlock := q.lock(dk)
+	defer unlock()
+	rec, err := q.store.Get(ctx, store.KindC2D, rec.Key)
+	if err != nil {
+		return
+	}
+	m, err := decodeC2D(rec)
+	now := q.now().UTC()
+	if err != nil || now.Before(m.Expiry) || (m.LockToken != "" && now.Before(m.LockedUntil)) {
+		return
+	}
+	q.deadLetter(ctx, hubName, deviceID, m, FeedbackExpired)
+}
+
+// RunSweeps runs Sweep every interval until ctx ends.
+func (q *CloudToDevice) RunSweeps(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := q.Sweep(ctx); err != nil && ctx.Err() == nil {
+				q.log.Warn("hub: C2D expiry sweep failed", "error", err.Error())
+			}
+		}
+	}
+}
+
 // Purge deletes every message of a device's queue (DELETE
 // /devices/{id}/commands) and returns how many there were.
 func (q *CloudToDevice) Purge(ctx context.Context, hubName, deviceID string) (int, error) {
@@ -421,9 +536,27 @@ func (q *CloudToDevice) Purge(ctx context.Context, hubName, deviceID string) (in
 	dk := deviceKey(hubName, deviceID)
 	unlock := q.lock(dk)
 	defer unlock()
-	n, err := purgeC2D(ctx, q.store, dk)
+	recs, err := q.store.List(ctx, store.KindC2D, store.ListOptions{Index: dk})
+	if err != nil {
+		return 0, fmt.Errorf("hub: read C2D queue of %s: %w", deviceID, err)
+	}
+	n := 0
+	for _, rec := range recs {
+		m, err := decodeC2D(rec)
+		if err != nil {
+			return n, err
+		}
+		err = q.remove(ctx, hubName, deviceID, m, FeedbackPurged)
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrPreconditionFailed) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("hub: purge C2D queue: %w", err)
+		}
+		n++
+	}
 	observeC2D(q.obs, "purged", n)
-	return n, err
+	return n, nil
 }
 
 func purgeC2D(ctx context.Context, st store.Store, dk string) (int, error) {

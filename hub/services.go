@@ -19,6 +19,8 @@ type Services struct {
 	Twins         *Twins
 	Methods       *Methods
 	CloudToDevice *CloudToDevice
+	// Feedback is the C2D delivery feedback CloudToDevice writes.
+	Feedback *Feedback
 }
 
 // NewServices builds the bundle on st around reg: sink receives telemetry
@@ -31,12 +33,14 @@ func NewServices(st store.Store, reg *Registry, sink TelemetrySink, now func() t
 	}
 	links := NewLinks()
 	reg.SetLinks(links)
+	c2d := NewCloudToDevice(st, reg, links, log.With("component", "c2d"))
 	return &Services{
 		Registry:      reg,
 		Links:         links,
 		Telemetry:     NewTelemetry(sink, reg, now),
 		Twins:         NewTwins(st, reg, links),
 		Methods:       NewMethods(reg, links),
-		CloudToDevice: NewCloudToDevice(st, reg, links, log.With("component", "c2d")),
+		CloudToDevice: c2d,
+		Feedback:      c2d.Feedback(),
 	}
 }

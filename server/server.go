@@ -414,6 +414,13 @@ func (s *Server) Start() error {
 		defer s.wg.Done()
 		s.dps.RunRemovals(bg)
 	}()
+	// Expired C2D messages of devices that never ask for them, with their
+	// Expired feedback, and expired feedback records.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.hubSvc.CloudToDevice.RunSweeps(bg, time.Minute)
+	}()
 	mqttTLS := pki.ServerTLSConfig(s.certs, nil)
 	httpsTLS := pki.ServerTLSConfig(s.certs, []string{"http/1.1"})
 	if s.amqpLn != nil {

@@ -28,6 +28,7 @@ const (
 	KindCertificate  Kind = "certificate"     // DPS CA certificates, key = lower(name)
 	KindTwin         Kind = "twin"            // hub device twins, key = hub + "/" + deviceId
 	KindC2D          Kind = "c2d"             // hub cloud-to-device messages, key = hub + "/" + deviceId + "/" + order, index = hub + "/" + deviceId
+	KindFeedback     Kind = "feedback"        // hub C2D feedback records, key = hub + "/" + order + "/" + deviceId, index = hub; and the locks of delivered batches, key = hub + "/~lock/" + token, index = "lock:" + hub
 	KindHubRemoval   Kind = "hubRemoval"      // DPS: a reprovisioned device to delete from the hub it left, key = hub + "/" + deviceId, index = lower(registrationId)
 	KindModule       Kind = "module"          // hub module identities, key = hub + "/" + deviceId + "/" + moduleId, index = hub + "/" + deviceId
 )
