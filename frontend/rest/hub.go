@@ -120,6 +120,10 @@ func (h *handler) hubRoutes() routes {
 		// Service side: berth's send extension (§8.6 REC) and the purge.
 		newHubRoute(http.MethodPost, "devices/{id}/messages/deviceBound", h.hubAuthorized(h.sendCloudToDevice, connect)),
 		newHubRoute(http.MethodDelete, "devices/{id}/commands", h.hubAuthorized(h.purgeCloudToDevice, connect)),
+		// Delivery feedback of C2D messages (docs/hub-wire.md#c2d-feedback).
+		newHubRoute(http.MethodGet, "messages/serviceBound/feedback", h.hubAuthorized(h.receiveFeedback, connect)),
+		newHubRoute(http.MethodDelete, "messages/serviceBound/feedback/{lockToken}", h.hubAuthorized(h.completeFeedback, connect)),
+		newHubRoute(http.MethodPost, "messages/serviceBound/feedback/{lockToken}/abandon", h.hubAuthorized(h.abandonFeedback, connect)),
 	}
 }
 

@@ -22,9 +22,9 @@ import (
 func newC2DCmd(g *globals, hf *hubFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "c2d",
-		Short: "Send cloud-to-device messages and purge a device's queue (like az iot device c2d-message)",
+		Short: "Send cloud-to-device messages, purge a device's queue, receive delivery feedback (like az iot device c2d-message)",
 	}
-	cmd.AddCommand(newC2DSendCmd(g, hf), newC2DPurgeCmd(g, hf))
+	cmd.AddCommand(newC2DSendCmd(g, hf), newC2DPurgeCmd(g, hf), newC2DFeedbackCmd(g, hf))
 	return cmd
 }
 
