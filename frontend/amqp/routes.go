@@ -37,6 +37,8 @@ var routes = []route{
 	{pattern: "devices/{d}/modules/{m}/{*}/{*}", attach: (*conn).attachModule},
 	{pattern: "devices/{d}/modules/{m}/{*}/{*}/{*}", attach: (*conn).attachModule},
 	{pattern: "messages/devicebound", attach: (*conn).attachServiceSend},
+	{pattern: "messages/servicebound/feedback", attach: (*conn).attachFeedback},
+	{pattern: "messages/servicebound/filenotifications", attach: (*conn).attachFileNotifications},
 }
 
 // normaliseAddress strips a scheme and host (amqps://{hub}[:port]) and the
