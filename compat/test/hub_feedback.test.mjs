@@ -36,7 +36,14 @@ function startService(caFile) {
     pending.set(id, { resolve: (v) => { clearTimeout(timer); resolve(v); }, reject: (e) => { clearTimeout(timer); reject(e); } });
     child.send({ id, op, args });
   });
-  return { call, stop: async () => { await call('close').catch(() => {}); child.disconnect(); } };
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await call('close').catch(() => {});
+    child.disconnect();
+  };
+  return { call, stop };
 }
 
 describe('IoT Hub service SDK: C2D delivery feedback over AMQP', { timeout: 150000 }, () => {
@@ -121,6 +128,9 @@ describe('IoT Hub service SDK: C2D delivery feedback over AMQP', { timeout: 1500
         assert.ok(r.deviceGenerationId && r.enqueuedTimeUtc && r.description, JSON.stringify(r));
       }
       assert.ok(fb.messages.every((m) => m.contentType === 'application/vnd.microsoft.iothub.feedback.json'), JSON.stringify(fb.messages));
+      // Feedback is the hub's, not the client's: the next test's receiver
+      // must be the only one.
+      await svc.stop();
     });
   }
 });
