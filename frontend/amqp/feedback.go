@@ -53,7 +53,7 @@ func (c *conn) attachFileNotifications(l *engine.Link, m match) (engine.LinkHand
 
 type emptySender struct{ c *conn }
 
-func (emptySender) Credit(*engine.Link)                      {}
+func (emptySender) Credit(*engine.Link)                        {}
 func (s emptySender) Detached(l *engine.Link, _ *engine.Error) { s.c.unbind(l) }
 
 // feedbackLink pumps a hub's feedback queue into a service's link: on
