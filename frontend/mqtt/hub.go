@@ -79,6 +79,8 @@ const (
 
 // azureMLUsernameTail is the one six-segment username IoT Edge accepts: an
 // old Azure ML client separates DeviceClientType with '/' instead of '&'.
+// It is matched ignoring case, as IoT Edge does, and always yields the
+// canonical keys and values (docs/hub-wire.md).
 const azureMLUsernameTail = "/api-version=2017-06-30/DeviceClientType=Microsoft.Azure.Devices.Client/1.5.1-preview-003"
 
 // ParseHubUsername parses an IoT Hub MQTT username

@@ -109,6 +109,14 @@ func TestParseHubUsername(t *testing.T) {
 			query: url.Values{"api-version": {"2017-06-30"}, "DeviceClientType": {"Microsoft.Azure.Devices.Client/1.5.1-preview-003"}},
 		},
 		{
+			// The tail matches in any case (IoT Edge compares it
+			// ignoring case); the keys and values are the canonical ones.
+			name:     "Azure ML six segments, any case",
+			username: "0/0/0/ApI-version=2017-06-30/DeviCeClientTYpe=MiCrosoft.AZure.DeviCes.Client/1.5.1-preview-003",
+			hub:      "0", device: "0", module: "0",
+			query: url.Values{"api-version": {"2017-06-30"}, "DeviceClientType": {"Microsoft.Azure.Devices.Client/1.5.1-preview-003"}},
+		},
+		{
 			// REC: a missing api-version is accepted; the module itself
 			// is refused later, at CONNECT.
 			name:     "T-25 module without api-version accepted (REC)",
