@@ -146,6 +146,7 @@ type Server struct {
 	certs    *pki.CertSource
 	caFile   string
 	firstRun bool
+	lock     *dirLock // the data directory's, released last by Shutdown
 
 	mqttLn  net.Listener
 	httpsLn net.Listener
@@ -161,17 +162,34 @@ type Server struct {
 }
 
 // New opens the store and prepares TLS and the domain; it does not listen.
+// It first locks the data directory: with another berth running on it, New
+// returns a *DataDirInUseError and touches nothing there.
 func New(ctx context.Context, cfg Config) (*Server, error) {
 	cfg.Defaults()
 	if cfg.MaxTokenLifetime < 0 {
 		return nil, fmt.Errorf("server: the longest token lifetime (--max-token-lifetime) is %s; give 0 for no limit or a positive duration", cfg.MaxTokenLifetime)
 	}
-	s := &Server{cfg: cfg, metrics: metrics.New(), errs: make(chan error, 3)}
-	// Every refusal is logged once; the log is where they are counted.
-	s.log = slog.New(s.metrics.LogHandler(cfg.Logger.Handler()))
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data dir: %w", err)
 	}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	s, err := open(ctx, cfg)
+	if err != nil {
+		_ = lock.release()
+		return nil, err
+	}
+	s.lock = lock
+	return s, nil
+}
+
+// open is New once the data directory is locked.
+func open(ctx context.Context, cfg Config) (*Server, error) {
+	s := &Server{cfg: cfg, metrics: metrics.New(), errs: make(chan error, 3)}
+	// Every refusal is logged once; the log is where they are counted.
+	s.log = slog.New(s.metrics.LogHandler(cfg.Logger.Handler()))
 	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -542,6 +560,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("server: close store: %w", err))
+	}
+	// Last: the next berth on this directory may start once everything
+	// above is closed.
+	if err := s.lock.release(); err != nil {
+		errs = append(errs, fmt.Errorf("server: release data directory lock: %w", err))
 	}
 	return errors.Join(errs...)
 }
