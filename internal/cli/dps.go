@@ -31,7 +31,7 @@ const proofValidity = time.Hour
 func newDPSCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dps",
-		Short: "Manage the DPS itself (like `az iot dps …`): CA certificates",
+		Short: "Manage the DPS itself (like `az iot dps …`): CA certificates, connection string",
 	}
 	cert := &cobra.Command{
 		Use:   "certificate",
@@ -49,8 +49,32 @@ berth's development CA a verified CA in one step.`,
 	}
 	cert.AddCommand(newCertCreateCmd(g), newCertListCmd(g), newCertShowCmd(g), newCertUpdateCmd(g),
 		newCertDeleteCmd(g), newCertGenerateCodeCmd(g), newCertVerifyCmd(g))
-	cmd.AddCommand(cert)
+	connStr := &cobra.Command{
+		Use:   "connection-string",
+		Short: "Show the DPS's service connection string",
+	}
+	connStr.AddCommand(newDPSConnStringShowCmd(g))
+	cmd.AddCommand(cert, connStr)
 	return cmd
+}
+
+// newDPSConnStringShowCmd is az iot dps connection-string show for the
+// local berth: the owner policy's connection string from client.json (or
+// --connection-string), with no network traffic. `berth serve` prints it
+// only at first start and names this command later.
+func newDPSConnStringShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show",
+		Short: "Show the DPS service connection string (HostName=…;SharedAccessKeyName=…;SharedAccessKey=…)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			connStr, _, _, err := serviceConnectionString(g)
+			if err != nil {
+				return err
+			}
+			return printJSON(g.stdout, connectionString{ConnectionString: connStr})
+		},
+	}
 }
 
 // namedCertCmd completes cmd as a command on one certificate, named by the

@@ -30,25 +30,11 @@ func addOperatorCommands(root *cobra.Command, g *globals) {
 // client.json of a local berth, but its address and CA only when the
 // connection string names that berth: they would be wrong for any other.
 func serviceClient(g *globals) (*serviceclient.Client, error) {
-	connStr, caFile, address := g.connStr, g.caFile, g.address
-	var info *localconf.Info
-	var infoErr error
-	if connStr == "" || caFile == "" || address == "" {
-		info, infoErr = localconf.Read(g.dataDir)
-	}
-	if connStr == "" {
-		if infoErr != nil {
-			return nil, fmt.Errorf("no service connection string: %w", infoErr)
-		}
-		if info.ServiceConnectionString == "" {
-			return nil, fmt.Errorf("no service connection string in %s/%s: pass --connection-string, or restart `berth serve`", g.dataDir, localconf.FileName)
-		}
-		connStr = info.ServiceConnectionString
-	}
-	cs, err := serviceclient.ParseConnectionString(connStr)
+	connStr, cs, info, err := serviceConnectionString(g)
 	if err != nil {
-		return nil, fmt.Errorf("--connection-string: %w", err)
+		return nil, err
 	}
+	caFile, address := g.caFile, g.address
 	if info != nil {
 		if local, err := serviceclient.ParseConnectionString(info.ServiceConnectionString); err == nil && strings.EqualFold(local.HostName, cs.HostName) {
 			if caFile == "" {
@@ -64,6 +50,31 @@ func serviceClient(g *globals) (*serviceclient.Client, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// serviceConnectionString is the service connection string operator
+// commands use: --connection-string (or its environment variable), else the
+// local berth's from client.json. info is that client.json when it was
+// read (nil when the flags left nothing to look up).
+func serviceConnectionString(g *globals) (connStr string, cs serviceclient.ConnectionString, info *localconf.Info, err error) {
+	connStr = g.connStr
+	var infoErr error
+	if connStr == "" || g.caFile == "" || g.address == "" {
+		info, infoErr = localconf.Read(g.dataDir)
+	}
+	if connStr == "" {
+		if infoErr != nil {
+			return "", cs, nil, fmt.Errorf("no service connection string: %w", infoErr)
+		}
+		if info.ServiceConnectionString == "" {
+			return "", cs, nil, fmt.Errorf("no service connection string in %s/%s: pass --connection-string, or restart `berth serve`", g.dataDir, localconf.FileName)
+		}
+		connStr = info.ServiceConnectionString
+	}
+	if cs, err = serviceclient.ParseConnectionString(connStr); err != nil {
+		return "", cs, nil, fmt.Errorf("--connection-string: %w", err)
+	}
+	return connStr, cs, info, nil
 }
 
 // printJSON writes v indented, as az does, without HTML escaping (keys and

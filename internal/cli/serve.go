@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -176,6 +177,12 @@ func printBanner(out io.Writer, srv *server.Server, dataDir string, retryAfter i
 		state = "started for the first time (new ID scope, keys and CA)"
 	}
 	fmt.Fprintf(out, "berth %s\n\n", state)
+	// The printed commands must work as pasted: name the data directory
+	// when it is not the one the CLI finds by default.
+	cli := "berth"
+	if dataDir != localconf.DefaultDataDir() {
+		cli = "berth --data-dir " + dataDir
+	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  ID scope\t%s\n", info.IDScope)
 	fmt.Fprintf(tw, "  DPS global endpoint\t%s (MQTT %s, HTTPS %s)\n", info.GlobalEndpoint, info.MQTTAddress, info.HTTPSAddress)
@@ -186,18 +193,21 @@ func printBanner(out io.Writer, srv *server.Server, dataDir string, retryAfter i
 	if info.CAFile != "" {
 		fmt.Fprintf(tw, "  CA to trust\t%s\n", info.CAFile)
 	}
-	fmt.Fprintf(tw, "  service connection string\t%s\n", info.ServiceConnectionString)
-	fmt.Fprintf(tw, "  hub connection string\t%s\n", info.HubConnectionString)
+	// The connection strings carry the owner keys. Printed once, at the
+	// start that created them; later starts only say where they are, so
+	// that a journal or container log of every restart holds no key.
+	if srv.FirstRun() {
+		fmt.Fprintf(tw, "  service connection string\t%s\n", info.ServiceConnectionString)
+		fmt.Fprintf(tw, "  hub connection string\t%s\n", info.HubConnectionString)
+	} else {
+		where := filepath.Join(dataDir, localconf.FileName)
+		fmt.Fprintf(tw, "  service connection string\tin %s, or: %s dps connection-string show\n", where, cli)
+		fmt.Fprintf(tw, "  hub connection string\tin %s, or: %s hub connection-string show\n", where, cli)
+	}
 	if info.NATSURL != "" {
 		fmt.Fprintf(tw, "  telemetry stream\tNATS JetStream %s, subjects %s.> (URL and token in client.json)\n", info.StreamName, info.StreamSubjectPrefix)
 	}
 	tw.Flush()
-	// The printed commands must work as pasted: name the data directory
-	// when it is not the one the CLI finds by default.
-	cli := "berth"
-	if dataDir != localconf.DefaultDataDir() {
-		cli = "berth --data-dir " + dataDir
-	}
 	fmt.Fprintf(out, `
 Next, in another terminal:
   %[1]s enrollment-group create --enrollment-id my-group      # prints the group's keys
