@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/deviceclient"
+	"github.com/berth-iot/berth/internal/testenv"
 	"github.com/berth-iot/berth/serviceclient"
 )
 
@@ -141,7 +142,7 @@ func TestConnectDPSSessions(t *testing.T) {
 func mosquittoOrSkip(t *testing.T) string {
 	t.Helper()
 	if _, err := os.Stat(DefaultMosquitto); err != nil {
-		t.Skipf("no %s", DefaultMosquitto)
+		testenv.Unavailable(t, "no mosquitto broker at %s for the baseline test (apt-get install mosquitto): %v", DefaultMosquitto, err)
 	}
 	return DefaultMosquitto
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 
+	"github.com/berth-iot/berth/internal/testenv"
 	"github.com/berth-iot/berth/server"
 )
 
@@ -33,15 +34,16 @@ func envOr(name, def string) string {
 	return def
 }
 
-// skipUnlessReachable skips when a service the test needs is not running
-// at all; on CI (CI=true) it must be, and the test fails instead.
+// skipUnlessReachable skips, saying why, when a service the test needs is
+// not running at all; under make test (BERTH_REQUIRE_SERVICES) it must be,
+// and the test fails instead.
 func skipUnlessReachable(t *testing.T, what string, err error) {
 	t.Helper()
 	var netErr net.Error
 	unreachable := errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
 		errors.Is(err, nats.ErrNoServers) || (errors.As(err, &netErr) && netErr.Timeout())
-	if unreachable && os.Getenv("CI") != "true" {
-		t.Skipf("%s not reachable, skipping the several-nodes test (CI=true makes this a failure): %v", what, err)
+	if unreachable {
+		testenv.Unavailable(t, "%s not reachable for the several-nodes test: %v", what, err)
 	}
 	t.Fatalf("%s: %v", what, err)
 }

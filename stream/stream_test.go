@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/internal/testenv"
 )
 
 // externalURL is the NATS server with JetStream the external-mode tests use;
@@ -63,16 +64,14 @@ func uniqueSuffix() string {
 
 // externalConfig points at the machine's NATS server with a stream and
 // prefix of the test's own, deleted in cleanup. Unreachable means skip,
-// except on CI, where a missing server is a broken pipeline.
+// except under make test (BERTH_REQUIRE_SERVICES), where a missing server
+// is a broken pipeline.
 func externalConfig(t testing.TB) Config {
 	t.Helper()
 	url := externalURL()
 	nc, err := nats.Connect(url, nats.Timeout(2*time.Second))
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("external NATS %s unreachable (CI=true requires it): %v", url, err)
-		}
-		t.Skipf("external NATS %s unreachable, skipping external-mode test (set BERTH_TEST_NATS_URL, or CI=true to make this fatal): %v", url, err)
+		testenv.Unavailable(t, "external NATS %s unreachable for the external-mode test (set BERTH_TEST_NATS_URL to a reachable server): %v", url, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -83,10 +82,7 @@ func externalConfig(t testing.TB) Config {
 	defer cancel()
 	if _, err := js.AccountInfo(ctx); err != nil {
 		nc.Close()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("external NATS %s has no JetStream: %v", url, err)
-		}
-		t.Skipf("external NATS %s has no JetStream, skipping: %v", url, err)
+		testenv.Unavailable(t, "external NATS %s has no JetStream for the external-mode test: %v", url, err)
 	}
 	u := uniqueSuffix()
 	cfg := Config{

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/berth-iot/berth/internal/testenv"
 	"github.com/berth-iot/berth/store"
 	"github.com/berth-iot/berth/store/postgres"
 	"github.com/berth-iot/berth/store/storetest"
@@ -52,7 +53,8 @@ func unreachable(err error) bool {
 }
 
 // adminPool connects to the test server for creating and dropping schemas.
-// A developer without PostgreSQL gets a skip; CI (CI=true) must have one.
+// A developer without PostgreSQL gets a skip saying so; make test
+// (BERTH_REQUIRE_SERVICES) fails instead.
 func adminPool(t *testing.T) *pgxpool.Pool {
 	t.Helper()
 	dsn := testDSN()
@@ -66,8 +68,8 @@ func adminPool(t *testing.T) *pgxpool.Pool {
 		if pool != nil {
 			pool.Close()
 		}
-		if unreachable(err) && os.Getenv("CI") != "true" {
-			t.Skipf("PostgreSQL not reachable at %s (set BERTH_TEST_POSTGRES to a reachable DSN; CI=true makes this a failure): %v", redact(dsn), err)
+		if unreachable(err) {
+			testenv.Unavailable(t, "PostgreSQL not reachable at %s (set BERTH_TEST_POSTGRES to a reachable DSN): %v", redact(dsn), err)
 		}
 		t.Fatalf("PostgreSQL at %s: %v", redact(dsn), err)
 	}
