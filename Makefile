@@ -5,9 +5,11 @@ GO      ?= go
 BIN     := bin/berth
 GOFILES  = $(shell find . -name '*.go' -not -path './compat/node_modules/*' -not -path './.git/*')
 # Each fuzz target's run (a duration, or Nx for N executions); FUZZFLAGS go
-# to go test, e.g. FUZZFLAGS=-parallel=1 on a shared machine.
-FUZZTIME  ?= 5m
-FUZZFLAGS ?=
+# to go test, e.g. FUZZFLAGS=-parallel=1 on a shared machine; FUZZ_TARGETS
+# (a regexp) picks targets.
+FUZZTIME     ?= 5m
+FUZZFLAGS    ?=
+FUZZ_TARGETS ?= .
 
 # pipefail: a test run piped through testreport fails when go test does.
 SHELL       := /bin/bash
@@ -70,7 +72,7 @@ compat: build
 # Every fuzz target in the repository, one after the other, FUZZTIME each
 # (FUZZTIME_<Target>=… overrides one); docs/fuzzing.md records a full run.
 fuzz:
-	FUZZTIME=$(FUZZTIME) FUZZFLAGS="$(FUZZFLAGS)" bash scripts/fuzz.sh
+	FUZZTIME='$(FUZZTIME)' FUZZFLAGS='$(FUZZFLAGS)' FUZZ_TARGETS='$(FUZZ_TARGETS)' bash scripts/fuzz.sh
 
 run: build
 	./$(BIN) serve
