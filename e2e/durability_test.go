@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/internal/synctrace"
+	"github.com/berth-iot/berth/internal/testenv"
 	"github.com/berth-iot/berth/sas"
 )
 
@@ -41,7 +42,7 @@ func TestAckedWritesAreSynced(t *testing.T) {
 		t.Skip("spawns a berth under strace")
 	}
 	if err := synctrace.Available(); err != nil {
-		t.Skipf("cannot check fsync before acknowledgement: %v", err)
+		testenv.Unavailable(t, "cannot check fsync before acknowledgement: %v", err)
 	}
 	dir := t.TempDir()
 	traceFile := filepath.Join(t.TempDir(), "strace.out")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/internal/synctrace"
+	"github.com/berth-iot/berth/internal/testenv"
 )
 
 const (
@@ -44,7 +45,7 @@ func TestAckedIsSynced(t *testing.T) {
 		t.Skip("spawns a child process under strace")
 	}
 	if err := synctrace.Available(); err != nil {
-		t.Skipf("cannot check fsync before acknowledgement: %v", err)
+		testenv.Unavailable(t, "cannot check fsync before acknowledgement: %v", err)
 	}
 	dir := t.TempDir()
 	traceFile := filepath.Join(t.TempDir(), "strace.out")
