@@ -6,10 +6,12 @@ BIN     := bin/berth
 GOFILES  = $(shell find . -name '*.go' -not -path './compat/node_modules/*' -not -path './.git/*')
 # Each fuzz target's run (a duration, or Nx for N executions); FUZZFLAGS go
 # to go test, e.g. FUZZFLAGS=-parallel=1 on a shared machine; FUZZ_TARGETS
-# (a regexp) picks targets.
+# and FUZZ_PKGS (regexps on target names and package directories) pick
+# targets.
 FUZZTIME     ?= 5m
 FUZZFLAGS    ?=
 FUZZ_TARGETS ?= .
+FUZZ_PKGS    ?= .
 
 # pipefail: a test run piped through testreport fails when go test does.
 SHELL       := /bin/bash
@@ -72,7 +74,7 @@ compat: build
 # Every fuzz target in the repository, one after the other, FUZZTIME each
 # (FUZZTIME_<Target>=… overrides one); docs/fuzzing.md records a full run.
 fuzz:
-	FUZZTIME='$(FUZZTIME)' FUZZFLAGS='$(FUZZFLAGS)' FUZZ_TARGETS='$(FUZZ_TARGETS)' bash scripts/fuzz.sh
+	FUZZTIME='$(FUZZTIME)' FUZZFLAGS='$(FUZZFLAGS)' FUZZ_TARGETS='$(FUZZ_TARGETS)' FUZZ_PKGS='$(FUZZ_PKGS)' bash scripts/fuzz.sh
 
 run: build
 	./$(BIN) serve

@@ -12,10 +12,11 @@ cd "$(dirname "$0")/.."
 GO=${GO:-go}
 FUZZTIME=${FUZZTIME:-5m}
 FUZZ_TARGETS=${FUZZ_TARGETS:-.}
+FUZZ_PKGS=${FUZZ_PKGS:-.}
 summary=()
 while read -r file target; do
-	[[ $target =~ $FUZZ_TARGETS ]] || continue
 	pkg=./$(dirname "$file")
+	[[ $target =~ $FUZZ_TARGETS && ${pkg#./} =~ $FUZZ_PKGS ]] || continue
 	var="FUZZTIME_$target"
 	t=${!var:-$FUZZTIME}
 	echo "=== $target ($pkg, fuzztime $t)"
