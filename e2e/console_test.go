@@ -13,12 +13,14 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/berth-iot/berth/deviceclient"
+	"github.com/berth-iot/berth/internal/testenv"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/server"
 	"github.com/berth-iot/berth/serviceclient"
 )
 
-// chromium finds Debian's chromium (or Chrome), or skips the test.
+// chromium finds Debian's chromium (or Chrome), or skips the test (fails it
+// under make test).
 func chromium(t *testing.T) string {
 	t.Helper()
 	for _, name := range []string{os.Getenv("BERTH_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"} {
@@ -29,7 +31,7 @@ func chromium(t *testing.T) string {
 			return p
 		}
 	}
-	t.Skip("no chromium on PATH: the console's browser tests need it (apt-get install -y chromium, or set BERTH_CHROMIUM)")
+	testenv.Unavailable(t, "no chromium on PATH: the console's browser tests need it (apt-get install -y chromium, or set BERTH_CHROMIUM)")
 	return ""
 }
 
