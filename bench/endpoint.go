@@ -30,15 +30,17 @@ type Endpoint struct {
 // and the one IoT Hub's MQTT documentation shows.
 const HubAPIVersion = "2021-04-12"
 
-// hubTokenTTL is the lifetime of device tokens. A hub may close a
-// connection when its token expires (shared/spec/iothub.md §1.2), so it
+// hubTokenTTL is the lifetime of device tokens. A hub may close a connection
+// when its token expires
+// (docs/spec/iothub-protocol.md#mqtt-authentication-and-connack), so it
 // covers the longest idle hold anyone will run.
 const hubTokenTTL = 24 * time.Hour
 
-// HubEndpoint is the IoT hub named hub, as t serves it, over MQTT, authenticating each
-// device as the SDKs do: username {hub}/{deviceId}/?api-version=…,
-// password a SAS token for sr={hub}/devices/{deviceId} (URL-encoded)
-// signed with the device key, no skn (iothub.md §1.1, §7.4).
+// HubEndpoint is the IoT hub named hub, as t serves it, over MQTT,
+// authenticating each device as the SDKs do: username
+// {hub}/{deviceId}/?api-version=…, password a SAS token for
+// sr={hub}/devices/{deviceId} (URL-encoded) signed with the device key, no
+// skn (docs/spec/iothub-protocol.md#mqtt-connect, #how-the-sdks-make-tokens).
 func HubEndpoint(t *Target, hub string) Endpoint {
 	return Endpoint{
 		Name:       "berth",
@@ -62,8 +64,8 @@ func TelemetryTopic(deviceID string) string { return "devices/" + deviceID + "/m
 const mqttTimeout = 30 * time.Second
 
 // keepAlive is the devices' MQTT keep-alive: the Python SDK's 60 s, the
-// shortest of the SDKs (iothub.md §1.3), so an idle device costs the
-// server the most pings it will see.
+// shortest of the SDKs (docs/spec/iothub-protocol.md#mqtt-keep-alive), so an
+// idle device costs the server the most pings it will see.
 const keepAlive = 60 * time.Second
 
 // Dial opens one device's MQTT connection (a new TLS connection, full

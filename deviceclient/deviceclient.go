@@ -1,10 +1,9 @@
 // Package deviceclient provisions a device through DPS the way device
-// firmware does with the Azure SDKs (shared/spec/dps.md §1–§3, §7): connect
-// with a symmetric-key SAS token or an X.509 client certificate, send a
-// register request, wait the
-// server's retry-after, poll the operation until it is assigned, failed or
-// disabled. It works over MQTT (paho, port 8883) and HTTPS (443), against
-// berth or Azure.
+// firmware does with the Azure SDKs (docs/spec/dps-protocol.md: MQTT, HTTPS,
+// SAS tokens, X.509): connect with a symmetric-key SAS token or an X.509
+// client certificate, send a register request, wait the server's retry-after,
+// poll the operation until it is assigned, failed or disabled. It works over
+// MQTT (paho, port 8883) and HTTPS (443), against berth or Azure.
 //
 // Provision runs the whole flow. For tools that need the single steps (load
 // generators), Dial returns a Session with Register and Poll, and Run
@@ -61,9 +60,10 @@ type Options struct {
 	// ClientCertificate authenticates the device by X.509 instead of
 	// SymmetricKey (give one of the two): it is presented as the TLS client
 	// certificate (the leaf, whose subject CN is the registration ID, then
-	// the chain up to the enrolled or verified CA), and no SAS token is
-	// sent, neither as MQTT password nor as HTTP Authorization (§7).
-	// RegistrationID defaults to the leaf's CN.
+	// the chain up to the enrolled or verified CA), and no SAS token is sent,
+	// neither as MQTT password nor as HTTP Authorization
+	// (docs/spec/dps-protocol.md#x509-attestation). RegistrationID defaults
+	// to the leaf's CN.
 	ClientCertificate *tls.Certificate
 	// Payload is optional custom data (a JSON object) sent with the
 	// register request.
@@ -125,7 +125,7 @@ func (e *Error) Error() string {
 }
 
 // Temporary reports whether the request may succeed if sent again: 429 and
-// 5xx, which every Azure SDK retries (§1.7).
+// 5xx, which every Azure SDK retries (docs/spec/dps-protocol.md#errors).
 func (e *Error) Temporary() bool { return e.Status == http.StatusTooManyRequests || e.Status >= 500 }
 
 // ErrNotAssigned is wrapped by the error Provision and Run return, along

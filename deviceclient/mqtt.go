@@ -41,7 +41,9 @@ func dialMQTT(ctx context.Context, opts Options, tlsConf *tls.Config) (*mqttSess
 		SetUsername(Username(opts.IDScope, opts.RegistrationID, opts.ClientVersion)).
 		SetPassword(password).
 		SetProtocolVersion(4).
-		// DPS keeps no sessions (§1.1); a clean one says so.
+		// DPS keeps no sessions
+		// (docs/spec/dps-protocol.md#endpoints-and-transport); a clean one
+		// says so.
 		SetCleanSession(true).
 		// A lost connection fails the flow; the caller decides whether to
 		// start over, as firmware does, instead of paho resubscribing

@@ -153,7 +153,8 @@ func (f *mqttFake) serve() {
 			f.mu.Lock()
 			f.received = append(f.received, fmt.Sprintf("q%d %s %s", fh.Qos, pk.TopicName, pk.Payload))
 			f.mu.Unlock()
-			// PUBACK first, then the answer (§1.4).
+			// PUBACK first, then the answer
+			// (docs/spec/dps-protocol.md#mqtt-qos-and-ordering).
 			if fh.Qos == 1 {
 				ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID, ProtocolVersion: 4}
 				if write(ack.PubackEncode) != nil {

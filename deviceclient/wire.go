@@ -14,8 +14,8 @@ import (
 )
 
 // The pure parts of the protocol: names, topics, tokens and bodies, exactly
-// as shared/spec/dps.md §1–§3 gives them, so that they can be checked
-// against the spec's vectors without a server.
+// as docs/spec/dps-protocol.md gives them (MQTT, HTTPS, SAS tokens), so that
+// they can be checked against its test vectors without a server.
 
 // API versions: the MQTT username carries the one every Azure SDK but the C
 // SDK sends; the HTTPS paths the one of the docs' curl examples.
@@ -113,10 +113,11 @@ type Response struct {
 // DPS responses.
 var ErrNotResponse = errors.New("deviceclient: not a DPS response topic")
 
-// ParseResponseTopic parses $dps/registrations/res/{status}/?$rid={rid}[&retry-after={s}].
-// The query keys may come in any order (the Embedded C parser accepts
-// retry-after first, §11 vector 6); retry-after is matched
-// case-insensitively, as C# does.
+// ParseResponseTopic parses
+// $dps/registrations/res/{status}/?$rid={rid}[&retry-after={s}]. The query
+// keys may come in any order (the Embedded C parser accepts retry-after
+// first, docs/spec/dps-protocol.md#test-vectors, vector 6); retry-after is
+// matched case-insensitively, as C# does.
 func ParseResponseTopic(topic string) (Response, error) {
 	var r Response
 	rest, ok := strings.CutPrefix(topic, responsePrefix)
@@ -149,10 +150,10 @@ func ParseResponseTopic(topic string) (Response, error) {
 	return r, nil
 }
 
-// RegisterBody is the register request body:
-// {"registrationId":…} or {"registrationId":…,"payload":…} with the payload
-// bytes as given (§11 vector 11). A payload must be a JSON object, as DPS
-// requires.
+// RegisterBody is the register request body: {"registrationId":…} or
+// {"registrationId":…,"payload":…} with the payload bytes as given
+// (docs/spec/dps-protocol.md#test-vectors, vector 11). A payload must be a
+// JSON object, as DPS requires.
 func RegisterBody(registrationID string, payload json.RawMessage) ([]byte, error) {
 	id, err := json.Marshal(registrationID)
 	if err != nil {

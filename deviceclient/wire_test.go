@@ -10,7 +10,8 @@ import (
 	"github.com/berth-iot/berth/sas"
 )
 
-// Vectors are shared/spec/dps.md §11; the number is given with each.
+// Vectors are docs/spec/dps-protocol.md#test-vectors; the number is given
+// with each.
 
 func TestUsername(t *testing.T) {
 	tests := []struct {

@@ -18,7 +18,7 @@ import (
 	"github.com/berth-iot/berth/hub"
 )
 
-// Allocation policies (shared/spec/dps.md §6).
+// Allocation policies (docs/spec/dps-protocol.md#allocation).
 const (
 	AllocationHashed     = "hashed"
 	AllocationStatic     = "static"
@@ -230,7 +230,8 @@ func unitHash(hubName, regID string) float64 {
 	return (float64(x>>11) + 0.5) / (1 << 53)
 }
 
-// webhookRequest is Azure's AllocationRequest (shared/spec/dps.md §6.1).
+// webhookRequest is Azure's AllocationRequest
+// (docs/spec/dps-protocol.md#webhook-request).
 type webhookRequest struct {
 	IndividualEnrollment *IndividualEnrollment `json:"individualEnrollment,omitempty"`
 	EnrollmentGroup      *EnrollmentGroup      `json:"enrollmentGroup,omitempty"`
@@ -246,7 +247,8 @@ type runtimeContext struct {
 	Payload               json.RawMessage `json:"payload,omitempty"`
 }
 
-// webhookResponse is Azure's AllocationResponse (§6.2).
+// webhookResponse is Azure's AllocationResponse
+// (docs/spec/dps-protocol.md#webhook-response).
 type webhookResponse struct {
 	IoTHubHostName string          `json:"iotHubHostName"`
 	InitialTwin    *InitialTwin    `json:"initialTwin"`
@@ -268,7 +270,7 @@ func redactAttestation(a *AttestationMechanism) *AttestationMechanism {
 // or answers non-2xx ("Custom allocation failed with status code: N", as
 // Azure words it), 400208 when it answers a hub that is not one of
 // linkedHubs or a body that is not an AllocationResponse (berth's choice;
-// shared/spec/dps.md §6.2 leaves it open).
+// docs/spec/dps-protocol.md#webhook-response leaves it open).
 func (s *Service) callWebhook(ctx context.Context, who *attested, regID string, prev *RegistrationState, payload json.RawMessage, hubs []LinkedHub) (*allocation, *azerr.Error) {
 	c := who.common()
 	if c.CustomAllocationDefinition == nil || c.CustomAllocationDefinition.WebhookURL == "" {

@@ -307,8 +307,9 @@ type deviceRequest struct {
 	CSR            *string         `json:"csr"`
 }
 
-// parseDeviceBody applies the tolerances of shared/spec/dps.md §1.5: empty
-// body, payload null, unknown fields.
+// parseDeviceBody applies the tolerances of
+// docs/spec/dps-protocol.md#register-request-body: empty body, payload null,
+// unknown fields.
 func parseDeviceBody(body []byte, regID string) (json.RawMessage, error) {
 	p, _, err := parseDeviceRequest(body, regID)
 	return p, err
@@ -473,7 +474,7 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	// The twin: a new device starts from the enrollment's initial twin
 	// (or the webhook's); a device that moves hubs takes its twin along
 	// or starts afresh, as the reprovision policy says
-	// (shared/spec/dps.md §6.3).
+	// (docs/spec/dps-protocol.md#reprovisioning).
 	enrollmentTwin := toHubTwin(c.InitialTwin)
 	twin := hub.ProvisionTwin{Initial: enrollmentTwin}
 	if alloc.initialTwin != nil {
@@ -483,8 +484,8 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	case prevState == nil:
 		// First assignment (or the first since the record was deleted).
 	case strings.EqualFold(prevState.AssignedHub, hubName):
-		// Re-registration to the same hub keeps the twin and the
-		// substatus it had (shared/spec/dps.md §6.3 leaves this open;
+		// Re-registration to the same hub keeps the twin and the substatus it
+		// had (docs/spec/dps-protocol.md#reprovisioning leaves this open;
 		// this is berth's choice).
 		if prevState.Substatus != "" {
 			state.Substatus = prevState.Substatus
@@ -687,7 +688,8 @@ func (s *Service) RegistrationStatus(ctx context.Context, req StatusRequest) (*R
 	if _, hasCSR, err := parseDeviceRequest(req.Body, req.RegistrationID); err != nil {
 		return nil, err
 	} else if hasCSR {
-		// Certificates are issued only by register (shared/spec/dps.md §2).
+		// Certificates are issued only by register
+		// (docs/spec/dps-protocol.md#device-api-over-https).
 		return nil, azerr.Newf(azerr.DPSInvalidBody, "csr is not allowed in a registration status lookup.")
 	}
 	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts); err != nil {

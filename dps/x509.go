@@ -247,12 +247,13 @@ func errInvalidCertificate(cause error) error {
 	return e
 }
 
-// authenticateX509 authenticates a device by its TLS client certificate
-// chain (leaf first, then the intermediates it sent) per
-// shared/spec/dps.md §7: the leaf's subject CN must be the registration
-// ID and the leaf valid now; an individual enrollment of that ID must list
-// the leaf itself; otherwise the enrollment group whose signing or
-// (verified) CA certificate anchors the chain closest to the leaf wins.
+// authenticateX509 authenticates a device by its TLS client certificate chain
+// (leaf first, then the intermediates it sent) per
+// docs/spec/dps-protocol.md#x509-attestation: the leaf's subject CN must be
+// the registration ID and the leaf valid now; an individual enrollment of
+// that ID must list the leaf itself; otherwise the enrollment group whose
+// signing or (verified) CA certificate anchors the chain closest to the leaf
+// wins.
 func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x509.Certificate, now time.Time) (*attested, error) {
 	leaf := chain[0]
 	if leaf.Subject.CommonName != regID {
@@ -274,8 +275,9 @@ func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x
 				continue
 			}
 			// A CA-signed device certificate also needs a verified CA
-			// certificate in its chain (shared/spec/dps.md §7); a
-			// self-signed one is its own proof.
+			// certificate in its chain
+			// (docs/spec/dps-protocol.md#x509-attestation); a self-signed one
+			// is its own proof.
 			if !selfSigned(leaf) {
 				if err := s.verifiedChain(ctx, leaf, chain[1:], now); err != nil {
 					return nil, errInvalidCertificate(refusal.New(refusal.NotEnrolled, err))

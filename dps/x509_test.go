@@ -238,7 +238,8 @@ func FuzzParseCertificate(f *testing.F) {
 
 // TestX509IndividualCASigned: an individual enrollment with a CA-signed
 // device certificate authenticates only once a CA of its chain is uploaded
-// and verified (shared/spec/dps.md §7); a self-signed one needs nothing.
+// and verified (docs/spec/dps-protocol.md#x509-attestation); a self-signed
+// one needs nothing.
 func TestX509IndividualCASigned(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()

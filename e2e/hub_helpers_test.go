@@ -57,7 +57,7 @@ func (b *berth) createHubDevice(id string) string {
 
 // checkHubError checks an IoT Hub error answer: the status, the
 // iothub-errorcode header and the same name in the legacy body that the
-// Node and C# SDKs parse (shared/spec/iothub.md §9.1).
+// Node and C# SDKs parse (docs/spec/iothub-protocol.md#http-error-body).
 func checkHubError(t *testing.T, what string, status int, header http.Header, body []byte, wantStatus int, wantName string) {
 	t.Helper()
 	if status != wantStatus || header.Get("iothub-errorcode") != wantName || !strings.Contains(string(body), `"ErrorCode:`+wantName+`;`) {

@@ -307,13 +307,14 @@ func (r *Registry) SetCATrust(t CATrust) {
 	r.mu.Unlock()
 }
 
-// AuthenticateDeviceCert authenticates a device by its TLS client
-// certificate chain, leaf first (shared/spec/iothub.md §1.6): a selfSigned
+// AuthenticateDeviceCert authenticates a device by its TLS client certificate
+// chain, leaf first
+// (docs/spec/iothub-protocol.md#x509-device-authentication): a selfSigned
 // device's leaf must have one of its thumbprints (SHA-1 or SHA-256, any
 // case); a certificateAuthority device's leaf must name the device as its
 // subject CN and chain to a trusted CA. The leaf must be valid now; the
-// connection ends when it expires. Every failure is
-// IotHubUnauthorizedAccess; the cause is for logs only.
+// connection ends when it expires. Every failure is IotHubUnauthorizedAccess;
+// the cause is for logs only.
 func (r *Registry) AuthenticateDeviceCert(ctx context.Context, hubName, deviceID string, chain []*x509.Certificate) (*Identity, error) {
 	return r.authenticateCert(ctx, hubName, deviceID, "", chain)
 }

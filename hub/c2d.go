@@ -17,7 +17,8 @@ import (
 	"github.com/berth-iot/berth/store"
 )
 
-// Cloud-to-device queue limits and defaults (shared/spec/iothub.md §3.1).
+// Cloud-to-device queue limits and defaults
+// (docs/spec/iothub-protocol.md#cloud-to-device-queue).
 const (
 	MaxC2DQueueDepth   = 50
 	MaxC2DMessageSize  = 64 * 1024
@@ -135,7 +136,8 @@ func (q *CloudToDevice) nextOrder(now time.Time) int64 {
 }
 
 // validPropertyName is IoT Hub's rule for C2D property names: ASCII
-// alphanumerics and ! # $ % & ' * + - . ^ _ ` | ~ (shared/spec/iothub.md §3.1).
+// alphanumerics and ! # $ % & ' * + - . ^ _ ` | ~
+// (docs/spec/iothub-protocol.md#cloud-to-device-queue).
 func validPropertyName(s string) bool { return alnumOr(s, "!#$%&'*+-.^_`|~") }
 
 // validPropertyValue allows printable ASCII: values travel in MQTT topics

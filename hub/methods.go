@@ -11,7 +11,9 @@ import (
 	"github.com/berth-iot/berth/azerr"
 )
 
-// Direct-method limits (shared/spec/iothub.md §5, §8.5).
+// Direct-method limits
+// (docs/spec/iothub-protocol.md#direct-methods-over-mqtt,
+// #direct-method-invocation).
 const (
 	DefaultMethodResponseTimeout = 30 * time.Second
 	MinMethodResponseTimeout     = 5 * time.Second
@@ -47,9 +49,10 @@ func NewMethods(reg *Registry, links *Links) *Methods {
 	return &Methods{reg: reg, links: links}
 }
 
-// validMethodName is IoT Hub's rule: printable US-ASCII except
-// $ ( ) < > @ , ; : \ " / [ ] ? = { } and space (shared/spec/iothub.md §5).
-// '*' stays allowed: Plug and Play commands are "{component}*{command}".
+// validMethodName is IoT Hub's rule: printable US-ASCII except $ ( ) < > @ ,
+// ; : \ " / [ ] ? = { } and space
+// (docs/spec/iothub-protocol.md#direct-methods-over-mqtt). '*' stays allowed:
+// Plug and Play commands are "{component}*{command}".
 func validMethodName(s string) bool {
 	if s == "" || len(s) > 128 {
 		return false

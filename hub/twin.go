@@ -15,7 +15,8 @@ import (
 )
 
 // Twin is IoT Hub's Twin document as the service API shows it
-// (shared/spec/iothub.md §8.3). Tags and Properties are rendered JSON.
+// (docs/spec/iothub-protocol.md#twins-service-side). Tags and Properties are
+// rendered JSON.
 type Twin struct {
 	DeviceID                  string          `json:"deviceId"`
 	ModuleID                  string          `json:"moduleId,omitempty"` // module twins only
@@ -200,7 +201,7 @@ func (t *Twins) Get(ctx context.Context, hubName, id string) (_ *Twin, err error
 
 // DeviceDocument returns what a device's twin GET answers: the desired and
 // reported properties with their "$version", without tags or $metadata
-// (shared/spec/iothub.md §4.3).
+// (docs/spec/iothub-protocol.md#twin-documents).
 func (t *Twins) DeviceDocument(ctx context.Context, hubName, id string) ([]byte, error) {
 	if err := t.reg.fault(ctx, FaultTwin, hubName, id); err != nil {
 		return nil, err
@@ -353,7 +354,7 @@ func (t *Twins) update(ctx context.Context, hubName, id, ifMatch string, change 
 }
 
 // PatchReported merges a device's reported-properties patch and returns the
-// new reported $version (shared/spec/iothub.md §4.1).
+// new reported $version (docs/spec/iothub-protocol.md#twins-over-mqtt).
 func (t *Twins) PatchReported(ctx context.Context, hubName, id string, body []byte) (_ int64, err error) {
 	defer observeOp(t.obs, "twin.reported", time.Now(), &err)
 	if err = t.reg.fault(ctx, FaultTwin, hubName, id); err != nil {

@@ -11,7 +11,8 @@ import (
 	"github.com/berth-iot/berth/azerr"
 )
 
-// Twin document limits (shared/spec/iothub.md §4.3, Azure's quotas page).
+// Twin document limits (docs/spec/iothub-protocol.md#twin-documents, Azure's
+// quotas page).
 const (
 	MaxTwinDepth        = 10        // nested objects below a section
 	MaxTagsSize         = 8 * 1024  // bytes, as IoT Hub counts them
@@ -164,8 +165,9 @@ func twinSize(obj map[string]any) int {
 	return n
 }
 
-// twinTooLarge is the error for a section over its limit. berth answers
-// 413 MessageTooLarge (shared/spec/iothub.md §4.2 leaves 400 or 413 open).
+// twinTooLarge is the error for a section over its limit. berth answers 413
+// MessageTooLarge (docs/spec/iothub-protocol.md#twin-status-codes leaves 400
+// or 413 open).
 func twinTooLarge(section string, size, limit int) error {
 	return azerr.Newf(azerr.HubMessageTooLarge, "Twin %s would be %d bytes, over the %d bytes limit.", section, size, limit)
 }

@@ -18,7 +18,8 @@ import (
 const contentTypeC2DJSON = "application/vnd.microsoft.iothub.json"
 
 // appPropertyPrefix prefixes an application property's name in the send's
-// properties, as in the HTTPS headers of IoT Hub (spec §3.3).
+// properties, as in the HTTPS headers of IoT Hub
+// (docs/spec/iothub-protocol.md#cloud-to-device-over-https).
 const appPropertyPrefix = "iothub-app-"
 
 // C2DMessage is a cloud-to-device message to send. Only Body is needed;
@@ -77,7 +78,8 @@ func (o orderedStrings) MarshalJSON() ([]byte, error) {
 }
 
 // properties lists m's properties as the send names them: the system
-// properties that are set, in the order of spec §3.2's recommendation,
+// properties that are set, in the order berth delivers them over MQTT
+// (docs/spec/iothub-protocol.md#cloud-to-device-over-mqtt),
 // then the application properties.
 func (m *C2DMessage) properties() (orderedStrings, error) {
 	var out orderedStrings
@@ -109,11 +111,12 @@ func (m *C2DMessage) properties() (orderedStrings, error) {
 }
 
 // SendC2D queues a cloud-to-device message for a device: POST
-// /devices/{id}/messages/deviceBound, a berth extension (spec §8.6 REC;
-// Azure IoT Hub takes C2D sends over AMQP only, and answers this with
-// 404). The answer is once the message is durable. Errors are the hub's:
-// 404 DeviceNotFound, 403 DeviceMaximumQueueDepthExceeded (50 queued),
-// 413 MessageTooLarge (64 KB), 400 ArgumentInvalid for a bad property.
+// /devices/{id}/messages/deviceBound, a berth extension
+// (docs/spec/iothub-protocol.md#sending-cloud-to-device; Azure IoT Hub takes
+// C2D sends over AMQP only, and answers this with 404). The answer is once
+// the message is durable. Errors are the hub's: 404 DeviceNotFound, 403
+// DeviceMaximumQueueDepthExceeded (50 queued), 413 MessageTooLarge (64 KB),
+// 400 ArgumentInvalid for a bad property.
 func (c *Client) SendC2D(ctx context.Context, id string, m *C2DMessage) (*C2DResult, error) {
 	if id == "" {
 		return nil, errors.New("hubclient: SendC2D: empty device ID")

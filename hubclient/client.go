@@ -1,9 +1,9 @@
 // Package hubclient is a Go client of the IoT Hub service REST API
-// (shared/spec/iothub.md §8): the device registry (create, read, update,
-// list and delete device identities, the registry statistics), device
-// twins, direct methods and cloud-to-device messages, authenticated with a
-// shared access policy from a hub connection string. It speaks to berth and
-// to Azure IoT Hub alike, except for the C2D send, which is a berth
+// (docs/spec/iothub-protocol.md#service-api): the device registry (create,
+// read, update, list and delete device identities, the registry statistics),
+// device twins, direct methods and cloud-to-device messages, authenticated
+// with a shared access policy from a hub connection string. It speaks to
+// berth and to Azure IoT Hub alike, except for the C2D send, which is a berth
 // extension (Azure sends C2D over AMQP only); serviceclient is its DPS
 // counterpart.
 package hubclient
@@ -27,7 +27,7 @@ import (
 )
 
 // APIVersion is sent with every request: the version the Node and C#
-// service SDKs use (spec §8.1).
+// service SDKs use (docs/spec/iothub-protocol.md#service-api).
 const APIVersion = "2021-04-12"
 
 // TokenTTL is the lifetime of the service SAS token signed for each
@@ -84,9 +84,11 @@ type Client struct {
 // ConnectionString is a parsed hub (service) connection string.
 type ConnectionString = svcconn.ConnectionString
 
-// ParseConnectionString parses "HostName=…;SharedAccessKeyName=…;SharedAccessKey=…"
-// (spec §8.8; the Node SDK requires all three). A device connection string
-// has no SharedAccessKeyName and is refused. Errors never quote the key.
+// ParseConnectionString parses
+// "HostName=…;SharedAccessKeyName=…;SharedAccessKey=…"
+// (docs/spec/iothub-protocol.md#connection-strings; the Node SDK requires all
+// three). A device connection string has no SharedAccessKeyName and is
+// refused. Errors never quote the key.
 func ParseConnectionString(s string) (ConnectionString, error) {
 	cs, err := svcconn.Parse("hubclient", s)
 	if errors.Is(err, svcconn.ErrNoKeyName) {
@@ -160,7 +162,8 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &e) && e.Status == http.StatusNotFound
 }
 
-// errorBody is IoT Hub's HTTP error body (spec §9.1).
+// errorBody is IoT Hub's HTTP error body
+// (docs/spec/iothub-protocol.md#http-error-body).
 type errorBody struct {
 	Message          string `json:"Message"`
 	ExceptionMessage string `json:"ExceptionMessage"`
@@ -173,10 +176,11 @@ type innerError struct {
 	Message    string `json:"message"`
 }
 
-// decodeError turns a non-2xx answer into an *Error. It understands both
-// body forms of spec §9.1: the legacy "ErrorCode:{Name};{message}" (berth's
-// and the one the Node SDK parses) and a Message holding a JSON document.
-// A body in neither form (a proxy's HTML page) is quoted, shortened.
+// decodeError turns a non-2xx answer into an *Error. It understands both body
+// forms of docs/spec/iothub-protocol.md#http-error-body: the legacy
+// "ErrorCode:{Name};{message}" (berth's and the one the Node SDK parses) and
+// a Message holding a JSON document. A body in neither form (a proxy's HTML
+// page) is quoted, shortened.
 func decodeError(resp *http.Response) *Error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	e := &Error{
@@ -240,7 +244,7 @@ func trackingID(exceptionMessage string) string {
 }
 
 // contentTypeJSON is the Content-Type of every request body but the C2D
-// send's (spec §8.1).
+// send's (docs/spec/iothub-protocol.md#service-api).
 const contentTypeJSON = "application/json; charset=utf-8"
 
 // request is one call of the API.
@@ -294,8 +298,9 @@ func (c *Client) do(ctx context.Context, r request) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hubclient: %s %s: %w", r.method, u.Path, err)
 	}
-	// sr is the bare host name, as the Node service SDK signs it (spec
-	// §7.4); berth and IoT Hub accept it for every registry path.
+	// sr is the bare host name, as the Node service SDK signs it
+	// (docs/spec/iothub-protocol.md#how-the-sdks-make-tokens); berth and IoT
+	// Hub accept it for every registry path.
 	token, err := sas.Sign(c.host, c.key, c.keyName, c.now().Add(TokenTTL))
 	if err != nil {
 		return nil, fmt.Errorf("hubclient: sign request: %w", err)

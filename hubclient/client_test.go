@@ -430,7 +430,8 @@ func TestRequests(t *testing.T) {
 	}
 }
 
-// TestErrors: both error bodies of spec §9.1 and what is not one of them.
+// TestErrors: both error bodies of
+// docs/spec/iothub-protocol.md#http-error-body and what is not one of them.
 func TestErrors(t *testing.T) {
 	tests := []struct {
 		name  string

@@ -12,9 +12,10 @@ import (
 	"github.com/berth-iot/berth/hub"
 )
 
-// GetTwin reads a device's twin (GET /twins/{id}, spec §8.3): tags,
-// desired and reported properties with their $metadata and $version, and
-// the etag UpdateTwin and ReplaceTwin can be made conditional on.
+// GetTwin reads a device's twin (GET /twins/{id},
+// docs/spec/iothub-protocol.md#twins-service-side): tags, desired and
+// reported properties with their $metadata and $version, and the etag
+// UpdateTwin and ReplaceTwin can be made conditional on.
 func (c *Client) GetTwin(ctx context.Context, id string) (*hub.Twin, error) {
 	if id == "" {
 		return nil, errors.New("hubclient: GetTwin: empty device ID")
@@ -58,11 +59,12 @@ func (c *Client) writeTwin(ctx context.Context, method, op, id string, doc json.
 // to arrive.
 const methodTimeoutMargin = 10 * time.Second
 
-// methodHTTPTimeout is how long the HTTP call of an invocation may take:
-// the connect timeout plus the response timeout, as the Node SDK sets its
-// client's (spec §8.5), plus methodTimeoutMargin. Unset timeouts count
-// with the hub's defaults (30 s to respond, 0 to connect); negative ones
-// count as 0 (the hub refuses them with 400).
+// methodHTTPTimeout is how long the HTTP call of an invocation may take: the
+// connect timeout plus the response timeout, as the Node SDK sets its
+// client's (docs/spec/iothub-protocol.md#direct-method-invocation), plus
+// methodTimeoutMargin. Unset timeouts count with the hub's defaults (30 s to
+// respond, 0 to connect); negative ones count as 0 (the hub refuses them with
+// 400).
 func methodHTTPTimeout(req *hub.MethodRequest) time.Duration {
 	d := hub.DefaultMethodResponseTimeout
 	if req.ResponseTimeoutInSeconds != nil {
@@ -75,11 +77,12 @@ func methodHTTPTimeout(req *hub.MethodRequest) time.Duration {
 }
 
 // InvokeMethod calls a direct method on a device (POST /twins/{id}/methods,
-// spec §8.5) and returns what the device answered: its status, whatever it
-// is, and its JSON payload. An empty req.Payload is sent as null. Errors
-// are the hub's: 404 DeviceNotFound, 404 DeviceNotOnline (not connected
-// within the connect timeout), 504 GatewayTimeout (no answer within the
-// response timeout), 400 for a bad name, payload or timeout.
+// docs/spec/iothub-protocol.md#direct-method-invocation) and returns what the
+// device answered: its status, whatever it is, and its JSON payload. An empty
+// req.Payload is sent as null. Errors are the hub's: 404 DeviceNotFound, 404
+// DeviceNotOnline (not connected within the connect timeout), 504
+// GatewayTimeout (no answer within the response timeout), 400 for a bad name,
+// payload or timeout.
 //
 // The HTTP call may take methodHTTPTimeout, whatever the client's usual
 // limit; ctx can still end it sooner.

@@ -9,7 +9,7 @@ import (
 	"github.com/berth-iot/berth/refusal"
 )
 
-// Vectors from shared/spec/dps.md §11.
+// Vectors from docs/spec/dps-protocol.md#test-vectors.
 const (
 	groupKey = "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw=="
 )

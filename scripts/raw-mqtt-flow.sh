@@ -397,10 +397,11 @@ check "live C2D: \$.exp = the expiryTimeUtc c2d send printed" "$(ms_of "$EXP")" 
 check "live C2D: delivered at QoS 1" "$(msg_field 2 1)" 1
 check "live C2D: payload" "$(msg_field 2 3)" '{"led":"on"}'
 check "mosquitto_sub PUBACKed both" "$(grep -c 'sending PUBACK' "$DATA/c2d" || true)" 2
-# The PUBACK completes a message (§3.2), but the hub does the store call
-# after it acknowledged nothing to anybody, so a service call right after
-# the PUBACK may still count the message: wait (up to 5 s) for the queue
-# to empty, then purge must find nothing.
+# The PUBACK completes a message
+# (docs/spec/iothub-protocol.md#cloud-to-device-over-mqtt), but the hub does
+# the store call after it acknowledged nothing to anybody, so a service call
+# right after the PUBACK may still count the message: wait (up to 5 s) for the
+# queue to empty, then purge must find nothing.
 say "== the PUBACKs completed both: berth hub device-identity show -d $DEV until cloudToDeviceMessageCount is 0, then berth hub c2d purge"
 for i in $(seq 50); do
 	N=$(berth hub device-identity show -d "$DEV" | jq -r .cloudToDeviceMessageCount) || die "berth hub device-identity show failed"

@@ -418,8 +418,8 @@ func (s *Server) Start() error {
 		MaxHeaderBytes:    64 << 10,
 		// HTTP/2 stays off: the C SDK reads response headers by exact,
 		// case-sensitive name, which HTTP/2 would lower-case
-		// (shared/spec/iothub.md §0.1). A non-nil empty TLSNextProto
-		// disables Go's automatic h2.
+		// (docs/spec/iothub-protocol.md#endpoints). A non-nil empty
+		// TLSNextProto disables Go's automatic h2.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}

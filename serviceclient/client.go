@@ -1,8 +1,8 @@
 // Package serviceclient is a Go client of the DPS service REST API
-// (shared/spec/dps.md §5): individual enrollments, enrollment groups and
-// registration records, authenticated with a shared access policy from a
-// connection string. It speaks to berth and to Azure alike, except for the
-// shared access policy calls (policy.go) and the hub calls (hubs.go),
+// (docs/spec/dps-protocol.md#service-api): individual enrollments, enrollment
+// groups and registration records, authenticated with a shared access policy
+// from a connection string. It speaks to berth and to Azure alike, except for
+// the shared access policy calls (policy.go) and the hub calls (hubs.go),
 // berth extensions: Azure manages policies and hubs through Azure Resource
 // Manager.
 package serviceclient

@@ -27,7 +27,7 @@ import (
 )
 
 // testKey is base64("0123456789abcdef0123456789abcdef"), the key of
-// shared/spec/dps.md §11 vector 22.
+// docs/spec/dps-protocol.md#test-vectors, vector 22.
 const testKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 
 // testHost is a name in the httptest certificate. It is never resolved: the
@@ -417,7 +417,7 @@ func TestErrors(t *testing.T) {
 }
 
 // TestServiceTokenVector checks the Authorization header against
-// shared/spec/dps.md §11 vector 22.
+// docs/spec/dps-protocol.md#test-vectors, vector 22.
 func TestServiceTokenVector(t *testing.T) {
 	f := newFake(t, reply{status: 204})
 	c, err := New("HostName=mydps.azure-devices-provisioning.net;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey="+testKey,

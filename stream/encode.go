@@ -216,9 +216,10 @@ func encode(prefix string, m *hub.Message, now time.Time) (*nats.Msg, error) {
 		k := encodeKey(p.Name)
 		msg.Header[k] = append(msg.Header[k], encodeValue(p.Value))
 	}
-	// The hub stamps these on every message (spec §2.4); make sure a stored
-	// message carries them even if a front end forgot, since consumers filter
-	// on them.
+	// The hub stamps these on every message
+	// (docs/spec/iothub-protocol.md#properties-the-hub-stamps); make sure a
+	// stored message carries them even if a front end forgot, since consumers
+	// filter on them.
 	if !haveDev {
 		msg.Header[hub.PropConnDeviceID] = []string{encodeValue(m.DeviceID)}
 	}

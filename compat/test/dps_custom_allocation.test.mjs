@@ -1,15 +1,16 @@
 // Custom allocation (issue #5) with the official SDKs: a Node http server on
 // the test's own loopback address plays the Azure Function of a custom
 // allocation policy. berth POSTs Azure's AllocationRequest to it
-// (spec dps.md §6.1) and assigns the device to the hub it answers, with
-// the initial twin it answers; the payload it answers reaches the device as
-// registrationState.payload (§6.2, §9.2). Enrollments are written with
-// azure-iot-provisioning-service, devices register with
-// azure-iot-provisioning-device-mqtt/-http, the twin is read with azure-iothub
-// on the second hub. A webhook that is down, fails, names a hub the
-// enrollment is not linked to or answers garbage fails the registration
-// (errorCode 400207 / 400208 in the registration record); so does one
-// that answers after berth's webhook timeout (10 s, dps.DefaultWebhookTimeout).
+// (docs/spec/dps-protocol.md#webhook-request) and assigns the device to the
+// hub it answers, with the initial twin it answers; the payload it answers
+// reaches the device as registrationState.payload
+// (docs/spec/dps-protocol.md#webhook-response, #device-payload). Enrollments
+// are written with azure-iot-provisioning-service, devices register with
+// azure-iot-provisioning-device-mqtt/-http, the twin is read with
+// azure-iothub on the second hub. A webhook that is down, fails, names a hub
+// the enrollment is not linked to or answers garbage fails the registration
+// (errorCode 400207 / 400208 in the registration record); so does one that
+// answers after berth's webhook timeout (10 s, dps.DefaultWebhookTimeout).
 
 import assert from 'node:assert/strict';
 import { once } from 'node:events';

@@ -23,7 +23,8 @@ const IP = process.env.BERTH_COMPAT_REPROVISION_IP;
 
 const INITIAL_TWIN = { tags: { origin: 'enrollment' }, properties: { desired: { interval: 5 } } };
 
-// reprovisionPolicy objects of the service SDK (spec dps.md §5.1, §6.3)
+// reprovisionPolicy objects of the service SDK
+// (docs/spec/dps-protocol.md#enrollment-documents, #reprovisioning)
 const policies = [
   ['reprovisionandmigratedata', { updateHubAssignment: true, migrateDeviceData: true }],
   ['reprovisionandresetdata', { updateHubAssignment: true, migrateDeviceData: false }],

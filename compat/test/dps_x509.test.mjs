@@ -1,9 +1,11 @@
-// X.509 attestation (issue #5) with the official SDKs: devices provision
-// with azure-iot-security-x509 X509Security(registrationId, {cert, key}) and
+// X.509 attestation (issue #5) with the official SDKs: devices provision with
+// azure-iot-security-x509 X509Security(registrationId, {cert, key}) and
 // ProvisioningDeviceClient over azure-iot-provisioning-device-mqtt and -http
-// (the certificate is the TLS client certificate; spec dps.md §7), then
-// connect to the hub with azure-iot-device and an `x509=true` connection
-// string plus client.setOptions({cert, key}) (iothub.md §1.6) and send
+// (the certificate is the TLS client certificate;
+// docs/spec/dps-protocol.md#x509-attestation), then connect to the hub with
+// azure-iot-device and an `x509=true` connection string plus
+// client.setOptions({cert, key})
+// (docs/spec/iothub-protocol.md#x509-device-authentication) and send
 // telemetry, read back with `berth hub monitor-events`.
 //
 // Certificates are made with openssl (lib/certs.mjs, ECDSA P-256): a root
@@ -151,7 +153,8 @@ describe('X.509 attestation with the official SDKs: DPS over MQTT and HTTPS, the
       const c = certs.leaf(regId, regId, intermediate);
       assert.equal(c.chain.match(/BEGIN CERTIFICATE/g).length, 2, 'leaf + intermediate');
       const { result } = await register(transport, regId, c);
-      // Precedence (spec §7): groups from the first intermediate up to the root.
+      // Precedence (docs/spec/dps-protocol.md#x509-attestation): groups from
+      // the first intermediate up to the root.
       assertAssigned(result, regId, INTERMEDIATE_GROUP);
       await assertIdentity(regId, 'certificateAuthority', c);
       if (transport === 'mqtt') await sendTelemetry(t, regId, c);
@@ -182,7 +185,8 @@ describe('X.509 attestation with the official SDKs: DPS over MQTT and HTTPS, the
     });
   }
 
-  // Every refused certificate: the SDK ends with UnauthorizedError, 401 (spec §7: 401002).
+  // Every refused certificate: the SDK ends with UnauthorizedError, 401
+  // (docs/spec/dps-protocol.md#x509-attestation: 401002).
   const expectUnauthorized = async (t, transport, regId, c) => {
     await assert.rejects(register(transport, regId, c), (err) => {
       t.diagnostic(String(err));

@@ -24,7 +24,8 @@ const transports = [
   ['http', 'HTTPS'],
 ];
 
-// What an application builds from the DPS registration result (spec §8.8).
+// What an application builds from the DPS registration result
+// (docs/spec/iothub-protocol.md#connection-strings).
 const deviceConnectionString = (hub, deviceId, key) => `HostName=${hub};DeviceId=${deviceId};SharedAccessKey=${key}`;
 
 describe('IoT Hub device SDK: telemetry (symmetric key, provisioned by DPS)', { timeout: 150000 }, () => {

@@ -3,9 +3,10 @@
 // azure-iot-device with azure-iot-device-mqtt or azure-iot-device-http, the
 // service side azure-iothub (Registry for identities and twins, Client for
 // direct methods). The official service SDKs send C2D messages over AMQP
-// only, so messages are sent with berth's HTTPS extension
-// (POST /devices/{id}/messages/deviceBound, shared/spec/iothub.md §8.6) by a
-// plain HTTPS request with a service SAS token made by azure-iot-common's
+// only, so messages are sent with berth's HTTPS extension (POST
+// /devices/{id}/messages/deviceBound,
+// docs/spec/iothub-protocol.md#sending-cloud-to-device) by a plain HTTPS
+// request with a service SAS token made by azure-iot-common's
 // SharedAccessSignature from client.json's hubConnectionString, and with the
 // CLI (`berth hub c2d send`).
 //
@@ -146,7 +147,8 @@ describe('IoT Hub SDKs: twins, direct methods, cloud-to-device messages', { time
     assert.ok(u1.body.etag && u1.body.etag !== s1.etag, `etag changes: ${s1.etag} → ${u1.body.etag}`);
     assert.equal(u1.body.properties.reported.firmware, '1.2.3', 'the twin PATCH answer has the reported properties');
 
-    // The notification is the patch plus $version (shared/spec/iothub.md §4.3).
+    // The notification is the patch plus $version
+    // (docs/spec/iothub-protocol.md#twin-documents).
     const n1 = await waitEvent(h, 'desired', (e) => e.patch.$version === d0 + 1, 10000, `desired event with $version ${d0 + 1}`);
     assert.deepEqual(n1.patch, { ...desired, $version: d0 + 1 });
 
@@ -414,7 +416,7 @@ describe('IoT Hub SDKs: twins, direct methods, cloud-to-device messages', { time
     assert.ok(Math.abs(Date.parse(a1.expiryTimeUtc) - enq - 3600000) < 1000, `default TTL 1 h: ${a1.expiryTimeUtc}`);
     // JSON.parse turns integers beyond 2^53 - 1 into nearby doubles, so
     // the sequence numbers must stay below that (IoT Hub numbers each
-    // device queue from 1, shared/spec/iothub.md §3.1).
+    // device queue from 1, docs/spec/iothub-protocol.md#cloud-to-device-queue).
     const seqs = [r1, r2].map((r) => /"sequenceNumber"\s*:\s*(-?\d+)/.exec(r.text)?.[1]);
     for (const s of seqs) {
       assert.ok(s !== undefined, 'sequenceNumber in the answer');
@@ -451,7 +453,8 @@ describe('IoT Hub SDKs: twins, direct methods, cloud-to-device messages', { time
     assert.equal(res.status, 413, `${res.status} ${res.text}`);
     assert.equal(res.headers['iothub-errorcode'], 'MessageTooLarge');
     assert.equal(await c2dCount(dev.deviceId), 1, 'only the 60 KB message is queued');
-    // The C2D limit is 64 KB (shared/spec/iothub.md §3.1); a message that
+    // The C2D limit is 64 KB
+    // (docs/spec/iothub-protocol.md#cloud-to-device-queue); a message that
     // names another limit misleads the sender.
     assert.doesNotMatch(res.json?.Message ?? '', /256 KB/, res.text);
   });

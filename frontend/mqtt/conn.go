@@ -46,8 +46,9 @@ func connackFor(err error) byte {
 // subackFailure is the SUBACK return code for a refused filter.
 const subackFailure byte = 0x80
 
-// protocolLevel311 is MQTT 3.1.1, the only version Azure's device
-// endpoints speak (shared/spec/dps.md §1.1, iothub.md §1.1).
+// protocolLevel311 is MQTT 3.1.1, the only version Azure's device endpoints
+// speak (docs/spec/dps-protocol.md#endpoints-and-transport,
+// docs/spec/iothub-protocol.md#mqtt-connect).
 const protocolLevel311 = 4
 
 var (
@@ -236,7 +237,8 @@ func (c *conn) connect(fh packets.FixedHeader, buf []byte) error {
 		}
 	}
 	if derr != nil {
-		// §3.1.4: a malformed CONNECT closes the connection without CONNACK.
+		// MQTT 3.1.1 §3.1.4: a malformed CONNECT closes the connection
+		// without CONNACK.
 		return fmt.Errorf("mqtt: malformed CONNECT: %w", derr)
 	}
 	if pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0 {
@@ -297,7 +299,7 @@ func (c *conn) newSession(pk *packets.Packet) (session, byte) {
 		// crypto/tls keeps the chain for the connection's life, whether
 		// or not a session uses it: refusing is what bounds it. A chain
 		// this long cannot be validated at all, the one certificate
-		// problem shared/spec/dps.md §1.2 refuses at CONNECT.
+		// problem docs/spec/dps-protocol.md#mqtt-connect refuses at CONNECT.
 		c.srv.log.Info("mqtt: CONNECT refused: TLS client certificate chain too large", "remote", c.remote, "username", clip(username), "error", err.Error())
 		return nil, connNotAuthorized
 	}
@@ -318,14 +320,14 @@ func (c *conn) newSession(pk *packets.Packet) (session, byte) {
 		return c.newHubSession(pk, hubName, deviceID, moduleID, hq)
 	}
 	if dpsLike {
-		// shared/spec/dps.md §1.2: only transport-level problems such as
-		// an unusable username refuse CONNECT; credentials are checked
-		// per request.
+		// docs/spec/dps-protocol.md#mqtt-connect: only transport-level
+		// problems such as an unusable username refuse CONNECT; credentials
+		// are checked per request.
 		c.srv.log.Info("mqtt: CONNECT refused: malformed DPS username", "remote", c.remote, "username", clip(username), "error", err.Error())
 		return nil, connNotAuthorized
 	}
 	// Refused the way IoT Hub refuses any CONNECT it will not serve
-	// (iothub.md §1.2: always 5).
+	// (docs/spec/iothub-protocol.md#mqtt-authentication-and-connack: always 5).
 	c.srv.log.Info("mqtt: CONNECT refused: neither a DPS nor an IoT Hub username", "remote", c.remote, "username", clip(username), "clientId", clip(pk.Connect.ClientIdentifier), "error", herr.Error())
 	return nil, connNotAuthorized
 }
@@ -452,8 +454,9 @@ func (c *conn) dispatch(fh packets.FixedHeader, buf []byte) error {
 //go:noinline
 func (c *conn) onPublish(fh packets.FixedHeader, buf []byte) error {
 	if fh.Qos > 1 {
-		// Azure closes the connection on a QoS 2 publish (iothub.md
-		// §1.4); berth keeps no QoS 2 state.
+		// Azure closes the connection on a QoS 2 publish
+		// (docs/spec/iothub-protocol.md#mqtt-sessions-qos-and-retain); berth
+		// keeps no QoS 2 state.
 		return errors.New("mqtt: QoS 2 PUBLISH is not supported")
 	}
 	pk := &packets.Packet{FixedHeader: fh, ProtocolVersion: protocolLevel311}

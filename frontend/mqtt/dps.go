@@ -39,7 +39,7 @@ const (
 	// $dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={id}.
 	TopicOperationStatus = "iotdps-get-operationstatus"
 	// TopicUnknown is any other topic under $dps/ that carries a $rid: it
-	// is answered res/400 (shared/spec/dps.md §1.3).
+	// is answered res/400 (docs/spec/dps-protocol.md#mqtt-topics).
 	TopicUnknown = "unknown"
 )
 
@@ -52,7 +52,8 @@ const (
 	dpsRegistrationSeg = "registrations"
 )
 
-// ParseDPSUsername parses a DPS MQTT username (shared/spec/dps.md §1.2):
+// ParseDPSUsername parses a DPS MQTT username
+// (docs/spec/dps-protocol.md#mqtt-connect):
 //
 //	{idScope}/registrations/{registrationId}/api-version={v}[&ClientVersion={ua}]
 //
@@ -120,18 +121,20 @@ func parseQuery(s string) url.Values {
 	return q
 }
 
-// ParseDPSTopic classifies a device PUBLISH topic (shared/spec/dps.md §1.3).
-// ok is false when the topic cannot be answered at all (not under $dps/, or
-// an unknown $dps/ topic without $rid): the connection is then closed.
-// Otherwise kind is TopicRegister, TopicOperationStatus or TopicUnknown.
+// ParseDPSTopic classifies a device PUBLISH topic
+// (docs/spec/dps-protocol.md#mqtt-topics). ok is false when the topic cannot
+// be answered at all (not under $dps/, or an unknown $dps/ topic without
+// $rid): the connection is then closed. Otherwise kind is TopicRegister,
+// TopicOperationStatus or TopicUnknown.
 //
 // ridRaw is the first $rid value exactly as sent, for echoing byte for byte
-// (Python percent-encodes it; the echo must not decode it). A missing $rid
-// is tolerated on the two request topics and echoed empty: Azure answered
-// "?rid=1" (no '$') with "?$rid=" (MicrochipTech trace, §11 vector 15), so
-// "rid" is just an unknown key. operationID is the first operationId value,
-// percent-decoded (Python encodes it); it is kept raw if it does not
-// decode. Other keys are ignored.
+// (Python percent-encodes it; the echo must not decode it). A missing $rid is
+// tolerated on the two request topics and echoed empty: Azure answered
+// "?rid=1" (no '$') with "?$rid=" (MicrochipTech trace,
+// docs/spec/dps-protocol.md#test-vectors, vector 15), so "rid" is just an
+// unknown key. operationID is the first operationId value, percent-decoded
+// (Python encodes it); it is kept raw if it does not decode. Other keys are
+// ignored.
 func ParseDPSTopic(topic string) (kind, ridRaw, operationID string, ok bool) {
 	if !strings.HasPrefix(topic, dpsTopicPrefix) {
 		return "", "", "", false
@@ -163,9 +166,9 @@ func ParseDPSTopic(topic string) (kind, ridRaw, operationID string, ok bool) {
 }
 
 // responseTopic is $dps/registrations/res/{status}/?$rid={rid}, then
-// &retry-after={n} on 202, 429 and 503. $rid comes first and nothing
-// precedes it: Python reads only the keys after the second '$', and C#
-// requires "/?$rid=" right after the status (shared/spec/dps.md §1.3).
+// &retry-after={n} on 202, 429 and 503. $rid comes first and nothing precedes
+// it: Python reads only the keys after the second '$', and C# requires
+// "/?$rid=" right after the status (docs/spec/dps-protocol.md#mqtt-topics).
 func responseTopic(status int, rid string, retryAfter int) string {
 	var b strings.Builder
 	b.Grow(len(dpsResponsePrefix) + len(rid) + 32)
@@ -174,16 +177,18 @@ func responseTopic(status int, rid string, retryAfter int) string {
 	b.WriteString("/?$rid=")
 	b.WriteString(rid)
 	if status == 202 || status == 429 || status == 503 {
-		// Every 202 and 429 carries retry-after (§1.8: the Embedded-C
-		// sample sleeps exactly that long, 0 if absent); the SDKs retry
-		// 503 the same way, as the REST front end answers it.
+		// Every 202 and 429 carries retry-after
+		// (docs/spec/dps-protocol.md#retry-after-and-polling: the Embedded-C
+		// sample sleeps exactly that long, 0 if absent); the SDKs retry 503
+		// the same way, as the REST front end answers it.
 		b.WriteString("&retry-after=")
 		b.WriteString(strconv.Itoa(retryAfter))
 	}
 	return b.String()
 }
 
-// errorBody is Azure's ProvisioningServiceErrorDetails (§1.7).
+// errorBody is Azure's ProvisioningServiceErrorDetails
+// (docs/spec/dps-protocol.md#errors).
 type errorBody struct {
 	ErrorCode    int               `json:"errorCode"`
 	TrackingID   string            `json:"trackingId"`
@@ -196,7 +201,7 @@ type errorBody struct {
 // from the username; its credential, the SAS token (the MQTT password) or,
 // without one, the TLS client certificate chain, is checked by the domain
 // on every request, as Azure accepts CONNECT and answers a bad key with
-// res/401 (shared/spec/dps.md §1.2).
+// res/401 (docs/spec/dps-protocol.md#mqtt-connect).
 type dpsSession struct {
 	c     *conn
 	d     DPS
@@ -204,8 +209,9 @@ type dpsSession struct {
 	regID string
 	token string // the SAS token; never logged
 	// certs is the TLS client chain, leaf first, when there is no token
-	// (X.509 attestation, §7); nil otherwise. It is crypto/tls's slice,
-	// which the tls.Conn keeps anyway: one slice header per session.
+	// (X.509 attestation, docs/spec/dps-protocol.md#x509-attestation); nil
+	// otherwise. It is crypto/tls's slice, which the tls.Conn keeps anyway:
+	// one slice header per session.
 	certs []*x509.Certificate
 
 	// subQoS is the granted QoS of $dps/registrations/res/#, -1 while not
@@ -234,24 +240,24 @@ type extraFilter struct {
 
 // newDPSSession starts a DPS session from a CONNECT.
 //
-// ClientId is not required to equal the registration ID (UNCONFIRMED what
-// Azure enforces, §12). Every SDK sends the registration ID, but raw MQTT
-// tools pick their own client IDs, and the identity that matters, the
-// username's registration ID, is what the SAS token is verified against on
-// each request: refusing a mismatch would protect nothing and would break
-// those clients. A mismatch is logged.
+// ClientId is not required to equal the registration ID (what Azure enforces
+// is not documented, docs/spec/dps-protocol.md#mqtt-connect). Every SDK sends
+// the registration ID, but raw MQTT tools pick their own client IDs, and the
+// identity that matters, the username's registration ID, is what the SAS
+// token is verified against on each request: refusing a mismatch would
+// protect nothing and would break those clients. A mismatch is logged.
 //
 // CleanSession 0 is accepted like 1: DPS keeps no session state, and an
 // empty ClientId with CleanSession 0 is accepted for the same reason.
 //
-// A CONNECT without a password (or with an empty one) on a connection
-// that presented a TLS client certificate registers by certificate. The
-// certificate is not judged here, not even its CN against the
-// registration ID: like a wrong key, a certificate that enrolls nothing
-// is answered res/401 (401002) on the response topic, which every SDK
-// reports, rather than a bare CONNACK refusal (§1.2 "authentication
-// timing"). Without password and certificate, the session still opens and
-// each request is answered 401000, as before.
+// A CONNECT without a password (or with an empty one) on a connection that
+// presented a TLS client certificate registers by certificate. The
+// certificate is not judged here, not even its CN against the registration
+// ID: like a wrong key, a certificate that enrolls nothing is answered
+// res/401 (401002) on the response topic, which every SDK reports, rather
+// than a bare CONNACK refusal (docs/spec/dps-protocol.md#mqtt-connect,
+// "Authentication timing"). Without password and certificate, the session
+// still opens and each request is answered 401000, as before.
 func (c *conn) newDPSSession(pk *packets.Packet, scope, regID string, query url.Values) *dpsSession {
 	s := &dpsSession{
 		c:     c,
@@ -357,9 +363,9 @@ func (s *dpsSession) deliveryQoS(topic string) int32 {
 // kept for redelivery, so an unknown ID is as good as a known one.
 func (s *dpsSession) puback(uint16) {}
 
-// publish handles a register or poll request. The PUBACK of a QoS 1
-// request goes out before the response: the C# transport treats the packet
-// after its PUBLISH as the PUBACK (§1.4).
+// publish handles a register or poll request. The PUBACK of a QoS 1 request
+// goes out before the response: the C# transport treats the packet after its
+// PUBLISH as the PUBACK (docs/spec/dps-protocol.md#mqtt-qos-and-ordering).
 func (s *dpsSession) publish(pk *packets.Packet) error {
 	kind, rid, opID, ok := ParseDPSTopic(pk.TopicName)
 	if !ok {
@@ -422,8 +428,9 @@ func (s *dpsSession) handle(ctx context.Context, kind, rid, opID string, body []
 			ClientCerts:    s.certs,
 			Body:           body,
 		})
-		// An accepted registration is 202, as over HTTPS (§0 item 8):
-		// the outcome is reported by polling.
+		// An accepted registration is 202, as over HTTPS
+		// (docs/spec/dps-protocol.md#device-api-over-https): the outcome is
+		// reported by polling.
 		status = 202
 	case TopicOperationStatus:
 		op, err = s.d.OperationStatus(ctx, dps.OperationRequest{
@@ -457,8 +464,8 @@ func (s *dpsSession) handle(ctx context.Context, kind, rid, opID string, body []
 }
 
 // fail answers with err as a DPS error body: status errorCode/1000, which
-// Embedded C relies on (§1.7). Errors that are not *azerr.Error are
-// internal: their cause is logged, never sent.
+// Embedded C relies on (docs/spec/dps-protocol.md#errors). Errors that are
+// not *azerr.Error are internal: their cause is logged, never sent.
 func (s *dpsSession) fail(rid string, err error) {
 	e, body := s.c.srv.errorAnswer("mqtt: DPS error answer", append(s.logAttrs(), "remote", s.c.remote, "rid", clip(rid)), azerr.For(err, azerr.DPSInternal))
 	s.respond(e.Status(), rid, body)

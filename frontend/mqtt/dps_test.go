@@ -62,8 +62,8 @@ func TestIndividualEnrollmentFlow(t *testing.T) {
 }
 
 // TestGroupEnrollmentTokenEncodings registers a group member with a derived
-// key once per SDK token encoding (spec §11 vector 20): raw sr (Node), %2F
-// (Python, C#), %2f (C SDK, Embedded C).
+// key once per SDK token encoding (docs/spec/dps-protocol.md#test-vectors,
+// vector 20): raw sr (Node), %2F (Python, C#), %2f (C SDK, Embedded C).
 func TestGroupEnrollmentTokenEncodings(t *testing.T) {
 	d := newDomain(t)
 	d.group(t, "grp-1", dps.ProvisioningEnabled)

@@ -35,7 +35,8 @@ import (
 )
 
 const (
-	// scope and groupKey are shared/spec/dps.md §11 vectors 19 and 20.
+	// scope and groupKey are docs/spec/dps-protocol.md#test-vectors,
+	// vectors 19 and 20.
 	scope    = "0ne00000A0A"
 	groupKey = "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw=="
 	indivKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -50,8 +51,9 @@ const (
 // literal tokens are valid.
 var testNow = time.Unix(1699999000, 0)
 
-// vector20 are the client encodings of one device token (spec §11 vector
-// 20): group key groupKey, registration ID "my-device", scope scope.
+// vector20 are the client encodings of one device token
+// (docs/spec/dps-protocol.md#test-vectors, vector 20): group key groupKey,
+// registration ID "my-device", scope scope.
 var vector20 = []struct{ name, token string }{
 	{"python %2F", "SharedAccessSignature sr=0ne00000A0A%2Fregistrations%2Fmy-device&sig=VpZcGceBJhbdSsM6WFvbMF8PQf1guRNXsgfoLwRAqeQ%3D&se=1700000000"},
 	{"csharp %2F skn", "SharedAccessSignature sr=0ne00000A0A%2Fregistrations%2Fmy-device&sig=VpZcGceBJhbdSsM6WFvbMF8PQf1guRNXsgfoLwRAqeQ%3D&se=1700000000&skn=registration"},
@@ -60,7 +62,8 @@ var vector20 = []struct{ name, token string }{
 	{"node raw sr", "SharedAccessSignature sr=0ne00000A0A/registrations/my-device&sig=vOD8j%2FkUndWgz4uUTp%2BhkguuYut3oirY0In6rDoxF8c%3D&skn=registration&se=1700000000"},
 }
 
-// dpsUsername is the username the SDKs send (Node's form, §11 vector 23).
+// dpsUsername is the username the SDKs send (Node's form,
+// docs/spec/dps-protocol.md#test-vectors, vector 23).
 func dpsUsername(regID string) string {
 	return scope + "/registrations/" + regID + "/api-version=2019-03-31&ClientVersion=azure-iot-provisioning-device%2F1.9.2"
 }

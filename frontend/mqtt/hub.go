@@ -52,7 +52,7 @@ const (
 	// maxHubKeepAlive is the longest silence IoT Hub allows: 1.5 × the
 	// client's keep-alive, capped at 1767 s (29.45 min, the Azure load
 	// balancer's idle limit), which is also what a keep-alive of 0 gets
-	// (shared/spec/iothub.md §1.3).
+	// (docs/spec/iothub-protocol.md#mqtt-keep-alive).
 	maxHubKeepAlive = 1767 * time.Second
 	// appendTimeout bounds one Telemetry.Accept. A sink that hangs
 	// must not hold the connection forever: the connection is closed
@@ -62,7 +62,8 @@ const (
 	willTimeout = 10 * time.Second
 )
 
-// Application properties the hub adds (shared/spec/iothub.md §1.1, §1.4).
+// Application properties the hub adds
+// (docs/spec/iothub-protocol.md#mqtt-connect, #mqtt-sessions-qos-and-retain).
 const (
 	propRetain       = "mqtt-retain"
 	propMessageType  = "iothub-MessageType"
@@ -70,7 +71,7 @@ const (
 	retainPropertyOn = "true"
 )
 
-// Hub username query keys (shared/spec/iothub.md §1.1).
+// Hub username query keys (docs/spec/iothub-protocol.md#mqtt-connect).
 const (
 	hubQueryAPIVersion = "api-version"
 	hubQueryClientType = "DeviceClientType"
@@ -84,7 +85,7 @@ const (
 const azureMLUsernameTail = "/api-version=2017-06-30/DeviceClientType=Microsoft.Azure.Devices.Client/1.5.1-preview-003"
 
 // ParseHubUsername parses an IoT Hub MQTT username
-// (shared/spec/iothub.md §1.1, the IoT Edge algorithm):
+// (docs/spec/iothub-protocol.md#mqtt-connect, the IoT Edge algorithm):
 //
 //	{hub}/{deviceId}/?{query}              device
 //	{hub}/{deviceId}/{moduleId}/?{query}   module
@@ -99,13 +100,14 @@ const azureMLUsernameTail = "/api-version=2017-06-30/DeviceClientType=Microsoft.
 // IDs are taken as sent, without trimming or decoding.
 //
 // The query is '&'-separated pairs split at the first '='; the first of
-// duplicate keys counts; values are percent-decoded without turning '+'
-// into a space, and kept as sent when they are not valid percent-encoding
-// (Uri.UnescapeDataString semantics); keys are not decoded. Each key maps
-// to exactly one value. A missing api-version is accepted in the '?' and
-// bare forms (spec REC: plain MQTT tools omit it), but the legacy forms
-// are recognised by their api-version, so there it must be a key with a
-// value. Unknown keys are kept, for the caller to ignore.
+// duplicate keys counts; values are percent-decoded without turning '+' into
+// a space, and kept as sent when they are not valid percent-encoding
+// (Uri.UnescapeDataString semantics); keys are not decoded. Each key maps to
+// exactly one value. A missing api-version is accepted in the '?' and bare
+// forms (docs/spec/iothub-protocol.md#mqtt-connect: plain MQTT tools omit
+// it), but the legacy forms are recognised by their api-version, so there it
+// must be a key with a value. Unknown keys are kept, for the caller to
+// ignore.
 func ParseHubUsername(username string) (hubName, deviceID, moduleID string, query url.Values, err error) {
 	segs := strings.Split(username, "/")
 	n := len(segs)
@@ -248,7 +250,8 @@ const (
 	numHubFeatures
 )
 
-// Subscription filters of the hub session (shared/spec/iothub.md §1.5).
+// Subscription filters of the hub session
+// (docs/spec/iothub-protocol.md#mqtt-subscriptions).
 const (
 	twinResponseFilter = "$iothub/twin/res/#"
 	desiredPrefix      = "$iothub/twin/PATCH/properties/desired/"
@@ -342,8 +345,9 @@ type hubSession struct {
 var _ hub.DeviceLink = (*hubSession)(nil)
 
 // newHubSession authenticates an IoT Hub device CONNECT
-// (shared/spec/iothub.md §1.2). Every identity or credential failure is
-// CONNACK 5, as IoT Hub answers; a failure to reach the registry is 3.
+// (docs/spec/iothub-protocol.md#mqtt-authentication-and-connack). Every
+// identity or credential failure is CONNACK 5, as IoT Hub answers; a failure
+// to reach the registry is 3.
 func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID string, query url.Values) (session, byte) {
 	h := c.srv.cfg.Hub
 	attrs := []any{"remote", c.remote, "hub", clip(hubName), "deviceId", clip(deviceID)}
@@ -369,9 +373,10 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	if moduleID != "" {
 		attrs = append(attrs, "moduleId", clip(moduleID))
 	}
-	// A password is a SAS token, whatever certificate the TLS connection
-	// also presented. Without one (or with an empty one) the device
-	// authenticates by its TLS client certificate (§1.6).
+	// A password is a SAS token, whatever certificate the TLS connection also
+	// presented. Without one (or with an empty one) the device authenticates
+	// by its TLS client certificate
+	// (docs/spec/iothub-protocol.md#x509-device-authentication).
 	var chain []*x509.Certificate
 	if len(pk.Connect.Password) == 0 {
 		if chain = c.peerCertificates(); len(chain) == 0 {
@@ -448,10 +453,12 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	c.keepalive = hubKeepAlive(pk.Connect.Keepalive)
 	if lifetime > 0 {
 		// MQTT 3.1.1 cannot re-authenticate in-band: IoT Hub closes the
-		// connection when the token expires and the SDKs reconnect with
-		// a fresh one (§1.2). A certificate's end is treated alike: the
-		// connection must not outlive the credential that opened it. A
-		// timer costs nothing until it fires.
+		// connection when the token expires and the SDKs reconnect with a
+		// fresh one
+		// (docs/spec/iothub-protocol.md#mqtt-authentication-and-connack). A
+		// certificate's end is treated alike: the connection must not outlive
+		// the credential that opened it. A timer costs nothing until it
+		// fires.
 		s.expiry = time.AfterFunc(lifetime, s.expire)
 	}
 	// One live session per device: Links closes the one this replaces.
@@ -549,11 +556,11 @@ func (s *hubSession) Close(reason hub.CloseReason) {
 	s.c.close(false)
 }
 
-// setWill keeps the CONNECT's will if it would be accepted as telemetry
-// from this device: IoT Hub only accepts a will on the device's own
-// telemetry topic (shared/spec/iothub.md §1.1). Any other will is ignored
-// (and logged) rather than refusing the connection, which would keep the
-// device offline over an optional feature.
+// setWill keeps the CONNECT's will if it would be accepted as telemetry from
+// this device: IoT Hub only accepts a will on the device's own telemetry
+// topic (docs/spec/iothub-protocol.md#mqtt-connect). Any other will is
+// ignored (and logged) rather than refusing the connection, which would keep
+// the device offline over an optional feature.
 func (s *hubSession) setWill(pk *packets.Packet) {
 	topic := pk.Connect.WillTopic
 	dev, mod, bag, ok := parseTelemetryTopic(topic)
@@ -605,9 +612,9 @@ func (s *hubSession) x509() bool {
 }
 
 // classifyHubFilter tells which feature a SUBSCRIBE filter is for
-// (shared/spec/iothub.md §1.5, IoT Edge's SessionStateParser). Only the
-// device's own cloud-to-device filter (or Embedded C's "+" form) is a
-// C2D subscription: another device's is refused.
+// (docs/spec/iothub-protocol.md#mqtt-subscriptions, IoT Edge's
+// SessionStateParser). Only the device's own cloud-to-device filter (or
+// Embedded C's "+" form) is a C2D subscription: another device's is refused.
 func classifyHubFilter(filter, deviceID string) (hubFeature, bool) {
 	switch {
 	case filter == twinResponseFilter || strings.HasPrefix(filter, twinResponsePrefix) && !strings.ContainsAny(filter, "+#"):
@@ -650,11 +657,12 @@ func (s *hubSession) classifyFilter(filter string) (hubFeature, bool) {
 	return f, ok
 }
 
-// subscribe grants the filters the SDKs subscribe on open, at QoS 1 at
-// most; each feature is delivered at the QoS its filter was granted
-// (§1.5). Any other filter (another device's topics, '#', module inputs)
-// closes the connection, as IoT Hub does rather than answering 0x80
-// (§1.4).
+// subscribe grants the filters the SDKs subscribe on open, at QoS 1 at most;
+// each feature is delivered at the QoS its filter was granted
+// (docs/spec/iothub-protocol.md#mqtt-subscriptions). Any other filter
+// (another device's topics, '#', module inputs) closes the connection, as IoT
+// Hub does rather than answering 0x80
+// (docs/spec/iothub-protocol.md#mqtt-sessions-qos-and-retain).
 func (s *hubSession) subscribe(filter string, qos byte) (byte, error) {
 	f, ok := s.classifyFilter(filter)
 	if !ok {
@@ -753,7 +761,8 @@ func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.
 	}
 	m := &hub.Message{System: sys, App: app, Body: payload}
 	if retain {
-		// Not retained (the hub is no broker), but marked (§1.4). The
+		// Not retained (the hub is no broker), but marked
+		// (docs/spec/iothub-protocol.md#mqtt-sessions-qos-and-retain). The
 		// marker counts against the size limit like any property.
 		setProperty(&m.App, propRetain, retainPropertyOn)
 	}
@@ -825,7 +834,7 @@ func (s *hubSession) close(clean bool) {
 }
 
 // publishWill appends the will as telemetry with iothub-MessageType=Will
-// (shared/spec/iothub.md §1.1).
+// (docs/spec/iothub-protocol.md#mqtt-connect).
 func (s *hubSession) publishWill() {
 	attrs := append(s.logAttrs(), "remote", s.c.remote)
 	if s.c.srv.ctx.Err() != nil {

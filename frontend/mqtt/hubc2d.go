@@ -9,9 +9,10 @@ import (
 )
 
 const (
-	// maxC2DInFlight bounds the C2D messages delivered to one connection
-	// and not yet acknowledged (shared/spec/iothub.md §3.2 REC, IoT
-	// Edge's MaxPendingOutboundMessages).
+	// maxC2DInFlight bounds the C2D messages delivered to one connection and
+	// not yet acknowledged
+	// (docs/spec/iothub-protocol.md#cloud-to-device-over-mqtt, IoT Edge's
+	// MaxPendingOutboundMessages).
 	maxC2DInFlight = 10
 	// c2dOpTimeout bounds one queue call of the pump.
 	c2dOpTimeout = 10 * time.Second
@@ -25,15 +26,15 @@ const (
 )
 
 // c2dTopic is the topic a C2D message is delivered on,
-// devices/{deviceId}/messages/devicebound/{bag} (shared/spec/iothub.md
-// §3.2). The bag holds, in the REC's order, $.mid, $.cid, $.uid, $.to,
-// $.exp, $.ct, $.ce and iothub-ack (unless none), then the application
-// properties. Keys and values are percent-encoded leaving only RFC 3986
-// unreserved characters as they are: Node reads the bag as the fifth
-// '/'-segment, splits it on '&' and each pair on '=', then
-// decodeURIComponent's both, so a raw '/', '&', '=' or '%' would corrupt
-// it. An empty value is written "key=" (a bare key would reach Node as
-// the string "undefined").
+// devices/{deviceId}/messages/devicebound/{bag}
+// (docs/spec/iothub-protocol.md#cloud-to-device-over-mqtt). The bag holds, in
+// the order berth chose there, $.mid, $.cid, $.uid, $.to, $.exp, $.ct, $.ce
+// and iothub-ack (unless none), then the application properties. Keys and
+// values are percent-encoded leaving only RFC 3986 unreserved characters as
+// they are: Node reads the bag as the fifth '/'-segment, splits it on '&' and
+// each pair on '=', then decodeURIComponent's both, so a raw '/', '&', '=' or
+// '%' would corrupt it. An empty value is written "key=" (a bare key would
+// reach Node as the string "undefined").
 func c2dTopic(deviceID string, m *hub.CloudMessage) string {
 	var b strings.Builder
 	b.Grow(len(devicesPrefix) + len(deviceID) + len(c2dTopicSegment) + 128)
@@ -253,9 +254,10 @@ func (s *hubSession) forgetInFlightLocked(id uint16) {
 }
 
 // puback completes the C2D message the device acknowledged (PUBACK =
-// complete, §3.2); the pump does the store call, off the reader, and
-// then delivers into the freed slot. PUBACKs of other deliveries (QoS 1
-// desired notifications, method requests, twin answers) match nothing.
+// complete, docs/spec/iothub-protocol.md#cloud-to-device-over-mqtt); the pump
+// does the store call, off the reader, and then delivers into the freed slot.
+// PUBACKs of other deliveries (QoS 1 desired notifications, method requests,
+// twin answers) match nothing.
 func (s *hubSession) puback(id uint16) {
 	s.mu.Lock()
 	token, ok := s.inflight[id]

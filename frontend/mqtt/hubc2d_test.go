@@ -304,8 +304,9 @@ func TestHubC2DPropertiesNode(t *testing.T) {
 	waitFor(t, "every message to complete", func() bool { return f.c2dCount(t) == 0 })
 }
 
-// TestC2DTopicVectors: the spec's Node and Embedded C fixtures parse from
-// what c2dTopic writes.
+// TestC2DTopicVectors: the Node and Embedded C fixtures of
+// docs/spec/iothub-protocol.md#test-vectors (T-21) parse from what c2dTopic
+// writes.
 func TestC2DTopicVectors(t *testing.T) {
 	exp := time.Date(2017, 1, 6, 23, 37, 0, 669e6, time.UTC)
 	m := &hub.CloudMessage{To: "/devices/foo/messages/devicebound", Expiry: exp, Ack: "none",

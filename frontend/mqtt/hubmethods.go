@@ -12,16 +12,16 @@ import (
 	"github.com/berth-iot/berth/azerr"
 )
 
-// Direct-method topics (shared/spec/iothub.md §5).
+// Direct-method topics (docs/spec/iothub-protocol.md#direct-methods-over-mqtt).
 const (
 	methodRequestPrefix  = methodsPrefix // $iothub/methods/POST/
 	methodResponsePrefix = "$iothub/methods/res/"
 )
 
 // maxPendingMethods bounds the direct-method invocations waiting for one
-// device's answers. IoT Hub documents no such limit (only hub-wide
-// throttles, §10); past it an invocation fails with 429001
-// ThrottlingException, so that one device cannot make the hub hold an
+// device's answers. IoT Hub documents no such limit (only hub-wide throttles,
+// docs/spec/iothub-protocol.md#limits); past it an invocation fails with
+// 429001 ThrottlingException, so that one device cannot make the hub hold an
 // unbounded number of waiting calls.
 const maxPendingMethods = 16
 
@@ -38,7 +38,8 @@ type methodAnswer struct {
 }
 
 // ParseMethodResponseTopic parses a device's direct-method response topic
-// (shared/spec/iothub.md §5, §11 T-11, T-26):
+// (docs/spec/iothub-protocol.md#direct-methods-over-mqtt, #test-vectors T-11,
+// T-26):
 //
 //	$iothub/methods/res/{status}/?$rid={rid}[&anything]
 //
@@ -64,9 +65,10 @@ func ParseMethodResponseTopic(topic string) (status int, ridRaw string, ok bool)
 	return int(n), ridRaw, true
 }
 
-// methodRequestTopic is $iothub/methods/POST/{name}/?$rid={rid} with
-// nothing after the rid: C# strips the first six characters of the fifth
-// segment and Embedded C takes all that follows "/?$rid=" (§5).
+// methodRequestTopic is $iothub/methods/POST/{name}/?$rid={rid} with nothing
+// after the rid: C# strips the first six characters of the fifth segment and
+// Embedded C takes all that follows "/?$rid="
+// (docs/spec/iothub-protocol.md#direct-methods-over-mqtt).
 func methodRequestTopic(name, rid string) string {
 	return methodRequestPrefix + name + "/?" + twinRidKey + "=" + rid
 }

@@ -20,7 +20,7 @@ func TestParseHubUsername(t *testing.T) {
 		query    url.Values
 		wantErr  bool
 	}{
-		// §1.1 table, one row per SDK.
+		// docs/spec/iothub-protocol.md#mqtt-connect table, one row per SDK.
 		{
 			name:     "embedded C T-1",
 			username: "myiothub.azure-devices.net/my_device/?api-version=2020-09-30&DeviceClientType=azsdk-c%2F1.5.0",
@@ -117,9 +117,9 @@ func TestParseHubUsername(t *testing.T) {
 			query: url.Values{"api-version": {"2017-06-30"}, "DeviceClientType": {"Microsoft.Azure.Devices.Client/1.5.1-preview-003"}},
 		},
 		{
-			// REC: a missing api-version is accepted; the module itself
-			// is refused later, at CONNECT.
-			name:     "T-25 module without api-version accepted (REC)",
+			// berth's choice: a missing api-version is accepted; the module
+			// itself is refused later, at CONNECT.
+			name:     "T-25 module without api-version accepted (berth's choice)",
 			username: "iotHub1/device1/module1/?version=2010-01-01&DeviceClientType=customDeviceClient1",
 			hub:      "iotHub1", device: "device1", module: "module1",
 			query: url.Values{"version": {"2010-01-01"}, "DeviceClientType": {"customDeviceClient1"}},

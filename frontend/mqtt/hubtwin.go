@@ -14,7 +14,7 @@ import (
 	"github.com/berth-iot/berth/azerr"
 )
 
-// Twin topics (shared/spec/iothub.md §4.1).
+// Twin topics (docs/spec/iothub-protocol.md#twins-over-mqtt).
 const (
 	twinTopicPrefix      = "$iothub/twin/"
 	twinGetPath          = "$iothub/twin/GET/"
@@ -50,13 +50,13 @@ const (
 )
 
 // ParseTwinTopic classifies a device PUBLISH under $iothub/twin/
-// (shared/spec/iothub.md §4.1). The path must be exactly the GET or
-// reported-PATCH path, upper case as the SDKs send it (IoT Edge compares
-// ordinally); the query after the first '?' is '&'-separated pairs split
-// at their first '=', and ridRaw is the first $rid value exactly as sent,
-// for echoing byte for byte. Other keys (the optional $version of a
-// reported PATCH, anything a client adds) are ignored. A GET or PATCH
-// without $rid is answered with an empty rid, as DPS answers one.
+// (docs/spec/iothub-protocol.md#twins-over-mqtt). The path must be exactly
+// the GET or reported-PATCH path, upper case as the SDKs send it (IoT Edge
+// compares ordinally); the query after the first '?' is '&'-separated pairs
+// split at their first '=', and ridRaw is the first $rid value exactly as
+// sent, for echoing byte for byte. Other keys (the optional $version of a
+// reported PATCH, anything a client adds) are ignored. A GET or PATCH without
+// $rid is answered with an empty rid, as DPS answers one.
 //
 // ok is false when the topic cannot be answered at all: not under
 // $iothub/twin/, or an unknown path without a $rid. An unknown path with
@@ -92,7 +92,7 @@ func queryValue(query, key string) (string, bool) {
 
 // twinResponseTopic is $iothub/twin/res/{status}/?$rid={rid}, with
 // &$version={n} when version > 0: $rid first and $version second, as
-// Embedded C's fixture has it (§4.1).
+// Embedded C's fixture has it (docs/spec/iothub-protocol.md#twins-over-mqtt).
 func twinResponseTopic(status int, rid string, version int64) string {
 	var b strings.Builder
 	b.Grow(len(twinResponsePrefix) + len(rid) + 40)
@@ -172,10 +172,10 @@ func (s *hubSession) twinRecovering(kind, rid string, pk *packets.Packet) (err e
 	return nil
 }
 
-// twinFail answers with err as IoT Hub's MQTT error body: Node treats a
-// body with errorCode as an error and shows its message (§4.1, §9.1).
-// Errors that are not *azerr.Error are internal: their cause is logged,
-// never sent.
+// twinFail answers with err as IoT Hub's MQTT error body: Node treats a body
+// with errorCode as an error and shows its message
+// (docs/spec/iothub-protocol.md#twins-over-mqtt, #http-error-body). Errors
+// that are not *azerr.Error are internal: their cause is logged, never sent.
 func (s *hubSession) twinFail(rid, kind string, err error) {
 	var e *azerr.Error
 	if !errors.As(err, &e) && errors.Is(err, context.DeadlineExceeded) {

@@ -15,7 +15,8 @@ import (
 )
 
 // twinResponseRE is the strictest device parser's view of a twin answer
-// (§4.1: $rid first, then $version on a reported PATCH).
+// (docs/spec/iothub-protocol.md#twins-over-mqtt: $rid first, then $version on
+// a reported PATCH).
 var twinResponseRE = regexp.MustCompile(`^\$iothub/twin/res/(\d+)/\?\$rid=([^&]*)(?:&\$version=(\d+))?$`)
 
 type twinAnswer struct {

@@ -188,7 +188,8 @@ func TestResponseTopic(t *testing.T) {
 		rid    string
 		want   string
 	}{
-		// §11 vectors 5, 7, 8 and the MicrochipTech trace (vector 15).
+		// docs/spec/dps-protocol.md#test-vectors, vectors 5, 7, 8 and the
+		// MicrochipTech trace (vector 15).
 		{202, "1", "$dps/registrations/res/202/?$rid=1&retry-after=3"},
 		{200, "1", "$dps/registrations/res/200/?$rid=1"},
 		{401, "1", "$dps/registrations/res/401/?$rid=1"},

@@ -1,7 +1,7 @@
 // Package mqtt is berth's MQTT 3.1.1 listener. One listener serves every
 // device that speaks MQTT to berth: DPS registrations
-// (shared/spec/dps.md §1) and IoT Hub device sessions
-// (shared/spec/iothub.md §1-§5: telemetry, twins, direct methods and
+// (docs/spec/dps-protocol.md#mqtt-connect) and IoT Hub device sessions
+// (docs/spec/iothub-protocol.md, MQTT: telemetry, twins, direct methods and
 // cloud-to-device messages). The CONNECT username decides
 // which protocol a connection speaks; everything after CONNECT is handled by
 // a session of that kind (see session in conn.go).

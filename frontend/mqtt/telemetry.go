@@ -18,7 +18,7 @@ const (
 	propMessageSchema = "iothub-message-schema"
 )
 
-// Telemetry topic parts (shared/spec/iothub.md §2.1).
+// Telemetry topic parts (docs/spec/iothub-protocol.md#telemetry-topics).
 const (
 	modulesSegment = "modules/"
 	eventsSegment  = "messages/events"
@@ -63,8 +63,8 @@ func parseTelemetryTopic(topic string) (deviceID, moduleID, bag string, ok bool)
 }
 
 // ParsePropertyBag parses the property bag of a telemetry topic
-// (shared/spec/iothub.md §2.2, §2.3) into system and application
-// properties.
+// (docs/spec/iothub-protocol.md#property-bags, #system-properties-on-mqtt)
+// into system and application properties.
 //
 // The bag is split on '&' and each pair at its first '='. Empty pairs
 // ("&&", a trailing '&') are skipped. Keys and values are percent-decoded
@@ -161,7 +161,8 @@ func systemPropertyName(key string) (string, bool) {
 	case "$.sub":
 		return hub.PropComponent, true
 	case "$.ifid":
-		// shared/spec/iothub.md §2.3 marks this mapping UNCONFIRMED; the
+		// That $.ifid becomes this name is not documented
+		// (docs/spec/iothub-protocol.md#system-properties-on-mqtt); the
 		// HTTPS front end maps iothub-interface-id to the same name.
 		return hub.PropInterfaceID, true
 	case "$.on":

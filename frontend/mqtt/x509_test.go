@@ -96,7 +96,7 @@ func (d *domain) groupX509(t testing.TB, id string, signing *testcerts.Cert) {
 
 // TestDPSX509Register: a CONNECT without password on a connection that
 // presented a client certificate registers and polls by certificate
-// (shared/spec/dps.md §7), against the real DPS domain.
+// (docs/spec/dps-protocol.md#x509-attestation), against the real DPS domain.
 func TestDPSX509Register(t *testing.T) {
 	d := newDomain(t)
 	p := newTestPKI(t)
@@ -190,8 +190,8 @@ func TestDPSX509Register(t *testing.T) {
 }
 
 // TestDPSX509Refused: certificates that enroll nothing are accepted at
-// CONNECT and answered 401 on the response topic, for register and poll
-// alike (shared/spec/dps.md §1.2 "authentication timing"); without
+// CONNECT and answered 401 on the response topic, for register and poll alike
+// (docs/spec/dps-protocol.md#mqtt-connect "authentication timing"); without
 // password and certificate the answer is 401000, as before X.509.
 func TestDPSX509Refused(t *testing.T) {
 	d := newDomain(t)
@@ -309,8 +309,9 @@ func (f *hubFixture) x509Devices(t testing.TB, p *testPKI) *x509Devices {
 	sha256Lower := hex.EncodeToString(s2[:])
 	oldThumb, _ := dps.Thumbprints(ds.expired.Cert)
 	for _, d := range []*hub.Device{
-		// SHA-1 upper case as Azure shows it, SHA-256 lower case: both
-		// forms authenticate (shared/spec/iothub.md §1.6).
+		// SHA-1 upper case as Azure shows it, SHA-256 lower case: both forms
+		// authenticate
+		// (docs/spec/iothub-protocol.md#x509-device-authentication).
 		{DeviceID: "self-dev", Authentication: &hub.Authentication{Type: hub.AuthSelfSigned,
 			X509Thumbprint: &hub.X509Thumbprint{PrimaryThumbprint: &sha1Upper, SecondaryThumbprint: &sha256Lower}}},
 		{DeviceID: "off-dev", Status: hub.StatusDisabled, Authentication: &hub.Authentication{Type: hub.AuthSelfSigned,
@@ -328,7 +329,8 @@ func (f *hubFixture) x509Devices(t testing.TB, p *testPKI) *x509Devices {
 }
 
 // TestHubX509Connect: a CONNECT without password authenticates by the TLS
-// client certificate (shared/spec/iothub.md §1.6); every failure is
+// client certificate
+// (docs/spec/iothub-protocol.md#x509-device-authentication); every failure is
 // CONNACK 5. Accepted sessions stamp telemetry with the identity's auth
 // method.
 func TestHubX509Connect(t *testing.T) {

@@ -18,21 +18,22 @@ import (
 // its JSON is bigger for the reasons maxBatchRequest gives.
 const maxC2DJSONRequest = 8 * hub.MaxC2DMessageSize
 
-// maxLockTimeout bounds iothub-messagelocktimeout. IoT Hub documents only
-// the 1-minute default (shared/spec/iothub.md §3.1); berth allows up to
-// five minutes, Service Bus's longest lock, because a longer lock only
-// delays redelivery after a device that died holding it.
+// maxLockTimeout bounds iothub-messagelocktimeout. IoT Hub documents only the
+// 1-minute default (docs/spec/iothub-protocol.md#cloud-to-device-queue);
+// berth allows up to five minutes, Service Bus's longest lock, because a
+// longer lock only delays redelivery after a device that died holding it.
 const maxLockTimeout = 5 * time.Minute
 
 // contentTypeOctets is the Content-Type of a received C2D message's body
-// (shared/spec/iothub.md §3.3, UNCONFIRMED; no SDK reads it: the message's
-// own content type is in ContentType and iothub-contenttype).
+// (docs/spec/iothub-protocol.md#cloud-to-device-over-https: not documented;
+// no SDK reads it: the message's own content type is in ContentType and
+// iothub-contenttype).
 const contentTypeOctets = "application/octet-stream"
 
 // sendCloudToDevice is POST /devices/{id}/messages/deviceBound, berth's
-// extension for sending a cloud-to-device message over HTTPS (IoT Hub
-// offers it over AMQP only; shared/spec/iothub.md §8.6 REC), so that curl
-// and scripts can reach a device. Two body forms:
+// extension for sending a cloud-to-device message over HTTPS (IoT Hub offers
+// it over AMQP only; docs/spec/iothub-protocol.md#sending-cloud-to-device),
+// so that curl and scripts can reach a device. Two body forms:
 //
 //   - any Content-Type but the one below: the body is the message, its
 //     properties are request headers (see cloudHeaderProperties);
@@ -202,9 +203,9 @@ func (h *handler) deviceCloudToDevice(x *exchange, deviceID string) (*hub.Identi
 }
 
 // receiveCloudToDevice is GET /devices/{deviceId}/messages/deviceBound
-// (shared/spec/iothub.md §3.3): the oldest deliverable message, locked
-// for iothub-messagelocktimeout seconds, as 200 with its body and
-// properties in headers; 204 when there is none.
+// (docs/spec/iothub-protocol.md#cloud-to-device-over-https): the oldest
+// deliverable message, locked for iothub-messagelocktimeout seconds, as 200
+// with its body and properties in headers; 204 when there is none.
 func (h *handler) receiveCloudToDevice(x *exchange, args []string) {
 	id, q, ok := h.deviceCloudToDevice(x, args[0])
 	if !ok {
@@ -276,7 +277,8 @@ func lockTimeout(r *http.Request) (time.Duration, error) {
 //   - the content type and encoding under both ContentType /
 //     ContentEncoding (what the C SDK reads) and iothub-contenttype /
 //     iothub-contentencoding (the D2C names): which one IoT Hub sends is
-//     UNCONFIRMED, so berth follows the spec's REC and sends both.
+//     not documented, so berth sends both
+//     (docs/spec/iothub-protocol.md#cloud-to-device-over-https).
 func (x *exchange) writeCloudMessage(m *hub.CloudMessage) {
 	h := x.w.Header()
 	set := func(name, value string) {
@@ -309,12 +311,13 @@ func (x *exchange) writeCloudMessage(m *hub.CloudMessage) {
 }
 
 // completeCloudToDevice is DELETE
-// /devices/{deviceId}/messages/deviceBound/{lockToken}: complete, or
-// reject when the query has a reject parameter with any value or none
-// (C# sends "&reject", the docs "a query parameter named reject"). 204;
-// 412 DeviceMessageLockLost when the lock is not (any more) the message's.
-// If-Match is not looked at: the SDKs disagree on its quoting and the
-// path's lock token is authoritative (shared/spec/iothub.md §3.3 REC).
+// /devices/{deviceId}/messages/deviceBound/{lockToken}: complete, or reject
+// when the query has a reject parameter with any value or none (C# sends
+// "&reject", the docs "a query parameter named reject"). 204; 412
+// DeviceMessageLockLost when the lock is not (any more) the message's.
+// If-Match is not looked at: the SDKs disagree on its quoting and the path's
+// lock token is authoritative
+// (docs/spec/iothub-protocol.md#cloud-to-device-over-https).
 func (h *handler) completeCloudToDevice(x *exchange, args []string) {
 	id, q, ok := h.deviceCloudToDevice(x, args[0])
 	if !ok {

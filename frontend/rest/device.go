@@ -9,12 +9,14 @@ import (
 	"github.com/berth-iot/berth/dps"
 )
 
-// deviceRoutes is the DPS device API (shared/spec/dps.md §2). It has no
-// service authentication: the Authorization header is the device's SAS
-// token and goes to the domain as sent (the domain verifies it over the raw
-// sr, whatever encoding the SDK chose). An X.509 device sends no
-// Authorization header and authenticates by its TLS client certificate
-// (shared/spec/dps.md §7), which goes to the domain as ClientCerts.
+// deviceRoutes is the DPS device API
+// (docs/spec/dps-protocol.md#device-api-over-https). It has no service
+// authentication: the Authorization header is the device's SAS token and goes
+// to the domain as sent (the domain verifies it over the raw sr, whatever
+// encoding the SDK chose). An X.509 device sends no Authorization header and
+// authenticates by its TLS client certificate
+// (docs/spec/dps-protocol.md#x509-attestation), which goes to the domain as
+// ClientCerts.
 func (h *handler) deviceRoutes() routes {
 	return routes{
 		newRoute(http.MethodPut, "{idScope}/registrations/{registrationId}/register", h.register),

@@ -175,8 +175,10 @@ func (f *fixture) provision(t *testing.T, regID, token, body string) dps.Operati
 	return decode[dps.OperationStatus](t, rec)
 }
 
-// TestProvisionSREncodings: every SDK's sr encoding validates, for
-// individual enrollments and group members (spec §0 item 9, vector 20).
+// TestProvisionSREncodings: every SDK's sr encoding validates, for individual
+// enrollments and group members
+// (docs/spec/dps-protocol.md#token-format-and-client-encodings,
+// #test-vectors, vector 20).
 func TestProvisionSREncodings(t *testing.T) {
 	f := newFixture(t)
 	f.enroll(t, "dev-1", "", "")
@@ -220,8 +222,9 @@ func TestProvisionSREncodings(t *testing.T) {
 	}
 }
 
-// TestDeviceAcceptedRequests: the register bodies and Content-Types the
-// SDKs and raw clients send are all accepted (spec §1.5, §2).
+// TestDeviceAcceptedRequests: the register bodies and Content-Types the SDKs
+// and raw clients send are all accepted
+// (docs/spec/dps-protocol.md#register-request-body, #device-api-over-https).
 func TestDeviceAcceptedRequests(t *testing.T) {
 	f := newFixture(t)
 	f.enroll(t, "dev-1", "", "")

@@ -1,19 +1,21 @@
 // Package rest is berth's HTTPS front end (port 443): the DPS device API
 // (register, operation status, registration status), the DPS service API
 // (enrollments, enrollment groups, registration records) and, when
-// configured, the IoT Hub REST API (device telemetry, device registry),
-// with the exact status codes, headers and JSON shapes the Azure SDKs
-// expect (shared/spec/dps.md §2 and §5, shared/spec/iothub.md §6 and §8).
-// It turns requests into calls on *dps.Service and *hub.Registry, and
+// configured, the IoT Hub REST API (device telemetry, device registry), with
+// the exact status codes, headers and JSON shapes the Azure SDKs expect
+// (docs/spec/dps-protocol.md#device-api-over-https and #service-api,
+// docs/spec/iothub-protocol.md#telemetry-over-https and #service-api). It
+// turns requests into calls on *dps.Service and *hub.Registry, and
 // *azerr.Error results into Azure's error answers, in the format of the API
 // the route belongs to; protocol rules about identities and credentials
 // stay in the domain.
 //
-// Header names whose spelling matters are written by direct assignment to
-// the header map, never with Header.Set, which would canonicalise them: the
-// Azure C SDK looks response headers up with a case-sensitive strcmp
-// (shared/spec/dps.md §2, shared/spec/iothub.md §0.1). That is also why the
-// listener must stay on HTTP/1.1: HTTP/2 lower-cases every name.
+// Header names whose spelling matters are written by direct assignment to the
+// header map, never with Header.Set, which would canonicalise them: the Azure
+// C SDK looks response headers up with a case-sensitive strcmp
+// (docs/spec/dps-protocol.md#device-api-over-https,
+// docs/spec/iothub-protocol.md#endpoints). That is also why the listener must
+// stay on HTTP/1.1: HTTP/2 lower-cases every name.
 package rest
 
 import (
@@ -277,8 +279,8 @@ func (x *exchange) failDPS(e *azerr.Error) {
 	h := x.w.Header()
 	h[hdrErrorCode] = []string{strconv.Itoa(e.Code.Number())}
 	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
-		// shared/spec/dps.md §1.8: every 429 carries retry-after; the
-		// SDKs retry 503 the same way.
+		// docs/spec/dps-protocol.md#retry-after-and-polling: every 429
+		// carries retry-after; the SDKs retry 503 the same way.
 		x.setRetryAfter()
 	}
 	body := errorBody{

@@ -25,8 +25,8 @@ import (
 )
 
 const (
-	// scope, groupKey and the tokens in vector20 are shared/spec/dps.md §11
-	// vectors 19 and 20.
+	// scope, groupKey and the tokens in vector20 are
+	// docs/spec/dps-protocol.md#test-vectors, vectors 19 and 20.
 	scope    = "0ne00000A0A"
 	groupKey = "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw=="
 	indivKey = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -36,9 +36,9 @@ const (
 	readOnly = "enrollmentread"
 )
 
-// vector20 are the three client encodings of one device token (spec §11
-// vector 20) for group key groupKey, registration ID "my-device", scope
-// scope, se 1700000000.
+// vector20 are the three client encodings of one device token
+// (docs/spec/dps-protocol.md#test-vectors, vector 20) for group key groupKey,
+// registration ID "my-device", scope scope, se 1700000000.
 var vector20 = []struct{ name, token string }{
 	{"python/csharp %2F", "SharedAccessSignature sr=0ne00000A0A%2Fregistrations%2Fmy-device&sig=VpZcGceBJhbdSsM6WFvbMF8PQf1guRNXsgfoLwRAqeQ%3D&se=1700000000"},
 	{"csharp %2F skn", "SharedAccessSignature sr=0ne00000A0A%2Fregistrations%2Fmy-device&sig=VpZcGceBJhbdSsM6WFvbMF8PQf1guRNXsgfoLwRAqeQ%3D&se=1700000000&skn=registration"},
@@ -171,7 +171,8 @@ func (f *fixture) group(t testing.TB, id, status string) {
 	}
 }
 
-// Token styles of the SDKs (shared/spec/dps.md §3.1).
+// Token styles of the SDKs
+// (docs/spec/dps-protocol.md#token-format-and-client-encodings).
 const (
 	styleNode   = "node"   // raw sr, skn=registration
 	stylePython = "python" // %2F, no skn

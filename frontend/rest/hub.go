@@ -11,8 +11,9 @@ import (
 	"github.com/berth-iot/berth/hub"
 )
 
-// HubConfig configures the IoT Hub REST API (shared/spec/iothub.md §6 and
-// §8) served on the same handler as DPS.
+// HubConfig configures the IoT Hub REST API
+// (docs/spec/iothub-protocol.md#telemetry-over-https, #service-api) served on
+// the same handler as DPS.
 type HubConfig struct {
 	// Name is the hub host name as connection strings give it
 	// (HostName=…), e.g. "127.0.0.1" or "hub.example.lan". Device tokens'
@@ -69,16 +70,15 @@ func (x *exchange) hubName() string { return x.target.Info.Name }
 // come after them in the table, so that a path both fit (an ID scope
 // spelled "twins") is the hub's.
 //
-// Rights follow shared/spec/iothub.md §7.3: registry reads need
-// RegistryRead, writes RegistryWrite (which implies RegistryRead, see
-// hub.Policy.Has); ServiceConnect alone grants neither. Twins, direct
-// methods, the C2D send extension and the queue purge need ServiceConnect;
-// a twin GET is also granted to RegistryRead, the spec's REC (IoT Hub's
-// documentation says both "read device twins" under ServiceConnect and
-// lets registry readers list twins through queries; UNCONFIRMED which
-// IoT Hub checks, and refusing a read that IoT Hub allows would break the
-// caller while allowing it reveals nothing a registry reader cannot
-// already query).
+// Rights follow docs/spec/iothub-protocol.md#policies-and-rights: registry
+// reads need RegistryRead, writes RegistryWrite (which implies RegistryRead,
+// see hub.Policy.Has); ServiceConnect alone grants neither. Twins, direct
+// methods, the C2D send extension and the queue purge need ServiceConnect; a
+// twin GET is also granted to RegistryRead, berth's choice (IoT Hub's
+// documentation says both "read device twins" under ServiceConnect and lets
+// registry readers list twins through queries; it is not documented which IoT
+// Hub checks, and refusing a read that IoT Hub allows would break the caller
+// while allowing it reveals nothing a registry reader cannot already query).
 //
 // "deviceBound" is matched case-insensitively like every literal: Node
 // and C write devicebound, C# and the docs deviceBound.
@@ -113,11 +113,14 @@ func (h *handler) hubRoutes() routes {
 		newHubRoute(http.MethodPut, "twins/{id}/modules/{moduleId}", h.hubAuthorized(h.replaceTwin, connect)),
 		newHubRoute(http.MethodPost, "twins/{id}/modules/{moduleId}/methods", h.hubAuthorized(h.invokeMethod, connect)),
 
-		// Device side of the C2D queue (shared/spec/iothub.md §3.3).
+		// Device side of the C2D queue
+		// (docs/spec/iothub-protocol.md#cloud-to-device-over-https).
 		newHubRoute(http.MethodGet, "devices/{deviceId}/messages/deviceBound", h.receiveCloudToDevice),
 		newHubRoute(http.MethodDelete, "devices/{deviceId}/messages/deviceBound/{lockToken}", h.completeCloudToDevice),
 		newHubRoute(http.MethodPost, "devices/{deviceId}/messages/deviceBound/{lockToken}/abandon", h.abandonCloudToDevice),
-		// Service side: berth's send extension (§8.6 REC) and the purge.
+		// Service side: berth's send extension
+		// (docs/spec/iothub-protocol.md#sending-cloud-to-device) and the
+		// purge.
 		newHubRoute(http.MethodPost, "devices/{id}/messages/deviceBound", h.hubAuthorized(h.sendCloudToDevice, connect)),
 		newHubRoute(http.MethodDelete, "devices/{id}/commands", h.hubAuthorized(h.purgeCloudToDevice, connect)),
 		// Delivery feedback of C2D messages (docs/hub-wire.md#c2d-feedback).
@@ -140,10 +143,11 @@ func (h *handler) hubAuthorized(next func(*exchange, []string), rights ...string
 	}
 }
 
-// hubErrorBody is IoT Hub's legacy error body (shared/spec/iothub.md §9.1),
-// the one format both SDKs parse: Node splits Message on ";" and takes the
-// code name after "ErrorCode:", C# finds the ErrorCode field the same way
-// and requires the iothub-errorcode header to agree with it.
+// hubErrorBody is IoT Hub's legacy error body
+// (docs/spec/iothub-protocol.md#http-error-body), the one format both SDKs
+// parse: Node splits Message on ";" and takes the code name after
+// "ErrorCode:", C# finds the ErrorCode field the same way and requires the
+// iothub-errorcode header to agree with it.
 type hubErrorBody struct {
 	Message          string `json:"Message"`
 	ExceptionMessage string `json:"ExceptionMessage"`

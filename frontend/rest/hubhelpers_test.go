@@ -137,9 +137,9 @@ type hubWireError struct {
 	ExceptionMessage string `json:"ExceptionMessage"`
 }
 
-// nodeParseErrorBody does what azure-iot-common's parseErrorBody does
-// with a hub error body (shared/spec/iothub.md §9.1): split Message on
-// ";", take the code after "ErrorCode:" and the message after it.
+// nodeParseErrorBody does what azure-iot-common's parseErrorBody does with a
+// hub error body (docs/spec/iothub-protocol.md#http-error-body): split
+// Message on ";", take the code after "ErrorCode:" and the message after it.
 func nodeParseErrorBody(body string) (code, message string, ok bool) {
 	var e struct{ Message string }
 	if json.Unmarshal([]byte(body), &e) != nil || e.Message == "" {

@@ -13,7 +13,8 @@ import (
 )
 
 // maxListTop is IoT Hub's page limit for GET /devices?top=N; a top outside
-// 1..maxListTop (or none) means maxListTop (shared/spec/iothub.md §8.2).
+// 1..maxListTop (or none) means maxListTop
+// (docs/spec/iothub-protocol.md#device-registry).
 const maxListTop = 1000
 
 // maxRegistryBody bounds a device document. Real ones are well under a

@@ -55,8 +55,8 @@ func moduleArg(args []string) string {
 func twinArg(args []string) string { return hub.TwinID(args[0], moduleArg(args)) }
 
 // getTwin is GET /twins/{id} and /twins/{id}/modules/{moduleId}
-// (shared/spec/iothub.md §8.3): 200 with the Twin, and its etag also as a
-// quoted ETag header.
+// (docs/spec/iothub-protocol.md#twins-service-side): 200 with the Twin, and
+// its etag also as a quoted ETag header.
 func (h *handler) getTwin(x *exchange, args []string) {
 	if h.hub.Twins == nil {
 		x.fail(unavailable("Twins are"))
@@ -124,9 +124,10 @@ func (x *exchange) writeTwin(tw *hub.Twin) {
 	x.writeJSON(http.StatusOK, tw)
 }
 
-// invokeMethod is POST /twins/{id}/methods (shared/spec/iothub.md §8.5):
-// 200 with the device's status and payload whatever the device answered;
-// 404 DeviceNotFound, 404 DeviceNotOnline, 504 GatewayTimeout or 400
+// invokeMethod is POST /twins/{id}/methods
+// (docs/spec/iothub-protocol.md#direct-method-invocation): 200 with the
+// device's status and payload whatever the device answered; 404
+// DeviceNotFound, 404 DeviceNotOnline, 504 GatewayTimeout or 400
 // ArgumentInvalid otherwise.
 func (h *handler) invokeMethod(x *exchange, args []string) {
 	if h.hub.Methods == nil {

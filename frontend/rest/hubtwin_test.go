@@ -168,7 +168,8 @@ func TestTwinErrors(t *testing.T) {
 }
 
 // TestTwinRights: ServiceConnect reads and writes twins; RegistryRead may
-// read them (the spec's REC), not write them.
+// read them (berth's choice,
+// docs/spec/iothub-protocol.md#policies-and-rights), not write them.
 func TestTwinRights(t *testing.T) {
 	f := newFixture(t)
 	srv := f.tlsServer(t, 30*time.Second)

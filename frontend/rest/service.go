@@ -22,8 +22,9 @@ const (
 	itemRegistration = "DeviceRegistration"
 )
 
-// serviceRoutes is the DPS service API (shared/spec/dps.md §5). Every route
-// first checks the service SAS token for the right the operation needs.
+// serviceRoutes is the DPS service API
+// (docs/spec/dps-protocol.md#service-api). Every route first checks the
+// service SAS token for the right the operation needs.
 //
 // No ETag response header is written: the swagger defines none for these
 // operations (only x-ms-error-code on errors and the paging headers on

@@ -324,8 +324,9 @@ func TestRegistrationRecords(t *testing.T) {
 	checkError(t, del(""), azerr.DPSRegistrationMissing.Number())
 }
 
-// TestServiceAuth: the service SAS rules (spec §3.4) and the right each
-// operation needs.
+// TestServiceAuth: the service SAS rules
+// (docs/spec/dps-protocol.md#service-tokens) and the right each operation
+// needs.
 func TestServiceAuth(t *testing.T) {
 	f := newFixture(t)
 	f.enroll(t, "auth-1", "", "")

@@ -16,7 +16,8 @@ import (
 	"github.com/berth-iot/berth/hub"
 )
 
-// batchContentType marks a batch of events (shared/spec/iothub.md §6.2).
+// batchContentType marks a batch of events
+// (docs/spec/iothub-protocol.md#batches-over-https).
 const batchContentType = "application/vnd.microsoft.iothub.json"
 
 // maxBatchRequest bounds the raw JSON of a batch. The 256 KB limit applies
@@ -31,10 +32,11 @@ const maxBatchRequest = 8 * hub.MaxMessageSize
 // and the batch "properties" keys; it is stripped on ingestion.
 const appPropertyPrefix = "iothub-app-"
 
-// sendEvent is POST /devices/{deviceId}/messages/events (shared/spec/
-// iothub.md §6.1, §6.2): one event whose body is the request body, or, with
-// Content-Type application/vnd.microsoft.iothub.json, a batch of events.
-// The answer is 204 only after the sink has made every message durable.
+// sendEvent is POST /devices/{deviceId}/messages/events
+// (docs/spec/iothub-protocol.md#telemetry-over-https, #batches-over-https):
+// one event whose body is the request body, or, with Content-Type
+// application/vnd.microsoft.iothub.json, a batch of events. The answer is 204
+// only after the sink has made every message durable.
 //
 // The device authenticates (see authenticateDevice: a SAS token, or its
 // TLS client certificate when it sends no Authorization) before a byte of
@@ -91,12 +93,12 @@ func (h *handler) sendEvent(x *exchange, args []string) {
 // authenticateDevice checks the device's credential for deviceID before a
 // byte of the body is read: its SAS token (a token for itself, or a policy
 // token with DeviceConnect), or, when the request has no Authorization
-// header, the TLS client certificate it presented (shared/spec/iothub.md
-// §1.6: a selfSigned device's thumbprint, a certificateAuthority device's
-// chain to a trusted CA). Both are checked against the hub the Host header
-// picked. The registry refuses credentials for another device and
-// disabled devices with 401 IotHubUnauthorizedAccess. On failure it has
-// answered and ok is false.
+// header, the TLS client certificate it presented
+// (docs/spec/iothub-protocol.md#x509-device-authentication: a selfSigned
+// device's thumbprint, a certificateAuthority device's chain to a trusted
+// CA). Both are checked against the hub the Host header picked. The registry
+// refuses credentials for another device and disabled devices with 401
+// IotHubUnauthorizedAccess. On failure it has answered and ok is false.
 func (h *handler) authenticateDevice(x *exchange, deviceID string) (id *hub.Identity, ok bool) {
 	return h.authenticate(x, deviceID, "")
 }
@@ -134,7 +136,7 @@ func isBatch(ct string) bool {
 }
 
 // headerProperties takes the properties of a single event from its HTTP
-// headers (shared/spec/iothub.md §6.1).
+// headers (docs/spec/iothub-protocol.md#telemetry-over-https).
 //
 // Application property names are lower-cased. Go's HTTP server
 // canonicalises every received header name ("iothub-app-myKey" arrives as
@@ -192,11 +194,12 @@ func addProperty(m *hub.Message, name, value string) {
 		return
 	}
 	if lower == "iothub-messageschema" {
-		// The message schema a device sets is not dt-dataschema: that one
-		// is the hub's, the model ID from the MQTT CONNECT
-		// (shared/spec/iothub.md §2.4). Consumers see the device's schema
-		// as the application property "iothub-message-schema" (Azure IoT
-		// Explorer reads it from the event's application properties).
+		// The message schema a device sets is not dt-dataschema: that one is
+		// the hub's, the model ID from the MQTT CONNECT
+		// (docs/spec/iothub-protocol.md#properties-the-hub-stamps). Consumers
+		// see the device's schema as the application property
+		// "iothub-message-schema" (Azure IoT Explorer reads it from the
+		// event's application properties).
 		setProperty(&m.App, "iothub-message-schema", value)
 	}
 }
@@ -237,7 +240,8 @@ func systemProperty(lower string) (string, bool) {
 	case "iothub-creationtimeutc":
 		return hub.PropCreationTime, true
 	case "iothub-interface-id":
-		// shared/spec/iothub.md §2.3 marks this mapping UNCONFIRMED; it is
+		// That mapping is not documented
+		// (docs/spec/iothub-protocol.md#system-properties-on-mqtt); it is
 		// the one MQTT's $.ifid uses, so both transports agree.
 		return hub.PropInterfaceID, true
 	case "dt-subject":
@@ -321,11 +325,12 @@ func (p *batchProperties) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// batchMessages parses a batch body (shared/spec/iothub.md §6.2): a
-// non-empty JSON array of {"body","base64Encoded","properties"}. A body
-// that is not JSON of that shape is 400 IotHubFormatError; a batch that is
-// JSON but unusable (empty, a null element, bad base64) is 400
-// ArgumentInvalid. Unknown members are ignored.
+// batchMessages parses a batch body
+// (docs/spec/iothub-protocol.md#batches-over-https): a non-empty JSON array
+// of {"body","base64Encoded","properties"}. A body that is not JSON of that
+// shape is 400 IotHubFormatError; a batch that is JSON but unusable (empty, a
+// null element, bad base64) is 400 ArgumentInvalid. Unknown members are
+// ignored.
 func batchMessages(b []byte) ([]*hub.Message, error) {
 	items, err := decodeBatch(b)
 	if err != nil {

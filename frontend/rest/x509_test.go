@@ -26,12 +26,12 @@ const (
 	bySAS         = "sas"
 )
 
-// checkAuthMethod asserts the stamped iothub-connection-auth-method of m:
-// a device-scoped method of IoT Hub whose type is SAS, or an X.509 type.
-// The X.509 type's exact spelling is the domain's (hub.
-// AuthenticateDeviceCert; shared/spec/iothub.md §2.4 gives "x509", earlier
-// versions of berth "x509Certificate" and "x509CA"), so any "x509…" passes
-// here: this package's job is that the certificate path was taken and
+// checkAuthMethod asserts the stamped iothub-connection-auth-method of m: a
+// device-scoped method of IoT Hub whose type is SAS, or an X.509 type. The
+// X.509 type's exact spelling is the domain's (hub. AuthenticateDeviceCert;
+// docs/spec/iothub-protocol.md#properties-the-hub-stamps gives "x509",
+// earlier versions of berth "x509Certificate" and "x509CA"), so any "x509…"
+// passes here: this package's job is that the certificate path was taken and
 // its identity stamped, not what the hub calls it.
 func checkAuthMethod(t testing.TB, m *hub.Message, want string) {
 	t.Helper()
@@ -161,12 +161,13 @@ func registerByCert(t *testing.T, srv *httptest.Server, regID string, chain []*t
 	return reg, &op
 }
 
-// TestX509RegisterHTTPS: a device registers over real HTTPS by its TLS
-// client certificate and no Authorization header (shared/spec/dps.md §2,
-// §7), polls and looks its registration up the same way, and then sends
-// telemetry to the hub DPS assigned it with the same certificate. Every
-// refusal is DPS's 401002 "Invalid certificate.", except a request with
-// no credential at all (401000, as before).
+// TestX509RegisterHTTPS: a device registers over real HTTPS by its TLS client
+// certificate and no Authorization header
+// (docs/spec/dps-protocol.md#device-api-over-https, #x509-attestation), polls
+// and looks its registration up the same way, and then sends telemetry to the
+// hub DPS assigned it with the same certificate. Every refusal is DPS's
+// 401002 "Invalid certificate.", except a request with no credential at all
+// (401000, as before).
 func TestX509RegisterHTTPS(t *testing.T) {
 	f, srv, root, inter := newX509Fixture(t)
 	now := f.now
@@ -269,12 +270,12 @@ func TestX509RegisterHTTPS(t *testing.T) {
 	}
 }
 
-// TestX509HubTelemetryHTTPS: a device sends telemetry over real HTTPS
-// with its TLS client certificate and no Authorization header
-// (shared/spec/iothub.md §1.6): a selfSigned device by either thumbprint
-// in either hash, a certificateAuthority device by a chain to a CA the
-// DPS trusts; anything else is IoT Hub's 401 IotHubUnauthorizedAccess
-// and nothing is appended.
+// TestX509HubTelemetryHTTPS: a device sends telemetry over real HTTPS with
+// its TLS client certificate and no Authorization header
+// (docs/spec/iothub-protocol.md#x509-device-authentication): a selfSigned
+// device by either thumbprint in either hash, a certificateAuthority device
+// by a chain to a CA the DPS trusts; anything else is IoT Hub's 401
+// IotHubUnauthorizedAccess and nothing is appended.
 func TestX509HubTelemetryHTTPS(t *testing.T) {
 	f, srv, root, inter := newX509Fixture(t)
 	now := f.now

@@ -16,7 +16,7 @@ import (
 	"github.com/berth-iot/berth/sas"
 )
 
-// Vectors of shared/spec/dps.md §11.
+// Vectors of docs/spec/dps-protocol.md#test-vectors.
 const (
 	groupKey19 = "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw=="
 	devKey20   = "WzAkt5GwqYWFpFrbk3L9aXm6JGAXD0rn4cXlWKGRCpc="

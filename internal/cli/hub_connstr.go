@@ -106,10 +106,11 @@ func newHubConnStringShowCmd(g *globals, hf *hubFlags, deviceOnly bool) *cobra.C
 	return cmd
 }
 
-// encodeURIComponent escapes s as JavaScript's encodeURIComponent does,
-// which is how the Node SDK puts a device token's sr on the wire (spec
-// §7.4): everything but A–Z a–z 0–9 - _ . ! ~ * ' ( ) is percent-encoded,
-// upper-case hex, byte by byte of the UTF-8.
+// encodeURIComponent escapes s as JavaScript's encodeURIComponent does, which
+// is how the Node SDK puts a device token's sr on the wire
+// (docs/spec/iothub-protocol.md#how-the-sdks-make-tokens): everything but A–Z
+// a–z 0–9 - _ . ! ~ * ' ( ) is percent-encoded, upper-case hex, byte by byte
+// of the UTF-8.
 func encodeURIComponent(s string) string {
 	const hex = "0123456789ABCDEF"
 	var b strings.Builder
