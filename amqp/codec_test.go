@@ -106,8 +106,8 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 	}
 }
 
-// §12 test vectors: encodings produced by another AMQP implementation (rhea), with the values they
-// must decode to.
+// Test vectors of docs/spec/amqp-protocol.md#test-vectors (numbered as there): encodings produced
+// by another AMQP implementation (rhea), with the values they must decode to.
 func TestVectorV1CBSReply(t *testing.T) {
 	b := unhex(t, "00537045"+
 		"005373d0 0000000c 00000006 4040404040 a10161"+
