@@ -336,3 +336,36 @@ func (d *Directory) Delete(ctx context.Context, name string) error {
 	}
 	return nil
 }
+
+// SameHost compares hub host names as connection strings, usernames, CBS
+// audiences and Host headers give them: case does not matter, and a
+// trailing :port names the same hub (the registry's audience check ignores
+// the port too).
+func SameHost(a, b string) bool {
+	return strings.EqualFold(stripPort(a), stripPort(b))
+}
+
+func stripPort(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		return host
+	}
+	return h
+}
+
+// ServedHub resolves the host name a device or service client names to the
+// hub berth serves under it, returning the hub's name as berth spells it
+// (so every session of a hub uses one spelling) and its policies. With a
+// Directory (several hubs) the name must be one of them; without, it must
+// be the single hub def. Every front end resolves hubs here.
+func ServedHub(dir *Directory, def string, defSettings *Settings, name string) (string, *Settings, bool) {
+	if dir != nil {
+		if served, ok := dir.Lookup(name); ok {
+			return served.Info.Name, served.Settings, true
+		}
+		return "", nil, false
+	}
+	if def != "" && SameHost(name, def) {
+		return def, defSettings, true
+	}
+	return "", nil, false
+}

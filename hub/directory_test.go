@@ -152,3 +152,29 @@ func TestDirectoryKeepsSettingsAcrossChanges(t *testing.T) {
 		t.Error("policy not seen through the directory")
 	}
 }
+
+// TestServedHub: every front end resolves a host name to a hub here, so the
+// rules are pinned once: case and a :port do not matter, an unknown name or
+// an empty single hub resolves to nothing.
+func TestServedHub(t *testing.T) {
+	set := &hub.Settings{}
+	for _, tt := range []struct {
+		def, name string
+		want      string
+		ok        bool
+	}{
+		{"hub.example.com", "hub.example.com", "hub.example.com", true},
+		{"hub.example.com", "HUB.Example.com:8883", "hub.example.com", true},
+		{"127.0.0.1", "127.0.0.1:443", "127.0.0.1", true},
+		{"hub.example.com", "other.example.com", "", false},
+		{"", "", "", false},
+	} {
+		got, s, ok := hub.ServedHub(nil, tt.def, set, tt.name)
+		if got != tt.want || ok != tt.ok || (ok && s != set) {
+			t.Errorf("ServedHub(%q, %q) = %q, %v, %v; want %q, %v", tt.def, tt.name, got, s, ok, tt.want, tt.ok)
+		}
+	}
+	if !hub.SameHost("[::1]:5671", "::1") || hub.SameHost("a.example.com", "b.example.com") {
+		t.Error("SameHost: an IPv6 host with a port, or two different hosts")
+	}
+}

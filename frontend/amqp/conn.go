@@ -461,15 +461,3 @@ func clip(s string) string {
 	}
 	return s[:limit] + "…"
 }
-
-// sameHost compares host names ignoring case and a :port.
-func sameHost(a, b string) bool {
-	return strings.EqualFold(stripPort(a), stripPort(b))
-}
-
-func stripPort(h string) string {
-	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[i:], "]") {
-		return h[:i]
-	}
-	return h
-}

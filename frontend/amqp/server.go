@@ -195,16 +195,8 @@ func (s *Server) ConnCount() int {
 // its policies.
 func (s *Server) servedHub(name string) (string, *hub.Settings, bool) {
 	h := s.cfg.Hub
-	switch {
-	case h == nil:
+	if h == nil {
 		return "", nil, false
-	case h.Hubs != nil:
-		if served, ok := h.Hubs.Lookup(name); ok {
-			return served.Info.Name, served.Settings, true
-		}
-		return "", nil, false
-	case sameHost(name, h.Name):
-		return h.Name, h.Settings, true
 	}
-	return "", nil, false
+	return hub.ServedHub(h.Hubs, h.Name, h.Settings, name)
 }

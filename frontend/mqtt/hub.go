@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"runtime/debug"
 	"strings"
@@ -192,19 +191,8 @@ func parseHubQuery(s string) url.Values {
 	return q
 }
 
-// sameHost compares hub host names as connection strings give them: case
-// does not matter, and a HostName with a :port names the same hub (the
-// registry's audience check ignores the port too).
-func sameHost(a, b string) bool {
-	return strings.EqualFold(stripPort(a), stripPort(b))
-}
-
-func stripPort(h string) string {
-	if host, _, err := net.SplitHostPort(h); err == nil {
-		return host
-	}
-	return h
-}
+// sameHost compares hub host names as hub.SameHost does.
+func sameHost(a, b string) bool { return hub.SameHost(a, b) }
 
 // isOurHub reports whether name is a hub this server serves.
 func (s *Server) isOurHub(name string) bool {
@@ -216,18 +204,10 @@ func (s *Server) isOurHub(name string) bool {
 // it (so that every session of a hub uses one spelling) and its policies.
 func (s *Server) servedHub(name string) (string, *hub.Settings, bool) {
 	h := s.cfg.Hub
-	switch {
-	case h == nil:
+	if h == nil {
 		return "", nil, false
-	case h.Hubs != nil:
-		if served, ok := h.Hubs.Lookup(name); ok {
-			return served.Info.Name, served.Settings, true
-		}
-		return "", nil, false
-	case sameHost(name, h.Name):
-		return h.Name, h.Settings, true
 	}
-	return "", nil, false
+	return hub.ServedHub(h.Hubs, h.Name, h.Settings, name)
 }
 
 // hubKeepAlive is the server-side silence limit for a hub session.
