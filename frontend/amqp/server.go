@@ -8,7 +8,6 @@ package amqp
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +16,7 @@ import (
 
 	engine "github.com/berth-iot/berth/amqp"
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/internal/acceptloop"
 )
 
 // HubConfig is the hub this front end serves (as for the MQTT listener).
@@ -91,29 +91,10 @@ func (s *Server) Serve(ln net.Listener) error {
 		delete(s.listeners, ln)
 		s.mu.Unlock()
 	}()
-	var backoff time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if s.isShutdown() {
-				return nil
-			}
-			var te interface{ Temporary() bool }
-			if errors.As(err, &te) && te.Temporary() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("amqp: accept failed; retrying", "error", err.Error(), "backoff", backoff)
-				select {
-				case <-time.After(backoff):
-					continue
-				case <-s.ctx.Done():
-					return nil
-				}
-			}
-			return fmt.Errorf("amqp: accept: %w", err)
-		}
-		backoff = 0
+	return acceptloop.Run(s.ctx, ln, s.log, "amqp", s.isShutdown, func(nc net.Conn) bool {
 		go s.ServeConn(nc)
-	}
+		return true
+	})
 }
 
 // ServeConn runs one AMQP connection on nc (TLS, or a WebSocket byte

@@ -17,7 +17,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -26,6 +25,8 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/berth-iot/berth/internal/acceptloop"
 )
 
 // Defaults for Config.
@@ -160,35 +161,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		delete(s.listeners, ln)
 		s.mu.Unlock()
 	}()
-
-	var backoff time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if s.isShutdown() {
-				return nil
-			}
-			// Like net/http: a temporary failure (EMFILE, ENFILE:
-			// out of file descriptors) must not stop the listener
-			// for good.
-			var te interface{ Temporary() bool }
-			if errors.As(err, &te) && te.Temporary() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("mqtt: accept failed; retrying", "error", err.Error(), "backoff", backoff)
-				select {
-				case <-time.After(backoff):
-					continue
-				case <-s.ctx.Done():
-					return nil
-				}
-			}
-			return fmt.Errorf("mqtt: accept: %w", err)
-		}
-		backoff = 0
-		if !s.serveConn(nc) {
-			return nil
-		}
-	}
+	return acceptloop.Run(s.ctx, ln, s.log, "mqtt", s.isShutdown, s.serveConn)
 }
 
 // ServeConn serves one connection established elsewhere — MQTT over a
