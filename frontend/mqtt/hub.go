@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/berth-iot/berth/frontend/mqtt/topics"
+
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/berth-iot/berth/azerr"
@@ -543,7 +545,7 @@ func (s *hubSession) Close(reason hub.CloseReason) {
 // the device offline over an optional feature.
 func (s *hubSession) setWill(pk *packets.Packet) {
 	topic := pk.Connect.WillTopic
-	dev, mod, bag, ok := parseTelemetryTopic(topic)
+	dev, mod, bag, ok := topics.ParseTelemetry(topic)
 	var reason string
 	switch {
 	case strings.ContainsAny(topic, "+#"):
@@ -551,7 +553,7 @@ func (s *hubSession) setWill(pk *packets.Packet) {
 	case !ok || mod != s.moduleID || dev != s.deviceID:
 		reason = "topic is not the device's (or module's) telemetry topic"
 	default:
-		if _, _, err := ParsePropertyBag(bag); err != nil {
+		if _, _, err := topics.ParsePropertyBag(bag); err != nil {
 			reason = "property bag: " + err.Error()
 		}
 	}
@@ -597,7 +599,7 @@ func (s *hubSession) x509() bool {
 // Embedded C's "+" form) is a C2D subscription: another device's is refused.
 func classifyHubFilter(filter, deviceID string) (hubFeature, bool) {
 	switch {
-	case filter == twinResponseFilter || strings.HasPrefix(filter, twinResponsePrefix) && !strings.ContainsAny(filter, "+#"):
+	case filter == twinResponseFilter || strings.HasPrefix(filter, topics.TwinResponsePrefix) && !strings.ContainsAny(filter, "+#"):
 		// The exact response topic too ($iothub/twin/res/200/?$rid=1):
 		// stock mosquitto_rr subscribes to the one answer it waits for,
 		// as berth's DPS topics allow.
@@ -688,9 +690,9 @@ func (s *hubSession) linksChanged() {
 // anything (MQTT has no per-message error; IoT Hub closes).
 func (s *hubSession) publish(pk *packets.Packet) error {
 	switch {
-	case strings.HasPrefix(pk.TopicName, twinTopicPrefix):
+	case strings.HasPrefix(pk.TopicName, topics.TwinPrefix):
 		return s.twinRequest(pk)
-	case strings.HasPrefix(pk.TopicName, methodResponsePrefix):
+	case strings.HasPrefix(pk.TopicName, topics.MethodResponsePrefix):
 		return s.methodResponse(pk)
 	}
 	m, err := s.telemetry(pk.TopicName, pk.Payload, pk.FixedHeader.Retain)
@@ -725,7 +727,7 @@ func (s *hubSession) logRefused(msg string, err error) {
 // carries, or says why the connection must close instead. The hub rules
 // (size limit, stamps) are hub.Telemetry's.
 func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.Message, error) {
-	dev, mod, bag, ok := parseTelemetryTopic(topic)
+	dev, mod, bag, ok := topics.ParseTelemetry(topic)
 	switch {
 	case !ok:
 		return nil, fmt.Errorf("mqtt: PUBLISH to %q: not a telemetry topic", clip(topic))
@@ -735,7 +737,7 @@ func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.
 		s.c.srv.log.Info("mqtt: PUBLISH to another device's or module's topic; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "topic", clip(topic))...)
 		return nil, fmt.Errorf("mqtt: PUBLISH to %q: not this connection's topic", clip(topic))
 	}
-	sys, app, err := ParsePropertyBag(bag)
+	sys, app, err := topics.ParsePropertyBag(bag)
 	if err != nil {
 		return nil, fmt.Errorf("mqtt: PUBLISH to %q: property bag: %w", clip(topic), err)
 	}
@@ -744,7 +746,7 @@ func (s *hubSession) telemetry(topic string, payload []byte, retain bool) (*hub.
 		// Not retained (the hub is no broker), but marked
 		// (docs/spec/iothub-protocol.md#mqtt-sessions-qos-and-retain). The
 		// marker counts against the size limit like any property.
-		setProperty(&m.App, propRetain, retainPropertyOn)
+		topics.SetProperty(&m.App, propRetain, retainPropertyOn)
 	}
 	return m, nil
 }
@@ -827,7 +829,7 @@ func (s *hubSession) publishWill() {
 		s.c.srv.log.Info("mqtt: will message dropped", append(attrs, "error", err.Error())...)
 		return
 	}
-	setProperty(&m.App, propMessageType, messageTypeWill)
+	topics.SetProperty(&m.App, propMessageType, messageTypeWill)
 	if err := s.accept(m, willTimeout); err != nil {
 		s.c.srv.log.Warn("mqtt: will message not stored", append(attrs, "error", err.Error())...)
 		return

@@ -2,8 +2,9 @@ package mqtt
 
 import (
 	"context"
-	"strings"
 	"time"
+
+	"github.com/berth-iot/berth/frontend/mqtt/topics"
 
 	"github.com/berth-iot/berth/hub"
 )
@@ -21,74 +22,7 @@ const (
 	c2dSettleTimeout = 5 * time.Second
 	// maxTopicLength is MQTT's limit on a topic name (a 16-bit length).
 	maxTopicLength = 65535
-	// c2dTopicSegment follows devices/{deviceId} in a delivery topic.
-	c2dTopicSegment = "/messages/devicebound/"
 )
-
-// c2dTopic is the topic a C2D message is delivered on,
-// devices/{deviceId}/messages/devicebound/{bag}
-// (docs/spec/iothub-protocol.md#cloud-to-device-over-mqtt). The bag holds, in
-// the order berth chose there, $.mid, $.cid, $.uid, $.to, $.exp, $.ct, $.ce
-// and iothub-ack (unless none), then the application properties. Keys and
-// values are percent-encoded leaving only RFC 3986 unreserved characters as
-// they are: Node reads the bag as the fifth '/'-segment, splits it on '&' and
-// each pair on '=', then decodeURIComponent's both, so a raw '/', '&', '=' or
-// '%' would corrupt it. An empty value is written "key=" (a bare key would
-// reach Node as the string "undefined").
-func c2dTopic(deviceID string, m *hub.CloudMessage) string {
-	var b strings.Builder
-	b.Grow(len(devicesPrefix) + len(deviceID) + len(c2dTopicSegment) + 128)
-	b.WriteString(devicesPrefix)
-	b.WriteString(deviceID)
-	b.WriteString(c2dTopicSegment)
-	first := true
-	add := func(key, value string) {
-		if !first {
-			b.WriteByte('&')
-		}
-		first = false
-		escapeBagPart(&b, key)
-		b.WriteByte('=')
-		escapeBagPart(&b, value)
-	}
-	addSet := func(key, value string) {
-		if value != "" {
-			add(key, value)
-		}
-	}
-	addSet("$.mid", m.MessageID)
-	addSet("$.cid", m.CorrelationID)
-	addSet("$.uid", m.UserID)
-	addSet("$.to", m.To)
-	if !m.Expiry.IsZero() {
-		add("$.exp", m.Expiry.UTC().Format(hub.EnqueuedTimeLayout))
-	}
-	addSet("$.ct", m.ContentType)
-	addSet("$.ce", m.ContentEncoding)
-	if m.Ack != "" && m.Ack != hub.AckNone {
-		add("iothub-ack", m.Ack)
-	}
-	for _, p := range m.App {
-		add(p.Name, p.Value)
-	}
-	return b.String()
-}
-
-// escapeBagPart percent-encodes every byte but RFC 3986's unreserved
-// characters, with upper-case hex.
-func escapeBagPart(b *strings.Builder, s string) {
-	const hexDigits = "0123456789ABCDEF"
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' {
-			b.WriteByte(c)
-			continue
-		}
-		b.WriteByte('%')
-		b.WriteByte(hexDigits[c>>4])
-		b.WriteByte(hexDigits[c&15])
-	}
-}
 
 // CloudToDevicePending wakes C2D delivery (hub.DeviceLink).
 func (s *hubSession) CloudToDevicePending() { s.wakePump() }
@@ -202,7 +136,7 @@ func (s *hubSession) receive(ctx context.Context, qos byte, free int) (int, bool
 func (s *hubSession) deliver(ctx context.Context, m *hub.CloudMessage, qos byte) {
 	h := s.c.srv.cfg.Hub
 	attrs := append(s.logAttrs(), "messageId", clip(m.MessageID), "deliveryCount", m.DeliveryCount)
-	topic := c2dTopic(s.deviceID, m)
+	topic := topics.C2D(s.deviceID, m)
 	if len(topic) > maxTopicLength {
 		// Its properties cannot be written as an MQTT topic, now or on
 		// any later delivery: dead-letter it rather than retry forever.

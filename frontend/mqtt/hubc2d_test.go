@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-iot/berth/frontend/mqtt/topics"
+
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/berth-iot/berth/hub"
@@ -296,30 +298,12 @@ func TestHubC2DPropertiesNode(t *testing.T) {
 			t.Errorf("value %q: Node reads\n %q\nwant %q\n(topic %s)", v, got, want, pk.TopicName)
 		}
 		// The hub's own telemetry parser reads it the same way.
-		if _, app, err := ParsePropertyBag(pk.TopicName[len("devices/dev-1/messages/devicebound/"):]); err != nil || app[len(app)-2].Value != v {
+		if _, app, err := topics.ParsePropertyBag(pk.TopicName[len("devices/dev-1/messages/devicebound/"):]); err != nil || app[len(app)-2].Value != v {
 			t.Errorf("value %q: ParsePropertyBag gives %v, %v", v, app, err)
 		}
 		c.puback(pk.PacketID)
 	}
 	waitFor(t, "every message to complete", func() bool { return f.c2dCount(t) == 0 })
-}
-
-// TestC2DTopicVectors: the Node and Embedded C fixtures of
-// docs/spec/iothub-protocol.md#test-vectors (T-21) parse from what c2dTopic
-// writes.
-func TestC2DTopicVectors(t *testing.T) {
-	exp := time.Date(2017, 1, 6, 23, 37, 0, 669e6, time.UTC)
-	m := &hub.CloudMessage{To: "/devices/foo/messages/devicebound", Expiry: exp, Ack: "none",
-		App: []hub.Property{{Name: "key1", Value: "value1"}, {Name: "key$", Value: "value$"}}}
-	got := c2dTopic("foo", m)
-	// T-21 (Node): the same encodings, one bag.
-	want := "devices/foo/messages/devicebound/%24.to=%2Fdevices%2Ffoo%2Fmessages%2Fdevicebound&%24.exp=2017-01-06T23%3A37%3A00.669Z&key1=value1&key%24=value%24"
-	if got != want {
-		t.Errorf("c2dTopic\n got %s\nwant %s", got, want)
-	}
-	if got := c2dTopic("d", &hub.CloudMessage{}); got != "devices/d/messages/devicebound/" {
-		t.Errorf("no properties: %q", got)
-	}
 }
 
 // TestHubC2DHashFilter: Microsoft's mosquitto sample receives C2D with

@@ -5,17 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
+
+	"github.com/berth-iot/berth/frontend/mqtt/topics"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/berth-iot/berth/azerr"
-)
-
-// Direct-method topics (docs/spec/iothub-protocol.md#direct-methods-over-mqtt).
-const (
-	methodRequestPrefix  = methodsPrefix // $iothub/methods/POST/
-	methodResponsePrefix = "$iothub/methods/res/"
 )
 
 // maxPendingMethods bounds the direct-method invocations waiting for one
@@ -35,42 +30,6 @@ type methodAnswer struct {
 	status int
 	body   []byte
 	closed bool
-}
-
-// ParseMethodResponseTopic parses a device's direct-method response topic
-// (docs/spec/iothub-protocol.md#direct-methods-over-mqtt, #test-vectors T-11,
-// T-26):
-//
-//	$iothub/methods/res/{status}/?$rid={rid}[&anything]
-//
-// The status is any decimal integer the device chose (a sign allowed,
-// 32 bits); the '/' before '?' is optional. ridRaw is the first $rid value
-// as sent ("" when there is none: it matches no invocation). Other keys
-// are ignored, as IoT Edge ignores them. ok is false for anything else.
-func ParseMethodResponseTopic(topic string) (status int, ridRaw string, ok bool) {
-	rest, ok := strings.CutPrefix(topic, methodResponsePrefix)
-	if !ok {
-		return 0, "", false
-	}
-	st, query, _ := strings.Cut(rest, "?")
-	st = strings.TrimSuffix(st, "/")
-	if st == "" || strings.HasPrefix(st, "+") {
-		return 0, "", false
-	}
-	n, err := strconv.ParseInt(st, 10, 32)
-	if err != nil {
-		return 0, "", false
-	}
-	ridRaw, _ = queryValue(query, twinRidKey)
-	return int(n), ridRaw, true
-}
-
-// methodRequestTopic is $iothub/methods/POST/{name}/?$rid={rid} with nothing
-// after the rid: C# strips the first six characters of the fifth segment and
-// Embedded C takes all that follows "/?$rid="
-// (docs/spec/iothub-protocol.md#direct-methods-over-mqtt).
-func methodRequestTopic(name, rid string) string {
-	return methodRequestPrefix + name + "/?" + twinRidKey + "=" + rid
 }
 
 // MethodsSubscribed reports whether the device subscribed to direct
@@ -110,7 +69,7 @@ func (s *hubSession) InvokeMethod(ctx context.Context, name string, payload []by
 	s.mu.Unlock()
 	defer s.forgetMethod(rid)
 
-	if err := s.c.publishID(methodRequestTopic(name, rid), byte(qos), false, id, payload); err != nil {
+	if err := s.c.publishID(topics.MethodRequest(name, rid), byte(qos), false, id, payload); err != nil {
 		return 0, nil, fmt.Errorf("mqtt: send method request %s: %w", name, err)
 	}
 	select {
@@ -138,7 +97,7 @@ func (s *hubSession) forgetMethod(rid string) {
 // it. An answer nobody waits for (late, or an unknown rid) is dropped, as
 // IoT Hub ignores it. A malformed topic closes the connection.
 func (s *hubSession) methodResponse(pk *packets.Packet) error {
-	status, rid, ok := ParseMethodResponseTopic(pk.TopicName)
+	status, rid, ok := topics.ParseMethodResponse(pk.TopicName)
 	if !ok {
 		s.c.srv.log.Info("mqtt: PUBLISH to a malformed method response topic; closing the connection", append(s.logAttrs(), "remote", s.c.remote, "topic", clip(pk.TopicName))...)
 		return fmt.Errorf("mqtt: PUBLISH to %q: not a method response topic", clip(pk.TopicName))

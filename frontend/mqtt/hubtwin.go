@@ -6,37 +6,18 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"time"
+
+	"github.com/berth-iot/berth/frontend/mqtt/topics"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/berth-iot/berth/azerr"
 )
 
-// Twin topics (docs/spec/iothub-protocol.md#twins-over-mqtt).
-const (
-	twinTopicPrefix      = "$iothub/twin/"
-	twinGetPath          = "$iothub/twin/GET/"
-	twinReportedPath     = "$iothub/twin/PATCH/properties/reported/"
-	twinResponsePrefix   = "$iothub/twin/res/"
-	desiredNotifyTopic   = desiredPrefix + "?$version="
-	twinRidKey           = "$rid"
-	twinVersionKey       = "$version"
-	twinVersionParameter = "&" + twinVersionKey + "="
-)
-
-// Kinds of twin request returned by ParseTwinTopic.
-const (
-	// TwinGet is $iothub/twin/GET/?$rid={rid}.
-	TwinGet = "GET"
-	// TwinPatchReported is
-	// $iothub/twin/PATCH/properties/reported/?$rid={rid}[&$version={n}].
-	TwinPatchReported = "PATCH reported"
-	// TwinUnknown is any other $iothub/twin/ topic that carries a $rid:
-	// it is answered with status 400.
-	TwinUnknown = "unknown"
-)
+// desiredNotifyTopic precedes the version in a desired-properties
+// notification (docs/spec/iothub-protocol.md#twins-over-mqtt).
+const desiredNotifyTopic = desiredPrefix + "?$version="
 
 const (
 	// twinTimeout bounds one twin GET or reported PATCH. A store that
@@ -49,71 +30,13 @@ const (
 	maxOutbound = 16
 )
 
-// ParseTwinTopic classifies a device PUBLISH under $iothub/twin/
-// (docs/spec/iothub-protocol.md#twins-over-mqtt). The path must be exactly
-// the GET or reported-PATCH path, upper case as the SDKs send it (IoT Edge
-// compares ordinally); the query after the first '?' is '&'-separated pairs
-// split at their first '=', and ridRaw is the first $rid value exactly as
-// sent, for echoing byte for byte. Other keys (the optional $version of a
-// reported PATCH, anything a client adds) are ignored. A GET or PATCH without
-// $rid is answered with an empty rid, as DPS answers one.
-//
-// ok is false when the topic cannot be answered at all: not under
-// $iothub/twin/, or an unknown path without a $rid. An unknown path with
-// a $rid is TwinUnknown.
-func ParseTwinTopic(topic string) (kind, ridRaw string, ok bool) {
-	if !strings.HasPrefix(topic, twinTopicPrefix) {
-		return "", "", false
-	}
-	path, query, _ := strings.Cut(topic, "?")
-	ridRaw, haveRid := queryValue(query, twinRidKey)
-	switch path {
-	case twinGetPath:
-		return TwinGet, ridRaw, true
-	case twinReportedPath:
-		return TwinPatchReported, ridRaw, true
-	}
-	if haveRid {
-		return TwinUnknown, ridRaw, true
-	}
-	return "", "", false
-}
-
-// queryValue returns the raw value of the first key in a topic query
-// ('&'-separated, each pair split at its first '=').
-func queryValue(query, key string) (string, bool) {
-	for pair := range strings.SplitSeq(query, "&") {
-		if k, v, _ := strings.Cut(pair, "="); k == key {
-			return v, true
-		}
-	}
-	return "", false
-}
-
-// twinResponseTopic is $iothub/twin/res/{status}/?$rid={rid}, with
-// &$version={n} when version > 0: $rid first and $version second, as
-// Embedded C's fixture has it (docs/spec/iothub-protocol.md#twins-over-mqtt).
-func twinResponseTopic(status int, rid string, version int64) string {
-	var b strings.Builder
-	b.Grow(len(twinResponsePrefix) + len(rid) + 40)
-	b.WriteString(twinResponsePrefix)
-	b.WriteString(strconv.Itoa(status))
-	b.WriteString("/?" + twinRidKey + "=")
-	b.WriteString(rid)
-	if version > 0 {
-		b.WriteString(twinVersionParameter)
-		b.WriteString(strconv.FormatInt(version, 10))
-	}
-	return b.String()
-}
-
 // twinRequest handles a twin GET or reported PATCH. The work, the PUBACK
 // of a QoS 1 request and the response run on a goroutine of their own,
 // for the reason appendMessage gives, while the reader waits: requests
 // are answered in order, and a reported update is durable before both its
 // PUBACK and its 204. An unanswerable topic closes the connection.
 func (s *hubSession) twinRequest(pk *packets.Packet) error {
-	kind, rid, ok := ParseTwinTopic(pk.TopicName)
+	kind, rid, ok := topics.ParseTwin(pk.TopicName)
 	attrs := append(s.logAttrs(), "remote", s.c.remote, "topic", clip(pk.TopicName))
 	if !ok {
 		s.c.srv.log.Info("mqtt: PUBLISH to a twin topic IoT Hub does not have; closing the connection", attrs...)
@@ -148,11 +71,11 @@ func (s *hubSession) twinRecovering(kind, rid string, pk *packets.Packet) (err e
 		opErr   error
 	)
 	switch kind {
-	case TwinGet:
+	case topics.TwinGet:
 		// The payload is ignored: Node sends " ", C nothing.
 		body, opErr = h.Twins.DeviceDocument(ctx, s.hub, s.twinID)
 		status = 200
-	case TwinPatchReported:
+	case topics.TwinPatchReported:
 		version, opErr = h.Twins.PatchReported(ctx, s.hub, s.twinID, pk.Payload)
 		status = 204
 	default:
@@ -168,7 +91,7 @@ func (s *hubSession) twinRecovering(kind, rid string, pk *packets.Packet) (err e
 		return nil
 	}
 	s.c.srv.log.Debug("mqtt: twin answer", append(s.logAttrs(), "kind", kind, "rid", clip(rid), "status", status, "version", version)...)
-	s.twinRespond(twinResponseTopic(status, rid, version), body)
+	s.twinRespond(topics.TwinResponse(status, rid, version), body)
 	return nil
 }
 
@@ -189,7 +112,7 @@ func (s *hubSession) twinFail(rid, kind string, err error) {
 		s.c.srv.log.Error("mqtt: encode twin error answer", append(s.logAttrs(), "error", encErr.Error())...)
 		return
 	}
-	s.twinRespond(twinResponseTopic(e.Status(), rid, 0), payload)
+	s.twinRespond(topics.TwinResponse(e.Status(), rid, 0), payload)
 }
 
 // twinRespond publishes a twin answer at the QoS $iothub/twin/res/# was

@@ -1,4 +1,4 @@
-package mqtt
+package topics
 
 import (
 	"errors"
@@ -11,20 +11,22 @@ import (
 )
 
 const (
-	// propMessageSchema is where a device's own message schema goes: not
+	// PropMessageSchema is where a device's own message schema goes: not
 	// dt-dataschema, which is the hub's (the CONNECT model-id), but the
 	// application property the HTTPS front end files iothub-messageschema
 	// under, and Azure IoT Explorer reads.
-	propMessageSchema = "iothub-message-schema"
+	PropMessageSchema = "iothub-message-schema"
 )
 
 // Telemetry topic parts (docs/spec/iothub-protocol.md#telemetry-topics).
 const (
+	// DevicesPrefix starts every device-scoped topic.
+	DevicesPrefix  = "devices/"
 	modulesSegment = "modules/"
 	eventsSegment  = "messages/events"
 )
 
-// parseTelemetryTopic splits a telemetry topic,
+// ParseTelemetry splits a telemetry topic,
 //
 //	devices/{deviceId}/messages/events[/[{bag}[/]]]
 //	devices/{deviceId}/modules/{moduleId}/messages/events[/[{bag}[/]]]
@@ -33,8 +35,8 @@ const (
 // "messages/events/" (it may contain unencoded '/': the C SDK sends
 // "%24.ct=application/json"), less one trailing '/' (C# and Node's output
 // events append one). ok is false for any other topic.
-func parseTelemetryTopic(topic string) (deviceID, moduleID, bag string, ok bool) {
-	rest, ok := strings.CutPrefix(topic, devicesPrefix)
+func ParseTelemetry(topic string) (deviceID, moduleID, bag string, ok bool) {
+	rest, ok := strings.CutPrefix(topic, DevicesPrefix)
 	if !ok {
 		return "", "", "", false
 	}
@@ -113,7 +115,7 @@ func ParsePropertyBag(bag string) (system, app []hub.Property, err error) {
 		if name, ok := systemPropertyName(key); ok {
 			sys.set(name, value)
 		} else if key == "$.schema" {
-			ap.set(propMessageSchema, value)
+			ap.set(PropMessageSchema, value)
 		} else {
 			ap.set(key, value)
 		}
@@ -199,12 +201,12 @@ func (l *propList) set(name, value string) {
 		l.list = append(l.list, hub.Property{Name: name, Value: value})
 		return
 	}
-	setProperty(&l.list, name, value)
+	SetProperty(&l.list, name, value)
 }
 
-// setProperty sets name in a short property list, replacing an earlier
+// SetProperty sets name in a short property list, replacing an earlier
 // value.
-func setProperty(list *[]hub.Property, name, value string) {
+func SetProperty(list *[]hub.Property, name, value string) {
 	for i := range *list {
 		if (*list)[i].Name == name {
 			(*list)[i].Value = value
@@ -212,4 +214,13 @@ func setProperty(list *[]hub.Property, name, value string) {
 		}
 	}
 	*list = append(*list, hub.Property{Name: name, Value: value})
+}
+
+// clip bounds client-chosen text quoted in an error.
+func clip(s string) string {
+	const limit = 256
+	if len(s) <= limit {
+		return s
+	}
+	return s[:limit] + "…"
 }
