@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // Service is the Azure service an error belongs to. DPS and IoT Hub reuse
@@ -233,6 +234,12 @@ type Error struct {
 	Info map[string]string
 	// Err is the underlying cause, for logs only; never sent to clients.
 	Err error
+	// RetryAfter is, on a 429 or 503, how long the client should wait
+	// before it tries again (a throttle's wait); 0 leaves the hint to the
+	// front end's default. The wires that carry a hint (DPS retry-after
+	// over HTTPS and MQTT, AMQP's retry-after info) send it in whole
+	// seconds, rounded up.
+	RetryAfter time.Duration
 }
 
 // New returns an error with code's default message.
@@ -241,6 +248,12 @@ func New(code Code) *Error { return &Error{Code: code, Message: code.Message()} 
 // Newf returns an error with a formatted message.
 func Newf(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Throttled returns code's error (a 429 entry) with message and the wait
+// the client is asked to honour before it retries.
+func Throttled(code Code, retryAfter time.Duration, message string) *Error {
+	return &Error{Code: code, Message: message, RetryAfter: retryAfter}
 }
 
 // Wrap returns code's error with its default message, carrying cause for

@@ -24,6 +24,7 @@ import (
 	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // MaxMessageSize is DPS's message size limit (96 KB).
@@ -120,6 +121,7 @@ type Service struct {
 	removalWake    chan struct{} // RunRemovals: a removal failed
 	faults         Faults
 	observe        func(result string)
+	throttle       *throttle.Throttler // nil: no throttles (SetThrottle)
 }
 
 // SetObserver sets who hears of every registration's result (the
@@ -134,6 +136,8 @@ func registrationResult(status string, err error) string {
 	switch {
 	case err == nil:
 		return status
+	case errors.As(err, &ae) && ae.Code == azerr.DPSThrottled:
+		return "throttled"
 	case refusal.Of(err) != nil:
 		return "refused"
 	case errors.As(err, &ae) && ae.Status() < 500:
@@ -364,6 +368,11 @@ func (s *Service) Register(ctx context.Context, req RegisterRequest) (_ *Operati
 		if err := s.faults.Register(ctx, req.RegistrationID); err != nil {
 			return nil, err
 		}
+	}
+	// DPS-wide rates protect the service, so they are checked before the
+	// (costly) authentication, as a front door would.
+	if err := s.throttled(throttle.DPSRegister, ""); err != nil {
+		return nil, err
 	}
 	payload, err := parseDeviceBody(req.Body, req.RegistrationID)
 	if err != nil {
@@ -627,7 +636,15 @@ func (s *Service) OperationStatus(ctx context.Context, req OperationRequest) (*O
 	if !ValidRegistrationID(req.RegistrationID) {
 		return nil, azerr.New(azerr.DPSInvalidRegistration)
 	}
+	if err := s.throttled(throttle.DPSOperation, ""); err != nil {
+		return nil, err
+	}
 	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts); err != nil {
+		return nil, err
+	}
+	// Per device only once authenticated: another client must not be able
+	// to spend a device's polls by naming it.
+	if err := s.throttled(throttle.DPSDevicePoll, Key(req.RegistrationID)); err != nil {
 		return nil, err
 	}
 	if req.OperationID == "" || len(req.OperationID) > 256 {
@@ -691,6 +708,9 @@ func (s *Service) RegistrationStatus(ctx context.Context, req StatusRequest) (*R
 		// Certificates are issued only by register
 		// (docs/spec/dps-protocol.md#device-api-over-https).
 		return nil, azerr.Newf(azerr.DPSInvalidBody, "csr is not allowed in a registration status lookup.")
+	}
+	if err := s.throttled(throttle.DPSOperation, ""); err != nil {
+		return nil, err
 	}
 	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts); err != nil {
 		return nil, err

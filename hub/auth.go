@@ -19,6 +19,7 @@ import (
 	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // Rights of a hub shared access policy.
@@ -253,6 +254,9 @@ func (r *Registry) enabledIdentity(ctx context.Context, hubName, deviceID, modul
 	// Every device and module authentication, SAS or X.509, passes here;
 	// a device's connect fault applies to its modules too.
 	if err := r.fault(ctx, FaultConnect, hubName, deviceID); err != nil {
+		return nil, err
+	}
+	if err := r.throttled(hubName, throttle.HubConnect, 1); err != nil {
 		return nil, err
 	}
 	d, err := r.identity(ctx, hubName, TwinID(deviceID, moduleID))

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // MaxBulkDevices is how many devices one bulk registry operation may name,
@@ -74,6 +75,10 @@ func (r *Registry) Bulk(ctx context.Context, hubName string, ops []BulkOperation
 	case len(ops) > MaxBulkDevices:
 		return nil, azerr.Newf(azerr.HubTooManyDevices, "The bulk registry operation names %d devices; at most %d are allowed.", len(ops), MaxBulkDevices)
 	}
+	// One registry operation, whatever it names.
+	if err := r.throttled(hubName, throttle.HubRegistry, 1); err != nil {
+		return nil, err
+	}
 	seen := make(map[string]bool, len(ops))
 	for i, op := range ops {
 		if op.Device == nil || op.Device.DeviceID == "" {
@@ -108,24 +113,24 @@ func (r *Registry) bulkOne(ctx context.Context, hubName string, op BulkOperation
 	d := op.Device
 	switch mode := op.ImportMode; {
 	case strings.EqualFold(mode, ImportCreate):
-		_, err := r.Create(ctx, hubName, d)
+		_, err := r.create(ctx, hubName, d)
 		return err
 	case strings.EqualFold(mode, ImportUpdate):
-		_, err := r.Update(ctx, hubName, d, "")
+		_, err := r.update(ctx, hubName, d, "")
 		return err
 	case strings.EqualFold(mode, ImportUpdateIfMatchETag):
 		if err := needETag(op); err != nil {
 			return err
 		}
-		_, err := r.Update(ctx, hubName, d, op.ETag)
+		_, err := r.update(ctx, hubName, d, op.ETag)
 		return err
 	case strings.EqualFold(mode, ImportDelete):
-		return r.Delete(ctx, hubName, d.DeviceID, "")
+		return r.remove(ctx, hubName, d.DeviceID, "")
 	case strings.EqualFold(mode, ImportDeleteIfMatchETag):
 		if err := needETag(op); err != nil {
 			return err
 		}
-		return r.Delete(ctx, hubName, d.DeviceID, op.ETag)
+		return r.remove(ctx, hubName, d.DeviceID, op.ETag)
 	case mode == "":
 		return azerr.Newf(azerr.HubArgumentInvalid, "Device %s: importMode is missing.", d.DeviceID)
 	default:

@@ -15,6 +15,7 @@ import (
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // Cloud-to-device queue limits and defaults
@@ -159,6 +160,9 @@ func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *C
 			observeC2D(q.obs, "sent", 1)
 		}
 	}()
+	if err := q.reg.throttled(hubName, throttle.HubC2DSend, 1); err != nil {
+		return nil, err
+	}
 	dev, err := q.reg.Get(ctx, hubName, deviceID)
 	if err != nil {
 		return nil, err

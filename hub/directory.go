@@ -318,7 +318,7 @@ func (d *Directory) Delete(ctx context.Context, name string) error {
 	// so they are logged by the caller and cleaned by recreating and
 	// deleting the hub.
 	for {
-		devs, err := d.reg.List(ctx, gone.Name, "", 500)
+		devs, err := d.reg.list(ctx, gone.Name, "", 500)
 		if err != nil {
 			return fmt.Errorf("hub: delete devices of %s: %w", gone.Name, err)
 		}
@@ -326,7 +326,7 @@ func (d *Directory) Delete(ctx context.Context, name string) error {
 			break
 		}
 		for _, dev := range devs {
-			if err := d.reg.Delete(ctx, gone.Name, dev.DeviceID, ""); err != nil {
+			if err := d.reg.remove(ctx, gone.Name, dev.DeviceID, ""); err != nil {
 				return fmt.Errorf("hub: delete devices of %s: %w", gone.Name, err)
 			}
 		}

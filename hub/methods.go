@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // Direct-method limits
@@ -75,6 +76,10 @@ func (m *Methods) Invoke(ctx context.Context, hubName, deviceID string, req *Met
 	defer observeOp(m.obs, "method.invoke", time.Now(), &err)
 	if !validMethodName(req.MethodName) {
 		return nil, azerr.Newf(azerr.HubArgumentInvalid, "Method name '%s' is not valid.", clipKey(req.MethodName))
+	}
+	// Metered in 4 KB of request payload, as IoT Hub meters methods.
+	if err := m.reg.throttled(hubName, throttle.HubMethod, throttle.MethodCost(len(req.Payload))); err != nil {
+		return nil, err
 	}
 	respTimeout := DefaultMethodResponseTimeout
 	if req.ResponseTimeoutInSeconds != nil {

@@ -50,9 +50,9 @@ func moduleNotFound(deviceID, moduleID string) error {
 	return azerr.Newf(azerr.HubModuleNotFound, "Module %s on device %s not found.", moduleID, deviceID)
 }
 
-// GetModule returns a module, DeviceNotFound when its device does not
+// getModule returns a module, DeviceNotFound when its device does not
 // exist, or ModuleNotFound.
-func (r *Registry) GetModule(ctx context.Context, hubName, deviceID, moduleID string) (*Module, error) {
+func (r *Registry) getModule(ctx context.Context, hubName, deviceID, moduleID string) (*Module, error) {
 	rec, err := r.store.Get(ctx, store.KindModule, moduleKey(hubName, deviceID, moduleID))
 	if errors.Is(err, store.ErrNotFound) {
 		if _, err := r.Get(ctx, hubName, deviceID); err != nil {
@@ -71,10 +71,10 @@ func (r *Registry) GetModule(ctx context.Context, hubName, deviceID, moduleID st
 	return m, nil
 }
 
-// ListModules returns the modules of a device in module ID order, or
+// listModules returns the modules of a device in module ID order, or
 // DeviceNotFound. This is the one way to enumerate them (the query
 // language's devices.modules reads it too).
-func (r *Registry) ListModules(ctx context.Context, hubName, deviceID string) ([]*Module, error) {
+func (r *Registry) listModules(ctx context.Context, hubName, deviceID string) ([]*Module, error) {
 	if _, err := r.Get(ctx, hubName, deviceID); err != nil {
 		return nil, err
 	}
@@ -102,10 +102,10 @@ func (r *Registry) listModuleRecords(ctx context.Context, hubName, deviceID stri
 	return recs, nil
 }
 
-// CreateModule adds a module to an existing device; it fails with
+// createModule adds a module to an existing device; it fails with
 // DeviceNotFound, ModuleAlreadyExistsOnDevice, or ArgumentInvalid for a
 // bad ID or authentication. sas keys not given are generated.
-func (r *Registry) CreateModule(ctx context.Context, hubName string, m *Module) (*Module, error) {
+func (r *Registry) createModule(ctx context.Context, hubName string, m *Module) (*Module, error) {
 	if err := validModuleIDs(m); err != nil {
 		return nil, err
 	}
@@ -157,13 +157,13 @@ func (r *Registry) CreateModule(ctx context.Context, hubName string, m *Module) 
 	return out, nil
 }
 
-// UpdateModule replaces a module's authentication and managedBy under an
+// updateModule replaces a module's authentication and managedBy under an
 // optional If-Match (an etag, * or "*"); sas keys left empty are kept.
-func (r *Registry) UpdateModule(ctx context.Context, hubName string, m *Module, ifMatch string) (*Module, error) {
+func (r *Registry) updateModule(ctx context.Context, hubName string, m *Module, ifMatch string) (*Module, error) {
 	if err := validModuleIDs(m); err != nil {
 		return nil, err
 	}
-	cur, err := r.GetModule(ctx, hubName, m.DeviceID, m.ModuleID)
+	cur, err := r.getModule(ctx, hubName, m.DeviceID, m.ModuleID)
 	if err != nil {
 		return nil, err
 	}
@@ -194,8 +194,8 @@ func (r *Registry) UpdateModule(ctx context.Context, hubName string, m *Module, 
 	return out, nil
 }
 
-// DeleteModule removes a module under an optional If-Match.
-func (r *Registry) DeleteModule(ctx context.Context, hubName, deviceID, moduleID, ifMatch string) error {
+// deleteModule removes a module under an optional If-Match.
+func (r *Registry) deleteModule(ctx context.Context, hubName, deviceID, moduleID, ifMatch string) error {
 	err := r.store.Delete(ctx, store.KindModule, moduleKey(hubName, deviceID, moduleID), unquote(ifMatch))
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -332,7 +332,7 @@ func (r *Registry) identity(ctx context.Context, hubName, id string) (*Device, e
 	if err != nil {
 		return nil, err
 	}
-	m, err := r.GetModule(ctx, hubName, deviceID, moduleID)
+	m, err := r.getModule(ctx, hubName, deviceID, moduleID)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hubquery"
 	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // Query page sizes (x-ms-max-item-count): the default when a client names
@@ -42,6 +43,9 @@ type QueryPage struct {
 // query keeps only its groups. A malformed query or continuation token is
 // ArgumentInvalid with the position of the fault.
 func (t *Twins) Query(ctx context.Context, hubName, query string, pageSize int, continuation string) (*QueryPage, error) {
+	if err := t.reg.throttled(hubName, throttle.HubQuery, 1); err != nil {
+		return nil, err
+	}
 	q, err := hubquery.Parse(query)
 	if err != nil {
 		return nil, azerr.Newf(azerr.HubArgumentInvalid, "Invalid query: %s", err.Error())

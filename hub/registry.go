@@ -17,6 +17,7 @@ import (
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // Device statuses.
@@ -106,6 +107,8 @@ type Registry struct {
 	// faults are a test server's injected failures (SetFaults); nil in
 	// production.
 	faults Faults
+	// throttle is the operator's throttles (SetThrottle); nil for none.
+	throttle *throttle.Throttler
 }
 
 type presence struct {
@@ -203,11 +206,11 @@ func (r *Registry) Get(ctx context.Context, hubName, id string) (*Device, error)
 	return d, nil
 }
 
-// Show returns a device as the service API shows it: Get plus
+// show returns a device as the service API shows it: Get plus
 // cloudToDeviceMessageCount. Get leaves the count out because it is on
 // every device's hot path (each authentication, each HTTPS message), and
 // only the service views show it.
-func (r *Registry) Show(ctx context.Context, hubName, id string) (*Device, error) {
+func (r *Registry) show(ctx context.Context, hubName, id string) (*Device, error) {
 	d, err := r.Get(ctx, hubName, id)
 	if err != nil {
 		return nil, err
@@ -227,8 +230,8 @@ func (r *Registry) countQueue(ctx context.Context, hubName string, d *Device) er
 	return nil
 }
 
-// List returns up to limit devices of a hub after the given device ID.
-func (r *Registry) List(ctx context.Context, hubName, after string, limit int) ([]*Device, error) {
+// list returns up to limit devices of a hub after the given device ID.
+func (r *Registry) list(ctx context.Context, hubName, after string, limit int) ([]*Device, error) {
 	opts := store.ListOptions{Index: strings.ToLower(hubName), Limit: limit}
 	if after != "" {
 		opts.After = deviceKey(hubName, after)
@@ -384,9 +387,9 @@ func (r *Registry) Provisioned(ctx context.Context, hubName, id string) {
 	r.revoke(hubName, id, d)
 }
 
-// Create adds a device; it fails with DeviceAlreadyExists if it exists.
+// create adds a device; it fails with DeviceAlreadyExists if it exists.
 // Keys are generated when the authentication type is sas and none are given.
-func (r *Registry) Create(ctx context.Context, hubName string, d *Device) (*Device, error) {
+func (r *Registry) create(ctx context.Context, hubName string, d *Device) (*Device, error) {
 	now := r.now().UTC()
 	nd := newDevice(d.DeviceID, now)
 	if err := r.apply(nd, d, now); err != nil {
@@ -417,9 +420,9 @@ func (r *Registry) Create(ctx context.Context, hubName string, d *Device) (*Devi
 	return out, nil
 }
 
-// Update replaces the mutable fields of an existing device (status,
+// update replaces the mutable fields of an existing device (status,
 // authentication, capabilities) under an optional If-Match.
-func (r *Registry) Update(ctx context.Context, hubName string, d *Device, ifMatch string) (*Device, error) {
+func (r *Registry) update(ctx context.Context, hubName string, d *Device, ifMatch string) (*Device, error) {
 	cur, err := r.Get(ctx, hubName, d.DeviceID)
 	if err != nil {
 		return nil, err
@@ -457,8 +460,8 @@ func (r *Registry) Update(ctx context.Context, hubName string, d *Device, ifMatc
 	return out, nil
 }
 
-// Delete removes a device under an optional If-Match.
-func (r *Registry) Delete(ctx context.Context, hubName, id, ifMatch string) error {
+// remove removes a device under an optional If-Match.
+func (r *Registry) remove(ctx context.Context, hubName, id, ifMatch string) error {
 	err := r.store.Delete(ctx, store.KindDevice, deviceKey(hubName, id), unquote(ifMatch))
 	switch {
 	case errors.Is(err, store.ErrNotFound):

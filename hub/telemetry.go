@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // BatchSink is a TelemetrySink that can store several messages as one:
@@ -83,6 +84,11 @@ func (t *Telemetry) AcceptBatch(ctx context.Context, from Sender, ms []*Message)
 		return azerr.Newf(azerr.HubArgumentInvalid, "The batch contains no messages.")
 	}
 	if err := t.registry.fault(ctx, FaultTelemetry, from.Hub, from.DeviceID); err != nil {
+		return err
+	}
+	// One send operation, whatever the batch holds (IoT Hub counts send
+	// operations, not messages or 4 KB chunks).
+	if err := t.registry.throttled(from.Hub, throttle.HubD2C, 1); err != nil {
 		return err
 	}
 	total := 0

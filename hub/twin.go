@@ -12,6 +12,7 @@ import (
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // Twin is IoT Hub's Twin document as the service API shows it
@@ -181,6 +182,9 @@ var errRetryTwin = errors.New("hub: twin changed concurrently")
 // Get returns a device's twin as the service API shows it.
 func (t *Twins) Get(ctx context.Context, hubName, id string) (_ *Twin, err error) {
 	defer observeOp(t.obs, "twin.get", time.Now(), &err)
+	if err := t.reg.throttled(hubName, throttle.HubTwinRead, 1); err != nil {
+		return nil, err
+	}
 	for range 5 {
 		d, tw, etag, err := t.load(ctx, hubName, id)
 		if errors.Is(err, errRetryTwin) {
@@ -204,6 +208,9 @@ func (t *Twins) Get(ctx context.Context, hubName, id string) (_ *Twin, err error
 // (docs/spec/iothub-protocol.md#twin-documents).
 func (t *Twins) DeviceDocument(ctx context.Context, hubName, id string) ([]byte, error) {
 	if err := t.reg.fault(ctx, FaultTwin, hubName, id); err != nil {
+		return nil, err
+	}
+	if err := t.reg.throttled(hubName, throttle.HubTwinRead, 1); err != nil {
 		return nil, err
 	}
 	for range 5 {
@@ -360,6 +367,9 @@ func (t *Twins) PatchReported(ctx context.Context, hubName, id string, body []by
 	if err = t.reg.fault(ctx, FaultTwin, hubName, id); err != nil {
 		return 0, err
 	}
+	if err = t.reg.throttled(hubName, throttle.HubTwinUpdate, 1); err != nil {
+		return 0, err
+	}
 	patch, err := decodeTwinObject(body)
 	if err != nil {
 		return 0, err
@@ -451,6 +461,9 @@ func parseServicePatch(body []byte) (serviceWrite, error) {
 // desired member that goes.
 func (t *Twins) Patch(ctx context.Context, hubName, id string, body []byte, ifMatch string) (_ *Twin, err error) {
 	defer observeOp(t.obs, "twin.patch", time.Now(), &err)
+	if err := t.reg.throttled(hubName, throttle.HubTwinUpdate, 1); err != nil {
+		return nil, err
+	}
 	w, err := parseServicePatch(body)
 	if err != nil {
 		return nil, err
@@ -464,6 +477,9 @@ func (t *Twins) Patch(ctx context.Context, hubName, id string, body []byte, ifMa
 // document.
 func (t *Twins) Replace(ctx context.Context, hubName, id string, body []byte, ifMatch string) (_ *Twin, err error) {
 	defer observeOp(t.obs, "twin.replace", time.Now(), &err)
+	if err := t.reg.throttled(hubName, throttle.HubTwinUpdate, 1); err != nil {
+		return nil, err
+	}
 	w, err := parseServicePatch(body)
 	if err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // Metrics is one berth's set of collectors.
@@ -41,6 +43,7 @@ type Metrics struct {
 	authFailures  *prometheus.CounterVec
 	storeErrors   *prometheus.CounterVec
 	streamErrors  prometheus.Counter
+	throttled     *prometheus.CounterVec
 }
 
 // New registers berth's collectors and the Go runtime and process
@@ -74,8 +77,10 @@ func New() *Metrics {
 		Help: "Store calls that failed for another reason than not-found, exists or a precondition, by operation."}, []string{"operation"})
 	m.streamErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_stream_errors_total",
 		Help: "Telemetry appends the stream refused or did not confirm."})
+	m.throttled = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_throttled_requests_total",
+		Help: "Requests refused by berth serve --throttle (429), by operation class and hub (\"\" for the DPS)."}, []string{"operation", "hub"})
 	for _, c := range []prometheus.Collector{m.connTotal, m.connOpen, m.registrations, m.telemetryMsgs, m.telemetryByte,
-		m.appendLatency, m.c2d, m.ops, m.opLatency, m.authFailures, m.storeErrors, m.streamErrors,
+		m.appendLatency, m.c2d, m.ops, m.opLatency, m.authFailures, m.storeErrors, m.streamErrors, m.throttled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -102,6 +107,11 @@ func (m *Metrics) AddGauge(name, help string, read func() float64, labels ...str
 
 // Registration counts one DPS registration answer by result.
 func (m *Metrics) Registration(result string) { m.registrations.WithLabelValues(result).Inc() }
+
+// Throttled counts one request a throttle refused (throttle.Config.Observe).
+func (m *Metrics) Throttled(op throttle.Op, hub string) {
+	m.throttled.WithLabelValues(op.String(), strings.ToLower(hub)).Inc()
+}
 
 // MQTTSession counts an accepted MQTT CONNECT by its kind (dps or hub).
 func (m *Metrics) MQTTSession(kind string) { m.connTotal.WithLabelValues("mqtt", kind).Inc() }

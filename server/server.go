@@ -30,6 +30,7 @@ import (
 	"github.com/berth-iot/berth/pki"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/throttle"
 	"github.com/berth-iot/berth/store/postgres"
 	"github.com/berth-iot/berth/store/sqlite"
 	"github.com/berth-iot/berth/stream"
@@ -88,6 +89,10 @@ type Config struct {
 	// servers (dpstest, hubtest); nil in production.
 	DPSFaults dps.Faults
 	HubFaults hub.Faults
+	// Throttle applies Azure's published throttles (berth serve
+	// --throttle, --throttle-units, --throttle-limit); the zero value
+	// throttles nothing (docs/operations.md).
+	Throttle throttle.Settings
 }
 
 // AMQPOff as Config.AMQPAddr turns the AMQPS listener off.
@@ -235,6 +240,7 @@ func open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	// certificateAuthority devices chain to the DPS's CAs.
 	s.registry.SetCATrust(s.dps)
+	s.setupThrottle()
 	s.instrument()
 	if err := s.setupTLS(); err != nil {
 		st.Close()
@@ -253,6 +259,20 @@ func open(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// setupThrottle installs cfg.Throttle in both domains, which every front
+// end calls, and logs the limits the default hub gets.
+func (s *Server) setupThrottle() {
+	th := throttle.New(throttle.Config{Settings: s.cfg.Throttle, Observe: s.metrics.Throttled})
+	if th == nil {
+		return
+	}
+	s.registry.SetThrottle(th)
+	s.dps.SetThrottle(th)
+	hubName := s.hubs.Default().Info.Name
+	s.log.Info("server: throttling as Azure does", "profile", s.cfg.Throttle.Profile.Name, "hub", hubName,
+		"limits", strings.Join(s.cfg.Throttle.Describe(hubName), " "), "hubsWithOwnUnits", strings.Join(s.cfg.Throttle.HubsWithUnits(), ","))
 }
 
 func (s *Server) openStream(ctx context.Context) error {

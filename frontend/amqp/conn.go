@@ -270,6 +270,12 @@ func (c *conn) authorize(audience, token string) (int, string) {
 // answers its CBS status.
 func (c *conn) refused(kind, aud string, err error) (int, string) {
 	var ae *azerr.Error
+	if errors.As(err, &ae) && ae.Status() == 429 {
+		// berth serve --throttle: the connection rate is over its
+		// limit. 429, not 401: the token is good and a retry will pass.
+		c.srv.log.Info("amqp: CBS "+kind+" token refused: throttled", c.logAttrs("audience", clip(aud), "error", err.Error())...)
+		return 429, ae.Message
+	}
 	if errors.As(err, &ae) && ae.Status() >= 400 && ae.Status() < 500 {
 		attrs := c.logAttrs("audience", clip(aud))
 		if r := refusal.Of(err); r != nil {

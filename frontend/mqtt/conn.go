@@ -34,10 +34,14 @@ const (
 // rendered from the error's azerr entry as IoT Hub answers (docs/errors.md):
 // 5, not authorized, for a 4xx (every authentication failure: unknown or
 // disabled device, wrong key or certificate, expired token) and 3, server
-// unavailable, for a 5xx or an error of no entry (the store failed).
+// unavailable, for a 5xx or an error of no entry (the store failed). A
+// throttled connection (429, berth serve --throttle) is 3 too: the SDKs
+// retry "server unavailable" with back-off and give up on "not
+// authorized" (docs/spec/iothub-protocol.md#mqtt-level-errors), and a
+// throttle is over once the client waits.
 func connackFor(err error) byte {
 	var e *azerr.Error
-	if errors.As(err, &e) && e.Code.Status() < 500 {
+	if errors.As(err, &e) && e.Code.Status() < 500 && e.Code.Status() != 429 {
 		return connNotAuthorized
 	}
 	return connServerUnavailable

@@ -468,7 +468,7 @@ func (s *dpsSession) handle(ctx context.Context, kind, rid, opID string, body []
 // not *azerr.Error are internal: their cause is logged, never sent.
 func (s *dpsSession) fail(rid string, err error) {
 	e, body := s.c.srv.errorAnswer("mqtt: DPS error answer", append(s.logAttrs(), "remote", s.c.remote, "rid", clip(rid)), azerr.For(err, azerr.DPSInternal))
-	s.respond(e.Status(), rid, body)
+	s.respondAfter(e.Status(), rid, body, retryAfterSeconds(e, s.d.RetryAfter()))
 }
 
 // errorAnswer makes the error body DPS and the IoT Hub twin topics share
@@ -506,6 +506,21 @@ func (s *Server) errorAnswer(msg string, attrs []any, e *azerr.Error) (*azerr.Er
 // subscription was granted. Without a subscription the answer has nowhere
 // to go and is dropped.
 func (s *dpsSession) respond(status int, rid string, v any) {
+	s.respondAfter(status, rid, v, s.d.RetryAfter())
+}
+
+// retryAfterSeconds is the retry-after of an error answer: the domain's
+// wait (a throttle's) in whole seconds, rounded up, or def.
+func retryAfterSeconds(e *azerr.Error, def int) int {
+	if e.RetryAfter <= 0 {
+		return def
+	}
+	return int((e.RetryAfter + time.Second - 1) / time.Second)
+}
+
+// respondAfter is respond with the retry-after its topic carries on 202,
+// 429 and 503.
+func (s *dpsSession) respondAfter(status int, rid string, v any, retryAfter int) {
 	payload, err := encodeJSON(v)
 	if err != nil {
 		// Only a broken Info map could get here; the fixed fields of
@@ -514,7 +529,7 @@ func (s *dpsSession) respond(status int, rid string, v any) {
 		status = 500
 		payload = []byte(`{"errorCode":500000,"trackingId":"` + dps.NewTrackingID() + `","message":"Internal server error."}`)
 	}
-	topic := responseTopic(status, rid, s.d.RetryAfter())
+	topic := responseTopic(status, rid, retryAfter)
 	qos := s.deliveryQoS(topic)
 	if qos < 0 {
 		s.c.srv.log.Debug("mqtt: DPS answer dropped: no subscription matches", append(s.logAttrs(), "rid", clip(rid), "status", status)...)

@@ -399,6 +399,11 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 			}
 			return refuse("device authentication failed", "error", err.Error())
 		}
+		if ae := (*azerr.Error)(nil); errors.As(err, &ae) && ae.Status() == 429 {
+			// berth serve --throttle: the operator asked for it.
+			c.srv.log.Info("mqtt: CONNECT refused: throttled", append(attrs, "error", err.Error())...)
+			return nil, connServerUnavailable
+		}
 		c.srv.log.Error("mqtt: CONNECT refused: device authentication could not complete", append(attrs, "error", err.Error())...)
 		return nil, connServerUnavailable
 	}

@@ -217,7 +217,7 @@ func (h *handler) receiveCloudToDevice(x *exchange, args []string) {
 		return
 	}
 	deviceID := id.Device.DeviceID
-	msgs, err := q.Receive(x.r.Context(), x.hubName(), deviceID, 1, lockFor)
+	msgs, err := q.Poll(x.r.Context(), x.hubName(), deviceID, 1, lockFor)
 	if err != nil {
 		x.fail(err)
 		return

@@ -245,8 +245,10 @@ func (x *exchange) noContent() { x.writeHeader(http.StatusNoContent) }
 //
 // The value is delta-seconds, never an HTTP date: C# reads
 // Headers.RetryAfter.Delta.
-func (x *exchange) setRetryAfter() {
-	x.w.Header()[hdrRetryAfter] = []string{strconv.Itoa(x.h.svc.RetryAfter())}
+func (x *exchange) setRetryAfter() { x.setRetryAfterSeconds(x.h.svc.RetryAfter()) }
+
+func (x *exchange) setRetryAfterSeconds(n int) {
+	x.w.Header()[hdrRetryAfter] = []string{strconv.Itoa(n)}
 }
 
 // errorBody is Azure's ProvisioningServiceErrorDetails.
@@ -280,8 +282,14 @@ func (x *exchange) failDPS(e *azerr.Error) {
 	h[hdrErrorCode] = []string{strconv.Itoa(e.Code.Number())}
 	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 		// docs/spec/dps-protocol.md#retry-after-and-polling: every 429
-		// carries retry-after; the SDKs retry 503 the same way.
-		x.setRetryAfter()
+		// carries retry-after; the SDKs retry 503 the same way. A
+		// throttle's wait, when the domain gives one, rounded up to
+		// whole seconds.
+		n := x.h.svc.RetryAfter()
+		if e.RetryAfter > 0 {
+			n = int((e.RetryAfter + time.Second - 1) / time.Second)
+		}
+		x.setRetryAfterSeconds(n)
 	}
 	body := errorBody{
 		ErrorCode:    e.Code.Number(),

@@ -29,6 +29,7 @@ func newServeCmd(g *globals) *cobra.Command {
 		configFile string
 		logLevel   string
 		logFormat  string
+		thr        throttleFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -53,6 +54,9 @@ the flag names. Flags win over the environment, which wins over the file.`,
 			if cfg.Logger, err = newLogger(g.stderr, logFormat, level); err != nil {
 				return err
 			}
+			if cfg.Throttle, err = thr.settings(); err != nil {
+				return err
+			}
 			return runServe(cmd.Context(), cfg, g.stdout)
 		},
 	}
@@ -72,6 +76,7 @@ the flag names. Flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.NATSURL, "nats-url", "", "external NATS (JetStream) URLs for the telemetry stream; default: embedded, under DATA_DIR/nats")
 	f.StringVar(&cfg.StreamListen, "stream-listen", "127.0.0.1:0", `where the embedded NATS accepts local readers (token in client.json); "none" for in-process only`)
 	f.DurationVar(&cfg.MaxTokenLifetime, "max-token-lifetime", 0, "longest lifetime (expiry minus now) of a device or service SAS token berth accepts, e.g. 24h; 0 for no limit, as Azure")
+	thr.register(f)
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text (logfmt-style key=value) or json (one object a line)")
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:8443", `operator listener: console, /metrics, /healthz, /readyz (HTTPS); loopback-only by default, "none" for no listener (docs/operations.md)`)
