@@ -30,10 +30,10 @@ import (
 	"github.com/berth-iot/berth/pki"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store"
-	"github.com/berth-iot/berth/throttle"
 	"github.com/berth-iot/berth/store/postgres"
 	"github.com/berth-iot/berth/store/sqlite"
 	"github.com/berth-iot/berth/stream"
+	"github.com/berth-iot/berth/throttle"
 	"github.com/berth-iot/berth/wsconn"
 )
 
