@@ -47,7 +47,7 @@ func start(t *testing.T, dataDir string) *berth {
 }
 
 // startWith is start with cfg's store and NATS (StoreURL, NATSURL), logger
-// token limit and operator listener; the addresses and names are start's.
+// token limit, operator listener and throttles; the addresses and names are start's.
 func startWith(t *testing.T, dataDir string, cfg server.Config) *berth {
 	t.Helper()
 	ctx := context.Background()
@@ -65,6 +65,7 @@ func startWith(t *testing.T, dataDir string, cfg server.Config) *berth {
 		Logger:           cfg.Logger,
 		MaxTokenLifetime: cfg.MaxTokenLifetime,
 		AdminAddr:        cfg.AdminAddr,
+		Throttle:         cfg.Throttle,
 	})
 	if err != nil {
 		t.Fatal(err)
