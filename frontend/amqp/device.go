@@ -107,7 +107,11 @@ func (c *conn) certGrant(l *engine.Link, deviceID string) (*grant, *engine.Error
 	defer cancel()
 	id, err := h.Registry.AuthenticateDeviceCert(ctx, hubName, deviceID, chain)
 	if err != nil {
-		_, desc := c.refused("certificate", hubName+"/devices/"+deviceID, err)
+		status, desc := c.refused("certificate", hubName+"/devices/"+deviceID, err)
+		if status == 429 {
+			// berth serve --throttle: a connection over the rate.
+			return nil, linkError(condThrottled, "%s", desc)
+		}
 		return nil, linkError(engine.ErrCondUnauthorizedAccess, "%s", desc)
 	}
 	g := &grant{key: deviceKey(hubName, id.Device.DeviceID), hub: hubName, settings: settings,
