@@ -15,6 +15,7 @@ import (
 	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/store"
 	"github.com/berth-iot/berth/store/memstore"
+	"github.com/berth-iot/berth/throttle"
 )
 
 func scrape(t *testing.T, m *metrics.Metrics) string {
@@ -99,4 +100,22 @@ func grep(text, prefix string) string {
 		}
 	}
 	return b.String()
+}
+
+// Throttled counts refusals by operation class and hub, hub names in
+// lower case so that one hub is one series however a request spelled it.
+func TestThrottled(t *testing.T) {
+	m := metrics.New()
+	m.Throttled(throttle.HubD2C, "Hub.Example")
+	m.Throttled(throttle.HubD2C, "hub.example")
+	m.Throttled(throttle.DPSRegister, "")
+	text := scrape(t, m)
+	for _, want := range []string{
+		`berth_throttled_requests_total{hub="hub.example",operation="d2c"} 2`,
+		`berth_throttled_requests_total{hub="",operation="dps-register"} 1`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("missing %s in\n%s", want, grep(text, "berth_throttled"))
+		}
+	}
 }
