@@ -25,7 +25,8 @@ func (t *throttleFlags) register(f *pflag.FlagSet) {
 func (t *throttleFlags) settings() (throttle.Settings, error) {
 	s, err := throttle.Parse(t.profile, t.units, t.limits)
 	if err != nil {
-		return throttle.Settings{}, fmt.Errorf("--throttle: %w", err)
+		// Parse names the flag's value; its errors start "throttle:".
+		return throttle.Settings{}, fmt.Errorf("%w (--throttle, --throttle-units, --throttle-limit)", err)
 	}
 	return s, nil
 }
