@@ -1,7 +1,10 @@
-// A DPS registration storm against berth serve --throttle: the official
-// Node provisioning SDK (MQTT and HTTPS) gets 429 with retry-after, waits
-// what it says, retries, and every device ends assigned — the back-off a
-// firmware team wants to see against Azure's quotas before it meets them.
+// DPS and hub throttles (berth serve --throttle) met by the official Node
+// SDKs: a DPS registration storm gets 429 with retry-after (the MQTT
+// transport retries by itself, the HTTPS one hands the 429 to the
+// application, which retries), and telemetry over the D2C rate closes the
+// device's MQTT connection, which the device SDK reopens to resend. The
+// back-off a firmware team wants to see against Azure's quotas before it
+// meets them.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -10,6 +13,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { freeLoopbackAddress, startBerth } from '../lib/berth.mjs';
 import { deriveDeviceKey, startSdkWorker } from '../lib/sdk.mjs';
+import { deviceEvents } from '../lib/monitor.mjs';
 
 // Own loopback address: $BERTH_COMPAT_THROTTLE_IP, or a free random one.
 const IP = process.env.BERTH_COMPAT_THROTTLE_IP;
@@ -38,7 +42,7 @@ describe('DPS throttled as Azure (Node provisioning SDK)', { timeout: 150000 }, 
     // that a storm of six is throttled; retry-after on 202s of 1 s keeps
     // the throttle's own wait (2 s for one token) visible.
     berth = await startBerth(ip, ['--throttle', 'azure-s1', '--throttle-limit', 'dps-register=2/4s',
-      '--retry-after', '1', '--admin-addr', `${ip}:8443`]);
+      '--throttle-limit', 'd2c=2/4s', '--retry-after', '1', '--admin-addr', `${ip}:8443`]);
     info = berth.info;
     sdk = await startSdkWorker(berth.caFile);
     const g = await sdk.service(info.serviceConnectionString, 'createOrUpdateEnrollmentGroup', {
@@ -106,5 +110,21 @@ describe('DPS throttled as Azure (Node provisioning SDK)', { timeout: 150000 }, 
     });
     assert.ok(throttled >= 2, `the SDK reported ${throttled} throttled registrations, want at least 2`);
     t.diagnostic(`4 devices assigned after ${throttled} ThrottlingErrors`);
+  });
+
+  test('hub, MQTT: telemetry over the D2C rate closes the connection; the device SDK reconnects, resends, and every message arrives', async (t) => {
+    const deviceId = 'd2c-node-1';
+    const r = await sdk.registry(info.hubConnectionString, 'create', { deviceId });
+    const key = r.body.authentication.symmetricKey.primaryKey;
+    const cs = `HostName=${info.hubHostName};DeviceId=${deviceId};SharedAccessKey=${key}`;
+    const messages = Array.from({ length: 5 }, (_, i) => ({ data: `m-${i}`, messageId: `m-${i}` }));
+    const timing = await sdk.hubSend('mqtt', cs, messages, 'single', 60000);
+    t.diagnostic(`5 sendEvent (2 per 4 s allowed) in ${timing.sendMs} ms`);
+    const got = await deviceEvents(berth, deviceId, 5);
+    const ids = new Set(got.map((e) => e.properties?.system?.message_id));
+    assert.deepEqual([...ids].sort(), messages.map((m) => m.messageId), JSON.stringify(got));
+    const text = await metrics(berth.ip, berth.caFile);
+    assert.ok(text.split('\n').some((l) => l.startsWith('berth_throttled_requests_total{hub="' + info.hubHostName.toLowerCase() + '",operation="d2c"}')),
+      'throttled D2C sends counted');
   });
 });
