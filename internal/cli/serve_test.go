@@ -18,7 +18,8 @@ func serveOnce(t *testing.T, dataDir string) string {
 	var out, errb syncBuffer
 	root := NewRoot(&out, &errb)
 	root.SetArgs([]string{"--data-dir", dataDir, "serve", "--host", "127.0.0.1", "--hub-name", "hub.berth.test",
-		"--mqtt-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--stream-listen", "none", "--log-level", "error"})
+		"--mqtt-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--amqp-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+		"--stream-listen", "none", "--log-level", "error"})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- root.ExecuteContext(ctx) }()
