@@ -85,7 +85,10 @@ export async function startBerth(ip, extraArgs = [], options = {}) {
   const logFile = path.join(dataDir, 'berth.log');
   const log = fs.openSync(logFile, 'a');
   const args = ['serve', '--data-dir', dataDir, '--host', ip,
-    '--mqtt-addr', `${ip}:8883`, '--https-addr', `${ip}:443`, '--amqp-addr', `${ip}:5671`, ...extraArgs];
+    '--mqtt-addr', `${ip}:8883`, '--https-addr', `${ip}:443`, '--amqp-addr', `${ip}:5671`,
+    // The operator listener's default, 127.0.0.1:8443, would be shared by
+    // every berth a run starts; each takes its own address's.
+    '--admin-addr', `${ip}:8443`, ...extraArgs];
   const child = spawn(bin, args, { stdio: ['ignore', log, log] });
   fs.closeSync(log);
   let exited = null;
