@@ -418,7 +418,7 @@ func (s *Server) Start() error {
 		s.amqpLn = s.metrics.Listener(s.amqpLn, "amqp")
 	}
 	hubCfg := &amqpfront.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc}
-	s.amqp = amqpfront.New(amqpfront.Config{Logger: s.log.With("listener", "amqp"), Hub: hubCfg})
+	s.amqp = amqpfront.New(amqpfront.Config{Logger: s.log.With("listener", "amqp"), Hub: hubCfg, DPS: s.dps})
 	s.mqtt = mqttfront.New(mqttfront.Config{
 		Logger:    s.log.With("listener", "mqtt"),
 		OnSession: s.metrics.MQTTSession,

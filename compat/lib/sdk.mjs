@@ -14,7 +14,7 @@ const workerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), 'sdk_
 /** An error the SDK raised in the worker, with what the worker could read off it. */
 export class SdkError extends Error {
   constructor(e) {
-    super(`${e.name}: ${e.message}${e.status ? ` (status ${e.status})` : ''}${e.code ? ` (code ${e.code})` : ''}${e.body !== undefined ? ` body ${JSON.stringify(e.body)}` : ''}`);
+    super(`${e.name}: ${e.message ?? e.description}${e.status ? ` (status ${e.status})` : ''}${e.code ? ` (code ${e.code})` : ''}${e.body !== undefined ? ` body ${JSON.stringify(e.body)}` : ''}`);
     this.sdkName = e.name;
     this.status = e.status;
     this.code = e.code;
@@ -22,6 +22,8 @@ export class SdkError extends Error {
     this.topic = e.topic;
     this.headers = e.headers;
     this.stage = e.stage;
+    this.condition = e.condition;
+    this.description = e.description;
     this.sdkStack = e.stack;
   }
 }

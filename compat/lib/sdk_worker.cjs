@@ -15,7 +15,7 @@
 
 const { ProvisioningServiceClient } = require('azure-iot-provisioning-service');
 const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
-const { Mqtt } = require('azure-iot-provisioning-device-mqtt');
+const { Mqtt, MqttWs } = require('azure-iot-provisioning-device-mqtt');
 const { Http } = require('azure-iot-provisioning-device-http');
 const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key');
 const { X509Security } = require('azure-iot-security-x509');
@@ -24,7 +24,23 @@ const {
 } = require('azure-iot-device');
 const { Mqtt: HubMqtt, MqttWs: HubMqttWs } = require('azure-iot-device-mqtt');
 const { Http: HubHttp } = require('azure-iot-device-http');
-// azure-iot-device-amqp is loaded by the workers that use it only.
+// azure-iot-provisioning-device-amqp and azure-iot-device-amqp are loaded
+// by the workers that use them only.
+let provAmqpSdk;
+const provAmqp = () => (provAmqpSdk ??= require('azure-iot-provisioning-device-amqp'));
+
+// The provisioning transport of a transport name: 'mqtt' (default),
+// 'mqttws', 'http', 'amqp' or 'amqpws'.
+function provisioningTransport(name) {
+  switch (name) {
+    case 'http': return new Http();
+    case 'mqttws': return new MqttWs();
+    case 'amqp': return new (provAmqp().Amqp)();
+    case 'amqpws': return new (provAmqp().AmqpWs)();
+    default: return new Mqtt();
+  }
+}
+
 let amqpSdk;
 const amqpDevice = () => (amqpSdk ??= require('azure-iot-device-amqp'));
 
@@ -89,6 +105,10 @@ function serializeError(err) {
     topic,
     headers: pickHeaders(res),
     body,
+    // rhea's errors (a refused SASL exchange, an attach or a request
+    // refused): the AMQP condition.
+    condition: err.condition || (err.amqpError && err.amqpError.condition),
+    description: err.description,
     stage: err.stage,
     stack: err.stack,
   };
@@ -241,11 +261,11 @@ const ops = {
     return pages;
   },
 
-  // ProvisioningDeviceClient + SymmetricKeySecurityClient over MQTT or HTTP;
-  // returns the registrationState the SDK hands the application.
-  // payload: optional data for setProvisioningPayload.
+  // ProvisioningDeviceClient + SymmetricKeySecurityClient over MQTT, HTTP or
+  // AMQP (provisioningTransport); returns the registrationState the SDK
+  // hands the application. payload: optional data for setProvisioningPayload.
   async register(transportName, provisioningHost, idScope, registrationId, symmetricKey, payload) {
-    const transport = transportName === 'http' ? new Http() : new Mqtt();
+    const transport = provisioningTransport(transportName);
     const security = new SymmetricKeySecurityClient(registrationId, symmetricKey);
     const client = ProvisioningDeviceClient.create(provisioningHost, idScope, transport, security);
     if (payload !== undefined) client.setProvisioningPayload(payload);
@@ -259,7 +279,7 @@ const ops = {
   // presents cert (PEM; the leaf followed by its chain for a group device)
   // as the TLS client certificate. Returns the registrationState.
   async registerX509(transportName, provisioningHost, idScope, registrationId, cert, key, payload) {
-    const transport = transportName === 'http' ? new Http() : new Mqtt();
+    const transport = provisioningTransport(transportName);
     const security = new X509Security(registrationId, { cert, key });
     const client = ProvisioningDeviceClient.create(provisioningHost, idScope, transport, security);
     if (payload !== undefined && payload !== null) client.setProvisioningPayload(payload);

@@ -47,6 +47,7 @@ type conn struct {
 	closed  bool
 	grants  map[string]*grant
 	devices map[string]*device // live device sessions, by hub/deviceID
+	dps     *dpsSession        // the DPS registration authenticated (dps.go)
 }
 
 func newConn(s *Server) *conn {
@@ -80,6 +81,9 @@ func (c *conn) Authenticate(ec *engine.Conn, cred *engine.SASLCredentials) engin
 	case engine.MechANONYMOUS, engine.MechMSSBCBS, engine.MechEXTERNAL:
 		return engine.SASLOK
 	case engine.MechPLAIN:
+		if code, ok := c.dpsPLAIN(cred); ok {
+			return code
+		}
 		user, pass := cred.Username, cred.Password
 		name, realm, ok := strings.Cut(user, "@sas.")
 		if !ok || name == "" {

@@ -39,6 +39,9 @@ var routes = []route{
 	{pattern: "messages/devicebound", attach: (*conn).attachServiceSend},
 	{pattern: "messages/servicebound/feedback", attach: (*conn).attachFeedback},
 	{pattern: "messages/servicebound/filenotifications", attach: (*conn).attachFileNotifications},
+	// DPS: {scope}/registrations/{reg}, last so that no hub address is
+	// taken for one ({d} here is the registration ID).
+	{pattern: "{*}/registrations/{d}", attach: (*conn).attachDPS},
 }
 
 // normaliseAddress strips a scheme and host (amqps://{hub}[:port]) and the

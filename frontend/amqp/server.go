@@ -37,6 +37,9 @@ type HubConfig struct {
 type Config struct {
 	Logger *slog.Logger
 	Hub    *HubConfig
+	// DPS, when set, serves DPS over AMQP ({scope}/registrations/{reg},
+	// dps.go).
+	DPS DPS
 	// Engine overrides the engine's limits; its Handler is set per
 	// connection.
 	Engine engine.Config
