@@ -61,13 +61,18 @@ func (w *syncBuf) String() string {
 
 type fixture struct {
 	addr     string
+	st       *memstore.Store
+	reg      *hub.Registry
 	svc      *hub.Services
 	settings *hub.Settings
 	sink     *sink
 	logs     *syncBuf
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t) }
+
+// newFixtureWith is newFixture with changes to the server's Config (a DPS).
+func newFixtureWith(t *testing.T, opts ...func(*fixture, *Config)) *fixture {
 	t.Helper()
 	st := memstore.New()
 	reg := hub.NewRegistry(st, nil)
@@ -75,10 +80,14 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{settings: settings, sink: &sink{}, logs: &syncBuf{}}
+	f := &fixture{st: st, reg: reg, settings: settings, sink: &sink{}, logs: &syncBuf{}}
 	f.svc = hub.NewServices(st, reg, f.sink, nil, nil)
 	log := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv := New(Config{Logger: log, Hub: &HubConfig{Name: hubName, Settings: settings, Services: f.svc}})
+	cfg := Config{Logger: log, Hub: &HubConfig{Name: hubName, Settings: settings, Services: f.svc}}
+	for _, o := range opts {
+		o(f, &cfg)
+	}
+	srv := New(cfg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
