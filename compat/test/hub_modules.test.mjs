@@ -1,6 +1,7 @@
 // Module identities through the official Azure IoT SDKs, against a real
 // berth: azure-iothub Registry module CRUD and module twins, and
-// azure-iot-device ModuleClient.fromConnectionString over MQTT (telemetry
+// azure-iot-device ModuleClient.fromConnectionString over MQTT, Amqp and
+// AmqpWs (telemetry
 // with the module stamp, twin, desired patch, a method invoked with
 // azure-iothub Client.invokeDeviceMethod(deviceId, moduleId, …)); a deleted
 // module's connection string is refused.
@@ -12,6 +13,8 @@ import { startBerth } from '../lib/berth.mjs';
 import { deviceEvents } from '../lib/monitor.mjs';
 import { startSdkWorker } from '../lib/sdk.mjs';
 
+// Own loopback address: $BERTH_COMPAT_MODULES_IP, or a free random one (lib/berth.mjs).
+const IP = process.env.BERTH_COMPAT_MODULES_IP;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 describe('IoT Hub SDKs: module identities', { timeout: 150000 }, () => {
@@ -21,7 +24,7 @@ describe('IoT Hub SDKs: module identities', { timeout: 150000 }, () => {
   const handles = [];
 
   before(async () => {
-    berth = await startBerth();
+    berth = await startBerth(IP);
     hubCs = berth.info.hubConnectionString;
     sdk = await startSdkWorker(berth.caFile);
   });
@@ -77,39 +80,41 @@ describe('IoT Hub SDKs: module identities', { timeout: 150000 }, () => {
     assert.deepEqual((await sdk.registry(hubCs, 'getModulesOnDevice', deviceId)).body, []);
   });
 
-  test('ModuleClient over MQTT: telemetry, twin, desired patch, method; a deleted module is refused', async () => {
-    const deviceId = 'mod-live';
-    await sdk.registry(hubCs, 'create', { deviceId });
-    const { body } = await sdk.registry(hubCs, 'addModule', { deviceId, moduleId: 'filter' });
-    const cs = `HostName=${berth.info.hubHostName};DeviceId=${deviceId};ModuleId=filter;SharedAccessKey=${body.authentication.symmetricKey.primaryKey}`;
-    const h = await sdk.device.open('mqtt', cs, { module: true });
-    handles.push(h);
+  for (const [transport, name] of [['mqtt', 'MQTT'], ['amqp', 'Amqp'], ['amqpws', 'AmqpWs']]) {
+    test(`ModuleClient over ${name}: telemetry, twin, desired patch, method; a deleted module is refused`, async () => {
+      const deviceId = `mod-live-${transport}`;
+      await sdk.registry(hubCs, 'create', { deviceId });
+      const { body } = await sdk.registry(hubCs, 'addModule', { deviceId, moduleId: 'filter' });
+      const cs = `HostName=${berth.info.hubHostName};DeviceId=${deviceId};ModuleId=filter;SharedAccessKey=${body.authentication.symmetricKey.primaryKey}`;
+      const h = await sdk.device.open(transport, cs, { module: true });
+      handles.push(h);
 
-    await sdk.device.sendEvent(h, JSON.stringify({ t: 1 }), [['k', 'v']]);
-    const [ev] = await deviceEvents(berth, deviceId, 1);
-    assert.equal(ev.annotations['iothub-connection-device-id'], deviceId);
-    assert.equal(ev.annotations['iothub-connection-module-id'], 'filter');
+      await sdk.device.sendEvent(h, JSON.stringify({ t: 1 }), [['k', 'v']]);
+      const [ev] = await deviceEvents(berth, deviceId, 1);
+      assert.equal(ev.annotations['iothub-connection-device-id'], deviceId);
+      assert.equal(ev.annotations['iothub-connection-module-id'], 'filter');
 
-    const twin = await sdk.device.getTwin(h);
-    assert.equal(twin.desired.$version, 1);
-    await sdk.device.updateReported(h, { fw: '1.2' });
-    const st = await sdk.registry(hubCs, 'getModuleTwin', deviceId, 'filter');
-    assert.equal(st.body.properties.reported.fw, '1.2');
-    const dt = await sdk.registry(hubCs, 'getTwin', deviceId);
-    assert.equal(dt.body.properties.reported.fw, undefined, 'the module reported to its device twin');
+      const twin = await sdk.device.getTwin(h);
+      assert.equal(twin.desired.$version, 1);
+      await sdk.device.updateReported(h, { fw: '1.2' });
+      const st = await sdk.registry(hubCs, 'getModuleTwin', deviceId, 'filter');
+      assert.equal(st.body.properties.reported.fw, '1.2');
+      const dt = await sdk.registry(hubCs, 'getTwin', deviceId);
+      assert.equal(dt.body.properties.reported.fw, undefined, 'the module reported to its device twin');
 
-    await sdk.device.watchDesired(h);
-    await sdk.registry(hubCs, 'updateModuleTwin', deviceId, 'filter', { properties: { desired: { rate: 7 } } }, '*');
-    const d = await waitEvent(h, 'desired', (e) => e.patch.rate === 7);
-    assert.equal(d.patch.$version, 2);
+      await sdk.device.watchDesired(h);
+      await sdk.registry(hubCs, 'updateModuleTwin', deviceId, 'filter', { properties: { desired: { rate: 7 } } }, '*');
+      const d = await waitEvent(h, 'desired', (e) => e.patch.rate === 7);
+      assert.equal(d.patch.$version, 2);
 
-    await sdk.device.onMethod(h, 'reset', 'echo');
-    const r = await sdk.invokeModuleMethod(hubCs, deviceId, 'filter', { methodName: 'reset', payload: { n: 1 }, responseTimeoutInSeconds: 10 });
-    assert.equal(r.result.status, 200);
-    assert.deepEqual(r.result.payload, { ok: true, echo: { n: 1 } });
+      await sdk.device.onMethod(h, 'reset', 'echo');
+      const r = await sdk.invokeModuleMethod(hubCs, deviceId, 'filter', { methodName: 'reset', payload: { n: 1 }, responseTimeoutInSeconds: 10 });
+      assert.equal(r.result.status, 200);
+      assert.deepEqual(r.result.payload, { ok: true, echo: { n: 1 } });
 
-    await sdk.device.close(h);
-    await sdk.registry(hubCs, 'removeModule', deviceId, 'filter');
-    await assert.rejects(sdk.device.open('mqtt', cs, { module: true }));
-  });
+      await sdk.device.close(h);
+      await sdk.registry(hubCs, 'removeModule', deviceId, 'filter');
+      await assert.rejects(sdk.device.open(transport, cs, { module: true }));
+    });
+  }
 });

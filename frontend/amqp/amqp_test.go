@@ -97,8 +97,9 @@ func TestCBSRefusals(t *testing.T) {
 	if code, _ := putToken(t, s, "other.example.net%2Fdevices%2Fd1", deviceToken(t, "d1", time.Now().Add(time.Hour))); code != 404 {
 		t.Errorf("unknown hub: %d, want 404", code)
 	}
-	if code, _ := putToken(t, s, hubName+"%2Fdevices%2Fd1%2Fmodules%2Fm1", deviceToken(t, "d1", time.Now().Add(time.Hour))); code != 404 {
-		t.Errorf("module: %d, want 404", code)
+	// No module m1, and a device's token is not a module's.
+	if code, _ := putToken(t, s, hubName+"%2Fdevices%2Fd1%2Fmodules%2Fm1", deviceToken(t, "d1", time.Now().Add(time.Hour))); code != 401 {
+		t.Errorf("module: %d, want 401", code)
 	}
 	if !strings.Contains(f.logs.String(), "reason=") {
 		t.Error("refusals not logged with their reason")

@@ -28,8 +28,9 @@ type grant struct {
 	key      string // lower-cased hub and audience path
 	hub      string
 	settings *hub.Settings
-	deviceID string        // device grants
-	identity *hub.Identity // device grants
+	deviceID string        // device and module grants
+	moduleID string        // module grants
+	identity *hub.Identity // device and module grants
 	path     []string      // service grants: the audience below the hub
 	expires  time.Time     // zero: none
 	timer    *time.Timer
@@ -177,7 +178,7 @@ func (c *conn) attachCBS(l *engine.Link, _ match) (engine.LinkHandler, *engine.E
 }
 
 func (c *conn) attachModule(l *engine.Link, m match) (engine.LinkHandler, *engine.Error) {
-	return nil, linkError(engine.ErrCondNotImplemented, "Modules are not supported by berth yet (module %q of device %q).", clip(m.moduleID), clip(m.deviceID))
+	return nil, linkError(engine.ErrCondNotImplemented, "The module address %q is not served: modules have telemetry, twin and direct methods over AMQP (module %q of device %q).", clip(m.address), clip(m.moduleID), clip(m.deviceID))
 }
 
 // CBS application properties and status codes (docs/amqp-wire.md, "CBS").
@@ -240,19 +241,26 @@ func (c *conn) authorize(audience, token string) (int, string) {
 	defer cancel()
 	g := &grant{hub: hubName, settings: settings}
 	if len(rest) >= 2 && strings.EqualFold(rest[0], "devices") {
-		if len(rest) > 2 {
-			if len(rest) >= 4 && strings.EqualFold(rest[2], "modules") {
-				c.srv.log.Info("amqp: CBS token refused: modules are not supported yet", c.logAttrs("audience", clip(aud))...)
-				return 404, "Modules are not supported by berth yet."
+		var (
+			id  *hub.Identity
+			err error
+		)
+		switch {
+		case len(rest) == 4 && strings.EqualFold(rest[2], "modules"):
+			// A module identity ({hub}/devices/{d}/modules/{m}): the same
+			// check as a module's MQTT CONNECT.
+			if id, err = h.Registry.AuthenticateModule(ctx, settings, hubName, rest[1], rest[3], token); err != nil {
+				return c.refused("module", aud, err)
 			}
-			return 404, fmt.Sprintf("The audience %s is not a device.", clip(aud))
+		case len(rest) == 2:
+			if id, err = h.Registry.AuthenticateDevice(ctx, settings, hubName, rest[1], token); err != nil {
+				return c.refused("device", aud, err)
+			}
+		default:
+			return 404, fmt.Sprintf("The audience %s is not a device or a module.", clip(aud))
 		}
-		id, err := h.Registry.AuthenticateDevice(ctx, settings, hubName, rest[1], token)
-		if err != nil {
-			return c.refused("device", aud, err)
-		}
-		g.deviceID, g.identity, g.expires = id.Device.DeviceID, id, id.Expires
-		g.key = strings.ToLower(hubName) + "/devices/" + id.Device.DeviceID
+		g.deviceID, g.moduleID, g.identity, g.expires = id.Device.DeviceID, id.Device.ModuleID(), id, id.Expires
+		g.key = strings.ToLower(hubName) + "/devices/" + hub.TwinID(g.deviceID, g.moduleID)
 	} else {
 		if _, err := h.Registry.AuthorizeService(settings, hubName, token, rest, hub.RightServiceConnect); err != nil {
 			return c.refused("service", aud, err)
@@ -351,7 +359,7 @@ func (c *conn) expire(g *grant) {
 	}
 	var dev *device
 	if g.deviceID != "" {
-		dk := deviceKey(g.hub, g.deviceID)
+		dk := deviceKey(g.hub, hub.TwinID(g.deviceID, g.moduleID))
 		if dev = c.devices[dk]; dev != nil {
 			delete(c.devices, dk)
 		}

@@ -21,7 +21,11 @@ type device struct {
 	c        *conn
 	hub      string
 	deviceID string
-	sender   hub.Sender
+	moduleID string // "" for a device
+	// twinID names the identity in the hub's twins, methods and live
+	// sessions: the device ID, or {device}/{module} (hub.TwinID).
+	twinID string
+	sender hub.Sender
 
 	detach       func()
 	disconnected func()
@@ -44,14 +48,14 @@ func (c *conn) deviceFor(l *engine.Link, m match) (*device, *engine.Error) {
 	if h == nil || h.Services == nil {
 		return nil, linkError(engine.ErrCondInternalError, "The hub is not available.")
 	}
-	g := c.deviceGrant(m.deviceID)
+	g := c.deviceGrant(m.deviceID, m.moduleID)
 	if g == nil {
 		var err *engine.Error
-		if g, err = c.certGrant(l, m.deviceID); err != nil {
+		if g, err = c.certGrant(l, m.deviceID, m.moduleID); err != nil {
 			return nil, err
 		}
 	}
-	dk := deviceKey(g.hub, g.deviceID)
+	dk := deviceKey(g.hub, hub.TwinID(g.deviceID, g.moduleID))
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -60,7 +64,8 @@ func (c *conn) deviceFor(l *engine.Link, m match) (*device, *engine.Error) {
 	d := c.devices[dk]
 	created := d == nil
 	if created {
-		d = &device{c: c, hub: g.hub, deviceID: g.deviceID, sender: hub.SenderOf(g.hub, g.identity)}
+		d = &device{c: c, hub: g.hub, deviceID: g.deviceID, moduleID: g.moduleID,
+			twinID: hub.TwinID(g.deviceID, g.moduleID), sender: hub.SenderOf(g.hub, g.identity)}
 		c.devices[dk] = d
 	}
 	g.links[l] = struct{}{}
@@ -68,20 +73,21 @@ func (c *conn) deviceFor(l *engine.Link, m match) (*device, *engine.Error) {
 	if created {
 		// One live session per device: Links closes the one this
 		// replaces (another connection of the same device).
-		_, d.detach = h.Links.Attach(d.hub, d.deviceID, hub.Credential(g.identity.Device), d)
-		d.disconnected = h.Registry.Connected(d.hub, d.deviceID)
-		c.srv.log.Debug("amqp: IoT Hub device session", c.logAttrs("hub", d.hub, "deviceId", d.deviceID)...)
+		_, d.detach = h.Links.Attach(d.hub, d.twinID, hub.Credential(g.identity.Device), d)
+		d.disconnected = h.Registry.Connected(d.hub, d.twinID)
+		c.srv.log.Debug("amqp: IoT Hub device session", c.logAttrs("hub", d.hub, "deviceId", d.deviceID, "moduleId", d.moduleID)...)
 	}
 	return d, nil
 }
 
-// deviceGrant is the grant of a device ID (compared exactly: device IDs
-// are case-sensitive).
-func (c *conn) deviceGrant(deviceID string) *grant {
+// deviceGrant is the grant of a device, or of one of its modules
+// (compared exactly: IDs are case-sensitive). A device's grant does not
+// open its modules' addresses, nor a module's its device's.
+func (c *conn) deviceGrant(deviceID, moduleID string) *grant {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, g := range c.grants {
-		if g.deviceID == deviceID {
+		if g.deviceID == deviceID && g.moduleID == moduleID {
 			return g
 		}
 	}
@@ -90,7 +96,7 @@ func (c *conn) deviceGrant(deviceID string) *grant {
 
 // certGrant authenticates a device by the connection's TLS client
 // certificate (X.509 devices send no token: docs/amqp-wire.md, "X.509").
-func (c *conn) certGrant(l *engine.Link, deviceID string) (*grant, *engine.Error) {
+func (c *conn) certGrant(l *engine.Link, deviceID, moduleID string) (*grant, *engine.Error) {
 	ec := l.Conn()
 	chain := ec.PeerCertificates()
 	if len(chain) == 0 {
@@ -105,19 +111,28 @@ func (c *conn) certGrant(l *engine.Link, deviceID string) (*grant, *engine.Error
 	}
 	ctx, cancel := context.WithTimeout(c.srv.ctx, authTimeout)
 	defer cancel()
-	id, err := h.Registry.AuthenticateDeviceCert(ctx, hubName, deviceID, chain)
+	var (
+		id  *hub.Identity
+		err error
+	)
+	if moduleID != "" {
+		id, err = h.Registry.AuthenticateModuleCert(ctx, hubName, deviceID, moduleID, chain)
+	} else {
+		id, err = h.Registry.AuthenticateDeviceCert(ctx, hubName, deviceID, chain)
+	}
 	if err != nil {
-		status, desc := c.refused("certificate", hubName+"/devices/"+deviceID, err)
+		status, desc := c.refused("certificate", hubName+"/devices/"+hub.TwinID(deviceID, moduleID), err)
 		if status == 429 {
 			// berth serve --throttle: a connection over the rate.
 			return nil, linkError(condThrottled, "%s", desc)
 		}
 		return nil, linkError(engine.ErrCondUnauthorizedAccess, "%s", desc)
 	}
-	g := &grant{key: deviceKey(hubName, id.Device.DeviceID), hub: hubName, settings: settings,
-		deviceID: id.Device.DeviceID, identity: id, expires: id.Expires}
+	g := &grant{hub: hubName, settings: settings, deviceID: id.Device.DeviceID, moduleID: id.Device.ModuleID(),
+		identity: id, expires: id.Expires}
+	g.key = strings.ToLower(hubName) + "/devices/" + hub.TwinID(g.deviceID, g.moduleID)
 	c.addGrant(g)
-	return c.deviceGrant(id.Device.DeviceID), nil
+	return c.deviceGrant(g.deviceID, g.moduleID), nil
 }
 
 // linkEnded forgets a device link that ended.

@@ -140,10 +140,10 @@ func (d *device) InvokeMethod(ctx context.Context, name string, payload []byte) 
 	switch {
 	case ms.closed || out == nil:
 		ms.mu.Unlock()
-		return 0, nil, azerr.Newf(azerr.HubDeviceNotOnline, "Device %s is not listening for direct methods.", d.deviceID)
+		return 0, nil, azerr.Newf(azerr.HubDeviceNotOnline, "Device %s is not listening for direct methods.", d.twinID)
 	case len(ms.pending) >= maxPendingMethods:
 		ms.mu.Unlock()
-		return 0, nil, azerr.Newf(azerr.HubThrottled, "Device %s has %d direct method calls waiting for an answer, the most berth allows.", d.deviceID, maxPendingMethods)
+		return 0, nil, azerr.Newf(azerr.HubThrottled, "Device %s has %d direct method calls waiting for an answer, the most berth allows.", d.twinID, maxPendingMethods)
 	}
 	ms.pending[id] = ch
 	ms.mu.Unlock()
@@ -161,7 +161,7 @@ func (d *device) InvokeMethod(ctx context.Context, name string, payload []byte) 
 		Data:                  [][]byte{payload},
 	}
 	if _, err := out.Send(req, false); err != nil {
-		return 0, nil, azerr.Newf(azerr.HubThrottled, "Device %s is not taking direct method requests now.", d.deviceID)
+		return 0, nil, azerr.Newf(azerr.HubThrottled, "Device %s is not taking direct method requests now.", d.twinID)
 	}
 	select {
 	case a := <-ch:

@@ -33,6 +33,10 @@ var routes = []route{
 	{pattern: "devices/{d}/messages/devicebound", attach: (*conn).attachC2D},
 	{pattern: "devices/{d}/twin", attach: (*conn).attachTwin},
 	{pattern: "devices/{d}/methods/devicebound", attach: (*conn).attachMethods},
+	// Module identities (module.go); other module addresses are refused.
+	{pattern: "devices/{d}/modules/{m}/messages/events", attach: (*conn).attachModuleEvents},
+	{pattern: "devices/{d}/modules/{m}/twin", attach: (*conn).attachTwin},
+	{pattern: "devices/{d}/modules/{m}/methods/devicebound", attach: (*conn).attachMethods},
 	{pattern: "devices/{d}/modules/{m}/{*}", attach: (*conn).attachModule},
 	{pattern: "devices/{d}/modules/{m}/{*}/{*}", attach: (*conn).attachModule},
 	{pattern: "devices/{d}/modules/{m}/{*}/{*}/{*}", attach: (*conn).attachModule},

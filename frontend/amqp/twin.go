@@ -122,9 +122,9 @@ func (t *twinState) request(m *engine.Message) {
 	)
 	switch {
 	case op == "GET":
-		payload, err = h.Twins.DeviceDocument(ctx, d.hub, d.deviceID)
+		payload, err = h.Twins.DeviceDocument(ctx, d.hub, d.twinID)
 	case op == "PATCH" && strings.EqualFold(res, resReported):
-		version, err = h.Twins.PatchReported(ctx, d.hub, d.deviceID, body(m))
+		version, err = h.Twins.PatchReported(ctx, d.hub, d.twinID, body(m))
 		status = 204
 	case (op == "PUT" || op == "DELETE") && strings.EqualFold(res, resDesired):
 		t.mu.Lock()
