@@ -26,6 +26,9 @@ type ConnectConfig struct {
 	// SameProcess says the server runs in the bench's own process: its
 	// RSS then includes the clients, and a GC is forced before readings.
 	SameProcess bool
+	// Transport of the hub devices' connections (kind hub): TransportMQTT
+	// (""), TransportMQTTWS or TransportAMQP.
+	Transport string
 }
 
 // Memory is the server's memory per idle connection.
@@ -50,7 +53,8 @@ type Memory struct {
 // ConnectResult is what an idle-connection run measured.
 type ConnectResult struct {
 	Server    string  `json:"server"`
-	Kind      string  `json:"kind"` // hub or dps
+	Kind      string  `json:"kind"`      // hub or dps
+	Transport string  `json:"transport"` // mqtt, mqtt-ws or amqp
 	Address   string  `json:"address"`
 	Devices   int     `json:"devices"`
 	Connected int     `json:"connected"`

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"strings"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -24,6 +25,10 @@ type Endpoint struct {
 	// Credentials returns the CONNECT username and password of a device;
 	// nil connects anonymously.
 	Credentials func(deviceID, key string) (user, pass string, err error)
+	// Transport is TransportMQTT (""), TransportMQTTWS or TransportAMQP.
+	Transport string
+	// HubToken returns a device's CBS audience and SAS token (AMQP).
+	HubToken func(deviceID, key string) (audience, token string, err error)
 }
 
 // HubAPIVersion is the api-version of hub MQTT usernames: the Node SDK's,
@@ -57,6 +62,26 @@ func HubEndpoint(t *Target, hub string) Endpoint {
 	}
 }
 
+// HubEndpointOver is HubEndpoint over another transport: MQTT over a
+// WebSocket on the HTTPS listener, or AMQP with a CBS put-token of the
+// same device token (docs/spec/amqp-protocol.md#cbs-put-token).
+func HubEndpointOver(t *Target, hub, transport string) (Endpoint, error) {
+	ep := HubEndpoint(t, hub)
+	addr, err := hubTransportAddress(t, hub, transport)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	ep.Address, ep.Transport = addr, transport
+	ep.HubToken = func(id, key string) (string, string, error) {
+		tok, err := sas.SignEncoded(hub+"/devices/"+id, key, "", time.Now().Add(hubTokenTTL))
+		if err != nil {
+			return "", "", fmt.Errorf("bench: device token: %w", err)
+		}
+		return hub + "/devices/" + id, tok, nil
+	}
+	return ep, nil
+}
+
 // TelemetryTopic is the device-to-cloud topic of a device.
 func TelemetryTopic(deviceID string) string { return "devices/" + deviceID + "/messages/events/" }
 
@@ -71,8 +96,13 @@ const keepAlive = 60 * time.Second
 // Dial opens one device's MQTT connection (a new TLS connection, full
 // handshake: the bench's devices share no TLS session cache).
 func (ep Endpoint) Dial(ctx context.Context, deviceID, key string) (paho.Client, error) {
+	broker := "ssl://" + ep.Address
+	if ep.Transport == TransportMQTTWS {
+		// paho asks for the "mqtt" subprotocol, as the SDKs' MqttWs does.
+		broker = "wss://" + ep.Address + webSocketPath
+	}
 	opts := paho.NewClientOptions().
-		AddBroker("ssl://" + ep.Address).
+		AddBroker(broker).
 		SetClientID(deviceID).
 		SetProtocolVersion(4).
 		// The SDKs connect with CleanSession 0, but neither berth nor the
@@ -95,7 +125,7 @@ func (ep Endpoint) Dial(ctx context.Context, deviceID, key string) (paho.Client,
 	c := paho.NewClient(opts)
 	if err := waitToken(ctx, c.Connect(), mqttTimeout); err != nil {
 		c.Disconnect(0)
-		return nil, fmt.Errorf("bench: mqtt connect to %s as %s: %w", ep.Address, deviceID, err)
+		return nil, fmt.Errorf("bench: %s connect to %s as %s: %w", broker[:strings.Index(broker, ":")], ep.Address, deviceID, err)
 	}
 	return c, nil
 }

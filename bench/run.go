@@ -189,13 +189,29 @@ func RunTelemetry(ctx context.Context, t *Target, o Options, tc TelemetryConfig)
 	}
 	defer cleanup()
 	tc.Concurrency = o.Concurrency
+	if err := CheckTransport(tc.Transport); err != nil {
+		return nil, err
+	}
+	if tc.Transport == TransportAMQP && tc.QoS != 1 {
+		return nil, errors.New("bench: over AMQP telemetry is sent unsettled (QoS 1) only")
+	}
 	devices, hub, err := provisionDevices(ctx, t, g, o, s)
 	if err != nil || ctx.Err() != nil {
 		return interrupted(ctx, s, err)
 	}
-	s.Telemetry, err = Telemetry(ctx, HubEndpoint(t, hub), devices, tc, o.Progress)
+	ep, err := HubEndpointOver(t, hub, tc.Transport)
+	if err != nil {
+		return interrupted(ctx, s, err)
+	}
+	s.Telemetry, err = Telemetry(ctx, ep, devices, tc, o.Progress)
 	if err != nil || ctx.Err() != nil {
 		return interrupted(ctx, s, err)
+	}
+	if tc.Transport != "" && tc.Transport != TransportMQTT {
+		s.MQTTTelemetry, err = Telemetry(ctx, HubEndpoint(t, hub), devices, tc, o.Progress)
+		if err != nil || ctx.Err() != nil {
+			return interrupted(ctx, s, err)
+		}
 	}
 	if o.Baseline {
 		m, err := StartMosquitto(ctx, o.MosquittoBin, o.MosquittoHost)
@@ -233,6 +249,12 @@ func RunConnect(ctx context.Context, t *Target, o Options, kind string, cc Conne
 	if kind != KindHub && kind != KindDPS {
 		return nil, fmt.Errorf("bench: --kind %q: use hub or dps", kind)
 	}
+	if err := CheckTransport(cc.Transport); err != nil {
+		return nil, err
+	}
+	if kind == KindDPS && cc.Transport != "" && cc.Transport != TransportMQTT {
+		return nil, errors.New("bench: --kind dps holds MQTT sessions only")
+	}
 	g, cleanup, err := setup(ctx, t, &o, s)
 	if err != nil {
 		return nil, err
@@ -252,18 +274,29 @@ func RunConnect(ctx context.Context, t *Target, o Options, kind string, cc Conne
 		if err != nil || ctx.Err() != nil {
 			return interrupted(ctx, s, err)
 		}
-		ep := HubEndpoint(t, hub)
+		ep, err := HubEndpointOver(t, hub, cc.Transport)
+		if err != nil {
+			return interrupted(ctx, s, err)
+		}
 		address = ep.Address
 		ids = ids[:len(devices)]
 		for i, d := range devices {
 			ids[i] = d.ID
 		}
 		dial = func(ctx context.Context, i int) (io.Closer, error) {
-			c, err := ep.Dial(ctx, devices[i].ID, devices[i].Key)
-			if err != nil {
-				return nil, err
+			return ep.connect(ctx, devices[i].ID, devices[i].Key)
+		}
+		if cc.Transport != "" && cc.Transport != TransportMQTT {
+			// The same devices over MQTT first, in the same run: the
+			// figure the transport is compared with.
+			mqtt := HubEndpoint(t, hub)
+			s.MQTTConnect, err = Connect(ctx, "berth", kind, mqtt.Address, len(devices), func(ctx context.Context, i int) (io.Closer, error) {
+				return mqtt.connect(ctx, devices[i].ID, devices[i].Key)
+			}, cc, o.Progress)
+			if err != nil || ctx.Err() != nil {
+				return interrupted(ctx, s, err)
 			}
-			return pahoCloser{c}, nil
+			s.MQTTConnect.Transport = TransportMQTT
 		}
 	case KindDPS:
 		// DPS checks credentials per request, not at CONNECT: these
@@ -289,6 +322,10 @@ func RunConnect(ctx context.Context, t *Target, o Options, kind string, cc Conne
 	if err != nil || ctx.Err() != nil {
 		return interrupted(ctx, s, err)
 	}
+	s.Connect.Transport = cc.Transport
+	if s.Connect.Transport == "" || kind == KindDPS {
+		s.Connect.Transport = TransportMQTT
+	}
 	if o.Baseline {
 		m, err := StartMosquitto(ctx, o.MosquittoBin, o.MosquittoHost)
 		if err != nil {
@@ -308,6 +345,7 @@ func RunConnect(ctx context.Context, t *Target, o Options, kind string, cc Conne
 		if err != nil || ctx.Err() != nil {
 			return interrupted(ctx, s, err)
 		}
+		s.MosquittoConnect.Transport = TransportMQTT
 	}
 	s.Seconds = seconds(time.Since(start))
 	s.Evaluate()

@@ -24,8 +24,15 @@ type Summary struct {
 	Telemetry   *TelemetryResult `json:"telemetry,omitempty"`
 	// MosquittoTelemetry is the same load against Mosquitto.
 	MosquittoTelemetry *TelemetryResult `json:"mosquittoTelemetryBaseline,omitempty"`
-	Connect            *ConnectResult   `json:"connect,omitempty"`
-	MosquittoConnect   *ConnectResult   `json:"mosquittoConnectBaseline,omitempty"`
+	// MQTTTelemetry is, when Telemetry ran over another transport (AMQP,
+	// MQTT over WebSockets), the same load on berth over MQTT in the same
+	// run: the figure that transport is compared with.
+	MQTTTelemetry    *TelemetryResult `json:"berthMqttTelemetry,omitempty"`
+	Connect          *ConnectResult   `json:"connect,omitempty"`
+	MosquittoConnect *ConnectResult   `json:"mosquittoConnectBaseline,omitempty"`
+	// MQTTConnect is, when Connect ran over another transport, the same
+	// devices held over MQTT in the same run.
+	MQTTConnect *ConnectResult `json:"berthMqttConnect,omitempty"`
 	// Ratios are berth's figure over its baseline's, by name.
 	Ratios  map[string]float64 `json:"ratios,omitempty"`
 	Targets []TargetCheck      `json:"targets"`
@@ -36,6 +43,7 @@ type Environment struct {
 	Mode         string `json:"serverMode"` // local, embedded, spawned
 	MQTTAddress  string `json:"mqttAddress"`
 	HTTPSAddress string `json:"httpsAddress"`
+	AMQPAddress  string `json:"amqpAddress,omitempty"`
 	ServerPID    int    `json:"serverPid,omitempty"`
 	NumCPU       int    `json:"numCpu"`
 	GOMAXPROCS   int    `json:"gomaxprocs"`
@@ -48,7 +56,7 @@ func NewSummary(bench string, t *Target) *Summary {
 		Bench:   bench,
 		Started: time.Now().UTC().Truncate(time.Second),
 		Environment: Environment{
-			Mode: t.Mode, MQTTAddress: t.MQTTAddress, HTTPSAddress: t.HTTPSAddress, ServerPID: t.ServerPID,
+			Mode: t.Mode, MQTTAddress: t.MQTTAddress, HTTPSAddress: t.HTTPSAddress, AMQPAddress: t.AMQPAddress, ServerPID: t.ServerPID,
 			NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version(),
 		},
 		Targets: []TargetCheck{},
@@ -104,6 +112,12 @@ func (s *Summary) Evaluate() {
 	case "connect":
 		s.evalConnect()
 	}
+	if b, m := s.Telemetry, s.MQTTTelemetry; b != nil && m != nil && m.Rate > 0 {
+		s.Ratios["telemetryPerBerthMQTT"] = round3(b.Rate / m.Rate)
+	}
+	if b, m := s.Connect, s.MQTTConnect; b != nil && m != nil && b.Memory != nil && m.Memory != nil && m.Memory.PerConnection > 0 {
+		s.Ratios["memoryPerBerthMQTT"] = round3(float64(b.Memory.PerConnection) / float64(m.Memory.PerConnection))
+	}
 	if len(s.Ratios) == 0 {
 		s.Ratios = nil
 	}
@@ -146,6 +160,10 @@ func (s *Summary) evalTelemetry() {
 	default:
 		r := round3(b.Rate / m.Rate)
 		s.Ratios["telemetryPerMosquitto"] = r
+		if b.Transport != "" && b.Transport != TransportMQTT {
+			c.Note = fmt.Sprintf("the target is for MQTT; over %s the ratio is %.3f (see telemetryPerBerthMQTT)", b.Transport, r)
+			break
+		}
 		if b.QoS != 1 {
 			c.Note = fmt.Sprintf("the target is for QoS 1; at QoS %d the ratio is %.3f", b.QoS, r)
 			break
@@ -241,15 +259,15 @@ func (s *Summary) WriteText(w io.Writer) {
 	if h := s.Handshake; h != nil {
 		fmt.Fprintf(w, "bare TLS handshake: %.1f/s, p50 %.1f ms, p99 %.1f ms\n", h.Rate, h.Latency.P50, h.Latency.P99)
 	}
-	for _, t := range []*TelemetryResult{s.Telemetry, s.MosquittoTelemetry} {
+	for _, t := range []*TelemetryResult{s.Telemetry, s.MQTTTelemetry, s.MosquittoTelemetry} {
 		if t != nil {
-			fmt.Fprintf(w, "telemetry %s QoS %d: %d accepted, %.1f msg/s, p50 %.2f ms, p99 %.2f ms\n",
-				t.Server, t.QoS, t.Accepted, t.Rate, t.Latency.P50, t.Latency.P99)
+			fmt.Fprintf(w, "telemetry %s %s QoS %d: %d accepted, %.1f msg/s, p50 %.2f ms, p99 %.2f ms\n",
+				t.Server, t.Transport, t.QoS, t.Accepted, t.Rate, t.Latency.P50, t.Latency.P99)
 		}
 	}
-	for _, c := range []*ConnectResult{s.Connect, s.MosquittoConnect} {
+	for _, c := range []*ConnectResult{s.Connect, s.MQTTConnect, s.MosquittoConnect} {
 		if c != nil {
-			fmt.Fprintf(w, "connect %s: %d/%d connected, %.1f/s", c.Server, c.Connected, c.Devices, c.Rate)
+			fmt.Fprintf(w, "connect %s %s: %d/%d connected, %.1f/s", c.Server, c.Transport, c.Connected, c.Devices, c.Rate)
 			if m := c.Memory; m != nil {
 				fmt.Fprintf(w, ", %.1f KiB per connection (RSS; second half alone %.1f KiB)", m.PerConnKiB, m.MarginalKiB)
 			}

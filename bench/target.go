@@ -18,6 +18,7 @@ type Target struct {
 	GlobalEndpoint string // DPS host name: TLS server name of both listeners
 	MQTTAddress    string // host:port of the MQTT listener (DPS and hub)
 	HTTPSAddress   string // host:port of the HTTPS listener
+	AMQPAddress    string // host:port of the AMQP listener; "" when off
 	HubHostName    string // the hub devices are assigned to
 	CAFile         string
 	RootCAs        *x509.CertPool
@@ -40,6 +41,7 @@ func TargetFromInfo(info *localconf.Info, caFile, connStr string) (*Target, erro
 		GlobalEndpoint:          info.GlobalEndpoint,
 		MQTTAddress:             info.MQTTAddress,
 		HTTPSAddress:            info.HTTPSAddress,
+		AMQPAddress:             info.AMQPAddress,
 		HubHostName:             info.HubHostName,
 		CAFile:                  info.CAFile,
 		ServiceConnectionString: info.ServiceConnectionString,

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // Device is one device of a telemetry or connect run.
@@ -35,11 +33,16 @@ type TelemetryConfig struct {
 	Concurrency int
 	// AckTimeout bounds the wait for one PUBACK; default 30 s.
 	AckTimeout time.Duration
+	// Transport is TransportMQTT (""), TransportMQTTWS or TransportAMQP;
+	// another than MQTT also runs the load over MQTT, in the same run, to
+	// compare with.
+	Transport string
 }
 
 // TelemetryResult is what a telemetry run measured against one server.
 type TelemetryResult struct {
 	Server    string `json:"server"`
+	Transport string `json:"transport"` // mqtt, mqtt-ws or amqp
 	Address   string `json:"address"`
 	Devices   int    `json:"devices"`
 	Connected int    `json:"connected"`
@@ -83,7 +86,14 @@ func Telemetry(ctx context.Context, ep Endpoint, devices []Device, cfg Telemetry
 	if cfg.AckTimeout <= 0 {
 		cfg.AckTimeout = 30 * time.Second
 	}
-	res := &TelemetryResult{Server: ep.Name, Address: ep.Address, Devices: len(devices), QoS: cfg.QoS,
+	if ep.Transport == TransportAMQP && cfg.QoS != 1 {
+		return nil, errors.New("bench: over AMQP telemetry is sent unsettled (QoS 1) only")
+	}
+	transport := ep.Transport
+	if transport == "" {
+		transport = TransportMQTT
+	}
+	res := &TelemetryResult{Server: ep.Name, Transport: transport, Address: ep.Address, Devices: len(devices), QoS: cfg.QoS,
 		Size: cfg.Size, Inflight: cfg.Inflight, OfferedRate: cfg.Rate}
 	var errs Errors
 	clients, connLat := connectAll(ctx, ep, devices, cfg.Concurrency, &errs, po, "connect "+ep.Name)
@@ -109,12 +119,12 @@ func Telemetry(ctx context.Context, ep Endpoint, devices []Device, cfg Telemetry
 		loadCtx, cancel = context.WithTimeout(ctx, cfg.Duration)
 	}
 	defer cancel()
-	r.prog = po.Start("telemetry "+ep.Name, cfg.Messages, cfg.Duration)
+	r.prog = po.Start("telemetry "+ep.Name+" "+transport, cfg.Messages, cfg.Duration)
 	r.start = time.Now()
 	var wg sync.WaitGroup
-	for i, c := range clients {
+	for _, c := range clients {
 		if c != nil {
-			wg.Go(func() { r.device(loadCtx, ctx, c, TelemetryTopic(devices[i].ID)) })
+			wg.Go(func() { r.device(loadCtx, ctx, c) })
 		}
 	}
 	wg.Wait()
@@ -149,7 +159,7 @@ type telemetryRun struct {
 
 // pending is a message awaiting its acknowledgement.
 type pending struct {
-	tok   paho.Token
+	ack   ackWait
 	start time.Time
 }
 
@@ -158,7 +168,7 @@ type pending struct {
 // acknowledgements of the last ones are awaited (under ctx) before it
 // returns. Acknowledgements come in order on one connection, so one
 // goroutine awaits them in publishing order.
-func (r *telemetryRun) device(loadCtx, ctx context.Context, c paho.Client, topic string) {
+func (r *telemetryRun) device(loadCtx, ctx context.Context, c deviceConn) {
 	// slots holds a token per unacknowledged message: taken before the
 	// PUBLISH, given back by the awaiter, so that no more than Inflight
 	// are ever outstanding. window never blocks: it has room for them all.
@@ -193,13 +203,14 @@ func (r *telemetryRun) device(loadCtx, ctx context.Context, c paho.Client, topic
 		} else if r.cfg.Messages <= 0 {
 			r.sent.Add(1)
 		}
-		window <- pending{start: time.Now(), tok: c.Publish(topic, r.cfg.QoS, false, r.payload)}
+		start := time.Now()
+		window <- pending{start: start, ack: c.publish(r.payload, r.cfg.QoS)}
 	}
 }
 
 // await waits for one acknowledgement and records it.
 func (r *telemetryRun) await(ctx context.Context, p pending) {
-	err := waitToken(ctx, p.tok, r.cfg.AckTimeout)
+	err := p.ack(ctx, r.cfg.AckTimeout)
 	if err == nil {
 		now := time.Now()
 		r.lat.Record(now.Sub(p.start))
@@ -219,13 +230,13 @@ func (r *telemetryRun) await(ctx context.Context, p pending) {
 
 // connectAll connects every device, c at a time; failed devices have a nil
 // client.
-func connectAll(ctx context.Context, ep Endpoint, devices []Device, c int, errs *Errors, po ProgressOptions, label string) ([]paho.Client, *Histogram) {
-	clients := make([]paho.Client, len(devices))
+func connectAll(ctx context.Context, ep Endpoint, devices []Device, c int, errs *Errors, po ProgressOptions, label string) ([]deviceConn, *Histogram) {
+	clients := make([]deviceConn, len(devices))
 	lat := NewHistogram()
 	prog := po.Start(label, int64(len(devices)), 0)
 	forEach(ctx, len(devices), c, func(ctx context.Context, i int) {
 		start := time.Now()
-		cl, err := ep.Dial(ctx, devices[i].ID, devices[i].Key)
+		cl, err := ep.connect(ctx, devices[i].ID, devices[i].Key)
 		if err != nil {
 			if ctx.Err() == nil {
 				errs.Add("connect", err)
@@ -243,11 +254,11 @@ func connectAll(ctx context.Context, ep Endpoint, devices []Device, c int, errs 
 
 // disconnectAll closes every connection (nil entries are devices that
 // never connected).
-func disconnectAll(clients []paho.Client) {
+func disconnectAll(clients []deviceConn) {
 	closers := make([]io.Closer, len(clients))
 	for i, c := range clients {
 		if c != nil {
-			closers[i] = pahoCloser{c}
+			closers[i] = c
 		}
 	}
 	closeAll(closers)

@@ -140,6 +140,9 @@ PUBACK latency, then runs the same load against Mosquitto.`,
 			if tc.Size < 0 {
 				return errors.New("--size must not be negative")
 			}
+			if err := bench.CheckTransport(tc.Transport); err != nil {
+				return err
+			}
 			if fs.Changed("messages") && !fs.Changed("duration") {
 				tc.Duration = 0 // the message count alone ends the run
 			}
@@ -156,6 +159,7 @@ PUBACK latency, then runs the same load against Mosquitto.`,
 	f.DurationVar(&tc.Duration, "duration", 10*time.Second, "how long to send")
 	f.Int64Var(&tc.Messages, "messages", 0, "stop after this many messages in total")
 	f.IntVar(&tc.Inflight, "inflight", 1, "unacknowledged messages a device may have at once")
+	f.StringVar(&tc.Transport, "transport", bench.TransportMQTT, "mqtt, mqtt-ws (MQTT over a WebSocket on the HTTPS listener) or amqp (unsettled transfers, accepted once durable); another than mqtt also runs the load over mqtt in the same run, to compare with")
 	return cmd
 }
 
@@ -182,6 +186,9 @@ clients' side of every connection: prefer --spawn or a separate berth serve.`,
 			if kind != bench.KindHub && kind != bench.KindDPS {
 				return fmt.Errorf("--kind %q: use hub or dps", kind)
 			}
+			if err := bench.CheckTransport(cc.Transport); err != nil {
+				return err
+			}
 			return bf.run(cmd.Context(), g, func(ctx context.Context, t *bench.Target, o bench.Options) (*bench.Summary, error) {
 				if t.ServerPID == 0 {
 					pid, err := bench.FindListenerPID(t.MQTTAddress)
@@ -198,6 +205,7 @@ clients' side of every connection: prefer --spawn or a separate berth serve.`,
 	f.StringVar(&kind, "kind", bench.KindHub, "hub (provisioned devices on the hub) or dps (DPS sessions)")
 	f.DurationVar(&cc.Settle, "settle", 3*time.Second, "wait before each memory reading")
 	f.DurationVar(&cc.Hold, "hold", 0, "keep the connections open this long after the reading")
+	f.StringVar(&cc.Transport, "transport", bench.TransportMQTT, "--kind hub: mqtt, mqtt-ws or amqp (CBS put-token and a telemetry link, as the device SDK holds it); another than mqtt also holds the devices over mqtt first, to compare with")
 	return cmd
 }
 
