@@ -494,25 +494,34 @@ func (c *Conn) startHeartbeat(peerIdle time.Duration) func() {
 	if interval < 50*time.Millisecond {
 		interval = 50 * time.Millisecond
 	}
-	stop := make(chan struct{})
-	go func() {
-		t := time.NewTicker(interval / 2)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				c.mu.Lock()
-				if !c.closed && time.Since(c.lastWrite) >= interval/2 {
-					_ = c.writeLocked(frameAMQP, 0, nil, nil)
-					c.flushLocked()
-				}
-				c.mu.Unlock()
-			}
+	period := interval / 2
+	// A timer, not a goroutine with a ticker: an idle connection then
+	// holds no goroutine stack for its heartbeats (a new goroutine starts
+	// with the process's average stack size, which the readers' TLS and
+	// decoding make large). Called with c.mu held, so t is set before the
+	// first tick, which takes c.mu, reads it.
+	var (
+		t       *time.Timer
+		stopped bool
+	)
+	t = time.AfterFunc(period, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if stopped || c.closed {
+			return
 		}
-	}()
-	return func() { close(stop) }
+		if time.Since(c.lastWrite) >= period {
+			_ = c.writeLocked(frameAMQP, 0, nil, nil)
+			c.flushLocked()
+		}
+		t.Reset(period)
+	})
+	return func() {
+		c.mu.Lock()
+		stopped = true
+		c.mu.Unlock()
+		t.Stop()
+	}
 }
 
 // handshake reads the protocol header(s) and runs SASL when the peer asks for it.
