@@ -209,3 +209,22 @@ func TestDPSThrottledRequestRejectedWithRetryAfter(t *testing.T) {
 		t.Fatalf("retry: %v %v", doc, err)
 	}
 }
+
+func FuzzParseDPSUser(f *testing.F) {
+	for _, s := range []string{"0ne00AMQP01/registrations/dev-1", "d1@sas.hub", "a/registrations/", "/registrations/x",
+		"s/Registrations/r", "s/registrations/r/extra", "policy@sas.root.hub", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, user string) {
+		scope, regID, ok := parseDPSUser(user)
+		if !ok {
+			return
+		}
+		if scope == "" || regID == "" || strings.Contains(scope, "/") || strings.Contains(regID, "/") {
+			t.Fatalf("%q → scope %q, registration %q", user, scope, regID)
+		}
+		if !strings.HasPrefix(user, scope+"/") || !strings.HasSuffix(user, "/"+regID) || !strings.EqualFold(user[len(scope)+1:len(user)-len(regID)-1], "registrations") {
+			t.Fatalf("%q → scope %q, registration %q: not its parts", user, scope, regID)
+		}
+	})
+}
