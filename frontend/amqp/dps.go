@@ -313,8 +313,14 @@ func (s *dpsSession) failure(kind, opID string, err error) (*dps.OperationStatus
 			s.c.srv.log.Error("amqp: DPS request failed", s.c.logAttrs("registrationId", s.regID, "kind", kind, "error", err.Error())...)
 			desc = fmt.Sprintf("%d:%s", ae.Code.Number(), "The request could not be completed.")
 		}
+		// The domain's own wait when it gave one (a throttle's), else the
+		// DPS's retry-after, in whole seconds rounded up.
+		after := s.c.srv.cfg.DPS.RetryAfter()
+		if ae.RetryAfter > 0 {
+			after = int((ae.RetryAfter + time.Second - 1) / time.Second)
+		}
 		return nil, &engine.Error{Condition: cond, Description: desc,
-			Info: engine.Map{{Key: engine.Symbol(dpsRetryAfter), Value: strconv.Itoa(s.c.srv.cfg.DPS.RetryAfter())}}}
+			Info: engine.Map{{Key: engine.Symbol(dpsRetryAfter), Value: strconv.Itoa(after)}}}
 	case st == 401 || st == 403:
 		s.c.dpsRefused(s.scope, s.regID, err)
 		return nil, &engine.Error{Condition: engine.ErrCondUnauthorizedAccess, Description: desc}

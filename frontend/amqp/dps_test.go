@@ -27,7 +27,9 @@ type throttleOnce struct{ n atomic.Int32 }
 
 func (f *throttleOnce) Register(context.Context, string) error {
 	if f.n.Add(1) == 1 {
-		return azerr.New(azerr.DPSThrottled)
+		e := azerr.New(azerr.DPSThrottled)
+		e.RetryAfter = 4500 * time.Millisecond // the throttle's own wait: 5 s, rounded up
+		return e
 	}
 	return nil
 }
@@ -201,7 +203,7 @@ func TestDPSThrottledRequestRejectedWithRetryAfter(t *testing.T) {
 	register := map[string]any{"iotdps-operation-type": "iotdps-register"}
 	_, _, err = dpsCall(t, snd, rcv, "t-1", register, &goamqp.Message{Data: [][]byte{[]byte(`{}`)}})
 	var ae *goamqp.Error
-	if !errors.As(err, &ae) || ae.Condition != "com.microsoft:device-container-throttled" || ae.Info["retry-after"] != "1" {
+	if !errors.As(err, &ae) || ae.Condition != "com.microsoft:device-container-throttled" || ae.Info["retry-after"] != "5" {
 		t.Fatalf("throttled register: %v (%+v)", err, ae)
 	}
 	// The SDK retries on the same links: the next one goes through.
