@@ -1,7 +1,8 @@
 // DPS and hub throttles (berth serve --throttle) met by the official Node
 // SDKs: a DPS registration storm gets 429 with retry-after (the MQTT
 // transport retries by itself, the HTTPS one hands the 429 to the
-// application, which retries), and telemetry over the D2C rate closes the
+// application, which retries; over AMQP the request is rejected as
+// throttled and the SDK retries by itself), and telemetry over the D2C rate closes the
 // device's MQTT connection, which the device SDK reopens to resend. The
 // back-off a firmware team wants to see against Azure's quotas before it
 // meets them.
@@ -110,6 +111,24 @@ describe('DPS throttled as Azure (Node provisioning SDK)', { timeout: 150000 }, 
     });
     assert.ok(throttled >= 2, `the SDK reported ${throttled} throttled registrations, want at least 2`);
     t.diagnostic(`4 devices assigned after ${throttled} ThrottlingErrors`);
+  });
+
+  test('AMQP: a storm of four registrations gets requests rejected as throttled with retry-after; the SDK waits, retries and all are assigned', async (t) => {
+    // docs/amqp-wire.md, "DPS": a throttled register is rejected with
+    // com.microsoft:device-container-throttled and info retry-after, which
+    // azure-iot-provisioning-device-amqp retries on its own.
+    const before = await refusedSoFar();
+    const ids = Array.from({ length: 4 }, (_, i) => `storm-amqp-${i}`);
+    const started = Date.now();
+    const results = await Promise.all(ids.map((id) =>
+      sdk.register('amqp', info.globalEndpoint, info.idScope, id, deriveDeviceKey(groupKey, id))));
+    results.forEach(({ result }, i) => {
+      assert.equal(result.status, 'assigned');
+      assert.equal(result.registrationId, ids[i]);
+    });
+    const refused = (await refusedSoFar()) - before;
+    assert.ok(refused >= 2, `throttled ${refused} times, want at least 2`);
+    t.diagnostic(`4 devices assigned over AMQP in ${Date.now() - started} ms after ${refused} throttled requests`);
   });
 
   test('hub, MQTT: telemetry over the D2C rate closes the connection; the device SDK reconnects, resends, and every message arrives', async (t) => {
