@@ -183,12 +183,23 @@ func Serve(ctx context.Context, nc net.Conn, cfg *Config) error {
 	return c.run()
 }
 
+// Per-connection buffer sizes (newConn).
+const (
+	connReadBuffer  = 512
+	connWriteBuffer = 1024
+)
+
 func newConn(ctx context.Context, nc net.Conn, cfg *Config) *Conn {
 	c := &Conn{cfg: cfg.withDefaults(), nc: nc, sessions: map[uint16]*Session{}}
 	c.h = c.cfg.Handler
 	c.ctx, c.cancel = context.WithCancel(ctx)
-	c.br = bufio.NewReaderSize(nc, 4096)
-	c.bw = bufio.NewWriterSize(nc, 4096)
+	// Small buffers: an idle connection keeps both for its lifetime, and
+	// under them TLS (or a WebSocket) buffers whole records already. Reads
+	// larger than the buffer (message bodies) bypass it; the writer still
+	// gathers the small frames of one turn (dispositions, flows) into one
+	// record.
+	c.br = bufio.NewReaderSize(nc, connReadBuffer)
+	c.bw = bufio.NewWriterSize(nc, connWriteBuffer)
 	c.peerMax = minMaxFrameSize
 	return c
 }
