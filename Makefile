@@ -59,7 +59,7 @@ gotest:
 # The idle-connection memory budgets: -race inflates memory, so under it
 # they skip, and they are measured here.
 gotest-memory:
-	BERTH_REQUIRE_SERVICES=1 $(GO) test -count=1 -json -run '^TestIdle.*Memory$$' ./frontend/mqtt/ | $(TESTREPORT)
+	BERTH_REQUIRE_SERVICES=1 $(GO) test -count=1 -json -run '^TestIdle.*Memory$$' ./frontend/mqtt/ ./frontend/amqp/ | $(TESTREPORT)
 
 gotest-fast:
 	$(GO) test -count=1 -json ./... | $(TESTREPORT)
