@@ -19,13 +19,16 @@ import (
 // key, sign a SAS token, run the provisioning flow. They print keys and
 // tokens because that is what they were asked for.
 
-func addDeviceCommands(root *cobra.Command, g *globals) {
+func addDeviceCommands(root *cobra.Command, g *globals) { root.AddCommand(newDeviceCmd(g)) }
+
+// newDeviceCmd is `berth device` (built again for `berth iot device`).
+func newDeviceCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "device",
 		Short: "Device-side helpers: derive keys, sign tokens, register like firmware",
 	}
 	cmd.AddCommand(newDeriveKeyCmd(g), newSASTokenCmd(g), newRegisterCmd(g), newDeviceCertCmd(g))
-	root.AddCommand(cmd)
+	return cmd
 }
 
 func newDeriveKeyCmd(g *globals) *cobra.Command {
@@ -162,7 +165,7 @@ ID scope, endpoint, address and CA default to those of the local berth
 			defer cancel()
 			op, err := deviceclient.Provision(ctx, opts)
 			if op != nil {
-				if perr := printJSON(g.stdout, op); perr != nil {
+				if perr := g.print(op); perr != nil {
 					return perr
 				}
 			}

@@ -287,7 +287,7 @@ printed for the latter.`,
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, issuedCertificate{RegistrationID: regID, CertificateFile: absPath(certFile),
+			return g.print(issuedCertificate{RegistrationID: regID, CertificateFile: absPath(certFile),
 				KeyFile: absPath(keyFile), X509CertificateInfo: dps.CertificateInfo(leaf)})
 		},
 	}

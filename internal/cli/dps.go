@@ -31,7 +31,7 @@ const proofValidity = time.Hour
 func newDPSCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dps",
-		Short: "Manage the DPS itself (like `az iot dps …`): CA certificates, connection string",
+		Short: "Manage the DPS (like `az iot dps …`): CA certificates, connection string; enrollments as az spells them",
 	}
 	cert := &cobra.Command{
 		Use:   "certificate",
@@ -55,6 +55,8 @@ berth's development CA a verified CA in one step.`,
 	}
 	connStr.AddCommand(newDPSConnStringShowCmd(g))
 	cmd.AddCommand(cert, connStr)
+	// az's paths: az iot dps enrollment|enrollment-group|registration.
+	cmd.AddCommand(newEnrollmentCmd(g), newEnrollmentGroupCmd(g), newRegistrationCmd(g))
 	return cmd
 }
 
@@ -72,7 +74,7 @@ func newDPSConnStringShowCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, connectionString{ConnectionString: connStr})
+			return g.print(connectionString{ConnectionString: connStr})
 		},
 	}
 }
@@ -152,7 +154,7 @@ func (uf *uploadFlags) upload(ctx context.Context, g *globals, c *serviceclient.
 			return fmt.Errorf("certificate %s was uploaded but not verified (retry with `berth dps certificate update --verify`): %w", name, err)
 		}
 	}
-	return printJSON(g.stdout, out)
+	return g.print(out)
 }
 
 // proveCertificate runs proof of possession for the uploaded certificate
@@ -240,7 +242,7 @@ func newCertListCmd(g *globals) *cobra.Command {
 			if list == nil {
 				list = []*dps.Certificate{}
 			}
-			return printJSON(g.stdout, map[string]any{"value": list})
+			return g.print(map[string]any{"value": list})
 		},
 	}
 }
@@ -252,7 +254,7 @@ func newCertShowCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, out)
+			return g.print(out)
 		})
 }
 
@@ -283,7 +285,7 @@ and upload it with ` + "`berth dps certificate verify --name NAME --path proof.p
 		if err != nil {
 			return err
 		}
-		return printJSON(g.stdout, out)
+		return g.print(out)
 	})
 }
 
@@ -299,7 +301,7 @@ func newCertVerifyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, out)
+			return g.print(out)
 		})
 	cmd.Flags().StringVarP(&path, "path", "p", "", "the verification certificate, PEM or DER")
 	_ = cmd.MarkFlagRequired("path")

@@ -41,7 +41,7 @@ type enrollmentKind[T any] struct {
 
 var individualEnrollments = enrollmentKind[*dps.IndividualEnrollment]{
 	use: "enrollment", a: "an individual enrollment", plural: "individual enrollments", what: "enrollment",
-	idHelp: "registration ID of the individual enrollment (alias --registration-id)", idAlias: "registration-id",
+	idHelp: "registration ID of the individual enrollment (aliases --registration-id, --eid)", idAlias: "registration-id",
 	create: func(id string) *dps.IndividualEnrollment { return &dps.IndividualEnrollment{RegistrationID: id} },
 	common: func(e *dps.IndividualEnrollment) *dps.Common { return &e.Common },
 	etag:   func(e *dps.IndividualEnrollment) string { return e.ETag },
@@ -72,7 +72,7 @@ var individualEnrollments = enrollmentKind[*dps.IndividualEnrollment]{
 
 var enrollmentGroups = enrollmentKind[*dps.EnrollmentGroup]{
 	use: "enrollment-group", a: "an enrollment group", plural: "enrollment groups", what: "group",
-	idHelp: "ID of the enrollment group (alias --group-id)", idAlias: "group-id", group: true,
+	idHelp: "ID of the enrollment group (aliases --group-id, --eid, --gid)", idAlias: "group-id", group: true,
 	create:      func(id string) *dps.EnrollmentGroup { return &dps.EnrollmentGroup{EnrollmentGroupID: id} },
 	common:      func(eg *dps.EnrollmentGroup) *dps.Common { return &eg.Common },
 	etag:        func(eg *dps.EnrollmentGroup) string { return eg.ETag },
@@ -102,7 +102,12 @@ func enrollmentCmds[T any](g *globals, k enrollmentKind[T]) *cobra.Command {
 // idFlag adds --enrollment-id with the kind's alias.
 func (k enrollmentKind[T]) idFlag(cmd *cobra.Command, id *string) {
 	cmd.Flags().StringVar(id, "enrollment-id", "", k.idHelp)
-	aliasFlags(cmd.Flags(), map[string]string{k.idAlias: "enrollment-id"})
+	// az spells it --enrollment-id/--eid, and a group's also --gid.
+	aliases := map[string]string{k.idAlias: "enrollment-id", "eid": "enrollment-id"}
+	if k.group {
+		aliases["gid"] = "enrollment-id"
+	}
+	aliasFlags(cmd.Flags(), aliases)
 }
 
 // oneCmd completes cmd as a command on one item, named by the one argument
@@ -161,7 +166,7 @@ func (k enrollmentKind[T]) createCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printJSON(g.stdout, out)
+		return g.print(out)
 	}
 	k.idFlag(cmd, &idFlag)
 	if k.extraFlags != nil {
@@ -193,7 +198,7 @@ func (k enrollmentKind[T]) showCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
-			return printJSON(g.stdout, item)
+			return g.print(item)
 		})
 	cmd.Flags().BoolVar(&showKeys, "show-keys", false, "include the symmetric keys")
 	return cmd
@@ -232,7 +237,7 @@ func (k enrollmentKind[T]) listCmd(g *globals) *cobra.Command {
 			if items == nil {
 				items = []T{}
 			}
-			return printJSON(g.stdout, items)
+			return g.print(items)
 		},
 	}
 	cmd.Flags().IntVar(&top, "top", 0, "list at most this many (default all)")
@@ -267,7 +272,7 @@ func (k enrollmentKind[T]) updateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, out)
+			return g.print(out)
 		})
 	if k.extraFlags != nil {
 		extra = k.extraFlags(cmd, false)

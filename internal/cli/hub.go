@@ -25,16 +25,21 @@ import (
 // the tree NewRoot builds, like globals, so two trees never share them.
 type hubFlags struct {
 	connStr string // hub connection string (overrides client.json)
+	hubName string // az's -n/--hub-name: which hub the command means (checked, see resolveHub)
 }
 
-func addHubCommands(root *cobra.Command, g *globals) {
+func addHubCommands(root *cobra.Command, g *globals) { root.AddCommand(newHubCmd(g)) }
+
+// newHubCmd is `berth hub`; it is built twice, for `berth hub` and `berth
+// iot hub` (az.go), as a command has one parent.
+func newHubCmd(g *globals) *cobra.Command {
 	hf := &hubFlags{}
 	cmd := &cobra.Command{
 		Use:   "hub",
 		Short: "IoT hub: device identities and twins, direct methods, C2D messages, connection strings, SAS tokens, telemetry (like `az iot hub …`)",
 	}
 	cmd.PersistentFlags().StringVar(&hf.connStr, "hub-connection-string", os.Getenv("BERTH_HUB_CONNECTION_STRING"),
-		"hub connection string, HostName=…;SharedAccessKeyName=…;SharedAccessKey=… (default: from the data directory of a local berth; env BERTH_HUB_CONNECTION_STRING)")
+		"hub connection string, HostName=…;SharedAccessKeyName=…;SharedAccessKey=… (alias --login; default: from the data directory of a local berth; env BERTH_HUB_CONNECTION_STRING)")
 
 	identity := &cobra.Command{
 		Use:   "device-identity",
@@ -59,7 +64,22 @@ func addHubCommands(root *cobra.Command, g *globals) {
 		connStr, newHubSASTokenCmd(g, hf), newMonitorEventsCmd(g, hf))
 	cmd.AddCommand(newHubManageCmds(g)...) // create|list|show|update|delete (hub_manage.go)
 	cmd.AddCommand(newHubQueryCmd(g, hf))  // hub_query.go
-	root.AddCommand(cmd)
+	addHubNameFlag(cmd, hf)
+	return cmd
+}
+
+// addHubNameFlag gives every hub command az's -n/--hub-name, but those
+// where a flag already answers to it (hub create|show|… have --name with
+// the alias --hub-name; sas-token's --hub names the token's hub).
+func addHubNameFlag(c *cobra.Command, hf *hubFlags) {
+	for _, sub := range c.Commands() {
+		addHubNameFlag(sub, hf)
+	}
+	fs := c.Flags()
+	if !c.Runnable() || fs.Lookup("hub-name") != nil || fs.ShorthandLookup("n") != nil {
+		return
+	}
+	fs.StringVarP(&hf.hubName, "hub-name", "n", "", "host name of the hub (az's --hub-name): must be the hub of the connection string, or the local berth's hub")
 }
 
 // ---- connection resolution ----
@@ -79,6 +99,9 @@ type hubTarget struct {
 // wrong for any other.
 func resolveHub(g *globals, hf *hubFlags) (*hubTarget, error) {
 	connStr, caFile, address := hf.connStr, g.caFile, g.address
+	if connStr == "" {
+		connStr = g.login // az's --login
+	}
 	var info *localconf.Info
 	var infoErr error
 	if connStr == "" || caFile == "" || address == "" {
@@ -96,6 +119,13 @@ func resolveHub(g *globals, hf *hubFlags) (*hubTarget, error) {
 	cs, err := hubclient.ParseConnectionString(connStr)
 	if err != nil {
 		return nil, fmt.Errorf("--hub-connection-string: %w", err)
+	}
+	if hf.hubName != "" && !sameName(hf.hubName, cs.HostName) {
+		// az finds any hub's connection string by name through Azure
+		// Resource Manager; here the connection string decides, so a
+		// script that names another hub must not act on this one.
+		return nil, fmt.Errorf("--hub-name %q is not the hub of the connection string (%s): pass that hub's connection string with --hub-connection-string or --login (`berth policy show --hub %s iothubowner` prints it)",
+			hf.hubName, cs.HostName, hf.hubName)
 	}
 	opts := hubclient.Options{CAFile: caFile, Address: address}
 	switch {

@@ -187,7 +187,7 @@ either. --props sets application properties as az does: "a=1;b=2".
 			if err != nil {
 				return fmt.Errorf("send to device %s: %w", deviceID, err)
 			}
-			return printJSON(g.stdout, res)
+			return g.print(res)
 		},
 	}
 	deviceIDFlag(cmd, &f.id)

@@ -82,7 +82,7 @@ func newHubConnStringShowCmd(g *globals, hf *hubFlags, deviceOnly bool) *cobra.C
 			if deviceID == "" {
 				// az iot hub connection-string show: the policy's own
 				// connection string, which this berth has in hand.
-				return printJSON(g.stdout, connectionString{ConnectionString: "HostName=" + t.cs.HostName +
+				return g.print(connectionString{ConnectionString: "HostName=" + t.cs.HostName +
 					";SharedAccessKeyName=" + t.cs.SharedAccessKeyName + ";SharedAccessKey=" + t.cs.SharedAccessKey})
 			}
 			c, err := hubclient.New(t.connStr, t.opts)
@@ -97,7 +97,7 @@ func newHubConnStringShowCmd(g *globals, hf *hubFlags, deviceOnly bool) *cobra.C
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, connectionString{ConnectionString: "HostName=" + c.HostName() + ";DeviceId=" + d.DeviceID + ";SharedAccessKey=" + key})
+			return g.print(connectionString{ConnectionString: "HostName=" + c.HostName() + ";DeviceId=" + d.DeviceID + ";SharedAccessKey=" + key})
 		},
 	}
 	deviceIDFlag(cmd, &id)
@@ -222,7 +222,7 @@ string's policy (iothubowner for a local berth), or with --key and --policy-name
 			if err != nil {
 				return fmt.Errorf("sign: %w", err)
 			}
-			return printJSON(g.stdout, sasToken{SAS: token})
+			return g.print(sasToken{SAS: token})
 		},
 	}
 	f := cmd.Flags()

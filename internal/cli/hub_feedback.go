@@ -45,7 +45,7 @@ With --wait, keep asking until at least one record arrives or the time is up.
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, recs)
+			return g.print(recs)
 		},
 	}
 	fs := cmd.Flags()

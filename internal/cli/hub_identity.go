@@ -135,7 +135,7 @@ func newDeviceIdentityCreateCmd(g *globals, hf *hubFlags) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("create device %s: %w", deviceID, err)
 			}
-			return printJSON(g.stdout, out)
+			return g.print(out)
 		},
 	}
 	deviceIDFlag(cmd, &id)
@@ -166,7 +166,7 @@ func newHubDeviceCmd(g *globals, hf *hubFlags, use, short, what string,
 			if err != nil {
 				return fmt.Errorf("%s %s: %w", what, deviceID, err)
 			}
-			return printJSON(g.stdout, out)
+			return g.print(out)
 		},
 	}
 	deviceIDFlag(cmd, &id)
@@ -198,7 +198,7 @@ func newDeviceIdentityListCmd(g *globals, hf *hubFlags) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("list devices: %w", err)
 			}
-			return printJSON(g.stdout, ds)
+			return g.print(ds)
 		},
 	}
 	cmd.Flags().IntVar(&top, "top", 0, fmt.Sprintf("list at most this many (default: the hub's limit, %d)", hubclient.MaxTop))
@@ -244,7 +244,7 @@ func newDeviceIdentityUpdateCmd(g *globals, hf *hubFlags) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("update device %s: %w", deviceID, err)
 			}
-			return printJSON(g.stdout, out)
+			return g.print(out)
 		},
 	}
 	deviceIDFlag(cmd, &id)

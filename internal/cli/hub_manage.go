@@ -110,7 +110,7 @@ at once to name the new hub; an operator's certificate must already name it.`,
 			return fmt.Errorf("hub %s was created, but its %s policy could not be read (try `berth policy show --hub %s %s`): %w",
 				out.Name, hub.OwnerPolicy, out.Name, hub.OwnerPolicy, err)
 		}
-		return printJSON(g.stdout, createdHub{HubInfo: *out, ConnectionString: owner.ConnectionString(out.Name)})
+		return g.print(createdHub{HubInfo: *out, ConnectionString: owner.ConnectionString(out.Name)})
 	})
 	lf.register(cmd)
 	return cmd
@@ -133,7 +133,7 @@ func newHubListCmd(g *globals) *cobra.Command {
 			if list == nil {
 				list = []hub.HubInfo{}
 			}
-			return printJSON(g.stdout, list)
+			return g.print(list)
 		},
 	}
 }
@@ -145,7 +145,7 @@ func newHubShowCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, h)
+			return g.print(h)
 		})
 }
 
@@ -165,7 +165,7 @@ func newHubUpdateCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printJSON(g.stdout, out)
+		return g.print(out)
 	})
 	lf.register(cmd)
 	return cmd

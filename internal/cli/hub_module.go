@@ -35,7 +35,7 @@ func moduleCmd(g *globals, use, short string, run func(cmd *cobra.Command, devic
 			if v == nil {
 				return nil
 			}
-			return printJSON(g.stdout, v)
+			return g.print(v)
 		},
 	}
 	deviceIDFlag(cmd, &dev)

@@ -56,7 +56,7 @@ func newHubQueryCmd(g *globals, hf *hubFlags) *cobra.Command {
 			if top > 0 && len(items) > top {
 				items = items[:top]
 			}
-			return printJSON(g.stdout, items)
+			return g.print(items)
 		},
 	}
 	cmd.Flags().StringVarP(&q, "query-command", "q", "", `the query, e.g. "SELECT * FROM devices WHERE status = 'enabled'"`)

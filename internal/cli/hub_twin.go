@@ -85,7 +85,7 @@ func sendTwin(cmd *cobra.Command, g *globals, hf *hubFlags, deviceID string, w *
 	if err != nil {
 		return fmt.Errorf("%s twin of %s: %w", verb, deviceID, err)
 	}
-	return printJSON(g.stdout, tw)
+	return g.print(tw)
 }
 
 // objectOrEmpty checks a section of a twin document read from --json: an
@@ -258,7 +258,7 @@ connected within --connect-timeout (DeviceNotOnline) or does not answer within
 			if err != nil {
 				return fmt.Errorf("invoke method %s on device %s: %w", name, deviceID, err)
 			}
-			return printJSON(g.stdout, res)
+			return g.print(res)
 		},
 	}
 	deviceIDFlag(cmd, &id)

@@ -58,6 +58,9 @@ func serviceClient(g *globals) (*serviceclient.Client, error) {
 // read (nil when the flags left nothing to look up).
 func serviceConnectionString(g *globals) (connStr string, cs serviceclient.ConnectionString, info *localconf.Info, err error) {
 	connStr = g.connStr
+	if connStr == "" {
+		connStr = g.login // az's --login
+	}
 	var infoErr error
 	if connStr == "" || g.caFile == "" || g.address == "" {
 		info, infoErr = localconf.Read(g.dataDir)
@@ -73,6 +76,11 @@ func serviceConnectionString(g *globals) (connStr string, cs serviceclient.Conne
 	}
 	if cs, err = serviceclient.ParseConnectionString(connStr); err != nil {
 		return "", cs, nil, fmt.Errorf("--connection-string: %w", err)
+	}
+	if g.dpsName != "" && !sameName(g.dpsName, cs.HostName) {
+		// az finds a DPS by name; here the connection string decides, so
+		// a script that names another DPS must not act on this one.
+		return "", cs, nil, fmt.Errorf("--dps-name %q is not the DPS of the connection string (%s): pass that DPS's connection string with --connection-string or --login", g.dpsName, cs.HostName)
 	}
 	return connStr, cs, info, nil
 }
@@ -375,7 +383,8 @@ func newRegistrationCmd(g *globals) *cobra.Command {
 
 // registrationIDFlag adds --registration-id.
 func registrationIDFlag(cmd *cobra.Command, id *string) {
-	cmd.Flags().StringVar(id, "registration-id", "", "registration ID of the device")
+	cmd.Flags().StringVar(id, "registration-id", "", "registration ID of the device (alias --rid)")
+	aliasFlags(cmd.Flags(), map[string]string{"rid": "registration-id"})
 }
 
 func newRegistrationShowCmd(g *globals) *cobra.Command {
@@ -397,7 +406,7 @@ func newRegistrationShowCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, r)
+			return g.print(r)
 		},
 	}
 	registrationIDFlag(cmd, &id)
@@ -440,11 +449,11 @@ each group and then looks up the record of each individual enrollment.`,
 			if items == nil {
 				items = []*dps.RegistrationState{}
 			}
-			return printJSON(g.stdout, items)
+			return g.print(items)
 		},
 	}
 	cmd.Flags().StringVar(&groupID, "enrollment-group", "", "enrollment group ID (default: all registrations)")
-	aliasFlags(cmd.Flags(), map[string]string{"group-id": "enrollment-group"})
+	aliasFlags(cmd.Flags(), map[string]string{"group-id": "enrollment-group", "gid": "enrollment-group"})
 	cmd.Flags().IntVar(&top, "top", 0, "list at most this many (default all)")
 	return cmd
 }

@@ -109,7 +109,7 @@ func newPolicyListCmd(g *globals, pf *policyFlags) *cobra.Command {
 			if list == nil {
 				list = []policy.Policy{}
 			}
-			return printJSON(g.stdout, list)
+			return g.print(list)
 		},
 	}
 	aliasFlags(cmd.Flags(), policyAliases)
@@ -123,7 +123,7 @@ func newPolicyShowCmd(g *globals, pf *policyFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, p)
+			return g.print(p)
 		})
 }
 
@@ -190,7 +190,7 @@ func newPolicyCreateCmd(g *globals, pf *policyFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(g.stdout, withConnectionStrings(c, pf.hub, out))
+			return g.print(withConnectionStrings(c, pf.hub, out))
 		})
 	kf.register(cmd)
 	return cmd
@@ -221,7 +221,7 @@ func newPolicyUpdateCmd(g *globals, pf *policyFlags) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printJSON(g.stdout, out)
+		return g.print(out)
 	})
 	kf.register(cmd)
 	return cmd
@@ -252,7 +252,7 @@ renew the primary, move them back, renew the secondary.`,
 		if err != nil {
 			return err
 		}
-		return printJSON(g.stdout, withConnectionStrings(c, pf.hub, out))
+		return g.print(withConnectionStrings(c, pf.hub, out))
 	})
 	cmd.Flags().StringVar(&keyType, "renew-key", "", "primary, secondary or swap (alias --rk, --key-type)")
 	return cmd

@@ -18,6 +18,10 @@ import (
 // globals are the flags every command shares.
 type globals struct {
 	dataDir string // where `berth serve` keeps its state and client.json
+	login   string // az's --login: a connection string (az.go)
+	dpsName string // az's --dps-name, checked against the connection string
+	output  string // -o/--output (output.go)
+	query   string // --query, JMESPath (output.go)
 	connStr string // service connection string (overrides client.json)
 	caFile  string // CA to trust (overrides client.json)
 	address string // host:port of the HTTPS listener (overrides client.json)
@@ -52,6 +56,12 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(newDPSCmd(g))
 	root.AddCommand(newBenchCmd(g))
 	root.AddCommand(newVersionCmd(g))
+	addOutputFlags(root, g)
+	addAzFlags(root, g)
+	addAzPaths(root, g)
+	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.checkOutputFlags() }
+	requireKnownSubcommands(root)
+	addExamples(root)
 	return root
 }
 

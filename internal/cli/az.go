@@ -1,0 +1,84 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// The habits az users bring, in one place: the command paths az spells
+// (`az iot dps enrollment create` → `berth iot dps enrollment create` or
+// `berth dps enrollment create`), its global --login and --dps-name, and an
+// unknown subcommand that fails with a suggestion instead of printing help
+// and exiting 0 (cobra does that by default below the root). The output
+// flags, -o and --query, are in output.go; per-command aliases (--eid,
+// --gid, --rid, -d, --mn, …) stay beside their flags.
+
+// addAzFlags adds az's global --login and --dps-name.
+func addAzFlags(root *cobra.Command, g *globals) {
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.login, "login", "", "az's --login: a connection string, the DPS's for DPS commands and the hub's for hub commands (--connection-string and --hub-connection-string win)")
+	pf.StringVar(&g.dpsName, "dps-name", "", "az's --dps-name: the DPS host name, checked against the connection string's (berth serves one DPS)")
+}
+
+// addAzPaths adds `berth iot …`, hidden (it repeats the tree), so that a
+// command copied from az's documentation runs with `az` replaced by
+// `berth`. Commands have one parent, so the subtrees are built again.
+func addAzPaths(root *cobra.Command, g *globals) {
+	iot := &cobra.Command{
+		Use:    "iot",
+		Short:  "az's spelling: `berth iot dps …`, `berth iot hub …` and `berth iot device …` are `berth dps …`, `berth hub …` and `berth device …`",
+		Hidden: true,
+	}
+	iot.AddCommand(newDPSCmd(g), newHubCmd(g), newDeviceCmd(g))
+	root.AddCommand(iot)
+}
+
+// requireKnownSubcommands makes every command that only groups others fail
+// on an unknown subcommand, naming the closest ones (cobra's own
+// suggestions, Levenshtein distance 2 or a shared prefix), and print its
+// help when given none.
+func requireKnownSubcommands(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		requireKnownSubcommands(sub)
+	}
+	if !c.HasSubCommands() || c.Runnable() {
+		return
+	}
+	c.Args = cobra.ArbitraryArgs
+	c.SuggestionsMinimumDistance = 2 // cobra sets its default only on its own path
+	// Flags meant for a mistyped subcommand must not hide the real error.
+	c.FParseErrWhitelist.UnknownFlags = true
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		return unknownCommandError(cmd, args[0])
+	}
+}
+
+func unknownCommandError(cmd *cobra.Command, name string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "unknown command %q for %q", name, cmd.CommandPath())
+	if s := cmd.SuggestionsFor(name); len(s) > 0 {
+		b.WriteString("\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t"))
+	}
+	fmt.Fprintf(&b, "\n\nRun '%s --help' for usage.", cmd.CommandPath())
+	return errors.New(b.String())
+}
+
+// sameName reports whether name means host: the host itself, or its first
+// DNS label (az's names are the labels: my-hub for my-hub.azure-devices.net).
+func sameName(name, host string) bool {
+	if strings.EqualFold(name, host) {
+		return true
+	}
+	if net.ParseIP(host) != nil {
+		return false
+	}
+	label, _, ok := strings.Cut(host, ".")
+	return ok && strings.EqualFold(name, label)
+}
