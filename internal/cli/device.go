@@ -27,7 +27,7 @@ func newDeviceCmd(g *globals) *cobra.Command {
 		Use:   "device",
 		Short: "Device-side helpers: derive keys, sign tokens, register like firmware",
 	}
-	cmd.AddCommand(newDeriveKeyCmd(g), newSASTokenCmd(g), newRegisterCmd(g), newDeviceCertCmd(g))
+	cmd.AddCommand(newDeriveKeyCmd(g), newSASTokenCmd(g), newRegisterCmd(g), newDeviceCertCmd(g), newSimulateCmd(g))
 	return cmd
 }
 
@@ -172,6 +172,16 @@ ID scope, endpoint, address and CA default to those of the local berth
 			return err
 		},
 	}
+	rf.register(cmd)
+	f := cmd.Flags()
+	f.DurationVar(&rf.timeout, "timeout", 2*time.Minute, "give up after this long")
+	f.BoolVarP(&rf.verbose, "verbose", "v", false, "log the protocol steps to stderr (never keys or tokens)")
+	cmd.MarkFlagsOneRequired("key", "group-key", "certificate")
+	return cmd
+}
+
+// register adds the provisioning flags, which register and simulate share.
+func (rf *registerFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&rf.regID, "registration-id", "", "registration ID of the device (default with --certificate: its subject CN)")
 	f.StringVar(&rf.key, "key", "", "the device's symmetric key (base64); with --certificate, the file of the certificate's private key")
@@ -181,12 +191,8 @@ ID scope, endpoint, address and CA default to those of the local berth
 	f.StringVar(&rf.scope, "id-scope", "", "ID scope (default: the local berth's)")
 	f.StringVar(&rf.endpoint, "global-endpoint", "", "DPS host name (default: the local berth's)")
 	f.StringVar(&rf.payload, "payload", "", "custom data for the register request (JSON object)")
-	f.DurationVar(&rf.timeout, "timeout", 2*time.Minute, "give up after this long")
-	f.BoolVarP(&rf.verbose, "verbose", "v", false, "log the protocol steps to stderr (never keys or tokens)")
 	cmd.MarkFlagsMutuallyExclusive("key", "group-key")
 	cmd.MarkFlagsMutuallyExclusive("certificate", "group-key")
-	cmd.MarkFlagsOneRequired("key", "group-key", "certificate")
-	return cmd
 }
 
 // options resolves the flags into deviceclient options. Flags win; the

@@ -1,0 +1,116 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The simulator against a real berth on loopback, as the README uses it:
+// a device of an enrollment group provisions, connects, answers methods
+// invoked through the service API, mirrors a desired patch into reported
+// properties, completes a C2D message and sends its telemetry.
+func TestDeviceSimulateAgainstBerth(t *testing.T) {
+	clearHubEnv(t)
+	t.Setenv("BERTH_CONNECTION_STRING", "")
+	t.Setenv("BERTH_OUTPUT", "")
+	dir := startBerth(t)
+	b := berthRunner{t: t, pre: []string{"--data-dir", dir}}
+	grp := b.must("enrollment-group", "create", "sims")
+	groupKey, _ := jsonAt(grp, "attestation", "symmetricKey", "primaryKey").(string)
+	if groupKey == "" {
+		t.Fatalf("no group key in %v", grp)
+	}
+
+	var stdout, stderr syncBuffer
+	root := NewRoot(&stdout, &stderr)
+	root.SetArgs([]string{"--data-dir", dir, "device", "simulate", "--registration-id", "sim-1", "--group-key", groupKey,
+		"--interval", "50ms", "--messages", "3",
+		"--method", "reboot=echo", "--method", `getInfo=201:{"fw":"1.0"}`, "--method", "slow@200ms=echo"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("simulate: %v\n%s", err, stderr.String())
+		}
+	}()
+	waitLog := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second) // a bound on a hang, not a timing assertion
+		for !strings.Contains(stderr.String(), what) {
+			select {
+			case err := <-done:
+				done <- err
+				t.Fatalf("simulate ended before %q: %v\n%s", what, err, stderr.String())
+			case <-time.After(20 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the simulator's log:\n%s", what, stderr.String())
+			}
+		}
+	}
+	waitLog("msg=connected")
+	waitLog("msg=\"twin read\"")
+
+	hub := berthRunner{t: t, pre: []string{"--data-dir", dir, "hub"}}
+	// Methods invoked through the service API, answered by the simulator.
+	res := hub.must("invoke-device-method", "-d", "sim-1", "--mn", "reboot", "--mp", `{"delay":1}`)
+	if res["status"] != 200.0 || jsonAt(res, "payload", "delay") != 1.0 {
+		t.Errorf("reboot: %v", res)
+	}
+	res = hub.must("invoke-device-method", "-d", "sim-1", "--mn", "getInfo")
+	if res["status"] != 201.0 || jsonAt(res, "payload", "fw") != "1.0" {
+		t.Errorf("getInfo: %v", res)
+	}
+	res = hub.must("invoke-device-method", "-d", "sim-1", "--mn", "slow", "--mp", `"x"`)
+	if res["status"] != 200.0 || res["payload"] != "x" {
+		t.Errorf("slow: %v", res)
+	}
+	res = hub.must("invoke-device-method", "-d", "sim-1", "--mn", "unknown")
+	if res["status"] != 404.0 {
+		t.Errorf("a method with no spec and no *: %v", res)
+	}
+
+	// A desired patch comes back as reported.
+	hub.must("device-twin", "update", "-d", "sim-1", "--desired", `{"interval":30,"mode":{"eco":true}}`)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		tw := hub.must("device-twin", "show", "-d", "sim-1")
+		if jsonAt(tw, "properties", "reported", "interval") == 30.0 && jsonAt(tw, "properties", "reported", "mode", "eco") == true {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reported never mirrored the desired patch: %v\n%s", tw["properties"], stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// A C2D message is completed: the queue is empty after it.
+	hub.must("c2d", "send", "-d", "sim-1", "--data", "hello", "--props", "color=red")
+	waitLog("msg=\"c2d message completed\"")
+	if got := hub.must("c2d", "purge", "-d", "sim-1"); got["totalMessagesPurged"] != 0.0 {
+		t.Errorf("queue after completion: %v", got)
+	}
+
+	// The three telemetry messages were acknowledged by the hub.
+	waitLog("msg=\"telemetry done\" device=sim-1 messages=3")
+	if n := strings.Count(stderr.String(), "msg=\"telemetry sent\""); n != 3 {
+		t.Errorf("telemetry sent %d times, want 3", n)
+	}
+	var last map[string]any
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if i := strings.Index(line, "body="); i >= 0 && strings.Contains(line, "telemetry sent") {
+			var s string
+			if err := json.Unmarshal([]byte(line[i+len("body="):]), &s); err == nil {
+				_ = json.Unmarshal([]byte(s), &last)
+			}
+		}
+	}
+	if last["deviceId"] != "sim-1" || last["count"] != 3.0 {
+		t.Errorf("last telemetry body: %v", last)
+	}
+}
