@@ -67,6 +67,10 @@ const (
 // maxLoggedAPIVersion bounds what a client can put into the access log.
 const maxLoggedAPIVersion = 32
 
+// maxLoggedHost bounds the Host header in the access log: a DNS name and
+// a port.
+const maxLoggedHost = 260
+
 // Config configures the HTTPS front end.
 type Config struct {
 	// Hosts are the host names the service answers to. A service SAS token's
@@ -161,7 +165,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				x.fail(azerr.Wrap(x.api.internal(), fmt.Errorf("panic: %v", v)))
 			}
 		}
-		h.log.Debug("rest: request", "requestId", x.id, "method", r.Method, "path", r.URL.EscapedPath(),
+		// The access log, one line per request at debug: who (remote
+		// address; the Authorization header is never logged), which DPS
+		// or hub (Host), what and how it ended.
+		h.log.Debug("rest: request", "requestId", x.id, "remote", r.RemoteAddr, "host", truncate(r.Host, maxLoggedHost),
+			"method", r.Method, "path", r.URL.EscapedPath(),
 			"apiVersion", truncate(r.URL.Query().Get("api-version"), maxLoggedAPIVersion),
 			"status", x.status, "duration", time.Since(start))
 	}()

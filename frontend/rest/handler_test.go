@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -127,4 +128,26 @@ func checkErrorInfo(t *testing.T, r *httptest.ResponseRecorder, code int) wireEr
 		}
 	}
 	return checkError(t, r, code)
+}
+
+// TestAccessLog: every request leaves one debug line with who asked,
+// which host, what, and how it ended — never the Authorization header.
+func TestAccessLog(t *testing.T) {
+	f := newFixture(t)
+	r := request(http.MethodGet, "/enrollments/nobody?api-version=2021-10-01", "")
+	r.Header.Set("Authorization", f.ownerToken(t))
+	r.RemoteAddr = "192.0.2.7:4711"
+	rec := f.do(r)
+	var line string
+	for _, l := range strings.Split(f.logs.String(), "\n") {
+		if strings.Contains(l, `msg="rest: request"`) {
+			line = l
+		}
+	}
+	for _, want := range []string{"level=DEBUG", "remote=192.0.2.7:4711", "host=" + r.Host, "method=GET", "path=/enrollments/nobody",
+		"apiVersion=2021-10-01", "status=" + strconv.Itoa(rec.Code)} {
+		if !strings.Contains(line, want) {
+			t.Errorf("access log line lacks %q: %s", want, line)
+		}
+	}
 }

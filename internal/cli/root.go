@@ -70,7 +70,7 @@ func Execute(ctx context.Context, args []string) int {
 	root := NewRoot(os.Stdout, os.Stderr)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "berth:", err)
+		fmt.Fprintln(os.Stderr, "berth:", dialHint(err))
 		return 1
 	}
 	return 0

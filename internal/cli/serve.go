@@ -153,11 +153,11 @@ func runServe(ctx context.Context, cfg server.Config, out io.Writer) error {
 	}
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
-		return err
+		return listenHint(err, cfg)
 	}
 	if err := srv.Start(); err != nil {
 		_ = srv.Shutdown(context.Background())
-		return err
+		return listenHint(err, cfg)
 	}
 	printBanner(out, srv, cfg.DataDir, cfg.RetryAfter)
 	if u := srv.AdminURL(); u != "" {

@@ -1,0 +1,69 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+
+	"github.com/berth-iot/berth/server"
+)
+
+// listenHint adds the fix to a listener that could not be opened: the
+// flag that moves it, and for a port below 1024 (443 of all the ports the
+// SDKs hard-code) how to give berth the privilege without running it as
+// root.
+func listenHint(err error, cfg server.Config) error {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "listen" || op.Addr == nil {
+		return err
+	}
+	_, port, perr := net.SplitHostPort(op.Addr.String())
+	if perr != nil {
+		return err
+	}
+	flag, host := "", ""
+	for _, l := range []struct{ flag, addr string }{
+		{"--https-addr", cfg.HTTPSAddr}, {"--mqtt-addr", cfg.MQTTAddr}, {"--amqp-addr", cfg.AMQPAddr},
+		{"--admin-addr", cfg.AdminAddr}, {"--stream-listen", cfg.StreamListen},
+	} {
+		if h, p, e := net.SplitHostPort(l.addr); e == nil && p == port {
+			flag, host = l.flag, h
+			break
+		}
+	}
+	move := "choose another address or port"
+	if flag != "" {
+		move = "move it with " + flag + " (e.g. " + flag + " " + net.JoinHostPort(host, "1"+port) + ")"
+	}
+	switch {
+	case errors.Is(err, os.ErrPermission):
+		exe, _ := os.Executable()
+		if exe == "" {
+			exe = "berth"
+		}
+		return fmt.Errorf(`%w
+
+Port %s is below 1024 and needs a privilege. Either give it to berth once
+(no root at run time):
+    sudo setcap cap_net_bind_service=+ep %s
+or run it under systemd with AmbientCapabilities=CAP_NET_BIND_SERVICE
+(contrib/systemd/berth.service), or %s
+(devices then need that port: the Azure SDKs hard-code 443).`, err, port, exe, move)
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("%w\n\nSomething already listens on port %s (another berth? a web server?): stop it, or %s.", err, port, move)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("%w\n\nNo interface has that address: %s.", err, move)
+	}
+	return err
+}
+
+// dialHint says what a refused connection usually means for the client
+// commands: no berth is listening there.
+func dialHint(err error) error {
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return err
+	}
+	return fmt.Errorf("%w\n\nIs berth running? Start it with `berth serve`, or point the command at it (--address, --connection-string, --data-dir).", err)
+}

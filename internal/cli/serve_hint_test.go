@@ -1,0 +1,54 @@
+package cli
+
+import (
+	"context"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/berth-iot/berth/server"
+)
+
+// A port taken by another program: the error names the flag that moves
+// the listener, through the real error chain of server.Start.
+func TestServeHintPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := server.Config{
+		DataDir: t.TempDir(), Hosts: []string{"127.0.0.1"}, HubName: "hub.berth.test",
+		MQTTAddr: ln.Addr().String(), HTTPSAddr: "127.0.0.1:0", AMQPAddr: "127.0.0.1:0", AdminAddr: "none",
+		StreamListen: "none",
+	}
+	err = runServe(context.Background(), cfg, &strings.Builder{})
+	if err == nil || !strings.Contains(err.Error(), "already listens on port") || !strings.Contains(err.Error(), "--mqtt-addr") {
+		t.Errorf("serve on a taken port: %v", err)
+	}
+}
+
+// A privileged port refused (EACCES, which a root test cannot provoke):
+// setcap, the systemd unit, and the flag.
+func TestServeHintPrivilegedPort(t *testing.T) {
+	addr := &net.TCPAddr{IP: net.ParseIP("0.0.0.0"), Port: 443}
+	err := &net.OpError{Op: "listen", Net: "tcp", Addr: addr, Err: os.NewSyscallError("bind", syscall.EACCES)}
+	got := listenHint(err, server.Config{HTTPSAddr: ":443", MQTTAddr: ":8883"}).Error()
+	for _, want := range []string{"permission denied", "setcap cap_net_bind_service=+ep", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "--https-addr"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("hint lacks %q:\n%s", want, got)
+		}
+	}
+	if other := listenHint(os.ErrNotExist, server.Config{}); other != os.ErrNotExist {
+		t.Errorf("an unrelated error changed: %v", other)
+	}
+}
+
+func TestDialHint(t *testing.T) {
+	err := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	if got := dialHint(err).Error(); !strings.Contains(got, "Is berth running?") {
+		t.Errorf("dial hint: %s", got)
+	}
+}
