@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,35 +25,10 @@ func TestDeviceSimulateAgainstBerth(t *testing.T) {
 		t.Fatalf("no group key in %v", grp)
 	}
 
-	var stdout, stderr syncBuffer
-	root := NewRoot(&stdout, &stderr)
-	root.SetArgs([]string{"--data-dir", dir, "device", "simulate", "--registration-id", "sim-1", "--group-key", groupKey,
+	sim := startSimulate(t, dir, "--registration-id", "sim-1", "--group-key", groupKey,
 		"--interval", "50ms", "--messages", "3",
-		"--method", "reboot=echo", "--method", `getInfo=201:{"fw":"1.0"}`, "--method", "slow@200ms=echo"})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- root.ExecuteContext(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("simulate: %v\n%s", err, stderr.String())
-		}
-	}()
-	waitLog := func(what string) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second) // a bound on a hang, not a timing assertion
-		for !strings.Contains(stderr.String(), what) {
-			select {
-			case err := <-done:
-				done <- err
-				t.Fatalf("simulate ended before %q: %v\n%s", what, err, stderr.String())
-			case <-time.After(20 * time.Millisecond):
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no %q in the simulator's log:\n%s", what, stderr.String())
-			}
-		}
-	}
+		"--method", "reboot=echo", "--method", `getInfo=201:{"fw":"1.0"}`, "--method", "slow@200ms=echo")
+	waitLog, stderr := sim.waitLog, sim.stderr
 	waitLog("msg=connected")
 	waitLog("msg=\"twin read\"")
 
@@ -112,5 +88,76 @@ func TestDeviceSimulateAgainstBerth(t *testing.T) {
 	}
 	if last["deviceId"] != "sim-1" || last["count"] != 3.0 {
 		t.Errorf("last telemetry body: %v", last)
+	}
+}
+
+// simRun is a `device simulate` running in the background until the test
+// ends.
+type simRun struct {
+	t      *testing.T
+	stderr *syncBuffer
+	done   chan error
+}
+
+func startSimulate(t *testing.T, dir string, args ...string) *simRun {
+	t.Helper()
+	r := &simRun{t: t, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	root := NewRoot(&syncBuffer{}, r.stderr)
+	root.SetArgs(append([]string{"--data-dir", dir, "device", "simulate"}, args...))
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { r.done <- root.ExecuteContext(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-r.done; err != nil {
+			t.Errorf("simulate: %v\n%s", err, r.stderr.String())
+		}
+	})
+	return r
+}
+
+// waitLog waits for a line of the simulator's log.
+func (r *simRun) waitLog(what string) {
+	r.t.Helper()
+	deadline := time.Now().Add(30 * time.Second) // a bound on a hang, not a timing assertion
+	for !strings.Contains(r.stderr.String(), what) {
+		select {
+		case err := <-r.done:
+			r.done <- err
+			r.t.Fatalf("simulate ended before %q: %v\n%s", what, err, r.stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("no %q in the simulator's log:\n%s", what, r.stderr.String())
+		}
+	}
+}
+
+// An X.509 device of a CA-verified group, and a device from its hub
+// connection string with no provisioning: each connects and answers a
+// method invoked through the service API.
+func TestDeviceSimulateX509AndConnectionString(t *testing.T) {
+	clearHubEnv(t)
+	t.Setenv("BERTH_CONNECTION_STRING", "")
+	t.Setenv("BERTH_OUTPUT", "")
+	dir := startBerth(t)
+	certs := t.TempDir()
+	b := berthRunner{t: t, pre: []string{"--data-dir", dir}}
+	b.must("dps", "certificate", "create", "--name", "berth-dev-ca", "--verify")
+	b.must("enrollment-group", "create", "grp-x509", "--attestation-type", "x509", "--ca-name", "berth-dev-ca")
+	b.must("device", "certificate", "create", "--registration-id", "x509-sim", "--out", certs)
+	x := startSimulate(t, dir, "--certificate", filepath.Join(certs, "x509-sim.crt"), "--interval", "0")
+	x.waitLog("msg=connected device=x509-sim")
+
+	b.must("hub", "device-identity", "create", "cs-sim")
+	cs := b.must("hub", "device-identity", "connection-string", "show", "cs-sim")["connectionString"].(string)
+	c := startSimulate(t, dir, "--device-connection-string", cs, "--interval", "0", "--method", "ping=\"pong\"")
+	c.waitLog("msg=connected device=cs-sim")
+
+	hub := berthRunner{t: t, pre: []string{"--data-dir", dir, "hub"}}
+	if res := hub.must("invoke-device-method", "-d", "x509-sim", "--mn", "hello", "--mp", `{"a":1}`); res["status"] != 200.0 || jsonAt(res, "payload", "a") != 1.0 {
+		t.Errorf("x509 device's answer: %v", res)
+	}
+	if res := hub.must("invoke-device-method", "-d", "cs-sim", "--mn", "ping"); res["status"] != 200.0 || res["payload"] != "pong" {
+		t.Errorf("connection-string device's answer: %v", res)
 	}
 }
