@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/berth-iot/berth/sas"
 )
 
 // The habits az users bring, in one place: the command paths az spells
@@ -81,4 +83,62 @@ func sameName(name, host string) bool {
 	}
 	label, _, ok := strings.Cut(host, ".")
 	return ok && strings.EqualFold(name, label)
+}
+
+// azCommandAliases are az's names of commands berth names otherwise, by
+// examples key (exampleKey).
+var azCommandAliases = map[string][]string{
+	"hub sas-token": {"generate-sas-token"},
+	"hub c2d":       {"c2d-message"},
+}
+
+// addAzAliases gives commands az's other names.
+func addAzAliases(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		addAzAliases(sub)
+	}
+	if a, ok := azCommandAliases[exampleKey(c)]; ok {
+		c.Aliases = append(c.Aliases, a...)
+	}
+}
+
+// newComputeDeviceKeyCmd is az's `enrollment-group compute-device-key`:
+// the device key of a group member, from the group's key read through the
+// service API (berth device derive-key does it offline from a key).
+func newComputeDeviceKeyCmd(g *globals) *cobra.Command {
+	var groupID, regID string
+	cmd := &cobra.Command{
+		Use:   "compute-device-key [GROUP-ID]",
+		Short: "Print the device key of a member of a symmetric-key enrollment group (reads the group's key)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := idArg(args, groupID, "enrollment-id")
+			if err != nil {
+				return err
+			}
+			if regID == "" {
+				return errors.New("give the device's --registration-id")
+			}
+			c, err := serviceClient(g)
+			if err != nil {
+				return err
+			}
+			att, err := c.EnrollmentGroupAttestation(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			if att.SymmetricKey == nil || att.SymmetricKey.PrimaryKey == "" {
+				return fmt.Errorf("enrollment group %q has no symmetric key (attestation %s)", id, att.Type)
+			}
+			key, err := sas.DeriveKey(att.SymmetricKey.PrimaryKey, regID)
+			if err != nil {
+				return err
+			}
+			return g.print(key) // az prints it as a JSON string; -o tsv bare
+		},
+	}
+	cmd.Flags().StringVar(&groupID, "enrollment-id", "", "ID of the enrollment group (aliases --eid, --gid, --group-id)")
+	cmd.Flags().StringVar(&regID, "registration-id", "", "registration ID of the device (alias --rid)")
+	aliasFlags(cmd.Flags(), map[string]string{"eid": "enrollment-id", "gid": "enrollment-id", "group-id": "enrollment-id", "rid": "registration-id"})
+	return cmd
 }

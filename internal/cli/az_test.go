@@ -9,6 +9,7 @@ import (
 
 	"github.com/berth-iot/berth/hubclient"
 	"github.com/berth-iot/berth/internal/localconf"
+	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/serviceclient"
 )
 
@@ -59,6 +60,21 @@ func TestAzHabitsAgainstBerth(t *testing.T) {
 		"enrollment-group", "list", "-o", "table", "--query", "[].{id:enrollmentGroupId, status:provisioningStatus}")
 	must("e1\n", "iot", "dps", "enrollment", "list", "--query", "[].registrationId", "-o", "tsv")
 	fails("404", "iot", "dps", "registration", "show", "--rid", "e1")
+	fails("404", "iot", "dps", "enrollment", "registration", "show", "--rid", "e1")
+	must("[]\n", "iot", "dps", "enrollment-group", "registration", "list", "--gid", "g1")
+
+	// compute-device-key reads the group's key and derives the member's.
+	grp, err := cmd("enrollment-group", "show", "g1", "--show-keys", "--query", "attestation.symmetricKey.primaryKey", "-o", "tsv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := sas.DeriveKey(strings.TrimSpace(grp), "dev-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(want+"\n", "iot", "dps", "enrollment-group", "compute-device-key", "--gid", "g1", "--rid", "dev-7", "-o", "tsv")
+	must(`"`+want+"\"\n", "enrollment-group", "compute-device-key", "g1", "--registration-id", "dev-7")
+	must("provisioningserviceowner\n", "iot", "dps", "policy", "list", "--query", "[?keyName=='provisioningserviceowner'].keyName", "-o", "tsv")
 
 	// --dps-name is checked against the connection string.
 	must("g1\n", "enrollment-group", "show", "g1", "--dps-name", dpsCS.HostName, "--query", "enrollmentGroupId", "-o", "tsv")
@@ -85,6 +101,13 @@ func TestAzHabitsAgainstBerth(t *testing.T) {
 		"iot", "hub", "device-identity", "list", "-n", hubCS.HostName, "-o", "table", "--query", "[].{deviceId:deviceId, status:status}")
 	must("d1\n", "hub", "device-identity", "show", "d1", "--hub-name", "hub", "--query", "deviceId", "-o", "tsv")
 	fails(`--hub-name "other-hub" is not the hub`, "hub", "device-identity", "show", "d1", "-n", "other-hub")
+
+	// az's command names.
+	out, err = cmd("hub", "generate-sas-token", "-d", "d1", "--query", "sas", "-o", "tsv")
+	if err != nil || !strings.HasPrefix(out, "SharedAccessSignature sr=") {
+		t.Errorf("hub generate-sas-token: %q, %v", out, err)
+	}
+	must("0\n", "iot", "hub", "c2d-message", "purge", "-d", "d1", "--query", "totalMessagesPurged", "-o", "tsv")
 
 	// yaml of a real resource.
 	out, err = cmd("hub", "device-identity", "show", "d1", "-o", "yaml")

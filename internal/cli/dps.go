@@ -56,7 +56,7 @@ berth's development CA a verified CA in one step.`,
 	connStr.AddCommand(newDPSConnStringShowCmd(g))
 	cmd.AddCommand(cert, connStr)
 	// az's paths: az iot dps enrollment|enrollment-group|registration.
-	cmd.AddCommand(newEnrollmentCmd(g), newEnrollmentGroupCmd(g), newRegistrationCmd(g))
+	cmd.AddCommand(newEnrollmentCmd(g), newEnrollmentGroupCmd(g), newRegistrationCmd(g), newPolicyCmd(g))
 	return cmd
 }
 

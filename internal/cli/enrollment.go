@@ -96,6 +96,12 @@ func enrollmentCmds[T any](g *globals, k enrollmentKind[T]) *cobra.Command {
 		Short: "Manage " + k.plural,
 	}
 	cmd.AddCommand(k.createCmd(g), k.showCmd(g), k.listCmd(g), k.updateCmd(g), k.deleteCmd(g))
+	// az's `az iot dps enrollment[-group] registration …`: the same
+	// commands as `berth registration …` (list --gid takes the group).
+	cmd.AddCommand(newRegistrationCmd(g))
+	if k.group {
+		cmd.AddCommand(newComputeDeviceKeyCmd(g)) // az.go
+	}
 	return cmd
 }
 

@@ -21,7 +21,7 @@ berth version --json`,
 berth enrollment create my-x509-device --attestation-type x509 --certificate-path my-x509-device.crt
 berth iot dps enrollment create --eid my-device --initial-twin-properties '{"interval":30}'`,
 	"enrollment show": `berth enrollment show my-device
-berth enrollment show --eid my-device --query attestation.symmetricKey.primaryKey -o tsv`,
+berth enrollment show --eid my-device --show-keys --query attestation.symmetricKey.primaryKey -o tsv`,
 	"enrollment list": `berth enrollment list -o table
 berth enrollment list --query "[].{id:registrationId, status:provisioningStatus}" -o table`,
 	"enrollment update": `berth enrollment update my-device --provisioning-status disabled
@@ -32,10 +32,12 @@ berth enrollment update my-device --reprovision-policy never`,
 berth enrollment-group create x509-group --attestation-type x509 --ca-name berth-dev-ca
 berth iot dps enrollment-group create --gid my-group --allocation-policy hashed --iot-hubs hub-a,hub-b`,
 	"enrollment-group show": `berth enrollment-group show my-group
-berth enrollment-group show --gid my-group --query attestation.symmetricKey.primaryKey -o tsv`,
+berth enrollment-group show --gid my-group --show-keys --query attestation.symmetricKey.primaryKey -o tsv`,
 	"enrollment-group list":   `berth enrollment-group list -o table`,
 	"enrollment-group update": `berth enrollment-group update my-group --initial-twin-tags '{"site":"lab"}'`,
 	"enrollment-group delete": `berth enrollment-group delete my-group`,
+	"enrollment-group compute-device-key": `berth enrollment-group compute-device-key my-group --registration-id my-device-1 -o tsv
+berth iot dps enrollment-group compute-device-key --gid my-group --rid my-device-1`,
 
 	"registration show":   `berth registration show my-device-1 -o yaml`,
 	"registration list":   `berth registration list --enrollment-group my-group -o table`,
@@ -118,9 +120,15 @@ berth hub monitor-events -d my-device --timeout 60`,
 func exampleKey(c *cobra.Command) string {
 	p := strings.TrimPrefix(c.CommandPath(), c.Root().Name()+" ")
 	p = strings.TrimPrefix(p, "iot ")
-	for _, az := range []string{"dps enrollment ", "dps enrollment-group ", "dps registration "} {
+	for _, az := range []string{"dps enrollment ", "dps enrollment-group ", "dps registration ", "dps policy "} {
 		if strings.HasPrefix(p, az) {
-			return strings.TrimPrefix(p, "dps ")
+			p = strings.TrimPrefix(p, "dps ")
+			break
+		}
+	}
+	for _, az := range []string{"enrollment registration ", "enrollment-group registration "} {
+		if strings.HasPrefix(p, az) {
+			return strings.TrimPrefix(p, az[:strings.Index(az, " ")+1])
 		}
 	}
 	return p

@@ -62,6 +62,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.checkOutputFlags() }
 	requireKnownSubcommands(root)
 	addExamples(root)
+	addAzAliases(root)
 	return root
 }
 
