@@ -45,9 +45,14 @@ type Config struct {
 	// HubHost is the hub's host name: TLS server name, MQTT username and
 	// the token's resource.
 	HubHost string
-	// Address is the host:port to dial; default HubHost:8883.
-	Address  string
-	DeviceID string
+	// Address is the host:port to dial; default HubHost:8883, or
+	// HubHost:443 with WebSocket.
+	Address string
+	// WebSocket carries MQTT over a WebSocket on the HTTPS port
+	// (wss://…/$iothub/websocket, subprotocol mqtt), as the SDKs' MqttWs
+	// transport does for devices behind firewalls.
+	WebSocket bool
+	DeviceID  string
 	// SymmetricKey (base64) signs the SAS token; or ClientCertificate
 	// authenticates the device by X.509 (no password).
 	SymmetricKey      string
@@ -170,6 +175,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Address == "" {
 		cfg.Address = cfg.HubHost + ":8883"
+		if cfg.WebSocket {
+			cfg.Address = cfg.HubHost + ":443"
+		}
 	}
 	if cfg.TokenTTL <= 0 {
 		cfg.TokenTTL = time.Hour
@@ -223,8 +231,13 @@ func (s *sim) connect(ctx context.Context) error {
 		tlsConf.Certificates = []tls.Certificate{*cfg.ClientCertificate}
 	}
 	user := cfg.HubHost + "/" + cfg.DeviceID + "/?api-version=" + APIVersion
+	broker := "ssl://" + cfg.Address
+	if cfg.WebSocket {
+		// paho offers the subprotocol "mqtt", the one the SDKs send.
+		broker = "wss://" + cfg.Address + "/$iothub/websocket"
+	}
 	opts := paho.NewClientOptions().
-		AddBroker("ssl://" + cfg.Address).
+		AddBroker(broker).
 		SetClientID(cfg.DeviceID).
 		SetProtocolVersion(4).
 		SetCleanSession(false). // as the SDKs: the hub keeps the C2D subscription
@@ -258,7 +271,7 @@ func (s *sim) connect(ctx context.Context) error {
 				s.log.Error("subscribe failed", "err", tok.Error())
 				return
 			}
-			s.log.Info("connected", "hub", cfg.HubHost, "address", cfg.Address)
+			s.log.Info("connected", "hub", cfg.HubHost, "address", cfg.Address, "websocket", cfg.WebSocket)
 			select {
 			case s.connected <- struct{}{}:
 			default:

@@ -25,14 +25,15 @@ import (
 // device connection string.
 
 type simulateFlags struct {
-	rf         registerFlags
-	deviceCS   string
-	devices    int
-	interval   time.Duration
-	messages   int
-	template   string
-	methods    []string
-	hubAddress string
+	rf           registerFlags
+	deviceCS     string
+	devices      int
+	interval     time.Duration
+	messages     int
+	template     string
+	methods      []string
+	hubAddress   string
+	hubTransport string
 }
 
 func newSimulateCmd(g *globals) *cobra.Command {
@@ -69,7 +70,8 @@ are REGISTRATION-ID-1 … REGISTRATION-ID-N, each with its derived key.`,
 	f.IntVar(&sf.messages, "messages", 0, "stop sending telemetry after this many messages per device (0: no limit)")
 	f.StringVar(&sf.template, "template", "", "telemetry body: a Go text/template, or @FILE (default: a JSON object with a temperature)")
 	f.StringArrayVar(&sf.methods, "method", nil, "how to answer a direct method: NAME[@DELAY]=echo|JSON|STATUS:JSON, repeatable (default *=echo)")
-	f.StringVar(&sf.hubAddress, "hub-address", "", "host:port of the hub's MQTT listener (default: the local berth's, or the hub's host name on 8883)")
+	f.StringVar(&sf.hubAddress, "hub-address", "", "host:port of the hub's MQTT listener, or its HTTPS listener with --hub-transport mqttws (default: the local berth's, or the hub's host name on 8883 or 443)")
+	f.StringVar(&sf.hubTransport, "hub-transport", "mqtt", "how the device reaches its hub: mqtt (8883) or mqttws (MQTT over a WebSocket on 443)")
 	f.DurationVar(&sf.rf.timeout, "timeout", 2*time.Minute, "give up provisioning after this long")
 	cmd.MarkFlagsMutuallyExclusive("device-connection-string", "registration-id")
 	cmd.MarkFlagsOneRequired("key", "group-key", "certificate", "device-connection-string")
@@ -115,6 +117,13 @@ func (sf *simulateFlags) run(ctx context.Context, g *globals) error {
 	}
 	if sf.devices > 1 && sf.rf.groupKey == "" {
 		return errors.New("--devices above 1 needs --group-key: each device's key is derived from it")
+	}
+	switch strings.ToLower(sf.hubTransport) {
+	case "mqtt":
+	case "mqttws":
+		base.WebSocket = true
+	default:
+		return fmt.Errorf("--hub-transport %q: use mqtt or mqttws", sf.hubTransport)
 	}
 	info, _ := localconf.Read(g.dataDir) // optional: a remote hub needs none
 
@@ -167,7 +176,7 @@ func (sf *simulateFlags) provisionAndRun(ctx context.Context, g *globals, info *
 	if cfg.RootCAs, err = rootCAs(opts.CAFile); err != nil {
 		return err
 	}
-	cfg.Address = sf.hubMQTTAddress(info, cfg.HubHost, opts.GlobalEndpoint)
+	cfg.Address = sf.hubMQTTAddress(info, cfg.HubHost, opts.GlobalEndpoint, cfg.WebSocket)
 	return devicesim.Run(ctx, cfg)
 }
 
@@ -194,7 +203,7 @@ func (sf *simulateFlags) fromConnectionString(g *globals, info *localconf.Info, 
 	if cfg.RootCAs, err = rootCAs(caFile); err != nil {
 		return cfg, err
 	}
-	cfg.Address = sf.hubMQTTAddress(info, cfg.HubHost, "")
+	cfg.Address = sf.hubMQTTAddress(info, cfg.HubHost, "", cfg.WebSocket)
 	return cfg, nil
 }
 
@@ -202,15 +211,24 @@ func (sf *simulateFlags) fromConnectionString(g *globals, info *localconf.Info, 
 // for a hub of the local berth (its default hub, or any hub when the
 // device provisioned through the local DPS, as berth serves every hub on
 // one listener), the local MQTT address; else the hub's host on 8883.
-func (sf *simulateFlags) hubMQTTAddress(info *localconf.Info, hub, dpsEndpoint string) string {
+func (sf *simulateFlags) hubMQTTAddress(info *localconf.Info, hub, dpsEndpoint string, ws bool) string {
 	if sf.hubAddress != "" {
 		return sf.hubAddress
 	}
-	if info != nil && info.MQTTAddress != "" &&
-		(strings.EqualFold(hub, info.HubHostName) || (dpsEndpoint != "" && strings.EqualFold(dpsEndpoint, info.GlobalEndpoint))) {
-		return info.MQTTAddress
+	local, port := "", "8883"
+	if info != nil {
+		local = info.MQTTAddress
 	}
-	return net.JoinHostPort(hub, "8883")
+	if ws {
+		port, local = "443", ""
+		if info != nil {
+			local = info.HTTPSAddress
+		}
+	}
+	if local != "" && (strings.EqualFold(hub, info.HubHostName) || (dpsEndpoint != "" && strings.EqualFold(dpsEndpoint, info.GlobalEndpoint))) {
+		return local
+	}
+	return net.JoinHostPort(hub, port)
 }
 
 // rootCAs reads a CA file; "" means the system roots.

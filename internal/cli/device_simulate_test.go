@@ -133,8 +133,8 @@ func (r *simRun) waitLog(what string) {
 }
 
 // An X.509 device of a CA-verified group, and a device from its hub
-// connection string with no provisioning: each connects and answers a
-// method invoked through the service API.
+// connection string with no provisioning, over MQTT on a WebSocket: each
+// connects and answers a method invoked through the service API.
 func TestDeviceSimulateX509AndConnectionString(t *testing.T) {
 	clearHubEnv(t)
 	t.Setenv("BERTH_CONNECTION_STRING", "")
@@ -150,8 +150,9 @@ func TestDeviceSimulateX509AndConnectionString(t *testing.T) {
 
 	b.must("hub", "device-identity", "create", "cs-sim")
 	cs := b.must("hub", "device-identity", "connection-string", "show", "cs-sim")["connectionString"].(string)
-	c := startSimulate(t, dir, "--device-connection-string", cs, "--interval", "0", "--method", "ping=\"pong\"")
+	c := startSimulate(t, dir, "--device-connection-string", cs, "--interval", "0", "--method", "ping=\"pong\"", "--hub-transport", "mqttws")
 	c.waitLog("msg=connected device=cs-sim")
+	c.waitLog("websocket=true")
 
 	hub := berthRunner{t: t, pre: []string{"--data-dir", dir, "hub"}}
 	if res := hub.must("invoke-device-method", "-d", "x509-sim", "--mn", "hello", "--mp", `{"a":1}`); res["status"] != 200.0 || jsonAt(res, "payload", "a") != 1.0 {

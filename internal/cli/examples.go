@@ -52,6 +52,7 @@ berth device register --certificate my-x509-device.crt`,
 berth device certificate create --registration-id my-device --self-signed`,
 	"device simulate": `berth device simulate --registration-id my-device-1 --group-key <group-key>
 berth device simulate --registration-id sim --group-key <group-key> --devices 10 --interval 5s
+berth device simulate --certificate my-x509-device.crt --hub-transport mqttws
 berth device simulate --device-connection-string "HostName=my-hub;DeviceId=d1;SharedAccessKey=<key>" --method reboot=echo`,
 
 	"dps connection-string show":                 `berth dps connection-string show --query connectionString -o tsv`,
