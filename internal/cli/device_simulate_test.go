@@ -162,3 +162,26 @@ func TestDeviceSimulateX509AndConnectionString(t *testing.T) {
 		t.Errorf("connection-string device's answer: %v", res)
 	}
 }
+
+// A fleet: --devices 3 with a group key provisions sim-f-1 … sim-f-3, each
+// with its own derived key, and each answers.
+func TestDeviceSimulateFleet(t *testing.T) {
+	clearHubEnv(t)
+	t.Setenv("BERTH_CONNECTION_STRING", "")
+	t.Setenv("BERTH_OUTPUT", "")
+	dir := startBerth(t)
+	b := berthRunner{t: t, pre: []string{"--data-dir", dir}}
+	grp := b.must("enrollment-group", "create", "fleet")
+	groupKey, _ := jsonAt(grp, "attestation", "symmetricKey", "primaryKey").(string)
+	sim := startSimulate(t, dir, "--registration-id", "sim-f", "--group-key", groupKey, "--devices", "3", "--interval", "0")
+	hub := berthRunner{t: t, pre: []string{"--data-dir", dir, "hub"}}
+	for _, id := range []string{"sim-f-1", "sim-f-2", "sim-f-3"} {
+		sim.waitLog("msg=connected device=" + id + " ")
+		if res := hub.must("invoke-device-method", "-d", id, "--mn", "who", "--mp", `"`+id+`"`); res["status"] != 200.0 || res["payload"] != id {
+			t.Errorf("%s answered %v", id, res)
+		}
+	}
+	if out, _, err := run(t, "--data-dir", dir, "device", "simulate", "--registration-id", "x", "--key", groupKey, "--devices", "2"); err == nil || !strings.Contains(err.Error(), "--group-key") || out != "" {
+		t.Errorf("--devices 2 with --key: %v", err)
+	}
+}
