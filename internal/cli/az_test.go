@@ -83,6 +83,8 @@ func TestAzHabitsAgainstBerth(t *testing.T) {
 	// --login stands for the connection string, DPS or hub by command.
 	other := t.TempDir() // no client.json: everything comes from flags
 	remote := []string{"--data-dir", other, "--ca-file", info.CAFile, "--address", info.HTTPSAddress}
+	// --login wins over the environment's connection string.
+	t.Setenv("BERTH_CONNECTION_STRING", "HostName=elsewhere.example;SharedAccessKeyName=x;SharedAccessKey=eA==")
 	out, _, err := run(t, append(remote, "enrollment", "show", "e1", "--login", info.ServiceConnectionString, "--query", "registrationId", "-o", "tsv")...)
 	if err != nil || out != "e1\n" {
 		t.Errorf("enrollment show --login: %q, %v", out, err)

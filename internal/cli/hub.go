@@ -99,8 +99,8 @@ type hubTarget struct {
 // wrong for any other.
 func resolveHub(g *globals, hf *hubFlags) (*hubTarget, error) {
 	connStr, caFile, address := hf.connStr, g.caFile, g.address
-	if connStr == "" {
-		connStr = g.login // az's --login
+	if g.login != "" && !g.hubConnStrFlag {
+		connStr = g.login // az's --login: over the environment, under the flag
 	}
 	var info *localconf.Info
 	var infoErr error

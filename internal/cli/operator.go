@@ -58,8 +58,8 @@ func serviceClient(g *globals) (*serviceclient.Client, error) {
 // read (nil when the flags left nothing to look up).
 func serviceConnectionString(g *globals) (connStr string, cs serviceclient.ConnectionString, info *localconf.Info, err error) {
 	connStr = g.connStr
-	if connStr == "" {
-		connStr = g.login // az's --login
+	if g.login != "" && !g.connStrFlag {
+		connStr = g.login // az's --login: over the environment, under the flag
 	}
 	var infoErr error
 	if connStr == "" || g.caFile == "" || g.address == "" {

@@ -19,14 +19,18 @@ import (
 type globals struct {
 	dataDir string // where `berth serve` keeps its state and client.json
 	login   string // az's --login: a connection string (az.go)
-	dpsName string // az's --dps-name, checked against the connection string
-	output  string // -o/--output (output.go)
-	query   string // --query, JMESPath (output.go)
-	connStr string // service connection string (overrides client.json)
-	caFile  string // CA to trust (overrides client.json)
-	address string // host:port of the HTTPS listener (overrides client.json)
-	stdout  io.Writer
-	stderr  io.Writer
+	// connStrFlag and hubConnStrFlag say whether --connection-string or
+	// --hub-connection-string was given on the command line (not from the
+	// environment): only then do they win over --login.
+	connStrFlag, hubConnStrFlag bool
+	dpsName                     string // az's --dps-name, checked against the connection string
+	output                      string // -o/--output (output.go)
+	query                       string // --query, JMESPath (output.go)
+	connStr                     string // service connection string (overrides client.json)
+	caFile                      string // CA to trust (overrides client.json)
+	address                     string // host:port of the HTTPS listener (overrides client.json)
+	stdout                      io.Writer
+	stderr                      io.Writer
 }
 
 // NewRoot builds the command tree.
@@ -59,7 +63,11 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	addOutputFlags(root, g)
 	addAzFlags(root, g)
 	addAzPaths(root, g)
-	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.checkOutputFlags() }
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		g.connStrFlag = cmd.Flags().Changed("connection-string")
+		g.hubConnStrFlag = cmd.Flags().Changed("hub-connection-string")
+		return g.checkOutputFlags()
+	}
 	requireKnownSubcommands(root)
 	addExamples(root)
 	addAzAliases(root)
