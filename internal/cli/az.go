@@ -22,7 +22,7 @@ import (
 // addAzFlags adds az's global --login and --dps-name.
 func addAzFlags(root *cobra.Command, g *globals) {
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.login, "login", "", "az's --login: a connection string, the DPS's for DPS commands and the hub's for hub commands (--connection-string and --hub-connection-string win)")
+	pf.StringVar(&g.login, "login", "", "az's --login: a connection string, the DPS's for DPS commands and the hub's for hub commands (--connection-string or --hub-connection-string on the command line wins; their environment variables do not)")
 	pf.StringVar(&g.dpsName, "dps-name", "", "az's --dps-name: the DPS host name, checked against the connection string's (berth serves one DPS)")
 }
 

@@ -25,7 +25,7 @@ func addDeviceCommands(root *cobra.Command, g *globals) { root.AddCommand(newDev
 func newDeviceCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "device",
-		Short: "Device-side helpers: derive keys, sign tokens, register like firmware",
+		Short: "Device-side helpers: derive keys, sign tokens, register like firmware, simulate a device",
 	}
 	cmd.AddCommand(newDeriveKeyCmd(g), newSASTokenCmd(g), newRegisterCmd(g), newDeviceCertCmd(g), newSimulateCmd(g))
 	return cmd

@@ -37,8 +37,13 @@ type globals struct {
 func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
-		Use:           "berth",
-		Short:         "A self-hosted Device Provisioning Service and IoT hub, wire-compatible with Azure",
+		Use:   "berth",
+		Short: "A self-hosted Device Provisioning Service and IoT hub, wire-compatible with Azure",
+		Long: `A self-hosted Device Provisioning Service and IoT hub, wire-compatible with Azure.
+
+The operator commands are shaped like az's: -o table|tsv|yaml|…, --query
+(JMESPath), and az's own paths run too (berth iot dps enrollment create …,
+berth iot hub device-identity list …). See docs/cli.md.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       version.Get().String(),
