@@ -47,7 +47,9 @@ func requireKnownSubcommands(c *cobra.Command) {
 	for _, sub := range c.Commands() {
 		requireKnownSubcommands(sub)
 	}
-	if !c.HasSubCommands() || c.Runnable() {
+	// The root is left to cobra, which already fails with suggestions
+	// there (and keeps its usage line "berth [command]").
+	if !c.HasParent() || !c.HasSubCommands() || c.Runnable() {
 		return
 	}
 	c.Args = cobra.ArbitraryArgs
