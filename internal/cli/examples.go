@@ -99,7 +99,8 @@ berth hub c2d send -d my-device --data-file firmware.bin --ack full`,
 	"hub c2d purge":    `berth hub c2d purge -d my-device`,
 	"hub c2d feedback": `berth hub c2d feedback --wait 30s -o table`,
 	"hub monitor-events": `berth hub monitor-events --properties all
-berth hub monitor-events -d my-device --timeout 60`,
+berth hub monitor-events -d my-device --timeout 60
+berth hub monitor-events --query "event.{device:origin, t:payload.temperature}" -o tsv`,
 	"hub query": `berth hub query -q "SELECT * FROM devices WHERE status = 'enabled'" --query "[].deviceId" -o tsv`,
 
 	"hub module-identity create": `berth hub module-identity create -d my-device -m my-module`,

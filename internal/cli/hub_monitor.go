@@ -260,6 +260,10 @@ func runMonitor(cmd *cobra.Command, g *globals, hf *hubFlags, mf *monitorFlags, 
 	if mf.count < 0 {
 		return errors.New("--count must not be negative")
 	}
+	printEvent, err := g.eventPrinter() // -o and --query, output.go
+	if err != nil {
+		return err
+	}
 	start, err := mf.startOf(cmd)
 	if err != nil {
 		return err
@@ -333,7 +337,7 @@ func runMonitor(cmd *cobra.Command, g *globals, hf *hubFlags, mf *monitorFlags, 
 			if !devices.match(m.DeviceID) || !modules.match(m.ModuleID) {
 				continue
 			}
-			if err := writeEvent(g.stdout, formatEvent(m, props, mf.contentType)); err != nil {
+			if err := printEvent(formatEvent(m, props, mf.contentType)); err != nil {
 				return err
 			}
 			printed++

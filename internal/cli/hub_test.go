@@ -902,3 +902,33 @@ func TestHubCommandTreesAreIndependent(t *testing.T) {
 		t.Errorf("requests %v", got)
 	}
 }
+
+// TestMonitorEventsOutput: --query picks from each event and -o tsv or
+// yaml prints it as it comes; a table, which cannot align rows to come, is
+// refused.
+func TestMonitorEventsOutput(t *testing.T) {
+	clearHubEnv(t)
+	st, dir := openTestStream(t)
+	appendMsg(t, st, &hub.Message{Hub: monitorHub, DeviceID: "d1", Body: []byte(`{"temperature":21.5}`)})
+	appendMsg(t, st, &hub.Message{Hub: monitorHub, DeviceID: "d2", Body: []byte(`{"temperature":22}`)})
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--query", "event.{d:origin, t:payload.temperature}", "-o", "tsv"}, "d1\t21.5\nd2\t22\n"},
+		{[]string{"--query", "event.{d:origin}", "-o", "yaml"}, "---\nd: d1\n---\nd: d2\n"},
+		{[]string{"-o", "none"}, ""},
+	} {
+		r := startMonitor(t, append([]string{"--data-dir", dir, "hub", "monitor-events", "--from-start", "--count", "2", "--timeout", "10s"}, tt.args...)...)
+		if err := r.wait(t); err != nil {
+			t.Fatalf("%v: %v; stderr %q", tt.args, err, r.stderr)
+		}
+		if got := r.stdout.String(); got != tt.want {
+			t.Errorf("%v: printed %q, want %q", tt.args, got, tt.want)
+		}
+	}
+	r := startMonitor(t, "--data-dir", dir, "hub", "monitor-events", "--from-start", "-o", "table")
+	if err := r.wait(t); err == nil || !strings.Contains(err.Error(), "-o tsv") {
+		t.Errorf("-o table: %v", err)
+	}
+}

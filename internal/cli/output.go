@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -484,4 +485,36 @@ func yamlNode(v any, ko keyOrder) *yaml.Node {
 	default:
 		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null", Value: "null"}
 	}
+}
+
+// eventPrinter prints monitor-events' events as they come: by default one
+// JSON line each (az's shape, writeEvent); with another -o or a --query,
+// each event is rendered on its own (YAML as a document each) and flushed
+// at once, so a pipe sees it. A table is refused: it cannot align rows it
+// has not seen; tsv is the streaming form.
+func (g *globals) eventPrinter() (func(monitorEvent) error, error) {
+	if g.output == "json" && g.query == "" {
+		return func(ev monitorEvent) error { return writeEvent(g.stdout, ev) }, nil
+	}
+	if g.output == "table" {
+		return nil, errors.New("monitor-events prints events as they come: use -o tsv (or json, jsonc, yaml) instead of table")
+	}
+	return func(ev monitorEvent) error {
+		var buf bytes.Buffer
+		if g.output == "yaml" {
+			buf.WriteString("---\n")
+		}
+		if err := render(&buf, ev, g.output, g.query); err != nil {
+			return err
+		}
+		if _, err := g.stdout.Write(buf.Bytes()); err != nil {
+			return fmt.Errorf("print event: %w", err)
+		}
+		if f, ok := g.stdout.(interface{ Flush() error }); ok {
+			if err := f.Flush(); err != nil {
+				return fmt.Errorf("print event: %w", err)
+			}
+		}
+		return nil
+	}, nil
 }
