@@ -17,6 +17,19 @@ type BatchSink interface {
 	AppendBatch(ctx context.Context, ms []*Message) error
 }
 
+// AsyncSink is a TelemetrySink that can take a message without holding
+// its caller until the message is durable: AppendAsync returns once the
+// message is queued (or failed), and done runs exactly once, when the
+// message is durable (nil) or will not be. Messages given by one caller are
+// stored in the order given. done runs on the sink's own goroutine: it must
+// be quick and must not block (hand the outcome on, don't write to a
+// network connection there). A front end uses it to keep several messages
+// of one connection in flight while it goes on reading.
+type AsyncSink interface {
+	TelemetrySink
+	AppendAsync(ctx context.Context, m *Message, done func(error))
+}
+
 // Sender is who sends device-to-cloud messages, as the stamps name it.
 // Front ends keep one per session rather than the device document (which
 // holds the keys), so an idle connection costs little.
@@ -77,6 +90,30 @@ func (t *Telemetry) Accept(ctx context.Context, from Sender, m *Message) error {
 // ones stored and the device's retry duplicates them, which at-least-once
 // consumers absorb.
 func (t *Telemetry) AcceptBatch(ctx context.Context, from Sender, ms []*Message) error {
+	if err := t.prepare(ctx, from, ms); err != nil {
+		return err
+	}
+	if bs, ok := t.sink.(BatchSink); ok && len(ms) > 1 {
+		if err := bs.AppendBatch(ctx, ms); err != nil {
+			return fmt.Errorf("hub: append %d messages from %s: %w", len(ms), from.DeviceID, err)
+		}
+	} else {
+		for i, m := range ms {
+			if err := t.sink.Append(ctx, m); err != nil {
+				if len(ms) == 1 {
+					return fmt.Errorf("hub: append telemetry from %s: %w", from.DeviceID, err)
+				}
+				return fmt.Errorf("hub: append message %d of %d from %s: %w", i+1, len(ms), from.DeviceID, err)
+			}
+		}
+	}
+	t.active(from)
+	return nil
+}
+
+// prepare applies the hub's rules to messages the device sent together:
+// telemetry enabled, injected faults, the size limit, the stamps.
+func (t *Telemetry) prepare(ctx context.Context, from Sender, ms []*Message) error {
 	if !t.Enabled() {
 		return azerr.Newf(azerr.HubServiceUnavailable, "Telemetry is not enabled on this hub.")
 	}
@@ -102,22 +139,40 @@ func (t *Telemetry) AcceptBatch(ctx context.Context, from Sender, ms []*Message)
 	for _, m := range ms {
 		stampSender(m, from, now)
 	}
-	if bs, ok := t.sink.(BatchSink); ok && len(ms) > 1 {
-		if err := bs.AppendBatch(ctx, ms); err != nil {
-			return fmt.Errorf("hub: append %d messages from %s: %w", len(ms), from.DeviceID, err)
-		}
-	} else {
-		for i, m := range ms {
-			if err := t.sink.Append(ctx, m); err != nil {
-				if len(ms) == 1 {
-					return fmt.Errorf("hub: append telemetry from %s: %w", from.DeviceID, err)
-				}
-				return fmt.Errorf("hub: append message %d of %d from %s: %w", i+1, len(ms), from.DeviceID, err)
-			}
-		}
-	}
+	return nil
+}
+
+func (t *Telemetry) active(from Sender) {
 	if t.registry != nil {
 		t.registry.Active(from.Hub, TwinID(from.DeviceID, from.ModuleID))
 	}
+}
+
+// AcceptAsync is Accept for a caller that keeps several messages in
+// flight: the checks run at once (an error from them is returned and done
+// is not called), then the message goes to the sink and done runs once,
+// when it is durable (nil) or is not (see AsyncSink for where done runs).
+// The messages of one caller are stored in the order it gave them. With a
+// sink that cannot append asynchronously, the append runs before
+// AcceptAsync returns (done on the caller's goroutine), which keeps that
+// order.
+func (t *Telemetry) AcceptAsync(ctx context.Context, from Sender, m *Message, done func(error)) error {
+	ms := [1]*Message{m}
+	if err := t.prepare(ctx, from, ms[:]); err != nil {
+		return err
+	}
+	finish := func(err error) {
+		if err != nil {
+			done(fmt.Errorf("hub: append telemetry from %s: %w", from.DeviceID, err))
+			return
+		}
+		t.active(from)
+		done(nil)
+	}
+	if as, ok := t.sink.(AsyncSink); ok {
+		as.AppendAsync(ctx, m, finish)
+		return nil
+	}
+	finish(t.sink.Append(ctx, m))
 	return nil
 }

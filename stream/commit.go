@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/berth-iot/berth/hub"
 )
 
 // Group commit: with SyncAlways a JetStream stream fsyncs every message on
@@ -82,6 +85,17 @@ type pending struct {
 	// from then on the waiter gets the publish's outcome, not its ctx's.
 	sent bool
 	done chan error // buffered: the committer never blocks on a waiter
+	// cb, when set, replaces done: an AppendAsync caller's callback.
+	cb func(error)
+}
+
+// finish hands the outcome to the waiter or the callback.
+func (p *pending) finish(err error) {
+	if p.cb != nil {
+		p.cb(err)
+		return
+	}
+	p.done <- err
 }
 
 // committer owns the queue of one Stream.
@@ -135,13 +149,39 @@ func newCommitter(s *Stream) *committer {
 
 // append queues msg and waits for its outcome.
 func (c *committer) append(ctx context.Context, msg *nats.Msg, what string) error {
-	p := &pending{ctx: ctx, msg: msg, what: what, done: make(chan error, 1)}
+	p := newPending(ctx, msg, what)
+	p.done = make(chan error, 1)
+	if err := c.enqueue(p); err != nil {
+		return err
+	}
+	return c.wait(p)
+}
+
+// appendAsync queues msg and returns; done runs once with its outcome, on
+// the committer's goroutine (or on this one, when it cannot be queued).
+// It blocks only while the queue is full (back-pressure), up to ctx.
+func (c *committer) appendAsync(ctx context.Context, msg *nats.Msg, what string, done func(error)) {
+	p := newPending(ctx, msg, what)
+	p.cb = done
+	if err := c.enqueue(p); err != nil {
+		done(err)
+	}
+}
+
+func newPending(ctx context.Context, msg *nats.Msg, what string) *pending {
+	p := &pending{ctx: ctx, msg: msg, what: what}
 	p.size = len(msg.Subject) + len(msg.Data)
 	for k, vs := range msg.Header {
 		for _, v := range vs {
 			p.size += len(k) + len(v) + 4
 		}
 	}
+	return p
+}
+
+// enqueue waits for room in the queue, up to p's ctx, and queues p.
+func (c *committer) enqueue(p *pending) error {
+	ctx, what := p.ctx, p.what
 	c.mu.Lock()
 	for {
 		if c.closing {
@@ -170,7 +210,13 @@ func (c *committer) append(ctx context.Context, msg *nats.Msg, what string) erro
 	case c.wake <- struct{}{}:
 	default:
 	}
+	return nil
+}
 
+// wait waits for the outcome of a queued p; when p's ctx ends first and p
+// is still queued, p is taken back.
+func (c *committer) wait(p *pending) error {
+	ctx, what := p.ctx, p.what
 	select {
 	case err := <-p.done:
 		return err
@@ -244,6 +290,15 @@ func (c *committer) take() ([]*pending, bool) {
 	size, i := 0, 0
 	for ; i < len(c.queue) && len(batch) < c.maxBatch; i++ {
 		p := c.queue[i]
+		if err := p.ctx.Err(); err != nil {
+			// Its caller has given up (an AppendAsync caller is not
+			// waiting to take it back): not stored, failed. sent tells
+			// a synchronous waiter it is no longer in the queue.
+			p.sent = true
+			c.releaseLocked(p)
+			p.finish(fmt.Errorf("stream: append %s: %w", p.what, err))
+			continue
+		}
 		if len(batch) > 0 && size+p.size > maxBatchBytes {
 			break
 		}
@@ -284,14 +339,9 @@ func (c *committer) publish(batch []*pending) {
 	defer cancel()
 	switch {
 	case len(batch) == 1:
-		batch[0].done <- c.s.publishOne(ctx, batch[0].msg, batch[0].what)
+		batch[0].finish(c.s.publishOne(ctx, batch[0].msg, batch[0].what))
 	case !c.atomicOK || len(batch) < c.minBatch:
-		// Bounded by maxBatchMsgs goroutines; they end with ctx.
-		var wg sync.WaitGroup
-		for _, p := range batch {
-			wg.Go(func() { p.done <- c.s.publishOne(ctx, p.msg, p.what) })
-		}
-		wg.Wait()
+		c.publishPipelined(ctx, batch)
 	default:
 		err := c.publishAtomic(ctx, batch)
 		if h := c.s.testHookBatch; h != nil {
@@ -299,10 +349,44 @@ func (c *committer) publish(batch []*pending) {
 		}
 		for _, p := range batch {
 			if err != nil {
-				p.done <- fmt.Errorf("stream: append %s to %s (batch of %d): %w", p.what, c.s.cfg.StreamName, len(batch), err)
+				p.finish(fmt.Errorf("stream: append %s to %s (batch of %d): %w", p.what, c.s.cfg.StreamName, len(batch), err))
 			} else {
-				p.done <- nil
+				p.finish(nil)
 			}
+		}
+	}
+}
+
+// publishPipelined publishes a group too small for an atomic batch as
+// single messages, all sent before the first PubAck is awaited: one
+// connection, so the server stores them in order (one fsync each), and no
+// goroutine per message.
+func (c *committer) publishPipelined(ctx context.Context, batch []*pending) {
+	futs := make([]jetstream.PubAckFuture, len(batch))
+	for i, p := range batch {
+		f, err := c.s.js.PublishMsgAsync(p.msg)
+		if err != nil {
+			p.finish(fmt.Errorf("stream: append %s to %s: %w", p.what, c.s.cfg.StreamName, err))
+			continue
+		}
+		futs[i] = f
+	}
+	for i, f := range futs {
+		if f == nil {
+			continue
+		}
+		p := batch[i]
+		select {
+		case ack := <-f.Ok():
+			if ack.Stream != c.s.cfg.StreamName {
+				p.finish(fmt.Errorf("stream: append %s: stored in stream %q, not %q; check SubjectPrefix", p.what, ack.Stream, c.s.cfg.StreamName))
+			} else {
+				p.finish(nil)
+			}
+		case err := <-f.Err():
+			p.finish(fmt.Errorf("stream: append %s to %s: %w", p.what, c.s.cfg.StreamName, err))
+		case <-ctx.Done():
+			p.finish(fmt.Errorf("stream: append %s to %s: no PubAck: %w", p.what, c.s.cfg.StreamName, ctx.Err()))
 		}
 	}
 }
@@ -385,3 +469,35 @@ func (c *committer) adapt(e *jetstream.APIError) {
 		c.s.log.Warn("telemetry stream: server refused a batch as too large", "maxBatch", c.maxBatch, "atomic", c.atomicOK, "err", e.Error())
 	}
 }
+
+// AppendAsync is Append for callers that keep several messages in flight
+// (hub.AsyncSink): it returns once m is queued, and done runs once m is
+// durable (nil) or will not be, on the committer's goroutine. One caller's
+// messages are stored in the order it gave them: the committer takes the
+// queue in order and has one publish in flight at a time.
+func (s *Stream) AppendAsync(ctx context.Context, m *hub.Message, done func(error)) {
+	if m == nil {
+		done(errors.New("stream: append nil message"))
+		return
+	}
+	if err := ctx.Err(); err != nil {
+		done(fmt.Errorf("stream: append %s/%s: %w", m.Hub, m.DeviceID, err))
+		return
+	}
+	msg, err := encode(s.cfg.SubjectPrefix, m, time.Now())
+	if err != nil {
+		done(err)
+		return
+	}
+	what := m.Hub + "/" + m.DeviceID
+	if s.commit == nil {
+		// No group commit: a publish of its own, as Append does. Order
+		// among one caller's messages is then not kept; this path serves
+		// servers without atomic batches.
+		go func() { done(s.publishOne(ctx, msg, what)) }()
+		return
+	}
+	s.commit.appendAsync(ctx, msg, what, done)
+}
+
+var _ hub.AsyncSink = (*Stream)(nil)

@@ -545,3 +545,103 @@ func TestGroupCommitClose(t *testing.T) {
 		t.Fatalf("after reopening: %d messages, want 21", n)
 	}
 }
+
+// TestSurvivesKillPipelined is TestSurvivesKillBatched for AppendAsync, as
+// the MQTT front end uses it: each producer keeps 8 messages in flight.
+// After kill -9, every acknowledged message is stored, none twice, and each
+// producer's messages are in the order it gave them, with no gap.
+func TestSurvivesKillPipelined(t *testing.T) {
+	if dir := os.Getenv("BERTH_STREAM_KILL_PIPE_DIR"); dir != "" {
+		killPipeChild(dir)
+		return
+	}
+	if testing.Short() {
+		t.Skip("spawns a child process")
+	}
+	dir, cmd, out := startKillChild(t, "TestSurvivesKillPipelined", "BERTH_STREAM_KILL_PIPE_DIR")
+	acked := map[string]map[int]bool{}
+	total, batches := 0, 0
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && total < 3000 {
+		var dev string
+		var seq int
+		if _, err := fmt.Sscanf(sc.Text(), "acked %s %d", &dev, &seq); err == nil {
+			if acked[dev] == nil {
+				acked[dev] = map[int]bool{}
+			}
+			acked[dev][seq] = true
+			total++
+		} else if _, err := fmt.Sscanf(sc.Text(), "batch %d", &seq); err == nil {
+			batches++
+		} else {
+			t.Logf("child: %s", sc.Text())
+		}
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if total < 3000 {
+		t.Fatalf("child acknowledged only %d messages before exiting", total)
+	}
+	if batches == 0 {
+		t.Fatal("the child committed no atomic batch")
+	}
+
+	s := openT(t, Config{StoreDir: dir, Logger: testLogger(t)})
+	n := storedMsgs(t, s)
+	ch := subscribeT(t, s, SubscribeOptions{StartTime: time.Unix(0, 0)})
+	next := map[string]int{}
+	for _, m := range recvN(t, ch, int(n)) {
+		if want := strconv.Itoa(next[m.DeviceID]); string(m.Body) != want {
+			t.Fatalf("%s: message %s, want %s (a duplicate, a gap or out of order)", m.DeviceID, m.Body, want)
+		}
+		next[m.DeviceID]++
+	}
+	for dev, seqs := range acked {
+		for seq := range seqs {
+			if seq >= next[dev] {
+				t.Fatalf("%s: %d messages stored, but %d was acknowledged", dev, next[dev], seq)
+			}
+		}
+	}
+	t.Logf("child killed after %d acks in ≥ %d batches; %d messages stored, all acknowledged ones present", total, batches, n)
+}
+
+func killPipeChild(dir string) {
+	s, err := Open(context.Background(), Config{StoreDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		fmt.Println("open:", err)
+		os.Exit(1)
+	}
+	var mu sync.Mutex
+	w := bufio.NewWriter(os.Stdout)
+	say := func(format string, a ...any) {
+		mu.Lock()
+		fmt.Fprintf(w, format+"\n", a...)
+		w.Flush()
+		mu.Unlock()
+	}
+	s.testHookBatch = func(n int, err error) {
+		if err == nil {
+			say("batch %d", n)
+		}
+	}
+	var wg sync.WaitGroup
+	for p := range 16 {
+		wg.Go(func() {
+			dev := fmt.Sprintf("d%02d", p)
+			slots := make(chan struct{}, 8)
+			for i := 0; ; i++ {
+				slots <- struct{}{}
+				s.AppendAsync(context.Background(), seqMessage(dev, i), func(err error) {
+					if err != nil {
+						say("append: %v", err)
+						os.Exit(1)
+					}
+					say("acked %s %d", dev, i)
+					<-slots
+				})
+			}
+		})
+	}
+	wg.Wait()
+}

@@ -321,6 +321,11 @@ type hubSession struct {
 	pumping   bool
 	pumpAgain bool
 	cancelOp  context.CancelFunc
+
+	// tmu guards tel, the telemetry in flight (hubtelemetry.go); a lock
+	// of its own, as the sink's callbacks take it for every message.
+	tmu sync.Mutex
+	tel telemetryPipe
 }
 
 // Interface guard: the domain pushes to a hub session through Links.
@@ -704,14 +709,13 @@ func (s *hubSession) publish(pk *packets.Packet) error {
 	if err != nil {
 		return err
 	}
-	if err := s.accept(m, appendTimeout); err != nil {
-		// No PUBACK: the device sends the message again on its next
-		// connection (unless it was refused, say as too large).
+	// Several messages of the connection may be in flight
+	// (hubtelemetry.go); a message that is not accepted gets no PUBACK and
+	// closes the connection: the device sends it again on its next
+	// connection (unless it was refused, say as too large).
+	if err := s.pipeTelemetry(m, pk.PacketID, pk.FixedHeader.Qos == 1); err != nil {
 		s.logRefused("mqtt: telemetry not accepted; closing the connection", err)
 		return err
-	}
-	if pk.FixedHeader.Qos == 1 {
-		return s.c.puback(pk.PacketID)
 	}
 	return nil
 }

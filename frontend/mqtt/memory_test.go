@@ -266,6 +266,12 @@ func TestMemoryClientHelper(t *testing.T) {
 			// with CleanSession 0 too.
 			got[2] = 0
 		}
+		if n := len(got); err == nil && n >= 6 && bytes.Equal(got[n-6:], []byte{0xd0, 0, 0x40, 2, 0, 2}) {
+			// The PUBACK goes out once the message is durable, on the
+			// telemetry pipeline's writer; the PINGRESP at once: either
+			// may come first.
+			copy(got[n-6:], []byte{0x40, 2, 0, 2, 0xd0, 0})
+		}
 		if err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("answers % x, %v; want % x", got, err, want)
 		}
