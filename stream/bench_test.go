@@ -74,6 +74,34 @@ func runAppend(b *testing.B, s *Stream) {
 			reportRate(b)
 		})
 	}
+	// AppendAsync, as the MQTT front end uses it: each producer (a device
+	// connection) keeps several messages in flight, so more messages wait
+	// per group commit than there are producers.
+	for _, pc := range []struct{ producers, inflight int }{{8, 8}, {64, 8}} {
+		b.Run(fmt.Sprintf("async-%dx%d", pc.producers, pc.inflight), func(b *testing.B) {
+			procs := runtime.GOMAXPROCS(0)
+			b.SetParallelism((pc.producers + procs - 1) / procs)
+			b.SetBytes(1024)
+			b.RunParallel(func(pb *testing.PB) {
+				m := benchMessage()
+				slots := make(chan struct{}, pc.inflight)
+				done := func(err error) {
+					if err != nil {
+						b.Error(err)
+					}
+					<-slots
+				}
+				for pb.Next() {
+					slots <- struct{}{}
+					s.AppendAsync(ctx, m, done)
+				}
+				for range pc.inflight {
+					slots <- struct{}{}
+				}
+			})
+			reportRate(b)
+		})
+	}
 }
 
 func BenchmarkAppendEmbedded(b *testing.B) {
