@@ -68,6 +68,7 @@ func (s *Service) PutEnrollment(ctx context.Context, id string, in *IndividualEn
 		return nil, err
 	}
 	rec, err = s.store.Put(ctx, rec, cond)
+	s.authChanged()
 	if err != nil {
 		return nil, storeErr(err, azerr.DPSEnrollmentNotFound)
 	}
@@ -110,6 +111,7 @@ func (s *Service) getEnrollment(ctx context.Context, id string) (*IndividualEnro
 // stays, as on Azure; it can be deleted on its own.
 func (s *Service) DeleteEnrollment(ctx context.Context, id, ifMatch string) error {
 	err := s.store.Delete(ctx, store.KindEnrollment, Key(id), StoreETag(ifMatch))
+	s.authChanged()
 	return storeErr(err, azerr.DPSEnrollmentNotFound)
 }
 
@@ -177,6 +179,7 @@ func (s *Service) PutGroup(ctx context.Context, id string, in *EnrollmentGroup, 
 		return nil, err
 	}
 	rec, err = s.store.Put(ctx, rec, cond)
+	s.authChanged()
 	if err != nil {
 		return nil, storeErr(err, azerr.DPSEnrollmentNotFound)
 	}
@@ -211,6 +214,7 @@ func (s *Service) getGroup(ctx context.Context, id string) (*EnrollmentGroup, er
 // DeleteGroup removes an enrollment group.
 func (s *Service) DeleteGroup(ctx context.Context, id, ifMatch string) error {
 	err := s.store.Delete(ctx, store.KindGroup, Key(id), StoreETag(ifMatch))
+	s.authChanged()
 	return storeErr(err, azerr.DPSEnrollmentNotFound)
 }
 

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
@@ -122,6 +123,9 @@ type Service struct {
 	faults         Faults
 	observe        func(result string)
 	throttle       *throttle.Throttler // nil: no throttles (SetThrottle)
+	// authGen counts enrollment, group and certificate writes: a
+	// SessionAuth remembered at an older generation is forgotten.
+	authGen atomic.Uint64
 }
 
 // SetObserver sets who hears of every registration's result (the
@@ -199,6 +203,9 @@ type RegisterRequest struct {
 	ClientCerts []*x509.Certificate
 	Body        []byte // DeviceRegistration JSON; empty is allowed
 	Force       bool   // forceRegistration
+	// Session, when set, remembers a successful authentication for the
+	// polls that follow on the same connection (see SessionAuth).
+	Session *SessionAuth
 }
 
 // OperationRequest is a device's poll call.
@@ -208,6 +215,10 @@ type OperationRequest struct {
 	OperationID    string
 	Token          string
 	ClientCerts    []*x509.Certificate
+	// Session, when set, is the connection's memory of its
+	// authentication: a poll after a registration on the same connection
+	// skips the enrollment lookup (see SessionAuth).
+	Session *SessionAuth
 }
 
 // StatusRequest is a device's registration status lookup.
@@ -378,10 +389,12 @@ func (s *Service) Register(ctx context.Context, req RegisterRequest) (_ *Operati
 	if err != nil {
 		return nil, err
 	}
+	gen := s.authGen.Load()
 	who, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts)
 	if err != nil {
 		return nil, err
 	}
+	s.remember(req.Session, gen, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts)
 	now := s.now().UTC()
 	op := operation{
 		OperationID:    newOperationID(),
@@ -639,8 +652,12 @@ func (s *Service) OperationStatus(ctx context.Context, req OperationRequest) (*O
 	if err := s.throttled(throttle.DPSOperation, ""); err != nil {
 		return nil, err
 	}
-	if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts); err != nil {
-		return nil, err
+	if !s.recall(req.Session, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts, s.now()) {
+		gen := s.authGen.Load()
+		if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts); err != nil {
+			return nil, err
+		}
+		s.remember(req.Session, gen, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts)
 	}
 	// Per device only once authenticated: another client must not be able
 	// to spend a device's polls by naming it.

@@ -227,6 +227,20 @@ type dpsSession struct {
 	// its context; both are touched only by the reader goroutine.
 	inflight sync.WaitGroup
 	cancel   context.CancelFunc
+
+	// auth remembers the session's authentication for its polls
+	// (dps.SessionAuth); allocated by the first request, so an idle
+	// session does not carry it.
+	auth atomic.Pointer[dps.SessionAuth]
+}
+
+// sessionAuth returns the session's dps.SessionAuth, allocating it once.
+func (s *dpsSession) sessionAuth() *dps.SessionAuth {
+	if a := s.auth.Load(); a != nil {
+		return a
+	}
+	s.auth.CompareAndSwap(nil, &dps.SessionAuth{})
+	return s.auth.Load()
 }
 
 // maxExtraFilters bounds the narrower response filters one connection may
@@ -427,6 +441,7 @@ func (s *dpsSession) handle(ctx context.Context, kind, rid, opID string, body []
 			Token:          s.token,
 			ClientCerts:    s.certs,
 			Body:           body,
+			Session:        s.sessionAuth(),
 		})
 		// An accepted registration is 202, as over HTTPS
 		// (docs/spec/dps-protocol.md#device-api-over-https): the outcome is
@@ -439,6 +454,7 @@ func (s *dpsSession) handle(ctx context.Context, kind, rid, opID string, body []
 			OperationID:    opID,
 			Token:          s.token,
 			ClientCerts:    s.certs,
+			Session:        s.sessionAuth(),
 		})
 		status = 202
 		if op != nil && op.Terminal() {

@@ -1,0 +1,108 @@
+package dps_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/dps"
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/sas"
+	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/store/memstore"
+)
+
+// countingStore counts the enrollment lookups authenticate makes.
+type countingStore struct {
+	store.Store
+	enrollmentGets, groupLists atomic.Int64
+}
+
+func (c *countingStore) Get(ctx context.Context, kind store.Kind, key string) (store.Record, error) {
+	if kind == store.KindEnrollment {
+		c.enrollmentGets.Add(1)
+	}
+	return c.Store.Get(ctx, kind, key)
+}
+
+func (c *countingStore) List(ctx context.Context, kind store.Kind, o store.ListOptions) ([]store.Record, error) {
+	if kind == store.KindGroup {
+		c.groupLists.Add(1)
+	}
+	return c.Store.List(ctx, kind, o)
+}
+
+// TestSessionAuthSkipsPollLookup: a poll on the connection that registered
+// does not look the enrollment up again; a change to the enrollments, or
+// the token expiring, makes it authenticate in full again.
+func TestSessionAuthSkipsPollLookup(t *testing.T) {
+	cs := &countingStore{Store: memstore.New()}
+	now := time.Unix(1700000000, 0)
+	clock := func() time.Time { return now }
+	svc, err := dps.New(cs, hub.NewRegistry(cs, clock), dps.Config{IDScope: scope, Hubs: []string{hubName}, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{svc: svc, st: cs, now: now}
+	f.group(t, "g1", "")
+	regID := "dev-1"
+	derived, err := sas.DeriveKey(groupKey, regID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := f.token(t, regID, derived) // expires now+1h
+	ctx := context.Background()
+	sess := &dps.SessionAuth{}
+	op, err := svc.Register(ctx, dps.RegisterRequest{IDScope: scope, RegistrationID: regID, Token: tok, Session: sess})
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll := func(s *dps.SessionAuth) error {
+		_, err := svc.OperationStatus(ctx, dps.OperationRequest{IDScope: scope, RegistrationID: regID, OperationID: op.OperationID, Token: tok, Session: s})
+		return err
+	}
+	lookups := func() int64 { return cs.enrollmentGets.Load() + cs.groupLists.Load() }
+
+	before := lookups()
+	for range 3 {
+		if err := poll(sess); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := lookups() - before; n != 0 {
+		t.Errorf("3 polls on the registering session made %d enrollment lookups, want 0", n)
+	}
+	before = lookups()
+	if err := poll(nil); err != nil {
+		t.Fatal(err)
+	}
+	if lookups() == before {
+		t.Error("a poll without a session skipped the lookup")
+	}
+	// Another session's memory is its own.
+	before = lookups()
+	if err := poll(&dps.SessionAuth{}); err != nil || lookups() == before {
+		t.Errorf("a fresh session's poll: err %v, lookups %d; want a full authentication", err, lookups()-before)
+	}
+
+	// Deleting the group through the service forgets every session.
+	if err := svc.DeleteGroup(ctx, "g1", "*"); err != nil {
+		t.Fatal(err)
+	}
+	if err := poll(sess); code(err) != azerr.DPSInvalidCredentials {
+		t.Errorf("poll after the group was deleted: %v, want 401002", err)
+	}
+
+	// An expired token is refused even when remembered.
+	f.group(t, "g1", "")
+	sess2 := &dps.SessionAuth{}
+	if err := poll(sess2); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Hour)
+	if err := poll(sess2); err == nil {
+		t.Error("a remembered session's poll with an expired token succeeded")
+	}
+}
