@@ -768,7 +768,9 @@ func TestCertSourceSwap(t *testing.T) {
 // server in this process, the client verifying the chain as a device would.
 // It bounds how many provisioning connections a core can accept. The
 // sub-benchmarks differ in the key exchange the client offers: X25519 and
-// P-256 are what device stacks use; X25519MLKEM768 is Go's default.
+// P-256 are what device stacks use; X25519MLKEM768 alone is a client that
+// wants post-quantum protection; GoDefault offers both X25519MLKEM768 and
+// X25519 (Go's default, and the bench's generator), and gets X25519.
 func BenchmarkHandshake(b *testing.B) {
 	s := newTestServer(b)
 	server := ServerTLSConfig(s.src, nil)
@@ -794,10 +796,12 @@ func BenchmarkHandshake(b *testing.B) {
 	for _, kx := range []struct {
 		name  string
 		curve tls.CurveID
-	}{{"X25519", tls.X25519}, {"P256", tls.CurveP256}, {"X25519MLKEM768", tls.X25519MLKEM768}} {
+	}{{"X25519", tls.X25519}, {"P256", tls.CurveP256}, {"X25519MLKEM768", tls.X25519MLKEM768}, {"GoDefault", 0}} {
 		b.Run(kx.name, func(b *testing.B) {
 			c := s.client(tls.VersionTLS13)
-			c.CurvePreferences = []tls.CurveID{kx.curve}
+			if kx.curve != 0 {
+				c.CurvePreferences = []tls.CurveID{kx.curve}
+			}
 			for b.Loop() {
 				raw, err := net.Dial("tcp", addr)
 				if err != nil {
@@ -888,5 +892,36 @@ func mustRemove(t testing.TB, path string) {
 	t.Helper()
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestKeyExchangePreference: a client that offers X25519 gets it, even when
+// it also offers (and sends a key share for) the post-quantum hybrid, as Go
+// clients do by default; a client that offers only the hybrid gets the
+// hybrid, and one that offers only P-256 gets P-256.
+func TestKeyExchangePreference(t *testing.T) {
+	s := newTestServer(t)
+	server := ServerTLSConfig(s.src, nil)
+	for _, tc := range []struct {
+		name  string
+		offer []tls.CurveID
+		want  tls.CurveID
+	}{
+		{"Go default (hybrid and X25519 shares)", nil, tls.X25519},
+		{"hybrid only", []tls.CurveID{tls.X25519MLKEM768}, tls.X25519MLKEM768},
+		{"hybrid first, then X25519", []tls.CurveID{tls.X25519MLKEM768, tls.X25519}, tls.X25519},
+		{"P-256 only", []tls.CurveID{tls.CurveP256}, tls.CurveP256},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := s.client(tls.VersionTLS13)
+			c.CurvePreferences = tc.offer
+			r := handshake(t, server, c)
+			if r.clientErr != nil || r.serverErr != nil {
+				t.Fatalf("handshake: client %v, server %v", r.clientErr, r.serverErr)
+			}
+			if r.client.CurveID != tc.want {
+				t.Errorf("negotiated %v, want %v", r.client.CurveID, tc.want)
+			}
+		})
 	}
 }

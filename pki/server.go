@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -243,8 +244,10 @@ func TLS12CipherSuites() []uint16 { return append([]uint16(nil), tls12CipherSuit
 //     not in a non-empty list fails the handshake (no_application_protocol).
 //   - The certificate comes from src at each handshake, so it can be swapped
 //     without restarting the listeners.
+//   - Key exchange: X25519 whenever the client offers it, the hybrid
+//     X25519MLKEM768 only for a client that does not (see classicalKX).
 func ServerTLSConfig(src *CertSource, nextProtos []string) *tls.Config {
-	return &tls.Config{
+	cfg := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		MaxVersion:     tls.VersionTLS13,
 		CipherSuites:   TLS12CipherSuites(),
@@ -252,4 +255,28 @@ func ServerTLSConfig(src *CertSource, nextProtos []string) *tls.Config {
 		NextProtos:     append([]string(nil), nextProtos...),
 		GetCertificate: src.GetCertificate,
 	}
+	classical := cfg.Clone()
+	classical.CurvePreferences = slices.Clone(classicalKX)
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if slices.Contains(hello.SupportedCurves, tls.X25519) {
+			return classical, nil
+		}
+		return nil, nil
+	}
+	return cfg
 }
+
+// classicalKX are the key exchanges of a handshake with a client that offers
+// X25519. crypto/tls (Go 1.26) always picks a post-quantum hybrid when both
+// sides support one, whatever CurvePreferences' order, and Go clients send
+// both an X25519MLKEM768 and an X25519 key share: every Go device (and the
+// bench's generator) would pay the ML-KEM encapsulation, about 0.3 ms of
+// server CPU per handshake here (docs/benchmarks.md), a quarter of a
+// provisioning. Device TLS stacks (mbedTLS, wolfSSL, OpenSSL before 3.5)
+// offer X25519 or P-256 only and are not affected. A client that offers
+// only the hybrid still gets it, from the default configuration. The
+// trade-off — no post-quantum protection for a client that offers both —
+// is the operator's to revisit; it is named in docs/benchmarks.md.
+// The configuration GetConfigForClient returns shares the original's
+// session ticket keys (crypto/tls initialises it from the original).
+var classicalKX = []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384}
