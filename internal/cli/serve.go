@@ -3,11 +3,15 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -30,6 +34,7 @@ func newServeCmd(g *globals) *cobra.Command {
 		logLevel   string
 		logFormat  string
 		thr        throttleFlags
+		memLimit   string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -57,6 +62,9 @@ the flag names. Flags win over the environment, which wins over the file.`,
 			if cfg.Throttle, err = thr.settings(); err != nil {
 				return err
 			}
+			if err := applyMemoryLimit(memLimit); err != nil {
+				return err
+			}
 			return runServe(cmd.Context(), cfg, g.stdout)
 		},
 	}
@@ -77,10 +85,44 @@ the flag names. Flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.StreamListen, "stream-listen", "127.0.0.1:0", `where the embedded NATS accepts local readers (token in client.json); "none" for in-process only`)
 	f.DurationVar(&cfg.MaxTokenLifetime, "max-token-lifetime", 0, "longest lifetime (expiry minus now) of a device or service SAS token berth accepts, e.g. 24h; 0 for no limit, as Azure")
 	thr.register(f)
+	f.StringVar(&memLimit, "memory-limit", "", "soft memory limit of the Go runtime, as GOMEMLIMIT (e.g. 512MiB, 2GiB): the GC runs more often near it instead of letting the heap double; default: GOMEMLIMIT or none (docs/benchmarks.md, idle connections)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text (logfmt-style key=value) or json (one object a line)")
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:8443", `operator listener: console, /metrics, /healthz, /readyz (HTTPS); loopback-only by default, "none" for no listener (docs/operations.md)`)
 	return cmd
+}
+
+// applyMemoryLimit is --memory-limit: a size in GOMEMLIMIT's syntax (a
+// number of bytes with an optional B, KiB, MiB, GiB or TiB suffix); ""
+// leaves the runtime's setting (GOMEMLIMIT) alone.
+func applyMemoryLimit(v string) error {
+	if v == "" {
+		return nil
+	}
+	n, err := parseByteSize(v)
+	if err != nil {
+		return fmt.Errorf("--memory-limit %q: %w", v, err)
+	}
+	debug.SetMemoryLimit(n)
+	return nil
+}
+
+func parseByteSize(v string) (int64, error) {
+	num, mult := v, int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if n, ok := strings.CutSuffix(v, u.suffix); ok {
+			num, mult = n, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil || n <= 0 || n > math.MaxInt64/mult {
+		return 0, errors.New("want a positive size such as 512MiB or 2GiB")
+	}
+	return n * mult, nil
 }
 
 // applyEnvAndFile sets every flag not given on the command line from
