@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -153,11 +154,16 @@ func BenchmarkPoll(b *testing.B) {
 				}
 				req := dps.OperationRequest{IDScope: scope, RegistrationID: regID, OperationID: op.OperationID, Token: tok, Session: sess}
 				b.ReportAllocs()
+				var ru0, ru1 syscall.Rusage
+				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 				for b.Loop() {
 					if _, err := svc.OperationStatus(ctx, req); err != nil {
 						b.Fatal(err)
 					}
 				}
+				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+				cpu := ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano()
+				b.ReportMetric(float64(cpu)/1e3/float64(b.N), "cpu-µs/op")
 			})
 		}
 	}
