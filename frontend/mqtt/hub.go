@@ -714,7 +714,9 @@ func (s *hubSession) publish(pk *packets.Packet) error {
 	// closes the connection: the device sends it again on its next
 	// connection (unless it was refused, say as too large).
 	if err := s.pipeTelemetry(m, pk.PacketID, pk.FixedHeader.Qos == 1); err != nil {
-		s.logRefused("mqtt: telemetry not accepted; closing the connection", err)
+		if !errors.Is(err, errEarlierRefused) {
+			s.logRefused("mqtt: telemetry not accepted; closing the connection", err)
+		}
 		return err
 	}
 	return nil

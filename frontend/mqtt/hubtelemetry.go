@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/berth-iot/berth/hub"
@@ -14,12 +15,19 @@ import (
 // it waits, which is the back-pressure a device sees (TCP stops).
 const maxTelemetryInflight = 32
 
+// errEarlierRefused marks a PUBLISH read after an earlier message of the
+// connection was not accepted (and logged as such): the connection is
+// closing.
+var errEarlierRefused = errors.New("mqtt: an earlier message was not accepted")
+
 // pipedMsg is one telemetry PUBLISH in flight, in the order read.
 type pipedMsg struct {
 	id   uint16 // packet ID to acknowledge; used when qos1
 	qos1 bool
 	done bool
 	err  error
+	// reported: the reader logged err already (a refusal before the sink).
+	reported bool
 }
 
 // telemetryPipe keeps a connection's telemetry in flight: the reader adds
@@ -56,7 +64,7 @@ func (s *hubSession) pipeTelemetry(m *hub.Message, id uint16, qos1 bool) error {
 	}
 	if err := p.failed; err != nil {
 		s.tmu.Unlock()
-		return err
+		return fmt.Errorf("%w: %w", errEarlierRefused, err)
 	}
 	seq := p.head + uint64(len(p.q))
 	p.q = append(p.q, pipedMsg{id: id, qos1: qos1})
@@ -67,13 +75,13 @@ func (s *hubSession) pipeTelemetry(m *hub.Message, id uint16, qos1 bool) error {
 	ctx, cancel := context.WithTimeout(s.c.srv.ctx, appendTimeout)
 	err := s.c.srv.cfg.Hub.Telemetry.AcceptAsync(ctx, s.sender, m, func(err error) {
 		cancel()
-		s.telemetryDone(seq, err)
+		s.telemetryDone(seq, err, false)
 	})
 	if err != nil {
 		// Refused before reaching the sink (size, faults, disabled).
 		cancel()
 		err = fmt.Errorf("mqtt: telemetry: %w", err)
-		s.telemetryDone(seq, err)
+		s.telemetryDone(seq, err, true)
 		return err
 	}
 	return nil
@@ -82,7 +90,7 @@ func (s *hubSession) pipeTelemetry(m *hub.Message, id uint16, qos1 bool) error {
 // telemetryDone records the outcome of message seq and starts the PUBACK
 // writer when the head of the queue is ready. It runs on the sink's
 // goroutine, so it only takes a lock.
-func (s *hubSession) telemetryDone(seq uint64, err error) {
+func (s *hubSession) telemetryDone(seq uint64, err error, reported bool) {
 	p := &s.tel
 	s.tmu.Lock()
 	defer s.tmu.Unlock()
@@ -90,7 +98,7 @@ func (s *hubSession) telemetryDone(seq uint64, err error) {
 	if i >= uint64(len(p.q)) {
 		return // cannot happen: entries leave only once done
 	}
-	p.q[i].done, p.q[i].err = true, err
+	p.q[i].done, p.q[i].err, p.q[i].reported = true, err, reported
 	if p.writing || !p.q[0].done {
 		return
 	}
@@ -107,11 +115,12 @@ func (s *hubSession) writeAcks() {
 	for {
 		b := small[:0]
 		var failed error
+		reported := false
 		s.tmu.Lock()
 		n := 0
 		for n < len(p.q) && p.q[n].done {
 			if err := p.q[n].err; err != nil {
-				failed = err
+				failed, reported = err, p.q[n].reported
 				break
 			}
 			if p.q[n].qos1 {
@@ -150,7 +159,9 @@ func (s *hubSession) writeAcks() {
 			}
 		}
 		if failed != nil {
-			s.logRefused("mqtt: telemetry not accepted; closing the connection", failed)
+			if !reported {
+				s.logRefused("mqtt: telemetry not accepted; closing the connection", failed)
+			}
 			s.c.close(false)
 			return
 		}
