@@ -143,7 +143,29 @@ func result(err error) string {
 
 // Sink wraps a telemetry sink: it counts messages and bytes made durable,
 // times each append and counts the stream's errors.
-func (m *Metrics) Sink(inner hub.TelemetrySink) hub.TelemetrySink { return &sink{m: m, inner: inner} }
+// An inner sink that appends asynchronously (hub.AsyncSink, the stream's
+// group commit with several messages of a connection in flight) stays one
+// through the wrapper.
+func (m *Metrics) Sink(inner hub.TelemetrySink) hub.TelemetrySink {
+	s := &sink{m: m, inner: inner}
+	if as, ok := inner.(hub.AsyncSink); ok {
+		return &asyncSink{sink: s, async: as}
+	}
+	return s
+}
+
+type asyncSink struct {
+	*sink
+	async hub.AsyncSink
+}
+
+func (s *asyncSink) AppendAsync(ctx context.Context, msg *hub.Message, done func(error)) {
+	start := time.Now()
+	s.async.AppendAsync(ctx, msg, func(err error) {
+		s.observe(ctx, msg, start, err)
+		done(err)
+	})
+}
 
 type sink struct {
 	m     *Metrics
@@ -153,16 +175,20 @@ type sink struct {
 func (s *sink) Append(ctx context.Context, msg *hub.Message) error {
 	start := time.Now()
 	err := s.inner.Append(ctx, msg)
+	s.observe(ctx, msg, start, err)
+	return err
+}
+
+func (s *sink) observe(ctx context.Context, msg *hub.Message, start time.Time, err error) {
 	if err != nil {
 		if ctx.Err() == nil {
 			s.m.streamErrors.Inc()
 		}
-		return err
+		return
 	}
 	s.m.appendLatency.Observe(time.Since(start).Seconds())
 	s.m.telemetryMsgs.WithLabelValues(msg.Hub).Inc()
 	s.m.telemetryByte.WithLabelValues(msg.Hub).Add(float64(len(msg.Body)))
-	return nil
 }
 
 // Listener counts the connections ln accepts and those still open.

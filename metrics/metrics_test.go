@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/metrics"
 	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/store"
@@ -119,3 +120,39 @@ func TestThrottled(t *testing.T) {
 		}
 	}
 }
+
+// asyncInner is a hub.AsyncSink that answers at once.
+type asyncInner struct{ async int }
+
+func (a *asyncInner) Append(context.Context, *hub.Message) error { return nil }
+func (a *asyncInner) AppendAsync(_ context.Context, _ *hub.Message, done func(error)) {
+	a.async++
+	done(nil)
+}
+
+// The wrapper keeps an asynchronous sink asynchronous (the MQTT front end
+// pipelines a connection's telemetry only through a hub.AsyncSink) and
+// counts what it stores; a plain sink stays plain.
+func TestSinkKeepsAsync(t *testing.T) {
+	m := metrics.New()
+	inner := &asyncInner{}
+	as, ok := m.Sink(inner).(hub.AsyncSink)
+	if !ok {
+		t.Fatal("the wrapper of an AsyncSink is not one")
+	}
+	var got error = errors.New("not called")
+	as.AppendAsync(context.Background(), &hub.Message{Hub: "h1", Body: []byte("abc")}, func(err error) { got = err })
+	if got != nil || inner.async != 1 {
+		t.Fatalf("done(%v), inner called %d times", got, inner.async)
+	}
+	if text := scrape(t, m); !strings.Contains(text, `berth_telemetry_messages_total{hub="h1"} 1`) {
+		t.Errorf("message not counted:\n%s", grep(text, "berth_telemetry"))
+	}
+	if _, ok := m.Sink(plainSink{}).(hub.AsyncSink); ok {
+		t.Error("the wrapper of a plain sink claims to append asynchronously")
+	}
+}
+
+type plainSink struct{}
+
+func (plainSink) Append(context.Context, *hub.Message) error { return nil }
