@@ -73,7 +73,9 @@ func benchHubTelemetry(b *testing.B, devices, inflight int) {
 		if i < b.N%devices {
 			n++
 		}
-		wg.Go(func() { runTelemetryDevice(b, d, "devices/tel-"+strconv.Itoa(i)+"/messages/events/", body, n, inflight) })
+		wg.Go(func() {
+			runTelemetryDevice(b, d, "devices/tel-"+strconv.Itoa(i)+"/messages/events/", body, n, inflight)
+		})
 	}
 	wg.Wait()
 	b.StopTimer()
