@@ -264,7 +264,10 @@ func (c *committer) close() {
 func (c *committer) run() {
 	defer close(c.stopped)
 	for {
-		batch, closing := c.take()
+		batch, expired, closing := c.take()
+		for _, p := range expired {
+			p.finish(fmt.Errorf("stream: append %s: %w", p.what, p.ctx.Err()))
+		}
 		if len(batch) == 0 {
 			if closing {
 				return
@@ -282,21 +285,22 @@ func (c *committer) run() {
 }
 
 // take removes the next batch from the head of the queue, in order, within
-// maxBatch messages and maxBatchBytes (at least one message).
-func (c *committer) take() ([]*pending, bool) {
+// maxBatch messages and maxBatchBytes (at least one message), and the
+// messages before and among them whose callers' contexts ended (expired),
+// which the caller fails outside the lock.
+func (c *committer) take() (batch, expired []*pending, closing bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var batch []*pending
 	size, i := 0, 0
 	for ; i < len(c.queue) && len(batch) < c.maxBatch; i++ {
 		p := c.queue[i]
-		if err := p.ctx.Err(); err != nil {
+		if p.ctx.Err() != nil {
 			// Its caller has given up (an AppendAsync caller is not
 			// waiting to take it back): not stored, failed. sent tells
 			// a synchronous waiter it is no longer in the queue.
 			p.sent = true
 			c.releaseLocked(p)
-			p.finish(fmt.Errorf("stream: append %s: %w", p.what, err))
+			expired = append(expired, p)
 			continue
 		}
 		if len(batch) > 0 && size+p.size > maxBatchBytes {
@@ -311,7 +315,7 @@ func (c *committer) take() ([]*pending, bool) {
 	if len(c.queue) == 0 {
 		c.queue = nil // let the backing array go after a burst
 	}
-	return batch, c.closing
+	return batch, expired, c.closing
 }
 
 // publishWait is how long the committer waits for the server: the latest

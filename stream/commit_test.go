@@ -612,3 +612,57 @@ func killPipeChild(dir string) {
 	}
 	wg.Wait()
 }
+
+// TestAppendAsyncOrderAndCancel: AppendAsync returns before the message is
+// stored; callbacks come once each, a message whose ctx ended while it was
+// queued is failed and not stored, and the others are stored in the order
+// given.
+func TestAppendAsyncOrderAndCancel(t *testing.T) {
+	s := openT(t, embeddedConfig(t))
+	g := holdCommitter(s)
+	defer g.open()
+	results := make(chan string, 8)
+	cb := func(name string) func(error) {
+		return func(err error) { results <- fmt.Sprintf("%s %v", name, err) }
+	}
+	s.AppendAsync(context.Background(), seqMessage("a", 0), cb("a0"))
+	<-g.held // a0 is being published; the rest queue behind it
+	ctx, cancel := context.WithCancel(context.Background())
+	s.AppendAsync(ctx, seqMessage("a", 99), cb("cancelled"))
+	for i := 1; i <= 3; i++ {
+		s.AppendAsync(context.Background(), seqMessage("a", i), cb(fmt.Sprintf("a%d", i)))
+	}
+	waitQueued(t, s, 4)
+	cancel()
+	g.open()
+	got := map[string]bool{}
+	for range 5 {
+		select {
+		case r := <-results:
+			got[r] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("callbacks so far %v, want 5", got)
+		}
+	}
+	for _, want := range []string{"a0 <nil>", "a1 <nil>", "a2 <nil>", "a3 <nil>"} {
+		if !got[want] {
+			t.Errorf("no %q among %v", want, got)
+		}
+	}
+	var cancelled bool
+	for r := range got {
+		cancelled = cancelled || strings.HasPrefix(r, "cancelled") && strings.Contains(r, context.Canceled.Error())
+	}
+	if !cancelled {
+		t.Errorf("the cancelled message's callback did not report the cancellation: %v", got)
+	}
+	if n := storedMsgs(t, s); n != 4 {
+		t.Fatalf("stream holds %d messages, want 4 (the cancelled one must not be stored)", n)
+	}
+	ch := subscribeT(t, s, SubscribeOptions{StartTime: time.Unix(0, 0)})
+	for i, m := range recvN(t, ch, 4) {
+		if want := strconv.Itoa(i); string(m.Body) != want {
+			t.Fatalf("message %d has body %s, want %s (order given)", i, m.Body, want)
+		}
+	}
+}
