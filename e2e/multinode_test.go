@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -93,6 +94,27 @@ func pgExec(ctx context.Context, dsn, sql string) error {
 	return err
 }
 
+// joinDir returns a data directory for another node of first's cluster:
+// the nodes of one cluster serve certificates from one CA, so it holds a
+// copy of first's development CA (docs/operations.md#running-a-cluster).
+func joinDir(t *testing.T, first *berth) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "ca"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"ca.crt", "ca.key"} {
+		data, err := os.ReadFile(filepath.Join(first.dataDir, "ca", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "ca", f), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
 // sharedNATS returns the test NATS's URL once it answers.
 func sharedNATS(t *testing.T) string {
 	t.Helper()
@@ -114,7 +136,7 @@ func sharedNATS(t *testing.T) string {
 func TestSeveralNodesPushToADeviceOnAnotherNode(t *testing.T) {
 	cfg := server.Config{StoreURL: sharedStore(t), NATSURL: sharedNATS(t)}
 	a := startWith(t, t.TempDir(), cfg)
-	b := startWith(t, t.TempDir(), cfg)
+	b := startWith(t, joinDir(t, a), cfg)
 
 	// IDs of the run's own: other runs may share the NATS.
 	id := "multi-" + randomSuffix()

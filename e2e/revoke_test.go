@@ -180,7 +180,7 @@ func TestReprovisioningWithNewKeysClosesTheOldSession(t *testing.T) {
 func TestRevocationReachesSessionsOnOtherNodes(t *testing.T) {
 	cfg := server.Config{StoreURL: sharedStore(t), NATSURL: sharedNATS(t)}
 	a := startWith(t, t.TempDir(), cfg)
-	b := startWith(t, t.TempDir(), cfg)
+	b := startWith(t, joinDir(t, a), cfg)
 	for _, rv := range revocations {
 		t.Run(rv.name, func(t *testing.T) {
 			a.t, b.t = t, t

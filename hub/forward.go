@@ -34,6 +34,15 @@ type Forwarder interface {
 	Revoke(hubName, deviceID, keep string)
 }
 
+// SessionForwarder is a Forwarder that also keeps one live session per
+// device across nodes: Links calls Attached after every attach, and the
+// other nodes close an older session of the device (Links.ReplaceLocal).
+// It must not block.
+type SessionForwarder interface {
+	Forwarder
+	Attached(hubName, deviceID string, at time.Time)
+}
+
 // ErrDeviceNotReached says that no berth node holds the device with a link
 // subscribed to methods: Methods answers 404103 DeviceNotOnline.
 var ErrDeviceNotReached = errors.New("hub: no node has the device connected and subscribed to methods")

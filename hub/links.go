@@ -166,6 +166,9 @@ type revocation struct {
 type attached struct {
 	link       DeviceLink
 	credential string
+	// at is when the link was attached: across nodes the newest attach
+	// of a device wins (ReplaceLocal).
+	at time.Time
 }
 
 type keptSession struct {
@@ -203,19 +206,25 @@ func (ls *Links) Attach(hubName, deviceID, credential string, l DeviceLink) (rep
 	if old := ls.links[k]; old != nil && old.link != l {
 		replaced = old.link
 	}
-	ls.links[k] = &attached{link: l, credential: credential}
+	at := ls.now()
+	ls.links[k] = &attached{link: l, credential: credential, at: at}
 	revoked := false
-	if r, ok := ls.revoked[k]; ok && ls.now().Sub(r.at) < revocationMemory && (r.keep == "" || r.keep != credential) {
+	if r, ok := ls.revoked[k]; ok && at.Sub(r.at) < revocationMemory && (r.keep == "" || r.keep != credential) {
 		delete(ls.links, k)
 		revoked = true
 	}
 	ls.wakeLocked()
+	fwd, _ := ls.fwd.(SessionForwarder)
 	ls.mu.Unlock()
 	if replaced != nil {
 		replaced.Close(CloseReplaced)
 	}
 	if revoked {
 		l.Close(CloseRevoked)
+	} else if fwd != nil {
+		// IoT Hub keeps one session per identity across the whole hub:
+		// the other nodes close theirs.
+		fwd.Attached(hubName, deviceID, at)
 	}
 	var once sync.Once
 	return replaced, func() { once.Do(func() { ls.Detach(hubName, deviceID, l, nil) }) }
@@ -316,6 +325,33 @@ func (ls *Links) RevokeLocal(hubName, deviceID, keep string) bool {
 	ls.mu.Unlock()
 	if victim != nil {
 		victim.Close(CloseRevoked)
+	}
+	return victim != nil
+}
+
+// ReplaceLocal closes the device's link on this node when another node
+// attached one at a later time: the forwarder's receiving side calls it,
+// so that one session per device survives across nodes, the newest.
+// Attach times of different nodes are compared as wall clock times; on a
+// tie, remoteWins decides (the forwarder orders its nodes), so that both
+// nodes keep the same one. The kept persistent session is dropped too:
+// the device's session now lives on the other node. It reports whether a
+// link was closed.
+func (ls *Links) ReplaceLocal(hubName, deviceID string, at time.Time, remoteWins bool) bool {
+	k := deviceKey(hubName, deviceID)
+	ls.mu.Lock()
+	var victim DeviceLink
+	if a := ls.links[k]; a != nil {
+		mine, theirs := a.at.UnixNano(), at.UnixNano()
+		if mine < theirs || mine == theirs && remoteWins {
+			victim = a.link
+			delete(ls.links, k)
+		}
+	}
+	ls.forgetLocked(k)
+	ls.mu.Unlock()
+	if victim != nil {
+		victim.Close(CloseReplaced)
 	}
 	return victim != nil
 }

@@ -109,6 +109,9 @@ type Registry struct {
 	faults Faults
 	// throttle is the operator's throttles (SetThrottle); nil for none.
 	throttle *throttle.Throttler
+	// peers are the other nodes' presence (SetPresencePeers); guarded by
+	// mu.
+	peers PresencePeers
 }
 
 type presence struct {
@@ -218,6 +221,7 @@ func (r *Registry) show(ctx context.Context, hubName, id string) (*Device, error
 	if err := r.countQueue(ctx, hubName, d); err != nil {
 		return nil, err
 	}
+	r.overlayCluster(ctx, hubName, d)
 	return d, nil
 }
 
@@ -249,6 +253,7 @@ func (r *Registry) list(ctx context.Context, hubName, after string, limit int) (
 		r.overlay(hubName, d)
 		out = append(out, d)
 	}
+	r.overlayCluster(ctx, hubName, out...)
 	return out, nil
 }
 

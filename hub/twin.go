@@ -197,6 +197,7 @@ func (t *Twins) Get(ctx context.Context, hubName, id string) (_ *Twin, err error
 			if err := t.reg.countQueue(ctx, hubName, d); err != nil {
 				return nil, err
 			}
+			t.reg.overlayCluster(ctx, hubName, d)
 		}
 		return t.render(d, tw, etag)
 	}

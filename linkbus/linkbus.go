@@ -13,6 +13,9 @@
 //	{prefix}.c2d.{hub}.{device}       C2D wake-up, no body
 //	{prefix}.method.{hub}.{device}    direct method request (request-reply)
 //	{prefix}.revoke.{hub}.{device}    close the device's sessions, Berth-Credential
+//	{prefix}.attach.{hub}.{device}    a session attached on the sender, Berth-Attached
+//	{prefix}.presence.{hub}._         the nodes' presence of devices (request-reply)
+//	{prefix}.hello._._                a node is alive (every HelloInterval)
 //
 // prefix defaults to berth.push; hub (lower case) and device are encoded as
 // one subject token each, as in the telemetry stream (stream.Subject). Each
@@ -32,6 +35,24 @@
 // opened with). Like every push it is lost when NATS is unreachable; the
 // device's next authentication is checked against the store anyway.
 //
+// # One session per device
+//
+// After a device session attaches, its node publishes an attach with the
+// attach time (Unix nanoseconds, wall clock); a node holding an older
+// session of the device closes it (hub.Links.ReplaceLocal), as IoT Hub
+// keeps the newest connection of an identity. Two attaches within the
+// nodes' clock skew of each other are ordered by that clock, ties by node
+// ID, so both nodes agree which one stays.
+//
+// # Presence
+//
+// connectionState and lastActivityTime are kept in memory by the node
+// that holds the connection (hub.Registry). A service view asks the other
+// nodes with one request carrying the device IDs (JSON array); every node
+// answers with its views of those it knows (JSON object, possibly empty).
+// The asker waits for the nodes it heard a hello from within
+// 3 × HelloInterval, at most PresenceWait, and merges what came.
+//
 // # Direct methods
 //
 // The request carries Berth-Method, Berth-Connect-Timeout and
@@ -49,6 +70,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -72,6 +94,12 @@ const (
 	// (or waits for a device for) at once: each holds a goroutine for up to
 	// the connect plus response timeouts.
 	DefaultMaxMethodHandlers = 256
+	// HelloInterval is how often a node says it is alive; a node silent
+	// for three intervals is no longer waited for.
+	HelloInterval = time.Second
+	// DefaultPresenceWait bounds how long a service view waits for the
+	// other nodes' presence.
+	DefaultPresenceWait = 500 * time.Millisecond
 	// DefaultMargin is what a caller adds to a timeout for the NATS round
 	// trip before it gives up on the other nodes. It is also the latency of
 	// a 404 for a device connected nowhere when connectTimeout is 0.
@@ -89,14 +117,18 @@ const (
 	hStatus      = "Berth-Status"
 	hError       = "Berth-Error"
 	hCredential  = "Berth-Credential"
+	hAttached    = "Berth-Attached"
 
 	phaseReached = "reached"
 	phaseResult  = "result"
 
-	kindDesired = "desired"
-	kindC2D     = "c2d"
-	kindMethod  = "method"
-	kindRevoke  = "revoke"
+	kindDesired  = "desired"
+	kindC2D      = "c2d"
+	kindMethod   = "method"
+	kindRevoke   = "revoke"
+	kindAttach   = "attach"
+	kindPresence = "presence"
+	kindHello    = "hello"
 )
 
 // Config wires a Bus.
@@ -116,6 +148,11 @@ type Config struct {
 	MaxMethodHandlers int
 	// Margin defaults to DefaultMargin.
 	Margin time.Duration
+	// Registry answers other nodes' presence questions; nil answers
+	// nothing (and Presence asks nobody).
+	Registry *hub.Registry
+	// PresenceWait defaults to DefaultPresenceWait.
+	PresenceWait time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -130,6 +167,13 @@ type Bus struct {
 	margin time.Duration
 	log    *slog.Logger
 
+	reg          *hub.Registry
+	presenceWait time.Duration
+	// peers are the other nodes heard from, with when (hello or any
+	// message).
+	peersMu sync.Mutex
+	peers   map[string]time.Time
+
 	sub    *nats.Subscription
 	sem    chan struct{} // one slot per running method handler
 	ctx    context.Context
@@ -138,7 +182,10 @@ type Bus struct {
 	closed atomic.Bool
 }
 
-var _ hub.Forwarder = (*Bus)(nil)
+var (
+	_ hub.SessionForwarder = (*Bus)(nil)
+	_ hub.PresencePeers    = (*Bus)(nil)
+)
 
 // Start subscribes to the other nodes' pushes. Pass the Bus to
 // hub.Links.SetForwarder to send this node's.
@@ -163,10 +210,14 @@ func Start(cfg Config) (*Bus, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.PresenceWait <= 0 {
+		cfg.PresenceWait = DefaultPresenceWait
+	}
 	b := &Bus{
 		nc: cfg.Conn, links: cfg.Links, prefix: cfg.Prefix, node: cfg.NodeID, margin: cfg.Margin,
 		log: cfg.Logger.With("component", "linkbus", "node", cfg.NodeID),
 		sem: make(chan struct{}, cfg.MaxMethodHandlers),
+		reg: cfg.Registry, presenceWait: cfg.PresenceWait, peers: map[string]time.Time{},
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	sub, err := b.nc.Subscribe(b.prefix+".>", b.receive)
@@ -182,7 +233,49 @@ func Start(cfg Config) (*Bus, error) {
 		return nil, fmt.Errorf("linkbus: subscribe %s.>: %w", b.prefix, err)
 	}
 	b.sub = sub
+	b.wg.Add(1)
+	go b.hello()
 	return b, nil
+}
+
+// hello tells the other nodes that this one is alive, until Close.
+func (b *Bus) hello() {
+	defer b.wg.Done()
+	t := time.NewTicker(HelloInterval)
+	defer t.Stop()
+	for {
+		_ = b.nc.PublishMsg(b.newMsg(b.prefix + "." + kindHello + "._._"))
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// heard notes a message from another node.
+func (b *Bus) heard(node string) {
+	if node == "" {
+		return
+	}
+	b.peersMu.Lock()
+	b.peers[node] = time.Now()
+	b.peersMu.Unlock()
+}
+
+// alive returns the nodes heard from within three hello intervals.
+func (b *Bus) alive() map[string]bool {
+	b.peersMu.Lock()
+	defer b.peersMu.Unlock()
+	out := map[string]bool{}
+	for n, at := range b.peers {
+		if time.Since(at) < 3*HelloInterval {
+			out[n] = true
+		} else {
+			delete(b.peers, n)
+		}
+	}
+	return out
 }
 
 // NodeID is the Berth-Node this Bus stamps on its messages.
@@ -246,6 +339,66 @@ func (b *Bus) Revoke(hubName, deviceID, keep string) {
 	m := b.newMsg(b.subject(kindRevoke, hubName, deviceID))
 	m.Header.Set(hCredential, keep)
 	b.publish(m, hubName, deviceID)
+}
+
+// Attached implements hub.SessionForwarder.
+func (b *Bus) Attached(hubName, deviceID string, at time.Time) {
+	m := b.newMsg(b.subject(kindAttach, hubName, deviceID))
+	m.Header.Set(hAttached, strconv.FormatInt(at.UnixNano(), 10))
+	b.publish(m, hubName, deviceID)
+}
+
+// Presence implements hub.PresencePeers.
+func (b *Bus) Presence(ctx context.Context, hubName string, ids []string) map[string]hub.PresenceView {
+	want := b.alive()
+	if b.closed.Load() || len(want) == 0 || len(ids) == 0 {
+		return nil
+	}
+	body, err := json.Marshal(ids)
+	if err != nil {
+		return nil
+	}
+	inbox := b.nc.NewInbox()
+	ch := make(chan *nats.Msg, len(want)+8)
+	sub, err := b.nc.ChanSubscribe(inbox, ch)
+	if err != nil {
+		b.log.Warn("linkbus: presence from other nodes unavailable", "err", err)
+		return nil
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	req := b.newMsg(b.subject(kindPresence, hubName, "_"))
+	req.Reply = inbox
+	req.Data = body
+	if err := b.nc.PublishMsg(req); err != nil {
+		b.log.Warn("linkbus: presence from other nodes unavailable", "err", err)
+		return nil
+	}
+	timer := time.NewTimer(b.presenceWait)
+	defer timer.Stop()
+	out := map[string]hub.PresenceView{}
+	for len(want) > 0 {
+		select {
+		case m := <-ch:
+			delete(want, m.Header.Get(hNode))
+			var views map[string]hub.PresenceView
+			if json.Unmarshal(m.Data, &views) != nil {
+				continue
+			}
+			for id, v := range views {
+				if cur, ok := out[id]; ok {
+					v = hub.MergePresence(cur, v)
+				}
+				out[id] = v
+			}
+		case <-timer.C:
+			return out
+		case <-ctx.Done():
+			return out
+		case <-b.ctx.Done():
+			return out
+		}
+	}
+	return out
 }
 
 // InvokeMethod implements hub.Forwarder: it publishes the request and
@@ -345,12 +498,14 @@ func replyError(code string, msg []byte) error {
 // goroutine in order, so it must not block: desired and C2D pushes go to
 // links that never block, a method waits on a goroutine of its own.
 func (b *Bus) receive(m *nats.Msg) {
-	if m.Header.Get(hNode) == b.node {
+	node := m.Header.Get(hNode)
+	if node == b.node {
 		return
 	}
+	b.heard(node)
 	rest, ok := strings.CutPrefix(m.Subject, b.prefix+".")
 	kind, _, _ := strings.Cut(rest, ".")
-	if !ok {
+	if !ok || kind == kindHello {
 		return
 	}
 	hubName, deviceID, err := stream.ParseSubject(b.prefix+"."+kind, m.Subject)
@@ -370,6 +525,30 @@ func (b *Bus) receive(m *nats.Msg) {
 		b.links.DeliverCloudToDevicePending(hubName, deviceID)
 	case kindMethod:
 		b.receiveMethod(m, hubName, deviceID)
+	case kindAttach:
+		at, err := strconv.ParseInt(m.Header.Get(hAttached), 10, 64)
+		if err != nil {
+			b.log.Debug("linkbus: ignoring an attach without a time", "subject", m.Subject)
+			return
+		}
+		// Both nodes order a tie the same way: the greater node ID stays.
+		if b.links.ReplaceLocal(hubName, deviceID, time.Unix(0, at), node > b.node) {
+			b.log.Info("linkbus: closed a device session replaced by a newer one on another node", "hub", hubName, "deviceId", deviceID)
+		}
+	case kindPresence:
+		if m.Reply == "" {
+			return
+		}
+		var ids []string
+		var views map[string]hub.PresenceView
+		if b.reg != nil && json.Unmarshal(m.Data, &ids) == nil {
+			views = b.reg.LocalPresence(hubName, ids)
+		}
+		r := b.newMsg(m.Reply)
+		r.Data, _ = json.Marshal(views)
+		if err := b.nc.PublishMsg(r); err != nil {
+			b.log.Warn("linkbus: presence answer lost", "err", err)
+		}
 	case kindRevoke:
 		if b.links.RevokeLocal(hubName, deviceID, m.Header.Get(hCredential)) {
 			b.log.Info("linkbus: closed a device session revoked on another node", "hub", hubName, "deviceId", deviceID)

@@ -25,6 +25,7 @@ const (
 
 // link is a device connection on one node.
 type link struct {
+	closed     chan hub.CloseReason
 	desired    chan string
 	pending    chan struct{}
 	subscribed atomic.Bool
@@ -32,7 +33,7 @@ type link struct {
 }
 
 func newLink(subscribed bool, invoke func(ctx context.Context, name string, payload []byte) (int, []byte, error)) *link {
-	l := &link{desired: make(chan string, 16), pending: make(chan struct{}, 16), invoke: invoke}
+	l := &link{closed: make(chan hub.CloseReason, 4), desired: make(chan string, 16), pending: make(chan struct{}, 16), invoke: invoke}
 	l.subscribed.Store(subscribed)
 	return l
 }
@@ -40,7 +41,7 @@ func newLink(subscribed bool, invoke func(ctx context.Context, name string, payl
 func (l *link) DesiredPatch(v int64, body []byte) { l.desired <- fmt.Sprintf("%d:%s", v, body) }
 func (l *link) MethodsSubscribed() bool           { return l.subscribed.Load() }
 func (l *link) CloudToDevicePending()             { l.pending <- struct{}{} }
-func (l *link) Close(hub.CloseReason)             {}
+func (l *link) Close(r hub.CloseReason)           { l.closed <- r }
 func (l *link) InvokeMethod(ctx context.Context, name string, payload []byte) (int, []byte, error) {
 	return l.invoke(ctx, name, payload)
 }
@@ -100,6 +101,10 @@ func recv[T any](t *testing.T, ch <-chan T, what string) T {
 
 func TestPushesReachTheNodeHoldingTheDevice(t *testing.T) {
 	a, b := twoNodes(t, 0)
+	// The device is connected to both nodes here, which the one-session
+	// rule would end: the nodes forward pushes but not attaches.
+	a.links.SetForwarder(struct{ hub.Forwarder }{a.bus})
+	b.links.SetForwarder(struct{ hub.Forwarder }{b.bus})
 	onA, onB := newLink(true, echo), newLink(true, echo)
 	defer attachLink(a.links, hubName, "dev.1", onA)()
 	defer attachLink(b.links, hubName, "dev.1", onB)()
@@ -246,4 +251,81 @@ func TestRemoteMethodHandlersAreBounded(t *testing.T) {
 func attachLink(ls *hub.Links, hubName, deviceID string, l hub.DeviceLink) func() {
 	_, detach := ls.Attach(hubName, deviceID, "", l)
 	return detach
+}
+
+// A device that connects to node B while connected to node A keeps only
+// the newer session: A closes its own, as IoT Hub keeps one connection per
+// identity; B's stays.
+func TestANewerSessionOnAnotherNodeReplacesTheOlder(t *testing.T) {
+	a, b := twoNodes(t, 0)
+	onA, onB := newLink(true, echo), newLink(true, echo)
+	defer attachLink(a.links, hubName, "dev.1", onA)()
+	// B attaches later on the wall clock than A: wait until it is so.
+	time.Sleep(time.Millisecond)
+	defer attachLink(b.links, hubName, "dev.1", onB)()
+	if r := recv(t, onA.closed, "A's older session closed"); r != hub.CloseReplaced {
+		t.Errorf("A's session closed with %v, want CloseReplaced", r)
+	}
+	if a.links.Lookup(hubName, "dev.1") != nil {
+		t.Error("A still pushes to the replaced session")
+	}
+	// A push through A now reaches the device on B.
+	a.bus.DesiredPatch(hubName, "dev.1", 3, []byte(`{}`))
+	recv(t, onB.desired, "the desired patch on B")
+	select {
+	case r := <-onB.closed:
+		t.Fatalf("B's newer session was closed too (%v)", r)
+	default:
+	}
+}
+
+// presenceReg is a registry whose device dev.1 is connected on its node.
+func presenceReg(t *testing.T) *hub.Registry {
+	t.Helper()
+	reg := hub.NewRegistry(nil, nil)
+	t.Cleanup(reg.Connected(hubName, "dev.1"))
+	return reg
+}
+
+// A node asks the others for their presence of devices and hears back the
+// views of the node that holds the connection.
+func TestPresenceAnswersFromTheNodeHoldingTheDevice(t *testing.T) {
+	st, err := stream.Open(t.Context(), stream.Config{StoreDir: t.TempDir(), ListenAddr: "127.0.0.1:0", Token: "test-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	other, err := nats.Connect(st.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Close)
+	asker, err := linkbus.Start(linkbus.Config{Conn: st.Conn(), Links: hub.NewLinks(), NodeID: "node-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = asker.Close() })
+	holder, err := linkbus.Start(linkbus.Config{Conn: other, Links: hub.NewLinks(), NodeID: "node-b", Registry: presenceReg(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = holder.Close() })
+	// The asker waits for the nodes it has heard from: wait for B's hello.
+	deadline := time.Now().Add(wait)
+	for {
+		views := asker.Presence(t.Context(), hubName, []string{"dev.1", "dev.2"})
+		if v, ok := views["dev.1"]; ok {
+			if !v.Connected || v.StateUpdated.IsZero() {
+				t.Fatalf("dev.1 on B: %+v, want connected", v)
+			}
+			if _, ok := views["dev.2"]; ok {
+				t.Fatalf("B answered for dev.2, which it never saw: %+v", views)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no presence of dev.1 from B within %s", wait)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

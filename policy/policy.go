@@ -70,8 +70,8 @@ func ValidName(s string) bool {
 // member of one JSON record in the store (other members of that record are
 // kept as they are). Reads take no store round-trip; each change is a
 // conditional write of the record, so two writers cannot lose each other's
-// change. Other berth nodes sharing the store see a change after their
-// next restart (or Reload).
+// change. Other berth nodes sharing the store see a change once they
+// Reload (berth serve does on the store's change notification).
 type Set struct {
 	st store.Store
 	// rec is the record's kind and key.
@@ -105,15 +105,26 @@ func Load(ctx context.Context, st store.Store, cfg Config) (*Set, error) {
 	return s, s.Reload(ctx)
 }
 
-// Reload rereads the set from the store.
+// Reload rereads the set from the store: another berth node sharing it
+// changed the policies (server watches the store for that). The watchers
+// are called when the policies differ from the ones held.
 func (s *Set) Reload(ctx context.Context) error {
 	_, list, _, err := s.read(ctx)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
+	changed := s.list != nil && !slices.EqualFunc(s.list, list, func(a, b Policy) bool {
+		return a.KeyName == b.KeyName && a.PrimaryKey == b.PrimaryKey && a.SecondaryKey == b.SecondaryKey && slices.Equal(a.Rights, b.Rights)
+	})
 	s.list = list
+	watchers := slices.Clone(s.watchers)
 	s.mu.Unlock()
+	if changed {
+		for _, w := range watchers {
+			w()
+		}
+	}
 	return nil
 }
 

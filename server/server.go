@@ -136,6 +136,9 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	store    store.Store
+	// pg is the store when it is PostgreSQL (shared by a cluster's
+	// nodes), for its change notifications; nil otherwise.
+	pg       *postgres.Store
 	settings *dps.Settings
 	dps      *dps.Service
 	registry *hub.Registry
@@ -199,12 +202,26 @@ func open(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.pg, _ = st.(*postgres.Store)
 	st = s.metrics.Store(st)
 	s.store = st
+	shared := isShared(cfg.StoreURL)
+	if shared {
+		// Before anything is created: a node with other names must not
+		// add a hub to the cluster's store.
+		if err := s.checkClusterNames(ctx); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 	settings, created, err := dps.LoadOrCreateSettings(ctx, st, cfg.IDScope)
 	if err != nil {
 		st.Close()
 		return nil, err
+	}
+	if shared && !created && cfg.IDScope != "" && cfg.IDScope != settings.IDScope {
+		st.Close()
+		return nil, mismatch("server: this node was given --id-scope %s, but the cluster on its store has ID scope %s.", cfg.IDScope, settings.IDScope)
 	}
 	s.settings, s.firstRun = settings, created
 	s.registry = hub.NewRegistry(st, nil)
@@ -245,6 +262,12 @@ func open(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.setupTLS(); err != nil {
 		st.Close()
 		return nil, err
+	}
+	if shared {
+		if err := s.checkClusterCA(ctx); err != nil {
+			st.Close()
+			return nil, err
+		}
 	}
 	// Every hub change relinks DPS and, with berth's own CA, reissues the
 	// server certificate so that it names every hub (SNI).
@@ -294,13 +317,14 @@ func (s *Server) openStream(ctx context.Context) error {
 	// device be connected elsewhere. On the embedded server the bus would
 	// find no one and only delay every 404 DeviceNotOnline by its margin.
 	if cfg.URL != "" {
-		bus, err := linkbus.Start(linkbus.Config{Conn: st.Conn(), Links: s.hubSvc.Links, Logger: s.log})
+		bus, err := linkbus.Start(linkbus.Config{Conn: st.Conn(), Links: s.hubSvc.Links, Registry: s.registry, Logger: s.log})
 		if err != nil {
 			_ = st.Close()
 			return fmt.Errorf("server: cross-node pushes: %w", err)
 		}
 		s.bus = bus
 		s.hubSvc.Links.SetForwarder(bus)
+		s.registry.SetPresencePeers(bus)
 	}
 	return nil
 }
@@ -452,6 +476,12 @@ func (s *Server) Start() error {
 		defer s.wg.Done()
 		s.dps.RunRemovals(bg)
 	}()
+	// Policies and hubs changed by other nodes sharing the store.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.watchStore(bg)
+	}()
 	// Expired C2D messages of devices that never ask for them, with their
 	// Expired feedback, and expired feedback records.
 	s.wg.Add(1)
@@ -569,6 +599,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// The bus uses the stream's connection: it goes first.
 	if s.bus != nil {
 		s.hubSvc.Links.SetForwarder(nil)
+		s.registry.SetPresencePeers(nil)
 		if err := s.bus.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("server: close cross-node pushes: %w", err))
 		}

@@ -25,8 +25,9 @@ import (
 )
 
 // schemaVersion is recorded in the berth_schema_version table. Bump it, and
-// add a migration step, whenever the schema changes.
-const schemaVersion = 1
+// add a migration step, whenever the schema changes. Version 2 adds the
+// triggers that announce changes of KindConfig records (Watch).
+const schemaVersion = 2
 
 // migrateLockKey serializes schema creation between processes that start at
 // the same time; CREATE … IF NOT EXISTS alone is not safe against that race
@@ -55,6 +56,11 @@ type Store struct {
 	qGet, qExists, qUpsert, qInsertNew, qUpdate, qDelete string
 	qCount, qCountIdx                                    string
 	qListAll, qListAfter, qListIdx, qListIdxAfter        string
+
+	// schema is where the tables are: the one chosen (WithSchema) or the
+	// connection's current_schema(); Watch tells its changes apart by it.
+	schema       string
+	onWatchError func(error)
 
 	closeOnce sync.Once
 }
@@ -95,6 +101,19 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if err := s.migrate(ctx, o.schema); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
+	s.schema = o.schema
+	if s.schema == "" {
+		var cur *string
+		if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&cur); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("postgres: open: %w", err)
+		}
+		if cur == nil {
+			pool.Close()
+			return nil, fmt.Errorf("postgres: open: %w", errNoSchema)
+		}
+		s.schema = *cur
 	}
 	return s, nil
 }
@@ -170,8 +189,10 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 		// COLLATE "C" makes Key order byte order, as the interface
 		// promises, whatever the database's locale; it also lets the
 		// primary key serve ORDER BY and range scans.
-		steps := []string{
-			`CREATE TABLE ` + ident("records") + ` (
+		var steps []string
+		if v < 1 {
+			steps = append(steps,
+				`CREATE TABLE `+ident("records")+` (
 				kind text COLLATE "C" NOT NULL,
 				key  text COLLATE "C" NOT NULL,
 				idx  text COLLATE "C" NOT NULL DEFAULT '',
@@ -179,10 +200,31 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 				data bytea NOT NULL,
 				PRIMARY KEY (kind, key)
 			)`,
-			`CREATE INDEX ` + pgx.Identifier{"records_kind_idx_key"}.Sanitize() + ` ON ` + ident("records") + ` (kind, idx, key)`,
-			`DELETE FROM ` + versions,
-			fmt.Sprintf(`INSERT INTO %s (version) VALUES (%d)`, versions, schemaVersion),
+				`CREATE INDEX `+pgx.Identifier{"records_kind_idx_key"}.Sanitize()+` ON `+ident("records")+` (kind, idx, key)`)
 		}
+		if v < 2 {
+			// Every committed change of a watched kind is announced on
+			// ChangesChannel, whoever wrote it (any berth node, or an
+			// operator's SQL). The WHEN clauses keep the hot kinds (twins,
+			// C2D) free of the function call.
+			fn := ident("berth_notify_change")
+			kinds := watchedKindsSQL()
+			steps = append(steps,
+				`CREATE OR REPLACE FUNCTION `+fn+`() RETURNS trigger LANGUAGE plpgsql AS $$
+				DECLARE r record;
+				BEGIN
+					IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
+					PERFORM pg_notify('`+ChangesChannel+`', TG_TABLE_SCHEMA || chr(31) || r.kind || chr(31) || r.key);
+					RETURN NULL;
+				END $$`,
+				`CREATE TRIGGER berth_records_changed AFTER INSERT OR UPDATE ON `+ident("records")+
+					` FOR EACH ROW WHEN (NEW.kind IN (`+kinds+`)) EXECUTE FUNCTION `+fn+`()`,
+				`CREATE TRIGGER berth_records_deleted AFTER DELETE ON `+ident("records")+
+					` FOR EACH ROW WHEN (OLD.kind IN (`+kinds+`)) EXECUTE FUNCTION `+fn+`()`)
+		}
+		steps = append(steps,
+			`DELETE FROM `+versions,
+			fmt.Sprintf(`INSERT INTO %s (version) VALUES (%d)`, versions, schemaVersion))
 		for _, q := range steps {
 			if _, err := tx.Exec(ctx, q); err != nil {
 				return fmt.Errorf("migrate to version %d: %w", schemaVersion, err)
