@@ -133,9 +133,9 @@ func (c *Config) Defaults() {
 
 // Server is a running berth.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	store    store.Store
+	cfg   Config
+	log   *slog.Logger
+	store store.Store
 	// pg is the store when it is PostgreSQL (shared by a cluster's
 	// nodes), for its change notifications; nil otherwise.
 	pg       *postgres.Store
