@@ -287,10 +287,24 @@ func (e *Error) Status() int { return e.Code.Status() }
 
 // As returns err as an *Error; any other error becomes internal, with err
 // kept as the cause so it is logged but never shown.
+//
+// An error that says a backing service cannot be reached now (one with an
+// Unavailable method reporting true, such as store.ErrUnavailable)
+// becomes internal's service's 503 instead: the answer every SDK retries
+// (DPS with retry-after), rather than a 500 it gives up on.
 func As(err error, internal Code) *Error {
 	var e *Error
 	if errors.As(err, &e) {
 		return e
+	}
+	var u interface{ Unavailable() bool }
+	if errors.As(err, &u) && u.Unavailable() {
+		switch internal.Service() {
+		case DPS:
+			return Wrap(DPSServiceUnavailable, err)
+		case Hub:
+			return Wrap(HubServiceUnavailable, err)
+		}
 	}
 	return Wrap(internal, err)
 }

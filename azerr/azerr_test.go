@@ -109,3 +109,23 @@ func TestFormat(t *testing.T) {
 		t.Errorf("Error() = %q", got)
 	}
 }
+
+type unreachableErr struct{}
+
+func (unreachableErr) Error() string     { return "the database is down" }
+func (unreachableErr) Unavailable() bool { return true }
+
+// A backing service that cannot be reached is each service's 503, which
+// the SDKs retry, not a 500.
+func TestAsUnavailableIsTheServicesRetryable503(t *testing.T) {
+	err := fmt.Errorf("read device: %w", unreachableErr{})
+	if got := As(err, DPSInternal); got.Code != DPSServiceUnavailable || !errors.Is(got, err) {
+		t.Errorf("DPS: %v, want %v wrapping the cause", got.Code, DPSServiceUnavailable)
+	}
+	if got := For(err, HubServerError); got.Code != HubServiceUnavailable {
+		t.Errorf("hub: %v, want %v", got.Code, HubServiceUnavailable)
+	}
+	if got := As(errors.New("disk on fire"), HubServerError); got.Code != HubServerError {
+		t.Errorf("a plain failure: %v, want %v", got.Code, HubServerError)
+	}
+}

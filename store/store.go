@@ -63,7 +63,21 @@ var (
 	ErrNotFound           = errors.New("store: not found")
 	ErrPreconditionFailed = errors.New("store: precondition failed")
 	ErrExists             = errors.New("store: already exists")
+	// ErrUnavailable marks a failure to reach the store at all (a
+	// database server that is down or unreachable), as opposed to one it
+	// answered: front ends answer it with the protocol's retryable error
+	// (HTTP 503, CONNACK 3), which every SDK retries. Only a store with a
+	// server (PostgreSQL) returns it.
+	ErrUnavailable error = unavailableError{}
 )
+
+type unavailableError struct{}
+
+func (unavailableError) Error() string { return "store: unavailable" }
+
+// Unavailable lets package azerr recognise the error without importing
+// the store.
+func (unavailableError) Unavailable() bool { return true }
 
 // Store is the persistence interface.
 type Store interface {

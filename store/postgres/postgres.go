@@ -15,10 +15,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/berth-iot/berth/store"
@@ -252,7 +257,28 @@ func fail(ctx context.Context, op string, kind store.Kind, key string, err error
 	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
 		return fmt.Errorf("postgres: %s %s: %w (%w)", op, target, cerr, err)
 	}
+	if ctx.Err() == nil && unreachable(err) {
+		return fmt.Errorf("postgres: %s %s: %w: %w", op, target, store.ErrUnavailable, err)
+	}
 	return fmt.Errorf("postgres: %s %s: %w", op, target, err)
+}
+
+// unreachable reports whether err means the database could not be reached
+// or went away, rather than answering: no SQL error at all (refused or
+// lost connection, timeout), or one of PostgreSQL's own "not now" classes
+// (08 connection exception, 53 insufficient resources, 57P01–57P03
+// shutdown and start-up).
+func unreachable(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		var netErr net.Error
+		var connErr *pgconn.ConnectError
+		return errors.As(err, &netErr) || errors.As(err, &connErr) || pgconn.SafeToRetry(err) || pgconn.Timeout(err) ||
+			errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+			errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	}
+	c := pgErr.Code
+	return strings.HasPrefix(c, "08") || strings.HasPrefix(c, "53") || c == "57P01" || c == "57P02" || c == "57P03"
 }
 
 func nonNil(b []byte) []byte {
