@@ -288,8 +288,28 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
+// readAttempts is how often a read is tried when the database could not
+// be reached: a connection the pool kept across a database restart fails
+// on its first use, and a read (unlike a write, which may have committed)
+// is safe to send again on a fresh one.
+const readAttempts = 2
+
+// retryRead runs a read again when it failed only because the database
+// was unreachable.
+func retryRead[T any](ctx context.Context, read func() (T, error)) (T, error) {
+	v, err := read()
+	for i := 1; i < readAttempts && err != nil && errors.Is(err, store.ErrUnavailable) && ctx.Err() == nil; i++ {
+		v, err = read()
+	}
+	return v, err
+}
+
 // Get implements store.Store.
 func (s *Store) Get(ctx context.Context, kind store.Kind, key string) (store.Record, error) {
+	return retryRead(ctx, func() (store.Record, error) { return s.get(ctx, kind, key) })
+}
+
+func (s *Store) get(ctx context.Context, kind store.Kind, key string) (store.Record, error) {
 	if err := ctx.Err(); err != nil {
 		return store.Record{}, fail(ctx, "get", kind, key, err)
 	}
@@ -374,6 +394,10 @@ func (s *Store) Delete(ctx context.Context, kind store.Kind, key, ifMatch string
 
 // List implements store.Store.
 func (s *Store) List(ctx context.Context, kind store.Kind, opts store.ListOptions) ([]store.Record, error) {
+	return retryRead(ctx, func() ([]store.Record, error) { return s.list(ctx, kind, opts) })
+}
+
+func (s *Store) list(ctx context.Context, kind store.Kind, opts store.ListOptions) ([]store.Record, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fail(ctx, "list", kind, "", err)
 	}
@@ -416,6 +440,10 @@ func (s *Store) List(ctx context.Context, kind store.Kind, opts store.ListOption
 
 // Count implements store.Store.
 func (s *Store) Count(ctx context.Context, kind store.Kind, index string) (int, error) {
+	return retryRead(ctx, func() (int, error) { return s.count(ctx, kind, index) })
+}
+
+func (s *Store) count(ctx context.Context, kind store.Kind, index string) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, fail(ctx, "count", kind, "", err)
 	}
