@@ -33,21 +33,18 @@ import (
 // net/http on the service and device APIs (docs/operations.md#running-a-cluster).
 
 // clusterNodeEnv carries a node process's server.Config (JSON): the test
-// binary re-executes itself as TestClusterNodeProcess.
+// binary re-executes itself as TestCluster with it set.
 const clusterNodeEnv = "BERTH_E2E_CLUSTER_NODE"
 
 // Loopback addresses of this suite: NATS servers on .11–.13, berth nodes on
 // .21–.23, the PostgreSQL proxy on .2 (every port ephemeral).
 const clusterNet = "127.0.23."
 
-// TestClusterNodeProcess is one berth node of TestCluster, in a process of
-// its own so that the test can kill -9 it. It serves until its stdin
-// closes (the parent ends it, or dies).
-func TestClusterNodeProcess(t *testing.T) {
-	spec := os.Getenv(clusterNodeEnv)
-	if spec == "" {
-		t.Skip("runs only as a node process of TestCluster")
-	}
+// runClusterNode is one berth node of TestCluster, in a process of its
+// own so that the test can kill -9 it (TestCluster re-executed with
+// clusterNodeEnv set). It serves until its stdin closes (the parent ends
+// it, or dies).
+func runClusterNode(spec string) {
 	var cfg server.Config
 	if err := json.Unmarshal([]byte(spec), &cfg); err != nil {
 		fmt.Println("FAIL", err)
@@ -94,7 +91,7 @@ func startNode(t *testing.T, i int, dataDir string, cfg server.Config) *clusterN
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestClusterNodeProcess$", "-test.v=false")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCluster$", "-test.v=false")
 	cmd.Env = append(os.Environ(), clusterNodeEnv+"="+string(spec))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -316,6 +313,10 @@ func eventually(t *testing.T, what string, cond func() bool) time.Duration {
 }
 
 func TestCluster(t *testing.T) {
+	if spec := os.Getenv(clusterNodeEnv); spec != "" {
+		runClusterNode(spec)
+		return
+	}
 	dsn := sharedStore(t)
 	target, err := url.Parse(dsn)
 	if err != nil {
@@ -390,7 +391,9 @@ func TestCluster(t *testing.T) {
 
 	t.Run("a hub created on one node is served by the others", func(t *testing.T) {
 		setT(t)
-		if resp, data := n2.do("PUT", "/hubs/second.berth.test", n2.serviceToken(), map[string]any{}, nil, nil); resp.StatusCode != 201 {
+		// Not a candidate for allocation: the later subtests expect their
+		// devices on the first hub.
+		if resp, data := n2.do("PUT", "/hubs/second.berth.test", n2.serviceToken(), map[string]any{"applyAllocationPolicy": false}, nil, nil); resp.StatusCode != 201 {
 			t.Fatalf("create hub on node 2: %d %s", resp.StatusCode, data)
 		}
 		eventually(t, "the new hub served by node 3", func() bool {
