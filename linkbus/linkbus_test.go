@@ -60,16 +60,8 @@ type node struct {
 // as two berth processes on one NATS would be.
 func twoNodes(t *testing.T, maxHandlers int) (a, b *node) {
 	t.Helper()
-	st, err := stream.Open(t.Context(), stream.Config{StoreDir: t.TempDir(), ListenAddr: "127.0.0.1:0", Token: "test-token"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	other, err := nats.Connect(st.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(other.Close)
+	first, other := twoConns(t)
+	var err error
 	mk := func(nc *nats.Conn, id string) *node {
 		n := &node{links: hub.NewLinks()}
 		n.bus, err = linkbus.Start(linkbus.Config{Conn: nc, Links: n.links, NodeID: id, Margin: margin, MaxMethodHandlers: maxHandlers})
@@ -84,7 +76,24 @@ func twoNodes(t *testing.T, maxHandlers int) (a, b *node) {
 		n.links.SetForwarder(n.bus)
 		return n
 	}
-	return mk(st.Conn(), "node-a"), mk(other, "node-b")
+	return mk(first, "node-a"), mk(other, "node-b")
+}
+
+// twoConns starts an embedded NATS and returns two connections to it, one
+// per node.
+func twoConns(t *testing.T) (*nats.Conn, *nats.Conn) {
+	t.Helper()
+	st, err := stream.Open(t.Context(), stream.Config{StoreDir: t.TempDir(), ListenAddr: "127.0.0.1:0", Token: "test-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	other, err := nats.Connect(st.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Close)
+	return st.Conn(), other
 }
 
 func recv[T any](t *testing.T, ch <-chan T, what string) T {
@@ -290,17 +299,8 @@ func presenceReg(t *testing.T) *hub.Registry {
 // A node asks the others for their presence of devices and hears back the
 // views of the node that holds the connection.
 func TestPresenceAnswersFromTheNodeHoldingTheDevice(t *testing.T) {
-	st, err := stream.Open(t.Context(), stream.Config{StoreDir: t.TempDir(), ListenAddr: "127.0.0.1:0", Token: "test-token"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	other, err := nats.Connect(st.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(other.Close)
-	asker, err := linkbus.Start(linkbus.Config{Conn: st.Conn(), Links: hub.NewLinks(), NodeID: "node-a"})
+	first, other := twoConns(t)
+	asker, err := linkbus.Start(linkbus.Config{Conn: first, Links: hub.NewLinks(), NodeID: "node-a"})
 	if err != nil {
 		t.Fatal(err)
 	}
