@@ -389,6 +389,58 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("a device session opened with a renewed policy key ends on every node", func(t *testing.T) {
+		setT(t)
+		hubName := n1.info.HubHostName
+		id := "cluster-policy-" + randomSuffix()
+		n1.createHubDevice(id)
+		var p hub.Policy
+		if resp, data := n1.do("PUT", "/hubs/"+hubName+"/policies/clusterdevices", n1.serviceToken(), map[string]any{"rights": []string{"DeviceConnect"}}, nil, &p); resp.StatusCode != 201 {
+			t.Fatalf("create policy on node 1: %d %s", resp.StatusCode, data)
+		}
+		var d *hubDevice
+		eventually(t, "the policy's device token accepted on node 3", func() bool {
+			tok, err := sas.SignEncoded(hubName+"/devices/"+id, p.PrimaryKey, "clusterdevices", time.Now().Add(time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n3.hubConnectErr(id, tok) != nil {
+				return false
+			}
+			d = n3.hubConnectAs(id, hubName+"/"+id+"/?api-version=2021-04-12", tok, false)
+			return true
+		})
+		// The secondary key is untouched: the session stays until the
+		// primary, which it was opened with, is renewed.
+		if resp, data := n1.do("POST", "/hubs/"+hubName+"/policies/clusterdevices/renewKey?keyType=secondary", n1.serviceToken(), nil, nil, &p); resp.StatusCode != 200 {
+			t.Fatalf("renew secondary on node 1: %d %s", resp.StatusCode, data)
+		}
+		other := id + "-other"
+		n1.createHubDevice(other)
+		eventually(t, "the new secondary key accepted on node 3", func() bool {
+			tok, err := sas.SignEncoded(hubName+"/devices/"+other, p.SecondaryKey, "clusterdevices", time.Now().Add(time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n3.hubConnectErr(other, tok) == nil
+		})
+		select {
+		case err := <-d.lost:
+			t.Fatalf("renewing the secondary key closed the session opened with the primary: %v", err)
+		default:
+		}
+		if resp, data := n1.do("POST", "/hubs/"+hubName+"/policies/clusterdevices/renewKey?keyType=primary", n1.serviceToken(), nil, nil, nil); resp.StatusCode != 200 {
+			t.Fatalf("renew primary on node 1: %d %s", resp.StatusCode, data)
+		}
+		at := time.Now()
+		select {
+		case <-d.lost:
+			t.Logf("the session on node 3 closed %v after the renewal on node 1", time.Since(at).Round(time.Millisecond))
+		case <-time.After(hubWait):
+			t.Fatal("the session opened with the renewed key on node 3 is still open")
+		}
+	})
+
 	t.Run("a hub created on one node is served by the others", func(t *testing.T) {
 		setT(t)
 		// Not a candidate for allocation: the later subtests expect their

@@ -112,6 +112,52 @@ type Identity struct {
 	Expires time.Time
 	// AuthMethod is the iothub-connection-auth-method property value.
 	AuthMethod string
+	// policy is PolicyCredential of the hub policy key a policy token
+	// was signed with; "" for the device's own credential.
+	policy string
+}
+
+// Credential is what a front end attaches the session with
+// (Links.Attach): the device's own credential (Credential), or for a
+// session opened with a hub policy token (DeviceConnect) the policy key
+// it was signed with, so that renewing or deleting that key closes the
+// session (Links.RevokePolicies) and a change of the device's own keys
+// does not.
+func (id *Identity) Credential() string {
+	if id.policy != "" {
+		return id.policy
+	}
+	return Credential(id.Device)
+}
+
+// policyCredentialPrefix marks a link credential that is a policy key.
+const policyCredentialPrefix = "policy:"
+
+// PolicyCredential names one key of a hub policy as a link credential:
+// hashed, never the key.
+func PolicyCredential(keyName, key string) string {
+	h := sha256.New()
+	h.Write([]byte(strings.ToLower(keyName)))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	return policyCredentialPrefix + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// PolicyCredentials are the link credentials the policies with
+// DeviceConnect admit now.
+func (s *Settings) PolicyCredentials() map[string]bool {
+	out := map[string]bool{}
+	for _, p := range s.policies.List() {
+		if !p.Has(RightDeviceConnect) {
+			continue
+		}
+		for _, k := range []string{p.PrimaryKey, p.SecondaryKey} {
+			if k != "" {
+				out[PolicyCredential(p.KeyName, k)] = true
+			}
+		}
+	}
+	return out
 }
 
 // SetTokenLimits sets the operator's bounds on device and service tokens
@@ -204,9 +250,11 @@ func (r *Registry) authenticate(ctx context.Context, settings *Settings, hubName
 	if !p.Has(RightDeviceConnect) {
 		return nil, denied(refusal.Newf(refusal.MissingRight, "policy %s lacks %s", p.KeyName, RightDeviceConnect))
 	}
-	if _, err := tok.Match(p.PrimaryKey, p.SecondaryKey); err != nil {
+	i, err := tok.Match(p.PrimaryKey, p.SecondaryKey)
+	if err != nil {
 		return nil, denied(fmt.Errorf("policy %s: %w", p.KeyName, err))
 	}
+	id.policy = PolicyCredential(p.KeyName, []string{p.PrimaryKey, p.SecondaryKey}[i])
 	id.AuthMethod = `{"scope":"hub","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}`
 	return id, nil
 }

@@ -209,7 +209,7 @@ func (ls *Links) Attach(hubName, deviceID, credential string, l DeviceLink) (rep
 	at := ls.now()
 	ls.links[k] = &attached{link: l, credential: credential, at: at}
 	revoked := false
-	if r, ok := ls.revoked[k]; ok && at.Sub(r.at) < revocationMemory && (r.keep == "" || r.keep != credential) {
+	if r, ok := ls.revoked[k]; ok && at.Sub(r.at) < revocationMemory && revokes(r.keep, credential) {
 		delete(ls.links, k)
 		revoked = true
 	}
@@ -313,13 +313,13 @@ func (ls *Links) RevokeLocal(hubName, deviceID, keep string) bool {
 	ls.mu.Lock()
 	ls.rememberRevocationLocked(k, keep)
 	var victim DeviceLink
-	if a := ls.links[k]; a != nil && (keep == "" || a.credential != keep) {
+	if a := ls.links[k]; a != nil && revokes(keep, a.credential) {
 		// Forgotten at once, so that pushes stop now and a method waits
 		// for the device's next connection instead.
 		victim = a.link
 		delete(ls.links, k)
 	}
-	if e, ok := ls.kept[k]; ok && (keep == "" || e.Value.(*keptSession).credential != keep) {
+	if e, ok := ls.kept[k]; ok && revokes(keep, e.Value.(*keptSession).credential) {
 		ls.forgetLocked(k)
 	}
 	ls.mu.Unlock()
@@ -354,6 +354,44 @@ func (ls *Links) ReplaceLocal(hubName, deviceID string, at time.Time, remoteWins
 		victim.Close(CloseReplaced)
 	}
 	return victim != nil
+}
+
+// revokes reports whether a device revocation that keeps credential keep
+// ("" for none) ends a session opened with credential. A session opened
+// with a hub policy key is not the device's credential: only disabling or
+// deleting the device ends it (RevokePolicies ends it when the key goes).
+func revokes(keep, credential string) bool {
+	if keep == "" {
+		return true
+	}
+	return credential != keep && !strings.HasPrefix(credential, policyCredentialPrefix)
+}
+
+// RevokePolicies closes this node's sessions of hubName opened with a hub
+// policy key that valid (Settings.PolicyCredentials) no longer admits: the
+// key was renewed or the policy deleted or stripped of DeviceConnect. The
+// server calls it on every node when the hub's policies change there
+// (locally, or announced by the store). It returns how many it closed.
+func (ls *Links) RevokePolicies(hubName string, valid map[string]bool) int {
+	prefix := strings.ToLower(hubName) + "/"
+	ls.mu.Lock()
+	var victims []DeviceLink
+	for k, a := range ls.links {
+		if strings.HasPrefix(k, prefix) && strings.HasPrefix(a.credential, policyCredentialPrefix) && !valid[a.credential] {
+			victims = append(victims, a.link)
+			delete(ls.links, k)
+		}
+	}
+	for k, e := range ls.kept {
+		if c := e.Value.(*keptSession).credential; strings.HasPrefix(k, prefix) && strings.HasPrefix(c, policyCredentialPrefix) && !valid[c] {
+			ls.forgetLocked(k)
+		}
+	}
+	ls.mu.Unlock()
+	for _, l := range victims {
+		l.Close(CloseRevoked)
+	}
+	return len(victims)
 }
 
 func (ls *Links) rememberRevocationLocked(k, keep string) {

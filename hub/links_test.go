@@ -170,3 +170,34 @@ func TestRegistryChangesRevokeLinks(t *testing.T) {
 		t.Fatal("deleting did not close the link")
 	}
 }
+
+// A session opened with a hub policy key outlives changes of the device's
+// own keys, ends when the device is disabled, and ends when the policy key
+// no longer admits it (RevokePolicies), only on its hub.
+func TestLinksPolicySessions(t *testing.T) {
+	ls := hub.NewLinks()
+	cred := hub.PolicyCredential("device", "key-1")
+	viaPolicy, own := &fakeLink{}, &fakeLink{}
+	ls.Attach(hubName, "dev-1", cred, viaPolicy)
+	ls.Attach(hubName, "dev-2", "own", own)
+	ls.Revoke(hubName, "dev-1", "new-device-keys")
+	if len(viaPolicy.closes()) != 0 {
+		t.Fatal("a change of the device's keys closed a session opened with a policy key")
+	}
+	if n := ls.RevokePolicies("other.hub", map[string]bool{}); n != 0 {
+		t.Fatalf("another hub's policy change closed %d sessions", n)
+	}
+	if n := ls.RevokePolicies(hubName, map[string]bool{cred: true}); n != 0 {
+		t.Fatalf("closed %d sessions whose policy key is still valid", n)
+	}
+	if n := ls.RevokePolicies(hubName, map[string]bool{hub.PolicyCredential("device", "key-2"): true}); n != 1 ||
+		!reflect.DeepEqual(viaPolicy.closes(), []hub.CloseReason{hub.CloseRevoked}) || len(own.closes()) != 0 {
+		t.Fatalf("renewed key: closed %d, policy session %v, own-key session %v", n, viaPolicy.closes(), own.closes())
+	}
+	again := &fakeLink{}
+	ls.Attach(hubName, "dev-1", cred, again)
+	ls.Revoke(hubName, "dev-1", "")
+	if len(again.closes()) != 1 {
+		t.Fatal("disabling the device left its policy-key session open")
+	}
+}

@@ -198,3 +198,29 @@ func (s *Server) watchStore(ctx context.Context) {
 		}
 	}, all)
 }
+
+// watchHubPolicies makes every change of a hub's policies — here or, through
+// watchStore, on another node — close this node's device sessions opened
+// with a policy key that no longer admits them (renewed, deleted, or
+// DeviceConnect taken away), as a device's revocation closes sessions
+// opened with its old keys.
+func (s *Server) watchHubPolicies(infos []hub.HubInfo) {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	if s.policyWatched == nil {
+		s.policyWatched = map[*hub.Settings]bool{}
+	}
+	for _, info := range infos {
+		h, ok := s.hubs.Lookup(info.Name)
+		if !ok || s.policyWatched[h.Settings] {
+			continue
+		}
+		s.policyWatched[h.Settings] = true
+		set, name := h.Settings, info.Name
+		set.PolicySet().Watch(func() {
+			if n := s.hubSvc.Links.RevokePolicies(name, set.PolicyCredentials()); n > 0 {
+				s.log.Info("server: closed device sessions opened with a hub policy key that was renewed or removed", "hub", name, "sessions", n)
+			}
+		})
+	}
+}

@@ -155,6 +155,10 @@ type Server struct {
 	caFile   string
 	firstRun bool
 	lock     *dirLock // the data directory's, released last by Shutdown
+	// policyWatched are the hubs' policy sets watched for revocations
+	// (watchHubPolicies).
+	policyMu      sync.Mutex
+	policyWatched map[*hub.Settings]bool
 
 	mqttLn  net.Listener
 	httpsLn net.Listener
@@ -272,6 +276,7 @@ func open(ctx context.Context, cfg Config) (*Server, error) {
 	// Every hub change relinks DPS and, with berth's own CA, reissues the
 	// server certificate so that it names every hub (SNI).
 	s.hubs.Watch(func(infos []hub.HubInfo) {
+		s.watchHubPolicies(infos)
 		s.dps.SetLinkedHubs(linkedHubs(infos))
 		if err := s.reissueCert(infos); err != nil {
 			s.log.Error("server: could not reissue the server certificate for the hubs", "error", err.Error())

@@ -73,7 +73,7 @@ func (c *conn) deviceFor(l *engine.Link, m match) (*device, *engine.Error) {
 	if created {
 		// One live session per device: Links closes the one this
 		// replaces (another connection of the same device).
-		_, d.detach = h.Links.Attach(d.hub, d.twinID, hub.Credential(g.identity.Device), d)
+		_, d.detach = h.Links.Attach(d.hub, d.twinID, g.identity.Credential(), d)
 		d.disconnected = h.Registry.Connected(d.hub, d.twinID)
 		c.srv.log.Debug("amqp: IoT Hub device session", c.logAttrs("hub", d.hub, "deviceId", d.deviceID, "moduleId", d.moduleID)...)
 	}

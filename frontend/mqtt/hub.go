@@ -457,7 +457,7 @@ func (c *conn) newHubSession(pk *packets.Packet, hubName, deviceID, moduleID str
 	// Nothing is written to the device before its CONNACK: every push
 	// needs a subscription, and subscriptions (new or resumed) start
 	// after the CONNACK (see started).
-	replaced, _ := h.Links.Attach(s.hub, s.twinID, hub.Credential(id.Device), s)
+	replaced, _ := h.Links.Attach(s.hub, s.twinID, id.Credential(), s)
 	s.resumeSession(replaced)
 	s.disconnected = h.Registry.Connected(s.hub, s.twinID)
 	c.srv.log.Debug("mqtt: IoT Hub device session", append(attrs,
