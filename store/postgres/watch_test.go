@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/berth-iot/berth/store"
 	"github.com/berth-iot/berth/store/postgres"
 )
@@ -69,5 +71,45 @@ func TestWatchAnnouncesConfigChangesOfItsSchema(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatalf("change %d never announced", i)
 		}
+	}
+}
+
+// A database at schema version 1 (before the change triggers) is brought
+// to version 2 by the next Open, its records kept, and announces changes.
+func TestMigrationFromVersion1AddsTheTriggers(t *testing.T) {
+	admin := adminPool(t)
+	schema := randomSchema(t)
+	dropSchemaAtCleanup(t, admin, schema)
+	ctx := t.Context()
+	for _, q := range []string{
+		`CREATE SCHEMA ` + pgx.Identifier{schema}.Sanitize(),
+		`CREATE TABLE ` + pgx.Identifier{schema, "berth_schema_version"}.Sanitize() + ` (version integer NOT NULL)`,
+		`INSERT INTO ` + pgx.Identifier{schema, "berth_schema_version"}.Sanitize() + ` VALUES (1)`,
+		`CREATE TABLE ` + pgx.Identifier{schema, "records"}.Sanitize() + ` (kind text COLLATE "C" NOT NULL, key text COLLATE "C" NOT NULL,
+			idx text COLLATE "C" NOT NULL DEFAULT '', etag text NOT NULL, data bytea NOT NULL, PRIMARY KEY (kind, key))`,
+		`INSERT INTO ` + pgx.Identifier{schema, "records"}.Sanitize() + ` VALUES ('config', 'dps', '', 'e1', '{}')`,
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := postgres.Open(ctx, testDSN(), postgres.WithSchema(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if rec, err := s.Get(ctx, store.KindConfig, "dps"); err != nil || rec.ETag != "e1" {
+		t.Fatalf("the version-1 record after migration: %+v, %v", rec, err)
+	}
+	var v, triggers int
+	if err := admin.QueryRow(ctx, `SELECT max(version) FROM `+pgx.Identifier{schema, "berth_schema_version"}.Sanitize()).Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = 'records' AND NOT t.tgisinternal`, schema).Scan(&triggers); err != nil {
+		t.Fatal(err)
+	}
+	if v != 2 || triggers != 2 {
+		t.Fatalf("schema version %d with %d triggers; want 2 and 2", v, triggers)
 	}
 }
