@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -38,6 +39,10 @@ const schemaVersion = 2
 // the same time; CREATE … IF NOT EXISTS alone is not safe against that race
 // in PostgreSQL (it can fail on the catalog's unique indexes).
 const migrateLockKey = 0x62657274_68000001 // "berth" + 1
+
+// DefaultConnectTimeout bounds a connection attempt when the DSN sets no
+// connect_timeout.
+const DefaultConnectTimeout = 5 * time.Second
 
 // Option configures Open.
 type Option func(*options)
@@ -83,6 +88,13 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if err != nil {
 		// The DSN may carry a password: say what failed, not what it was.
 		return nil, fmt.Errorf("postgres: open: parse DSN: %w", err)
+	}
+	// A database host that drops packets (rather than refusing) would
+	// otherwise hold every request for as long as the caller's context
+	// allows: bound the dial so that berth answers with its retryable
+	// error instead (a DSN's own connect_timeout wins).
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
 	// Two session settings the store's guarantees rest on, enforced per
 	// connection whatever the server or DSN says:
