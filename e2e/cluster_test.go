@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	goamqp "github.com/Azure/go-amqp"
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
@@ -439,6 +441,58 @@ func TestCluster(t *testing.T) {
 		case <-time.After(hubWait):
 			t.Fatal("the session opened with the renewed key on node 3 is still open")
 		}
+	})
+
+	t.Run("an AMQP service link authorised with a renewed policy key is detached on every node", func(t *testing.T) {
+		setT(t)
+		hubName := n1.info.HubHostName
+		id := "cluster-amqp-" + randomSuffix()
+		n1.createHubDevice(id)
+		var p hub.Policy
+		if resp, data := n1.do("PUT", "/hubs/"+hubName+"/policies/clusterservice", n1.serviceToken(), map[string]any{"rights": []string{"ServiceConnect"}}, nil, &p); resp.StatusCode != 201 {
+			t.Fatalf("create policy on node 1: %d %s", resp.StatusCode, data)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		var snd *goamqp.Sender
+		eventually(t, "the policy's service token accepted over AMQP on node 3", func() bool {
+			tok, err := sas.Sign(hubName, p.PrimaryKey, "clusterservice", time.Now().Add(time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// SASL PLAIN {policy}@sas.root.{hub}, as the service SDKs.
+			c, err := goamqp.Dial(ctx, "amqps://"+n3.info.AMQPAddress, &goamqp.ConnOptions{
+				SASLType:  goamqp.SASLTypePlain("clusterservice@sas.root."+strings.Split(hubName, ".")[0], tok),
+				TLSConfig: &tls.Config{RootCAs: n3.roots, ServerName: "127.0.0.1"},
+			})
+			if err != nil {
+				return false
+			}
+			t.Cleanup(func() { _ = c.Close() })
+			s, err := c.NewSession(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if snd, err = s.NewSender(ctx, "/messages/devicebound", nil); err != nil {
+				t.Fatal(err)
+			}
+			return true
+		})
+		send := func() error {
+			to := "/devices/" + id + "/messages/devicebound"
+			return snd.Send(ctx, &goamqp.Message{Properties: &goamqp.MessageProperties{MessageID: randomSuffix(), To: &to}, Data: [][]byte{[]byte("c2d")}}, nil)
+		}
+		if err := send(); err != nil {
+			t.Fatalf("C2D over the service link before the renewal: %v", err)
+		}
+		if resp, data := n1.do("POST", "/hubs/"+hubName+"/policies/clusterservice/renewKey?keyType=primary", n1.serviceToken(), nil, nil, nil); resp.StatusCode != 200 {
+			t.Fatalf("renew primary on node 1: %d %s", resp.StatusCode, data)
+		}
+		eventually(t, "the service link on node 3 detached", func() bool {
+			var le *goamqp.LinkError
+			err := send()
+			return errors.As(err, &le) && le.RemoteErr != nil && le.RemoteErr.Condition == goamqp.ErrCondUnauthorizedAccess
+		})
 	})
 
 	t.Run("a hub created on one node is served by the others", func(t *testing.T) {

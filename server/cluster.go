@@ -203,7 +203,8 @@ func (s *Server) watchStore(ctx context.Context) {
 // watchStore, on another node — close this node's device sessions opened
 // with a policy key that no longer admits them (renewed, deleted, or
 // DeviceConnect taken away), as a device's revocation closes sessions
-// opened with its old keys.
+// opened with its old keys, and detach AMQP service links whose token the
+// policies no longer admit.
 func (s *Server) watchHubPolicies(infos []hub.HubInfo) {
 	s.policyMu.Lock()
 	defer s.policyMu.Unlock()
@@ -220,6 +221,11 @@ func (s *Server) watchHubPolicies(infos []hub.HubInfo) {
 		set.PolicySet().Watch(func() {
 			if n := s.hubSvc.Links.RevokePolicies(name, set.PolicyCredentials()); n > 0 {
 				s.log.Info("server: closed device sessions opened with a hub policy key that was renewed or removed", "hub", name, "sessions", n)
+			}
+			// AMQP service links (CBS put-token with a policy) likewise;
+			// Start has set s.amqp before any change can arrive.
+			if s.amqp != nil {
+				s.amqp.RecheckServiceGrants(name)
 			}
 		})
 	}

@@ -515,3 +515,36 @@ func TestMalformedFrameClosesWithFramingError(t *testing.T) {
 		t.Fatalf("the connection ended without a framing-error close: %q", got)
 	}
 }
+
+// A service grant whose policy key is renewed loses its links when the
+// hub's policies are checked again (the server does on every change, on
+// every node); a grant of another, untouched policy keeps them.
+func TestServiceGrantEndsWithItsPolicyKey(t *testing.T) {
+	f := newFixture(t)
+	f.device(t, "d1")
+	ctx := ctxT(t)
+	sender := func(policy string) *goamqp.Sender {
+		s := session(t, f.dial(t, nil))
+		if code, desc := putToken(t, s, hubName, f.serviceToken(t, policy, time.Now().Add(time.Hour))); code != 200 {
+			t.Fatalf("put-token %s: %d %s", policy, code, desc)
+		}
+		snd, err := s.NewSender(ctx, "/messages/devicebound", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return snd
+	}
+	send := func(snd *goamqp.Sender) error {
+		to := "/devices/d1/messages/devicebound"
+		return snd.Send(ctx, &goamqp.Message{Properties: &goamqp.MessageProperties{MessageID: "m", To: &to}, Data: [][]byte{[]byte("x")}}, nil)
+	}
+	renewed, kept := sender("service"), sender("iothubowner")
+	if _, err := f.settings.PolicySet().RenewKey(ctx, "service", "primary"); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.RecheckServiceGrants(hubName)
+	wantAMQPError(t, send(renewed), goamqp.ErrCondUnauthorizedAccess)
+	if err := send(kept); err != nil {
+		t.Fatalf("the untouched policy's link: %v", err)
+	}
+}

@@ -32,6 +32,7 @@ type grant struct {
 	moduleID string        // module grants
 	identity *hub.Identity // device and module grants
 	path     []string      // service grants: the audience below the hub
+	token    string        // service grants: the token, checked again when the hub's policies change
 	expires  time.Time     // zero: none
 	timer    *time.Timer
 	links    map[*engine.Link]struct{}
@@ -268,7 +269,7 @@ func (c *conn) authorize(audience, token string) (int, string) {
 		if tok, err := sas.Parse(token); err == nil {
 			g.expires = tok.Expiry.Add(sas.MaxClockSkew)
 		}
-		g.path = rest
+		g.path, g.token = rest, token
 		g.key = strings.ToLower(hubName + "/" + strings.Join(rest, "/"))
 	}
 	if !g.expires.IsZero() && !g.expires.After(h.Now()) {
@@ -326,7 +327,7 @@ func (c *conn) addGrant(g *grant) {
 		if old.timer != nil {
 			old.timer.Stop()
 		}
-		old.identity, old.expires, old.settings = g.identity, g.expires, g.settings
+		old.identity, old.expires, old.settings, old.token = g.identity, g.expires, g.settings, g.token
 		g = old
 	} else {
 		g.links = map[*engine.Link]struct{}{}
@@ -343,12 +344,49 @@ func (c *conn) addGrant(g *grant) {
 	}
 }
 
+// recheckService checks the service grants of hubName again after its
+// policies changed: a grant whose token the policies no longer admit (its
+// key renewed, its policy deleted or without ServiceConnect) is dropped
+// and its links detached, as a revoked device's sessions are closed.
+func (c *conn) recheckService(hubName string) {
+	h := c.hubCfg()
+	if h == nil || h.Services == nil {
+		return
+	}
+	c.mu.Lock()
+	var check []*grant
+	for _, g := range c.grants {
+		if g.token != "" && strings.EqualFold(g.hub, hubName) {
+			check = append(check, g)
+		}
+	}
+	c.mu.Unlock()
+	for _, g := range check {
+		c.mu.Lock()
+		settings, token, path := g.settings, g.token, g.path
+		c.mu.Unlock()
+		_, err := h.Registry.AuthorizeService(settings, g.hub, token, path, hub.RightServiceConnect)
+		var ae *azerr.Error
+		if err != nil && errors.As(err, &ae) && ae.Status() == 401 {
+			c.drop(g, func() bool { return true }, "amqp: service token revoked by a policy change; its links are detached",
+				linkError(engine.ErrCondUnauthorizedAccess, "The policy key the token for %s was signed with is no longer valid.", g.key))
+		}
+	}
+}
+
 // expire drops a grant whose credential ran out: the links it authorised
 // are detached with amqp:unauthorized-access (a renewal in time would have
 // replaced the timer).
 func (c *conn) expire(g *grant) {
+	c.drop(g, func() bool { return !g.expires.After(c.hubCfg().Now()) }, "amqp: token expired; its links are detached",
+		linkError(engine.ErrCondUnauthorizedAccess, "The token for %s has expired.", g.key))
+}
+
+// drop removes grant g, when it is still the connection's and still
+// should go (checked under the lock), and detaches its links with e.
+func (c *conn) drop(g *grant, still func() bool, logMsg string, e *engine.Error) {
 	c.mu.Lock()
-	if cur, ok := c.grants[g.key]; !ok || cur != g || g.expires.After(c.hubCfg().Now()) {
+	if cur, ok := c.grants[g.key]; !ok || cur != g || !still() {
 		c.mu.Unlock()
 		return
 	}
@@ -365,8 +403,7 @@ func (c *conn) expire(g *grant) {
 		}
 	}
 	c.mu.Unlock()
-	c.srv.log.Info("amqp: token expired; its links are detached", c.logAttrs("audience", g.key, "links", len(links))...)
-	e := linkError(engine.ErrCondUnauthorizedAccess, "The token for %s has expired.", g.key)
+	c.srv.log.Info(logMsg, c.logAttrs("audience", g.key, "links", len(links))...)
 	for _, l := range links {
 		l.Close(e)
 	}

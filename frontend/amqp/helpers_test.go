@@ -60,6 +60,7 @@ func (w *syncBuf) String() string {
 }
 
 type fixture struct {
+	srv      *Server
 	addr     string
 	st       *memstore.Store
 	reg      *hub.Registry
@@ -115,7 +116,7 @@ func newFixtureWith(t *testing.T, opts ...func(*fixture, *Config)) *fixture {
 			t.Error("logs contain a device key")
 		}
 	})
-	f.addr = ln.Addr().String()
+	f.addr, f.srv = ln.Addr().String(), srv
 	return f
 }
 

@@ -168,6 +168,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
+// RecheckServiceGrants checks every connection's service grants of
+// hubName against its policies again: the server calls it when the hub's
+// policies change (here, or on another node), so that a renewed or
+// deleted key ends the service links authorised with it.
+func (s *Server) RecheckServiceGrants(hubName string) {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.recheckService(hubName)
+	}
+}
+
 // ConnCount is the number of open connections.
 func (s *Server) ConnCount() int {
 	s.mu.Lock()
