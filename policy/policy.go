@@ -146,8 +146,10 @@ func (s *Set) read(ctx context.Context) (map[string]json.RawMessage, []Policy, s
 	return doc, list, rec.ETag, nil
 }
 
-// Watch calls fn after every change made through this Set (berth serve
-// rewrites client.json when an owner key is renewed).
+// Watch calls fn after every change made through this Set, and after a
+// Reload that found the policies changed by another node (berth serve
+// rewrites client.json when an owner key is renewed, and closes sessions
+// opened with a key that is gone).
 func (s *Set) Watch(fn func()) {
 	s.mu.Lock()
 	s.watchers = append(s.watchers, fn)
