@@ -181,3 +181,31 @@ func TestWatchHearsChanges(t *testing.T) {
 		t.Errorf("watcher called %d times, want 1 (refused changes do not count)", n)
 	}
 }
+
+// Another node's change, read by Reload, replaces the policies held and
+// calls the watchers once; a Reload that finds nothing new calls none.
+func TestReloadSeesAnotherNodesChange(t *testing.T) {
+	here, st := newSet(t)
+	there, err := policy.Load(context.Background(), st, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	here.Watch(func() { calls++ })
+	old, _ := here.Get("owner")
+	renewed, err := there.RenewKey(context.Background(), "owner", policy.RenewPrimary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := here.Get("owner"); p.PrimaryKey != old.PrimaryKey || calls != 0 {
+		t.Fatal("the change reached this Set before its Reload")
+	}
+	for range 2 {
+		if err := here.Reload(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p, _ := here.Get("owner"); p.PrimaryKey != renewed.PrimaryKey || calls != 1 {
+		t.Fatalf("after Reload: key renewed %v, watchers called %d times; want the renewed key and 1 call", p.PrimaryKey == renewed.PrimaryKey, calls)
+	}
+}
