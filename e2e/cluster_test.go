@@ -551,6 +551,11 @@ func TestCluster(t *testing.T) {
 			if resp, data := n.do("GET", "/twins/"+id+"?api-version=2021-04-12", n.hubServiceToken(), nil, nil, &tw); resp.StatusCode != 200 || tw["connectionState"] != "Connected" {
 				t.Errorf("twin from node %s: %d connectionState %v (%s)", n.info.HTTPSAddress, resp.StatusCode, tw["connectionState"], data)
 			}
+			var rows []map[string]any
+			q := map[string]string{"query": "SELECT * FROM devices WHERE connectionState = 'Connected' AND deviceId = '" + id + "'"}
+			if resp, data := n.do("POST", "/devices/query?api-version=2021-04-12", n.hubServiceToken(), q, nil, &rows); resp.StatusCode != 200 || len(rows) != 1 {
+				t.Errorf("query from node %s: %d %s; want the device, connected", n.info.HTTPSAddress, resp.StatusCode, data)
+			}
 		}
 		d.c.Disconnect(100)
 		eventually(t, "Disconnected seen from node 1", func() bool {

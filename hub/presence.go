@@ -48,7 +48,7 @@ type PresencePeers interface {
 }
 
 // SetPresencePeers makes the service views (Show, List, the service's
-// twin GET) report connectionState and lastActivityTime over every node;
+// twin GET, device queries) report connectionState and lastActivityTime over every node;
 // nil (the default) reports this node's. The device's own paths
 // (authentication, its twin GET) never ask the other nodes.
 func (r *Registry) SetPresencePeers(p PresencePeers) {
@@ -75,19 +75,35 @@ func (r *Registry) LocalPresence(hubName string, ids []string) map[string]Presen
 // overlaid with this node's (overlay): one question to the cluster for
 // all of them.
 func (r *Registry) overlayCluster(ctx context.Context, hubName string, ds ...*Device) {
-	r.mu.Lock()
-	peers := r.peers
-	r.mu.Unlock()
-	if peers == nil || len(ds) == 0 {
-		return
-	}
 	ids := make([]string, len(ds))
 	for i, d := range ds {
 		ids[i] = d.DeviceID
 	}
-	remote := peers.Presence(ctx, hubName, ids)
+	r.applyPeers(hubName, r.peerPresence(ctx, hubName, ids), ds...)
+}
+
+// peerPresence asks the other nodes about ids; nil without peers.
+func (r *Registry) peerPresence(ctx context.Context, hubName string, ids []string) map[string]PresenceView {
+	r.mu.Lock()
+	peers := r.peers
+	r.mu.Unlock()
+	if peers == nil || len(ids) == 0 {
+		return nil
+	}
+	return peers.Presence(ctx, hubName, ids)
+}
+
+// applyPeers merges the other nodes' views (peerPresence) into devices
+// already overlaid with this node's.
+func (r *Registry) applyPeers(hubName string, remote map[string]PresenceView, ds ...*Device) {
 	if len(remote) == 0 {
 		return
+	}
+	ids := make([]string, 0, len(ds))
+	for _, d := range ds {
+		if _, ok := remote[d.DeviceID]; ok {
+			ids = append(ids, d.DeviceID)
+		}
 	}
 	local := r.LocalPresence(hubName, ids)
 	for _, d := range ds {

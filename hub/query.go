@@ -106,6 +106,10 @@ type twinScan struct {
 	// is decoded for the rows returned, not for every device scanned.
 	lazy bool
 
+	// remote is the other nodes' presence of the devices of the batch
+	// being scanned (one question per batch); nil on a single node.
+	remote map[string]PresenceView
+
 	// The device being yielded: complete reads them, synchronously within
 	// the yield of the same device.
 	rec     store.Record // its device record
@@ -148,6 +152,11 @@ func (s *twinScan) source(ctx context.Context, after string, yield func(string, 
 		if err != nil {
 			return fmt.Errorf("hub: query: list devices: %w", err)
 		}
+		ids := make([]string, len(devs))
+		for i, rec := range devs {
+			ids[i] = rec.Key[len(prefix):]
+		}
+		s.remote = s.t.reg.peerPresence(ctx, s.hubName, ids)
 		for _, rec := range devs {
 			devAfter = rec.Key
 			// Advance the twin cursor to this device's key.
@@ -191,6 +200,7 @@ func (s *twinScan) source(ctx context.Context, after string, yield func(string, 
 					return err
 				}
 				s.t.reg.overlay(s.hubName, d)
+				s.t.reg.applyPeers(s.hubName, s.remote, d)
 				if tw != nil && tw.GenerationID != d.GenerationID {
 					tw, etag = nil, "" // a deleted device's leftover
 				}
@@ -241,6 +251,7 @@ func (s *twinScan) complete(ctx context.Context, key string, doc map[string]any)
 			return err
 		}
 		s.t.reg.overlay(s.hubName, d)
+		s.t.reg.applyPeers(s.hubName, s.remote, d)
 		tw := s.tw
 		if tw == nil {
 			tw = newTwinRecord(d.GenerationID, s.t.now())
