@@ -265,7 +265,7 @@ func (s *twinScan) complete(ctx context.Context, key string, doc map[string]any)
 		for range 5 {
 			// d stays the scanned device until load succeeds: a device
 			// deleted meanwhile is answered as it was scanned.
-			ld, tw, etag, err := s.t.load(ctx, s.hubName, key)
+			ld, c, err := s.t.load(ctx, s.hubName, key)
 			if errors.Is(err, errRetryTwin) {
 				continue
 			}
@@ -278,7 +278,7 @@ func (s *twinScan) complete(ctx context.Context, key string, doc map[string]any)
 			}
 			d = ld
 			clear(doc)
-			for k, v := range twinDocument(d, tw, etag) {
+			for k, v := range twinDocument(d, c.tw, c.etag) {
 				doc[k] = v
 			}
 			s.counted = false
@@ -296,8 +296,9 @@ func (s *twinScan) complete(ctx context.Context, key string, doc map[string]any)
 
 // twinDocument is a twin as queries see it: the Twin document of GET
 // /twins/{id} (Twins.render) as JSON values, numbers as float64 or
-// json.Number and times as their JSON strings. The twin record is decoded
-// afresh for each document, so its maps are the document's own.
+// json.Number and times as their JSON strings. The document shares the
+// twin record's maps (which may be the cached twin's): queries only read
+// them.
 func twinDocument(d *Device, tw *twinRecord, etag string) map[string]any {
 	doc := twinOwnDocument(d.DeviceID, tw, etag)
 	for k, v := range map[string]any{

@@ -122,12 +122,14 @@ type Twins struct {
 	// store's ETag condition keeps updates from being lost.
 	seed  maphash.Seed
 	locks [64]sync.Mutex
+
+	cache *twinCache // decoded twins of recent writes, see twinenc.go
 }
 
 // NewTwins returns the twin service; links may be nil (no device is ever
 // notified).
 func NewTwins(st store.Store, reg *Registry, links *Links) *Twins {
-	return &Twins{store: st, reg: reg, links: links, now: reg.now, seed: maphash.MakeSeed()}
+	return &Twins{store: st, reg: reg, links: links, now: reg.now, seed: maphash.MakeSeed(), cache: newTwinCache(twinCacheLimit)}
 }
 
 func (t *Twins) lock(hubName, id string) func() {
@@ -136,30 +138,35 @@ func (t *Twins) lock(hubName, id string) func() {
 	return m.Unlock
 }
 
-// load returns the device and its twin, creating the twin record when the
-// device has none yet (or only a previous generation's).
-func (t *Twins) load(ctx context.Context, hubName, id string) (*Device, *twinRecord, string, error) {
+// load returns the device and its twin (never to be modified: it may be
+// the cached one), creating the twin record when the device has none yet
+// (or only a previous generation's).
+func (t *Twins) load(ctx context.Context, hubName, id string) (*Device, *cachedTwin, error) {
 	d, err := t.reg.identity(ctx, hubName, id)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, nil, err
 	}
-	rec, err := t.store.Get(ctx, store.KindTwin, deviceKey(hubName, id))
+	key := deviceKey(hubName, id)
+	rec, err := t.store.Get(ctx, store.KindTwin, key)
 	switch {
 	case err == nil:
+		if c := t.cache.get(key, rec.ETag); c != nil && c.tw.GenerationID == d.GenerationID {
+			return d, c, nil
+		}
 		tw, err := decodeTwinRecord(rec.Data)
 		if err != nil {
-			return nil, nil, "", err
+			return nil, nil, err
 		}
 		if tw.GenerationID == d.GenerationID {
-			return d, tw, rec.ETag, nil
+			return d, &cachedTwin{etag: rec.ETag, tw: tw, size: len(rec.Data)}, nil
 		}
 	case !errors.Is(err, store.ErrNotFound):
-		return nil, nil, "", fmt.Errorf("hub: get twin %s: %w", id, err)
+		return nil, nil, fmt.Errorf("hub: get twin %s: %w", id, err)
 	}
 	tw := newTwinRecord(d.GenerationID, t.now())
 	nrec, err := twinRecordFor(hubName, id, tw)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, nil, err
 	}
 	cond := store.Cond{IfNotExists: true}
 	if rec.ETag != "" {
@@ -167,12 +174,12 @@ func (t *Twins) load(ctx context.Context, hubName, id string) (*Device, *twinRec
 	}
 	nrec, err = t.store.Put(ctx, nrec, cond)
 	if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrPreconditionFailed) {
-		return nil, nil, "", errRetryTwin
+		return nil, nil, errRetryTwin
 	}
 	if err != nil {
-		return nil, nil, "", fmt.Errorf("hub: create twin %s: %w", id, err)
+		return nil, nil, fmt.Errorf("hub: create twin %s: %w", id, err)
 	}
-	return d, tw, nrec.ETag, nil
+	return d, &cachedTwin{etag: nrec.ETag, tw: tw, size: len(nrec.Data)}, nil
 }
 
 // errRetryTwin says another writer changed the twin between read and
@@ -186,7 +193,7 @@ func (t *Twins) Get(ctx context.Context, hubName, id string) (_ *Twin, err error
 		return nil, err
 	}
 	for range 5 {
-		d, tw, etag, err := t.load(ctx, hubName, id)
+		d, c, err := t.load(ctx, hubName, id)
 		if errors.Is(err, errRetryTwin) {
 			continue
 		}
@@ -199,7 +206,7 @@ func (t *Twins) Get(ctx context.Context, hubName, id string) (_ *Twin, err error
 			}
 			t.reg.overlayCluster(ctx, hubName, d)
 		}
-		return t.render(d, tw, etag)
+		return t.render(d, c)
 	}
 	return nil, azerr.Newf(azerr.HubServiceUnavailable, "The twin of %s is changing too often; try again.", id)
 }
@@ -215,18 +222,19 @@ func (t *Twins) DeviceDocument(ctx context.Context, hubName, id string) ([]byte,
 		return nil, err
 	}
 	for range 5 {
-		_, tw, _, err := t.load(ctx, hubName, id)
+		_, c, err := t.load(ctx, hubName, id)
 		if errors.Is(err, errRetryTwin) {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		desired, err := sectionJSON(tw.Desired.Props, tw.Desired.Version, nil)
+		tw := c.tw
+		desired, err := sectionJSON(tw.Desired.Props, tw.Desired.Version, nil, c.memo)
 		if err != nil {
 			return nil, err
 		}
-		reported, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, nil)
+		reported, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, nil, c.memo)
 		if err != nil {
 			return nil, err
 		}
@@ -237,8 +245,10 @@ func (t *Twins) DeviceDocument(ctx context.Context, hubName, id string) ([]byte,
 
 // sectionJSON renders a desired or reported section as IoT Hub does: the
 // properties, then "$metadata" (when meta is not nil) and "$version" last.
-func sectionJSON(props map[string]any, version int64, meta map[string]any) ([]byte, error) {
-	b, err := json.Marshal(props)
+// memo (may be nil) holds the JSON of the twin's unchanged objects.
+func sectionJSON(props map[string]any, version int64, meta map[string]any, memo encMemo) ([]byte, error) {
+	e := &twinEncoder{prev: memo}
+	b, err := e.object(nil, props)
 	if err != nil {
 		return nil, fmt.Errorf("hub: render twin section: %w", err)
 	}
@@ -249,28 +259,28 @@ func sectionJSON(props map[string]any, version int64, meta map[string]any) ([]by
 		}
 	}
 	if meta != nil {
-		m, err := json.Marshal(meta)
-		if err != nil {
+		sep()
+		b = append(b, `"$metadata":`...)
+		if b, err = e.object(b, meta); err != nil {
 			return nil, fmt.Errorf("hub: render twin metadata: %w", err)
 		}
-		sep()
-		b = append(append(b, `"$metadata":`...), m...)
 	}
 	sep()
 	b = fmt.Appendf(b, `"$version":%d}`, version)
 	return b, nil
 }
 
-func (t *Twins) render(d *Device, tw *twinRecord, etag string) (*Twin, error) {
-	tags, err := json.Marshal(tw.Tags)
+func (t *Twins) render(d *Device, c *cachedTwin) (*Twin, error) {
+	tw, etag := c.tw, c.etag
+	tags, err := (&twinEncoder{prev: c.memo}).object(nil, tw.Tags)
 	if err != nil {
 		return nil, fmt.Errorf("hub: render twin: %w", err)
 	}
-	desired, err := sectionJSON(tw.Desired.Props, tw.Desired.Version, tw.Desired.Meta)
+	desired, err := sectionJSON(tw.Desired.Props, tw.Desired.Version, tw.Desired.Meta, c.memo)
 	if err != nil {
 		return nil, err
 	}
-	reported, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, tw.Reported.Meta)
+	reported, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, tw.Reported.Meta, c.memo)
 	if err != nil {
 		return nil, err
 	}
@@ -303,62 +313,68 @@ func (t *Twins) render(d *Device, tw *twinRecord, etag string) (*Twin, error) {
 	return out, nil
 }
 
-// twinChange is one update: it edits the record in place and reports
-// whether it changed desired properties (and with which patch, for the
-// device's notification).
+// twinChange is one update: it sets the record's fields to new values
+// (never modifying the maps it holds: they may be shared with the cached
+// previous version, see mergeTwin) and reports whether it changed desired
+// properties (and with which patch, for the device's notification).
 type twinChange func(tw *twinRecord, now time.Time) (desiredPatch map[string]any, err error)
 
 // update runs change under the device's lock with optimistic concurrency:
 // a client If-Match must equal the twin's ETag; without one, a concurrent
 // writer (another node) makes it read and try again.
-func (t *Twins) update(ctx context.Context, hubName, id, ifMatch string, change twinChange) (*Device, *twinRecord, string, error) {
+func (t *Twins) update(ctx context.Context, hubName, id, ifMatch string, change twinChange) (*Device, *cachedTwin, error) {
 	unlock := t.lock(hubName, id)
 	defer unlock()
 	want := unquote(ifMatch)
 	if want == "*" {
 		want = ""
 	}
+	key := deviceKey(hubName, id)
 	for range 5 {
-		d, tw, etag, err := t.load(ctx, hubName, id)
+		d, cur, err := t.load(ctx, hubName, id)
 		if errors.Is(err, errRetryTwin) {
 			continue
 		}
 		if err != nil {
-			return nil, nil, "", err
+			return nil, nil, err
 		}
-		if want != "" && want != etag {
-			return nil, nil, "", azerr.Newf(azerr.HubPreconditionFailed, "The twin's etag does not match If-Match.")
+		if want != "" && want != cur.etag {
+			return nil, nil, azerr.Newf(azerr.HubPreconditionFailed, "The twin's etag does not match If-Match.")
 		}
+		tw := new(twinRecord)
+		*tw = *cur.tw // the maps are shared, change replaces them
 		patch, err := change(tw, t.now().UTC())
 		if err != nil {
-			return nil, nil, "", err
+			return nil, nil, err
 		}
-		rec, err := twinRecordFor(hubName, id, tw)
+		data, memo, err := encodeTwinRecord(tw, cur.memo, cur.size)
 		if err != nil {
-			return nil, nil, "", err
+			return nil, nil, err
 		}
-		rec, err = t.store.Put(ctx, rec, store.Cond{IfMatch: etag})
+		rec, err := t.store.Put(ctx, store.Record{Kind: store.KindTwin, Key: key, Data: data}, store.Cond{IfMatch: cur.etag})
 		if errors.Is(err, store.ErrPreconditionFailed) || errors.Is(err, store.ErrNotFound) {
 			if want != "" {
-				return nil, nil, "", azerr.Newf(azerr.HubPreconditionFailed, "The twin's etag does not match If-Match.")
+				return nil, nil, azerr.Newf(azerr.HubPreconditionFailed, "The twin's etag does not match If-Match.")
 			}
 			continue
 		}
 		if err != nil {
-			return nil, nil, "", fmt.Errorf("hub: update twin %s: %w", id, err)
+			return nil, nil, fmt.Errorf("hub: update twin %s: %w", id, err)
 		}
+		next := &cachedTwin{etag: rec.ETag, tw: tw, memo: memo, size: len(data)}
+		t.cache.put(key, next)
 		// Durable: now the device may hear of it. Under the lock, so that
 		// notifications leave in version order.
 		// A device on another node hears of it through the forwarder.
 		if patch != nil && t.links != nil {
-			body, err := sectionJSON(patch, tw.Desired.Version, nil)
+			body, err := sectionJSON(patch, tw.Desired.Version, nil, nil)
 			if err == nil {
 				t.links.pushDesiredPatch(hubName, id, tw.Desired.Version, body)
 			}
 		}
-		return d, tw, rec.ETag, nil
+		return d, next, nil
 	}
-	return nil, nil, "", azerr.Newf(azerr.HubServiceUnavailable, "The twin of %s is changing too often; try again.", id)
+	return nil, nil, azerr.Newf(azerr.HubServiceUnavailable, "The twin of %s is changing too often; try again.", id)
 }
 
 // PatchReported merges a device's reported-properties patch and returns the
@@ -379,24 +395,19 @@ func (t *Twins) PatchReported(ctx context.Context, hubName, id string, body []by
 	if err := validateTwinPatch(patch, "reported"); err != nil {
 		return 0, err
 	}
-	_, tw, _, err := t.update(ctx, hubName, id, "", func(tw *twinRecord, now time.Time) (map[string]any, error) {
-		// tw was decoded for this update alone and is dropped when it
-		// fails: merge in place, no copy (a copy of a large twin cost more
-		// than the store write, docs/benchmarks.md).
-		props, meta := tw.Reported.Props, tw.Reported.Meta
-		mergeTwin(props, meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout)})
+	_, c, err := t.update(ctx, hubName, id, "", func(tw *twinRecord, now time.Time) (map[string]any, error) {
+		props, meta := mergeTwin(tw.Reported.Props, tw.Reported.Meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout)})
 		if n := twinSize(props); n > MaxReportedSize {
 			return nil, twinTooLarge("reported", n, MaxReportedSize)
 		}
-		tw.Reported.Props, tw.Reported.Meta = props, meta
-		tw.Reported.Version++
+		tw.Reported = twinSection{Props: props, Meta: meta, Version: tw.Reported.Version + 1}
 		tw.Version++
 		return nil, nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	return tw.Reported.Version, nil
+	return c.tw.Reported.Version, nil
 }
 
 // servicePatch is the part of a Twin document the service may write.
@@ -497,10 +508,10 @@ func (t *Twins) Replace(ctx context.Context, hubName, id string, body []byte, if
 
 func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, w serviceWrite) (*Twin, error) {
 	tags, desired := w.tags, w.desired
-	d, tw, etag, err := t.update(ctx, hubName, id, ifMatch, func(tw *twinRecord, now time.Time) (map[string]any, error) {
+	d, c, err := t.update(ctx, hubName, id, ifMatch, func(tw *twinRecord, now time.Time) (map[string]any, error) {
 		changed := false
 		if tags != nil {
-			nt := tw.Tags // in place: see PatchReported
+			var nt map[string]any
 			if w.replaceTags {
 				nt = map[string]any{}
 				for k, v := range tags {
@@ -509,7 +520,7 @@ func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, w servic
 					}
 				}
 			} else {
-				mergeTwin(nt, nil, tags, metaStamp{})
+				nt, _ = mergeTwin(tw.Tags, nil, tags, metaStamp{})
 			}
 			if n := twinSize(nt); n > MaxTagsSize {
 				return nil, twinTooLarge("tags", n, MaxTagsSize)
@@ -523,22 +534,20 @@ func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, w servic
 			if w.replaceDesired {
 				// The patch that turns the old document into the new one.
 				patch = replacementPatch(tw.Desired.Props, desired)
-				props, meta := map[string]any{}, map[string]any{}
 				st := metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1}
-				mergeTwin(props, meta, desired, st)
+				props, meta := mergeTwin(map[string]any{}, map[string]any{}, desired, st)
 				if n := twinSize(props); n > MaxDesiredSize {
 					return nil, twinTooLarge("desired", n, MaxDesiredSize)
 				}
 				tw.Desired.Props, tw.Desired.Meta = props, meta
 			} else {
-				props, meta := tw.Desired.Props, tw.Desired.Meta
-				mergeTwin(props, meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1})
+				props, meta := mergeTwin(tw.Desired.Props, tw.Desired.Meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1})
 				if n := twinSize(props); n > MaxDesiredSize {
 					return nil, twinTooLarge("desired", n, MaxDesiredSize)
 				}
 				tw.Desired.Props, tw.Desired.Meta = props, meta
 			}
-			tw.Desired.Version++
+			tw.Desired = twinSection{Props: tw.Desired.Props, Meta: tw.Desired.Meta, Version: tw.Desired.Version + 1}
 			notify = patch
 			changed = true
 		}
@@ -550,7 +559,7 @@ func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, w servic
 	if err != nil {
 		return nil, err
 	}
-	return t.render(d, tw, etag)
+	return t.render(d, c)
 }
 
 // replacementPatch is the merge patch that turns from into to: members
@@ -594,9 +603,9 @@ func InitialTwinRecord(hubName string, d *Device, init *InitialTwin, now time.Ti
 			apply   func(map[string]any)
 			isDesir bool
 		}{
-			{init.Tags, "tags", func(p map[string]any) { mergeTwin(tw.Tags, nil, p, metaStamp{}) }, false},
+			{init.Tags, "tags", func(p map[string]any) { tw.Tags, _ = mergeTwin(tw.Tags, nil, p, metaStamp{}) }, false},
 			{init.Desired, "desired", func(p map[string]any) {
-				mergeTwin(tw.Desired.Props, tw.Desired.Meta, p, metaStamp{lastUpdated: now.UTC().Format(twinTimeLayout), version: tw.Desired.Version})
+				tw.Desired.Props, tw.Desired.Meta = mergeTwin(tw.Desired.Props, tw.Desired.Meta, p, metaStamp{lastUpdated: now.UTC().Format(twinTimeLayout), version: tw.Desired.Version})
 			}, true},
 		} {
 			if t := bytes.TrimSpace(s.raw); len(t) == 0 || string(t) == "null" {

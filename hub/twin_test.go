@@ -513,3 +513,44 @@ func attachLink(ls *hub.Links, hubName, deviceID string, l hub.DeviceLink) func(
 	_, detach := ls.Attach(hubName, deviceID, "", l)
 	return detach
 }
+
+// TestTwinCacheFollowsTheStore: a node keeps the decoded twin of its last
+// write; a write by another node (another Twins on the same store) must be
+// seen by its next read and kept by its next write, and a refused update
+// must leave nothing of itself behind.
+func TestTwinCacheFollowsTheStore(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	now := func() time.Time { return time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC) }
+	reg := hub.NewRegistry(st, now)
+	if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev-1"}); err != nil {
+		t.Fatal(err)
+	}
+	e := &twinEnv{reg: reg, twins: hub.NewTwins(st, reg, nil)}
+	other := hub.NewTwins(st, hub.NewRegistry(st, now), nil)
+	if _, err := e.twins.PatchReported(ctx, hubName, "dev-1", []byte(`{"a":1,"o":{"x":1}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.PatchReported(ctx, hubName, "dev-1", []byte(`{"b":2,"o":{"y":2}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.twins.PatchReported(ctx, hubName, "dev-1", []byte(`{"c":3}`)); err != nil {
+		t.Fatal(err)
+	}
+	// Over the reported limit: refused, and the cached twin untouched.
+	if _, err := e.twins.PatchReported(ctx, hubName, "dev-1", []byte(sizedPatch(32*1024+1))); code(err) != azerr.HubMessageTooLarge {
+		t.Fatalf("oversized patch: %v", err)
+	}
+	for _, tw := range []*hub.Twins{e.twins, other} {
+		got, err := tw.Get(ctx, hubName, "dev-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep := decode(t, got.Properties.Reported)
+		delete(rep, "$metadata")
+		b, _ := json.Marshal(rep)
+		if want := `{"$version":4,"a":1,"b":2,"c":3,"o":{"x":1,"y":2}}`; string(b) != want {
+			t.Fatalf("reported = %s, want %s", b, want)
+		}
+	}
+}

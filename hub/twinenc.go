@@ -1,0 +1,242 @@
+package hub
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"strconv"
+	"sync"
+)
+
+// A small patch into a large twin must cost what the patch costs, not what
+// the twin costs (docs/benchmarks.md, "Twins"). Three things make it so:
+//
+//   - twinCache keeps the decoded record of recently written twins, keyed
+//     by the store's ETag, so an update does not decode the stored JSON
+//     again. The ETag is random per write in every store, so an entry is
+//     used only while the stored record is exactly the one it was made
+//     from; a write by another node or by the registry simply misses.
+//   - a cached record is never modified: mergeTwin copies the objects on
+//     the patch's path and shares every other subtree with the previous
+//     version (copy on write), so readers need no lock and a failed
+//     update leaves nothing to undo.
+//   - encMemo keeps the JSON of the record's larger objects by their
+//     identity. As an unchanged subtree is the very same map in the next
+//     version, encoding the next version copies its bytes instead of
+//     walking it; only the objects on the patch's path are encoded again.
+//     Rendering a twin (GET, the answer of a service PATCH) uses it too.
+
+// memoMinBytes is the smallest object whose JSON is kept: below it,
+// encoding the object again costs about what a memo entry costs.
+const memoMinBytes = 256
+
+// encMemo maps an object's identity to its JSON.
+type encMemo map[uintptr]memoEntry
+
+type memoEntry struct {
+	// obj keeps the object alive while the entry exists, so that its
+	// address cannot be reused by another object that would then find
+	// this JSON.
+	obj map[string]any
+	enc []byte
+}
+
+func objectID(m map[string]any) uintptr { return reflect.ValueOf(m).Pointer() }
+
+// twinEncoder writes a decoded twin's JSON exactly as encoding/json does
+// (keys sorted, the same string escaping), reusing from the JSON of
+// unchanged objects and recording the JSON of large objects in next.
+type twinEncoder struct {
+	prev encMemo // read only; nil for none
+	next encMemo // filled; nil not to record
+}
+
+func (e *twinEncoder) value(b []byte, v any) ([]byte, error) {
+	switch v := v.(type) {
+	case nil:
+		return append(b, "null"...), nil
+	case bool:
+		return strconv.AppendBool(b, v), nil
+	case string:
+		return appendJSONString(b, v), nil
+	case json.Number:
+		if v == "" {
+			return append(b, '0'), nil
+		}
+		return append(b, v...), nil
+	case int64:
+		return strconv.AppendInt(b, v, 10), nil
+	case int:
+		return strconv.AppendInt(b, int64(v), 10), nil
+	case map[string]any:
+		return e.object(b, v)
+	default:
+		j, err := json.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("hub: encode twin value: %w", err)
+		}
+		return append(b, j...), nil
+	}
+}
+
+func (e *twinEncoder) object(b []byte, m map[string]any) ([]byte, error) {
+	if m == nil {
+		return append(b, "null"...), nil
+	}
+	var id uintptr
+	if e.prev != nil || e.next != nil {
+		id = objectID(m)
+		if ent, ok := e.prev[id]; ok {
+			start := len(b)
+			b = append(b, ent.enc...)
+			e.keep(id, m, b, start)
+			return b, nil
+		}
+		if ent, ok := e.next[id]; ok { // shared twice in one document
+			return append(b, ent.enc...), nil
+		}
+	}
+	start := len(b)
+	b = append(b, '{')
+	for i, k := range slices.Sorted(maps.Keys(m)) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		var err error
+		if b, err = e.value(b, m[k]); err != nil {
+			return nil, err
+		}
+	}
+	b = append(b, '}')
+	if id != 0 && len(b)-start >= memoMinBytes {
+		e.keep(id, m, b, start)
+	}
+	return b, nil
+}
+
+// keep records b[start:] as m's JSON in next. The entry points into b
+// (capped, so appending to it cannot write into b): the record's JSON is
+// never modified once written, and sharing it keeps no second copy.
+func (e *twinEncoder) keep(id uintptr, m map[string]any, b []byte, start int) {
+	if e.next != nil {
+		e.next[id] = memoEntry{obj: m, enc: b[start:len(b):len(b)]}
+	}
+}
+
+// appendJSONString appends s quoted as encoding/json quotes it; strings
+// it would escape take its own path, so the output cannot differ.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			j, _ := json.Marshal(s) // a string always encodes
+			return append(b, j...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// encodeTwinRecord writes tw as the stored twin: the same JSON as
+// json.Marshal(tw), reusing prev and returning the memo of the result.
+func encodeTwinRecord(tw *twinRecord, prev encMemo, sizeHint int) ([]byte, encMemo, error) {
+	e := &twinEncoder{prev: prev, next: encMemo{}}
+	// Room for the whole record up front: the memo's entries point into
+	// this buffer, and a reallocation would leave them on an old copy.
+	b := make([]byte, 0, sizeHint+sizeHint/4+512)
+	b = append(b, `{"generationId":`...)
+	b = appendJSONString(b, tw.GenerationID)
+	b = append(b, `,"version":`...)
+	b = strconv.AppendInt(b, tw.Version, 10)
+	b = append(b, `,"tags":`...)
+	var err error
+	if b, err = e.object(b, tw.Tags); err != nil {
+		return nil, nil, err
+	}
+	for _, s := range []struct {
+		name string
+		sec  *twinSection
+	}{{`,"desired":`, &tw.Desired}, {`,"reported":`, &tw.Reported}} {
+		b = append(b, s.name...)
+		b = append(b, `{"props":`...)
+		if b, err = e.object(b, s.sec.Props); err != nil {
+			return nil, nil, err
+		}
+		b = append(b, `,"meta":`...)
+		if b, err = e.object(b, s.sec.Meta); err != nil {
+			return nil, nil, err
+		}
+		b = append(b, `,"version":`...)
+		b = strconv.AppendInt(b, s.sec.Version, 10)
+		b = append(b, '}')
+	}
+	b = append(b, '}')
+	return b, e.next, nil
+}
+
+// twinCache holds the decoded twins of recently written devices, bounded
+// by an estimate of their memory.
+type twinCache struct {
+	mu      sync.Mutex
+	entries map[string]*cachedTwin
+	weight  int
+	limit   int
+}
+
+// cachedTwin is one device's twin as the store holds it under etag. tw
+// and memo are never modified.
+type cachedTwin struct {
+	etag string
+	tw   *twinRecord
+	memo encMemo
+	size int // bytes of the stored JSON
+}
+
+// twinCacheLimit bounds the cache: a decoded twin takes several times its
+// JSON in maps, so an entry counts cachedTwinWeight times its JSON.
+const (
+	twinCacheLimit   = 64 << 20
+	cachedTwinWeight = 8
+)
+
+func newTwinCache(limit int) *twinCache {
+	return &twinCache{entries: map[string]*cachedTwin{}, limit: limit}
+}
+
+// get returns the cached twin of key if it is the stored version etag.
+func (c *twinCache) get(key, etag string) *cachedTwin {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.entries[key]; e != nil && e.etag == etag {
+		return e
+	}
+	return nil
+}
+
+// put makes e key's cached twin, evicting arbitrary others over the limit
+// (map order: which device goes matters less than that memory is bounded).
+func (c *twinCache) put(key string, e *cachedTwin) {
+	w := e.size * cachedTwinWeight
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.entries[key]; old != nil {
+		c.weight -= old.size * cachedTwinWeight
+		delete(c.entries, key)
+	}
+	if w > c.limit {
+		return
+	}
+	for k, o := range c.entries {
+		if c.weight+w <= c.limit {
+			break
+		}
+		c.weight -= o.size * cachedTwinWeight
+		delete(c.entries, k)
+	}
+	c.entries[key] = e
+	c.weight += w
+}

@@ -1,0 +1,112 @@
+package hub
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// randomTwinObject builds a twin object with every value kind the decoder
+// yields and strings that encoding/json escapes.
+func randomTwinObject(r *rand.Rand, depth int) map[string]any {
+	strs := []string{"plain", `quote"d`, `back\slash`, "<html>&", "ünïcødé", "line\nbreak", "\u2028sep", "\x01ctl", ""}
+	m := map[string]any{}
+	for i := range r.IntN(6) + 1 {
+		k := fmt.Sprintf("k%d%s", i, strs[r.IntN(len(strs))])
+		switch r.IntN(7) {
+		case 0:
+			m[k] = nil
+		case 1:
+			m[k] = r.IntN(2) == 0
+		case 2:
+			m[k] = json.Number(fmt.Sprint(r.IntN(1000) - 500))
+		case 3:
+			m[k] = json.Number("1.50")
+		case 4:
+			m[k] = int64(r.IntN(100))
+		case 5:
+			m[k] = strs[r.IntN(len(strs))]
+		default:
+			if depth < 4 {
+				m[k] = randomTwinObject(r, depth+1)
+			} else {
+				m[k] = "leaf"
+			}
+		}
+	}
+	return m
+}
+
+// TestEncodeTwinRecordIsJSONMarshal: the stored twin and the rendered
+// sections must be byte for byte what encoding/json wrote before, with or
+// without the memo of a previous version.
+func TestEncodeTwinRecordIsJSONMarshal(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	tw := newTwinRecord("gen-1", now)
+	var memo encMemo
+	for i := range 200 {
+		st := metaStamp{lastUpdated: now.Add(time.Duration(i) * time.Second).Format(twinTimeLayout)}
+		switch i % 3 {
+		case 0:
+			tw.Tags, _ = mergeTwin(tw.Tags, nil, randomTwinObject(r, 0), metaStamp{})
+		case 1:
+			st.version = tw.Desired.Version + 1
+			tw.Desired.Props, tw.Desired.Meta = mergeTwin(tw.Desired.Props, tw.Desired.Meta, randomTwinObject(r, 0), st)
+			tw.Desired.Version++
+		default:
+			tw.Reported.Props, tw.Reported.Meta = mergeTwin(tw.Reported.Props, tw.Reported.Meta, randomTwinObject(r, 0), st)
+			tw.Reported.Version++
+		}
+		tw.Version++
+		want, err := json.Marshal(tw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, next, err := encodeTwinRecord(tw, memo, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Fatalf("step %d:\n got %s\nwant %s", i, got, want)
+		}
+		if i > 20 && len(next) == 0 {
+			t.Fatalf("step %d: nothing memoised in a %d-byte record", i, len(got))
+		}
+		props, _ := json.Marshal(tw.Reported.Props)
+		meta, _ := json.Marshal(tw.Reported.Meta)
+		wantSec := string(props[:len(props)-1])
+		if len(props) > 2 {
+			wantSec += ","
+		}
+		wantSec += `"$metadata":` + string(meta) + fmt.Sprintf(`,"$version":%d}`, tw.Reported.Version)
+		sec, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, tw.Reported.Meta, next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(sec) != wantSec {
+			t.Fatalf("step %d: section\n got %s\nwant %s", i, sec, wantSec)
+		}
+		memo = next
+	}
+}
+
+// TestMergeTwinLeavesItsInputs: the cached twin is shared with readers, so
+// a merge must not modify the maps it is given.
+func TestMergeTwinLeavesItsInputs(t *testing.T) {
+	props := map[string]any{"a": map[string]any{"b": json.Number("1"), "c": "x"}, "d": true}
+	meta := map[string]any{"$lastUpdated": "t0", "a": map[string]any{"$lastUpdated": "t0", "b": map[string]any{"$lastUpdated": "t0"}}}
+	before, _ := json.Marshal([]any{props, meta})
+	np, nm := mergeTwin(props, meta, map[string]any{"a": map[string]any{"b": nil, "e": json.Number("2")}, "d": nil, "f": "new"}, metaStamp{lastUpdated: "t1"})
+	after, _ := json.Marshal([]any{props, meta})
+	if string(before) != string(after) {
+		t.Fatalf("inputs changed:\n%s\n%s", before, after)
+	}
+	got, _ := json.Marshal([]any{np, nm})
+	want := `[{"a":{"c":"x","e":2},"f":"new"},{"$lastUpdated":"t1","a":{"$lastUpdated":"t1","e":{"$lastUpdated":"t1"}},"f":{"$lastUpdated":"t1"}}]`
+	if string(got) != want {
+		t.Fatalf("merge:\n got %s\nwant %s", got, want)
+	}
+}
