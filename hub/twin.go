@@ -62,12 +62,19 @@ type twinRecord struct {
 	Tags         map[string]any `json:"tags"`
 	Desired      twinSection    `json:"desired"`
 	Reported     twinSection    `json:"reported"`
+
+	tagsSize int // twinSize(Tags), kept up to date by updates
 }
 
 type twinSection struct {
 	Props   map[string]any `json:"props"`
 	Meta    map[string]any `json:"meta"`
 	Version int64          `json:"version"`
+
+	// size is twinSize(Props): computed when the record is decoded and
+	// then moved by each patch's sizeDelta, so that checking a small
+	// patch against the limit does not walk the whole section.
+	size int
 }
 
 // twinTimeLayout is how $metadata times are written (Azure's 7 digits).
@@ -96,6 +103,7 @@ func decodeTwinRecord(data []byte) (*twinRecord, error) {
 			*m = map[string]any{}
 		}
 	}
+	t.tagsSize, t.Desired.size, t.Reported.size = twinSize(t.Tags), twinSize(t.Desired.Props), twinSize(t.Reported.Props)
 	return &t, nil
 }
 
@@ -396,11 +404,12 @@ func (t *Twins) PatchReported(ctx context.Context, hubName, id string, body []by
 		return 0, err
 	}
 	_, c, err := t.update(ctx, hubName, id, "", func(tw *twinRecord, now time.Time) (map[string]any, error) {
-		props, meta := mergeTwin(tw.Reported.Props, tw.Reported.Meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout)})
-		if n := twinSize(props); n > MaxReportedSize {
+		n := tw.Reported.size + sizeDelta(tw.Reported.Props, patch)
+		if n > MaxReportedSize {
 			return nil, twinTooLarge("reported", n, MaxReportedSize)
 		}
-		tw.Reported = twinSection{Props: props, Meta: meta, Version: tw.Reported.Version + 1}
+		props, meta := mergeTwin(tw.Reported.Props, tw.Reported.Meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout)})
+		tw.Reported = twinSection{Props: props, Meta: meta, Version: tw.Reported.Version + 1, size: n}
 		tw.Version++
 		return nil, nil
 	})
@@ -512,6 +521,7 @@ func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, w servic
 		changed := false
 		if tags != nil {
 			var nt map[string]any
+			var n int
 			if w.replaceTags {
 				nt = map[string]any{}
 				for k, v := range tags {
@@ -519,35 +529,40 @@ func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, w servic
 						nt[k] = v
 					}
 				}
+				n = twinSize(nt)
 			} else {
-				nt, _ = mergeTwin(tw.Tags, nil, tags, metaStamp{})
+				n = tw.tagsSize + sizeDelta(tw.Tags, tags)
+				if n <= MaxTagsSize {
+					nt, _ = mergeTwin(tw.Tags, nil, tags, metaStamp{})
+				}
 			}
-			if n := twinSize(nt); n > MaxTagsSize {
+			if n > MaxTagsSize {
 				return nil, twinTooLarge("tags", n, MaxTagsSize)
 			}
-			tw.Tags = nt
+			tw.Tags, tw.tagsSize = nt, n
 			changed = true
 		}
 		var notify map[string]any
 		if desired != nil {
 			patch := desired
+			st := metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1}
+			var props, meta map[string]any
+			var n int
 			if w.replaceDesired {
 				// The patch that turns the old document into the new one.
 				patch = replacementPatch(tw.Desired.Props, desired)
-				st := metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1}
-				props, meta := mergeTwin(map[string]any{}, map[string]any{}, desired, st)
-				if n := twinSize(props); n > MaxDesiredSize {
-					return nil, twinTooLarge("desired", n, MaxDesiredSize)
-				}
-				tw.Desired.Props, tw.Desired.Meta = props, meta
+				props, meta = mergeTwin(map[string]any{}, map[string]any{}, desired, st)
+				n = twinSize(props)
 			} else {
-				props, meta := mergeTwin(tw.Desired.Props, tw.Desired.Meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1})
-				if n := twinSize(props); n > MaxDesiredSize {
-					return nil, twinTooLarge("desired", n, MaxDesiredSize)
+				n = tw.Desired.size + sizeDelta(tw.Desired.Props, patch)
+				if n <= MaxDesiredSize {
+					props, meta = mergeTwin(tw.Desired.Props, tw.Desired.Meta, patch, st)
 				}
-				tw.Desired.Props, tw.Desired.Meta = props, meta
 			}
-			tw.Desired = twinSection{Props: tw.Desired.Props, Meta: tw.Desired.Meta, Version: tw.Desired.Version + 1}
+			if n > MaxDesiredSize {
+				return nil, twinTooLarge("desired", n, MaxDesiredSize)
+			}
+			tw.Desired = twinSection{Props: props, Meta: meta, Version: tw.Desired.Version + 1, size: n}
 			notify = patch
 			changed = true
 		}

@@ -166,6 +166,49 @@ func twinSize(obj map[string]any) int {
 	return n
 }
 
+// sizeDelta is how much mergeTwin(props, _, patch, _) changes
+// twinSize(props): it walks the patch and what the patch replaces or
+// removes, not the rest of the section.
+func sizeDelta(props, patch map[string]any) int {
+	d := 0
+	for k, v := range patch {
+		old, had := props[k]
+		if pv, ok := v.(map[string]any); ok {
+			if om, ok := old.(map[string]any); ok {
+				d += sizeDelta(om, pv)
+				continue
+			}
+			if had {
+				d -= len(k) + valueSize(old)
+			}
+			d += len(k) + sizeDelta(nil, pv) // merged into a new object
+			continue
+		}
+		if had {
+			d -= len(k) + valueSize(old)
+		}
+		if v != nil {
+			d += len(k) + valueSize(v)
+		}
+	}
+	return d
+}
+
+// valueSize is a value's part of twinSize, its key aside.
+func valueSize(v any) int {
+	switch v := v.(type) {
+	case string:
+		return len(v)
+	case json.Number:
+		return 8
+	case bool:
+		return 4
+	case map[string]any:
+		return twinSize(v)
+	}
+	return 0
+}
+
 // twinTooLarge is the error for a section over its limit. berth answers 413
 // MessageTooLarge (docs/spec/iothub-protocol.md#twin-status-codes leaves 400
 // or 413 open).

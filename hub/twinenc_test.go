@@ -110,3 +110,28 @@ func TestMergeTwinLeavesItsInputs(t *testing.T) {
 		t.Fatalf("merge:\n got %s\nwant %s", got, want)
 	}
 }
+
+// TestSizeDeltaIsTwinSize: the size a patch leaves, computed from the
+// patch alone, is what walking the whole merged section gives.
+func TestSizeDeltaIsTwinSize(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	props, size := map[string]any{}, 0
+	for i := range 500 {
+		patch := randomTwinObject(r, 0)
+		for k := range patch {
+			if _, ok := patch[k].(int64); ok {
+				patch[k] = json.Number("7") // patches hold decoded numbers
+			}
+		}
+		if i%7 == 0 { // change a leaf into an object and back
+			patch["k1plain"] = map[string]any{"x": "y"}
+		} else if i%7 == 1 {
+			patch["k1plain"] = "flat"
+		}
+		size += sizeDelta(props, patch)
+		props, _ = mergeTwin(props, nil, patch, metaStamp{})
+		if want := twinSize(props); size != want {
+			t.Fatalf("step %d: incremental size %d, twinSize %d", i, size, want)
+		}
+	}
+}
