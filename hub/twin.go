@@ -70,6 +70,9 @@ type twinSection struct {
 	Props   map[string]any `json:"props"`
 	Meta    map[string]any `json:"meta"`
 	Version int64          `json:"version"`
+	// CMeta is Meta's compact form as stored (twinenc.go); decoding
+	// expands it into Meta.
+	CMeta map[string]any `json:"cmeta,omitempty"`
 
 	// size is twinSize(Props): computed when the record is decoded and
 	// then moved by each patch's sizeDelta, so that checking a small
@@ -97,6 +100,11 @@ func decodeTwinRecord(data []byte) (*twinRecord, error) {
 	var t twinRecord
 	if err := dec.Decode(&t); err != nil {
 		return nil, fmt.Errorf("hub: decode twin: %w", err)
+	}
+	for _, s := range []*twinSection{&t.Desired, &t.Reported} {
+		if s.CMeta != nil {
+			s.Meta, s.CMeta = expandMeta(s.CMeta, s.Props, metaMark{}), nil
+		}
 	}
 	for _, m := range []*map[string]any{&t.Tags, &t.Desired.Props, &t.Desired.Meta, &t.Reported.Props, &t.Reported.Meta} {
 		if *m == nil {
@@ -238,11 +246,11 @@ func (t *Twins) DeviceDocument(ctx context.Context, hubName, id string) ([]byte,
 			return nil, err
 		}
 		tw := c.tw
-		desired, err := sectionJSON(tw.Desired.Props, tw.Desired.Version, nil, c.memo)
+		desired, err := sectionJSON(tw.Desired.Props, tw.Desired.Version, nil, c.memo.jsonMemo())
 		if err != nil {
 			return nil, err
 		}
-		reported, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, nil, c.memo)
+		reported, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, nil, c.memo.jsonMemo())
 		if err != nil {
 			return nil, err
 		}
@@ -280,15 +288,15 @@ func sectionJSON(props map[string]any, version int64, meta map[string]any, memo 
 
 func (t *Twins) render(d *Device, c *cachedTwin) (*Twin, error) {
 	tw, etag := c.tw, c.etag
-	tags, err := (&twinEncoder{prev: c.memo}).object(nil, tw.Tags)
+	tags, err := (&twinEncoder{prev: c.memo.jsonMemo()}).object(nil, tw.Tags)
 	if err != nil {
 		return nil, fmt.Errorf("hub: render twin: %w", err)
 	}
-	desired, err := sectionJSON(tw.Desired.Props, tw.Desired.Version, tw.Desired.Meta, c.memo)
+	desired, err := sectionJSON(tw.Desired.Props, tw.Desired.Version, tw.Desired.Meta, c.memo.jsonMemo())
 	if err != nil {
 		return nil, err
 	}
-	reported, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, tw.Reported.Meta, c.memo)
+	reported, err := sectionJSON(tw.Reported.Props, tw.Reported.Version, tw.Reported.Meta, c.memo.jsonMemo())
 	if err != nil {
 		return nil, err
 	}

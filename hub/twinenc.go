@@ -2,6 +2,7 @@ package hub
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"reflect"
@@ -51,6 +52,10 @@ func objectID(m map[string]any) uintptr { return reflect.ValueOf(m).Pointer() }
 type twinEncoder struct {
 	prev encMemo // read only; nil for none
 	next encMemo // filled; nil not to record
+
+	// The same for the compact $metadata's bodies (compactBody): a
+	// $metadata node's compact form is not its JSON, so it has its own.
+	cprev, cnext encMemo
 }
 
 func (e *twinEncoder) value(b []byte, v any) ([]byte, error) {
@@ -143,8 +148,11 @@ func appendJSONString(b []byte, s string) []byte {
 
 // encodeTwinRecord writes tw as the stored twin: the same JSON as
 // json.Marshal(tw), reusing prev and returning the memo of the result.
-func encodeTwinRecord(tw *twinRecord, prev encMemo, sizeHint int) ([]byte, encMemo, error) {
-	e := &twinEncoder{prev: prev, next: encMemo{}}
+func encodeTwinRecord(tw *twinRecord, prev *twinMemo, sizeHint int) ([]byte, *twinMemo, error) {
+	e := &twinEncoder{next: encMemo{}, cnext: encMemo{}}
+	if prev != nil {
+		e.prev, e.cprev = prev.json, prev.compact
+	}
 	// Room for the whole record up front: the memo's entries point into
 	// this buffer, and a reallocation would leave them on an old copy.
 	b := make([]byte, 0, sizeHint+sizeHint/4+512)
@@ -166,8 +174,14 @@ func encodeTwinRecord(tw *twinRecord, prev encMemo, sizeHint int) ([]byte, encMe
 		if b, err = e.object(b, s.sec.Props); err != nil {
 			return nil, nil, err
 		}
-		b = append(b, `,"meta":`...)
-		if b, err = e.object(b, s.sec.Meta); err != nil {
+		at := len(b)
+		b = append(b, `,"cmeta":`...)
+		b, err = e.compactMeta(b, s.sec.Meta, nil)
+		if errors.Is(err, errNotCompact) {
+			b = append(b[:at], `,"meta":`...)
+			b, err = e.object(b, s.sec.Meta)
+		}
+		if err != nil {
 			return nil, nil, err
 		}
 		b = append(b, `,"version":`...)
@@ -175,7 +189,13 @@ func encodeTwinRecord(tw *twinRecord, prev encMemo, sizeHint int) ([]byte, encMe
 		b = append(b, '}')
 	}
 	b = append(b, '}')
-	return b, e.next, nil
+	return b, &twinMemo{json: e.next, compact: e.cnext}, nil
+}
+
+// twinMemo is what encoding a twin record leaves for the next one.
+type twinMemo struct {
+	json    encMemo // objects' JSON, by identity (also used to render)
+	compact encMemo // $metadata nodes' compact bodies
 }
 
 // twinCache holds the decoded twins of recently written devices, bounded
@@ -192,7 +212,7 @@ type twinCache struct {
 type cachedTwin struct {
 	etag string
 	tw   *twinRecord
-	memo encMemo
+	memo *twinMemo // nil until the record was encoded here
 	size int // bytes of the stored JSON
 }
 
@@ -239,4 +259,170 @@ func (c *twinCache) put(key string, e *cachedTwin) {
 	}
 	c.entries[key] = e
 	c.weight += w
+}
+
+// Compact $metadata. In the full form every node of a section has a
+// $metadata node with "$lastUpdated" (and, in desired, "$lastUpdatedVersion"):
+// for a twin of many small values that is about four times the values
+// themselves, and every update writes it all again. Almost every node
+// carries the stamp of the object above it (a patch stamps what it sets
+// and every object above), so the stored form ("cmeta") keeps a node's
+// stamp only where it differs from its parent's, and a node only when it
+// or something below it differs. Reading expands it against the
+// properties; the twin in memory, what GET shows and what queries see are
+// the full form. A record written before keeps its full "meta" and is read
+// as it was.
+
+// metaMark is a $metadata node's stamp: "$lastUpdated" and
+// "$lastUpdatedVersion" ("" when the node has none).
+type metaMark struct{ lu, ver string }
+
+// errNotCompact says a $metadata tree has a shape the compact form does
+// not describe (it is then stored in full).
+var errNotCompact = errors.New("hub: $metadata not in the compact form's shape")
+
+func markOf(m map[string]any) (metaMark, bool) {
+	lu, ok := m["$lastUpdated"].(string)
+	if !ok {
+		return metaMark{}, false
+	}
+	switch v := m["$lastUpdatedVersion"].(type) {
+	case nil:
+		if _, has := m["$lastUpdatedVersion"]; has {
+			return metaMark{}, false
+		}
+		return metaMark{lu: lu}, true
+	case json.Number:
+		return metaMark{lu: lu, ver: string(v)}, v != ""
+	case int64:
+		return metaMark{lu: lu, ver: strconv.FormatInt(v, 10)}, true
+	case int:
+		return metaMark{lu: lu, ver: strconv.Itoa(v)}, true
+	}
+	return metaMark{}, false
+}
+
+// compactMeta appends the compact form of the $metadata node m under a
+// parent stamped parent (nil for a section's root, whose stamp is always
+// written). It appends nothing when the whole node is its parent's stamp.
+func (e *twinEncoder) compactMeta(b []byte, m map[string]any, parent *metaMark) ([]byte, error) {
+	mk, ok := markOf(m)
+	if !ok {
+		return nil, errNotCompact
+	}
+	body, err := e.compactBody(m, mk)
+	if err != nil {
+		return nil, err
+	}
+	differs := parent == nil || mk != *parent
+	if !differs && len(body) == 0 {
+		return b, nil
+	}
+	b = append(b, '{')
+	if differs {
+		b = append(b, `"$lastUpdated":`...)
+		b = appendJSONString(b, mk.lu)
+		switch {
+		case mk.ver != "":
+			b = append(append(b, `,"$lastUpdatedVersion":`...), mk.ver...)
+		case parent != nil && parent.ver != "":
+			b = append(b, `,"$lastUpdatedVersion":null`...)
+		}
+		if len(body) > 0 {
+			b = append(b, ',')
+		}
+	}
+	b = append(b, body...)
+	return append(b, '}'), nil
+}
+
+// compactBody is the compact form of m's children, relative to m's own
+// stamp mk: it depends on m alone, so it is kept by m's identity.
+func (e *twinEncoder) compactBody(m map[string]any, mk metaMark) ([]byte, error) {
+	if len(m) <= 2 && !hasChildren(m) {
+		return nil, nil // a leaf's (or an empty object's) node: its stamp alone
+	}
+	id := objectID(m)
+	if ent, ok := e.cprev[id]; ok {
+		e.cnext[id] = ent
+		return ent.enc, nil
+	}
+	if ent, ok := e.cnext[id]; ok {
+		return ent.enc, nil
+	}
+	var b []byte
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if k == "$lastUpdated" || k == "$lastUpdatedVersion" {
+			continue
+		}
+		c, ok := m[k].(map[string]any)
+		if !ok || len(k) == 0 || k[0] == '$' {
+			return nil, errNotCompact
+		}
+		n := len(b)
+		if len(b) > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		at := len(b)
+		var err error
+		if b, err = e.compactMeta(b, c, &mk); err != nil {
+			return nil, err
+		}
+		if len(b) == at { // same as m: nothing to keep
+			b = b[:n]
+		}
+	}
+	// Kept whatever its length: an empty body still stands for a walk of
+	// every node below m.
+	if e.cnext != nil {
+		e.cnext[id] = memoEntry{obj: m, enc: b}
+	}
+	return b, nil
+}
+
+func hasChildren(m map[string]any) bool {
+	for k := range m {
+		if k != "$lastUpdated" && k != "$lastUpdatedVersion" {
+			return true
+		}
+	}
+	return false
+}
+
+// expandMeta returns the full $metadata of the properties props from its
+// compact form cm (nil: everything as the parent) under parent.
+func expandMeta(cm, props map[string]any, parent metaMark) map[string]any {
+	mk := parent
+	if lu, ok := cm["$lastUpdated"].(string); ok {
+		mk.lu = lu
+		if v, has := cm["$lastUpdatedVersion"]; has {
+			mk.ver = ""
+			if n, ok := v.(json.Number); ok {
+				mk.ver = string(n)
+			}
+		}
+	}
+	out := make(map[string]any, len(props)+2)
+	out["$lastUpdated"] = mk.lu
+	if mk.ver != "" {
+		out["$lastUpdatedVersion"] = json.Number(mk.ver)
+	}
+	for k, v := range props {
+		sub, _ := cm[k].(map[string]any)
+		if obj, ok := v.(map[string]any); ok {
+			out[k] = expandMeta(sub, obj, mk)
+			continue
+		}
+		out[k] = expandMeta(sub, nil, mk)
+	}
+	return out
+}
+
+func (m *twinMemo) jsonMemo() encMemo {
+	if m == nil {
+		return nil
+	}
+	return m.json
 }
