@@ -213,7 +213,7 @@ type cachedTwin struct {
 	etag string
 	tw   *twinRecord
 	memo *twinMemo // nil until the record was encoded here
-	size int // bytes of the stored JSON
+	size int       // bytes of the stored JSON
 }
 
 // twinCacheLimit bounds the cache: a decoded twin takes several times its
