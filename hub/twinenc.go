@@ -16,8 +16,9 @@ import (
 //
 //   - twinCache keeps the decoded record of recently written twins, keyed
 //     by the store's ETag, so an update does not decode the stored JSON
-//     again. The ETag is random per write in every store, so an entry is
-//     used only while the stored record is exactly the one it was made
+//     again. Every store gives every write a new ETag, even of identical
+//     data (the conformance suite's ETagChangesOnEveryWrite), so an entry
+//     is used only while the stored record is exactly the one it was made
 //     from; a write by another node or by the registry simply misses.
 //   - a cached record is never modified: mergeTwin copies the objects on
 //     the patch's path and shares every other subtree with the previous
