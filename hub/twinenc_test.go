@@ -154,3 +154,27 @@ func TestSizeDeltaIsTwinSize(t *testing.T) {
 		}
 	}
 }
+
+// TestTwinCacheIsBounded: the cache never counts more than its limit, keeps
+// the entry just written, and refuses one larger than the whole limit.
+func TestTwinCacheIsBounded(t *testing.T) {
+	c := newTwinCache(10 * 100 * cachedTwinWeight) // ten 100-byte twins
+	for i := range 50 {
+		key := fmt.Sprint("hub/dev-", i)
+		c.put(key, &cachedTwin{etag: "e", size: 100})
+		if c.get(key, "e") == nil {
+			t.Fatalf("entry %d not kept", i)
+		}
+		if c.weight > c.limit || len(c.entries) > 10 {
+			t.Fatalf("after %d puts: weight %d of %d, %d entries", i+1, c.weight, c.limit, len(c.entries))
+		}
+	}
+	c.put("hub/dev-1", &cachedTwin{etag: "f", size: 100}) // replaces, not adds
+	if got := c.weight; got != 10*100*cachedTwinWeight {
+		t.Fatalf("weight after a replacement: %d", got)
+	}
+	c.put("hub/big", &cachedTwin{etag: "e", size: 11 * 100})
+	if c.get("hub/big", "e") != nil {
+		t.Fatal("an entry over the whole limit was kept")
+	}
+}
