@@ -151,6 +151,11 @@ var (
 	HubModuleAlreadyExists = hubCode(409301, "ModuleAlreadyExistsOnDevice", "A module with this ID already exists on the device.")
 )
 
+// IoT Hub errors of jobs (/jobs/v2).
+var (
+	HubJobNotFound = hubCode(404002, "JobNotFound", "Job not found.")
+)
+
 // Codes returns every entry of the table, in declaration order.
 func Codes() []Code { return append([]Code(nil), table...) }
 

@@ -66,14 +66,18 @@ func (t *Twins) Query(ctx context.Context, hubName, query string, pageSize int, 
 			s.lazy = false
 		}
 	}
-	src := s.source
-	if q.From != hubquery.Devices {
-		// Module identities and jobs do not exist on berth yet: their
-		// collections are empty, and queries over them answer nothing
-		// (or a zero count) rather than an error.
+	src, complete := s.source, s.complete
+	switch {
+	case q.From == hubquery.Jobs && t.deviceJobs != nil:
+		// Device jobs are whole documents as stored: nothing to complete.
+		src, complete = t.deviceJobs(hubName), nil
+	case q.From != hubquery.Devices:
+		// Module twins are not queryable on berth yet: the collection is
+		// empty, and queries over it answer nothing (or a zero count)
+		// rather than an error.
 		src = func(context.Context, string, func(string, map[string]any) (bool, error)) error { return nil }
 	}
-	res, err := q.Run(ctx, src, hubquery.Options{PageSize: pageSize, Continuation: continuation, Complete: s.complete})
+	res, err := q.Run(ctx, src, hubquery.Options{PageSize: pageSize, Continuation: continuation, Complete: complete})
 	var qe *hubquery.Error
 	switch {
 	case errors.Is(err, hubquery.ErrContinuation):

@@ -21,6 +21,9 @@ type Services struct {
 	CloudToDevice *CloudToDevice
 	// Feedback is the C2D delivery feedback CloudToDevice writes.
 	Feedback *Feedback
+	// Jobs schedules and runs twin-update and method jobs (/jobs/v2);
+	// its Run must be running for them to run.
+	Jobs *Jobs
 }
 
 // NewServices builds the bundle on st around reg: sink receives telemetry
@@ -34,13 +37,17 @@ func NewServices(st store.Store, reg *Registry, sink TelemetrySink, now func() t
 	links := NewLinks()
 	reg.SetLinks(links)
 	c2d := NewCloudToDevice(st, reg, links, log.With("component", "c2d"))
+	twins, methods := NewTwins(st, reg, links), NewMethods(reg, links)
+	jobs := NewJobs(st, twins, methods, log.With("component", "jobs"))
+	twins.deviceJobs = jobs.deviceJobSource
 	return &Services{
 		Registry:      reg,
 		Links:         links,
 		Telemetry:     NewTelemetry(sink, reg, now),
-		Twins:         NewTwins(st, reg, links),
-		Methods:       NewMethods(reg, links),
+		Twins:         twins,
+		Methods:       methods,
 		CloudToDevice: c2d,
 		Feedback:      c2d.Feedback(),
+		Jobs:          jobs,
 	}
 }

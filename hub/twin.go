@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hubquery"
 	"github.com/berth-iot/berth/store"
 	"github.com/berth-iot/berth/throttle"
 )
@@ -132,6 +133,9 @@ type Twins struct {
 	links *Links
 	now   func() time.Time
 	obs   Observer
+	// deviceJobs is the devices.jobs collection (Jobs.deviceJobSource),
+	// nil without a job service.
+	deviceJobs func(hubName string) hubquery.Source
 
 	// locks serialise updates of one device's twin on this node, so that
 	// desired notifications leave in version order. Across nodes the

@@ -427,34 +427,39 @@ func exprString(e Expr) string {
 
 // walkPaths calls fn with the root of every property path in e.
 func walkPaths(e Expr, fn func(root string)) {
+	walkPathExprs(e, func(p *path) { fn(p.root()) })
+}
+
+// walkPathExprs calls fn with every property path in e.
+func walkPathExprs(e Expr, fn func(*path)) {
 	switch x := e.(type) {
 	case *path:
-		fn(x.root())
+		fn(x)
 	case *logical:
-		walkPaths(x.l, fn)
-		walkPaths(x.r, fn)
+		walkPathExprs(x.l, fn)
+		walkPathExprs(x.r, fn)
 	case *notExpr:
-		walkPaths(x.e, fn)
+		walkPathExprs(x.e, fn)
 	case *compare:
-		walkPaths(x.l, fn)
-		walkPaths(x.r, fn)
+		walkPathExprs(x.l, fn)
+		walkPathExprs(x.r, fn)
 	case *arith:
-		walkPaths(x.l, fn)
-		walkPaths(x.r, fn)
+		walkPathExprs(x.l, fn)
+		walkPathExprs(x.r, fn)
 	case *inExpr:
-		walkPaths(x.x, fn)
-		walkPaths(x.set, fn)
+		walkPathExprs(x.x, fn)
+		walkPathExprs(x.set, fn)
 	case *callExpr:
 		for _, a := range x.args {
-			walkPaths(a, fn)
+			walkPathExprs(a, fn)
 		}
 	case *arrayExpr:
 		for _, a := range x.elems {
-			walkPaths(a, fn)
+			walkPathExprs(a, fn)
 		}
 	case *aggregate:
 		if x.arg != nil {
-			walkPaths(x.arg, fn)
+			walkPathExprs(x.arg, fn)
 		}
 	}
 }

@@ -380,7 +380,34 @@ func (p *parser) query() (*Query, error) {
 	if t := p.peek(); t.kind != tEOF {
 		return nil, p.errf(t, "unexpected %s", describe(t))
 	}
+	q.stripCollection()
 	return q, q.check()
+}
+
+// stripCollection lets a query over devices.jobs or devices.modules name
+// its documents' properties with the collection in front, as Azure's own
+// examples do (SELECT * FROM devices.jobs WHERE devices.jobs.deviceId =
+// 'd1'): the prefix is dropped from every path that has more after it.
+func (q *Query) stripCollection() {
+	if q.From == Devices {
+		return
+	}
+	coll := strings.TrimPrefix(q.From.String(), "devices.")
+	strip := func(e *path) {
+		if len(e.steps) > 2 && !e.steps[0].isIndex && !e.steps[1].isIndex &&
+			strings.EqualFold(e.steps[0].name, "devices") && strings.EqualFold(e.steps[1].name, coll) {
+			e.steps = e.steps[2:]
+		}
+	}
+	if q.Where != nil {
+		walkPathExprs(q.Where, strip)
+	}
+	for i := range q.Items {
+		walkPathExprs(q.Items[i].Expr, strip)
+	}
+	for _, g := range q.GroupBy {
+		walkPathExprs(g, strip)
+	}
 }
 
 // check enforces the rules between clauses: where aggregates may be, and

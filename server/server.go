@@ -494,6 +494,10 @@ func (s *Server) Start() error {
 		defer s.wg.Done()
 		s.hubSvc.CloudToDevice.RunSweeps(bg, time.Minute)
 	}()
+	// Scheduled twin-update and method jobs, resumed where a stop left them.
+	if err := s.startJobs(bg); err != nil {
+		return err
+	}
 	mqttTLS := pki.ServerTLSConfig(s.certs, nil)
 	httpsTLS := pki.ServerTLSConfig(s.certs, []string{"http/1.1"})
 	if s.amqpLn != nil {

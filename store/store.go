@@ -31,6 +31,8 @@ const (
 	KindFeedback     Kind = "feedback"        // hub C2D feedback records, key = hub + "/" + order + "/" + deviceId, index = hub; and the locks of delivered batches, key = hub + "/~lock/" + token, index = "lock:" + hub
 	KindHubRemoval   Kind = "hubRemoval"      // DPS: a reprovisioned device to delete from the hub it left, key = hub + "/" + deviceId, index = lower(registrationId)
 	KindModule       Kind = "module"          // hub module identities, key = hub + "/" + deviceId + "/" + moduleId, index = hub + "/" + deviceId
+	KindJob          Kind = "job"             // hub jobs (/jobs/v2), key = hub + "/" + jobId, index = "run" while the job is not finished, else ""
+	KindJobDevice    Kind = "jobDevice"       // a hub job's per-device record (devices.jobs), key = hub + "/" + jobId + "/" + deviceId, index = hub + "/" + jobId
 )
 
 // Record is one stored document.

@@ -104,6 +104,13 @@ func (h *handler) hubRoutes() routes {
 		newHubRoute(http.MethodGet, "statistics/devices", h.hubAuthorized(h.deviceStatistics, read)),
 		newHubRoute(http.MethodPost, "devices/query", h.hubAuthorized(h.queryDevices, read, connect)),
 
+		// Jobs (docs/hub-jobs.md). The query route comes before
+		// jobs/v2/{id}, which it would also fit.
+		newHubRoute(http.MethodGet, "jobs/v2/query", h.hubAuthorized(h.queryJobs, read)),
+		newHubRoute(http.MethodPut, "jobs/v2/{jobId}", h.hubAuthorized(h.putJob, write)),
+		newHubRoute(http.MethodGet, "jobs/v2/{jobId}", h.hubAuthorized(h.getJob, read)),
+		newHubRoute(http.MethodPost, "jobs/v2/{jobId}/cancel", h.hubAuthorized(h.cancelJob, write)),
+
 		newHubRoute(http.MethodGet, "twins/{id}", h.hubAuthorized(h.getTwin, connect, read)),
 		newHubRoute(http.MethodPatch, "twins/{id}", h.hubAuthorized(h.patchTwin, connect)),
 		newHubRoute(http.MethodPut, "twins/{id}", h.hubAuthorized(h.replaceTwin, connect)),
