@@ -121,6 +121,10 @@ export async function startSdkWorker(caFile) {
     registry: (connectionString, method, ...args) => call('registry', connectionString, method, ...args),
     /** azure-iothub Registry.createQuery(sql, pageSize) and query.next() until hasMoreResults is false: [{items, continuationToken, hasMoreResults, itemType}]. */
     hubQuery: (connectionString, sql, pageSize, maxPages) => call('hubQuery', connectionString, sql, pageSize, maxPages),
+    /** A JobClient method of azure-iothub JobClient.fromConnectionString(cs), promise form: {body: jobStatus, status}. */
+    jobClient: (connectionString, method, ...args) => call('jobClient', connectionString, method, ...args),
+    /** azure-iothub JobClient.createQuery(jobType, jobStatus, pageSize) paged to its end: [{items, hasMoreResults}]. */
+    jobQuery: (connectionString, jobType, jobStatus, pageSize) => call('jobQuery', connectionString, jobType, jobStatus, pageSize),
     /** azure-iothub Client.fromConnectionString(cs).invokeDeviceMethod(deviceId, params): {result, status, ms}. */
     invokeDeviceMethod: (connectionString, deviceId, params, timeoutMs = CALL_TIMEOUT_MS) =>
       callWithin(timeoutMs, 'invokeDeviceMethod', connectionString, deviceId, params),

@@ -143,6 +143,16 @@ function hubRegistry(connectionString) {
   return r;
 }
 
+const hubJobClients = new Map();
+function hubJobClient(connectionString) {
+  let c = hubJobClients.get(connectionString);
+  if (!c) {
+    c = iothub().JobClient.fromConnectionString(connectionString);
+    hubJobClients.set(connectionString, c);
+  }
+  return c;
+}
+
 const hubServiceClients = new Map();
 function hubServiceClient(connectionString) {
   let c = hubServiceClients.get(connectionString);
@@ -510,6 +520,33 @@ const ops = {
         hasMoreResults: q.hasMoreResults,
         itemType: res.message && res.message.headers['x-ms-item-type'],
       });
+    }
+    return pages;
+  },
+
+  // JobClient.fromConnectionString(connectionString)[method](...args),
+  // promise form: {body: jobStatus, status}. For scheduleTwinUpdate and
+  // scheduleDeviceMethod the fourth argument (the start time) travels as
+  // an ISO string and is handed to the SDK as the Date it takes.
+  async jobClient(connectionString, method, ...args) {
+    const c = hubJobClient(connectionString);
+    if (typeof c[method] !== 'function') throw new Error(`JobClient has no method ${method}`);
+    if ((method === 'scheduleTwinUpdate' || method === 'scheduleDeviceMethod') && typeof args[3] === 'string') {
+      args[3] = new Date(args[3]);
+    }
+    const res = await c[method](...args);
+    return { body: plain(res.jobStatus), status: res.response && res.response.statusCode };
+  },
+
+  // JobClient.createQuery(jobType, jobStatus, pageSize), then
+  // query.next(continuationToken) while hasMoreResults: each page's items
+  // and hasMoreResults.
+  async jobQuery(connectionString, jobType, jobStatus, pageSize) {
+    const q = hubJobClient(connectionString).createQuery(jobType ?? undefined, jobStatus ?? undefined, pageSize ?? undefined);
+    const pages = [];
+    while (q.hasMoreResults && pages.length < 100) {
+      const res = await q.next(q.continuationToken);
+      pages.push({ items: plain(res.result), hasMoreResults: q.hasMoreResults });
     }
     return pages;
   },

@@ -64,6 +64,7 @@ func newHubCmd(g *globals) *cobra.Command {
 		connStr, newHubSASTokenCmd(g, hf), newMonitorEventsCmd(g, hf))
 	cmd.AddCommand(newHubManageCmds(g)...) // create|list|show|update|delete (hub_manage.go)
 	cmd.AddCommand(newHubQueryCmd(g, hf))  // hub_query.go
+	cmd.AddCommand(newHubJobCmd(g, hf))    // hub_job.go
 	addHubNameFlag(cmd, hf)
 	return cmd
 }
