@@ -41,13 +41,18 @@ func newJobEnv(t *testing.T, devices ...string) *jobEnv {
 
 // boot builds the domain on the env's store and starts its job runner
 // (after stopping the previous one, if any).
-func (e *jobEnv) boot(t *testing.T, cfg hub.JobsConfig) {
+// before runs once the domain exists and before the runner starts (to
+// connect devices to it).
+func (e *jobEnv) boot(t *testing.T, cfg hub.JobsConfig, before ...func()) {
 	t.Helper()
 	if e.stop != nil {
 		e.stop()
 	}
 	e.svc = hub.NewServices(e.st, hub.NewRegistry(e.st, nil), nil, nil, nil)
 	e.svc.Jobs.Configure(cfg)
+	for _, f := range before {
+		f()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -329,12 +334,11 @@ func TestJobResumesWithoutCallingTwice(t *testing.T) {
 		t.Fatal("r2's call never started")
 	}
 	e.stop() // berth stops with r2's call in flight
-	e.boot(t, hub.JobsConfig{NodeID: "node-a", Poll: 20 * time.Millisecond, DeviceBatch: 1})
 	// The devices connect again to the restarted berth.
-	reattach := func(id string, fn func(context.Context, []byte) (int, []byte, error)) *methodDevice {
-		return attachMethodDevice(t, e, id, fn)
-	}
-	r1b, r2b, r3b := reattach("r1", answer), reattach("r2", answer), reattach("r3", answer)
+	var r1b, r2b, r3b *methodDevice
+	e.boot(t, hub.JobsConfig{NodeID: "node-a", Poll: 20 * time.Millisecond, DeviceBatch: 1}, func() {
+		r1b, r2b, r3b = attachMethodDevice(t, e, "r1", answer), attachMethodDevice(t, e, "r2", answer), attachMethodDevice(t, e, "r3", answer)
+	})
 	job := waitJob(t, e.svc.Jobs, "resume", status(hub.JobCompleted))
 	want := hub.JobStatistics{DeviceCount: 3, SucceededCount: 2, FailedCount: 1}
 	if job.DeviceJobStatistics != want {
@@ -420,4 +424,3 @@ func TestJobPastItsMaximumTime(t *testing.T) {
 		t.Errorf("device jobs x1 %v x2 %v, want completed and cancelled", dj["x1"]["status"], dj["x2"]["status"])
 	}
 }
-

@@ -67,6 +67,11 @@ func (t *Twins) Query(ctx context.Context, hubName, query string, pageSize int, 
 		}
 	}
 	src, complete := s.source, s.complete
+	if f, ok := t.store.(store.Filterer); ok && q.From == hubquery.Devices {
+		if preds := pushdown(q); len(preds) > 0 {
+			src = s.filteredSource(f, preds)
+		}
+	}
 	switch {
 	case q.From == hubquery.Jobs && t.deviceJobs != nil:
 		// Device jobs are whole documents as stored: nothing to complete.
@@ -183,53 +188,11 @@ func (s *twinScan) source(ctx context.Context, after string, yield func(string, 
 				}
 				twins = twins[1:]
 			}
-			hasTwin := len(twins) > 0 && twins[0].Key == rec.Key
-			if len(s.needles) > 0 && (!hasTwin || !containsAll(twins[0].Data, s.needles)) {
-				continue
+			var tw *store.Record
+			if len(twins) > 0 && twins[0].Key == rec.Key {
+				tw = &twins[0]
 			}
-			var tw *twinRecord
-			etag := ""
-			if hasTwin {
-				if tw, err = decodeTwinRecord(twins[0].Data); err != nil {
-					return err
-				}
-				etag = twins[0].ETag
-			}
-			// With a lazy scan the device record is decoded only for a row
-			// returned (complete), provided the twin is the device's: it
-			// names the generation the device record holds.
-			var d *Device
-			if !s.lazy || tw != nil && (tw.GenerationID == "" || !bytes.Contains(rec.Data, []byte(`"`+tw.GenerationID+`"`))) {
-				if d, err = decodeDevice(rec, s.hubName); err != nil {
-					return err
-				}
-				s.t.reg.overlay(s.hubName, d)
-				s.t.reg.applyPeers(s.hubName, s.remote, d)
-				if tw != nil && tw.GenerationID != d.GenerationID {
-					tw, etag = nil, "" // a deleted device's leftover
-				}
-			}
-			s.rec, s.dev, s.tw, s.etag, s.noTwin, s.counted = rec, d, tw, etag, tw == nil, false
-			if tw == nil {
-				gen := ""
-				if d != nil {
-					gen = d.GenerationID
-				}
-				tw = newTwinRecord(gen, now)
-			}
-			var doc map[string]any
-			if d == nil {
-				doc = twinOwnDocument(rec.Key[len(prefix):], tw, etag)
-			} else {
-				if s.count {
-					if err := s.t.reg.countQueue(ctx, s.hubName, d); err != nil {
-						return err
-					}
-					s.counted = true
-				}
-				doc = twinDocument(d, tw, etag)
-			}
-			more, err := yield(rec.Key[len(prefix):], doc)
+			more, err := s.visit(ctx, rec, tw, prefix, now, yield)
 			if err != nil || !more {
 				return err
 			}
@@ -239,6 +202,137 @@ func (s *twinScan) source(ctx context.Context, after string, yield func(string, 
 		}
 		batch = min(2*batch, maxScanBatch)
 	}
+}
+
+// visit yields one device's twin document: rec is its device record, trec
+// its twin record (nil when it has none). It answers whether to go on.
+func (s *twinScan) visit(ctx context.Context, rec store.Record, trec *store.Record, prefix string, now time.Time, yield func(string, map[string]any) (bool, error)) (bool, error) {
+	if len(s.needles) > 0 && (trec == nil || !containsAll(trec.Data, s.needles)) {
+		return true, nil
+	}
+	var (
+		tw   *twinRecord
+		etag string
+		err  error
+	)
+	if trec != nil {
+		if tw, err = decodeTwinRecord(trec.Data); err != nil {
+			return false, err
+		}
+		etag = trec.ETag
+	}
+	// With a lazy scan the device record is decoded only for a row
+	// returned (complete), provided the twin is the device's: it names
+	// the generation the device record holds.
+	var d *Device
+	if !s.lazy || tw != nil && (tw.GenerationID == "" || !bytes.Contains(rec.Data, []byte(`"`+tw.GenerationID+`"`))) {
+		if d, err = decodeDevice(rec, s.hubName); err != nil {
+			return false, err
+		}
+		s.t.reg.overlay(s.hubName, d)
+		s.t.reg.applyPeers(s.hubName, s.remote, d)
+		if tw != nil && tw.GenerationID != d.GenerationID {
+			tw, etag = nil, "" // a deleted device's leftover
+		}
+	}
+	s.rec, s.dev, s.tw, s.etag, s.noTwin, s.counted = rec, d, tw, etag, tw == nil, false
+	if tw == nil {
+		gen := ""
+		if d != nil {
+			gen = d.GenerationID
+		}
+		tw = newTwinRecord(gen, now)
+	}
+	var doc map[string]any
+	if d == nil {
+		doc = twinOwnDocument(rec.Key[len(prefix):], tw, etag)
+	} else {
+		if s.count {
+			if err := s.t.reg.countQueue(ctx, s.hubName, d); err != nil {
+				return false, err
+			}
+			s.counted = true
+		}
+		doc = twinDocument(d, tw, etag)
+	}
+	return yield(rec.Key[len(prefix):], doc)
+}
+
+// filteredSource is source for a query whose conditions the store
+// evaluates (store.Filterer): it walks the twins that satisfy preds, in
+// key order, and reads each one's device record. A device without a twin
+// record, or with a deleted device's, satisfies no pushed condition (each
+// needs a value in tags or properties), so nothing is missed.
+func (s *twinScan) filteredSource(f store.Filterer, preds []store.Pred) hubquery.Source {
+	return func(ctx context.Context, after string, yield func(string, map[string]any) (bool, error)) error {
+		st, prefix := s.t.store, strings.ToLower(s.hubName)+"/"
+		cur := prefix
+		if after != "" {
+			cur = deviceKey(s.hubName, after)
+		}
+		batch := firstScanBatch
+		now := s.t.now()
+		for {
+			twins, err := f.ListWhere(ctx, store.KindTwin, store.ListOptions{After: cur, Limit: batch}, preds)
+			if err != nil {
+				return fmt.Errorf("hub: query: list twins: %w", err)
+			}
+			ids := make([]string, 0, len(twins))
+			for _, t := range twins {
+				if strings.HasPrefix(t.Key, prefix) {
+					ids = append(ids, t.Key[len(prefix):])
+				}
+			}
+			// The other nodes' presence of this batch's devices, as the
+			// unfiltered scan asks it (one request per batch).
+			s.remote = s.t.reg.peerPresence(ctx, s.hubName, ids)
+			for i := range twins {
+				trec := &twins[i]
+				if !strings.HasPrefix(trec.Key, prefix) {
+					return nil
+				}
+				cur = trec.Key
+				rec, err := st.Get(ctx, store.KindDevice, trec.Key)
+				if errors.Is(err, store.ErrNotFound) {
+					continue // a deleted device's leftover twin
+				}
+				if err != nil {
+					return fmt.Errorf("hub: query: get device: %w", err)
+				}
+				more, err := s.visit(ctx, rec, trec, prefix, now, yield)
+				if err != nil || !more {
+					return err
+				}
+			}
+			if len(twins) < batch {
+				return nil
+			}
+			batch = min(2*batch, maxScanBatch)
+		}
+	}
+}
+
+// pushdown maps the query's conditions on tags and desired or reported
+// properties to the twin record's layout (twinRecord: tags, desired.props,
+// reported.props), for the store to evaluate.
+func pushdown(q *hubquery.Query) []store.Pred {
+	var out []store.Pred
+	for _, c := range q.Conditions() {
+		var path []string
+		switch {
+		case len(c.Path) >= 2 && c.Path[0] == "tags":
+			path = append([]string{"tags"}, c.Path[1:]...)
+		case len(c.Path) >= 3 && c.Path[0] == "properties" && (c.Path[1] == "desired" || c.Path[1] == "reported"):
+			path = append([]string{c.Path[1], "props"}, c.Path[2:]...)
+		default:
+			continue
+		}
+		if !store.FilterablePath(path) {
+			continue
+		}
+		out = append(out, store.Pred{Path: path, Op: store.Op(c.Op), Value: c.Value})
+	}
+	return out
 }
 
 // complete finishes a document the query returns: its C2D queue count,

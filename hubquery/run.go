@@ -389,3 +389,69 @@ func plainASCII(s string) bool {
 	}
 	return true
 }
+
+// Cond is a condition a store may evaluate natively: Path (its root
+// lower-cased, the rest as written) compared by Op (=, <, <=, >, >=) with
+// Value, a string, a float64 or a bool.
+type Cond struct {
+	Path  []string
+	Op    string
+	Value any
+}
+
+// Conditions returns the conjuncts of the WHERE clause's top-level AND
+// chain of the form path op literal (either way round) over a string,
+// number or boolean, with op one of = < <= > >=. Every document the query
+// accepts satisfies each of them under the query's type rules (a value of
+// another type, or none, never does), so a source may skip a document
+// that fails one; the query still evaluates the whole clause.
+func (q *Query) Conditions() []Cond {
+	var out []Cond
+	flip := map[string]string{"=": "=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+	var walk func(e Expr)
+	walk = func(e Expr) {
+		switch x := e.(type) {
+		case *logical:
+			if x.op == "AND" {
+				walk(x.l)
+				walk(x.r)
+			}
+		case *compare:
+			op, ok := flip[x.op]
+			if !ok {
+				return
+			}
+			p, okp := x.l.(*path)
+			l, okl := x.r.(*literal)
+			if okp && okl {
+				op = x.op
+			} else if p, okp = x.r.(*path); okp {
+				l, okl = x.l.(*literal)
+			}
+			if !okp || !okl {
+				return
+			}
+			switch l.v.(type) {
+			case string, float64, bool:
+			default:
+				return
+			}
+			c := Cond{Op: op, Value: l.v}
+			for i, s := range p.steps {
+				if s.isIndex {
+					return
+				}
+				if i == 0 {
+					c.Path = append(c.Path, strings.ToLower(s.name))
+				} else {
+					c.Path = append(c.Path, s.name)
+				}
+			}
+			out = append(out, c)
+		}
+	}
+	if q.Where != nil {
+		walk(q.Where)
+	}
+	return out
+}

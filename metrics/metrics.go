@@ -225,7 +225,26 @@ func (c *countedConn) Close() error {
 
 // Store wraps a store and counts its failures. Not-found, exists and
 // precondition failures are answers, not failures, and are not counted.
-func (m *Metrics) Store(inner store.Store) store.Store { return &countingStore{Store: inner, m: m} }
+// A store that filters (store.Filterer) stays one, so that the device
+// query still pushes its conditions down.
+func (m *Metrics) Store(inner store.Store) store.Store {
+	c := &countingStore{Store: inner, m: m}
+	if f, ok := inner.(store.Filterer); ok {
+		return &countingFilterStore{countingStore: c, f: f}
+	}
+	return c
+}
+
+type countingFilterStore struct {
+	*countingStore
+	f store.Filterer
+}
+
+func (s *countingFilterStore) ListWhere(ctx context.Context, kind store.Kind, opts store.ListOptions, preds []store.Pred) ([]store.Record, error) {
+	r, err := s.f.ListWhere(ctx, kind, opts, preds)
+	s.count("list", err)
+	return r, err
+}
 
 type countingStore struct {
 	store.Store

@@ -32,8 +32,9 @@ import (
 
 // schemaVersion is recorded in the berth_schema_version table. Bump it, and
 // add a migration step, whenever the schema changes. Version 2 adds the
-// triggers that announce changes of KindConfig records (Watch).
-const schemaVersion = 2
+// triggers that announce changes of KindConfig records (Watch); version 3
+// the jsonb copy of twin documents that ListWhere searches (filter.go).
+const schemaVersion = 3
 
 // migrateLockKey serializes schema creation between processes that start at
 // the same time; CREATE … IF NOT EXISTS alone is not safe against that race
@@ -61,6 +62,8 @@ func WithSchema(name string) Option {
 // Store is a store.Store on a PostgreSQL database.
 type Store struct {
 	pool *pgxpool.Pool
+	// records is the records table's qualified name (ListWhere).
+	records string
 	// Statement texts with the table names filled in. pgx prepares each on
 	// first use on every connection and caches it (QueryExecModeCacheStatement).
 	qGet, qExists, qUpsert, qInsertNew, qUpdate, qDelete string
@@ -148,6 +151,7 @@ func newStore(pool *pgxpool.Pool, schema string) *Store {
 	cols := `key, idx, etag, data`
 	return &Store{
 		pool:       pool,
+		records:    t,
 		qGet:       `SELECT idx, etag, data FROM ` + t + ` WHERE kind = $1 AND key = $2`,
 		qExists:    `SELECT EXISTS (SELECT 1 FROM ` + t + ` WHERE kind = $1 AND key = $2)`,
 		qUpsert:    `INSERT INTO ` + t + ` (kind, key, idx, etag, data) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, key) DO UPDATE SET idx = EXCLUDED.idx, etag = EXCLUDED.etag, data = EXCLUDED.data`,
@@ -238,6 +242,9 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 					` FOR EACH ROW WHEN (NEW.kind IN (`+kinds+`)) EXECUTE FUNCTION `+fn+`()`,
 				`CREATE TRIGGER berth_records_deleted AFTER DELETE ON `+ident("records")+
 					` FOR EACH ROW WHEN (OLD.kind IN (`+kinds+`)) EXECUTE FUNCTION `+fn+`()`)
+		}
+		if v < 3 {
+			steps = append(steps, docSchema(ident)...) // filter.go
 		}
 		steps = append(steps,
 			`DELETE FROM `+versions,

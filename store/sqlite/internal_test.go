@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -41,7 +42,7 @@ func TestPragmas(t *testing.T) {
 		{s.w, "journal_mode", "wal"},
 		{s.w, "synchronous", "2"}, // FULL
 		{s.w, "busy_timeout", "10000"},
-		{s.w, "user_version", "1"},
+		{s.w, "user_version", strconv.Itoa(schemaVersion)},
 		{s.w, "query_only", "0"},
 		{s.r, "journal_mode", "wal"},
 		{s.r, "busy_timeout", "10000"},

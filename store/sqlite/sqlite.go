@@ -27,7 +27,7 @@ import (
 
 // schemaVersion is stored in PRAGMA user_version. Bump it, and add a step to
 // migrate, whenever the schema changes.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // busyTimeoutMS covers other processes holding the file (a backup, the
 // sqlite3 shell); within this process writers never contend.
@@ -174,8 +174,10 @@ func migrate(ctx context.Context, w *sql.DB) error {
 			PRIMARY KEY (kind, key)
 		)`,
 		`CREATE INDEX IF NOT EXISTS records_kind_idx_key ON records (kind, idx, key)`,
-		fmt.Sprintf(`PRAGMA user_version = %d`, schemaVersion),
 	}
+	// Version 2: the value index of filterable kinds (filter.go).
+	steps = append(steps, valueIndexSchema...)
+	steps = append(steps, fmt.Sprintf(`PRAGMA user_version = %d`, schemaVersion))
 	for _, q := range steps {
 		if _, err := tx.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("migrate to version %d: %w", schemaVersion, err)

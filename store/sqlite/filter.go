@@ -1,0 +1,175 @@
+package sqlite
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/berth-iot/berth/store"
+)
+
+// The value index: every scalar of a filterable kind's documents (a twin's
+// tags and properties, store.Filterable) is a row of record_values — its
+// JSON path as SQLite's json_tree spells it ($.tags.location), its JSON
+// type and its value — kept by triggers on records, so every write path
+// (Put, Apply, Delete) keeps it without Go code. Paths holding a '$' after
+// the root ($metadata) are left out. ListWhere drives a query from this
+// index: an equality is an index range in key order.
+//
+// The triggers name the filterable kinds literally; a test holds them to
+// store.Filterable.
+var valueIndexSchema = []string{
+	`CREATE TABLE IF NOT EXISTS record_values (
+		kind TEXT NOT NULL,
+		key  TEXT NOT NULL,
+		path TEXT NOT NULL,
+		type TEXT NOT NULL,
+		atom
+	)`,
+	`CREATE INDEX IF NOT EXISTS record_values_lookup ON record_values (kind, path, atom, key)`,
+	`CREATE INDEX IF NOT EXISTS record_values_key ON record_values (kind, key, path)`,
+	`CREATE TRIGGER IF NOT EXISTS record_values_insert AFTER INSERT ON records
+		WHEN new.kind IN ('twin') AND json_valid(CAST(new.data AS TEXT)) BEGIN
+		` + valueRowsOf("new") + `;
+	END`,
+	`CREATE TRIGGER IF NOT EXISTS record_values_update AFTER UPDATE OF data ON records
+		WHEN new.kind IN ('twin') BEGIN
+		DELETE FROM record_values WHERE kind = old.kind AND key = old.key;
+		` + valueRowsOf("new") + ` AND json_valid(CAST(new.data AS TEXT));
+	END`,
+	`CREATE TRIGGER IF NOT EXISTS record_values_delete AFTER DELETE ON records
+		WHEN old.kind IN ('twin') BEGIN
+		DELETE FROM record_values WHERE kind = old.kind AND key = old.key;
+	END`,
+	// Records written before version 2.
+	`INSERT INTO record_values (kind, key, path, type, atom)
+		SELECT r.kind, r.key, t.fullkey, t.type, t.atom
+		FROM records r, json_tree(CAST(r.data AS TEXT)) t
+		WHERE r.kind IN ('twin') AND json_valid(CAST(r.data AS TEXT))
+		AND t.type NOT IN ('object', 'array') AND instr(substr(t.fullkey, 2), '$') = 0
+		AND NOT EXISTS (SELECT 1 FROM record_values v WHERE v.kind = r.kind AND v.key = r.key)`,
+}
+
+// valueRowsOf is the INSERT of a record's value rows, row being "new".
+func valueRowsOf(row string) string {
+	return `INSERT INTO record_values (kind, key, path, type, atom)
+		SELECT ` + row + `.kind, ` + row + `.key, fullkey, type, atom FROM json_tree(CAST(` + row + `.data AS TEXT))
+		WHERE type NOT IN ('object', 'array') AND instr(substr(fullkey, 2), '$') = 0`
+}
+
+var _ store.Filterer = (*Store)(nil)
+
+// predSQL is a pred's condition on the value row v: the JSON type its
+// value must have and the comparison. Integers and reals are both
+// numbers; true and false are types of their own in json_tree (their atom
+// is 1 or 0, which orders false < true).
+func predSQL(v string, p store.Pred) (cond string, args []any, err error) {
+	var types string
+	var val any
+	switch x := p.Value.(type) {
+	case string:
+		types, val = `'text'`, x
+	case float64:
+		types, val = `'integer', 'real'`, x
+	case bool:
+		types, val = `'true', 'false'`, 0
+		if x {
+			val = 1
+		}
+	default:
+		return "", nil, fmt.Errorf("sqlite: list where: value %T is not a string, number or boolean", p.Value)
+	}
+	switch p.Op {
+	case store.OpEq, store.OpLt, store.OpLe, store.OpGt, store.OpGe:
+	default:
+		return "", nil, fmt.Errorf("sqlite: list where: unknown comparison %q", p.Op)
+	}
+	if !store.FilterablePath(p.Path) {
+		return "", nil, fmt.Errorf("sqlite: list where: path %q is not filterable", p.Path)
+	}
+	return fmt.Sprintf(`%[1]s.path = ? AND %[1]s.type IN (%[2]s) AND %[1]s.atom %[3]s ?`, v, types, p.Op),
+		[]any{"$." + strings.Join(p.Path, "."), val}, nil
+}
+
+// ListWhere implements store.Filterer. With an equality among preds the
+// query walks that value's index entries in key order and checks the
+// others on each record's value rows; with only ranges it walks the
+// records in key order and checks each one's rows.
+func (s *Store) ListWhere(ctx context.Context, kind store.Kind, opts store.ListOptions, preds []store.Pred) ([]store.Record, error) {
+	if !store.Filterable(kind) {
+		return nil, fmt.Errorf("sqlite: list where: %s documents are not indexed", kind)
+	}
+	if len(preds) == 0 {
+		return s.List(ctx, kind, opts)
+	}
+	drive := -1
+	for i, p := range preds {
+		if p.Op == store.OpEq {
+			drive = i
+			break
+		}
+	}
+	var (
+		q    strings.Builder
+		args []any
+	)
+	keyCol := "r.key"
+	if drive >= 0 {
+		cond, a, err := predSQL("v0", preds[drive])
+		if err != nil {
+			return nil, err
+		}
+		// CROSS JOIN keeps v0 the outer loop: the index range
+		// (kind, path, atom) is in key order, so no sort is needed.
+		q.WriteString(`SELECT r.key, r.idx, r.etag, r.data FROM record_values v0 CROSS JOIN records r
+			ON r.kind = v0.kind AND r.key = v0.key WHERE v0.kind = ? AND ` + cond)
+		args = append(append(args, string(kind)), a...)
+		keyCol = "v0.key"
+	} else {
+		q.WriteString(`SELECT r.key, r.idx, r.etag, r.data FROM records r WHERE r.kind = ?`)
+		args = append(args, string(kind))
+	}
+	if opts.After != "" {
+		q.WriteString(` AND ` + keyCol + ` > ?`)
+		args = append(args, opts.After)
+	}
+	if opts.Index != "" {
+		q.WriteString(` AND r.idx = ?`)
+		args = append(args, opts.Index)
+	}
+	for i, p := range preds {
+		if i == drive {
+			continue
+		}
+		cond, a, err := predSQL("v", p)
+		if err != nil {
+			return nil, err
+		}
+		q.WriteString(` AND EXISTS (SELECT 1 FROM record_values v WHERE v.kind = r.kind AND v.key = r.key AND ` + cond + `)`)
+		args = append(args, a...)
+	}
+	limit := opts.Limit
+	if limit <= 0 {
+		limit = -1
+	}
+	q.WriteString(` ORDER BY ` + keyCol + ` LIMIT ?`)
+	args = append(args, limit)
+	rows, err := s.r.QueryContext(ctx, q.String(), args...)
+	if err != nil {
+		return nil, fail(ctx, "list where", kind, "", err)
+	}
+	defer rows.Close()
+	var out []store.Record
+	for rows.Next() {
+		rec := store.Record{Kind: kind}
+		if err := rows.Scan(&rec.Key, &rec.Index, &rec.ETag, &rec.Data); err != nil {
+			return nil, fail(ctx, "list where", kind, "", err)
+		}
+		rec.Data = nonNil(rec.Data)
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fail(ctx, "list where", kind, "", err)
+	}
+	return out, nil
+}
