@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/berth-iot/berth/store"
@@ -91,10 +92,14 @@ func predSQL(v string, p store.Pred) (cond string, args []any, err error) {
 		[]any{"$." + strings.Join(p.Path, "."), val}, nil
 }
 
+// sameType says two pred values are of one JSON type.
+func sameType(a, b any) bool { return fmt.Sprintf("%T", a) == fmt.Sprintf("%T", b) }
+
 // ListWhere implements store.Filterer. With an equality among preds the
-// query walks that value's index entries in key order and checks the
-// others on each record's value rows; with only ranges it walks the
-// records in key order and checks each one's rows.
+// query walks that value's index entries, which are in key order, and
+// checks the others on each record's value rows; with only ranges it
+// walks the index range of the first one's path (with the other ranges
+// on that path), sorted by key.
 func (s *Store) ListWhere(ctx context.Context, kind store.Kind, opts store.ListOptions, preds []store.Pred) ([]store.Record, error) {
 	if !store.Filterable(kind) {
 		return nil, fmt.Errorf("sqlite: list where: %s documents are not indexed", kind)
@@ -102,35 +107,46 @@ func (s *Store) ListWhere(ctx context.Context, kind store.Kind, opts store.ListO
 	if len(preds) == 0 {
 		return s.List(ctx, kind, opts)
 	}
-	drive := -1
+	// The driving condition: an equality (its index range is in key
+	// order) or else a range, with the other ranges on its path folded
+	// in (one index range, whose matches are then sorted by key).
+	drive := 0
 	for i, p := range preds {
 		if p.Op == store.OpEq {
 			drive = i
 			break
 		}
 	}
+	driving := map[int]bool{drive: true}
+	if preds[drive].Op != store.OpEq {
+		for i, p := range preds {
+			if p.Op != store.OpEq && slices.Equal(p.Path, preds[drive].Path) && sameType(p.Value, preds[drive].Value) {
+				driving[i] = true
+			}
+		}
+	}
 	var (
 		q    strings.Builder
 		args []any
 	)
-	keyCol := "r.key"
-	if drive >= 0 {
-		cond, a, err := predSQL("v0", preds[drive])
+	// CROSS JOIN keeps v0 the outer loop; INDEXED BY makes it walk the
+	// condition's values, not every value after the cursor.
+	q.WriteString(`SELECT r.key, r.idx, r.etag, r.data FROM record_values v0 INDEXED BY record_values_lookup CROSS JOIN records r
+		ON r.kind = v0.kind AND r.key = v0.key WHERE v0.kind = ?`)
+	args = append(args, string(kind))
+	for i := range preds {
+		if !driving[i] {
+			continue
+		}
+		cond, a, err := predSQL("v0", preds[i])
 		if err != nil {
 			return nil, err
 		}
-		// CROSS JOIN keeps v0 the outer loop: the index range
-		// (kind, path, atom) is in key order, so no sort is needed.
-		q.WriteString(`SELECT r.key, r.idx, r.etag, r.data FROM record_values v0 CROSS JOIN records r
-			ON r.kind = v0.kind AND r.key = v0.key WHERE v0.kind = ? AND ` + cond)
-		args = append(append(args, string(kind)), a...)
-		keyCol = "v0.key"
-	} else {
-		q.WriteString(`SELECT r.key, r.idx, r.etag, r.data FROM records r WHERE r.kind = ?`)
-		args = append(args, string(kind))
+		q.WriteString(` AND ` + cond)
+		args = append(args, a...)
 	}
 	if opts.After != "" {
-		q.WriteString(` AND ` + keyCol + ` > ?`)
+		q.WriteString(` AND v0.key > ?`)
 		args = append(args, opts.After)
 	}
 	if opts.Index != "" {
@@ -138,22 +154,30 @@ func (s *Store) ListWhere(ctx context.Context, kind store.Kind, opts store.ListO
 		args = append(args, opts.Index)
 	}
 	for i, p := range preds {
-		if i == drive {
+		if driving[i] {
 			continue
 		}
 		cond, a, err := predSQL("v", p)
 		if err != nil {
 			return nil, err
 		}
-		q.WriteString(` AND EXISTS (SELECT 1 FROM record_values v WHERE v.kind = r.kind AND v.key = r.key AND ` + cond + `)`)
+		// INDEXED BY: left to itself SQLite may probe by (path, atom)
+		// instead of by key, scanning every value in a range for each
+		// record.
+		q.WriteString(` AND EXISTS (SELECT 1 FROM record_values v INDEXED BY record_values_key
+			WHERE v.kind = r.kind AND v.key = r.key AND ` + cond + `)`)
 		args = append(args, a...)
 	}
+	keyCol := "v0.key"
 	limit := opts.Limit
 	if limit <= 0 {
 		limit = -1
 	}
 	q.WriteString(` ORDER BY ` + keyCol + ` LIMIT ?`)
 	args = append(args, limit)
+	if s.explain != nil {
+		s.explainPlan(ctx, q.String(), args)
+	}
 	rows, err := s.r.QueryContext(ctx, q.String(), args...)
 	if err != nil {
 		return nil, fail(ctx, "list where", kind, "", err)
@@ -172,4 +196,21 @@ func (s *Store) ListWhere(ctx context.Context, kind store.Kind, opts store.ListO
 		return nil, fail(ctx, "list where", kind, "", err)
 	}
 	return out, nil
+}
+
+// explainPlan hands each line of the query's plan to s.explain (tests).
+func (s *Store) explainPlan(ctx context.Context, query string, args []any) {
+	rows, err := s.r.QueryContext(ctx, "EXPLAIN QUERY PLAN "+query, args...)
+	if err != nil {
+		s.explain("error: " + err.Error())
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if rows.Scan(&id, &parent, &unused, &detail) == nil {
+			s.explain(detail)
+		}
+	}
 }

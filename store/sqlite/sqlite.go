@@ -68,6 +68,9 @@ type Store struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// explain, when set (tests), is handed ListWhere's query plans.
+	explain func(line string)
 }
 
 var _ store.Store = (*Store)(nil)
