@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"database/sql"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -46,5 +47,36 @@ func TestListWherePlans(t *testing.T) {
 	}
 	if p := plan(ge, lt); !strings.Contains(p, "record_values_lookup (kind=? AND path=? AND atom>? AND atom<?)") {
 		t.Errorf("two ranges on one path, one index range:\n%s", p)
+	}
+}
+
+// TestMigrateFromVersion1: a database written by a berth before the value
+// index gets it at the next start, for the twins it already holds.
+func TestMigrateFromVersion1(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", dsn(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`CREATE TABLE records (kind TEXT NOT NULL, key TEXT NOT NULL, idx TEXT NOT NULL DEFAULT '', etag TEXT NOT NULL, data BLOB, PRIMARY KEY (kind, key))`,
+		`CREATE INDEX records_kind_idx_key ON records (kind, idx, key)`,
+		`INSERT INTO records VALUES ('twin', 'h/old', '', 'e1', CAST('{"tags":{"a":"p3"}}' AS BLOB))`,
+		`INSERT INTO records VALUES ('twin', 'h/bad', '', 'e2', CAST('not JSON' AS BLOB))`,
+		`PRAGMA user_version = 1`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	_ = db.Close()
+	s, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := s.ListWhere(t.Context(), store.KindTwin, store.ListOptions{}, []store.Pred{{Path: []string{"tags", "a"}, Op: store.OpEq, Value: "p3"}})
+	if err != nil || len(got) != 1 || got[0].Key != "h/old" {
+		t.Fatalf("after the migration: %v, %v; want h/old", got, err)
 	}
 }
