@@ -161,11 +161,12 @@ func (s *Store) ListWhere(ctx context.Context, kind store.Kind, opts store.ListO
 		if err != nil {
 			return nil, err
 		}
+		// On v0, not r: the probe runs before the record is read.
 		// INDEXED BY: left to itself SQLite may probe by (path, atom)
 		// instead of by key, scanning every value in a range for each
 		// record.
 		q.WriteString(` AND EXISTS (SELECT 1 FROM record_values v INDEXED BY record_values_key
-			WHERE v.kind = r.kind AND v.key = r.key AND ` + cond + `)`)
+			WHERE v.kind = v0.kind AND v.key = v0.key AND ` + cond + `)`)
 		args = append(args, a...)
 	}
 	keyCol := "v0.key"
