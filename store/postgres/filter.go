@@ -119,7 +119,15 @@ func (s *Store) ListWhere(ctx context.Context, kind store.Kind, opts store.ListO
 	if opts.Index != "" {
 		q.WriteString(` AND idx = ` + arg(opts.Index))
 	}
-	q.WriteString(` ORDER BY key`)
+	if len(contain) > 0 {
+		// Ordered by an expression, not the column: otherwise the planner
+		// (with a generic plan, blind to how few documents match) walks
+		// the primary key in order and tests every record, where the GIN
+		// index finds the matches and a sort of those is cheap.
+		q.WriteString(` ORDER BY (key || '') COLLATE "C"`)
+	} else {
+		q.WriteString(` ORDER BY key`)
+	}
 	if opts.Limit > 0 {
 		q.WriteString(` LIMIT ` + arg(int64(opts.Limit)))
 	}
