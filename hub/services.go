@@ -24,6 +24,9 @@ type Services struct {
 	// Jobs schedules and runs twin-update and method jobs (/jobs/v2);
 	// its Run must be running for them to run.
 	Jobs *Jobs
+	// ImportExport runs import and export jobs (/jobs/create) once its
+	// blob containers are set (SetBlobs); its Run must be running.
+	ImportExport *ImportExport
 }
 
 // NewServices builds the bundle on st around reg: sink receives telemetry
@@ -49,5 +52,6 @@ func NewServices(st store.Store, reg *Registry, sink TelemetrySink, now func() t
 		CloudToDevice: c2d,
 		Feedback:      c2d.Feedback(),
 		Jobs:          jobs,
+		ImportExport:  NewImportExport(st, reg, twins, log.With("component", "importexport")),
 	}
 }

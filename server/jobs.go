@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/berth-iot/berth/blobstore"
 	"github.com/berth-iot/berth/hub"
 )
 
@@ -47,10 +48,22 @@ func (s *Server) startJobs(bg context.Context) error {
 		return err
 	}
 	s.hubSvc.Jobs.Configure(hub.JobsConfig{NodeID: id})
-	s.wg.Add(1)
+	// Import and export jobs reach file:// containers under the data
+	// directory's blobs/ only, and http(s) containers anywhere.
+	opener := &blobstore.Opener{Root: filepath.Join(s.cfg.DataDir, BlobsDir)}
+	s.hubSvc.ImportExport.SetBlobs(func(uri string) (hub.BlobContainer, error) { return opener.Open(uri) }, id)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		s.hubSvc.Jobs.Run(bg)
 	}()
+	go func() {
+		defer s.wg.Done()
+		s.hubSvc.ImportExport.Run(bg)
+	}()
 	return nil
 }
+
+// BlobsDir is the directory under the data directory that file:// blob
+// containers of import and export jobs must lie in.
+const BlobsDir = "blobs"

@@ -33,6 +33,7 @@ const (
 	KindModule       Kind = "module"          // hub module identities, key = hub + "/" + deviceId + "/" + moduleId, index = hub + "/" + deviceId
 	KindJob          Kind = "job"             // hub jobs (/jobs/v2), key = hub + "/" + jobId, index = "run" while the job is not finished, else ""
 	KindJobDevice    Kind = "jobDevice"       // a hub job's per-device record (devices.jobs), key = hub + "/" + jobId + "/" + deviceId, index = hub + "/" + jobId
+	KindImportExport Kind = "importExportJob" // hub import and export jobs (/jobs/create), key = hub + "/" + jobId, index = "run" while not finished
 )
 
 // Record is one stored document.

@@ -500,6 +500,10 @@ const ops = {
     const r = hubRegistry(connectionString);
     if (typeof r[method] !== 'function') throw new Error(`Registry has no method ${method}`);
     const res = await r[method](...args);
+    // Most Registry methods resolve {responseBody, httpResponse}; the job
+    // ones (exportDevicesToBlob, importDevicesFromBlob, getJob, cancelJob)
+    // resolve the body alone.
+    if (!res || typeof res !== 'object' || !('responseBody' in res)) return { body: plain(res) };
     return { body: plain(res.responseBody), status: res.httpResponse && res.httpResponse.statusCode, headers: pickHeaders(res.httpResponse) };
   },
 

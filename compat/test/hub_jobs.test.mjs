@@ -8,6 +8,8 @@
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { berthCli, restartBerth, startBerth } from '../lib/berth.mjs';
@@ -159,6 +161,52 @@ describe('IoT Hub jobs: azure-iothub JobClient', { timeout: 180000 }, () => {
     const listed = await berthCli(berth, ['hub', 'job', 'list', '--job-type', 'scheduleUpdateTwin']);
     assert.ok(listed.some((j) => j.jobId === 'cli-job'));
     assert.equal((await berthCli(berth, ['hub', 'job', 'cancel', '--job-id', 'cli-job'])).status, 'cancelled');
+  });
+
+  test('import and export: Registry.exportDevicesToBlob, importDevicesFromBlob, getJob, listJobs over file:// containers', async () => {
+    const blobs = path.join(berth.dataDir, 'blobs');
+    const waitIE = async (jobId) => {
+      for (const deadline = Date.now() + 60000; ; await sleep(200)) {
+        const { body } = await sdk.registry(hubCs, 'getJob', jobId);
+        if (!['enqueued', 'running'].includes(body.status)) return body;
+        if (Date.now() > deadline) throw new Error(`job ${jobId} stayed ${body.status}`);
+      }
+    };
+    const out = `file://${blobs}/export-1`;
+    const { body: created } = await sdk.registry(hubCs, 'exportDevicesToBlob', out, false);
+    assert.equal(created.type, 'export');
+    assert.equal(created.status, 'enqueued');
+    const done = await waitIE(created.jobId);
+    assert.equal(done.status, 'completed', JSON.stringify(done));
+    const lines = fs.readFileSync(path.join(blobs, 'export-1', 'devices.txt'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    for (const id of ids) {
+      const d = lines.find((l) => l.id === id);
+      assert.ok(d, `${id} exported`);
+      assert.equal(d.authentication.symmetricKey.primaryKey, keys[id]);
+    }
+    assert.equal(lines.find((l) => l.id === 'job-0').tags.group, 'a');
+
+    // Import: one new device with tags, one update, one line that fails.
+    const inDir = path.join(blobs, 'import-1');
+    fs.mkdirSync(inDir, { recursive: true });
+    fs.writeFileSync(path.join(inDir, 'devices.txt'), [
+      { id: 'imported-1', importMode: 'create', status: 'enabled', tags: { origin: 'blob' } },
+      { id: 'job-3', importMode: 'updateTwin', tags: { imported: true } },
+      { id: 'job-2', importMode: 'create' },
+    ].map((l) => JSON.stringify(l)).join('\n') + '\n');
+    const { body: imp } = await sdk.registry(hubCs, 'importDevicesFromBlob', `file://${inDir}`, out);
+    assert.equal(imp.type, 'import');
+    assert.equal((await waitIE(imp.jobId)).status, 'completed');
+    const { body: dev } = await sdk.registry(hubCs, 'get', 'imported-1');
+    assert.ok(dev.authentication.symmetricKey.primaryKey, 'keys made for the imported device');
+    assert.equal((await sdk.registry(hubCs, 'getTwin', 'imported-1')).body.tags.origin, 'blob');
+    assert.equal((await sdk.registry(hubCs, 'getTwin', 'job-3')).body.tags.imported, true);
+    const errors = fs.readFileSync(path.join(blobs, 'export-1', 'importErrors.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(errors.map((e) => [e.deviceId, e.errorCode]), [['job-2', 'DeviceAlreadyExists']]);
+    const { body: all } = await sdk.registry(hubCs, 'listJobs');
+    assert.deepEqual(all.map((j) => j.jobId).sort(), [created.jobId, imp.jobId].sort());
+    // A container outside the data directory's blobs/ is refused.
+    await assert.rejects(sdk.registry(hubCs, 'exportDevicesToBlob', 'file:///tmp', false), (e) => e.status === 400);
   });
 
   test('a method job in flight when berth is killed finishes after the restart, without calling the device twice', async () => {

@@ -110,6 +110,11 @@ func (h *handler) hubRoutes() routes {
 		newHubRoute(http.MethodPut, "jobs/v2/{jobId}", h.hubAuthorized(h.putJob, write)),
 		newHubRoute(http.MethodGet, "jobs/v2/{jobId}", h.hubAuthorized(h.getJob, read)),
 		newHubRoute(http.MethodPost, "jobs/v2/{jobId}/cancel", h.hubAuthorized(h.cancelJob, write)),
+		// Import and export jobs (docs/hub-jobs.md#import-and-export).
+		newHubRoute(http.MethodPost, "jobs/create", h.hubAuthorized(h.createImportExport, write)),
+		newHubRoute(http.MethodGet, "jobs", h.hubAuthorized(h.listImportExport, read)),
+		newHubRoute(http.MethodGet, "jobs/{jobId}", h.hubAuthorized(h.getImportExport, read)),
+		newHubRoute(http.MethodDelete, "jobs/{jobId}", h.hubAuthorized(h.cancelImportExport, write)),
 
 		newHubRoute(http.MethodGet, "twins/{id}", h.hubAuthorized(h.getTwin, connect, read)),
 		newHubRoute(http.MethodPatch, "twins/{id}", h.hubAuthorized(h.patchTwin, connect)),

@@ -99,3 +99,77 @@ func (h *handler) queryJobs(x *exchange, _ []string) {
 	}
 	x.writeJSON(http.StatusOK, page.Jobs)
 }
+
+// importExportAvailable answers 503 when the hub has no import/export
+// service.
+func (h *handler) importExportAvailable(x *exchange) bool {
+	if h.hub.ImportExport == nil {
+		x.fail(unavailable("Import and export jobs are"))
+		return false
+	}
+	return true
+}
+
+// createImportExport is POST /jobs/create (docs/hub-jobs.md#import-and-export):
+// an export or import job over blob containers; 200 with its
+// JobProperties, enqueued.
+func (h *handler) createImportExport(x *exchange, _ []string) {
+	if !h.importExportAvailable(x) {
+		return
+	}
+	body, ok := x.readHubBody(64 << 10)
+	if !ok {
+		return
+	}
+	var req hub.ImportExportRequest
+	if err := decodeObject(body, &req); err != nil {
+		x.fail(azerr.Wrap(azerr.HubFormatError, err))
+		return
+	}
+	job, err := h.hub.ImportExport.Create(x.r.Context(), x.hubName(), &req)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.writeJSON(http.StatusOK, job)
+}
+
+// getImportExport is GET /jobs/{id}.
+func (h *handler) getImportExport(x *exchange, args []string) {
+	if !h.importExportAvailable(x) {
+		return
+	}
+	job, err := h.hub.ImportExport.Get(x.r.Context(), x.hubName(), args[0])
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.writeJSON(http.StatusOK, job)
+}
+
+// listImportExport is GET /jobs: the hub's import and export jobs.
+func (h *handler) listImportExport(x *exchange, _ []string) {
+	if !h.importExportAvailable(x) {
+		return
+	}
+	jobs, err := h.hub.ImportExport.List(x.r.Context(), x.hubName())
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.writeJSON(http.StatusOK, jobs)
+}
+
+// cancelImportExport is DELETE /jobs/{id}: the job, cancelled unless it
+// had finished.
+func (h *handler) cancelImportExport(x *exchange, args []string) {
+	if !h.importExportAvailable(x) {
+		return
+	}
+	job, err := h.hub.ImportExport.Cancel(x.r.Context(), x.hubName(), args[0])
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.writeJSON(http.StatusOK, job)
+}
