@@ -112,4 +112,3 @@ func waitIE(t *testing.T, ie *hub.ImportExport, id string, hubs ...string) *hub.
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
