@@ -17,7 +17,8 @@ import (
 // that serves containment: ListWhere turns its equalities into one
 // doc @> '{…}' and evaluates ranges on doc. A document that is not JSON
 // gets no doc (the write still succeeds). The trigger names the kinds
-// literally; a test holds them to store.Filterable.
+// literally (SQL cannot call store.Filterable); a kind added there needs a
+// schema version here.
 func docSchema(ident func(string) string) []string {
 	fn := ident("berth_records_doc")
 	return []string{
