@@ -317,3 +317,56 @@ func TestPositionsCountCharacters(t *testing.T) {
 		t.Fatalf("a non-ASCII name: %v", err)
 	}
 }
+
+// TestConditions: only conjuncts of the top-level AND chain comparing a
+// path with a string, number or boolean literal, either way round (the
+// operator flipped), are offered to the store.
+func TestConditions(t *testing.T) {
+	q, err := Parse("SELECT * FROM devices WHERE TAGS.a = 'x' AND 3 < tags.b AND properties.reported.c >= true " +
+		"AND (tags.d = 1 OR tags.e = 2) AND NOT tags.f = 1 AND tags.g != 'y' AND tags.h IN ['z'] AND tags.i = null " +
+		"AND tags.j[0] = 1 AND tags.k = tags.l AND LOWER(tags.m) = 'n' AND tags.o <= -2.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(q.Conditions())
+	want := `[{"Path":["tags","a"],"Op":"=","Value":"x"},{"Path":["tags","b"],"Op":"\u003e","Value":3},` +
+		`{"Path":["properties","reported","c"],"Op":"\u003e=","Value":true},{"Path":["tags","o"],"Op":"\u003c=","Value":-2.5}]`
+	if string(got) != want {
+		t.Errorf("Conditions:\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestCollectionPrefix: over devices.jobs (and devices.modules) a path may
+// start with the collection, as in Azure's examples; over devices it may
+// not be stripped.
+func TestCollectionPrefix(t *testing.T) {
+	docs := []map[string]any{{"deviceId": "a", "jobId": "j1"}, {"deviceId": "b", "jobId": "j2"}}
+	src := func(_ context.Context, after string, yield func(string, map[string]any) (bool, error)) error {
+		for _, d := range docs {
+			if k := d["deviceId"].(string); k > after {
+				if more, err := yield(k, d); err != nil || !more {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	q, err := Parse("SELECT devices.jobs.jobId FROM devices.jobs WHERE devices.jobs.deviceId = 'b'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := q.Run(context.Background(), src, Options{PageSize: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := json.Marshal(page.Items); string(got) != `[{"jobId":"j2"}]` {
+		t.Errorf("devices.jobs: %s", got)
+	}
+	q, err = Parse("SELECT * FROM devices WHERE devices.jobs.deviceId = 'b'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page, err = q.Run(context.Background(), src, Options{PageSize: 10}); err != nil || len(page.Items) != 0 {
+		t.Errorf("over devices the prefix is a path like any: %v %v", page.Items, err)
+	}
+}
