@@ -103,9 +103,10 @@ func newHubJobCreateCmd(g *globals, hf *hubFlags) *cobra.Command {
 func jobIDCmd(g *globals, hf *hubFlags, use, short string, fn func(c jobClient, cmd *cobra.Command, id string) (*hub.Job, error)) *cobra.Command {
 	var id string
 	cmd := &cobra.Command{
-		Use:   use,
-		Short: short,
-		Args:  cobra.MaximumNArgs(1),
+		Use:     use,
+		Short:   short,
+		Example: "  berth hub job " + use + " --job-id fw-2",
+		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
 				id = args[0]
@@ -148,7 +149,9 @@ func newHubJobListCmd(g *globals, hf *hubFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List the hub's jobs, of one type or status",
-		Args:  cobra.NoArgs,
+		Example: `  berth hub job list
+  berth hub job list --job-type scheduleDeviceMethod --job-status running`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if top < 0 {
 				return fmt.Errorf("--top must not be negative")
