@@ -76,8 +76,9 @@ compat: build
 fuzz:
 	FUZZTIME='$(FUZZTIME)' FUZZFLAGS='$(FUZZFLAGS)' FUZZ_TARGETS='$(FUZZ_TARGETS)' FUZZ_PKGS='$(FUZZ_PKGS)' bash scripts/fuzz.sh
 
+# make run ARGS='--https-addr …' passes flags to berth serve.
 run: build
-	./$(BIN) serve
+	./$(BIN) serve $(ARGS)
 
 clean:
 	rm -rf bin compat/node_modules

@@ -205,6 +205,9 @@ func runServe(ctx context.Context, cfg server.Config, out io.Writer) error {
 	if u := srv.AdminURL(); u != "" {
 		fmt.Fprintf(out, "\nOperator console: %s (sign in with a connection string above; /metrics, /healthz, /readyz there too)\n", u)
 	}
+	if h := hostsHint(cfg); h != "" {
+		fmt.Fprintf(out, "\n%s", h)
+	}
 	select {
 	case <-ctx.Done():
 	case err = <-srv.Errors():

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 
 	"github.com/berth-iot/berth/server"
@@ -66,4 +67,39 @@ func dialHint(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w\n\nIs berth running? Start it with `berth serve`, or point the command at it (--address, --connection-string, --data-dir).", err)
+}
+
+// defaultHosts is --host's default; hostsHint speaks only when it was kept.
+var defaultHosts = []string{"127.0.0.1", "localhost"}
+
+// hostsHint catches the first thing a user does on a shared machine: move
+// the listeners to their own IP with --mqtt-addr and friends but keep
+// --host's default. berth then tells devices, connection strings and
+// client.json to reach 127.0.0.1 (where another berth may answer) and
+// issues its certificate for names the listener is not on, so curl,
+// mosquitto and the SDKs fail TLS or talk to the wrong server. A host
+// given on purpose (a DNS name for that IP) is left alone.
+func hostsHint(cfg server.Config) string {
+	if len(cfg.Hosts) != len(defaultHosts) {
+		return ""
+	}
+	for i, h := range cfg.Hosts {
+		if h != defaultHosts[i] {
+			return ""
+		}
+	}
+	for _, l := range []struct{ flag, addr string }{
+		{"--https-addr", cfg.HTTPSAddr}, {"--mqtt-addr", cfg.MQTTAddr}, {"--amqp-addr", cfg.AMQPAddr},
+	} {
+		host, _, err := net.SplitHostPort(l.addr)
+		ip := net.ParseIP(host)
+		if err != nil || ip == nil || ip.IsUnspecified() || ip.Equal(net.IPv4(127, 0, 0, 1)) || ip.Equal(net.IPv6loopback) {
+			continue
+		}
+		return fmt.Sprintf(`Note: %s listens on %s, but devices, connection strings and client.json
+name %s (the default --host) and the certificate covers only %s:
+restart with --host %s (or BERTH_HOST=%s) so that clients reach this berth.
+`, l.flag, host, defaultHosts[0], strings.Join(defaultHosts, ", "), host, host)
+	}
+	return ""
 }

@@ -52,3 +52,28 @@ func TestDialHint(t *testing.T) {
 		t.Errorf("dial hint: %s", got)
 	}
 }
+
+// Listeners moved to the user's own IP with --host left at its default:
+// the banner says to add --host, since clients would be sent to 127.0.0.1
+// and the certificate would not name the listener's IP. Every other
+// combination is quiet.
+func TestServeHintHostsForMovedListener(t *testing.T) {
+	moved := server.Config{Hosts: defaultHosts, HTTPSAddr: "127.0.30.1:443", MQTTAddr: "127.0.30.1:8883", AMQPAddr: "off"}
+	got := hostsHint(moved)
+	for _, want := range []string{"--https-addr listens on 127.0.30.1", "--host 127.0.30.1", "BERTH_HOST=127.0.30.1"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("hint lacks %q:\n%s", want, got)
+		}
+	}
+	for name, cfg := range map[string]server.Config{
+		"defaults":       {Hosts: defaultHosts, HTTPSAddr: ":443", MQTTAddr: ":8883", AMQPAddr: ":5671"},
+		"loopback":       {Hosts: defaultHosts, HTTPSAddr: "127.0.0.1:443", MQTTAddr: "127.0.0.1:8883", AMQPAddr: "[::1]:5671"},
+		"host given":     {Hosts: []string{"127.0.30.1"}, HTTPSAddr: "127.0.30.1:443", MQTTAddr: "127.0.30.1:8883", AMQPAddr: "off"},
+		"DNS name given": {Hosts: []string{"iot.example.com", "localhost"}, HTTPSAddr: "10.0.0.5:443", MQTTAddr: ":8883", AMQPAddr: ":5671"},
+		"any address":    {Hosts: defaultHosts, HTTPSAddr: "0.0.0.0:443", MQTTAddr: "[::]:8883", AMQPAddr: "off"},
+	} {
+		if h := hostsHint(cfg); h != "" {
+			t.Errorf("%s: unexpected hint:\n%s", name, h)
+		}
+	}
+}
