@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
@@ -229,9 +230,9 @@ func printBanner(out io.Writer, srv *server.Server, dataDir string, retryAfter i
 	fmt.Fprintf(out, "berth %s\n\n", state)
 	// The printed commands must work as pasted: name the data directory
 	// when it is not the one the CLI finds by default.
-	cli := "berth"
+	cli := cliName(os.Args[0], exec.LookPath)
 	if dataDir != localconf.DefaultDataDir() {
-		cli = "berth --data-dir " + dataDir
+		cli += " --data-dir " + dataDir
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  ID scope\t%s\n", info.IDScope)
@@ -271,6 +272,19 @@ or as raw MQTT with mosquitto (docs/dps-wire.md has the whole flow, and curl):
     -P "$(%[1]s device sas-token --id-scope %[5]s --registration-id my-device-2 --key $KEY)" \
     -t '$dps/registrations/PUT/iotdps-register/?$rid=1' -e '$dps/registrations/res/202/?$rid=1&retry-after=%[6]d' -m '{}'
 `, cli, hostOf(info.MQTTAddress), portOf(info.MQTTAddress), info.CAFile, info.IDScope, retryAfter)
+}
+
+// cliName is how the banner's commands call berth: "berth" when it is on
+// PATH, otherwise the path it was started as (make run starts ./bin/berth,
+// and a pasted "berth …" would be "command not found").
+func cliName(arg0 string, lookPath func(string) (string, error)) string {
+	if _, err := lookPath("berth"); err == nil {
+		return "berth"
+	}
+	if filepath.Base(arg0) == "berth" && strings.ContainsRune(arg0, filepath.Separator) {
+		return arg0
+	}
+	return "berth"
 }
 
 func hostOf(addr string) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -74,6 +75,29 @@ func TestServeHintHostsForMovedListener(t *testing.T) {
 	} {
 		if h := hostsHint(cfg); h != "" {
 			t.Errorf("%s: unexpected hint:\n%s", name, h)
+		}
+	}
+}
+
+// The banner's commands must run as pasted: ./bin/berth (make run) when
+// berth is not on PATH, plain berth when it is or when the name is not
+// berth's (a test binary).
+func TestServeBannerCLIName(t *testing.T) {
+	notFound := func(string) (string, error) { return "", exec.ErrNotFound }
+	found := func(string) (string, error) { return "/usr/local/bin/berth", nil }
+	for _, c := range []struct {
+		arg0 string
+		look func(string) (string, error)
+		want string
+	}{
+		{"./bin/berth", notFound, "./bin/berth"},
+		{"/opt/berth/berth", notFound, "/opt/berth/berth"},
+		{"./bin/berth", found, "berth"},
+		{"berth", notFound, "berth"},
+		{"/tmp/go-build1/cli.test", notFound, "berth"},
+	} {
+		if got := cliName(c.arg0, c.look); got != c.want {
+			t.Errorf("cliName(%q): %q, want %q", c.arg0, got, c.want)
 		}
 	}
 }
