@@ -98,7 +98,8 @@ func hostsHint(cfg server.Config) string {
 		}
 		return fmt.Sprintf(`Note: %s listens on %s, but devices, connection strings and client.json
 name %s (the default --host) and the certificate covers only %s:
-restart with --host %s (or BERTH_HOST=%s) so that clients reach this berth.
+restart with --host %s (or BERTH_HOST=%s) so that clients reach this berth,
+before devices register: the hub's name follows the first --host.
 `, l.flag, host, defaultHosts[0], strings.Join(defaultHosts, ", "), host, host)
 	}
 	return ""
