@@ -230,10 +230,7 @@ func printBanner(out io.Writer, srv *server.Server, dataDir string, retryAfter i
 	fmt.Fprintf(out, "berth %s\n\n", state)
 	// The printed commands must work as pasted: name the data directory
 	// when it is not the one the CLI finds by default.
-	cli := cliName(os.Args[0], exec.LookPath)
-	if dataDir != localconf.DefaultDataDir() {
-		cli += " --data-dir " + dataDir
-	}
+	cli := cliName(os.Args[0], exec.LookPath) + dataDirArg(dataDir)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  ID scope\t%s\n", info.IDScope)
 	fmt.Fprintf(tw, "  DPS global endpoint\t%s (MQTT %s, HTTPS %s)\n", info.GlobalEndpoint, info.MQTTAddress, info.HTTPSAddress)
@@ -285,6 +282,18 @@ func cliName(arg0 string, lookPath func(string) (string, error)) string {
 		return arg0
 	}
 	return "berth"
+}
+
+// dataDirArg is the --data-dir the banner's commands need: none for
+// ~/.berth, which every command finds alone. BERTH_DATA_DIR does not count
+// as a default here: given to `make run` or a service unit only, it is not
+// set in the terminal where the commands are pasted, and there they would
+// act on ~/.berth, perhaps another berth's.
+func dataDirArg(dataDir string) string {
+	if home, err := os.UserHomeDir(); err == nil && home != "" && dataDir == filepath.Join(home, ".berth") {
+		return ""
+	}
+	return " --data-dir " + dataDir
 }
 
 func hostOf(addr string) string {

@@ -101,3 +101,20 @@ func TestServeBannerCLIName(t *testing.T) {
 		}
 	}
 }
+
+// BERTH_DATA_DIR given to the server alone (make run, a unit file) is not
+// in the terminal where the banner's commands are pasted: they name the
+// directory unless it is ~/.berth.
+func TestServeBannerDataDir(t *testing.T) {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		t.Skip("no home directory:", err)
+	}
+	t.Setenv("BERTH_DATA_DIR", "/srv/berth")
+	if got := dataDirArg("/srv/berth"); got != " --data-dir /srv/berth" {
+		t.Errorf("dataDirArg with BERTH_DATA_DIR: %q", got)
+	}
+	if got := dataDirArg(home + "/.berth"); got != "" {
+		t.Errorf("dataDirArg(~/.berth): %q", got)
+	}
+}
