@@ -156,6 +156,12 @@ var (
 	HubJobNotFound = hubCode(404002, "JobNotFound", "Job not found.")
 )
 
+// IoT Hub errors of automatic device configurations (docs/configurations.md).
+var (
+	HubConfigurationNotFound      = hubCode(404011, "ConfigurationNotFound", "Configuration not found.")
+	HubConfigurationAlreadyExists = hubCode(409302, "ConfigurationAlreadyExists", "A configuration with this ID already exists.")
+)
+
 // Codes returns every entry of the table, in declaration order.
 func Codes() []Code { return append([]Code(nil), table...) }
 

@@ -443,7 +443,7 @@ func twinDocument(d *Device, tw *twinRecord, etag string) map[string]any {
 
 // twinOwnDocument is the part of a twin document the twin record holds.
 func twinOwnDocument(id string, tw *twinRecord, etag string) map[string]any {
-	return map[string]any{
+	doc := map[string]any{
 		"deviceId": id,
 		"etag":     etag,
 		"version":  float64(tw.Version),
@@ -453,6 +453,10 @@ func twinOwnDocument(id string, tw *twinRecord, etag string) map[string]any {
 			"reported": sectionDocument(tw.Reported),
 		},
 	}
+	if c := configsDocument(tw.Configs); c != nil {
+		doc["configurations"] = c
+	}
+	return doc
 }
 
 // sectionDocument is a desired or reported section with its "$metadata"

@@ -112,6 +112,27 @@ type Registry struct {
 	// peers are the other nodes' presence (SetPresencePeers); guarded by
 	// mu.
 	peers PresencePeers
+	// changed hears of every created, updated or provisioned device
+	// (SetChangeHook); guarded by mu.
+	changed func(hubName, id string)
+}
+
+// SetChangeHook makes the registry call fn (which must not block) after
+// every device it creates, updates or provisions: the configurations
+// service evaluates the device against the hub's target conditions.
+func (r *Registry) SetChangeHook(fn func(hubName, id string)) {
+	r.mu.Lock()
+	r.changed = fn
+	r.mu.Unlock()
+}
+
+func (r *Registry) deviceChanged(hubName, id string) {
+	r.mu.Lock()
+	fn := r.changed
+	r.mu.Unlock()
+	if fn != nil {
+		fn(hubName, id)
+	}
 }
 
 type presence struct {
@@ -390,6 +411,7 @@ func (r *Registry) Provisioned(ctx context.Context, hubName, id string) {
 		d = nil
 	}
 	r.revoke(hubName, id, d)
+	r.deviceChanged(hubName, id)
 }
 
 // create adds a device; it fails with DeviceAlreadyExists if it exists.
@@ -422,6 +444,7 @@ func (r *Registry) create(ctx context.Context, hubName string, d *Device) (*Devi
 	// one links may keep (a connection with the deleted device's keys,
 	// authenticated just before the delete, may not).
 	r.revoke(hubName, d.DeviceID, out)
+	r.deviceChanged(hubName, d.DeviceID)
 	return out, nil
 }
 
@@ -462,6 +485,7 @@ func (r *Registry) update(ctx context.Context, hubName string, d *Device, ifMatc
 			return nil, err
 		}
 	}
+	r.deviceChanged(hubName, d.DeviceID)
 	return out, nil
 }
 

@@ -27,6 +27,9 @@ type Services struct {
 	// ImportExport runs import and export jobs (/jobs/create) once its
 	// blob containers are set (SetBlobs); its Run must be running.
 	ImportExport *ImportExport
+	// Configurations are the automatic device configurations; its Run
+	// applies them (the server runs it).
+	Configurations *Configurations
 }
 
 // NewServices builds the bundle on st around reg: sink receives telemetry
@@ -43,15 +46,19 @@ func NewServices(st store.Store, reg *Registry, sink TelemetrySink, now func() t
 	twins, methods := NewTwins(st, reg, links), NewMethods(reg, links)
 	jobs := NewJobs(st, twins, methods, log.With("component", "jobs"))
 	twins.deviceJobs = jobs.deviceJobSource
+	configs := NewConfigurations(st, twins, log.With("component", "configurations"))
+	twins.changed = configs.DeviceChanged
+	reg.SetChangeHook(configs.DeviceChanged)
 	return &Services{
-		Registry:      reg,
-		Links:         links,
-		Telemetry:     NewTelemetry(sink, reg, now),
-		Twins:         twins,
-		Methods:       methods,
-		CloudToDevice: c2d,
-		Feedback:      c2d.Feedback(),
-		Jobs:          jobs,
-		ImportExport:  NewImportExport(st, reg, twins, log.With("component", "importexport")),
+		Registry:       reg,
+		Links:          links,
+		Telemetry:      NewTelemetry(sink, reg, now),
+		Twins:          twins,
+		Methods:        methods,
+		CloudToDevice:  c2d,
+		Feedback:       c2d.Feedback(),
+		Jobs:           jobs,
+		ImportExport:   NewImportExport(st, reg, twins, log.With("component", "importexport")),
+		Configurations: configs,
 	}
 }

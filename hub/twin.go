@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,9 @@ type Twin struct {
 	Version                   int64           `json:"version"`
 	Tags                      json.RawMessage `json:"tags"`
 	Properties                TwinProperties  `json:"properties"`
+	// Configurations are the automatic device configurations that target
+	// the device, each with its status (docs/configurations.md).
+	Configurations map[string]TwinConfiguration `json:"configurations,omitempty"`
 }
 
 // TwinProperties holds the desired and reported sections, each with its
@@ -63,6 +67,9 @@ type twinRecord struct {
 	Tags         map[string]any `json:"tags"`
 	Desired      twinSection    `json:"desired"`
 	Reported     twinSection    `json:"reported"`
+	// Configs are the automatic configurations targeting the device
+	// (configurations.go), with what the applied one wrote.
+	Configs map[string]*twinConfig `json:"configurations,omitempty"`
 
 	tagsSize int // twinSize(Tags), kept up to date by updates
 }
@@ -136,6 +143,10 @@ type Twins struct {
 	// deviceJobs is the devices.jobs collection (Jobs.deviceJobSource),
 	// nil without a job service.
 	deviceJobs func(hubName string) hubquery.Source
+	// changed hears of every tags, desired or reported change of a device
+	// twin (the configurations service re-evaluates the device); nil:
+	// none. Set before use (NewServices).
+	changed func(hubName, id string)
 
 	// locks serialise updates of one device's twin on this node, so that
 	// desired notifications leave in version order. Across nodes the
@@ -322,6 +333,7 @@ func (t *Twins) render(d *Device, c *cachedTwin) (*Twin, error) {
 		Version:                   tw.Version,
 		Tags:                      tags,
 		Properties:                TwinProperties{Desired: desired, Reported: reported},
+		Configurations:            renderTwinConfigs(tw.Configs),
 	}
 	if d.Authentication != nil {
 		out.AuthenticationType = d.Authentication.Type
@@ -428,7 +440,16 @@ func (t *Twins) PatchReported(ctx context.Context, hubName, id string, body []by
 	if err != nil {
 		return 0, err
 	}
+	t.twinChanged(hubName, id)
 	return c.tw.Reported.Version, nil
+}
+
+// twinChanged tells the configurations service of a device twin's change
+// (module twins are not targeted by device configurations).
+func (t *Twins) twinChanged(hubName, id string) {
+	if t.changed != nil && !strings.Contains(id, "/") {
+		t.changed(hubName, id)
+	}
 }
 
 // servicePatch is the part of a Twin document the service may write.
@@ -586,6 +607,7 @@ func (t *Twins) write(ctx context.Context, hubName, id, ifMatch string, w servic
 	if err != nil {
 		return nil, err
 	}
+	t.twinChanged(hubName, id)
 	return t.render(d, c)
 }
 

@@ -189,6 +189,16 @@ func encodeTwinRecord(tw *twinRecord, prev *twinMemo, sizeHint int) ([]byte, *tw
 		b = strconv.AppendInt(b, s.sec.Version, 10)
 		b = append(b, '}')
 	}
+	if len(tw.Configs) > 0 {
+		// The automatic configurations' state is small (an entry per
+		// targeting configuration); plain encoding/json suffices.
+		c, err := json.Marshal(tw.Configs)
+		if err != nil {
+			return nil, nil, err
+		}
+		b = append(b, `,"configurations":`...)
+		b = append(b, c...)
+	}
 	b = append(b, '}')
 	return b, &twinMemo{json: e.next, compact: e.cnext}, nil
 }

@@ -498,6 +498,14 @@ func (s *Server) Start() error {
 	if err := s.startJobs(bg); err != nil {
 		return err
 	}
+	// Automatic device configurations: applied as devices and twins
+	// change, and every minute to every device (what another node
+	// changed).
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.hubSvc.Configurations.Run(bg, time.Minute)
+	}()
 	mqttTLS := pki.ServerTLSConfig(s.certs, nil)
 	httpsTLS := pki.ServerTLSConfig(s.certs, []string{"http/1.1"})
 	if s.amqpLn != nil {

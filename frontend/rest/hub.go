@@ -64,7 +64,7 @@ func (h *handler) servedHub(host string) (*hub.Served, error) {
 func (x *exchange) hubName() string { return x.target.Info.Name }
 
 // hubRoutes is the IoT Hub REST API. Its first segments ("devices",
-// "twins", "statistics") are literals no DPS route uses, so these paths
+// "twins", "statistics", "configurations", "messages") are literals no DPS route uses, so these paths
 // never collide with the DPS service routes (/enrollments…,
 // /registrations/…); the DPS device routes (/{idScope}/registrations/…)
 // come after them in the table, so that a path both fit (an ID scope
@@ -103,6 +103,14 @@ func (h *handler) hubRoutes() routes {
 		newHubRoute(http.MethodDelete, "devices/{id}/modules/{moduleId}", h.hubAuthorized(h.deleteModule, write)),
 		newHubRoute(http.MethodGet, "statistics/devices", h.hubAuthorized(h.deviceStatistics, read)),
 		newHubRoute(http.MethodPost, "devices/query", h.hubAuthorized(h.queryDevices, read, connect)),
+		newHubRoute(http.MethodPost, "devices/{id}/applyConfigurationContent", h.hubAuthorized(h.applyConfigurationContent, write)),
+
+		// Automatic device configurations (hubconfig.go).
+		newHubRoute(http.MethodGet, "configurations", h.hubAuthorized(h.listConfigurations, read)),
+		newHubRoute(http.MethodPost, "configurations/testQueries", h.hubAuthorized(h.testConfigurationQueries, read)),
+		newHubRoute(http.MethodPut, "configurations/{id}", h.hubAuthorized(h.putConfiguration, write)),
+		newHubRoute(http.MethodGet, "configurations/{id}", h.hubAuthorized(h.getConfiguration, read)),
+		newHubRoute(http.MethodDelete, "configurations/{id}", h.hubAuthorized(h.deleteConfiguration, write)),
 
 		// Jobs (docs/hub-jobs.md). The query route comes before
 		// jobs/v2/{id}, which it would also fit.

@@ -1,0 +1,1019 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hubquery"
+	"github.com/berth-iot/berth/store"
+)
+
+// Automatic device configurations (docs/configurations.md): a target
+// condition (the WHERE of a device query), a priority and desired
+// properties. Among the configurations whose condition a device's twin
+// meets, the one of highest priority is applied: its content is merged
+// into the twin's desired properties, and the twin lists every targeting
+// configuration under "configurations" with status Targeted, the applied
+// one with Applied. When a device stops matching (its twin changed, the
+// condition changed, the configuration was deleted) the paths the
+// configuration set are removed, and the next configuration in line, if
+// any, is applied instead.
+
+// Configuration statuses in a twin's "configurations" section.
+const (
+	ConfigurationTargeted = "Targeted"
+	ConfigurationApplied  = "Applied"
+)
+
+// ConfigurationSchemaVersion is the only schema version IoT Hub knows.
+const ConfigurationSchemaVersion = "1.0"
+
+// MaxConfigurationIDLength bounds a configuration ID, as IoT Hub does.
+const MaxConfigurationIDLength = 128
+
+// Configuration is IoT Hub's Configuration document as the service API
+// shows it (docs/spec/iothub-protocol.md#automatic-device-configurations).
+type Configuration struct {
+	ID                 string               `json:"id"`
+	SchemaVersion      string               `json:"schemaVersion"`
+	Labels             map[string]string    `json:"labels"`
+	Content            ConfigurationContent `json:"content"`
+	TargetCondition    string               `json:"targetCondition"`
+	CreatedTimeUTC     time.Time            `json:"createdTimeUtc"`
+	LastUpdatedTimeUTC time.Time            `json:"lastUpdatedTimeUtc"`
+	Priority           int                  `json:"priority"`
+	SystemMetrics      ConfigurationMetrics `json:"systemMetrics"`
+	Metrics            ConfigurationMetrics `json:"metrics"`
+	ETag               string               `json:"etag"`
+}
+
+// ConfigurationContent is what a configuration writes. Only the kinds a
+// client gave are echoed (the Node SDK's e2e tests compare the content
+// they read back with what they wrote).
+type ConfigurationContent struct {
+	DeviceContent  map[string]json.RawMessage `json:"deviceContent,omitempty"`
+	ModulesContent map[string]json.RawMessage `json:"modulesContent,omitempty"`
+	ModuleContent  map[string]json.RawMessage `json:"moduleContent,omitempty"`
+}
+
+// ConfigurationMetrics are named queries and their results (counts of
+// matching twins).
+type ConfigurationMetrics struct {
+	Results map[string]int    `json:"results"`
+	Queries map[string]string `json:"queries"`
+}
+
+// TwinConfiguration is one entry of a twin's "configurations" section.
+type TwinConfiguration struct {
+	Status string `json:"status"`
+}
+
+// ConfigurationQueriesTest is the body and answer of POST
+// /configurations/testQueries: the errors of a target condition and of
+// custom metric queries ("" when the query is valid).
+type ConfigurationQueriesTest struct {
+	TargetCondition     string            `json:"targetCondition,omitempty"`
+	CustomMetricQueries map[string]string `json:"customMetricQueries,omitempty"`
+}
+
+// ConfigurationQueriesResult answers a ConfigurationQueriesTest.
+type ConfigurationQueriesResult struct {
+	TargetConditionError    string            `json:"targetConditionError"`
+	CustomMetricQueryErrors map[string]string `json:"customMetricQueryErrors"`
+}
+
+// twinConfig is a twin's record of one targeting configuration. For the
+// applied one it keeps the desired paths the configuration set (to remove
+// them when it stops applying, even after the configuration is gone) and
+// the configuration's creation time (a configuration deleted and created
+// again under the same ID is a new one).
+type twinConfig struct {
+	Status  string     `json:"status"`
+	Paths   [][]string `json:"paths,omitempty"`
+	Created string     `json:"created,omitempty"`
+}
+
+func renderTwinConfigs(m map[string]*twinConfig) map[string]TwinConfiguration {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]TwinConfiguration, len(m))
+	for id, c := range m {
+		out[id] = TwinConfiguration{Status: c.Status}
+	}
+	return out
+}
+
+// configsDocument is the twin's "configurations" section as queries see it
+// (configurations.[[id]].status), nil when no configuration targets it.
+func configsDocument(m map[string]*twinConfig) map[string]any {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]any, len(m))
+	for id, c := range m {
+		out[id] = map[string]any{"status": c.Status}
+	}
+	return out
+}
+
+// configRecord is a stored configuration: the metrics' results are not
+// stored, they are counted when the configuration is read.
+type configRecord struct {
+	ID              string               `json:"id"`
+	SchemaVersion   string               `json:"schemaVersion"`
+	Labels          map[string]string    `json:"labels,omitempty"`
+	Content         ConfigurationContent `json:"content"`
+	TargetCondition string               `json:"targetCondition"`
+	Priority        int                  `json:"priority"`
+	Metrics         map[string]string    `json:"metrics,omitempty"`
+	Created         time.Time            `json:"created"`
+	Updated         time.Time            `json:"updated"`
+}
+
+// compiledConfig is a configuration ready to evaluate.
+type compiledConfig struct {
+	rec     configRecord
+	etag    string
+	target  *hubquery.Query // nil: targets no device (empty condition)
+	metrics map[string]*hubquery.Query
+	// patch is the deviceContent as a desired-properties patch and paths
+	// the members it sets; both nil for a module configuration, which
+	// berth stores but does not apply (docs/configurations.md).
+	patch json.RawMessage
+	paths [][]string
+}
+
+func (c *compiledConfig) created() string { return c.rec.Created.UTC().Format(time.RFC3339Nano) }
+
+func configKey(hubName, id string) string { return strings.ToLower(hubName) + "/" + id }
+
+// validConfigurationID reports whether id is a configuration ID IoT Hub
+// accepts: 1 to 128 lower-case letters, digits and - : + % _ # * ? ! ( ) ,
+// = @ $ '.
+func validConfigurationID(id string) bool {
+	if id == "" || len(id) > MaxConfigurationIDLength {
+		return false
+	}
+	for _, c := range []byte(id) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case strings.IndexByte("-:+%_#*?!(),=@$'.", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// parseTargetCondition compiles a target condition: a WHERE expression
+// over device twins ("tags.env='prod'"), or, for module configurations, a
+// query tail starting with FROM ("FROM devices.modules WHERE …"). Empty
+// gives nil: the configuration targets no device.
+func parseTargetCondition(tc string) (*hubquery.Query, error) {
+	tc = strings.TrimSpace(tc)
+	if tc == "" {
+		return nil, nil
+	}
+	prefix := "SELECT * FROM devices WHERE "
+	if len(tc) >= 5 && strings.EqualFold(tc[:5], "from ") {
+		prefix = "SELECT * "
+	}
+	q, err := hubquery.Parse(prefix + tc)
+	if err != nil {
+		var qe *hubquery.Error
+		if errors.As(err, &qe) && qe.Pos > len(prefix) {
+			// Positions in the condition as the client wrote it.
+			return nil, &hubquery.Error{Pos: qe.Pos - len(prefix), Msg: qe.Msg}
+		}
+		return nil, err
+	}
+	if len(q.GroupBy) > 0 || q.Top >= 0 {
+		return nil, errors.New("a target condition cannot group or limit")
+	}
+	return q, nil
+}
+
+// parseMetricQuery compiles a custom metric query: a whole query, whose
+// metric is the number of twins its WHERE accepts.
+func parseMetricQuery(src string) (*hubquery.Query, error) {
+	if strings.TrimSpace(src) == "" {
+		return nil, errors.New("the query is empty")
+	}
+	return hubquery.Parse(src)
+}
+
+// decodeTwinValue decodes one JSON value as twins keep them (numbers as
+// json.Number).
+func decodeTwinValue(raw json.RawMessage) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data after the value")
+	}
+	return v, nil
+}
+
+// setPath sets patch[path...] = v, creating (or replacing with) objects on
+// the way.
+func setPath(patch map[string]any, path []string, v any) {
+	for _, k := range path[:len(path)-1] {
+		next, ok := patch[k].(map[string]any)
+		if !ok {
+			next = map[string]any{}
+			patch[k] = next
+		}
+		patch = next
+	}
+	patch[path[len(path)-1]] = v
+}
+
+const desiredPrefix = "properties.desired"
+
+// contentPatch turns a content section ({"properties.desired": {…}} or
+// {"properties.desired.a.b": v, …}) into a desired-properties patch and
+// the member paths it sets. It decodes afresh on every call: the patch is
+// merged into a twin, which keeps its maps.
+func contentPatch(content map[string]json.RawMessage) (map[string]any, [][]string, error) {
+	keys := make([]string, 0, len(content))
+	for k := range content {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys) // "properties.desired" before its sub-paths
+	patch := map[string]any{}
+	var paths [][]string
+	for _, k := range keys {
+		v, err := decodeTwinValue(content[k])
+		if err != nil {
+			return nil, nil, azerr.Newf(azerr.HubArgumentInvalid, "The content of %q is not valid JSON: %v", k, err)
+		}
+		switch {
+		case k == desiredPrefix:
+			obj, ok := v.(map[string]any)
+			if !ok {
+				return nil, nil, azerr.Newf(azerr.HubArgumentInvalid, "The content of %q must be a JSON object.", k)
+			}
+			for m, mv := range obj {
+				setPath(patch, []string{m}, mv)
+				paths = append(paths, []string{m})
+			}
+		case strings.HasPrefix(k, desiredPrefix+"."):
+			path := strings.Split(k[len(desiredPrefix)+1:], ".")
+			for _, s := range path {
+				if s == "" {
+					return nil, nil, azerr.Newf(azerr.HubArgumentInvalid, "The content path %q has an empty member name.", k)
+				}
+			}
+			setPath(patch, path, v)
+			paths = append(paths, path)
+		default:
+			return nil, nil, azerr.Newf(azerr.HubArgumentInvalid, "The content path %q must be %q or start with %q.", k, desiredPrefix, desiredPrefix+".")
+		}
+	}
+	if err := validateTwinPatch(patch, "desired"); err != nil {
+		return nil, nil, err
+	}
+	if n := twinSize(patch); n > MaxDesiredSize {
+		return nil, nil, twinTooLarge("desired", n, MaxDesiredSize)
+	}
+	sort.Slice(paths, func(i, j int) bool { return strings.Join(paths[i], ".") < strings.Join(paths[j], ".") })
+	return patch, paths, nil
+}
+
+// compile validates a configuration and prepares it for evaluation.
+func compile(rec configRecord, etag string) (*compiledConfig, error) {
+	if !validConfigurationID(rec.ID) {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "The configuration ID %q is not valid: 1 to %d lower-case letters, digits and - : + %% _ # * ? ! ( ) , = @ $ ' characters.", rec.ID, MaxConfigurationIDLength)
+	}
+	if rec.SchemaVersion != ConfigurationSchemaVersion {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "The schemaVersion %q is not supported: it must be %q.", rec.SchemaVersion, ConfigurationSchemaVersion)
+	}
+	if rec.Priority < 0 {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "The priority must be 0 or more, not %d.", rec.Priority)
+	}
+	c := &compiledConfig{rec: rec, etag: etag, metrics: map[string]*hubquery.Query{}}
+	kinds := 0
+	for _, m := range []map[string]json.RawMessage{rec.Content.DeviceContent, rec.Content.ModuleContent, rec.Content.ModulesContent} {
+		if len(m) > 0 {
+			kinds++
+		}
+	}
+	if kinds != 1 {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "The content must have exactly one of deviceContent, moduleContent and modulesContent.")
+	}
+	var err error
+	if c.target, err = parseTargetCondition(rec.TargetCondition); err != nil {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "Invalid target condition: %s", err.Error())
+	}
+	if len(rec.Content.DeviceContent) > 0 {
+		if c.target != nil && c.target.From != hubquery.Devices {
+			return nil, azerr.Newf(azerr.HubArgumentInvalid, "The target condition of a device configuration must select devices.")
+		}
+		patch, paths, err := contentPatch(rec.Content.DeviceContent)
+		if err != nil {
+			return nil, err
+		}
+		if c.patch, err = json.Marshal(patch); err != nil {
+			return nil, fmt.Errorf("hub: encode configuration content: %w", err)
+		}
+		c.paths = paths
+	} else {
+		for _, m := range []map[string]json.RawMessage{rec.Content.ModuleContent, rec.Content.ModulesContent} {
+			for k, raw := range m {
+				if !json.Valid(raw) {
+					return nil, azerr.Newf(azerr.HubArgumentInvalid, "The content of %q is not valid JSON.", k)
+				}
+			}
+		}
+	}
+	for name, src := range rec.Metrics {
+		if name == "" {
+			return nil, azerr.Newf(azerr.HubArgumentInvalid, "A custom metric has no name.")
+		}
+		q, err := parseMetricQuery(src)
+		if err != nil {
+			return nil, azerr.Newf(azerr.HubArgumentInvalid, "Invalid query of metric %q: %s", name, err.Error())
+		}
+		c.metrics[name] = q
+	}
+	return c, nil
+}
+
+// appliedPatch decodes the configuration's desired patch afresh.
+func (c *compiledConfig) appliedPatch() map[string]any {
+	var m map[string]any
+	dec := json.NewDecoder(bytes.NewReader(c.patch))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		return map[string]any{} // encoded by compile: cannot happen
+	}
+	return m
+}
+
+// Configurations keeps a hub's automatic device configurations and applies
+// them to device twins. Device and twin changes are queued
+// (DeviceChanged) and applied by Run; a configuration change re-evaluates
+// the whole hub. Run also sweeps every hub with configurations
+// periodically, which catches what another berth node changed.
+type Configurations struct {
+	store store.Store
+	twins *Twins
+	log   *slog.Logger
+
+	mu sync.Mutex
+	// cache holds each hub's configurations (key lower(hub)), sorted in
+	// order of precedence; a hub is absent until loaded.
+	cache   map[string][]*compiledConfig
+	pending map[string]map[string]struct{} // lower(hub) → device IDs to reconcile
+	sweeps  map[string]struct{}            // lower(hub) to sweep whole
+	wake    chan struct{}
+}
+
+// maxPendingDevices bounds the device IDs queued for one hub: beyond it
+// the hub is swept whole instead.
+const maxPendingDevices = 10000
+
+// NewConfigurations returns the configurations service of twins.
+func NewConfigurations(st store.Store, twins *Twins, log *slog.Logger) *Configurations {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Configurations{
+		store: st, twins: twins, log: log,
+		cache: map[string][]*compiledConfig{}, pending: map[string]map[string]struct{}{},
+		sweeps: map[string]struct{}{}, wake: make(chan struct{}, 1),
+	}
+}
+
+func (c *Configurations) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// DeviceChanged queues a device whose identity or twin changed, to be
+// evaluated against the hub's configurations by Run. It never blocks.
+func (c *Configurations) DeviceChanged(hubName, id string) {
+	h := strings.ToLower(hubName)
+	c.mu.Lock()
+	if cs, loaded := c.cache[h]; loaded && len(cs) == 0 {
+		c.mu.Unlock()
+		return // the common case: a hub without configurations
+	}
+	if _, whole := c.sweeps[h]; !whole {
+		p := c.pending[h]
+		if p == nil {
+			p = map[string]struct{}{}
+			c.pending[h] = p
+		}
+		p[id] = struct{}{}
+		if len(p) > maxPendingDevices {
+			delete(c.pending, h)
+			c.sweeps[h] = struct{}{}
+		}
+	}
+	c.mu.Unlock()
+	c.signal()
+}
+
+// hubChanged drops a hub's cached configurations and queues a sweep.
+func (c *Configurations) hubChanged(hubName string) {
+	h := strings.ToLower(hubName)
+	c.mu.Lock()
+	delete(c.cache, h)
+	delete(c.pending, h)
+	c.sweeps[h] = struct{}{}
+	c.mu.Unlock()
+	c.signal()
+}
+
+// configs returns the hub's configurations in order of precedence:
+// highest priority first, then the most recently created, then by ID.
+func (c *Configurations) configs(ctx context.Context, hubName string) ([]*compiledConfig, error) {
+	h := strings.ToLower(hubName)
+	c.mu.Lock()
+	cs, ok := c.cache[h]
+	c.mu.Unlock()
+	if ok {
+		return cs, nil
+	}
+	recs, err := c.store.List(ctx, store.KindConfiguration, store.ListOptions{Index: h})
+	if err != nil {
+		return nil, fmt.Errorf("hub: list configurations: %w", err)
+	}
+	cs = make([]*compiledConfig, 0, len(recs))
+	for _, r := range recs {
+		cc, err := decodeConfig(r)
+		if err != nil {
+			// A stored configuration berth cannot read is skipped, not
+			// fatal for the hub's others.
+			c.log.Error("hub: unreadable configuration skipped", "key", r.Key, "error", err.Error())
+			continue
+		}
+		cs = append(cs, cc)
+	}
+	sort.SliceStable(cs, func(i, j int) bool {
+		a, b := cs[i].rec, cs[j].rec
+		if a.Priority != b.Priority {
+			return a.Priority > b.Priority
+		}
+		if !a.Created.Equal(b.Created) {
+			return a.Created.After(b.Created)
+		}
+		return a.ID < b.ID
+	})
+	c.mu.Lock()
+	c.cache[h] = cs
+	c.mu.Unlock()
+	return cs, nil
+}
+
+func decodeConfig(r store.Record) (*compiledConfig, error) {
+	var rec configRecord
+	if err := json.Unmarshal(r.Data, &rec); err != nil {
+		return nil, fmt.Errorf("hub: decode configuration: %w", err)
+	}
+	return compile(rec, r.ETag)
+}
+
+// state is what the configurations make of a twin document: the status of
+// each targeting configuration and the one applied (nil for none).
+func state(doc map[string]any, cs []*compiledConfig) (map[string]string, *compiledConfig) {
+	var want map[string]string
+	var winner *compiledConfig
+	for _, cc := range cs {
+		if cc.patch == nil || cc.target == nil || !cc.target.Matches(doc) {
+			continue
+		}
+		if want == nil {
+			want = map[string]string{}
+		}
+		want[cc.rec.ID] = ConfigurationTargeted
+		if winner == nil {
+			winner = cc
+			want[cc.rec.ID] = ConfigurationApplied
+		}
+	}
+	return want, winner
+}
+
+// errNoTwinChange ends a twin update that has nothing to write.
+var errNoTwinChange = errors.New("hub: twin unchanged")
+
+// apply brings one twin to what the configurations make of it and returns
+// the desired patch the device is to hear (nil for none), or
+// errNoTwinChange.
+func apply(d *Device, tw *twinRecord, cs []*compiledConfig, now time.Time) (map[string]any, error) {
+	want, winner := state(twinDocument(d, tw, ""), cs)
+	cur := tw.Configs
+	curApplied := ""
+	for id, e := range cur {
+		if e.Status == ConfigurationApplied {
+			curApplied = id
+		}
+	}
+	sameWinner := winner == nil && curApplied == "" ||
+		winner != nil && curApplied == winner.rec.ID && cur[curApplied].Created == winner.created()
+	sameStatus := len(want) == len(cur)
+	for id, st := range want {
+		if e, ok := cur[id]; !ok || e.Status != st {
+			sameStatus = false
+		}
+	}
+	if sameWinner && sameStatus {
+		return nil, errNoTwinChange
+	}
+	patch := map[string]any{}
+	if !sameWinner {
+		if curApplied != "" {
+			for _, p := range cur[curApplied].Paths {
+				if len(p) > 0 {
+					setPath(patch, p, nil)
+				}
+			}
+		}
+		if winner != nil {
+			overlay(patch, winner.appliedPatch())
+		}
+	}
+	next := make(map[string]*twinConfig, len(want))
+	for id, st := range want {
+		e := &twinConfig{Status: st}
+		if st == ConfigurationApplied {
+			if sameWinner {
+				e.Paths, e.Created = cur[id].Paths, cur[id].Created
+			} else {
+				e.Paths, e.Created = winner.paths, winner.created()
+			}
+		}
+		next[id] = e
+	}
+	if len(next) == 0 {
+		next = nil
+	}
+	tw.Configs = next
+	if len(patch) == 0 {
+		return nil, nil
+	}
+	// mergeTwin copies what it changes: tw's maps may be the cached twin's.
+	props, meta := mergeTwin(tw.Desired.Props, tw.Desired.Meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1})
+	if n := twinSize(props); n > MaxDesiredSize {
+		return nil, twinTooLarge("desired", n, MaxDesiredSize)
+	}
+	tw.Desired.Props, tw.Desired.Meta = props, meta
+	tw.Desired.Version++
+	tw.Version++
+	return patch, nil
+}
+
+// overlay merges src into dst: objects member by member, anything else
+// replaces.
+func overlay(dst, src map[string]any) {
+	for k, v := range src {
+		if sv, ok := v.(map[string]any); ok {
+			if dv, ok := dst[k].(map[string]any); ok {
+				overlay(dv, sv)
+				continue
+			}
+		}
+		dst[k] = v
+	}
+}
+
+// Reconcile evaluates one device against its hub's configurations now and
+// writes its twin if that changes anything.
+func (c *Configurations) Reconcile(ctx context.Context, hubName, id string) error {
+	cs, err := c.configs(ctx, hubName)
+	if err != nil {
+		return err
+	}
+	d, err := c.twins.reg.Get(ctx, hubName, id)
+	var ae *azerr.Error
+	if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
+		return nil // deleted meanwhile: nothing to apply
+	}
+	if err != nil {
+		return err
+	}
+	_, _, err = c.twins.update(ctx, hubName, id, "", func(tw *twinRecord, now time.Time) (map[string]any, error) {
+		return apply(d, tw, cs, now)
+	})
+	switch {
+	case errors.Is(err, errNoTwinChange), errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound:
+		return nil
+	case err != nil:
+		return fmt.Errorf("hub: apply configurations to %s: %w", id, err)
+	}
+	return nil
+}
+
+// Sweep evaluates every device of a hub and reconciles those whose twin
+// is not what the configurations make of it. The scan only reads; a twin
+// is written only where something changes.
+func (c *Configurations) Sweep(ctx context.Context, hubName string) error {
+	cs, err := c.configs(ctx, hubName)
+	if err != nil {
+		return err
+	}
+	var todo []string
+	s := &twinScan{t: c.twins, hubName: hubName}
+	err = s.source(ctx, "", func(id string, doc map[string]any) (bool, error) {
+		want, _ := state(doc, cs)
+		have, _ := doc["configurations"].(map[string]any)
+		same := len(want) == len(have)
+		for cid, st := range want {
+			e, _ := have[cid].(map[string]any)
+			if e == nil || e["status"] != st {
+				same = false
+			}
+		}
+		if !same {
+			todo = append(todo, id)
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("hub: sweep configurations: %w", err)
+	}
+	var errs []error
+	for _, id := range todo {
+		if err := c.Reconcile(ctx, hubName, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Settle applies everything queued now (what Run does when woken), for
+// tests and for Run.
+func (c *Configurations) Settle(ctx context.Context) {
+	c.mu.Lock()
+	sweeps, pending := c.sweeps, c.pending
+	c.sweeps, c.pending = map[string]struct{}{}, map[string]map[string]struct{}{}
+	c.mu.Unlock()
+	for h := range sweeps {
+		if err := c.Sweep(ctx, h); err != nil && ctx.Err() == nil {
+			c.log.Error("hub: configurations sweep failed", "hub", h, "error", err.Error())
+		}
+	}
+	for h, ids := range pending {
+		if _, done := sweeps[h]; done {
+			continue
+		}
+		for id := range ids {
+			if err := c.Reconcile(ctx, h, id); err != nil && ctx.Err() == nil {
+				c.log.Error("hub: applying configurations failed", "hub", h, "device", id, "error", err.Error())
+			}
+		}
+	}
+}
+
+// Run applies queued changes as they come and, every interval, reloads
+// every hub's configurations from the store and sweeps the hubs that have
+// any (or had: their twins may still name a deleted one). It returns when
+// ctx ends.
+func (c *Configurations) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.wake:
+		case <-t.C:
+			c.refresh(ctx)
+		}
+		c.Settle(ctx)
+	}
+}
+
+// refresh forgets the cached configurations and queues a sweep of every
+// hub that has or had some.
+func (c *Configurations) refresh(ctx context.Context) {
+	recs, err := c.store.List(ctx, store.KindConfiguration, store.ListOptions{})
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Error("hub: list configurations failed", "error", err.Error())
+		}
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for h, cs := range c.cache {
+		if len(cs) > 0 {
+			c.sweeps[h] = struct{}{}
+		}
+	}
+	for _, r := range recs {
+		c.sweeps[r.Index] = struct{}{}
+	}
+	c.cache = map[string][]*compiledConfig{}
+}
+
+// ---- the service API ----
+
+// Get returns one configuration with its metrics counted now.
+func (c *Configurations) Get(ctx context.Context, hubName, id string) (*Configuration, error) {
+	rec, err := c.store.Get(ctx, store.KindConfiguration, configKey(hubName, id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, azerr.Newf(azerr.HubConfigurationNotFound, "The configuration '%s' does not exist.", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hub: get configuration %s: %w", id, err)
+	}
+	cc, err := decodeConfig(rec)
+	if err != nil {
+		return nil, err
+	}
+	out, err := c.render(ctx, hubName, []*compiledConfig{cc})
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
+
+// List returns a hub's configurations in ID order, at most top (<= 0: all),
+// with their metrics.
+func (c *Configurations) List(ctx context.Context, hubName string, top int) ([]*Configuration, error) {
+	recs, err := c.store.List(ctx, store.KindConfiguration, store.ListOptions{Index: strings.ToLower(hubName), Limit: top})
+	if err != nil {
+		return nil, fmt.Errorf("hub: list configurations: %w", err)
+	}
+	cs := make([]*compiledConfig, 0, len(recs))
+	for _, r := range recs {
+		cc, err := decodeConfig(r)
+		if err != nil {
+			return nil, err
+		}
+		cs = append(cs, cc)
+	}
+	return c.render(ctx, hubName, cs)
+}
+
+// render counts the metrics of cs in one scan of the hub's twins.
+func (c *Configurations) render(ctx context.Context, hubName string, cs []*compiledConfig) ([]*Configuration, error) {
+	out := make([]*Configuration, len(cs))
+	for i, cc := range cs {
+		r := cc.rec
+		sysQ := map[string]string{
+			"targetedCount": "",
+			"appliedCount":  fmt.Sprintf("SELECT deviceId FROM devices WHERE configurations.[[%s]].status = '%s'", r.ID, ConfigurationApplied),
+		}
+		if tc := strings.TrimSpace(r.TargetCondition); tc != "" {
+			if cc.target != nil && cc.target.From != hubquery.Devices {
+				sysQ["targetedCount"] = "SELECT deviceId " + tc
+			} else {
+				sysQ["targetedCount"] = "SELECT deviceId FROM devices WHERE " + tc
+			}
+		}
+		labels := r.Labels
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		queries := r.Metrics
+		if queries == nil {
+			queries = map[string]string{}
+		}
+		out[i] = &Configuration{
+			ID: r.ID, SchemaVersion: r.SchemaVersion, Labels: labels, Content: r.Content,
+			TargetCondition: r.TargetCondition, CreatedTimeUTC: r.Created, LastUpdatedTimeUTC: r.Updated,
+			Priority: r.Priority, ETag: cc.etag,
+			SystemMetrics: ConfigurationMetrics{Results: map[string]int{"targetedCount": 0, "appliedCount": 0}, Queries: sysQ},
+			Metrics:       ConfigurationMetrics{Results: map[string]int{}, Queries: queries},
+		}
+		for name := range cc.metrics {
+			out[i].Metrics.Results[name] = 0
+		}
+	}
+	if len(cs) == 0 {
+		return out, nil
+	}
+	s := &twinScan{t: c.twins, hubName: hubName}
+	err := s.source(ctx, "", func(_ string, doc map[string]any) (bool, error) {
+		confs, _ := doc["configurations"].(map[string]any)
+		for i, cc := range cs {
+			if cc.target != nil && cc.target.From == hubquery.Devices && cc.target.Matches(doc) {
+				out[i].SystemMetrics.Results["targetedCount"]++
+			}
+			if e, _ := confs[cc.rec.ID].(map[string]any); e != nil && e["status"] == ConfigurationApplied {
+				out[i].SystemMetrics.Results["appliedCount"]++
+			}
+			for name, q := range cc.metrics {
+				if q.From == hubquery.Devices && q.Matches(doc) {
+					out[i].Metrics.Results[name]++
+				}
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hub: count configuration metrics: %w", err)
+	}
+	return out, nil
+}
+
+// Put creates a configuration (ifMatch "") or replaces one under ifMatch
+// (an etag, or "*" for any). A replacement may change the labels, target
+// condition, priority and metrics, never the content, as IoT Hub allows.
+func (c *Configurations) Put(ctx context.Context, hubName string, in *Configuration, ifMatch string) (*Configuration, error) {
+	if in == nil {
+		return nil, azerr.Newf(azerr.HubArgumentNull, "The configuration is missing.")
+	}
+	now := c.twins.now().UTC()
+	rec := configRecord{
+		ID: in.ID, SchemaVersion: in.SchemaVersion, Labels: in.Labels, Content: in.Content,
+		TargetCondition: in.TargetCondition, Priority: in.Priority, Metrics: in.Metrics.Queries,
+		Created: now, Updated: now,
+	}
+	if rec.SchemaVersion == "" {
+		rec.SchemaVersion = ConfigurationSchemaVersion
+	}
+	if _, err := compile(rec, ""); err != nil {
+		return nil, err
+	}
+	key := configKey(hubName, in.ID)
+	cond := store.Cond{IfNotExists: true}
+	if ifMatch = strings.TrimSpace(ifMatch); ifMatch != "" {
+		cur, err := c.store.Get(ctx, store.KindConfiguration, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, azerr.Newf(azerr.HubConfigurationNotFound, "The configuration '%s' does not exist.", in.ID)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("hub: get configuration %s: %w", in.ID, err)
+		}
+		if want := unquote(ifMatch); want != "*" && want != cur.ETag {
+			return nil, azerr.Newf(azerr.HubPreconditionFailed, "The configuration's etag does not match If-Match.")
+		}
+		var old configRecord
+		if err := json.Unmarshal(cur.Data, &old); err != nil {
+			return nil, fmt.Errorf("hub: decode configuration %s: %w", in.ID, err)
+		}
+		same, err := sameContent(old.Content, rec.Content)
+		if err != nil {
+			return nil, err
+		}
+		if !same {
+			return nil, azerr.Newf(azerr.HubArgumentInvalid, "The content of configuration '%s' cannot be changed; create a new configuration instead.", in.ID)
+		}
+		rec.Content = old.Content
+		rec.Created = old.Created
+		cond = store.Cond{IfMatch: cur.ETag}
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("hub: encode configuration: %w", err)
+	}
+	saved, err := c.store.Put(ctx, store.Record{Kind: store.KindConfiguration, Key: key, Index: strings.ToLower(hubName), Data: data}, cond)
+	switch {
+	case errors.Is(err, store.ErrExists):
+		return nil, azerr.Newf(azerr.HubConfigurationAlreadyExists, "A configuration with ID '%s' already exists.", in.ID)
+	case errors.Is(err, store.ErrPreconditionFailed):
+		return nil, azerr.Newf(azerr.HubPreconditionFailed, "The configuration's etag does not match If-Match.")
+	case errors.Is(err, store.ErrNotFound):
+		return nil, azerr.Newf(azerr.HubConfigurationNotFound, "The configuration '%s' does not exist.", in.ID)
+	case err != nil:
+		return nil, fmt.Errorf("hub: put configuration %s: %w", in.ID, err)
+	}
+	c.hubChanged(hubName)
+	cc, err := decodeConfig(saved)
+	if err != nil {
+		return nil, err
+	}
+	out, err := c.render(ctx, hubName, []*compiledConfig{cc})
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
+
+// sameContent compares two contents as JSON values.
+func sameContent(a, b ConfigurationContent) (bool, error) {
+	canon := func(v ConfigurationContent) ([]byte, error) {
+		raw, err := json.Marshal(v)
+		if err != nil {
+			return nil, err
+		}
+		var x any
+		if err := json.Unmarshal(raw, &x); err != nil {
+			return nil, err
+		}
+		return json.Marshal(x) // maps marshal in key order
+	}
+	ca, err := canon(a)
+	if err != nil {
+		return false, fmt.Errorf("hub: compare configuration content: %w", err)
+	}
+	cb, err := canon(b)
+	if err != nil {
+		return false, fmt.Errorf("hub: compare configuration content: %w", err)
+	}
+	return bytes.Equal(ca, cb), nil
+}
+
+// Delete removes a configuration under ifMatch ("" or "*": any). The
+// twins it applied to lose its content and take the next configuration in
+// line, when Run next sweeps the hub.
+func (c *Configurations) Delete(ctx context.Context, hubName, id, ifMatch string) error {
+	want := unquote(strings.TrimSpace(ifMatch))
+	if want == "*" {
+		want = ""
+	}
+	err := c.store.Delete(ctx, store.KindConfiguration, configKey(hubName, id), want)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return azerr.Newf(azerr.HubConfigurationNotFound, "The configuration '%s' does not exist.", id)
+	case errors.Is(err, store.ErrPreconditionFailed):
+		return azerr.Newf(azerr.HubPreconditionFailed, "The configuration's etag does not match If-Match.")
+	case err != nil:
+		return fmt.Errorf("hub: delete configuration %s: %w", id, err)
+	}
+	c.hubChanged(hubName)
+	return nil
+}
+
+// TestQueries reports what is wrong with a target condition and custom
+// metric queries, without storing anything.
+func (c *Configurations) TestQueries(in *ConfigurationQueriesTest) *ConfigurationQueriesResult {
+	out := &ConfigurationQueriesResult{CustomMetricQueryErrors: map[string]string{}}
+	if in == nil {
+		return out
+	}
+	if _, err := parseTargetCondition(in.TargetCondition); err != nil {
+		out.TargetConditionError = err.Error()
+	}
+	for name, q := range in.CustomMetricQueries {
+		if _, err := parseMetricQuery(q); err != nil {
+			out.CustomMetricQueryErrors[name] = err.Error()
+		}
+	}
+	return out
+}
+
+// ApplyContent applies configuration content to one device at once, as
+// IoT Hub's applyConfigurationContent does for IoT Edge deployments:
+// deviceContent to the device's twin, modulesContent to the twins of its
+// modules (each must exist). Everything is checked before anything is
+// written.
+func (c *Configurations) ApplyContent(ctx context.Context, hubName, deviceID string, content *ConfigurationContent) error {
+	if content == nil || len(content.DeviceContent) == 0 && len(content.ModulesContent) == 0 {
+		return azerr.Newf(azerr.HubArgumentInvalid, "The content must have deviceContent or modulesContent.")
+	}
+	if len(content.ModuleContent) > 0 {
+		return azerr.Newf(azerr.HubArgumentInvalid, "moduleContent applies to modules chosen by a target condition; give modulesContent, by module ID.")
+	}
+	reg := c.twins.reg
+	if _, err := reg.Get(ctx, hubName, deviceID); err != nil {
+		return err
+	}
+	type write struct {
+		twinID string
+		patch  map[string]any
+	}
+	var writes []write
+	if len(content.DeviceContent) > 0 {
+		p, _, err := contentPatch(content.DeviceContent)
+		if err != nil {
+			return err
+		}
+		writes = append(writes, write{deviceID, p})
+	}
+	mods := make([]string, 0, len(content.ModulesContent))
+	for m := range content.ModulesContent {
+		mods = append(mods, m)
+	}
+	sort.Strings(mods)
+	for _, m := range mods {
+		var section map[string]json.RawMessage
+		if err := json.Unmarshal(content.ModulesContent[m], &section); err != nil {
+			return azerr.Newf(azerr.HubArgumentInvalid, "The content of module %q must be a JSON object of desired paths.", m)
+		}
+		p, _, err := contentPatch(section)
+		if err != nil {
+			return err
+		}
+		if _, err := reg.GetModule(ctx, hubName, deviceID, m); err != nil {
+			return err
+		}
+		writes = append(writes, write{deviceID + "/" + m, p})
+	}
+	for _, w := range writes {
+		if _, err := c.twins.write(ctx, hubName, w.twinID, "", serviceWrite{desired: w.patch}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
