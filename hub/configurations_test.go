@@ -1,0 +1,322 @@
+package hub_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/store/memstore"
+	"github.com/berth-iot/berth/store/postgres"
+	"github.com/berth-iot/berth/store/sqlite"
+)
+
+// configStores are the stores the configuration tests run on: what a
+// configuration and a twin's configuration state are must survive each.
+func configStores(t *testing.T) map[string]func(t *testing.T) store.Store {
+	return map[string]func(t *testing.T) store.Store{
+		"memstore": func(*testing.T) store.Store { return memstore.New() },
+		"sqlite": func(t *testing.T) store.Store {
+			st, err := sqlite.Open(filepath.Join(t.TempDir(), "c.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = st.Close() })
+			return st
+		},
+		"postgres": func(t *testing.T) store.Store {
+			dsn := os.Getenv("BERTH_TEST_POSTGRES")
+			if dsn == "" {
+				dsn = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+			}
+			ctx := context.Background()
+			var rnd [6]byte
+			_, _ = rand.Read(rnd[:])
+			schema := "berth_cfg_" + hex.EncodeToString(rnd[:])
+			st, err := postgres.Open(ctx, dsn, postgres.WithSchema(schema))
+			if err != nil {
+				if os.Getenv("BERTH_REQUIRE_SERVICES") != "" {
+					t.Fatalf("PostgreSQL: %v", err)
+				}
+				t.Skipf("PostgreSQL at BERTH_TEST_POSTGRES or the local test database: %v", err)
+			}
+			t.Cleanup(func() {
+				_ = st.Close()
+				if conn, err := pgx.Connect(ctx, dsn); err == nil {
+					_, _ = conn.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`)
+					_ = conn.Close(ctx)
+				}
+			})
+			return st
+		},
+	}
+}
+
+type configFixture struct {
+	t   *testing.T
+	ctx context.Context
+	svc *hub.Services
+}
+
+func (f configFixture) device(id string, tags string) {
+	f.t.Helper()
+	if _, err := f.svc.Registry.Create(f.ctx, hubName, &hub.Device{DeviceID: id}); err != nil {
+		f.t.Fatal(err)
+	}
+	if tags != "" {
+		f.tags(id, tags)
+	}
+}
+
+func (f configFixture) tags(id, tags string) {
+	f.t.Helper()
+	if _, err := f.svc.Twins.Patch(f.ctx, hubName, id, []byte(`{"tags":`+tags+`}`), ""); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f configFixture) put(id string, priority int, target, content string) *hub.Configuration {
+	f.t.Helper()
+	c := &hub.Configuration{ID: id, Priority: priority, TargetCondition: target}
+	if err := json.Unmarshal([]byte(content), &c.Content.DeviceContent); err != nil {
+		f.t.Fatal(err)
+	}
+	out, err := f.svc.Configurations.Put(f.ctx, hubName, c, "")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return out
+}
+
+// desired is the device's desired properties (without $metadata) and its
+// configurations section, after everything queued has been applied.
+func (f configFixture) desired(id string) (map[string]any, map[string]hub.TwinConfiguration) {
+	f.t.Helper()
+	f.svc.Configurations.Settle(f.ctx)
+	tw, err := f.svc.Twins.Get(f.ctx, hubName, id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var d map[string]any
+	if err := json.Unmarshal(tw.Properties.Desired, &d); err != nil {
+		f.t.Fatal(err)
+	}
+	delete(d, "$metadata")
+	delete(d, "$version")
+	return d, tw.Configurations
+}
+
+func jsonOf(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestConfigurationsApplyToMatchingTwins(t *testing.T) {
+	for name, open := range configStores(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			st := open(t)
+			f := configFixture{t: t, ctx: ctx, svc: hub.NewServices(st, hub.NewRegistry(st, nil), nil, nil, nil)}
+			f.device("a", `{"site":"north"}`)
+			f.device("b", `{"site":"south"}`)
+
+			f.put("low", 1, "tags.site = 'north'", `{"properties.desired.fw":{"v":"1"},"properties.desired.mode":"eco"}`)
+			d, cs := f.desired("a")
+			if got := jsonOf(t, d); got != `{"fw":{"v":"1"},"mode":"eco"}` {
+				t.Errorf("a's desired: %s", got)
+			}
+			if got := jsonOf(t, cs); got != `{"low":{"status":"Applied"}}` {
+				t.Errorf("a's configurations: %s", got)
+			}
+			if d, cs := f.desired("b"); len(d) != 0 || cs != nil {
+				t.Errorf("b does not match but has %v %v", d, cs)
+			}
+
+			// b matches later, after a tag change.
+			f.tags("b", `{"site":"north"}`)
+			if d, _ := f.desired("b"); jsonOf(t, d) != `{"fw":{"v":"1"},"mode":"eco"}` {
+				t.Errorf("b after its tag change: %v", d)
+			}
+			// A device created later that matches through its device ID.
+			f.put("byid", 0, "deviceId = 'c'", `{"properties.desired":{"hello":"c"}}`)
+			f.device("c", "")
+			if d, _ := f.desired("c"); jsonOf(t, d) != `{"hello":"c"}` {
+				t.Errorf("c created after its configuration: %v", d)
+			}
+
+			// Highest priority wins; the loser's paths go.
+			f.put("high", 5, "tags.site = 'north' AND deviceId = 'a'", `{"properties.desired.fw":{"v":"2"}}`)
+			d, cs = f.desired("a")
+			if jsonOf(t, d) != `{"fw":{"v":"2"}}` || jsonOf(t, cs) != `{"high":{"status":"Applied"},"low":{"status":"Targeted"}}` {
+				t.Errorf("a under high: %v %v", d, cs)
+			}
+			c, err := f.svc.Configurations.Get(ctx, hubName, "low")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := c.SystemMetrics.Results; r["targetedCount"] != 2 || r["appliedCount"] != 1 {
+				t.Errorf("low's metrics: %v", r)
+			}
+
+			// Deleting high gives a back to low.
+			if err := f.svc.Configurations.Delete(ctx, hubName, "high", ""); err != nil {
+				t.Fatal(err)
+			}
+			if d, cs := f.desired("a"); jsonOf(t, d) != `{"fw":{"v":"1"},"mode":"eco"}` || jsonOf(t, cs) != `{"low":{"status":"Applied"}}` {
+				t.Errorf("a after high is deleted: %v %v", d, cs)
+			}
+
+			// A device that stops matching loses the content; a service
+			// write beside it stays.
+			if _, err := f.svc.Twins.Patch(ctx, hubName, "a", []byte(`{"properties":{"desired":{"mine":1}}}`), ""); err != nil {
+				t.Fatal(err)
+			}
+			f.tags("a", `{"site":"east"}`)
+			if d, cs := f.desired("a"); jsonOf(t, d) != `{"mine":1}` || cs != nil {
+				t.Errorf("a after it stops matching: %v %v", d, cs)
+			}
+
+			// Changing the target condition moves the configuration.
+			cur, err := f.svc.Configurations.Get(ctx, hubName, "low")
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur.TargetCondition = "tags.site = 'east'"
+			if _, err := f.svc.Configurations.Put(ctx, hubName, cur, cur.ETag); err != nil {
+				t.Fatal(err)
+			}
+			if d, _ := f.desired("a"); jsonOf(t, d) != `{"fw":{"v":"1"},"mine":1,"mode":"eco"}` {
+				t.Errorf("a under the new condition: %v", d)
+			}
+			if d, cs := f.desired("b"); len(d) != 0 || cs != nil {
+				t.Errorf("b out of the new condition: %v %v", d, cs)
+			}
+		})
+	}
+}
+
+func TestConfigurationWrites(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	svc := hub.NewServices(st, hub.NewRegistry(st, nil), nil, nil, nil)
+	cfgs := svc.Configurations
+	content := hub.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.desired.x": json.RawMessage(`1`)}}
+	c, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "c1", Content: content, Priority: 2,
+		Labels: map[string]string{"k": "v"}}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SchemaVersion != "1.0" || c.ETag == "" || c.CreatedTimeUTC.IsZero() || c.Labels["k"] != "v" {
+		t.Fatalf("created: %+v", c)
+	}
+	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "c1", Content: content}, ""); code(err) != azerr.HubConfigurationAlreadyExists {
+		t.Errorf("create again: %v", err)
+	}
+	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "c1", Content: content, Priority: 3}, `"stale"`); code(err) != azerr.HubPreconditionFailed {
+		t.Errorf("stale etag: %v", err)
+	}
+	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "nope", Content: content}, "*"); code(err) != azerr.HubConfigurationNotFound {
+		t.Errorf("update of a missing one: %v", err)
+	}
+	other := hub.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.desired.x": json.RawMessage(`2`)}}
+	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "c1", Content: other}, "*"); code(err) != azerr.HubArgumentInvalid {
+		t.Errorf("content change: %v", err)
+	}
+	up, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "c1", Content: content, Priority: 4}, `"`+c.ETag+`"`)
+	if err != nil || up.Priority != 4 || up.ETag == c.ETag || !up.CreatedTimeUTC.Equal(c.CreatedTimeUTC) {
+		t.Fatalf("update: %+v %v", up, err)
+	}
+	for _, bad := range []*hub.Configuration{
+		{ID: "UPPER", Content: content},
+		{ID: strings.Repeat("a", 129), Content: content},
+		{ID: "c2", Content: content, Priority: -1},
+		{ID: "c2", Content: content, SchemaVersion: "2.0"},
+		{ID: "c2", Content: content, TargetCondition: "tags.a = = 1"},
+		{ID: "c2"},
+		{ID: "c2", Content: hub.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.reported.x": json.RawMessage(`1`)}}},
+		{ID: "c2", Content: hub.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.desired": json.RawMessage(`1`)}}},
+		{ID: "c2", Content: hub.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.desired.a..b": json.RawMessage(`1`)}}},
+		{ID: "c2", Content: content, Metrics: hub.ConfigurationMetrics{Queries: map[string]string{"m": "SELECT FROM"}}},
+	} {
+		if _, err := cfgs.Put(ctx, hubName, bad, ""); code(err) != azerr.HubArgumentInvalid {
+			t.Errorf("%+v: %v", bad, err)
+		}
+	}
+	if err := cfgs.Delete(ctx, hubName, "c1", `"stale"`); code(err) != azerr.HubPreconditionFailed {
+		t.Errorf("delete under a stale etag: %v", err)
+	}
+	if err := cfgs.Delete(ctx, hubName, "c1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cfgs.Get(ctx, hubName, "c1"); code(err) != azerr.HubConfigurationNotFound {
+		t.Errorf("get after delete: %v", err)
+	}
+	if err := cfgs.Delete(ctx, hubName, "c1", ""); code(err) != azerr.HubConfigurationNotFound {
+		t.Errorf("delete again: %v", err)
+	}
+	// Module configurations are kept and listed, not applied.
+	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "m1", TargetCondition: "FROM devices.modules WHERE moduleId = 'x'",
+		Content: hub.ConfigurationContent{ModuleContent: map[string]json.RawMessage{"properties.desired": json.RawMessage(`{"a":1}`)}}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	list, err := cfgs.List(ctx, hubName, 0)
+	if err != nil || len(list) != 1 || list[0].ID != "m1" {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	r := cfgs.TestQueries(&hub.ConfigurationQueriesTest{TargetCondition: "tags.a = ", CustomMetricQueries: map[string]string{"ok": "SELECT deviceId FROM devices", "bad": "SELECT"}})
+	if r.TargetConditionError == "" || r.CustomMetricQueryErrors["bad"] == "" || r.CustomMetricQueryErrors["ok"] != "" {
+		t.Errorf("test queries: %+v", r)
+	}
+}
+
+func TestApplyConfigurationContent(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	svc := hub.NewServices(st, hub.NewRegistry(st, nil), nil, nil, nil)
+	if _, err := svc.Registry.Create(ctx, hubName, &hub.Device{DeviceID: "edge", Capabilities: &hub.Capabilities{IoTEdge: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Registry.CreateModule(ctx, hubName, &hub.Module{DeviceID: "edge", ModuleID: "$edgeAgent"}); err != nil {
+		t.Fatal(err)
+	}
+	content := &hub.ConfigurationContent{
+		DeviceContent:  map[string]json.RawMessage{"properties.desired.a": json.RawMessage(`{"b":1}`)},
+		ModulesContent: map[string]json.RawMessage{"$edgeAgent": json.RawMessage(`{"properties.desired":{"schemaVersion":"1.1"}}`)},
+	}
+	if err := svc.Configurations.ApplyContent(ctx, hubName, "edge", content); err != nil {
+		t.Fatal(err)
+	}
+	tw, err := svc.Twins.Get(ctx, hubName, "edge")
+	if err != nil || !strings.Contains(string(tw.Properties.Desired), `"a":{"b":1}`) {
+		t.Fatalf("device twin: %s %v", tw.Properties.Desired, err)
+	}
+	mt, err := svc.Twins.Get(ctx, hubName, "edge/$edgeAgent")
+	if err != nil || !strings.Contains(string(mt.Properties.Desired), `"schemaVersion":"1.1"`) {
+		t.Fatalf("module twin: %v", err)
+	}
+	// A missing module fails the whole request before anything is written.
+	content.DeviceContent = map[string]json.RawMessage{"properties.desired.z": json.RawMessage(`1`)}
+	content.ModulesContent = map[string]json.RawMessage{"$edgeHub": json.RawMessage(`{"properties.desired":{"x":1}}`)}
+	if err := svc.Configurations.ApplyContent(ctx, hubName, "edge", content); code(err) != azerr.HubModuleNotFound {
+		t.Errorf("missing module: %v", err)
+	}
+	if tw, _ := svc.Twins.Get(ctx, hubName, "edge"); strings.Contains(string(tw.Properties.Desired), `"z"`) {
+		t.Error("the device content was written although a module was missing")
+	}
+	if err := svc.Configurations.ApplyContent(ctx, hubName, "ghost", content); code(err) != azerr.HubDeviceNotFound {
+		t.Errorf("missing device: %v", err)
+	}
+}
