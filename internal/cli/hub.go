@@ -62,9 +62,10 @@ func newHubCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(newModuleIdentityCmd(g, hf), newModuleTwinCmd(g, hf)) // hub_module.go
 	cmd.AddCommand(identity, newDeviceTwinCmd(g, hf), newInvokeMethodCmd(g, hf), newC2DCmd(g, hf),
 		connStr, newHubSASTokenCmd(g, hf), newMonitorEventsCmd(g, hf))
-	cmd.AddCommand(newHubManageCmds(g)...) // create|list|show|update|delete (hub_manage.go)
-	cmd.AddCommand(newHubQueryCmd(g, hf))  // hub_query.go
-	cmd.AddCommand(newHubJobCmd(g, hf))    // hub_job.go
+	cmd.AddCommand(newHubManageCmds(g)...)     // create|list|show|update|delete (hub_manage.go)
+	cmd.AddCommand(newHubQueryCmd(g, hf))      // hub_query.go
+	cmd.AddCommand(newHubJobCmd(g, hf))        // hub_job.go
+	cmd.AddCommand(newConfigurationCmd(g, hf)) // hub_configuration.go
 	addHubNameFlag(cmd, hf)
 	return cmd
 }
