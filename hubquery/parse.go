@@ -106,6 +106,16 @@ func lex(src string) ([]token, error) {
 		switch {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
 			i++
+		case c == '[' && strings.HasPrefix(src[i:], "[[") && len(toks) > 0 && toks[len(toks)-1].kind == tOp && toks[len(toks)-1].text == ".":
+			// IoT Hub's quoting of a member name that is not a plain
+			// name, as its configuration metrics write a configuration
+			// ID: configurations.[[fw-1.0]].status.
+			end := strings.Index(src[i+2:], "]]")
+			if end <= 0 {
+				return nil, &Error{pos(i), "unterminated [[name]]"}
+			}
+			toks = append(toks, token{kind: tIdent, text: src[i+2 : i+2+end], pos: pos(i)})
+			i += 2 + end + 2
 		case isIdentStart(c):
 			j := i + 1
 			for j < len(src) && isIdentPart(src[j]) {
