@@ -739,7 +739,7 @@ func (c *Configurations) Get(ctx context.Context, hubName, id string) (*Configur
 	if err != nil {
 		return nil, err
 	}
-	out, err := c.render(ctx, hubName, []*compiledConfig{cc})
+	out, err := c.render(ctx, hubName, []*compiledConfig{cc}, true)
 	if err != nil {
 		return nil, err
 	}
@@ -761,11 +761,12 @@ func (c *Configurations) List(ctx context.Context, hubName string, top int) ([]*
 		}
 		cs = append(cs, cc)
 	}
-	return c.render(ctx, hubName, cs)
+	return c.render(ctx, hubName, cs, true)
 }
 
-// render counts the metrics of cs in one scan of the hub's twins.
-func (c *Configurations) render(ctx context.Context, hubName string, cs []*compiledConfig) ([]*Configuration, error) {
+// render renders cs and, with count, counts their metrics in one scan of
+// the hub's twins (without, every result is 0).
+func (c *Configurations) render(ctx context.Context, hubName string, cs []*compiledConfig, count bool) ([]*Configuration, error) {
 	out := make([]*Configuration, len(cs))
 	for i, cc := range cs {
 		r := cc.rec
@@ -799,7 +800,7 @@ func (c *Configurations) render(ctx context.Context, hubName string, cs []*compi
 			out[i].Metrics.Results[name] = 0
 		}
 	}
-	if len(cs) == 0 {
+	if len(cs) == 0 || !count {
 		return out, nil
 	}
 	s := &twinScan{t: c.twins, hubName: hubName}
@@ -893,7 +894,11 @@ func (c *Configurations) Put(ctx context.Context, hubName string, in *Configurat
 	if err != nil {
 		return nil, err
 	}
-	out, err := c.render(ctx, hubName, []*compiledConfig{cc})
+	// Not counted: a hub-wide scan per write would make a configuration
+	// PUT as slow as the registry is large, and the answer would count
+	// what the background has not applied yet anyway (IoT Hub answers
+	// zeros too, before its first run).
+	out, err := c.render(ctx, hubName, []*compiledConfig{cc}, false)
 	if err != nil {
 		return nil, err
 	}
