@@ -320,3 +320,26 @@ func TestApplyConfigurationContent(t *testing.T) {
 		t.Errorf("missing device: %v", err)
 	}
 }
+
+// TestConfigurationsApplyToProvisionedDevices: a device DPS creates (its
+// records written in DPS's transaction, then Provisioned) gets the content
+// of a configuration it matches, on top of its enrollment's initial twin.
+func TestConfigurationsApplyToProvisionedDevices(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	reg := hub.NewRegistry(st, nil)
+	f := configFixture{t: t, ctx: ctx, svc: hub.NewServices(st, reg, nil, nil, nil)}
+	f.put("fleet", 1, "tags.fleet = 'x'", `{"properties.desired.rate":5}`)
+	recs, err := reg.ProvisionRecords(ctx, hubName, "p1", hub.Authentication{Type: hub.AuthSAS, SymmetricKey: &hub.SymmetricKey{PrimaryKey: "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U=", SecondaryKey: "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U="}},
+		hub.ProvisionTwin{Initial: &hub.InitialTwin{Tags: json.RawMessage(`{"fleet":"x"}`), Desired: json.RawMessage(`{"initial":true}`)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Apply(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	reg.Provisioned(ctx, hubName, "p1")
+	if d, cs := f.desired("p1"); jsonOf(t, d) != `{"initial":true,"rate":5}` || jsonOf(t, cs) != `{"fleet":{"status":"Applied"}}` {
+		t.Errorf("provisioned device: %v %v", d, cs)
+	}
+}

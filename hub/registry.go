@@ -367,6 +367,11 @@ func (r *Registry) migratedTwin(ctx context.Context, from, fromID, to string, d 
 		return store.Record{}, false, nil
 	}
 	tw.GenerationID = d.GenerationID
+	// The old hub's automatic configurations are not the new hub's: what
+	// they wrote moves as data, and the new hub applies its own
+	// (configurations.go); keeping their state would make the new hub
+	// remove those members as from a configuration it never had.
+	tw.Configs = nil
 	out, err := twinRecordFor(to, d.DeviceID, tw)
 	return out, err == nil, err
 }
