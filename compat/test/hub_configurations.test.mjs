@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 
-import { freeLoopbackAddress, startBerth } from '../lib/berth.mjs';
+import { startBerth } from '../lib/berth.mjs';
 import { startSdkWorker } from '../lib/sdk.mjs';
 
 const IP = process.env.BERTH_COMPAT_CONFIG_IP;
@@ -37,10 +37,7 @@ describe('IoT Hub automatic device configurations', { timeout: 180000, concurren
   const handles = [];
 
   before(async () => {
-    // The operator listener on the berth's own address: its default,
-    // 127.0.0.1:8443, is shared by every berth on the machine.
-    const ip = IP ?? await freeLoopbackAddress();
-    berth = await startBerth(ip, ['--admin-addr', `${ip}:8443`]);
+    berth = await startBerth(IP);
     hubCs = berth.info.hubConnectionString;
     sdk = await startSdkWorker(berth.caFile);
   });
