@@ -15,6 +15,7 @@ import (
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hubquery"
 	"github.com/berth-iot/berth/store"
+	"github.com/berth-iot/berth/throttle"
 )
 
 // Automatic device configurations (docs/configurations.md): a target
@@ -725,9 +726,16 @@ func (c *Configurations) refresh(ctx context.Context) {
 }
 
 // ---- the service API ----
+//
+// Each call is one throttled configuration operation (throttle.HubConfiguration,
+// 20/min/unit on every tier, as IoT Hub counts "configurations and edge
+// deployments"); the background application of configurations is not.
 
 // Get returns one configuration with its metrics counted now.
 func (c *Configurations) Get(ctx context.Context, hubName, id string) (*Configuration, error) {
+	if err := c.twins.reg.throttled(hubName, throttle.HubConfiguration, 1); err != nil {
+		return nil, err
+	}
 	rec, err := c.store.Get(ctx, store.KindConfiguration, configKey(hubName, id))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, azerr.Newf(azerr.HubConfigurationNotFound, "The configuration '%s' does not exist.", id)
@@ -749,6 +757,9 @@ func (c *Configurations) Get(ctx context.Context, hubName, id string) (*Configur
 // List returns a hub's configurations in ID order, at most top (<= 0: all),
 // with their metrics.
 func (c *Configurations) List(ctx context.Context, hubName string, top int) ([]*Configuration, error) {
+	if err := c.twins.reg.throttled(hubName, throttle.HubConfiguration, 1); err != nil {
+		return nil, err
+	}
 	recs, err := c.store.List(ctx, store.KindConfiguration, store.ListOptions{Index: strings.ToLower(hubName), Limit: top})
 	if err != nil {
 		return nil, fmt.Errorf("hub: list configurations: %w", err)
@@ -833,6 +844,9 @@ func (c *Configurations) render(ctx context.Context, hubName string, cs []*compi
 func (c *Configurations) Put(ctx context.Context, hubName string, in *Configuration, ifMatch string) (*Configuration, error) {
 	if in == nil {
 		return nil, azerr.Newf(azerr.HubArgumentNull, "The configuration is missing.")
+	}
+	if err := c.twins.reg.throttled(hubName, throttle.HubConfiguration, 1); err != nil {
+		return nil, err
 	}
 	now := c.twins.now().UTC()
 	rec := configRecord{
@@ -933,6 +947,9 @@ func sameContent(a, b ConfigurationContent) (bool, error) {
 // twins it applied to lose its content and take the next configuration in
 // line, when Run next sweeps the hub.
 func (c *Configurations) Delete(ctx context.Context, hubName, id, ifMatch string) error {
+	if err := c.twins.reg.throttled(hubName, throttle.HubConfiguration, 1); err != nil {
+		return err
+	}
 	want := unquote(strings.TrimSpace(ifMatch))
 	if want == "*" {
 		want = ""
@@ -952,10 +969,13 @@ func (c *Configurations) Delete(ctx context.Context, hubName, id, ifMatch string
 
 // TestQueries reports what is wrong with a target condition and custom
 // metric queries, without storing anything.
-func (c *Configurations) TestQueries(in *ConfigurationQueriesTest) *ConfigurationQueriesResult {
+func (c *Configurations) TestQueries(hubName string, in *ConfigurationQueriesTest) (*ConfigurationQueriesResult, error) {
+	if err := c.twins.reg.throttled(hubName, throttle.HubConfiguration, 1); err != nil {
+		return nil, err
+	}
 	out := &ConfigurationQueriesResult{CustomMetricQueryErrors: map[string]string{}}
 	if in == nil {
-		return out
+		return out, nil
 	}
 	if _, err := parseTargetCondition(in.TargetCondition); err != nil {
 		out.TargetConditionError = err.Error()
@@ -965,7 +985,7 @@ func (c *Configurations) TestQueries(in *ConfigurationQueriesTest) *Configuratio
 			out.CustomMetricQueryErrors[name] = err.Error()
 		}
 	}
-	return out
+	return out, nil
 }
 
 // ApplyContent applies configuration content to one device at once, as
@@ -974,6 +994,9 @@ func (c *Configurations) TestQueries(in *ConfigurationQueriesTest) *Configuratio
 // modules (each must exist). Everything is checked before anything is
 // written.
 func (c *Configurations) ApplyContent(ctx context.Context, hubName, deviceID string, content *ConfigurationContent) error {
+	if err := c.twins.reg.throttled(hubName, throttle.HubConfiguration, 1); err != nil {
+		return err
+	}
 	if content == nil || len(content.DeviceContent) == 0 && len(content.ModulesContent) == 0 {
 		return azerr.Newf(azerr.HubArgumentInvalid, "The content must have deviceContent or modulesContent.")
 	}
@@ -1010,7 +1033,7 @@ func (c *Configurations) ApplyContent(ctx context.Context, hubName, deviceID str
 		if err != nil {
 			return err
 		}
-		if _, err := reg.GetModule(ctx, hubName, deviceID, m); err != nil {
+		if _, err := reg.getModule(ctx, hubName, deviceID, m); err != nil {
 			return err
 		}
 		writes = append(writes, write{deviceID + "/" + m, p})

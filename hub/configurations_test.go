@@ -276,8 +276,8 @@ func TestConfigurationWrites(t *testing.T) {
 	if err != nil || len(list) != 1 || list[0].ID != "m1" {
 		t.Fatalf("list: %v %v", list, err)
 	}
-	r := cfgs.TestQueries(&hub.ConfigurationQueriesTest{TargetCondition: "tags.a = ", CustomMetricQueries: map[string]string{"ok": "SELECT deviceId FROM devices", "bad": "SELECT"}})
-	if r.TargetConditionError == "" || r.CustomMetricQueryErrors["bad"] == "" || r.CustomMetricQueryErrors["ok"] != "" {
+	r, err := cfgs.TestQueries(hubName, &hub.ConfigurationQueriesTest{TargetCondition: "tags.a = ", CustomMetricQueries: map[string]string{"ok": "SELECT deviceId FROM devices", "bad": "SELECT"}})
+	if err != nil || r.TargetConditionError == "" || r.CustomMetricQueryErrors["bad"] == "" || r.CustomMetricQueryErrors["ok"] != "" {
 		t.Errorf("test queries: %+v", r)
 	}
 }
@@ -342,4 +342,28 @@ func TestConfigurationsApplyToProvisionedDevices(t *testing.T) {
 	if d, cs := f.desired("p1"); jsonOf(t, d) != `{"initial":true,"rate":5}` || jsonOf(t, cs) != `{"fleet":{"status":"Applied"}}` {
 		t.Errorf("provisioned device: %v %v", d, cs)
 	}
+}
+
+// TestConfigurationsThrottled: every configuration call of the service
+// API is one configuration operation; the background application of a
+// configuration to twins is not counted.
+func TestConfigurationsThrottled(t *testing.T) {
+	ctx := context.Background()
+	e := throttledEnv(t, "configuration=3/min")
+	svc := hub.NewServices(e.st, e.reg, nil, nil, nil)
+	content := hub.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.desired.x": json.RawMessage(`1`)}}
+	if _, err := svc.Configurations.Put(ctx, hubName, &hub.Configuration{ID: "c", Content: content, TargetCondition: "deviceId = 'dev-1'"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	svc.Configurations.Settle(ctx) // applies to dev-1: not an operation
+	if _, err := svc.Configurations.Get(ctx, hubName, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Configurations.List(ctx, hubName, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := svc.Configurations.TestQueries(hubName, &hub.ConfigurationQueriesTest{TargetCondition: "tags.a = 1"})
+	wantThrottled(t, "the fourth configuration call", err)
+	wantThrottled(t, "apply content", svc.Configurations.ApplyContent(ctx, hubName, "dev-1", &content))
+	wantThrottled(t, "delete", svc.Configurations.Delete(ctx, hubName, "c", ""))
 }

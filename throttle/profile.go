@@ -51,6 +51,10 @@ const (
 	HubRegistry
 	// HubQuery is a device (twin) query.
 	HubQuery
+	// HubConfiguration is an automatic device configuration operation
+	// (create, read, list, update, delete, test its queries, apply a
+	// content to one device).
+	HubConfiguration
 
 	opEnd
 )
@@ -68,6 +72,8 @@ var opNames = [...]string{
 	HubTwinUpdate: "twin-update",
 	HubRegistry:   "registry",
 	HubQuery:      "query",
+
+	HubConfiguration: "configuration",
 }
 
 // Ops returns every operation class, in declaration order.
@@ -214,6 +220,8 @@ func Profiles() []Profile {
 			HubQuery:      {PerUnit: 20, Per: perMin},
 			HubTwinRead:   {Min: 100, Per: perSec},
 			HubTwinUpdate: {Min: 50, Per: perSec},
+
+			HubConfiguration: {PerUnit: 20, Per: perMin}, // 0.33/s/unit
 		})},
 		{Name: AzureS2, Limits: dpsLimits(map[Op]Limit{
 			HubRegistry:   {PerUnit: 100, Per: perMin},
@@ -225,6 +233,8 @@ func Profiles() []Profile {
 			HubQuery:      {PerUnit: 20, Per: perMin},
 			HubTwinRead:   {PerUnit: 10, Min: 100, Per: perSec},
 			HubTwinUpdate: {PerUnit: 5, Min: 50, Per: perSec},
+
+			HubConfiguration: {PerUnit: 20, Per: perMin},
 		})},
 		{Name: AzureS3, Limits: dpsLimits(map[Op]Limit{
 			HubRegistry:   {PerUnit: 5000, Per: perMin},
@@ -236,6 +246,8 @@ func Profiles() []Profile {
 			HubQuery:      {PerUnit: 1000, Per: perMin},
 			HubTwinRead:   {PerUnit: 500, Per: perSec},
 			HubTwinUpdate: {PerUnit: 250, Per: perSec},
+
+			HubConfiguration: {PerUnit: 20, Per: perMin}, // the same on S3
 		})},
 	}
 }

@@ -45,6 +45,7 @@ func TestProfileTable(t *testing.T) {
 			{HubC2DReceive, 1, "1000/min"},
 			{HubMethod, 1, "40/s"}, // 160 KB/s in 4 KB meters
 			{HubQuery, 1, "20/min"},
+			{HubConfiguration, 1, "20/min"}, {HubConfiguration, 3, "60/min"},
 			{HubTwinRead, 1, "100/s"}, {HubTwinRead, 10, "100/s"}, // not per unit on S1
 			{HubTwinUpdate, 1, "50/s"}, {HubTwinUpdate, 10, "50/s"},
 			{DPSRegister, 1, "1000/min"}, {DPSOperation, 1, "1000/min"},
@@ -69,6 +70,7 @@ func TestProfileTable(t *testing.T) {
 			{HubC2DReceive, 1, "50000/min"},
 			{HubMethod, 1, "6144/s"}, // 24 MB/s
 			{HubQuery, 1, "1000/min"},
+			{HubConfiguration, 1, "20/min"}, // not raised on S3
 			{HubTwinRead, 1, "500/s"}, {HubTwinUpdate, 1, "250/s"},
 			{DPSRegister, 1, "1000/min"}, {DPSDevicePoll, 1, "5/10s"},
 		},

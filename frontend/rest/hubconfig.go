@@ -118,7 +118,12 @@ func (h *handler) testConfigurationQueries(x *exchange, _ []string) {
 		x.fail(azerr.Wrap(azerr.HubFormatError, err))
 		return
 	}
-	x.writeJSON(http.StatusOK, h.hub.Configurations.TestQueries(&in))
+	res, err := h.hub.Configurations.TestQueries(x.hubName(), &in)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.writeJSON(http.StatusOK, res)
 }
 
 // applyConfigurationContent is POST /devices/{id}/applyConfigurationContent:
