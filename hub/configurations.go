@@ -683,13 +683,17 @@ func (c *Configurations) Settle(ctx context.Context) {
 	}
 }
 
-// Run applies queued changes as they come and, every interval, reloads
-// every hub's configurations from the store and sweeps the hubs that have
-// any (or had: their twins may still name a deleted one). It returns when
-// ctx ends.
+// Run applies queued changes as they come and, at start and every
+// interval, reloads every hub's configurations from the store and sweeps
+// the hubs that have any (or had: their twins may still name a deleted
+// one). It returns when ctx ends.
 func (c *Configurations) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	// At start, what changed while berth was down (or before this node
+	// started) is applied at once rather than after the first interval.
+	c.refresh(ctx)
+	c.Settle(ctx)
 	for {
 		select {
 		case <-ctx.Done():

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -366,4 +367,37 @@ func TestConfigurationsThrottled(t *testing.T) {
 	wantThrottled(t, "the fourth configuration call", err)
 	wantThrottled(t, "apply content", svc.Configurations.ApplyContent(ctx, hubName, "dev-1", &content))
 	wantThrottled(t, "delete", svc.Configurations.Delete(ctx, hubName, "c", ""))
+}
+
+// TestConfigurationsRunSweepsAtStart: a berth that starts on a store whose
+// twins do not reflect its configurations (changed while it was down)
+// applies them at once, not after its first interval.
+func TestConfigurationsRunSweepsAtStart(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := memstore.New()
+	first := configFixture{t: t, ctx: ctx, svc: hub.NewServices(st, hub.NewRegistry(st, nil), nil, nil, nil)}
+	first.put("c", 1, "tags.k = 1", `{"properties.desired.x":1}`)
+	first.device("d", `{"k":1}`) // queued on the first node, never applied: it "stopped"
+
+	svc := hub.NewServices(st, hub.NewRegistry(st, nil), nil, nil, nil)
+	done := make(chan struct{})
+	go func() {
+		svc.Configurations.Run(ctx, time.Hour)
+		close(done)
+	}()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		tw, err := svc.Twins.Get(ctx, hubName, "d")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(tw.Properties.Desired), `"x":1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not applied at start: %s", tw.Properties.Desired)
+		}
+	}
+	cancel()
+	<-done
 }
