@@ -3,6 +3,8 @@ package hub
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,7 +31,9 @@ import (
 // configuration set are removed, and the next configuration in line, if
 // any, is applied instead.
 
-// Configuration statuses in a twin's "configurations" section.
+// Configuration statuses in a twin's "configurations" section. IoT Hub
+// lists a configuration as Targeted until its next run applies it; berth
+// applies at once, so its twins list Applied.
 const (
 	ConfigurationTargeted = "Targeted"
 	ConfigurationApplied  = "Applied"
@@ -92,15 +96,9 @@ type ConfigurationQueriesResult struct {
 	CustomMetricQueryErrors map[string]string `json:"customMetricQueryErrors"`
 }
 
-// twinConfig is a twin's record of one targeting configuration. For the
-// applied one it keeps the desired paths the configuration set (to remove
-// them when it stops applying, even after the configuration is gone) and
-// the configuration's creation time (a configuration deleted and created
-// again under the same ID is a new one).
+// twinConfig is a twin's record of one configuration applied to it.
 type twinConfig struct {
-	Status  string     `json:"status"`
-	Paths   [][]string `json:"paths,omitempty"`
-	Created string     `json:"created,omitempty"`
+	Status string `json:"status"`
 }
 
 func renderTwinConfigs(m map[string]*twinConfig) map[string]TwinConfiguration {
@@ -154,27 +152,27 @@ type compiledConfig struct {
 	paths [][]string
 }
 
-func (c *compiledConfig) created() string { return c.rec.Created.UTC().Format(time.RFC3339Nano) }
-
 func configKey(hubName, id string) string { return strings.ToLower(hubName) + "/" + id }
 
 // validConfigurationID reports whether id is a configuration ID IoT Hub
-// accepts: 1 to 128 lower-case letters, digits and - : + % _ # * ? ! ( ) ,
-// = @ $ '.
+// accepts: 1 to 128 characters, no upper-case letters, no spaces or
+// controls, none of & ^ [ ] { } \ | " < > / (printable ASCII only: berth's
+// narrowing, IDs travel in URLs and queries).
 func validConfigurationID(id string) bool {
 	if id == "" || len(id) > MaxConfigurationIDLength {
 		return false
 	}
 	for _, c := range []byte(id) {
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case strings.IndexByte("-:+%_#*?!(),=@$'.", c) >= 0:
-		default:
+		if c <= ' ' || c >= 0x7f || c >= 'A' && c <= 'Z' || strings.IndexByte("&^[]{}\\|\"<>/", c) >= 0 {
 			return false
 		}
 	}
 	return true
 }
+
+// MaxConfigurationMetrics is how many custom metrics a configuration may
+// have, as IoT Hub documents.
+const MaxConfigurationMetrics = 5
 
 // parseTargetCondition compiles a target condition: a WHERE expression
 // over device twins ("tags.env='prod'"), or, for module configurations, a
@@ -182,8 +180,11 @@ func validConfigurationID(id string) bool {
 // gives nil: the configuration targets no device.
 func parseTargetCondition(tc string) (*hubquery.Query, error) {
 	tc = strings.TrimSpace(tc)
-	if tc == "" {
+	switch tc {
+	case "":
 		return nil, nil
+	case "*": // every device, as IoT Hub documents
+		return hubquery.Parse("SELECT * FROM devices")
 	}
 	prefix := "SELECT * FROM devices WHERE "
 	if len(tc) >= 5 && strings.EqualFold(tc[:5], "from ") {
@@ -340,6 +341,9 @@ func compile(rec configRecord, etag string) (*compiledConfig, error) {
 			}
 		}
 	}
+	if len(rec.Metrics) > MaxConfigurationMetrics {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "A configuration has at most %d custom metrics, not %d.", MaxConfigurationMetrics, len(rec.Metrics))
+	}
 	for name, src := range rec.Metrics {
 		if name == "" {
 			return nil, azerr.Newf(azerr.HubArgumentInvalid, "A custom metric has no name.")
@@ -379,7 +383,7 @@ type Configurations struct {
 	// order of precedence; a hub is absent until loaded.
 	cache   map[string][]*compiledConfig
 	pending map[string]map[string]struct{} // lower(hub) → device IDs to reconcile
-	sweeps  map[string]struct{}            // lower(hub) to sweep whole
+	sweeps  map[string]bool                // lower(hub) to sweep whole; true: a full sweep
 	wake    chan struct{}
 }
 
@@ -395,7 +399,7 @@ func NewConfigurations(st store.Store, twins *Twins, log *slog.Logger) *Configur
 	return &Configurations{
 		store: st, twins: twins, log: log,
 		cache: map[string][]*compiledConfig{}, pending: map[string]map[string]struct{}{},
-		sweeps: map[string]struct{}{}, wake: make(chan struct{}, 1),
+		sweeps: map[string]bool{}, wake: make(chan struct{}, 1),
 	}
 }
 
@@ -424,7 +428,9 @@ func (c *Configurations) DeviceChanged(hubName, id string) {
 		p[id] = struct{}{}
 		if len(p) > maxPendingDevices {
 			delete(c.pending, h)
-			c.sweeps[h] = struct{}{}
+			if _, queued := c.sweeps[h]; !queued {
+				c.sweeps[h] = false
+			}
 		}
 	}
 	c.mu.Unlock()
@@ -437,7 +443,7 @@ func (c *Configurations) hubChanged(hubName string) {
 	c.mu.Lock()
 	delete(c.cache, h)
 	delete(c.pending, h)
-	c.sweeps[h] = struct{}{}
+	c.sweeps[h] = true
 	c.mu.Unlock()
 	c.signal()
 }
@@ -491,92 +497,92 @@ func decodeConfig(r store.Record) (*compiledConfig, error) {
 	return compile(rec, r.ETag)
 }
 
-// state is what the configurations make of a twin document: the status of
-// each targeting configuration and the one applied (nil for none).
-func state(doc map[string]any, cs []*compiledConfig) (map[string]string, *compiledConfig) {
-	var want map[string]string
-	var winner *compiledConfig
+// matching returns the device configurations whose condition the twin
+// document meets, in order of precedence.
+func matching(doc map[string]any, cs []*compiledConfig) []*compiledConfig {
+	var out []*compiledConfig
 	for _, cc := range cs {
-		if cc.patch == nil || cc.target == nil || !cc.target.Matches(doc) {
-			continue
-		}
-		if want == nil {
-			want = map[string]string{}
-		}
-		want[cc.rec.ID] = ConfigurationTargeted
-		if winner == nil {
-			winner = cc
-			want[cc.rec.ID] = ConfigurationApplied
+		if cc.patch != nil && cc.target != nil && cc.target.Matches(doc) {
+			out = append(out, cc)
 		}
 	}
-	return want, winner
+	return out
 }
 
 // errNoTwinChange ends a twin update that has nothing to write.
 var errNoTwinChange = errors.New("hub: twin unchanged")
 
+// combined is what the matching configurations write together: every
+// one's content, a path two of them set taking the value of the one with
+// precedence (IoT Hub: "the Content from the highest priority
+// configuration will apply"), the paths they set, and a digest of the
+// whole that says whether a twin already has it.
+func combined(ms []*compiledConfig) (patch map[string]any, paths [][]string, digest string) {
+	patch = map[string]any{}
+	seen := map[string]bool{}
+	for i := len(ms) - 1; i >= 0; i-- { // lowest precedence first
+		overlay(patch, ms[i].appliedPatch())
+		for _, p := range ms[i].paths {
+			if k := strings.Join(p, "\x00"); !seen[k] {
+				seen[k] = true
+				paths = append(paths, p)
+			}
+		}
+	}
+	if len(ms) == 0 {
+		return patch, nil, ""
+	}
+	b, _ := json.Marshal(patch) // decoded JSON: always encodes; maps in key order
+	sum := sha256.Sum256(b)
+	return patch, paths, hex.EncodeToString(sum[:16])
+}
+
 // apply brings one twin to what the configurations make of it and returns
 // the desired patch the device is to hear (nil for none), or
-// errNoTwinChange.
+// errNoTwinChange. Every matching configuration is applied (berth applies
+// at once, so none stays Targeted); what they wrote before and no longer
+// write is removed.
 func apply(d *Device, tw *twinRecord, cs []*compiledConfig, now time.Time) (map[string]any, error) {
-	want, winner := state(twinDocument(d, tw, ""), cs)
-	cur := tw.Configs
-	curApplied := ""
-	for id, e := range cur {
-		if e.Status == ConfigurationApplied {
-			curApplied = id
+	ms := matching(twinDocument(d, tw, ""), cs)
+	content, paths, digest := combined(ms)
+	same := digest == tw.ConfigDigest && len(ms) == len(tw.Configs)
+	for _, m := range ms {
+		if e, ok := tw.Configs[m.rec.ID]; !ok || e.Status != ConfigurationApplied {
+			same = false
 		}
 	}
-	sameWinner := winner == nil && curApplied == "" ||
-		winner != nil && curApplied == winner.rec.ID && cur[curApplied].Created == winner.created()
-	sameStatus := len(want) == len(cur)
-	for id, st := range want {
-		if e, ok := cur[id]; !ok || e.Status != st {
-			sameStatus = false
-		}
-	}
-	if sameWinner && sameStatus {
+	if same {
 		return nil, errNoTwinChange
 	}
 	patch := map[string]any{}
-	if !sameWinner {
-		if curApplied != "" {
-			for _, p := range cur[curApplied].Paths {
-				if len(p) > 0 {
-					setPath(patch, p, nil)
-				}
+	if digest != tw.ConfigDigest {
+		for _, p := range tw.ConfigPaths {
+			if len(p) > 0 {
+				setPath(patch, p, nil)
 			}
 		}
-		if winner != nil {
-			overlay(patch, winner.appliedPatch())
+		overlay(patch, content)
+	}
+	var next map[string]*twinConfig
+	for _, m := range ms {
+		if next == nil {
+			next = map[string]*twinConfig{}
 		}
+		next[m.rec.ID] = &twinConfig{Status: ConfigurationApplied}
 	}
-	next := make(map[string]*twinConfig, len(want))
-	for id, st := range want {
-		e := &twinConfig{Status: st}
-		if st == ConfigurationApplied {
-			if sameWinner {
-				e.Paths, e.Created = cur[id].Paths, cur[id].Created
-			} else {
-				e.Paths, e.Created = winner.paths, winner.created()
-			}
-		}
-		next[id] = e
-	}
-	if len(next) == 0 {
-		next = nil
-	}
-	tw.Configs = next
+	tw.Configs, tw.ConfigPaths, tw.ConfigDigest = next, paths, digest
 	if len(patch) == 0 {
 		return nil, nil
 	}
 	// mergeTwin copies what it changes: tw's maps may be the cached twin's.
 	props, meta := mergeTwin(tw.Desired.Props, tw.Desired.Meta, patch, metaStamp{lastUpdated: now.Format(twinTimeLayout), version: tw.Desired.Version + 1})
-	if n := twinSize(props); n > MaxDesiredSize {
+	n := twinSize(props)
+	if n > MaxDesiredSize {
 		return nil, twinTooLarge("desired", n, MaxDesiredSize)
 	}
-	tw.Desired.Props, tw.Desired.Meta = props, meta
-	tw.Desired.Version++
+	// A new section, not a change of the old one's fields: the size kept
+	// with it (Twins' size checks) goes with the new props.
+	tw.Desired = twinSection{Props: props, Meta: meta, Version: tw.Desired.Version + 1, size: n}
 	tw.Version++
 	return patch, nil
 }
@@ -624,8 +630,12 @@ func (c *Configurations) Reconcile(ctx context.Context, hubName, id string) erro
 
 // Sweep evaluates every device of a hub and reconciles those whose twin
 // is not what the configurations make of it. The scan only reads; a twin
-// is written only where something changes.
-func (c *Configurations) Sweep(ctx context.Context, hubName string) error {
+// is written only where something changes. Only a full sweep (after a
+// configuration changed, and at start) reconciles every twin a
+// configuration targets or targeted, which a change of priority or
+// content needs; otherwise (the periodic sweep) a twin is reconciled when
+// the set of configurations it matches differs from the one it lists.
+func (c *Configurations) Sweep(ctx context.Context, hubName string, full bool) error {
 	cs, err := c.configs(ctx, hubName)
 	if err != nil {
 		return err
@@ -633,12 +643,12 @@ func (c *Configurations) Sweep(ctx context.Context, hubName string) error {
 	var todo []string
 	s := &twinScan{t: c.twins, hubName: hubName}
 	err = s.source(ctx, "", func(id string, doc map[string]any) (bool, error) {
-		want, _ := state(doc, cs)
+		ms := matching(doc, cs)
 		have, _ := doc["configurations"].(map[string]any)
-		same := len(want) == len(have)
-		for cid, st := range want {
-			e, _ := have[cid].(map[string]any)
-			if e == nil || e["status"] != st {
+		same := len(ms) == len(have) && !(full && len(ms) > 0)
+		for _, m := range ms {
+			e, _ := have[m.rec.ID].(map[string]any)
+			if e == nil || e["status"] != ConfigurationApplied {
 				same = false
 			}
 		}
@@ -664,10 +674,10 @@ func (c *Configurations) Sweep(ctx context.Context, hubName string) error {
 func (c *Configurations) Settle(ctx context.Context) {
 	c.mu.Lock()
 	sweeps, pending := c.sweeps, c.pending
-	c.sweeps, c.pending = map[string]struct{}{}, map[string]map[string]struct{}{}
+	c.sweeps, c.pending = map[string]bool{}, map[string]map[string]struct{}{}
 	c.mu.Unlock()
-	for h := range sweeps {
-		if err := c.Sweep(ctx, h); err != nil && ctx.Err() == nil {
+	for h, full := range sweeps {
+		if err := c.Sweep(ctx, h, full); err != nil && ctx.Err() == nil {
 			c.log.Error("hub: configurations sweep failed", "hub", h, "error", err.Error())
 		}
 	}
@@ -692,7 +702,7 @@ func (c *Configurations) Run(ctx context.Context, interval time.Duration) {
 	defer t.Stop()
 	// At start, what changed while berth was down (or before this node
 	// started) is applied at once rather than after the first interval.
-	c.refresh(ctx)
+	c.refresh(ctx, true)
 	c.Settle(ctx)
 	for {
 		select {
@@ -700,15 +710,15 @@ func (c *Configurations) Run(ctx context.Context, interval time.Duration) {
 			return
 		case <-c.wake:
 		case <-t.C:
-			c.refresh(ctx)
+			c.refresh(ctx, false)
 		}
 		c.Settle(ctx)
 	}
 }
 
-// refresh forgets the cached configurations and queues a sweep of every
-// hub that has or had some.
-func (c *Configurations) refresh(ctx context.Context) {
+// refresh forgets the cached configurations and queues a sweep (full or
+// not) of every hub that has or had some.
+func (c *Configurations) refresh(ctx context.Context, full bool) {
 	recs, err := c.store.List(ctx, store.KindConfiguration, store.ListOptions{})
 	if err != nil {
 		if ctx.Err() == nil {
@@ -720,11 +730,11 @@ func (c *Configurations) refresh(ctx context.Context) {
 	defer c.mu.Unlock()
 	for h, cs := range c.cache {
 		if len(cs) > 0 {
-			c.sweeps[h] = struct{}{}
+			c.sweeps[h] = c.sweeps[h] || full
 		}
 	}
 	for _, r := range recs {
-		c.sweeps[r.Index] = struct{}{}
+		c.sweeps[r.Index] = c.sweeps[r.Index] || full
 	}
 	c.cache = map[string][]*compiledConfig{}
 }

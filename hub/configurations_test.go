@@ -158,21 +158,40 @@ func TestConfigurationsApplyToMatchingTwins(t *testing.T) {
 				t.Errorf("c created after its configuration: %v", d)
 			}
 
-			// Highest priority wins; the loser's paths go.
+			// Both apply; on the path both set, the highest priority wins.
 			f.put("high", 5, "tags.site = 'north' AND deviceId = 'a'", `{"properties.desired.fw":{"v":"2"}}`)
 			d, cs = f.desired("a")
-			if jsonOf(t, d) != `{"fw":{"v":"2"}}` || jsonOf(t, cs) != `{"high":{"status":"Applied"},"low":{"status":"Targeted"}}` {
+			if jsonOf(t, d) != `{"fw":{"v":"2"},"mode":"eco"}` || jsonOf(t, cs) != `{"high":{"status":"Applied"},"low":{"status":"Applied"}}` {
 				t.Errorf("a under high: %v %v", d, cs)
 			}
 			c, err := f.svc.Configurations.Get(ctx, hubName, "low")
 			if err != nil {
 				t.Fatal(err)
 			}
-			if r := c.SystemMetrics.Results; r["targetedCount"] != 2 || r["appliedCount"] != 1 {
+			if r := c.SystemMetrics.Results; r["targetedCount"] != 2 || r["appliedCount"] != 2 {
 				t.Errorf("low's metrics: %v", r)
 			}
+			// Raising low above high gives low the path.
+			lowNow, err := f.svc.Configurations.Get(ctx, hubName, "low")
+			if err != nil {
+				t.Fatal(err)
+			}
+			lowNow.Priority = 9
+			if _, err := f.svc.Configurations.Put(ctx, hubName, lowNow, "*"); err != nil {
+				t.Fatal(err)
+			}
+			if d, _ := f.desired("a"); jsonOf(t, d) != `{"fw":{"v":"1"},"mode":"eco"}` {
+				t.Errorf("a with low above high: %v", d)
+			}
+			lowNow.Priority = 1
+			if _, err := f.svc.Configurations.Put(ctx, hubName, lowNow, "*"); err != nil {
+				t.Fatal(err)
+			}
+			if d, _ := f.desired("a"); jsonOf(t, d) != `{"fw":{"v":"2"},"mode":"eco"}` {
+				t.Errorf("a with low back below high: %v", d)
+			}
 
-			// Deleting high gives a back to low.
+			// Deleting high gives the path back to low.
 			if err := f.svc.Configurations.Delete(ctx, hubName, "high", ""); err != nil {
 				t.Fatal(err)
 			}
@@ -180,8 +199,9 @@ func TestConfigurationsApplyToMatchingTwins(t *testing.T) {
 				t.Errorf("a after high is deleted: %v %v", d, cs)
 			}
 
-			// A device that stops matching loses the content; a service
-			// write beside it stays.
+			// A device that stops matching loses the content (IoT Hub:
+			// "the settings from the configuration will be removed"); a
+			// service write beside it stays.
 			if _, err := f.svc.Twins.Patch(ctx, hubName, "a", []byte(`{"properties":{"desired":{"mine":1}}}`), ""); err != nil {
 				t.Fatal(err)
 			}
@@ -251,6 +271,10 @@ func TestConfigurationWrites(t *testing.T) {
 		{ID: "c2", Content: hub.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.desired": json.RawMessage(`1`)}}},
 		{ID: "c2", Content: hub.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.desired.a..b": json.RawMessage(`1`)}}},
 		{ID: "c2", Content: content, Metrics: hub.ConfigurationMetrics{Queries: map[string]string{"m": "SELECT FROM"}}},
+		{ID: "c2", Content: content, Metrics: hub.ConfigurationMetrics{Queries: map[string]string{"1": "SELECT * FROM devices", "2": "SELECT * FROM devices",
+			"3": "SELECT * FROM devices", "4": "SELECT * FROM devices", "5": "SELECT * FROM devices", "6": "SELECT * FROM devices"}}},
+		{ID: "with space", Content: content},
+		{ID: "a/b", Content: content},
 	} {
 		if _, err := cfgs.Put(ctx, hubName, bad, ""); code(err) != azerr.HubArgumentInvalid {
 			t.Errorf("%+v: %v", bad, err)
@@ -400,4 +424,26 @@ func TestConfigurationsRunSweepsAtStart(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestConfigurationTargetsAndTies: "*" targets every device, an empty
+// condition none; of two configurations of one priority setting one path,
+// the one created last wins, as IoT Hub documents.
+func TestConfigurationTargetsAndTies(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	now := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
+	f := configFixture{t: t, ctx: ctx, svc: hub.NewServices(st, hub.NewRegistry(st, func() time.Time { return now }), nil, nil, nil)}
+	f.device("d1", "")
+	f.device("d2", `{"x":1}`)
+	f.put("none", 0, "", `{"properties.desired.none":1}`)
+	f.put("older", 2, "*", `{"properties.desired.who":"older","properties.desired.all":1}`)
+	now = now.Add(time.Second)
+	f.put("newer", 2, "tags.x = 1", `{"properties.desired.who":"newer"}`)
+	if d, _ := f.desired("d1"); jsonOf(t, d) != `{"all":1,"who":"older"}` {
+		t.Errorf("d1: %v", d)
+	}
+	if d, cs := f.desired("d2"); jsonOf(t, d) != `{"all":1,"who":"newer"}` || len(cs) != 2 {
+		t.Errorf("d2: %v %v", d, cs)
+	}
 }

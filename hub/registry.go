@@ -371,7 +371,7 @@ func (r *Registry) migratedTwin(ctx context.Context, from, fromID, to string, d 
 	// they wrote moves as data, and the new hub applies its own
 	// (configurations.go); keeping their state would make the new hub
 	// remove those members as from a configuration it never had.
-	tw.Configs = nil
+	tw.Configs, tw.ConfigPaths, tw.ConfigDigest = nil, nil, ""
 	out, err := twinRecordFor(to, d.DeviceID, tw)
 	return out, err == nil, err
 }

@@ -67,9 +67,13 @@ type twinRecord struct {
 	Tags         map[string]any `json:"tags"`
 	Desired      twinSection    `json:"desired"`
 	Reported     twinSection    `json:"reported"`
-	// Configs are the automatic configurations targeting the device
-	// (configurations.go), with what the applied one wrote.
-	Configs map[string]*twinConfig `json:"configurations,omitempty"`
+	// Configs are the automatic configurations applied to the device
+	// (configurations.go); ConfigPaths the desired members they wrote (to
+	// remove those they no longer write, even once a configuration is
+	// gone) and ConfigDigest a digest of what they wrote together.
+	Configs      map[string]*twinConfig `json:"configurations,omitempty"`
+	ConfigPaths  [][]string             `json:"configPaths,omitempty"`
+	ConfigDigest string                 `json:"configDigest,omitempty"`
 
 	tagsSize int // twinSize(Tags), kept up to date by updates
 }

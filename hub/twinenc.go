@@ -189,14 +189,25 @@ func encodeTwinRecord(tw *twinRecord, prev *twinMemo, sizeHint int) ([]byte, *tw
 		b = strconv.AppendInt(b, s.sec.Version, 10)
 		b = append(b, '}')
 	}
-	if len(tw.Configs) > 0 {
-		// The automatic configurations' state is small (an entry per
-		// targeting configuration); plain encoding/json suffices.
-		c, err := json.Marshal(tw.Configs)
+	// The automatic configurations' state is small (an entry per
+	// targeting configuration); plain encoding/json suffices.
+	for _, f := range []struct {
+		name  string
+		value any
+		set   bool
+	}{
+		{`,"configurations":`, tw.Configs, len(tw.Configs) > 0},
+		{`,"configPaths":`, tw.ConfigPaths, len(tw.ConfigPaths) > 0},
+		{`,"configDigest":`, tw.ConfigDigest, tw.ConfigDigest != ""},
+	} {
+		if !f.set {
+			continue
+		}
+		c, err := json.Marshal(f.value)
 		if err != nil {
 			return nil, nil, err
 		}
-		b = append(b, `,"configurations":`...)
+		b = append(b, f.name...)
 		b = append(b, c...)
 	}
 	b = append(b, '}')

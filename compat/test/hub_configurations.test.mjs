@@ -3,8 +3,9 @@
 // updateConfiguration, removeConfiguration,
 // applyConfigurationContentOnDevice), and what they do to device twins: the
 // content reaches a matching MQTT device as a desired patch, a device that
-// matches later gets it too, the highest priority wins, and a device that
-// stops matching loses it (docs/configurations.md).
+// matches later gets it too, on a path two configurations set the highest
+// priority wins, and a device that stops matching loses it
+// (docs/configurations.md).
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -168,7 +169,8 @@ describe('IoT Hub automatic device configurations', { timeout: 180000, concurren
     await eventually('B gets the content after its tag change', async () =>
       (await twin(b.deviceId)).properties.desired.firmware?.version === '1.0');
 
-    // A higher priority configuration on A only takes over from low.
+    // A higher priority configuration on A only: both apply, and on the
+    // path both set the higher priority wins.
     const high = `cfg-high-${crypto.randomUUID()}`;
     await sdk.registry(hubCs, 'addConfiguration', {
       id: high, priority: 10, targetCondition: `deviceId='${a.deviceId}'`,
@@ -178,11 +180,11 @@ describe('IoT Hub automatic device configurations', { timeout: 180000, concurren
       const t = await twin(a.deviceId);
       return t.properties.desired.firmware?.version === '2.0' && t;
     });
-    assert.equal(t2.properties.desired.mode, undefined, "low's other path is removed");
-    assert.deepEqual(t2.configurations, { [high]: { status: 'Applied' }, [low]: { status: 'Targeted' } });
+    assert.equal(t2.properties.desired.mode, 'eco', "low's other path stays");
+    assert.deepEqual(t2.configurations, { [high]: { status: 'Applied' }, [low]: { status: 'Applied' } });
     assert.equal((await twin(b.deviceId)).properties.desired.firmware.version, '1.0', 'B keeps low');
 
-    // Removing high gives A back to low.
+    // Removing high gives the path back to low.
     await sdk.registry(hubCs, 'removeConfiguration', high);
     const t3 = await eventually('low applies to A again', async () => {
       const t = await twin(a.deviceId);
