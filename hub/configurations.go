@@ -22,14 +22,14 @@ import (
 
 // Automatic device configurations (docs/configurations.md): a target
 // condition (the WHERE of a device query), a priority and desired
-// properties. Among the configurations whose condition a device's twin
-// meets, the one of highest priority is applied: its content is merged
-// into the twin's desired properties, and the twin lists every targeting
-// configuration under "configurations" with status Targeted, the applied
-// one with Applied. When a device stops matching (its twin changed, the
-// condition changed, the configuration was deleted) the paths the
-// configuration set are removed, and the next configuration in line, if
-// any, is applied instead.
+// properties. Every configuration whose condition a device's twin meets
+// is applied: the contents are merged into the twin's desired properties,
+// the configuration of higher priority (then the one created last) winning
+// a path two of them set, and the twin lists them under "configurations"
+// with status Applied. When that set changes (the twin changed, a
+// condition or priority changed, a configuration was deleted) the paths
+// the configurations no longer set are removed and the new combination is
+// written.
 
 // Configuration statuses in a twin's "configurations" section. IoT Hub
 // lists a configuration as Targeted until its next run applies it; berth
