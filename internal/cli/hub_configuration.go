@@ -91,8 +91,6 @@ func newConfigurationCmd(g *globals, hf *hubFlags) *cobra.Command {
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a configuration: desired properties applied to the devices its target condition selects",
-		Example: `  berth hub configuration create -c fw-eco --priority 3 --target-condition "tags.site='north'" \
-    --content '{"deviceContent":{"properties.desired.mode":"eco"}}'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := needID(); err != nil {
