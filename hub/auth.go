@@ -281,6 +281,29 @@ func (r *Registry) AuthorizeService(settings *Settings, hubName, token string, p
 	return p, nil
 }
 
+// AuthorizeEventHubs checks a token for the hub's Event Hubs-compatible
+// endpoint: a policy token signed as the Event Hubs SDKs sign (the key
+// text's bytes are the HMAC key, sr with a scheme), whose audience covers
+// path (the entity path and below). The policy must grant ServiceConnect,
+// as IoT Hub requires to read the built-in endpoint.
+func (r *Registry) AuthorizeEventHubs(settings *Settings, hubName, token string, path []string) (*Policy, error) {
+	if settings == nil {
+		return nil, denied(refusal.New(refusal.UnknownPolicy, errors.New("no hub policies")))
+	}
+	p, err := settings.policies.Authorize(token, policy.Request{
+		Hosts:   []string{hubName},
+		Path:    path,
+		Rights:  []string{RightServiceConnect},
+		Now:     r.now(),
+		Limits:  r.tokenLimits(),
+		TextKey: true,
+	})
+	if err != nil {
+		return nil, denied(err)
+	}
+	return p, nil
+}
+
 func authType(d *Device) string {
 	if d.Authentication == nil {
 		return "none"

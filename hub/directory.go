@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"slices"
 	"strings"
@@ -28,6 +29,65 @@ type HubInfo struct {
 	// Region labels the hub for geoLatency allocation.
 	Region  string    `json:"region,omitempty"`
 	Created time.Time `json:"createdTime"`
+	// PartitionCount is the number of partitions of the hub's Event
+	// Hubs-compatible endpoint, fixed at creation (as on Azure); 0, for a
+	// hub created before berth had partitions, means
+	// DefaultPartitionCount. Use Partitions to read it.
+	PartitionCount int `json:"partitionCount,omitempty"`
+	// RetentionDays is how long the hub's telemetry is kept, 1 to
+	// MaxRetentionDays; 0 means the telemetry stream's own limit.
+	RetentionDays int `json:"retentionDays,omitempty"`
+}
+
+// Event Hubs-compatible endpoint limits (docs/telemetry-stream.md).
+const (
+	// DefaultPartitionCount is Azure's default for a new hub.
+	DefaultPartitionCount = 4
+	// MaxPartitionCount is the most an IoT hub's built-in endpoint has
+	// on Azure (32).
+	MaxPartitionCount = 32
+	// MaxRetentionDays is IoT Hub's longest built-in endpoint retention.
+	MaxRetentionDays = 7
+)
+
+// Partitions is the hub's partition count.
+func (i HubInfo) Partitions() int {
+	if i.PartitionCount <= 0 {
+		return DefaultPartitionCount
+	}
+	return i.PartitionCount
+}
+
+// PartitionOf is the partition of a device's telemetry on a hub with n
+// partitions: a stable hash (FNV-1a, 32 bit) of the device ID, so that one
+// device's messages all go to one partition and keep their order, on every
+// node and across restarts. A module's messages go with its device's.
+func PartitionOf(deviceID string, n int) int {
+	if n <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	h.Write([]byte(deviceID))
+	return int(h.Sum32() % uint32(n))
+}
+
+// Partitions is the partition count of the hub a host name names; an
+// unknown hub gets DefaultPartitionCount.
+func (d *Directory) Partitions(host string) int {
+	if s, ok := d.Lookup(host); ok {
+		return s.Info.Partitions()
+	}
+	return DefaultPartitionCount
+}
+
+func checkEventHub(info HubInfo) error {
+	if info.PartitionCount < 0 || info.PartitionCount > MaxPartitionCount {
+		return badHub("partitionCount must be between 1 and %d.", MaxPartitionCount)
+	}
+	if info.RetentionDays < 0 || info.RetentionDays > MaxRetentionDays {
+		return badHub("retentionDays must be between 1 and %d.", MaxRetentionDays)
+	}
+	return nil
 }
 
 // Served is a hub with its shared access policies.
@@ -249,6 +309,12 @@ func (d *Directory) Create(ctx context.Context, info HubInfo, now time.Time) (*S
 	if info.AllocationWeight < 0 || info.AllocationWeight > 1000 {
 		return nil, badHub("allocationWeight must be between 0 and 1000.")
 	}
+	if err := checkEventHub(info); err != nil {
+		return nil, err
+	}
+	if info.PartitionCount == 0 {
+		info.PartitionCount = DefaultPartitionCount
+	}
 	info.Created = now.UTC()
 	err := d.change(ctx, func(infos []HubInfo) ([]HubInfo, error) {
 		if slices.ContainsFunc(infos, func(h HubInfo) bool { return strings.EqualFold(h.Name, info.Name) }) {
@@ -274,18 +340,25 @@ func (d *Directory) lookupAfterChange(name string) (*Served, error) {
 	return nil, azerr.Newf(azerr.DPSConflict, "Hub %s was deleted concurrently.", name)
 }
 
-// Update changes a hub's allocation weight, applyAllocationPolicy and
-// region.
+// Update changes a hub's allocation weight, applyAllocationPolicy, region
+// and retention. The partition count stays as created (0 keeps it; another
+// value is refused), as on Azure: devices' partitions must not move.
 func (d *Directory) Update(ctx context.Context, info HubInfo) (*Served, error) {
 	if info.AllocationWeight < 0 || info.AllocationWeight > 1000 {
 		return nil, badHub("allocationWeight must be between 0 and 1000.")
+	}
+	if err := checkEventHub(info); err != nil {
+		return nil, err
 	}
 	err := d.change(ctx, func(infos []HubInfo) ([]HubInfo, error) {
 		i := slices.IndexFunc(infos, func(h HubInfo) bool { return strings.EqualFold(h.Name, info.Name) })
 		if i < 0 {
 			return nil, azerr.Newf(azerr.DPSNotFound, "Hub %s not found.", info.Name)
 		}
-		info.Name, info.Created = infos[i].Name, infos[i].Created
+		if info.PartitionCount != 0 && info.PartitionCount != infos[i].Partitions() {
+			return nil, badHub("The partition count of hub %s is fixed at creation (%d).", infos[i].Name, infos[i].Partitions())
+		}
+		info.Name, info.Created, info.PartitionCount = infos[i].Name, infos[i].Created, infos[i].PartitionCount
 		infos[i] = info
 		return infos, nil
 	})

@@ -44,6 +44,9 @@ type Message struct {
 	Hub      string
 	DeviceID string
 	ModuleID string
+	// Partition is the hub partition the message is stored in
+	// (PartitionOf its device), set by Telemetry.
+	Partition int
 	// System are the system properties, those the device set and those the
 	// hub stamps, by the names in the Prop* constants.
 	System []Property

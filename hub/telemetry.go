@@ -58,7 +58,14 @@ type Telemetry struct {
 	sink     TelemetrySink
 	registry *Registry
 	now      func() time.Time
+	// partitions is the partition count of a hub (Directory.Partitions);
+	// nil means DefaultPartitionCount for every hub.
+	partitions func(hub string) int
 }
+
+// SetPartitions tells Telemetry each hub's partition count; call it before
+// the first Accept.
+func (t *Telemetry) SetPartitions(fn func(hub string) int) { t.partitions = fn }
 
 // NewTelemetry returns the service that appends to sink. sink nil means
 // telemetry is not enabled: every Accept fails with 503
@@ -136,8 +143,14 @@ func (t *Telemetry) prepare(ctx context.Context, from Sender, ms []*Message) err
 		return azerr.Newf(azerr.HubMessageTooLarge, "The message size %d bytes is over the %d bytes limit.", total, MaxMessageSize)
 	}
 	now := t.now()
+	n := DefaultPartitionCount
+	if t.partitions != nil {
+		n = t.partitions(from.Hub)
+	}
+	part := PartitionOf(from.DeviceID, n)
 	for _, m := range ms {
 		stampSender(m, from, now)
+		m.Partition = part
 	}
 	return nil
 }

@@ -32,6 +32,10 @@ type Request struct {
 	Now time.Time
 	// Limits are the operator's (berth serve --max-token-lifetime).
 	Limits sas.Limits
+	// TextKey checks the token as the Event Hubs SDKs sign it: the HMAC
+	// key is the key text's bytes, and sr carries a scheme (sb:// or
+	// amqps://) before the host.
+	TextKey bool
 }
 
 // Authorize checks a service SAS token against the set: skn names a
@@ -61,10 +65,16 @@ func (s *Set) Authorize(token string, req Request) (*Policy, error) {
 	if !ok {
 		return nil, refusal.Newf(refusal.UnknownPolicy, "no policy %q", tok.KeyName)
 	}
-	if !Audience(tok.Resource, req.Hosts, req.Path) {
+	sr := tok.Resource
+	verify := req.Limits.Verify
+	if req.TextKey {
+		sr = stripScheme(sr)
+		verify = req.Limits.VerifyText
+	}
+	if !Audience(sr, req.Hosts, req.Path) {
 		return nil, sas.AudienceError(tok, strings.Join(req.Hosts, " or "))
 	}
-	if _, err := req.Limits.Verify(tok, req.Now, p.PrimaryKey, p.SecondaryKey); err != nil {
+	if _, err := verify(tok, req.Now, p.PrimaryKey, p.SecondaryKey); err != nil {
 		return nil, fmt.Errorf("policy %s: %w", p.KeyName, err)
 	}
 	if !slices.ContainsFunc(req.Rights, p.Has) {
@@ -92,6 +102,16 @@ func Audience(sr string, hosts, path []string) bool {
 		}
 	}
 	return true
+}
+
+// stripScheme removes the scheme an Event Hubs audience starts with.
+func stripScheme(sr string) string {
+	for _, scheme := range []string{"sb://", "amqps://", "amqp://"} {
+		if len(sr) >= len(scheme) && strings.EqualFold(sr[:len(scheme)], scheme) {
+			return sr[len(scheme):]
+		}
+	}
+	return sr
 }
 
 // hostOf strips a port (and IPv6 brackets) from host.

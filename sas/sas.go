@@ -220,6 +220,21 @@ func (l Limits) Verify(t Token, now time.Time, keys ...string) (int, error) {
 	return t.Match(keys...)
 }
 
+// VerifyText is Verify for tokens signed as the Event Hubs and Service Bus
+// SDKs sign them: the HMAC key is the key text's UTF-8 bytes, not its base64
+// decoding (docs/spec/amqp-protocol.md, Event Hubs-compatible endpoint).
+func (l Limits) VerifyText(t Token, now time.Time, keys ...string) (int, error) {
+	if err := l.CheckTime(t, now); err != nil {
+		return -1, err
+	}
+	for i, k := range keys {
+		if k != "" && t.VerifyRawKey([]byte(k)) {
+			return i, nil
+		}
+	}
+	return -1, refusal.New(refusal.WrongKey, ErrSignature)
+}
+
 // ResourceIs reports whether the decoded sr names want, ignoring case and one
 // trailing slash.
 func (t Token) ResourceIs(want string) bool {

@@ -77,6 +77,10 @@ type Config struct {
 	// (berth hub monitor-events, any NATS client) with a token kept in
 	// client.json; "" keeps it in-process only. Default 127.0.0.1:0.
 	StreamListen string
+	// StreamReplicas is the telemetry stream's replication on an external
+	// NATS cluster (0: 1 when berth creates the stream). A start never
+	// lowers an existing stream's replicas.
+	StreamReplicas int
 	// MaxTokenLifetime is the longest lifetime (se minus now) of a device
 	// or service SAS token berth accepts; 0 for no limit, as Azure.
 	MaxTokenLifetime time.Duration
@@ -304,7 +308,7 @@ func (s *Server) setupThrottle() {
 }
 
 func (s *Server) openStream(ctx context.Context) error {
-	cfg := stream.Config{URL: s.cfg.NATSURL, Logger: s.log}
+	cfg := stream.Config{URL: s.cfg.NATSURL, Replicas: s.cfg.StreamReplicas, Logger: s.log}
 	if cfg.URL == "" {
 		cfg.StoreDir = filepath.Join(s.cfg.DataDir, "nats")
 		if s.cfg.StreamListen != "" {
@@ -318,6 +322,9 @@ func (s *Server) openStream(ctx context.Context) error {
 	}
 	s.stream = st
 	s.hubSvc.Telemetry = hub.NewTelemetry(s.metrics.Sink(st), s.registry, nil)
+	// Each hub's messages go to the partitions of its Event
+	// Hubs-compatible endpoint (docs/telemetry-stream.md).
+	s.hubSvc.Telemetry.SetPartitions(s.hubs.Partitions)
 	// Other berth nodes can share only an external NATS: only there can a
 	// device be connected elsewhere. On the embedded server the bus would
 	// find no one and only delay every 404 DeviceNotOnline by its margin.

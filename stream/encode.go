@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,6 +68,51 @@ func ParseSubject(prefix, subject string) (hub, deviceID string, err error) {
 		return "", "", fmt.Errorf("stream: subject %q: device token: %w", subject, err)
 	}
 	return hub, deviceID, nil
+}
+
+// TelemetrySubject is the subject a telemetry message is stored under:
+// prefix.{hub}.{partition}.{deviceID}, hub and deviceID encoded by
+// EncodeToken, partition in decimal (docs/telemetry-stream.md). The
+// partition token lets a consumer read one partition of a hub with a
+// subject filter (prefix.{hub}.{partition}.*), which is how the Event
+// Hubs-compatible endpoint reads the one stream.
+func TelemetrySubject(prefix, hub string, partition int, deviceID string) string {
+	return prefix + "." + EncodeToken(hub) + "." + strconv.Itoa(partition) + "." + EncodeToken(deviceID)
+}
+
+// PartitionFilter is the subject filter of one partition of a hub.
+func PartitionFilter(prefix, hub string, partition int) string {
+	return prefix + "." + EncodeToken(hub) + "." + strconv.Itoa(partition) + ".*"
+}
+
+// ParseTelemetrySubject undoes TelemetrySubject. It also reads the subjects
+// berth wrote before partitions (prefix.{hub}.{deviceID}), with partition
+// -1.
+func ParseTelemetrySubject(prefix, subject string) (hub string, partition int, deviceID string, err error) {
+	rest, ok := strings.CutPrefix(subject, prefix+".")
+	if !ok {
+		return "", 0, "", fmt.Errorf("stream: subject %q is not under %q", subject, prefix)
+	}
+	toks := strings.Split(rest, ".")
+	switch len(toks) {
+	case 2:
+		hub, deviceID, err = ParseSubject(prefix, subject)
+		return hub, -1, deviceID, err
+	case 3:
+	default:
+		return "", 0, "", fmt.Errorf("stream: subject %q is not %s.{hub}.{partition}.{device}", subject, prefix)
+	}
+	p, err := strconv.Atoi(toks[1])
+	if err != nil || p < 0 || strconv.Itoa(p) != toks[1] || toks[0] == "" || toks[2] == "" {
+		return "", 0, "", fmt.Errorf("stream: subject %q is not %s.{hub}.{partition}.{device}", subject, prefix)
+	}
+	if hub, err = percentDecode(toks[0]); err != nil {
+		return "", 0, "", fmt.Errorf("stream: subject %q: hub token: %w", subject, err)
+	}
+	if deviceID, err = percentDecode(toks[2]); err != nil {
+		return "", 0, "", fmt.Errorf("stream: subject %q: device token: %w", subject, err)
+	}
+	return hub, p, deviceID, nil
 }
 
 // EncodeToken makes s one literal NATS subject token: '.', '*', '>' and '%'
@@ -187,8 +233,11 @@ func encode(prefix string, m *hub.Message, now time.Time) (*nats.Msg, error) {
 	if m.Hub == "" || m.DeviceID == "" {
 		return nil, errors.New("stream: message without hub or device ID")
 	}
+	if m.Partition < 0 || m.Partition >= hub.MaxPartitionCount {
+		return nil, fmt.Errorf("stream: message from %s in partition %d, not 0..%d", m.DeviceID, m.Partition, hub.MaxPartitionCount-1)
+	}
 	msg := &nats.Msg{
-		Subject: Subject(prefix, m.Hub, m.DeviceID),
+		Subject: TelemetrySubject(prefix, m.Hub, m.Partition, m.DeviceID),
 		// Two header lines per property at most, plus the fixed ones.
 		Header: make(nats.Header, len(m.System)+len(m.App)+5),
 		Data:   m.Body,
@@ -302,11 +351,11 @@ func systemRank(name string) int {
 // stream's own timestamp, used only when iothub-enqueuedtime is missing or
 // unreadable (a message some other producer put on the subject).
 func decode(prefix, subject string, h nats.Header, body []byte, stored time.Time) (*hub.Message, error) {
-	hubName, dev, err := ParseSubject(prefix, subject)
+	hubName, part, dev, err := ParseTelemetrySubject(prefix, subject)
 	if err != nil {
 		return nil, err
 	}
-	m := &hub.Message{Hub: hubName, DeviceID: dev, Body: body}
+	m := &hub.Message{Hub: hubName, DeviceID: dev, Partition: part, Body: body}
 	if m.Body == nil {
 		m.Body = []byte{}
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -65,6 +66,11 @@ type Config struct {
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 
+	// maxAgeSet and maxBytesSet record that MaxAge and MaxBytes were given,
+	// not defaulted: only then does a start change an existing stream's
+	// limits (strengthen).
+	maxAgeSet, maxBytesSet bool
+
 	// noAtomic makes Open choose per-message publishes as if the server
 	// lacked atomic batches, so tests cover that path on the embedded
 	// server.
@@ -118,6 +124,8 @@ func (c Config) withDefaults() Config {
 	if c.SubjectPrefix == "" {
 		c.SubjectPrefix = DefaultSubjectPrefix
 	}
+	c.maxAgeSet = c.maxAgeSet || c.MaxAge != 0
+	c.maxBytesSet = c.maxBytesSet || c.MaxBytes != 0
 	if c.MaxAge == 0 {
 		c.MaxAge = DefaultMaxAge
 	}
@@ -293,7 +301,7 @@ func (s *Stream) ensureStream(ctx context.Context) (bool, error) {
 		}
 		return false, nil
 	}
-	sc := jetstream.StreamConfig{
+	want := jetstream.StreamConfig{
 		Name:        s.cfg.StreamName,
 		Description: "berth device-to-cloud telemetry",
 		Subjects:    []string{s.cfg.SubjectPrefix + ".>"},
@@ -311,12 +319,42 @@ func (s *Stream) ensureStream(ctx context.Context) (bool, error) {
 		// device-chosen ID must not make the stream drop a different message.
 		// The window therefore stays at the server default and costs nothing.
 	}
+	var cur *jetstream.StreamConfig
+	switch st, err := s.js.Stream(ctx, s.cfg.StreamName); {
+	case err == nil:
+		c := st.CachedInfo().Config
+		cur = &c
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	default:
+		return false, fmt.Errorf("stream: look up stream %s on %s: %w", s.cfg.StreamName, s.where(), err)
+	}
+	apply := func(sc jetstream.StreamConfig) (jetstream.StreamConfig, error) {
+		if cur == nil {
+			st, err := s.js.CreateStream(ctx, sc)
+			if err != nil {
+				return sc, err
+			}
+			return st.CachedInfo().Config, nil
+		}
+		sc = s.strengthen(*cur, sc)
+		if sameSettings(*cur, sc) {
+			// Nothing to change: an account that may only publish
+			// starts too, and a start never rewrites the stream.
+			return *cur, nil
+		}
+		st, err := s.js.UpdateStream(ctx, sc)
+		if err != nil {
+			return sc, err
+		}
+		return st.CachedInfo().Config, nil
+	}
 	if !s.cfg.noAtomic {
 		// Group commit (commit.go): one fsync per batch, not per message.
+		sc := want
 		sc.AllowAtomicPublish = true
-		info, err := s.js.CreateOrUpdateStream(ctx, sc)
+		got, err := apply(sc)
 		switch {
-		case err == nil && info.CachedInfo().Config.AllowAtomicPublish:
+		case err == nil && got.AllowAtomicPublish:
 			return true, nil
 		case err == nil:
 			s.log.Warn("telemetry stream: NATS server ignores allow_atomic (nats-server ≥ 2.12 needed); appending one message per publish, one fsync each",
@@ -328,13 +366,48 @@ func (s *Stream) ensureStream(ctx context.Context) (bool, error) {
 			// the stream as it is and publish message by message.
 			s.log.Warn("telemetry stream: cannot enable atomic batch publish on the stream; appending one message per publish, one fsync each",
 				"where", s.where(), "server", s.nc.ConnectedServerVersion(), "err", err)
-			sc.AllowAtomicPublish = false
 		}
 	}
-	if _, err := s.js.CreateOrUpdateStream(ctx, sc); err != nil {
-		return false, fmt.Errorf("stream: create or update stream %s on %s: %w", sc.Name, s.where(), err)
+	if _, err := apply(want); err != nil {
+		return false, fmt.Errorf("stream: create or update stream %s on %s: %w", want.Name, s.where(), err)
 	}
 	return false, nil
+}
+
+// strengthen is the configuration an existing stream gets on start: what
+// berth needs (its subjects, limits retention, discard old) applied onto
+// the stream's current settings, never weakening them. Every node of a
+// cluster starts with its own flags, and a start must not undo what an
+// operator or another node chose: replicas only grow, storage stays (it
+// cannot change), atomic publish stays on once on, and the age and size
+// limits change only when this start was given them explicitly
+// (--stream-max-age and the like), otherwise the stream keeps its own.
+func (s *Stream) strengthen(cur, want jetstream.StreamConfig) jetstream.StreamConfig {
+	out := cur
+	out.Retention, out.Discard = want.Retention, want.Discard
+	if !slices.Contains(out.Subjects, want.Subjects[0]) {
+		out.Subjects = append(slices.Clone(out.Subjects), want.Subjects[0])
+	}
+	out.Replicas = max(cur.Replicas, want.Replicas)
+	out.AllowAtomicPublish = cur.AllowAtomicPublish || want.AllowAtomicPublish
+	if s.cfg.maxAgeSet {
+		out.MaxAge = want.MaxAge
+	}
+	if s.cfg.maxBytesSet {
+		out.MaxBytes = want.MaxBytes
+	}
+	if out.Description == "" {
+		out.Description = want.Description
+	}
+	return out
+}
+
+// sameSettings reports whether an update from a to b would change nothing
+// berth sets.
+func sameSettings(a, b jetstream.StreamConfig) bool {
+	return slices.Equal(a.Subjects, b.Subjects) && a.Retention == b.Retention && a.Discard == b.Discard &&
+		a.Replicas == b.Replicas && a.AllowAtomicPublish == b.AllowAtomicPublish &&
+		a.MaxAge == b.MaxAge && a.MaxBytes == b.MaxBytes && a.Description == b.Description
 }
 
 // Append stores m and returns once the stream has acknowledged it, which on
@@ -398,15 +471,20 @@ func (s *Stream) publishOne(ctx context.Context, msg *nats.Msg, what string) err
 // not decode (published by something other than berth) are logged and
 // skipped.
 func (s *Stream) Subscribe(ctx context.Context, opts SubscribeOptions) (<-chan *hub.Message, error) {
-	hubTok, devTok := "*", "*"
-	if opts.Hub != "" {
-		hubTok = EncodeToken(opts.Hub)
-	}
-	if opts.DeviceID != "" {
-		devTok = EncodeToken(opts.DeviceID)
+	// Subjects are prefix.{hub}.{partition}.{device}; a device's
+	// partition depends on its hub's partition count, which the stream
+	// does not know, so a device filter leaves the partition open.
+	filter := s.cfg.SubjectPrefix + ".>"
+	switch {
+	case opts.DeviceID != "" && opts.Hub != "":
+		filter = s.cfg.SubjectPrefix + "." + EncodeToken(opts.Hub) + ".*." + EncodeToken(opts.DeviceID)
+	case opts.DeviceID != "":
+		filter = s.cfg.SubjectPrefix + ".*.*." + EncodeToken(opts.DeviceID)
+	case opts.Hub != "":
+		filter = s.cfg.SubjectPrefix + "." + EncodeToken(opts.Hub) + ".>"
 	}
 	occ := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{s.cfg.SubjectPrefix + "." + hubTok + "." + devTok},
+		FilterSubjects: []string{filter},
 		DeliverPolicy:  jetstream.DeliverNewPolicy,
 	}
 	if !opts.StartTime.IsZero() {
@@ -415,6 +493,38 @@ func (s *Stream) Subscribe(ctx context.Context, opts SubscribeOptions) (<-chan *
 		occ.OptStartTime = &t
 	}
 
+	events, err := s.read(ctx, occ)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan *hub.Message, 16)
+	go func() {
+		defer close(out)
+		for ev := range events {
+			select {
+			case out <- ev.Msg:
+			case <-ctx.Done():
+				// read ends too; drain what it still hands over.
+			}
+		}
+	}()
+	return out, nil
+}
+
+// Event is a stored telemetry message with where the stream keeps it.
+type Event struct {
+	Msg *hub.Message
+	// Seq is the stream sequence number: unique in the stream, growing,
+	// stable across restarts (the Event Hubs endpoint's sequence number
+	// and offset).
+	Seq uint64
+	// Stored is when JetStream stored the message.
+	Stored time.Time
+}
+
+// read runs an ordered consumer and hands over its messages, decoded, until
+// ctx ends or the Stream closes; then the channel is closed.
+func (s *Stream) read(ctx context.Context, occ jetstream.OrderedConsumerConfig) (<-chan Event, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -446,7 +556,7 @@ func (s *Stream) Subscribe(ctx context.Context, opts SubscribeOptions) (<-chan *
 		done()
 		return nil, fmt.Errorf("stream: subscribe %s: %w", occ.FilterSubjects[0], err)
 	}
-	out := make(chan *hub.Message, 16)
+	out := make(chan Event, 16)
 	stopped := make(chan struct{})
 	go func() {
 		select {
@@ -475,17 +585,18 @@ func (s *Stream) Subscribe(ctx context.Context, opts SubscribeOptions) (<-chan *
 				}
 				continue
 			}
-			var stored time.Time
+			var ev Event
 			if md, err := msg.Metadata(); err == nil {
-				stored = md.Timestamp
+				ev.Stored, ev.Seq = md.Timestamp, md.Sequence.Stream
 			}
-			m, err := decode(s.cfg.SubjectPrefix, msg.Subject(), msg.Headers(), msg.Data(), stored)
+			m, err := decode(s.cfg.SubjectPrefix, msg.Subject(), msg.Headers(), msg.Data(), ev.Stored)
 			if err != nil {
 				s.log.Warn("subscribe: skipping undecodable message", "subject", msg.Subject(), "err", err)
 				continue
 			}
+			ev.Msg = m
 			select {
-			case out <- m:
+			case out <- ev:
 			case <-sctx.Done():
 				return
 			}

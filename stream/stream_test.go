@@ -366,7 +366,7 @@ func TestHeaderLayout(t *testing.T) {
 	}
 	when := time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.FixedZone("x", 3600))
 	appendT(t, s, &hub.Message{
-		Hub: "hub.example.lan", DeviceID: "my.device*1", Enqueued: when, Body: []byte("raw"),
+		Hub: "hub.example.lan", DeviceID: "my.device*1", Partition: 2, Enqueued: when, Body: []byte("raw"),
 		System: []hub.Property{{Name: hub.PropMessageID, Value: "Mid"}, {Name: hub.PropContentType, Value: "application/json"}},
 		App:    []hub.Property{{Name: "zeta", Value: "1"}, {Name: "Alpha", Value: "50% ü"}, {Name: "a/b", Value: " "}},
 	})
@@ -374,7 +374,7 @@ func TestHeaderLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "berth.telemetry.hub%2Eexample%2Elan.my%2Edevice%2A1"; msg.Subject != want {
+	if want := "berth.telemetry.hub%2Eexample%2Elan.2.my%2Edevice%2A1"; msg.Subject != want {
 		t.Errorf("subject %q, want %q", msg.Subject, want)
 	}
 	if string(msg.Data) != "raw" {

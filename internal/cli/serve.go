@@ -83,6 +83,7 @@ the flag names. Flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.StoreURL, "store", "", "store: sqlite:PATH (default DATA_DIR/berth.db) or postgres://…")
 	f.IntVar(&cfg.RetryAfter, "retry-after", 3, "retry-after seconds on DPS 202 answers")
 	f.StringVar(&cfg.NATSURL, "nats-url", "", "external NATS (JetStream) URLs for the telemetry stream; default: embedded, under DATA_DIR/nats")
+	f.IntVar(&cfg.StreamReplicas, "stream-replicas", 0, "replicas of the telemetry stream on an external NATS cluster (1 to 5; default 1 for a new stream; an existing stream's replicas are never lowered)")
 	f.StringVar(&cfg.StreamListen, "stream-listen", "127.0.0.1:0", `where the embedded NATS accepts local readers (token in client.json); "none" for in-process only`)
 	f.DurationVar(&cfg.MaxTokenLifetime, "max-token-lifetime", 0, "longest lifetime (expiry minus now) of a device or service SAS token berth accepts, e.g. 24h; 0 for no limit, as Azure")
 	thr.register(f)
