@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/berth-iot/berth/dps"
+	"github.com/berth-iot/berth/eventhubs"
 	amqpfront "github.com/berth-iot/berth/frontend/amqp"
 	mqttfront "github.com/berth-iot/berth/frontend/mqtt"
 	"github.com/berth-iot/berth/frontend/rest"
@@ -453,7 +454,8 @@ func (s *Server) Start() error {
 		}
 		s.amqpLn = s.metrics.Listener(s.amqpLn, "amqp")
 	}
-	hubCfg := &amqpfront.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc}
+	hubCfg := &amqpfront.HubConfig{Name: s.cfg.HubName, Settings: s.hubSet, Hubs: s.hubs, Services: s.hubSvc,
+		EventHubs: &amqpfront.EventHubs{Reader: s.stream, Receivers: &eventhubs.Receivers{}, Port: s.AMQPPort()}}
 	s.amqp = amqpfront.New(amqpfront.Config{Logger: s.log.With("listener", "amqp"), Hub: hubCfg, DPS: s.dps})
 	s.mqtt = mqttfront.New(mqttfront.Config{
 		Logger:    s.log.With("listener", "mqtt"),
@@ -674,6 +676,30 @@ func (s *Server) Info() *localconf.Info {
 
 // FirstRun reports whether this start created the berth's identity.
 func (s *Server) FirstRun() bool { return s.firstRun }
+
+// AMQPPort is the port of the AMQPS listener (5671 when it is off: AmqpWs
+// clients name no port).
+func (s *Server) AMQPPort() int {
+	if s.amqpLn != nil {
+		if a, ok := s.amqpLn.Addr().(*net.TCPAddr); ok {
+			return a.Port
+		}
+	}
+	return 5671
+}
+
+// EventHubConnectionString is the Event Hubs-compatible connection string
+// of the default hub's owner policy ("" without one).
+func (s *Server) EventHubConnectionString() string {
+	p, ok := s.hubSet.Policy(hub.OwnerPolicy)
+	if !ok {
+		return ""
+	}
+	return eventhubs.ConnectionString(s.cfg.HubName, s.AMQPPort(), p)
+}
+
+// Hubs returns the hubs this berth serves.
+func (s *Server) Hubs() *hub.Directory { return s.hubs }
 
 // Stream returns the telemetry stream.
 func (s *Server) Stream() *stream.Stream { return s.stream }

@@ -11,6 +11,7 @@ import (
 
 	engine "github.com/berth-iot/berth/amqp"
 	"github.com/berth-iot/berth/azerr"
+	"github.com/berth-iot/berth/eventhubs"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/sas"
@@ -41,8 +42,9 @@ type grant struct {
 // conn is one AMQP connection: the engine's Handler and what it
 // authenticated.
 type conn struct {
-	srv *Server
-	cbs *engine.Node
+	srv    *Server
+	cbs    *engine.Node
+	ehMgmt *engine.Node // the Event Hubs $management node
 
 	mu      sync.Mutex
 	ec      *engine.Conn
@@ -55,6 +57,7 @@ type conn struct {
 func newConn(s *Server) *conn {
 	c := &conn{srv: s, grants: map[string]*grant{}, devices: map[string]*device{}}
 	c.cbs = &engine.Node{Serve: c.serveCBS}
+	c.ehMgmt = &engine.Node{Serve: c.serveEHManagement}
 	return c
 }
 
@@ -264,7 +267,14 @@ func (c *conn) authorize(audience, token string) (int, string) {
 		g.key = strings.ToLower(hubName) + "/devices/" + hub.TwinID(g.deviceID, g.moduleID)
 	} else {
 		if _, err := h.Registry.AuthorizeService(settings, hubName, token, rest, hub.RightServiceConnect); err != nil {
-			return c.refused("service", aud, err)
+			// The Event Hubs SDKs sign with the key text's bytes and name
+			// the entity first (docs/amqp-wire.md, "Event Hubs").
+			if len(rest) == 0 || h.EventHubs == nil || !strings.EqualFold(rest[0], eventhubs.EntityName(hubName)) {
+				return c.refused("service", aud, err)
+			}
+			if _, err := h.Registry.AuthorizeEventHubs(settings, hubName, token, rest); err != nil {
+				return c.refused("Event Hubs", aud, err)
+			}
 		}
 		if tok, err := sas.Parse(token); err == nil {
 			g.expires = tok.Expiry.Add(sas.MaxClockSkew)

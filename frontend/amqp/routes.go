@@ -43,6 +43,16 @@ var routes = []route{
 	{pattern: "messages/devicebound", attach: (*conn).attachServiceSend},
 	{pattern: "messages/servicebound/feedback", attach: (*conn).attachFeedback},
 	{pattern: "messages/servicebound/filenotifications", attach: (*conn).attachFileNotifications},
+	// The Event Hubs-compatible endpoint (eventhubs.go), and the redirect
+	// to it from the hub's messages/events.
+	{pattern: "$management", attach: (*conn).attachEHManagement},
+	{pattern: "{*}/$management", attach: (*conn).attachEHManagement},
+	{pattern: "{*}/ConsumerGroups/{*}/Partitions/{*}", attach: (*conn).attachEHPartition},
+	{pattern: "messages/events", attach: (*conn).attachRedirect},
+	{pattern: "messages/events/{*}", attach: (*conn).attachRedirect},
+	{pattern: "messages/events/{*}/{*}", attach: (*conn).attachRedirect},
+	{pattern: "messages/events/{*}/{*}/{*}", attach: (*conn).attachRedirect},
+	{pattern: "messages/events/{*}/{*}/{*}/{*}", attach: (*conn).attachRedirect},
 	// DPS: {scope}/registrations/{reg}, last so that no hub address is
 	// taken for one ({d} here is the registration ID).
 	{pattern: "{*}/registrations/{d}", attach: (*conn).attachDPS},

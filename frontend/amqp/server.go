@@ -31,6 +31,9 @@ type HubConfig struct {
 	*hub.Services
 	// Now is the registry's clock (default time.Now).
 	Now func() time.Time
+	// EventHubs serves the hubs' Event Hubs-compatible endpoint; nil
+	// turns it off.
+	EventHubs *EventHubs
 }
 
 // Config configures a Server.
