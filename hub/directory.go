@@ -312,9 +312,6 @@ func (d *Directory) Create(ctx context.Context, info HubInfo, now time.Time) (*S
 	if err := checkEventHub(info); err != nil {
 		return nil, err
 	}
-	if info.PartitionCount == 0 {
-		info.PartitionCount = DefaultPartitionCount
-	}
 	info.Created = now.UTC()
 	err := d.change(ctx, func(infos []HubInfo) ([]HubInfo, error) {
 		if slices.ContainsFunc(infos, func(h HubInfo) bool { return strings.EqualFold(h.Name, info.Name) }) {

@@ -22,6 +22,10 @@ type HubSpec struct {
 	AllocationWeight      *int    `json:"allocationWeight,omitempty"`
 	ApplyAllocationPolicy *bool   `json:"applyAllocationPolicy,omitempty"`
 	Region                *string `json:"region,omitempty"`
+	// PartitionCount is set at creation only; RetentionDays (1 to 7, 0
+	// for the telemetry stream's) at any time.
+	PartitionCount *int `json:"partitionCount,omitempty"`
+	RetentionDays  *int `json:"retentionDays,omitempty"`
 }
 
 // hubPath is the path of the hub collection, or of one hub.

@@ -37,11 +37,15 @@ type hubWire struct {
 	ApplyAllocationPolicy bool      `json:"applyAllocationPolicy"`
 	Region                string    `json:"region"`
 	CreatedTime           time.Time `json:"createdTime"`
+	// The Event Hubs-compatible endpoint: partitions (fixed at creation)
+	// and the hub's own retention (0: the telemetry stream's).
+	PartitionCount int `json:"partitionCount"`
+	RetentionDays  int `json:"retentionDays"`
 }
 
 func toHubWire(i hub.HubInfo) hubWire {
 	return hubWire{Name: i.Name, AllocationWeight: i.AllocationWeight, ApplyAllocationPolicy: i.ApplyAllocationPolicy,
-		Region: i.Region, CreatedTime: i.Created}
+		Region: i.Region, CreatedTime: i.Created, PartitionCount: i.Partitions(), RetentionDays: i.RetentionDays}
 }
 
 // hubBody is the body of PUT /hubs/{name}. A field left out takes its
@@ -55,6 +59,8 @@ type hubBody struct {
 	AllocationWeight      *int    `json:"allocationWeight"`
 	ApplyAllocationPolicy *bool   `json:"applyAllocationPolicy"`
 	Region                *string `json:"region"`
+	PartitionCount        *int    `json:"partitionCount"`
+	RetentionDays         *int    `json:"retentionDays"`
 }
 
 // apply sets the fields the body gives.
@@ -67,6 +73,12 @@ func (b *hubBody) apply(i *hub.HubInfo) {
 	}
 	if b.Region != nil {
 		i.Region = *b.Region
+	}
+	if b.PartitionCount != nil {
+		i.PartitionCount = *b.PartitionCount
+	}
+	if b.RetentionDays != nil {
+		i.RetentionDays = *b.RetentionDays
 	}
 }
 

@@ -313,7 +313,7 @@ func TestHubManagementLifecycle(t *testing.T) {
 
 	// Created with the defaults from an empty body, then changed one field
 	// at a time: what a body leaves out stays.
-	c := hubWire{Name: hubC, AllocationWeight: 1, ApplyAllocationPolicy: true, CreatedTime: created}
+	c := hubWire{Name: hubC, AllocationWeight: 1, ApplyAllocationPolicy: true, CreatedTime: created, PartitionCount: hub.DefaultPartitionCount}
 	wantHub(t, f.policyCall(t, http.MethodPut, "/hubs/"+hubC+"?api-version=2021-10-01", ""), http.StatusCreated, c)
 	f.now = f.now.Add(time.Minute) // an update keeps createdTime
 	c.AllocationWeight, c.Region = 5, "eu"
@@ -351,7 +351,7 @@ func TestHubManagementLifecycle(t *testing.T) {
 
 	// Recreated, it starts empty, with new keys.
 	wantHub(t, f.policyCall(t, http.MethodPut, "/hubs/"+hubC, `{}`), http.StatusCreated,
-		hubWire{Name: hubC, AllocationWeight: 1, ApplyAllocationPolicy: true, CreatedTime: f.now.UTC()})
+		hubWire{Name: hubC, AllocationWeight: 1, ApplyAllocationPolicy: true, CreatedTime: f.now.UTC(), PartitionCount: hub.DefaultPartitionCount})
 	checkHubError(t, f.at(hubC, http.MethodGet, "/devices/dc", "", "Authorization", oldC), azerr.HubUnauthorizedAccess)
 	checkHubError(t, f.at(hubC, http.MethodGet, "/devices/dc", "", "Authorization", f.ownerOf(t, hubC)), azerr.HubDeviceNotFound)
 }

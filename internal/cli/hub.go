@@ -10,6 +10,8 @@ import (
 	"github.com/berth-iot/berth/hubclient"
 	"github.com/berth-iot/berth/internal/localconf"
 	"github.com/berth-iot/berth/internal/svcconn"
+	"net"
+	"strconv"
 )
 
 // The hub commands are shaped like `az iot hub …`: device identities,
@@ -92,6 +94,9 @@ type hubTarget struct {
 	connStr string
 	cs      hubclient.ConnectionString
 	opts    hubclient.Options
+	// amqpPort is the local berth's AMQP port for its own hub, else 0
+	// (5671).
+	amqpPort int
 }
 
 // resolveHub works out where hub commands go, without any network
@@ -130,10 +135,14 @@ func resolveHub(g *globals, hf *hubFlags) (*hubTarget, error) {
 			hf.hubName, cs.HostName, hf.hubName)
 	}
 	opts := hubclient.Options{CAFile: caFile, Address: address}
+	amqpPort := 0
 	switch {
 	case info != nil && isLocalHub(info, cs.HostName):
 		if caFile == "" {
 			opts.CAFile = info.CAFile
+		}
+		if _, port, err := net.SplitHostPort(info.AMQPAddress); err == nil {
+			amqpPort, _ = strconv.Atoi(port)
 		}
 		if address == "" {
 			opts.Address = info.HTTPSAddress
@@ -147,7 +156,7 @@ func resolveHub(g *globals, hf *hubFlags) (*hubTarget, error) {
 			opts.HTTPClient = svcconn.HTTPClientWithRoots(cs.HostName, roots, address)
 		}
 	}
-	return &hubTarget{connStr: connStr, cs: cs, opts: opts}, nil
+	return &hubTarget{connStr: connStr, cs: cs, opts: opts, amqpPort: amqpPort}, nil
 }
 
 // isLocalHub reports whether host is the hub of the berth info describes.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/berth-iot/berth/eventhubs"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/hubclient"
 	"github.com/berth-iot/berth/sas"
@@ -56,6 +57,7 @@ type connectionString struct {
 
 func newHubConnStringShowCmd(g *globals, hf *hubFlags, deviceOnly bool) *cobra.Command {
 	var id, keyType string
+	var eventHub bool
 	short := "Show a device's connection string (HostName=…;DeviceId=…;SharedAccessKey=…), or without a device the hub's"
 	if deviceOnly {
 		short = "Show a device's connection string (HostName=…;DeviceId=…;SharedAccessKey=…)"
@@ -78,6 +80,13 @@ func newHubConnStringShowCmd(g *globals, hf *hubFlags, deviceOnly bool) *cobra.C
 			t, err := resolveHub(g, hf)
 			if err != nil {
 				return err
+			}
+			if eventHub {
+				if deviceID != "" {
+					return errors.New("--eventhub shows the hub's Event Hubs-compatible connection string; give no device")
+				}
+				p := &hub.Policy{KeyName: t.cs.SharedAccessKeyName, PrimaryKey: t.cs.SharedAccessKey}
+				return printJSON(g.stdout, connectionString{ConnectionString: eventhubs.ConnectionString(t.cs.HostName, t.amqpPort, p)})
 			}
 			if deviceID == "" {
 				// az iot hub connection-string show: the policy's own
@@ -102,6 +111,9 @@ func newHubConnStringShowCmd(g *globals, hf *hubFlags, deviceOnly bool) *cobra.C
 	}
 	deviceIDFlag(cmd, &id)
 	cmd.Flags().StringVar(&keyType, "key-type", "primary", "the device key to use: primary or secondary")
+	if !deviceOnly {
+		cmd.Flags().BoolVar(&eventHub, "eventhub", false, "show the hub's Event Hubs-compatible connection string (Endpoint=sb://…;EntityPath=…), for Event Hubs consumers")
+	}
 	aliasFlags(cmd.Flags(), map[string]string{"kt": "key-type"})
 	return cmd
 }

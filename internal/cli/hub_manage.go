@@ -24,6 +24,7 @@ import (
 var hubManageAliases = map[string]string{
 	"hub-name":                  "name",
 	"apply-allocation-policies": "apply-allocation-policy",
+	"retention-day":             "retention-days",
 }
 
 // newHubManageCmds are the hub management commands, for `berth hub`.
@@ -44,9 +45,11 @@ func namedHubCmd(g *globals, cmd *cobra.Command, run func(ctx context.Context, c
 
 // linkFlags are how the DPS links a hub: create's and update's options.
 type linkFlags struct {
-	weight int
-	apply  bool
-	region string
+	weight     int
+	apply      bool
+	region     string
+	partitions int
+	retention  int
 }
 
 func (lf *linkFlags) register(cmd *cobra.Command) {
@@ -54,6 +57,7 @@ func (lf *linkFlags) register(cmd *cobra.Command) {
 	f.IntVar(&lf.weight, "allocation-weight", 1, "weight of the hub in the DPS's hashed allocation (0 to 1000)")
 	f.BoolVar(&lf.apply, "apply-allocation-policy", true, "make the hub a candidate for enrollments that name no hubs of their own")
 	f.StringVar(&lf.region, "region", "", "region label, for geoLatency allocation")
+	f.IntVar(&lf.retention, "retention-days", 0, "days the hub's telemetry is kept on its Event Hubs-compatible endpoint (1 to 7; 0: the telemetry stream's limit) (alias --retention-day)")
 }
 
 // spec is the HubSpec of the flags cmd was given (all of them when all):
@@ -69,6 +73,14 @@ func (lf *linkFlags) spec(cmd *cobra.Command, name string, all bool) serviceclie
 	}
 	if all || fs.Changed("region") {
 		s.Region = &lf.region
+	}
+	// Left out, the service's defaults apply (4 partitions, the
+	// stream's retention).
+	if fs.Lookup("partition-count") != nil && fs.Changed("partition-count") {
+		s.PartitionCount = &lf.partitions
+	}
+	if fs.Changed("retention-days") {
+		s.RetentionDays = &lf.retention
 	}
 	return s
 }
@@ -113,6 +125,7 @@ at once to name the new hub; an operator's certificate must already name it.`,
 		return g.print(createdHub{HubInfo: *out, ConnectionString: owner.ConnectionString(out.Name)})
 	})
 	lf.register(cmd)
+	cmd.Flags().IntVar(&lf.partitions, "partition-count", hub.DefaultPartitionCount, "partitions of the hub's Event Hubs-compatible endpoint (1 to 32), fixed at creation")
 	return cmd
 }
 
@@ -154,8 +167,8 @@ func newHubUpdateCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "update [NAME]", Short: "Change how the DPS links an IoT hub (what is not given stays)"}
 	namedHubCmd(g, cmd, func(ctx context.Context, c *serviceclient.Client, name string) error {
 		s := lf.spec(cmd, name, false)
-		if s.AllocationWeight == nil && s.ApplyAllocationPolicy == nil && s.Region == nil {
-			return errors.New("nothing to update: give --allocation-weight, --apply-allocation-policy or --region")
+		if s.AllocationWeight == nil && s.ApplyAllocationPolicy == nil && s.Region == nil && s.RetentionDays == nil {
+			return errors.New("nothing to update: give --allocation-weight, --apply-allocation-policy, --region or --retention-days")
 		}
 		// Update never creates: a typo in the name must not add a hub.
 		if _, err := c.GetHub(ctx, name); err != nil {

@@ -378,6 +378,12 @@ func TestHubConnectionStringCommand(t *testing.T) {
 			wantOut: `{"connectionString":"` + hubConnStr + `"}`,
 		},
 		{
+			name: "the hub's Event Hubs-compatible one",
+			args: []string{"--eventhub"},
+			wantOut: `{"connectionString":"Endpoint=sb://` + fakeHost + `/;SharedAccessKeyName=iothubowner;SharedAccessKey=` + ownerKey +
+				`;EntityPath=` + strings.Split(fakeHost, ".")[0] + `"}`,
+		},
+		{
 			name:     "a device without a symmetric key",
 			args:     []string{"x1"},
 			replies:  []reply{{status: 200, body: x509DeviceJSON}},

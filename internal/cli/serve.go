@@ -248,10 +248,14 @@ func printBanner(out io.Writer, srv *server.Server, dataDir string, retryAfter i
 	if srv.FirstRun() {
 		fmt.Fprintf(tw, "  service connection string\t%s\n", info.ServiceConnectionString)
 		fmt.Fprintf(tw, "  hub connection string\t%s\n", info.HubConnectionString)
+		if cs := srv.EventHubConnectionString(); cs != "" {
+			fmt.Fprintf(tw, "  Event Hubs-compatible\t%s\n", cs)
+		}
 	} else {
 		where := filepath.Join(dataDir, localconf.FileName)
 		fmt.Fprintf(tw, "  service connection string\tin %s, or: %s dps connection-string show\n", where, cli)
 		fmt.Fprintf(tw, "  hub connection string\tin %s, or: %s hub connection-string show\n", where, cli)
+		fmt.Fprintf(tw, "  Event Hubs-compatible\t%s hub connection-string show --eventhub\n", cli)
 	}
 	if info.NATSURL != "" {
 		fmt.Fprintf(tw, "  telemetry stream\tNATS JetStream %s, subjects %s.> (URL and token in client.json)\n", info.StreamName, info.StreamSubjectPrefix)
