@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,12 +25,14 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azeventhubs/v2"
 	goamqp "github.com/Azure/go-amqp"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/gorilla/websocket"
 
 	"github.com/berth-iot/berth/eventhubs"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/policy"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/server"
+	"github.com/berth-iot/berth/wsconn"
 )
 
 const (
@@ -514,5 +517,45 @@ func TestRedirect(t *testing.T) {
 		u.Host, owner.KeyName, owner.PrimaryKey, strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), "/$management"))
 	if _, err := b.consumer(cs).GetEventHubProperties(ctx, nil); err != nil {
 		t.Errorf("the redirected connection string: %v", err)
+	}
+}
+
+// The Event Hubs SDK over WebSockets (its /$servicebus/websocket path on
+// the HTTPS listener).
+func TestWebSocket(t *testing.T) {
+	b := newBerth(t)
+	b.device("d1")
+	b.sendHTTPS("d1", nil, "over-ws")
+	c, err := azeventhubs.NewConsumerClientFromConnectionString(b.ehConnStr(), "", azeventhubs.DefaultConsumerGroup, &azeventhubs.ConsumerClientOptions{
+		TLSConfig:    b.tlsConfig(),
+		RetryOptions: azeventhubs.RetryOptions{MaxRetries: 1, RetryDelay: 100 * time.Millisecond},
+		NewWebSocketConn: func(ctx context.Context, args azeventhubs.WebSocketConnParams) (net.Conn, error) {
+			if !strings.HasPrefix(args.Host, "wss://"+ehHub) {
+				return nil, fmt.Errorf("unexpected WebSocket host %q", args.Host)
+			}
+			d := websocket.Dialer{Subprotocols: []string{"AMQPWSB10"}, TLSClientConfig: b.tlsConfig(),
+				NetDialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, network, b.httpsAdr)
+				}}
+			ws, _, err := d.DialContext(ctx, "wss://"+ehHub+"/$servicebus/websocket", nil)
+			if err != nil {
+				return nil, err
+			}
+			return wsconn.New(ws), nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pc, err := c.NewPartitionClient(partitionOf("d1"), &azeventhubs.PartitionClientOptions{StartPosition: azeventhubs.StartPosition{Earliest: to(true)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close(ctx)
+	if evs := receive(t, pc, 1); string(evs[0].Body) != "over-ws" {
+		t.Errorf("over WebSocket: %q", evs[0].Body)
 	}
 }

@@ -515,6 +515,13 @@ func (s *Server) Start() error {
 		defer s.wg.Done()
 		s.hubSvc.Configurations.Run(bg, time.Minute)
 	}()
+	// Hubs with a retention shorter than the stream's lose their older
+	// telemetry (docs/telemetry-stream.md, "Partitions").
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.runRetention(bg, time.Minute)
+	}()
 	mqttTLS := pki.ServerTLSConfig(s.certs, nil)
 	httpsTLS := pki.ServerTLSConfig(s.certs, []string{"http/1.1"})
 	if s.amqpLn != nil {
@@ -561,6 +568,11 @@ func (s *Server) Start() error {
 // WebSockets on the HTTPS listener (every Azure SDK fixes it, on 443).
 const WebSocketPath = "/$iothub/websocket"
 
+// EventHubsWebSocketPath is where the Event Hubs SDKs reach AMQP over
+// WebSockets (their fixed path): the same AMQP front end, for the Event
+// Hubs-compatible endpoint.
+const EventHubsWebSocketPath = "/$servicebus/websocket"
+
 // Subprotocols of WebSocketPath: AmqpWs and MqttWs (any case: the C SDK
 // sends "MQTT").
 const (
@@ -573,7 +585,7 @@ const (
 // front end by its subprotocol, with the TLS client certificate under it.
 func (s *Server) websockets(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != WebSocketPath {
+		if r.URL.Path != WebSocketPath && r.URL.Path != EventHubsWebSocketPath {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -676,6 +688,32 @@ func (s *Server) Info() *localconf.Info {
 
 // FirstRun reports whether this start created the berth's identity.
 func (s *Server) FirstRun() bool { return s.firstRun }
+
+// runRetention trims each hub with its own retention (RetentionDays) every
+// interval until ctx ends. Trimming is idempotent, so every node of a
+// cluster may do it.
+func (s *Server) runRetention(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		for _, h := range s.hubs.List() {
+			if h.RetentionDays <= 0 {
+				continue
+			}
+			cut := time.Now().Add(-time.Duration(h.RetentionDays) * 24 * time.Hour)
+			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			if err := s.stream.TrimHub(tctx, h.Name, cut); err != nil && ctx.Err() == nil {
+				s.log.Warn("server: could not trim a hub's telemetry to its retention", "hub", h.Name, "error", err.Error())
+			}
+			cancel()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
 
 // AMQPPort is the port of the AMQPS listener (5671 when it is off: AmqpWs
 // clients name no port).
