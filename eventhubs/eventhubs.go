@@ -16,7 +16,7 @@ import (
 )
 
 // DefaultConsumerGroup is the group every Event Hub has.
-const DefaultConsumerGroup = "$Default"
+const DefaultConsumerGroup = hub.DefaultConsumerGroup
 
 // MaxReceivers is how many receivers Azure lets read one partition of a
 // consumer group at once.

@@ -559,3 +559,43 @@ func TestWebSocket(t *testing.T) {
 		t.Errorf("over WebSocket: %q", evs[0].Body)
 	}
 }
+
+// A consumer group must exist: $Default always, others once created.
+func TestConsumerGroups(t *testing.T) {
+	b := newBerth(t)
+	b.device("d1")
+	b.sendHTTPS("d1", nil, "cg")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	open := func() error {
+		c, err := azeventhubs.NewConsumerClientFromConnectionString(b.ehConnStr(), "", "analytics", &azeventhubs.ConsumerClientOptions{
+			TLSConfig: b.tlsConfig(), CustomEndpoint: fmt.Sprintf("%s:%d", b.ip, b.amqpPort),
+			RetryOptions: azeventhubs.RetryOptions{MaxRetries: 0},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		pc, err := c.NewPartitionClient(partitionOf("d1"), &azeventhubs.PartitionClientOptions{StartPosition: azeventhubs.StartPosition{Earliest: to(true)}})
+		if err != nil {
+			return err
+		}
+		defer pc.Close(ctx)
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer rcancel()
+		evs, err := pc.ReceiveEvents(rctx, 1, nil)
+		if err == nil && len(evs) != 1 {
+			err = fmt.Errorf("%d events", len(evs))
+		}
+		return err
+	}
+	if err := open(); err == nil {
+		t.Fatal("a consumer group that does not exist was served")
+	}
+	if _, err := b.srv.Hubs().CreateConsumerGroup(ctx, ehHub, "analytics", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := open(); err != nil {
+		t.Fatalf("the created consumer group: %v", err)
+	}
+}

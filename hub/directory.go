@@ -37,6 +37,99 @@ type HubInfo struct {
 	// RetentionDays is how long the hub's telemetry is kept, 1 to
 	// MaxRetentionDays; 0 means the telemetry stream's own limit.
 	RetentionDays int `json:"retentionDays,omitempty"`
+	// ConsumerGroups are the consumer groups created besides $Default.
+	ConsumerGroups []ConsumerGroup `json:"consumerGroups,omitempty"`
+}
+
+// ConsumerGroup is a consumer group of a hub's Event Hubs-compatible
+// endpoint.
+type ConsumerGroup struct {
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+}
+
+// DefaultConsumerGroup is the group every hub has.
+const DefaultConsumerGroup = "$Default"
+
+// MaxConsumerGroups is how many groups a hub may have besides $Default
+// (Azure's standard tier allows 20 in all).
+const MaxConsumerGroups = 19
+
+// HasConsumerGroup reports whether a hub has a consumer group, compared
+// case-insensitively as Event Hubs does.
+func (i HubInfo) HasConsumerGroup(name string) bool {
+	if strings.EqualFold(name, DefaultConsumerGroup) {
+		return true
+	}
+	return slices.ContainsFunc(i.ConsumerGroups, func(g ConsumerGroup) bool { return strings.EqualFold(g.Name, name) })
+}
+
+// validConsumerGroup: 1 to 50 letters, digits, '.', '_' and '-', as
+// Azure allows.
+func validConsumerGroup(name string) bool {
+	if name == "" || len(name) > 50 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// CreateConsumerGroup adds a consumer group to a hub; creating one that
+// exists (or $Default) is not an error, as an ARM PUT.
+func (d *Directory) CreateConsumerGroup(ctx context.Context, hubName, group string, now time.Time) (ConsumerGroup, error) {
+	if !validConsumerGroup(group) && !strings.EqualFold(group, DefaultConsumerGroup) {
+		return ConsumerGroup{}, badHub("Consumer group name %q is not valid: 1 to 50 letters, digits, '.', '_' and '-'.", group)
+	}
+	out := ConsumerGroup{Name: group, Created: now.UTC()}
+	err := d.change(ctx, func(infos []HubInfo) ([]HubInfo, error) {
+		i := slices.IndexFunc(infos, func(h HubInfo) bool { return strings.EqualFold(h.Name, hubName) })
+		if i < 0 {
+			return nil, azerr.Newf(azerr.DPSNotFound, "Hub %s not found.", hubName)
+		}
+		if strings.EqualFold(group, DefaultConsumerGroup) {
+			out = ConsumerGroup{Name: DefaultConsumerGroup, Created: infos[i].Created}
+			return nil, errUnchanged
+		}
+		for _, g := range infos[i].ConsumerGroups {
+			if strings.EqualFold(g.Name, group) {
+				out = g
+				return nil, errUnchanged
+			}
+		}
+		if len(infos[i].ConsumerGroups) >= MaxConsumerGroups {
+			return nil, badHub("Hub %s has the most consumer groups allowed (%d).", infos[i].Name, MaxConsumerGroups+1)
+		}
+		infos[i].ConsumerGroups = append(slices.Clone(infos[i].ConsumerGroups), out)
+		return infos, nil
+	})
+	if err != nil && !errors.Is(err, errUnchanged) {
+		return ConsumerGroup{}, err
+	}
+	return out, nil
+}
+
+// DeleteConsumerGroup removes a consumer group; $Default stays.
+func (d *Directory) DeleteConsumerGroup(ctx context.Context, hubName, group string) error {
+	return d.change(ctx, func(infos []HubInfo) ([]HubInfo, error) {
+		i := slices.IndexFunc(infos, func(h HubInfo) bool { return strings.EqualFold(h.Name, hubName) })
+		if i < 0 {
+			return nil, azerr.Newf(azerr.DPSNotFound, "Hub %s not found.", hubName)
+		}
+		if strings.EqualFold(group, DefaultConsumerGroup) {
+			return nil, badHub("The consumer group %s cannot be deleted.", DefaultConsumerGroup)
+		}
+		j := slices.IndexFunc(infos[i].ConsumerGroups, func(g ConsumerGroup) bool { return strings.EqualFold(g.Name, group) })
+		if j < 0 {
+			return nil, azerr.Newf(azerr.DPSNotFound, "Consumer group %s not found on hub %s.", group, infos[i].Name)
+		}
+		infos[i].ConsumerGroups = slices.Delete(slices.Clone(infos[i].ConsumerGroups), j, j+1)
+		return infos, nil
+	})
 }
 
 // Event Hubs-compatible endpoint limits (docs/telemetry-stream.md).
@@ -356,6 +449,7 @@ func (d *Directory) Update(ctx context.Context, info HubInfo) (*Served, error) {
 			return nil, badHub("The partition count of hub %s is fixed at creation (%d).", infos[i].Name, infos[i].Partitions())
 		}
 		info.Name, info.Created, info.PartitionCount = infos[i].Name, infos[i].Created, infos[i].PartitionCount
+		info.ConsumerGroups = infos[i].ConsumerGroups
 		infos[i] = info
 		return infos, nil
 	})

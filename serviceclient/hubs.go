@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/berth-iot/berth/hub"
 )
@@ -58,5 +59,42 @@ func (c *Client) PutHub(ctx context.Context, s HubSpec) (out *hub.HubInfo, creat
 // The service refuses to delete its default hub.
 func (c *Client) DeleteHub(ctx context.Context, name string) error {
 	_, err := c.do(ctx, request{method: http.MethodDelete, path: hubPath(name)})
+	return err
+}
+
+// ConsumerGroup is a consumer group of a hub's Event Hubs-compatible
+// endpoint, as ARM and berth answer it.
+type ConsumerGroup struct {
+	Name       string `json:"name"`
+	Properties struct {
+		Created time.Time `json:"created"`
+	} `json:"properties"`
+}
+
+func groupPath(hubName string, group ...string) []string {
+	return append(hubPath(hubName, "eventHubEndpoints", "events", "ConsumerGroups"), group...)
+}
+
+// ListConsumerGroups returns a hub's consumer groups, $Default first.
+func (c *Client) ListConsumerGroups(ctx context.Context, hubName string) ([]ConsumerGroup, error) {
+	out, err := call[struct {
+		Value []ConsumerGroup `json:"value"`
+	}](ctx, c, request{method: http.MethodGet, path: groupPath(hubName)}, "consumer groups")
+	if err != nil {
+		return nil, err
+	}
+	return out.Value, nil
+}
+
+// PutConsumerGroup creates a consumer group (an existing one is returned
+// as it is).
+func (c *Client) PutConsumerGroup(ctx context.Context, hubName, group string) (*ConsumerGroup, error) {
+	out, _, err := put[ConsumerGroup](ctx, c, request{method: http.MethodPut, path: groupPath(hubName, group), body: map[string]any{"properties": map[string]any{"name": group}}}, "consumer group")
+	return out, err
+}
+
+// DeleteConsumerGroup deletes a consumer group ($Default cannot be).
+func (c *Client) DeleteConsumerGroup(ctx context.Context, hubName, group string) error {
+	_, err := c.do(ctx, request{method: http.MethodDelete, path: groupPath(hubName, group)})
 	return err
 }

@@ -213,10 +213,11 @@ func (c *conn) attachEHPartition(l *engine.Link, m match) (engine.LinkHandler, *
 		return nil, linkError(engine.ErrCondUnauthorizedAccess, "No token with ServiceConnect for %s on this connection.", clip(m.address))
 	}
 	group := m.segs[2]
-	if !strings.EqualFold(group, eventhubs.DefaultConsumerGroup) {
-		return nil, linkError(engine.ErrCondNotFound, "The consumer group %q does not exist; berth serves %s.", clip(group), eventhubs.DefaultConsumerGroup)
+	info := c.hubInfo(g.hub)
+	if !info.HasConsumerGroup(group) {
+		return nil, linkError(engine.ErrCondNotFound, "The consumer group %q does not exist (berth hub consumer-group create).", clip(group))
 	}
-	n := c.hubInfo(g.hub).Partitions()
+	n := info.Partitions()
 	p, err := strconv.Atoi(m.segs[4])
 	if err != nil || p < 0 || p >= n || strconv.Itoa(p) != m.segs[4] {
 		return nil, linkError(ehArgumentOutOfRange, "The partition %q does not exist; the entity has %d (0 to %d).", clip(m.segs[4]), n, n-1)

@@ -90,7 +90,91 @@ func (h *handler) hubManagementRoutes() routes {
 		newRoute(http.MethodGet, "hubs/{name}", h.authorized(config, h.withHubs(h.getHub))),
 		newRoute(http.MethodPut, "hubs/{name}", h.authorized(config, h.withHubs(h.putHub))),
 		newRoute(http.MethodDelete, "hubs/{name}", h.authorized(config, h.withHubs(deleteHub))),
+		// Consumer groups of the Event Hubs-compatible endpoint, under the
+		// path ARM gives them (…/IotHubs/{hub}/eventHubEndpoints/events/ConsumerGroups/{name}).
+		newRoute(http.MethodGet, "hubs/{name}/eventHubEndpoints/events/ConsumerGroups", h.authorized(config, h.withHubs(h.listConsumerGroups))),
+		newRoute(http.MethodGet, "hubs/{name}/eventHubEndpoints/events/ConsumerGroups/{group}", h.authorized(config, h.withHubs(h.getConsumerGroup))),
+		newRoute(http.MethodPut, "hubs/{name}/eventHubEndpoints/events/ConsumerGroups/{group}", h.authorized(config, h.withHubs(h.putConsumerGroup))),
+		newRoute(http.MethodDelete, "hubs/{name}/eventHubEndpoints/events/ConsumerGroups/{group}", h.authorized(config, h.withHubs(deleteConsumerGroup))),
 	}
+}
+
+// consumerGroupWire is a consumer group as ARM answers it.
+type consumerGroupWire struct {
+	Name       string `json:"name"`
+	Type       string `json:"type"`
+	Properties struct {
+		Created time.Time `json:"created"`
+	} `json:"properties"`
+}
+
+func toGroupWire(g hub.ConsumerGroup) consumerGroupWire {
+	w := consumerGroupWire{Name: g.Name, Type: "Microsoft.Devices/IotHubs/EventHubEndpoints/ConsumerGroups"}
+	w.Properties.Created = g.Created
+	return w
+}
+
+func groupsOf(info hub.HubInfo) []hub.ConsumerGroup {
+	return append([]hub.ConsumerGroup{{Name: hub.DefaultConsumerGroup, Created: info.Created}}, info.ConsumerGroups...)
+}
+
+// listConsumerGroups serves GET …/ConsumerGroups: {"value": [...]}, $Default first.
+func (h *handler) listConsumerGroups(x *exchange, _ *hub.Directory, args []string) {
+	s, err := h.namedHub(args[0])
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	out := struct {
+		Value []consumerGroupWire `json:"value"`
+	}{Value: []consumerGroupWire{}}
+	for _, g := range groupsOf(s.Info) {
+		out.Value = append(out.Value, toGroupWire(g))
+	}
+	x.writeJSON(http.StatusOK, out)
+}
+
+func (h *handler) getConsumerGroup(x *exchange, _ *hub.Directory, args []string) {
+	s, err := h.namedHub(args[0])
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	for _, g := range groupsOf(s.Info) {
+		if strings.EqualFold(g.Name, args[1]) {
+			x.writeJSON(http.StatusOK, toGroupWire(g))
+			return
+		}
+	}
+	x.fail(azerr.Newf(azerr.DPSNotFound, "Consumer group %s not found on hub %s.", args[1], s.Info.Name))
+}
+
+// putConsumerGroup serves PUT …/ConsumerGroups/{group}: 200 with the group
+// (created, or as it was); the body is ignored, as its only field in ARM
+// is the name the path already gives.
+func (h *handler) putConsumerGroup(x *exchange, d *hub.Directory, args []string) {
+	if _, ok := x.readBody(); !ok {
+		return
+	}
+	s, err := h.namedHub(args[0])
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	g, err := d.CreateConsumerGroup(x.r.Context(), s.Info.Name, args[1], h.now())
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.writeJSON(http.StatusOK, toGroupWire(g))
+}
+
+func deleteConsumerGroup(x *exchange, d *hub.Directory, args []string) {
+	if err := d.DeleteConsumerGroup(x.r.Context(), args[0], args[1]); err != nil {
+		x.fail(err)
+		return
+	}
+	x.noContent()
 }
 
 // withHubs runs next with the directory, or answers 404 when the berth has

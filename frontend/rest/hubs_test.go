@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -398,7 +399,7 @@ func TestHubManagementErrors(t *testing.T) {
 	}
 	want := []hub.HubInfo{{Name: hubName, AllocationWeight: 1, ApplyAllocationPolicy: true, Created: f.now.UTC()},
 		{Name: hubB, AllocationWeight: 1, ApplyAllocationPolicy: true, Created: f.now.UTC()}}
-	if got := f.dir.List(); !slices.Equal(got, want) {
+	if got := f.dir.List(); !reflect.DeepEqual(got, want) {
 		t.Errorf("hubs after the refusals\n got %+v\nwant %+v", got, want)
 	}
 }

@@ -29,7 +29,7 @@ var hubManageAliases = map[string]string{
 
 // newHubManageCmds are the hub management commands, for `berth hub`.
 func newHubManageCmds(g *globals) []*cobra.Command {
-	return []*cobra.Command{newHubCreateCmd(g), newHubListCmd(g), newHubShowCmd(g), newHubUpdateCmd(g), newHubDeleteCmd(g)}
+	return []*cobra.Command{newHubCreateCmd(g), newHubListCmd(g), newHubShowCmd(g), newHubUpdateCmd(g), newHubDeleteCmd(g), newHubConsumerGroupCmd(g)}
 }
 
 // namedHubCmd completes cmd as a command on one hub, named by the one
