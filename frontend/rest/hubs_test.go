@@ -424,3 +424,51 @@ func TestHubManagementWithoutDirectory(t *testing.T) {
 		t.Errorf("policies of the fixed hub: %d %s", rec.Code, rec.Body)
 	}
 }
+
+// Consumer groups under ARM's path, and the Event Hubs settings of a hub:
+// partitions fixed at creation, retention changeable.
+func TestHubConsumerGroupsAndPartitions(t *testing.T) {
+	f := newDirFixture(t)
+	const hubC = "hub-c.berth.test"
+	base := "/hubs/" + hubB + "/eventHubEndpoints/events/ConsumerGroups"
+	rec := f.policyCall(t, http.MethodGet, base, "")
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"name":"$Default"`) {
+		t.Fatalf("list: %d %s", rec.Code, rec.Body)
+	}
+	if rec := f.policyCall(t, http.MethodPut, base+"/analytics", `{"properties":{"name":"analytics"}}`); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"name":"analytics"`) {
+		t.Fatalf("create: %d %s", rec.Code, rec.Body)
+	}
+	if !f.served(t, hubB).Info.HasConsumerGroup("ANALYTICS") {
+		t.Error("the directory has no group analytics")
+	}
+	if rec := f.policyCall(t, http.MethodGet, base+"/analytics", ""); rec.Code != http.StatusOK {
+		t.Errorf("get: %d %s", rec.Code, rec.Body)
+	}
+	if rec := f.policyCall(t, http.MethodPut, base+"/bad%20name", ""); rec.Code != http.StatusBadRequest {
+		t.Errorf("bad name: %d %s", rec.Code, rec.Body)
+	}
+	if rec := f.policyCall(t, http.MethodDelete, base+"/$Default", ""); rec.Code != http.StatusBadRequest {
+		t.Errorf("delete $Default: %d %s", rec.Code, rec.Body)
+	}
+	if rec := f.policyCall(t, http.MethodDelete, base+"/analytics", ""); rec.Code != http.StatusNoContent {
+		t.Errorf("delete: %d %s", rec.Code, rec.Body)
+	}
+	if rec := f.policyCall(t, http.MethodDelete, base+"/analytics", ""); rec.Code != http.StatusNotFound {
+		t.Errorf("delete again: %d %s", rec.Code, rec.Body)
+	}
+
+	rec = f.policyCall(t, http.MethodPut, "/hubs/"+hubC, `{"partitionCount":8,"retentionDays":2}`)
+	if got := decode[hubWire](t, rec); rec.Code != http.StatusCreated || got.PartitionCount != 8 || got.RetentionDays != 2 {
+		t.Fatalf("create with partitions: %d %+v", rec.Code, got)
+	}
+	if rec := f.policyCall(t, http.MethodPut, "/hubs/"+hubC, `{"partitionCount":4}`); rec.Code != http.StatusBadRequest {
+		t.Errorf("changing the partition count: %d %s", rec.Code, rec.Body)
+	}
+	if rec := f.policyCall(t, http.MethodPut, "/hubs/"+hubC, `{"retentionDays":9}`); rec.Code != http.StatusBadRequest {
+		t.Errorf("retention 9 days: %d %s", rec.Code, rec.Body)
+	}
+	rec = f.policyCall(t, http.MethodPut, "/hubs/"+hubC, `{"retentionDays":1}`)
+	if got := decode[hubWire](t, rec); rec.Code != http.StatusOK || got.PartitionCount != 8 || got.RetentionDays != 1 {
+		t.Errorf("update retention: %d %+v", rec.Code, got)
+	}
+}
