@@ -633,6 +633,9 @@ const ops = {
   },
 };
 
+// Event Hubs consumer ops (lib/eventhubs_ops.cjs).
+Object.assign(ops, require('./eventhubs_ops.cjs'));
+
 process.on('message', async (msg) => {
   const { id, op, args } = msg;
   try {
