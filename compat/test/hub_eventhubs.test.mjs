@@ -24,8 +24,7 @@ describe('Event Hubs-compatible endpoint: @azure/event-hubs consumer', { timeout
   const sent = {}; // transport -> message spec
 
   before(async () => {
-    // No operator listener: its fixed 127.0.0.1:8443 would be another berth's.
-    berth = await startBerth(IP, ['--admin-addr', 'none']);
+    berth = await startBerth(IP);
     hubCs = berth.info.hubConnectionString;
     sdk = await startSdkWorker(berth.caFile);
     ehCs = (await berthCli(berth, ['hub', 'connection-string', 'show', '--eventhub'])).connectionString;
