@@ -599,3 +599,67 @@ func TestConsumerGroups(t *testing.T) {
 		t.Fatalf("the created consumer group: %v", err)
 	}
 }
+
+// $management answers on the strength of the connection's CBS grant alone
+// (a request without security_token), and refuses an entity the
+// connection holds no token for.
+func TestManagementByGrant(t *testing.T) {
+	b := newBerth(t)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	owner, _ := b.srvHubSettings().Policy(hub.OwnerPolicy)
+	conn, err := goamqp.Dial(ctx, fmt.Sprintf("amqps://%s:%d", b.ip, b.amqpPort), &goamqp.ConnOptions{
+		TLSConfig: b.tlsConfig(), HostName: ehHub, SASLType: goamqp.SASLTypeAnonymous(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	s, err := conn.NewSession(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	request := func(target, replyTo string, m *goamqp.Message) *goamqp.Message {
+		t.Helper()
+		snd, err := s.NewSender(ctx, target, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer snd.Close(ctx)
+		rcv, err := s.NewReceiver(ctx, target, &goamqp.ReceiverOptions{TargetAddress: replyTo})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rcv.Close(ctx)
+		m.Properties = &goamqp.MessageProperties{MessageID: "req-1", ReplyTo: &replyTo}
+		if err := snd.Send(ctx, m, nil); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := rcv.Receive(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = rcv.AcceptMessage(ctx, resp)
+		return resp
+	}
+	read := func() any {
+		resp := request("$management", "mgmt-reply", &goamqp.Message{ApplicationProperties: map[string]any{
+			"operation": "READ", "name": "ehhub", "type": "com.microsoft:eventhub"}})
+		return resp.ApplicationProperties["status-code"]
+	}
+	if got := read(); got != int32(401) {
+		t.Errorf("without a token: status %v, want 401", got)
+	}
+	aud := "sb://" + ehHub + "/ehhub/$management"
+	sig := sas.SignRaw(url.QueryEscape(aud), []byte(owner.PrimaryKey), owner.KeyName, time.Now().Add(time.Hour))
+	resp := request("$cbs", "cbs-reply", &goamqp.Message{
+		ApplicationProperties: map[string]any{"operation": "put-token", "type": "servicebus.windows.net:sastoken", "name": aud},
+		Value:                 sig,
+	})
+	if got := resp.ApplicationProperties["status-code"]; got != int32(200) {
+		t.Fatalf("put-token: %v %v", got, resp.ApplicationProperties["status-description"])
+	}
+	if got := read(); got != int32(200) {
+		t.Errorf("with the CBS grant: status %v, want 200", got)
+	}
+}

@@ -176,9 +176,17 @@ func (c *conn) ehAuthorized(entity, token string) (string, bool) {
 	if entity == "" {
 		return "", false
 	}
-	if g := c.ehGrant([]string{entity}); g != nil {
-		return g.hub, true
+	// A CBS grant on this connection for the entity (…/{entity}/$management
+	// is what the SDKs put) or for the whole hub.
+	c.mu.Lock()
+	for _, g := range c.grants {
+		if g.deviceID == "" && strings.EqualFold(eventhubs.EntityName(g.hub), entity) &&
+			(len(g.path) == 0 || strings.EqualFold(g.path[0], entity)) {
+			c.mu.Unlock()
+			return g.hub, true
+		}
 	}
+	c.mu.Unlock()
 	if token == "" {
 		return "", false
 	}
