@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,8 +39,10 @@ const webSocketPath = "/$iothub/websocket"
 type deviceConn interface {
 	io.Closer
 	// publish sends one telemetry message — MQTT QoS qos, AMQP unsettled
-	// — and returns what waits for its acknowledgement.
-	publish(payload []byte, qos byte) ackWait
+	// — and returns what waits for its acknowledgement. sent, when not 0,
+	// is stamped on the message as the application property bench-sent
+	// (telemetry --read eventhubs).
+	publish(payload []byte, qos byte, sent int64) ackWait
 }
 
 // ackWait waits for one message's acknowledgement (PUBACK, or the AMQP
@@ -64,8 +67,13 @@ type mqttConn struct {
 	topic string
 }
 
-func (m *mqttConn) publish(payload []byte, qos byte) ackWait {
-	tok := m.c.Publish(m.topic, qos, false, payload)
+func (m *mqttConn) publish(payload []byte, qos byte, sent int64) ackWait {
+	topic := m.topic
+	if sent != 0 {
+		// The topic ends in '/': a property bag follows.
+		topic += benchSentProp + "=" + strconv.FormatInt(sent, 10)
+	}
+	tok := m.c.Publish(topic, qos, false, payload)
 	return func(ctx context.Context, timeout time.Duration) error { return waitToken(ctx, tok, timeout) }
 }
 
@@ -160,10 +168,14 @@ func ptrTo(s string) *string { return &s }
 // publish sends the message unsettled, the AMQP form of QoS 1: berth
 // accepts it once it is durable. AMQP has no QoS 0 here (RunTelemetry
 // refuses it).
-func (a *amqpConn) publish(payload []byte, _ byte) ackWait {
+func (a *amqpConn) publish(payload []byte, _ byte, sent int64) ackWait {
+	msg := &goamqp.Message{Data: [][]byte{payload}}
+	if sent != 0 {
+		msg.ApplicationProperties = map[string]any{benchSentProp: strconv.FormatInt(sent, 10)}
+	}
 	// Sending waits for credit: bounded as a paho write is.
 	sctx, cancel := context.WithTimeout(context.Background(), mqttTimeout)
-	r, err := a.snd.SendWithReceipt(sctx, &goamqp.Message{Data: [][]byte{payload}}, nil)
+	r, err := a.snd.SendWithReceipt(sctx, msg, nil)
 	cancel()
 	return func(ctx context.Context, timeout time.Duration) error {
 		if err != nil {

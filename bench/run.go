@@ -203,7 +203,25 @@ func RunTelemetry(ctx context.Context, t *Target, o Options, tc TelemetryConfig)
 	if err != nil {
 		return interrupted(ctx, s, err)
 	}
+	var reader *eventHubsReader
+	if tc.ReadEventHubs {
+		name := hub
+		if name == "" {
+			name = t.HubHostName
+		}
+		if reader, err = startEventHubsReader(ctx, t, name); err != nil {
+			return interrupted(ctx, s, err)
+		}
+	}
 	s.Telemetry, err = Telemetry(ctx, ep, devices, tc, o.Progress)
+	if reader != nil {
+		// The reader drains what was accepted, then stops.
+		var accepted int64
+		if s.Telemetry != nil {
+			accepted = s.Telemetry.Accepted
+		}
+		s.EventHubsRead = reader.finish(ctx, accepted, 5*time.Second)
+	}
 	if err != nil || ctx.Err() != nil {
 		return interrupted(ctx, s, err)
 	}

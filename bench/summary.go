@@ -33,6 +33,9 @@ type Summary struct {
 	// MQTTConnect is, when Connect ran over another transport, the same
 	// devices held over MQTT in the same run.
 	MQTTConnect *ConnectResult `json:"berthMqttConnect,omitempty"`
+	// EventHubsRead is the telemetry run as an Event Hubs consumer read it
+	// (--read eventhubs).
+	EventHubsRead *EventHubsReadResult `json:"eventHubsRead,omitempty"`
 	// Ratios are berth's figure over its baseline's, by name.
 	Ratios  map[string]float64 `json:"ratios,omitempty"`
 	Targets []TargetCheck      `json:"targets"`
@@ -264,6 +267,10 @@ func (s *Summary) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "telemetry %s %s QoS %d: %d accepted, %.1f msg/s, p50 %.2f ms, p99 %.2f ms\n",
 				t.Server, t.Transport, t.QoS, t.Accepted, t.Rate, t.Latency.P50, t.Latency.P99)
 		}
+	}
+	if e := s.EventHubsRead; e != nil {
+		fmt.Fprintf(w, "Event Hubs read (%d partitions): %d received, %.1f msg/s, publish → receive p50 %.2f ms, p99 %.2f ms\n",
+			e.Partitions, e.Received, e.Rate, e.Latency.P50, e.Latency.P99)
 	}
 	for _, c := range []*ConnectResult{s.Connect, s.MQTTConnect, s.MosquittoConnect} {
 		if c != nil {

@@ -24,6 +24,9 @@ type Target struct {
 	RootCAs        *x509.CertPool
 	// ServiceConnectionString authenticates the enrollment group set-up.
 	ServiceConnectionString string
+	// HubConnectionString reaches the hub's Event Hubs-compatible
+	// endpoint (telemetry --read eventhubs).
+	HubConnectionString string
 	// ServerPID is the server's process, for memory figures; 0 when
 	// unknown.
 	ServerPID int
@@ -45,6 +48,7 @@ func TargetFromInfo(info *localconf.Info, caFile, connStr string) (*Target, erro
 		HubHostName:             info.HubHostName,
 		CAFile:                  info.CAFile,
 		ServiceConnectionString: info.ServiceConnectionString,
+		HubConnectionString:     info.HubConnectionString,
 		Mode:                    "local",
 	}
 	if caFile != "" {

@@ -37,6 +37,11 @@ type TelemetryConfig struct {
 	// another than MQTT also runs the load over MQTT, in the same run, to
 	// compare with.
 	Transport string
+	// ReadEventHubs reads the run back from the hub's Event
+	// Hubs-compatible endpoint: each message carries its publish time as
+	// an application property, and the summary has the end-to-end
+	// latency and the read rate (RunTelemetry).
+	ReadEventHubs bool
 }
 
 // TelemetryResult is what a telemetry run measured against one server.
@@ -204,7 +209,11 @@ func (r *telemetryRun) device(loadCtx, ctx context.Context, c deviceConn) {
 			r.sent.Add(1)
 		}
 		start := time.Now()
-		window <- pending{start: start, ack: c.publish(r.payload, r.cfg.QoS)}
+		var stamp int64
+		if r.cfg.ReadEventHubs {
+			stamp = start.UnixNano()
+		}
+		window <- pending{start: start, ack: c.publish(r.payload, r.cfg.QoS, stamp)}
 	}
 }
 

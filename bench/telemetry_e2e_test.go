@@ -89,3 +89,21 @@ func TestConnectHubOverAMQPEndToEnd(t *testing.T) {
 		t.Errorf("transports %s, %s", s.Connect.Transport, s.MQTTConnect.Transport)
 	}
 }
+
+// --read eventhubs: a consumer on the Event Hubs-compatible endpoint reads
+// back every acknowledged message, each with its publish → receive time.
+func TestTelemetryReadEventHubs(t *testing.T) {
+	e := startBerth(t)
+	s, err := RunTelemetry(context.Background(), e.Target, Options{Devices: 4, Concurrency: 2},
+		TelemetryConfig{QoS: 1, Size: 64, Messages: 100, Inflight: 1, ReadEventHubs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.EventHubsRead
+	if r == nil || s.Telemetry == nil {
+		t.Fatalf("no results: %+v", s)
+	}
+	if r.Partitions != 4 || r.Received != s.Telemetry.Accepted || r.Latency.Count != uint64(r.Received) || r.Latency.P50 <= 0 {
+		t.Errorf("read %+v, want the %d accepted messages from 4 partitions, each timed", r, s.Telemetry.Accepted)
+	}
+}

@@ -118,6 +118,7 @@ func newBenchTelemetryCmd(g *globals, bf *benchFlags) *cobra.Command {
 		tc      bench.TelemetryConfig
 		maxRate bool
 		qos     int
+		read    string
 	)
 	cmd := &cobra.Command{
 		Use:   "telemetry",
@@ -148,6 +149,13 @@ PUBACK latency, then runs the same load against Mosquitto.`,
 			if err := bench.CheckTransport(tc.Transport); err != nil {
 				return err
 			}
+			switch read {
+			case "":
+			case "eventhubs":
+				tc.ReadEventHubs = true
+			default:
+				return fmt.Errorf("--read %q: the only reader is eventhubs", read)
+			}
 			if fs.Changed("messages") && !fs.Changed("duration") {
 				tc.Duration = 0 // the message count alone ends the run
 			}
@@ -165,6 +173,7 @@ PUBACK latency, then runs the same load against Mosquitto.`,
 	f.Int64Var(&tc.Messages, "messages", 0, "stop after this many messages in total")
 	f.IntVar(&tc.Inflight, "inflight", 1, "unacknowledged messages a device may have at once")
 	f.StringVar(&tc.Transport, "transport", bench.TransportMQTT, "mqtt, mqtt-ws (MQTT over a WebSocket on the HTTPS listener) or amqp (unsettled transfers, accepted once durable); another than mqtt also runs the load over mqtt in the same run, to compare with")
+	f.StringVar(&read, "read", "", `"eventhubs": read the run back from the hub's Event Hubs-compatible endpoint, reporting publish → receive latency and the read rate`)
 	return cmd
 }
 
