@@ -61,12 +61,17 @@ func TestServePrintsOwnerKeysOnlyAtFirstStart(t *testing.T) {
 	if !strings.Contains(first, info.ServiceConnectionString) || !strings.Contains(first, info.HubConnectionString) {
 		t.Fatalf("first start does not print the connection strings:\n%s", first)
 	}
+	// The Event Hubs-compatible one: the hub's host and AMQP port, its
+	// first label as the entity.
+	if !strings.Contains(first, "Endpoint=sb://hub.berth.test:") || !strings.Contains(first, "SharedAccessKey="+hubKey+";EntityPath=hub\n") {
+		t.Errorf("first start does not print the Event Hubs connection string:\n%s", first)
+	}
 
 	second := serveOnce(t, dir)
 	if strings.Contains(second, dpsCS.SharedAccessKey) || strings.Contains(second, hubKey) || strings.Contains(second, "SharedAccessKey") {
 		t.Fatalf("second start printed a key:\n%s", second)
 	}
-	for _, want := range []string{localconf.FileName, "dps connection-string show", "hub connection-string show"} {
+	for _, want := range []string{localconf.FileName, "dps connection-string show", "hub connection-string show", "hub connection-string show --eventhub"} {
 		if !strings.Contains(second, want) {
 			t.Errorf("second start does not mention %q:\n%s", want, second)
 		}
