@@ -182,18 +182,7 @@ func (b *berth) sendAMQP(id string, m *goamqp.Message) {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	c, err := goamqp.Dial(ctx, fmt.Sprintf("amqps://%s:%d", b.ip, b.amqpPort), &goamqp.ConnOptions{
-		TLSConfig: b.tlsConfig(), HostName: ehHub,
-		SASLType: goamqp.SASLTypePlain(id+"@sas."+strings.Split(ehHub, ".")[0], deviceToken(id)),
-	})
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := c.NewSession(ctx, nil)
-	if err != nil {
-		b.t.Fatal(err)
-	}
+	s := b.amqpSession(ctx, goamqp.SASLTypePlain(id+"@sas."+strings.Split(ehHub, ".")[0], deviceToken(id)))
 	snd, err := s.NewSender(ctx, "/devices/"+id+"/messages/events", nil)
 	if err != nil {
 		b.t.Fatal(err)
@@ -201,6 +190,24 @@ func (b *berth) sendAMQP(id string, m *goamqp.Message) {
 	if err := snd.Send(ctx, m, nil); err != nil {
 		b.t.Fatal(err)
 	}
+}
+
+// amqpSession dials the berth's AMQP listener with go-amqp and opens a
+// session; the connection closes with the test.
+func (b *berth) amqpSession(ctx context.Context, sasl goamqp.SASLType) *goamqp.Session {
+	b.t.Helper()
+	conn, err := goamqp.Dial(ctx, fmt.Sprintf("amqps://%s:%d", b.ip, b.amqpPort), &goamqp.ConnOptions{
+		TLSConfig: b.tlsConfig(), HostName: ehHub, SASLType: sasl,
+	})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Cleanup(func() { conn.Close() })
+	s, err := conn.NewSession(ctx, nil)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return s
 }
 
 func (b *berth) ehConnStr() string {
@@ -496,18 +503,7 @@ func TestRedirect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := goamqp.Dial(ctx, fmt.Sprintf("amqps://%s:%d", b.ip, b.amqpPort), &goamqp.ConnOptions{
-		TLSConfig: b.tlsConfig(), HostName: ehHub,
-		SASLType: goamqp.SASLTypePlain(owner.KeyName+"@sas.root.ehhub", tok),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	s, err := conn.NewSession(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := b.amqpSession(ctx, goamqp.SASLTypePlain(owner.KeyName+"@sas.root.ehhub", tok))
 	_, err = s.NewReceiver(ctx, "amqps://"+ehHub+"/messages/events/$management", nil)
 	var ae *goamqp.Error
 	if !errors.As(err, &ae) || ae.Condition != "amqp:link:redirect" {
@@ -615,17 +611,7 @@ func TestManagementByGrant(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	owner, _ := b.srvHubSettings().Policy(hub.OwnerPolicy)
-	conn, err := goamqp.Dial(ctx, fmt.Sprintf("amqps://%s:%d", b.ip, b.amqpPort), &goamqp.ConnOptions{
-		TLSConfig: b.tlsConfig(), HostName: ehHub, SASLType: goamqp.SASLTypeAnonymous(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	s, err := conn.NewSession(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := b.amqpSession(ctx, goamqp.SASLTypeAnonymous())
 	request := func(target, replyTo string, m *goamqp.Message) *goamqp.Message {
 		t.Helper()
 		snd, err := s.NewSender(ctx, target, nil)
