@@ -55,8 +55,13 @@ func recvEvents(t *testing.T, ch <-chan Event, n int) []Event {
 // A partition is a subject filter over the one stream: its reads see only
 // its own messages, with the stream's growing sequence numbers, from every
 // kind of start position; and the numbers survive a restart.
-func TestPartitions(t *testing.T) {
-	cfg := embeddedConfig(t)
+func TestPartitions(t *testing.T) { testPartitions(t, embeddedConfig(t)) }
+
+// The same on an external NATS server (the machine's, which may be an
+// older nats-server than the embedded one).
+func TestPartitionsExternal(t *testing.T) { testPartitions(t, externalConfig(t)) }
+
+func testPartitions(t *testing.T, cfg Config) {
 	s := openT(t, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -156,8 +161,11 @@ func equal(a, b []string) bool {
 }
 
 // TrimHub removes one hub's old messages and nothing else.
-func TestTrimHub(t *testing.T) {
-	s := openT(t, embeddedConfig(t))
+func TestTrimHub(t *testing.T)         { testTrimHub(t, embeddedConfig(t)) }
+func TestTrimHubExternal(t *testing.T) { testTrimHub(t, externalConfig(t)) }
+
+func testTrimHub(t *testing.T, cfg Config) {
+	s := openT(t, cfg)
 	appendT(t, s, partitionMsg("h.example", "a", 0, "old"))
 	appendT(t, s, partitionMsg("o.example", "a", 0, "other"))
 	ctx := context.Background()
