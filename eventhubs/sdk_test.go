@@ -656,3 +656,48 @@ func TestManagementByGrant(t *testing.T) {
 		t.Errorf("with the CBS grant: status %v, want 200", got)
 	}
 }
+
+// Five receivers may read one partition of a group at once; a sixth is
+// refused, and one leaving makes room.
+func TestFiveReceivers(t *testing.T) {
+	b := newBerth(t)
+	c := b.consumer(b.ehConnStr())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	open := func() (*azeventhubs.PartitionClient, error) {
+		pc, err := c.NewPartitionClient("1", &azeventhubs.PartitionClientOptions{StartPosition: azeventhubs.StartPosition{Earliest: to(true)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The link attaches on the first receive.
+		rctx, rcancel := context.WithTimeout(ctx, time.Second)
+		defer rcancel()
+		_, err = pc.ReceiveEvents(rctx, 1, nil)
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = nil
+		}
+		return pc, err
+	}
+	var pcs []*azeventhubs.PartitionClient
+	for i := range eventhubs.MaxReceivers {
+		pc, err := open()
+		if err != nil {
+			t.Fatalf("receiver %d: %v", i+1, err)
+		}
+		pcs = append(pcs, pc)
+	}
+	sixth, err := open()
+	if err == nil {
+		t.Fatal("a sixth receiver on the partition was accepted")
+	}
+	_ = sixth.Close(ctx)
+	_ = pcs[0].Close(ctx)
+	again, err := open()
+	if err != nil {
+		t.Errorf("after one left: %v", err)
+	}
+	_ = again.Close(ctx)
+	for _, pc := range pcs[1:] {
+		_ = pc.Close(ctx)
+	}
+}
