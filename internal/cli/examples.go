@@ -72,11 +72,17 @@ berth device simulate --device-connection-string "HostName=my-hub;DeviceId=d1;Sh
 	"policy renew-key": `berth policy renew-key reader --renew-key secondary`,
 
 	"hub create": `berth hub create --name 127.0.0.2
-berth hub create --name hub-b.example --allocation-weight 3 --region west`,
+berth hub create --name hub-b.example --allocation-weight 3 --region west
+berth hub create --name hub-c.example --partition-count 8 --retention-days 1`,
 	"hub list":   `berth hub list -o table`,
 	"hub show":   `berth hub show 127.0.0.2`,
 	"hub update": `berth hub update 127.0.0.2 --allocation-weight 0`,
 	"hub delete": `berth hub delete 127.0.0.2`,
+
+	"hub consumer-group create": `berth hub consumer-group create analytics
+berth hub consumer-group create --name analytics --hub-name 127.0.0.2`,
+	"hub consumer-group list":   `berth hub consumer-group list -o table`,
+	"hub consumer-group delete": `berth hub consumer-group delete analytics`,
 
 	"hub device-identity create": `berth hub device-identity create -d my-device
 berth iot hub device-identity create -n my-hub -d my-device --pk <base64> --sk <base64>`,
@@ -85,7 +91,8 @@ berth iot hub device-identity create -n my-hub -d my-device --pk <base64> --sk <
 	"hub device-identity update":                 `berth hub device-identity update -d my-device --status disabled --status-reason "lost"`,
 	"hub device-identity delete":                 `berth hub device-identity delete -d my-device`,
 	"hub device-identity connection-string show": `berth hub device-identity connection-string show -d my-device -o tsv`,
-	"hub connection-string show":                 `berth hub connection-string show --query connectionString -o tsv`,
+	"hub connection-string show": `berth hub connection-string show --query connectionString -o tsv
+berth hub connection-string show --eventhub --query connectionString -o tsv`,
 	"hub sas-token": `berth hub sas-token -d my-device
 berth hub sas-token -d my-device --key <device-key> --duration 600`,
 
