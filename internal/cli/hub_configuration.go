@@ -91,7 +91,7 @@ func newConfigurationCmd(g *globals, hf *hubFlags) *cobra.Command {
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a configuration: desired properties applied to the devices its target condition selects",
-		Args: cobra.NoArgs,
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := needID(); err != nil {
 				return err
