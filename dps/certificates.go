@@ -114,7 +114,7 @@ func (s *Service) putCertificate(ctx context.Context, d *certificateDoc, cond st
 		return nil, fmt.Errorf("dps: encode certificate: %w", err)
 	}
 	rec, err := s.store.Put(ctx, store.Record{Kind: store.KindCertificate, Key: certKey(d.Name), Data: data}, cond)
-	s.authChanged()
+	s.cacheChanged()
 	switch {
 	case errors.Is(err, store.ErrPreconditionFailed):
 		return nil, azerr.New(azerr.DPSPreconditionFailed)
@@ -172,7 +172,7 @@ func (s *Service) PutCertificate(ctx context.Context, name, pemOrDER, ifMatch st
 // it stop authenticating devices.
 func (s *Service) DeleteCertificate(ctx context.Context, name, ifMatch string) error {
 	err := s.store.Delete(ctx, store.KindCertificate, certKey(name), StoreETag(ifMatch))
-	s.authChanged()
+	s.cacheChanged()
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return azerr.Newf(azerr.DPSNotFound, "Certificate %s not found.", name)

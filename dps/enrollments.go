@@ -179,7 +179,7 @@ func (s *Service) PutGroup(ctx context.Context, id string, in *EnrollmentGroup, 
 		return nil, err
 	}
 	rec, err = s.store.Put(ctx, rec, cond)
-	s.authChanged()
+	s.cacheChanged()
 	if err != nil {
 		return nil, storeErr(err, azerr.DPSEnrollmentNotFound)
 	}
@@ -214,7 +214,7 @@ func (s *Service) getGroup(ctx context.Context, id string) (*EnrollmentGroup, er
 // DeleteGroup removes an enrollment group.
 func (s *Service) DeleteGroup(ctx context.Context, id, ifMatch string) error {
 	err := s.store.Delete(ctx, store.KindGroup, Key(id), StoreETag(ifMatch))
-	s.authChanged()
+	s.cacheChanged()
 	return storeErr(err, azerr.DPSEnrollmentNotFound)
 }
 

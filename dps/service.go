@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -126,6 +127,11 @@ type Service struct {
 	// authGen counts enrollment, group and certificate writes: a
 	// SessionAuth remembered at an older generation is forgotten.
 	authGen atomic.Uint64
+	// cacheGen counts group and certificate changes; groupSnap and
+	// certSnap are valid at the generation they carry (authcache.go).
+	cacheGen  atomic.Uint64
+	groupSnap atomic.Pointer[groupSnapshot]
+	certSnap  atomic.Pointer[certSnapshot]
 }
 
 // SetObserver sets who hears of every registration's result (the
@@ -761,9 +767,6 @@ func isNotFound(err error) bool {
 	return errors.As(err, &ae) && ae.Status() == 404
 }
 
-// errStopGroups ends an eachGroup walk early.
-var errStopGroups = errors.New("dps: stop")
-
 // authenticate checks a device's SAS token against its enrollment: an
 // individual enrollment with this registration ID wins; otherwise the first
 // symmetric-key group whose derived key validates. A refusal is 401000
@@ -810,32 +813,27 @@ func (s *Service) authenticate(ctx context.Context, scope, regID, token string, 
 	case !isNotFound(err):
 		return nil, err
 	}
+	all, err := s.enrollmentGroups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The string to sign and the signature are the same for every group:
+	// worked out once, not per group and key.
+	sts := tok.StringToSign()
+	sig, _ := base64.StdEncoding.DecodeString(tok.Signature) // not base64: no key verifies
 	var found *attested
 	groups := 0
-	err = s.eachGroup(ctx, func(g *EnrollmentGroup) error {
-		sk := g.Attestation.SymmetricKey
-		if g.Attestation.Type != AttestationSymmetricKey || sk == nil {
-			return nil
+	for _, g := range all {
+		if g.Attestation.Type != AttestationSymmetricKey || g.Attestation.SymmetricKey == nil {
+			continue
 		}
 		groups++
-		var keys [2]string
-		for i, gk := range []string{sk.PrimaryKey, sk.SecondaryKey} {
-			if gk == "" {
-				continue
-			}
-			if dk, err := sas.DeriveKey(gk, regID); err == nil {
-				keys[i] = dk
-			}
+		if keys, ok := g.groupKeyMatch(regID, sts, sig); ok {
+			found = &attested{group: g.EnrollmentGroup, keys: keys}
+			break
 		}
-		if _, err := tok.Match(keys[0], keys[1]); err == nil {
-			found = &attested{group: g, keys: keys}
-			return errStopGroups
-		}
-		return nil
-	})
+	}
 	switch {
-	case err != nil && !errors.Is(err, errStopGroups):
-		return nil, err
 	case found != nil:
 		return found, nil
 	case groups == 0:

@@ -16,7 +16,6 @@ import (
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/refusal"
-	"github.com/berth-iot/berth/store"
 )
 
 // X509Attestation is Azure's X509Attestation: an individual enrollment's
@@ -295,13 +294,17 @@ func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x
 	}
 	var best *EnrollmentGroup
 	bestLen := 0
-	err = s.eachGroup(ctx, func(g *EnrollmentGroup) error {
+	groups, err := s.enrollmentGroups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range groups {
 		if g.Attestation.Type != AttestationX509 || g.Attestation.X509 == nil {
-			return nil
+			continue
 		}
-		anchors, err := s.groupAnchors(ctx, g.Attestation.X509)
+		anchors, err := s.groupAnchors(ctx, g)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, anchor := range anchors {
 			roots := x509.NewCertPool()
@@ -313,14 +316,10 @@ func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x
 			}
 			for _, ch := range chains {
 				if best == nil || len(ch) < bestLen {
-					best, bestLen = g, len(ch)
+					best, bestLen = g.EnrollmentGroup, len(ch)
 				}
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
 	if best == nil {
 		return nil, errInvalidCertificate(refusal.New(refusal.NotEnrolled, errors.New("no individual enrollment, and no enrollment group's certificate anchors the chain")))
@@ -338,32 +337,18 @@ func selfSigned(c *x509.Certificate) bool {
 // verifiedChain checks that leaf chains, through the intermediates the
 // device sent, to an uploaded and verified CA certificate.
 func (s *Service) verifiedChain(ctx context.Context, leaf *x509.Certificate, intermediates []*x509.Certificate, now time.Time) error {
-	certs, err := s.ListCertificates(ctx)
+	certs, err := s.certificates(ctx)
 	if err != nil {
 		return err
 	}
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	n := 0
-	for _, c := range certs {
-		if !c.Properties.IsVerified {
-			continue
-		}
-		full, err := s.getCertificate(ctx, c.Name)
-		if err != nil {
-			continue
-		}
-		if cert, err := ParseCertificate(full.pem); err == nil {
-			roots.AddCert(cert)
-			n++
-		}
-	}
-	if n == 0 {
+	if len(certs.verified) == 0 {
 		return errors.New("the CA-signed certificate has no verified CA certificate in its chain")
 	}
+	inter := x509.NewCertPool()
 	for _, c := range intermediates {
 		inter.AddCert(c)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: certs.roots, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return fmt.Errorf("the CA-signed certificate does not chain to a verified CA certificate: %w", err)
 	}
@@ -372,57 +357,28 @@ func (s *Service) verifiedChain(ctx context.Context, leaf *x509.Certificate, int
 
 // groupAnchors are the certificates a group trusts: its signing
 // certificates, or its referenced CA certificates that are verified.
-func (s *Service) groupAnchors(ctx context.Context, a *X509Attestation) ([]*x509.Certificate, error) {
+func (s *Service) groupAnchors(ctx context.Context, g *cachedGroup) ([]*x509.Certificate, error) {
+	a := g.Attestation.X509
 	if a.SigningCertificates != nil {
-		return certsOf(a.SigningCertificates), nil
+		return g.signing, nil
 	}
 	if a.CAReferences == nil {
 		return nil, nil
+	}
+	certs, err := s.certificates(ctx)
+	if err != nil {
+		return nil, err
 	}
 	var out []*x509.Certificate
 	for _, name := range []string{a.CAReferences.Primary, a.CAReferences.Secondary} {
 		if name == "" {
 			continue
 		}
-		c, err := s.getCertificate(ctx, name)
-		if isNotFound(err) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if !c.Properties.IsVerified {
-			continue
-		}
-		if cert, err := ParseCertificate(c.pem); err == nil {
-			out = append(out, cert)
+		if c := certs.byName[certKey(name)]; c != nil && c.Properties.IsVerified && c.parsed != nil {
+			out = append(out, c.parsed)
 		}
 	}
 	return out, nil
-}
-
-// eachGroup calls fn for every enrollment group, page by page.
-func (s *Service) eachGroup(ctx context.Context, fn func(*EnrollmentGroup) error) error {
-	after := ""
-	for {
-		recs, err := s.store.List(ctx, store.KindGroup, store.ListOptions{After: after, Limit: 100})
-		if err != nil {
-			return fmt.Errorf("dps: list groups: %w", err)
-		}
-		for _, rec := range recs {
-			g, err := decodeGroup(rec)
-			if err != nil {
-				return err
-			}
-			if err := fn(g); err != nil {
-				return err
-			}
-		}
-		if len(recs) < 100 {
-			return nil
-		}
-		after = recs[len(recs)-1].Key
-	}
 }
 
 // TrustedCAs are the certificates berth's hubs accept as the anchor of a
@@ -431,28 +387,18 @@ func (s *Service) eachGroup(ctx context.Context, fn func(*EnrollmentGroup) error
 // created those devices; on Azure the operator uploads the same CA to the
 // hub).
 func (s *Service) TrustedCAs(ctx context.Context) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	certs, err := s.ListCertificates(ctx)
+	certs, err := s.certificates(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for _, c := range certs {
-		if !c.Properties.IsVerified {
-			continue
-		}
-		full, err := s.getCertificate(ctx, c.Name)
-		if err != nil {
-			continue
-		}
-		if cert, err := ParseCertificate(full.pem); err == nil {
-			out = append(out, cert)
-		}
+	groups, err := s.enrollmentGroups(ctx)
+	if err != nil {
+		return nil, err
 	}
-	err = s.eachGroup(ctx, func(g *EnrollmentGroup) error {
-		if g.Attestation != nil && g.Attestation.Type == AttestationX509 && g.Attestation.X509 != nil {
-			out = append(out, certsOf(g.Attestation.X509.SigningCertificates)...)
-		}
-		return nil
-	})
-	return out, err
+	// A new slice: the snapshot's are shared.
+	out := append([]*x509.Certificate(nil), certs.verified...)
+	for _, g := range groups {
+		out = append(out, g.signing...)
+	}
+	return out, nil
 }

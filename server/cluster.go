@@ -155,9 +155,11 @@ func isShared(storeURL string) bool {
 // and the old one stops, on every node at once), the hub directory (hubs
 // created, updated, deleted) and each hub's policies. The store announces
 // each committed change (PostgreSQL LISTEN/NOTIFY, store/postgres.Watch);
-// no polling. Enrollments, enrollment groups, CA certificates and devices
-// are read from the store on every use and need no announcement; device
-// revocation reaches live sessions through linkbus.
+// no polling. The DPS service's cached enrollment groups and CA
+// certificates, and its per-connection memory of authentications, are
+// dropped when another node changes an enrollment, a group or a CA
+// certificate (dps.Service.ForgetAuth). Devices are read from the store on
+// every use; device revocation reaches live sessions through linkbus.
 func (s *Server) watchStore(ctx context.Context) {
 	if s.pg == nil {
 		return
@@ -178,6 +180,7 @@ func (s *Server) watchStore(ctx context.Context) {
 		}
 	}
 	all := func() {
+		s.dps.ForgetAuth("")
 		reload("DPS policies", s.settings.PolicySet().Reload)
 		reload("hubs", s.hubs.Reload)
 		for _, h := range s.hubs.List() {
@@ -185,7 +188,12 @@ func (s *Server) watchStore(ctx context.Context) {
 		}
 	}
 	s.pg.Watch(ctx, func(kind store.Kind, key string) {
-		if kind != store.KindConfig {
+		switch kind {
+		case store.KindEnrollment, store.KindGroup, store.KindCertificate:
+			s.dps.ForgetAuth(kind)
+			return
+		case store.KindConfig:
+		default:
 			return
 		}
 		switch {

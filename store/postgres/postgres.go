@@ -33,8 +33,10 @@ import (
 // schemaVersion is recorded in the berth_schema_version table. Bump it, and
 // add a migration step, whenever the schema changes. Version 2 adds the
 // triggers that announce changes of KindConfig records (Watch); version 3
-// the jsonb copy of twin documents that ListWhere searches (filter.go).
-const schemaVersion = 3
+// the jsonb copy of twin documents that ListWhere searches (filter.go);
+// version 4 announces DPS enrollments, enrollment groups and CA
+// certificates too (WatchedKinds), which the DPS service caches.
+const schemaVersion = 4
 
 // migrateLockKey serializes schema creation between processes that start at
 // the same time; CREATE … IF NOT EXISTS alone is not safe against that race
@@ -227,9 +229,9 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 			// Every committed change of a watched kind is announced on
 			// ChangesChannel, whoever wrote it (any berth node, or an
 			// operator's SQL). The WHEN clauses keep the hot kinds (twins,
-			// C2D) free of the function call.
+			// C2D) free of the function call. The triggers themselves are
+			// version 4's (below), which named more kinds.
 			fn := ident("berth_notify_change")
-			kinds := watchedKindsSQL()
 			steps = append(steps,
 				`CREATE OR REPLACE FUNCTION `+fn+`() RETURNS trigger LANGUAGE plpgsql AS $$
 				DECLARE r record;
@@ -237,14 +239,23 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 					IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
 					PERFORM pg_notify('`+ChangesChannel+`', TG_TABLE_SCHEMA || chr(31) || r.kind || chr(31) || r.key);
 					RETURN NULL;
-				END $$`,
+				END $$`)
+		}
+		if v < 3 {
+			steps = append(steps, docSchema(ident)...) // filter.go
+		}
+		if v < 4 {
+			// The triggers name the watched kinds; version 4 added
+			// some, so they are made again with the current list.
+			fn := ident("berth_notify_change")
+			kinds := watchedKindsSQL()
+			steps = append(steps,
+				`DROP TRIGGER IF EXISTS berth_records_changed ON `+ident("records"),
+				`DROP TRIGGER IF EXISTS berth_records_deleted ON `+ident("records"),
 				`CREATE TRIGGER berth_records_changed AFTER INSERT OR UPDATE ON `+ident("records")+
 					` FOR EACH ROW WHEN (NEW.kind IN (`+kinds+`)) EXECUTE FUNCTION `+fn+`()`,
 				`CREATE TRIGGER berth_records_deleted AFTER DELETE ON `+ident("records")+
 					` FOR EACH ROW WHEN (OLD.kind IN (`+kinds+`)) EXECUTE FUNCTION `+fn+`()`)
-		}
-		if v < 3 {
-			steps = append(steps, docSchema(ident)...) // filter.go
 		}
 		steps = append(steps,
 			`DELETE FROM `+versions,

@@ -20,8 +20,12 @@ const ChangesChannel = "berth_changes"
 
 // WatchedKinds are the kinds whose changes are announced: what berth nodes
 // keep in memory (policies, the hub directory, the DPS settings, the
-// cluster's identity). Other kinds are read from the store on every use.
-var WatchedKinds = []store.Kind{store.KindConfig}
+// cluster's identity; the DPS service's enrollment groups and CA
+// certificates, and its per-connection memory of an authentication, which
+// an enrollment's change ends). Other kinds are read from the store on
+// every use. The database's triggers name these kinds: adding one needs a
+// schema version that makes them again (postgres.go, migrate).
+var WatchedKinds = []store.Kind{store.KindConfig, store.KindEnrollment, store.KindGroup, store.KindCertificate}
 
 func watchedKindsSQL() string {
 	q := make([]string, len(WatchedKinds))

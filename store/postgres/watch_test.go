@@ -111,7 +111,92 @@ func TestMigrationFromVersion1AddsTheTriggers(t *testing.T) {
 		WHERE n.nspname = $1 AND c.relname = 'records' AND NOT t.tgisinternal`, schema).Scan(&triggers); err != nil {
 		t.Fatal(err)
 	}
-	if v != 3 || triggers != 3 {
-		t.Fatalf("schema version %d with %d triggers; want 3 and 3", v, triggers)
+	if v != 4 || triggers != 3 {
+		t.Fatalf("schema version %d with %d triggers; want 4 and 3", v, triggers)
+	}
+}
+
+// A database at schema version 3, whose triggers announce config records
+// only, is brought to version 4 by the next Open: a change of an
+// enrollment group, a CA certificate or an enrollment (what the DPS
+// service caches) is announced from then on.
+func TestMigrationFromVersion3AnnouncesDPSKinds(t *testing.T) {
+	admin := adminPool(t)
+	schema := randomSchema(t)
+	dropSchemaAtCleanup(t, admin, schema)
+	ctx := t.Context()
+	s, err := postgres.Open(ctx, testDSN(), postgres.WithSchema(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	records := pgx.Identifier{schema, "records"}.Sanitize()
+	fn := pgx.Identifier{schema, "berth_notify_change"}.Sanitize()
+	for _, q := range []string{ // version 3's triggers
+		`DROP TRIGGER berth_records_changed ON ` + records,
+		`DROP TRIGGER berth_records_deleted ON ` + records,
+		`CREATE TRIGGER berth_records_changed AFTER INSERT OR UPDATE ON ` + records + ` FOR EACH ROW WHEN (NEW.kind IN ('config')) EXECUTE FUNCTION ` + fn + `()`,
+		`CREATE TRIGGER berth_records_deleted AFTER DELETE ON ` + records + ` FOR EACH ROW WHEN (OLD.kind IN ('config')) EXECUTE FUNCTION ` + fn + `()`,
+		`UPDATE ` + pgx.Identifier{schema, "berth_schema_version"}.Sanitize() + ` SET version = 3`,
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writer, err := postgres.Open(ctx, testDSN(), postgres.WithSchema(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close()
+	watcher, err := postgres.Open(ctx, testDSN(), postgres.WithSchema(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close()
+	var v int
+	if err := admin.QueryRow(ctx, `SELECT max(version) FROM `+pgx.Identifier{schema, "berth_schema_version"}.Sanitize()).Scan(&v); err != nil || v != 4 {
+		t.Fatalf("schema version after Open: %d, %v; want 4", v, err)
+	}
+
+	type change struct {
+		kind store.Kind
+		key  string
+	}
+	changes := make(chan change, 16)
+	resyncs := make(chan struct{}, 16)
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watcher.Watch(wctx, func(k store.Kind, key string) { changes <- change{k, key} }, func() { resyncs <- struct{}{} })
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-resyncs:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Watch never started listening")
+	}
+	bg := context.Background()
+	want := []change{{store.KindGroup, "g1"}, {store.KindCertificate, "ca1"}, {store.KindEnrollment, "dev-1"}, {store.KindGroup, "g1"}}
+	for _, c := range want[:3] {
+		if _, err := writer.Put(bg, store.Record{Kind: c.kind, Key: c.key, Data: []byte(`{}`)}, store.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := writer.Put(bg, store.Record{Kind: store.KindRegistration, Key: "dev-1", Data: []byte(`{}`)}, store.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.Delete(bg, store.KindGroup, "g1", ""); err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range want {
+		select {
+		case c := <-changes:
+			if c != w {
+				t.Fatalf("change %d: %+v, want %+v (a registration's must not be announced)", i, c, w)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("change %d (%+v) never announced", i, w)
+		}
 	}
 }
