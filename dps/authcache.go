@@ -165,21 +165,18 @@ func (s *Service) certificates(ctx context.Context) (*certSnapshot, error) {
 // Token.Match: the derived key's bytes go straight into the token's HMAC.
 // sts is the token's string-to-sign and sig its decoded signature. It
 // returns the derived keys (base64, as the device's hub credentials) when
-// one verifies.
+// one verifies. Every key is tried, as Token.Match would have.
 func (c *cachedGroup) groupKeyMatch(regID, sts string, sig []byte) ([2]string, bool) {
-	var derived [2][]byte
+	var derived [2][sha256.Size]byte
 	ok := false
 	for i, gk := range c.symKeys {
 		if gk == nil {
 			continue
 		}
-		h := hmac.New(sha256.New, gk)
-		h.Write([]byte(regID))
-		derived[i] = h.Sum(nil)
-		h = hmac.New(sha256.New, derived[i])
-		h.Write([]byte(sts))
-		var buf [sha256.Size]byte
-		if subtle.ConstantTimeCompare(h.Sum(buf[:0]), sig) == 1 {
+		hmacSHA256(gk, regID, &derived[i])
+		var want [sha256.Size]byte
+		hmacSHA256(derived[i][:], sts, &want)
+		if subtle.ConstantTimeCompare(want[:], sig) == 1 {
 			ok = true
 		}
 	}
@@ -187,10 +184,48 @@ func (c *cachedGroup) groupKeyMatch(regID, sts string, sig []byte) ([2]string, b
 		return [2]string{}, false
 	}
 	var keys [2]string
-	for i, d := range derived {
-		if d != nil {
-			keys[i] = base64.StdEncoding.EncodeToString(d)
+	for i := range derived {
+		if c.symKeys[i] != nil {
+			keys[i] = base64.StdEncoding.EncodeToString(derived[i][:])
 		}
 	}
 	return keys, true
+}
+
+// hmacBlock is SHA-256's block size, and hmacMaxMsg the longest message
+// hmacSHA256 hashes on the stack: a registration ID is at most 128
+// characters, a string to sign about 30 more plus the resource's.
+const (
+	hmacBlock  = 64
+	hmacMaxMsg = 448
+)
+
+// hmacSHA256 is HMAC-SHA256 (RFC 2104) of msg under key into out. A
+// registration walks every symmetric-key group, two HMACs each;
+// crypto/hmac allocates its two digests and pads on every call, this
+// hashes stack buffers (the common case: key ≤ 64 bytes, short msg) and
+// falls back to crypto/hmac otherwise.
+func hmacSHA256(key []byte, msg string, out *[sha256.Size]byte) {
+	if len(key) > hmacBlock || len(msg) > hmacMaxMsg {
+		// Copies of key and of the sum, so that neither key nor out
+		// escapes to the heap on the common path.
+		h := hmac.New(sha256.New, append([]byte(nil), key...))
+		h.Write([]byte(msg))
+		copy(out[:], h.Sum(nil))
+		return
+	}
+	var in [hmacBlock + hmacMaxMsg]byte
+	copy(in[:], key)
+	for i := range hmacBlock {
+		in[i] ^= 0x36
+	}
+	n := hmacBlock + copy(in[hmacBlock:], msg)
+	inner := sha256.Sum256(in[:n])
+	var o [hmacBlock + sha256.Size]byte
+	copy(o[:], key)
+	for i := range hmacBlock {
+		o[i] ^= 0x5c
+	}
+	copy(o[hmacBlock:], inner[:])
+	*out = sha256.Sum256(o[:])
 }
