@@ -91,7 +91,21 @@ func newOperationID() string {
 	mustRand(u[:])
 	u[6] = u[6]&0x0f | 0x40
 	u[8] = u[8]&0x3f | 0x80
-	return fmt.Sprintf("5.%s.%x-%x-%x-%x-%x", hex.EncodeToString(a[:]), u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
+	// "5." + 16 hex digits + "." + a UUID, built in one buffer: one
+	// allocation per registration, where fmt.Sprintf made seven.
+	var b [2 + 16 + 1 + 36]byte
+	n := copy(b[:], "5.")
+	n += hex.Encode(b[n:], a[:])
+	b[n] = '.'
+	n++
+	for i, part := range [][]byte{u[0:4], u[4:6], u[6:8], u[8:10], u[10:]} {
+		if i > 0 {
+			b[n] = '-'
+			n++
+		}
+		n += hex.Encode(b[n:], part)
+	}
+	return string(b[:n])
 }
 
 // NewTrackingID returns a UUID for error bodies.

@@ -1,6 +1,7 @@
 package dps
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -59,6 +60,9 @@ func TestGeneratedIDs(t *testing.T) {
 	a, b := newOperationID(), newOperationID()
 	if a == b || !strings.HasPrefix(a, "5.") || len(a) != len("5.d0a671905ea5b2c8.42d78160-4c78-479e-8be7-61d5e55dac0d") {
 		t.Errorf("operation ids %q %q", a, b)
+	}
+	if !regexp.MustCompile(`^5\.[0-9a-f]{16}\.[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`).MatchString(a) {
+		t.Errorf("operation id %q is not 5.<16 hex>.<UUID v4>", a)
 	}
 	if k := NewKey(); len(k) != 88 {
 		t.Errorf("NewKey() length %d, want 88", len(k))
