@@ -22,6 +22,7 @@ import (
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/berth-iot/berth/dps"
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/server"
@@ -506,6 +507,39 @@ func TestCluster(t *testing.T) {
 			resp, _ := n3.do("GET", "/hubs/second.berth.test", n3.serviceToken(), nil, nil, nil)
 			return resp.StatusCode == 200
 		})
+	})
+
+	t.Run("an enrollment group's key rolled on one node is used by the others", func(t *testing.T) {
+		setT(t)
+		// Nodes keep enrollment groups in memory (dps/authcache.go); the
+		// store's change announcement must reach them.
+		const group, regID = "cluster-fleet", "cluster-member-1"
+		oldKey := n1.createGroup(group)
+		register := func(n *clusterNode, groupKey string) int {
+			derived, err := sas.DeriveKey(groupKey, regID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, _ := n.do("PUT", "/"+n.info.IDScope+"/registrations/"+regID+"/register?api-version=2021-06-01",
+				n.deviceToken(regID, derived), `{"registrationId":"`+regID+`"}`, map[string]string{"Content-Encoding": "utf-8"}, nil)
+			return resp.StatusCode
+		}
+		for _, n := range []*clusterNode{n2, n3} {
+			eventually(t, "the new group's member registers on "+n.info.HTTPSAddress, func() bool { return register(n, oldKey) == 202 })
+		}
+		newKey := dps.NewKey()
+		if resp, data := n1.do("PUT", "/enrollmentGroups/"+group+"?api-version=2021-10-01", n1.serviceToken(),
+			map[string]any{"enrollmentGroupId": group, "attestation": map[string]any{"type": "symmetricKey",
+				"symmetricKey": map[string]any{"primaryKey": newKey, "secondaryKey": dps.NewKey()}}},
+			map[string]string{"If-Match": "*"}, nil); resp.StatusCode != 200 {
+			t.Fatalf("roll the group's key on node 1: %d %s", resp.StatusCode, data)
+		}
+		for _, n := range []*clusterNode{n2, n3} {
+			eventually(t, "the old group key refused on "+n.info.HTTPSAddress, func() bool { return register(n, oldKey) == 401 })
+			if st := register(n, newKey); st != 202 {
+				t.Errorf("the new group key on %s: %d, want 202", n.info.HTTPSAddress, st)
+			}
+		}
 	})
 
 	t.Run("a connection on another node replaces the older one", func(t *testing.T) {
