@@ -168,3 +168,71 @@ func BenchmarkPoll(b *testing.B) {
 		}
 	}
 }
+
+// pausingStore holds the next enrollment-group List, after it has read
+// the store, until resume is closed.
+type pausingStore struct {
+	store.Store
+	armed  atomic.Bool
+	read   chan struct{}
+	resume chan struct{}
+}
+
+func (p *pausingStore) List(ctx context.Context, kind store.Kind, o store.ListOptions) ([]store.Record, error) {
+	recs, err := p.Store.List(ctx, kind, o)
+	if kind == store.KindGroup && p.armed.CompareAndSwap(true, false) {
+		close(p.read)
+		<-p.resume
+	}
+	return recs, err
+}
+
+// TestGroupCacheNeverKeepsAStaleSnapshot: a registration reads the groups,
+// the group's key is rolled before that read is cached, and the next
+// registration must not use what the first one read: a snapshot is tagged
+// with the generation from before its read, so a write during the read
+// makes it stale.
+func TestGroupCacheNeverKeepsAStaleSnapshot(t *testing.T) {
+	ps := &pausingStore{Store: memstore.New(), read: make(chan struct{}), resume: make(chan struct{})}
+	now := time.Unix(1700000000, 0)
+	clock := func() time.Time { return now }
+	svc, err := dps.New(ps, hub.NewRegistry(ps, clock), dps.Config{IDScope: scope, Hubs: []string{hubName}, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{svc: svc, st: ps, now: now}
+	f.group(t, "g1", "")
+	ctx := context.Background()
+	regID := "dev-1"
+	tokenFor := func(groupKey string) string {
+		derived, err := sas.DeriveKey(groupKey, regID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f.token(t, regID, derived)
+	}
+	oldTok, newTok := tokenFor(groupKey), tokenFor(indivKey)
+
+	ps.armed.Store(true)
+	first := make(chan error, 1)
+	go func() {
+		_, err := svc.Register(ctx, dps.RegisterRequest{IDScope: scope, RegistrationID: regID, Token: oldTok})
+		first <- err
+	}()
+	<-ps.read // the first registration has read g1 with the old key
+	g := &dps.EnrollmentGroup{EnrollmentGroupID: "g1"}
+	g.Attestation = symKey(indivKey, "")
+	if _, err := svc.PutGroup(ctx, "g1", g, "*"); err != nil {
+		t.Fatal(err)
+	}
+	close(ps.resume)
+	if err := <-first; err != nil {
+		t.Fatalf("the registration that read g1 before the roll: %v", err)
+	}
+	if _, err := svc.Register(ctx, dps.RegisterRequest{IDScope: scope, RegistrationID: regID, Token: oldTok}); code(err) != azerr.DPSInvalidCredentials {
+		t.Errorf("the old key after the roll: %v, want 401002", err)
+	}
+	if _, err := svc.Register(ctx, dps.RegisterRequest{IDScope: scope, RegistrationID: regID, Token: newTok}); err != nil {
+		t.Errorf("the new key after the roll: %v", err)
+	}
+}
