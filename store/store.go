@@ -43,6 +43,12 @@ type Record struct {
 	Index string // secondary index value; "" when unused
 	ETag  string // set by the store on every write; opaque
 	Data  []byte // JSON document
+	// Delete, in a record given to Apply, removes the record with this
+	// Kind and Key instead of writing it (a missing one is no error;
+	// Index and Data are ignored). It lets one transaction settle some
+	// records and write others: C2D completions batched with feedback.
+	// Every other method ignores it.
+	Delete bool
 }
 
 // Cond is a write precondition.
@@ -99,6 +105,8 @@ type Store interface {
 	Count(ctx context.Context, kind Kind, index string) (int, error)
 	// Apply writes all records unconditionally in one transaction: all or
 	// none are durable when it returns. It returns them with their ETags.
+	// A record with Delete set is removed instead (its result has no
+	// ETag); writes and deletes apply in the order given.
 	Apply(ctx context.Context, recs []Record) ([]Record, error)
 	// Close releases the store.
 	Close() error

@@ -131,6 +131,11 @@ func (s *Store) Apply(ctx context.Context, recs []store.Record) ([]store.Record,
 	defer s.mu.Unlock()
 	out := make([]store.Record, len(recs))
 	for i, r := range recs {
+		if r.Delete {
+			delete(s.recs, key{r.Kind, r.Key})
+			out[i] = store.Record{Kind: r.Kind, Key: r.Key, Delete: true}
+			continue
+		}
 		r = clone(r)
 		r.ETag = newETag()
 		s.recs[key{r.Kind, r.Key}] = r

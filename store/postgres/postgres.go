@@ -69,6 +69,7 @@ type Store struct {
 	// Statement texts with the table names filled in. pgx prepares each on
 	// first use on every connection and caches it (QueryExecModeCacheStatement).
 	qGet, qExists, qUpsert, qInsertNew, qUpdate, qDelete string
+	qApplyDelete                                         string
 	qCount, qCountIdx                                    string
 	qListAll, qListAfter, qListIdx, qListIdxAfter        string
 
@@ -163,6 +164,7 @@ func newStore(pool *pgxpool.Pool, schema string) *Store {
 		// a second query.
 		qUpdate: `WITH upd AS (UPDATE ` + t + ` SET idx = $3, etag = $4, data = $5 WHERE kind = $1 AND key = $2 AND ($6::text = '*' OR etag = $6::text) RETURNING 1)
 			SELECT EXISTS (SELECT 1 FROM upd), EXISTS (SELECT 1 FROM ` + t + ` WHERE kind = $1 AND key = $2)`,
+		qApplyDelete: `DELETE FROM ` + t + ` WHERE kind = $1 AND key = $2`,
 		qDelete: `WITH del AS (DELETE FROM ` + t + ` WHERE kind = $1 AND key = $2 AND ($3::text IN ('', '*') OR etag = $3::text) RETURNING 1)
 			SELECT EXISTS (SELECT 1 FROM del), EXISTS (SELECT 1 FROM ` + t + ` WHERE kind = $1 AND key = $2)`,
 		qCount:    `SELECT count(*) FROM ` + t + ` WHERE kind = $1`,
@@ -502,6 +504,10 @@ func (s *Store) Apply(ctx context.Context, recs []store.Record) ([]store.Record,
 	}
 	out := make([]store.Record, len(recs))
 	for i, rec := range recs {
+		if rec.Delete {
+			out[i] = store.Record{Kind: rec.Kind, Key: rec.Key, Delete: true}
+			continue
+		}
 		rec.ETag = newETag()
 		out[i] = rec
 	}
@@ -522,6 +528,10 @@ func (s *Store) Apply(ctx context.Context, recs []store.Record) ([]store.Record,
 	batch := &pgx.Batch{}
 	for _, i := range order {
 		rec := out[i]
+		if rec.Delete {
+			batch.Queue(s.qApplyDelete, string(rec.Kind), rec.Key)
+			continue
+		}
 		batch.Queue(s.qUpsert, string(rec.Kind), rec.Key, rec.Index, rec.ETag, nonNil(rec.Data))
 	}
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {

@@ -402,7 +402,18 @@ func (s *Store) Apply(ctx context.Context, recs []store.Record) ([]store.Record,
 	}
 	defer func() { _ = tx.Rollback() }() // a no-op once committed
 	st := tx.StmtContext(ctx, s.upsert)
+	var del *sql.Stmt
 	for i, rec := range recs {
+		if rec.Delete {
+			if del == nil {
+				del = tx.StmtContext(ctx, s.del)
+			}
+			if _, err := del.ExecContext(ctx, string(rec.Kind), rec.Key, "", ""); err != nil {
+				return nil, fail(ctx, "apply delete", rec.Kind, rec.Key, err)
+			}
+			out[i] = store.Record{Kind: rec.Kind, Key: rec.Key, Delete: true}
+			continue
+		}
 		rec.ETag = newETag()
 		if _, err := st.ExecContext(ctx, string(rec.Kind), rec.Key, rec.Index, rec.ETag, nonNil(rec.Data)); err != nil {
 			return nil, fail(ctx, "apply", rec.Kind, rec.Key, err)

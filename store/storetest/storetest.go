@@ -47,6 +47,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"KindsIsolated", testKindsIsolated},
 		{"Count", testCount},
 		{"Apply", testApply},
+		{"ApplyDelete", testApplyDelete},
 		{"ApplyAtomicForReaders", testApplyAtomicForReaders},
 		{"ConcurrentApply", testConcurrentApply},
 		{"ConcurrentIfMatch", testConcurrentIfMatch},
@@ -726,6 +727,61 @@ func testApply(t *testing.T, h harness) {
 	}
 	if n := mustCount(t, s, store.KindOperation, "bulk"); n != 200 {
 		t.Fatalf("Count after Apply of 200 = %d", n)
+	}
+}
+
+// testApplyDelete: records marked Delete are removed in the same
+// transaction as the writes beside them (what a batch of C2D completions
+// with their feedback records commits), a missing one is no error, and
+// writes and deletes of one key apply in the order given.
+func testApplyDelete(t *testing.T, h harness) {
+	s := h.store(t)
+	ctx := t.Context()
+	for i := range 3 {
+		mustPut(t, s, store.Record{Kind: store.KindC2D, Key: fmt.Sprintf("hub/dev/%d", i), Index: "hub/dev", Data: doc(`{"i":%d}`, i)}, store.Cond{})
+	}
+	mustPut(t, s, store.Record{Kind: store.KindConfig, Key: "gone-then-back", Data: doc(`{"n":1}`)}, store.Cond{})
+	out, err := s.Apply(ctx, []store.Record{
+		{Kind: store.KindC2D, Key: "hub/dev/0", Delete: true},
+		{Kind: store.KindFeedback, Key: "hub/0/dev", Index: "hub", Data: doc(`{"status":"Success"}`)},
+		{Kind: store.KindC2D, Key: "hub/dev/2", Index: "ignored", Data: doc(`{"ignored":true}`), Delete: true},
+		{Kind: store.KindC2D, Key: "hub/dev/never-there", Delete: true},
+		{Kind: store.KindConfig, Key: "gone-then-back", Delete: true},
+		{Kind: store.KindConfig, Key: "gone-then-back", Data: doc(`{"n":2}`)},
+		{Kind: store.KindConfig, Key: "written-then-gone", Data: doc(`{}`)},
+		{Kind: store.KindConfig, Key: "written-then-gone", Delete: true},
+	})
+	if err != nil {
+		t.Fatalf("Apply with deletes: %v", err)
+	}
+	if len(out) != 8 {
+		t.Fatalf("Apply returned %d records for 8", len(out))
+	}
+	if !out[0].Delete || out[0].ETag != "" || out[0].Key != "hub/dev/0" {
+		t.Fatalf("result of a delete = %+v; want Delete set, no ETag", out[0])
+	}
+	if out[1].ETag == "" {
+		t.Fatal("a write beside deletes got no ETag")
+	}
+	for _, k := range []string{"hub/dev/0", "hub/dev/2", "hub/dev/never-there"} {
+		_, err := s.Get(ctx, store.KindC2D, k)
+		wantErr(t, "Get of "+k+" after Apply deleted it", err, store.ErrNotFound)
+	}
+	mustGet(t, s, store.KindC2D, "hub/dev/1")
+	if n := mustCount(t, s, store.KindC2D, "hub/dev"); n != 1 {
+		t.Fatalf("Count after deleting 2 of 3 = %d", n)
+	}
+	sameRecord(t, "the feedback written beside the deletes", mustGet(t, s, store.KindFeedback, "hub/0/dev"), out[1])
+	sameRecord(t, "a key deleted then written", mustGet(t, s, store.KindConfig, "gone-then-back"), out[5])
+	_, err = s.Get(ctx, store.KindConfig, "written-then-gone")
+	wantErr(t, "Get of a key written then deleted", err, store.ErrNotFound)
+
+	// A batch of deletes alone.
+	if _, err := s.Apply(ctx, []store.Record{{Kind: store.KindC2D, Key: "hub/dev/1", Delete: true}}); err != nil {
+		t.Fatalf("Apply of one delete: %v", err)
+	}
+	if n := mustCount(t, s, store.KindC2D, "hub/dev"); n != 0 {
+		t.Fatalf("Count after deleting all = %d", n)
 	}
 }
 

@@ -2,6 +2,7 @@ package storetest_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"slices"
@@ -72,6 +73,13 @@ func (s nonAtomicApply) Apply(ctx context.Context, recs []store.Record) ([]store
 	for i, r := range recs {
 		if i > 0 {
 			time.Sleep(50 * time.Microsecond)
+		}
+		if r.Delete {
+			if err := s.Store.Delete(ctx, r.Kind, r.Key, ""); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return out, err
+			}
+			out = append(out, store.Record{Kind: r.Kind, Key: r.Key, Delete: true})
+			continue
 		}
 		got, err := s.Store.Put(ctx, r, store.Cond{})
 		if err != nil {
