@@ -96,6 +96,13 @@ type CloudToDevice struct {
 
 	seed  maphash.Seed
 	locks [64]sync.Mutex
+	// held are the locks of deliveries that end with their connection
+	// (MQTT), by message key: kept in memory only, so that delivering a
+	// message costs no store write. After a crash the message is simply
+	// deliverable again (at-least-once). Guarded by hmu; an entry changes
+	// only under its device's lock too.
+	hmu  sync.Mutex
+	held map[string]heldLock
 	// order makes message keys strictly increasing on this node even when
 	// the clock stands still or steps back.
 	omu  sync.Mutex
@@ -253,6 +260,48 @@ func decodeC2D(rec store.Record) (*CloudMessage, error) {
 	return &m, nil
 }
 
+// heldLock is the in-memory lock of a delivery that ends with its
+// connection: its token, when it times out, and the delivery count the
+// delivery gave the message (stored only if the message is abandoned).
+type heldLock struct {
+	token  string
+	until  time.Time
+	count  int
+	expiry time.Time // the message's, so that a receive skips it undecoded
+}
+
+// heldFor returns the in-memory lock of a message, if any.
+func (q *CloudToDevice) heldFor(key string) (heldLock, bool) {
+	q.hmu.Lock()
+	defer q.hmu.Unlock()
+	h, ok := q.held[key]
+	return h, ok
+}
+
+func (q *CloudToDevice) setHeld(key string, h heldLock) {
+	q.hmu.Lock()
+	defer q.hmu.Unlock()
+	if q.held == nil {
+		q.held = make(map[string]heldLock)
+	}
+	q.held[key] = h
+}
+
+func (q *CloudToDevice) dropHeld(key string) {
+	q.hmu.Lock()
+	defer q.hmu.Unlock()
+	delete(q.held, key)
+}
+
+// withHeld applies a message's in-memory lock to it, as if stored: the
+// delivery count and lock of the last delivery.
+func (q *CloudToDevice) withHeld(m *CloudMessage) {
+	if h, ok := q.heldFor(m.key); ok {
+		m.LockToken, m.LockedUntil = h.token, h.until
+		m.DeliveryCount = max(m.DeliveryCount, h.count)
+	}
+}
+
 // Count returns the number of messages in a device's queue.
 func (q *CloudToDevice) Count(ctx context.Context, hubName, deviceID string) (int, error) {
 	n, err := q.store.Count(ctx, store.KindC2D, deviceKey(hubName, deviceID))
@@ -268,6 +317,23 @@ func (q *CloudToDevice) Count(ctx context.Context, hubName, deviceID string) (in
 // delivered MaxDeliveryCount times are dead-lettered on the way.
 // The locks are durable before Receive returns.
 func (q *CloudToDevice) Receive(ctx context.Context, hubName, deviceID string, max int, lockFor time.Duration) ([]*CloudMessage, error) {
+	return q.receive(ctx, hubName, deviceID, max, lockFor, false)
+}
+
+// ReceiveHeld is Receive for a delivery that ends with its connection
+// (MQTT: until the device's PUBACK or until it disconnects): the locks are
+// kept in this process's memory only, so it writes nothing. The holder
+// must settle every message it got (Complete, CompleteMany, Reject,
+// Abandon, AbandonMany) when the connection ends; a crash instead loses
+// the locks, and the messages are delivered again, with the delivery
+// count they had before (docs/hub-wire.md#c2d-locks). In a cluster the
+// lock is not seen by other nodes: a receive there (the same device over
+// HTTPS at the same time) may deliver the message a second time.
+func (q *CloudToDevice) ReceiveHeld(ctx context.Context, hubName, deviceID string, max int, lockFor time.Duration) ([]*CloudMessage, error) {
+	return q.receive(ctx, hubName, deviceID, max, lockFor, true)
+}
+
+func (q *CloudToDevice) receive(ctx context.Context, hubName, deviceID string, max int, lockFor time.Duration, inMemory bool) ([]*CloudMessage, error) {
 	dk := deviceKey(hubName, deviceID)
 	unlock := q.lock(dk)
 	defer unlock()
@@ -282,10 +348,14 @@ func (q *CloudToDevice) Receive(ctx context.Context, hubName, deviceID string, m
 		if len(out) >= max {
 			break
 		}
+		if h, ok := q.heldFor(rec.Key); ok && now.Before(h.until) && now.Before(h.expiry) {
+			continue // in flight on a connection: no need to decode it
+		}
 		m, err := decodeC2D(rec)
 		if err != nil {
 			return nil, err
 		}
+		q.withHeld(m)
 		switch {
 		case !now.Before(m.Expiry):
 			q.deadLetter(ctx, hubName, deviceID, m, FeedbackExpired)
@@ -299,6 +369,12 @@ func (q *CloudToDevice) Receive(ctx context.Context, hubName, deviceID string, m
 		m.DeliveryCount++
 		m.LockToken = lockToken(m.key)
 		m.LockedUntil = now.Add(lockFor)
+		if inMemory {
+			q.setHeld(m.key, heldLock{token: m.LockToken, until: m.LockedUntil, count: m.DeliveryCount, expiry: m.Expiry})
+			out = append(out, m)
+			continue
+		}
+		q.dropHeld(m.key) // a stored lock replaces a timed-out one in memory
 		w, err := encodeC2D(dk, m)
 		if err != nil {
 			return nil, err
@@ -307,7 +383,7 @@ func (q *CloudToDevice) Receive(ctx context.Context, hubName, deviceID string, m
 		out = append(out, m)
 	}
 	if len(writes) == 0 {
-		return nil, nil
+		return out, nil
 	}
 	if _, err := q.store.Apply(ctx, writes); err != nil {
 		return nil, fmt.Errorf("hub: lock C2D messages of %s: %w", deviceID, err)
@@ -339,6 +415,7 @@ func (q *CloudToDevice) byLockToken(ctx context.Context, dk, token string) (*Clo
 	}
 	rec, err := q.store.Get(ctx, store.KindC2D, dk+"/"+raw[:16])
 	if errors.Is(err, store.ErrNotFound) {
+		q.dropHeld(dk + "/" + raw[:16]) // gone (purged, expired): nothing to hold
 		return nil, lost
 	}
 	if err != nil {
@@ -348,6 +425,7 @@ func (q *CloudToDevice) byLockToken(ctx context.Context, dk, token string) (*Clo
 	if err != nil {
 		return nil, err
 	}
+	q.withHeld(m)
 	if m.LockToken != token {
 		return nil, lost
 	}
@@ -388,12 +466,17 @@ func (q *CloudToDevice) settle(ctx context.Context, hubName, deviceID, token, ho
 	}
 	switch how {
 	case "abandon":
+		// The delivery count stays: it is stored here for a delivery
+		// whose lock was held in memory.
 		m.LockToken, m.LockedUntil = "", time.Time{}
 		rec, err := encodeC2D(dk, m)
 		if err != nil {
 			return err
 		}
 		_, err = q.store.Put(ctx, rec, store.Cond{IfMatch: m.etag})
+		if err == nil {
+			q.dropHeld(m.key)
+		}
 		if errors.Is(err, store.ErrPreconditionFailed) || errors.Is(err, store.ErrNotFound) {
 			return azerr.Newf(azerr.HubMessageLockLost, "The message lock %s is not valid any more.", clipKey(token))
 		}
@@ -448,10 +531,113 @@ func (q *CloudToDevice) remove(ctx context.Context, hubName, deviceID string, m 
 		}
 		return err
 	}
+	q.dropHeld(m.key)
 	if want {
 		q.feedback.wake(feedbackIndex(hubName))
 	}
 	return nil
+}
+
+// CompleteMany completes delivered messages, by their lock tokens, in one
+// store transaction (one fsync on SQLite) with the feedback records they
+// ask for: what an MQTT connection does with the PUBACKs that came in
+// while its last store call ran. A token whose lock is lost is skipped,
+// and counted in the lost result; the others complete.
+func (q *CloudToDevice) CompleteMany(ctx context.Context, hubName, deviceID string, tokens []string) (lost int, err error) {
+	return q.settleMany(ctx, hubName, deviceID, tokens, "complete")
+}
+
+// AbandonMany makes delivered messages visible again, in one store
+// transaction: an MQTT connection that ends with messages in flight.
+func (q *CloudToDevice) AbandonMany(ctx context.Context, hubName, deviceID string, tokens []string) (lost int, err error) {
+	return q.settleMany(ctx, hubName, deviceID, tokens, "abandon")
+}
+
+// settleMany is settle for several messages of one device in one Apply.
+// Its writes and deletes are unconditional: the records were read under
+// the device's lock just before, which every settle and receive on this
+// node takes. (A node of a cluster that changes one of them meanwhile is
+// the HTTPS receive of a message already delivered over MQTT here; the
+// device acknowledged it, so completing it anyway is right.)
+func (q *CloudToDevice) settleMany(ctx context.Context, hubName, deviceID string, tokens []string, how string) (lost int, err error) {
+	if len(tokens) == 0 {
+		return 0, nil
+	}
+	dk := deviceKey(hubName, deviceID)
+	unlock := q.lock(dk)
+	defer unlock()
+	recs, err := q.store.List(ctx, store.KindC2D, store.ListOptions{Index: dk})
+	if err != nil {
+		return 0, fmt.Errorf("hub: read C2D queue of %s: %w", deviceID, err)
+	}
+	byKey := make(map[string]store.Record, len(recs))
+	for _, r := range recs {
+		byKey[r.Key] = r
+	}
+	var (
+		writes   []store.Record
+		settled  []string
+		feedback bool
+	)
+	for _, token := range tokens {
+		raw := strings.ReplaceAll(token, "-", "")
+		if len(raw) != 32 {
+			lost++
+			continue
+		}
+		rec, ok := byKey[dk+"/"+raw[:16]]
+		if !ok {
+			q.dropHeld(dk + "/" + raw[:16]) // gone (purged, expired): nothing to hold
+			lost++
+			continue
+		}
+		m, err := decodeC2D(rec)
+		if err != nil {
+			return 0, err
+		}
+		q.withHeld(m)
+		if m.LockToken != token {
+			lost++
+			continue
+		}
+		delete(byKey, m.key) // a token named twice settles once
+		settled = append(settled, m.key)
+		if how == "abandon" {
+			m.LockToken, m.LockedUntil = "", time.Time{}
+			w, err := encodeC2D(dk, m)
+			if err != nil {
+				return 0, err
+			}
+			writes = append(writes, w)
+			continue
+		}
+		fb, want, err := q.feedback.record(hubName, deviceID, m, FeedbackSuccess)
+		if err != nil {
+			return 0, err
+		}
+		if want {
+			writes = append(writes, fb)
+			feedback = true
+		}
+		writes = append(writes, store.Record{Kind: store.KindC2D, Key: m.key, Delete: true})
+	}
+	if len(writes) == 0 {
+		return lost, nil
+	}
+	if _, err := q.store.Apply(ctx, writes); err != nil {
+		return 0, fmt.Errorf("hub: %s %d C2D messages of %s: %w", how, len(settled), deviceID, err)
+	}
+	for _, k := range settled {
+		q.dropHeld(k)
+	}
+	observeC2D(q.obs, c2dOutcome(how), len(settled))
+	if feedback {
+		q.feedback.wake(feedbackIndex(hubName))
+	}
+	if how == "abandon" && q.links != nil {
+		q.links.wakeCloudToDevice(hubName, deviceID)
+	}
+	return lost, nil
 }
 
 func (q *CloudToDevice) deadLetter(ctx context.Context, hubName, deviceID string, m *CloudMessage, why string) {
@@ -482,7 +668,11 @@ func (q *CloudToDevice) Sweep(ctx context.Context) error {
 		}
 		for _, rec := range recs {
 			m, err := decodeC2D(rec)
-			if err != nil || now.Before(m.Expiry) || (m.LockToken != "" && now.Before(m.LockedUntil)) {
+			if err != nil {
+				continue
+			}
+			q.withHeld(m)
+			if now.Before(m.Expiry) || (m.LockToken != "" && now.Before(m.LockedUntil)) {
 				continue
 			}
 			q.sweepOne(ctx, rec)
@@ -510,8 +700,12 @@ func (q *CloudToDevice) sweepOne(ctx context.Context, rec store.Record) {
 		return
 	}
 	m, err := decodeC2D(rec)
+	if err != nil {
+		return
+	}
+	q.withHeld(m)
 	now := q.now().UTC()
-	if err != nil || now.Before(m.Expiry) || (m.LockToken != "" && now.Before(m.LockedUntil)) {
+	if now.Before(m.Expiry) || (m.LockToken != "" && now.Before(m.LockedUntil)) {
 		return
 	}
 	q.deadLetter(ctx, hubName, deviceID, m, FeedbackExpired)

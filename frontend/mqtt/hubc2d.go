@@ -20,6 +20,9 @@ const (
 	// c2dSettleTimeout bounds giving back the messages in flight when a
 	// connection ends.
 	c2dSettleTimeout = 5 * time.Second
+	// c2dCompleteBatch is how many acknowledged messages wait for one
+	// completion transaction while the queue has more to deliver.
+	c2dCompleteBatch = maxC2DInFlight
 	// maxTopicLength is MQTT's limit on a topic name (a 16-bit length).
 	maxTopicLength = 65535
 )
@@ -60,13 +63,11 @@ func (s *hubSession) pump() {
 	h := s.c.srv.cfg.Hub
 	for {
 		s.mu.Lock()
-		acked := s.acked
-		s.acked = nil
 		s.pumpAgain = false
 		qos := s.subs[featureC2D].Load()
 		free := maxC2DInFlight - len(s.inflight)
 		receive := !s.closed && qos >= 0 && free > 0
-		if len(acked) == 0 && !receive {
+		if len(s.acked) == 0 && !receive {
 			s.pumping = false
 			s.mu.Unlock()
 			return
@@ -75,35 +76,52 @@ func (s *hubSession) pump() {
 		s.cancelOp = cancel
 		s.mu.Unlock()
 
-		for i, token := range acked {
-			if err := h.CloudToDevice.Complete(ctx, s.hub, s.deviceID, token); err != nil {
-				if ctx.Err() != nil {
-					// Cancelled: the session is ending or the server
-					// shutting down. settleInFlight completes the rest,
-					// so an acknowledged message is not delivered again
-					// after a restart; this pump stops here (its next
-					// context would be cancelled too).
-					s.mu.Lock()
-					s.acked = append(s.acked, acked[i:]...)
-					s.cancelOp = nil
-					s.pumping = false
-					s.mu.Unlock()
-					cancel()
-					return
-				}
-				s.c.srv.log.Info("mqtt: C2D message acknowledged but not completed", append(s.logAttrs(), "error", err.Error())...)
-			}
-		}
+		// Deliver first: a receive writes nothing (the locks are held in
+		// memory), a completion is a store transaction (an fsync).
 		n, ok := 0, true
 		if receive {
 			n, ok = s.receive(ctx, byte(qos), free)
+		}
+		drained := !receive || !ok || n < free
+		// The PUBACKs that came in meanwhile complete in one
+		// transaction, once the queue has nothing more to deliver now
+		// or c2dCompleteBatch of them wait: acknowledged messages stay
+		// in the queue (and count against its depth) only that long.
+		s.mu.Lock()
+		var acked []string
+		if drained || len(s.acked) >= c2dCompleteBatch {
+			acked = s.acked
+			s.acked = nil
+		}
+		s.mu.Unlock()
+		if len(acked) > 0 {
+			lost, err := h.CloudToDevice.CompleteMany(ctx, s.hub, s.deviceID, acked)
+			if err != nil && ctx.Err() != nil {
+				// Cancelled: the session is ending or the server
+				// shutting down. settleInFlight completes them, so an
+				// acknowledged message is not delivered again after a
+				// restart; this pump stops here (its next context would
+				// be cancelled too).
+				s.mu.Lock()
+				s.acked = append(s.acked, acked...)
+				s.cancelOp = nil
+				s.pumping = false
+				s.mu.Unlock()
+				cancel()
+				return
+			}
+			if err != nil {
+				s.c.srv.log.Info("mqtt: C2D messages acknowledged but not completed", append(s.logAttrs(), "count", len(acked), "error", err.Error())...)
+			} else if lost > 0 {
+				s.c.srv.log.Info("mqtt: C2D messages acknowledged after their lock was lost", append(s.logAttrs(), "count", lost)...)
+			}
 		}
 		s.mu.Lock()
 		s.cancelOp = nil
 		cancel()
 		// Fewer than asked for means the queue had no more; a wake-up
 		// since then, or new acknowledgements, mean look again.
-		if !ok || receive && n < free && !s.pumpAgain && len(s.acked) == 0 {
+		if !ok || drained && !s.pumpAgain && len(s.acked) == 0 {
 			s.pumping = false
 			s.mu.Unlock()
 			return
@@ -116,7 +134,10 @@ func (s *hubSession) pump() {
 // many it received, and false when the queue could not be read.
 func (s *hubSession) receive(ctx context.Context, qos byte, free int) (int, bool) {
 	h := s.c.srv.cfg.Hub
-	msgs, err := h.CloudToDevice.Receive(ctx, s.hub, s.deviceID, free, hub.DefaultLockTimeout)
+	// The lock lives as long as the delivery, in memory: the connection
+	// settles every message it got when it ends, and a crash makes them
+	// deliverable again (at-least-once).
+	msgs, err := h.CloudToDevice.ReceiveHeld(ctx, s.hub, s.deviceID, free, hub.DefaultLockTimeout)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.c.srv.log.Warn("mqtt: C2D queue not readable", append(s.logAttrs(), "error", err.Error())...)
@@ -158,11 +179,12 @@ func (s *hubSession) deliver(ctx context.Context, m *hub.CloudMessage, qos byte)
 	}
 	s.inflight[id] = m.LockToken
 	s.mu.Unlock()
+	pid := id
 	if qos == 0 {
-		id = 0
+		pid = 0 // no packet ID on the wire; the entry is still under id
 	}
 	// DUP marks a redelivery ([PG]: delivery count above one).
-	err := s.c.publishID(topic, qos, m.DeliveryCount > 1, id, m.Body)
+	err := s.c.publishID(topic, qos, m.DeliveryCount > 1, pid, m.Body)
 	if err != nil {
 		// The failed write closed the connection: close gives the
 		// message back.
@@ -171,12 +193,13 @@ func (s *hubSession) deliver(ctx context.Context, m *hub.CloudMessage, qos byte)
 	}
 	s.c.srv.log.Debug("mqtt: C2D message delivered", append(attrs, "qos", qos)...)
 	if qos == 0 {
+		// Completed with the next batch of acknowledgements: the pump
+		// looks again while s.acked is not empty, and settleInFlight
+		// completes what is left when the connection ends.
 		s.mu.Lock()
 		s.forgetInFlightLocked(id)
+		s.acked = append(s.acked, m.LockToken)
 		s.mu.Unlock()
-		if err := h.CloudToDevice.Complete(ctx, s.hub, s.deviceID, m.LockToken); err != nil {
-			s.c.srv.log.Info("mqtt: C2D message delivered at QoS 0 but not completed", append(attrs, "error", err.Error())...)
-		}
 	}
 }
 
@@ -241,14 +264,21 @@ func (s *hubSession) settleInFlight() {
 	}
 	ctx, cancel := s.settleContext()
 	defer cancel()
-	for _, token := range acked {
-		if err := h.CloudToDevice.Complete(ctx, s.hub, s.deviceID, token); err != nil {
-			s.c.srv.log.Info("mqtt: C2D message acknowledged but not completed", append(s.logAttrs(), "error", err.Error())...)
-		}
+	if lost, err := h.CloudToDevice.CompleteMany(ctx, s.hub, s.deviceID, acked); err != nil || lost > 0 {
+		s.c.srv.log.Info("mqtt: C2D messages acknowledged but not completed", append(s.logAttrs(), "count", len(acked), "lost", lost, "error", errString(err))...)
 	}
+	tokens := make([]string, 0, len(inflight))
 	for _, token := range inflight {
-		if err := h.CloudToDevice.Abandon(ctx, s.hub, s.deviceID, token); err != nil {
-			s.c.srv.log.Info("mqtt: C2D message not given back; it is redelivered when its lock expires", append(s.logAttrs(), "error", err.Error())...)
-		}
+		tokens = append(tokens, token)
 	}
+	if lost, err := h.CloudToDevice.AbandonMany(ctx, s.hub, s.deviceID, tokens); err != nil || lost > 0 {
+		s.c.srv.log.Info("mqtt: C2D messages not given back; they are redelivered when their lock expires", append(s.logAttrs(), "count", len(tokens), "lost", lost, "error", errString(err))...)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
