@@ -17,6 +17,7 @@ type c2dEnv struct {
 	reg   *hub.Registry
 	links *hub.Links
 	q     *hub.CloudToDevice
+	st    *memstore.Store
 	now   time.Time
 }
 
@@ -24,6 +25,7 @@ func newC2DEnv(t *testing.T) *c2dEnv {
 	t.Helper()
 	e := &c2dEnv{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
 	st := memstore.New()
+	e.st = st
 	e.reg = hub.NewRegistry(st, func() time.Time { return e.now })
 	e.links = hub.NewLinks()
 	e.q = hub.NewCloudToDevice(st, e.reg, e.links, nil)
@@ -428,5 +430,67 @@ func TestC2DSequenceNumbersFitJavaScript(t *testing.T) {
 			t.Fatalf("sequence number %d after %d", m.SequenceNumber, prev)
 		}
 		prev = m.SequenceNumber
+	}
+}
+
+// TestC2DHeldLocks: a delivery that ends with its connection (MQTT) holds
+// its lock in memory: the message is invisible to other receivers while
+// held, completions in one batch delete the messages and write the
+// feedback they ask for, a batch given back stores the delivery count,
+// and a restart (a new queue service on the same store) forgets the held
+// locks, so the message is deliverable again.
+func TestC2DHeldLocks(t *testing.T) {
+	e := newC2DEnv(t)
+	ctx := context.Background()
+	if _, err := e.q.Send(ctx, hubName, "dev-1", &hub.CloudMessage{Body: []byte("a"), Ack: hub.AckPositive}); err != nil {
+		t.Fatal(err)
+	}
+	e.send(t, "b")
+	e.send(t, "c")
+	e.send(t, "d")
+	held, err := e.q.ReceiveHeld(ctx, hubName, "dev-1", 3, time.Minute)
+	if err != nil || bodies(held) != "a,b,c" || held[0].DeliveryCount != 1 || held[0].LockToken == "" {
+		t.Fatalf("ReceiveHeld = %s %v", bodies(held), err)
+	}
+	// Held messages are locked for every other receiver of this node.
+	if got := e.receive(t, 5); bodies(got) != "d" {
+		t.Fatalf("while a, b, c are held: %s", bodies(got))
+	}
+	lost, err := e.q.CompleteMany(ctx, hubName, "dev-1", []string{held[0].LockToken, held[1].LockToken, held[1].LockToken, "not-a-token"})
+	if err != nil || lost != 2 {
+		t.Fatalf("CompleteMany = %d lost, %v; want 2 lost (a repeated token and a bad one)", lost, err)
+	}
+	if n := e.count(t); n != 2 {
+		t.Fatalf("%d queued after completing 2 of 4", n)
+	}
+	if n, err := e.q.Feedback().Count(ctx, hubName); err != nil || n != 1 {
+		t.Fatalf("feedback records %d (%v); want 1 (a asked for positive feedback)", n, err)
+	}
+	// A completed token is stale.
+	if err := e.q.Complete(ctx, hubName, "dev-1", held[0].LockToken); code(err) != azerr.HubMessageLockLost {
+		t.Fatalf("completing a again: %v", err)
+	}
+	// c given back: its delivery counted and stored.
+	if lost, err := e.q.AbandonMany(ctx, hubName, "dev-1", []string{held[2].LockToken}); err != nil || lost != 0 {
+		t.Fatalf("AbandonMany = %d, %v", lost, err)
+	}
+	again, err := e.q.ReceiveHeld(ctx, hubName, "dev-1", 5, time.Minute)
+	if err != nil || bodies(again) != "c" || again[0].DeliveryCount != 2 {
+		t.Fatalf("after giving c back: %s %+v %v", bodies(again), again, err)
+	}
+	// A restart loses the held lock and this delivery's count: c is
+	// deliverable at once, counting from the count stored before (1).
+	restarted := hub.NewCloudToDevice(e.st, e.reg, e.links, nil)
+	after, err := restarted.Receive(ctx, hubName, "dev-1", 5, time.Minute)
+	if err != nil || bodies(after) != "c" || after[0].DeliveryCount != 2 {
+		t.Fatalf("after a restart: %s %+v %v; want c, delivery count 2", bodies(after), after, err)
+	}
+	// The held token of before the restart is stale on the restarted
+	// node; the new lock completes.
+	if lost, err := restarted.CompleteMany(ctx, hubName, "dev-1", []string{again[0].LockToken}); err != nil || lost != 1 {
+		t.Fatalf("CompleteMany with a token from before the restart = %d, %v; want 1 lost", lost, err)
+	}
+	if err := restarted.Complete(ctx, hubName, "dev-1", after[0].LockToken); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -181,8 +181,24 @@ func TestHubC2DRedelivery(t *testing.T) {
 	if !strings.Contains(pk.TopicName, "%24.mid=m1&") || !pk.FixedHeader.Dup || string(pk.Payload) != "1" {
 		t.Fatalf("redelivery %q DUP %v body %q", pk.TopicName, pk.FixedHeader.Dup, pk.Payload)
 	}
+	// The lock and delivery count of an MQTT delivery are held in
+	// memory (no store write per delivery); the count is stored when the
+	// delivery is given back.
+	if got := f.deliveryCounts(t); !reflect.DeepEqual(got, []int{1}) {
+		t.Errorf("stored delivery counts %v while delivered; want [1]", got)
+	}
+	c.nc.Close() // no PUBACK again
+	waitFor(t, "the second connection to end", func() bool { return f.ts.srv.ConnCount() == 0 })
 	if got := f.deliveryCounts(t); !reflect.DeepEqual(got, []int{2}) {
-		t.Errorf("delivery counts %v; want [2]", got)
+		t.Errorf("stored delivery counts %v after the second delivery was given back; want [2]", got)
+	}
+	c = f.ts.dialRaw(t)
+	if rc, present := c.connectPresent(hubConnect("dev-1", validToken(t, "dev-1"), false)); rc != 0 || !present {
+		t.Fatalf("CONNACK %d, session present %v; want 0, true", rc, present)
+	}
+	pk = c.readC2D()
+	if !pk.FixedHeader.Dup || string(pk.Payload) != "1" {
+		t.Fatalf("third delivery DUP %v body %q", pk.FixedHeader.Dup, pk.Payload)
 	}
 	c.puback(pk.PacketID)
 	waitFor(t, "the redelivered message to complete", func() bool { return f.c2dCount(t) == 0 })
