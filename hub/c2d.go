@@ -103,6 +103,9 @@ type CloudToDevice struct {
 	// only under its device's lock too.
 	hmu  sync.Mutex
 	held map[string]heldLock
+	// parked are completions waiting for the device's next store
+	// transaction (CompleteLater), by device key. Guarded by hmu.
+	parked map[string][]string
 	// order makes message keys strictly increasing on this node even when
 	// the clock stands still or steps back.
 	omu  sync.Mutex
@@ -216,6 +219,9 @@ func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *C
 	dk := deviceKey(hubName, deviceID)
 	unlock := q.lock(dk)
 	defer unlock()
+	if parked := q.takeParked(dk); len(parked) > 0 {
+		return q.sendSettling(ctx, hubName, deviceID, m, now, parked)
+	}
 	n, err := q.store.Count(ctx, store.KindC2D, dk)
 	if err != nil {
 		return nil, fmt.Errorf("hub: count C2D queue of %s: %w", deviceID, err)
@@ -235,6 +241,59 @@ func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *C
 		return nil, fmt.Errorf("hub: enqueue C2D message for %s: %w", deviceID, err)
 	}
 	m.etag = rec.ETag
+	if q.links != nil {
+		q.links.wakeCloudToDevice(hubName, deviceID)
+	}
+	return m, nil
+}
+
+// sendSettling is the end of Send when completions are parked for the
+// device: they commit in the same transaction as the new message (one
+// fsync for both), and the queue depth is counted without them. The
+// caller holds the device's lock. The message is written unconditionally
+// (Apply has no IfNotExists): its key, from nextOrder, is new on this
+// node, and is checked against the queue just read.
+func (q *CloudToDevice) sendSettling(ctx context.Context, hubName, deviceID string, m *CloudMessage, now time.Time, parked []string) (*CloudMessage, error) {
+	dk := deviceKey(hubName, deviceID)
+	recs, err := q.store.List(ctx, store.KindC2D, store.ListOptions{Index: dk})
+	if err != nil {
+		q.CompleteLater(hubName, deviceID, parked) // not lost: the holder's CompleteMany takes them
+		return nil, fmt.Errorf("hub: read C2D queue of %s: %w", deviceID, err)
+	}
+	b, err := q.settleBatch(hubName, deviceID, recs, parked, "complete")
+	if err != nil {
+		q.CompleteLater(hubName, deviceID, parked)
+		return nil, err
+	}
+	if n := len(recs) - len(b.settled); n >= MaxC2DQueueDepth {
+		if _, err := q.store.Apply(ctx, b.writes); err != nil {
+			q.CompleteLater(hubName, deviceID, parked)
+		} else {
+			q.settledBatch(hubName, deviceID, b, "complete")
+		}
+		return nil, azerr.Newf(azerr.HubQueueDepthExceeded, "Device %s has %d messages queued, the maximum.", deviceID, n)
+	}
+	order := q.nextOrder(now)
+	m.SequenceNumber = order
+	m.key = c2dKey(dk, order)
+	for _, r := range recs {
+		if r.Key == m.key {
+			q.CompleteLater(hubName, deviceID, parked)
+			return nil, fmt.Errorf("hub: enqueue C2D message for %s: %w", deviceID, store.ErrExists)
+		}
+	}
+	rec, err := encodeC2D(dk, m)
+	if err != nil {
+		q.CompleteLater(hubName, deviceID, parked)
+		return nil, err
+	}
+	out, err := q.store.Apply(ctx, append([]store.Record{rec}, b.writes...))
+	if err != nil {
+		q.CompleteLater(hubName, deviceID, parked)
+		return nil, fmt.Errorf("hub: enqueue C2D message for %s: %w", deviceID, err)
+	}
+	q.settledBatch(hubName, deviceID, b, "complete")
+	m.etag = out[0].ETag
 	if q.links != nil {
 		q.links.wakeCloudToDevice(hubName, deviceID)
 	}
@@ -560,84 +619,137 @@ func (q *CloudToDevice) AbandonMany(ctx context.Context, hubName, deviceID strin
 // the HTTPS receive of a message already delivered over MQTT here; the
 // device acknowledged it, so completing it anyway is right.)
 func (q *CloudToDevice) settleMany(ctx context.Context, hubName, deviceID string, tokens []string, how string) (lost int, err error) {
-	if len(tokens) == 0 {
-		return 0, nil
-	}
 	dk := deviceKey(hubName, deviceID)
 	unlock := q.lock(dk)
 	defer unlock()
+	if how == "complete" {
+		// Completions parked for the next Send go now instead.
+		tokens = append(q.takeParked(dk), tokens...)
+	}
+	if len(tokens) == 0 {
+		return 0, nil
+	}
 	recs, err := q.store.List(ctx, store.KindC2D, store.ListOptions{Index: dk})
 	if err != nil {
 		return 0, fmt.Errorf("hub: read C2D queue of %s: %w", deviceID, err)
 	}
+	b, err := q.settleBatch(hubName, deviceID, recs, tokens, how)
+	if err != nil {
+		return 0, err
+	}
+	if len(b.writes) == 0 {
+		return b.lost, nil
+	}
+	if _, err := q.store.Apply(ctx, b.writes); err != nil {
+		return 0, fmt.Errorf("hub: %s %d C2D messages of %s: %w", how, len(b.settled), deviceID, err)
+	}
+	q.settledBatch(hubName, deviceID, b, how)
+	return b.lost, nil
+}
+
+// batch is what settling several messages writes, and what it settled.
+type batch struct {
+	writes   []store.Record
+	settled  []string // message keys
+	lost     int
+	feedback bool
+}
+
+// settleBatch builds the writes that settle the messages tokens name,
+// from the device's queue as read (recs), under the device's lock.
+func (q *CloudToDevice) settleBatch(hubName, deviceID string, recs []store.Record, tokens []string, how string) (batch, error) {
+	dk := deviceKey(hubName, deviceID)
+	var b batch
 	byKey := make(map[string]store.Record, len(recs))
 	for _, r := range recs {
 		byKey[r.Key] = r
 	}
-	var (
-		writes   []store.Record
-		settled  []string
-		feedback bool
-	)
 	for _, token := range tokens {
 		raw := strings.ReplaceAll(token, "-", "")
 		if len(raw) != 32 {
-			lost++
+			b.lost++
 			continue
 		}
 		rec, ok := byKey[dk+"/"+raw[:16]]
 		if !ok {
 			q.dropHeld(dk + "/" + raw[:16]) // gone (purged, expired): nothing to hold
-			lost++
+			b.lost++
 			continue
 		}
 		m, err := decodeC2D(rec)
 		if err != nil {
-			return 0, err
+			return batch{}, err
 		}
 		q.withHeld(m)
 		if m.LockToken != token {
-			lost++
+			b.lost++
 			continue
 		}
 		delete(byKey, m.key) // a token named twice settles once
-		settled = append(settled, m.key)
+		b.settled = append(b.settled, m.key)
 		if how == "abandon" {
 			m.LockToken, m.LockedUntil = "", time.Time{}
 			w, err := encodeC2D(dk, m)
 			if err != nil {
-				return 0, err
+				return batch{}, err
 			}
-			writes = append(writes, w)
+			b.writes = append(b.writes, w)
 			continue
 		}
 		fb, want, err := q.feedback.record(hubName, deviceID, m, FeedbackSuccess)
 		if err != nil {
-			return 0, err
+			return batch{}, err
 		}
 		if want {
-			writes = append(writes, fb)
-			feedback = true
+			b.writes = append(b.writes, fb)
+			b.feedback = true
 		}
-		writes = append(writes, store.Record{Kind: store.KindC2D, Key: m.key, Delete: true})
+		b.writes = append(b.writes, store.Record{Kind: store.KindC2D, Key: m.key, Delete: true})
 	}
-	if len(writes) == 0 {
-		return lost, nil
-	}
-	if _, err := q.store.Apply(ctx, writes); err != nil {
-		return 0, fmt.Errorf("hub: %s %d C2D messages of %s: %w", how, len(settled), deviceID, err)
-	}
-	for _, k := range settled {
+	return b, nil
+}
+
+// settledBatch does what follows a committed batch.
+func (q *CloudToDevice) settledBatch(hubName, deviceID string, b batch, how string) {
+	for _, k := range b.settled {
 		q.dropHeld(k)
 	}
-	observeC2D(q.obs, c2dOutcome(how), len(settled))
-	if feedback {
+	observeC2D(q.obs, c2dOutcome(how), len(b.settled))
+	if b.feedback {
 		q.feedback.wake(feedbackIndex(hubName))
 	}
-	if how == "abandon" && q.links != nil {
+	if how == "abandon" && len(b.settled) > 0 && q.links != nil {
 		q.links.wakeCloudToDevice(hubName, deviceID)
 	}
-	return lost, nil
+}
+
+// CompleteLater parks completions (of held deliveries) for the device's
+// next store transaction: the next Send to the device commits them with
+// the new message, in the same fsync, and otherwise CompleteMany (the
+// holder's, after a short wait: see frontend/mqtt) does. Parked
+// completions are not durable: a crash loses them, and the messages are
+// delivered again (at-least-once, docs/hub-wire.md#c2d-locks).
+func (q *CloudToDevice) CompleteLater(hubName, deviceID string, tokens []string) {
+	if len(tokens) == 0 {
+		return
+	}
+	dk := deviceKey(hubName, deviceID)
+	q.hmu.Lock()
+	defer q.hmu.Unlock()
+	if q.parked == nil {
+		q.parked = make(map[string][]string)
+	}
+	q.parked[dk] = append(q.parked[dk], tokens...)
+}
+
+// takeParked returns and forgets a device's parked completions. The
+// caller holds the device's lock.
+func (q *CloudToDevice) takeParked(dk string) []string {
+	q.hmu.Lock()
+	defer q.hmu.Unlock()
+	t := q.parked[dk]
+	delete(q.parked, dk)
+	return t
 }
 
 func (q *CloudToDevice) deadLetter(ctx context.Context, hubName, deviceID string, m *CloudMessage, why string) {

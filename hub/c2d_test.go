@@ -494,3 +494,49 @@ func TestC2DHeldLocks(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestC2DCompleteLater: completions parked for the device's next Send
+// commit with it, and the queue's depth is counted without them; those
+// no Send takes are committed by CompleteMany.
+func TestC2DCompleteLater(t *testing.T) {
+	e := newC2DEnv(t)
+	ctx := context.Background()
+	if _, err := e.q.Send(ctx, hubName, "dev-1", &hub.CloudMessage{Body: []byte("first"), Ack: hub.AckFull}); err != nil {
+		t.Fatal(err)
+	}
+	for range hub.MaxC2DQueueDepth - 1 {
+		e.send(t, "x")
+	}
+	held, err := e.q.ReceiveHeld(ctx, hubName, "dev-1", 2, time.Minute)
+	if err != nil || len(held) != 2 {
+		t.Fatalf("ReceiveHeld = %d, %v", len(held), err)
+	}
+	e.q.CompleteLater(hubName, "dev-1", []string{held[0].LockToken, held[1].LockToken})
+	if n := e.count(t); n != hub.MaxC2DQueueDepth {
+		t.Fatalf("%d queued; parked completions are not committed before a store call", n)
+	}
+	// The queue is full but for the two parked completions: the Send
+	// commits them and its message.
+	e.send(t, "after")
+	if n := e.count(t); n != hub.MaxC2DQueueDepth-1 {
+		t.Fatalf("%d queued after a Send that took 2 completions; want %d", n, hub.MaxC2DQueueDepth-1)
+	}
+	if n, err := e.q.Feedback().Count(ctx, hubName); err != nil || n != 1 {
+		t.Fatalf("feedback records %d (%v); want 1 (first asked for full feedback)", n, err)
+	}
+	if err := e.q.Complete(ctx, hubName, "dev-1", held[0].LockToken); code(err) != azerr.HubMessageLockLost {
+		t.Fatalf("a completion the Send committed completes again: %v", err)
+	}
+	// Parked and not taken by a Send: CompleteMany commits them.
+	more, err := e.q.ReceiveHeld(ctx, hubName, "dev-1", 1, time.Minute)
+	if err != nil || len(more) != 1 {
+		t.Fatalf("ReceiveHeld = %d, %v", len(more), err)
+	}
+	e.q.CompleteLater(hubName, "dev-1", []string{more[0].LockToken})
+	if lost, err := e.q.CompleteMany(ctx, hubName, "dev-1", nil); err != nil || lost != 0 {
+		t.Fatalf("CompleteMany of the parked = %d, %v", lost, err)
+	}
+	if n := e.count(t); n != hub.MaxC2DQueueDepth-2 {
+		t.Fatalf("%d queued after CompleteMany of the parked one; want %d", n, hub.MaxC2DQueueDepth-2)
+	}
+}

@@ -321,6 +321,11 @@ type hubSession struct {
 	pumping   bool
 	pumpAgain bool
 	cancelOp  context.CancelFunc
+	// parked counts completions handed to CompleteLater since the pump
+	// last flushed; linger is non-nil while the pump waits before that
+	// flush, and a wake-up ends the wait (hubc2d.go).
+	parked int
+	linger chan struct{}
 
 	// tmu guards tel, the telemetry in flight (hubtelemetry.go); a lock
 	// of its own, as the sink's callbacks take it for every message.

@@ -23,6 +23,13 @@ const (
 	// c2dCompleteBatch is how many acknowledged messages wait for one
 	// completion transaction while the queue has more to deliver.
 	c2dCompleteBatch = maxC2DInFlight
+	// c2dCompleteLinger is how long acknowledged messages, once the queue
+	// has nothing more to deliver, wait for the device's next Send to
+	// commit their completion with it (one fsync for both) before the
+	// pump commits them alone. It delays only when the queue's count
+	// and feedback show the completion, never a delivery: any wake-up
+	// ends the wait.
+	c2dCompleteLinger = 5 * time.Millisecond
 	// maxTopicLength is MQTT's limit on a topic name (a 16-bit length).
 	maxTopicLength = 65535
 )
@@ -44,6 +51,12 @@ func (s *hubSession) wakePump() {
 	}
 	if s.pumping {
 		s.pumpAgain = true
+		if s.linger != nil {
+			select {
+			case s.linger <- struct{}{}:
+			default:
+			}
+		}
 		s.mu.Unlock()
 		return
 	}
@@ -84,37 +97,25 @@ func (s *hubSession) pump() {
 		}
 		drained := !receive || !ok || n < free
 		// The PUBACKs that came in meanwhile complete in one
-		// transaction, once the queue has nothing more to deliver now
-		// or c2dCompleteBatch of them wait: acknowledged messages stay
-		// in the queue (and count against its depth) only that long.
+		// transaction: once c2dCompleteBatch of them wait (acknowledged
+		// messages stay in the queue, and count against its depth, only
+		// that long), or, when the queue has nothing more to deliver
+		// now, with the device's next Send (parked), or alone after
+		// c2dCompleteLinger.
 		s.mu.Lock()
 		var acked []string
-		if drained || len(s.acked) >= c2dCompleteBatch {
+		switch {
+		case len(s.acked)+s.parked >= c2dCompleteBatch:
 			acked = s.acked
+			s.acked, s.parked = nil, 0
+		case drained && len(s.acked) > 0:
+			h.CloudToDevice.CompleteLater(s.hub, s.deviceID, s.acked)
+			s.parked += len(s.acked)
 			s.acked = nil
 		}
 		s.mu.Unlock()
-		if len(acked) > 0 {
-			lost, err := h.CloudToDevice.CompleteMany(ctx, s.hub, s.deviceID, acked)
-			if err != nil && ctx.Err() != nil {
-				// Cancelled: the session is ending or the server
-				// shutting down. settleInFlight completes them, so an
-				// acknowledged message is not delivered again after a
-				// restart; this pump stops here (its next context would
-				// be cancelled too).
-				s.mu.Lock()
-				s.acked = append(s.acked, acked...)
-				s.cancelOp = nil
-				s.pumping = false
-				s.mu.Unlock()
-				cancel()
-				return
-			}
-			if err != nil {
-				s.c.srv.log.Info("mqtt: C2D messages acknowledged but not completed", append(s.logAttrs(), "count", len(acked), "error", err.Error())...)
-			} else if lost > 0 {
-				s.c.srv.log.Info("mqtt: C2D messages acknowledged after their lock was lost", append(s.logAttrs(), "count", lost)...)
-			}
+		if len(acked) > 0 && !s.completeMany(ctx, cancel, acked) {
+			return
 		}
 		s.mu.Lock()
 		s.cancelOp = nil
@@ -122,12 +123,68 @@ func (s *hubSession) pump() {
 		// Fewer than asked for means the queue had no more; a wake-up
 		// since then, or new acknowledgements, mean look again.
 		if !ok || drained && !s.pumpAgain && len(s.acked) == 0 {
+			if s.parked > 0 && !s.closed {
+				// Parked completions: wait for a Send to take them,
+				// then commit what is left; a wake-up ends the wait.
+				s.linger = make(chan struct{}, 1)
+				lc := s.linger
+				s.mu.Unlock()
+				t := time.NewTimer(c2dCompleteLinger)
+				select {
+				case <-t.C:
+				case <-lc:
+				case <-s.c.srv.ctx.Done():
+				}
+				t.Stop()
+				s.mu.Lock()
+				s.linger = nil
+				if s.pumpAgain || len(s.acked) > 0 {
+					s.mu.Unlock()
+					continue // more work; the completions stay parked
+				}
+				s.parked = 0
+				s.mu.Unlock()
+				fctx, fcancel := s.settleContext()
+				if _, err := h.CloudToDevice.CompleteMany(fctx, s.hub, s.deviceID, nil); err != nil {
+					s.c.srv.log.Info("mqtt: C2D messages acknowledged but not completed", append(s.logAttrs(), "error", err.Error())...)
+				}
+				fcancel()
+				s.mu.Lock()
+				if s.pumpAgain || len(s.acked) > 0 {
+					s.mu.Unlock()
+					continue
+				}
+			}
 			s.pumping = false
 			s.mu.Unlock()
 			return
 		}
 		s.mu.Unlock()
 	}
+}
+
+// completeMany completes acknowledged messages, and the completions
+// parked for the device, in one transaction. It returns false when the
+// pump must stop: its context was cancelled (the session ending or the
+// server shutting down); settleInFlight completes them then, so an
+// acknowledged message is not delivered again after a restart.
+func (s *hubSession) completeMany(ctx context.Context, cancel context.CancelFunc, acked []string) bool {
+	lost, err := s.c.srv.cfg.Hub.CloudToDevice.CompleteMany(ctx, s.hub, s.deviceID, acked)
+	if err != nil && ctx.Err() != nil {
+		s.mu.Lock()
+		s.acked = append(s.acked, acked...)
+		s.cancelOp = nil
+		s.pumping = false
+		s.mu.Unlock()
+		cancel()
+		return false
+	}
+	if err != nil {
+		s.c.srv.log.Info("mqtt: C2D messages acknowledged but not completed", append(s.logAttrs(), "count", len(acked), "error", err.Error())...)
+	} else if lost > 0 {
+		s.c.srv.log.Info("mqtt: C2D messages acknowledged after their lock was lost", append(s.logAttrs(), "count", lost)...)
+	}
+	return true
 }
 
 // receive locks up to free messages and delivers them. It returns how
@@ -258,12 +315,15 @@ func (s *hubSession) settleInFlight() {
 	s.mu.Lock()
 	acked, inflight := s.acked, s.inflight
 	s.acked, s.inflight = nil, nil
+	parked := s.parked
+	s.parked = 0
 	s.mu.Unlock()
-	if len(acked) == 0 && len(inflight) == 0 {
+	if len(acked) == 0 && len(inflight) == 0 && parked == 0 {
 		return
 	}
 	ctx, cancel := s.settleContext()
 	defer cancel()
+	// CompleteMany also commits the completions parked for a Send.
 	if lost, err := h.CloudToDevice.CompleteMany(ctx, s.hub, s.deviceID, acked); err != nil || lost > 0 {
 		s.c.srv.log.Info("mqtt: C2D messages acknowledged but not completed", append(s.logAttrs(), "count", len(acked), "lost", lost, "error", errString(err))...)
 	}
