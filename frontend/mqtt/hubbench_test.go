@@ -260,7 +260,10 @@ func (s *c2dDeleteSignal) Delete(ctx context.Context, kind store.Kind, key, ifMa
 // hub.MaxC2DQueueDepth in the queue; the server delivers them (at most
 // 10 in flight), the device PUBACKs each, and the benchmark ends when
 // the last one is completed and the queue is empty. One iteration is one
-// message: send, lock, deliver, PUBACK, complete.
+// message: send, lock, deliver, PUBACK, complete. writes/msg counts store
+// write calls (each one transaction, one fsync on SQLite); cpu-µs/op is the
+// process's user + system CPU per message (getrusage), sender, server and
+// device together.
 func BenchmarkHubC2DThroughput(b *testing.B) {
 	for _, s := range benchStores {
 		b.Run(s.name, func(b *testing.B) {
