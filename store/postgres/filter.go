@@ -177,3 +177,59 @@ func nest(m map[string]any, path []string, value any) bool {
 	}
 	return true
 }
+
+var _ store.Batcher = (*Store)(nil)
+
+// GetMany implements store.Batcher: one query over the keys as an array.
+func (s *Store) GetMany(ctx context.Context, kind store.Kind, keys []string) ([]store.Record, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	return retryRead(ctx, func() ([]store.Record, error) {
+		rows, err := s.pool.Query(ctx, `SELECT key, idx, etag, data FROM `+s.records+` WHERE kind = $1 AND key = ANY($2) ORDER BY key`, string(kind), keys)
+		if err != nil {
+			return nil, fail(ctx, "get many", kind, "", err)
+		}
+		defer rows.Close()
+		var out []store.Record
+		for rows.Next() {
+			rec := store.Record{Kind: kind}
+			if err := rows.Scan(&rec.Key, &rec.Index, &rec.ETag, &rec.Data); err != nil {
+				return nil, fail(ctx, "get many", kind, "", err)
+			}
+			rec.Data = nonNil(rec.Data)
+			out = append(out, rec)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fail(ctx, "get many", kind, "", err)
+		}
+		return out, nil
+	})
+}
+
+// CountMany implements store.Batcher with one grouped count.
+func (s *Store) CountMany(ctx context.Context, kind store.Kind, indexes []string) (map[string]int, error) {
+	if len(indexes) == 0 {
+		return map[string]int{}, nil
+	}
+	return retryRead(ctx, func() (map[string]int, error) {
+		rows, err := s.pool.Query(ctx, `SELECT idx, count(*) FROM `+s.records+` WHERE kind = $1 AND idx = ANY($2) GROUP BY idx`, string(kind), indexes)
+		if err != nil {
+			return nil, fail(ctx, "count many", kind, "", err)
+		}
+		defer rows.Close()
+		out := map[string]int{}
+		for rows.Next() {
+			var idx string
+			var n int64
+			if err := rows.Scan(&idx, &n); err != nil {
+				return nil, fail(ctx, "count many", kind, "", err)
+			}
+			out[idx] = int(n)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fail(ctx, "count many", kind, "", err)
+		}
+		return out, nil
+	})
+}

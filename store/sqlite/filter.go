@@ -217,3 +217,68 @@ func (s *Store) explainPlan(ctx context.Context, query string, args []any) {
 		}
 	}
 }
+
+var _ store.Batcher = (*Store)(nil)
+
+// GetMany implements store.Batcher: one IN query (a batch is at most a
+// query page's worth of keys, far below SQLite's parameter limit).
+func (s *Store) GetMany(ctx context.Context, kind store.Kind, keys []string) ([]store.Record, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	args := make([]any, 0, len(keys)+1)
+	args = append(args, string(kind))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	q := `SELECT key, idx, etag, data FROM records WHERE kind = ? AND key IN (?` + strings.Repeat(`, ?`, len(keys)-1) + `) ORDER BY key`
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fail(ctx, "get many", kind, "", err)
+	}
+	defer rows.Close()
+	var out []store.Record
+	for rows.Next() {
+		rec := store.Record{Kind: kind}
+		if err := rows.Scan(&rec.Key, &rec.Index, &rec.ETag, &rec.Data); err != nil {
+			return nil, fail(ctx, "get many", kind, "", err)
+		}
+		rec.Data = nonNil(rec.Data)
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fail(ctx, "get many", kind, "", err)
+	}
+	return out, nil
+}
+
+// CountMany implements store.Batcher with one grouped count.
+func (s *Store) CountMany(ctx context.Context, kind store.Kind, indexes []string) (map[string]int, error) {
+	out := map[string]int{}
+	if len(indexes) == 0 {
+		return out, nil
+	}
+	args := make([]any, 0, len(indexes)+1)
+	args = append(args, string(kind))
+	for _, k := range indexes {
+		args = append(args, k)
+	}
+	q := `SELECT idx, count(*) FROM records WHERE kind = ? AND idx IN (?` + strings.Repeat(`, ?`, len(indexes)-1) + `) GROUP BY idx`
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fail(ctx, "count many", kind, "", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var idx string
+		var n int
+		if err := rows.Scan(&idx, &n); err != nil {
+			return nil, fail(ctx, "count many", kind, "", err)
+		}
+		out[idx] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fail(ctx, "count many", kind, "", err)
+	}
+	return out, nil
+}

@@ -127,3 +127,48 @@ func testListWhere(t *testing.T, h harness) {
 		t.Error("ListWhere on a path it cannot spell succeeded")
 	}
 }
+
+// testGetMany holds a store.Batcher to List's record shape: the records
+// named, in key order, missing keys and other kinds left out; counts per
+// index with empty indexes absent.
+func testGetMany(t *testing.T, h harness) {
+	s := h.store(t)
+	b, ok := s.Store.(store.Batcher)
+	if !ok {
+		t.Skip("the store has no GetMany")
+	}
+	ctx := t.Context()
+	for _, k := range []string{"h/c", "h/a", "h/b"} {
+		mustPut(t, s, store.Record{Kind: store.KindDevice, Key: k, Index: "i-" + k[2:], Data: []byte(`{"id":"` + k + `"}`)}, store.Cond{})
+	}
+	mustPut(t, s, store.Record{Kind: store.KindTwin, Key: "h/d", Data: []byte(`{}`)}, store.Cond{})
+	mustPut(t, s, store.Record{Kind: store.KindC2D, Key: "q/1", Index: "h/a", Data: []byte(`{}`)}, store.Cond{})
+	mustPut(t, s, store.Record{Kind: store.KindC2D, Key: "q/2", Index: "h/a", Data: []byte(`{}`)}, store.Cond{})
+	mustPut(t, s, store.Record{Kind: store.KindC2D, Key: "q/3", Index: "h/c", Data: []byte(`{}`)}, store.Cond{})
+
+	recs, err := b.GetMany(ctx, store.KindDevice, []string{"h/c", "h/x", "h/a", "h/d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, fmt.Sprintf("%s %s %s %s", r.Key, r.Index, r.Data, r.Kind))
+		if r.ETag == "" {
+			t.Errorf("%s: no etag", r.Key)
+		}
+	}
+	want := []string{`h/a i-a {"id":"h/a"} device`, `h/c i-c {"id":"h/c"} device`}
+	if !slices.Equal(got, want) {
+		t.Errorf("GetMany = %q, want %q", got, want)
+	}
+	if recs, err := b.GetMany(ctx, store.KindDevice, nil); err != nil || len(recs) != 0 {
+		t.Errorf("GetMany(nil) = %v, %v", recs, err)
+	}
+	counts, err := b.CountMany(ctx, store.KindC2D, []string{"h/a", "h/b", "h/c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(counts) != "map[h/a:2 h/c:1]" {
+		t.Errorf("CountMany = %v, want map[h/a:2 h/c:1]", counts)
+	}
+}

@@ -59,6 +59,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"LargeDocument", testLargeDocument},
 		{"OddKeys", testOddKeys},
 		{"ListWhere", testListWhere}, // filter.go
+		{"GetMany", testGetMany},     // filter.go
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, h) })
