@@ -336,19 +336,7 @@ func (r *Registry) identity(ctx context.Context, hubName, id string) (*Device, e
 	if err != nil {
 		return nil, err
 	}
-	return &Device{
-		DeviceID:          deviceID,
-		moduleID:          moduleID,
-		GenerationID:      m.GenerationID,
-		ETag:              m.ETag,
-		ConnectionState:   m.ConnectionState,
-		LastActivityTime:  m.LastActivityTime,
-		Status:            d.Status,
-		StatusReason:      d.StatusReason,
-		StatusUpdatedTime: d.StatusUpdatedTime,
-		Authentication:    m.Authentication,
-		Hub:               hubName,
-	}, nil
+	return moduleView(d, m), nil
 }
 
 // ModuleID is the module a device view (Registry.identity) stands for; ""

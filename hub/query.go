@@ -60,7 +60,8 @@ func (t *Twins) Query(ctx context.Context, hubName, query string, pageSize int, 
 	if q.Projected() {
 		page.ItemType = QueryItemRaw
 	}
-	s := &twinScan{t: t, hubName: hubName, count: q.Uses("cloudToDeviceMessageCount"), needles: q.Needles("tags", "properties"), lazy: true}
+	s := &twinScan{t: t, hubName: hubName, count: q.Uses("cloudToDeviceMessageCount"), needles: q.Needles("tags", "properties"), lazy: true,
+		returnsCount: q.Selects("cloudToDeviceMessageCount")}
 	for _, m := range deviceMembers {
 		if q.Uses(m) {
 			s.lazy = false
@@ -76,10 +77,11 @@ func (t *Twins) Query(ctx context.Context, hubName, query string, pageSize int, 
 	case q.From == hubquery.Jobs && t.deviceJobs != nil:
 		// Device jobs are whole documents as stored: nothing to complete.
 		src, complete = t.deviceJobs(hubName), nil
+	case q.From == hubquery.Modules:
+		m := &moduleScan{t: t, hubName: hubName}
+		src, complete = m.source, m.complete
 	case q.From != hubquery.Devices:
-		// Module twins are not queryable on berth yet: the collection is
-		// empty, and queries over it answer nothing (or a zero count)
-		// rather than an error.
+		// devices.jobs without a jobs engine: an empty collection.
 		src = func(context.Context, string, func(string, map[string]any) (bool, error)) error { return nil }
 	}
 	res, err := q.Run(ctx, src, hubquery.Options{PageSize: pageSize, Continuation: continuation, Complete: complete})
@@ -109,6 +111,15 @@ type twinScan struct {
 	// accept contains (hubquery.Query.Needles): a device whose twin lacks
 	// one is skipped without decoding either record.
 	needles [][]byte
+
+	// returnsCount says the rows returned show cloudToDeviceMessageCount
+	// (SELECT *, or a projection of it): only then does complete count
+	// the queue of each device returned.
+	returnsCount bool
+	// c2d, when set, holds the queue lengths of the batch being scanned,
+	// counted in one store call (filteredSource), keyed by device key;
+	// a device absent from it has an empty queue.
+	c2d map[string]int
 
 	// lazy says the query filters and groups on the twin's own members
 	// only (tags, properties, version, etag, deviceId): the device record
@@ -286,18 +297,41 @@ func (s *twinScan) filteredSource(f store.Filterer, preds []store.Pred) hubquery
 			// The other nodes' presence of this batch's devices, as the
 			// unfiltered scan asks it (one request per batch).
 			s.remote = s.t.reg.peerPresence(ctx, s.hubName, ids)
+			// The batch's device records in one store call, not a Get
+			// per twin; module twins (hub/device/module keys) and a
+			// deleted device's leftover twin find none.
+			keys := make([]string, len(ids))
+			for i, id := range ids {
+				keys[i] = prefix + id
+			}
+			devs, err := store.GetMany(ctx, st, store.KindDevice, keys)
+			if err != nil {
+				return fmt.Errorf("hub: query: get devices: %w", err)
+			}
+			byKey := make(map[string]store.Record, len(devs))
+			for _, d := range devs {
+				byKey[d.Key] = d
+			}
+			s.c2d = nil
+			if s.returnsCount && !s.count && len(devs) > 0 {
+				// Likewise their queue lengths, when the rows show them.
+				dk := make([]string, len(devs))
+				for i, d := range devs {
+					dk[i] = d.Key
+				}
+				if s.c2d, err = store.CountMany(ctx, st, store.KindC2D, dk); err != nil {
+					return fmt.Errorf("hub: query: count C2D queues: %w", err)
+				}
+			}
 			for i := range twins {
 				trec := &twins[i]
 				if !strings.HasPrefix(trec.Key, prefix) {
 					return nil
 				}
 				cur = trec.Key
-				rec, err := st.Get(ctx, store.KindDevice, trec.Key)
-				if errors.Is(err, store.ErrNotFound) {
-					continue // a deleted device's leftover twin
-				}
-				if err != nil {
-					return fmt.Errorf("hub: query: get device: %w", err)
+				rec, ok := byKey[trec.Key]
+				if !ok {
+					continue // a module twin, or a deleted device's leftover
 				}
 				more, err := s.visit(ctx, rec, trec, prefix, now, yield)
 				if err != nil || !more {
@@ -383,7 +417,11 @@ func (s *twinScan) complete(ctx context.Context, key string, doc map[string]any)
 			break
 		}
 	}
-	if !s.counted {
+	switch {
+	case s.counted || !s.returnsCount:
+	case s.c2d != nil:
+		d.CloudToDeviceMessageCount = s.c2d[s.rec.Key]
+	default:
 		if err := s.t.reg.countQueue(ctx, s.hubName, d); err != nil {
 			return err
 		}

@@ -76,6 +76,20 @@ func TestQueryPushdownAgreesWithScan(t *testing.T) {
 				if _, err := twins.Patch(ctx, h, id, b, "*"); err != nil {
 					t.Fatal(err)
 				}
+				if i%4 != 2 {
+					continue
+				}
+				// Modules: one with a twin record, one never read.
+				for _, mid := range []string{"m1", "$edgeAgent"} {
+					if _, err := reg.CreateModule(ctx, h, &hub.Module{DeviceID: id, ModuleID: mid}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				mp, _ := json.Marshal(map[string]any{"tags": map[string]any{"role": fmt.Sprintf("r%d", i%3)},
+					"properties": map[string]any{"desired": map[string]any{"rate": i}}})
+				if _, err := twins.Patch(ctx, h, hub.TwinID(id, "m1"), mp, "*"); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 		// A deleted device's leftover twin, under a device of the same ID.
@@ -105,6 +119,11 @@ func TestQueryPushdownAgreesWithScan(t *testing.T) {
 		"SELECT deviceId, tags.floor FROM devices WHERE tags.site = 's0' AND status = 'enabled'",
 		"SELECT * FROM devices WHERE tags.site = 's2'",
 		"SELECT tags.floor AS f, COUNT() AS n FROM devices WHERE tags.on = false GROUP BY tags.floor",
+		"SELECT * FROM devices.modules",
+		"SELECT deviceId, moduleId FROM devices.modules WHERE tags.role = 'r1'",
+		"SELECT moduleId, properties.desired.rate FROM devices.modules WHERE properties.desired.rate >= 20",
+		"SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent' AND deviceId IN ['d02', 'd10', 'd14']",
+		"SELECT moduleId, COUNT() AS n FROM devices.modules GROUP BY moduleId",
 	}
 	for _, q := range queries {
 		for _, size := range []int{0, 3} {

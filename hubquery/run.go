@@ -101,6 +101,24 @@ func (q *Query) Uses(root string) bool {
 	return found
 }
 
+// Selects reports whether a row the query returns can carry the member
+// root: SELECT * returns every member, else a projection must name it.
+func (q *Query) Selects(root string) bool {
+	if q.Star {
+		return true
+	}
+	root = strings.ToLower(root)
+	found := false
+	for _, it := range q.Items {
+		walkPaths(it.Expr, func(r string) {
+			if r == root {
+				found = true
+			}
+		})
+	}
+	return found
+}
+
 // Aggregate reports whether the query returns one row per group (it
 // selects COUNT() or another aggregate) rather than one per document.
 func (q *Query) Aggregate() bool { return q.aggregate }
