@@ -97,7 +97,45 @@ describe('IoT Hub query language: Registry.createQuery and berth hub query', { t
       { location: 'plant-3', n: 3 },
     ]);
     assert.deepEqual((await query('SELECT COUNT() AS total FROM devices')).items, [{ total: 6 }]);
-    assert.deepEqual((await query('SELECT * FROM devices.modules')).items, []);
+  });
+
+  test('devices.modules: module twins, with tags, desired properties, paging and COUNT', async () => {
+    // Three modules on q-0 and q-3; one twin written, the others never read.
+    for (const deviceId of ['q-3', 'q-0']) {
+      for (const moduleId of ['m2', 'm1', '$edgeAgent']) {
+        await sdk.registry(hubCs, 'addModule', { deviceId, moduleId });
+      }
+    }
+    const mt = await sdk.registry(hubCs, 'getModuleTwin', 'q-3', 'm1');
+    await sdk.registry(hubCs, 'updateModuleTwin', 'q-3', 'm1', { tags: { role: 'filter' }, properties: { desired: { rate: 2 } } }, mt.body.etag);
+
+    const all = await query('SELECT * FROM devices.modules', 2);
+    assert.deepEqual(all.pages.map((p) => p.items.map((t) => `${t.deviceId}/${t.moduleId}`)), [
+      ['q-0/$edgeAgent', 'q-0/m1'], ['q-0/m2', 'q-3/$edgeAgent'], ['q-3/m1', 'q-3/m2'],
+    ]);
+    assert.deepEqual(all.pages.map((p) => p.hasMoreResults), [true, true, false]);
+    assert.equal(all.pages[0].itemType, 'twin');
+    for (const t of all.items) {
+      assert.ok(t.etag, `${t.moduleId}: a twin etag`);
+      assert.equal(t.status, 'enabled');
+      assert.equal(t.connectionState, 'Disconnected');
+      assert.equal(t.authenticationType, 'sas');
+      assert.equal(typeof t.properties.desired.$version, 'number');
+      assert.ok(t.properties.reported.$metadata, 'reported $metadata');
+    }
+    const filter = all.items.find((t) => t.deviceId === 'q-3' && t.moduleId === 'm1');
+    assert.deepEqual(filter.tags, { role: 'filter' });
+    assert.equal(filter.properties.desired.rate, 2);
+    const got = await sdk.registry(hubCs, 'getModuleTwin', 'q-3', 'm1');
+    assert.equal(filter.etag, got.body.etag);
+    assert.equal(filter.version, got.body.version);
+
+    const sel = await query("SELECT deviceId, moduleId FROM devices.modules WHERE devices.modules.tags.role = 'filter' OR (moduleId = '$edgeAgent' AND deviceId = 'q-0')");
+    assert.equal(sel.pages[0].itemType, 'raw');
+    assert.deepEqual(sel.items, [{ deviceId: 'q-0', moduleId: '$edgeAgent' }, { deviceId: 'q-3', moduleId: 'm1' }]);
+    const counted = await query('SELECT deviceId, COUNT() AS n FROM devices.modules GROUP BY deviceId');
+    assert.deepEqual(counted.items.sort((a, b) => a.deviceId.localeCompare(b.deviceId)), [{ deviceId: 'q-0', n: 3 }, { deviceId: 'q-3', n: 3 }]);
+    assert.deepEqual((await query("SELECT * FROM devices.modules WHERE properties.desired.rate = 2")).items.map((t) => t.moduleId), ['m1']);
   });
 
   test('paging by 2 over 6 devices: query.next() with the continuation token', async () => {
