@@ -112,12 +112,9 @@ func (s *Store) ListWhere(ctx context.Context, kind store.Kind, opts store.ListO
 	// The driving condition: an equality (its index range is in key
 	// order) or else a range, with the other ranges on its path folded
 	// in (one index range, whose matches are then sorted by key).
-	drive := 0
-	for i, p := range preds {
-		if p.Op == store.OpEq {
-			drive = i
-			break
-		}
+	drive, err := s.rarestEquality(ctx, kind, opts.After, preds)
+	if err != nil {
+		return nil, err
 	}
 	driving := map[int]bool{drive: true}
 	if preds[drive].Op != store.OpEq {
@@ -199,6 +196,55 @@ func (s *Store) ListWhere(ctx context.Context, kind store.Kind, opts store.ListO
 		return nil, fail(ctx, "list where", kind, "", err)
 	}
 	return out, nil
+}
+
+// rarestCap bounds how many index entries rarestEquality counts per
+// condition: enough to tell a rare value from a common one, cheap enough
+// to ask on every call (each batch of a query is a call).
+const rarestCap = 2048
+
+// rarestEquality picks the condition ListWhere drives from: of the
+// equalities, the one with the fewest index entries after the cursor
+// (each counted up to rarestCap; ties, and all at the cap, keep the
+// first), since every entry walked is a record whose other conditions
+// are probed. Without an equality it answers 0 (ranges are handled by
+// the caller).
+func (s *Store) rarestEquality(ctx context.Context, kind store.Kind, after string, preds []store.Pred) (int, error) {
+	var eqs []int
+	for i, p := range preds {
+		if p.Op == store.OpEq {
+			eqs = append(eqs, i)
+		}
+	}
+	if len(eqs) == 0 {
+		return 0, nil
+	}
+	if len(eqs) == 1 {
+		return eqs[0], nil
+	}
+	best, bestN := eqs[0], rarestCap+1
+	for _, i := range eqs {
+		cond, args, err := predSQL("v", preds[i])
+		if err != nil {
+			return 0, err
+		}
+		q := `SELECT count(*) FROM (SELECT 1 FROM record_values v INDEXED BY record_values_lookup WHERE v.kind = ? AND ` + cond
+		args = append([]any{string(kind)}, args...)
+		if after != "" {
+			q += ` AND v.key > ?`
+			args = append(args, after)
+		}
+		q += ` LIMIT ?)`
+		args = append(args, rarestCap)
+		var n int
+		if err := s.r.QueryRowContext(ctx, q, args...).Scan(&n); err != nil {
+			return 0, fail(ctx, "list where", kind, "", err)
+		}
+		if n < bestN {
+			best, bestN = i, n
+		}
+	}
+	return best, nil
 }
 
 // explainPlan hands each line of the query's plan to s.explain (tests).

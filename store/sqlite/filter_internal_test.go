@@ -48,6 +48,19 @@ func TestListWherePlans(t *testing.T) {
 	if p := plan(ge, lt); !strings.Contains(p, "record_values_lookup (kind=? AND path=? AND atom>? AND atom<?)") {
 		t.Errorf("two ranges on one path, one index range:\n%s", p)
 	}
+
+	// Of two equalities the rarer drives, whichever comes first: b = 13
+	// has 5 entries, a = 'p3' 50.
+	rare := store.Pred{Path: []string{"reported", "props", "b"}, Op: store.OpEq, Value: 13.0}
+	for _, preds := range [][]store.Pred{{eq, rare}, {rare, eq}} {
+		if d, err := s.rarestEquality(t.Context(), store.KindTwin, "h/", preds); err != nil || preds[d].Value != 13.0 {
+			t.Errorf("drives from %v (%v), want b = 13", preds[d], err)
+		}
+		recs, err := s.ListWhere(t.Context(), store.KindTwin, store.ListOptions{After: "h/"}, preds)
+		if err != nil || len(recs) != 5 {
+			t.Errorf("a = 'p3' AND b = 13: %d records, %v; want 5", len(recs), err)
+		}
+	}
 }
 
 // TestMigrateFromVersion1: a database written by a berth before the value
