@@ -175,4 +175,3 @@ func moduleTwinDocument(view *Device, tw *twinRecord, etag string) map[string]an
 	delete(doc, "parentScopes")
 	return doc
 }
-
