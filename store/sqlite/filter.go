@@ -161,10 +161,17 @@ func (s *Store) ListWhere(ctx context.Context, kind store.Kind, opts store.ListO
 			return nil, err
 		}
 		// On v0, not r: the probe runs before the record is read.
-		// INDEXED BY: left to itself SQLite may probe by (path, atom)
-		// instead of by key, scanning every value in a range for each
-		// record.
-		q.WriteString(` AND EXISTS (SELECT 1 FROM record_values v INDEXED BY record_values_key
+		// INDEXED BY: left to itself SQLite may probe a range by (path,
+		// atom) instead of by key, scanning every value in the range for
+		// each record. An equality is probed at (path, atom, key): the
+		// candidates come in key order, so successive probes land on
+		// the same few pages of that value's entries instead of across
+		// every record's values.
+		idx := "record_values_key"
+		if p.Op == store.OpEq {
+			idx = "record_values_lookup"
+		}
+		q.WriteString(` AND EXISTS (SELECT 1 FROM record_values v INDEXED BY ` + idx + `
 			WHERE v.kind = v0.kind AND v.key = v0.key AND ` + cond + `)`)
 		args = append(args, a...)
 	}

@@ -51,6 +51,9 @@ func TestListWherePlans(t *testing.T) {
 
 	// Of two equalities the rarer drives, whichever comes first: b = 13
 	// has 5 entries, a = 'p3' 50.
+	if p := plan(eq, store.Pred{Path: []string{"reported", "props", "b"}, Op: store.OpEq, Value: 3.0}); !strings.Contains(p, "EXISTS USING COVERING INDEX record_values_lookup (kind=? AND path=? AND atom=? AND key=?") {
+		t.Errorf("two equalities, the second probed at its value's entries:\n%s", p)
+	}
 	rare := store.Pred{Path: []string{"reported", "props", "b"}, Op: store.OpEq, Value: 13.0}
 	for _, preds := range [][]store.Pred{{eq, rare}, {rare, eq}} {
 		if d, err := s.rarestEquality(t.Context(), store.KindTwin, "h/", preds); err != nil || preds[d].Value != 13.0 {
