@@ -72,8 +72,9 @@ func (r *Registry) getModule(ctx context.Context, hubName, deviceID, moduleID st
 }
 
 // listModules returns the modules of a device in module ID order, or
-// DeviceNotFound. This is the one way to enumerate them (the query
-// language's devices.modules reads it too).
+// DeviceNotFound. The query language's devices.modules walks every
+// device's modules in the same key order in batches instead
+// (moduleScan).
 func (r *Registry) listModules(ctx context.Context, hubName, deviceID string) ([]*Module, error) {
 	if _, err := r.Get(ctx, hubName, deviceID); err != nil {
 		return nil, err
