@@ -143,13 +143,22 @@ func result(err error) string {
 
 // Sink wraps a telemetry sink: it counts messages and bytes made durable,
 // times each append and counts the stream's errors.
-// An inner sink that appends asynchronously (hub.AsyncSink, the stream's
-// group commit with several messages of a connection in flight) stays one
-// through the wrapper.
+// What the inner sink can do beyond Append stays visible through the
+// wrapper, or the hub would fall back to a weaker path without a sign: an
+// asynchronous append (hub.AsyncSink, the stream's group commit with
+// several messages of a connection in flight) and an all-or-nothing batch
+// (hub.BatchSink, an HTTPS batch as one JetStream atomic batch).
 func (m *Metrics) Sink(inner hub.TelemetrySink) hub.TelemetrySink {
 	s := &sink{m: m, inner: inner}
-	if as, ok := inner.(hub.AsyncSink); ok {
+	as, async := inner.(hub.AsyncSink)
+	bs, batch := inner.(hub.BatchSink)
+	switch {
+	case async && batch:
+		return &asyncBatchSink{asyncSink: &asyncSink{sink: s, async: as}, batch: bs}
+	case async:
 		return &asyncSink{sink: s, async: as}
+	case batch:
+		return &batchSink{sink: s, batch: bs}
 	}
 	return s
 }
@@ -165,6 +174,41 @@ func (s *asyncSink) AppendAsync(ctx context.Context, msg *hub.Message, done func
 		s.observe(ctx, msg, start, err)
 		done(err)
 	})
+}
+
+type batchSink struct {
+	*sink
+	batch hub.BatchSink
+}
+
+func (s *batchSink) AppendBatch(ctx context.Context, msgs []*hub.Message) error {
+	return s.sink.appendBatch(ctx, s.batch, msgs)
+}
+
+type asyncBatchSink struct {
+	*asyncSink
+	batch hub.BatchSink
+}
+
+func (s *asyncBatchSink) AppendBatch(ctx context.Context, msgs []*hub.Message) error {
+	return s.sink.appendBatch(ctx, s.batch, msgs)
+}
+
+// appendBatch counts a batch as its messages: each one durable, with the
+// batch's latency; a failed batch is one stream error.
+func (s *sink) appendBatch(ctx context.Context, inner hub.BatchSink, msgs []*hub.Message) error {
+	start := time.Now()
+	err := inner.AppendBatch(ctx, msgs)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.m.streamErrors.Inc()
+		}
+		return err
+	}
+	for _, msg := range msgs {
+		s.observe(ctx, msg, start, nil)
+	}
+	return nil
 }
 
 type sink struct {

@@ -156,3 +156,74 @@ func TestSinkKeepsAsync(t *testing.T) {
 type plainSink struct{}
 
 func (plainSink) Append(context.Context, *hub.Message) error { return nil }
+
+// batchInner is a hub.BatchSink, asynchronous or not, that records batches.
+type batchInner struct {
+	asyncInner
+	batches [][]*hub.Message
+	fail    error
+}
+
+func (b *batchInner) AppendBatch(_ context.Context, ms []*hub.Message) error {
+	if b.fail != nil {
+		return b.fail
+	}
+	b.batches = append(b.batches, ms)
+	return nil
+}
+
+type batchOnly struct{ b *batchInner }
+
+func (s batchOnly) Append(ctx context.Context, m *hub.Message) error { return s.b.Append(ctx, m) }
+func (s batchOnly) AppendBatch(ctx context.Context, ms []*hub.Message) error {
+	return s.b.AppendBatch(ctx, ms)
+}
+
+// The wrapper keeps an all-or-nothing batch sink one (an HTTPS batch is
+// atomic only through hub.BatchSink), with or without AppendAsync, hands
+// the batch over whole and counts each message; a failed batch counts as
+// one stream error.
+func TestSinkKeepsBatch(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		inner func(*batchInner) hub.TelemetrySink
+		async bool
+	}{
+		{"async+batch", func(b *batchInner) hub.TelemetrySink { return b }, true},
+		{"batch", func(b *batchInner) hub.TelemetrySink { return batchOnly{b} }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := metrics.New()
+			inner := &batchInner{}
+			w := m.Sink(tc.inner(inner))
+			bs, ok := w.(hub.BatchSink)
+			if !ok {
+				t.Fatal("the wrapper of a BatchSink is not one")
+			}
+			if _, ok := w.(hub.AsyncSink); ok != tc.async {
+				t.Fatalf("wrapper AsyncSink = %v, want %v", ok, tc.async)
+			}
+			ms := []*hub.Message{{Hub: "h1", Body: []byte("a")}, {Hub: "h1", Body: []byte("bc")}}
+			if err := bs.AppendBatch(context.Background(), ms); err != nil {
+				t.Fatal(err)
+			}
+			if len(inner.batches) != 1 || len(inner.batches[0]) != 2 {
+				t.Fatalf("inner got batches %v, want one of 2", inner.batches)
+			}
+			inner.fail = errors.New("refused")
+			if err := bs.AppendBatch(context.Background(), ms); err == nil {
+				t.Fatal("a failed batch returned nil")
+			}
+			text := scrape(t, m)
+			for _, want := range []string{`berth_telemetry_messages_total{hub="h1"} 2`, `berth_telemetry_bytes_total{hub="h1"} 3`} {
+				if !strings.Contains(text, want) {
+					t.Errorf("missing %s in\n%s", want, grep(text, "berth_telemetry"))
+				}
+			}
+		})
+	}
+	if _, ok := metrics.New().Sink(plainSink{}).(hub.BatchSink); ok {
+		t.Error("the wrapper of a plain sink claims to append batches")
+	}
+}
+

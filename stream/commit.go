@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -54,9 +55,9 @@ const (
 	// the back-pressure the front ends pass on to devices.
 	maxQueuedMsgs  = 4096
 	maxQueuedBytes = 64 << 20
-	// defaultPublishWait bounds a publish whose callers gave no deadline,
-	// as JetStream's PublishMsg does by default.
-	defaultPublishWait = 5 * time.Second
+	// defaultPublishWait bounds a publish, retries included, whose
+	// callers gave no deadline (see retry.go).
+	defaultPublishWait = retryBudget
 )
 
 // Batch headers, from nats-server server/stream.go (JSBatchId,
@@ -116,7 +117,7 @@ type committer struct {
 
 	// Committer goroutine only.
 	idPrefix string
-	batchNo  uint64
+	batchNo  atomic.Uint64 // any goroutine (nextBatchID)
 	minBatch int
 	maxBatch int
 	atomicOK bool
@@ -334,20 +335,25 @@ func publishWait(batch []*pending) time.Duration {
 	return max(wait, time.Millisecond)
 }
 
-// publish sends batch and answers every waiter.
+// publish sends batch and answers every waiter. A publish that finds the
+// stream unavailable is retried (retry.go) until the latest deadline among
+// its callers or the retry budget, whichever is sooner.
 func (c *committer) publish(batch []*pending) {
 	if h := c.s.testHookPublish; h != nil {
 		h(len(batch))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), publishWait(batch))
+	ctx, cancel := c.s.overall(publishWait(batch))
 	defer cancel()
 	switch {
 	case len(batch) == 1:
-		batch[0].finish(c.s.publishOne(ctx, batch[0].msg, batch[0].what))
+		p := batch[0]
+		p.finish(c.s.retrying(ctx, p.what, func(actx context.Context) error {
+			return c.s.publishOne(actx, p.msg, p.what)
+		}))
 	case !c.atomicOK || len(batch) < c.minBatch:
 		c.publishPipelined(ctx, batch)
 	default:
-		err := c.publishAtomic(ctx, batch)
+		err := c.s.publishAtomicRetrying(ctx, batch[0].what, c.nextBatchID, msgsOf(batch), c.adapt)
 		if h := c.s.testHookBatch; h != nil {
 			h(len(batch), err)
 		}
@@ -361,16 +367,67 @@ func (c *committer) publish(batch []*pending) {
 	}
 }
 
+func msgsOf(batch []*pending) []*nats.Msg {
+	msgs := make([]*nats.Msg, len(batch))
+	for i, p := range batch {
+		msgs[i] = p.msg
+	}
+	return msgs
+}
+
+// nextBatchID is a batch ID unique to this process start; safe from any
+// goroutine (AppendBatch publishes its own batches beside the committer's).
+func (c *committer) nextBatchID() string {
+	return c.idPrefix + strconv.FormatUint(c.batchNo.Add(1), 10)
+}
+
 // publishPipelined publishes a group too small for an atomic batch as
 // single messages, all sent before the first PubAck is awaited: one
 // connection, so the server stores them in order (one fsync each), and no
-// goroutine per message.
+// goroutine per message. Those that fail for a transient reason are sent
+// again within ctx (a retry may store one after a later message of the
+// same group that went through the first time).
 func (c *committer) publishPipelined(ctx context.Context, batch []*pending) {
+	pause := retryPause
+	for n := 1; ; n++ {
+		actx, cancel := context.WithTimeout(ctx, attemptWait)
+		again, errs := c.pipelineOnce(actx, batch)
+		cancel()
+		if len(again) == 0 {
+			return
+		}
+		if ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(pause):
+			}
+		}
+		if ctx.Err() != nil {
+			for i, p := range again {
+				p.finish(&unavailableError{fmt.Errorf("stream: append %s to %s: stream unavailable after %d tries: %w", p.what, c.s.cfg.StreamName, n, errs[i])})
+			}
+			return
+		}
+		pause = min(2*pause, retryPauseMax)
+		batch = again
+	}
+}
+
+// pipelineOnce is one try of publishPipelined: it answers the messages
+// stored or refused for good, and returns the others with their errors.
+func (c *committer) pipelineOnce(ctx context.Context, batch []*pending) (again []*pending, errs []error) {
 	futs := make([]jetstream.PubAckFuture, len(batch))
+	fail := func(p *pending, err error) {
+		if retryable(err) {
+			again, errs = append(again, p), append(errs, err)
+			return
+		}
+		p.finish(fmt.Errorf("stream: append %s to %s: %w", p.what, c.s.cfg.StreamName, err))
+	}
 	for i, p := range batch {
 		f, err := c.s.js.PublishMsgAsync(p.msg)
 		if err != nil {
-			p.finish(fmt.Errorf("stream: append %s to %s: %w", p.what, c.s.cfg.StreamName, err))
+			fail(p, err)
 			continue
 		}
 		futs[i] = f
@@ -388,11 +445,12 @@ func (c *committer) publishPipelined(ctx context.Context, batch []*pending) {
 				p.finish(nil)
 			}
 		case err := <-f.Err():
-			p.finish(fmt.Errorf("stream: append %s to %s: %w", p.what, c.s.cfg.StreamName, err))
+			fail(p, err)
 		case <-ctx.Done():
-			p.finish(fmt.Errorf("stream: append %s to %s: no PubAck: %w", p.what, c.s.cfg.StreamName, ctx.Err()))
+			fail(p, fmt.Errorf("no PubAck: %w", ctx.Err()))
 		}
 	}
+	return again, errs
 }
 
 // batchAck is the server's reply to a batch commit: a PubAck with the
@@ -406,34 +464,37 @@ type batchAck struct {
 	Error  *jetstream.APIError `json:"error"`
 }
 
-// publishAtomic publishes batch as one JetStream atomic batch: every message
-// carries Nats-Batch-Id and Nats-Batch-Sequence (1, 2, …); the last also
-// Nats-Batch-Commit: 1 and a reply subject. Only the commit is answered: the
-// others are sent without a reply, so any of them the server refuses (it
-// then drops the whole batch) shows up as an error on the commit. The
-// server stores all of the batch or none of it, and on a SyncAlways R1
-// stream fsyncs once, before the ack.
-func (c *committer) publishAtomic(ctx context.Context, batch []*pending) error {
-	c.batchNo++
-	id := c.idPrefix + strconv.FormatUint(c.batchNo, 10)
-	last := len(batch) - 1
-	for i, p := range batch {
-		h := p.msg.Header
+// publishAtomic publishes msgs as one JetStream atomic batch with the
+// given ID: every message carries Nats-Batch-Id and Nats-Batch-Sequence
+// (1, 2, …); the last also Nats-Batch-Commit: 1 and a reply subject. Only
+// the commit is answered: the others are sent without a reply, so any of
+// them the server refuses (it then drops the whole batch) shows up as an
+// error on the commit. The server stores all of the batch or none of it,
+// and on a SyncAlways R1 stream fsyncs once, before the ack. A refusal
+// goes to adapt (nil: none) before it is returned.
+func (s *Stream) publishAtomic(ctx context.Context, id string, msgs []*nats.Msg, adapt func(*jetstream.APIError)) error {
+	last := len(msgs) - 1
+	for i, msg := range msgs {
+		h := msg.Header
 		if h == nil { // encode always sets some; be safe anyway
 			h = nats.Header{}
-			p.msg.Header = h
+			msg.Header = h
 		}
 		h[hdrBatchID] = []string{id}
 		h[hdrBatchSeq] = []string{strconv.Itoa(i + 1)}
+		delete(h, hdrBatchCommit)
 		if i < last {
-			if err := c.s.nc.PublishMsg(p.msg); err != nil {
+			if hook := s.testHookBatchMsg; hook != nil {
+				hook(i, msg)
+			}
+			if err := s.nc.PublishMsg(msg); err != nil {
 				return err
 			}
 		}
 	}
-	commit := batch[last].msg
+	commit := msgs[last]
 	commit.Header[hdrBatchCommit] = []string{"1"}
-	resp, err := c.s.nc.RequestMsgWithContext(ctx, commit)
+	resp, err := s.nc.RequestMsgWithContext(ctx, commit)
 	if err != nil {
 		return err
 	}
@@ -442,14 +503,16 @@ func (c *committer) publishAtomic(ctx context.Context, batch []*pending) error {
 		return fmt.Errorf("batch commit: unreadable ack %q: %w", resp.Data, err)
 	}
 	if ack.Error != nil {
-		c.adapt(ack.Error)
+		if adapt != nil {
+			adapt(ack.Error)
+		}
 		return ack.Error
 	}
-	if ack.Stream != c.s.cfg.StreamName {
-		return fmt.Errorf("stored in stream %q, not %q; check SubjectPrefix", ack.Stream, c.s.cfg.StreamName)
+	if ack.Stream != s.cfg.StreamName {
+		return fmt.Errorf("stored in stream %q, not %q; check SubjectPrefix", ack.Stream, s.cfg.StreamName)
 	}
-	if ack.Batch != id || ack.Count != len(batch) {
-		return fmt.Errorf("batch commit acked batch %q with %d messages, want %q with %d", ack.Batch, ack.Count, id, len(batch))
+	if ack.Batch != id || ack.Count != len(msgs) {
+		return fmt.Errorf("batch commit acked batch %q with %d messages, want %q with %d", ack.Batch, ack.Count, id, len(msgs))
 	}
 	return nil
 }

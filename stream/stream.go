@@ -104,6 +104,10 @@ type Stream struct {
 	// batch's size and outcome.
 	testHookPublish func(n int)
 	testHookBatch   func(n int, err error)
+	// testHookBatchMsg sees message i of an atomic batch (not the commit)
+	// before it is sent; testRetryBudget, when set, replaces retryBudget.
+	testHookBatchMsg func(i int, msg *nats.Msg)
+	testRetryBudget  time.Duration
 
 	mu     sync.Mutex
 	closed bool
@@ -446,7 +450,7 @@ func (s *Stream) Append(ctx context.Context, m *hub.Message) error {
 	if s.commit != nil {
 		return s.commit.append(ctx, msg, what)
 	}
-	return s.publishOne(ctx, msg, what)
+	return s.publishRetrying(ctx, msg, what)
 }
 
 // publishOne publishes one message and waits for its PubAck.
