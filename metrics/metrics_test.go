@@ -226,4 +226,3 @@ func TestSinkKeepsBatch(t *testing.T) {
 		t.Error("the wrapper of a plain sink claims to append batches")
 	}
 }
-
