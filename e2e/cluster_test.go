@@ -152,8 +152,9 @@ func (n *clusterNode) kill9() {
 }
 
 // natsCluster starts three NATS servers with JetStream, routed to each
-// other, and returns their client URLs once JetStream answers.
-func natsCluster(t *testing.T) string {
+// other, and returns their client URLs once JetStream answers, and the
+// servers (named berth-e2e-1…3), so that a test can stop one.
+func natsCluster(t *testing.T) (string, []*natsserver.Server) {
 	t.Helper()
 	// JetStream in a cluster needs every server's routes configured from
 	// the start: pick the route ports first (the addresses are this
@@ -210,7 +211,7 @@ func natsCluster(t *testing.T) string {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if _, err := js.AccountInfo(); err == nil {
-			return all
+			return all, servers
 		} else if time.Now().After(deadline) {
 			t.Fatalf("JetStream of the NATS cluster never answered: %v", err)
 		}
@@ -326,8 +327,9 @@ func TestCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	proxy := startPGProxy(t, target.Host)
-	natsURL := natsCluster(t)
-	cfg := server.Config{StoreURL: proxy.through(t, dsn), NATSURL: natsURL}
+	natsURL, natsServers := natsCluster(t)
+	// R3: the telemetry stream survives the loss of one NATS server.
+	cfg := server.Config{StoreURL: proxy.through(t, dsn), NATSURL: natsURL, StreamReplicas: 3}
 
 	n1 := startNode(t, 1, t.TempDir(), cfg)
 	n2 := startNode(t, 2, joinDir(t, n1.berth), cfg)
@@ -664,7 +666,7 @@ func TestCluster(t *testing.T) {
 		key := n1.createHubDevice(id)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		reader, err := stream.Open(ctx, stream.Config{URL: natsURL})
+		reader, err := stream.Open(ctx, stream.Config{URL: natsURL, ReadOnly: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -719,5 +721,10 @@ func TestCluster(t *testing.T) {
 			}
 		}
 		t.Logf("%d messages acknowledged before the kill, all in the stream", len(want)-1)
+	})
+
+	t.Run("losing the NATS server that leads the stream loses nothing acknowledged", func(t *testing.T) {
+		setT(t)
+		natsLoss(t, natsURL, natsServers, []*clusterNode{n1, n3})
 	})
 }

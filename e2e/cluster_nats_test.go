@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/berth-iot/berth/stream"
+)
+
+// natsLoss is TestCluster's NATS failure (docs/operations.md#running-a-cluster):
+// devices on the live berth nodes send QoS 1 telemetry without pause while
+// the NATS server that leads the R3 telemetry stream is shut down. berth
+// must keep acknowledging (the append retries through the election, so no
+// device is dropped), and every message acknowledged before, during and
+// after must be in the stream. The longest wait for a PUBACK across the
+// loss is logged: it is what a NATS server loss costs a device.
+func natsLoss(t *testing.T, natsURL string, servers []*natsserver.Server, nodes []*clusterNode) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := js.Stream(ctx, stream.DefaultStreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci := info.CachedInfo()
+	if ci.Config.Replicas != 3 || ci.Cluster == nil || ci.Cluster.Leader == "" {
+		t.Fatalf("telemetry stream: %d replicas, cluster %+v; want R3 with a leader (--stream-replicas 3)", ci.Config.Replicas, ci.Cluster)
+	}
+	leader := slices.IndexFunc(servers, func(s *natsserver.Server) bool { return s.Name() == ci.Cluster.Leader })
+	if leader < 0 {
+		t.Fatalf("stream leader %q is none of the cluster's servers", ci.Cluster.Leader)
+	}
+
+	reader, err := stream.Open(ctx, stream.Config{URL: natsURL, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+
+	type sender struct {
+		id      string
+		d       *hubDevice
+		mu      sync.Mutex
+		acked   []string
+		ackedAt []time.Time
+		err     error
+		done    chan struct{}
+	}
+	stop := make(chan struct{})
+	var senders []*sender
+	for i, n := range nodes {
+		for j := range 2 {
+			id := fmt.Sprintf("cluster-natsloss-%d-%d-%s", i, j, randomSuffix())
+			key := n.createHubDevice(id)
+			s := &sender{id: id, d: n.hubConnect(id, key, false), done: make(chan struct{})}
+			senders = append(senders, s)
+		}
+	}
+	since := time.Now().Add(-time.Second)
+	for _, s := range senders {
+		go func() {
+			defer close(s.done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				body := fmt.Sprintf("%s/%d", s.id, i)
+				tok := s.d.c.Publish("devices/"+s.id+"/messages/events/", 1, false, body)
+				// Longer than berth's retry budget: a PUBACK that comes
+				// late is a cost to measure, not a failure.
+				if !tok.WaitTimeout(45*time.Second) || tok.Error() != nil {
+					s.mu.Lock()
+					s.err = fmt.Errorf("message %d: no PUBACK: %v", i, tok.Error())
+					s.mu.Unlock()
+					return
+				}
+				s.mu.Lock()
+				s.acked = append(s.acked, body)
+				s.ackedAt = append(s.ackedAt, time.Now())
+				s.mu.Unlock()
+			}
+		}()
+	}
+	count := func() (min int) {
+		min = 1 << 30
+		for _, s := range senders {
+			s.mu.Lock()
+			if len(s.acked) < min {
+				min = len(s.acked)
+			}
+			s.mu.Unlock()
+		}
+		return min
+	}
+	eventually(t, "every device has 20 messages acknowledged", func() bool { return count() >= 20 })
+	before := count()
+	killed := time.Now()
+	servers[leader].Shutdown()
+	t.Logf("shut down NATS server %s, the stream's leader", ci.Cluster.Leader)
+	eventually(t, "every device has 50 more messages acknowledged after the loss", func() bool {
+		return count() >= before+50
+	})
+	close(stop)
+	for _, s := range senders {
+		<-s.done
+	}
+
+	// Nothing dropped, nothing acknowledged missing.
+	var worst time.Duration
+	total := 0
+	for _, s := range senders {
+		select {
+		case err := <-s.d.lost:
+			t.Errorf("device %s was dropped: %v", s.id, err)
+		default:
+		}
+		if s.err != nil {
+			t.Errorf("device %s: %v", s.id, s.err)
+		}
+		for i := 1; i < len(s.ackedAt); i++ {
+			if s.ackedAt[i].After(killed) {
+				worst = max(worst, s.ackedAt[i].Sub(s.ackedAt[i-1]))
+			}
+		}
+		total += len(s.acked)
+	}
+	for _, s := range senders {
+		msgs, err := reader.Subscribe(ctx, stream.SubscribeOptions{DeviceID: s.id, StartTime: since})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		dups := 0
+		for _, w := range s.acked {
+			for got[w] == 0 {
+				select {
+				case m := <-msgs:
+					if got[string(m.Body)]++; got[string(m.Body)] > 1 {
+						dups++
+					}
+				case <-time.After(hubWait):
+					t.Fatalf("acknowledged message %q missing from the stream", w)
+				}
+			}
+		}
+		if dups > 0 {
+			t.Logf("device %s: %d messages stored twice (a retry after a lost ack; at-least-once)", s.id, dups)
+		}
+	}
+	t.Logf("%d devices, %d messages acknowledged, all in the stream; longest wait for a PUBACK after the loss: %v",
+		len(senders), total, worst.Round(time.Millisecond))
+}
