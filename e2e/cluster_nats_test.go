@@ -1,9 +1,17 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,7 +30,7 @@ import (
 // device is dropped), and every message acknowledged before, during and
 // after must be in the stream. The longest wait for a PUBACK across the
 // loss is logged: it is what a NATS server loss costs a device.
-func natsLoss(t *testing.T, natsURL string, servers []*natsserver.Server, nodes []*clusterNode) {
+func natsLoss(t *testing.T, natsURL string, servers []*natsProc, nodes []*clusterNode) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	nc, err := nats.Connect(natsURL)
@@ -42,7 +50,7 @@ func natsLoss(t *testing.T, natsURL string, servers []*natsserver.Server, nodes 
 	if ci.Config.Replicas != 3 || ci.Cluster == nil || ci.Cluster.Leader == "" {
 		t.Fatalf("telemetry stream: %d replicas, cluster %+v; want R3 with a leader (--stream-replicas 3)", ci.Config.Replicas, ci.Cluster)
 	}
-	leader := slices.IndexFunc(servers, func(s *natsserver.Server) bool { return s.Name() == ci.Cluster.Leader })
+	leader := slices.IndexFunc(servers, func(s *natsProc) bool { return s.name == ci.Cluster.Leader })
 	if leader < 0 {
 		t.Fatalf("stream leader %q is none of the cluster's servers", ci.Cluster.Leader)
 	}
@@ -113,8 +121,8 @@ func natsLoss(t *testing.T, natsURL string, servers []*natsserver.Server, nodes 
 	eventually(t, "every device has 20 messages acknowledged", func() bool { return count() >= 20 })
 	before := count()
 	killed := time.Now()
-	servers[leader].Shutdown()
-	t.Logf("shut down NATS server %s, the stream's leader", ci.Cluster.Leader)
+	servers[leader].kill9()
+	t.Logf("killed -9 NATS server %s, the stream's leader", ci.Cluster.Leader)
 	eventually(t, "every device has 50 more messages acknowledged after the loss", func() bool {
 		return count() >= before+50
 	})
@@ -167,4 +175,164 @@ func natsLoss(t *testing.T, natsURL string, servers []*natsserver.Server, nodes 
 	}
 	t.Logf("%d devices, %d messages acknowledged, all in the stream; longest wait for a PUBACK after the loss: %v",
 		len(senders), total, worst.Round(time.Millisecond))
+}
+
+// natsNodeEnv carries a NATS server's settings (natsNodeSpec, JSON): the
+// test binary re-executes itself as TestCluster with it set and runs that
+// server until its stdin closes.
+const natsNodeEnv = "BERTH_E2E_NATS_NODE"
+
+type natsNodeSpec struct {
+	Name, Host, StoreDir string
+	Port, ClusterPort    int
+	Routes               []string
+}
+
+func runNATSNode(spec string) {
+	var sp natsNodeSpec
+	if err := json.Unmarshal([]byte(spec), &sp); err != nil {
+		fmt.Println("FAIL", err)
+		return
+	}
+	var routes []*url.URL
+	for _, r := range sp.Routes {
+		u, err := url.Parse(r)
+		if err != nil {
+			fmt.Println("FAIL", err)
+			return
+		}
+		routes = append(routes, u)
+	}
+	ns, err := natsserver.NewServer(&natsserver.Options{
+		ServerName: sp.Name, Host: sp.Host, Port: sp.Port,
+		JetStream: true, StoreDir: sp.StoreDir, NoSigs: true, NoLog: true,
+		Cluster: natsserver.ClusterOpts{Name: "berth-e2e", Host: sp.Host, Port: sp.ClusterPort},
+		Routes:  routes,
+	})
+	if err != nil {
+		fmt.Println("FAIL", err)
+		return
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		fmt.Println("FAIL not ready")
+		return
+	}
+	fmt.Println("READY")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	ns.Shutdown()
+	ns.WaitForShutdown()
+}
+
+// natsProc is a NATS server of the cluster in a process of its own.
+type natsProc struct {
+	name  string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	done  chan struct{}
+}
+
+func (p *natsProc) kill9() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+func (p *natsProc) stop() {
+	_ = p.stdin.Close()
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		p.kill9()
+	}
+}
+
+// freePort is a port free now on ip (the addresses are this suite's own,
+// so it stays free until the server binds it).
+func freePort(t *testing.T, ip string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// natsClusterProcs is natsCluster with each server in a process of its
+// own (named berth-e2e-1…3, on .11–.13), so that a test can kill one -9.
+func natsClusterProcs(t *testing.T) (string, []*natsProc) {
+	t.Helper()
+	specs := make([]natsNodeSpec, 3)
+	var routes, urls []string
+	for i := range specs {
+		ip := clusterNet + fmt.Sprint(11+i)
+		specs[i] = natsNodeSpec{Name: fmt.Sprintf("berth-e2e-%d", i+1), Host: ip, StoreDir: t.TempDir(),
+			Port: freePort(t, ip), ClusterPort: freePort(t, ip)}
+		routes = append(routes, fmt.Sprintf("nats://%s:%d", ip, specs[i].ClusterPort))
+		urls = append(urls, fmt.Sprintf("nats://%s:%d", ip, specs[i].Port))
+	}
+	procs := make([]*natsProc, 3)
+	ready := make(chan string, 3)
+	for i, sp := range specs {
+		sp.Routes = routes
+		spec, err := json.Marshal(sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCluster$", "-test.v=false")
+		cmd.Env = append(os.Environ(), natsNodeEnv+"="+string(spec))
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		p := &natsProc{name: sp.Name, cmd: cmd, stdin: stdin, done: make(chan struct{})}
+		procs[i] = p
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				if l := sc.Text(); strings.HasPrefix(l, "READY") || strings.HasPrefix(l, "FAIL") {
+					ready <- sp.Name + " " + l
+				}
+			}
+		}()
+		go func() { _ = cmd.Wait(); close(p.done) }()
+		t.Cleanup(p.stop)
+	}
+	for range procs {
+		select {
+		case l := <-ready:
+			if !strings.HasSuffix(l, "READY") {
+				t.Fatalf("NATS server did not start: %s", l)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("NATS servers did not start within a minute")
+		}
+	}
+	all := strings.Join(urls, ",")
+	nc, err := nats.Connect(all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := nc.JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := js.AccountInfo(); err == nil {
+			return all, procs
+		} else if time.Now().After(deadline) {
+			t.Fatalf("JetStream of the NATS cluster never answered: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

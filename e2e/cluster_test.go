@@ -321,13 +321,20 @@ func TestCluster(t *testing.T) {
 		runClusterNode(spec)
 		return
 	}
+	if spec := os.Getenv(natsNodeEnv); spec != "" {
+		runNATSNode(spec)
+		return
+	}
 	dsn := sharedStore(t)
 	target, err := url.Parse(dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	proxy := startPGProxy(t, target.Host)
-	natsURL, natsServers := natsCluster(t)
+	// The NATS servers run in processes of their own, so that one can be
+	// killed -9 (a graceful shutdown hands its streams' leadership over
+	// first, which is not what a lost machine does).
+	natsURL, natsServers := natsClusterProcs(t)
 	// R3: the telemetry stream survives the loss of one NATS server.
 	cfg := server.Config{StoreURL: proxy.through(t, dsn), NATSURL: natsURL, StreamReplicas: 3}
 
