@@ -19,8 +19,6 @@ import (
 	"time"
 
 	goamqp "github.com/Azure/go-amqp"
-	natsserver "github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 
 	"github.com/berth-iot/berth/dps"
 	"github.com/berth-iot/berth/hub"
@@ -31,9 +29,11 @@ import (
 
 // The cluster suite: three berth processes on their own loopback
 // addresses, one fresh PostgreSQL schema (reached through a proxy the test
-// can cut) and a three-server NATS cluster with JetStream, run in this
-// process from the nats-server module. Real clients: paho over MQTT/TLS,
-// net/http on the service and device APIs (docs/operations.md#running-a-cluster).
+// can cut) and a three-server NATS cluster with JetStream from the
+// nats-server module, each server in a process of its own (the test binary
+// re-executed), so that one can be killed -9. Real clients: paho over
+// MQTT/TLS, net/http on the service and device APIs
+// (docs/operations.md#running-a-cluster).
 
 // clusterNodeEnv carries a node process's server.Config (JSON): the test
 // binary re-executes itself as TestCluster with it set.
@@ -149,74 +149,6 @@ func (n *clusterNode) stop() {
 func (n *clusterNode) kill9() {
 	_ = n.cmd.Process.Kill()
 	<-n.done
-}
-
-// natsCluster starts three NATS servers with JetStream, routed to each
-// other, and returns their client URLs once JetStream answers, and the
-// servers (named berth-e2e-1…3), so that a test can stop one.
-func natsCluster(t *testing.T) (string, []*natsserver.Server) {
-	t.Helper()
-	// JetStream in a cluster needs every server's routes configured from
-	// the start: pick the route ports first (the addresses are this
-	// suite's own, so a port free now stays free).
-	var routes []*url.URL
-	for i := 1; i <= 3; i++ {
-		ln, err := net.Listen("tcp", clusterNet+fmt.Sprint(10+i)+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		routes = append(routes, &url.URL{Scheme: "nats", Host: ln.Addr().String()})
-		ln.Close()
-	}
-	var urls []string
-	servers := make([]*natsserver.Server, 3)
-	for i := range 3 {
-		ip := clusterNet + fmt.Sprint(11+i)
-		_, port, _ := net.SplitHostPort(routes[i].Host)
-		var p int
-		fmt.Sscan(port, &p)
-		opts := &natsserver.Options{
-			ServerName: fmt.Sprintf("berth-e2e-%d", i+1),
-			Host:       ip, Port: -1,
-			JetStream: true, StoreDir: t.TempDir(),
-			NoSigs: true, NoLog: true,
-			Cluster: natsserver.ClusterOpts{Name: "berth-e2e", Host: ip, Port: p},
-			Routes:  routes,
-		}
-		s, err := natsserver.NewServer(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		servers[i] = s
-		go s.Start()
-		t.Cleanup(s.Shutdown)
-	}
-	for i, s := range servers {
-		if !s.ReadyForConnections(30 * time.Second) {
-			t.Fatalf("NATS server %d not ready", i+1)
-		}
-		urls = append(urls, s.ClientURL())
-	}
-	all := strings.Join(urls, ",")
-	nc, err := nats.Connect(all)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := nc.JetStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The meta leader is elected once the routes are up.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := js.AccountInfo(); err == nil {
-			return all, servers
-		} else if time.Now().After(deadline) {
-			t.Fatalf("JetStream of the NATS cluster never answered: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // pgProxy forwards TCP to PostgreSQL until cut: then it closes every
