@@ -96,4 +96,10 @@
 // `jetstream { sync_interval: always }` there (recent nats-server; 2.9 lacks
 // it) or use three replicas. Measurements and the trade-offs are in
 // docs/telemetry-stream.md.
+//
+// AppendBatch stores messages a device sent together (an HTTPS batch) as
+// one atomic batch of their own: all or none (batch.go). Every publish is
+// retried through a NATS leader election, 2 s a try and 10 s in all, and
+// then fails with an error whose Unavailable() is true, so front ends
+// answer 503 or close without PUBACK (retry.go).
 package stream
