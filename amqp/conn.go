@@ -170,6 +170,14 @@ type Conn struct {
 
 	// calls are callbacks queued while holding mu, run by the reader goroutine after unlocking.
 	calls []func()
+
+	// The reader's own state, touched by whichever goroutine reads.
+	authDeadline  time.Time
+	authTimer     *time.Timer
+	stopHeartbeat func()
+	stopShutdown  func() bool
+	deep          bool        // a frame since the last hand-off ran front-end callbacks (start)
+	done          func(error) // Start's
 }
 
 // ErrClosed is returned by operations on a connection, session or link that has ended.
@@ -181,6 +189,16 @@ var ErrClosed = errors.New("amqp: closed")
 func Serve(ctx context.Context, nc net.Conn, cfg *Config) error {
 	c := newConn(ctx, nc, cfg)
 	return c.run()
+}
+
+// Start is Serve without waiting: it runs the TLS handshake and the
+// protocol header exchange on the calling goroutine, returns, and reads
+// the connection's frames on goroutines of its own, calling done with
+// Serve's result once the connection has ended (on the calling goroutine
+// when the handshake fails). An idle connection started so holds a
+// smaller goroutine stack than one served by Serve (see start).
+func Start(ctx context.Context, nc net.Conn, cfg *Config, done func(error)) {
+	newConn(ctx, nc, cfg).start(done)
 }
 
 // Per-connection buffer sizes (newConn).
@@ -354,29 +372,65 @@ func (c *Conn) unlockAndRun() {
 	}
 }
 
-// run is the reader goroutine: handshake, then frames until the end.
-func (c *Conn) run() (err error) {
-	start := time.Now()
-	authDeadline := start.Add(c.cfg.AuthTimeout)
-	authTimer := time.AfterFunc(c.cfg.AuthTimeout, func() {
+// run is the reader: handshake, then frames until the end, all on the
+// calling goroutine (Serve).
+func (c *Conn) run() error {
+	if err := c.openRecovering(); err != nil {
+		return c.finish(err)
+	}
+	err, _ := c.readLoop(false)
+	return c.finish(err)
+}
+
+// start is Start's: the handshake on the calling goroutine, then the frames
+// on a fresh one, and a fresh one again whenever the connection goes idle
+// after frames whose handling runs deep (open, begin, attach, detach, end:
+// the front end's callbacks). A goroutine's stack stays at its high-water
+// mark while it waits in a TLS read (the runtime halves a stack only when
+// less than a quarter of it is in use, and a TLS read alone is more than a
+// quarter of 4 KiB), so a reader that did the handshake or an attach would
+// hold 8 KiB for the connection's life; a fresh one holds the runtime's
+// starting size. There is one reader goroutine at any time.
+func (c *Conn) start(done func(error)) {
+	c.done = done
+	if err := c.openRecovering(); err != nil {
+		done(c.finish(err))
+		return
+	}
+	go c.detachedLoop()
+}
+
+// detachedLoop reads frames until the connection ends, or until it hands
+// reading on to a fresh goroutine (start).
+func (c *Conn) detachedLoop() {
+	err, handedOff := c.readLoop(true)
+	if !handedOff {
+		c.done(c.finish(err))
+	}
+}
+
+// openRecovering runs open, turning a panic into the connection's end.
+func (c *Conn) openRecovering() (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("amqp: panic: %v", v)
+		}
+	}()
+	return c.open()
+}
+
+// open arms the auth deadline and runs the TLS handshake and the protocol
+// header exchange (with SASL when the peer asks for it).
+func (c *Conn) open() error {
+	c.authDeadline = time.Now().Add(c.cfg.AuthTimeout)
+	c.authTimer = time.AfterFunc(c.cfg.AuthTimeout, func() {
 		c.mu.Lock()
 		if !c.authed {
 			c.closeLocked(Errorf(ErrCondUnauthorizedAccess, "not authenticated within %s", c.cfg.AuthTimeout))
 		}
 		c.mu.Unlock()
 	})
-	var stopHeartbeat func()
-	defer func() {
-		if v := recover(); v != nil {
-			err = fmt.Errorf("amqp: panic: %v", v)
-		}
-		authTimer.Stop()
-		if stopHeartbeat != nil {
-			stopHeartbeat()
-		}
-		err = c.teardown(err)
-	}()
-	_ = c.nc.SetDeadline(authDeadline)
+	_ = c.nc.SetDeadline(c.authDeadline)
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := tc.HandshakeContext(c.ctx); err != nil {
 			return fmt.Errorf("amqp: TLS handshake: %w", err)
@@ -388,81 +442,125 @@ func (c *Conn) run() (err error) {
 	if err := c.handshake(); err != nil {
 		return err
 	}
-	stopShutdown := context.AfterFunc(c.ctx, func() {
+	c.stopShutdown = context.AfterFunc(c.ctx, func() {
 		c.Close(Errorf(ErrCondConnectionForced, "server shutting down"))
 	})
-	defer stopShutdown()
+	return nil
+}
+
+// finish stops the connection's timers and tears it down.
+func (c *Conn) finish(err error) error {
+	if c.authTimer != nil {
+		c.authTimer.Stop()
+	}
+	if c.stopHeartbeat != nil {
+		c.stopHeartbeat()
+	}
+	if c.stopShutdown != nil {
+		c.stopShutdown()
+	}
+	return c.teardown(err)
+}
+
+// readLoop handles frames until the connection ends (err says why, nil
+// for an orderly close) or, when detach is set, until it goes idle after a
+// frame whose handling may have grown this goroutine's stack: it then
+// continues on a fresh goroutine and reports handedOff. Its frame is kept
+// small, as it sits under every idle connection's wait.
+func (c *Conn) readLoop(detach bool) (err error, handedOff bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			err, handedOff = fmt.Errorf("amqp: panic: %v", v), false
+		}
+	}()
 	for {
-		c.mu.Lock()
-		closing, opened := c.closing, c.peerOpen != nil
-		c.mu.Unlock()
-		if !closing {
-			dl := time.Now().Add(c.cfg.IdleTimeout)
-			if !opened && dl.After(authDeadline) {
-				dl = authDeadline
-			}
-			_ = c.nc.SetReadDeadline(dl)
+		more, err := c.step()
+		if !more {
+			return err, false
 		}
-		max := c.cfg.MaxFrameSize
-		if !opened {
-			max = minMaxFrameSize * 128 // an open with long properties; still bounded
-		}
-		h, body, ferr := readFrame(c.br, c.hdr[:], max)
-		if ferr != nil {
-			c.mu.Lock()
-			closing := c.closing
-			var ae *Error
-			switch {
-			case closing:
-			case errors.As(ferr, &ae):
-				c.closeLocked(ae)
-			case errors.Is(ferr, os.ErrDeadlineExceeded):
-				if opened {
-					c.closeLocked(Errorf(ErrCondResourceLimitExceeded, "idle timeout: nothing received for %s", c.cfg.IdleTimeout))
-				} else {
-					c.closeLocked(Errorf(ErrCondUnauthorizedAccess, "no open within %s", c.cfg.AuthTimeout))
-				}
-			default:
-				if c.closeErr == nil && !errors.Is(ferr, io.EOF) {
-					c.closeErr = ferr
-				}
-			}
-			grace := !closing && errors.Is(ferr, os.ErrDeadlineExceeded)
-			c.mu.Unlock()
-			if grace {
-				continue // berth closed for idleness: give the peer its moment to answer close
-			}
-			if ae != nil && !closing {
-				return ae
-			}
-			return nil
-		}
-		c.mu.Lock()
-		if c.closing {
-			// Only the peer's close matters now.
-			if h.typ == frameAMQP && len(body) > 0 {
-				if p, err := decodeFrameBody(body); err == nil {
-					if _, ok := p.(*Close); ok {
-						c.mu.Unlock()
-						return nil
-					}
-				}
-			}
-			c.mu.Unlock()
-			continue
-		}
-		done := c.frameLocked(h, body)
-		if stopHeartbeat == nil && c.peerOpen != nil && c.peerOpen.IdleTimeout > 0 {
-			stopHeartbeat = c.startHeartbeat(time.Duration(c.peerOpen.IdleTimeout) * time.Millisecond)
-		}
-		if c.br.Buffered() == 0 {
-			c.flushLocked()
-		}
-		c.unlockAndRun()
-		if done {
-			return nil
+		if detach && c.deep && c.br.Buffered() == 0 {
+			c.deep = false
+			go c.detachedLoop()
+			return nil, true
 		}
 	}
+}
+
+// step reads and handles one frame; more is false when the connection is
+// over, err then saying why.
+func (c *Conn) step() (more bool, err error) {
+	c.mu.Lock()
+	closing, opened := c.closing, c.peerOpen != nil
+	c.mu.Unlock()
+	if !closing {
+		dl := time.Now().Add(c.cfg.IdleTimeout)
+		if !opened && dl.After(c.authDeadline) {
+			dl = c.authDeadline
+		}
+		_ = c.nc.SetReadDeadline(dl)
+	}
+	max := c.cfg.MaxFrameSize
+	if !opened {
+		max = minMaxFrameSize * 128 // an open with long properties; still bounded
+	}
+	h, body, ferr := readFrame(c.br, c.hdr[:], max)
+	if ferr != nil {
+		return c.readFailed(ferr, opened)
+	}
+	c.mu.Lock()
+	if c.closing {
+		// Only the peer's close matters now.
+		if h.typ == frameAMQP && len(body) > 0 {
+			if p, err := decodeFrameBody(body); err == nil {
+				if _, ok := p.(*Close); ok {
+					c.mu.Unlock()
+					return false, nil
+				}
+			}
+		}
+		c.mu.Unlock()
+		return true, nil
+	}
+	done := c.frameLocked(h, body)
+	if c.stopHeartbeat == nil && c.peerOpen != nil && c.peerOpen.IdleTimeout > 0 {
+		c.stopHeartbeat = c.startHeartbeat(time.Duration(c.peerOpen.IdleTimeout) * time.Millisecond)
+	}
+	if c.br.Buffered() == 0 {
+		c.flushLocked()
+	}
+	c.unlockAndRun()
+	return !done, nil
+}
+
+// readFailed decides what a failed frame read means: step's result.
+func (c *Conn) readFailed(ferr error, opened bool) (more bool, err error) {
+	c.mu.Lock()
+	closing := c.closing
+	var ae *Error
+	switch {
+	case closing:
+	case errors.As(ferr, &ae):
+		c.closeLocked(ae)
+	case errors.Is(ferr, os.ErrDeadlineExceeded):
+		if opened {
+			c.closeLocked(Errorf(ErrCondResourceLimitExceeded, "idle timeout: nothing received for %s", c.cfg.IdleTimeout))
+		} else {
+			c.closeLocked(Errorf(ErrCondUnauthorizedAccess, "no open within %s", c.cfg.AuthTimeout))
+		}
+	default:
+		if c.closeErr == nil && !errors.Is(ferr, io.EOF) {
+			c.closeErr = ferr
+		}
+	}
+	grace := !closing && errors.Is(ferr, os.ErrDeadlineExceeded)
+	c.mu.Unlock()
+	if grace {
+		return true, nil // berth closed for idleness: give the peer its moment to answer close
+	}
+	if ae != nil && !closing {
+		return false, ae
+	}
+	return false, nil
 }
 
 // teardown ends everything once the reader stops.
@@ -684,11 +782,17 @@ func (c *Conn) frameLocked(h frameHeader, body []byte) bool {
 			return false
 		}
 		c.openLocked(o)
+		c.deep = true
 		return false
 	}
 	if int(h.channel) >= c.cfg.MaxSessions || uint32(h.channel) > uint32(c.peerOpen.ChannelMax) {
 		c.closeLocked(Errorf(ErrCondFramingError, "channel %d beyond channel-max", h.channel))
 		return false
+	}
+	switch p.(type) {
+	case *Transfer, *Flow, *Disposition:
+	default:
+		c.deep = true // callbacks into the front end, deep (start)
 	}
 	switch p := p.(type) {
 	case *Open:

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -94,13 +95,18 @@ func TestIdleAMQPConnectionMemory(t *testing.T) {
 		runtime.ReadMemStats(m)
 	}
 	settle(&before)
+	goroutinesBefore, goroutines := runtime.NumGoroutine(), 0
 	runAMQPClients(t, addr, memDevices, func() {
 		waitFor(t, "connections", func() bool { return srv.ConnCount() == memDevices })
 		settle(&after)
+		goroutines = runtime.NumGoroutine() - goroutinesBefore
+		if p := os.Getenv("BERTH_MEMTEST_HEAPPROFILE"); p != "" {
+			writeHeapProfile(t, p)
+		}
 	})
 	heap := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / memDevices
 	stack := (int64(after.StackInuse) - int64(before.StackInuse)) / memDevices
-	t.Logf("idle AMQP device connection over TLS: %d bytes (heap %d, stack %d)", heap+stack, heap, stack)
+	t.Logf("idle AMQP device connection over TLS: %d bytes (heap %d, stack %d; %.2f goroutines)", heap+stack, heap, stack, float64(goroutines)/float64(memDevices))
 	if heap+stack <= 0 {
 		t.Errorf("no memory measured (%d bytes): the connections were not held", heap+stack)
 	}
@@ -205,5 +211,26 @@ func TestAMQPMemoryClientHelper(t *testing.T) {
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	for _, c := range conns {
 		_ = c.Close()
+	}
+}
+
+// writeHeapProfile writes the live heap's profile to path, for finding
+// what an idle connection holds: set BERTH_MEMTEST_HEAPPROFILE (the test
+// then records every allocation, runtime.MemProfileRate = 1).
+func writeHeapProfile(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func init() {
+	if os.Getenv("BERTH_MEMTEST_HEAPPROFILE") != "" {
+		runtime.MemProfileRate = 1
 	}
 }

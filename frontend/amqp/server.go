@@ -98,7 +98,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 	return acceptloop.Run(s.ctx, ln, s.log, "amqp", s.isShutdown, func(nc net.Conn) bool {
-		go s.ServeConn(nc)
+		go s.startConn(nc)
 		return true
 	})
 }
@@ -120,6 +120,25 @@ func (s *Server) ServeConn(nc net.Conn) {
 	if err != nil {
 		s.log.Debug("amqp: connection ended", "remote", nc.RemoteAddr().String(), "error", err.Error())
 	}
+}
+
+// startConn is ServeConn for a listener's connection: nothing waits for
+// it, so after the handshake it is read on goroutines of the engine's own
+// (engine.Start), which keeps an idle connection's goroutine stack small.
+func (s *Server) startConn(nc net.Conn) {
+	c := newConn(s)
+	if !s.track(c) {
+		nc.Close()
+		return
+	}
+	cfg := s.cfg.Engine
+	cfg.Handler = c
+	engine.Start(s.ctx, nc, &cfg, func(err error) {
+		defer s.untrack(c)
+		if err != nil {
+			s.log.Debug("amqp: connection ended", "remote", nc.RemoteAddr().String(), "error", err.Error())
+		}
+	})
 }
 
 // track records a connection, and counts it for Shutdown to wait for;

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -161,13 +162,18 @@ func measureIdle(t *testing.T, kind string, cfg Config, deviceCA *testcerts.Cert
 		runtime.ReadMemStats(m)
 	}
 	settle(&before)
+	goroutinesBefore, goroutines := runtime.NumGoroutine(), 0
 	runClients(t, kind, ln.Addr().String(), caPEM, env, n, func() {
 		waitFor(t, "connections", func() bool { return srv.ConnCount() == n })
 		settle(&after)
+		goroutines = runtime.NumGoroutine() - goroutinesBefore
+		if p := os.Getenv("BERTH_MEMTEST_HEAPPROFILE"); p != "" {
+			writeHeapProfile(t, p)
+		}
 	})
 	heap := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
 	stack := (int64(after.StackInuse) - int64(before.StackInuse)) / n
-	t.Logf("idle %s connection over TLS: %d bytes (heap %d, stack %d)", kind, heap+stack, heap, stack)
+	t.Logf("idle %s connection over TLS: %d bytes (heap %d, stack %d; %.2f goroutines)", kind, heap+stack, heap, stack, float64(goroutines)/float64(n))
 	if heap+stack > idleBudget {
 		t.Errorf("an idle connection costs %d bytes; the budget is %d", heap+stack, idleBudget)
 	}
@@ -336,4 +342,25 @@ func memHello(t *testing.T, kind string, i int) (hello, want []byte) {
 	}
 	t.Fatalf("unknown client kind %q", kind)
 	return nil, nil
+}
+
+// writeHeapProfile writes the live heap's profile to path, for finding
+// what an idle connection holds: set BERTH_MEMTEST_HEAPPROFILE (the test
+// then records every allocation, runtime.MemProfileRate = 1).
+func writeHeapProfile(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func init() {
+	if os.Getenv("BERTH_MEMTEST_HEAPPROFILE") != "" {
+		runtime.MemProfileRate = 1
+	}
 }
