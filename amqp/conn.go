@@ -151,7 +151,6 @@ type Conn struct {
 	cancel context.CancelFunc
 
 	mu        sync.Mutex // guards everything below; held while writing
-	wbuf      []byte
 	peerOpen  *Open
 	peerMax   uint32 // the largest frame berth may send
 	sessions  map[uint16]*Session
@@ -211,13 +210,11 @@ func newConn(ctx context.Context, nc net.Conn, cfg *Config) *Conn {
 	c := &Conn{cfg: cfg.withDefaults(), nc: nc, sessions: map[uint16]*Session{}}
 	c.h = c.cfg.Handler
 	c.ctx, c.cancel = context.WithCancel(ctx)
-	// Small buffers: an idle connection keeps both for its lifetime, and
-	// under them TLS (or a WebSocket) buffers whole records already. Reads
-	// larger than the buffer (message bodies) bypass it; the writer still
-	// gathers the small frames of one turn (dispositions, flows) into one
-	// record.
-	c.br = bufio.NewReaderSize(nc, connReadBuffer)
-	c.bw = bufio.NewWriterSize(nc, connWriteBuffer)
+	// Small buffers, borrowed while in use (see borrowReader): under them
+	// TLS (or a WebSocket) buffers whole records already. Reads larger than
+	// the buffer (message bodies) bypass it; the writer still gathers the
+	// small frames of one turn (dispositions, flows) into one record.
+	c.borrowReader()
 	c.peerMax = minMaxFrameSize
 	return c
 }
@@ -311,37 +308,78 @@ func (c *Conn) writeLocked(typ uint8, ch uint16, perf marshaler, payload []byte)
 	if c.closed {
 		return ErrClosed
 	}
+	bp := frameBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= 64<<10 { // do not keep a large message's buffer
+			frameBufs.Put(bp)
+		}
+	}()
 	var err error
-	c.wbuf, err = appendFrame(c.wbuf[:0], typ, ch, perf, payload)
+	*bp, err = appendFrame((*bp)[:0], typ, ch, perf, payload)
 	if err != nil {
 		return err
 	}
-	if uint32(len(c.wbuf)) > c.peerMax && typ == frameAMQP {
+	frame := *bp
+	if uint32(len(frame)) > c.peerMax && typ == frameAMQP {
 		if _, isClose := perf.(*Close); !isClose {
-			c.closeLocked(Errorf(ErrCondFrameSizeTooSmall, "a %T of %d bytes does not fit the peer's max-frame-size %d", perf, len(c.wbuf), c.peerMax))
+			c.closeLocked(Errorf(ErrCondFrameSizeTooSmall, "a %T of %d bytes does not fit the peer's max-frame-size %d", perf, len(frame), c.peerMax))
 			return ErrClosed
 		}
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
-	if _, err := c.bw.Write(c.wbuf); err != nil {
+	if c.bw == nil {
+		c.bw = writers.Get().(*bufio.Writer)
+		c.bw.Reset(c.nc)
+	}
+	if _, err := c.bw.Write(frame); err != nil {
 		c.brokenLocked(err)
 		return err
 	}
 	c.lastWrite = time.Now()
-	if cap(c.wbuf) > 64<<10 {
-		c.wbuf = nil // do not keep a large message's buffer for the connection's lifetime
-	}
 	return nil
+}
+
+// Buffers an idle connection does not hold: the reader's and writer's
+// bufio buffers are borrowed while bytes wait in them, a frame's encoding
+// buffer while it is written. An idle device would otherwise keep about
+// 2 KiB of them (docs/benchmarks.md, "Idle connections"). The pools are
+// caches, shared by every connection of the process.
+var (
+	readers   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, connReadBuffer) }}
+	writers   = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, connWriteBuffer) }}
+	frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+)
+
+// borrowReader gives the reader a buffer; the reader alone calls it.
+func (c *Conn) borrowReader() {
+	c.br = readers.Get().(*bufio.Reader)
+	c.br.Reset(c.nc)
+}
+
+// releaseReader returns the reader's buffer once nothing waits in it.
+func (c *Conn) releaseReader() {
+	if c.br != nil && c.br.Buffered() == 0 {
+		c.br.Reset(nil)
+		readers.Put(c.br)
+		c.br = nil
+	}
 }
 
 func (c *Conn) flushLocked() {
 	if c.closed {
 		return
 	}
+	if c.bw == nil {
+		return // nothing written since the last flush
+	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
 	if err := c.bw.Flush(); err != nil {
 		c.brokenLocked(err)
+		return
 	}
+	c.bw.Reset(nil)
+	writers.Put(c.bw)
+	c.bw = nil
 }
 
 // brokenLocked gives up on a connection whose writes fail: closing the socket ends the reader.
@@ -478,7 +516,7 @@ func (c *Conn) readLoop(detach bool) (err error, handedOff bool) {
 		if !more {
 			return err, false
 		}
-		if detach && c.deep && c.br.Buffered() == 0 {
+		if detach && c.deep && c.br == nil {
 			c.deep = false
 			go c.detachedLoop()
 			return nil, true
@@ -503,7 +541,20 @@ func (c *Conn) step() (more bool, err error) {
 	if !opened {
 		max = minMaxFrameSize * 128 // an open with long properties; still bounded
 	}
-	h, body, ferr := readFrame(c.br, c.hdr[:], max)
+	var (
+		h    frameHeader
+		body []byte
+		ferr error
+	)
+	if c.br == nil {
+		// Idle: wait for the first byte without a buffer (releaseReader).
+		if _, ferr = io.ReadFull(c.nc, c.hdr[:1]); ferr == nil {
+			c.borrowReader()
+			h, body, ferr = readFrameRest(c.br, c.hdr[:], 1, max)
+		}
+	} else {
+		h, body, ferr = readFrame(c.br, c.hdr[:], max)
+	}
 	if ferr != nil {
 		return c.readFailed(ferr, opened)
 	}
@@ -527,6 +578,7 @@ func (c *Conn) step() (more bool, err error) {
 	}
 	if c.br.Buffered() == 0 {
 		c.flushLocked()
+		c.releaseReader()
 	}
 	c.unlockAndRun()
 	return !done, nil
@@ -569,9 +621,10 @@ func (c *Conn) teardown(err error) error {
 	if c.closeErr == nil {
 		c.closeErr = err
 	}
-	if !c.closed {
+	if !c.closed && c.bw != nil {
 		_ = c.bw.Flush()
 	}
+	c.releaseReader()
 	c.closed = true
 	c.closing = true
 	_ = c.nc.Close()
@@ -675,13 +728,13 @@ func (c *Conn) writeRaw(b []byte) error {
 	if c.closing {
 		return ErrClosed
 	}
-	if _, err := c.bw.Write(b); err != nil {
+	if _, err := c.nc.Write(b); err != nil {
 		return err
 	}
 	if bytes.Equal(b, headerAMQP[:]) {
 		c.amqpPhase = true
 	}
-	return c.bw.Flush()
+	return nil
 }
 
 // maxSASLFrame bounds SASL frames; a sasl-init carries at most a SAS token or a certificate-less

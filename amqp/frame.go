@@ -43,7 +43,13 @@ func parseFrameHeader(b []byte) frameHeader {
 // the extended header). Each body gets its own buffer: decoded binaries alias it and may outlive
 // the next read. A frame error is an *Error with the condition to close the connection with.
 func readFrame(r io.Reader, hdr []byte, max uint32) (frameHeader, []byte, error) {
-	if _, err := io.ReadFull(r, hdr[:8]); err != nil {
+	return readFrameRest(r, hdr, 0, max)
+}
+
+// readFrameRest is readFrame for a frame whose first have bytes are in
+// hdr already.
+func readFrameRest(r io.Reader, hdr []byte, have int, max uint32) (frameHeader, []byte, error) {
+	if _, err := io.ReadFull(r, hdr[have:8]); err != nil {
 		return frameHeader{}, nil, err
 	}
 	h := parseFrameHeader(hdr)
