@@ -103,28 +103,19 @@ func (s *Server) Serve(ln net.Listener) error {
 	})
 }
 
-// ServeConn runs one AMQP connection on nc (TLS, or a WebSocket byte
-// stream from wsconn: AmqpWs) until it ends, and closes nc. nc's
-// ConnectionState, when it has one, gives X.509 devices their client
-// certificate.
+// ServeConn serves one AMQP connection established elsewhere (a WebSocket
+// byte stream from wsconn: AmqpWs) as Serve serves an accepted one: it runs
+// the protocol header exchange on the calling goroutine, then returns, the
+// connection going on on goroutines of its own until it ends and closes nc
+// (as frontend/mqtt's ServeConn). nc's ConnectionState, when it has one,
+// gives X.509 devices their client certificate.
 func (s *Server) ServeConn(nc net.Conn) {
-	c := newConn(s)
-	if !s.track(c) {
-		nc.Close()
-		return
-	}
-	defer s.untrack(c)
-	cfg := s.cfg.Engine
-	cfg.Handler = c
-	err := engine.Serve(s.ctx, nc, &cfg)
-	if err != nil {
-		s.log.Debug("amqp: connection ended", "remote", nc.RemoteAddr().String(), "error", err.Error())
-	}
+	s.startConn(nc)
 }
 
-// startConn is ServeConn for a listener's connection: nothing waits for
-// it, so after the handshake it is read on goroutines of the engine's own
-// (engine.Start), which keeps an idle connection's goroutine stack small.
+// startConn starts one connection: after the handshake it is read on
+// goroutines of the engine's own (engine.Start), which keeps an idle
+// connection's goroutine stack small.
 func (s *Server) startConn(nc net.Conn) {
 	c := newConn(s)
 	if !s.track(c) {
