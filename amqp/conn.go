@@ -248,7 +248,17 @@ func (c *Conn) Authenticated(identity any) {
 	c.mu.Lock()
 	c.authed = true
 	c.identity = identity
+	c.dropAuthTimerLocked()
 	c.mu.Unlock()
+}
+
+// dropAuthTimerLocked stops the auth deadline's timer and lets it go: an
+// authenticated connection does not keep it.
+func (c *Conn) dropAuthTimerLocked() {
+	if c.authTimer != nil {
+		c.authTimer.Stop()
+		c.authTimer = nil
+	}
 }
 
 // Identity is what Authenticated recorded.
@@ -461,6 +471,7 @@ func (c *Conn) openRecovering() (err error) {
 // header exchange (with SASL when the peer asks for it).
 func (c *Conn) open() error {
 	c.authDeadline = time.Now().Add(c.cfg.AuthTimeout)
+	c.mu.Lock()
 	c.authTimer = time.AfterFunc(c.cfg.AuthTimeout, func() {
 		c.mu.Lock()
 		if !c.authed {
@@ -468,6 +479,7 @@ func (c *Conn) open() error {
 		}
 		c.mu.Unlock()
 	})
+	c.mu.Unlock()
 	_ = c.nc.SetDeadline(c.authDeadline)
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := tc.HandshakeContext(c.ctx); err != nil {
@@ -488,9 +500,9 @@ func (c *Conn) open() error {
 
 // finish stops the connection's timers and tears it down.
 func (c *Conn) finish(err error) error {
-	if c.authTimer != nil {
-		c.authTimer.Stop()
-	}
+	c.mu.Lock()
+	c.dropAuthTimerLocked()
+	c.mu.Unlock()
 	if c.stopHeartbeat != nil {
 		c.stopHeartbeat()
 	}
@@ -795,6 +807,7 @@ func (c *Conn) sasl() error {
 		c.mech = init.Mechanism
 		if init.Mechanism == MechPLAIN || init.Mechanism == MechEXTERNAL {
 			c.authed = true
+			c.dropAuthTimerLocked()
 		}
 	}
 	err = c.writeLocked(frameSASL, 0, &SASLOutcome{Code: code}, nil)
