@@ -53,6 +53,16 @@ type Config struct {
 	// Mechanisms offered in sasl-mechanisms (default MSSBCBS, PLAIN, ANONYMOUS); EXTERNAL is added
 	// when the peer presented a TLS client certificate.
 	Mechanisms []Symbol
+
+	prepared bool // by Prepared: shared as it is, not copied per connection
+}
+
+// Prepared is cfg with its defaults filled in, for Start: connections
+// started with it share it instead of each holding a copy.
+func (c *Config) Prepared() *Config {
+	d := c.withDefaults()
+	d.prepared = true
+	return &d
 }
 
 // SASL mechanism names.
@@ -141,7 +151,7 @@ type SASLCredentials struct {
 
 // Conn is one AMQP connection, server side.
 type Conn struct {
-	cfg Config
+	cfg *Config // shared when Prepared
 	h   Handler
 	nc  net.Conn
 	br  *bufio.Reader
@@ -186,7 +196,7 @@ var ErrClosed = errors.New("amqp: closed")
 // why the connection ended (nil for an orderly close by the peer). A *tls.Conn (or any net.Conn
 // with a ConnectionState method) gives its client certificate to SASL EXTERNAL.
 func Serve(ctx context.Context, nc net.Conn, cfg *Config) error {
-	c := newConn(ctx, nc, cfg)
+	c := newConn(ctx, nc, cfg, cfg.Handler)
 	return c.run()
 }
 
@@ -196,8 +206,10 @@ func Serve(ctx context.Context, nc net.Conn, cfg *Config) error {
 // Serve's result once the connection has ended (on the calling goroutine
 // when the handshake fails). An idle connection started so holds a
 // smaller goroutine stack than one served by Serve (see start).
-func Start(ctx context.Context, nc net.Conn, cfg *Config, done func(error)) {
-	newConn(ctx, nc, cfg).start(done)
+// The connection's handler is h (cfg's Handler is not used), so that one
+// Prepared cfg serves every connection; cfg must not change afterwards.
+func Start(ctx context.Context, nc net.Conn, cfg *Config, h Handler, done func(error)) {
+	newConn(ctx, nc, cfg, h).start(done)
 }
 
 // Per-connection buffer sizes (newConn).
@@ -206,9 +218,12 @@ const (
 	connWriteBuffer = 1024
 )
 
-func newConn(ctx context.Context, nc net.Conn, cfg *Config) *Conn {
-	c := &Conn{cfg: cfg.withDefaults(), nc: nc, sessions: map[uint16]*Session{}}
-	c.h = c.cfg.Handler
+func newConn(ctx context.Context, nc net.Conn, cfg *Config, h Handler) *Conn {
+	if !cfg.prepared {
+		d := cfg.withDefaults()
+		cfg = &d
+	}
+	c := &Conn{cfg: cfg, h: h, nc: nc, sessions: map[uint16]*Session{}}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	// Small buffers, borrowed while in use (see borrowReader): under them
 	// TLS (or a WebSocket) buffers whole records already. Reads larger than

@@ -50,8 +50,9 @@ type Config struct {
 
 // Server is the AMQP listener. Create it with New.
 type Server struct {
-	cfg Config
-	log *slog.Logger
+	cfg    Config
+	engine *engine.Config // cfg.Engine, Prepared: shared by every connection
+	log    *slog.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -76,7 +77,7 @@ func New(cfg Config) *Server {
 		cfg.Hub = &h
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
+	return &Server{cfg: cfg, engine: cfg.Engine.Prepared(), log: cfg.Logger, ctx: ctx, cancel: cancel,
 		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}}
 }
 
@@ -122,9 +123,7 @@ func (s *Server) startConn(nc net.Conn) {
 		nc.Close()
 		return
 	}
-	cfg := s.cfg.Engine
-	cfg.Handler = c
-	engine.Start(s.ctx, nc, &cfg, func(err error) {
+	engine.Start(s.ctx, nc, s.engine, c, func(err error) {
 		defer s.untrack(c)
 		if err != nil {
 			s.log.Debug("amqp: connection ended", "remote", nc.RemoteAddr().String(), "error", err.Error())
