@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,6 +19,7 @@ import (
 	goamqp "github.com/Azure/go-amqp"
 
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/internal/heapprofile"
 	"github.com/berth-iot/berth/internal/testcerts"
 	"github.com/berth-iot/berth/store/memstore"
 )
@@ -101,9 +101,7 @@ func TestIdleAMQPConnectionMemory(t *testing.T) {
 		waitFor(t, "connections", func() bool { return srv.ConnCount() == memDevices })
 		settle(&after)
 		goroutines = runtime.NumGoroutine() - goroutinesBefore
-		if p := os.Getenv("BERTH_MEMTEST_HEAPPROFILE"); p != "" {
-			writeHeapProfile(t, p)
-		}
+		heapprofile.Write(t)
 	})
 	heap := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / memDevices
 	stack := (int64(after.StackInuse) - int64(before.StackInuse)) / memDevices
@@ -212,26 +210,5 @@ func TestAMQPMemoryClientHelper(t *testing.T) {
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	for _, c := range conns {
 		_ = c.Close()
-	}
-}
-
-// writeHeapProfile writes the live heap's profile to path, for finding
-// what an idle connection holds: set BERTH_MEMTEST_HEAPPROFILE (the test
-// then records every allocation, runtime.MemProfileRate = 1).
-func writeHeapProfile(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func init() {
-	if os.Getenv("BERTH_MEMTEST_HEAPPROFILE") != "" {
-		runtime.MemProfileRate = 1
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,6 +23,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/internal/heapprofile"
 	"github.com/berth-iot/berth/internal/testcerts"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/store/memstore"
@@ -167,9 +167,7 @@ func measureIdle(t *testing.T, kind string, cfg Config, deviceCA *testcerts.Cert
 		waitFor(t, "connections", func() bool { return srv.ConnCount() == n })
 		settle(&after)
 		goroutines = runtime.NumGoroutine() - goroutinesBefore
-		if p := os.Getenv("BERTH_MEMTEST_HEAPPROFILE"); p != "" {
-			writeHeapProfile(t, p)
-		}
+		heapprofile.Write(t)
 	})
 	heap := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
 	stack := (int64(after.StackInuse) - int64(before.StackInuse)) / n
@@ -342,25 +340,4 @@ func memHello(t *testing.T, kind string, i int) (hello, want []byte) {
 	}
 	t.Fatalf("unknown client kind %q", kind)
 	return nil, nil
-}
-
-// writeHeapProfile writes the live heap's profile to path, for finding
-// what an idle connection holds: set BERTH_MEMTEST_HEAPPROFILE (the test
-// then records every allocation, runtime.MemProfileRate = 1).
-func writeHeapProfile(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func init() {
-	if os.Getenv("BERTH_MEMTEST_HEAPPROFILE") != "" {
-		runtime.MemProfileRate = 1
-	}
 }
