@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	engine "github.com/berth-iot/berth/amqp"
@@ -57,11 +56,7 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu        sync.Mutex
-	shutdown  bool
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	wg        sync.WaitGroup
+	conns acceptloop.Tracker[*conn] // listeners and connections
 }
 
 // New returns a Server.
@@ -77,28 +72,14 @@ func New(cfg Config) *Server {
 		cfg.Hub = &h
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{cfg: cfg, engine: cfg.Engine.Prepared(), log: cfg.Logger, ctx: ctx, cancel: cancel,
-		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}}
+	return &Server{cfg: cfg, engine: cfg.Engine.Prepared(), log: cfg.Logger, ctx: ctx, cancel: cancel}
 }
 
 // Serve accepts connections on ln (a TLS listener: the handshake runs in
 // the connection's goroutine, under the engine's authentication deadline)
 // until ln fails or Shutdown is called; it returns nil after Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.shutdown {
-		s.mu.Unlock()
-		ln.Close()
-		return nil
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-	}()
-	return acceptloop.Run(s.ctx, ln, s.log, "amqp", s.isShutdown, func(nc net.Conn) bool {
+	return s.conns.Serve(s.ctx, ln, s.log, "amqp", func(nc net.Conn) bool {
 		go s.startConn(nc)
 		return true
 	})
@@ -119,65 +100,27 @@ func (s *Server) ServeConn(nc net.Conn) {
 // connection's goroutine stack small.
 func (s *Server) startConn(nc net.Conn) {
 	c := newConn(s)
-	if !s.track(c) {
+	if !s.conns.Track(c) {
 		nc.Close()
 		return
 	}
 	engine.Start(s.ctx, nc, s.engine, c, func(err error) {
-		defer s.untrack(c)
+		defer s.conns.Untrack(c)
 		if err != nil {
 			s.log.Debug("amqp: connection ended", "remote", nc.RemoteAddr().String(), "error", err.Error())
 		}
 	})
 }
 
-// track records a connection, and counts it for Shutdown to wait for;
-// after Shutdown began it refuses.
-func (s *Server) track(c *conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shutdown {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	s.wg.Add(1)
-	return true
-}
-
-func (s *Server) untrack(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	s.wg.Done()
-}
-
-func (s *Server) isShutdown() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.shutdown
-}
-
 // Shutdown closes the listeners and every connection (amqp:connection:forced)
 // and waits for them, or for ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.shutdown = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	s.mu.Unlock()
+	s.conns.Shutdown()
 	s.cancel()
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("amqp: shutdown: %w", ctx.Err())
+	if err := s.conns.Wait(ctx); err != nil {
+		return fmt.Errorf("amqp: shutdown: %w", err)
 	}
+	return nil
 }
 
 // RecheckServiceGrants checks every connection's service grants of
@@ -185,22 +128,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // policies change (here, or on another node), so that a renewed or
 // deleted key ends the service links authorised with it.
 func (s *Server) RecheckServiceGrants(hubName string) {
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range s.conns.Conns() {
 		c.recheckService(hubName)
 	}
 }
 
 // ConnCount is the number of open connections.
 func (s *Server) ConnCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
+	return s.conns.Len()
 }
 
 // servedHub resolves a host name to the hub's name as berth knows it and

@@ -163,7 +163,7 @@ func (c *conn) finish() {
 		c.sess.close(c.clean)
 	}
 	c.dropReader()
-	c.srv.untrack(c)
+	c.srv.conns.Untrack(c)
 }
 
 func (c *conn) notePanic(v any) {

@@ -391,14 +391,10 @@ func FuzzConnection(f *testing.F) {
 		_, _ = client.Write(data)
 		client.Close()
 		<-drained
-		ended := make(chan struct{})
-		go func() {
-			srv.wg.Wait()
-			close(ended)
-		}()
-		select {
-		case <-ended:
-		case <-time.After(5 * time.Second):
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := srv.conns.Wait(ctx)
+		cancel()
+		if err != nil {
 			t.Fatalf("connection handler still running 5s after the client closed (input %q)", data)
 		}
 		if n := srv.panics.Load(); n != 0 {
@@ -447,7 +443,7 @@ func TestHubFuzzSeedsReachTelemetry(t *testing.T) {
 			case <-time.After(3 * time.Second):
 			}
 			client.Close()
-			srv.wg.Wait()
+			_ = srv.conns.Wait(context.Background())
 			if n := sink.n.Load(); n != tt.want {
 				t.Errorf("%d appends; want %d", n, tt.want)
 			}

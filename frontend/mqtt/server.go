@@ -81,11 +81,7 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu        sync.Mutex
-	shutdown  bool
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	wg        sync.WaitGroup // connection goroutines
+	conns acceptloop.Tracker[*conn] // listeners and connection goroutines
 
 	// readers and writeBufs are borrowed per packet so that an idle
 	// connection holds no I/O buffer of its own.
@@ -125,13 +121,11 @@ func New(cfg Config, d DPS) *Server {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg:       cfg,
-		dps:       d,
-		log:       cfg.Logger,
-		ctx:       ctx,
-		cancel:    cancel,
-		listeners: map[net.Listener]struct{}{},
-		conns:     map[*conn]struct{}{},
+		cfg:    cfg,
+		dps:    d,
+		log:    cfg.Logger,
+		ctx:    ctx,
+		cancel: cancel,
 	}
 	var ping bytes.Buffer
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}
@@ -148,20 +142,7 @@ func New(cfg Config, d DPS) *Server {
 // handshake runs in the connection's goroutine, under ConnectTimeout. Serve
 // returns nil after Shutdown, and the accept error otherwise.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.shutdown {
-		s.mu.Unlock()
-		ln.Close()
-		return nil
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-	}()
-	return acceptloop.Run(s.ctx, ln, s.log, "mqtt", s.isShutdown, s.serveConn)
+	return s.conns.Serve(s.ctx, ln, s.log, "mqtt", s.serveConn)
 }
 
 // ServeConn serves one connection established elsewhere — MQTT over a
@@ -177,7 +158,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 // false, having closed nc, once Shutdown has begun.
 func (s *Server) serveConn(nc net.Conn) bool {
 	c := newConn(s, nc)
-	if !s.track(c) {
+	if !s.conns.Track(c) {
 		nc.Close()
 		return false
 	}
@@ -185,69 +166,24 @@ func (s *Server) serveConn(nc net.Conn) bool {
 	return true
 }
 
-// track registers a new connection; it reports false once Shutdown began,
-// so that no goroutine is started after Shutdown waits for them.
-func (s *Server) track(c *conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shutdown {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	s.wg.Add(1)
-	return true
-}
-
-func (s *Server) untrack(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	s.wg.Done()
-}
-
-func (s *Server) isShutdown() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.shutdown
-}
-
 // Shutdown stops accepting, cancels the domain calls in flight, closes
 // every connection and waits for their goroutines, or for ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.shutdown = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-
+	conns := s.conns.Shutdown()
 	s.cancel()
 	for _, c := range conns {
 		c.close(true)
 	}
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("mqtt: shutdown: %w", ctx.Err())
+	if err := s.conns.Wait(ctx); err != nil {
+		return fmt.Errorf("mqtt: shutdown: %w", err)
 	}
+	return nil
 }
 
 // ConnCount is the number of open connections, whether or not they have
 // completed CONNECT.
 func (s *Server) ConnCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
+	return s.conns.Len()
 }
 
 func (s *Server) getWriteBuf() *bytes.Buffer {
