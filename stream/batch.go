@@ -41,7 +41,7 @@ func (s *Stream) AppendBatch(ctx context.Context, ms []*hub.Message) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("stream: append batch: %w", err)
 	}
-	if s.commit == nil || len(ms) == 1 {
+	if !s.atomic || len(ms) == 1 {
 		for i, m := range ms {
 			if err := s.Append(ctx, m); err != nil {
 				return fmt.Errorf("stream: append message %d of %d: %w", i+1, len(ms), err)
@@ -64,7 +64,7 @@ func (s *Stream) AppendBatch(ctx context.Context, ms []*hub.Message) error {
 	what := ms[0].Hub + "/" + ms[0].DeviceID
 	octx, cancel := context.WithTimeout(ctx, s.retryBudgetOf())
 	defer cancel()
-	err := s.publishAtomicRetrying(octx, what, s.commit.nextBatchID, msgs, nil)
+	err := s.synced(s.publishAtomicRetrying(octx, what, s.commit.nextBatchID, msgs, nil), what)
 	if h := s.testHookBatch; h != nil {
 		h(len(msgs), err)
 	}

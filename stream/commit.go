@@ -88,6 +88,9 @@ type pending struct {
 	done chan error // buffered: the committer never blocks on a waiter
 	// cb, when set, replaces done: an AppendAsync caller's callback.
 	cb func(error)
+	// stored is set by the committer when the server acknowledged the
+	// message and it waits for berth's fsync (blockSyncer).
+	stored bool
 }
 
 // finish hands the outcome to the waiter or the callback.
@@ -121,6 +124,13 @@ type committer struct {
 	minBatch int
 	maxBatch int
 	atomicOK bool
+
+	// syncq, when berth syncs the embedded stream itself (Stream.blocks),
+	// takes each published group to syncLoop, which fsyncs and answers it
+	// while run publishes the next group: the disk's fsync of one group
+	// overlaps the server's storing of the next. Groups stay in order.
+	syncq    chan []*pending
+	syncDone chan struct{}
 }
 
 func newCommitter(s *Stream) *committer {
@@ -143,6 +153,11 @@ func newCommitter(s *Stream) *committer {
 	}
 	if s.cfg.Replicas == 1 {
 		c.minBatch = minAtomicR1
+	}
+	if s.blocks != nil {
+		c.syncq = make(chan []*pending, syncQueued)
+		c.syncDone = make(chan struct{})
+		go c.syncLoop()
 	}
 	go c.run()
 	return c
@@ -264,6 +279,12 @@ func (c *committer) close() {
 
 func (c *committer) run() {
 	defer close(c.stopped)
+	if c.syncq != nil {
+		defer func() {
+			close(c.syncq)
+			<-c.syncDone
+		}()
+	}
 	for {
 		batch, expired, closing := c.take()
 		for _, p := range expired {
@@ -276,12 +297,95 @@ func (c *committer) run() {
 			<-c.wake
 			continue
 		}
-		c.publish(batch)
-		c.mu.Lock()
-		for _, p := range batch {
-			c.releaseLocked(p)
+		if c.syncq != nil {
+			c.publishUnsynced(batch)
+			c.syncq <- batch // syncLoop answers and releases it
+			continue
 		}
-		c.mu.Unlock()
+		c.publish(batch)
+		c.release(batch)
+	}
+}
+
+func (c *committer) release(batch []*pending) {
+	c.mu.Lock()
+	for _, p := range batch {
+		c.releaseLocked(p)
+	}
+	c.mu.Unlock()
+}
+
+// syncQueued is how many published groups may wait for syncLoop. It only
+// bounds how far publishing runs ahead of the disk: one fsync covers every
+// group waiting, and messages in them count against the queue's bounds
+// until they are answered.
+const syncQueued = 8
+
+// publishUnsynced publishes a group to the embedded stream without an
+// atomic batch: all its messages go out before the first PubAck is awaited
+// (so the server stores them in order), the server writes each to the OS
+// and acknowledges it, and the group then waits for syncLoop's fsync.
+// Messages the server refused are answered here; the stored ones are
+// marked for syncLoop.
+func (c *committer) publishUnsynced(batch []*pending) {
+	if h := c.s.testHookPublish; h != nil {
+		h(len(batch))
+	}
+	ctx, cancel := c.s.overall(publishWait(batch))
+	defer cancel()
+	c.publishPipelined(ctx, batch)
+}
+
+// syncLoop fsyncs the stream's blocks for the groups run has published,
+// in order, as many at once as are waiting, then answers their stored
+// messages (nil, or the sync's error) and releases their room in the
+// queue.
+func (c *committer) syncLoop() {
+	defer close(c.syncDone)
+	for group := range c.syncq {
+		groups := [][]*pending{group}
+	more:
+		for {
+			select {
+			case g, ok := <-c.syncq:
+				if !ok {
+					break more
+				}
+				groups = append(groups, g)
+			default:
+				break more
+			}
+		}
+		stored := 0
+		for _, g := range groups {
+			for _, p := range g {
+				if p.stored {
+					stored++
+				}
+			}
+		}
+		var err error
+		if stored > 0 {
+			err = c.s.blocks.sync()
+		}
+		for _, g := range groups {
+			n := 0
+			for _, p := range g {
+				if !p.stored {
+					continue
+				}
+				n++
+				if err != nil {
+					p.finish(fmt.Errorf("stream: append %s to %s: %w", p.what, c.s.cfg.StreamName, err))
+				} else {
+					p.finish(nil)
+				}
+			}
+			if h := c.s.testHookBatch; h != nil && n > 0 {
+				h(n, err)
+			}
+			c.release(g)
+		}
 	}
 }
 
@@ -439,9 +543,12 @@ func (c *committer) pipelineOnce(ctx context.Context, batch []*pending) (again [
 		p := batch[i]
 		select {
 		case ack := <-f.Ok():
-			if ack.Stream != c.s.cfg.StreamName {
+			switch {
+			case ack.Stream != c.s.cfg.StreamName:
 				p.finish(fmt.Errorf("stream: append %s: stored in stream %q, not %q; check SubjectPrefix", p.what, ack.Stream, c.s.cfg.StreamName))
-			} else {
+			case c.syncq != nil:
+				p.stored = true // answered after the fsync, by syncLoop
+			default:
 				p.finish(nil)
 			}
 		case err := <-f.Err():
@@ -561,10 +668,23 @@ func (s *Stream) AppendAsync(ctx context.Context, m *hub.Message, done func(erro
 		// No group commit: a publish of its own, as Append does. Order
 		// among one caller's messages is then not kept; this path serves
 		// servers without atomic batches.
-		go func() { done(s.publishOne(ctx, msg, what)) }()
+		go func() { done(s.synced(s.publishOne(ctx, msg, what), what)) }()
 		return
 	}
 	s.commit.appendAsync(ctx, msg, what, done)
 }
 
 var _ hub.AsyncSink = (*Stream)(nil)
+
+// synced is err, or, when err is nil and berth syncs the embedded stream
+// itself (blocks), the outcome of that sync: what was acknowledged is
+// durable only after it.
+func (s *Stream) synced(err error, what string) error {
+	if err != nil || s.blocks == nil {
+		return err
+	}
+	if err := s.blocks.sync(); err != nil {
+		return fmt.Errorf("stream: append %s to %s: %w", what, s.cfg.StreamName, err)
+	}
+	return nil
+}

@@ -229,7 +229,9 @@ func queueN(t *testing.T, s *Stream, n, bad int, body []byte) <-chan error {
 // batch it stores none of them, and every waiter of the batch gets the
 // error.
 func TestGroupCommitBatchFailure(t *testing.T) {
-	s := openT(t, embeddedConfig(t))
+	cfg := embeddedConfig(t)
+	cfg.serverSync = true // the atomic batch path, as on an external server
+	s := openT(t, cfg)
 	ctx := context.Background()
 	info, err := s.js.Stream(ctx, s.cfg.StreamName)
 	if err != nil {
@@ -278,11 +280,70 @@ func TestGroupCommitBatchFailure(t *testing.T) {
 	appendT(t, s, seqMessage("b", 0))
 }
 
+// TestGroupCommitRefusedAlone: on the embedded stream, where berth syncs
+// itself and groups are not atomic batches, a message the server refuses
+// fails alone; the rest of its group is stored, synced and acknowledged.
+func TestGroupCommitRefusedAlone(t *testing.T) {
+	s := openT(t, embeddedConfig(t))
+	if s.blocks == nil {
+		t.Fatal("embedded stream without berth's own sync")
+	}
+	ctx := context.Background()
+	info, err := s.js.Stream(ctx, s.cfg.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := info.CachedInfo().Config
+	sc.MaxMsgSize = 4096
+	if _, err := s.js.UpdateStream(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	var groups atomic.Int64
+	s.testHookBatch = func(n int, err error) {
+		if err != nil {
+			t.Errorf("group of %d: %v", n, err)
+		}
+		groups.Add(1)
+	}
+	g := holdCommitter(s)
+	defer g.open()
+	first := make(chan error, 1)
+	go func() { first <- s.Append(ctx, seqMessage("a", 0)) }()
+	<-g.held
+
+	const n = 2 * minAtomicR1
+	errs := queueN(t, s, n, n/2, make([]byte, 8192))
+	g.open()
+	if err := <-first; err != nil {
+		t.Fatalf("first Append: %v", err)
+	}
+	failed := 0
+	for range n {
+		if err := <-errs; err != nil {
+			if !strings.Contains(err.Error(), "q-16") {
+				t.Errorf("error %v is not the large message's", err)
+			}
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d Appends failed, want 1 (the large message)", failed)
+	}
+	if got := storedMsgs(t, s); got != n {
+		t.Fatalf("stream holds %d messages, want %d", got, n)
+	}
+	if groups.Load() < 2 {
+		t.Fatalf("%d groups synced, want at least 2", groups.Load())
+	}
+}
+
 // TestGroupCommitAtomicDisabledLater: if something turns allow_atomic off
 // after Open (an older berth sharing the stream), the batch in flight fails
 // and later messages go out one per publish.
 func TestGroupCommitAtomicDisabledLater(t *testing.T) {
-	s := openT(t, embeddedConfig(t))
+	cfg := embeddedConfig(t)
+	cfg.serverSync = true // the atomic batch path, as on an external server
+	s := openT(t, cfg)
 	ctx := context.Background()
 	info, err := s.js.Stream(ctx, s.cfg.StreamName)
 	if err != nil {
@@ -326,6 +387,7 @@ func TestGroupCommitAtomicDisabledLater(t *testing.T) {
 func TestAppendWithoutAtomicBatches(t *testing.T) {
 	cfg := embeddedConfig(t)
 	cfg.noAtomic = true
+	cfg.serverSync = true // berth's own sync always has a committer
 	s := openT(t, cfg)
 	if s.commit != nil {
 		t.Fatal("group commit enabled despite noAtomic")

@@ -38,9 +38,25 @@ func syncAck(i int) string { return fmt.Sprintf("[ack %d]", i) }
 // which TestSurvivesKill cannot see.
 func TestAckedIsSynced(t *testing.T) {
 	if dir := os.Getenv("BERTH_STREAM_SYNC_CHILD_DIR"); dir != "" {
-		syncChild(dir)
+		syncChild(dir, 0, 0)
 		return
 	}
+	checkAckedIsSynced(t, "TestAckedIsSynced")
+}
+
+// TestAckedIsSyncedAcrossBlocks is TestAckedIsSynced with 32 KB message
+// blocks (a small MaxBytes makes the server choose them) and 1 KiB bodies,
+// so the messages fill several blocks: berth's own sync (blocksync.go) must
+// follow the stream from one block file to the next.
+func TestAckedIsSyncedAcrossBlocks(t *testing.T) {
+	if dir := os.Getenv("BERTH_STREAM_SYNC_CHILD_DIR"); dir != "" {
+		syncChild(dir, 120_000, 1024)
+		return
+	}
+	checkAckedIsSynced(t, "TestAckedIsSyncedAcrossBlocks")
+}
+
+func checkAckedIsSynced(t *testing.T, name string) {
 	if testing.Short() {
 		t.Skip("spawns a child process under strace")
 	}
@@ -49,7 +65,7 @@ func TestAckedIsSynced(t *testing.T) {
 	}
 	dir := t.TempDir()
 	traceFile := filepath.Join(t.TempDir(), "strace.out")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestAckedIsSynced$")
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$")
 	cmd.Env = append(os.Environ(), "BERTH_STREAM_SYNC_CHILD_DIR="+dir)
 	if err := synctrace.Wrap(cmd, traceFile); err != nil {
 		t.Fatal(err)
@@ -86,16 +102,17 @@ func TestAckedIsSynced(t *testing.T) {
 
 // syncChild appends to an embedded stream in dir and writes syncAck(i) to
 // stdout as each append is acknowledged, first one at a time, then from
-// several goroutines at once.
-func syncChild(dir string) {
+// several goroutines at once. maxBytes sets the stream's limit (and so its
+// block size), pad adds bytes after each message's marker.
+func syncChild(dir string, maxBytes int64, pad int) {
 	ctx := context.Background()
-	s, err := Open(ctx, Config{StoreDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s, err := Open(ctx, Config{StoreDir: dir, MaxBytes: maxBytes, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "open:", err)
 		os.Exit(1)
 	}
 	send := func(i int) {
-		if err := s.Append(ctx, &hub.Message{Hub: "h", DeviceID: "d", Body: []byte(syncMarker(i))}); err != nil {
+		if err := s.Append(ctx, &hub.Message{Hub: "h", DeviceID: "d", Body: append([]byte(syncMarker(i)), make([]byte, pad)...)}); err != nil {
 			fmt.Fprintln(os.Stderr, "append:", err)
 			os.Exit(1)
 		}

@@ -138,9 +138,9 @@ func (s *Stream) overall(wait time.Duration) (context.Context, context.CancelFun
 func (s *Stream) publishRetrying(ctx context.Context, msg *nats.Msg, what string) error {
 	octx, cancel := context.WithTimeout(ctx, s.retryBudgetOf())
 	defer cancel()
-	return s.retrying(octx, what, func(actx context.Context) error {
+	return s.synced(s.retrying(octx, what, func(actx context.Context) error {
 		return s.publishOne(actx, msg, what)
-	})
+	}), what)
 }
 
 // publishAtomicRetrying is publishAtomic with retries, each try a new batch

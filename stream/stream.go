@@ -75,6 +75,10 @@ type Config struct {
 	// lacked atomic batches, so tests cover that path on the embedded
 	// server.
 	noAtomic bool
+	// serverSync runs the embedded server with SyncAlways and group
+	// commit with atomic batches, as berth did before blockSyncer, so
+	// the benchmarks can compare the two.
+	serverSync bool
 }
 
 // SubscribeOptions selects the messages Subscribe delivers.
@@ -98,6 +102,13 @@ type Stream struct {
 	// server or stream cannot take them (then each Append publishes on its
 	// own, as before group commit) and for ReadOnly streams.
 	commit *committer
+	// blocks, for the embedded server, fsyncs the stream's message blocks
+	// after each group of PubAcks (blocksync.go); nil when the server
+	// syncs itself (an external server, or the embedded one with
+	// SyncAlways).
+	blocks *blockSyncer
+	// atomic: the stream takes atomic batches (AppendBatch).
+	atomic bool
 	// Test hooks, set before the first Append: testHookPublish runs in the
 	// committer before it publishes a group of n messages (a test can hold
 	// it there to let Appends queue up); testHookBatch sees every atomic
@@ -216,8 +227,11 @@ func open(ctx context.Context, cfg Config, syncAlways bool) (*Stream, error) {
 		}),
 	}
 	var err error
+	// The embedded server acknowledges from the page cache and berth
+	// fsyncs (blockSyncer) before it answers anyone.
+	ownSync := cfg.URL == "" && syncAlways && !cfg.serverSync && !cfg.ReadOnly
 	if cfg.URL == "" {
-		if s.ns, err = startEmbedded(ctx, cfg, syncAlways); err != nil {
+		if s.ns, err = startEmbedded(ctx, cfg, syncAlways && !ownSync); err != nil {
 			return nil, err
 		}
 		opts = append(opts, nats.InProcessServer(s.ns))
@@ -262,10 +276,18 @@ func open(ctx context.Context, cfg Config, syncAlways bool) (*Stream, error) {
 		s.shutdownServer()
 		return nil, err
 	}
-	if atomic {
+	if ownSync {
+		if s.blocks, err = newBlockSyncer(s.ns.StoreDir(), s.ns.GlobalAccount().Name, cfg.StreamName); err != nil {
+			s.nc.Close()
+			s.shutdownServer()
+			return nil, err
+		}
+	}
+	s.atomic = atomic
+	if atomic || s.blocks != nil {
 		s.commit = newCommitter(s)
 	}
-	s.log.Debug("telemetry stream open", "where", s.where(), "subjects", cfg.SubjectPrefix+".>", "groupCommit", atomic)
+	s.log.Debug("telemetry stream open", "where", s.where(), "subjects", cfg.SubjectPrefix+".>", "groupCommit", s.commit != nil, "berthSync", s.blocks != nil)
 	return s, nil
 }
 
