@@ -125,6 +125,9 @@ func Spawn(ctx context.Context, exe string) (*Spawned, error) {
 	// enough to be stopped with SIGTERM by Close, like any berth.
 	cmd := exec.Command(exe, "serve", "--data-dir", dir, "--host", host,
 		"--mqtt-addr", net.JoinHostPort(host, "0"), "--https-addr", net.JoinHostPort(host, "0"), "--amqp-addr", net.JoinHostPort(host, "0"),
+		// Not the default 127.0.0.1:8443, which another berth on the
+		// machine may hold.
+		"--admin-addr", net.JoinHostPort(host, "0"),
 		"--stream-listen", "none", "--log-level", "error")
 	// The child's settings come from these flags alone.
 	cmd.Env = filterEnv(os.Environ(), "BERTH_")
