@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,6 +38,19 @@ func reportRate(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
+// cpuClock reads the process's user + system CPU time (getrusage).
+func cpuClock() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports the CPU per message since start (server and callers
+// together), which a shared machine disturbs less than the rate.
+func reportCPU(b *testing.B, start time.Duration) {
+	b.ReportMetric(float64(cpuClock()-start)/1e3/float64(b.N), "cpu-µs/op")
+}
+
 // runAppend measures Append serially and from 8 and 64 concurrent
 // producers (whatever -cpu says). The parallel runs show whether concurrent
 // acknowledged writes share fsyncs: with group commit (commit.go) they do.
@@ -46,6 +60,8 @@ func runAppend(b *testing.B, s *Stream) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	b.Run("serial", func(b *testing.B) {
+		cpu0 := cpuClock()
+		defer func() { reportCPU(b, cpu0) }()
 		m := benchMessage()
 		b.SetBytes(int64(len(m.Body)))
 		b.ResetTimer()
@@ -58,6 +74,8 @@ func runAppend(b *testing.B, s *Stream) {
 	})
 	for _, producers := range []int{8, 64} {
 		b.Run(fmt.Sprintf("producers-%d", producers), func(b *testing.B) {
+			cpu0 := cpuClock()
+			defer func() { reportCPU(b, cpu0) }()
 			// SetParallelism multiplies GOMAXPROCS.
 			procs := runtime.GOMAXPROCS(0)
 			b.SetParallelism((producers + procs - 1) / procs)
@@ -79,6 +97,8 @@ func runAppend(b *testing.B, s *Stream) {
 	// per group commit than there are producers.
 	for _, pc := range []struct{ producers, inflight int }{{8, 8}, {64, 8}} {
 		b.Run(fmt.Sprintf("async-%dx%d", pc.producers, pc.inflight), func(b *testing.B) {
+			cpu0 := cpuClock()
+			defer func() { reportCPU(b, cpu0) }()
 			procs := runtime.GOMAXPROCS(0)
 			b.SetParallelism((pc.producers + procs - 1) / procs)
 			b.SetBytes(1024)
@@ -106,18 +126,22 @@ func runAppend(b *testing.B, s *Stream) {
 
 func BenchmarkAppendEmbedded(b *testing.B) {
 	for _, mode := range []struct {
-		name             string
-		sync, perMessage bool
+		name                         string
+		sync, perMessage, serverSync bool
 	}{
-		{"SyncAlways", true, false}, // production: group commit
+		{"SyncAlways", true, false, false}, // production: group commit, berth's fsync per group (blocksync.go)
+		// Group commit as before blocksync.go: the server's SyncAlways,
+		// groups of 16 or more as atomic batches.
+		{"SyncAlways-AtomicBatch", true, false, true},
 		// The per-message publish Open falls back to without atomic
 		// batches, i.e. Append before group commit.
-		{"SyncAlways-PerMessage", true, true},
-		{"NoSync", false, false}, // what SyncAlways costs; not a production mode
+		{"SyncAlways-PerMessage", true, true, true},
+		{"NoSync", false, false, false}, // what SyncAlways costs; not a production mode
 	} {
 		b.Run(mode.name, func(b *testing.B) {
 			cfg := embeddedConfig(b)
 			cfg.noAtomic = mode.perMessage
+			cfg.serverSync = mode.serverSync
 			s, err := open(context.Background(), cfg, mode.sync)
 			if err != nil {
 				b.Fatal(err)

@@ -21,11 +21,19 @@ import (
 
 // Group commit: with SyncAlways a JetStream stream fsyncs every message on
 // its own, so acknowledged telemetry is bounded by the disk's fsync rate
-// however many devices send. An atomic batch (nats-server ≥ 2.12) is stored
-// with one fsync. Append therefore queues its message and one committer
-// goroutine per Stream publishes whatever queued up while the previous
-// publish was in flight. There is no timer: a lone message goes out at once,
-// and batches only form because messages arrive while the disk is busy.
+// however many devices send. Append therefore queues its message and one
+// committer goroutine per Stream publishes whatever queued up while the
+// previous publish was in flight. There is no timer: a lone message goes out
+// at once, and groups only form because messages arrive while the disk is
+// busy. How a group gets one fsync:
+//
+//   - embedded server: the server runs without SyncAlways and berth fsyncs
+//     the stream's blocks itself once the group's PubAcks are in
+//     (publishUnsynced, syncLoop, blocksync.go); syncLoop syncs one group
+//     while run publishes the next.
+//   - external server: a group of minBatch or more is one atomic batch
+//     (nats-server ≥ 2.12), which the server stores with one fsync
+//     (sync_interval: always) or one replication round (R3).
 //
 // Limits, see nats-server v2.15.2 server/stream.go: streamDefaultMaxAtomicBatchSize
 // (1000 messages per batch unless the server sets jetstream.limits.max_batch_size),

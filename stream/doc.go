@@ -84,13 +84,16 @@
 //
 // # Durability
 //
-// Append returns after JetStream's PubAck. The embedded server runs with
-// SyncAlways, so the PubAck is sent after the message is fsynced: an
-// acknowledged message survives a power cut. Concurrent Appends are
-// group-committed: one goroutine publishes what queued up meanwhile as one
-// JetStream atomic batch (nats-server ≥ 2.12), stored all or nothing with
-// one fsync; servers or streams without atomic batches get one publish per
-// message (see commit.go). On an external server the
+// Append returns after JetStream's PubAck and, on the embedded server,
+// after berth's own fsync of the stream's message blocks (blocksync.go):
+// an acknowledged message survives a power cut. Concurrent Appends are
+// group-committed: one goroutine publishes what queued up meanwhile. On the
+// embedded server the group goes out as pipelined publishes that the
+// server writes to the OS, then one fsync covers the group (and overlaps
+// the publishing of the next). On an external server a group of 16 or more
+// is one JetStream atomic batch (nats-server ≥ 2.12), stored all or nothing
+// with one fsync; servers or streams without atomic batches get one publish
+// per message (see commit.go). On an external server the
 // guarantee is that server's: with one replica and default settings the
 // message is written to the OS but fsynced only every 2 minutes, so set
 // `jetstream { sync_interval: always }` there (recent nats-server; 2.9 lacks

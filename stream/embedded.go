@@ -32,14 +32,15 @@ func startEmbedded(ctx context.Context, cfg Config, syncAlways bool) (*server.Se
 		DontListen: true,
 		JetStream:  true,
 		StoreDir:   storeDir,
-		// SyncAlways: the file store fsyncs each message before the stream
-		// sends its PubAck. Append's nil error is what lets a front end send
-		// PUBACK / 204, and a device deletes its copy on PUBACK, so on a
-		// single node "acked" must mean "on disk", as it does for the
-		// registry (SQLite synchronous=FULL). Without it JetStream fsyncs
-		// every 2 minutes and a power cut loses up to 2 minutes of
-		// acknowledged telemetry. Cost measured in BenchmarkAppendEmbedded
-		// (see docs/telemetry-stream.md).
+		// Append's nil error is what lets a front end send PUBACK / 204,
+		// and a device deletes its copy on PUBACK, so on a single node
+		// "acked" must mean "on disk", as it does for the registry (SQLite
+		// synchronous=FULL). berth fsyncs the stream's blocks itself after
+		// each group's PubAcks (blocksync.go), so the server runs without
+		// SyncAlways (syncAlways false) and writes each message to the OS
+		// before its PubAck. SyncAlways (the file store fsyncs each message
+		// before the PubAck) is the benchmarks' comparison. Cost measured in
+		// BenchmarkAppendEmbedded (see docs/telemetry-stream.md).
 		SyncAlways: syncAlways,
 		MaxPayload: embeddedMaxPayload,
 		// berth owns signals and shutdown.

@@ -205,7 +205,9 @@ func Open(ctx context.Context, cfg Config) (*Stream, error) {
 }
 
 // open is Open with the embedded server's fsync policy as a parameter, so
-// the benchmarks can measure what SyncAlways costs. Production always syncs.
+// the benchmarks can measure what durability costs. Production always
+// syncs: berth's blockSyncer, or the server's SyncAlways with
+// Config.serverSync.
 func open(ctx context.Context, cfg Config, syncAlways bool) (*Stream, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
@@ -437,7 +439,7 @@ func sameSettings(a, b jetstream.StreamConfig) bool {
 }
 
 // Append stores m and returns once the stream has acknowledged it, which on
-// the embedded server means fsynced (see startEmbedded) and on an external
+// the embedded server means fsynced (by berth, blocksync.go) and on an external
 // one means stored per that cluster's replication and sync settings. ctx
 // bounds the wait; without a deadline JetStream's default of 5 s applies. A
 // failed Append may still have stored the message (the ack can be lost after
@@ -446,8 +448,9 @@ func sameSettings(a, b jetstream.StreamConfig) bool {
 //
 // Concurrent Appends are committed together (see commit.go): m waits in a
 // bounded queue while an earlier publish is in flight and then goes out
-// with whatever else queued meanwhile, as one atomic batch (16 or more
-// messages) or as concurrent single publishes. A message that finds
+// with whatever else queued meanwhile: on the embedded server as pipelined
+// publishes followed by one fsync, on an external one as one atomic batch
+// (16 or more messages) or as concurrent single publishes. A message that finds
 // nothing in flight is published at once. If ctx ends while m is queued
 // (or while Append waits for room in the queue), m is dropped and Append
 // returns ctx's error; once m is sent, Append returns the publish's
