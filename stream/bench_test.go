@@ -45,10 +45,27 @@ func cpuClock() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// reportCPU reports the CPU per message since start (server and callers
-// together), which a shared machine disturbs less than the rate.
-func reportCPU(b *testing.B, start time.Duration) {
-	b.ReportMetric(float64(cpuClock()-start)/1e3/float64(b.N), "cpu-µs/op")
+// reportCost starts measuring what a benchmark of s costs per message and
+// returns the function that reports it: the process's CPU (server and
+// callers together, which a shared machine disturbs less than the rate)
+// and, when berth syncs the stream itself, its block fsyncs.
+func reportCost(b *testing.B, s *Stream) func() {
+	cpu0, syncs0 := cpuClock(), s.blockSyncs()
+	return func() {
+		b.ReportMetric(float64(cpuClock()-cpu0)/1e3/float64(b.N), "cpu-µs/op")
+		if s.blocks != nil {
+			b.ReportMetric(float64(s.blockSyncs()-syncs0)/float64(b.N), "fsyncs/op")
+		}
+	}
+}
+
+func (s *Stream) blockSyncs() int {
+	if s.blocks == nil {
+		return 0
+	}
+	s.blocks.mu.Lock()
+	defer s.blocks.mu.Unlock()
+	return s.blocks.syncs
 }
 
 // runAppend measures Append serially and from 8 and 64 concurrent
@@ -60,8 +77,7 @@ func runAppend(b *testing.B, s *Stream) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	b.Run("serial", func(b *testing.B) {
-		cpu0 := cpuClock()
-		defer func() { reportCPU(b, cpu0) }()
+		defer reportCost(b, s)()
 		m := benchMessage()
 		b.SetBytes(int64(len(m.Body)))
 		b.ResetTimer()
@@ -74,8 +90,7 @@ func runAppend(b *testing.B, s *Stream) {
 	})
 	for _, producers := range []int{8, 64} {
 		b.Run(fmt.Sprintf("producers-%d", producers), func(b *testing.B) {
-			cpu0 := cpuClock()
-			defer func() { reportCPU(b, cpu0) }()
+			defer reportCost(b, s)()
 			// SetParallelism multiplies GOMAXPROCS.
 			procs := runtime.GOMAXPROCS(0)
 			b.SetParallelism((producers + procs - 1) / procs)
@@ -97,8 +112,7 @@ func runAppend(b *testing.B, s *Stream) {
 	// per group commit than there are producers.
 	for _, pc := range []struct{ producers, inflight int }{{8, 8}, {64, 8}} {
 		b.Run(fmt.Sprintf("async-%dx%d", pc.producers, pc.inflight), func(b *testing.B) {
-			cpu0 := cpuClock()
-			defer func() { reportCPU(b, cpu0) }()
+			defer reportCost(b, s)()
 			procs := runtime.GOMAXPROCS(0)
 			b.SetParallelism((pc.producers + procs - 1) / procs)
 			b.SetBytes(1024)
