@@ -71,6 +71,24 @@ func newBlockSyncer(jsDir, account, stream string) (*blockSyncer, error) {
 		return nil, fmt.Errorf("stream: the embedded stream's message blocks: %s is not a directory", dir)
 	}
 	b := &blockSyncer{dir: dir}
+	// The stream's definition (meta.inf, meta.sum) and the directories
+	// leading to its blocks: the server wrote them without SyncAlways when
+	// it created or updated the stream, and a restart after a power cut
+	// needs them to find the blocks. Once per start.
+	streamDir := filepath.Dir(dir)
+	for _, f := range []string{"meta.inf", "meta.sum"} {
+		if err := syncPath(filepath.Join(streamDir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("stream: sync the stream's definition: %w", err)
+		}
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if err := syncPath(d); err != nil {
+			return nil, fmt.Errorf("stream: sync the stream's directories: %w", err)
+		}
+		if d == filepath.Clean(jsDir) || d == filepath.Dir(d) {
+			break
+		}
+	}
 	// Start from the last block there is: what earlier runs wrote was
 	// synced by them (or by the server's recovery), and this run's
 	// messages go to that block or later ones.
@@ -209,7 +227,7 @@ func (b *blockSyncer) syncFile(index uint64) (os.FileInfo, error) {
 	return f.Stat()
 }
 
-// syncPath fsyncs a directory, so the names in it are durable.
+// syncPath fsyncs a file or a directory (so the names in it are durable).
 func syncPath(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
