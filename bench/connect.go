@@ -23,6 +23,9 @@ type ConnectConfig struct {
 	Hold time.Duration
 	// PID is the server process whose memory is read; 0 skips memory.
 	PID int
+	// PIDs, when set, are all the processes of a cluster's nodes: their
+	// RSS is summed (PID is then the first of them).
+	PIDs []int
 	// SameProcess says the server runs in the bench's own process: its
 	// RSS then includes the clients, and a GC is forced before readings.
 	SameProcess bool
@@ -33,7 +36,9 @@ type ConnectConfig struct {
 
 // Memory is the server's memory per idle connection.
 type Memory struct {
-	PID    int    `json:"pid"`
+	PID int `json:"pid"`
+	// PIDs are a cluster's node processes, whose RSS is summed.
+	PIDs   []int  `json:"pids,omitempty"`
 	Source string `json:"source"`
 	// IncludesClient is set when the server shares the bench's process,
 	// so the figure counts the clients' connections too.
@@ -82,8 +87,15 @@ func Connect(ctx context.Context, server, kind, address string, n int, dial Dial
 	cfg.Concurrency = max(cfg.Concurrency, 1)
 	res := &ConnectResult{Server: server, Kind: kind, Address: address, Devices: n}
 	var mem *Memory
+	if len(cfg.PIDs) > 0 {
+		cfg.PID = cfg.PIDs[0]
+	}
 	if cfg.PID > 0 {
 		mem = &Memory{PID: cfg.PID, Source: fmt.Sprintf("/proc/%d/status VmRSS", cfg.PID), IncludesClient: cfg.SameProcess}
+		if len(cfg.PIDs) > 1 {
+			mem.PIDs = cfg.PIDs
+			mem.Source = fmt.Sprintf("sum of /proc/PID/status VmRSS over %d nodes", len(cfg.PIDs))
+		}
 		before, err := settledRSS(ctx, cfg)
 		if err != nil {
 			return nil, err
@@ -184,6 +196,17 @@ func settledRSS(ctx context.Context, cfg ConnectConfig) (int64, error) {
 	if cfg.SameProcess {
 		runtime.GC()
 		debug.FreeOSMemory()
+	}
+	if len(cfg.PIDs) > 1 {
+		var sum int64
+		for _, pid := range cfg.PIDs {
+			rss, err := ReadRSS(pid)
+			if err != nil {
+				return 0, err
+			}
+			sum += rss
+		}
+		return sum, nil
 	}
 	return ReadRSS(cfg.PID)
 }

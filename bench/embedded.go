@@ -116,19 +116,30 @@ const spawnWait = 30 * time.Second
 // Spawn starts exe (a berth binary) as `berth serve` on a throwaway data
 // directory and a random loopback address, and waits until it serves.
 func Spawn(ctx context.Context, exe string) (*Spawned, error) {
+	return SpawnOn(ctx, exe, RandomLoopback())
+}
+
+// SpawnOn is Spawn on the given loopback address.
+func SpawnOn(ctx context.Context, exe, host string) (*Spawned, error) {
 	dir, err := os.MkdirTemp("", "berth-bench-")
 	if err != nil {
 		return nil, fmt.Errorf("bench: data dir: %w", err)
 	}
-	host := RandomLoopback()
+	return spawnServe(ctx, exe, dir, host, []string{"--host", host})
+}
+
+// spawnServe starts `exe serve` on the data directory dir (removed by
+// Close, or at once when the start fails), its listeners on ephemeral
+// ports of host, with the further flags args, and waits until it serves.
+func spawnServe(ctx context.Context, exe, dir, host string, args []string) (*Spawned, error) {
 	// Not CommandContext: the child must outlive a cancelled ctx long
 	// enough to be stopped with SIGTERM by Close, like any berth.
-	cmd := exec.Command(exe, "serve", "--data-dir", dir, "--host", host,
+	cmd := exec.Command(exe, append([]string{"serve", "--data-dir", dir,
 		"--mqtt-addr", net.JoinHostPort(host, "0"), "--https-addr", net.JoinHostPort(host, "0"), "--amqp-addr", net.JoinHostPort(host, "0"),
 		// Not the default 127.0.0.1:8443, which another berth on the
 		// machine may hold.
 		"--admin-addr", net.JoinHostPort(host, "0"),
-		"--stream-listen", "none", "--log-level", "error")
+		"--stream-listen", "none", "--log-level", "error"}, args...)...)
 	// The child's settings come from these flags alone.
 	cmd.Env = filterEnv(os.Environ(), "BERTH_")
 	s := &Spawned{cmd: cmd, dir: dir, exited: make(chan struct{}), stderr: &tailBuffer{max: 4096}}

@@ -18,8 +18,11 @@ import (
 // are driven by the same code, so that their figures differ only by the
 // server.
 type Endpoint struct {
-	Name       string // "berth" or "mosquitto"
-	Address    string // host:port
+	Name    string // "berth" or "mosquitto"
+	Address string // host:port
+	// Addresses, when set, are the same server's nodes: device i dials
+	// Addresses[i % len] (a cluster target), Address being the first.
+	Addresses  []string
 	ServerName string // TLS server name
 	RootCAs    *x509.CertPool
 	// Credentials returns the CONNECT username and password of a device;
@@ -47,9 +50,16 @@ const hubTokenTTL = 24 * time.Hour
 // sr={hub}/devices/{deviceId} (URL-encoded) signed with the device key, no
 // skn (docs/spec/iothub-protocol.md#mqtt-connect, #how-the-sdks-make-tokens).
 func HubEndpoint(t *Target, hub string) Endpoint {
+	var addrs []string
+	if t.NodeCount() > 1 {
+		for i := range t.NodeCount() {
+			addrs = append(addrs, t.ForDevice(i).HubAddress(hub))
+		}
+	}
 	return Endpoint{
 		Name:       "berth",
 		Address:    t.HubAddress(hub),
+		Addresses:  addrs,
 		ServerName: hub,
 		RootCAs:    t.RootCAs,
 		Credentials: func(id, key string) (string, string, error) {
@@ -72,6 +82,16 @@ func HubEndpointOver(t *Target, hub, transport string) (Endpoint, error) {
 		return Endpoint{}, err
 	}
 	ep.Address, ep.Transport = addr, transport
+	if t.NodeCount() > 1 {
+		ep.Addresses = nil
+		for i := range t.NodeCount() {
+			a, err := hubTransportAddress(t.ForDevice(i), hub, transport)
+			if err != nil {
+				return Endpoint{}, err
+			}
+			ep.Addresses = append(ep.Addresses, a)
+		}
+	}
 	ep.HubToken = func(id, key string) (string, string, error) {
 		tok, err := sas.SignEncoded(hub+"/devices/"+id, key, "", time.Now().Add(hubTokenTTL))
 		if err != nil {
@@ -80,6 +100,15 @@ func HubEndpointOver(t *Target, hub, transport string) (Endpoint, error) {
 		return hub + "/devices/" + id, tok, nil
 	}
 	return ep, nil
+}
+
+// ForDevice is the endpoint device i dials: its node's, when ep has
+// several.
+func (ep Endpoint) ForDevice(i int) Endpoint {
+	if len(ep.Addresses) > 0 {
+		ep.Address = ep.Addresses[i%len(ep.Addresses)]
+	}
+	return ep
 }
 
 // TelemetryTopic is the device-to-cloud topic of a device.

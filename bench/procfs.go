@@ -178,3 +178,29 @@ func pidOfSocket(root string, inodes []string) (int, error) {
 	}
 	return 0, errors.New("no visible process holds its socket (another user's? pass --server-pid)")
 }
+
+// LoadAverage is the 1, 5 and 15 minute load average of /proc/loadavg; nil
+// where it cannot be read.
+func LoadAverage() []float64 {
+	data, err := os.ReadFile(filepath.Join(procRoot, "loadavg"))
+	if err != nil {
+		return nil
+	}
+	return parseLoadAvg(data)
+}
+
+func parseLoadAvg(data []byte) []float64 {
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return nil
+	}
+	out := make([]float64, 3)
+	for i := range out {
+		v, err := strconv.ParseFloat(f[i], 64)
+		if err != nil {
+			return nil
+		}
+		out[i] = v
+	}
+	return out
+}

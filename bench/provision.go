@@ -128,8 +128,15 @@ func provisionOne(ctx context.Context, t *Target, g *Group, cfg ProvisionConfig,
 		errs.Add("provision", err)
 		return false
 	}
+	// A cluster's devices go to node i % N, as behind a balancer.
+	t = t.ForDevice(i)
 	opts := base
 	opts.RegistrationID, opts.SymmetricKey = id, key
+	if cfg.Transport == deviceclient.TransportHTTPS {
+		opts.Address = t.HTTPSAddress
+	} else {
+		opts.Address = t.MQTTAddress
+	}
 	start := time.Now()
 	op, err := deviceclient.Provision(ctx, opts)
 	if err != nil {

@@ -171,8 +171,10 @@ func provisionDevices(ctx context.Context, t *Target, g *Group, o Options, s *Su
 	if len(ok) == 0 && ctx.Err() == nil {
 		return nil, "", fmt.Errorf("bench: no device could be provisioned (%d errors; see the summary)", s.Provision.Failed)
 	}
-	if err := CheckLoopback(ctx, nil, t.HubAddress(hub), o.AllowRemote); err != nil {
-		return nil, "", err
+	for i := range t.NodeCount() {
+		if err := CheckLoopback(ctx, nil, t.ForDevice(i).HubAddress(hub), o.AllowRemote); err != nil {
+			return nil, "", err
+		}
 	}
 	return ok, hub, nil
 }
@@ -282,6 +284,9 @@ func RunConnect(ctx context.Context, t *Target, o Options, kind string, cc Conne
 	if cc.PID == 0 {
 		cc.PID = t.ServerPID
 	}
+	if len(cc.PIDs) == 0 && t.NodeCount() > 1 {
+		cc.PIDs = t.ServerPIDs()
+	}
 	cc.SameProcess = cc.PID == os.Getpid()
 	var dial Dialer
 	address := t.MQTTAddress
@@ -302,14 +307,14 @@ func RunConnect(ctx context.Context, t *Target, o Options, kind string, cc Conne
 			ids[i] = d.ID
 		}
 		dial = func(ctx context.Context, i int) (io.Closer, error) {
-			return ep.connect(ctx, devices[i].ID, devices[i].Key)
+			return ep.ForDevice(i).connect(ctx, devices[i].ID, devices[i].Key)
 		}
 		if cc.Transport != "" && cc.Transport != TransportMQTT {
 			// The same devices over MQTT first, in the same run: the
 			// figure the transport is compared with.
 			mqtt := HubEndpoint(t, hub)
 			s.MQTTConnect, err = Connect(ctx, "berth", kind, mqtt.Address, len(devices), func(ctx context.Context, i int) (io.Closer, error) {
-				return mqtt.connect(ctx, devices[i].ID, devices[i].Key)
+				return mqtt.ForDevice(i).connect(ctx, devices[i].ID, devices[i].Key)
 			}, cc, o.Progress)
 			if err != nil || ctx.Err() != nil {
 				return interrupted(ctx, s, err)
@@ -328,7 +333,7 @@ func RunConnect(ctx context.Context, t *Target, o Options, kind string, cc Conne
 				return nil, err
 			}
 			sess, err := deviceclient.Dial(ctx, deviceclient.Options{Transport: deviceclient.TransportMQTT,
-				GlobalEndpoint: t.GlobalEndpoint, Address: t.MQTTAddress, IDScope: t.IDScope,
+				GlobalEndpoint: t.GlobalEndpoint, Address: t.ForDevice(i).MQTTAddress, IDScope: t.IDScope,
 				RegistrationID: id, SymmetricKey: key, RootCAs: t.RootCAs})
 			if err != nil {
 				return nil, err
@@ -351,7 +356,7 @@ func RunConnect(ctx context.Context, t *Target, o Options, kind string, cc Conne
 		}
 		defer stopMosquitto(m, o.Log)
 		mc := cc
-		mc.PID, mc.SameProcess = m.PID, false
+		mc.PID, mc.PIDs, mc.SameProcess = m.PID, nil, false
 		s.MosquittoConnect, err = Connect(ctx, "mosquitto", "mqtt", m.Endpoint.Address, len(ids),
 			func(ctx context.Context, i int) (io.Closer, error) {
 				c, err := m.Endpoint.Dial(ctx, ids[i], "")

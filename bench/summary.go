@@ -48,9 +48,16 @@ type Environment struct {
 	HTTPSAddress string `json:"httpsAddress"`
 	AMQPAddress  string `json:"amqpAddress,omitempty"`
 	ServerPID    int    `json:"serverPid,omitempty"`
-	NumCPU       int    `json:"numCpu"`
-	GOMAXPROCS   int    `json:"gomaxprocs"`
-	GoVersion    string `json:"goVersion"`
+	// Nodes are a cluster target's nodes (devices spread i % N).
+	Nodes  []Node `json:"nodes,omitempty"`
+	Store  string `json:"store,omitempty"`
+	Stream string `json:"stream,omitempty"`
+	// LoadAverage is /proc/loadavg (1, 5, 15 min) when the run started:
+	// on a shared machine, how busy it was (absent where unreadable).
+	LoadAverage []float64 `json:"loadAverage,omitempty"`
+	NumCPU      int       `json:"numCpu"`
+	GOMAXPROCS  int       `json:"gomaxprocs"`
+	GoVersion   string    `json:"goVersion"`
 }
 
 // NewSummary starts the summary of a bench against t.
@@ -60,6 +67,7 @@ func NewSummary(bench string, t *Target) *Summary {
 		Started: time.Now().UTC().Truncate(time.Second),
 		Environment: Environment{
 			Mode: t.Mode, MQTTAddress: t.MQTTAddress, HTTPSAddress: t.HTTPSAddress, AMQPAddress: t.AMQPAddress, ServerPID: t.ServerPID,
+			Nodes: t.Nodes, Store: t.Store, Stream: t.Stream, LoadAverage: LoadAverage(),
 			NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version(),
 		},
 		Targets: []TargetCheck{},

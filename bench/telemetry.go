@@ -245,7 +245,7 @@ func connectAll(ctx context.Context, ep Endpoint, devices []Device, c int, errs 
 	prog := po.Start(label, int64(len(devices)), 0)
 	forEach(ctx, len(devices), c, func(ctx context.Context, i int) {
 		start := time.Now()
-		cl, err := ep.connect(ctx, devices[i].ID, devices[i].Key)
+		cl, err := ep.ForDevice(i).connect(ctx, devices[i].ID, devices[i].Key)
 		if err != nil {
 			if ctx.Err() == nil {
 				errs.Add("connect", err)

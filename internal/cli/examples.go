@@ -123,9 +123,12 @@ berth hub configuration create -c fw-all --target-condition "*" --content @conte
 	"hub module-twin show":       `berth hub module-twin show -d my-device -m my-module`,
 	"hub module-twin update":     `berth hub module-twin update -d my-device -m my-module --desired '{"rate":5}'`,
 
-	"bench provision": `berth bench provision --embedded --devices 200`,
-	"bench telemetry": `berth bench telemetry --embedded --devices 10 --duration 30s --rate 500`,
-	"bench connect":   `berth bench connect --embedded --devices 1000`,
+	"bench provision": `berth bench provision --embedded --devices 200
+berth bench provision --cluster 1,3 --rounds 2 --devices 400 -o none`,
+	"bench telemetry": `berth bench telemetry --embedded --devices 10 --duration 30s --rate 500
+berth bench telemetry --nodes /var/lib/berth-2,/var/lib/berth-3 --devices 300`,
+	"bench connect": `berth bench connect --embedded --devices 1000
+berth bench connect --cluster 3 --devices 2000 --spawn-hosts 127.0.41.1,127.0.41.2,127.0.41.3`,
 }
 
 // exampleKey is the examples key of a command: its path without "berth",

@@ -1,0 +1,313 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// A throwaway berth cluster for `berth bench --cluster N`: N child `berth
+// serve` processes, each on a loopback address of its own, sharing a fresh
+// PostgreSQL database and a NATS JetStream cluster of three servers that
+// runs in the bench's process, the telemetry stream replicated three times
+// (docs/operations.md#running-a-cluster is the deployment this copies).
+//
+// Why the bench's own NATS cluster and not the machine's NATS: a 3-node
+// deployment runs a 3-server NATS cluster with an R3 stream, whose
+// replication acks are part of what a cluster costs, and one NATS server
+// cannot hold an R3 stream; and berth's subjects between nodes
+// (berth.push.hello, presence) are not prefixed, so every berth on a shared
+// NATS would count the others' nodes as its peers. The NATS servers run
+// with nats-server's defaults, as an operator runs them: a message is
+// acknowledged once a majority of the three stored it (not fsynced; the
+// replicas are the durability), unlike the embedded single node, which
+// fsyncs each message (docs/telemetry-stream.md#durability-and-throughput).
+
+// DefaultClusterPostgres is the PostgreSQL a spawned cluster creates its
+// database on: the machine's, as the store and e2e tests use it.
+const DefaultClusterPostgres = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// ClusterConfig is a spawned cluster.
+type ClusterConfig struct {
+	Nodes int
+	// Exe is the berth binary run as `berth serve`.
+	Exe string
+	// Hosts are the nodes' loopback addresses (one per node; the NATS
+	// servers listen on the first). Empty: random 127.x.y.z.
+	Hosts []string
+	// Postgres is a URL to a database of a PostgreSQL server where the
+	// bench may CREATE and DROP a database berth_bench_<random>.
+	Postgres string
+	// StreamReplicas of the telemetry stream; default 3.
+	StreamReplicas int
+}
+
+// Cluster is a spawned berth cluster and its NATS servers and database.
+type Cluster struct {
+	Target   *Target
+	nodes    []*Spawned
+	nats     []*natsserver.Server
+	natsDir  string
+	adminURL string
+	database string
+}
+
+// The cluster's names: every node serves the same DPS and hub names (its
+// first --host and --hub-name), and adds its own address as a further
+// --host, as docs/operations.md#running-a-cluster says.
+const (
+	clusterGlobalEndpoint = "dps.bench.berth.test"
+	clusterHubName        = "hub.bench.berth.test"
+)
+
+// StartCluster starts the cluster of cfg and waits until every node
+// serves. On error, whatever was started is stopped and removed.
+func StartCluster(ctx context.Context, cfg ClusterConfig) (c *Cluster, err error) {
+	if cfg.Nodes < 1 {
+		return nil, errors.New("bench: a cluster needs at least one node")
+	}
+	if cfg.Postgres == "" {
+		cfg.Postgres = DefaultClusterPostgres
+	}
+	if cfg.StreamReplicas == 0 {
+		cfg.StreamReplicas = 3
+	}
+	hosts := cfg.Hosts
+	if len(hosts) == 0 {
+		for range cfg.Nodes {
+			hosts = append(hosts, RandomLoopback())
+		}
+	}
+	if len(hosts) < cfg.Nodes {
+		return nil, fmt.Errorf("bench: %d nodes need %d host addresses, got %d", cfg.Nodes, cfg.Nodes, len(hosts))
+	}
+	c = &Cluster{}
+	defer func() {
+		if err != nil {
+			_ = c.Close(context.WithoutCancel(ctx))
+			c = nil
+		}
+	}()
+	storeURL, err := c.createDatabase(ctx, cfg.Postgres)
+	if err != nil {
+		return c, err
+	}
+	natsURL, err := c.startNATS(ctx, hosts[0])
+	if err != nil {
+		return c, err
+	}
+	args := func(i int) []string {
+		return []string{"--host", clusterGlobalEndpoint + "," + hosts[i], "--hub-name", clusterHubName,
+			"--store", storeURL, "--nats-url", natsURL, "--stream-replicas", fmt.Sprint(cfg.StreamReplicas),
+			"--admin-addr", "none"}
+	}
+	// The first node records the cluster's identity and makes the
+	// development CA; the others get a copy of it before they start.
+	dir0, err := os.MkdirTemp("", "berth-bench-node-")
+	if err != nil {
+		return c, fmt.Errorf("bench: data dir: %w", err)
+	}
+	first, err := spawnServe(ctx, cfg.Exe, dir0, hosts[0], args(0))
+	if err != nil {
+		return c, fmt.Errorf("bench: cluster node 1: %w", err)
+	}
+	c.nodes = append(c.nodes, first)
+	rest := make([]*Spawned, cfg.Nodes-1)
+	errs := make([]error, cfg.Nodes-1)
+	var wg sync.WaitGroup
+	for k := range rest {
+		i := k + 1
+		dir, err := os.MkdirTemp("", "berth-bench-node-")
+		if err != nil {
+			return c, fmt.Errorf("bench: data dir: %w", err)
+		}
+		if err := copyCA(dir0, dir); err != nil {
+			os.RemoveAll(dir)
+			return c, err
+		}
+		wg.Go(func() {
+			rest[k], errs[k] = spawnServe(ctx, cfg.Exe, dir, hosts[i], args(i))
+		})
+	}
+	wg.Wait()
+	for k, n := range rest {
+		if n != nil {
+			c.nodes = append(c.nodes, n)
+		}
+		if errs[k] != nil && err == nil {
+			err = fmt.Errorf("bench: cluster node %d: %w", k+2, errs[k])
+		}
+	}
+	if err != nil {
+		return c, err
+	}
+	t := *first.Target
+	t.Mode = "cluster"
+	t.Store = "postgres database " + c.database
+	t.Stream = fmt.Sprintf("NATS cluster of %d servers in the bench's process, stream R%d", len(c.nats), cfg.StreamReplicas)
+	if cfg.Nodes > 1 {
+		for _, n := range c.nodes {
+			t.Nodes = append(t.Nodes, Node{MQTTAddress: n.Target.MQTTAddress, HTTPSAddress: n.Target.HTTPSAddress,
+				AMQPAddress: n.Target.AMQPAddress, PID: n.Target.ServerPID})
+		}
+	}
+	c.Target = &t
+	return c, nil
+}
+
+// copyCA copies the development CA of one node's data directory into
+// another's (docs/operations.md#running-a-cluster, "The CA").
+func copyCA(from, to string) error {
+	if err := os.MkdirAll(filepath.Join(to, "ca"), 0o700); err != nil {
+		return fmt.Errorf("bench: CA dir: %w", err)
+	}
+	for _, f := range []string{"ca.crt", "ca.key"} {
+		data, err := os.ReadFile(filepath.Join(from, "ca", f))
+		if err != nil {
+			return fmt.Errorf("bench: copy the cluster's CA: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(to, "ca", f), data, 0o600); err != nil {
+			return fmt.Errorf("bench: copy the cluster's CA: %w", err)
+		}
+	}
+	return nil
+}
+
+// createDatabase creates berth_bench_<random> on the server of admin and
+// returns the store URL of it.
+func (c *Cluster) createDatabase(ctx context.Context, admin string) (string, error) {
+	u, err := url.Parse(admin)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return "", fmt.Errorf("bench: --postgres %q: want a postgres:// URL", admin)
+	}
+	suffix, err := randomSuffix()
+	if err != nil {
+		return "", err
+	}
+	name := "berth_bench_" + suffix
+	if err := pgExec(ctx, admin, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", fmt.Errorf("bench: create database on %s: %w", u.Redacted(), err)
+	}
+	c.adminURL, c.database = admin, name
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// pgExec runs one statement on a connection of its own.
+func pgExec(ctx context.Context, dsn, sql string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+// natsServers is the size of the bench's NATS cluster: the smallest that
+// holds an R3 stream and survives the loss of one server.
+const natsServers = 3
+
+// startNATS starts a JetStream cluster of natsServers servers on host and
+// returns the URLs of all of them, once JetStream answers.
+func (c *Cluster) startNATS(ctx context.Context, host string) (string, error) {
+	dir, err := os.MkdirTemp("", "berth-bench-nats-")
+	if err != nil {
+		return "", fmt.Errorf("bench: NATS store dir: %w", err)
+	}
+	c.natsDir = dir
+	ports := make([]int, 2*natsServers)
+	for i := range ports {
+		if ports[i], err = freePort(host); err != nil {
+			return "", err
+		}
+	}
+	var routes []*url.URL
+	var urls []string
+	for i := range natsServers {
+		routes = append(routes, &url.URL{Scheme: "nats", Host: net.JoinHostPort(host, fmt.Sprint(ports[2*i+1]))})
+		urls = append(urls, "nats://"+net.JoinHostPort(host, fmt.Sprint(ports[2*i])))
+	}
+	for i := range natsServers {
+		ns, err := natsserver.NewServer(&natsserver.Options{
+			ServerName: fmt.Sprintf("berth-bench-%d", i+1), Host: host, Port: ports[2*i],
+			JetStream: true, StoreDir: filepath.Join(dir, fmt.Sprint(i+1)), NoSigs: true, NoLog: true,
+			Cluster: natsserver.ClusterOpts{Name: "berth-bench", Host: host, Port: ports[2*i+1]},
+			Routes:  routes,
+		})
+		if err != nil {
+			return "", fmt.Errorf("bench: NATS server %d: %w", i+1, err)
+		}
+		c.nats = append(c.nats, ns)
+		go ns.Start()
+	}
+	for i, ns := range c.nats {
+		if !ns.ReadyForConnections(30 * time.Second) {
+			return "", fmt.Errorf("bench: NATS server %d not ready after 30 s", i+1)
+		}
+	}
+	all := strings.Join(urls, ",")
+	nc, err := nats.Connect(all)
+	if err != nil {
+		return "", fmt.Errorf("bench: connect to the bench's NATS cluster: %w", err)
+	}
+	defer nc.Close()
+	js, err := nc.JetStream()
+	if err != nil {
+		return "", fmt.Errorf("bench: JetStream: %w", err)
+	}
+	// The cluster answers JetStream requests once it has elected its
+	// meta leader.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		_, err := js.AccountInfo(nats.Context(ctx))
+		if err == nil {
+			return all, nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return "", fmt.Errorf("bench: JetStream of the bench's NATS cluster never answered: %w", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Close stops the nodes (SIGTERM, in parallel), then the NATS servers, and
+// drops the database and removes every data directory.
+func (c *Cluster) Close(ctx context.Context) error {
+	errs := make([]error, len(c.nodes))
+	var wg sync.WaitGroup
+	for i, n := range c.nodes {
+		wg.Go(func() { errs[i] = n.Close() })
+	}
+	wg.Wait()
+	for _, ns := range c.nats {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}
+	if c.natsDir != "" {
+		if err := os.RemoveAll(c.natsDir); err != nil {
+			errs = append(errs, fmt.Errorf("bench: remove %s: %w", c.natsDir, err))
+		}
+	}
+	if c.database != "" {
+		cctx, cancel := cleanupCtx(ctx)
+		defer cancel()
+		if err := pgExec(cctx, c.adminURL, "DROP DATABASE IF EXISTS "+pgx.Identifier{c.database}.Sanitize()+" WITH (FORCE)"); err != nil {
+			errs = append(errs, fmt.Errorf("bench: drop database %s: %w", c.database, err))
+		}
+	}
+	return errors.Join(errs...)
+}
