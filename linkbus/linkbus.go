@@ -278,6 +278,21 @@ func (b *Bus) alive() map[string]bool {
 	return out
 }
 
+// LiveNodes is how many nodes are alive: this one and those heard from
+// within three hello intervals (the throttle's share of a cluster-wide
+// quota, throttle.Config.Nodes).
+func (b *Bus) LiveNodes() int {
+	b.peersMu.Lock()
+	defer b.peersMu.Unlock()
+	n := 1
+	for _, at := range b.peers {
+		if time.Since(at) < 3*HelloInterval {
+			n++
+		}
+	}
+	return n
+}
+
 // NodeID is the Berth-Node this Bus stamps on its messages.
 func (b *Bus) NodeID() string { return b.node }
 

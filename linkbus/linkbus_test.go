@@ -329,3 +329,25 @@ func TestPresenceAnswersFromTheNodeHoldingTheDevice(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// LiveNodes counts this node and those heard within three hello
+// intervals: the other node once it says hello, and no longer once it has
+// been silent that long (the throttle divides the cluster's quotas by it).
+func TestLiveNodesCountsThePeersHeard(t *testing.T) {
+	a, b := twoNodes(t, 0)
+	waitFor := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for a.bus.LiveNodes() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("LiveNodes = %d, want %d", a.bus.LiveNodes(), want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor(2)
+	if err := b.bus.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(1)
+}

@@ -297,7 +297,16 @@ func open(ctx context.Context, cfg Config) (*Server, error) {
 // setupThrottle installs cfg.Throttle in both domains, which every front
 // end calls, and logs the limits the default hub gets.
 func (s *Server) setupThrottle() {
-	th := throttle.New(throttle.Config{Settings: s.cfg.Throttle, Observe: s.metrics.Throttled})
+	th := throttle.New(throttle.Config{Settings: s.cfg.Throttle, Observe: s.metrics.Throttled,
+		// The quotas are the cluster's: each node takes its share by the
+		// nodes linkbus hears (s.bus is set by openStream, later in New,
+		// before any request; nil on the embedded NATS, a node alone).
+		Nodes: func() int {
+			if s.bus == nil {
+				return 1
+			}
+			return s.bus.LiveNodes()
+		}})
 	if th == nil {
 		return
 	}

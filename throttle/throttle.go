@@ -24,7 +24,20 @@ type Config struct {
 	// Observe hears of every refusal (the operator's metrics); hub is ""
 	// for the DPS.
 	Observe func(op Op, hub string)
+	// Nodes, when set, is how many berth nodes of the cluster are alive,
+	// this one included (linkbus's presence). The quotas are the
+	// cluster's, as Azure's are the hub's: each node lets through
+	// 1/Nodes of every hub-wide and DPS-wide rate, so that N nodes
+	// together admit the quota, not N times it, with no network round
+	// trip per operation (docs/operations.md#throttling-as-azure-does-it
+	// says how close that is). Per-device buckets are not divided: a
+	// device's session stays on one node. Asked at most once per
+	// NodesRefresh.
+	Nodes func() int
 }
+
+// NodesRefresh is how often a Throttler asks Config.Nodes again.
+const NodesRefresh = time.Second
 
 // Throttler decides whether an operation may proceed. A nil *Throttler
 // lets everything through, so the domains call it unconditionally.
@@ -33,8 +46,11 @@ type Throttler struct {
 	now     func() time.Time
 	maxKeys int
 	observe func(op Op, hub string)
+	nodesFn func() int
 
 	mu      sync.Mutex
+	nodes   float64               // live nodes, at least 1 (Config.Nodes)
+	nodesAt time.Time             // when nodes was last asked
 	shared  map[bucketKey]*bucket // per hub (or DPS) and operation
 	devices map[bucketKey]*bucket // per device (DPSDevicePoll)
 }
@@ -62,8 +78,8 @@ func New(cfg Config) *Throttler {
 	if cfg.MaxKeys <= 0 {
 		cfg.MaxKeys = DefaultMaxKeys
 	}
-	return &Throttler{s: cfg.Settings, now: cfg.Now, maxKeys: cfg.MaxKeys, observe: cfg.Observe,
-		shared: map[bucketKey]*bucket{}, devices: map[bucketKey]*bucket{}}
+	return &Throttler{s: cfg.Settings, now: cfg.Now, maxKeys: cfg.MaxKeys, observe: cfg.Observe, nodesFn: cfg.Nodes,
+		nodes: 1, shared: map[bucketKey]*bucket{}, devices: map[bucketKey]*bucket{}}
 }
 
 // Settings returns the settings in force.
@@ -99,14 +115,9 @@ func (t *Throttler) Allow(op Op, hub, key string, cost float64) Decision {
 	if !ok || r.PerSecond() <= 0 {
 		return Decision{Allowed: true}
 	}
-	burst := math.Max(r.N, 1)
 	if cost <= 0 {
 		cost = 1
 	}
-	// A single call dearer than the whole bucket (a large method payload
-	// under a small override) costs the whole bucket: it passes once the
-	// bucket is full rather than never.
-	cost = math.Min(cost, burst)
 	k := bucketKey{op: op, scope: strings.ToLower(hub)}
 	m := t.shared
 	if op.perKey() {
@@ -116,19 +127,30 @@ func (t *Throttler) Allow(op Op, hub, key string, cost float64) Decision {
 	now := t.now()
 
 	t.mu.Lock()
+	perSecond, burst := r.PerSecond(), r.N
+	if !op.perKey() {
+		// This node's share of the cluster's quota.
+		n := t.liveNodes(now)
+		perSecond, burst = perSecond/n, burst/n
+	}
+	burst = math.Max(burst, 1)
+	// A single call dearer than the whole bucket (a large method payload
+	// under a small override) costs the whole bucket: it passes once the
+	// bucket is full rather than never.
+	cost = math.Min(cost, burst)
 	b, found := m[k]
 	if !found {
 		t.makeRoom(m, now)
 		b = &bucket{tokens: burst, last: now}
 		m[k] = b
 	}
-	b.refill(now, r.PerSecond(), burst)
+	b.refill(now, perSecond, burst)
 	allowed := b.tokens >= cost
 	var wait time.Duration
 	if allowed {
 		b.tokens -= cost
 	} else {
-		wait = time.Duration((cost - b.tokens) / r.PerSecond() * float64(time.Second))
+		wait = time.Duration((cost - b.tokens) / perSecond * float64(time.Second))
 	}
 	t.mu.Unlock()
 
@@ -136,6 +158,19 @@ func (t *Throttler) Allow(op Op, hub, key string, cost float64) Decision {
 		t.observe(op, hub)
 	}
 	return Decision{Allowed: allowed, RetryAfter: wait, Limit: r}
+}
+
+// liveNodes is Config.Nodes, asked at most once per NodesRefresh; at
+// least 1. t.mu is held.
+func (t *Throttler) liveNodes(now time.Time) float64 {
+	if t.nodesFn == nil {
+		return 1
+	}
+	if t.nodesAt.IsZero() || now.Sub(t.nodesAt) >= NodesRefresh || now.Before(t.nodesAt) {
+		t.nodes = math.Max(float64(t.nodesFn()), 1)
+		t.nodesAt = now
+	}
+	return t.nodes
 }
 
 func (b *bucket) refill(now time.Time, perSecond, burst float64) {

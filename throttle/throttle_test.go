@@ -292,3 +292,51 @@ func TestBoundedMemory(t *testing.T) {
 		t.Fatal("the busy device's bucket was dropped before idle ones")
 	}
 }
+
+// A cluster's quota is the hub's, not each node's: with three live nodes a
+// node admits a third of a hub-wide (or DPS-wide) rate, and the whole of
+// it again once it is alone; a device's own bucket is not divided. The
+// node count is asked once per NodesRefresh, not per operation.
+func TestQuotaIsSharedByTheLiveNodes(t *testing.T) {
+	c := newClock()
+	nodes, asked := 3, 0
+	th := New(Config{Now: c.now, Settings: mustParse(t, Off, nil, []string{"d2c=30/s", "dps-device-poll=5/10s"}),
+		Nodes: func() int { asked++; return nodes }})
+	admitted := func(op Op, key string, n int) int {
+		ok := 0
+		for range n {
+			if th.Allow(op, "hub.example", key, 1).Allowed {
+				ok++
+			}
+		}
+		return ok
+	}
+	if got := admitted(HubD2C, "", 100); got != 10 {
+		t.Fatalf("3 nodes: one node admitted %d of a 30/s burst, want 10", got)
+	}
+	if asked != 1 {
+		t.Fatalf("the node count was asked %d times in one instant, want once", asked)
+	}
+	// A second later: a third of the rate refilled, 10 tokens.
+	c.advance(time.Second)
+	if got := admitted(HubD2C, "", 100); got != 10 {
+		t.Fatalf("3 nodes, a second later: %d admitted, want 10", got)
+	}
+	// Per-device buckets are the device's, whichever node holds it.
+	if got := admitted(DPSDevicePoll, "dev1", 10); got != 5 {
+		t.Fatalf("3 nodes: a device's polls admitted %d, want its own 5", got)
+	}
+	// The other nodes are gone: after a refresh this node has the whole
+	// quota.
+	nodes = 1
+	c.advance(NodesRefresh)
+	if got := admitted(HubD2C, "", 100); got != 30 {
+		t.Fatalf("1 node: %d admitted, want the whole 30", got)
+	}
+	// Nodes that say 0 (no bus yet) count as this one alone.
+	nodes = 0
+	c.advance(time.Hour)
+	if got := admitted(HubD2C, "", 100); got != 30 {
+		t.Fatalf("0 nodes reported: %d admitted, want 30", got)
+	}
+}
