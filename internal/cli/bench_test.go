@@ -16,8 +16,14 @@ import (
 // is built on its own, not through NewRoot).
 func runBench(t *testing.T, dataDir string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
+	return runBenchOutput(t, dataDir, "", "", args...)
+}
+
+// runBenchOutput is runBench with -o format and --query query.
+func runBenchOutput(t *testing.T, dataDir, format, query string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
 	var out, errb bytes.Buffer
-	g := &globals{dataDir: dataDir, stdout: &out, stderr: &errb}
+	g := &globals{dataDir: dataDir, stdout: &out, stderr: &errb, output: format, query: query}
 	cmd := newBenchCmd(g)
 	cmd.SetOut(&out)
 	cmd.SetErr(&errb)
@@ -77,6 +83,10 @@ func TestBenchFlags(t *testing.T) {
 		{"no local berth", []string{"provision"}, "--embedded or --spawn"},
 		{"no devices", []string{"provision", "--embedded", "--devices", "0"}, "--devices"},
 		{"unknown kind", []string{"connect", "--embedded", "--kind", "amqp", "--server-pid", "1"}, "--kind"},
+		{"cluster of none", []string{"provision", "--cluster", "0"}, "node count"},
+		{"cluster of three sizes", []string{"provision", "--cluster", "1,2,3"}, "N or N,M"},
+		{"cluster and spawn", []string{"provision", "--cluster", "3", "--spawn"}, "cluster"},
+		{"too few hosts", []string{"provision", "--cluster", "3", "--spawn-hosts", "127.0.0.9"}, "--spawn-hosts"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,5 +110,25 @@ func TestBenchRefusesRemoteTarget(t *testing.T) {
 	_, _, err := runBench(t, dir, "provision", "--devices", "1")
 	if err == nil || !strings.Contains(err.Error(), "not a loopback") || !strings.Contains(err.Error(), "--allow-remote") {
 		t.Fatalf("err %v, want a refusal naming --allow-remote", err)
+	}
+}
+
+// The summary follows the global -o and --query like any command's
+// output: YAML here, and nothing at all with -o none.
+func TestBenchHonoursOutput(t *testing.T) {
+	stdout, stderr, err := runBenchOutput(t, t.TempDir(), "yaml", "provision.{assigned:assigned}",
+		"provision", "--embedded", "--devices", "2", "--baseline=false")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if strings.TrimSpace(stdout) != "assigned: 2" {
+		t.Errorf("-o yaml --query: stdout %q", stdout)
+	}
+	stdout, stderr, err = runBenchOutput(t, t.TempDir(), "none", "", "provision", "--embedded", "--devices", "1", "--baseline=false")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if stdout != "" || !strings.Contains(stderr, "provision mqtt: 1/1") {
+		t.Errorf("-o none: stdout %q, stderr %q", stdout, stderr)
 	}
 }
