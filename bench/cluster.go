@@ -109,8 +109,7 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (c *Cluster, err error
 	}
 	args := func(i int) []string {
 		return []string{"--host", clusterGlobalEndpoint + "," + hosts[i], "--hub-name", clusterHubName,
-			"--store", storeURL, "--nats-url", natsURL, "--stream-replicas", fmt.Sprint(cfg.StreamReplicas),
-			"--admin-addr", "none"}
+			"--store", storeURL, "--nats-url", natsURL, "--stream-replicas", fmt.Sprint(cfg.StreamReplicas)}
 	}
 	// The first node records the cluster's identity and makes the
 	// development CA; the others get a copy of it before they start.
@@ -162,6 +161,10 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (c *Cluster, err error
 				AMQPAddress: n.Target.AMQPAddress, PID: n.Target.ServerPID})
 		}
 	}
+	if storeIsLocal(cfg.Postgres) {
+		// Its backends are processes of this machine, whose CPU can be read.
+		t.StorePIDs = c.backends
+	}
 	c.Target = &t
 	return c, nil
 }
@@ -202,6 +205,47 @@ func (c *Cluster) createDatabase(ctx context.Context, admin string) (string, err
 	c.adminURL, c.database = admin, name
 	u.Path = "/" + name
 	return u.String(), nil
+}
+
+// storeIsLocal reports whether the PostgreSQL of admin is on loopback.
+func storeIsLocal(admin string) bool {
+	u, err := url.Parse(admin)
+	if err != nil {
+		return false
+	}
+	h := u.Hostname()
+	if h == "localhost" || h == "" || strings.HasPrefix(h, "/") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// backends lists the PostgreSQL server processes connected to the
+// cluster's database (pg_stat_activity), for their CPU; nil when the
+// query fails. The query's own backend is on the admin database, not
+// counted.
+func (c *Cluster) backends(ctx context.Context) []int {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.adminURL)
+	if err != nil {
+		return nil
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE datname = $1", c.database)
+	if err != nil {
+		return nil
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return nil
+	}
+	out := make([]int, len(pids))
+	for i, p := range pids {
+		out[i] = int(p)
+	}
+	return out
 }
 
 // pgExec runs one statement on a connection of its own.

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/berth-iot/berth/internal/localconf"
 )
@@ -79,5 +80,21 @@ func TestParseLoadAvg(t *testing.T) {
 	}
 	if got := parseLoadAvg([]byte("x")); got != nil {
 		t.Fatalf("got %v for garbage", got)
+	}
+}
+
+func TestParseStatCPU(t *testing.T) {
+	// utime 250 and stime 50 ticks: 3 s; the name has a space and a ')'.
+	stat := "4242 (berth (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 100 0 0\n"
+	got, err := parseStatCPU([]byte(stat))
+	if err != nil || got != 3*time.Second {
+		t.Fatalf("got %v, %v; want 3s", got, err)
+	}
+	if _, err := parseStatCPU([]byte("4242 (berth) S 1")); err == nil {
+		t.Fatal("a short line was read")
+	}
+	// This process has used some CPU by now.
+	if c, err := ReadCPU(os.Getpid()); err != nil || c < 0 {
+		t.Fatalf("ReadCPU(self) = %v, %v", c, err)
 	}
 }

@@ -190,6 +190,12 @@ func (s *Summary) Figures() map[string]float64 {
 	if h := s.Handshake; h != nil {
 		f["tlsHandshakeBaseline.handshakesPerSecond"] = h.Rate
 	}
+	for _, c := range s.ServerCPU {
+		f["serverCpu."+c.Phase+".berthMsPerOperation"] = c.BerthMsPerOp
+		if c.StoreProcesses > 0 {
+			f["serverCpu."+c.Phase+".storeMsPerOperation"] = c.StoreMsPerOp
+		}
+	}
 	if t := s.Telemetry; t != nil {
 		f["telemetry.messagesPerSecond"] = t.Rate
 		f["telemetry.latency.p50Ms"] = t.Latency.P50

@@ -136,10 +136,9 @@ func spawnServe(ctx context.Context, exe, dir, host string, args []string) (*Spa
 	// enough to be stopped with SIGTERM by Close, like any berth.
 	cmd := exec.Command(exe, append([]string{"serve", "--data-dir", dir,
 		"--mqtt-addr", net.JoinHostPort(host, "0"), "--https-addr", net.JoinHostPort(host, "0"), "--amqp-addr", net.JoinHostPort(host, "0"),
-		// Not the default 127.0.0.1:8443, which another berth on the
-		// machine may hold.
-		"--admin-addr", net.JoinHostPort(host, "0"),
-		"--stream-listen", "none", "--log-level", "error"}, args...)...)
+		// No operator listener: its default port, 127.0.0.1:8443, may be
+		// another berth's.
+		"--stream-listen", "none", "--admin-addr", "none", "--log-level", "error"}, args...)...)
 	// The child's settings come from these flags alone.
 	cmd.Env = filterEnv(os.Environ(), "BERTH_")
 	s := &Spawned{cmd: cmd, dir: dir, exited: make(chan struct{}), stderr: &tailBuffer{max: 4096}}

@@ -125,7 +125,13 @@ func RunProvision(ctx context.Context, t *Target, o Options, pc ProvisionConfig)
 			return interrupted(ctx, s, err)
 		}
 	}
+	cpu := startCPU(ctx, t)
 	s.Provision, err = Provision(ctx, t, g, pc, o.Progress, nil)
+	if s.Provision != nil {
+		if u := cpu.stop(ctx, "provision", s.Provision.Assigned); u != nil {
+			s.ServerCPU = append(s.ServerCPU, u)
+		}
+	}
 	s.Seconds = seconds(time.Since(start))
 	if err != nil || ctx.Err() != nil {
 		return interrupted(ctx, s, err)
@@ -215,7 +221,15 @@ func RunTelemetry(ctx context.Context, t *Target, o Options, tc TelemetryConfig)
 			return interrupted(ctx, s, err)
 		}
 	}
+	cpu := startCPU(ctx, t)
 	s.Telemetry, err = Telemetry(ctx, ep, devices, tc, o.Progress)
+	if s.Telemetry != nil {
+		// The phase includes the devices' connects and disconnects: small
+		// next to the messages of a run of seconds.
+		if u := cpu.stop(ctx, "telemetry", s.Telemetry.Accepted); u != nil {
+			s.ServerCPU = append(s.ServerCPU, u)
+		}
+	}
 	if reader != nil {
 		// The reader drains what was accepted, then stops.
 		var accepted int64

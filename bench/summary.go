@@ -36,6 +36,10 @@ type Summary struct {
 	// EventHubsRead is the telemetry run as an Event Hubs consumer read it
 	// (--read eventhubs).
 	EventHubsRead *EventHubsReadResult `json:"eventHubsRead,omitempty"`
+	// ServerCPU is the server side's CPU per operation of the provision
+	// and telemetry phases, when its processes are known and apart from
+	// the bench's (--spawn, --cluster, --server-pid).
+	ServerCPU []*CPUUse `json:"serverCpu,omitempty"`
 	// Ratios are berth's figure over its baseline's, by name.
 	Ratios  map[string]float64 `json:"ratios,omitempty"`
 	Targets []TargetCheck      `json:"targets"`
@@ -288,6 +292,17 @@ func (s *Summary) WriteText(w io.Writer) {
 			}
 			fmt.Fprintln(w)
 		}
+	}
+	for _, c := range s.ServerCPU {
+		fmt.Fprintf(w, "server CPU, %s: berth %.3f ms per operation (%d processes)", c.Phase, c.BerthMsPerOp, c.BerthProcesses)
+		if c.StoreProcesses > 0 {
+			fmt.Fprintf(w, ", PostgreSQL %.3f ms (%d backends)", c.StoreMsPerOp, c.StoreProcesses)
+		}
+		fmt.Fprintln(w)
+	}
+	if len(s.Environment.LoadAverage) == 3 {
+		la := s.Environment.LoadAverage
+		fmt.Fprintf(w, "load average at the start: %.2f %.2f %.2f (%d CPUs)\n", la[0], la[1], la[2], s.Environment.NumCPU)
 	}
 	for _, t := range s.Targets {
 		fmt.Fprintf(w, "target %q %s: %s", t.Name, t.Goal, t.Status)

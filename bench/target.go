@@ -44,6 +44,10 @@ type Target struct {
 	// Store and Stream describe a spawned cluster's shared services, for
 	// the summary ("" otherwise).
 	Store, Stream string
+	// StorePIDs, when set, lists the store's server processes working for
+	// this target (a spawned cluster's PostgreSQL backends), whose CPU
+	// the summary adds (CPUUse).
+	StorePIDs func(ctx context.Context) []int
 }
 
 // Node is one berth node's listeners, and its process when known.
