@@ -26,6 +26,9 @@ type CPUUse struct {
 	// BerthSeconds is the CPU of every berth process (all nodes).
 	BerthSeconds float64 `json:"berthSeconds"`
 	BerthMsPerOp float64 `json:"berthMsPerOperation"`
+	// NodeSeconds is BerthSeconds by node, in the target's node order: how
+	// evenly a cluster shared the work.
+	NodeSeconds []float64 `json:"nodeSeconds,omitempty"`
 	// StoreSeconds is the CPU of the PostgreSQL backends of the
 	// cluster's database; absent for SQLite (inside berth's process).
 	StoreSeconds   float64 `json:"storeSeconds,omitempty"`
@@ -74,6 +77,7 @@ func parseStatCPU(stat []byte) (time.Duration, error) {
 // cpuMeter measures one phase.
 type cpuMeter struct {
 	t            *Target
+	pids         []int
 	berth, store map[int]time.Duration
 }
 
@@ -84,7 +88,7 @@ func startCPU(ctx context.Context, t *Target) *cpuMeter {
 	if len(pids) == 0 {
 		return nil
 	}
-	m := &cpuMeter{t: t, berth: map[int]time.Duration{}, store: map[int]time.Duration{}}
+	m := &cpuMeter{t: t, pids: pids, berth: map[int]time.Duration{}, store: map[int]time.Duration{}}
 	for _, pid := range pids {
 		if pid == os.Getpid() {
 			return nil
@@ -114,12 +118,16 @@ func (m *cpuMeter) stop(ctx context.Context, phase string, ops int64) *CPUUse {
 	}
 	u := &CPUUse{Phase: phase, Operations: ops, BerthProcesses: len(m.berth)}
 	var berth, store time.Duration
-	for pid, before := range m.berth {
+	for _, pid := range m.pids {
 		after, err := ReadCPU(pid)
 		if err != nil {
 			return nil // a node died: no figure rather than a wrong one
 		}
-		berth += after - before
+		d := after - m.berth[pid]
+		berth += d
+		if len(m.pids) > 1 {
+			u.NodeSeconds = append(u.NodeSeconds, round3(d.Seconds()))
+		}
 	}
 	if m.t.StorePIDs != nil {
 		for _, pid := range m.t.StorePIDs(ctx) {

@@ -294,7 +294,11 @@ func (s *Summary) WriteText(w io.Writer) {
 		}
 	}
 	for _, c := range s.ServerCPU {
-		fmt.Fprintf(w, "server CPU, %s: berth %.3f ms per operation (%d processes)", c.Phase, c.BerthMsPerOp, c.BerthProcesses)
+		fmt.Fprintf(w, "server CPU, %s: berth %.3f ms per operation (%d processes", c.Phase, c.BerthMsPerOp, c.BerthProcesses)
+		if len(c.NodeSeconds) > 0 {
+			fmt.Fprintf(w, ", seconds by node %v", c.NodeSeconds)
+		}
+		fmt.Fprint(w, ")")
 		if c.StoreProcesses > 0 {
 			fmt.Fprintf(w, ", PostgreSQL %.3f ms (%d backends)", c.StoreMsPerOp, c.StoreProcesses)
 		}
