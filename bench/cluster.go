@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,8 +21,8 @@ import (
 
 // A throwaway berth cluster for `berth bench --cluster N`: N child `berth
 // serve` processes, each on a loopback address of its own, sharing a fresh
-// PostgreSQL database and a NATS JetStream cluster of three servers that
-// runs in the bench's process, the telemetry stream replicated three times
+// PostgreSQL database and a NATS JetStream cluster of three servers (child
+// processes of this binary), the telemetry stream replicated three times
 // (docs/operations.md#running-a-cluster is the deployment this copies).
 //
 // Why the bench's own NATS cluster and not the machine's NATS: a 3-node
@@ -57,7 +59,7 @@ type ClusterConfig struct {
 type Cluster struct {
 	Target   *Target
 	nodes    []*Spawned
-	nats     []*natsserver.Server
+	nats     []*natsProc
 	natsDir  string
 	adminURL string
 	database string
@@ -103,7 +105,7 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (c *Cluster, err error
 	if err != nil {
 		return c, err
 	}
-	natsURL, err := c.startNATS(ctx, hosts[0])
+	natsURL, err := c.startNATS(ctx, cfg.Exe, hosts[0])
 	if err != nil {
 		return c, err
 	}
@@ -154,7 +156,8 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (c *Cluster, err error
 	t := *first.Target
 	t.Mode = "cluster"
 	t.Store = "postgres database " + c.database
-	t.Stream = fmt.Sprintf("NATS cluster of %d servers in the bench's process, stream R%d", len(c.nats), cfg.StreamReplicas)
+	t.Stream = fmt.Sprintf("NATS cluster of %d servers (child processes), stream R%d", len(c.nats), cfg.StreamReplicas)
+	t.StreamPIDs = c.NATSPIDs()
 	if cfg.Nodes > 1 {
 		for _, n := range c.nodes {
 			t.Nodes = append(t.Nodes, Node{MQTTAddress: n.Target.MQTTAddress, HTTPSAddress: n.Target.HTTPSAddress,
@@ -265,9 +268,44 @@ func pgExec(ctx context.Context, dsn, sql string) error {
 // holds an R3 stream and survives the loss of one server.
 const natsServers = 3
 
-// startNATS starts a JetStream cluster of natsServers servers on host and
-// returns the URLs of all of them, once JetStream answers.
-func (c *Cluster) startNATS(ctx context.Context, host string) (string, error) {
+// NATSNode is one server of the bench's NATS cluster, run by `berth bench
+// nats-server` (a hidden command): the nats-server module berth embeds, in
+// a process of its own so that its CPU is counted apart from the bench's.
+type NATSNode struct {
+	Name, Host, StoreDir string
+	Port, ClusterPort    int
+	Routes               []string
+}
+
+// RunNATSNode serves n until ctx ends.
+func RunNATSNode(ctx context.Context, n NATSNode) error {
+	var routes []*url.URL
+	for _, r := range n.Routes {
+		u, err := url.Parse(r)
+		if err != nil {
+			return fmt.Errorf("bench: NATS route %q: %w", r, err)
+		}
+		routes = append(routes, u)
+	}
+	ns, err := natsserver.NewServer(&natsserver.Options{
+		ServerName: n.Name, Host: n.Host, Port: n.Port,
+		JetStream: true, StoreDir: n.StoreDir, NoSigs: true, NoLog: true,
+		Cluster: natsserver.ClusterOpts{Name: "berth-bench", Host: n.Host, Port: n.ClusterPort},
+		Routes:  routes,
+	})
+	if err != nil {
+		return fmt.Errorf("bench: NATS server %s: %w", n.Name, err)
+	}
+	go ns.Start()
+	<-ctx.Done()
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	return nil
+}
+
+// startNATS starts a JetStream cluster of natsServers child processes on
+// host and returns the URLs of all of them, once JetStream answers.
+func (c *Cluster) startNATS(ctx context.Context, exe, host string) (string, error) {
 	dir, err := os.MkdirTemp("", "berth-bench-nats-")
 	if err != nil {
 		return "", fmt.Errorf("bench: NATS store dir: %w", err)
@@ -279,53 +317,80 @@ func (c *Cluster) startNATS(ctx context.Context, host string) (string, error) {
 			return "", err
 		}
 	}
-	var routes []*url.URL
-	var urls []string
+	var routes, urls []string
 	for i := range natsServers {
-		routes = append(routes, &url.URL{Scheme: "nats", Host: net.JoinHostPort(host, fmt.Sprint(ports[2*i+1]))})
+		routes = append(routes, "nats://"+net.JoinHostPort(host, fmt.Sprint(ports[2*i+1])))
 		urls = append(urls, "nats://"+net.JoinHostPort(host, fmt.Sprint(ports[2*i])))
 	}
 	for i := range natsServers {
-		ns, err := natsserver.NewServer(&natsserver.Options{
-			ServerName: fmt.Sprintf("berth-bench-%d", i+1), Host: host, Port: ports[2*i],
-			JetStream: true, StoreDir: filepath.Join(dir, fmt.Sprint(i+1)), NoSigs: true, NoLog: true,
-			Cluster: natsserver.ClusterOpts{Name: "berth-bench", Host: host, Port: ports[2*i+1]},
-			Routes:  routes,
-		})
-		if err != nil {
-			return "", fmt.Errorf("bench: NATS server %d: %w", i+1, err)
+		cmd := exec.Command(exe, "bench", "nats-server", "--name", fmt.Sprintf("berth-bench-%d", i+1), "--host", host,
+			"--port", fmt.Sprint(ports[2*i]), "--cluster-port", fmt.Sprint(ports[2*i+1]),
+			"--routes", strings.Join(routes, ","), "--store-dir", filepath.Join(dir, fmt.Sprint(i+1)))
+		cmd.Env = filterEnv(os.Environ(), "BERTH_")
+		cmd.Stdout = io.Discard
+		p := &natsProc{cmd: cmd, exited: make(chan struct{}), stderr: &tailBuffer{max: 4096}}
+		cmd.Stderr = p.stderr
+		cmd.SysProcAttr = childProcAttr()
+		if err := cmd.Start(); err != nil {
+			return "", fmt.Errorf("bench: start NATS server %d: %w", i+1, err)
 		}
-		c.nats = append(c.nats, ns)
-		go ns.Start()
-	}
-	for i, ns := range c.nats {
-		if !ns.ReadyForConnections(30 * time.Second) {
-			return "", fmt.Errorf("bench: NATS server %d not ready after 30 s", i+1)
-		}
+		go func() { _ = cmd.Wait(); close(p.exited) }()
+		c.nats = append(c.nats, p)
 	}
 	all := strings.Join(urls, ",")
-	nc, err := nats.Connect(all)
+	// The cluster answers JetStream requests once every server is up and
+	// it has elected its meta leader.
+	deadline := time.Now().Add(60 * time.Second)
+	var lastErr error
+	for {
+		for i, p := range c.nats {
+			select {
+			case <-p.exited:
+				return "", fmt.Errorf("bench: NATS server %d exited: %s", i+1, p.stderr.String())
+			default:
+			}
+		}
+		if lastErr = jetStreamAnswers(ctx, all); lastErr == nil {
+			return all, nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return "", fmt.Errorf("bench: JetStream of the bench's NATS cluster never answered: %w", lastErr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// jetStreamAnswers reports whether the JetStream of urls answers.
+func jetStreamAnswers(ctx context.Context, urls string) error {
+	nc, err := nats.Connect(urls, nats.Timeout(2*time.Second))
 	if err != nil {
-		return "", fmt.Errorf("bench: connect to the bench's NATS cluster: %w", err)
+		return err
 	}
 	defer nc.Close()
 	js, err := nc.JetStream()
 	if err != nil {
-		return "", fmt.Errorf("bench: JetStream: %w", err)
+		return err
 	}
-	// The cluster answers JetStream requests once it has elected its
-	// meta leader.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		_, err := js.AccountInfo(nats.Context(ctx))
-		if err == nil {
-			return all, nil
-		}
-		if ctx.Err() != nil || time.Now().After(deadline) {
-			return "", fmt.Errorf("bench: JetStream of the bench's NATS cluster never answered: %w", err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err = js.AccountInfo(nats.Context(ctx))
+	return err
+}
+
+// natsProc is a NATS server child process.
+type natsProc struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+	stderr *tailBuffer
+}
+
+// NATSPIDs are the NATS servers' processes, for their CPU.
+func (c *Cluster) NATSPIDs() []int {
+	var pids []int
+	for _, p := range c.nats {
+		pids = append(pids, p.cmd.Process.Pid)
 	}
+	return pids
 }
 
 // Close stops the nodes (SIGTERM, in parallel), then the NATS servers, and
@@ -337,9 +402,10 @@ func (c *Cluster) Close(ctx context.Context) error {
 		wg.Go(func() { errs[i] = n.Close() })
 	}
 	wg.Wait()
-	for _, ns := range c.nats {
-		ns.Shutdown()
-		ns.WaitForShutdown()
+	for _, p := range c.nats {
+		if err := stopProcess(p.cmd.Process, p.exited, 10*time.Second); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.natsDir != "" {
 		if err := os.RemoveAll(c.natsDir); err != nil {

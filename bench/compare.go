@@ -195,6 +195,9 @@ func (s *Summary) Figures() map[string]float64 {
 		if c.StoreProcesses > 0 {
 			f["serverCpu."+c.Phase+".storeMsPerOperation"] = c.StoreMsPerOp
 		}
+		if c.StreamSeconds > 0 {
+			f["serverCpu."+c.Phase+".streamMsPerOperation"] = c.StreamMsPerOp
+		}
 	}
 	if t := s.Telemetry; t != nil {
 		f["telemetry.messagesPerSecond"] = t.Rate

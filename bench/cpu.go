@@ -31,8 +31,12 @@ type CPUUse struct {
 	NodeSeconds []float64 `json:"nodeSeconds,omitempty"`
 	// StoreSeconds is the CPU of the PostgreSQL backends of the
 	// cluster's database; absent for SQLite (inside berth's process).
-	StoreSeconds   float64 `json:"storeSeconds,omitempty"`
-	StoreMsPerOp   float64 `json:"storeMsPerOperation,omitempty"`
+	StoreSeconds float64 `json:"storeSeconds,omitempty"`
+	StoreMsPerOp float64 `json:"storeMsPerOperation,omitempty"`
+	// StreamSeconds is the CPU of a spawned cluster's NATS servers; absent
+	// for the embedded NATS (inside berth's process).
+	StreamSeconds  float64 `json:"streamSeconds,omitempty"`
+	StreamMsPerOp  float64 `json:"streamMsPerOperation,omitempty"`
 	BerthProcesses int     `json:"berthProcesses"`
 	StoreProcesses int     `json:"storeProcesses,omitempty"`
 }
@@ -76,9 +80,9 @@ func parseStatCPU(stat []byte) (time.Duration, error) {
 
 // cpuMeter measures one phase.
 type cpuMeter struct {
-	t            *Target
-	pids         []int
-	berth, store map[int]time.Duration
+	t                    *Target
+	pids                 []int
+	berth, store, stream map[int]time.Duration
 }
 
 // startCPU reads the CPU of t's processes; nil when t's server processes
@@ -88,7 +92,12 @@ func startCPU(ctx context.Context, t *Target) *cpuMeter {
 	if len(pids) == 0 {
 		return nil
 	}
-	m := &cpuMeter{t: t, pids: pids, berth: map[int]time.Duration{}, store: map[int]time.Duration{}}
+	m := &cpuMeter{t: t, pids: pids, berth: map[int]time.Duration{}, store: map[int]time.Duration{}, stream: map[int]time.Duration{}}
+	for _, pid := range t.StreamPIDs {
+		if c, err := ReadCPU(pid); err == nil {
+			m.stream[pid] = c
+		}
+	}
 	for _, pid := range pids {
 		if pid == os.Getpid() {
 			return nil
@@ -136,6 +145,16 @@ func (m *cpuMeter) stop(ctx context.Context, phase string, ops int64) *CPUUse {
 				u.StoreProcesses++
 			}
 		}
+	}
+	if len(m.stream) > 0 {
+		var stream time.Duration
+		for pid, before := range m.stream {
+			if after, err := ReadCPU(pid); err == nil {
+				stream += after - before
+			}
+		}
+		u.StreamSeconds = round3(stream.Seconds())
+		u.StreamMsPerOp = msPerOp(stream, ops)
 	}
 	u.BerthSeconds = round3(berth.Seconds())
 	u.BerthMsPerOp = msPerOp(berth, ops)

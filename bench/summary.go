@@ -302,6 +302,9 @@ func (s *Summary) WriteText(w io.Writer) {
 		if c.StoreProcesses > 0 {
 			fmt.Fprintf(w, ", PostgreSQL %.3f ms (%d backends)", c.StoreMsPerOp, c.StoreProcesses)
 		}
+		if c.StreamSeconds > 0 {
+			fmt.Fprintf(w, ", NATS %.3f ms", c.StreamMsPerOp)
+		}
 		fmt.Fprintln(w)
 	}
 	if len(s.Environment.LoadAverage) == 3 {

@@ -48,6 +48,9 @@ type Target struct {
 	// this target (a spawned cluster's PostgreSQL backends), whose CPU
 	// the summary adds (CPUUse).
 	StorePIDs func(ctx context.Context) []int
+	// StreamPIDs are the NATS servers of a spawned cluster, whose CPU the
+	// summary adds too.
+	StreamPIDs []int
 }
 
 // Node is one berth node's listeners, and its process when known.

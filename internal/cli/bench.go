@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -99,7 +101,7 @@ Progress goes to stderr, the summary to stdout (JSON unless -o says otherwise).`
 	pf.StringSliceVar(&bf.spawnHosts, "spawn-hosts", nil, "loopback addresses of the spawned nodes, one per node (--spawn, --compare, --cluster; default random 127.x.y.z)")
 	pf.StringSliceVar(&bf.nodes, "nodes", nil, "the other nodes of the local berth's cluster: data directories (their client.json) or hosts (listeners on the first node's ports); devices are spread i % N")
 	cmd.MarkFlagsMutuallyExclusive("embedded", "spawn", "compare", "cluster", "nodes")
-	cmd.AddCommand(newBenchProvisionCmd(g, bf), newBenchTelemetryCmd(g, bf), newBenchConnectCmd(g, bf))
+	cmd.AddCommand(newBenchProvisionCmd(g, bf), newBenchTelemetryCmd(g, bf), newBenchConnectCmd(g, bf), newBenchNATSCmd())
 	return cmd
 }
 
@@ -546,4 +548,30 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// newBenchNATSCmd is one server of the NATS cluster of --cluster, which the
+// bench runs as child processes of its own binary (bench.StartCluster):
+// hidden, it is no command for people.
+func newBenchNATSCmd() *cobra.Command {
+	var n bench.NATSNode
+	cmd := &cobra.Command{
+		Use:    "nats-server",
+		Short:  "One NATS JetStream server of the cluster of berth bench --cluster (internal)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			return bench.RunNATSNode(ctx, n)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&n.Name, "name", "", "server name")
+	f.StringVar(&n.Host, "host", "", "address to listen on")
+	f.IntVar(&n.Port, "port", 0, "client port")
+	f.IntVar(&n.ClusterPort, "cluster-port", 0, "cluster port")
+	f.StringSliceVar(&n.Routes, "routes", nil, "the cluster's route URLs")
+	f.StringVar(&n.StoreDir, "store-dir", "", "JetStream store directory")
+	return cmd
 }
