@@ -89,8 +89,8 @@ type cpuMeter struct {
 // are unknown or are the bench's own (--embedded: the clients would count).
 func startCPU(ctx context.Context, t *Target) *cpuMeter {
 	pids := t.ServerPIDs()
-	if len(pids) == 0 {
-		return nil
+	if len(pids) == 0 || len(pids) < len(t.Nodes) {
+		return nil // a node whose process is unknown would be missing from the sum
 	}
 	m := &cpuMeter{t: t, pids: pids, berth: map[int]time.Duration{}, store: map[int]time.Duration{}, stream: map[int]time.Duration{}}
 	for _, pid := range t.StreamPIDs {

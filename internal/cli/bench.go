@@ -518,6 +518,14 @@ func (bf *benchFlags) target(ctx context.Context, g *globals, log *slog.Logger) 
 	if err := t.AddNodes(bf.nodes); err != nil {
 		return nil, nil, err
 	}
+	// The nodes' processes, when they are on this machine, for the CPU
+	// figures (serverCpu); a node elsewhere stays unknown, and then no
+	// CPU figure is given.
+	for i := range t.Nodes {
+		if t.Nodes[i].PID == 0 {
+			t.Nodes[i].PID, _ = bench.FindListenerPID(t.Nodes[i].MQTTAddress)
+		}
+	}
 	return t, func() {}, nil
 }
 
