@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
+
 	"github.com/berth-iot/berth/dps"
 	"github.com/berth-iot/berth/sas"
 	"github.com/berth-iot/berth/server"
@@ -202,5 +204,65 @@ func TestThrottleConnections(t *testing.T) {
 	err := b.hubConnectErr("conn-1", hubToken(t, b.info.HubHostName, "conn-1", key))
 	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unavailable") {
 		t.Fatalf("second connection over the rate: %v, want CONNACK 3 server unavailable", err)
+	}
+}
+
+// privateNATS starts a NATS server with JetStream for this test alone (the
+// machine's NATS may carry other berths, whose nodes every node on it
+// hears as peers) and returns its URL.
+func privateNATS(t *testing.T) string {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		t.Fatal("NATS server not ready")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns.ClientURL()
+}
+
+// The quota is the cluster's, not each node's: two nodes of one cluster
+// with dps-register=4/h admit 2 registrations each (before, each admitted
+// 4, so the cluster 8). berth_cluster_nodes says when a node has heard the
+// other.
+func TestThrottleIsTheClusters(t *testing.T) {
+	s, err := throttle.Parse(throttle.Off, nil, []string{"dps-register=4/h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := server.Config{StoreURL: sharedStore(t), NATSURL: privateNATS(t), Throttle: s, AdminAddr: "127.0.0.1:0"}
+	a := startWith(t, t.TempDir(), cfg)
+	b := startWith(t, joinDir(t, a), cfg)
+	for _, n := range []*berth{a, b} {
+		deadline := time.Now().Add(30 * time.Second)
+		for n.metric("berth_cluster_nodes") != "2" {
+			if time.Now().After(deadline) {
+				t.Fatalf("berth_cluster_nodes = %s after 30 s, want 2", n.metric("berth_cluster_nodes"))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	key := a.createGroup("cluster-throttle")
+	for name, n := range map[string]*berth{"A": a, "B": b} {
+		admitted := 0
+		for i := range 4 {
+			id := fmt.Sprintf("cthr-%s-%d", name, i)
+			resp, data := n.do("PUT", "/"+n.info.IDScope+"/registrations/"+id+"/register?api-version=2021-06-01",
+				n.deviceToken(id, derived(t, key, id)), `{"registrationId":"`+id+`"}`, nil, nil)
+			switch resp.StatusCode {
+			case 202:
+				admitted++
+			case 429:
+			default:
+				t.Fatalf("node %s, register %s: %d %s", name, id, resp.StatusCode, data)
+			}
+		}
+		if admitted != 2 {
+			t.Errorf("node %s admitted %d of 4 registrations, want its half of the cluster's 4/h: 2", name, admitted)
+		}
 	}
 }

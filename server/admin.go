@@ -46,6 +46,9 @@ func (s *Server) instrument() {
 	s.hubSvc.CloudToDevice.SetObserver(m)
 	s.dps.SetObserver(m.Registration)
 	m.AddGauge("berth_build_info", "Always 1; the labels say which berth this is.", func() float64 { return 1 }, "version", version.Get().Version)
+	m.AddGauge("berth_cluster_nodes", "Berth nodes this one hears on NATS, itself included (1 alone); --throttle quotas are divided by it.", func() float64 {
+		return float64(s.liveNodes())
+	})
 	m.AddGauge("berth_c2d_queued_messages", "Cloud-to-device messages waiting in every device queue (read from the store at scrape time).", func() float64 {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -294,19 +294,23 @@ func open(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// liveNodes is how many berth nodes this one hears, itself included: 1
+// without a bus (the embedded NATS). s.bus is set by openStream, later in
+// New than setupThrottle, but before any request or scrape.
+func (s *Server) liveNodes() int {
+	if s.bus == nil {
+		return 1
+	}
+	return s.bus.LiveNodes()
+}
+
 // setupThrottle installs cfg.Throttle in both domains, which every front
 // end calls, and logs the limits the default hub gets.
 func (s *Server) setupThrottle() {
 	th := throttle.New(throttle.Config{Settings: s.cfg.Throttle, Observe: s.metrics.Throttled,
 		// The quotas are the cluster's: each node takes its share by the
-		// nodes linkbus hears (s.bus is set by openStream, later in New,
-		// before any request; nil on the embedded NATS, a node alone).
-		Nodes: func() int {
-			if s.bus == nil {
-				return 1
-			}
-			return s.bus.LiveNodes()
-		}})
+		// nodes linkbus hears.
+		Nodes: s.liveNodes})
 	if th == nil {
 		return
 	}
