@@ -73,7 +73,7 @@ berth's cluster (their data directories, or their hosts when their listeners
 use the same ports as the first node's); device i provisions through and
 connects to node i % N. --cluster N spawns a throwaway N-node cluster (N
 child berth serve on their own loopback addresses, a fresh PostgreSQL
-database on --postgres, a 3-server NATS JetStream cluster in this process,
+database on --postgres, a 3-server NATS JetStream cluster as child processes,
 stream R3) and removes it all afterwards; --cluster 1,3 runs a 1-node and a
 3-node cluster alternately for --rounds rounds and compares them
 (docs/benchmarks.md, "Cluster: 1 node vs 3 nodes").
