@@ -68,24 +68,20 @@ func readClusterIdentity(ctx context.Context, st store.Store) (*clusterIdentity,
 // record) must at least already serve the node's hub: otherwise this node
 // would add a second hub that no other node's devices are assigned to.
 func (s *Server) checkClusterNames(ctx context.Context) error {
+	if s.cfg.AcceptNewHub {
+		return nil // checkClusterCA records the new names
+	}
 	id, _, err := readClusterIdentity(ctx, s.store)
 	if err != nil {
 		return err
 	}
 	if id == nil {
-		rec, err := s.store.Get(ctx, store.KindConfig, "hubs")
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
-		}
+		infos, err := readStoredHubs(ctx, s.store)
 		if err != nil {
-			return fmt.Errorf("server: read hubs: %w", err)
-		}
-		var infos []hub.HubInfo
-		if err := json.Unmarshal(rec.Data, &infos); err != nil {
-			return fmt.Errorf("server: decode hubs: %w", err)
+			return err
 		}
 		for _, h := range infos {
-			if strings.EqualFold(h.Name, s.cfg.HubName) {
+			if sameHost(h.Name, s.cfg.HubName) {
 				return nil
 			}
 		}
@@ -94,7 +90,7 @@ func (s *Server) checkClusterNames(ctx context.Context) error {
 		}
 		return nil
 	}
-	if !strings.EqualFold(id.GlobalEndpoint, s.cfg.Hosts[0]) || !strings.EqualFold(id.HubName, s.cfg.HubName) {
+	if !sameHost(id.GlobalEndpoint, s.cfg.Hosts[0]) || !sameHost(id.HubName, s.cfg.HubName) {
 		return mismatch("server: this node was started with first --host %q and hub %q, but the cluster on its store was created with first --host %q and --hub-name %q; starting would serve another DPS endpoint and create a new hub, so it is refused (give a node's own address as a further --host).",
 			s.cfg.Hosts[0], s.cfg.HubName, id.GlobalEndpoint, id.HubName)
 	}
@@ -111,9 +107,29 @@ func (s *Server) checkClusterCA(ctx context.Context) error {
 		fp = hex.EncodeToString(sum[:])
 	}
 	for range 3 {
-		id, _, err := readClusterIdentity(ctx, s.store)
+		id, etag, err := readClusterIdentity(ctx, s.store)
 		if err != nil {
 			return err
+		}
+		if id != nil && s.cfg.AcceptNewHub && (!sameHost(id.GlobalEndpoint, s.cfg.Hosts[0]) || !sameHost(id.HubName, s.cfg.HubName)) {
+			// The operator renames the cluster: record this node's names
+			// (the CA is checked as always, below).
+			s.log.Warn("server: --accept-new-hub: the cluster's names change; start every other node with the new ones",
+				"firstHostWas", id.GlobalEndpoint, "hubWas", id.HubName, "firstHost", s.cfg.Hosts[0], "hub", s.cfg.HubName)
+			next := *id
+			next.GlobalEndpoint, next.HubName = s.cfg.Hosts[0], s.cfg.HubName
+			data, err := json.Marshal(next)
+			if err != nil {
+				return fmt.Errorf("server: encode the cluster identity: %w", err)
+			}
+			_, err = s.store.Put(ctx, store.Record{Kind: store.KindConfig, Key: clusterKey, Data: data}, store.Cond{IfMatch: etag})
+			if errors.Is(err, store.ErrPreconditionFailed) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("server: write the cluster identity: %w", err)
+			}
+			id = &next
 		}
 		if id == nil {
 			data, err := json.Marshal(clusterIdentity{GlobalEndpoint: s.cfg.Hosts[0], HubName: s.cfg.HubName, DevelopmentCA: fp, Created: time.Now().UTC()})

@@ -50,6 +50,12 @@ type Config struct {
 	Hosts []string
 	// HubName is the host name of the hub devices are assigned to.
 	HubName string
+	// AcceptNewHub lets a start whose HubName (or, in a cluster, first
+	// host) differs from the one recorded in the store go ahead: it
+	// records the new names, and the hub is created if it is new and made
+	// the default; the previous hub stays, with its devices. Without it
+	// such a start is refused (docs/operations.md#the-hub-of-a-data-directory).
+	AcceptNewHub bool
 	// Region is this node's location label: geoLatency allocation prefers
 	// hubs with the same region (docs/provisioning.md).
 	Region string
@@ -114,6 +120,9 @@ func (c *Config) Defaults() {
 	if c.HubName == "" {
 		c.HubName = c.Hosts[0]
 	}
+	// An absolute name's trailing dot names the same host; a hub's name
+	// (a device's HostName, a token's audience) is written without it.
+	c.HubName = strings.TrimSuffix(c.HubName, ".")
 	if c.MQTTAddr == "" {
 		c.MQTTAddr = ":8883"
 	}
@@ -222,6 +231,10 @@ func open(ctx context.Context, cfg Config) (*Server, error) {
 			st.Close()
 			return nil, err
 		}
+	} else if err := s.checkLocalHub(ctx); err != nil {
+		// Likewise on one node: another hub name would add a hub.
+		st.Close()
+		return nil, err
 	}
 	settings, created, err := dps.LoadOrCreateSettings(ctx, st, cfg.IDScope)
 	if err != nil {
@@ -246,6 +259,12 @@ func open(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.hubSet = s.hubs.Default().Settings
+	if !shared {
+		if err := s.recordLocalIdentity(ctx); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 	s.dps, err = dps.New(st, s.registry, dps.Config{
 		IDScope:    settings.IDScope,
 		LinkedHubs: linkedHubs(s.hubs.List()),

@@ -73,6 +73,7 @@ the flag names. Flags win over the environment, which wins over the file.`,
 	f.StringVar(&configFile, "config", "", "JSON config file (keys are flag names)")
 	f.StringSliceVar(&cfg.Hosts, "host", []string{"127.0.0.1", "localhost"}, "host names and IPs devices use to reach berth; the first is the public name (repeat or comma-separate)")
 	f.StringVar(&cfg.HubName, "hub-name", "", "host name of the IoT hub devices are assigned to (default: the first --host)")
+	f.BoolVar(&cfg.AcceptNewHub, "accept-new-hub", false, "start although the hub (--hub-name, else the first --host) is not the one the store was created with: the new hub is created and made the default, the previous one stays with its devices (docs/operations.md)")
 	f.StringVar(&cfg.Region, "region", "", "this berth's region label: geoLatency allocation prefers hubs with the same --region")
 	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", ":8883", "MQTT over TLS listen address")
 	f.StringVar(&cfg.HTTPSAddr, "https-addr", ":443", "HTTPS listen address (also AMQP and MQTT over WebSockets at /$iothub/websocket)")
