@@ -160,6 +160,9 @@ var (
 var (
 	HubConfigurationNotFound      = hubCode(404011, "ConfigurationNotFound", "Configuration not found.")
 	HubConfigurationAlreadyExists = hubCode(409302, "ConfigurationAlreadyExists", "A configuration with this ID already exists.")
+	// HubConfigurationCountLimitExceeded: IoT Hub's number and name for a
+	// hub over its configuration limit (100 on paid hubs).
+	HubConfigurationCountLimitExceeded = hubCode(413101, "ConfigurationCountLimitExceeded", "The hub's configuration count limit has been exceeded.")
 )
 
 // Codes returns every entry of the table, in declaration order.

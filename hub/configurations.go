@@ -145,11 +145,29 @@ type compiledConfig struct {
 	etag    string
 	target  *hubquery.Query // nil: targets no device (empty condition)
 	metrics map[string]*hubquery.Query
-	// patch is the deviceContent as a desired-properties patch and paths
-	// the members it sets; both nil for a module configuration, which
-	// berth stores but does not apply (docs/configurations.md).
+	// patch is the deviceContent (or moduleContent) as a
+	// desired-properties patch and paths the members it sets; both nil for
+	// an IoT Edge deployment (modulesContent), which berth stores but does
+	// not apply (docs/configurations.md).
 	patch json.RawMessage
 	paths [][]string
+	// modules: the content is moduleContent, applied to the module twins
+	// a FROM devices.modules condition selects.
+	modules bool
+}
+
+// edge reports whether the configuration is an IoT Edge deployment
+// (modulesContent): IoT Hub counts those apart from device and module
+// configurations.
+func (c *compiledConfig) edge() bool { return len(c.rec.Content.ModulesContent) > 0 }
+
+// collection is what the configuration's content is written to: device
+// twins or module twins.
+func (c *compiledConfig) collection() hubquery.Collection {
+	if c.modules {
+		return hubquery.Modules
+	}
+	return hubquery.Devices
 }
 
 func configKey(hubName, id string) string { return strings.ToLower(hubName) + "/" + id }
@@ -320,24 +338,27 @@ func compile(rec configRecord, etag string) (*compiledConfig, error) {
 	if c.target, err = parseTargetCondition(rec.TargetCondition); err != nil {
 		return nil, azerr.Newf(azerr.HubArgumentInvalid, "Invalid target condition: %s", err.Error())
 	}
-	if len(rec.Content.DeviceContent) > 0 {
+	switch {
+	case len(rec.Content.DeviceContent) > 0:
 		if c.target != nil && c.target.From != hubquery.Devices {
 			return nil, azerr.Newf(azerr.HubArgumentInvalid, "The target condition of a device configuration must select devices.")
 		}
-		patch, paths, err := contentPatch(rec.Content.DeviceContent)
-		if err != nil {
+		if err := c.compileContent(rec.Content.DeviceContent); err != nil {
 			return nil, err
 		}
-		if c.patch, err = json.Marshal(patch); err != nil {
-			return nil, fmt.Errorf("hub: encode configuration content: %w", err)
+	case len(rec.Content.ModuleContent) > 0:
+		// The condition's collection is checked by Put (IoT Hub: "must
+		// start with FROM devices.modules WHERE"); one stored before
+		// berth applied module configurations may select devices, and
+		// then targets nothing (matching).
+		c.modules = true
+		if err := c.compileContent(rec.Content.ModuleContent); err != nil {
+			return nil, err
 		}
-		c.paths = paths
-	} else {
-		for _, m := range []map[string]json.RawMessage{rec.Content.ModuleContent, rec.Content.ModulesContent} {
-			for k, raw := range m {
-				if !json.Valid(raw) {
-					return nil, azerr.Newf(azerr.HubArgumentInvalid, "The content of %q is not valid JSON.", k)
-				}
+	default:
+		for k, raw := range rec.Content.ModulesContent {
+			if !json.Valid(raw) {
+				return nil, azerr.Newf(azerr.HubArgumentInvalid, "The content of %q is not valid JSON.", k)
 			}
 		}
 	}
@@ -355,6 +376,20 @@ func compile(rec configRecord, etag string) (*compiledConfig, error) {
 		c.metrics[name] = q
 	}
 	return c, nil
+}
+
+// compileContent sets the desired patch and paths of a deviceContent or
+// moduleContent.
+func (c *compiledConfig) compileContent(content map[string]json.RawMessage) error {
+	patch, paths, err := contentPatch(content)
+	if err != nil {
+		return err
+	}
+	if c.patch, err = json.Marshal(patch); err != nil {
+		return fmt.Errorf("hub: encode configuration content: %w", err)
+	}
+	c.paths = paths
+	return nil
 }
 
 // appliedPatch decodes the configuration's desired patch afresh.
@@ -497,12 +532,14 @@ func decodeConfig(r store.Record) (*compiledConfig, error) {
 	return compile(rec, r.ETag)
 }
 
-// matching returns the device configurations whose condition the twin
-// document meets, in order of precedence.
-func matching(doc map[string]any, cs []*compiledConfig) []*compiledConfig {
+// matching returns the configurations whose condition the twin document
+// meets, in order of precedence: device configurations for a device twin
+// (from devices), module configurations for a module twin (from
+// devices.modules).
+func matching(doc map[string]any, from hubquery.Collection, cs []*compiledConfig) []*compiledConfig {
 	var out []*compiledConfig
 	for _, cc := range cs {
-		if cc.patch != nil && cc.target != nil && cc.target.Matches(doc) {
+		if cc.patch != nil && cc.collection() == from && cc.target != nil && cc.target.From == from && cc.target.Matches(doc) {
 			out = append(out, cc)
 		}
 	}
@@ -543,7 +580,12 @@ func combined(ms []*compiledConfig) (patch map[string]any, paths [][]string, dig
 // at once, so none stays Targeted); what they wrote before and no longer
 // write is removed.
 func apply(d *Device, tw *twinRecord, cs []*compiledConfig, now time.Time) (map[string]any, error) {
-	ms := matching(twinDocument(d, tw, ""), cs)
+	var ms []*compiledConfig
+	if d.moduleID != "" {
+		ms = matching(moduleTwinDocument(d, tw, ""), hubquery.Modules, cs)
+	} else {
+		ms = matching(twinDocument(d, tw, ""), hubquery.Devices, cs)
+	}
 	content, paths, digest := combined(ms)
 	same := digest == tw.ConfigDigest && len(ms) == len(tw.Configs)
 	for _, m := range ms {
@@ -601,16 +643,51 @@ func overlay(dst, src map[string]any) {
 	}
 }
 
-// Reconcile evaluates one device against its hub's configurations now and
-// writes its twin if that changes anything.
+// Reconcile evaluates one device, or one module (id "device/module",
+// TwinID), against its hub's configurations now and writes its twin if
+// that changes anything. A device's modules are reconciled with it when
+// the hub has module configurations: their documents carry the device's
+// status.
 func (c *Configurations) Reconcile(ctx context.Context, hubName, id string) error {
 	cs, err := c.configs(ctx, hubName)
 	if err != nil {
 		return err
 	}
-	d, err := c.twins.reg.Get(ctx, hubName, id)
+	if err := c.reconcileOne(ctx, hubName, id, cs); err != nil {
+		return err
+	}
+	if strings.Contains(id, "/") || !hasModuleConfigs(cs) {
+		return nil
+	}
+	mods, err := c.twins.reg.listModules(ctx, hubName, id)
+	if err != nil {
+		return fmt.Errorf("hub: apply configurations to the modules of %s: %w", id, err)
+	}
+	var errs []error
+	for _, m := range mods {
+		errs = append(errs, c.reconcileOne(ctx, hubName, TwinID(m.DeviceID, m.ModuleID), cs))
+	}
+	return errors.Join(errs...)
+}
+
+func hasModuleConfigs(cs []*compiledConfig) bool {
+	for _, cc := range cs {
+		if cc.modules {
+			return true
+		}
+	}
+	return false
+}
+
+// gone reports whether err says the device or module no longer exists.
+func gone(err error) bool {
 	var ae *azerr.Error
-	if errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound {
+	return errors.As(err, &ae) && (ae.Code == azerr.HubDeviceNotFound || ae.Code == azerr.HubModuleNotFound)
+}
+
+func (c *Configurations) reconcileOne(ctx context.Context, hubName, id string, cs []*compiledConfig) error {
+	d, err := c.twins.reg.identity(ctx, hubName, id)
+	if gone(err) {
 		return nil // deleted meanwhile: nothing to apply
 	}
 	if err != nil {
@@ -620,7 +697,7 @@ func (c *Configurations) Reconcile(ctx context.Context, hubName, id string) erro
 		return apply(d, tw, cs, now)
 	})
 	switch {
-	case errors.Is(err, errNoTwinChange), errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound:
+	case errors.Is(err, errNoTwinChange), gone(err):
 		return nil
 	case err != nil:
 		return fmt.Errorf("hub: apply configurations to %s: %w", id, err)
@@ -641,28 +718,34 @@ func (c *Configurations) Sweep(ctx context.Context, hubName string, full bool) e
 		return err
 	}
 	var todo []string
-	s := &twinScan{t: c.twins, hubName: hubName}
-	err = s.source(ctx, "", func(id string, doc map[string]any) (bool, error) {
-		ms := matching(doc, cs)
-		have, _ := doc["configurations"].(map[string]any)
-		same := len(ms) == len(have) && !(full && len(ms) > 0)
-		for _, m := range ms {
-			e, _ := have[m.rec.ID].(map[string]any)
-			if e == nil || e["status"] != ConfigurationApplied {
-				same = false
+	check := func(from hubquery.Collection) func(string, map[string]any) (bool, error) {
+		return func(id string, doc map[string]any) (bool, error) {
+			ms := matching(doc, from, cs)
+			have, _ := doc["configurations"].(map[string]any)
+			same := len(ms) == len(have) && !(full && len(ms) > 0)
+			for _, m := range ms {
+				e, _ := have[m.rec.ID].(map[string]any)
+				if e == nil || e["status"] != ConfigurationApplied {
+					same = false
+				}
 			}
+			if !same {
+				todo = append(todo, id)
+			}
+			return true, nil
 		}
-		if !same {
-			todo = append(todo, id)
-		}
-		return true, nil
-	})
-	if err != nil {
+	}
+	if err := (&twinScan{t: c.twins, hubName: hubName}).source(ctx, "", check(hubquery.Devices)); err != nil {
 		return fmt.Errorf("hub: sweep configurations: %w", err)
+	}
+	// Module twins too, also when no module configuration is left: their
+	// twins may still list a deleted one.
+	if err := (&moduleScan{t: c.twins, hubName: hubName}).source(ctx, "", check(hubquery.Modules)); err != nil {
+		return fmt.Errorf("hub: sweep configurations of modules: %w", err)
 	}
 	var errs []error
 	for _, id := range todo {
-		if err := c.Reconcile(ctx, hubName, id); err != nil {
+		if err := c.reconcileOne(ctx, hubName, id, cs); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -799,6 +882,9 @@ func (c *Configurations) render(ctx context.Context, hubName string, cs []*compi
 			"targetedCount": "",
 			"appliedCount":  fmt.Sprintf("SELECT deviceId FROM devices WHERE configurations.[[%s]].status = '%s'", r.ID, ConfigurationApplied),
 		}
+		if cc.modules {
+			sysQ["appliedCount"] = fmt.Sprintf("SELECT deviceId, moduleId FROM devices.modules WHERE configurations.[[%s]].status = '%s'", r.ID, ConfigurationApplied)
+		}
 		if tc := strings.TrimSpace(r.TargetCondition); tc != "" {
 			if cc.target != nil && cc.target.From != hubquery.Devices {
 				sysQ["targetedCount"] = "SELECT deviceId " + tc
@@ -828,26 +914,41 @@ func (c *Configurations) render(ctx context.Context, hubName string, cs []*compi
 	if len(cs) == 0 || !count {
 		return out, nil
 	}
-	s := &twinScan{t: c.twins, hubName: hubName}
-	err := s.source(ctx, "", func(_ string, doc map[string]any) (bool, error) {
-		confs, _ := doc["configurations"].(map[string]any)
-		for i, cc := range cs {
-			if cc.target != nil && cc.target.From == hubquery.Devices && cc.target.Matches(doc) {
-				out[i].SystemMetrics.Results["targetedCount"]++
-			}
-			if e, _ := confs[cc.rec.ID].(map[string]any); e != nil && e["status"] == ConfigurationApplied {
-				out[i].SystemMetrics.Results["appliedCount"]++
-			}
-			for name, q := range cc.metrics {
-				if q.From == hubquery.Devices && q.Matches(doc) {
-					out[i].Metrics.Results[name]++
+	count1 := func(from hubquery.Collection) func(string, map[string]any) (bool, error) {
+		return func(_ string, doc map[string]any) (bool, error) {
+			confs, _ := doc["configurations"].(map[string]any)
+			for i, cc := range cs {
+				if cc.collection() == from {
+					if cc.target != nil && cc.target.From == from && cc.target.Matches(doc) {
+						out[i].SystemMetrics.Results["targetedCount"]++
+					}
+					if e, _ := confs[cc.rec.ID].(map[string]any); e != nil && e["status"] == ConfigurationApplied {
+						out[i].SystemMetrics.Results["appliedCount"]++
+					}
+				}
+				for name, q := range cc.metrics {
+					if q.From == from && q.Matches(doc) {
+						out[i].Metrics.Results[name]++
+					}
 				}
 			}
+			return true, nil
 		}
-		return true, nil
-	})
-	if err != nil {
+	}
+	if err := (&twinScan{t: c.twins, hubName: hubName}).source(ctx, "", count1(hubquery.Devices)); err != nil {
 		return nil, fmt.Errorf("hub: count configuration metrics: %w", err)
+	}
+	modules := false
+	for _, cc := range cs {
+		modules = modules || cc.modules
+		for _, q := range cc.metrics {
+			modules = modules || q.From == hubquery.Modules
+		}
+	}
+	if modules {
+		if err := (&moduleScan{t: c.twins, hubName: hubName}).source(ctx, "", count1(hubquery.Modules)); err != nil {
+			return nil, fmt.Errorf("hub: count configuration metrics over modules: %w", err)
+		}
 	}
 	return out, nil
 }
@@ -871,12 +972,20 @@ func (c *Configurations) Put(ctx context.Context, hubName string, in *Configurat
 	if rec.SchemaVersion == "" {
 		rec.SchemaVersion = ConfigurationSchemaVersion
 	}
-	if _, err := compile(rec, ""); err != nil {
+	compiled, err := compile(rec, "")
+	if err != nil {
 		return nil, err
+	}
+	if compiled.modules && compiled.target != nil && compiled.target.From != hubquery.Modules {
+		return nil, azerr.Newf(azerr.HubArgumentInvalid, "The target condition of a module configuration must start with FROM devices.modules WHERE.")
 	}
 	key := configKey(hubName, in.ID)
 	cond := store.Cond{IfNotExists: true}
-	if ifMatch = strings.TrimSpace(ifMatch); ifMatch != "" {
+	if ifMatch = strings.TrimSpace(ifMatch); ifMatch == "" {
+		if err := c.checkCount(ctx, hubName, compiled.edge()); err != nil {
+			return nil, err
+		}
+	} else {
 		cur, err := c.store.Get(ctx, store.KindConfiguration, key)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, azerr.Newf(azerr.HubConfigurationNotFound, "The configuration '%s' does not exist.", in.ID)
@@ -931,6 +1040,40 @@ func (c *Configurations) Put(ctx context.Context, hubName string, in *Configurat
 		return nil, err
 	}
 	return out[0], nil
+}
+
+// MaxConfigurations is how many automatic device and module
+// configurations a hub may have, and apart from them how many IoT Edge
+// deployments: IoT Hub's limit for paid hubs (docs/configurations.md).
+const MaxConfigurations = 100
+
+// checkCount refuses a new configuration beyond MaxConfigurations of its
+// kind (device and module configurations, or IoT Edge deployments) with
+// IoT Hub's 413101 ConfigurationCountLimitExceeded. Checked before the
+// write: two creates at the same moment on two nodes may both pass it.
+func (c *Configurations) checkCount(ctx context.Context, hubName string, edge bool) error {
+	recs, err := c.store.List(ctx, store.KindConfiguration, store.ListOptions{Index: strings.ToLower(hubName)})
+	if err != nil {
+		return fmt.Errorf("hub: count configurations: %w", err)
+	}
+	n := 0
+	for _, r := range recs {
+		var rec configRecord
+		if err := json.Unmarshal(r.Data, &rec); err != nil {
+			return fmt.Errorf("hub: decode configuration: %w", err)
+		}
+		if (len(rec.Content.ModulesContent) > 0) == edge {
+			n++
+		}
+	}
+	if n >= MaxConfigurations {
+		kind := "automatic device and module configurations"
+		if edge {
+			kind = "IoT Edge deployments"
+		}
+		return azerr.Newf(azerr.HubConfigurationCountLimitExceeded, "The hub has %d %s, the limit; delete one before creating another.", n, kind)
+	}
+	return nil
 }
 
 // sameContent compares two contents as JSON values.

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -292,9 +294,13 @@ func TestConfigurationWrites(t *testing.T) {
 	if err := cfgs.Delete(ctx, hubName, "c1", ""); code(err) != azerr.HubConfigurationNotFound {
 		t.Errorf("delete again: %v", err)
 	}
-	// Module configurations are kept and listed, not applied.
-	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "m1", TargetCondition: "FROM devices.modules WHERE moduleId = 'x'",
-		Content: hub.ConfigurationContent{ModuleContent: map[string]json.RawMessage{"properties.desired": json.RawMessage(`{"a":1}`)}}}, ""); err != nil {
+	// A module configuration's condition selects modules, as IoT Hub
+	// requires ("FROM devices.modules WHERE …").
+	modContent := hub.ConfigurationContent{ModuleContent: map[string]json.RawMessage{"properties.desired": json.RawMessage(`{"a":1}`)}}
+	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "m0", TargetCondition: "tags.a = 1", Content: modContent}, ""); code(err) != azerr.HubArgumentInvalid {
+		t.Errorf("module configuration selecting devices: %v", err)
+	}
+	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "m1", TargetCondition: "FROM devices.modules WHERE moduleId = 'x'", Content: modContent}, ""); err != nil {
 		t.Fatal(err)
 	}
 	list, err := cfgs.List(ctx, hubName, 0)
@@ -445,5 +451,115 @@ func TestConfigurationTargetsAndTies(t *testing.T) {
 	}
 	if d, cs := f.desired("d2"); jsonOf(t, d) != `{"all":1,"who":"newer"}` || len(cs) != 2 {
 		t.Errorf("d2: %v %v", d, cs)
+	}
+}
+
+// Module configurations (moduleContent, a FROM devices.modules condition)
+// are applied to the module twins they select, as device configurations
+// to device twins: the content merged into the desired properties, the
+// twin's configurations section, the metrics counted over modules; a
+// device twin is not touched by them, nor a module twin by a device
+// configuration; deleting the configuration removes what it wrote.
+func TestModuleConfigurationsApplyToModuleTwins(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	svc := hub.NewServices(st, hub.NewRegistry(st, nil), nil, nil, nil)
+	f := configFixture{t: t, ctx: ctx, svc: svc}
+	f.device("d1", "")
+	f.device("d2", "")
+	for _, m := range []struct{ dev, mod string }{{"d1", "sensor"}, {"d1", "other"}, {"d2", "sensor"}} {
+		if _, err := svc.Registry.CreateModule(ctx, hubName, &hub.Module{DeviceID: m.dev, ModuleID: m.mod}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := svc.Twins.Patch(ctx, hubName, "d2/sensor", []byte(`{"tags":{"ring":"canary"}}`), ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Configurations.Put(ctx, hubName, &hub.Configuration{ID: "sensors", Priority: 1,
+		TargetCondition: "FROM devices.modules WHERE moduleId = 'sensor'",
+		Content:         hub.ConfigurationContent{ModuleContent: map[string]json.RawMessage{"properties.desired.rate": json.RawMessage(`5`)}},
+		Metrics:         hub.ConfigurationMetrics{Queries: map[string]string{"canary": "SELECT deviceId FROM devices.modules WHERE tags.ring = 'canary'"}},
+	}, ""); err != nil {
+		t.Fatal(err)
+	}
+	f.put("devices", 1, "*", `{"properties.desired.dev": 1}`)
+
+	for id, want := range map[string]string{
+		"d1/sensor": `{"rate":5}`, "d2/sensor": `{"rate":5}`, "d1/other": `{}`,
+		"d1": `{"dev":1}`, "d2": `{"dev":1}`,
+	} {
+		d, confs := f.desired(id)
+		if got := jsonOf(t, d); got != want {
+			t.Errorf("%s desired %s; want %s", id, got, want)
+		}
+		_, mod := confs["sensors"]
+		_, dev := confs["devices"]
+		if mod != (want == `{"rate":5}`) || dev != strings.Contains(want, "dev") {
+			t.Errorf("%s configurations %+v", id, confs)
+		}
+	}
+	c, err := svc.Configurations.Get(ctx, hubName, "sensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.SystemMetrics.Results; r["targetedCount"] != 2 || r["appliedCount"] != 2 || c.Metrics.Results["canary"] != 1 {
+		t.Errorf("metrics %+v %+v", c.SystemMetrics, c.Metrics)
+	}
+	// A module created later is applied as soon as it exists.
+	f.device("d3", "")
+	if _, err := svc.Registry.CreateModule(ctx, hubName, &hub.Module{DeviceID: "d3", ModuleID: "sensor"}); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := f.desired("d3/sensor"); jsonOf(t, d) != `{"rate":5}` {
+		t.Errorf("a module created later: %v", d)
+	}
+	if err := svc.Configurations.Delete(ctx, hubName, "sensors", ""); err != nil {
+		t.Fatal(err)
+	}
+	if d, confs := f.desired("d1/sensor"); jsonOf(t, d) != `{}` || len(confs) != 0 {
+		t.Errorf("after delete: %v %+v", d, confs)
+	}
+}
+
+// A hub has at most 100 device and module configurations, and apart from
+// them 100 IoT Edge deployments; the 101st is IoT Hub's 413101
+// ConfigurationCountLimitExceeded. Updating one at the limit is fine, and
+// a delete makes room.
+func TestConfigurationCountLimit(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	svc := hub.NewServices(st, hub.NewRegistry(st, nil), nil, nil, nil)
+	cfgs := svc.Configurations
+	dev := hub.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.desired.x": json.RawMessage(`1`)}}
+	mod := hub.ConfigurationContent{ModuleContent: map[string]json.RawMessage{"properties.desired.x": json.RawMessage(`1`)}}
+	edge := hub.ConfigurationContent{ModulesContent: map[string]json.RawMessage{"$edgeAgent": json.RawMessage(`{"properties.desired":{}}`)}}
+	for i := range hub.MaxConfigurations {
+		content := dev
+		if i%2 == 1 {
+			content = mod
+		}
+		if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: fmt.Sprintf("c%d", i), Content: content}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "one-more", Content: dev}, "")
+	if code(err) != azerr.HubConfigurationCountLimitExceeded {
+		t.Fatalf("the 101st: %v", err)
+	}
+	var ae *azerr.Error
+	if errors.As(err, &ae); ae.Code.Status() != 413 || ae.Code.Number() != 413101 {
+		t.Errorf("status %d code %d", ae.Code.Status(), ae.Code.Number())
+	}
+	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "c0", Content: dev, Priority: 9}, "*"); err != nil {
+		t.Errorf("update at the limit: %v", err)
+	}
+	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "deploy-1", Content: edge}, ""); err != nil {
+		t.Errorf("an IoT Edge deployment is counted apart: %v", err)
+	}
+	if err := cfgs.Delete(ctx, hubName, "c5", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cfgs.Put(ctx, hubName, &hub.Configuration{ID: "one-more", Content: dev}, ""); err != nil {
+		t.Errorf("after a delete: %v", err)
 	}
 }

@@ -155,6 +155,8 @@ func (r *Registry) createModule(ctx context.Context, hubName string, m *Module) 
 		return nil, err
 	}
 	r.revokeModule(hubName, out.DeviceID, out.ModuleID, out)
+	// Module configurations may target it (docs/configurations.md).
+	r.deviceChanged(hubName, TwinID(out.DeviceID, out.ModuleID))
 	return out, nil
 }
 
@@ -192,6 +194,8 @@ func (r *Registry) updateModule(ctx context.Context, hubName string, m *Module, 
 		return nil, err
 	}
 	r.revokeModule(hubName, out.DeviceID, out.ModuleID, out)
+	// Module configurations may target it (docs/configurations.md).
+	r.deviceChanged(hubName, TwinID(out.DeviceID, out.ModuleID))
 	return out, nil
 }
 

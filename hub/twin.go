@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"strings"
 	"sync"
 	"time"
 
@@ -448,10 +447,10 @@ func (t *Twins) PatchReported(ctx context.Context, hubName, id string, body []by
 	return c.tw.Reported.Version, nil
 }
 
-// twinChanged tells the configurations service of a device twin's change
-// (module twins are not targeted by device configurations).
+// twinChanged tells the configurations service of a device or module
+// twin's change (id is a TwinID).
 func (t *Twins) twinChanged(hubName, id string) {
-	if t.changed != nil && !strings.Contains(id, "/") {
+	if t.changed != nil {
 		t.changed(hubName, id)
 	}
 }
