@@ -171,6 +171,13 @@ type JobsConfig struct {
 	DeviceBatch int
 	// JobsAtOnce bounds the jobs one node runs at once (default 4).
 	JobsAtOnce int
+	// Retention is how long a finished job (with its device jobs, and
+	// import and export jobs) is kept after it ended: 0 for IoT Hub's 30
+	// days (DefaultJobRetention), negative to keep every job.
+	Retention time.Duration
+	// RetentionSweep is how often expired jobs are looked for (default
+	// one hour; also at start).
+	RetentionSweep time.Duration
 }
 
 // Jobs schedules and runs IoT Hub jobs: twin updates and direct methods
@@ -217,6 +224,12 @@ func (j *Jobs) Configure(cfg JobsConfig) {
 	}
 	if cfg.JobsAtOnce <= 0 {
 		cfg.JobsAtOnce = defaultJobsAtOnce
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = DefaultJobRetention
+	}
+	if cfg.RetentionSweep <= 0 {
+		cfg.RetentionSweep = defaultJobRetentionSweep
 	}
 	j.cfg = cfg
 }
@@ -544,6 +557,11 @@ func (j *Jobs) poke() {
 func (j *Jobs) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		j.retentionSweeps(ctx)
+	}()
 	t := time.NewTicker(j.cfg.Poll)
 	defer t.Stop()
 	for {

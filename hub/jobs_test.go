@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -422,5 +423,122 @@ func TestJobPastItsMaximumTime(t *testing.T) {
 	dj := deviceJobs(t, e, "")
 	if dj["x1"]["status"] != "completed" || dj["x2"]["status"] != "cancelled" {
 		t.Errorf("device jobs x1 %v x2 %v, want completed and cancelled", dj["x1"]["status"], dj["x2"]["status"])
+	}
+}
+
+// Finished jobs are deleted, with their device jobs, once they ended
+// longer ago than the retention (IoT Hub's 30 days by default); a job
+// not finished, a job that ended within it, and an import or export job
+// that ended within it stay. A job ID is free again once its job is
+// gone. Only the node holding the sweep's lease sweeps.
+func TestJobRetention(t *testing.T) {
+	ctx := context.Background()
+	var (
+		mu     sync.Mutex
+		offset time.Duration
+	)
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return time.Now().Add(offset)
+	}
+	advance := func(d time.Duration) {
+		mu.Lock()
+		offset += d
+		mu.Unlock()
+	}
+	st := memstore.New()
+	reg := hub.NewRegistry(st, clock)
+	for _, id := range []string{"d1", "d2"} {
+		if _, err := reg.Create(ctx, hubName, &hub.Device{DeviceID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc := hub.NewServices(st, reg, nil, clock, nil)
+	svc.Jobs.Configure(hub.JobsConfig{NodeID: "node-a", Poll: 20 * time.Millisecond})
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); svc.Jobs.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+
+	twinJob := func(id string, start time.Time) {
+		t.Helper()
+		if _, err := svc.Jobs.Create(ctx, hubName, id, &hub.JobRequest{
+			Type: hub.JobTypeUpdateTwin, QueryCondition: "status = 'enabled'",
+			UpdateTwin: json.RawMessage(`{"etag":"*","tags":{"job":"` + id + `"}}`),
+			StartTime:  str(start.UTC().Format(time.RFC3339Nano)),
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Export job records that end 30.5 and 10 days before the last sweep.
+	ie := func(id string, ended time.Time) {
+		data := fmt.Sprintf(`{"jobId":%q,"type":"export","status":"completed","startTimeUtc":%q,"endTimeUtc":%q,"outputBlobContainerUri":"file:///x","hub":%q}`,
+			id, ended.Format(time.RFC3339Nano), ended.Format(time.RFC3339Nano), hubName)
+		if _, err := st.Put(ctx, store.Record{Kind: store.KindImportExport, Key: strings.ToLower(hubName) + "/" + id, Data: []byte(data)}, store.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ie("export-old", clock().Add(12*time.Hour))
+	ie("export-new", clock().Add(21*24*time.Hour))
+
+	twinJob("old", clock())
+	waitJob(t, svc.Jobs, "old", status(hub.JobCompleted))
+	twinJob("later", clock().Add(100*24*time.Hour)) // scheduled, not finished
+	waitJob(t, svc.Jobs, "later", status(hub.JobScheduled))
+
+	advance(29 * 24 * time.Hour)
+	if n, err := svc.Jobs.ExpireJobs(ctx); err != nil || n != 0 {
+		t.Fatalf("after 29 days: expired %d, %v; want none", n, err)
+	}
+	twinJob("recent", clock())
+	waitJob(t, svc.Jobs, "recent", status(hub.JobCompleted))
+
+	// Another node holds the sweep: this one leaves it to it.
+	lease := store.Record{Kind: store.KindConfig, Key: "jobs/retention-lease",
+		Data: []byte(fmt.Sprintf(`{"owner":"node-b","until":%q}`, clock().Add(49*time.Hour).Format(time.RFC3339Nano)))}
+	if _, err := st.Put(ctx, lease, store.Cond{}); err != nil {
+		t.Fatal(err)
+	}
+	advance(2 * 24 * time.Hour) // "old" ended 31 days ago
+	if n, err := svc.Jobs.ExpireJobs(ctx); err != nil || n != 0 {
+		t.Fatalf("while node-b holds the sweep: expired %d, %v; want none", n, err)
+	}
+	advance(2 * time.Hour) // node-b's lease has run out
+	if n, err := svc.Jobs.ExpireJobs(ctx); err != nil || n != 2 {
+		t.Fatalf("after 31 days: expired %d, %v; want the old job and the old export job", n, err)
+	}
+	if _, err := svc.Jobs.Get(ctx, hubName, "old"); code(err) != azerr.HubJobNotFound {
+		t.Errorf("old job: %v; want JobNotFound", err)
+	}
+	if _, err := svc.ImportExport.Get(ctx, hubName, "export-old"); err == nil {
+		t.Errorf("the old export job is still there")
+	}
+	for _, id := range []string{"recent", "later"} {
+		if _, err := svc.Jobs.Get(ctx, hubName, id); err != nil {
+			t.Errorf("%s: %v", id, err)
+		}
+	}
+	if _, err := svc.ImportExport.Get(ctx, hubName, "export-new"); err != nil {
+		t.Errorf("export-new: %v", err)
+	}
+	env := &jobEnv{st: st, svc: svc}
+	if dj := deviceJobs(t, env, "WHERE devices.jobs.jobId = 'old'"); len(dj) != 0 {
+		t.Errorf("devices.jobs of the deleted job: %v", dj)
+	}
+	if dj := deviceJobs(t, env, "WHERE devices.jobs.jobId = 'recent'"); len(dj) != 2 {
+		t.Errorf("devices.jobs of the recent job: %v", dj)
+	}
+	twinJob("old", clock()) // the ID is free again
+	waitJob(t, svc.Jobs, "old", status(hub.JobCompleted))
+
+	// Kept for ever with a negative retention (configured, as always,
+	// before the runner runs).
+	cancel()
+	<-done
+	svc.Jobs.Configure(hub.JobsConfig{NodeID: "node-a", Retention: -1})
+	advance(365 * 24 * time.Hour)
+	if n, err := svc.Jobs.ExpireJobs(ctx); err != nil || n != 0 {
+		t.Fatalf("retention off: expired %d, %v", n, err)
 	}
 }

@@ -47,7 +47,7 @@ func (s *Server) startJobs(bg context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.hubSvc.Jobs.Configure(hub.JobsConfig{NodeID: id})
+	s.hubSvc.Jobs.Configure(hub.JobsConfig{NodeID: id, Retention: s.cfg.JobRetention})
 	// Import and export jobs reach file:// containers under the data
 	// directory's blobs/ only, and http(s) containers anywhere.
 	opener := &blobstore.Opener{Root: filepath.Join(s.cfg.DataDir, BlobsDir)}

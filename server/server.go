@@ -100,6 +100,10 @@ type Config struct {
 	// servers (dpstest, hubtest); nil in production.
 	DPSFaults dps.Faults
 	HubFaults hub.Faults
+	// JobRetention is how long a finished job is kept after it ended
+	// (berth serve --job-retention): 0 for IoT Hub's 30 days, negative to
+	// keep every job (docs/hub-jobs.md#retention).
+	JobRetention time.Duration
 	// Throttle applies Azure's published throttles (berth serve
 	// --throttle, --throttle-units, --throttle-limit); the zero value
 	// throttles nothing (docs/operations.md).

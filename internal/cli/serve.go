@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/internal/localconf"
 	"github.com/berth-iot/berth/server"
 )
@@ -36,6 +37,8 @@ func newServeCmd(g *globals) *cobra.Command {
 		logFormat  string
 		thr        throttleFlags
 		memLimit   string
+		// jobRetention is --job-retention: 0 keeps every job.
+		jobRetention time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -66,6 +69,14 @@ the flag names. Flags win over the environment, which wins over the file.`,
 			if err := applyMemoryLimit(memLimit); err != nil {
 				return err
 			}
+			switch {
+			case jobRetention < 0:
+				return fmt.Errorf("--job-retention %s: give a positive duration, or 0 to keep every job", jobRetention)
+			case jobRetention == 0:
+				cfg.JobRetention = -1 // kept for ever
+			default:
+				cfg.JobRetention = jobRetention
+			}
 			return runServe(cmd.Context(), cfg, g.stdout)
 		},
 	}
@@ -86,6 +97,7 @@ the flag names. Flags win over the environment, which wins over the file.`,
 	f.StringVar(&cfg.NATSURL, "nats-url", "", "external NATS (JetStream) URLs for the telemetry stream; default: embedded, under DATA_DIR/nats")
 	f.IntVar(&cfg.StreamReplicas, "stream-replicas", 0, "replicas of the telemetry stream on an external NATS cluster (1 to 5; default 1 for a new stream; an existing stream's replicas are never lowered)")
 	f.StringVar(&cfg.StreamListen, "stream-listen", "127.0.0.1:0", `where the embedded NATS accepts local readers (token in client.json); "none" for in-process only`)
+	f.DurationVar(&jobRetention, "job-retention", hub.DefaultJobRetention, "how long a finished job (/jobs/v2 with its device jobs, import and export) is kept after it ended, as IoT Hub's 30 days; 0 keeps every job")
 	f.DurationVar(&cfg.MaxTokenLifetime, "max-token-lifetime", 0, "longest lifetime (expiry minus now) of a device or service SAS token berth accepts, e.g. 24h; 0 for no limit, as Azure")
 	thr.register(f)
 	f.StringVar(&memLimit, "memory-limit", "", "soft memory limit of the Go runtime, as GOMEMLIMIT (e.g. 512MiB, 2GiB): the GC runs more often near it instead of letting the heap double; default: GOMEMLIMIT or none (docs/benchmarks.md, idle connections)")
