@@ -58,18 +58,22 @@ type cachedCert struct {
 	parsed *x509.Certificate // nil when the PEM does not parse
 }
 
-// ForgetAuth makes the service read the enrollment groups and CA
-// certificates from the store again, and forget every SessionAuth. The
-// server calls it when the shared store announces that another node (or an
-// operator's SQL) changed an enrollment, a group or a certificate, and
-// with kind "" when it may have missed announcements (its watch
-// reconnected). An individual enrollment is not cached, so its change only
-// forgets the sessions.
-func (s *Service) ForgetAuth(kind store.Kind) {
+// ForgetAuth makes the service forget what a change of the record kind
+// and key (as the store names them) may have made stale: for an
+// individual enrollment, the SessionAuth memories of its registration ID;
+// for a group, the cached groups and the memories of the members that
+// authenticated by it; for a CA certificate, the cached groups and
+// certificates and every memory. The server calls it when the shared
+// store announces that another node (or an operator's SQL) changed one,
+// and with kind "" when it may have missed announcements (its watch
+// reconnected): then everything is forgotten.
+func (s *Service) ForgetAuth(kind store.Kind, key string) {
 	switch kind {
 	case store.KindEnrollment:
-		s.authChanged()
-	case store.KindGroup, store.KindCertificate, "":
+		s.forgetEnrollment(key)
+	case store.KindGroup:
+		s.groupChanged(key)
+	case store.KindCertificate, "":
 		s.cacheChanged()
 	}
 }
@@ -79,7 +83,15 @@ func (s *Service) ForgetAuth(kind store.Kind) {
 // snapshot read before is then older than cacheGen.
 func (s *Service) cacheChanged() {
 	s.cacheGen.Add(1)
-	s.authChanged()
+	s.forgetAll()
+}
+
+// groupChanged drops the group and certificate snapshots and the memories
+// of the members that authenticated by group id, after its write reached
+// the store.
+func (s *Service) groupChanged(id string) {
+	s.cacheGen.Add(1)
+	s.forgetGroup(id)
 }
 
 // enrollmentGroups returns every enrollment group, from the snapshot when

@@ -3,6 +3,7 @@ package dps
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -25,5 +26,29 @@ func TestHMACSHA256MatchesCryptoHMAC(t *testing.T) {
 		if !hmac.Equal(got[:], want) {
 			t.Errorf("key %d bytes, msg %d bytes: %x, want %x", len(c.key), len(c.msg), got, want)
 		}
+	}
+}
+
+// The IDs kept to tell which memories a change made stale are bounded:
+// past maxForgotten of them, they are dropped and every memory made
+// before is stale, as after a change of everything.
+func TestForgottenIDsAreBounded(t *testing.T) {
+	s := &Service{}
+	gen := s.authGen.Load()
+	for i := range maxForgotten {
+		s.forgetEnrollment(fmt.Sprintf("dev-%d", i))
+	}
+	if s.stale(gen, "unrelated", "") {
+		t.Fatal("stale before the bound was reached")
+	}
+	s.forgetGroup("one-more")
+	if n := len(s.forget.enrollments) + len(s.forget.groups); n != 0 {
+		t.Errorf("%d IDs kept past the bound", n)
+	}
+	if !s.stale(gen, "unrelated", "") {
+		t.Error("a memory from before is not stale once the IDs were dropped")
+	}
+	if s.stale(s.authGen.Load(), "dev-1", "") {
+		t.Error("a memory made after is stale")
 	}
 }

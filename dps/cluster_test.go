@@ -76,10 +76,10 @@ func TestGroupChangedOnAnotherNode(t *testing.T) {
 	go func() {
 		defer close(done)
 		stA.Watch(wctx, func(kind store.Kind, key string) {
-			a.ForgetAuth(kind)
+			a.ForgetAuth(kind, key)
 			changes <- change{kind, key, time.Now()}
 		}, func() {
-			a.ForgetAuth("")
+			a.ForgetAuth("", "")
 			listening <- struct{}{}
 		})
 	}()

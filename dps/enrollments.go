@@ -68,7 +68,7 @@ func (s *Service) PutEnrollment(ctx context.Context, id string, in *IndividualEn
 		return nil, err
 	}
 	rec, err = s.store.Put(ctx, rec, cond)
-	s.authChanged()
+	s.forgetEnrollment(id)
 	if err != nil {
 		return nil, storeErr(err, azerr.DPSEnrollmentNotFound)
 	}
@@ -111,7 +111,7 @@ func (s *Service) getEnrollment(ctx context.Context, id string) (*IndividualEnro
 // stays, as on Azure; it can be deleted on its own.
 func (s *Service) DeleteEnrollment(ctx context.Context, id, ifMatch string) error {
 	err := s.store.Delete(ctx, store.KindEnrollment, Key(id), StoreETag(ifMatch))
-	s.authChanged()
+	s.forgetEnrollment(id)
 	return storeErr(err, azerr.DPSEnrollmentNotFound)
 }
 
@@ -179,7 +179,7 @@ func (s *Service) PutGroup(ctx context.Context, id string, in *EnrollmentGroup, 
 		return nil, err
 	}
 	rec, err = s.store.Put(ctx, rec, cond)
-	s.cacheChanged()
+	s.groupChanged(id)
 	if err != nil {
 		return nil, storeErr(err, azerr.DPSEnrollmentNotFound)
 	}
@@ -214,7 +214,7 @@ func (s *Service) getGroup(ctx context.Context, id string) (*EnrollmentGroup, er
 // DeleteGroup removes an enrollment group.
 func (s *Service) DeleteGroup(ctx context.Context, id, ifMatch string) error {
 	err := s.store.Delete(ctx, store.KindGroup, Key(id), StoreETag(ifMatch))
-	s.cacheChanged()
+	s.groupChanged(id)
 	return storeErr(err, azerr.DPSEnrollmentNotFound)
 }
 

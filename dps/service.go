@@ -124,9 +124,11 @@ type Service struct {
 	faults         Faults
 	observe        func(result string)
 	throttle       *throttle.Throttler // nil: no throttles (SetThrottle)
-	// authGen counts enrollment, group and certificate writes: a
-	// SessionAuth remembered at an older generation is forgotten.
+	// authGen counts enrollment, group and certificate writes; forget
+	// says which SessionAuth memories, made at an older generation, each
+	// made stale (sessionauth.go).
 	authGen atomic.Uint64
+	forget  authForget
 	// cacheGen counts group and certificate changes; groupSnap and
 	// certSnap are valid at the generation they carry (authcache.go).
 	cacheGen  atomic.Uint64
@@ -400,7 +402,7 @@ func (s *Service) Register(ctx context.Context, req RegisterRequest) (_ *Operati
 	if err != nil {
 		return nil, err
 	}
-	s.remember(req.Session, gen, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts)
+	s.remember(req.Session, gen, who, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts)
 	now := s.now().UTC()
 	op := operation{
 		OperationID:    newOperationID(),
@@ -660,10 +662,11 @@ func (s *Service) OperationStatus(ctx context.Context, req OperationRequest) (*O
 	}
 	if !s.recall(req.Session, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts, s.now()) {
 		gen := s.authGen.Load()
-		if _, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts); err != nil {
+		who, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts)
+		if err != nil {
 			return nil, err
 		}
-		s.remember(req.Session, gen, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts)
+		s.remember(req.Session, gen, who, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts)
 	}
 	// Per device only once authenticated: another client must not be able
 	// to spend a device's polls by naming it.

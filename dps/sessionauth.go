@@ -19,23 +19,92 @@ import (
 //
 // Only polls use it: a registration always authenticates in full. What a
 // poll returns was decided by that registration; the memory is dropped when
-// any enrollment, group or CA certificate is written through this Service
-// (authGen), and the credential's own time limits (SAS se, the leaf's
-// validity) are checked on every use.
+// a write could change the outcome of its authentication (authForget): of
+// the individual enrollment of its registration ID (which may also now
+// take precedence over its group), of the group it authenticated by, of
+// any CA certificate; and the credential's own time limits (SAS se, the
+// leaf's validity) are checked on every use.
 type SessionAuth struct {
 	mu    sync.Mutex
 	ok    bool
 	gen   uint64
 	scope string
 	regID string
+	group string // Key of the enrollment group it authenticated by; "" for an individual enrollment
 	token string
 	leaf  *x509.Certificate
 	tok   sas.Token
 }
 
-// authChanged drops every SessionAuth's memory: an enrollment, group or
-// certificate changed.
-func (s *Service) authChanged() { s.authGen.Add(1) }
+// maxForgotten bounds the enrollment and group IDs authForget keeps:
+// beyond it the IDs are dropped and every memory is forgotten at once, as
+// one change of everything.
+const maxForgotten = 4096
+
+// authForget says which remembered authentications a change made stale.
+// Every change takes the next number of Service.authGen; a memory made
+// at generation gen (read before its authentication began) is stale when
+// a change numbered above gen touched its registration ID or its group,
+// or when everything changed after gen (all).
+type authForget struct {
+	mu          sync.RWMutex
+	all         uint64
+	enrollments map[string]uint64 // Key(registration ID) → its last change
+	groups      map[string]uint64 // Key(group ID) → its last change
+}
+
+// forgetAll makes every SessionAuth's memory stale: a CA certificate
+// changed, or the changes of another node may have been missed.
+func (s *Service) forgetAll() {
+	f := &s.forget
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.all = s.authGen.Add(1)
+	f.enrollments, f.groups = nil, nil
+}
+
+// forgetEnrollment makes stale the memories of registration ID id: its
+// individual enrollment was written or deleted.
+func (s *Service) forgetEnrollment(id string) { s.forgetID(id, false) }
+
+// forgetGroup makes stale the memories of the members that authenticated
+// by group id: it was written or deleted.
+func (s *Service) forgetGroup(id string) { s.forgetID(id, true) }
+
+func (s *Service) forgetID(id string, group bool) {
+	if id == "" {
+		s.forgetAll()
+		return
+	}
+	f := &s.forget
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	gen := s.authGen.Add(1)
+	if len(f.enrollments)+len(f.groups) >= maxForgotten {
+		f.all, f.enrollments, f.groups = gen, nil, nil
+		return
+	}
+	m := &f.enrollments
+	if group {
+		m = &f.groups
+	}
+	if *m == nil {
+		*m = map[string]uint64{}
+	}
+	(*m)[Key(id)] = gen
+}
+
+// stale reports whether a memory made at gen of regID (authenticated by
+// group, "" for none) has been made stale by a change since.
+func (s *Service) stale(gen uint64, regID, group string) bool {
+	f := &s.forget
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.all > gen || f.enrollments[Key(regID)] > gen {
+		return true
+	}
+	return group != "" && f.groups[group] > gen
+}
 
 // recall reports whether a remembers a successful authentication of this
 // very credential that is still good at now.
@@ -45,7 +114,7 @@ func (s *Service) recall(a *SessionAuth, scope, regID, token string, certs []*x5
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.ok || a.gen != s.authGen.Load() || a.scope != scope || !strings.EqualFold(a.regID, regID) || a.token != token {
+	if !a.ok || a.scope != scope || !strings.EqualFold(a.regID, regID) || a.token != token || s.stale(a.gen, a.regID, a.group) {
 		return false
 	}
 	if token != "" {
@@ -57,11 +126,16 @@ func (s *Service) recall(a *SessionAuth, scope, regID, token string, certs []*x5
 	return !now.Before(a.leaf.NotBefore) && !now.After(a.leaf.NotAfter)
 }
 
-// remember records a successful authentication made at generation gen
-// (read before it started, so a change during it is not missed).
-func (s *Service) remember(a *SessionAuth, gen uint64, scope, regID, token string, certs []*x509.Certificate) {
+// remember records a successful authentication (by who) made at
+// generation gen (read before it started, so a change during it is not
+// missed).
+func (s *Service) remember(a *SessionAuth, gen uint64, who *attested, scope, regID, token string, certs []*x509.Certificate) {
 	if a == nil {
 		return
+	}
+	group := ""
+	if who != nil && who.group != nil {
+		group = Key(who.group.EnrollmentGroupID)
 	}
 	var tok sas.Token
 	if token != "" {
@@ -73,7 +147,7 @@ func (s *Service) remember(a *SessionAuth, gen uint64, scope, regID, token strin
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.ok, a.gen, a.scope, a.regID, a.token, a.tok = true, gen, scope, regID, token, tok
+	a.ok, a.gen, a.scope, a.regID, a.group, a.token, a.tok = true, gen, scope, regID, group, token, tok
 	a.leaf = nil
 	if token == "" && len(certs) > 0 {
 		a.leaf = certs[0]

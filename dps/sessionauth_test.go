@@ -236,3 +236,168 @@ func TestGroupCacheNeverKeepsAStaleSnapshot(t *testing.T) {
 		t.Errorf("the new key after the roll: %v", err)
 	}
 }
+
+// TestSessionAuthForgetsOnlyWhatChanged: an enrollment write makes stale
+// only the remembered authentications it can change — of the individual
+// enrollment's registration ID (also a group member's: the new individual
+// enrollment takes precedence), of the group's members — through this
+// Service or announced from another node (ForgetAuth); an unrelated
+// write costs no session a re-authentication (counted as enrollment
+// lookups). Revocation stays immediate: the changed enrollment's session
+// is refused, or registered disabled, at its next request.
+func TestSessionAuthForgetsOnlyWhatChanged(t *testing.T) {
+	cs := &countingStore{Store: memstore.New()}
+	now := time.Unix(1700000000, 0)
+	clock := func() time.Time { return now }
+	svc, err := dps.New(cs, hub.NewRegistry(cs, clock), dps.Config{IDScope: scope, Hubs: []string{hubName}, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	f := &fixture{svc: svc, st: cs, now: now}
+	f.group(t, "g1", "")
+	f.enroll(t, "indiv-1", "", "")
+	lookups := func() int64 { return cs.enrollmentGets.Load() + cs.groupLists.Load() }
+
+	type session struct {
+		regID, tok, op string
+		auth           *dps.SessionAuth
+	}
+	register := func(s *session) *dps.OperationStatus {
+		t.Helper()
+		op, err := svc.Register(ctx, dps.RegisterRequest{IDScope: scope, RegistrationID: s.regID, Token: s.tok, Session: s.auth})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.op = op.OperationID
+		st, err := svc.OperationStatus(ctx, dps.OperationRequest{IDScope: scope, RegistrationID: s.regID, OperationID: s.op, Token: s.tok, Session: s.auth})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	open := func(regID, key string) *session {
+		t.Helper()
+		if key == groupKey {
+			k, err := sas.DeriveKey(groupKey, regID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			key = k
+		}
+		s := &session{regID: regID, tok: f.token(t, regID, key), auth: &dps.SessionAuth{}}
+		if st := register(s); st.Status != dps.StatusAssigned {
+			t.Fatalf("%s: %+v", regID, st)
+		}
+		return s
+	}
+	// poll polls once and reports whether it had to authenticate again.
+	poll := func(s *session) (bool, error) {
+		before := lookups()
+		_, err := svc.OperationStatus(ctx, dps.OperationRequest{IDScope: scope, RegistrationID: s.regID, OperationID: s.op, Token: s.tok, Session: s.auth})
+		return lookups() != before, err
+	}
+	member1, member2, indiv := open("dev-1", groupKey), open("dev-2", groupKey), open("indiv-1", indivKey)
+	all := []*session{member1, member2, indiv}
+	for _, s := range all {
+		if again, err := poll(s); err != nil || again {
+			t.Fatalf("%s: first poll re-authenticated %v, %v", s.regID, again, err)
+		}
+	}
+
+	// Unrelated writes, here and announced from another node.
+	unrelated := []struct {
+		name  string
+		write func() error
+	}{
+		{"another individual enrollment", func() error {
+			e := &dps.IndividualEnrollment{RegistrationID: "other-1"}
+			e.Attestation = symKey(indivKey, "")
+			_, err := svc.PutEnrollment(ctx, "other-1", e, "")
+			return err
+		}},
+		{"another group", func() error {
+			g := &dps.EnrollmentGroup{EnrollmentGroupID: "g2"}
+			g.Attestation = symKey(indivKey, "")
+			_, err := svc.PutGroup(ctx, "g2", g, "")
+			return err
+		}},
+		{"another group deleted", func() error { return svc.DeleteGroup(ctx, "g2", "*") }},
+		{"another node's enrollment", func() error {
+			svc.ForgetAuth(store.KindEnrollment, "other-2")
+			return nil
+		}},
+		{"another node's group", func() error {
+			svc.ForgetAuth(store.KindGroup, "g3")
+			return nil
+		}},
+	}
+	for _, u := range unrelated {
+		name := u.name
+		if err := u.write(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, s := range all {
+			if again, err := poll(s); err != nil || again {
+				t.Errorf("after %s: %s's poll re-authenticated %v, %v; want neither", name, s.regID, again, err)
+			}
+		}
+	}
+
+	// The individual enrollment disabled: its session authenticates
+	// again, and its next registration is disabled; the others' not.
+	e, err := svc.GetEnrollment(ctx, "indiv-1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.ProvisioningStatus = "disabled"
+	if _, err := svc.PutEnrollment(ctx, "indiv-1", e, "*"); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := poll(indiv); err != nil || !again {
+		t.Errorf("after its enrollment changed: re-authenticated %v, %v; want a full authentication", again, err)
+	}
+	if st := register(indiv); st.Status != dps.StatusDisabled {
+		t.Errorf("registration after its enrollment was disabled: %+v", st)
+	}
+	for _, s := range []*session{member1, member2} {
+		if again, err := poll(s); err != nil || again {
+			t.Errorf("after indiv-1 changed: %s re-authenticated %v, %v", s.regID, again, err)
+		}
+	}
+
+	// An individual enrollment for a group member's ID takes precedence:
+	// the member's derived key no longer admits it.
+	f.enroll(t, "dev-2", "", "")
+	if _, err := poll(member2); code(err) != azerr.DPSInvalidCredentials {
+		t.Errorf("dev-2's poll once an individual enrollment of its own exists: %v; want 401002", err)
+	}
+	if again, err := poll(member1); err != nil || again {
+		t.Errorf("after dev-2's enrollment: dev-1 re-authenticated %v, %v", again, err)
+	}
+
+	// The group's key rolled: its members are refused at once.
+	g1 := &dps.EnrollmentGroup{EnrollmentGroupID: "g1"}
+	g1.Attestation = symKey(indivKey, "")
+	if _, err := svc.PutGroup(ctx, "g1", g1, "*"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := poll(member1); code(err) != azerr.DPSInvalidCredentials {
+		t.Errorf("dev-1's poll after its group's key was rolled: %v; want 401002", err)
+	}
+
+	// Announced from another node: the enrollment's session only.
+	indiv2 := open("other-1", indivKey)
+	if again, err := poll(indiv2); err != nil || again {
+		t.Fatal(again, err)
+	}
+	svc.ForgetAuth(store.KindEnrollment, "OTHER-1") // keys are lower-case; any case names it
+	if again, err := poll(indiv2); err != nil || !again {
+		t.Errorf("after another node changed other-1: re-authenticated %v, %v", again, err)
+	}
+	// A missed announcement (kind ""): everything.
+	svc.ForgetAuth("", "")
+	if again, err := poll(indiv2); err != nil || !again {
+		t.Errorf("after a missed announcement: re-authenticated %v, %v", again, err)
+	}
+}

@@ -174,7 +174,8 @@ func isShared(storeURL string) bool {
 // no polling. The DPS service's cached enrollment groups and CA
 // certificates, and its per-connection memory of authentications, are
 // dropped when another node changes an enrollment, a group or a CA
-// certificate (dps.Service.ForgetAuth). Devices are read from the store on
+// certificate: the memories of that registration ID or that group's
+// members, every one for a certificate (dps.Service.ForgetAuth). Devices are read from the store on
 // every use; device revocation reaches live sessions through linkbus.
 func (s *Server) watchStore(ctx context.Context) {
 	if s.pg == nil {
@@ -196,7 +197,7 @@ func (s *Server) watchStore(ctx context.Context) {
 		}
 	}
 	all := func() {
-		s.dps.ForgetAuth("")
+		s.dps.ForgetAuth("", "")
 		reload("DPS policies", s.settings.PolicySet().Reload)
 		reload("hubs", s.hubs.Reload)
 		for _, h := range s.hubs.List() {
@@ -206,7 +207,7 @@ func (s *Server) watchStore(ctx context.Context) {
 	s.pg.Watch(ctx, func(kind store.Kind, key string) {
 		switch kind {
 		case store.KindEnrollment, store.KindGroup, store.KindCertificate:
-			s.dps.ForgetAuth(kind)
+			s.dps.ForgetAuth(kind, key)
 			return
 		case store.KindConfig:
 		default:
