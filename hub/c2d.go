@@ -380,7 +380,8 @@ func (q *CloudToDevice) Receive(ctx context.Context, hubName, deviceID string, m
 }
 
 // ReceiveHeld is Receive for a delivery that ends with its connection
-// (MQTT: until the device's PUBACK or until it disconnects): the locks are
+// (MQTT: until the device's PUBACK or until it disconnects; AMQP: until
+// the delivery's disposition or until its link ends): the locks are
 // kept in this process's memory only, so it writes nothing. The holder
 // must settle every message it got (Complete, CompleteMany, Reject,
 // Abandon, AbandonMany) when the connection ends; a crash instead loses

@@ -14,6 +14,7 @@ import (
 
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/internal/testcerts"
+	"github.com/berth-iot/berth/store"
 )
 
 func wantAMQPError(t *testing.T, err error, cond goamqp.ErrCond) {
@@ -547,4 +548,50 @@ func TestServiceGrantEndsWithItsPolicyKey(t *testing.T) {
 	if err := send(kept); err != nil {
 		t.Fatalf("the untouched policy's link: %v", err)
 	}
+}
+
+// An AMQP C2D delivery's lock lives no longer than its link (an unsettled
+// delivery is abandoned when the link or connection ends), so it is held
+// in memory, as MQTT's: delivering writes nothing to the store
+// (docs/hub-wire.md#c2d-locks). The lock still holds on this node — a
+// receive over HTTPS meanwhile gets nothing — and the settlement is
+// stored: accepted removes the message.
+func TestC2DDeliveryLockHeldInMemory(t *testing.T) {
+	f := newFixture(t)
+	f.device(t, "d1")
+	ctx := ctxT(t)
+	if _, err := f.svc.CloudToDevice.Send(ctx, hubName, "d1", &hub.CloudMessage{MessageID: "m1", Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	stored := func() store.Record {
+		t.Helper()
+		recs, err := f.st.List(ctx, store.KindC2D, store.ListOptions{})
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("stored C2D messages: %d, %v", len(recs), err)
+		}
+		return recs[0]
+	}
+	before := stored()
+	s := f.deviceConn(t, "d1")
+	rcv, err := s.NewReceiver(ctx, "/devices/d1/messages/devicebound", &goamqp.ReceiverOptions{Credit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := rcv.Receive(ctx, nil)
+	if err != nil || m.Properties.MessageID != "m1" {
+		t.Fatalf("receive: %v %+v", err, m)
+	}
+	if after := stored(); after.ETag != before.ETag || strings.Contains(string(after.Data), `"lockToken"`) {
+		t.Errorf("the delivery wrote its lock to the store: %s", after.Data)
+	}
+	if got, err := f.svc.CloudToDevice.Receive(ctx, hubName, "d1", 1, time.Minute); err != nil || len(got) != 0 {
+		t.Errorf("an HTTPS receive during the AMQP delivery got %d messages, %v; want none", len(got), err)
+	}
+	if err := rcv.AcceptMessage(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the queue to empty", func() bool {
+		n, err := f.svc.CloudToDevice.Count(ctx, hubName, "d1")
+		return err == nil && n == 0
+	})
 }

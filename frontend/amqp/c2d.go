@@ -24,8 +24,8 @@ const (
 )
 
 // attachC2D serves /devices/{d}/messages/devicebound: berth sends the
-// device's queued messages, unsettled, each locked until the device's
-// disposition: accepted completes it, released (abandon) and modified make
+// device's queued messages, unsettled, each locked (in memory) until the
+// device's disposition: accepted completes it, released (abandon) and modified make
 // it visible again, rejected dead-letters it; a link or connection that
 // ends first abandons it.
 func (c *conn) attachC2D(l *engine.Link, m match) (engine.LinkHandler, *engine.Error) {
@@ -115,7 +115,12 @@ func (cl *c2dLink) pump() {
 		cl.again = false
 		cl.mu.Unlock()
 		ctx, cancel := context.WithTimeout(d.c.srv.ctx, settleTimeout)
-		msgs, err := q.Receive(ctx, d.hub, d.deviceID, free, hub.DefaultLockTimeout)
+		// Held in memory (ReceiveHeld): every delivery is settled by
+		// settle, at the device's disposition or when the link or
+		// connection ends (abandon), so the lock never outlives the
+		// link; a delivery then writes nothing to the store
+		// (docs/hub-wire.md#c2d-locks).
+		msgs, err := q.ReceiveHeld(ctx, d.hub, d.deviceID, free, hub.DefaultLockTimeout)
 		cancel()
 		if err != nil {
 			d.c.srv.log.Warn("amqp: C2D queue not readable", d.c.logAttrs("hub", d.hub, "deviceId", d.deviceID, "error", err.Error())...)
