@@ -533,7 +533,7 @@ func TestConfigurationCountLimit(t *testing.T) {
 	dev := hub.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.desired.x": json.RawMessage(`1`)}}
 	mod := hub.ConfigurationContent{ModuleContent: map[string]json.RawMessage{"properties.desired.x": json.RawMessage(`1`)}}
 	edge := hub.ConfigurationContent{ModulesContent: map[string]json.RawMessage{"$edgeAgent": json.RawMessage(`{"properties.desired":{}}`)}}
-	for i := range hub.MaxConfigurations {
+	for i := range 100 { // IoT Hub's figure, not the constant: a wrong constant must fail
 		content := dev
 		if i%2 == 1 {
 			content = mod
