@@ -222,4 +222,54 @@ describe('IoT Hub automatic device configurations', { timeout: 180000, concurren
       return true;
     });
   });
+
+  test('a module configuration (moduleContent, FROM devices.modules) reaches the module twins it selects', async () => {
+    const { body: dev } = await sdk.registry(hubCs, 'create', { deviceId: `cfg-mod-${crypto.randomUUID()}` });
+    await sdk.registry(hubCs, 'addModule', { deviceId: dev.deviceId, moduleId: 'sensor' });
+    await sdk.registry(hubCs, 'addModule', { deviceId: dev.deviceId, moduleId: 'other' });
+    const id = `cfg-mod-${crypto.randomUUID()}`;
+    await assert.rejects(sdk.registry(hubCs, 'addConfiguration',
+      { id, content: { moduleContent: { 'properties.desired.rate': 5 } }, targetCondition: "tags.x='y'", priority: 1 }),
+    (err) => {
+      assert.equal(err.status, 400, `a device condition for module content: ${err}`);
+      return true;
+    });
+    await sdk.registry(hubCs, 'addConfiguration', {
+      id, priority: 1, content: { moduleContent: { 'properties.desired.rate': 5 } },
+      targetCondition: `FROM devices.modules WHERE deviceId = '${dev.deviceId}' AND moduleId = 'sensor'`,
+    });
+    const mt = await eventually('the sensor module gets the content', async () => {
+      const { body } = await sdk.registry(hubCs, 'getModuleTwin', dev.deviceId, 'sensor');
+      return body.properties.desired.rate === 5 ? body : null;
+    });
+    assert.equal(mt.configurations?.[id]?.status, 'Applied', JSON.stringify(mt.configurations));
+    const other = (await sdk.registry(hubCs, 'getModuleTwin', dev.deviceId, 'other')).body;
+    assert.equal(other.properties.desired.rate, undefined, 'a module the condition does not select');
+    assert.equal((await twin(dev.deviceId)).properties.desired.rate, undefined, 'the device twin is not a module twin');
+    const got = await config(id);
+    assert.deepEqual(got.systemMetrics.results, { targetedCount: 1, appliedCount: 1 });
+    await sdk.registry(hubCs, 'removeConfiguration', id);
+    await eventually('the content goes with the configuration', async () => {
+      const { body } = await sdk.registry(hubCs, 'getModuleTwin', dev.deviceId, 'sensor');
+      return body.properties.desired.rate === undefined;
+    });
+  });
+
+  test('the 101st configuration of a hub is refused: 413 ConfigurationCountLimitExceeded', async () => {
+    const have = (await sdk.registry(hubCs, 'getConfigurations')).body.length;
+    const ids = [];
+    for (let i = have; i < 100; i++) {
+      const id = `cfg-n-${i}-${crypto.randomUUID().slice(0, 8)}`;
+      await sdk.registry(hubCs, 'addConfiguration', { id, content: { deviceContent: { 'properties.desired.n': i } }, targetCondition: '', priority: 0 });
+      ids.push(id);
+    }
+    await assert.rejects(sdk.registry(hubCs, 'addConfiguration',
+      { id: `cfg-n-more-${crypto.randomUUID().slice(0, 8)}`, content: { deviceContent: { 'properties.desired.n': 1 } }, targetCondition: '', priority: 0 }),
+    (err) => {
+      assert.equal(err.status, 413, String(err));
+      assert.equal(err.headers['iothub-errorcode'], 'ConfigurationCountLimitExceeded');
+      return true;
+    });
+    for (const id of ids) await sdk.registry(hubCs, 'removeConfiguration', id);
+  });
 });
