@@ -2,12 +2,18 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
+	"net/url"
+	"os"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/store"
@@ -140,5 +146,71 @@ func TestDataDirWithoutIdentityRecord(t *testing.T) {
 	}
 	if _, _, err := openLocal(t, dir, Config{Hosts: []string{"other.example.com"}}); !errors.As(err, &me) {
 		t.Fatalf("after the record: New = %v; want a HubMismatchError", err)
+	}
+}
+
+// ownPostgres creates a database of the test's own on the local
+// PostgreSQL and returns its URL, or skips without one.
+func ownPostgres(t *testing.T) string {
+	t.Helper()
+	admin := os.Getenv("BERTH_TEST_POSTGRES")
+	if admin == "" {
+		admin = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		if os.Getenv("BERTH_REQUIRE_SERVICES") != "" {
+			t.Fatalf("PostgreSQL: %v", err)
+		}
+		t.Skipf("PostgreSQL at BERTH_TEST_POSTGRES or the local server: %v", err)
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	db := "berth_ident_" + hex.EncodeToString(rnd[:])
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{db}.Sanitize()); err != nil {
+		conn.Close(ctx)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{db}.Sanitize()+" WITH (FORCE)")
+		conn.Close(context.Background())
+	})
+	u, err := url.Parse(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + db
+	return u.String()
+}
+
+// A cluster is renamed by starting one node with the new names and
+// --accept-new-hub: the identity record takes them, and then nodes with
+// the new names start and nodes with the old ones are refused.
+func TestClusterRenamedWithAcceptNewHub(t *testing.T) {
+	storeURL := ownPostgres(t)
+	dir := t.TempDir() // one data directory, nodes one after the other: one CA
+	node := func(host string, accept bool) error {
+		_, _, err := openLocal(t, dir, Config{Hosts: []string{host}, StoreURL: storeURL, AcceptNewHub: accept})
+		return err
+	}
+	if err := node("iot.example.com", false); err != nil {
+		t.Fatal(err)
+	}
+	var me *ClusterMismatchError
+	if err := node("IOT.example.com.", false); err != nil {
+		t.Fatalf("the same first host in another spelling: %v", err)
+	}
+	if err := node("iot2.example.com", false); !errors.As(err, &me) {
+		t.Fatalf("another first host: %v; want a ClusterMismatchError", err)
+	}
+	if err := node("iot2.example.com", true); err != nil {
+		t.Fatalf("--accept-new-hub: %v", err)
+	}
+	if err := node("iot2.example.com", false); err != nil {
+		t.Fatalf("the new names after the rename: %v", err)
+	}
+	if err := node("iot.example.com", false); !errors.As(err, &me) {
+		t.Fatalf("the old names after the rename: %v; want a ClusterMismatchError", err)
 	}
 }
