@@ -3,6 +3,7 @@ package dps_test
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"os"
 	"testing"
@@ -62,7 +63,10 @@ func TestGroupChangedOnAnotherNode(t *testing.T) {
 		}
 		return svc
 	}
-	a, bNode := node(stA), node(stB)
+	// A's lookups are counted: a session's poll that authenticates again
+	// reads the enrollments.
+	csA := &countingStore{Store: stA}
+	a, bNode := node(csA), node(stB)
 
 	type change struct {
 		kind store.Kind
@@ -89,21 +93,22 @@ func TestGroupChangedOnAnotherNode(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("node A's watch never started listening")
 	}
-	// waitGroup waits for A to hear of a change of group g1.
-	waitGroup := func(since time.Time) {
+	// waitChange waits for A to hear of a change of the record kind/key.
+	waitChange := func(kind store.Kind, key string, since time.Time) {
 		t.Helper()
 		for {
 			select {
 			case c := <-changes:
-				if c.kind == store.KindGroup && c.key == "g1" {
-					t.Logf("node A heard of node B's change of group g1 %v after B's write returned", c.at.Sub(since))
+				if c.kind == kind && c.key == key {
+					t.Logf("node A heard of node B's change of %s %s %v after B's write returned", kind, key, c.at.Sub(since))
 					return
 				}
 			case <-time.After(30 * time.Second):
-				t.Fatal("node A never heard of node B's change of group g1")
+				t.Fatalf("node A never heard of node B's change of %s %s", kind, key)
 			}
 		}
 	}
+	waitGroup := func(since time.Time) { t.Helper(); waitChange(store.KindGroup, "g1", since) }
 
 	g := &dps.EnrollmentGroup{EnrollmentGroupID: "g1"}
 	g.Attestation = symKey(groupKey, "")
@@ -134,6 +139,30 @@ func TestGroupChangedOnAnotherNode(t *testing.T) {
 	}
 	if _, err := register(groupKey, nil); err != nil {
 		t.Fatalf("second registration on node A (from its cache): %v", err)
+	}
+
+	// B writes an enrollment and a group that dev-1 has nothing to do
+	// with: A's session of dev-1 polls without authenticating again.
+	other := &dps.IndividualEnrollment{RegistrationID: "other-1"}
+	other.Attestation = symKey(indivKey, "")
+	start = time.Now()
+	if _, err := bNode.PutEnrollment(ctx, "other-1", other, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitChange(store.KindEnrollment, "other-1", start)
+	g2 := &dps.EnrollmentGroup{EnrollmentGroupID: "g2"}
+	g2.Attestation = symKey(base64.StdEncoding.EncodeToString([]byte("a key of no device of this test..")), "")
+	start = time.Now()
+	if _, err := bNode.PutGroup(ctx, "g2", g2, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitChange(store.KindGroup, "g2", start)
+	lookups := csA.enrollmentGets.Load() + csA.groupLists.Load()
+	if _, err := a.OperationStatus(ctx, dps.OperationRequest{IDScope: scope, RegistrationID: regID, OperationID: op.OperationID, Token: oldTok, Session: sess}); err != nil {
+		t.Fatalf("node A's poll after node B's unrelated writes: %v", err)
+	}
+	if n := csA.enrollmentGets.Load() + csA.groupLists.Load() - lookups; n != 0 {
+		t.Errorf("node A's poll after node B's unrelated writes looked the enrollments up %d times, want 0", n)
 	}
 
 	// B rolls g1's key.
