@@ -84,13 +84,25 @@ func (s *Server) checkLocalHub(ctx context.Context) error {
 		stored = infos[0].Name
 	}
 	given := s.cfg.HubName
+	infos, err := readStoredHubs(ctx, s.store)
+	if err != nil {
+		return err
+	}
+	exists := false
+	for _, h := range infos {
+		exists = exists || sameHost(h.Name, given)
+	}
+	effect := fmt.Sprintf("starting would create a second, empty hub %q, make it the default and let the DPS assign new devices to either", given)
+	add := fmt.Sprintf("to add %q beside it, run `berth hub create --name %s` against the running berth; ", given, given)
+	if exists {
+		effect = fmt.Sprintf("starting would make %q, which the store also serves, the default hub in its place", given)
+		add = ""
+	}
 	return &HubMismatchError{Stored: stored, Given: given, msg: fmt.Sprintf(
-		"server: this data directory's hub is %q, but this start's hub (--hub-name, else the first --host) is %q; "+
-			"starting would create a second, empty hub %q, make it the default and let the DPS assign new devices to either, so it is refused. "+
-			"To keep the hub under a new first --host, add --hub-name %s; "+
-			"to add %q beside it, run `berth hub create --name %s` against the running berth; "+
+		"server: this data directory's hub is %q, but this start's hub (--hub-name, else the first --host) is %q; %s, so it is refused. "+
+			"To keep the hub under a new first --host, add --hub-name %s; %s"+
 			"to make %q the default hub (%q stays, with its devices), start once with --accept-new-hub (docs/operations.md#the-hub-of-a-data-directory).",
-		stored, given, given, stored, given, given, given, stored)}
+		stored, given, effect, stored, add, given, stored)}
 }
 
 // recordLocalIdentity records, on an embedded store, the names this start

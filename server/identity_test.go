@@ -91,6 +91,10 @@ func TestDataDirKeepsItsHub(t *testing.T) {
 	if _, _, err := openLocal(t, dir, Config{Hosts: []string{"iot.example.com"}}); !errors.As(err, &me) || me.Stored != "hub-b.example.com" {
 		t.Fatalf("back to the previous hub: New = %v; want a HubMismatchError", err)
 	}
+	// That hub still exists: the message says so, and offers no hub create.
+	if _, _, err := openLocal(t, dir, Config{Hosts: []string{"iot.example.com"}}); !strings.Contains(err.Error(), "which the store also serves") || strings.Contains(err.Error(), "hub create") {
+		t.Errorf("message %q", err)
+	}
 }
 
 // An IP address is the same host in any spelling.
