@@ -109,7 +109,8 @@ berth hub c2d send -d my-device --data-file firmware.bin --ack full`,
 berth hub monitor-events -d my-device --timeout 60
 berth hub monitor-events --query "event.{device:origin, t:payload.temperature}" -o tsv`,
 	"hub configuration create": `berth hub configuration create -c fw-eco --priority 3 --target-condition "tags.site='north'" --content '{"deviceContent":{"properties.desired.mode":"eco"}}'
-berth hub configuration create -c fw-all --target-condition "*" --content @content.json --metrics '{"queries":{"eco":"SELECT deviceId FROM devices WHERE properties.reported.mode = 'eco'"}}'`,
+berth hub configuration create -c fw-all --target-condition "*" --content @content.json --metrics '{"queries":{"eco":"SELECT deviceId FROM devices WHERE properties.reported.mode = 'eco'"}}'
+berth hub configuration create -c sensor-rate --target-condition "FROM devices.modules WHERE moduleId = 'sensor'" --content '{"moduleContent":{"properties.desired.rate":5}}'`,
 	"hub configuration show":   `berth hub configuration show -c fw-eco --query systemMetrics.results`,
 	"hub configuration list":   `berth hub configuration list -o table --query "[].{id:id, priority:priority, target:targetCondition}"`,
 	"hub configuration delete": `berth hub configuration delete -c fw-eco`,

@@ -130,7 +130,7 @@ func newConfigurationCmd(g *globals, hf *hubFlags) *cobra.Command {
 		},
 	}
 	idFlag(create)
-	create.Flags().StringVar(&content, "content", "", `content, JSON or @file: {"deviceContent":{"properties.desired.x":…}}`)
+	create.Flags().StringVar(&content, "content", "", `content, JSON or @file: {"deviceContent":{"properties.desired.x":…}}, or {"moduleContent":…} with a target condition FROM devices.modules WHERE …`)
 	create.Flags().StringVar(&target, "target-condition", "", "target condition, the WHERE of a device query (empty: no device)")
 	create.Flags().IntVar(&priority, "priority", 0, "priority: the highest among the configurations a device matches is applied")
 	create.Flags().StringVar(&labels, "labels", "", `labels, JSON or @file: {"key":"value"}`)
