@@ -64,25 +64,52 @@ func (s *Stream) PartitionState(ctx context.Context, hubName string, partition i
 }
 
 // ReadPartition delivers a hub partition's messages from pos on, in order,
-// until ctx ends or the Stream closes; then the channel is closed. Nothing
+// until ctx ends or the Stream closes; then the channel is closed. It
+// returns at once, reading in the background through NATS server losses
+// (reader.go), except that pos.Latest first asks for the partition's last
+// message, which waits at most readTry for the stream's leader. Nothing
 // is acknowledged or removed: readers are independent, as an Event Hub's
 // are. The channel is small and the consumer's pull buffer bounded, so a
 // reader that stops taking messages stops the reading.
 func (s *Stream) ReadPartition(ctx context.Context, hubName string, partition int, pos Position) (<-chan Event, error) {
-	occ := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{PartitionFilter(s.cfg.SubjectPrefix, hubName, partition)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	}
+	from := readFrom{policy: jetstream.DeliverAllPolicy}
 	switch {
 	case pos.Seq > 0:
-		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, pos.Seq
+		from = readFrom{policy: jetstream.DeliverByStartSequencePolicy, seq: pos.Seq}
 	case !pos.Time.IsZero():
-		t := pos.Time.UTC()
-		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
+		from = readFrom{policy: jetstream.DeliverByStartTimePolicy, time: pos.Time.UTC()}
 	case pos.Latest:
-		occ.DeliverPolicy = jetstream.DeliverNewPolicy
+		// "After the partition's last message" is a fixed position
+		// once that message is known, so the reader need not create
+		// its consumer before returning (see read).
+		last, err := s.lastSeq(ctx, hubName, partition)
+		if err != nil {
+			return nil, err
+		}
+		from = readFrom{policy: jetstream.DeliverByStartSequencePolicy, seq: last + 1}
 	}
-	return s.read(ctx, occ)
+	return s.read(ctx, PartitionFilter(s.cfg.SubjectPrefix, hubName, partition), from)
+}
+
+// lastSeq is the stream sequence of a partition's last message, 0 when it
+// has none (a reader from 1 then gets every message stored later). One
+// request, bounded by readTry.
+func (s *Stream) lastSeq(ctx context.Context, hubName string, partition int) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, readTry)
+	defer cancel()
+	filter := PartitionFilter(s.cfg.SubjectPrefix, hubName, partition)
+	st, err := s.js.Stream(ctx, s.cfg.StreamName)
+	if err != nil {
+		return 0, fmt.Errorf("stream: partition %d of %s: %w", partition, hubName, err)
+	}
+	last, err := st.GetLastMsgForSubject(ctx, filter)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("stream: last message of partition %d of %s: %w", partition, hubName, err)
+	}
+	return last.Sequence, nil
 }
 
 // TrimHub removes a hub's messages stored before cutoff (a hub's own

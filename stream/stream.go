@@ -119,6 +119,9 @@ type Stream struct {
 	// before it is sent; testRetryBudget, when set, replaces retryBudget.
 	testHookBatchMsg func(i int, msg *nats.Msg)
 	testRetryBudget  time.Duration
+	// testHookReaderTry, when set, runs before each try to create a
+	// reader's consumer; an error fails the try as if it got no answer.
+	testHookReaderTry func(try int) error
 
 	mu     sync.Mutex
 	closed bool
@@ -495,10 +498,10 @@ func (s *Stream) publishOne(ctx context.Context, msg *nats.Msg, what string) err
 
 // Subscribe delivers the messages matching opts, in stream order, decoded
 // back into hub.Messages, until ctx ends or the Stream closes; then the
-// channel is closed. It uses an ordered, ephemeral consumer (nothing to
-// clean up, gaps are detected and recovered by the client). Messages that do
-// not decode (published by something other than berth) are logged and
-// skipped.
+// channel is closed. It reads through ephemeral consumers that berth
+// replaces when a NATS server is lost (reader.go), resuming after the last
+// message delivered. Messages that do not decode (published by something
+// other than berth) are logged and skipped.
 func (s *Stream) Subscribe(ctx context.Context, opts SubscribeOptions) (<-chan *hub.Message, error) {
 	// Subjects are prefix.{hub}.{partition}.{device}; a device's
 	// partition depends on its hub's partition count, which the stream
@@ -512,17 +515,12 @@ func (s *Stream) Subscribe(ctx context.Context, opts SubscribeOptions) (<-chan *
 	case opts.Hub != "":
 		filter = s.cfg.SubjectPrefix + "." + EncodeToken(opts.Hub) + ".>"
 	}
-	occ := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{filter},
-		DeliverPolicy:  jetstream.DeliverNewPolicy,
-	}
+	from := readFrom{policy: jetstream.DeliverNewPolicy}
 	if !opts.StartTime.IsZero() {
-		t := opts.StartTime.UTC()
-		occ.DeliverPolicy = jetstream.DeliverByStartTimePolicy
-		occ.OptStartTime = &t
+		from = readFrom{policy: jetstream.DeliverByStartTimePolicy, time: opts.StartTime.UTC()}
 	}
 
-	events, err := s.read(ctx, occ)
+	events, err := s.read(ctx, filter, from)
 	if err != nil {
 		return nil, err
 	}
@@ -549,89 +547,6 @@ type Event struct {
 	Seq uint64
 	// Stored is when JetStream stored the message.
 	Stored time.Time
-}
-
-// read runs an ordered consumer and hands over its messages, decoded, until
-// ctx ends or the Stream closes; then the channel is closed.
-func (s *Stream) read(ctx context.Context, occ jetstream.OrderedConsumerConfig) (<-chan Event, error) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil, errors.New("stream: subscribe on closed stream")
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	sub := &subscription{cancel: cancel}
-	s.subs[sub] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	done := func() {
-		cancel()
-		s.mu.Lock()
-		delete(s.subs, sub)
-		s.mu.Unlock()
-		s.wg.Done()
-	}
-
-	cons, err := s.js.OrderedConsumer(sctx, s.cfg.StreamName, occ)
-	if err != nil {
-		done()
-		return nil, fmt.Errorf("stream: subscribe %s: %w", occ.FilterSubjects[0], err)
-	}
-	// Messages creates the server-side consumer before returning, so a
-	// message appended after Subscribe returns is delivered. The pull
-	// buffer is bounded in messages because a message can be ~1 MiB.
-	it, err := cons.Messages(jetstream.PullMaxMessages(64))
-	if err != nil {
-		done()
-		return nil, fmt.Errorf("stream: subscribe %s: %w", occ.FilterSubjects[0], err)
-	}
-	out := make(chan Event, 16)
-	stopped := make(chan struct{})
-	go func() {
-		select {
-		case <-sctx.Done():
-		case <-stopped:
-		}
-		it.Stop()
-	}()
-	go func() {
-		defer done()
-		defer close(out)
-		defer close(stopped)
-		for {
-			msg, err := it.Next()
-			if err != nil {
-				if errors.Is(err, jetstream.ErrMsgIteratorClosed) || sctx.Err() != nil || s.nc.IsClosed() {
-					return
-				}
-				// The ordered consumer recreates itself on gaps and missed
-				// heartbeats; what reaches us is transient (a reconnect).
-				s.log.Debug("subscribe: next", "filter", occ.FilterSubjects[0], "err", err)
-				select {
-				case <-sctx.Done():
-					return
-				case <-time.After(250 * time.Millisecond):
-				}
-				continue
-			}
-			var ev Event
-			if md, err := msg.Metadata(); err == nil {
-				ev.Stored, ev.Seq = md.Timestamp, md.Sequence.Stream
-			}
-			m, err := decode(s.cfg.SubjectPrefix, msg.Subject(), msg.Headers(), msg.Data(), ev.Stored)
-			if err != nil {
-				s.log.Warn("subscribe: skipping undecodable message", "subject", msg.Subject(), "err", err)
-				continue
-			}
-			ev.Msg = m
-			select {
-			case out <- ev:
-			case <-sctx.Done():
-				return
-			}
-		}
-	}()
-	return out, nil
 }
 
 // Close ends subscriptions, drains the connection and, when embedded,
