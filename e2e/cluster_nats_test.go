@@ -20,6 +20,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azeventhubs/v2"
+
 	"github.com/berth-iot/berth/hub"
 	"github.com/berth-iot/berth/stream"
 )
@@ -32,7 +34,7 @@ import (
 // after must be in the stream. The longest wait for a PUBACK across the
 // loss is logged: it is what a NATS server loss costs a device.
 func natsLoss(t *testing.T, natsURL string, servers []*natsProc, nodes []*clusterNode) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
@@ -51,16 +53,23 @@ func natsLoss(t *testing.T, natsURL string, servers []*natsProc, nodes []*cluste
 	if ci.Config.Replicas != 3 || ci.Cluster == nil || ci.Cluster.Leader == "" {
 		t.Fatalf("telemetry stream: %d replicas, cluster %+v; want R3 with a leader (--stream-replicas 3)", ci.Config.Replicas, ci.Cluster)
 	}
-	leader := slices.IndexFunc(servers, func(s *natsProc) bool { return s.name == ci.Cluster.Leader })
-	if leader < 0 {
-		t.Fatalf("stream leader %q is none of the cluster's servers", ci.Cluster.Leader)
+	// The server to kill leads the stream and has berth nodes connected
+	// to it, so that the loss also moves their connections (and the
+	// Event Hubs readers' consumers on them) to another server.
+	target, conns := berthServer(t, servers)
+	if target == nil {
+		t.Fatal("no berth node is connected to any NATS server")
 	}
-
-	reader, err := stream.Open(ctx, stream.Config{URL: natsURL, ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
+	leaderName := func() string {
+		st, err := js.Stream(ctx, stream.DefaultStreamName)
+		if err != nil || st.CachedInfo().Cluster == nil {
+			return ""
+		}
+		return st.CachedInfo().Cluster.Leader
 	}
-	defer reader.Close()
+	moveLeader(t, nc, stream.DefaultStreamName, target.name, leaderName)
+	leader := slices.Index(servers, target)
+	t.Logf("%s leads the stream and has %d of the berth nodes' connections", target.name, conns)
 
 	type sender struct {
 		id      string
@@ -75,7 +84,12 @@ func natsLoss(t *testing.T, natsURL string, servers []*natsProc, nodes []*cluste
 	var senders []*sender
 	for i, n := range nodes {
 		for j := range 2 {
-			id := fmt.Sprintf("cluster-natsloss-%d-%d-%s", i, j, randomSuffix())
+			// Device i*2+j sends to partition i*2+j (of the hub's 4),
+			// so that every partition has traffic.
+			var id string
+			for id == "" || hub.PartitionOf(id, hub.DefaultPartitionCount) != (i*2+j)%hub.DefaultPartitionCount {
+				id = fmt.Sprintf("cluster-natsloss-%d-%d-%s", i, j, randomSuffix())
+			}
 			key := n.createHubDevice(id)
 			s := &sender{id: id, d: n.hubConnect(id, key, false), done: make(chan struct{})}
 			senders = append(senders, s)
@@ -119,11 +133,41 @@ func natsLoss(t *testing.T, natsURL string, servers []*natsProc, nodes []*cluste
 		}
 		return min
 	}
+	// Event Hubs receivers on every node and partition, attached before
+	// the loss and reading from the partition's start.
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	var attached, created []*ehWatcher
+	clients := make([]*azeventhubs.ConsumerClient, len(nodes))
+	for i, n := range nodes {
+		clients[i] = ehConsumer(t, n)
+		for p := range hub.DefaultPartitionCount {
+			attached = append(attached, watch(wctx, t, clients[i], fmt.Sprintf("node %d partition %d, attached before", i, p), p, azeventhubs.StartPosition{Earliest: to(true)}))
+		}
+	}
 	eventually(t, "every device has 20 messages acknowledged", func() bool { return count() >= 20 })
+	first := make([]int64, hub.DefaultPartitionCount)
+	eventually(t, "every attached receiver has its partition's first message", func() bool {
+		for _, w := range attached {
+			s := senders[w.partition]
+			if first[w.partition] = w.firstSeq(s.id + "/"); first[w.partition] < 0 {
+				return false
+			}
+		}
+		return true
+	})
 	before := count()
 	killed := time.Now()
 	servers[leader].kill9()
-	t.Logf("killed -9 NATS server %s, the stream's leader", ci.Cluster.Leader)
+	t.Logf("killed -9 NATS server %s, the stream's leader", target.name)
+	// New receivers right after the loss, resuming from a sequence number
+	// (the first message of the device of their partition).
+	for i := range nodes {
+		for p := range hub.DefaultPartitionCount {
+			created = append(created, watch(wctx, t, clients[i], fmt.Sprintf("node %d partition %d, created after", i, p), p,
+				azeventhubs.StartPosition{SequenceNumber: to(first[p]), Inclusive: true}))
+		}
+	}
 	eventually(t, "every device has 50 more messages acknowledged after the loss", func() bool {
 		return count() >= before+50
 	})
@@ -151,23 +195,41 @@ func natsLoss(t *testing.T, natsURL string, servers []*natsProc, nodes []*cluste
 		}
 		total += len(s.acked)
 	}
-	// One reader for every device. Creating its consumer right after the
-	// loss sometimes stalls (seen: a try of 60 s ran out, the next one
-	// succeeded at once; nats.go retries until the context ends), so each
-	// try has its own bound. Only the test's reader: berth's appends are
-	// what this test is about.
-	var msgs <-chan *hub.Message
-	for try := 1; msgs == nil; try++ {
-		sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
-		defer scancel()
-		msgs, err = reader.Subscribe(sctx, stream.SubscribeOptions{StartTime: since})
-		if err != nil {
-			if try == 5 {
-				t.Fatalf("read the stream after the loss: %v", err)
-			}
-			t.Logf("read the stream after the loss, try %d: %v", try, err)
-			msgs = nil
+	// Every Event Hubs receiver has every acknowledged message of its
+	// partition, each once and in order, by itself.
+	var worstAttached, worstCreated time.Duration
+	for _, w := range append(slices.Clone(attached), created...) {
+		s := senders[w.partition]
+		s.mu.Lock()
+		want := slices.Clone(s.acked)
+		s.mu.Unlock()
+		start := time.Now()
+		for w.missing(want) > 0 && time.Since(start) < 90*time.Second {
+			time.Sleep(100 * time.Millisecond)
 		}
+		if n := w.missing(want); n > 0 {
+			t.Errorf("%s: %d of the %d acknowledged messages of %s missing", w.name, n, len(want), s.id)
+		}
+		if d := w.check(t, killed); slices.Contains(attached, w) {
+			worstAttached = max(worstAttached, d)
+		} else {
+			worstCreated = max(worstCreated, d)
+		}
+	}
+	wcancel()
+	t.Logf("Event Hubs: %d receivers attached before the loss, %d created right after it; longest pause after the loss: %v (attached), %v (created)",
+		len(attached), len(created), worstAttached.Round(time.Millisecond), worstCreated.Round(time.Millisecond))
+
+	// One reader for every device, opened after the loss (as berth hub
+	// monitor-events would be).
+	reader, err := stream.Open(ctx, stream.Config{URL: natsURL, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	msgs, err := reader.Subscribe(ctx, stream.SubscribeOptions{StartTime: since})
+	if err != nil {
+		t.Fatalf("read the stream after the loss: %v", err)
 	}
 	got := map[string]int{}
 	dups := 0
@@ -203,7 +265,10 @@ const natsNodeEnv = "BERTH_E2E_NATS_NODE"
 type natsNodeSpec struct {
 	Name, Host, StoreDir string
 	Port, ClusterPort    int
-	Routes               []string
+	// MonitorPort serves the server's monitoring endpoints (/connz), so
+	// that the test can see which server the berth nodes are connected to.
+	MonitorPort int
+	Routes      []string
 }
 
 func runNATSNode(spec string) {
@@ -224,6 +289,7 @@ func runNATSNode(spec string) {
 	ns, err := natsserver.NewServer(&natsserver.Options{
 		ServerName: sp.Name, Host: sp.Host, Port: sp.Port,
 		JetStream: true, StoreDir: sp.StoreDir, NoSigs: true, NoLog: true,
+		HTTPHost: sp.Host, HTTPPort: sp.MonitorPort,
 		Cluster: natsserver.ClusterOpts{Name: "berth-e2e", Host: sp.Host, Port: sp.ClusterPort},
 		Routes:  routes,
 	})
@@ -244,10 +310,12 @@ func runNATSNode(spec string) {
 
 // natsProc is a NATS server of the cluster in a process of its own.
 type natsProc struct {
-	name  string
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	done  chan struct{}
+	name string
+	// monitor is the server's monitoring address (host:port).
+	monitor string
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	done    chan struct{}
 }
 
 func (p *natsProc) kill9() {
@@ -285,7 +353,7 @@ func natsClusterProcs(t *testing.T) (string, []*natsProc) {
 	for i := range specs {
 		ip := clusterNet + fmt.Sprint(11+i)
 		specs[i] = natsNodeSpec{Name: fmt.Sprintf("berth-e2e-%d", i+1), Host: ip, StoreDir: t.TempDir(),
-			Port: freePort(t, ip), ClusterPort: freePort(t, ip)}
+			Port: freePort(t, ip), ClusterPort: freePort(t, ip), MonitorPort: freePort(t, ip)}
 		routes = append(routes, fmt.Sprintf("nats://%s:%d", ip, specs[i].ClusterPort))
 		urls = append(urls, fmt.Sprintf("nats://%s:%d", ip, specs[i].Port))
 	}
@@ -311,7 +379,7 @@ func natsClusterProcs(t *testing.T) (string, []*natsProc) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		p := &natsProc{name: sp.Name, cmd: cmd, stdin: stdin, done: make(chan struct{})}
+		p := &natsProc{name: sp.Name, monitor: fmt.Sprintf("%s:%d", sp.Host, sp.MonitorPort), cmd: cmd, stdin: stdin, done: make(chan struct{})}
 		procs[i] = p
 		go func() {
 			sc := bufio.NewScanner(stdout)

@@ -40,8 +40,10 @@ import (
 const clusterNodeEnv = "BERTH_E2E_CLUSTER_NODE"
 
 // Loopback addresses of this suite: NATS servers on .11–.13, berth nodes on
-// .21–.23, the PostgreSQL proxy on .2 (every port ephemeral).
-const clusterNet = "127.0.23."
+// .21–.23, the PostgreSQL proxy on .2 (every port ephemeral), in 127.0.23.0/24
+// or the /24 whose first three octets BERTH_E2E_CLUSTER_NET gives
+// ("127.0.47.", for a machine where another suite uses .23).
+var clusterNet = envOr("BERTH_E2E_CLUSTER_NET", "127.0.23.")
 
 // runClusterNode is one berth node of TestCluster, in a process of its
 // own so that the test can kill -9 it (TestCluster re-executed with
@@ -53,7 +55,10 @@ func runClusterNode(spec string) {
 		fmt.Println("FAIL", err)
 		return
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// BERTH_E2E_CLUSTER_LOG=info or debug shows more of the nodes' logs.
+	level := slog.LevelWarn
+	_ = level.UnmarshalText([]byte(os.Getenv("BERTH_E2E_CLUSTER_LOG")))
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	srv, err := server.New(context.Background(), cfg)
 	if err != nil {
 		fmt.Println("FAIL", err)

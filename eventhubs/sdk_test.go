@@ -42,8 +42,17 @@ const (
 )
 
 // addrSeq hands each berth of this file its own loopback address of the
-// range this package's tests use (127.0.21.1–50).
+// range this package's tests use (127.0.21.1–50, or in the /24 whose first
+// three octets BERTH_TEST_EH_NET gives, e.g. "127.0.47.").
 var addrSeq atomic.Int32
+
+func ehAddr(n int32) string {
+	prefix := os.Getenv("BERTH_TEST_EH_NET")
+	if prefix == "" {
+		prefix = "127.0.21."
+	}
+	return fmt.Sprintf("%s%d", prefix, n)
+}
 
 type berth struct {
 	t    *testing.T
@@ -103,7 +112,7 @@ func newBerth(t *testing.T) *berth {
 	if n > 50 {
 		t.Fatal("out of loopback addresses")
 	}
-	b := startBerth(t, t.TempDir(), fmt.Sprintf("127.0.21.%d", n), 0)
+	b := startBerth(t, t.TempDir(), ehAddr(n), 0)
 	t.Cleanup(b.stop)
 	return b
 }
@@ -468,7 +477,7 @@ func (b *berth) srvHubSettings() *hub.Settings {
 // Sequence numbers and positions survive a restart.
 func TestRestart(t *testing.T) {
 	n := addrSeq.Add(1)
-	ip := fmt.Sprintf("127.0.21.%d", n)
+	ip := ehAddr(n)
 	dir := t.TempDir()
 	b := startBerth(t, dir, ip, 0)
 	port := b.amqpPort
