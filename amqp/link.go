@@ -49,6 +49,7 @@ type Link struct {
 	sndMode        uint8
 	rcvMode        uint8
 	maxMessageSize uint64
+	offered        []Symbol
 	rh             ReceiverHandler
 	sh             SenderHandler
 
@@ -138,6 +139,15 @@ func (l *Link) SetSource(s *Source) {
 func (l *Link) SetTarget(t *Target) {
 	if l.attaching {
 		l.target = t
+	}
+}
+
+// SetOfferedCapabilities sets the offered-capabilities of the attach reply
+// (e.g. an extension of the peer's desired-capabilities that berth
+// serves). Only during Attach.
+func (l *Link) SetOfferedCapabilities(caps ...Symbol) {
+	if l.attaching {
+		l.offered = caps
 	}
 }
 

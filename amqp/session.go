@@ -174,6 +174,7 @@ func (s *Session) attachLocked(a *Attach) {
 		return
 	}
 	reply.MaxMessageSize = l.maxMessageSize
+	reply.OfferedCapabilities = l.offered
 	l.attached = true
 	if err := c.writeLocked(frameAMQP, s.ch, reply, nil); err != nil {
 		return

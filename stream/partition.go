@@ -95,21 +95,8 @@ func (s *Stream) ReadPartition(ctx context.Context, hubName string, partition in
 // has none (a reader from 1 then gets every message stored later). One
 // request, bounded by readTry.
 func (s *Stream) lastSeq(ctx context.Context, hubName string, partition int) (uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, readTry)
-	defer cancel()
-	filter := PartitionFilter(s.cfg.SubjectPrefix, hubName, partition)
-	st, err := s.js.Stream(ctx, s.cfg.StreamName)
-	if err != nil {
-		return 0, fmt.Errorf("stream: partition %d of %s: %w", partition, hubName, err)
-	}
-	last, err := st.GetLastMsgForSubject(ctx, filter)
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return 0, nil
-	case err != nil:
-		return 0, fmt.Errorf("stream: last message of partition %d of %s: %w", partition, hubName, err)
-	}
-	return last.Sequence, nil
+	st, err := s.PartitionLast(ctx, hubName, partition)
+	return st.Last, err
 }
 
 // TrimHub removes a hub's messages stored before cutoff (a hub's own
@@ -159,4 +146,25 @@ func (s *Stream) TrimHub(ctx context.Context, hubName string, cutoff time.Time) 
 		return fmt.Errorf("stream: trim %s: %w", hubName, err)
 	}
 	return nil
+}
+
+// PartitionLast is PartitionState without First (one request fewer, and
+// First stays zero): the partition's last message, for a reader that
+// reports how far behind it is. It waits at most readTry.
+func (s *Stream) PartitionLast(ctx context.Context, hubName string, partition int) (PartitionState, error) {
+	ctx, cancel := context.WithTimeout(ctx, readTry)
+	defer cancel()
+	filter := PartitionFilter(s.cfg.SubjectPrefix, hubName, partition)
+	st, err := s.js.Stream(ctx, s.cfg.StreamName)
+	if err != nil {
+		return PartitionState{}, fmt.Errorf("stream: partition %d of %s: %w", partition, hubName, err)
+	}
+	last, err := st.GetLastMsgForSubject(ctx, filter)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return PartitionState{Empty: true}, nil
+	case err != nil:
+		return PartitionState{}, fmt.Errorf("stream: last message of partition %d of %s: %w", partition, hubName, err)
+	}
+	return PartitionState{Last: last.Sequence, LastStored: last.Time.UTC()}, nil
 }

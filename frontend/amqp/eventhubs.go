@@ -3,6 +3,7 @@ package amqp
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +27,9 @@ import (
 // stream).
 type TelemetryReader interface {
 	PartitionState(ctx context.Context, hubName string, partition int) (stream.PartitionState, error)
+	// PartitionLast is PartitionState with only the last message (Empty,
+	// Last, LastStored).
+	PartitionLast(ctx context.Context, hubName string, partition int) (stream.PartitionState, error)
 	ReadPartition(ctx context.Context, hubName string, partition int, pos stream.Position) (<-chan stream.Event, error)
 }
 
@@ -50,6 +54,16 @@ const (
 	ehEpoch              = engine.Symbol("com.microsoft:epoch")
 	ehArgumentOutOfRange = engine.Symbol("com.microsoft:argument-out-of-range")
 	ehArgumentError      = engine.Symbol("com.microsoft:argument-error")
+	// ehRuntimeMetric in a receiver's desired-capabilities asks for the
+	// partition's last enqueued event on every event (delivery
+	// annotations ehLast*): azeventhubs' TrackLastEnqueuedEventProperties
+	// (.NET), trackLastEnqueuedEventProperties (JS).
+	ehRuntimeMetric   = engine.Symbol("com.microsoft:enable-receiver-runtime-metric")
+	ehLastSeq         = engine.Symbol("last_enqueued_sequence_number")
+	ehLastOffset      = engine.Symbol("last_enqueued_offset")
+	ehLastTime        = engine.Symbol("last_enqueued_time_utc")
+	ehLastRetrieved   = engine.Symbol("runtime_info_retrieval_time_utc")
+	ehRuntimeInterval = time.Second
 )
 
 func (c *conn) eventHubs() *EventHubs {
@@ -247,7 +261,11 @@ func (c *conn) attachEHPartition(l *engine.Link, m match) (engine.LinkHandler, *
 		}
 	}
 	ctx, cancel := context.WithCancel(c.srv.ctx)
-	r := &ehReceiver{c: c, l: l, ctx: ctx, cancel: cancel, credit: make(chan struct{}, 1)}
+	r := &ehReceiver{c: c, l: l, ctx: ctx, cancel: cancel, credit: make(chan struct{}, 1), hub: g.hub, partition: p}
+	if a := l.PeerAttach(); a != nil && slices.Contains(a.DesiredCapabilities, ehRuntimeMetric) {
+		r.runtime = &ehRuntime{reader: eh.Reader}
+		l.SetOfferedCapabilities(ehRuntimeMetric)
+	}
 	leave, err := eh.Receivers.Join(g.hub, group, p, epoch, func(err error) {
 		r.cancel()
 		l.Close(linkError(engine.ErrCondStolen, "%s", err.Error()))
@@ -326,6 +344,78 @@ type ehReceiver struct {
 	leave  func()
 	credit chan struct{}
 	once   sync.Once
+
+	hub       string
+	partition int
+	// runtime is the partition's last enqueued event, for a receiver that
+	// asked for it (ehRuntimeMetric); nil otherwise.
+	runtime *ehRuntime
+}
+
+// ehRuntime keeps what a receiver reports as the partition's last
+// enqueued event. Event Hubs sends it with each event as a snapshot with
+// its retrieval time, so berth looks it up at most once per
+// ehRuntimeInterval, in the background, and meanwhile takes each event it
+// sends as a lower bound (an event being sent has been enqueued).
+type ehRuntime struct {
+	reader     TelemetryReader
+	mu         sync.Mutex
+	seq        uint64
+	stored     time.Time
+	retrieved  time.Time
+	refreshing bool
+}
+
+// note raises the snapshot to ev if ev is later, and starts a lookup in
+// the background if the snapshot is older than ehRuntimeInterval.
+func (rt *ehRuntime) note(r *ehReceiver, ev *stream.Event) {
+	now := time.Now()
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if ev.Seq > rt.seq {
+		rt.seq, rt.stored, rt.retrieved = ev.Seq, ev.Stored, now
+	}
+	if rt.refreshing || now.Sub(rt.retrieved) < ehRuntimeInterval {
+		return
+	}
+	rt.refreshing = true
+	go rt.refresh(r)
+}
+
+// refresh looks the partition's last event up.
+func (rt *ehRuntime) refresh(r *ehReceiver) {
+	ctx, cancel := context.WithTimeout(r.ctx, authTimeout)
+	defer cancel()
+	st, err := rt.reader.PartitionLast(ctx, r.hub, r.partition)
+	at := time.Now()
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.refreshing = false
+	if err != nil {
+		r.c.srv.log.Debug("amqp: last enqueued event", r.c.logAttrs("hub", r.hub, "partition", r.partition, "error", err.Error())...)
+		return
+	}
+	if !st.Empty && st.Last >= rt.seq {
+		rt.seq, rt.stored = st.Last, st.LastStored
+	}
+	rt.retrieved = at
+}
+
+// annotations are the delivery annotations of the snapshot: the values
+// GetPartitionProperties gives (empty: -1, "-1", the Unix epoch).
+func (rt *ehRuntime) annotations() engine.Map {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	seq, off, stored := int64(-1), "-1", time.UnixMilli(0).UTC()
+	if rt.seq > 0 {
+		seq, off, stored = int64(rt.seq), strconv.FormatUint(rt.seq, 10), rt.stored.UTC().Truncate(time.Millisecond)
+	}
+	return engine.Map{
+		{Key: ehLastSeq, Value: seq},
+		{Key: ehLastOffset, Value: off},
+		{Key: ehLastTime, Value: stored},
+		{Key: ehLastRetrieved, Value: rt.retrieved.UTC().Truncate(time.Millisecond)},
+	}
 }
 
 func (r *ehReceiver) Credit(*engine.Link) {
@@ -350,6 +440,11 @@ func (r *ehReceiver) run() {
 	// they go unsettled, as Event Hubs sends them, and the client's
 	// accept changes nothing (reads are not destructive).
 	settled := r.l.SndSettleMode() == 1
+	if r.runtime != nil {
+		// So that the first events of a backlog carry the partition's
+		// end, not themselves.
+		r.runtime.refresh(r)
+	}
 	var pending *engine.Message
 	for {
 		if pending == nil {
@@ -362,6 +457,10 @@ func (r *ehReceiver) run() {
 					return
 				}
 				pending = eventMessage(ev)
+				if r.runtime != nil {
+					r.runtime.note(r, &ev)
+					pending.DeliveryAnnotations = r.runtime.annotations()
+				}
 			case <-r.ctx.Done():
 				return
 			}
