@@ -59,16 +59,29 @@ const ops = {
    * once the first processEvents call came, which subscribe makes even
    * when empty (maxWaitTimeInSeconds).
    */
-  async ehReceive(connectionString, { partitionId, start, count, quietMs = 8000, consumerGroup = '$Default' }) {
+  async ehReceive(connectionString, { partitionId, start, count, quietMs = 8000, consumerGroup = '$Default', track = false }) {
     const c = new (sdk().EventHubConsumerClient)(consumerGroup, connectionString);
     const events = [];
     const errors = [];
+    // With track, the partition context's lastEnqueuedEventProperties as
+    // each batch of events found it.
+    const lastEnqueued = [];
     try {
       await new Promise((resolve) => {
         let timer = setTimeout(resolve, quietMs);
         const handlers = {
-          processEvents: async (batch) => {
+          processEvents: async (batch, context) => {
             for (const e of batch) events.push(plain(e));
+            if (track && batch.length) {
+              const l = context.lastEnqueuedEventProperties ?? {};
+              lastEnqueued.push({
+                sequenceNumber: l.sequenceNumber,
+                offset: l.offset,
+                enqueuedOn: l.enqueuedOn instanceof Date ? l.enqueuedOn.getTime() : l.enqueuedOn,
+                retrievedOn: l.retrievedOn instanceof Date ? l.retrievedOn.getTime() : l.retrievedOn,
+                lastEventSequenceNumber: batch[batch.length - 1].sequenceNumber,
+              });
+            }
             if (batch.length) {
               clearTimeout(timer);
               timer = setTimeout(resolve, quietMs);
@@ -80,14 +93,14 @@ const ops = {
           },
           processError: async (err) => { errors.push(String(err && (err.code || err.message))); },
         };
-        const opts = { startPosition: position(start), maxBatchSize: 50, maxWaitTimeInSeconds: 1 };
+        const opts = { startPosition: position(start), maxBatchSize: 50, maxWaitTimeInSeconds: 1, trackLastEnqueuedEventProperties: track };
         if (partitionId !== undefined) c.subscribe(partitionId, handlers, opts);
         else c.subscribe(handlers, opts);
       });
     } finally {
       await c.close();
     }
-    return { events, errors };
+    return { events, errors, lastEnqueued };
   },
 
   /**

@@ -136,4 +136,28 @@ describe('Event Hubs-compatible endpoint: @azure/event-hubs consumer', { timeout
     assert.deepEqual(errors, []);
     assert.ok(events.length >= 3);
   });
+
+  test('trackLastEnqueuedEventProperties: the partition\'s last event with each batch', async () => {
+    const dev = devices.amqp;
+    await sdk.hubSend('amqp', dev.cs, [{ data: 'tracked-1' }, { data: 'tracked-2' }]);
+    const partitions = (await sdk.call('ehProperties', ehCs)).partitions;
+    const mine = byDevice((await sdk.call('ehReceive', ehCs, { start: 'earliest', count: 10, quietMs: 3000 })).events, dev.deviceId);
+    const last = mine[mine.length - 1];
+    const partition = partitions.find((p) => p.lastEnqueuedSequenceNumber === last.sequenceNumber);
+    assert.ok(partition, `the partition whose last event is ${last.sequenceNumber}`);
+    const since = Date.now() - 60000;
+    const got = await sdk.call('ehReceive', ehCs, { partitionId: partition.partitionId, start: 'earliest', count: mine.length, quietMs: 3000, track: true });
+    assert.deepEqual(got.errors, []);
+    assert.ok(got.lastEnqueued.length >= 1, 'lastEnqueuedEventProperties with the events');
+    for (const l of got.lastEnqueued) {
+      // Read from the start: even the first batch knows the partition's end.
+      assert.equal(l.sequenceNumber, partition.lastEnqueuedSequenceNumber, JSON.stringify(l));
+      assert.equal(l.offset, partition.lastEnqueuedOffset);
+      assert.equal(l.enqueuedOn, partition.lastEnqueuedOnUtc);
+      assert.ok(l.retrievedOn >= since && l.retrievedOn <= Date.now(), `retrievedOn ${l.retrievedOn}`);
+    }
+    // Without the option the SDK leaves it empty.
+    const plainRun = await sdk.call('ehReceive', ehCs, { partitionId: partition.partitionId, start: 'earliest', count: mine.length, quietMs: 3000 });
+    assert.deepEqual(plainRun.lastEnqueued, []);
+  });
 });
