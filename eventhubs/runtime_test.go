@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azeventhubs/v2"
 	goamqp "github.com/Azure/go-amqp"
 
 	"github.com/berth-iot/berth/hub"
@@ -118,5 +119,52 @@ func TestRuntimeMetric(t *testing.T) {
 		if len(m.DeliveryAnnotations) != 0 {
 			t.Errorf("a receiver that did not ask got delivery annotations %v", m.DeliveryAnnotations)
 		}
+	}
+}
+
+// An empty partition (docs/amqp-wire.md, "Event Hubs"): is_partition_empty,
+// sequence numbers -1, offset "-1", the Unix epoch. Azure does not document
+// its own values; berth's are positions that mean "before the first event",
+// so a consumer that resumes after LastEnqueuedSequenceNumber (or the
+// offset) of an empty partition gets the first event sent later.
+func TestEmptyPartition(t *testing.T) {
+	b := newBerth(t)
+	id := ""
+	for i := 0; id == "" || partitionOf(id) != "2"; i++ {
+		id = fmt.Sprintf("empty-%d", i)
+	}
+	b.device(id)
+	c := b.consumer(b.ehConnStr())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pp, err := c.GetPartitionProperties(ctx, "2", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pp.IsEmpty || pp.BeginningSequenceNumber != -1 || pp.LastEnqueuedSequenceNumber != -1 ||
+		pp.LastEnqueuedOffset != "-1" || !pp.LastEnqueuedOn.Equal(time.UnixMilli(0)) {
+		t.Fatalf("empty partition: %+v", pp)
+	}
+	bySeq, err := c.NewPartitionClient("2", &azeventhubs.PartitionClientOptions{
+		StartPosition: azeventhubs.StartPosition{SequenceNumber: &pp.LastEnqueuedSequenceNumber}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bySeq.Close(ctx)
+	byOffset, err := c.NewPartitionClient("2", &azeventhubs.PartitionClientOptions{
+		StartPosition: azeventhubs.StartPosition{Offset: &pp.LastEnqueuedOffset}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer byOffset.Close(ctx)
+	b.sendMQTT(id, "", "first")
+	for name, pc := range map[string]*azeventhubs.PartitionClient{"sequence number": bySeq, "offset": byOffset} {
+		if evs := receive(t, pc, 1); string(evs[0].Body) != "first" {
+			t.Errorf("after the empty partition's %s: %q", name, evs[0].Body)
+		}
+	}
+	pp, err = c.GetPartitionProperties(ctx, "2", nil)
+	if err != nil || pp.IsEmpty || pp.LastEnqueuedSequenceNumber < 1 || pp.BeginningSequenceNumber != pp.LastEnqueuedSequenceNumber {
+		t.Errorf("after one event: %+v, %v", pp, err)
 	}
 }
