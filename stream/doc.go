@@ -105,4 +105,12 @@
 // retried through a NATS leader election, 2 s a try and 10 s in all, and
 // then fails with an error whose Unavailable() is true, so front ends
 // answer 503 or close without PUBACK (retry.go).
+//
+// # Reading
+//
+// Subscribe and ReadPartition read through ephemeral pull consumers that
+// berth creates with a fresh name and a bounded wait on every try, and
+// replaces (from the message after the last one handed over) when their
+// heartbeats stop or their delivery skips, so that readers go on by
+// themselves after a NATS server of a cluster is lost (reader.go).
 package stream
