@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -53,13 +54,23 @@ func TestReaderReplacesLostConsumer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sub, err := s.Subscribe(ctx, SubscribeOptions{Hub: h})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if got := recvEvents(t, all, 1); string(got[0].Msg.Body) != "old" {
 		t.Fatalf("first event %q", got[0].Msg.Body)
 	}
-	// Both consumers go before "latest" saw anything; a replacement
-	// that started at "new messages" again would skip m0.
-	if n := deleteReaders(t, s); n != 2 {
-		t.Fatalf("deleted %d consumers, want 2", n)
+	// ReadPartition creates its consumer in the background.
+	for start := time.Now(); consumers(t, s) < 3; time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("%d consumers, want 3", consumers(t, s))
+		}
+	}
+	// All go before "latest" and the subscription saw anything; a
+	// replacement that started at "new messages" again would skip m0.
+	if n := deleteReaders(t, s); n != 3 {
+		t.Fatalf("deleted %d consumers, want 3", n)
 	}
 	var want []string
 	for i := range 20 {
@@ -83,6 +94,28 @@ func TestReaderReplacesLostConsumer(t *testing.T) {
 		default:
 		}
 	}
+	for i, m := range recvN(t, sub, len(want)) {
+		if string(m.Body) != want[i] {
+			t.Fatalf("subscription: message %d is %q, want %q", i, m.Body, want[i])
+		}
+	}
+	select {
+	case m := <-sub:
+		t.Errorf("subscription: an extra message %q", m.Body)
+	default:
+	}
+}
+
+// consumers counts the consumers of s's stream.
+func consumers(t *testing.T, s *Stream) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), readTry)
+	defer cancel()
+	info, err := s.js.Stream(ctx, s.cfg.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.CachedInfo().State.Consumers
 }
 
 // A try to create a reader's consumer that gets no answer is followed by
