@@ -56,8 +56,8 @@ const (
 	ehArgumentError      = engine.Symbol("com.microsoft:argument-error")
 	// ehRuntimeMetric in a receiver's desired-capabilities asks for the
 	// partition's last enqueued event on every event (delivery
-	// annotations ehLast*): azeventhubs' TrackLastEnqueuedEventProperties
-	// (.NET), trackLastEnqueuedEventProperties (JS).
+	// annotations ehLast*): .NET's TrackLastEnqueuedEventProperties, JS's
+	// trackLastEnqueuedEventProperties (azeventhubs for Go has none).
 	ehRuntimeMetric   = engine.Symbol("com.microsoft:enable-receiver-runtime-metric")
 	ehLastSeq         = engine.Symbol("last_enqueued_sequence_number")
 	ehLastOffset      = engine.Symbol("last_enqueued_offset")
