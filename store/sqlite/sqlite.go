@@ -2,10 +2,14 @@
 // built on modernc.org/sqlite so the binary stays pure Go.
 //
 // SQLite admits one writer at a time, so writes go through a pool of exactly
-// one connection: they queue in Go (honouring their contexts) rather than
-// spinning on SQLITE_BUSY. Reads use a separate pool and, thanks to WAL,
-// never wait for a write in progress. Every commit is fsynced
-// (synchronous=FULL), so a nil error means the write survives power loss.
+// one connection, fed by one committer goroutine: write calls queue in Go
+// (honouring their contexts) rather than spinning on SQLITE_BUSY, and the
+// calls that queue while a commit is in progress share the next one (group
+// commit: one transaction, one fsync, each caller still getting its own
+// answer; commit.go). Reads use a separate pool and, thanks to WAL, never
+// wait for a write in progress. Every commit is fsynced (synchronous=FULL),
+// and a write call returns only after its commit, so a nil error means the
+// write survives power loss.
 package sqlite
 
 import (
@@ -60,8 +64,10 @@ type Store struct {
 	w *sql.DB // exactly one connection: the writer
 	r *sql.DB // readers
 
-	// Writer statements.
-	upsert, insertNew, update, del *sql.Stmt
+	// Writer statements, run by the committer (commit.go).
+	upsert, insertNew, update, del, wexists *sql.Stmt
+	// c takes every write call and commits them in groups.
+	c *committer
 	// Reader statements.
 	get, exists, count, countIdx           *sql.Stmt
 	listAll, listAfter, listIdx, listIdxAt *sql.Stmt
@@ -118,6 +124,7 @@ func Open(path string) (*Store, error) {
 		{w, &s.insertNew, sqlInsertNew},
 		{w, &s.update, sqlUpdate},
 		{w, &s.del, sqlDelete},
+		{w, &s.wexists, sqlExists},
 		{r, &s.get, sqlGet},
 		{r, &s.exists, sqlExists},
 		{r, &s.count, sqlCount},
@@ -135,6 +142,7 @@ func Open(path string) (*Store, error) {
 		}
 		*p.dst = st
 	}
+	s.c = newCommitter(s)
 	return s, nil
 }
 
@@ -251,15 +259,9 @@ func (s *Store) Put(ctx context.Context, rec store.Record, cond store.Cond) (sto
 	if err := ctx.Err(); err != nil {
 		return store.Record{}, fail(ctx, "put", rec.Kind, rec.Key, err)
 	}
-	rec.ETag = newETag()
-	data := nonNil(rec.Data)
-	var (
-		res sql.Result
-		err error
-	)
-	switch {
-	case cond.IfNotExists && cond.IfMatch != "":
-		// Contradictory: whichever way the record stands, one condition fails.
+	if cond.IfNotExists && cond.IfMatch != "" {
+		// Contradictory: whichever way the record stands, one condition
+		// fails, and nothing is written.
 		ok, err := s.exist(ctx, rec.Kind, rec.Key)
 		switch {
 		case err != nil:
@@ -269,44 +271,22 @@ func (s *Store) Put(ctx context.Context, rec store.Record, cond store.Cond) (sto
 		default:
 			return store.Record{}, fmt.Errorf("sqlite: put %s/%s: %w", rec.Kind, rec.Key, store.ErrNotFound)
 		}
-	case cond.IfNotExists:
-		res, err = s.insertNew.ExecContext(ctx, string(rec.Kind), rec.Key, rec.Index, rec.ETag, data)
-	case cond.IfMatch != "":
-		res, err = s.update.ExecContext(ctx, rec.Index, rec.ETag, data, string(rec.Kind), rec.Key, cond.IfMatch, cond.IfMatch)
-	default:
-		_, err = s.upsert.ExecContext(ctx, string(rec.Kind), rec.Key, rec.Index, rec.ETag, data)
 	}
-	if err != nil {
-		return store.Record{}, fail(ctx, "put", rec.Kind, rec.Key, err)
-	}
-	if res != nil {
-		n, err := res.RowsAffected()
-		if err != nil {
-			return store.Record{}, fail(ctx, "put", rec.Kind, rec.Key, err)
-		}
-		if n == 0 {
-			return store.Record{}, s.whyNot(ctx, "put", rec.Kind, rec.Key, cond.IfNotExists)
-		}
+	rec.ETag = newETag()
+	o := &op{kind: opPut, rec: rec, cond: cond, size: len(rec.Data)}
+	if err := s.c.submit(ctx, o); err != nil {
+		return store.Record{}, s.callerErr(ctx, "put", rec.Kind, rec.Key, err)
 	}
 	return rec, nil
 }
 
-// whyNot explains a conditional write that matched no row. The record may
-// change between the write and this look; the answer then describes the
-// later state, which is as valid an outcome of the race.
-func (s *Store) whyNot(ctx context.Context, op string, kind store.Kind, key string, ifNotExists bool) error {
-	if ifNotExists {
-		return fmt.Errorf("sqlite: %s %s/%s: %w", op, kind, key, store.ErrExists)
-	}
-	ok, err := s.exist(ctx, kind, key)
-	switch {
-	case err != nil:
+// callerErr is err as a write call returns it: the committer's answers
+// are already wrapped; the context's end and a closed store are not.
+func (s *Store) callerErr(ctx context.Context, op string, kind store.Kind, key string, err error) error {
+	if errors.Is(err, errClosed) || (ctx.Err() != nil && errors.Is(err, ctx.Err())) {
 		return fail(ctx, op, kind, key, err)
-	case ok:
-		return fmt.Errorf("sqlite: %s %s/%s: %w", op, kind, key, store.ErrPreconditionFailed)
-	default:
-		return fmt.Errorf("sqlite: %s %s/%s: %w", op, kind, key, store.ErrNotFound)
 	}
+	return err
 }
 
 // Delete implements store.Store.
@@ -314,16 +294,9 @@ func (s *Store) Delete(ctx context.Context, kind store.Kind, key, ifMatch string
 	if err := ctx.Err(); err != nil {
 		return fail(ctx, "delete", kind, key, err)
 	}
-	res, err := s.del.ExecContext(ctx, string(kind), key, ifMatch, ifMatch)
-	if err != nil {
-		return fail(ctx, "delete", kind, key, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fail(ctx, "delete", kind, key, err)
-	}
-	if n == 0 {
-		return s.whyNot(ctx, "delete", kind, key, false)
+	o := &op{kind: opDelete, rec: store.Record{Kind: kind, Key: key}, match: ifMatch}
+	if err := s.c.submit(ctx, o); err != nil {
+		return s.callerErr(ctx, "delete", kind, key, err)
 	}
 	return nil
 }
@@ -395,40 +368,23 @@ func (s *Store) Apply(ctx context.Context, recs []store.Record) ([]store.Record,
 	if len(recs) == 0 {
 		return []store.Record{}, nil
 	}
-	out := make([]store.Record, len(recs))
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, fail(ctx, "apply", recs[0].Kind, recs[0].Key, err)
+	size := 0
+	for _, r := range recs {
+		size += len(r.Data)
 	}
-	defer func() { _ = tx.Rollback() }() // a no-op once committed
-	st := tx.StmtContext(ctx, s.upsert)
-	var del *sql.Stmt
-	for i, rec := range recs {
-		if rec.Delete {
-			if del == nil {
-				del = tx.StmtContext(ctx, s.del)
-			}
-			if _, err := del.ExecContext(ctx, string(rec.Kind), rec.Key, "", ""); err != nil {
-				return nil, fail(ctx, "apply delete", rec.Kind, rec.Key, err)
-			}
-			out[i] = store.Record{Kind: rec.Kind, Key: rec.Key, Delete: true}
-			continue
-		}
-		rec.ETag = newETag()
-		if _, err := st.ExecContext(ctx, string(rec.Kind), rec.Key, rec.Index, rec.ETag, nonNil(rec.Data)); err != nil {
-			return nil, fail(ctx, "apply", rec.Kind, rec.Key, err)
-		}
-		out[i] = rec
+	o := &op{kind: opApply, recs: recs, size: size}
+	if err := s.c.submit(ctx, o); err != nil {
+		return nil, s.callerErr(ctx, "apply", recs[0].Kind, recs[0].Key, err)
 	}
-	if err := tx.Commit(); err != nil {
-		return nil, fail(ctx, "apply commit", recs[0].Kind, recs[0].Key, err)
-	}
-	return out, nil
+	return o.out, nil
 }
 
 // Close implements store.Store. It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		if s.c != nil {
+			s.c.stop() // the writes already queued commit first
+		}
 		var errs []error
 		if s.r != nil {
 			errs = append(errs, s.r.Close())
