@@ -53,6 +53,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentIfMatch", testConcurrentIfMatch},
 		{"ConcurrentIfNotExists", testConcurrentIfNotExists},
 		{"ConcurrentIncrements", testConcurrentIncrements},
+		{"ConcurrentMixedWriters", testConcurrentMixedWriters},
 		{"Reopen", testReopen},
 		{"ContextCanceled", testContextCanceled},
 		{"ContextCanceledInFlight", testContextCanceledInFlight},
@@ -1023,6 +1024,112 @@ func testConcurrentIncrements(t *testing.T, h harness) {
 	if got := mustGet(t, s, kind, key); !bytes.Equal(got.Data, want) {
 		t.Fatalf("counter = %s, want %s: an increment was lost", got.Data, want)
 	}
+}
+
+// testConcurrentMixedWriters has many writers at once, each making a
+// different kind of call, some of which must fail: a store that gathers
+// concurrent calls into one transaction (SQLite's group commit) must still
+// give each its own answer, fail none for another's failed condition, and
+// keep every acknowledged write across a reopen.
+func testConcurrentMixedWriters(t *testing.T, h harness) {
+	s := h.store(t)
+	ctx := t.Context()
+	const writers, rounds = 32, 4
+	contended := mustPut(t, s, store.Record{Kind: store.KindEnrollment, Key: "contended", Data: doc(`{"v":0}`)}, store.Cond{})
+	type result struct {
+		recs []store.Record // acknowledged writes
+		gone []store.Record // acknowledged deletes
+	}
+	var (
+		wg      sync.WaitGroup
+		start   = make(chan struct{})
+		results = make([]result, writers)
+		errs    = make([]error, writers)
+	)
+	for w := range writers {
+		wg.Go(func() {
+			<-start
+			res := &results[w]
+			for r := range rounds {
+				key := fmt.Sprintf("w%02d-r%d", w, r)
+				check := func(what string, err, want error) bool {
+					if !errors.Is(err, want) && !(want == nil && err == nil) {
+						errs[w] = fmt.Errorf("writer %d round %d: %s: got %v, want %v", w, r, what, err, want)
+						return false
+					}
+					return true
+				}
+				// Every writer creates its own record, then makes one more call.
+				rec, err := s.Put(ctx, store.Record{Kind: store.KindEnrollment, Key: key, Index: "mixed", Data: doc(`{"w":%d,"r":%d}`, w, r)}, store.Cond{IfNotExists: true})
+				if !check("Put IfNotExists of a new key", err, nil) {
+					return
+				}
+				switch (w + r) % 6 {
+				case 0:
+					_, err = s.Put(ctx, store.Record{Kind: store.KindEnrollment, Key: "contended", Data: doc(`{"w":%d}`, w)}, store.Cond{IfMatch: "0123456789abcdef"})
+					if !check("Put with a stale ETag", err, store.ErrPreconditionFailed) {
+						return
+					}
+				case 1:
+					_, err = s.Put(ctx, store.Record{Kind: store.KindEnrollment, Key: "contended", Data: doc(`{"w":%d}`, w)}, store.Cond{IfNotExists: true})
+					if !check("Put IfNotExists of an existing key", err, store.ErrExists) {
+						return
+					}
+				case 2:
+					err = s.Delete(ctx, store.KindEnrollment, key+"-missing", "")
+					if !check("Delete of a missing key", err, store.ErrNotFound) {
+						return
+					}
+				case 3:
+					applied, err := s.Apply(ctx, []store.Record{
+						{Kind: store.KindRegistration, Key: key, Index: "mixed", Data: doc(`{"a":%d}`, w)},
+						{Kind: store.KindOperation, Key: key, Index: key, Data: doc(`{"b":%d}`, w)},
+					})
+					if !check("Apply", err, nil) {
+						return
+					}
+					res.recs = append(res.recs, applied...)
+				case 4:
+					rec2, err := s.Put(ctx, store.Record{Kind: store.KindEnrollment, Key: key, Index: "mixed", Data: doc(`{"w":%d,"r":%d,"again":true}`, w, r)}, store.Cond{IfMatch: rec.ETag})
+					if !check("Put IfMatch of its own record", err, nil) {
+						return
+					}
+					rec = rec2
+				case 5:
+					err = s.Delete(ctx, store.KindEnrollment, key, rec.ETag)
+					if !check("Delete IfMatch of its own record", err, nil) {
+						return
+					}
+					res.gone = append(res.gone, rec)
+					continue
+				}
+				res.recs = append(res.recs, rec)
+			}
+		})
+	}
+	close(start)
+	within(t, "concurrent mixed writers", wg.Wait)
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	verify := func(s store.Store, when string) {
+		for _, res := range results {
+			for _, r := range res.recs {
+				sameRecord(t, when, mustGet(t, s, r.Kind, r.Key), r)
+			}
+			for _, r := range res.gone {
+				wantMissing(t, s, r.Kind, r.Key)
+			}
+		}
+		sameRecord(t, when+": the contended record", mustGet(t, s, contended.Kind, contended.Key), contended)
+	}
+	verify(s, "after the writers")
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	verify(h.store(t), "after reopen")
 }
 
 func testReopen(t *testing.T, h harness) {
