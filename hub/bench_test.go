@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -135,6 +137,59 @@ func BenchmarkTwinPatchReported(b *testing.B) {
 			}
 			reportCPU(b, cpu0)
 		})
+	}
+}
+
+// BenchmarkTwinPatchReportedParallel is BenchmarkTwinPatchReported with
+// several devices reporting at once, each its own twin: b.N patches in
+// all. The patches of different devices are concurrent store writes, which
+// SQLite's group commit can share one transaction and one fsync between.
+func BenchmarkTwinPatchReportedParallel(b *testing.B) {
+	for _, s := range benchStores {
+		for _, devices := range []int{8, 32} {
+			b.Run(fmt.Sprintf("%s/devices-%d", s.name, devices), func(b *testing.B) {
+				e := newBenchHubEnv(b, s.open(b))
+				ctx := context.Background()
+				ids := make([]string, devices)
+				for i := range ids {
+					ids[i] = fmt.Sprintf("dev-%d", i+1)
+					if i == 0 {
+						continue
+					}
+					if _, err := e.reg.Create(ctx, benchHub, &hub.Device{DeviceID: ids[i]}); err != nil {
+						b.Fatal(err)
+					}
+					b.Cleanup(attachLink(e.links, benchHub, ids[i], nopLink{}))
+				}
+				bodies := make([][]byte, 64)
+				for i := range bodies {
+					bodies[i] = smallReported(i)
+				}
+				b.ReportAllocs()
+				cpu0 := cpuTime()
+				b.ResetTimer()
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				for _, id := range ids {
+					wg.Go(func() {
+						for {
+							i := int(next.Add(1) - 1)
+							if i >= b.N {
+								return
+							}
+							if _, err := e.twins.PatchReported(ctx, benchHub, id, bodies[i%len(bodies)]); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				b.StopTimer()
+				reportCPU(b, cpu0)
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "patches/s")
+			})
+		}
 	}
 }
 

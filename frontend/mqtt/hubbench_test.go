@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -35,6 +36,7 @@ type benchHub struct {
 	c2d     *hub.CloudToDevice
 	methods *hub.Methods
 	dev     *rawClient
+	ts      *testServer
 }
 
 // benchStores are the stores a hub benchmark runs on: the in-memory one
@@ -71,6 +73,7 @@ func newBenchHub(b *testing.B, st store.Store, filters ...string) *benchHub {
 		Hub:    &HubConfig{Name: hubName, Settings: settings, Now: clock, Services: svc},
 	}
 	ts := startServer(b, cfg, &fakeDPS{})
+	h.ts = ts
 	if _, err := h.reg.Create(context.Background(), hubName, &hub.Device{DeviceID: "dev-1",
 		Authentication: &hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: indivKey, SecondaryKey: secondaryKey}},
 	}); err != nil {
@@ -210,6 +213,8 @@ func BenchmarkHubTwinPatchReported(b *testing.B) {
 type c2dDeleteSignal struct {
 	store.Store
 	window  chan struct{}
+	windows map[string]chan struct{} // per device key (hub/device), when several devices
+
 	deleted atomic.Int64
 	writes  atomic.Int64
 	target  int64
@@ -227,7 +232,7 @@ func (s *c2dDeleteSignal) Apply(ctx context.Context, recs []store.Record) ([]sto
 	if err == nil {
 		for _, r := range recs {
 			if r.Delete && r.Kind == store.KindC2D {
-				s.completed()
+				s.completed(r.Key)
 			}
 		}
 	}
@@ -236,9 +241,13 @@ func (s *c2dDeleteSignal) Apply(ctx context.Context, recs []store.Record) ([]sto
 
 // completed frees a slot of the sender's window and ends the run after
 // the last message.
-func (s *c2dDeleteSignal) completed() {
+func (s *c2dDeleteSignal) completed(key string) {
+	window := s.window
+	if s.windows != nil {
+		window = s.windows[key[:strings.LastIndexByte(key, '/')]]
+	}
 	select {
-	case <-s.window:
+	case <-window:
 	default:
 	}
 	if s.deleted.Add(1) == s.target {
@@ -250,7 +259,7 @@ func (s *c2dDeleteSignal) Delete(ctx context.Context, kind store.Kind, key, ifMa
 	s.writes.Add(1)
 	err := s.Store.Delete(ctx, kind, key, ifMatch)
 	if err == nil && kind == store.KindC2D {
-		s.completed()
+		s.completed(key)
 	}
 	return err
 }
@@ -320,5 +329,116 @@ func BenchmarkHubC2DThroughput(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msg/s")
 			b.ReportMetric(float64(sig.writes.Load())/float64(b.N), "writes/msg")
 		})
+	}
+}
+
+// BenchmarkHubC2DThroughputParallel is BenchmarkHubC2DThroughput with
+// several devices, each connected and subscribed at QoS 1, each with its
+// own sender (a service sending to a fleet): b.N messages in all, split
+// evenly. The Sends of different devices are concurrent store writes,
+// which SQLite's group commit can share one transaction and one fsync
+// between (one device's Sends are serialized by the hub's device lock).
+func BenchmarkHubC2DThroughputParallel(b *testing.B) {
+	for _, s := range benchStores {
+		for _, devices := range []int{8, 32} {
+			b.Run(fmt.Sprintf("%s/devices-%d", s.name, devices), func(b *testing.B) {
+				sig := &c2dDeleteSignal{Store: s.open(b), windows: map[string]chan struct{}{},
+					target: int64(b.N), done: make(chan struct{})}
+				h := newBenchHub(b, sig, c2dFilter)
+				ctx := context.Background()
+				ids := make([]string, devices)
+				clients := make([]*rawClient, devices)
+				for i := range ids {
+					ids[i] = fmt.Sprintf("dev-%d", i+1)
+					sig.windows[hubName+"/"+ids[i]] = make(chan struct{}, hub.MaxC2DQueueDepth)
+					if i == 0 {
+						clients[0] = h.dev
+						continue
+					}
+					if _, err := h.reg.Create(ctx, hubName, &hub.Device{DeviceID: ids[i],
+						Authentication: &hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: indivKey, SecondaryKey: secondaryKey}},
+					}); err != nil {
+						b.Fatal(err)
+					}
+					c := h.ts.dialRaw(b)
+					if rc := c.connectHub(ids[i], hubUsername(ids[i]), validToken(b, ids[i]), 0); rc != 0 {
+						b.Fatalf("CONNACK %d", rc)
+					}
+					if got := c.subscribe(1, 1, "devices/"+ids[i]+"/messages/devicebound/#"); got[0] > 1 {
+						b.Fatalf("SUBACK %v", got)
+					}
+					clients[i] = c
+				}
+				body := []byte(`{"command":"setInterval","value":30}`)
+				b.ReportAllocs()
+				var ru0, ru1 syscall.Rusage
+				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+				b.ResetTimer()
+				sig.writes.Store(0)
+				var wg sync.WaitGroup
+				for i, id := range ids {
+					n := b.N / devices
+					if i < b.N%devices {
+						n++
+					}
+					window := sig.windows[hubName+"/"+id]
+					wg.Go(func() { // the service, sending to this device
+						for range n {
+							window <- struct{}{}
+							m := &hub.CloudMessage{Ack: "none", Body: body, App: []hub.Property{{Name: "kind", Value: "config"}}}
+							if _, err := h.c2d.Send(ctx, hubName, id, m); err != nil {
+								b.Errorf("send to %s: %v", id, err)
+								return
+							}
+						}
+					})
+					dev := clients[i]
+					wg.Go(func() { // the device
+						var puback bytes.Buffer
+						for range n {
+							pk, err := dev.next(30 * time.Second)
+							if err != nil {
+								b.Errorf("%s: read: %v", id, err)
+								return
+							}
+							if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos != 1 || !strings.HasPrefix(pk.TopicName, "devices/"+id+"/messages/devicebound/") {
+								b.Errorf("%s got %s %q QoS %d; want a C2D delivery", id, packetName(pk.FixedHeader.Type), pk.TopicName, pk.FixedHeader.Qos)
+								return
+							}
+							ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID, ProtocolVersion: 4}
+							puback.Reset()
+							if err := ack.PubackEncode(&puback); err != nil {
+								b.Error(err)
+								return
+							}
+							if _, err := dev.nc.Write(puback.Bytes()); err != nil {
+								b.Errorf("%s: write: %v", id, err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				if b.Failed() {
+					return
+				}
+				select {
+				case <-sig.done:
+				case <-time.After(30 * time.Second):
+					b.Fatalf("%d of %d messages completed", sig.deleted.Load(), b.N)
+				}
+				b.StopTimer()
+				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+				cpu := ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano()
+				b.ReportMetric(float64(cpu)/1e3/float64(b.N), "cpu-µs/op")
+				for _, id := range ids {
+					if n, err := h.c2d.Count(ctx, hubName, id); err != nil || n != 0 {
+						b.Fatalf("%s's queue holds %d messages (%v); want 0", id, n, err)
+					}
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msg/s")
+				b.ReportMetric(float64(sig.writes.Load())/float64(b.N), "writes/msg")
+			})
+		}
 	}
 }
