@@ -16,14 +16,15 @@ import (
 // SQLite has one writer, and with synchronous=FULL every commit costs an
 // fsync, so a store that commits each call alone is bounded by one write
 // call per fsync however many callers wait. Instead, every write call
-// (Put, Delete, Apply) becomes an op on a queue served by one committer
-// goroutine: it takes every op waiting (up to maxBatchOps ops and
-// maxBatchBytes of documents), runs them in order in one transaction on the
-// writer connection, commits (one fsync) and only then answers each caller.
-// Calls that arrive while a commit is in progress therefore share the next
-// one. There is no linger timer: a lone call is taken at once and, if it is
-// a single Put or Delete, runs as one autocommitted statement exactly as
-// before, so it waits for nothing but its own fsync.
+// (Put, Delete, Apply) becomes an op on a queue, and one committer at a
+// time takes every op waiting (up to maxBatchOps ops and maxBatchBytes of
+// documents), runs them in order in one transaction on the writer
+// connection, commits (one fsync) and only then answers each caller. Calls
+// that arrive while a commit is in progress therefore share the next one.
+// There is no linger timer: a call that finds no commit in progress
+// commits at once on its own goroutine and, if it is a single Put or
+// Delete, as one autocommitted statement exactly as before, so a lone
+// writer waits for nothing but its own fsync.
 //
 // Each caller gets its own answer:
 //   - A conditional Put or Delete whose condition fails matched no row and
@@ -39,11 +40,13 @@ import (
 //   - A failed COMMIT fails every op of the batch: none of them is durable.
 //
 // A caller whose context ends while its op waits in the queue returns the
-// context's error at once and its op is skipped (it never writes). Once the
+// context's error at once and its op is skipped (it never writes). Once a
 // committer has taken the op, the caller still returns at once, and the
 // write may or may not commit: as before, only a nil error promises
-// anything. The committer runs ops under its own context, so one caller's
-// cancellation never interrupts a transaction that carries others' writes.
+// anything. Ops run under a context of their own, so one caller's
+// cancellation never interrupts a transaction that carries others' writes;
+// the call that commits on its own goroutine waits for that commit, which
+// it started with its context live.
 const (
 	maxBatchOps   = 256
 	maxBatchBytes = 4 << 20
@@ -83,30 +86,35 @@ type op struct {
 	out []store.Record // opApply's result
 }
 
-// committer is the queue of write calls and its one goroutine.
+// committer is the queue of write calls. It has no goroutine of its own
+// while idle: the call that finds it idle commits its own op at once on
+// its own goroutine (the lone writer's path, with no hand-off to wait
+// for), and if calls queued meanwhile, a goroutine is started to commit
+// them, which goes on while the queue is not empty. One commit runs at a
+// time.
 type committer struct {
-	s    *Store
-	wake chan struct{} // capacity 1: "the queue may have ops"
+	s *Store
 
 	mu     sync.Mutex
 	queue  []*op
+	busy   bool      // a commit is in progress or about to be: queued ops will be taken
+	idle   sync.Cond // signalled when busy becomes false
 	closed bool
 
-	exited chan struct{}
-
-	// afterCommit, when set (tests), is called by the committer after each
-	// successful commit with the number of ops it made durable; it may
-	// block to hold the next batch back.
+	// afterCommit, when set (tests), is called after each successful
+	// commit with the number of ops in it; it may block to hold the next
+	// batch back.
 	afterCommit func(ops int)
 }
 
 func newCommitter(s *Store) *committer {
-	c := &committer{s: s, wake: make(chan struct{}, 1), exited: make(chan struct{})}
-	go c.loop()
+	c := &committer{s: s}
+	c.idle.L = &c.mu
 	return c
 }
 
-// submit queues o and waits for its answer or for ctx to end.
+// submit queues o and returns its answer, or the context's error if ctx
+// ends first while another goroutine commits.
 func (c *committer) submit(ctx context.Context, o *op) error {
 	o.done = make(chan struct{})
 	c.mu.Lock()
@@ -115,10 +123,19 @@ func (c *committer) submit(ctx context.Context, o *op) error {
 		return errClosed
 	}
 	c.queue = append(c.queue, o)
+	lead := !c.busy
+	c.busy = true
 	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default: // already signalled
+	if lead {
+		// The queue was empty: o is first and goes in this batch. The
+		// caller waits for nothing but its own commit (and whichever
+		// calls slipped in before the batch was taken).
+		batch := c.take()
+		c.run(batch)
+		if c.more() {
+			go c.drain()
+		}
+		return o.err
 	}
 	select {
 	case <-o.done:
@@ -137,39 +154,43 @@ func (c *committer) submit(ctx context.Context, o *op) error {
 	}
 }
 
-// stop lets the committer finish the ops already queued, refuses new
-// ones, and waits for it to exit.
-func (c *committer) stop() {
+// more reports whether ops wait; if none do, the committer is idle.
+func (c *committer) more() bool {
 	c.mu.Lock()
-	c.closed = true
-	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
+	defer c.mu.Unlock()
+	if len(c.queue) > 0 {
+		return true
 	}
-	<-c.exited
+	c.busy = false
+	c.idle.Broadcast()
+	return false
 }
 
-func (c *committer) loop() {
-	defer close(c.exited)
-	for range c.wake {
-		for {
-			batch, closed := c.take()
-			if len(batch) == 0 {
-				if closed {
-					return
-				}
-				break
-			}
+// drain commits batches until the queue is empty.
+func (c *committer) drain() {
+	for c.more() {
+		if batch := c.take(); len(batch) > 0 {
 			c.run(batch)
 		}
 	}
 }
 
-// take removes the next batch from the queue, skipping abandoned ops.
-func (c *committer) take() (batch []*op, closed bool) {
+// stop refuses new calls and waits for the ones already queued to be
+// committed.
+func (c *committer) stop() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closed = true
+	for c.busy {
+		c.idle.Wait()
+	}
+}
+
+// take removes the next batch from the queue, skipping abandoned ops.
+func (c *committer) take() []*op {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var batch []*op
 	size, i := 0, 0
 	for ; i < len(c.queue); i++ {
 		o := c.queue[i]
@@ -185,12 +206,15 @@ func (c *committer) take() (batch []*op, closed bool) {
 	n := copy(c.queue, c.queue[i:])
 	clear(c.queue[n:])
 	c.queue = c.queue[:n]
-	return batch, c.closed
+	return batch
 }
 
 // run makes batch durable in one commit, or as many as it takes to keep a
 // failure with its op, and answers every op.
 func (c *committer) run(batch []*op) {
+	if len(batch) == 0 {
+		return
+	}
 	defer func() {
 		for _, o := range batch {
 			close(o.done)

@@ -2,11 +2,11 @@
 // built on modernc.org/sqlite so the binary stays pure Go.
 //
 // SQLite admits one writer at a time, so writes go through a pool of exactly
-// one connection, fed by one committer goroutine: write calls queue in Go
-// (honouring their contexts) rather than spinning on SQLITE_BUSY, and the
-// calls that queue while a commit is in progress share the next one (group
-// commit: one transaction, one fsync, each caller still getting its own
-// answer; commit.go). Reads use a separate pool and, thanks to WAL, never
+// one connection, one commit at a time: write calls queue in Go (honouring
+// their contexts) rather than spinning on SQLITE_BUSY, and the calls that
+// queue while a commit is in progress share the next one (group commit: one
+// transaction, one fsync, each caller still getting its own answer;
+// commit.go). Reads use a separate pool and, thanks to WAL, never
 // wait for a write in progress. Every commit is fsynced (synchronous=FULL),
 // and a write call returns only after its commit, so a nil error means the
 // write survives power loss.
@@ -66,7 +66,7 @@ type Store struct {
 
 	// Writer statements, run by the committer (commit.go).
 	upsert, insertNew, update, del, wexists *sql.Stmt
-	// c takes every write call and commits them in groups.
+	// c queues every write call and commits them in groups.
 	c *committer
 	// Reader statements.
 	get, exists, count, countIdx           *sql.Stmt
