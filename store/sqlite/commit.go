@@ -80,7 +80,7 @@ type op struct {
 	size  int
 
 	state atomic.Int32
-	done  chan struct{}
+	done  chan struct{} // closed once answered; nil for the op of the call that commits it
 
 	err error          // the caller's answer (nil: durable)
 	out []store.Record // opApply's result
@@ -116,14 +116,16 @@ func newCommitter(s *Store) *committer {
 // submit queues o and returns its answer, or the context's error if ctx
 // ends first while another goroutine commits.
 func (c *committer) submit(ctx context.Context, o *op) error {
-	o.done = make(chan struct{})
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return errClosed
 	}
-	c.queue = append(c.queue, o)
 	lead := !c.busy
+	if !lead {
+		o.done = make(chan struct{}) // the one who commits o closes it
+	}
+	c.queue = append(c.queue, o)
 	c.busy = true
 	c.mu.Unlock()
 	if lead {
@@ -217,7 +219,9 @@ func (c *committer) run(batch []*op) {
 	}
 	defer func() {
 		for _, o := range batch {
-			close(o.done)
+			if o.done != nil { // nil: the op of the call running this batch
+				close(o.done)
+			}
 		}
 	}()
 	s := c.s
