@@ -131,12 +131,14 @@ func (c *committer) submit(ctx context.Context, o *op) error {
 	if lead {
 		// The queue was empty: o is first and goes in this batch. The
 		// caller waits for nothing but its own commit (and whichever
-		// calls slipped in before the batch was taken).
-		batch := c.take()
-		c.run(batch)
-		if c.more() {
-			go c.drain()
-		}
+		// calls slipped in before the batch was taken). Deferred, so that
+		// the calls queued behind it are served even if it panics.
+		defer func() {
+			if c.more() {
+				go c.drain()
+			}
+		}()
+		c.run(c.take())
 		return o.err
 	}
 	select {
@@ -218,10 +220,17 @@ func (c *committer) run(batch []*op) {
 		return
 	}
 	defer func() {
+		r := recover()
 		for _, o := range batch {
+			if r != nil { // nothing is known of the transaction: no caller may read success
+				o.err, o.out = fmt.Errorf("sqlite: write abandoned by a panic: %v", r), nil
+			}
 			if o.done != nil { // nil: the op of the call running this batch
 				close(o.done)
 			}
+		}
+		if r != nil {
+			panic(r)
 		}
 	}()
 	s := c.s
@@ -237,6 +246,7 @@ func (c *committer) run(batch []*op) {
 		}
 		return
 	}
+	defer func() { _ = tx.Rollback() }() // a no-op once committed; frees the connection on any other way out
 	w := newTxWriter(tx)
 	for _, o := range batch {
 		if err := s.exec(ctx, w, o); err != nil {
@@ -279,8 +289,8 @@ func (c *committer) runAlone(ctx context.Context, o *op) {
 		o.err = o.fail(ctx, "begin", err)
 		return
 	}
+	defer func() { _ = tx.Rollback() }() // a no-op once committed
 	if err := s.exec(ctx, newTxWriter(tx), o); err != nil {
-		_ = tx.Rollback()
 		o.err, o.out = o.fail(ctx, "", err), nil
 		return
 	}

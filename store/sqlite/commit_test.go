@@ -363,3 +363,30 @@ func TestGroupCommitCloseDrains(t *testing.T) {
 		t.Fatalf("after reopen %d records (%v), want 6", n, err)
 	}
 }
+
+// A panic on the goroutine that commits (here from the test hook) fails
+// the calls of its batch rather than answering them with success, and
+// leaves the store usable: the next call is not stuck behind it.
+func TestGroupCommitPanicDoesNotWedge(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := context.Background()
+	s.c.afterCommit = func(int) { panic("boom") }
+	panicked := goCall(func(c *call) {
+		defer func() {
+			if r := recover(); r != nil {
+				c.err = fmt.Errorf("panic: %v", r)
+			}
+		}()
+		_, c.err = s.Put(ctx, store.Record{Kind: store.KindConfig, Key: "a", Data: []byte(`{}`)}, store.Cond{})
+	})
+	if panicked.wait(t).err == nil {
+		t.Fatal("the call whose commit panicked returned success")
+	}
+	s.c.afterCommit = nil
+	after := goCall(func(c *call) {
+		_, c.err = s.Put(ctx, store.Record{Kind: store.KindConfig, Key: "b", Data: []byte(`{}`)}, store.Cond{})
+	})
+	if after.wait(t).err != nil {
+		t.Fatal(after.err)
+	}
+}
