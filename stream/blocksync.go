@@ -54,6 +54,9 @@ type blockSyncer struct {
 	// syncs and dirSyncs count fsyncs of block files and of the
 	// directory, for tests and benchmarks.
 	syncs, dirSyncs int
+	// beforeFsync, when a test sets it, runs just before each block's
+	// fsync: where the server's writes of the next group may land.
+	beforeFsync func(index uint64)
 }
 
 // newBlockSyncer finds the stream's message blocks under the server's
@@ -153,12 +156,34 @@ func (e *fsyncError) Unwrap() error { return e.err }
 
 func (b *blockSyncer) syncLocked() error {
 	dirty := false // the directory changed: a new or replaced block
-	idx := b.index
-	if idx == 0 {
-		idx = 1
+	prevIndex, prevFile := b.index, b.file
+	start := b.index
+	if start == 0 {
+		start = 1
+	}
+	// The last block there is before any fsync, and so where the next
+	// sync must start, rather than at the last block this one reaches.
+	// An fsync vouches only for writes that returned before it began, and
+	// the server goes on storing the next group while this one is synced:
+	// those writes go to the block that is last now (the fsync below may
+	// be under way while they land in it) and, once it is full, to blocks
+	// created during this sync. The next sync syncs this block again and
+	// every later one. Older blocks take no more appends: the server
+	// writes only its last block and creates the next one after its last
+	// write to it, both under the store's lock (storeRawMsg, writeMsgRecord
+	// and newMsgBlockForWrite in server/filestore.go).
+	// TestAckedIsSyncedAcrossBlocks caught the race this closes: messages
+	// written to 1.blk during its fsync, the same sync going on to a new
+	// 2.blk, and the next group's sync starting at 2.blk.
+	last := start
+	for {
+		if _, err := os.Lstat(b.path(last + 1)); err != nil {
+			break
+		}
+		last++
 	}
 	synced := 0
-	for ; ; idx++ {
+	for idx := start; ; idx++ {
 		fi, err := b.syncFile(idx)
 		if errors.Is(err, fs.ErrNotExist) {
 			break
@@ -166,10 +191,12 @@ func (b *blockSyncer) syncLocked() error {
 		if err != nil {
 			return err
 		}
-		if idx != b.index || b.file == nil || !os.SameFile(fi, b.file) {
+		if idx != prevIndex || prevFile == nil || !os.SameFile(fi, prevFile) {
 			dirty = true
 		}
-		b.index, b.file = idx, fi
+		if synced == 0 || idx <= last {
+			b.index, b.file = idx, fi
+		}
 		synced++
 	}
 	if synced == 0 {
@@ -220,6 +247,9 @@ func (b *blockSyncer) syncFile(index uint64) (os.FileInfo, error) {
 		return nil, err
 	}
 	defer f.Close()
+	if b.beforeFsync != nil {
+		b.beforeFsync(index)
+	}
 	if err := f.Sync(); err != nil {
 		return nil, &fsyncError{fmt.Errorf("fsync %s: %w", f.Name(), err)}
 	}

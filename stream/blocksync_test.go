@@ -3,6 +3,7 @@ package stream
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -70,6 +71,67 @@ func TestBlockSyncerFollowsBlocks(t *testing.T) {
 	step("everything purged, counting again", 1, 1, 1)
 	remove("1")
 	step("no block left", 0, 0, 0)
+}
+
+// TestBlockSyncerResyncsBlockWrittenDuringSync: the server stores the next
+// group while berth syncs the last one, so messages may be written to the
+// last block while its fsync runs (which vouches only for writes that
+// returned before it began) and a new block may appear before the sync
+// ends. The next sync must then fsync that block again, not start at the
+// new block; TestAckedIsSyncedAcrossBlocks saw this as an acknowledged
+// message whose write to 1.blk was never synced.
+func TestBlockSyncerResyncsBlockWrittenDuringSync(t *testing.T) {
+	js := t.TempDir()
+	dir := filepath.Join(js, "$G", "streams", "S", "msgs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "1.blk"), []byte("group 1;"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err := newBlockSyncer(js, "$G", "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var synced []uint64
+	during := true // the server writes during the first fsync only
+	b.beforeFsync = func(index uint64) {
+		synced = append(synced, index)
+		if !during {
+			return
+		}
+		during = false
+		// During the fsync of 1.blk for group 1: group 2's first message
+		// fills 1.blk, its second goes to a new 2.blk.
+		f, err := os.OpenFile(filepath.Join(dir, "1.blk"), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString("group 2, written during the fsync;"); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "2.blk"), []byte("group 2;"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step := func(what string, want ...uint64) {
+		t.Helper()
+		synced = nil
+		if err := b.sync(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if !slices.Equal(synced, want) {
+			t.Fatalf("%s fsynced blocks %v, want %v", what, synced, want)
+		}
+	}
+	step("group 1's sync", 1, 2)
+	// 1.blk again: what group 2 wrote to it while its fsync ran is not
+	// covered by that fsync.
+	step("group 2's sync", 1, 2)
+	step("a sync with no writes since", 2)
 }
 
 // TestBlockSyncerNeedsLayout: Open refuses a store without the stream's
