@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/berth-iot/berth/hub"
@@ -21,6 +22,10 @@ const (
 	syncProducers   = 4  // then concurrent appends: group commit batches them
 	syncPerProducer = 10
 )
+
+// keepSeq numbers the traces kept under BERTH_SYNCTRACE_KEEP (-count=N
+// runs the test N times in one process).
+var keepSeq atomic.Int64
 
 // syncMarker is in message i's body; the ';' keeps "7;" from matching "17;".
 func syncMarker(i int) string { return fmt.Sprintf("berth-durable-%d;", i) }
@@ -65,6 +70,16 @@ func checkAckedIsSynced(t *testing.T, name string) {
 	}
 	dir := t.TempDir()
 	traceFile := filepath.Join(t.TempDir(), "strace.out")
+	if keep := os.Getenv("BERTH_SYNCTRACE_KEEP"); keep != "" {
+		// A flaky failure can only be understood from its trace: keep
+		// every run's trace there, named after the test and its pid.
+		traceFile = filepath.Join(keep, fmt.Sprintf("%s-%d-%d.strace", name, os.Getpid(), keepSeq.Add(1)))
+		defer func() {
+			if t.Failed() {
+				t.Logf("trace kept in %s", traceFile)
+			}
+		}()
+	}
 	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$")
 	cmd.Env = append(os.Environ(), "BERTH_STREAM_SYNC_CHILD_DIR="+dir)
 	if err := synctrace.Wrap(cmd, traceFile); err != nil {

@@ -50,7 +50,7 @@ func Wrap(cmd *exec.Cmd, out string) error {
 	}
 	args := []string{"strace", "-f", "-y", "-s", strconv.Itoa(maxString), "-o", out,
 		"-e", "signal=none",
-		"-e", "trace=openat,write,pwrite64,writev,pwritev,pwritev2,fsync,fdatasync,sync_file_range,sync,syncfs",
+		"-e", "trace=openat,close,rename,renameat,renameat2,unlink,unlinkat,ftruncate,write,pwrite64,writev,pwritev,pwritev2,fsync,fdatasync,sync_file_range,sync,syncfs",
 		"--", cmd.Path}
 	cmd.Args = append(args, cmd.Args[1:]...)
 	cmd.Path = path
