@@ -72,6 +72,12 @@ type Store struct {
 	get, exists, count, countIdx           *sql.Stmt
 	listAll, listAfter, listIdx, listIdxAt *sql.Stmt
 
+	// queries caches the reader statements ListWhere, GetMany and
+	// CountMany build (filter.go): a device query makes a few calls
+	// per batch of each shape, and preparing one costs as much as
+	// running it.
+	queries stmtCache
+
 	closeOnce sync.Once
 	closeErr  error
 
@@ -385,7 +391,7 @@ func (s *Store) Close() error {
 		if s.c != nil {
 			s.c.stop() // the writes already queued commit first
 		}
-		var errs []error
+		errs := []error{s.queries.close()}
 		if s.r != nil {
 			errs = append(errs, s.r.Close())
 		}
