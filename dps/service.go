@@ -46,9 +46,10 @@ type DeviceRegistry interface {
 	// one (reprovision.go).
 	Get(ctx context.Context, hubName, deviceID string) (*hub.Device, error)
 	Delete(ctx context.Context, hubName, deviceID, ifMatch string) error
-	// Provisioned runs once those records are written: the hub closes the
-	// device's live sessions that the new credential revokes.
-	Provisioned(ctx context.Context, hubName, deviceID string)
+	// Provisioned runs once those records, made with auth, are written:
+	// the hub closes the device's live sessions that the new credential
+	// revokes.
+	Provisioned(ctx context.Context, hubName, deviceID string, auth hub.Authentication)
 }
 
 // Config configures a Service.
@@ -547,7 +548,8 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	if err != nil {
 		return err
 	}
-	devRecs, err := s.registry.ProvisionRecords(ctx, hubName, deviceID, who.hubAuthentication(), twin)
+	auth := who.hubAuthentication()
+	devRecs, err := s.registry.ProvisionRecords(ctx, hubName, deviceID, auth, twin)
 	if err != nil {
 		return fmt.Errorf("dps: provision device %s: %w", deviceID, err)
 	}
@@ -573,7 +575,7 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	// The assignment is durable: a device that hangs up now must not cut
 	// short its removal from the old hub, nor the closing of sessions its
 	// new credential revokes.
-	s.registry.Provisioned(context.WithoutCancel(ctx), hubName, deviceID)
+	s.registry.Provisioned(context.WithoutCancel(ctx), hubName, deviceID, auth)
 	if leave != nil {
 		s.removeNow(context.WithoutCancel(ctx), written[len(devRecs)-1])
 	}

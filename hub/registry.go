@@ -405,17 +405,15 @@ func (r *Registry) revoke(hubName, id string, d *Device) {
 }
 
 // Provisioned runs after DPS has written an assignment of the device (the
-// records of ProvisionRecords): a re-registration that replaced its keys or
-// thumbprints closes the sessions opened with the old ones. Should the
-// device not be readable, every session of it is closed: a device that
-// reconnects authenticates against what is stored, so closing is the safe
-// side.
-func (r *Registry) Provisioned(ctx context.Context, hubName, id string) {
-	d, err := r.Get(ctx, hubName, id)
-	if err != nil {
-		d = nil
-	}
-	r.revoke(hubName, id, d)
+// records of ProvisionRecords, made with auth): a re-registration that
+// replaced its keys or thumbprints closes the sessions opened with the old
+// ones. The device is not read back: ProvisionRecords always writes it
+// enabled with auth, and the credential sessions are judged by is auth's
+// alone (Credential), so what was just written is what a read would say. A
+// change that lands after the assignment revokes on its own (update,
+// delete), as it would have without DPS.
+func (r *Registry) Provisioned(_ context.Context, hubName, id string, auth Authentication) {
+	r.revoke(hubName, id, &Device{Status: StatusEnabled, Authentication: &auth})
 	r.deviceChanged(hubName, id)
 }
 
