@@ -261,6 +261,9 @@ func (s *Service) GetRegistration(ctx context.Context, id string) (*Registration
 // registration is an initial assignment again. The hub identity stays.
 func (s *Service) DeleteRegistration(ctx context.Context, id, ifMatch string) error {
 	err := s.store.Delete(ctx, store.KindRegistration, Key(id), StoreETag(ifMatch))
+	if err == nil {
+		s.registrationDeleted()
+	}
 	return storeErr(err, azerr.DPSRegistrationMissing)
 }
 

@@ -130,6 +130,9 @@ type Service struct {
 	// made stale (sessionauth.go).
 	authGen atomic.Uint64
 	forget  authForget
+	// regGen counts registration record deletions: the outcome a
+	// SessionAuth remembers at an older generation is forgotten.
+	regGen atomic.Uint64
 	// cacheGen counts group and certificate changes; groupSnap and
 	// certSnap are valid at the generation they carry (authcache.go).
 	cacheGen  atomic.Uint64
@@ -398,7 +401,7 @@ func (s *Service) Register(ctx context.Context, req RegisterRequest) (_ *Operati
 	if err != nil {
 		return nil, err
 	}
-	gen := s.authGen.Load()
+	gen, rgen := s.authGen.Load(), s.regGen.Load()
 	who, err := s.authenticate(ctx, req.IDScope, req.RegistrationID, req.Token, req.ClientCerts)
 	if err != nil {
 		return nil, err
@@ -416,8 +419,14 @@ func (s *Service) Register(ctx context.Context, req RegisterRequest) (_ *Operati
 		if err := s.putOperation(ctx, &op); err != nil {
 			return nil, err
 		}
-	} else if err := s.assign(ctx, who, &op, now); err != nil {
-		return nil, err
+	} else {
+		st, err := s.assign(ctx, who, &op, now)
+		if err != nil {
+			return nil, err
+		}
+		if st != nil {
+			s.rememberOutcome(req.Session, gen, rgen, op.OperationID, st)
+		}
 	}
 	status = op.Status
 	return &OperationStatus{OperationID: op.OperationID, Status: StatusAssigning}, nil
@@ -425,8 +434,10 @@ func (s *Service) Register(ctx context.Context, req RegisterRequest) (_ *Operati
 
 // assign allocates a hub by the enrollment's allocation and reprovision
 // policies, and writes the device identity (with its twin), the
-// registration record and the operation in one transaction.
-func (s *Service) assign(ctx context.Context, who *attested, op *operation, now time.Time) error {
+// registration record and the operation in one transaction. It returns
+// the registration state written when the device is assigned, nil when
+// the registration failed (written by fail).
+func (s *Service) assign(ctx context.Context, who *attested, op *operation, now time.Time) (*RegistrationState, error) {
 	regKey := Key(op.RegistrationID)
 	c := who.common()
 	deviceID := op.RegistrationID
@@ -443,7 +454,7 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	case err == nil:
 		prev = doc
 	case !isNotFound(err):
-		return err
+		return nil, err
 	}
 	var prevState *RegistrationState
 	switch {
@@ -476,7 +487,7 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		var aerr *azerr.Error
 		alloc, aerr = s.allocate(ctx, who, op.RegistrationID, prevState, op.Payload)
 		if aerr != nil {
-			return s.fail(ctx, who, op, prev, prevState, aerr, now)
+			return nil, s.fail(ctx, who, op, prev, prevState, aerr, now)
 		}
 	}
 	hubName := alloc.hub
@@ -542,35 +553,35 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	// A device that changes hubs leaves the old one (reprovision.go):
 	// the intent is written with the assignment, the deletion follows.
 	if err := s.settleRemoval(ctx, hubName, deviceID); err != nil {
-		return err
+		return nil, err
 	}
 	leave, err := s.leaveRecord(ctx, op.RegistrationID, prevState, hubName, now)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	auth := who.hubAuthentication()
 	devRecs, err := s.registry.ProvisionRecords(ctx, hubName, deviceID, auth, twin)
 	if err != nil {
-		return fmt.Errorf("dps: provision device %s: %w", deviceID, err)
+		return nil, fmt.Errorf("dps: provision device %s: %w", deviceID, err)
 	}
 	if leave != nil {
 		devRecs = append(devRecs, *leave)
 	}
 	regData, err := json.Marshal(registrationDoc{State: state, GroupID: groupID, InitialHub: initialHub})
 	if err != nil {
-		return fmt.Errorf("dps: encode registration: %w", err)
+		return nil, fmt.Errorf("dps: encode registration: %w", err)
 	}
 	op.Status = StatusAssigned
 	opData, err := json.Marshal(op)
 	if err != nil {
-		return fmt.Errorf("dps: encode operation: %w", err)
+		return nil, fmt.Errorf("dps: encode operation: %w", err)
 	}
 	written, err := s.store.Apply(ctx, append(devRecs,
 		store.Record{Kind: store.KindRegistration, Key: regKey, Index: Key(groupID), Data: regData},
 		store.Record{Kind: store.KindOperation, Key: op.OperationID, Index: regKey, Data: opData},
 	))
 	if err != nil {
-		return fmt.Errorf("dps: write assignment of %s: %w", op.RegistrationID, err)
+		return nil, fmt.Errorf("dps: write assignment of %s: %w", op.RegistrationID, err)
 	}
 	// The assignment is durable: a device that hangs up now must not cut
 	// short its removal from the old hub, nor the closing of sessions its
@@ -579,7 +590,10 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	if leave != nil {
 		s.removeNow(context.WithoutCancel(ctx), written[len(devRecs)-1])
 	}
-	return nil
+	// What a poll of this operation answers: the state as written, with
+	// the etag the store gave it (getRegistration).
+	state.ETag = registrationETag(written[len(devRecs)].ETag)
+	return &state, nil
 }
 
 // fail ends a registration in status failed: the operation and the
@@ -677,6 +691,12 @@ func (s *Service) OperationStatus(ctx context.Context, req OperationRequest) (*O
 	}
 	if req.OperationID == "" || len(req.OperationID) > 256 {
 		return nil, azerr.New(azerr.DPSOperationNotFound)
+	}
+	if st := s.recallOutcome(req.Session, req.RegistrationID, req.OperationID); st != nil {
+		// The poll that follows a registration on the same connection:
+		// its outcome was durable before Register answered.
+		st.RegistrationID = req.RegistrationID
+		return &OperationStatus{OperationID: req.OperationID, Status: StatusAssigned, RegistrationState: st}, nil
 	}
 	rec, err := s.store.Get(ctx, store.KindOperation, req.OperationID)
 	if errors.Is(err, store.ErrNotFound) {

@@ -24,6 +24,10 @@ import (
 // take precedence over its group), of the group it authenticated by, of
 // any CA certificate; and the credential's own time limits (SAS se, the
 // leaf's validity) are checked on every use.
+//
+// It also remembers the outcome of the connection's last registration when
+// that was assigned, so that the poll of its operation does not read back
+// the operation and the registration just written (rememberOutcome).
 type SessionAuth struct {
 	mu    sync.Mutex
 	ok    bool
@@ -34,6 +38,15 @@ type SessionAuth struct {
 	token string
 	leaf  *x509.Certificate
 	tok   sas.Token
+
+	// The connection's last registration, when it ended assigned: its
+	// operation ID and the registration state written, remembered at
+	// authentication generation opAuthGen and registration generation
+	// opRegGen (rememberOutcome).
+	opID      string
+	opState   *RegistrationState
+	opAuthGen uint64
+	opRegGen  uint64
 }
 
 // maxForgotten bounds the enrollment and group IDs authForget keeps:
@@ -104,6 +117,48 @@ func (s *Service) stale(gen uint64, regID, group string) bool {
 		return true
 	}
 	return group != "" && f.groups[group] > gen
+}
+
+// registrationDeleted drops every SessionAuth's remembered outcome: a
+// registration record was deleted, and a poll of its operation must read
+// the store to say so (DPSRegistrationMissing).
+func (s *Service) registrationDeleted() { s.regGen.Add(1) }
+
+// rememberOutcome records that the registration that authenticated at
+// generations authGen and regGen (both read before it started) wrote
+// operation opID with status assigned and registration state st, durably.
+// The poll that follows on the same connection is then answered from it
+// instead of two store reads (the operation and the registration): what
+// it would read is what was just written. A registration deleted since
+// through this Service (regGen), an enrollment, group or certificate
+// written since (authGen) or another credential sends the poll to the
+// store. Across berth nodes a deletion elsewhere is not seen here: a poll
+// in the moment between register and poll then answers the outcome the
+// registration had, as a poll just before the deletion would have.
+func (s *Service) rememberOutcome(a *SessionAuth, authGen, regGen uint64, opID string, st *RegistrationState) {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.opID, a.opState, a.opAuthGen, a.opRegGen = opID, st, authGen, regGen
+}
+
+// recallOutcome returns a copy of the registration state remembered for
+// operation opID of regID, or nil when a poll must read the store. Call it
+// only once the poll is authenticated.
+func (s *Service) recallOutcome(a *SessionAuth, regID, opID string) *RegistrationState {
+	if a == nil {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.opState == nil || a.opID != opID || !strings.EqualFold(a.regID, regID) ||
+		a.opAuthGen != s.authGen.Load() || a.opRegGen != s.regGen.Load() {
+		return nil
+	}
+	st := *a.opState
+	return &st
 }
 
 // recall reports whether a remembers a successful authentication of this

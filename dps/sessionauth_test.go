@@ -2,6 +2,7 @@ package dps_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync/atomic"
 	"syscall"
@@ -16,15 +17,19 @@ import (
 	"github.com/berth-iot/berth/store/memstore"
 )
 
-// countingStore counts the enrollment lookups authenticate makes.
+// countingStore counts the enrollment lookups authenticate makes, and the
+// operation and registration reads of polls.
 type countingStore struct {
 	store.Store
-	enrollmentGets, groupLists atomic.Int64
+	enrollmentGets, groupLists, outcomeGets atomic.Int64
 }
 
 func (c *countingStore) Get(ctx context.Context, kind store.Kind, key string) (store.Record, error) {
-	if kind == store.KindEnrollment {
+	switch kind {
+	case store.KindEnrollment:
 		c.enrollmentGets.Add(1)
+	case store.KindOperation, store.KindRegistration:
+		c.outcomeGets.Add(1)
 	}
 	return c.Store.Get(ctx, kind, key)
 }
@@ -106,6 +111,103 @@ func TestSessionAuthSkipsPollLookup(t *testing.T) {
 	now = now.Add(2 * time.Hour)
 	if err := poll(sess2); err == nil {
 		t.Error("a remembered session's poll with an expired token succeeded")
+	}
+}
+
+// TestSessionRemembersOutcome: the poll that follows a registration on the
+// same connection is answered from what the registration wrote, without
+// reading the operation and the registration again, and the answer is the
+// one the store gives; an older operation, a deleted registration or a
+// changed enrollment sends the poll to the store.
+func TestSessionRemembersOutcome(t *testing.T) {
+	cs := &countingStore{Store: memstore.New()}
+	now := time.Unix(1700000000, 0)
+	clock := func() time.Time { return now }
+	svc, err := dps.New(cs, hub.NewRegistry(cs, clock), dps.Config{IDScope: scope, Hubs: []string{hubName}, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{svc: svc, st: cs, now: now}
+	f.group(t, "g1", "")
+	regID := "dev-1"
+	derived, err := sas.DeriveKey(groupKey, regID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := f.token(t, regID, derived)
+	ctx := context.Background()
+	sess := &dps.SessionAuth{}
+	register := func() string {
+		t.Helper()
+		op, err := svc.Register(ctx, dps.RegisterRequest{IDScope: scope, RegistrationID: regID, Token: tok, Session: sess, Body: []byte(`{"payload":{"a":1}}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return op.OperationID
+	}
+	// poll answers the operation's JSON and how many operation and
+	// registration records it read.
+	poll := func(s *dps.SessionAuth, opID string) (string, int64, error) {
+		t.Helper()
+		before := cs.outcomeGets.Load()
+		op, err := svc.OperationStatus(ctx, dps.OperationRequest{IDScope: scope, RegistrationID: regID, OperationID: opID, Token: tok, Session: s})
+		reads := cs.outcomeGets.Load() - before
+		if err != nil {
+			return "", reads, err
+		}
+		return jsonOf(t, op), reads, nil
+	}
+
+	first := register()
+	mem, reads, err := poll(sess, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reads != 0 {
+		t.Errorf("the poll after the registration on its connection read %d records, want 0", reads)
+	}
+	stored, reads, err := poll(nil, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reads == 0 {
+		t.Error("a poll without a session read nothing")
+	}
+	if mem != stored {
+		t.Errorf("remembered answer\n%s\nstored answer\n%s", mem, stored)
+	}
+
+	// A second registration: the first operation is read from the store
+	// (which shows the registration record as it is now).
+	second := register()
+	stored, _, err = poll(nil, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, reads, err := poll(sess, first); err != nil || reads == 0 || got != stored {
+		t.Errorf("poll of the older operation: reads %d, err %v, answer %s; want the store's %s", reads, err, got, stored)
+	}
+	if _, reads, err := poll(sess, second); err != nil || reads != 0 {
+		t.Errorf("poll of the latest operation: reads %d, err %v; want 0 reads", reads, err)
+	}
+
+	// A changed enrollment group: the store answers.
+	g := &dps.EnrollmentGroup{EnrollmentGroupID: "g1"}
+	g.Attestation = symKey(groupKey, "")
+	if _, err := svc.PutGroup(ctx, "g1", g, "*"); err != nil {
+		t.Fatal(err)
+	}
+	if _, reads, err := poll(sess, second); err != nil || reads == 0 {
+		t.Errorf("poll after a group write: reads %d, err %v; want the store read", reads, err)
+	}
+
+	// A deleted registration is missing, not remembered.
+	third := register()
+	if err := svc.DeleteRegistration(ctx, regID, "*"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := poll(sess, third); code(err) != azerr.DPSRegistrationMissing {
+		t.Errorf("poll after the registration was deleted: %v, want %v", err, azerr.DPSRegistrationMissing)
 	}
 }
 
@@ -400,4 +502,14 @@ func TestSessionAuthForgetsOnlyWhatChanged(t *testing.T) {
 	if again, err := poll(indiv2); err != nil || !again {
 		t.Errorf("after a missed announcement: re-authenticated %v, %v", again, err)
 	}
+}
+
+// jsonOf is v as JSON.
+func jsonOf(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
