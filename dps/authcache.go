@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"fmt"
 
+	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/store"
 )
 
@@ -66,7 +67,9 @@ type cachedCert struct {
 // certificates and every memory. The server calls it when the shared
 // store announces that another node (or an operator's SQL) changed one,
 // and with kind "" when it may have missed announcements (its watch
-// reconnected): then everything is forgotten.
+// reconnected): then everything is forgotten. Every change also makes
+// stale the snapshot of whether any individual enrollment exists
+// (individualEnrollment): each takes the next authGen.
 func (s *Service) ForgetAuth(kind store.Kind, key string) {
 	switch kind {
 	case store.KindEnrollment:
@@ -92,6 +95,39 @@ func (s *Service) cacheChanged() {
 func (s *Service) groupChanged(id string) {
 	s.cacheGen.Add(1)
 	s.forgetGroup(id)
+}
+
+// individualSnapshot says whether the store held no individual
+// enrollment at all when read at authentication generation gen.
+type individualSnapshot struct {
+	gen  uint64
+	none bool
+}
+
+// individualEnrollment is getEnrollment for authentication. A fleet
+// provisioned through enrollment groups often has no individual
+// enrollment at all, and every registration of a group member looked its
+// registration ID up first (individual enrollments take precedence) and
+// missed: so whether any exists is kept as a snapshot, tagged with the
+// authGen read before the store was (any enrollment write bumps it after
+// reaching the store, and so does a change another node announces,
+// ForgetAuth), and while it says none, the answer is not found without a
+// read. Individual enrollments themselves are not cached (see ForgetAuth).
+func (s *Service) individualEnrollment(ctx context.Context, regID string) (*IndividualEnrollment, error) {
+	gen := s.authGen.Load()
+	snap := s.indivSnap.Load()
+	if snap == nil || snap.gen != gen {
+		recs, err := s.store.List(ctx, store.KindEnrollment, store.ListOptions{Limit: 1})
+		if err != nil {
+			return nil, fmt.Errorf("dps: list enrollments: %w", err)
+		}
+		snap = &individualSnapshot{gen: gen, none: len(recs) == 0}
+		s.indivSnap.Store(snap)
+	}
+	if snap.none {
+		return nil, azerr.New(azerr.DPSEnrollmentNotFound)
+	}
+	return s.getEnrollment(ctx, regID)
 }
 
 // enrollmentGroups returns every enrollment group, from the snapshot when

@@ -192,4 +192,36 @@ func TestGroupChangedOnAnotherNode(t *testing.T) {
 	if _, err := register(indivKey, nil); code(err) != azerr.DPSInvalidCredentials {
 		t.Errorf("node A, after node B deleted g1: %v, want 401002", err)
 	}
+
+	// A knows of no individual enrollment and skips the lookup; B
+	// enrolls dev-1 on its own, which then takes precedence on A.
+	g.Attestation = symKey(groupKey, "")
+	start = time.Now()
+	if _, err := bNode.PutGroup(ctx, "g1", g, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(start)
+	if _, err := register(groupKey, nil); err != nil {
+		t.Fatalf("node A, g1 again: %v", err)
+	}
+	e := &dps.IndividualEnrollment{RegistrationID: regID}
+	e.Attestation = symKey(indivKey, "")
+	if _, err := bNode.PutEnrollment(ctx, regID, e, ""); err != nil {
+		t.Fatal(err)
+	}
+	for heard := false; !heard; {
+		select {
+		case c := <-changes:
+			heard = c.kind == store.KindEnrollment
+		case <-time.After(30 * time.Second):
+			t.Fatal("node A never heard of node B's individual enrollment")
+		}
+	}
+	if _, err := register(groupKey, nil); code(err) != azerr.DPSInvalidCredentials {
+		t.Errorf("node A, g1's derived key after node B enrolled dev-1 individually: %v, want 401002", err)
+	}
+	indivTok, _ := sas.SignEncoded(scope+"/registrations/"+regID, indivKey, "registration", now.Add(time.Hour))
+	if _, err := a.Register(ctx, dps.RegisterRequest{IDScope: scope, RegistrationID: regID, Token: indivTok}); err != nil {
+		t.Errorf("node A, the individual enrollment node B made: %v", err)
+	}
 }

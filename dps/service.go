@@ -138,6 +138,9 @@ type Service struct {
 	cacheGen  atomic.Uint64
 	groupSnap atomic.Pointer[groupSnapshot]
 	certSnap  atomic.Pointer[certSnapshot]
+	// indivSnap says whether any individual enrollment exists, valid at
+	// the authGen it carries (individualEnrollment).
+	indivSnap atomic.Pointer[individualSnapshot]
 }
 
 // SetObserver sets who hears of every registration's result (the
@@ -824,7 +827,7 @@ func (s *Service) authenticate(ctx context.Context, scope, regID, token string, 
 	if err := s.limits.CheckTime(tok, s.now()); err != nil {
 		return nil, deny(err)
 	}
-	e, err := s.getEnrollment(ctx, regID)
+	e, err := s.individualEnrollment(ctx, regID)
 	switch {
 	case err == nil:
 		sk := e.Attestation.SymmetricKey

@@ -54,6 +54,10 @@ func TestSessionAuthSkipsPollLookup(t *testing.T) {
 	}
 	f := &fixture{svc: svc, st: cs, now: now}
 	f.group(t, "g1", "")
+	// Another device's individual enrollment: with none at all, a full
+	// authentication of a group member reads nothing either
+	// (TestNoIndividualEnrollmentNoLookup).
+	f.enroll(t, "someone-else", "", "")
 	regID := "dev-1"
 	derived, err := sas.DeriveKey(groupKey, regID)
 	if err != nil {
@@ -111,6 +115,69 @@ func TestSessionAuthSkipsPollLookup(t *testing.T) {
 	now = now.Add(2 * time.Hour)
 	if err := poll(sess2); err == nil {
 		t.Error("a remembered session's poll with an expired token succeeded")
+	}
+}
+
+// TestNoIndividualEnrollmentNoLookup: while the store holds no individual
+// enrollment, a group member's registration does not look its registration
+// ID up as one; once an individual enrollment is written (here for that
+// very ID, which then takes precedence over the group), it does, and after
+// its deletion it stops again.
+func TestNoIndividualEnrollmentNoLookup(t *testing.T) {
+	cs := &countingStore{Store: memstore.New()}
+	now := time.Unix(1700000000, 0)
+	clock := func() time.Time { return now }
+	svc, err := dps.New(cs, hub.NewRegistry(cs, clock), dps.Config{IDScope: scope, Hubs: []string{hubName}, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{svc: svc, st: cs, now: now}
+	f.group(t, "g1", "")
+	regID := "dev-1"
+	derived, err := sas.DeriveKey(groupKey, regID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	register := func(tok string) (*dps.OperationStatus, int64, error) {
+		t.Helper()
+		before := cs.enrollmentGets.Load()
+		op, err := svc.Register(ctx, dps.RegisterRequest{IDScope: scope, RegistrationID: regID, Token: tok})
+		if err != nil {
+			return nil, 0, err
+		}
+		res, err := svc.OperationStatus(ctx, dps.OperationRequest{IDScope: scope, RegistrationID: regID, OperationID: op.OperationID, Token: tok})
+		return res, cs.enrollmentGets.Load() - before, err
+	}
+	groupTok := f.token(t, regID, derived)
+	for range 2 {
+		res, gets, err := register(groupTok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gets != 0 {
+			t.Errorf("a group member's registration with no individual enrollment read %d enrollments, want 0", gets)
+		}
+		if g := res.RegistrationState.SymmetricKey; g == nil || g.EnrollmentGroupID != "g1" {
+			t.Errorf("registration state %+v, want group g1", res.RegistrationState)
+		}
+	}
+	e := f.enroll(t, regID, "", "")
+	res, gets, err := register(f.token(t, regID, e.Attestation.SymmetricKey.PrimaryKey))
+	if err != nil {
+		t.Fatalf("the individual enrollment's key once it exists: %v", err)
+	}
+	if gets == 0 || res.RegistrationState.SymmetricKey != nil {
+		t.Errorf("with an individual enrollment: %d reads, state %+v; want a read and no group", gets, res.RegistrationState)
+	}
+	if _, _, err := register(groupTok); code(err) != azerr.DPSInvalidCredentials {
+		t.Errorf("the group's derived key while an individual enrollment exists: %v, want 401002", err)
+	}
+	if err := svc.DeleteEnrollment(ctx, regID, "*"); err != nil {
+		t.Fatal(err)
+	}
+	if _, gets, err := register(groupTok); err != nil || gets != 0 {
+		t.Errorf("after the individual enrollment's deletion: %d reads, err %v; want 0 and the group", gets, err)
 	}
 }
 

@@ -262,7 +262,7 @@ func (s *Service) authenticateX509(ctx context.Context, regID string, chain []*x
 		return nil, errInvalidCertificate(refusal.Newf(refusal.Expired, "certificate valid from %s to %s",
 			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339)))
 	}
-	e, err := s.getEnrollment(ctx, regID)
+	e, err := s.individualEnrollment(ctx, regID)
 	switch {
 	case err == nil:
 		a := e.Attestation

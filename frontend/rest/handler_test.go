@@ -30,6 +30,13 @@ func (s *failingStore) Get(ctx context.Context, kind store.Kind, key string) (st
 	return s.Store.Get(ctx, kind, key)
 }
 
+func (s *failingStore) List(ctx context.Context, kind store.Kind, o store.ListOptions) ([]store.Record, error) {
+	if kind == s.kind {
+		return nil, errDiskOnFire
+	}
+	return s.Store.List(ctx, kind, o)
+}
+
 // TestInternalError: a store failure is a 500 with Azure's body and a
 // generic message; the cause goes to the log, not to the client.
 func TestInternalError(t *testing.T) {
