@@ -85,6 +85,10 @@ type Options struct {
 	MaxRetries int
 	// Logger receives a debug log of the flow; never keys or tokens.
 	Logger *slog.Logger
+	// SyncMQTT makes the MQTT session a synchronous one without paho
+	// (mqttsync.go): the same packets, no goroutines of its own, as
+	// firmware does. The load generator (berth bench) uses it.
+	SyncMQTT bool
 }
 
 // Result is a successful answer (200 or 202) to a register or poll request.
@@ -169,6 +173,9 @@ func Dial(ctx context.Context, opts Options) (Session, error) {
 	}
 	switch opts.Transport {
 	case TransportMQTT:
+		if opts.SyncMQTT {
+			return dialSync(ctx, opts, tlsConf)
+		}
 		return dialMQTT(ctx, opts, tlsConf)
 	default:
 		return newHTTPS(opts, tlsConf), nil

@@ -85,6 +85,26 @@ func (f *mqttFake) options() Options {
 		RegistrationID: "dev-1",
 		SymmetricKey:   testKey,
 		RootCAs:        f.pool,
+		SyncMQTT:       syncMQTT,
+	}
+}
+
+// syncMQTT selects the client the fake's options make: bothClients runs a
+// test with paho's session, then with the synchronous one (the tests of
+// this file are not parallel).
+var syncMQTT bool
+
+func bothClients(t *testing.T, test func(t *testing.T)) {
+	for _, sync := range []bool{false, true} {
+		name := "paho"
+		if sync {
+			name = "sync"
+		}
+		t.Run(name, func(t *testing.T) {
+			syncMQTT = sync
+			defer func() { syncMQTT = false }()
+			test(t)
+		})
 	}
 }
 
@@ -251,7 +271,9 @@ func ridOf(topic string) string {
 	return ""
 }
 
-func TestMQTTProvision(t *testing.T) {
+func TestMQTTProvision(t *testing.T) { bothClients(t, testMQTTProvision) }
+
+func testMQTTProvision(t *testing.T) {
 	polls := 0
 	f := newMQTTFake(t, 0, func(topic, payload string) []published {
 		rid := ridOf(topic)
@@ -320,7 +342,9 @@ func TestMQTTProvision(t *testing.T) {
 	}
 }
 
-func TestMQTTUnauthorized(t *testing.T) {
+func TestMQTTUnauthorized(t *testing.T) { bothClients(t, testMQTTUnauthorized) }
+
+func testMQTTUnauthorized(t *testing.T) {
 	f := newMQTTFake(t, 0, func(topic, _ string) []published {
 		return []published{{"$dps/registrations/res/401/?$rid=" + ridOf(topic),
 			`{"errorCode":401000,"trackingId":"tr","message":"Unauthorized","timestampUtc":"2019-11-19T21:39:05.1573304Z"}`}}
@@ -332,7 +356,9 @@ func TestMQTTUnauthorized(t *testing.T) {
 	}
 }
 
-func TestMQTTConnackRefused(t *testing.T) {
+func TestMQTTConnackRefused(t *testing.T) { bothClients(t, testMQTTConnackRefused) }
+
+func testMQTTConnackRefused(t *testing.T) {
 	f := newMQTTFake(t, 5, nil)
 	_, err := Provision(context.Background(), f.options())
 	if err == nil || !strings.Contains(err.Error(), "mqtt connect") {
@@ -340,7 +366,9 @@ func TestMQTTConnackRefused(t *testing.T) {
 	}
 }
 
-func TestMQTTConnectionLost(t *testing.T) {
+func TestMQTTConnectionLost(t *testing.T) { bothClients(t, testMQTTConnectionLost) }
+
+func testMQTTConnectionLost(t *testing.T) {
 	// The fake drops the connection instead of answering.
 	f := newMQTTFake(t, 0, func(string, string) []published { return []published{{topic: ""}} })
 	done := make(chan error, 1)
