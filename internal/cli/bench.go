@@ -134,6 +134,7 @@ the run measure the wait. --honor-retry-after waits it, as the SDKs do.`,
 	f.StringVar(&pc.Transport, "transport", deviceclient.TransportMQTT, "mqtt or https")
 	f.BoolVar(&pc.HubConnect, "hub-connect", false, "after assignment, connect each device to its hub over MQTT (and disconnect)")
 	f.BoolVar(&pc.HonorRetryAfter, "honor-retry-after", false, "wait the server's retry-after before polling, as the SDKs do")
+	f.BoolVar(&pc.Paho, "paho", false, "MQTT devices use paho's client (the generator before round 3) instead of the synchronous one")
 	return cmd
 }
 
