@@ -118,7 +118,12 @@ listener at the same count and concurrency.
 
 Devices poll as soon as they hear their operation id: berth assigns before it
 answers, so the retry-after wait is idle time on the device that would make
-the run measure the wait. --honor-retry-after waits it, as the SDKs do.`,
+the run measure the wait. --honor-retry-after waits it, as the SDKs do.
+
+MQTT devices use a synchronous client (one goroutine, as firmware), so that
+the generator's own cost stays close to the baseline's, which only
+handshakes; --paho uses paho's client, the generator before round 3 of
+docs/benchmarks.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			pc.Transport = strings.ToLower(pc.Transport)
