@@ -212,7 +212,7 @@ func TestGroupChangedOnAnotherNode(t *testing.T) {
 	for heard := false; !heard; {
 		select {
 		case c := <-changes:
-			heard = c.kind == store.KindEnrollment
+			heard = c.kind == store.KindEnrollment && c.key == regID
 		case <-time.After(30 * time.Second):
 			t.Fatal("node A never heard of node B's individual enrollment")
 		}
