@@ -2,15 +2,16 @@ package deviceclient
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // syncSession is a Session over MQTT 3.1.1/TLS without paho: one
@@ -21,12 +22,13 @@ import (
 // goroutines and a write per packet per connection). The wire is the same
 // as mqttSession's: CONNECT (clean), SUBSCRIBE res/# at QoS 1, QoS 1
 // requests with a fresh $rid each, every QoS 1 answer acknowledged, and an
-// answer whose rid is not the request's dropped.
+// answer whose rid is not the request's dropped. Every packet is encoded
+// and decoded by mochi's packets, the codec of berth's own listener.
 type syncSession struct {
 	opts   Options
 	conn   net.Conn
 	r      *bufio.Reader
-	w      *bufio.Writer
+	out    bytes.Buffer // the packet being sent, written in one call
 	nextID uint16
 	rid    uint64
 	lost   error // set once the connection failed; later requests fail at once
@@ -42,7 +44,7 @@ func dialSync(ctx context.Context, opts Options, tlsConf *tls.Config) (*syncSess
 	if err != nil {
 		return nil, fmt.Errorf("deviceclient: mqtt connect to %s: %w", opts.Address, err)
 	}
-	s := &syncSession{opts: opts, conn: c, r: bufio.NewReaderSize(c, 1024), w: bufio.NewWriterSize(c, 1024)}
+	s := &syncSession{opts: opts, conn: c, r: bufio.NewReaderSize(c, 1024)}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
 	defer stop()
 	if err := s.handshake(password); err != nil {
@@ -55,48 +57,53 @@ func dialSync(ctx context.Context, opts Options, tlsConf *tls.Config) (*syncSess
 // handshake sends CONNECT and SUBSCRIBE and waits for their answers.
 func (s *syncSession) handshake(password string) error {
 	_ = s.conn.SetDeadline(time.Now().Add(mqttTimeout))
-	user := Username(s.opts.IDScope, s.opts.RegistrationID, s.opts.ClientVersion)
-	flags := byte(0x80 | 0x02) // username, clean session
-	if password != "" {
-		flags |= 0x40
-	}
-	var vh []byte
-	vh = appendString(vh, "MQTT")
-	vh = append(vh, 4, flags, 0, 60) // level 4, keep-alive 60 s
-	vh = appendString(vh, s.opts.RegistrationID)
-	vh = appendString(vh, user)
-	if password != "" {
-		vh = appendString(vh, password)
-	}
-	s.writePacket(0x10, vh)
-	if err := s.w.Flush(); err != nil {
+	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{
+			ProtocolName:     []byte("MQTT"),
+			Clean:            true,
+			Keepalive:        60,
+			ClientIdentifier: s.opts.RegistrationID,
+			UsernameFlag:     true,
+			Username:         []byte(Username(s.opts.IDScope, s.opts.RegistrationID, s.opts.ClientVersion)),
+			PasswordFlag:     password != "",
+			Password:         []byte(password),
+		}}
+	if err := s.send(connect.ConnectEncode); err != nil {
 		return err
 	}
-	typ, body, err := s.readPacket()
+	ack, body, err := s.readPacket()
 	switch {
 	case err != nil:
 		return err
-	case typ != 0x20 || len(body) != 2:
-		return fmt.Errorf("expected CONNACK, got packet type %d", typ>>4)
-	case body[1] != 0:
-		return fmt.Errorf("CONNACK refused (return code %d)", body[1])
+	case ack.FixedHeader.Type != packets.Connack:
+		return fmt.Errorf("expected CONNACK, got packet type %d", ack.FixedHeader.Type)
 	}
-	id := s.packetID()
-	sub := binary.BigEndian.AppendUint16(nil, id)
-	sub = appendString(sub, ResponseFilter)
-	sub = append(sub, 1)
-	s.writePacket(0x82, sub)
-	if err := s.w.Flush(); err != nil {
+	if err := ack.ConnackDecode(body); err != nil {
+		return fmt.Errorf("CONNACK: %w", err)
+	}
+	if ack.ReasonCode != 0 {
+		return fmt.Errorf("CONNACK refused (return code %d)", ack.ReasonCode)
+	}
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4,
+		PacketID: s.packetID(), Filters: packets.Subscriptions{{Filter: ResponseFilter, Qos: 1}}}
+	if err := s.send(sub.SubscribeEncode); err != nil {
 		return err
 	}
-	typ, body, err = s.readPacket()
+	ack, body, err = s.readPacket()
 	switch {
 	case err != nil:
 		return err
-	case typ != 0x90 || len(body) != 3 || binary.BigEndian.Uint16(body) != id:
-		return fmt.Errorf("expected SUBACK, got packet type %d", typ>>4)
-	case body[2] > 2:
-		return fmt.Errorf("subscribe %s: refused (0x%02x)", ResponseFilter, body[2])
+	case ack.FixedHeader.Type != packets.Suback:
+		return fmt.Errorf("expected SUBACK, got packet type %d", ack.FixedHeader.Type)
+	}
+	if err := ack.SubackDecode(body); err != nil {
+		return fmt.Errorf("SUBACK: %w", err)
+	}
+	switch {
+	case ack.PacketID != sub.PacketID || len(ack.ReasonCodes) != 1:
+		return fmt.Errorf("SUBACK for packet %d with %d codes, want %d with 1", ack.PacketID, len(ack.ReasonCodes), sub.PacketID)
+	case ack.ReasonCodes[0] > 2:
+		return fmt.Errorf("subscribe %s: refused (0x%02x)", ResponseFilter, ack.ReasonCodes[0])
 	}
 	return nil
 }
@@ -125,47 +132,35 @@ func (s *syncSession) request(ctx context.Context, topic func(rid string) string
 	stop := context.AfterFunc(ctx, func() { _ = s.conn.SetDeadline(time.Now()) })
 	defer stop()
 	_ = s.conn.SetDeadline(time.Now().Add(mqttTimeout))
-	pub := appendString(nil, t)
-	pub = binary.BigEndian.AppendUint16(pub, s.packetID())
-	pub = append(pub, body...)
-	s.writePacket(0x32, pub) // PUBLISH, QoS 1
-	if err := s.w.Flush(); err != nil {
+	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 4,
+		PacketID: s.packetID(), TopicName: t, Payload: body}
+	if err := s.send(pub.PublishEncode); err != nil {
 		return nil, s.fail(ctx, fmt.Errorf("publish %s: %w", t, err))
 	}
 	for {
-		typ, b, err := s.readPacket()
+		pk, b, err := s.readPacket()
 		if err != nil {
 			return nil, s.fail(ctx, err)
 		}
-		if typ>>4 != 3 {
+		if pk.FixedHeader.Type != packets.Publish {
 			continue // the PUBACK of our request, a PINGRESP
 		}
-		qos := (typ >> 1) & 3
-		if len(b) < 2 {
-			return nil, s.fail(ctx, errors.New("malformed PUBLISH"))
+		if err := pk.PublishDecode(b); err != nil {
+			return nil, s.fail(ctx, fmt.Errorf("PUBLISH: %w", err))
 		}
-		n := int(binary.BigEndian.Uint16(b))
-		if len(b) < 2+n {
-			return nil, s.fail(ctx, errors.New("malformed PUBLISH"))
-		}
-		rtopic, rest := string(b[2:2+n]), b[2+n:]
-		if qos > 0 {
-			if len(rest) < 2 {
-				return nil, s.fail(ctx, errors.New("malformed PUBLISH"))
-			}
+		if pk.FixedHeader.Qos > 0 {
 			// Acknowledged before the answer is used, as mqttSession
 			// does, so the PUBACK is out before the caller may close.
-			s.writePacket(0x40, rest[:2])
-			rest = rest[2:]
-			if err := s.w.Flush(); err != nil {
+			ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: 4, PacketID: pk.PacketID}
+			if err := s.send(ack.PubackEncode); err != nil {
 				return nil, s.fail(ctx, err)
 			}
 		}
-		resp, err := ParseResponseTopic(rtopic)
+		resp, err := ParseResponseTopic(pk.TopicName)
 		if err != nil || resp.RID != rid {
 			continue // not an answer to this request
 		}
-		return decodeAnswer(resp.Status, resp.RetryAfter, resp.HasRetryAfter, rest, "")
+		return decodeAnswer(resp.Status, resp.RetryAfter, resp.HasRetryAfter, pk.Payload, "")
 	}
 }
 
@@ -186,8 +181,8 @@ func (s *syncSession) fail(ctx context.Context, err error) error {
 func (s *syncSession) Close() error {
 	if s.lost == nil {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		s.writePacket(0xe0, nil)
-		_ = s.w.Flush()
+		dis := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 4}
+		_ = s.send(dis.DisconnectEncode)
 	}
 	return s.conn.Close()
 }
@@ -200,59 +195,41 @@ func (s *syncSession) packetID() uint16 {
 	return s.nextID
 }
 
-// writePacket buffers one packet: the first byte, the remaining length
-// and body.
-func (s *syncSession) writePacket(first byte, body []byte) {
-	_ = s.w.WriteByte(first)
-	n := len(body)
-	for {
-		b := byte(n & 0x7f)
-		n >>= 7
-		if n > 0 {
-			b |= 0x80
-		}
-		_ = s.w.WriteByte(b)
-		if n == 0 {
-			break
-		}
+// send encodes one packet with mochi's codec and writes it in one call.
+func (s *syncSession) send(encode func(*bytes.Buffer) error) error {
+	s.out.Reset()
+	if err := encode(&s.out); err != nil {
+		return err
 	}
-	_, _ = s.w.Write(body)
+	_, err := s.conn.Write(s.out.Bytes())
+	return err
 }
 
 // maxPacket bounds an incoming packet (DPS answers are under 96 KB).
 const maxPacket = 256 << 10
 
-// readPacket reads one packet: its first byte and its body.
-func (s *syncSession) readPacket() (byte, []byte, error) {
+// readPacket reads one packet's fixed header, with mochi's decoders, and
+// its body, for the Decode method of the packet's type.
+func (s *syncSession) readPacket() (*packets.Packet, []byte, error) {
+	pk := &packets.Packet{ProtocolVersion: 4}
 	first, err := s.r.ReadByte()
 	if err != nil {
-		return 0, nil, err
+		return nil, nil, err
 	}
-	n, shift := 0, 0
-	for {
-		b, err := s.r.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n |= int(b&0x7f) << shift
-		if b&0x80 == 0 {
-			break
-		}
-		if shift += 7; shift > 21 {
-			return 0, nil, errors.New("malformed remaining length")
-		}
+	if err := pk.FixedHeader.Decode(first); err != nil {
+		return nil, nil, err
+	}
+	n, _, err := packets.DecodeLength(s.r)
+	if err != nil {
+		return nil, nil, err
 	}
 	if n > maxPacket {
-		return 0, nil, fmt.Errorf("packet of %d bytes", n)
+		return nil, nil, fmt.Errorf("packet of %d bytes", n)
 	}
+	pk.FixedHeader.Remaining = n
 	body := make([]byte, n)
 	if _, err := io.ReadFull(s.r, body); err != nil {
-		return 0, nil, err
+		return nil, nil, err
 	}
-	return first, body, nil
-}
-
-func appendString(b []byte, s string) []byte {
-	b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
-	return append(b, s...)
+	return pk, body, nil
 }
