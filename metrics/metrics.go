@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -265,6 +266,19 @@ type countedConn struct {
 func (c *countedConn) Close() error {
 	c.once.Do(c.open.Dec)
 	return c.Conn.Close()
+}
+
+// errNotSyscallConn is SyscallConn's answer when the counted connection is
+// not a socket.
+var errNotSyscallConn = errors.New("metrics: the counted connection has no file descriptor")
+
+// SyscallConn passes the socket on: the MQTT listener waits for an idle
+// connection's socket to become readable through it (internal/tlsidle).
+func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errNotSyscallConn
 }
 
 // Store wraps a store and counts its failures. Not-found, exists and

@@ -3,8 +3,10 @@ package metrics_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/hub"
+	"github.com/berth-iot/berth/internal/tlsidle"
 	"github.com/berth-iot/berth/metrics"
 	"github.com/berth-iot/berth/refusal"
 	"github.com/berth-iot/berth/store"
@@ -224,5 +227,32 @@ func TestSinkKeepsBatch(t *testing.T) {
 	}
 	if _, ok := metrics.New().Sink(plainSink{}).(hub.BatchSink); ok {
 		t.Error("the wrapper of a plain sink claims to append batches")
+	}
+}
+
+// The counting listener's connections stay sockets to the MQTT listener,
+// which waits for an idle connection's socket to become readable through
+// syscall.Conn (internal/tlsidle); a wrapper without it would make every
+// idle device keep crypto/tls's buffers and a grown stack.
+func TestListenerKeepsSyscallConn(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	counted := metrics.New().Listener(ln, "mqtt")
+	go func() {
+		if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+			defer c.Close()
+			_, _ = c.Read(make([]byte, 1))
+		}
+	}()
+	c, err := counted.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !tlsidle.CanWait(tls.Server(c, &tls.Config{})) {
+		t.Fatal("a TLS connection over the counting listener cannot wait for its socket")
 	}
 }
