@@ -20,6 +20,7 @@ import (
 
 	"github.com/berth-iot/berth/azerr"
 	"github.com/berth-iot/berth/dps"
+	"github.com/berth-iot/berth/internal/tlsidle"
 )
 
 // CONNACK return codes of MQTT 3.1.1 (§3.2.2.3).
@@ -103,6 +104,9 @@ type conn struct {
 	// clean records that the client sent DISCONNECT; it is written and
 	// read by the reader goroutine only.
 	clean bool
+	// parkable is nc when an idle connection can wait for its socket
+	// without a read in progress (TLS over TCP, see loop); nil otherwise.
+	parkable *tls.Conn
 
 	wmu       sync.Mutex
 	packetID  atomic.Uint32
@@ -110,7 +114,11 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	return &conn{srv: s, nc: nc, remote: nc.RemoteAddr().String()}
+	c := &conn{srv: s, nc: nc, remote: nc.RemoteAddr().String()}
+	if tc, ok := nc.(*tls.Conn); ok && tlsidle.CanWait(tc) {
+		c.parkable = tc
+	}
+	return c
 }
 
 // serve runs a new connection: the TLS handshake and CONNECT on this
@@ -118,11 +126,18 @@ func newConn(s *Server, nc net.Conn) *conn {
 // goroutine stack to 8 KiB or more, and a stack only shrinks when less than
 // a quarter of it is in use, which a goroutine parked in a TLS read never
 // is; starting the loop on a new goroutine lets an idle connection live on
-// a 4 KiB stack. There is still one goroutine per connection at any time.
+// the runtime's starting stack. There is still one goroutine per
+// connection at any time.
 func (c *conn) serve() {
 	if err := c.openRecovering(); err != nil {
 		c.logEnd(err)
 		c.finish()
+		return
+	}
+	// A device that sends nothing after CONNECT (most, until their first
+	// message or keep-alive) parks at once.
+	if c.idle() {
+		go c.park()
 		return
 	}
 	go c.loop()
@@ -138,26 +153,82 @@ func (c *conn) openRecovering() (err error) {
 	return c.open()
 }
 
-// loop reads and handles packets until the connection ends. Its frames
-// are kept minimal, as they sit under every idle connection's wait (see
-// dispatch).
+// loop reads and handles packets until the connection ends or goes idle.
+// An idle TLS connection is handed to a fresh goroutine that waits for the
+// socket to become readable (park), having let go of crypto/tls's read
+// buffers: handling a packet grows a stack past the runtime's starting
+// size, and the goroutine that waits should not keep that stack for the
+// connection's idle life (docs/benchmarks.md, "Round 3: idle MQTT
+// connections"). Connections that cannot wait that way (WebSocket, no
+// TLS) wait in a one-byte read on this goroutine, as before.
 func (c *conn) loop() {
-	defer c.finish()
+	ended := true
+	defer func() {
+		// A panic ends this connection, not the server.
+		if v := recover(); v != nil {
+			c.notePanic(v)
+			ended = true
+		}
+		if ended {
+			c.finish()
+		}
+	}()
 	for {
 		if err := c.handleNext(); err != nil {
-			c.clean = errors.Is(err, errDisconnect)
-			c.logEnd(err)
+			c.end(err)
+			return
+		}
+		if c.idle() {
+			ended = false
+			go c.park()
 			return
 		}
 	}
 }
 
-// finish releases everything the connection held. When deferred, it also
-// turns a panic into the end of this connection, not of the server.
-func (c *conn) finish() {
-	if v := recover(); v != nil {
-		c.notePanic(v)
+// idle reports, after a packet, whether the connection has nothing to read
+// and is waiting for the client: no buffered bytes in the connection or in
+// crypto/tls, and none on the socket. It then releases crypto/tls's read
+// buffers. It is false whenever the connection cannot park.
+func (c *conn) idle() bool {
+	tc := c.parkable
+	if tc == nil || c.r != nil || tlsidle.Buffered(tc) {
+		return false
 	}
+	if readable, err := tlsidle.Readable(tc); readable || err != nil {
+		// More is there already (or an error for the next read to
+		// report): go on reading here.
+		return false
+	}
+	tlsidle.Release(tc)
+	return true
+}
+
+// park is the goroutine of an idle connection: it waits for the socket to
+// become readable, under the keep-alive deadline, then reads on. Its frames
+// are few, so the runtime's starting stack holds them.
+func (c *conn) park() {
+	if err := c.setKeepaliveDeadline(); err != nil {
+		c.end(err)
+		c.finish()
+		return
+	}
+	if err := tlsidle.WaitReadable(c.parkable); err != nil {
+		c.end(readError(err))
+		c.finish()
+		return
+	}
+	c.loop()
+}
+
+// end records why the connection ended and logs it.
+func (c *conn) end(err error) {
+	c.clean = errors.Is(err, errDisconnect)
+	c.logEnd(err)
+}
+
+// finish releases everything the connection held.
+func (c *conn) finish() {
 	c.close(false)
 	if c.sess != nil {
 		c.sess.close(c.clean)
@@ -391,17 +462,25 @@ func certAttrs(chain []*x509.Certificate) []any {
 // stack then are kept small: everything else is in functions called after
 // the first byte arrives.
 func (c *conn) handleNext() error {
-	if c.keepalive > 0 {
-		// MQTT 3.1.1 §3.1.2.10: close after 1.5 × keep-alive of silence.
-		if err := c.nc.SetReadDeadline(time.Now().Add(c.keepalive)); err != nil {
-			return fmt.Errorf("mqtt: set read deadline: %w", err)
-		}
+	if err := c.setKeepaliveDeadline(); err != nil {
+		return err
 	}
 	hb, err := c.readFirstByte()
 	if err != nil {
 		return readError(err)
 	}
 	return c.handlePacket(hb)
+}
+
+// setKeepaliveDeadline bounds the wait for the next packet: MQTT 3.1.1
+// §3.1.2.10 closes the connection after 1.5 × keep-alive of silence.
+func (c *conn) setKeepaliveDeadline() error {
+	if c.keepalive > 0 {
+		if err := c.nc.SetReadDeadline(time.Now().Add(c.keepalive)); err != nil {
+			return fmt.Errorf("mqtt: set read deadline: %w", err)
+		}
+	}
+	return nil
 }
 
 //go:noinline

@@ -74,6 +74,16 @@ func TestIdleHubConnectionMemory(t *testing.T) {
 	}, nil), nil)
 }
 
+// TestIdleHubBareConnectionMemory is the same for IoT Hub devices that
+// send nothing after CONNECT, as `berth bench connect`'s devices (and any
+// device between its connection and its first message) do.
+func TestIdleHubBareConnectionMemory(t *testing.T) {
+	skipUnmeasurable(t)
+	measureIdle(t, "hub-bare", memHubConfig(t, func(int) *hub.Authentication {
+		return &hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: indivKey, SecondaryKey: secondaryKey}}
+	}, nil), nil)
+}
+
 // TestIdleHubX509ConnectionMemory is the same for certificateAuthority
 // devices that connect with a certificate (the expiry timer runs to the
 // certificate's end).
@@ -316,7 +326,7 @@ func memHello(t *testing.T, kind string, i int) (hello, want []byte) {
 		enc(ping.PingreqEncode)
 		// CONNACK rc 0, SUBACK granting 1, PINGRESP.
 		return b.Bytes(), []byte{0x20, 2, 0, 0, 0x90, 3, 0, 1, 1, 0xd0, 0}
-	case "hub":
+	case "hub", "hub-bare":
 		id := memClientID(kind, i)
 		tok := ""
 		if !x509 {
@@ -328,6 +338,10 @@ func memHello(t *testing.T, kind string, i int) (hello, want []byte) {
 		connect := connectPacket(id, hubUsername(id), tok, 0)
 		connect.Connect.Clean = false
 		enc(connect.ConnectEncode)
+		if kind == "hub-bare" {
+			// CONNACK rc 0.
+			return b.Bytes(), []byte{0x20, 2, 0, 0}
+		}
 		sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, ProtocolVersion: 4,
 			Filters: packets.Subscriptions{{Filter: "devices/" + id + "/messages/devicebound/#", Qos: 1}}}
 		enc(sub.SubscribeEncode)
