@@ -106,7 +106,10 @@ type conn struct {
 	clean bool
 	// parkable is nc when an idle connection can wait for its socket
 	// without a read in progress (TLS over TCP, see loop); nil otherwise.
+	// parking, when the server's poller runs, lets it wait without a
+	// goroutine.
 	parkable *tls.Conn
+	parking  *tlsidle.Parking
 
 	wmu       sync.Mutex
 	packetID  atomic.Uint32
@@ -117,6 +120,10 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c := &conn{srv: s, nc: nc, remote: nc.RemoteAddr().String()}
 	if tc, ok := nc.(*tls.Conn); ok && tlsidle.CanWait(tc) {
 		c.parkable = tc
+		if p := s.poller(); p != nil {
+			// On failure the connection parks on a goroutine.
+			c.parking, _ = p.Register(tc, c.wake)
+		}
 	}
 	return c
 }
@@ -137,7 +144,7 @@ func (c *conn) serve() {
 	// A device that sends nothing after CONNECT (most, until their first
 	// message or keep-alive) parks at once.
 	if c.idle() {
-		go c.park()
+		c.parkIdle()
 		return
 	}
 	go c.loop()
@@ -154,13 +161,12 @@ func (c *conn) openRecovering() (err error) {
 }
 
 // loop reads and handles packets until the connection ends or goes idle.
-// An idle TLS connection is handed to a fresh goroutine that waits for the
-// socket to become readable (park), having let go of crypto/tls's read
-// buffers: handling a packet grows a stack past the runtime's starting
-// size, and the goroutine that waits should not keep that stack for the
-// connection's idle life (docs/benchmarks.md, "Round 3: idle MQTT
-// connections"). Connections that cannot wait that way (WebSocket, no
-// TLS) wait in a one-byte read on this goroutine, as before.
+// An idle TLS connection lets go of crypto/tls's read buffers and of its
+// goroutine (parkIdle): the server's poller waits for its socket and
+// starts a new goroutine when the next packet comes (docs/benchmarks.md,
+// "Round 3: idle MQTT connections"). Connections that cannot wait that
+// way (WebSocket, no TLS) wait in a one-byte read on this goroutine, as
+// before.
 func (c *conn) loop() {
 	ended := true
 	defer func() {
@@ -180,7 +186,7 @@ func (c *conn) loop() {
 		}
 		if c.idle() {
 			ended = false
-			go c.park()
+			c.parkIdle()
 			return
 		}
 	}
@@ -204,9 +210,46 @@ func (c *conn) idle() bool {
 	return true
 }
 
-// park is the goroutine of an idle connection: it waits for the socket to
-// become readable, under the keep-alive deadline, then reads on. Its frames
-// are few, so the runtime's starting stack holds them.
+// parkIdle hands an idle connection to the server's poller, which calls
+// wake when the socket is readable or the keep-alive deadline passes; the
+// caller's goroutine then ends, and the connection has none until wake.
+// Without the poller, a fresh goroutine waits (park): handling a packet
+// grows a stack past the runtime's starting size, and the goroutine that
+// waits should not keep that stack for the connection's idle life.
+func (c *conn) parkIdle() {
+	if c.parking != nil {
+		var deadline time.Time
+		if c.keepalive > 0 {
+			// MQTT 3.1.1 §3.1.2.10, as setKeepaliveDeadline.
+			deadline = time.Now().Add(c.keepalive)
+		}
+		if c.parking.Park(deadline) == nil {
+			return
+		}
+	}
+	go c.park()
+}
+
+// wake continues a connection the poller held, on a new goroutine: err is
+// nil when the socket is readable.
+func (c *conn) wake(err error) {
+	if err != nil {
+		c.end(readError(err))
+		c.finish()
+		return
+	}
+	c.loop()
+}
+
+// endParked ends a connection that close took back from the poller.
+func (c *conn) endParked() {
+	c.end(net.ErrClosed)
+	c.finish()
+}
+
+// park is the goroutine of an idle connection without the poller: it waits
+// for the socket to become readable, under the keep-alive deadline, then
+// reads on. Its frames are few, so the runtime's starting stack holds them.
 func (c *conn) park() {
 	if err := c.setKeepaliveDeadline(); err != nil {
 		c.end(err)
@@ -833,6 +876,12 @@ func (c *conn) nextPacketID() uint16 {
 // close_notify stuck behind a client that does not read.
 func (c *conn) close(force bool) {
 	c.closeOnce.Do(func() {
+		// A connection the poller holds has no goroutine to see the
+		// close: take it back before the descriptor is closed, and end
+		// it on one.
+		if c.parking != nil && c.parking.Cancel() {
+			defer func() { go c.endParked() }()
+		}
 		// Unblock a write stuck on a client that stopped reading: the
 		// TLS close_notify would otherwise queue behind it.
 		_ = c.nc.SetWriteDeadline(time.Now())

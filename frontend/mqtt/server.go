@@ -27,6 +27,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/berth-iot/berth/internal/acceptloop"
+	"github.com/berth-iot/berth/internal/tlsidle"
 )
 
 // Defaults for Config.
@@ -95,6 +96,14 @@ type Server struct {
 
 	// panics counts recovered panics; the fuzz tests require it to stay 0.
 	panics atomic.Int64
+
+	// idle waits for parked connections' sockets (conn.parkIdle). It is
+	// started by the first connection that can use it and closed by
+	// Shutdown; idleDone refuses to start it after that.
+	idleMu   sync.Mutex
+	idle     *tlsidle.Poller
+	idleErr  error
+	idleDone bool
 }
 
 // New returns a Server that answers DPS requests with d (nil: DPS
@@ -174,10 +183,35 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, c := range conns {
 		c.close(true)
 	}
-	if err := s.conns.Wait(ctx); err != nil {
+	err := s.conns.Wait(ctx)
+	// Connections still parked (none, unless ctx ended the wait) are
+	// woken with an error and end.
+	s.idleMu.Lock()
+	p := s.idle
+	s.idle, s.idleDone = nil, true
+	s.idleMu.Unlock()
+	if p != nil {
+		_ = p.Close()
+	}
+	if err != nil {
 		return fmt.Errorf("mqtt: shutdown: %w", err)
 	}
 	return nil
+}
+
+// poller returns the poller of idle connections, started on first use; nil
+// after Shutdown or where there is none (not Linux), and the connections
+// then wait on goroutines of their own.
+func (s *Server) poller() *tlsidle.Poller {
+	s.idleMu.Lock()
+	defer s.idleMu.Unlock()
+	if s.idle == nil && s.idleErr == nil && !s.idleDone {
+		s.idle, s.idleErr = tlsidle.NewPoller()
+		if s.idleErr != nil {
+			s.log.Debug("mqtt: idle connections wait on goroutines", "reason", s.idleErr.Error())
+		}
+	}
+	return s.idle
 }
 
 // ConnCount is the number of open connections, whether or not they have
