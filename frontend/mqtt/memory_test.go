@@ -45,7 +45,7 @@ const (
 // The budgets of an idle connection's live heap and stack, TLS included
 // (the bench's target is 16 KiB of resident memory per device, about
 // twice the live memory at the Go runtime's default GOGC). Measured on
-// Linux with the idle poller: 4.0–4.5 KiB, 6.4–7.3 KiB with a client
+// Linux with the idle poller: 3.9–4.5 KiB, 6.2–7.3 KiB with a client
 // certificate, which crypto/tls keeps parsed (docs/benchmarks.md, "Round
 // 3: idle MQTT connections"); the budgets leave room for noise. Elsewhere
 // an idle connection keeps a goroutine, and the budget grows by its 2 KiB
