@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -141,13 +142,7 @@ func (c *conn) serve() {
 		c.finish()
 		return
 	}
-	// A device that sends nothing after CONNECT (most, until their first
-	// message or keep-alive) parks at once.
-	if c.idle() {
-		c.parkIdle()
-		return
-	}
-	go c.loop()
+	go c.loop(true)
 }
 
 func (c *conn) openRecovering() (err error) {
@@ -160,14 +155,15 @@ func (c *conn) openRecovering() (err error) {
 	return c.open()
 }
 
-// loop reads and handles packets until the connection ends or goes idle.
-// An idle TLS connection lets go of crypto/tls's read buffers and of its
-// goroutine (parkIdle): the server's poller waits for its socket and
-// starts a new goroutine when the next packet comes (docs/benchmarks.md,
-// "Round 3: idle MQTT connections"). Connections that cannot wait that
-// way (WebSocket, no TLS) wait in a one-byte read on this goroutine, as
-// before.
-func (c *conn) loop() {
+// loop reads and handles packets until the connection ends or goes idle;
+// checkIdle is false when the socket is known to be readable. A TLS
+// connection that has waited idleLinger for its next packet lets go of
+// crypto/tls's read buffers and of its goroutine (maybePark): the server's
+// poller waits for its socket and starts a new goroutine when the next
+// packet comes (docs/benchmarks.md, "Round 3: idle MQTT connections").
+// Connections that cannot wait that way (WebSocket, no TLS) wait in a
+// one-byte read on this goroutine, as before.
+func (c *conn) loop(checkIdle bool) {
 	ended := true
 	defer func() {
 		// A panic ends this connection, not the server.
@@ -180,54 +176,87 @@ func (c *conn) loop() {
 		}
 	}()
 	for {
+		if checkIdle {
+			parked, err := c.maybePark()
+			if err != nil {
+				c.end(err)
+				return
+			}
+			if parked {
+				ended = false
+				return
+			}
+		}
+		checkIdle = true
 		if err := c.handleNext(); err != nil {
 			c.end(err)
 			return
 		}
-		if c.idle() {
-			ended = false
-			c.parkIdle()
-			return
-		}
 	}
 }
 
-// idle reports, after a packet, whether the connection has nothing to read
-// and is waiting for the client: no buffered bytes in the connection or in
-// crypto/tls, and none on the socket. It then releases crypto/tls's read
-// buffers. It is false whenever the connection cannot park.
-func (c *conn) idle() bool {
+// idleLinger is how long a connection waits for its next packet on its own
+// goroutine, through Go's network poller, before it goes to the server's
+// idle poller: a device that is sending (telemetry, a twin exchange) keeps
+// its goroutine and Go's wake-up latency, and only a device that has gone
+// quiet pays the hand-over, once.
+const idleLinger = time.Second
+
+// maybePark waits, when the connection has nothing buffered, for its
+// socket to become readable; after idleLinger of silence it hands the
+// connection to the server's poller (or, without one, to a fresh
+// goroutine) and reports true: the caller's goroutine must end. It
+// reports false when the next packet can be read, and an error when the
+// keep-alive expired or the connection failed.
+func (c *conn) maybePark() (bool, error) {
 	tc := c.parkable
 	if tc == nil || c.r != nil || tlsidle.Buffered(tc) {
-		return false
+		return false, nil
 	}
-	if readable, err := tlsidle.Readable(tc); readable || err != nil {
-		// More is there already (or an error for the next read to
-		// report): go on reading here.
-		return false
+	if c.parking == nil {
+		if readable, err := tlsidle.Readable(tc); readable || err != nil {
+			// More is there already (or an error for the next read to
+			// report): go on reading here.
+			return false, nil
+		}
+		tlsidle.Release(tc)
+		go c.park()
+		return true, nil
+	}
+	now := time.Now()
+	var keepalive time.Time
+	if c.keepalive > 0 {
+		// MQTT 3.1.1 §3.1.2.10, as setKeepaliveDeadline.
+		keepalive = now.Add(c.keepalive)
+	}
+	wait := now.Add(idleLinger)
+	if !keepalive.IsZero() && keepalive.Before(wait) {
+		wait = keepalive
+	}
+	if err := c.nc.SetReadDeadline(wait); err != nil {
+		return false, fmt.Errorf("mqtt: set read deadline: %w", err)
+	}
+	err := tlsidle.WaitReadable(tc)
+	if c.keepalive == 0 {
+		// handleNext sets no deadline of its own then.
+		if err := c.nc.SetReadDeadline(time.Time{}); err != nil {
+			return false, fmt.Errorf("mqtt: clear read deadline: %w", err)
+		}
+	}
+	switch {
+	case err == nil:
+		return false, nil
+	case !errors.Is(err, os.ErrDeadlineExceeded):
+		return false, err
+	case !keepalive.IsZero() && !time.Now().Before(keepalive):
+		return false, readError(err)
 	}
 	tlsidle.Release(tc)
-	return true
-}
-
-// parkIdle hands an idle connection to the server's poller, which calls
-// wake when the socket is readable or the keep-alive deadline passes; the
-// caller's goroutine then ends, and the connection has none until wake.
-// Without the poller, a fresh goroutine waits (park): handling a packet
-// grows a stack past the runtime's starting size, and the goroutine that
-// waits should not keep that stack for the connection's idle life.
-func (c *conn) parkIdle() {
-	if c.parking != nil {
-		var deadline time.Time
-		if c.keepalive > 0 {
-			// MQTT 3.1.1 §3.1.2.10, as setKeepaliveDeadline.
-			deadline = time.Now().Add(c.keepalive)
-		}
-		if c.parking.Park(deadline) == nil {
-			return
-		}
+	if c.parking.Park(keepalive) != nil {
+		// The poller is closed (Shutdown): wait on a goroutine.
+		go c.park()
 	}
-	go c.park()
+	return true, nil
 }
 
 // wake continues a connection the poller held, on a new goroutine: err is
@@ -238,7 +267,7 @@ func (c *conn) wake(err error) {
 		c.finish()
 		return
 	}
-	c.loop()
+	c.loop(false)
 }
 
 // endParked ends a connection that close took back from the poller.
@@ -261,7 +290,7 @@ func (c *conn) park() {
 		c.finish()
 		return
 	}
-	c.loop()
+	c.loop(false)
 }
 
 // end records why the connection ended and logs it.

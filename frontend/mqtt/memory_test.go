@@ -187,6 +187,10 @@ func measureIdle(t *testing.T, kind string, cfg Config, deviceCA *testcerts.Cert
 	goroutinesBefore, goroutines := runtime.NumGoroutine(), 0
 	runClients(t, kind, ln.Addr().String(), caPEM, env, n, func() {
 		waitFor(t, "connections", func() bool { return srv.ConnCount() == n })
+		if runtime.GOOS == "linux" {
+			// Each goes to the idle poller after idleLinger of silence.
+			waitFor(t, "idle connections parked", func() bool { return srv.parkedConns() == n })
+		}
 		settle(&after)
 		goroutines = runtime.NumGoroutine() - goroutinesBefore
 		heapprofile.Write(t)
@@ -201,7 +205,7 @@ func measureIdle(t *testing.T, kind string, cfg Config, deviceCA *testcerts.Cert
 	}
 	if runtime.GOOS == "linux" {
 		// The idle poller holds every idle connection without a
-		// goroutine (conn.parkIdle).
+		// goroutine (conn.maybePark).
 		if perConn > 0.05 {
 			t.Errorf("%.2f goroutines per idle connection; want none", perConn)
 		}

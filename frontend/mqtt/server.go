@@ -97,7 +97,7 @@ type Server struct {
 	// panics counts recovered panics; the fuzz tests require it to stay 0.
 	panics atomic.Int64
 
-	// idle waits for parked connections' sockets (conn.parkIdle). It is
+	// idle waits for parked connections' sockets (conn.maybePark). It is
 	// started by the first connection that can use it and closed by
 	// Shutdown; idleDone refuses to start it after that.
 	idleMu   sync.Mutex
@@ -197,6 +197,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("mqtt: shutdown: %w", err)
 	}
 	return nil
+}
+
+// parkedConns is the number of connections the idle poller holds.
+func (s *Server) parkedConns() int {
+	s.idleMu.Lock()
+	p := s.idle
+	s.idleMu.Unlock()
+	if p == nil {
+		return 0
+	}
+	return p.Len()
 }
 
 // poller returns the poller of idle connections, started on first use; nil

@@ -141,6 +141,13 @@ func (k *Parking) Cancel() bool {
 	return true
 }
 
+// Len is the number of connections parked now.
+func (p *Poller) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.parked)
+}
+
 // fireLocked ends wait id, if it is still current, with err.
 func (p *Poller) fireLocked(id uint64, err error) {
 	k := p.parked[id]

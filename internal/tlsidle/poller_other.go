@@ -24,6 +24,9 @@ func NewPoller() (*Poller, error) { return nil, errNoWait }
 // Register is implemented on Linux only.
 func (*Poller) Register(*tls.Conn, func(error)) (*Parking, error) { return nil, errNoWait }
 
+// Len is implemented on Linux only.
+func (*Poller) Len() int { return 0 }
+
 // Close is implemented on Linux only.
 func (*Poller) Close() error { return nil }
 
