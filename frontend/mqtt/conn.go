@@ -199,8 +199,12 @@ func (c *conn) loop(checkIdle bool) {
 // goroutine, through Go's network poller, before it goes to the server's
 // idle poller: a device that is sending (telemetry, a twin exchange) keeps
 // its goroutine and Go's wake-up latency, and only a device that has gone
-// quiet pays the hand-over, once.
-const idleLinger = time.Second
+// quiet pays the hand-over, once. Short, because every connection that
+// lingers still holds its goroutine and crypto/tls's buffers: at 300
+// connections a second, a 1 s linger raised the resident memory of 2000
+// idle devices by ≈ 2 KiB each (docs/benchmarks.md, "Round 3: idle MQTT
+// connections").
+const idleLinger = 250 * time.Millisecond
 
 // maybePark waits, when the connection has nothing buffered, for its
 // socket to become readable; after idleLinger of silence it hands the
