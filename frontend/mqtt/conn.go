@@ -133,9 +133,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 // goroutine, then the packet loop on a fresh one. The handshake grows a
 // goroutine stack to 8 KiB or more, and a stack only shrinks when less than
 // a quarter of it is in use, which a goroutine parked in a TLS read never
-// is; starting the loop on a new goroutine lets an idle connection live on
-// the runtime's starting stack. There is still one goroutine per
-// connection at any time.
+// is; starting the loop on a new goroutine leaves that stack behind. An
+// idle connection then lets go of its goroutine too (loop).
 func (c *conn) serve() {
 	if err := c.openRecovering(); err != nil {
 		c.logEnd(err)
