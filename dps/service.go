@@ -39,8 +39,9 @@ const DefaultRetryAfter = 3
 type DeviceRegistry interface {
 	// ProvisionRecords returns the records that create or update a device
 	// identity (and a new device's twin, from init), for DPS to write with
-	// the registration in one transaction.
-	ProvisionRecords(ctx context.Context, hubName, deviceID string, auth hub.Authentication, twin hub.ProvisionTwin) ([]store.Record, error)
+	// the registration in one transaction, and whether they revoke a
+	// credential live sessions may hold (an existing device's changed).
+	ProvisionRecords(ctx context.Context, hubName, deviceID string, auth hub.Authentication, twin hub.ProvisionTwin) (recs []store.Record, revoke bool, err error)
 	// Get and Delete are the registry's own: a device that reprovisioning
 	// moves is deleted from the hub it left as the service API deletes
 	// one (reprovision.go).
@@ -48,8 +49,8 @@ type DeviceRegistry interface {
 	Delete(ctx context.Context, hubName, deviceID, ifMatch string) error
 	// Provisioned runs once those records, made with auth, are written:
 	// the hub closes the device's live sessions that the new credential
-	// revokes.
-	Provisioned(ctx context.Context, hubName, deviceID string, auth hub.Authentication)
+	// revokes, on every node when ProvisionRecords said revoke.
+	Provisioned(ctx context.Context, hubName, deviceID string, auth hub.Authentication, revoke bool)
 }
 
 // Config configures a Service.
@@ -563,7 +564,7 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 		return nil, err
 	}
 	auth := who.hubAuthentication()
-	devRecs, err := s.registry.ProvisionRecords(ctx, hubName, deviceID, auth, twin)
+	devRecs, revoke, err := s.registry.ProvisionRecords(ctx, hubName, deviceID, auth, twin)
 	if err != nil {
 		return nil, fmt.Errorf("dps: provision device %s: %w", deviceID, err)
 	}
@@ -589,7 +590,7 @@ func (s *Service) assign(ctx context.Context, who *attested, op *operation, now 
 	// The assignment is durable: a device that hangs up now must not cut
 	// short its removal from the old hub, nor the closing of sessions its
 	// new credential revokes.
-	s.registry.Provisioned(context.WithoutCancel(ctx), hubName, deviceID, auth)
+	s.registry.Provisioned(context.WithoutCancel(ctx), hubName, deviceID, auth, revoke)
 	if leave != nil {
 		s.removeNow(context.WithoutCancel(ctx), written[len(devRecs)-1])
 	}

@@ -362,7 +362,7 @@ func TestConfigurationsApplyToProvisionedDevices(t *testing.T) {
 	f := configFixture{t: t, ctx: ctx, svc: hub.NewServices(st, reg, nil, nil, nil)}
 	f.put("fleet", 1, "tags.fleet = 'x'", `{"properties.desired.rate":5}`)
 	auth := hub.Authentication{Type: hub.AuthSAS, SymmetricKey: &hub.SymmetricKey{PrimaryKey: "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U=", SecondaryKey: "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U="}}
-	recs, err := reg.ProvisionRecords(ctx, hubName, "p1", auth,
+	recs, revoke, err := reg.ProvisionRecords(ctx, hubName, "p1", auth,
 		hub.ProvisionTwin{Initial: &hub.InitialTwin{Tags: json.RawMessage(`{"fleet":"x"}`), Desired: json.RawMessage(`{"initial":true}`)}})
 	if err != nil {
 		t.Fatal(err)
@@ -370,7 +370,7 @@ func TestConfigurationsApplyToProvisionedDevices(t *testing.T) {
 	if _, err := st.Apply(ctx, recs); err != nil {
 		t.Fatal(err)
 	}
-	reg.Provisioned(ctx, hubName, "p1", auth)
+	reg.Provisioned(ctx, hubName, "p1", auth, revoke)
 	if d, cs := f.desired("p1"); jsonOf(t, d) != `{"initial":true,"rate":5}` || jsonOf(t, cs) != `{"fleet":{"status":"Applied"}}` {
 		t.Errorf("provisioned device: %v %v", d, cs)
 	}

@@ -394,6 +394,16 @@ func (ls *Links) RevokePolicies(hubName string, valid map[string]bool) int {
 	return len(victims)
 }
 
+// revokedRecently reports whether a revocation remembered for the device
+// (revocationMemory) would close a link attached now with credential.
+func (ls *Links) revokedRecently(hubName, deviceID, credential string) bool {
+	k := deviceKey(hubName, deviceID)
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	r, ok := ls.revoked[k]
+	return ok && ls.now().Sub(r.at) < revocationMemory && revokes(r.keep, credential)
+}
+
 func (ls *Links) rememberRevocationLocked(k, keep string) {
 	now := ls.now()
 	if len(ls.revoked) >= revocationsPruned {

@@ -201,3 +201,68 @@ func TestLinksPolicySessions(t *testing.T) {
 		t.Fatal("disabling the device left its policy-key session open")
 	}
 }
+
+// A DPS assignment revokes, and tells the other nodes, only when it
+// replaces a credential live sessions may hold: a device it creates, or
+// one it re-registers with the credential it has, sends nothing; new keys
+// close the session opened with the old ones. A device deleted a moment
+// ago and created again replaces the deletion's revocation, so that its
+// new sessions are not closed as revoked.
+func TestProvisioningRevokesOnlyAChangedCredential(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	reg := hub.NewRegistry(st, nil)
+	svc := hub.NewServices(st, reg, nil, nil, nil)
+	f := &fakeForwarder{}
+	svc.Links.SetForwarder(f)
+	sent := func() []string {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return append([]string(nil), f.revoked...)
+	}
+	sasAuth := func(key string) hub.Authentication {
+		return hub.Authentication{Type: hub.AuthSAS, SymmetricKey: &hub.SymmetricKey{PrimaryKey: key, SecondaryKey: key}}
+	}
+	provision := func(auth hub.Authentication) {
+		t.Helper()
+		recs, revoke, err := reg.ProvisionRecords(ctx, hubName, "p1", auth, hub.ProvisionTwin{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Apply(ctx, recs); err != nil {
+			t.Fatal(err)
+		}
+		reg.Provisioned(ctx, hubName, "p1", auth, revoke)
+	}
+	cred := func(a hub.Authentication) string { return hub.Credential(&hub.Device{Authentication: &a}) }
+	oldKey, newKey := sasAuth("b2xkb2xkb2xkb2xkb2xkb2xkb2xkb2xkb2xkb2xkb2w="), sasAuth("bmV3bmV3bmV3bmV3bmV3bmV3bmV3bmV3bmV3bmV3bmU=")
+
+	provision(oldKey)
+	if s := sent(); len(s) != 0 {
+		t.Fatalf("a new device's registration sent revocations %q", s)
+	}
+	l := &fakeLink{}
+	svc.Links.Attach(hubName, "p1", cred(oldKey), l)
+	provision(oldKey)
+	if s := sent(); len(s) != 0 || len(l.closes()) != 0 {
+		t.Fatalf("a re-registration with the same key sent %q and closed %v", s, l.closes())
+	}
+	provision(newKey)
+	if s := sent(); !reflect.DeepEqual(s, []string{hubName + "/p1/" + cred(newKey)}) ||
+		!reflect.DeepEqual(l.closes(), []hub.CloseReason{hub.CloseRevoked}) {
+		t.Fatalf("a re-registration with a new key sent %q and closed %v", s, l.closes())
+	}
+
+	if err := reg.Delete(ctx, hubName, "p1", "*"); err != nil {
+		t.Fatal(err)
+	}
+	provision(oldKey)
+	if s := sent(); len(s) != 3 || s[2] != hubName+"/p1/"+cred(oldKey) {
+		t.Fatalf("created again after a delete: sent %q; want the deletion's revocation replaced", s)
+	}
+	again := &fakeLink{}
+	svc.Links.Attach(hubName, "p1", cred(oldKey), again)
+	if len(again.closes()) != 0 {
+		t.Fatalf("the device created again had its session closed: %v", again.closes())
+	}
+}

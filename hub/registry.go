@@ -299,18 +299,25 @@ type ProvisionTwin struct {
 // transaction as the registration. An existing device keeps its generation
 // ID and creation state; its keys and status are replaced. The twin is
 // written as tw says.
-func (r *Registry) ProvisionRecords(ctx context.Context, hubName, id string, auth Authentication, tw ProvisionTwin) ([]store.Record, error) {
+//
+// revoke reports whether writing them revokes a credential live sessions
+// may hold: the device existed, and was disabled or had another credential
+// than auth (new keys, another group's, another certificate). A device the
+// records create, or one re-registered with the credential it has, has
+// no session to close; Provisioned is told so and sends no revocation.
+func (r *Registry) ProvisionRecords(ctx context.Context, hubName, id string, auth Authentication, tw ProvisionTwin) (recs []store.Record, revoke bool, err error) {
 	now := r.now().UTC()
 	d, err := r.Get(ctx, hubName, id)
 	var ae *azerr.Error
 	isNew := false
 	switch {
 	case err == nil:
+		revoke = d.Status != StatusEnabled || Credential(d) != Credential(&Device{Authentication: &auth})
 	case errors.As(err, &ae) && ae.Code == azerr.HubDeviceNotFound:
 		d = newDevice(id, now)
 		isNew = true
 	default:
-		return nil, err
+		return nil, false, err
 	}
 	d.Authentication = &auth
 	if d.Status != StatusEnabled {
@@ -319,26 +326,26 @@ func (r *Registry) ProvisionRecords(ctx context.Context, hubName, id string, aut
 	}
 	rec, err := encodeDevice(hubName, d)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	recs := []store.Record{rec}
+	recs = []store.Record{rec}
 	if tw.MigrateFromHub != "" {
 		moved, ok, err := r.migratedTwin(ctx, tw.MigrateFromHub, tw.MigrateFromDevice, hubName, d)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if ok {
-			return append(recs, moved), nil
+			return append(recs, moved), revoke, nil
 		}
 	}
 	if isNew || tw.Reset || tw.MigrateFromHub != "" {
 		twin, err := InitialTwinRecord(hubName, d, tw.Initial, now)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		recs = append(recs, twin)
 	}
-	return recs, nil
+	return recs, revoke, nil
 }
 
 // migratedTwin returns the twin of device fromID on hub from as the twin of
@@ -406,15 +413,36 @@ func (r *Registry) revoke(hubName, id string, d *Device) {
 
 // Provisioned runs after DPS has written an assignment of the device (the
 // records of ProvisionRecords, made with auth): a re-registration that
-// replaced its keys or thumbprints closes the sessions opened with the old
-// ones. The device is not read back: ProvisionRecords always writes it
-// enabled with auth, and the credential sessions are judged by is auth's
-// alone (Credential), so what was just written is what a read would say. A
-// change that lands after the assignment revokes on its own (update,
-// delete), as it would have without DPS.
-func (r *Registry) Provisioned(_ context.Context, hubName, id string, auth Authentication) {
-	r.revoke(hubName, id, &Device{Status: StatusEnabled, Authentication: &auth})
+// replaced its keys or thumbprints, or enabled it again, closes the
+// sessions opened with the old ones, on every node. The device is not
+// read back: ProvisionRecords always writes it enabled with auth, and the
+// credential sessions are judged by is auth's alone (Credential), so what
+// was just written is what a read would say. A change that lands after the
+// assignment revokes on its own (update, delete), as it would have without
+// DPS.
+//
+// revoke is ProvisionRecords's: when it is false (a new device, or the
+// credential it had) no session can hold another credential and nothing
+// is sent to the other nodes, unless this node remembers a revocation of
+// the last minute that auth's credential does not pass (the device was
+// deleted and is created again, or changed meanwhile): that one is
+// replaced everywhere, or the device's own new sessions would be closed
+// as revoked (Links.Attach).
+func (r *Registry) Provisioned(_ context.Context, hubName, id string, auth Authentication, revoke bool) {
+	d := &Device{Status: StatusEnabled, Authentication: &auth}
+	if revoke || r.revokedRecently(hubName, id, Credential(d)) {
+		r.revoke(hubName, id, d)
+	}
 	r.deviceChanged(hubName, id)
+}
+
+// revokedRecently reports whether this node's links remember a recent
+// revocation of the device that does not admit credential.
+func (r *Registry) revokedRecently(hubName, id, credential string) bool {
+	r.mu.Lock()
+	l := r.links
+	r.mu.Unlock()
+	return l != nil && l.revokedRecently(hubName, id, credential)
 }
 
 // create adds a device; it fails with DeviceAlreadyExists if it exists.

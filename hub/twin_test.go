@@ -365,7 +365,7 @@ func TestTwinGoesWithTheDevice(t *testing.T) {
 func TestInitialTwin(t *testing.T) {
 	e := newTwinEnv(t)
 	ctx := context.Background()
-	recs, err := e.reg.ProvisionRecords(ctx, hubName, "dps-1", hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: "a", SecondaryKey: "b"}},
+	recs, _, err := e.reg.ProvisionRecords(ctx, hubName, "dps-1", hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: "a", SecondaryKey: "b"}},
 		hub.ProvisionTwin{Initial: &hub.InitialTwin{Tags: json.RawMessage(`{"site":"lab"}`), Desired: json.RawMessage(`{"rate":5,"$version":7}`)}})
 	if err != nil || len(recs) != 2 {
 		t.Fatalf("ProvisionRecords = %d records, %v", len(recs), err)
@@ -383,7 +383,7 @@ func TestInitialTwin(t *testing.T) {
 		t.Errorf("initial twin: tags %s desired %s", tw.Tags, tw.Properties.Desired)
 	}
 	// An existing device keeps its twin: no twin record.
-	recs, err = reg.ProvisionRecords(ctx, hubName, "dps-1", hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: "a", SecondaryKey: "b"}},
+	recs, _, err = reg.ProvisionRecords(ctx, hubName, "dps-1", hub.Authentication{Type: "sas", SymmetricKey: &hub.SymmetricKey{PrimaryKey: "a", SecondaryKey: "b"}},
 		hub.ProvisionTwin{Initial: &hub.InitialTwin{Tags: json.RawMessage(`{"site":"other"}`)}})
 	if err != nil || len(recs) != 1 {
 		t.Errorf("re-provisioning an existing device: %d records, %v", len(recs), err)
