@@ -152,17 +152,7 @@ func TestReprovisioningWithNewKeysClosesTheOldSession(t *testing.T) {
 	checkAssigned(t, op, id, b.info.HubHostName)
 	d := b.hubConnect(id, key, false)
 
-	var enr map[string]any
-	if resp, data := b.do("GET", "/enrollments/"+id+"?api-version=2021-10-01", b.serviceToken(), nil, nil, &enr); resp.StatusCode != 200 {
-		t.Fatalf("get enrollment: %d %s", resp.StatusCode, data)
-	}
-	newKey, _ := sas.DeriveKey(key, "rotated")
-	enr["attestation"] = map[string]any{"type": "symmetricKey", "symmetricKey": map[string]string{"primaryKey": newKey, "secondaryKey": newKey}}
-	if resp, data := b.do("PUT", "/enrollments/"+id+"?api-version=2021-10-01", b.serviceToken(), enr, map[string]string{"If-Match": "*"}, nil); resp.StatusCode != 200 {
-		t.Fatalf("replace enrollment keys: %d %s", resp.StatusCode, data)
-	}
-	at := time.Now()
-	checkAssigned(t, b.provisionHTTPS(id, newKey), id, b.info.HubHostName)
+	newKey, at := reprovisionWithNewKey(t, b, id, key)
 	select {
 	case <-d.lost:
 		if el := time.Since(at); el > revokeWithin+2*time.Second {
@@ -172,6 +162,58 @@ func TestReprovisioningWithNewKeysClosesTheOldSession(t *testing.T) {
 		t.Fatal("the session opened with the old keys is still open after re-registration with new ones")
 	}
 	// The new keys connect.
+	b.hubConnect(id, newKey, false).publish("devices/"+id+"/messages/events/", 1, "new keys")
+}
+
+// reprovisionWithNewKey replaces the symmetric key of individual
+// enrollment id through dps and registers the device again with it; it
+// returns the new key and when the registration began.
+func reprovisionWithNewKey(t *testing.T, dps *berth, id, key string) (string, time.Time) {
+	t.Helper()
+	var enr map[string]any
+	if resp, data := dps.do("GET", "/enrollments/"+id+"?api-version=2021-10-01", dps.serviceToken(), nil, nil, &enr); resp.StatusCode != 200 {
+		t.Fatalf("get enrollment: %d %s", resp.StatusCode, data)
+	}
+	newKey, _ := sas.DeriveKey(key, "rotated")
+	enr["attestation"] = map[string]any{"type": "symmetricKey", "symmetricKey": map[string]string{"primaryKey": newKey, "secondaryKey": newKey}}
+	if resp, data := dps.do("PUT", "/enrollments/"+id+"?api-version=2021-10-01", dps.serviceToken(), enr, map[string]string{"If-Match": "*"}, nil); resp.StatusCode != 200 {
+		t.Fatalf("replace enrollment keys: %d %s", resp.StatusCode, data)
+	}
+	at := time.Now()
+	checkAssigned(t, dps.provisionHTTPS(id, newKey), id, dps.info.HubHostName)
+	return newKey, at
+}
+
+// With two nodes, a DPS re-registration with new keys through node A
+// closes the session opened with the old keys on node B: a registration
+// sends its revocation to the other nodes when it changes the credential
+// (it sends none for a new device or an unchanged credential). The device
+// registered first, and again with the same key, keeps its session; the
+// new keys then connect to B.
+func TestReprovisioningWithNewKeysClosesTheOldSessionOnAnotherNode(t *testing.T) {
+	cfg := server.Config{StoreURL: sharedStore(t), NATSURL: sharedNATS(t)}
+	a := startWith(t, t.TempDir(), cfg)
+	b := startWith(t, joinDir(t, a), cfg)
+	id := "multi-reprov-" + randomSuffix()
+	key := a.createEnrollment(id)
+	checkAssigned(t, a.provisionHTTPS(id, key), id, a.info.HubHostName)
+	d := b.hubConnect(id, key, false)
+	checkAssigned(t, a.provisionHTTPS(id, key), id, a.info.HubHostName)
+	select {
+	case err := <-d.lost:
+		t.Fatalf("re-registering with the same key closed the session: %v", err)
+	case <-time.After(revokeWithin):
+	}
+
+	newKey, at := reprovisionWithNewKey(t, a, id, key)
+	select {
+	case <-d.lost:
+		if el := time.Since(at); el > revokeWithin+2*time.Second {
+			t.Errorf("the old session on the other node ended %v after the re-registration began", el)
+		}
+	case <-time.After(revokeWithin + 3*time.Second):
+		t.Fatal("the session opened on another node with the old keys is still open after re-registration with new ones")
+	}
 	b.hubConnect(id, newKey, false).publish("devices/"+id+"/messages/events/", 1, "new keys")
 }
 
