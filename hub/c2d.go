@@ -173,7 +173,7 @@ func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *C
 	if err := q.reg.throttled(hubName, throttle.HubC2DSend, 1); err != nil {
 		return nil, err
 	}
-	dev, err := q.reg.Get(ctx, hubName, deviceID)
+	generation, err := q.reg.sendGeneration(ctx, hubName, deviceID)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +214,7 @@ func (q *CloudToDevice) Send(ctx context.Context, hubName, deviceID string, m *C
 	m.To = DevicePath(deviceID)
 	m.Enqueued = now
 	m.DeliveryCount, m.LockToken, m.LockedUntil = 0, "", time.Time{}
-	m.GenerationID = dev.GenerationID
+	m.GenerationID = generation
 
 	dk := deviceKey(hubName, deviceID)
 	unlock := q.lock(dk)

@@ -27,6 +27,7 @@ func newC2DEnv(t *testing.T) *c2dEnv {
 	st := memstore.New()
 	e.st = st
 	e.reg = hub.NewRegistry(st, func() time.Time { return e.now })
+	e.reg.CacheSendViews() // as a single-node server does
 	e.links = hub.NewLinks()
 	e.q = hub.NewCloudToDevice(st, e.reg, e.links, nil)
 	if _, err := e.reg.Create(context.Background(), hubName, &hub.Device{DeviceID: "dev-1"}); err != nil {
@@ -306,6 +307,39 @@ func TestC2DPurgeAndDeviceDelete(t *testing.T) {
 	}
 	if n := e.count(t); n != 0 {
 		t.Errorf("a recreated device inherited %d queued messages", n)
+	}
+}
+
+// TestC2DSendAfterDeviceDelete: Send keeps what it needs of a device in
+// memory (sendview.go); a delete must make the next Send answer
+// DeviceNotFound, and a new device of the same ID get messages stamped
+// with its own generation ID, not the deleted one's.
+func TestC2DSendAfterDeviceDelete(t *testing.T) {
+	e := newC2DEnv(t)
+	ctx := context.Background()
+	old, err := e.reg.Get(ctx, hubName, "dev-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := e.send(t, "cached"); m.GenerationID != old.GenerationID {
+		t.Fatalf("GenerationID = %q, want %q", m.GenerationID, old.GenerationID)
+	}
+	if err := e.reg.Delete(ctx, hubName, "dev-1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.q.Send(ctx, hubName, "dev-1", &hub.CloudMessage{Body: []byte("x")}); code(err) != azerr.HubDeviceNotFound {
+		t.Fatalf("Send to a deleted device: %v, want DeviceNotFound", err)
+	}
+	e.now = e.now.Add(time.Second) // generation IDs come from the clock
+	nd, err := e.reg.Create(ctx, hubName, &hub.Device{DeviceID: "dev-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nd.GenerationID == old.GenerationID {
+		t.Fatal("the new device has the old generation ID")
+	}
+	if m := e.send(t, "new"); m.GenerationID != nd.GenerationID {
+		t.Errorf("GenerationID = %q, want the new device's %q", m.GenerationID, nd.GenerationID)
 	}
 }
 

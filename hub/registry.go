@@ -115,6 +115,9 @@ type Registry struct {
 	// changed hears of every created, updated or provisioned device
 	// (SetChangeHook); guarded by mu.
 	changed func(hubName, id string)
+	// views is what C2D Send needs of each device, cached on a node that
+	// is its store's only writer (CacheSendViews, sendview.go).
+	views sendViews
 }
 
 // SetChangeHook makes the registry call fn (which must not block) after
@@ -523,6 +526,7 @@ func (r *Registry) update(ctx context.Context, hubName string, d *Device, ifMatc
 // remove removes a device under an optional If-Match.
 func (r *Registry) remove(ctx context.Context, hubName, id, ifMatch string) error {
 	err := r.store.Delete(ctx, store.KindDevice, deviceKey(hubName, id), unquote(ifMatch))
+	r.forgetSendView(hubName, id)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return azerr.Newf(azerr.HubDeviceNotFound, "Device %s not found.", id)

@@ -251,6 +251,9 @@ func open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.settings, s.firstRun = settings, created
 	s.registry = hub.NewRegistry(st, nil)
+	if !shared {
+		s.registry.CacheSendViews() // this node is the store's only writer
+	}
 	limits := sas.Limits{MaxLifetime: cfg.MaxTokenLifetime}
 	s.registry.SetTokenLimits(limits)
 	if cfg.HubFaults != nil {

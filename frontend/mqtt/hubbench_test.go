@@ -62,6 +62,7 @@ func newBenchHub(b *testing.B, st store.Store, filters ...string) *benchHub {
 	h := &benchHub{st: st}
 	clock := func() time.Time { return testNow }
 	h.reg = hub.NewRegistry(st, clock)
+	h.reg.CacheSendViews() // as a single-node server does
 	settings, err := hub.LoadOrCreateSettings(context.Background(), st, hubName)
 	if err != nil {
 		b.Fatal(err)
