@@ -363,3 +363,19 @@ func TestC2DSurvivesRestart(t *testing.T) {
 		t.Fatalf("after the restart: application property k=%q in %q", k, m.Topic())
 	}
 }
+
+// A message for a deleted device is refused with DeviceNotFound, also
+// after messages to it were sent: a single-node berth keeps what a send
+// needs of the device in memory (hub/sendview.go), and the delete must
+// drop it.
+func TestC2DSendToDeletedDevice(t *testing.T) {
+	b := start(t, t.TempDir())
+	const id = "gone-dev"
+	b.createHubDevice(id)
+	b.sendC2D(id, "m", map[string]string{"iothub-messageid": "before-delete"})
+	if resp, data := b.hubDo("DELETE", "/devices/"+id+"?api-version=2021-04-12", nil, map[string]string{"If-Match": "*"}, nil); resp.StatusCode != 204 {
+		t.Fatalf("delete: %d %s", resp.StatusCode, data)
+	}
+	resp, data := b.hubDo("POST", c2dPath(id), "m", map[string]string{"iothub-messageid": "after-delete"}, nil)
+	checkHubError(t, "a message for the deleted device", resp.StatusCode, resp.Header, data, 404, "DeviceNotFound")
+}
